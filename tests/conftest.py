@@ -1,0 +1,19 @@
+"""Shared test setup: float64 for conservation and gradient checks; the location of ../shared/data."""
+
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+FLUXNET_DIR = SHARED_DATA / "fluxnet"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data; tests that need it skip with a reason when it is absent."""
+    if not FLUXNET_DIR.is_dir():
+        pytest.skip(f"real flux-tower data not found at {SHARED_DATA} (../shared beside the repo)")
+    return SHARED_DATA
