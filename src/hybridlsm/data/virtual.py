@@ -1,0 +1,144 @@
+"""Virtual sites for twin experiments: a stochastic weather generator and, on top of it,
+"observations" simulated by the physics model with a hidden "true" closure.
+
+The weather generator is deliberately physical rather than random noise: shortwave follows solar
+geometry and a cloud process, rain comes in Markov-chain wet spells with a seasonal (monsoon-like)
+cycle and clouds that go with it, air temperature has seasonal, diurnal and synoptic parts, humidity
+follows a dew-point depression that shrinks after rain, and longwave is Brutsaert's clear-sky
+emissivity with a cloud correction. Everything is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .. import thermo
+from ..constants import STEFAN_BOLTZMANN, T_FREEZE
+from ..solar import toa_shortwave
+
+
+def synthetic_forcing(
+    days: int = 365,
+    start: str = "2021-01-01",
+    step_s: int = 1800,
+    latitude: float = 32.0,
+    longitude: float = -110.0,
+    utc_offset_h: float = -7.0,
+    elevation: float = 1500.0,
+    mean_temperature_c: float = 16.0,
+    seasonal_amplitude_c: float = 9.0,
+    diurnal_amplitude_c: float = 8.0,
+    annual_precip_mm: float = 420.0,
+    monsoon_peak_doy: int = 215,
+    seed: int = 0,
+    site_id: str = "VIRT-1",
+) -> xr.Dataset:
+    """Half-hourly (or ``step_s``) forcing in the canonical form (Tair K, Qair, VPD hPa, RH %, Psurf Pa,
+    Wind, SWdown, LWdown, Precip kg m-2 s-1) with site attributes."""
+    rng = np.random.default_rng(seed)
+    steps_per_day = int(round(86400 / step_s))
+    n = days * steps_per_day
+    time = pd.date_range(start, periods=n, freq=pd.Timedelta(seconds=step_s))
+    doy = time.dayofyear.to_numpy()
+    hour = (time.hour + time.minute / 60.0).to_numpy() + 0.5 * step_s / 3600.0
+    day_index = np.arange(n) // steps_per_day
+    day_doy = doy[::steps_per_day][:days]
+
+    # --- wet spells: two-state Markov chain with a seasonal wet-day probability -----------------
+    season = np.exp(-0.5 * ((day_doy - monsoon_peak_doy) / 35.0) ** 2)  # monsoon bump
+    p_wet_after_dry = 0.05 + 0.35 * season
+    p_wet_after_wet = 0.35 + 0.35 * season
+    wet = np.zeros(days, dtype=bool)
+    for d in range(1, days):
+        p = p_wet_after_wet[d] if wet[d - 1] else p_wet_after_dry[d]
+        wet[d] = rng.random() < p
+    daily_amount = np.where(wet, rng.exponential(1.0, days), 0.0)
+    if daily_amount.sum() > 0:
+        daily_amount *= annual_precip_mm * days / 365.0 / daily_amount.sum()
+
+    # rain falls in a 2-hour shower starting at a random afternoon (convective) hour
+    precip_mm = np.zeros(n)
+    shower_steps = max(1, int(round(7200 / step_s)))
+    for d in np.flatnonzero(wet):
+        start_hour = rng.uniform(12.0, 20.0)
+        i0 = d * steps_per_day + int(start_hour * 3600 / step_s)
+        precip_mm[i0 : i0 + shower_steps] += daily_amount[d] / shower_steps
+    precip = precip_mm / step_s  # kg m-2 s-1
+
+    # --- clouds: AR(1) in logit space, pushed up on wet days ------------------------------------
+    z = np.zeros(days)
+    for d in range(1, days):
+        z[d] = 0.6 * z[d - 1] + rng.normal(0.0, 0.9)
+    cloud_daily = 1.0 / (1.0 + np.exp(-(z - 1.2 + 2.2 * wet + 1.0 * season)))
+    cloud = cloud_daily[day_index]
+
+    # --- shortwave: TOA x clear-sky transmissivity x cloud attenuation ---------------------------
+    toa = toa_shortwave(time, latitude, longitude, utc_offset_h, step_s)
+    clear_transmissivity = 0.75 + 2e-5 * elevation
+    sw_down = toa * clear_transmissivity * (1.0 - 0.72 * cloud**1.5)
+
+    # --- air temperature: seasonal + synoptic + diurnal (damped by clouds), minimum near sunrise --
+    synoptic = np.zeros(days)
+    for d in range(1, days):
+        synoptic[d] = 0.8 * synoptic[d - 1] + rng.normal(0.0, 1.6)
+    seasonal = mean_temperature_c - seasonal_amplitude_c * np.cos(2 * np.pi * (doy - 20) / 365.0)
+    diurnal = 0.5 * diurnal_amplitude_c * (1.0 - 0.6 * cloud) * np.cos(2 * np.pi * (hour - 15.0) / 24.0)
+    t_air_c = seasonal + synoptic[day_index] + diurnal - 2.0 * (precip_mm > 0)
+    t_air = t_air_c + T_FREEZE
+
+    # --- humidity: dew-point depression, small after rain and in the monsoon ---------------------
+    days_since_rain = np.zeros(days)
+    for d in range(1, days):
+        days_since_rain[d] = 0.0 if wet[d] else days_since_rain[d - 1] + 1.0
+    depression = np.clip(9.0 + 12.0 * (1.0 - season) + 0.4 * days_since_rain - 5.0 * wet, 4.0, 30.0)
+    t_dew = seasonal + synoptic[day_index] - 0.5 * diurnal_amplitude_c * 0.3 - depression[day_index] + T_FREEZE
+    e = np.minimum(thermo.saturation_vapour_pressure(t_dew), 0.98 * thermo.saturation_vapour_pressure(t_air))
+    p_surf = 101325.0 * np.exp(-elevation / 8400.0) + rng.normal(0.0, 150.0, days)[day_index]
+    q_air = thermo.specific_humidity_from_vapour_pressure(e, p_surf)
+    e_sat = thermo.saturation_vapour_pressure(t_air)
+    vpd_hpa = (e_sat - e) / 100.0
+    rh = 100.0 * e / e_sat
+
+    # --- wind: lognormal AR(1), stronger in the afternoon --------------------------------------
+    w = np.zeros(days)
+    for d in range(1, days):
+        w[d] = 0.5 * w[d - 1] + rng.normal(0.0, 0.35)
+    wind = np.exp(0.9 + w[day_index]) * (1.0 + 0.35 * np.cos(2 * np.pi * (hour - 15.0) / 24.0))
+
+    # --- longwave: Brutsaert (1975) clear-sky emissivity, cloud correction ----------------------
+    eps_clear = 1.24 * (e / 100.0 / t_air) ** (1.0 / 7.0)
+    eps_sky = eps_clear * (1.0 - cloud) + cloud
+    lw_down = eps_sky * STEFAN_BOLTZMANN * t_air**4
+
+    data = {
+        "Tair": (t_air, "K"),
+        "Qair": (q_air, "kg kg-1"),
+        "VPD": (vpd_hpa, "hPa"),
+        "RH": (rh, "%"),
+        "Psurf": (p_surf, "Pa"),
+        "Wind": (wind, "m s-1"),
+        "SWdown": (sw_down, "W m-2"),
+        "LWdown": (lw_down, "W m-2"),
+        "Precip": (precip, "kg m-2 s-1"),
+    }
+    ds = xr.Dataset(
+        {k: ("time", v.astype(np.float64), {"units": u}) for k, (v, u) in data.items()},
+        coords={"time": time},
+    )
+    ds.attrs.update(
+        site_id=site_id,
+        site_name=f"virtual site (weather generator, seed {seed})",
+        latitude=float(latitude),
+        longitude=float(longitude),
+        elevation=float(elevation),
+        igbp="GRA",
+        canopy_height=0.5,
+        measurement_height=3.0,
+        utc_offset_h=float(utc_offset_h),
+        time_step_s=float(step_s),
+        source_file="<generated>",
+        source_format="virtual",
+    )
+    return ds

@@ -1,0 +1,654 @@
+"""Skill tables and the HTML report of a run directory (docs/architecture.md §3).
+
+Input::
+
+    run_dir/predictions/<site>/<model>.nc   ALMA outputs on `time` (Qh, Qle, Qg, Rnet, SoilTemp, SoilMoist,
+                                            Kh, rs, ...); models without a variable simply lack it
+    run_dir/predictions/<site>/obs.nc       observed Qh, Qle (Rnet, Qg, SoilTemp, SoilMoistVol, Precip
+                                            optional), `split` (0 spin-up, 1 train, 2 validation, 3 test),
+                                            QC flags `Qle_qc`, `Qh_qc` optional
+
+Output: ``metrics.csv`` (`SKILL_COLUMNS`), ``skill.json`` (the same records plus ``config``),
+``plots/*.png`` and a self-contained ``report.html`` (figures embedded as base64 PNG).
+
+Evaluation rules
+----------------
+- Everything is scored on the **test split** (``split == 3``). Model outputs are aligned to the obs
+  time axis (``reindex``; a missing time is a gap).
+- An observed flux counts where it is finite and, if ``<flux>_qc`` exists, 0 ≤ QC ≤ ``max_qc``
+  (default 1: measured or good gap-filled, physics reference §5.3).
+- Skill (LE = ``Qle``, H = ``Qh``): RMSE, NSE, KGE (2009), percent bias and r at the native
+  ("halfhourly"), daily and weekly scale via `metrics.skill_table`.
+- Energy balance: observed residual Rn − G − H − LE and closure ratio Σ(H + LE)/Σ(Rn − G) (G = 0
+  when the tower has no Qg, said in the table); per model its internal residual (needs Rnet, Qg, Qh,
+  Qle in its output) and the model-vs-obs ratio Σ(H_m + LE_m)/Σ(Rn_o − G_o).
+- Learned parameters: daily medians of ``Kh`` and ``rs`` over the whole record.
+- Untrained variables (test split, native step): the top model layer of ``SoilTemp`` [K] against the
+  tower's ``SoilTemp``; the top layer of ``SoilMoist`` against ``SoilMoistVol`` [m3 m-3]. Model
+  ``SoilMoist`` is used as volumetric when its units say so (m3 m-3), or converted from kg m-2 with
+  the top-layer thickness (``layer_thickness`` [m] as a variable attribute or a dataset
+  variable/coordinate); otherwise its bias is NaN, while r and the dry-down time (both unaffected by
+  units) are still reported.
+- **Dry-down time** (see `dry_down_episodes`, `drying_efolding_time`): from daily precipitation
+  (``Precip`` in obs.nc, else in a model file), an episode starts on the first day with P < 1 mm
+  after a day with P ≥ 5 mm and lasts while P < 1 mm (at most 30 days; kept if ≥ 5 days, all in
+  the test split). Within an episode, the e-folding time τ [days] of the *drying rate* is
+  τ = −1/slope of the OLS fit of ln(−Δθ_d) on day d, where Δθ_d = θ_{d+1} − θ_d of daily-mean
+  soil moisture (days with Δθ ≥ 0 are left out; at least 3 drying days). For θ = θ∞ + A·e^{−t/τ}
+  this is exactly the e-folding time of θ − θ∞, without estimating the asymptote θ∞, and it does
+  not depend on the units or an offset of θ — so obs and a model with different layer depths or
+  units can be compared. The report gives the median τ over the episodes where both obs and model
+  give a τ, and the number of such episodes.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from hybridlsm.constants import RHO_WATER
+from hybridlsm.evaluation import plots
+from hybridlsm.evaluation.metrics import (
+    SCALES,
+    SKILL_COLUMNS,
+    aggregate,
+    bias,
+    closure_ratio,
+    count_valid,
+    energy_balance_residual,
+    joint_mask,
+    pearson_r,
+    skill_table,
+)
+
+__all__ = [
+    "FLUXES",
+    "TEST_SPLIT",
+    "SiteData",
+    "load_run",
+    "flux_mask",
+    "site_skill",
+    "run_skill",
+    "energy_balance_table",
+    "dry_down_episodes",
+    "drying_efolding_time",
+    "untrained_variables",
+    "build_report",
+]
+
+FLUXES = ("Qle", "Qh")
+TEST_SPLIT = 3
+PARAMETER_VARS = {"Kh": "[m2 s-1]", "rs": "[s m-1]"}
+_VOLUMETRIC_UNITS = {"m3m-3", "m3/m3", "m^3m^-3", "m3.m-3", "1", "-", "fraction"}
+_MASS_UNITS = {"kgm-2", "kg/m2", "kgm^-2", "mm"}
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class SiteData:
+    """One site of a run: observations and every model's outputs aligned to the obs time axis."""
+
+    site: str
+    obs: xr.Dataset
+    models: dict[str, xr.Dataset] = field(default_factory=dict)
+    obs_path: Path | None = None
+
+    @property
+    def time(self) -> np.ndarray:
+        return np.asarray(self.obs["time"].values, dtype="datetime64[ns]")
+
+    @property
+    def split(self) -> np.ndarray:
+        return np.asarray(self.obs["split"].values)
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.split == TEST_SPLIT
+
+
+def load_run(run_dir: Path) -> dict[str, SiteData]:
+    """Read ``predictions/<site>/{obs,<model>}.nc`` of a run directory (sites in name order)."""
+    pred = Path(run_dir) / "predictions"
+    if not pred.is_dir():
+        raise FileNotFoundError(f"{pred}: no predictions directory (run directory layout: architecture §3)")
+    out: dict[str, SiteData] = {}
+    for d in sorted(p for p in pred.iterdir() if p.is_dir()):
+        obs_path = d / "obs.nc"
+        if not obs_path.is_file():
+            raise FileNotFoundError(f"{obs_path}: observations of site {d.name!r} are missing")
+        obs = xr.load_dataset(obs_path)
+        if "time" not in obs.coords:
+            raise ValueError(f"{obs_path}: no 'time' coordinate")
+        if "split" not in obs.variables:
+            raise ValueError(f"{obs_path}: no 'split' variable (0 spin-up, 1 train, 2 validation, 3 test)")
+        missing = [f for f in FLUXES if f not in obs.variables]
+        if missing:
+            raise ValueError(f"{obs_path}: observed flux(es) {missing} missing; expected {list(FLUXES)}")
+        models = {}
+        for f in sorted(d.glob("*.nc")):
+            if f.name == "obs.nc":
+                continue
+            ds = xr.load_dataset(f)
+            if "time" not in ds.coords:
+                raise ValueError(f"{f}: no 'time' coordinate")
+            models[f.stem] = ds.reindex(time=obs["time"])
+        out[d.name] = SiteData(d.name, obs, models, obs_path)
+    if not out:
+        raise FileNotFoundError(f"{pred}: no site directories")
+    return out
+
+
+def _series(ds: xr.Dataset, var: str, *, layered: bool = False) -> np.ndarray | None:
+    """1-D float array of ``var`` on time; for ``layered`` variables the first (top) layer."""
+    if var not in ds.variables:
+        return None
+    da = ds[var]
+    extra = [d for d in da.dims if d != "time"]
+    if "time" not in da.dims:
+        return None
+    if layered:
+        da = da.isel({d: 0 for d in extra})
+    else:
+        big = [d for d in extra if da.sizes[d] != 1]
+        if big:
+            src = ds.encoding.get("source", "<dataset>")
+            raise ValueError(f"{src}: variable {var!r} has extra non-singleton dims {big}; expected one site on time")
+        da = da.isel({d: 0 for d in extra})
+    return np.asarray(da.values, dtype=float)
+
+
+def flux_mask(obs: xr.Dataset, flux: str, max_qc: int = 1) -> np.ndarray:
+    """Usable observed ``flux``: finite and, where ``<flux>_qc`` exists, 0 ≤ QC ≤ ``max_qc``."""
+    x = _series(obs, flux)
+    ok = np.isfinite(x)
+    qc_name = f"{flux}_qc"
+    if qc_name in obs.variables:
+        qc = np.asarray(obs[qc_name].values, dtype=float)
+        ok &= (qc >= 0) & (qc <= max_qc)
+    return ok
+
+
+def _config_name(run_dir: Path, sites: dict[str, SiteData]) -> str:
+    for sd in sites.values():
+        for ds in sd.models.values():
+            if "config" in ds.attrs:
+                return str(ds.attrs["config"])
+    cfg = run_dir / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(cfg.read_text())
+        except yaml.YAMLError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            return data["name"]
+    return run_dir.name
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def site_skill(
+    sd: SiteData,
+    *,
+    max_qc: int = 1,
+    scales=SCALES,
+    min_valid_fraction: float = 0.5,
+) -> pd.DataFrame:
+    """Skill table of every model at one site, test split, fluxes `FLUXES`."""
+    frames = []
+    for flux in FLUXES:
+        obs = _series(sd.obs, flux)
+        mask = flux_mask(sd.obs, flux, max_qc) & sd.test
+        sims = {}
+        for model, ds in sd.models.items():
+            s = _series(ds, flux)
+            sims[model] = s if s is not None else np.full(obs.shape, np.nan)
+        frames.append(
+            skill_table(
+                obs, sims, sd.time, scales, site=sd.site, flux=flux, split="test", mask=mask,
+                min_valid_fraction=min_valid_fraction,
+                time_step_s=sd.obs.attrs.get("time_step_s"),
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_skill(sites: dict[str, SiteData], **kw) -> pd.DataFrame:
+    """`site_skill` of every site, concatenated (columns `SKILL_COLUMNS`)."""
+    return pd.concat([site_skill(sd, **kw) for sd in sites.values()], ignore_index=True)
+
+
+def energy_balance_table(sd: SiteData, *, max_qc: int = 1) -> pd.DataFrame:
+    """Energy-balance diagnostics on the test split: one row for the obs and one per model with
+    columns site, source, residual_mean, residual_mean_abs, closure_ratio, n, note."""
+    obs = sd.obs
+    test = sd.test
+    rn_o = _series(obs, "Rnet")
+    g_o = _series(obs, "Qg")
+    note_g = ""
+    if g_o is None and rn_o is not None:
+        g_o = np.zeros_like(rn_o)
+        note_g = "G not observed: G = 0 assumed"
+    h_o, le_o = _series(obs, "Qh"), _series(obs, "Qle")
+    qc_ok = flux_mask(obs, "Qh", max_qc) & flux_mask(obs, "Qle", max_qc)
+    rows = []
+    if rn_o is not None:
+        res = energy_balance_residual(rn_o, g_o, h_o, le_o, mask=test & qc_ok)
+        ebr = closure_ratio(rn_o, g_o, h_o, le_o, mask=test & qc_ok)
+        rows.append(dict(site=sd.site, source="obs", residual_mean=res.mean, residual_mean_abs=res.mean_abs,
+                         closure_ratio=ebr, n=res.n, note=note_g))
+    for model, ds in sd.models.items():
+        rn, g, h, le = (_series(ds, v) for v in ("Rnet", "Qg", "Qh", "Qle"))
+        if h is None or le is None:
+            continue
+        if rn is not None and g is not None:
+            res = energy_balance_residual(rn, g, h, le, mask=test)
+            res_mean, res_abs = res.mean, res.mean_abs
+            n = res.n
+            note = "internal: model Rn − G − H − LE"
+        else:
+            res_mean = res_abs = math.nan
+            n = 0
+            note = "no Rnet/Qg output"
+        ebr = closure_ratio(rn_o, g_o, h, le, mask=test) if rn_o is not None else math.nan
+        if rn_o is not None:
+            note += "; closure ratio Σ(H_m + LE_m)/Σ(Rn_o − G_o)" + (f" ({note_g})" if note_g else "")
+        rows.append(dict(site=sd.site, source=model, residual_mean=res_mean, residual_mean_abs=res_abs,
+                         closure_ratio=ebr, n=n, note=note))
+    cols = ["site", "source", "residual_mean", "residual_mean_abs", "closure_ratio", "n", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _layer_thickness(ds: xr.Dataset, var: str) -> float | None:
+    da = ds[var]
+    if "layer_thickness" in da.attrs:
+        v = np.atleast_1d(np.asarray(da.attrs["layer_thickness"], dtype=float))
+        return float(v[0])
+    for name in ("layer_thickness", "dz"):
+        if name in ds.variables:
+            return float(np.atleast_1d(np.asarray(ds[name].values, dtype=float)).ravel()[0])
+    return None
+
+
+def _soil_moisture_volumetric(ds: xr.Dataset) -> tuple[np.ndarray | None, bool]:
+    """(top-layer soil moisture, True if it is in m3 m-3)."""
+    top = _series(ds, "SoilMoist", layered=True)
+    if top is None:
+        return None, False
+    units = str(ds["SoilMoist"].attrs.get("units", "")).replace(" ", "")
+    if units in _VOLUMETRIC_UNITS:
+        return top, True
+    if units in _MASS_UNITS:
+        dz = _layer_thickness(ds, "SoilMoist")
+        if dz is not None and dz > 0:
+            return top / (RHO_WATER * dz), True
+    return top, False
+
+
+def _daily_precip_mm(sd: SiteData) -> np.ndarray | None:
+    """Daily precipitation [mm day-1] on the obs days (NaN for incomplete days), from obs.nc or else
+    the first model file that has ``Precip`` [kg m-2 s-1]."""
+    for ds in (sd.obs, *sd.models.values()):
+        p = _series(ds, "Precip")
+        if p is not None:
+            a = aggregate(p, sd.time, "daily", min_valid_fraction=1.0, time_step_s=sd.obs.attrs.get("time_step_s"))
+            return a.values * 86400.0  # mean rate [kg m-2 s-1] × 1 day
+    return None
+
+
+def dry_down_episodes(
+    precip_daily_mm: np.ndarray,
+    *,
+    rain_threshold: float = 5.0,
+    dry_threshold: float = 1.0,
+    min_days: int = 5,
+    max_days: int = 30,
+) -> list[tuple[int, int]]:
+    """Rain-free spells after rain, as ``(first_day, n_days)`` indices into the daily series.
+
+    An episode starts on the first day with P < ``dry_threshold`` after a day with P ≥
+    ``rain_threshold`` [mm day-1], continues while P < ``dry_threshold`` (a NaN day ends it), is cut
+    at ``max_days`` and is kept if at least ``min_days`` long.
+    """
+    p = np.asarray(precip_daily_mm, dtype=float)
+    out = []
+    d = 1
+    while d < p.size:
+        if p[d - 1] >= rain_threshold and p[d] < dry_threshold:
+            end = d
+            while end < p.size and end - d < max_days and p[end] < dry_threshold:
+                end += 1
+            if end - d >= min_days:
+                out.append((d, end - d))
+            d = end
+        else:
+            d += 1
+    return out
+
+
+def drying_efolding_time(theta_daily: np.ndarray, min_drying_days: int = 3) -> float:
+    """e-folding time [days] of the drying rate of a daily soil-moisture series over one episode.
+
+    τ = −1/slope of the OLS fit of ln(−Δθ_d) on d over the days with Δθ_d = θ_{d+1} − θ_d < 0 (and
+    both days finite); NaN with fewer than ``min_drying_days`` such days or a non-negative slope.
+    Exact for θ = θ∞ + A·e^{−t/τ}; invariant to the units and an offset of θ.
+    """
+    th = np.asarray(theta_daily, dtype=float)
+    dth = np.diff(th)
+    day = np.arange(dth.size, dtype=float)
+    ok = np.isfinite(dth) & (dth < 0)
+    if ok.sum() < min_drying_days:
+        return math.nan
+    slope = np.polyfit(day[ok], np.log(-dth[ok]), 1)[0]
+    return float(-1.0 / slope) if slope < 0 else math.nan
+
+
+def untrained_variables(sd: SiteData) -> pd.DataFrame:
+    """Simulated vs tower soil temperature and soil moisture on the test split (see module docs).
+
+    Columns: site, model, variable, r, bias, bias_units, n, tau_obs_days, tau_sim_days, n_episodes.
+    """
+    test = sd.test
+    rows = []
+    t_obs = _series(sd.obs, "SoilTemp", layered=True)
+    m_obs = _series(sd.obs, "SoilMoistVol", layered=True)
+    p_daily = _daily_precip_mm(sd)
+    episodes = dry_down_episodes(p_daily) if p_daily is not None else []
+    days_test = None
+    if m_obs is not None:
+        a_test = aggregate(test.astype(float), sd.time, "daily", min_valid_fraction=0.0)
+        days_test = np.nan_to_num(a_test.values) == 1.0  # day entirely in the test split
+        episodes = [(d0, n) for d0, n in episodes if days_test[d0 : d0 + n].all()]
+    for model, ds in sd.models.items():
+        t_sim = _series(ds, "SoilTemp", layered=True)
+        if t_obs is not None and t_sim is not None:
+            rows.append(dict(site=sd.site, model=model, variable="SoilTemp",
+                             r=pearson_r(t_sim, t_obs, test), bias=bias(t_sim, t_obs, test), bias_units="K",
+                             n=count_valid(t_sim, t_obs, test), tau_obs_days=math.nan, tau_sim_days=math.nan,
+                             n_episodes=0))
+        m_sim, volumetric = _soil_moisture_volumetric(ds)
+        if m_obs is not None and m_sim is not None:
+            ok = joint_mask(m_sim, m_obs, mask=test)
+            d_obs = aggregate(np.where(ok, m_obs, np.nan), sd.time, "daily").values
+            d_sim = aggregate(np.where(ok, m_sim, np.nan), sd.time, "daily").values
+            taus = []
+            for d0, n in episodes:
+                to = drying_efolding_time(d_obs[d0 : d0 + n])
+                ts = drying_efolding_time(d_sim[d0 : d0 + n])
+                if math.isfinite(to) and math.isfinite(ts):
+                    taus.append((to, ts))
+            tau = np.array(taus).reshape(-1, 2)
+            rows.append(dict(site=sd.site, model=model, variable="SoilMoist",
+                             r=pearson_r(m_sim, m_obs, test),
+                             bias=bias(m_sim, m_obs, test) if volumetric else math.nan,
+                             bias_units="m3 m-3" if volumetric else "units differ",
+                             n=count_valid(m_sim, m_obs, test),
+                             tau_obs_days=float(np.median(tau[:, 0])) if len(tau) else math.nan,
+                             tau_sim_days=float(np.median(tau[:, 1])) if len(tau) else math.nan,
+                             n_episodes=len(tau)))
+    cols = ["site", "model", "variable", "r", "bias", "bias_units", "n", "tau_obs_days", "tau_sim_days",
+            "n_episodes"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _site_plots(
+    sd: SiteData, plot_dir: Path, max_qc: int, min_valid_fraction: float, colours: dict[str, str]
+) -> dict[str, Path]:
+    time = sd.time
+    test = sd.test
+    obs = {f: _series(sd.obs, f) for f in FLUXES}
+    masks = {f: flux_mask(sd.obs, f, max_qc) & test for f in FLUXES}
+    sims = {m: {f: s for f in FLUXES if (s := _series(ds, f)) is not None} for m, ds in sd.models.items()}
+    site = sd.site
+    out = {}
+    out["diurnal"] = plots.plot_diurnal_cycles(
+        plot_dir / f"{site}_diurnal.png", time, obs, sims, masks,
+        f"{site}: mean diurnal cycle per season (test split)", colours)
+    out["timeseries"] = plots.plot_daily_series(
+        plot_dir / f"{site}_timeseries.png", time, obs, sims, masks,
+        f"{site}: daily means, test period", min_valid_fraction, colours)
+    out["scatter"] = plots.plot_scatter(
+        plot_dir / f"{site}_scatter.png", obs, sims, masks, f"{site}: observed vs predicted (test split)")
+
+    residuals = {}
+    rn_o, g_o = _series(sd.obs, "Rnet"), _series(sd.obs, "Qg")
+    if rn_o is not None:
+        label = "obs" if g_o is not None else "obs (G = 0 assumed)"
+        g = g_o if g_o is not None else np.zeros_like(rn_o)
+        ok = test & masks["Qh"] & masks["Qle"] & np.isfinite(rn_o) & np.isfinite(g)
+        residuals[label] = np.where(ok, rn_o - g - obs["Qh"] - obs["Qle"], np.nan)
+    for m, ds in sd.models.items():
+        rn, g, h, le = (_series(ds, v) for v in ("Rnet", "Qg", "Qh", "Qle"))
+        if rn is not None and g is not None and h is not None and le is not None:
+            residuals[m] = np.where(test, rn - g - h - le, np.nan)
+    if any(np.isfinite(v).any() for v in residuals.values()):
+        out["energy"] = plots.plot_energy_residual(
+            plot_dir / f"{site}_energy_balance.png", time, residuals,
+            f"{site}: energy-balance residual, mean diurnal cycle (test split)", colours)
+
+    params = {}
+    for var in PARAMETER_VARS:
+        per_model = {m: s for m, ds in sd.models.items() if (s := _series(ds, var, layered=True)) is not None}
+        if per_model:
+            params[var] = per_model
+    if params:
+        out["parameters"] = plots.plot_parameters(
+            plot_dir / f"{site}_parameters.png", time, params, test,
+            f"{site}: learned parameters (daily median; grey: test period)", PARAMETER_VARS, colours)
+
+    panels = {}
+    t_obs = _series(sd.obs, "SoilTemp", layered=True)
+    if t_obs is not None:
+        t_sims = {m: s for m, ds in sd.models.items() if (s := _series(ds, "SoilTemp", layered=True)) is not None}
+        if t_sims:
+            panels["soil temperature (top model layer vs tower)"] = (t_obs, t_sims, "SoilTemp [K]")
+    m_obs = _series(sd.obs, "SoilMoistVol", layered=True)
+    if m_obs is not None:
+        conv = {m: _soil_moisture_volumetric(ds) for m, ds in sd.models.items()}
+        conv = {m: v for m, v in conv.items() if v[0] is not None}
+        if conv:
+            if all(vol for _, vol in conv.values()):
+                panels["soil moisture (top model layer vs tower)"] = (
+                    m_obs, {m: v for m, (v, _) in conv.items()}, "θ [m3 m-3]")
+            else:
+                def z(x):
+                    xt = np.where(test, x, np.nan)
+                    return (x - np.nanmean(xt)) / np.nanstd(xt)
+
+                panels["soil moisture, standardised over the test period (units differ)"] = (
+                    z(m_obs), {m: z(v) for m, (v, _) in conv.items()}, "θ z-score")
+    if panels:
+        out["untrained"] = plots.plot_untrained(
+            plot_dir / f"{site}_untrained.png", time, panels, test, f"{site}: untrained variables (test period)",
+            colours)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+_BEST = {"rmse": "min", "nse": "max", "kge": "max", "bias_pct": "absmin", "r": "max"}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0} td.txt{text-align:left}
+td.best{background:#c8f0c8;font-weight:bold}
+img{max-width:100%;border:1px solid #eee;margin:0.3em 0}
+.note{color:#555;font-size:0.9em}
+"""
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "–" if not math.isfinite(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _best_flags(df: pd.DataFrame) -> pd.DataFrame:
+    flags = pd.DataFrame(False, index=df.index, columns=list(_BEST))
+    for _, g in df.groupby(["site", "flux", "scale"], sort=False):
+        for col, how in _BEST.items():
+            v = g[col].astype(float)
+            if how == "absmin":
+                v = v.abs()
+            if v.notna().sum() == 0:
+                continue
+            best = v.min() if how in ("min", "absmin") else v.max()
+            flags.loc[g.index[v == best], col] = True
+    return flags
+
+
+def _skill_html(df: pd.DataFrame) -> str:
+    flags = _best_flags(df)
+    parts = []
+    for flux in FLUXES:
+        for scale in SCALES:
+            sub = df[(df.flux == flux) & (df.scale == scale)]
+            if sub.empty:
+                continue
+            parts.append(f"<h3>{flux} ({'LE' if flux == 'Qle' else 'H'}), {scale}, test split</h3>")
+            parts.append("<table><tr><th>site</th><th>model</th><th>RMSE [W m-2]</th><th>NSE</th>"
+                         "<th>KGE</th><th>bias %</th><th>r</th><th>n</th></tr>")
+            for idx, row in sub.iterrows():
+                cells = [f"<td class='txt'>{html.escape(str(row[c]))}</td>" for c in ("site", "model")]
+                for col in ("rmse", "nse", "kge", "bias_pct", "r"):
+                    cls = " class='best'" if flags.at[idx, col] else ""
+                    cells.append(f"<td{cls}>{_fmt(row[col])}</td>")
+                cells.append(f"<td>{int(row.n)}</td>")
+                parts.append("<tr>" + "".join(cells) + "</tr>")
+            parts.append("</table>")
+    return "\n".join(parts)
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p class='note'>nothing to show</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    rows = []
+    for _, r in df.iterrows():
+        cells = "".join(
+            f"<td class='txt'>{_fmt(v)}</td>" if isinstance(v, str) else f"<td>{_fmt(v)}</td>" for v in r
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _img_html(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = html.escape(Path(path).name)
+    return f"<img alt='{html.escape(alt)}' title='plots/{name}' src='data:image/png;base64,{data}'>"
+
+
+def _json_safe(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(v) else None
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def build_report(
+    run_dir: Path,
+    config_name: str | None = None,
+    *,
+    max_qc: int = 1,
+    min_valid_fraction: float = 0.5,
+) -> Path:
+    """Write ``metrics.csv``, ``skill.json``, ``plots/*.png`` and ``report.html`` into ``run_dir``;
+    return the path of ``report.html``. ``config_name`` defaults to the ``config`` attribute of the
+    prediction files, else ``name`` in ``config.yaml``, else the directory name."""
+    run_dir = Path(run_dir)
+    sites = load_run(run_dir)
+    config = config_name if config_name is not None else _config_name(run_dir, sites)
+
+    skill = run_skill(sites, max_qc=max_qc, min_valid_fraction=min_valid_fraction)[list(SKILL_COLUMNS)]
+    skill.to_csv(run_dir / "metrics.csv", index=False)
+    records = [
+        {k: _json_safe(v) for k, v in rec.items()} | {"config": config}
+        for rec in skill.to_dict(orient="records")
+    ]
+    (run_dir / "skill.json").write_text(json.dumps(records, indent=1, allow_nan=False))
+
+    plot_dir = run_dir / "plots"
+    energy = pd.concat([energy_balance_table(sd, max_qc=max_qc) for sd in sites.values()], ignore_index=True)
+    untrained = pd.concat([untrained_variables(sd) for sd in sites.values()], ignore_index=True)
+    models = sorted({m for sd in sites.values() for m in sd.models})
+    colours = plots.model_colours(models)
+    figures = {s: _site_plots(sd, plot_dir, max_qc, min_valid_fraction, colours) for s, sd in sites.items()}
+
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    h = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>hybridlsm report: {html.escape(config)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>hybridlsm report: {html.escape(config)}</h1>",
+        f"<p>Run directory <code>{html.escape(str(run_dir))}</code>; generated {now}.<br>"
+        f"Sites: {', '.join(html.escape(s) for s in sites)}.<br>"
+        f"Models: {', '.join(html.escape(m) for m in models)}.</p>",
+        "<p class='note'>All scores on the test split (split = 3). Observed fluxes count where finite and "
+        f"0 ≤ QC ≤ {max_qc}. Daily and weekly (ISO week) means use the same half-hours for obs and model; a "
+        f"period counts when ≥ {min_valid_fraction:.0%} of its steps are valid. KGE is the 2009 form; "
+        "bias % = 100·Σ(s − o)/Σo. Best value per site, flux and scale highlighted. Written to "
+        "<code>metrics.csv</code> and <code>skill.json</code>.</p>",
+        "<h2>Skill</h2>",
+        _skill_html(skill),
+        "<h2>Energy balance</h2>",
+        "<p class='note'>Residual = Rn − G − H − LE [W m-2] over the test split (obs: steps with usable H and "
+        "LE). For a model it is the internal residual (zero for a conserving model apart from storage and "
+        "melt); for the tower it is the non-closure. Closure ratio: obs Σ(H+LE)/Σ(Rn−G); model "
+        "Σ(H_m+LE_m)/Σ(Rn_o−G_o).</p>",
+        _table_html(energy),
+        "<h2>Untrained variables</h2>",
+        "<p class='note'>Top model layer vs the tower's shallowest sensor, test split, native step. "
+        "τ: median e-folding time [days] of the drying rate −Δθ/day over rain-free spells (P &lt; 1 mm/day, "
+        "≥ 5 days) after a day with P ≥ 5 mm; for θ = θ∞ + A·exp(−t/τ) it is the e-folding time of "
+        "θ − θ∞, independent of units and offsets (see <code>hybridlsm.evaluation.report</code>).</p>",
+        _table_html(untrained),
+    ]
+    captions = {
+        "diurnal": "Mean diurnal cycle per season",
+        "timeseries": "Daily means, test period",
+        "scatter": "Observed vs predicted",
+        "energy": "Energy-balance residual",
+        "parameters": "Learned parameters over time",
+        "untrained": "Untrained variables",
+    }
+    for site, figs in figures.items():
+        h.append(f"<h2>Site {html.escape(site)}</h2>")
+        for key, caption in captions.items():
+            if key in figs:
+                h.append(f"<h3>{caption}</h3>{_img_html(figs[key], f'{site} {caption}')}")
+        if "parameters" not in figs:
+            h.append("<p class='note'>No model output Kh or rs at this site.</p>")
+        if "untrained" not in figs:
+            h.append("<p class='note'>No simulated/observed SoilTemp or soil moisture pair at this site.</p>")
+    h.append("</body></html>")
+    out = run_dir / "report.html"
+    out.write_text("\n".join(h), encoding="utf-8")
+    return out

@@ -1,0 +1,351 @@
+"""PLUMBER empirical benchmarks (docs/physics-reference §6) and a gradient-boosting baseline.
+
+Each model predicts one flux (``target``, e.g. ``"Qle"`` or ``"Qh"``) from the meteorological forcing
+of the same time step; fit one instance per flux. Training data are pooled over the datasets passed
+to `fit` (for the PLUMBER protocol: all sites but the test site) and restricted to rows where the
+target and every input are finite and the caller's mask (e.g. QC == 0) is True.
+
+- ``1lin``: flux = a + b·SWdown (OLS).
+- ``2lin``: flux = a + b₁·SWdown + b₂·Tair (OLS).
+- ``3km27``: inputs (SWdown, Tair, RH) z-scored with the training mean and SD; k-means with k = 27
+  (sklearn ``KMeans``, n_init = 3, max_iter = 50 as R's ``iter.max``, fixed seed) on the z-scores;
+  one OLS of the flux on the *unstandardised* inputs per cluster; a prediction applies the
+  regression of the nearest centroid (piecewise-linear model).
+- ``gbm``: sklearn ``HistGradientBoostingRegressor`` (fixed seed) on the forcing (SWdown, Tair, RH,
+  VPD, Wind, Qair, Precip), time features (hour of day and day of year as sin/cos) and antecedent
+  rain (precipitation in mm summed over the 1, 7 and 30 days ending with the current step; NaN
+  until a full window is available, which the regressor treats as missing).
+
+Inputs use canonical names and units (SWdown W m-2, Tair K, RH %, Precip kg m-2 s-1, VPD hPa,
+Wind m s-1, Qair kg kg-1). Predictions are NaN where a required input is not finite (linear and
+cluster models); the gbm handles missing inputs natively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import xarray as xr
+from sklearn.cluster import KMeans
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from hybridlsm.data.schema import DataError
+
+__all__ = [
+    "EmpiricalInputError",
+    "EmpiricalModel",
+    "OneLin",
+    "TwoLin",
+    "KMeansRegression",
+    "GradientBoosting",
+    "EMPIRICAL_MODELS",
+    "time_features",
+    "antecedent_precip",
+]
+
+
+class EmpiricalInputError(DataError):
+    """A dataset lacks a variable an empirical model needs, or holds no usable training rows
+    (a `hybridlsm.data.DataError`, hence a ValueError)."""
+
+
+def _site(ds: xr.Dataset) -> str:
+    return str(ds.attrs.get("site_id", "<no site_id>"))
+
+
+def _variable(ds: xr.Dataset, name: str, model: str) -> np.ndarray:
+    if name not in ds.variables:
+        have = ", ".join(sorted(str(v) for v in ds.data_vars))
+        raise EmpiricalInputError(
+            f"{model}: site {_site(ds)}: input variable {name!r} is missing (dataset has: {have})"
+        )
+    x = np.asarray(ds[name].values, dtype=float)
+    if x.ndim != 1:
+        raise EmpiricalInputError(
+            f"{model}: site {_site(ds)}: variable {name!r} must be 1-D on time, has dims {ds[name].dims}"
+        )
+    return x
+
+
+def _time_step_s(ds: xr.Dataset) -> float:
+    if "time_step_s" in ds.attrs:
+        return float(ds.attrs["time_step_s"])
+    t = np.asarray(ds["time"].values, dtype="datetime64[ns]")
+    if t.size < 2:
+        raise EmpiricalInputError(f"site {_site(ds)}: no attrs['time_step_s'] and fewer than 2 times")
+    return float(np.median(np.diff(t).astype(np.int64)) / 1e9)
+
+
+def time_features(ds: xr.Dataset) -> np.ndarray:
+    """(T, 4): sin, cos of the hour of day and sin, cos of the day of year at the interval midpoint.
+
+    ``time`` is the interval start in local standard time (architecture §1).
+    """
+    if "time" not in ds.coords and "time" not in ds.variables:
+        raise EmpiricalInputError(f"site {_site(ds)}: no 'time' coordinate")
+    t = np.asarray(ds["time"].values, dtype="datetime64[ns]")
+    mid = t + np.timedelta64(int(_time_step_s(ds) * 5e8), "ns")  # + half a step
+    day = mid.astype("datetime64[D]")
+    hour = (mid - day).astype(np.int64) / 3.6e12
+    year = mid.astype("datetime64[Y]")
+    doy = (day - year.astype("datetime64[D]")).astype(np.int64) + hour / 24.0  # 0-based, fractional
+    h = 2 * np.pi * hour / 24.0
+    d = 2 * np.pi * doy / 365.25
+    return np.column_stack([np.sin(h), np.cos(h), np.sin(d), np.cos(d)])
+
+
+def antecedent_precip(ds: xr.Dataset, days: Sequence[float] = (1, 7, 30)) -> np.ndarray:
+    """(T, len(days)): precipitation [mm] summed over the ``days`` ending with (and including) each
+    step; NaN until the window is complete or where it holds a missing value."""
+    p = _variable(ds, "Precip", "antecedent_precip")
+    dt = _time_step_s(ds)
+    mm = p * dt  # kg m-2 s-1 × s = mm per step
+    csum = np.concatenate([[0.0], np.cumsum(np.where(np.isfinite(mm), mm, 0.0))])
+    cbad = np.concatenate([[0], np.cumsum(~np.isfinite(mm))])
+    out = np.full((p.size, len(days)), np.nan)
+    idx = np.arange(1, p.size + 1)
+    for j, d in enumerate(days):
+        w = int(round(d * 86400.0 / dt))
+        ok = idx >= w
+        lo = np.where(ok, idx - w, 0)
+        s = csum[idx] - csum[lo]
+        nbad = cbad[idx] - cbad[lo]
+        out[:, j] = np.where(ok & (nbad == 0), s, np.nan)
+    return out
+
+
+class EmpiricalModel:
+    """Base class: ``fit(datasets, target, mask)`` pools the rows, ``predict(ds)`` returns (T,)."""
+
+    name: ClassVar[str] = ""
+    inputs: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.target: str | None = None
+        self.n_train: int = 0
+
+    # -- features --------------------------------------------------------------------------
+    def features(self, ds: xr.Dataset) -> np.ndarray:
+        """(T, F) design matrix of the model's inputs for one dataset."""
+        return np.column_stack([_variable(ds, v, self.name) for v in self.inputs])
+
+    def _rows_required_finite(self, X: np.ndarray) -> np.ndarray:
+        return np.all(np.isfinite(X), axis=1)
+
+    # -- fit / predict ---------------------------------------------------------------------
+    def fit(
+        self,
+        datasets: Sequence[xr.Dataset],
+        target: str,
+        mask: Sequence[np.ndarray] | None = None,
+    ) -> EmpiricalModel:
+        """Fit on the pooled rows of ``datasets`` where ``target`` and the inputs are finite and
+        ``mask[i]`` (bool, one array of length T_i per dataset; e.g. QC == 0) is True."""
+        if isinstance(datasets, xr.Dataset):
+            datasets = [datasets]
+        if not datasets:
+            raise EmpiricalInputError(f"{self.name}: no training datasets")
+        if mask is not None and len(mask) != len(datasets):
+            raise EmpiricalInputError(
+                f"{self.name}: {len(mask)} masks for {len(datasets)} datasets"
+            )
+        Xs, ys = [], []
+        for i, ds in enumerate(datasets):
+            if target not in ds.variables:
+                raise EmpiricalInputError(
+                    f"{self.name}: site {_site(ds)}: target variable {target!r} is missing"
+                )
+            y = _variable(ds, target, self.name)
+            X = self.features(ds)
+            ok = np.isfinite(y) & self._rows_required_finite(X)
+            if mask is not None:
+                m = np.asarray(mask[i])
+                if m.dtype != bool or m.shape != y.shape:
+                    raise EmpiricalInputError(
+                        f"{self.name}: site {_site(ds)}: mask must be a bool array of shape {y.shape}, "
+                        f"got {m.dtype} {m.shape}"
+                    )
+                ok &= m
+            Xs.append(X[ok])
+            ys.append(y[ok])
+        X = np.concatenate(Xs)
+        y = np.concatenate(ys)
+        sites = ", ".join(_site(d) for d in datasets)
+        if y.size < self.min_rows():
+            raise EmpiricalInputError(
+                f"{self.name}: only {y.size} usable training rows for {target!r} at sites {sites} "
+                f"(need at least {self.min_rows()})"
+            )
+        self.target = target
+        self.n_train = int(y.size)
+        self._fit(X, y)
+        return self
+
+    def predict(self, ds: xr.Dataset) -> np.ndarray:
+        """Predicted ``target`` [W m-2] on the time axis of ``ds`` (1-D, length T)."""
+        if self.target is None:
+            raise RuntimeError(f"{self.name}: predict called before fit")
+        X = self.features(ds)
+        out = np.full(X.shape[0], np.nan)
+        ok = self._rows_required_finite(X)
+        if ok.any():
+            out[ok] = self._predict(X[ok])
+        return out
+
+    def min_rows(self) -> int:
+        return len(self.inputs) + 1
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _ols(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """OLS y = a + X·b, solved in centred form (least-norm b for collinear or constant columns)."""
+    xm, ym = X.mean(axis=0), y.mean()
+    b, *_ = np.linalg.lstsq(X - xm, y - ym, rcond=None)
+    return float(ym - xm @ b), b
+
+
+class _LinearModel(EmpiricalModel):
+    def _fit(self, X, y):
+        self.intercept_, self.coef_ = _ols(X, y)
+
+    def _predict(self, X):
+        return self.intercept_ + X @ self.coef_
+
+
+class OneLin(_LinearModel):
+    """PLUMBER ``1lin``: flux = a + b·SWdown (OLS). Fitted: ``intercept_``, ``coef_`` = [b]."""
+
+    name = "1lin"
+    inputs = ("SWdown",)
+
+
+class TwoLin(_LinearModel):
+    """PLUMBER ``2lin``: flux = a + b₁·SWdown + b₂·Tair (OLS). ``coef_`` = [b₁, b₂]."""
+
+    name = "2lin"
+    inputs = ("SWdown", "Tair")
+
+
+class KMeansRegression(EmpiricalModel):
+    """PLUMBER ``3km27``: k-means (k = 27) on z-scored (SWdown, Tair, RH), one OLS per cluster on
+    the unstandardised inputs, prediction by the nearest centroid's regression.
+
+    Fitted: ``mean_``, ``scale_`` (training mean and population SD of the inputs), ``kmeans_``,
+    ``intercepts_`` (k,), ``coefs_`` (k, 3). A cluster's OLS is least-norm in centred form, so an
+    input constant within a cluster (SWdown = 0 at night) gets a zero slope.
+    """
+
+    name = "3km27"
+    inputs = ("SWdown", "Tair", "RH")
+
+    def __init__(self, n_clusters: int = 27, seed: int = 0, n_init: int = 3, max_iter: int = 50) -> None:
+        super().__init__()
+        self.n_clusters = n_clusters
+        self.seed = seed
+        self.n_init = n_init
+        self.max_iter = max_iter
+
+    def min_rows(self) -> int:
+        return self.n_clusters
+
+    def _fit(self, X, y):
+        self.mean_ = X.mean(axis=0)
+        sd = X.std(axis=0)
+        self.scale_ = np.where(sd > 0, sd, 1.0)
+        Z = (X - self.mean_) / self.scale_
+        self.kmeans_ = KMeans(
+            n_clusters=self.n_clusters, n_init=self.n_init, max_iter=self.max_iter, random_state=self.seed
+        ).fit(Z)
+        labels = self.kmeans_.labels_
+        k = self.n_clusters
+        self.intercepts_ = np.zeros(k)
+        self.coefs_ = np.zeros((k, X.shape[1]))
+        for c in range(k):
+            sel = labels == c
+            if sel.any():
+                self.intercepts_[c], self.coefs_[c] = _ols(X[sel], y[sel])
+
+    def _predict(self, X):
+        labels = self.kmeans_.predict((X - self.mean_) / self.scale_)
+        return self.intercepts_[labels] + np.einsum("ij,ij->i", X, self.coefs_[labels])
+
+
+class GradientBoosting(EmpiricalModel):
+    """``gbm``: HistGradientBoostingRegressor on forcing + time features + antecedent rain.
+
+    Feature columns (``feature_names``): the ``inputs`` forcing, ``hour_sin, hour_cos, doy_sin,
+    doy_cos``, ``precip_<d>d`` for d in ``rain_days``. Fixed seed; no early stopping (deterministic,
+    no random validation split).
+    """
+
+    name = "gbm"
+    default_inputs: ClassVar[tuple[str, ...]] = ("SWdown", "Tair", "RH", "VPD", "Wind", "Qair", "Precip")
+
+    def __init__(
+        self,
+        inputs: Sequence[str] | None = None,
+        rain_days: Sequence[float] = (1, 7, 30),
+        max_iter: int = 200,
+        learning_rate: float = 0.1,
+        max_leaf_nodes: int = 31,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.inputs = tuple(inputs) if inputs is not None else self.default_inputs
+        self.rain_days = tuple(rain_days)
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.seed = seed
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [
+            *self.inputs,
+            "hour_sin",
+            "hour_cos",
+            "doy_sin",
+            "doy_cos",
+            *(f"precip_{d:g}d" for d in self.rain_days),
+        ]
+
+    def features(self, ds: xr.Dataset) -> np.ndarray:
+        forcing = super().features(ds)
+        parts = [forcing, time_features(ds)]
+        if self.rain_days:
+            parts.append(antecedent_precip(ds, self.rain_days))
+        return np.column_stack(parts)
+
+    def _rows_required_finite(self, X):
+        # HistGradientBoosting handles missing values; only the current forcing must be present.
+        return np.all(np.isfinite(X[:, : len(self.inputs)]), axis=1)
+
+    def min_rows(self) -> int:
+        return 2
+
+    def _fit(self, X, y):
+        self.regressor_ = HistGradientBoostingRegressor(
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes,
+            early_stopping=False,
+            random_state=self.seed,
+        ).fit(X, y)
+
+    def _predict(self, X):
+        return self.regressor_.predict(X)
+
+
+EMPIRICAL_MODELS: dict[str, type[EmpiricalModel]] = {
+    "1lin": OneLin,
+    "2lin": TwoLin,
+    "3km27": KMeansRegression,
+    "gbm": GradientBoosting,
+}

@@ -1,0 +1,257 @@
+"""Metrics against hand computations (docs/physics-reference §6)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import integrate, stats
+
+from hybridlsm.evaluation import metrics as M
+
+SIM = np.array([1.0, 2.0, 4.0])
+OBS = np.array([1.0, 2.0, 3.0])
+# by hand: s − o = [0, 0, 1]; ō = 2; Σ(o − ō)² = 2; μ_s = 7/3
+# s − s̄ = [−4/3, −1/3, 5/3] → Σ = 14/3; cov sum = 4/3 + 0 + 5/3 = 3
+R_HAND = math.sqrt(27 / 28)  # 3 / √(14/3 · 2)
+ALPHA_HAND = math.sqrt(7 / 3)  # √((14/9)/(2/3))
+BETA_HAND = 7 / 6
+
+
+def test_basic_scores_by_hand():
+    assert M.mse(SIM, OBS) == pytest.approx(1 / 3)
+    assert M.rmse(SIM, OBS) == pytest.approx(math.sqrt(1 / 3))
+    assert M.mae(SIM, OBS) == pytest.approx(1 / 3)
+    assert M.bias(SIM, OBS) == pytest.approx(1 / 3)
+    assert M.mbe is M.bias
+    assert M.percent_bias(SIM, OBS) == pytest.approx(100 / 6)
+    assert M.nse(SIM, OBS) == pytest.approx(0.5)
+    assert M.nme(SIM, OBS) == pytest.approx(0.5)  # Σ|s−o| = 1, Σ|o−ō| = 2
+    assert M.pearson_r(SIM, OBS) == pytest.approx(R_HAND)
+    assert M.r_squared(SIM, OBS) == pytest.approx(27 / 28)
+    assert M.count_valid(SIM, OBS) == 3
+
+
+def test_kge_components_by_hand():
+    c = M.kge_components(SIM, OBS)
+    assert c.r == pytest.approx(R_HAND)
+    assert c.alpha == pytest.approx(ALPHA_HAND)
+    assert c.beta == pytest.approx(BETA_HAND)
+    assert c.n == 3
+    expected = 1 - math.sqrt((R_HAND - 1) ** 2 + (ALPHA_HAND - 1) ** 2 + (BETA_HAND - 1) ** 2)
+    assert c.kge == pytest.approx(expected)
+    assert M.kge(SIM, OBS) == pytest.approx(expected)  # ≈ 0.4409
+
+    c12 = M.kge_2012_components(SIM, OBS)
+    gamma = ALPHA_HAND / BETA_HAND  # (σs/μs)/(σo/μo) = α/β
+    assert c12.gamma == pytest.approx(gamma)
+    assert c12.beta == pytest.approx(BETA_HAND)
+    assert c12.r == pytest.approx(R_HAND)
+    assert c12.kge == pytest.approx(1 - math.sqrt((R_HAND - 1) ** 2 + (gamma - 1) ** 2 + (1 / 6) ** 2))
+    assert M.kge_2012(SIM, OBS) == pytest.approx(c12.kge)
+
+
+def test_perfect_simulation():
+    o = np.array([3.0, 1.0, 4.0, 1.0, 5.0])
+    assert M.nse(o, o) == 1.0
+    assert M.kge(o, o) == pytest.approx(1.0)
+    assert M.kge_2012(o, o) == pytest.approx(1.0)
+    assert M.rmse(o, o) == 0.0
+    # mean-flow benchmark: KGE(ō, o) has r undefined -> NaN by contract, NSE = 0
+    assert M.nse(np.full(5, o.mean()), o) == pytest.approx(0.0)
+
+
+def test_nse_decomposition_gupta_2009():
+    rng = np.random.default_rng(0)
+    o = rng.gamma(2.0, 50.0, 200)
+    s = 0.7 * o + rng.normal(10, 20, 200)
+    c = M.kge_components(s, o)
+    beta_n = (s.mean() - o.mean()) / o.std()
+    assert M.nse(s, o) == pytest.approx(2 * c.alpha * c.r - c.alpha**2 - beta_n**2, rel=1e-12)
+
+
+def test_nan_pairs_and_mask_are_dropped():
+    sim = np.array([1.0, np.nan, 2.0, 4.0, 100.0, 7.0])
+    obs = np.array([1.0, 5.0, 2.0, 3.0, 0.0, np.inf])
+    mask = np.array([True, True, True, True, False, True])
+    # valid pairs: indices 0, 2, 3 -> the hand example
+    assert M.count_valid(sim, obs, mask) == 3
+    assert M.nse(sim, obs, mask) == pytest.approx(0.5)
+    assert M.rmse(sim, obs, mask) == pytest.approx(math.sqrt(1 / 3))
+    assert M.kge(sim, obs, mask) == pytest.approx(M.kge(SIM, OBS))
+    assert M.percent_bias(sim, obs, mask) == pytest.approx(100 / 6)
+    # without the mask the pair (100, 0) counts
+    assert M.count_valid(sim, obs) == 4
+    assert M.mse(sim, obs) == pytest.approx((0 + 0 + 1 + 100**2) / 4)
+    with pytest.raises(TypeError, match="boolean"):
+        M.rmse(sim, obs, mask.astype(int))
+
+
+def test_degenerate_inputs():
+    const = np.array([2.0, 2.0, 2.0])
+    s = np.array([1.0, 2.0, 3.0])
+    # constant observations: NSE, NME, r, KGE undefined -> NaN (documented), RMSE fine
+    assert math.isnan(M.nse(s, const))
+    assert math.isnan(M.nme(s, const))
+    assert math.isnan(M.pearson_r(s, const))
+    assert math.isnan(M.kge(s, const))
+    assert M.rmse(s, const) == pytest.approx(math.sqrt(2 / 3))
+    # constant simulation: r undefined
+    assert math.isnan(M.pearson_r(const, s))
+    assert M.nse(const, s) == pytest.approx(0.0)
+    # zero-mean obs: β and PBIAS undefined
+    zm = np.array([-1.0, 0.0, 1.0])
+    assert math.isnan(M.percent_bias(s, zm))
+    assert math.isnan(M.kge(s, zm))
+    assert not math.isnan(M.nse(s, zm))
+    # zero valid pairs
+    nan3 = np.full(3, np.nan)
+    for f in (M.mse, M.rmse, M.mae, M.bias, M.percent_bias, M.nse, M.kge, M.kge_2012, M.pearson_r, M.nme):
+        assert math.isnan(f(nan3, s)), f.__name__
+    assert M.count_valid(nan3, s) == 0
+    assert M.kge_components(s, s, np.zeros(3, bool)).n == 0
+
+
+def test_crps_gaussian_reference_values():
+    assert M.crps_gaussian(0.0, 0.0, 1.0) == pytest.approx(0.233695, abs=5e-7)
+    # closed form at z = 1: 2Φ(1)−1 + 2φ(1) − 1/√π
+    z1 = (2 * stats.norm.cdf(1) - 1) + 2 * stats.norm.pdf(1) - 1 / math.sqrt(math.pi)
+    assert M.crps_gaussian(1.0, 0.0, 1.0) == pytest.approx(z1)
+    # σ scaling: CRPS(N(μ,σ²), y) = σ·CRPS(N(0,1), (y−μ)/σ)
+    assert M.crps_gaussian(7.0, 3.0, 4.0) == pytest.approx(4.0 * z1)
+    # against the definition ∫(F(x) − 1[x ≥ y])² dx
+    mu, sd, y = 1.5, 0.7, 0.4
+    lo = integrate.quad(lambda x: stats.norm.cdf(x, mu, sd) ** 2, -np.inf, y)[0]
+    hi = integrate.quad(lambda x: (1 - stats.norm.cdf(x, mu, sd)) ** 2, y, np.inf)[0]
+    assert M.crps_gaussian(y, mu, sd) == pytest.approx(lo + hi, rel=1e-7)
+    # σ = 0 -> absolute error; vectorised with NaN propagation
+    out = M.crps_gaussian(np.array([2.0, np.nan, 0.0]), np.array([5.0, 0.0, 0.0]), np.array([0.0, 1.0, 1.0]))
+    np.testing.assert_allclose(out, [3.0, np.nan, 0.233695], atol=5e-7)
+    with pytest.raises(ValueError, match="sigma"):
+        M.crps_gaussian(0.0, 0.0, -1.0)
+
+
+def _crps_brute(y, x, fair):
+    m = len(x)
+    t1 = sum(abs(xi - y) for xi in x) / m
+    dbl = sum(abs(xi - xj) for xi in x for xj in x)
+    return t1 - dbl / (2 * m * (m - 1) if fair else 2 * m * m)
+
+
+def test_crps_ensemble_hand_and_brute_force():
+    # members {0, 1}, y = 0: (1/2)(0 + 1) − ΣΣ|xi−xj| (= 2) / 8 = 0.25; fair: 0.5 − 2/4 = 0
+    assert M.crps_ensemble(0.0, [0.0, 1.0]) == pytest.approx(0.25)
+    assert M.crps_ensemble(0.0, [0.0, 1.0], fair=True) == pytest.approx(0.0)
+    # one member: CRPS = |x − y|
+    assert M.crps_ensemble(3.0, [1.0]) == pytest.approx(2.0)
+    rng = np.random.default_rng(1)
+    ens = rng.normal(size=(6, 11))  # 6 points, 11 members
+    y = rng.normal(size=6)
+    for fair in (False, True):
+        fast = M.crps_ensemble(y, ens, fair=fair)
+        brute = [_crps_brute(y[i], ens[i], fair) for i in range(6)]
+        np.testing.assert_allclose(fast, brute, rtol=1e-12)
+    # member axis first
+    np.testing.assert_allclose(M.crps_ensemble(y, ens.T, axis=0), M.crps_ensemble(y, ens), rtol=1e-14)
+    # NaN obs or NaN member -> NaN
+    ens[2, 3] = np.nan
+    y[4] = np.nan
+    out = M.crps_ensemble(y, ens)
+    assert np.isnan(out[2]) and np.isnan(out[4]) and np.isfinite(out[[0, 1, 3, 5]]).all()
+    with pytest.raises(ValueError, match="2 members"):
+        M.crps_ensemble(0.0, [1.0], fair=True)
+
+
+def test_prediction_interval_scores_by_hand():
+    obs = np.array([1.0, 2.0, 3.0, 7.0, np.nan])
+    lo = np.array([0.0, 2.5, 2.0, 5.0, 0.0])
+    up = np.array([2.0, 3.0, 4.0, 6.0, 1.0])
+    # inside: yes, no (0.5 below L), yes, no (1 above U); widths 2, 0.5, 2, 1
+    # IS_0.1: 2, 0.5 + 20·0.5, 2, 1 + 20·1 -> mean 35.5/4
+    sc = M.interval_scores(obs, lo, up, alpha=0.1)
+    assert sc.n == 4
+    assert sc.picp == pytest.approx(0.5)
+    assert sc.mean_width == pytest.approx(1.375)
+    assert sc.interval_score == pytest.approx(8.875)
+    assert M.picp(obs, lo, up) == pytest.approx(0.5)
+    assert M.mean_interval_width(obs, lo, up) == pytest.approx(1.375)
+    assert M.interval_score(obs, lo, up, 0.1) == pytest.approx(8.875)
+    l90, u90 = M.gaussian_interval(0.0, 2.0, 0.9)
+    assert u90 == pytest.approx(2.0 * 1.644854, rel=1e-6) and l90 == pytest.approx(-u90)
+    with pytest.raises(ValueError, match="lower bound"):
+        M.interval_scores([1.0], [2.0], [0.0], 0.1)
+
+
+def test_energy_balance_residual_and_closure_by_hand():
+    rn = np.array([100.0, 200.0, np.nan])
+    g = np.array([10.0, 20.0, 5.0])
+    h = np.array([30.0, 50.0, 1.0])
+    le = np.array([40.0, 160.0, 1.0])
+    res = M.energy_balance_residual(rn, g, h, le)  # residuals 20, −30
+    assert res == (pytest.approx(-5.0), pytest.approx(25.0), 2)
+    assert M.closure_ratio(rn, g, h, le) == pytest.approx(280 / 270)
+    assert M.energy_balance_residual(rn, g, h, le, mask=np.array([True, False, True])).mean == pytest.approx(20.0)
+    assert M.energy_balance_residual(rn[2:], g[2:], h[2:], le[2:]).n == 0
+
+
+def test_aggregate_daily_valid_fraction():
+    time = pd.date_range("2024-01-01", periods=12, freq="6h")  # 4 steps a day, 3 days
+    x = np.array([1, 2, 3, 4, np.nan, np.nan, np.nan, 8, np.nan, 2, 4, np.nan], dtype=float)
+    a = M.aggregate(x, time, "daily")
+    # day 1: mean 2.5; day 2: 1/4 valid < 0.5 -> NaN; day 3: 2/4 valid -> mean 3
+    np.testing.assert_allclose(a.values, [2.5, np.nan, 3.0])
+    assert a.n_valid == 2
+    assert list(pd.DatetimeIndex(a.period).day) == [1, 2, 3]
+    assert M.aggregate(x, time, "daily", min_valid_fraction=0.75).n_valid == 1
+    # a short record: one day with 2 of its 4 steps -> valid at 0.5 only
+    assert M.aggregate([1.0, 3.0], time[:2], "daily").values[0] == 2.0
+    assert M.aggregate([1.0, 3.0], time[:2], "daily", min_valid_fraction=0.6).n_valid == 0
+    # trailing dims are aggregated element-wise (e.g. an ensemble or several sites)
+    two = M.aggregate(np.column_stack([x, 2 * x]), time, "daily")
+    np.testing.assert_allclose(two.values, [[2.5, 5.0], [np.nan, np.nan], [3.0, 6.0]])
+    assert two.n_valid == 4
+    native = M.aggregate(x, time, "halfhourly")
+    assert native.n_valid == 7
+    with pytest.raises(ValueError, match="monthly"):
+        M.aggregate(x, time, "monthly")
+
+
+def test_aggregate_weekly_iso_weeks():
+    time = pd.date_range("2024-01-05", "2024-01-14", freq="D")  # Fri..Sun of the next week
+    x = np.arange(10, dtype=float)
+    a = M.aggregate(x, time, "weekly")
+    # week from Mon 1 Jan: 3/7 days present -> not valid at 0.5; week from Mon 8 Jan: 7/7 -> mean of 3..9
+    assert list(pd.DatetimeIndex(a.period)) == [pd.Timestamp("2024-01-01"), pd.Timestamp("2024-01-08")]
+    np.testing.assert_allclose(a.values, [np.nan, 6.0])
+    assert a.n_valid == 1
+    b = M.aggregate(x, time, "weekly", min_valid_fraction=0.4)
+    np.testing.assert_allclose(b.values, [1.0, 6.0])
+
+
+def test_skill_table_by_hand():
+    time = pd.date_range("2024-03-04", periods=8, freq="12h")  # 2 steps a day, Mon..Thu
+    obs = np.array([1.0, 3.0, 2.0, 2.0, 3.0, 5.0, np.nan, 4.0])
+    good = np.array([1.0, 3.0, 2.0, 2.0, 4.0, 4.0, 9.0, 6.0])
+    bad = np.array([2.0, 2.0, np.nan, np.nan, 5.0, 5.0, 0.0, 0.0])
+    mask = np.array([True] * 7 + [False])
+    df = M.skill_table(obs, {"good": good, "bad": bad}, time, site="XX-Syn", flux="Qle", split="test", mask=mask)
+    assert list(df.columns) == list(M.SKILL_COLUMNS)
+    assert len(df) == 6
+    row = df[(df.model == "good") & (df.scale == "halfhourly")].iloc[0]
+    # pairs: indices 0..5 (6 is NaN obs, 7 masked)
+    assert row.n == 6
+    assert row.rmse == pytest.approx(math.sqrt(2 / 6))
+    assert row.site == "XX-Syn" and row.flux == "Qle" and row.split == "test"
+    # daily means over the jointly valid steps: obs [2, 2, 4], good [2, 2, 4] -> perfect
+    d = df[(df.model == "good") & (df.scale == "daily")].iloc[0]
+    assert d.n == 3 and d.rmse == pytest.approx(0.0) and d.nse == pytest.approx(1.0)
+    # model "bad": pairs 0, 1, 4, 5; days 1 and 3 valid: obs [2, 4] vs bad [2, 5]
+    db = df[(df.model == "bad") & (df.scale == "daily")].iloc[0]
+    assert db.n == 2
+    assert db.rmse == pytest.approx(math.sqrt(0.5))
+    assert db.bias_pct == pytest.approx(100 * 1 / 6)
+    # weekly: one ISO week of 14 steps; "good" has 6 jointly valid (0.43 < 0.5) -> n = 0, NaN
+    w = df[(df.model == "good") & (df.scale == "weekly")].iloc[0]
+    assert w.n == 0 and math.isnan(w.rmse)
+    w2 = M.skill_table(obs, {"good": good}, time, scales=("weekly",), mask=mask, min_valid_fraction=0.4)
+    assert w2.n.iloc[0] == 1
