@@ -349,3 +349,54 @@ EMPIRICAL_MODELS: dict[str, type[EmpiricalModel]] = {
     "3km27": KMeansRegression,
     "gbm": GradientBoosting,
 }
+
+
+# ------------------------------------------------------------------ registry entries (run pipeline)
+
+
+def _usable_mask(ds: xr.Dataset, target: str, max_qc: int) -> np.ndarray:
+    """Rows that may train: QC of ``target`` <= max_qc and the dataset's ``loss_mask`` (split)."""
+    from ..data import qc_mask
+
+    ok = np.asarray(qc_mask(ds, target, max_qc), dtype=bool) if target in ds else np.zeros(ds.sizes["time"], bool)
+    if "loss_mask" in ds:
+        ok &= np.asarray(ds["loss_mask"].values, dtype=bool)
+    return ok
+
+
+class EmpiricalSpec:
+    """``ModelSpec`` for one empirical benchmark: one regression per target flux.
+
+    The fits are cheap and deterministic given the data and seed, so they are refitted rather than
+    checkpointed (a fitted HistGradientBoosting model cannot be stored without pickle).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def build(self, options, datasets_train):
+        opts = dict(options or {})
+        unknown = sorted(set(opts) - {"targets"})
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; allowed: ['targets']")
+        targets = list(opts.get("targets", ["Qle", "Qh"]))
+        return {t: EMPIRICAL_MODELS[self.name]() for t in targets}
+
+    def train(self, model, train_data, val_data, cfg, ckpt_dir):
+        for target, est in model.items():
+            masks = [_usable_mask(ds, target, cfg.data.max_qc) for ds in train_data]
+            est.fit(list(train_data), target, masks)
+        return model
+
+    def predict(self, model, ds):
+        return {target: est.predict(ds) for target, est in model.items()}
+
+
+def _register_empirical() -> None:
+    from .registry import register_model
+
+    for name in EMPIRICAL_MODELS:
+        register_model(name)(EmpiricalSpec(name))
+
+
+_register_empirical()

@@ -1,0 +1,455 @@
+"""Shared machinery of every model that runs the LaD column: calibrated physics, fixed-K_h physics
+and the hybrids (``models/physics.py``, ``models/hybrid.py``).
+
+A :class:`ColumnModel` holds the land model (whose closure may contain networks), the unconstrained
+offsets of the calibrated parameters, and optionally a sequence network that produces time-varying
+parameters (dynamic parameterisation). Training is truncated back-propagation through time over
+windows:
+
+- the record of every training site is spun up and rolled out once with the *default* physics; its
+  states at the window starts initialise the windows (the window's first ``spinup_days`` adapt them
+  to the model being trained and carry no loss);
+- windows of ``spinup_days + window_days`` from all training sites form one batch axis (the model's
+  site axis N), so one jit-compiled rollout trains on all of them at once;
+- the loss sees only the steps the dataset's ``loss_mask`` (the split) and QC allow;
+- validation rolls out each validation record continuously, as prediction does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from .. import thermo
+from ..constants import T_FREEZE
+from ..data import qc_mask
+from ..physics import (
+    Forcing,
+    LaDModel,
+    LaDState,
+    default_params,
+    forcing_from_datasets,
+    from_unconstrained,
+    rollout,
+    spin_up,
+    to_unconstrained,
+)
+from ..training.losses import DiscoveryLaw, discovery_loss, energy_residual_loss, sparsity_l1, total_loss
+from ..training.trainer import fit
+
+#: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
+PREDICTION_OUTPUTS = (
+    "Qh", "Qle", "Qg", "Rnet", "Evap", "Qs", "Qsb", "SoilTemp", "SoilMoist", "SWE", "GWS",
+    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB",
+)  # fmt: skip
+STATE_OUTPUTS = ("SoilTemp", "SoilMoist", "SWE", "GWS")
+SPINUP_MAX_DAYS = 365.0
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+class ColumnModel(eqx.Module):
+    """A LaD column with calibrated parameter offsets and optional dynamic parameters.
+
+    Attributes:
+        land: the land model (``LaDModel`` or a wrapper with the same three calls)
+        deltas: unconstrained offsets of the calibrated parameters, scalars shared by all sites
+            (value = from_unconstrained(to_unconstrained(default) + delta))
+        dynamic_net: optional network ``forcing features (T, N, F) -> raw (T, N, P)``
+        dynamic_head: bounded head mapping the raw outputs to multipliers
+        dynamic_names: parameters the multipliers scale, step by step
+        law: optional discovery law K_h = a u^b |Ri|^c trained jointly (phase 2)
+        chunk: steps per checkpointed chunk of the rollout
+    """
+
+    land: eqx.Module
+    deltas: dict
+    dynamic_net: eqx.Module | None = None
+    dynamic_head: eqx.Module | None = None
+    dynamic_names: tuple[str, ...] = eqx.field(static=True, default=())
+    law: DiscoveryLaw | None = None
+    chunk: int = eqx.field(static=True, default=96)
+
+    def site_params(self, base: dict) -> dict:
+        """Parameters of each site: defaults with the calibrated offsets applied."""
+        out = dict(base)
+        for name, delta in self.deltas.items():
+            out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + delta)
+        return out
+
+    def dynamic(self, forcing: Forcing, params: dict, key=None) -> dict | None:
+        """Time-varying parameters ``{name: (T, N)}`` from the sequence network, or None."""
+        if self.dynamic_net is None:
+            return None
+        feats = forcing_features(forcing)
+        raw = self.dynamic_net(feats, key=key)
+        mult = self.dynamic_head(raw)
+        return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)}
+
+    def run(self, forcing: Forcing, base: dict, state0, key=None):
+        params = self.site_params(base)
+        dyn = self.dynamic(forcing, params, key)
+        return rollout(self.land, params, forcing, state0, dyn, self.chunk)
+
+
+# ------------------------------------------------------------------------------- features
+
+#: Fixed physical scales of the network inputs (robust to sites and splits; no data statistics).
+def forcing_features(f: Forcing) -> jax.Array:
+    """(…, 8) scaled forcing features: SW, LW, Tair, humidity deficit, wind, precipitation, hour."""
+    q_deficit = thermo.saturation_specific_humidity(f.t_air, f.p_surf) - f.q_air
+    return jnp.stack(
+        [
+            f.sw_down / 500.0,
+            (f.lw_down - 300.0) / 50.0,
+            (f.t_air - T_FREEZE - 15.0) / 10.0,
+            q_deficit / 0.01,
+            f.wind / 4.0 - 1.0,
+            jnp.log1p(f.precip * 3600.0),
+            (f.p_surf - 90000.0) / 10000.0,
+        ],
+        axis=-1,
+    )
+
+
+def state_features(state: LaDState, forcing: Forcing, params: dict) -> jax.Array:
+    """(N, 8) scaled state features: soil temperatures relative to the air, relative soil water,
+    snow and groundwater (the model's internal states)."""
+    dtemp = (state.soil_temp - forcing.t_air[..., None]) / 10.0
+    rel_water = state.soil_water / params["root_zone_capacity"]
+    return jnp.concatenate(
+        [
+            dtemp,
+            (rel_water - 0.5)[..., None] * 2.0,
+            jnp.log1p(state.snow)[..., None],
+            jnp.log1p(state.groundwater)[..., None] / 3.0,
+        ],
+        axis=-1,
+    )
+
+
+N_FORCING_FEATURES = 7
+N_STATE_FEATURES = 8
+
+
+# ------------------------------------------------------------------------------- site data
+
+
+def _site(ds: xr.Dataset) -> str:
+    return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))
+
+
+def site_base_params(ds: xr.Dataset, overrides: dict | None = None) -> dict:
+    """Default parameters (N = 1) from the site's IGBP class and heights."""
+    return default_params(
+        [ds.attrs.get("igbp", "GRA")],
+        canopy_height=ds.attrs.get("canopy_height"),
+        measurement_height=ds.attrs.get("measurement_height"),
+        overrides=overrides,
+    )
+
+
+def target_arrays(ds: xr.Dataset, targets: Sequence[str], max_qc: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, K) observations and their usable mask (QC <= max_qc, finite, and ``loss_mask``)."""
+    n = ds.sizes["time"]
+    extra = np.asarray(ds["loss_mask"].values, bool) if "loss_mask" in ds else np.ones(n, bool)
+    obs, mask = [], []
+    for t in targets:
+        if t not in ds:
+            obs.append(np.full(n, np.nan))
+            mask.append(np.zeros(n, bool))
+            continue
+        v = np.asarray(ds[t].values, dtype=np.float64)
+        obs.append(v)
+        mask.append(np.asarray(qc_mask(ds, t, max_qc), bool) & np.isfinite(v) & extra)
+    return np.stack(obs, -1), np.stack(mask, -1)
+
+
+def _optional(ds: xr.Dataset, name: str) -> np.ndarray:
+    return np.asarray(ds[name].values, dtype=np.float64) if name in ds else np.full(ds.sizes["time"], np.nan)
+
+
+@dataclass
+class SiteRecord:
+    """One site prepared for the column models (NumPy/JAX arrays, N = 1)."""
+
+    site: str
+    forcing: Forcing
+    base: dict
+    state0: Any
+    obs: np.ndarray  # (T, K)
+    mask: np.ndarray  # (T, K)
+    rnet: np.ndarray  # (T,)
+    qg: np.ndarray  # (T,)
+    split_mask: np.ndarray | None = None  # (T,) the dataset's loss_mask (steps of its split)
+    default_out: dict | None = None  # default-physics states and fluxes over the record (T, ...)
+
+
+_SPINUP_CACHE: dict[tuple, Any] = {}
+
+
+def _spun_up_state(land, base: dict, forcing: Forcing, key: tuple):
+    """Spin the default land model up on the first year (at most) of the record; cached per site."""
+    if key not in _SPINUP_CACHE:
+        period = int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
+        state, _ = spin_up(land, base, forcing, period=period, max_cycles=5, tol_temp=0.05, tol_water=0.5)
+        _SPINUP_CACHE[key] = state
+    return _SPINUP_CACHE[key]
+
+
+def prepare_site(ds: xr.Dataset, targets: Sequence[str], max_qc: int, param_overrides: dict | None = None,
+                 trajectory: bool = False) -> SiteRecord:
+    """Forcing, default parameters, a spun-up initial state and targets of one dataset."""
+    dtype = jnp.zeros(0).dtype
+    forcing = forcing_from_datasets([ds], dtype=dtype)
+    base = {k: jnp.asarray(v, dtype=dtype) for k, v in site_base_params(ds, param_overrides).items()}
+    land = LaDModel()
+    key = (_site(ds), str(ds["time"].values[0]), ds.sizes["time"], str(dtype),
+           tuple(sorted((param_overrides or {}).items())))  # fmt: skip
+    state0 = _spun_up_state(land, base, forcing, key)
+    obs, mask = target_arrays(ds, targets, max_qc)
+    split = np.asarray(ds["loss_mask"].values, bool) if "loss_mask" in ds else np.ones(ds.sizes["time"], bool)
+    rec = SiteRecord(_site(ds), forcing, base, state0, obs, mask, _optional(ds, "Rnet"), _optional(ds, "Qg"), split)
+    if trajectory:
+        _, out = _rollout_jit(land, base, forcing, state0)
+        rec.default_out = {k: np.asarray(out[k]) for k in STATE_OUTPUTS + ("Qh", "Qle", "Qg", "Rnet")}
+    return rec
+
+
+@eqx.filter_jit
+def _rollout_jit(land, params, forcing, state0):
+    return rollout(land, params, forcing, state0)
+
+
+def _state_at(rec: SiteRecord, index: int) -> LaDState:
+    """The default-physics state at the start of step ``index`` (N = 1)."""
+    if index == 0:
+        return rec.state0
+    s = rec.default_out
+    return LaDState(
+        soil_temp=jnp.asarray(s["SoilTemp"][index - 1]),
+        soil_water=jnp.asarray(s["SoilMoist"][index - 1]),
+        snow=jnp.asarray(s["SWE"][index - 1]),
+        groundwater=jnp.asarray(s["GWS"][index - 1]),
+    )
+
+
+# -------------------------------------------------------------------------------- windows
+
+
+def _concat_trees(trees: Sequence[Any], axis: int):
+    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=axis), *trees)
+
+
+def make_windows(records: Sequence[SiteRecord], spin: int, length: int) -> dict:
+    """All training windows of all sites stacked on the site axis: forcing (L, W), state0 (W, …),
+    base (W,), obs/mask (L, W, K), rnet/qg (L, W). Windows without a usable target are skipped."""
+    total = spin + length
+    parts = []
+    for rec in records:
+        n = rec.forcing.n_steps
+        for start in range(0, max(n - total, 0) + 1, length):
+            stop = min(start + total, n)
+            if stop - start < total:
+                break
+            m = rec.mask[start:stop].copy()
+            m[:spin] = False
+            if not m.any():
+                continue
+            parts.append((rec, start, stop, m))
+    if not parts:
+        raise ValueError("no training window with a usable target value (check QC, split and window length)")
+
+    def take(a, s, e):
+        return a[s:e]
+
+    forcing = _concat_trees([jax.tree_util.tree_map(lambda a, s=s, e=e: take(a, s, e), r.forcing)
+                             for r, s, e, _ in parts], axis=1)  # fmt: skip
+    state0 = _concat_trees([_state_at(r, s) for r, s, _, _ in parts], axis=0)
+    base = _concat_trees([r.base for r, _, _, _ in parts], axis=0)
+    return {
+        "forcing": forcing,
+        "state0": state0,
+        "base": base,
+        "obs": jnp.asarray(np.stack([r.obs[s:e] for r, s, e, _ in parts], axis=1)),
+        "mask": jnp.asarray(np.stack([m for _, _, _, m in parts], axis=1)),
+        "rnet": jnp.asarray(np.stack([r.rnet[s:e] for r, s, e, _ in parts], axis=1)),
+        "qg": jnp.asarray(np.stack([r.qg[s:e] for r, s, e, _ in parts], axis=1)),
+    }
+
+
+def batches_of(windows: dict, batch_size: int) -> Callable:
+    """``key -> list of batches``: windows shuffled and cut into fixed-size batches (the last batch
+    is topped up with repeated windows whose loss mask is cleared, so shapes never change)."""
+    n = windows["obs"].shape[1]
+    size = min(batch_size, n)
+
+    def select(idx, valid):
+        b = {
+            "forcing": jax.tree_util.tree_map(lambda a: a[:, idx], windows["forcing"]),
+            "state0": jax.tree_util.tree_map(lambda a: a[idx], windows["state0"]),
+            "base": {k: v[idx] for k, v in windows["base"].items()},
+        }
+        for k in ("obs", "rnet", "qg"):
+            b[k] = windows[k][:, idx]
+        b["mask"] = windows["mask"][:, idx] & jnp.asarray(valid)[None, :, None]
+        return b
+
+    def make(key):
+        order = np.asarray(jax.random.permutation(key, n))
+        out = []
+        for i in range(0, n, size):
+            idx = order[i : i + size]
+            valid = np.ones(size, bool)
+            if idx.size < size:
+                valid[idx.size :] = False
+                idx = np.concatenate([idx, order[: size - idx.size]])
+            out.append(select(idx, valid))
+        return out
+
+    return make
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+def normalised_mse(sim, obs, mask, scale):
+    """Mean over targets of the masked MSE divided by each target's variance scale."""
+    err = jnp.where(mask, (sim - jnp.where(mask, obs, 0.0)) / scale, 0.0)
+    per_target = jnp.sum(err * err, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
+    return jnp.mean(per_target)
+
+
+def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None):
+    """The loss of the column models: normalised MSE (+ phase-2 energy residual, sparsity and
+    discovery terms, weighted by the trainer's schedule)."""
+    scale = jnp.asarray(scale)
+
+    def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
+        _, out = model.run(batch["forcing"], batch["base"], batch["state0"], key)
+        sim = jnp.stack([out[t] for t in targets], axis=-1)
+        mse = normalised_mse(sim, batch["obs"], batch["mask"], scale)
+        loss_mask = jnp.any(batch["mask"], axis=-1)
+        terms = {
+            "energy": energy_residual_loss(out["Qh"], out["Qle"], batch["rnet"], batch["qg"], loss_mask),
+        }
+        if sparsity_fn is not None:
+            terms["sparsity"] = sparsity_fn(model, out)
+        if model.law is not None:
+            terms["discovery"] = discovery_loss(model.law, out["Kh"], batch["forcing"].wind, out["RiB"], loss_mask)
+        return total_loss(mse, terms, weights)
+
+    return loss_fn
+
+
+def delta_sparsity(model: ColumnModel, out: dict):
+    """L1 on the calibrated offsets (calibration should move few parameters)."""
+    if not model.deltas:
+        return jnp.zeros(())
+    return sparsity_l1(model.deltas)
+
+
+# ---------------------------------------------------------------------------- train/predict
+
+
+@eqx.filter_jit
+def _run_jit(model: ColumnModel, forcing, base, state0):
+    return model.run(forcing, base, state0)
+
+
+def validation_fn(model_records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray):
+    scale = np.asarray(scale)
+
+    def val_fn(model: ColumnModel) -> float:
+        sse, n = 0.0, 0
+        for rec in model_records:
+            _, out = _run_jit(model, rec.forcing, rec.base, rec.state0)
+            sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
+            m = rec.mask
+            if not m.any():
+                continue
+            err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
+            sse += float(np.sum(err**2))
+            n += int(m.sum())
+        return sse / n if n else float("nan")
+
+    return val_fn
+
+
+def target_scale(records: Sequence[SiteRecord]) -> np.ndarray:
+    """Standard deviation of each target over the usable training values (>= 10 W m-2)."""
+    obs = np.concatenate([np.where(r.mask, r.obs, np.nan) for r in records])
+    return np.maximum(np.nanstd(obs, axis=0), 10.0)
+
+
+def train_column_model(
+    model: ColumnModel,
+    train_data: Sequence[xr.Dataset],
+    val_data: Sequence[xr.Dataset],
+    cfg,
+    ckpt_dir: Path | None,
+    *,
+    targets: Sequence[str],
+    train_cfg,
+    sparsity_fn: Callable | None = None,
+    filter_spec=None,
+    progress: bool = True,
+    validity_fn=None,
+    target_override: Callable[[SiteRecord], SiteRecord] | None = None,
+) -> ColumnModel:
+    """Fit a column model by truncated BPTT over windows; early stopping on the validation records."""
+    max_qc = cfg.data.max_qc
+    train_recs = [prepare_site(ds, targets, max_qc, trajectory=True) for ds in train_data]
+    if target_override is not None:
+        train_recs = [target_override(r) for r in train_recs]
+    val_recs = [prepare_site(ds, targets, max_qc) for ds in val_data]
+    dt = train_recs[0].forcing.time_step_s
+    spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
+    length = int(round(cfg.data.window_days * 86400.0 / dt))
+    windows = make_windows(train_recs, spin, length)
+    scale = target_scale(train_recs)
+    result = fit(
+        model,
+        make_loss(targets, scale, sparsity_fn),
+        batches_of(windows, train_cfg.batch_windows),
+        validation_fn(val_recs, targets, scale),
+        train_cfg,
+        checkpoint_dir=ckpt_dir,
+        filter_spec=filter_spec,
+        progress=progress,
+        resume=ckpt_dir is not None,
+        validity_fn=validity_fn,
+    )
+    return result.model
+
+
+def predict_column_model(model: ColumnModel, ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """ALMA outputs over the whole record of ``ds``, from a state spun up with the trained model."""
+    dtype = jnp.zeros(0).dtype
+    forcing = forcing_from_datasets([ds], dtype=dtype)
+    base = {k: jnp.asarray(v, dtype=dtype) for k, v in site_base_params(ds).items()}
+    params = model.site_params(base)
+    period = int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
+    dyn = model.dynamic(forcing, params)
+    state0, _ = spin_up(model.land, params, forcing, dynamic=dyn, period=period, max_cycles=5,
+                        tol_temp=0.05, tol_water=0.5)  # fmt: skip
+    _, out = _run_jit(model, forcing, base, state0)
+    return {k: np.asarray(out[k])[:, 0] for k in PREDICTION_OUTPUTS}
+
+
+def training_config(cfg, options) -> Any:
+    """The run's training section with the model's own overrides (lr, epochs, patience)."""
+    update = {k: getattr(options, k) for k in ("lr", "epochs", "patience") if getattr(options, k, None) is not None}
+    tc = cfg.training.model_copy(update=update)
+    if tc.epochs is None and not tc.two_phase.enabled:
+        tc = tc.model_copy(update={"epochs": 30})
+    return tc

@@ -1,0 +1,373 @@
+"""Hybrid models: networks embedded in the LaD column, trained end to end through the rollout.
+
+- ``hybrid_flux``: an MLP replaces the H / LE closure; inputs are the forcing and (switchable) the
+  model's internal states; by default an energy-conserving head splits the available energy
+  Rn - G so that H + LE + G = Rn by construction.
+- ``hybrid_param``: an MLP maps forcing and states to bounded multipliers of the aerodynamic and
+  stomatal resistance (equivalently K_h and r_s) that the physics then uses.
+- ``hybrid_lstm``: an LSTM over the forcing produces the same multipliers step by step (dynamic
+  parameterisation), passed to the rollout as time-varying parameters.
+- ``post_correction``: the physics runs, an MLP corrects its Qh / Qle (the cascading paradigm).
+- ``pretrain_then_finetune``: ``hybrid_flux`` first trained on the default physics' own output,
+  then on observations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead
+from ..physics import PARAMETERS, LaDModel
+from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
+from ..training.losses import DiscoveryLaw, sparsity_l1
+from . import column
+from .column import (
+    N_FORCING_FEATURES,
+    N_STATE_FEATURES,
+    ColumnModel,
+    forcing_features,
+    predict_column_model,
+    state_features,
+    train_column_model,
+    training_config,
+)
+from .registry import register_model
+
+MULTIPLIED = ("ra_scale", "rs_scale")
+
+
+class HybridOptions(BaseModel):
+    """``options`` of the hybrid models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    use_states: bool = Field(True, description="physics states as network inputs (off: the ablation)")
+    energy_split: bool = Field(True, description="hybrid_flux: conserve H + LE + G = Rn via the split head")
+    width: int = Field(32, ge=1, le=1024)
+    depth: int = Field(2, ge=1, le=8)
+    hidden_size: int = Field(32, ge=1, le=1024, description="hybrid_lstm hidden units")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    stability: Literal["louis", "businger_dyer"] = "louis"
+    targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
+    discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
+    pretrain_epochs: int = Field(10, ge=1, description="pretrain_then_finetune: epochs on the simulator")
+    lr: float | None = Field(None, gt=0.0, le=1.0)
+    epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+
+
+def _n_inputs(use_states: bool) -> int:
+    return N_FORCING_FEATURES + 1 + (N_STATE_FEATURES + 2 if use_states else 0)
+
+
+def closure_inputs(c: SurfaceContext, use_states: bool) -> jax.Array:
+    """Network inputs at one step: scaled forcing, net radiation and, optionally, the states."""
+    x = [forcing_features(c.forcing), (c.net_radiation / 500.0)[..., None]]
+    if use_states:
+        x += [state_features(c.state, c.forcing, c.params), c.beta[..., None], c.snow_cover[..., None]]
+    return jnp.concatenate(x, axis=-1)
+
+
+def _small_output_layer(mlp: MLP, bias) -> MLP:
+    """Start near a chosen output: last-layer weights x 0.01 and the given bias."""
+    last = mlp.layers[-1]
+    last = eqx.tree_at(lambda l: (l.weight, l.bias), last, (last.weight * 0.01, jnp.asarray(bias, last.bias.dtype)))
+    return eqx.tree_at(lambda m: m.layers[-1], mlp, last)
+
+
+# ------------------------------------------------------------------------------ hybrid_flux
+
+
+class NetworkFluxClosure(Closure):
+    """H and LE from an MLP.
+
+    With ``energy_split`` (the default) the network decides how the turbulent energy is split:
+    the physics gives the available turbulent energy A = H_bulk + LE_bulk at the current surface
+    temperature (with its derivative, so the implicit surface solve keeps its physical feedback),
+    the network scales it by a bounded factor m in [0.5, 2] and splits m A into LE and H with the
+    energy-split head (H + LE = m A exactly). Without ``energy_split`` it predicts H and LE freely
+    (300 W m-2 x raw), linearised in T_s with the bulk derivatives. Either way H and LE enter the
+    surface flux that drives the soil column, so the model's energy balance Rn = H + LE + G + dS/dt
+    closes exactly."""
+
+    mlp: MLP
+    head: EnergySplitHead | None
+    use_states: bool = eqx.field(static=True)
+
+    def __call__(self, c: SurfaceContext) -> TurbulentFluxes:
+        bulk = BulkClosure()(c)
+        lv = c.latent_heat
+        raw = self.mlp(closure_inputs(c, self.use_states))
+        if self.head is None:
+            return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt)
+        available = bulk.sensible_heat + lv * bulk.evaporation
+        d_available = bulk.dsensible_dt + lv * bulk.devaporation_dt
+        factor = 0.5 + 1.5 * jax.nn.sigmoid(raw[..., 2])
+        h, le = self.head(raw[..., :2], factor * available)
+        ef = le / jnp.where(jnp.abs(factor * available) > 1e-6, factor * available, 1.0)
+        ef = jax.lax.stop_gradient(jnp.clip(ef, 0.0, 1.0))
+        dh = factor * (1.0 - ef) * d_available
+        de = factor * ef * d_available / lv
+        return TurbulentFluxes(h, le / lv, dh, de)
+
+
+def build_flux_closure(opts: HybridOptions) -> NetworkFluxClosure:
+    head = EnergySplitHead(residual_scale=30.0) if opts.energy_split else None
+    n_out = 3 if opts.energy_split else 2
+    mlp = MLP(_n_inputs(opts.use_states), n_out, width_size=opts.width, depth=opts.depth,
+              dropout=opts.dropout, key=jax.random.key(opts.seed))  # fmt: skip
+    # start at the physics: evaporative fraction 1/2, factor 1 (sigmoid^-1(1/3))
+    mlp = _small_output_layer(mlp, jnp.asarray([0.0, 0.0, -0.6931][:n_out] if opts.energy_split else [0.0, 0.0]))
+    return NetworkFluxClosure(mlp, head, opts.use_states)
+
+
+# ----------------------------------------------------------------------------- hybrid_param
+
+
+def multiplier_head(dtype=None) -> BoundedHead:
+    """Multipliers of r_a and r_s bounded by the parameter table's ra_scale / rs_scale bounds."""
+    lo = [PARAMETERS[n].lower for n in MULTIPLIED]
+    hi = [PARAMETERS[n].upper for n in MULTIPLIED]
+    return BoundedHead(lo, hi, log_space=True, dtype=dtype)
+
+
+class ParameterNetworkLand(eqx.Module):
+    """LaD whose r_a and r_s multipliers come from an MLP of forcing and states at every step.
+
+    The learned multipliers scale ``ra_scale`` and ``rs_scale`` before the physics step, so the
+    reported Kh, ra and rs are the ones actually used; ``observe`` adds them as ``ra_mult`` and
+    ``rs_mult``."""
+
+    lad: LaDModel
+    mlp: MLP
+    head: BoundedHead
+    use_states: bool = eqx.field(static=True)
+
+    def init_state(self, params, forcing):
+        return self.lad.init_state(params, forcing)
+
+    def multipliers(self, state, forcing, params) -> jax.Array:
+        x = [forcing_features(forcing)]
+        if self.use_states:
+            x.append(state_features(state, forcing, params))
+        x = jnp.concatenate(x, axis=-1)
+        return self.head(self.mlp(x))
+
+    def step(self, state, forcing, params):
+        m = self.multipliers(state, forcing, params)
+        p = dict(params)
+        for i, name in enumerate(MULTIPLIED):
+            p[name] = params[name] * m[..., i]
+        new_state, fluxes = self.lad.step(state, forcing, p)
+        return new_state, (fluxes, m)
+
+    def observe(self, state, fluxes):
+        fl, m = fluxes
+        out = self.lad.observe(state, fl)
+        out["ra_mult"], out["rs_mult"] = m[..., 0], m[..., 1]
+        return out
+
+
+def multiplier_sparsity(model: ColumnModel, out: dict):
+    """L1 on the log multipliers: learned parameters stay at the physics unless data say otherwise."""
+    return sparsity_l1([jnp.log(out["ra_mult"]), jnp.log(out["rs_mult"])])
+
+
+def dynamic_sparsity(model: ColumnModel, out: dict):
+    """L1 on the log of the LSTM's multipliers, recovered from the rollout's r_a."""
+    return sparsity_l1(jnp.log(out["ra"] / jax.lax.stop_gradient(out["ra"].mean())))
+
+
+# ------------------------------------------------------------------------------ registry
+
+
+class _HybridSpec:
+    Options = HybridOptions
+
+    def _law(self, opts, dtype):
+        return DiscoveryLaw(dtype=dtype) if opts.discovery else None
+
+    def predict(self, model, ds):
+        return predict_column_model(model, ds)
+
+    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
+        opts = options or HybridOptions()
+        return train_column_model(
+            model, train_data, val_data, cfg, ckpt_dir, targets=opts.targets,
+            train_cfg=training_config(cfg, opts), sparsity_fn=self.sparsity_fn,
+        )  # fmt: skip
+
+    sparsity_fn = None
+
+
+@register_model("hybrid_flux")
+class HybridFlux(_HybridSpec):
+    def build(self, options: HybridOptions, datasets_train):
+        dtype = jnp.zeros(0).dtype
+        land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
+        return ColumnModel(land=land, deltas={}, law=None)
+
+
+@register_model("hybrid_param")
+class HybridParam(_HybridSpec):
+    sparsity_fn = staticmethod(multiplier_sparsity)
+
+    def build(self, options: HybridOptions, datasets_train):
+        dtype = jnp.zeros(0).dtype
+        head = multiplier_head(dtype)
+        n_in = N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
+        mlp = MLP(n_in, len(MULTIPLIED), width_size=options.width, depth=options.depth,
+                  dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
+        mlp = _small_output_layer(mlp, head.inverse(jnp.ones(len(MULTIPLIED))))
+        land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states)
+        return ColumnModel(land=land, deltas={}, law=self._law(options, dtype))
+
+
+@register_model("hybrid_lstm")
+class HybridLSTM(_HybridSpec):
+    sparsity_fn = staticmethod(dynamic_sparsity)
+
+    def build(self, options: HybridOptions, datasets_train):
+        dtype = jnp.zeros(0).dtype
+        head = multiplier_head(dtype)
+        net = LSTM(N_FORCING_FEATURES, len(MULTIPLIED), hidden_size=options.hidden_size,
+                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
+        last = net.head
+        net = eqx.tree_at(lambda n: n.head, net, eqx.tree_at(
+            lambda l: (l.weight, l.bias), last,
+            (last.weight * 0.01, jnp.asarray(head.inverse(jnp.ones(len(MULTIPLIED))), last.bias.dtype))))  # fmt: skip
+        return ColumnModel(land=LaDModel(stability=options.stability), deltas={}, dynamic_net=net,
+                           dynamic_head=head, dynamic_names=MULTIPLIED, law=self._law(options, dtype))  # fmt: skip
+
+
+@register_model("pretrain_then_finetune")
+class PretrainThenFinetune(HybridFlux):
+    """hybrid_flux trained first on the default physics' simulated Qh / Qle over the whole training
+    record (every step, no QC), then on the observations."""
+
+    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
+        opts = options or HybridOptions()
+        targets = opts.targets
+
+        def simulator_targets(rec: column.SiteRecord) -> column.SiteRecord:
+            sim = np.stack([rec.default_out[t][:, 0] for t in targets], -1)
+            usable = np.repeat(rec.split_mask[:, None], len(targets), axis=1)
+            return column.SiteRecord(rec.site, rec.forcing, rec.base, rec.state0, sim, usable,
+                                     rec.rnet, rec.qg, rec.split_mask, rec.default_out)  # fmt: skip
+
+        pre_cfg = training_config(cfg, opts).model_copy(
+            update={"epochs": opts.pretrain_epochs, "two_phase": cfg.training.two_phase.model_copy(update={"enabled": False})})  # fmt: skip
+        sub = (lambda name: None if ckpt_dir is None else Path(ckpt_dir) / name)
+        model = train_column_model(model, train_data, val_data, cfg, sub("pretrain"), targets=targets,
+                                   train_cfg=pre_cfg, target_override=simulator_targets)  # fmt: skip
+        return train_column_model(model, train_data, val_data, cfg, sub("finetune"), targets=targets,
+                                  train_cfg=training_config(cfg, opts))  # fmt: skip
+
+
+# --------------------------------------------------------------------------- post_correction
+
+
+class PostCorrection(eqx.Module):
+    """Default LaD followed by an MLP that corrects its Qh / Qle from the physics outputs, states
+    and forcing (residual form: corrected = physics + scale * MLP)."""
+
+    physics: ColumnModel
+    mlp: MLP
+    targets: tuple[str, ...] = eqx.field(static=True)
+    scale: tuple[float, ...] = eqx.field(static=True)
+
+
+def _post_features(out: dict, ds) -> np.ndarray:
+    """(T, F) inputs of the correction network from a physics rollout of ``ds``."""
+    from ..physics import LaDState, forcing_from_datasets
+
+    f = forcing_from_datasets([ds]).at((slice(None), 0))
+    state = LaDState(soil_temp=jnp.asarray(out["SoilTemp"]), soil_water=jnp.asarray(out["SoilMoist"]),
+                     snow=jnp.asarray(out["SWE"]), groundwater=jnp.asarray(out["GWS"]))  # fmt: skip
+    base = column.site_base_params(ds)
+    phys = np.stack([out["Qh"] / 300.0, out["Qle"] / 300.0, out["Rnet"] / 500.0, out["Qg"] / 100.0], -1)
+    return np.concatenate(
+        [np.asarray(forcing_features(f)), phys, np.asarray(state_features(state, f, base))], axis=-1
+    )
+
+
+@eqx.filter_jit
+def _correct(model: PostCorrection, x):
+    return model.mlp(x)
+
+
+@register_model("post_correction")
+class PostCorrectionSpec:
+    Options = HybridOptions
+
+    def build(self, options: HybridOptions, datasets_train):
+        mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, len(options.targets), width_size=options.width,
+                  depth=options.depth, dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
+        mlp = _small_output_layer(mlp, jnp.zeros(len(options.targets)))
+        physics = ColumnModel(land=LaDModel(stability=options.stability), deltas={})
+        return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets))
+
+    def _rows(self, model, datasets, max_qc):
+        xs, ys, ms = [], [], []
+        for ds in datasets:
+            out = predict_column_model(model.physics, ds)
+            obs, mask = column.target_arrays(ds, model.targets, max_qc)
+            sim = np.stack([out[t] for t in model.targets], -1)
+            xs.append(_post_features(out, ds))
+            ys.append(np.where(mask, obs - sim, 0.0))
+            ms.append(mask)
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
+
+    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
+        from ..training.trainer import fit
+
+        opts = options or HybridOptions()
+        x, y, m = self._rows(model, train_data, cfg.data.max_qc)
+        keep = m.any(axis=1)
+        x, y, m = x[keep], y[keep], m[keep]
+        if not keep.any():
+            raise ValueError("post_correction: no usable training target (check QC and split)")
+        scale = np.maximum(np.sqrt(np.mean(np.where(m, y, 0.0) ** 2, axis=0)), 1.0)
+        model = eqx.tree_at(lambda mdl: mdl.scale, model, tuple(float(s) for s in scale))
+        xv, yv, mv = self._rows(model, val_data, cfg.data.max_qc)
+        xv, yv, mv = (jnp.asarray(a) for a in (xv, yv / scale, mv))
+        xj, yj, mj = jnp.asarray(x), jnp.asarray(y / scale), jnp.asarray(m)
+        size = min(4096, x.shape[0])
+
+        def batches(key):
+            order = np.asarray(jax.random.permutation(key, x.shape[0]))
+            return [{"x": xj[order[i:i + size]], "y": yj[order[i:i + size]], "m": mj[order[i:i + size]]}
+                    for i in range(0, x.shape[0] - size + 1, size)]  # fmt: skip
+
+        def loss_fn(mdl, batch, key, weights):
+            err = jnp.where(batch["m"], mdl.mlp(batch["x"], key=key) - batch["y"], 0.0)
+            mse = jnp.sum(err**2) / jnp.maximum(jnp.sum(batch["m"]), 1)
+            return mse, {"mse": mse}
+
+        def val_fn(mdl):
+            err = jnp.where(mv, _correct(mdl, xv) - yv, 0.0)
+            return float(jnp.sum(err**2) / jnp.maximum(jnp.sum(mv), 1))
+
+        tc = training_config(cfg, opts).model_copy(update={"two_phase": cfg.training.two_phase.model_copy(update={"enabled": False})})
+        if tc.epochs is None:
+            tc = tc.model_copy(update={"epochs": 30})
+        # only the MLP has trainable arrays (the physics part holds no calibrated offsets)
+        return fit(model, loss_fn, batches, val_fn, tc, checkpoint_dir=ckpt_dir,
+                   resume=ckpt_dir is not None).model  # fmt: skip
+
+    def predict(self, model, ds):
+        out = predict_column_model(model.physics, ds)
+        corr = np.asarray(_correct(model, jnp.asarray(_post_features(out, ds))))
+        for k, t in enumerate(model.targets):
+            out[t] = out[t] + model.scale[k] * corr[:, k]
+        return out
+

@@ -1,0 +1,92 @@
+"""Physics-only models: ``physics`` (calibrated LaD) and ``fixed_kh`` (LaD with a fixed empirical
+exchange coefficient, the "traditional PGML" baseline of the regional study)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..constants import CP_AIR
+from ..physics import CALIBRATABLE, LaDModel
+from ..physics.closure import Closure, SurfaceContext, TurbulentFluxes
+from ..physics.turbulence import neutral_aerodynamic_resistance
+from .column import ColumnModel, delta_sparsity, predict_column_model, train_column_model, training_config
+from .registry import register_model
+
+#: Parameters calibrated by default: the exchange and stomatal knobs, water capacity, albedo,
+#: roughness ratio and soil conductivity (those the fluxes are most sensitive to).
+DEFAULT_CALIBRATED = ("rs_scale", "ra_scale", "root_zone_capacity", "beta_threshold", "kB_inv",
+                      "albedo", "soil_thermal_conductivity")  # fmt: skip
+
+
+class PhysicsOptions(BaseModel):
+    """``options`` of ``{name: physics}`` / ``{name: fixed_kh}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED))
+    stability: Literal["louis", "businger_dyer"] = "louis"
+    targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
+    lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
+    epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+
+    @field_validator("calibrate")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(CALIBRATABLE))
+        if unknown:
+            raise ValueError(f"not calibratable: {unknown}; allowed: {list(CALIBRATABLE)}")
+        return value
+
+
+class NeutralExchangeClosure(Closure):
+    """Bulk H and E with the neutral log-law exchange coefficient (no stability correction, no
+    calibration of r_a): K_h depends on wind and roughness only."""
+
+    def __call__(self, c: SurfaceContext) -> TurbulentFluxes:
+        p = c.params
+        d = p["displacement_fraction"] * p["canopy_height"]
+        zd = jnp.maximum(p["reference_height"] - d, 2.0 * p["z0m"])
+        ra = neutral_aerodynamic_resistance(c.wind, zd, p["z0m"], p["z0m"] * jnp.exp(-p["kB_inv"]))
+        gh = c.rho_air * CP_AIR / ra
+        gq = c.beta * c.rho_air / (ra + c.surface_resistance)
+        return TurbulentFluxes(gh * (c.t_surface - c.theta_air), gq * (c.q_sat - c.q_air), gh, gq * c.dq_sat_dt)
+
+
+class PhysicsSpec:
+    """Calibrated LaD: gradient-based fit of a subset of parameters through the full rollout."""
+
+    Options = PhysicsOptions
+    closure_cls = None
+
+    def build(self, options: PhysicsOptions, datasets_train):
+        dtype = jnp.zeros(0).dtype
+        land = LaDModel(stability=options.stability)
+        if self.closure_cls is not None:
+            land = LaDModel(closure=self.closure_cls(), stability=options.stability)
+        deltas = {name: jnp.zeros((), dtype) for name in options.calibrate if not (
+            self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
+        return ColumnModel(land=land, deltas=deltas)
+
+    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: PhysicsOptions | None = None):
+        options = options or PhysicsOptions()
+        return train_column_model(
+            model, train_data, val_data, cfg, ckpt_dir,
+            targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
+        )  # fmt: skip
+
+    def predict(self, model, ds):
+        return predict_column_model(model, ds)
+
+
+@register_model("physics")
+class CalibratedPhysics(PhysicsSpec):
+    pass
+
+
+@register_model("fixed_kh")
+class FixedKhPhysics(PhysicsSpec):
+    closure_cls = NeutralExchangeClosure
