@@ -1,0 +1,106 @@
+"""The ``hybridlsm`` command line (typer).
+
+``app`` is the top-level Typer application; each area adds its commands or a sub-app here
+(``data`` now; ``run``, ``report`` and ``bench`` are added with ``@app.command()`` beside it).
+
+    hybridlsm data inspect PATH... [--json] [--max-qc N]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="hybridlsm",
+    help="Hybrid physics-ML land-surface modelling: data, runs, reports, benchmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+data_app = typer.Typer(help="Flux-tower and gridded data: inspect files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _step(seconds: float, resolution: str) -> str:
+    if resolution in ("WW", "MM", "YY"):
+        return {"WW": "1 week", "MM": "1 month", "YY": "1 year"}[resolution]
+    if seconds % 86400 == 0:
+        return f"{int(seconds // 86400)} d"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 60)} min"
+
+
+def _render(reports: list[dict], console: Console) -> None:
+    summary = Table(title="Files", show_lines=False)
+    for col in ("file", "site", "period (start .. end, LST)", "step", "steps", "EBR", "n", "closure note"):
+        summary.add_column(col, overflow="fold")
+    for r in reports:
+        name = Path(r["file"].split(";")[0]).name
+        if "error" in r:
+            summary.add_row(name, "", f"[red]ERROR[/red] {r['error']}", "", "", "", "", "")
+            continue
+        c = r["closure"]
+        summary.add_row(
+            name, r["site_id"], f"{r['start'][:16]} .. {r['end'][:16]}",
+            _step(r["time_step_s"], r["time_resolution"]), str(r["n_steps"]),
+            _fmt(c["ratio"]), str(c["n"]),
+            c["note"],
+        )
+    console.print(summary)
+    for r in reports:
+        if "error" in r:
+            continue
+        t = Table(title=f"{Path(r['file'].split(';')[0]).name}: variables")
+        for col in ("variable", "units", "valid fraction", "QC", "source", "gaps > 1 day"):
+            t.add_column(col, overflow="fold")
+        for v in r["variables"]:
+            g = r["gaps_over_1d"].get(v["name"], [])
+            gtxt = "-" if not g else f"{len(g)} (longest {max(x['hours'] for x in g) / 24:.1f} d)"
+            t.add_row(v["name"], v["units"], f"{v['valid_fraction']:.4f}", v["qc"], v["source"], gtxt)
+        console.print(t)
+        for w in r["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    paths: list[Path] = typer.Argument(..., help="Data files: FLUXNET CSV, PLUMBER2 or gridded netCDF."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    max_qc: Optional[int] = typer.Option(
+        None, "--max-qc", help="Closure only over steps whose Qh and Qle QC flags are <= this."
+    ),
+) -> None:
+    """Per file: site, period, time step, variables with units and valid fraction, gaps longer
+    than a day and the energy-balance closure sum(Qh+Qle)/sum(Rnet-Qg). Exit code 1 if any file
+    could not be read."""
+    from .data.inspect import inspect_file
+
+    reports = [inspect_file(p, max_qc=max_qc) for p in paths]
+    if as_json:
+        typer.echo(json.dumps(reports, indent=1, default=str))
+    else:
+        _render(reports, Console(width=200, soft_wrap=False))
+    if any("error" in r for r in reports):
+        raise typer.Exit(code=1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,222 @@
+"""Checks shared by the readers: plausible ranges (wrong-unit detection), time axes, VPD consistency.
+
+Every failure names the file, the column (or variable), the first offending row or time and what
+was expected. Usable-but-suspicious data gives a :class:`~hybridlsm.data.schema.DataWarning`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from .. import thermo
+from ..constants import T_FREEZE
+from .schema import VARIABLES, DataError, DataWarning
+
+#: more than this fraction of a column outside the plausible range -> wrong unit -> DataError
+WRONG_UNIT_FRACTION = 0.5
+
+
+def fmt_time(t) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM``."""
+    return pd.Timestamp(t).strftime("%Y-%m-%d %H:%M")
+
+
+def where(i: int, times=None, lines=None) -> str:
+    """'line 12 (2004-05-06 11:00)' / 'time 2004-05-06 11:00' / 'index 12' for row ``i``."""
+    parts = []
+    if lines is not None:
+        parts.append(f"line {int(lines[i])}")
+    if times is not None:
+        t = fmt_time(times[i])
+        parts.append(f"({t})" if parts else f"time {t}")
+    return " ".join(parts) if parts else f"index {i}"
+
+
+def check_plausible(
+    values: np.ndarray,
+    var: str,
+    *,
+    file: str,
+    column: str,
+    declared_units: str,
+    raw: np.ndarray | None = None,
+    times=None,
+    lines=None,
+    stacklevel: int = 3,
+) -> None:
+    """Check converted ``values`` of canonical variable ``var`` against its plausible range.
+
+    Raises DataError when more than half of the present values lie outside the range (a unit
+    error: the message says which alternative unit would fit, from ``Variable.alt_units``); warns
+    (DataWarning) when some do. ``raw`` are the values before conversion (for the hint), ``times``
+    and ``lines`` locate the first offending value.
+    """
+    spec = VARIABLES[var]
+    lo, hi = spec.valid_range
+    v = np.asarray(values, dtype=float)
+    flat = v.reshape(-1)
+    present = np.isfinite(flat)
+    n = int(present.sum())
+    if n == 0:
+        return
+    outside = present & ((flat < lo) | (flat > hi))
+    k = int(outside.sum())
+    if k == 0:
+        return
+    first = int(np.argmax(outside))
+    loc = where(first, times, lines) if v.ndim == 1 else f"flat index {first}"
+    med = float(np.nanmedian(flat[present]))
+    msg = (
+        f"{file}: column {column} ({var}): {k} of {n} values outside the plausible range "
+        f"{lo:g}..{hi:g} {spec.units} (after conversion from {declared_units}); "
+        f"min {np.nanmin(flat):.6g}, max {np.nanmax(flat):.6g}, median {med:.6g}; first at {loc} "
+        f"(value {flat[first]:.6g} {spec.units})"
+    )
+    if k > WRONG_UNIT_FRACTION * n:
+        hint = ""
+        if raw is not None:
+            r = np.asarray(raw, dtype=float).reshape(-1)[present]
+            rmed = float(np.median(r))
+            for label, (s, o) in spec.alt_units.items():
+                if lo <= rmed * s + o <= hi:
+                    hint = f"; the values look like {label}, not {declared_units}"
+                    break
+        raise DataError(msg + f"; expected {declared_units} giving {lo:g}..{hi:g} {spec.units}{hint}")
+    warnings.warn(msg, DataWarning, stacklevel=stacklevel)
+
+
+def check_vpd_consistency(ta_c, rh, vpd_hpa, *, file: str, column: str = "VPD") -> float | None:
+    """Median ratio VPD / (e_s(T) (1 - RH/100)) where the expected VPD exceeds 1 hPa.
+
+    A unit error (kPa or Pa written where hPa is declared) gives a ratio near 0.1 or 0.01 and
+    raises DataError; a ratio outside 0.7..1.4 warns. Returns the ratio (None when < 24 rows).
+    """
+    ta_c, rh, vpd_hpa = (np.asarray(a, dtype=float) for a in (ta_c, rh, vpd_hpa))
+    expected = thermo.saturation_vapour_pressure(ta_c + T_FREEZE) * (1.0 - rh / 100.0) / 100.0
+    ok = np.isfinite(expected) & np.isfinite(vpd_hpa) & (expected > 1.0)
+    if ok.sum() < 24:
+        return None
+    ratio = float(np.median(vpd_hpa[ok] / expected[ok]))
+    msg = (
+        f"{file}: column {column}: median ratio of VPD to e_s(TA)(1 - RH/100) is {ratio:.3g} "
+        f"over {int(ok.sum())} rows; expected about 1 with VPD in hPa"
+    )
+    if ratio < 0.3 or ratio > 3.0:
+        guess = "kPa" if 0.03 < ratio < 0.3 else ("Pa" if ratio > 30 else "another unit")
+        raise DataError(msg + f" (the values look like {guess})")
+    if not 0.7 <= ratio <= 1.4:
+        warnings.warn(msg, DataWarning, stacklevel=3)
+    return ratio
+
+
+def regularise_time(
+    times: pd.DatetimeIndex,
+    step: pd.Timedelta,
+    *,
+    file: str,
+    column: str,
+    lines=None,
+) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Check a time axis and return the complete regular axis and the positions of ``times`` in it.
+
+    Duplicates, decreasing times and steps that are not whole multiples of ``step`` raise
+    DataError naming the line. Steps that are multiples (missing rows) are allowed: the missing
+    times are inserted (the caller fills them with NaN) and a DataWarning lists them.
+    """
+    t = np.asarray(times).astype("datetime64[ns]")
+    if len(t) == 0:
+        raise DataError(f"{file}: no data rows")
+    step_ns = np.timedelta64(int(pd.Timedelta(step).value), "ns")
+    rel = t - t[0]
+    _check_order(rel.astype(np.int64), lambda i: fmt_time(t[i]), file=file, column=column, lines=lines)
+    rem = rel % step_ns
+    bad = np.nonzero(rem != np.timedelta64(0, "ns"))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{file}: column {column}: irregular time step of {pd.Timedelta(t[i] - t[i - 1])} between "
+            f"{fmt_time(t[i - 1])} and {fmt_time(t[i])} at {where(i, None, lines)}; expected a "
+            f"multiple of {pd.Timedelta(step)}"
+        )
+    pos = (rel // step_ns).astype(np.int64)
+    full = pd.DatetimeIndex(t[0] + np.arange(int(pos[-1]) + 1) * step_ns)
+    _warn_inserted(pos, lambda k: fmt_time(full[k]), file=file, column=column, step=str(pd.Timedelta(step)))
+    return full, pos
+
+
+def regularise_ordinal(
+    ordinals: np.ndarray, label, *, file: str, column: str, lines=None, step: str
+) -> np.ndarray:
+    """As :func:`regularise_time` for calendar periods given as consecutive integers (months, years).
+
+    ``label(k)`` formats the period with ordinal ``ordinals[0] + k``. Returns the positions.
+    """
+    o = np.asarray(ordinals, dtype=np.int64)
+    if o.size == 0:
+        raise DataError(f"{file}: no data rows")
+    _check_order(o, lambda i: label(int(o[i] - o[0])), file=file, column=column, lines=lines)
+    pos = o - o[0]
+    _warn_inserted(pos, label, file=file, column=column, step=step)
+    return pos
+
+
+def _check_order(o: np.ndarray, label, *, file, column, lines) -> None:
+    if o.size < 2:
+        return
+    d = np.diff(o)
+    dup = np.nonzero(d == 0)[0]
+    if dup.size:
+        i = int(dup[0]) + 1
+        raise DataError(
+            f"{file}: column {column}: duplicated timestamp {label(i)} at {where(i, None, lines)} "
+            f"(also at {where(i - 1, None, lines)}); {dup.size} duplicate(s) in all; expected "
+            f"strictly increasing times"
+        )
+    neg = np.nonzero(d < 0)[0]
+    if neg.size:
+        i = int(neg[0]) + 1
+        raise DataError(
+            f"{file}: column {column}: timestamps not increasing: {label(i)} at "
+            f"{where(i, None, lines)} follows {label(i - 1)}; expected strictly increasing times"
+        )
+
+
+def _warn_inserted(pos: np.ndarray, label, *, file, column, step) -> None:
+    n_full = int(pos[-1]) + 1
+    if n_full == len(pos):
+        return
+    missing = np.setdiff1d(np.arange(n_full), pos)
+    gaps = _runs(missing)
+    shown = "; ".join(f"{label(a)}..{label(b)} ({b - a + 1} rows)" for a, b in gaps[:5])
+    more = f"; and {len(gaps) - 5} more" if len(gaps) > 5 else ""
+    warnings.warn(
+        f"{file}: column {column}: {missing.size} missing rows in the time axis (step {step}) "
+        f"inserted as missing values: {shown}{more}",
+        DataWarning,
+        stacklevel=4,
+    )
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive runs [(first, last), ...] of a sorted integer array."""
+    if idx.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(idx) != 1)[0]
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]]
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def runs_of_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start indices and lengths of the runs of True in a 1-D boolean array."""
+    m = np.asarray(mask, dtype=bool)
+    if m.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    padded = np.r_[False, m, False].astype(np.int8)
+    d = np.diff(padded)
+    starts = np.nonzero(d == 1)[0]
+    ends = np.nonzero(d == -1)[0]
+    return starts, ends - starts

@@ -1,0 +1,279 @@
+"""PLUMBER2 Met/Flux pairs, gridded forcing files and the read_site dispatch (README §7, §8)."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from hybridlsm.data import (
+    DataError,
+    DataWarning,
+    detect_format,
+    energy_balance_closure,
+    read_gridded,
+    read_plumber2,
+    read_site,
+    read_sites,
+)
+
+
+@pytest.fixture(scope="module")
+def orig(shared_data):
+    return shared_data / "fluxnet" / "original"
+
+
+@pytest.fixture(scope="module")
+def dk_fou(orig):
+    return read_plumber2(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc")
+
+
+@pytest.fixture(scope="module")
+def wi7(orig):
+    return read_plumber2(orig / "US-Wi7_2005-2005_FLUXNET2015_Flux.nc")  # finds the Met partner
+
+
+def test_plumber2_dk_fou(dk_fou):
+    ds = dk_fou
+    assert dict(ds.sizes) == {"time": 17520}  # y, x squeezed
+    assert ds["time"].values[0] == np.datetime64("2005-01-01T00:00")
+    assert ds["time"].values[-1] == np.datetime64("2005-12-31T23:30")
+    assert ds.attrs["time_step_s"] == 1800.0 and ds.attrs["source_format"] == "plumber2-netcdf"
+    a = ds.attrs
+    assert (a["site_id"], a["site_name"], a["igbp"]) == ("DK-Fou", "Foulum", "CRO")
+    assert (a["latitude"], a["longitude"], a["elevation"]) == (56.4842, 9.58722, 51.0)
+    assert (a["measurement_height"], a["canopy_height"]) == (3.5, 1.0)
+    assert np.isnan(a["utc_offset_h"])  # no time-zone information in the file
+    # Met and Flux merged; sample values of the first step (units already canonical)
+    assert ds["Tair"].values[0] == pytest.approx(273.512, abs=1e-3)
+    assert ds["Psurf"].values[0] == pytest.approx(100116.0, abs=1.0)
+    assert ds["Qair"].values[0] == pytest.approx(0.00352668, rel=1e-5)
+    assert ds["LWdown"].values[0] == pytest.approx(253.457, abs=1e-3)
+    assert ds["Rnet"].values[0] == pytest.approx(-41.9439, abs=1e-4)
+    assert ds["Qh_cor"].values[0] == pytest.approx(-9.96353, abs=1e-5)
+    assert ds["Tair"].attrs["units"] == "K" and ds["Precip"].attrs["source_units"] == "kg/m2/s"
+    # QC as int8; PLUMBER2 flags kept (LWdown is ERA-Interim filled everywhere: 4)
+    assert ds["Tair_qc"].dtype == np.int8 and set(np.unique(ds["Tair_qc"])) == {0, 1, 2, 3}
+    assert set(np.unique(ds["LWdown_qc"])) == {4}
+    assert set(np.unique(ds["CO2air_qc"])) == {0, 1, 2, 3, 101}
+    # Ustar is missing in 32 % of steps; its flag is -1 exactly there
+    assert float(ds["Ustar"].isnull().mean()) == pytest.approx(0.320, abs=5e-4)
+    assert np.array_equal(ds["Ustar_qc"].values == -1, ds["Ustar"].isnull().values)
+    assert "NEE" in ds.attrs["unmapped_variables"] and "LAI_alternative" in ds.attrs["unmapped_variables"]
+    # README §7: low energy-balance ratio 0.31 over the year
+    c = energy_balance_closure(ds)
+    assert c["ratio"] == pytest.approx(0.3078, abs=5e-4) and c["n"] == 17520 and c["with_ground_heat"]
+
+
+def test_plumber2_us_wi7(wi7):
+    ds = wi7
+    assert ds.sizes["time"] == 17520 and ds.attrs["site_id"] == "US-Wi7"
+    assert ds.attrs["igbp"] == "OSH" and ds.attrs["elevation"] == 335.0
+    assert (ds.attrs["latitude"], ds.attrs["longitude"]) == (46.6491, -91.0693)
+    # time_zone America/Chicago: standard-time offset -6 h
+    assert ds.attrs["utc_offset_h"] == -6.0 and ds.attrs["time_zone"] == "America/Chicago"
+    assert np.isnan(ds.attrs["measurement_height"]) and np.isnan(ds.attrs["canopy_height"])
+    assert "Qg" not in ds and "Qg_qc" not in ds and "Qg_qc" in ds.attrs["unmapped_variables"]
+    assert float(ds["Rnet"].notnull().mean()) == pytest.approx(0.43, abs=0.005)
+    assert ds["Tair"].values[0] == pytest.approx(256.95, abs=1e-3)
+    assert ds["Psurf"].values[0] == pytest.approx(99308.0, abs=1.0)
+    assert ds["Qle"].values[0] == pytest.approx(3.72033, abs=1e-5)
+    assert ds["Qh"].values[0] == pytest.approx(2.76867, abs=1e-5)
+    assert ds["Tair_qc"].values[0] == 4
+    assert len(ds.attrs["source_file"].split("; ")) == 2
+
+
+def test_plumber2_variable_name_case_and_missing_partner(orig, tmp_path):
+    src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 96))
+    renamed = src.rename({"Psurf": "PSurf", "Psurf_qc": "PSurf_qc", "Tair": "TAIR"})
+    path = tmp_path / "DK-Fou_2005-2005_FLUXNET2015_Met.nc"
+    renamed.to_netcdf(path)
+    src.close()
+    with pytest.warns(DataWarning, match="partner file DK-Fou_2005-2005_FLUXNET2015_Flux.nc was not found"):
+        ds = read_plumber2(path)
+    assert ds.sizes["time"] == 96
+    assert ds["Psurf"].attrs["source_variable"] == "PSurf" and ds["Tair"].attrs["source_variable"] == "TAIR"
+    assert ds["Psurf"].values[0] == pytest.approx(100116.0, abs=1.0) and "Psurf_qc" in ds
+    assert "Qle" not in ds
+
+
+def test_plumber2_wrong_units_named(orig, tmp_path):
+    src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 48))
+    bad = src.copy()
+    bad["Psurf"].attrs["units"] = "furlongs"
+    path = tmp_path / "XX-Bad_2005-2005_FLUXNET2015_Met.nc"
+    bad.to_netcdf(path)
+    with pytest.raises(DataError, match=r"XX-Bad_2005-2005_FLUXNET2015_Met.nc: variable Psurf \(Psurf\): units 'furlongs'; expected 'Pa'"):
+        read_plumber2(path, find_partner=False)
+    bad = src.copy()
+    bad["Tair"] = bad["Tair"] - 273.15  # values in degC, attribute still says K
+    path2 = tmp_path / "XX-Bad2_2005-2005_FLUXNET2015_Met.nc"
+    bad.to_netcdf(path2)
+    with pytest.raises(DataError, match=r"XX-Bad2_2005-2005_FLUXNET2015_Met.nc: column Tair \(Tair\): 48 of 48 values outside the plausible range 223.15..333.15 K"):
+        read_plumber2(path2, find_partner=False)
+    src.close()
+
+
+@pytest.fixture(scope="module")
+def livneh(shared_data):
+    with pytest.warns(DataWarning, match="variable wind: units attribute 'mm s-1' is known to be wrong; read as 'm s-1'"):
+        return read_gridded(shared_data / "gridded" / "livneh_NAmerExt_15Oct2014.WalnutGulch.2008.nc")
+
+
+@pytest.fixture(scope="module")
+def stehekin(shared_data):
+    return read_gridded(shared_data / "gridded" / "Stehekin_image_test.forcings_10days.0.0625_deg.1949.nc")
+
+
+def test_gridded_livneh(livneh):
+    ds = livneh
+    assert dict(ds.sizes) == {"time": 2928, "y": 3, "x": 5}
+    assert ds["Tair"].dims == ("time", "y", "x")
+    assert ds["time"].values[0] == np.datetime64("2008-01-01T00:00")
+    assert ds["time"].values[-1] == np.datetime64("2008-12-31T21:00")
+    assert ds.attrs["time_step_s"] == 10800.0
+    np.testing.assert_allclose(ds["lat"].values, [31.65625, 31.71875, 31.78125])
+    assert ds["lon"].values[0] == -110.15625 and ds["lon"].values[-1] == -109.90625
+    assert (ds["mask"].values == 1).all()
+    for v in ("Tair", "SWdown", "LWdown", "Psurf", "RH", "Precip", "Wind", "Qair", "VPD"):
+        assert isinstance(ds[v].data, dask.array.Array), v  # lazy
+    # first time step, cells (y=0, x=0..2) of the file: temp 2.4023113 C, air_pressure 86.65674848 kPa
+    t0 = ds.isel(time=0, y=0)
+    np.testing.assert_allclose(t0["Tair"].values[:3], np.array([2.4023113, 2.20899399, 1.73851008]) + 273.15, atol=1e-6)
+    np.testing.assert_allclose(t0["Psurf"].values[0], 86656.74848, atol=1e-3)
+    np.testing.assert_allclose(t0["Wind"].values[0], 6.79475594, atol=1e-6)
+    np.testing.assert_allclose(t0["LWdown"].values[0], 241.1355357, atol=1e-6)
+    # Qair from vapour pressure 0.41036022 kPa and the cell's pressure
+    e, p = 410.36022, 86656.74848
+    assert float(t0["Qair"].values[0]) == pytest.approx(0.622 * e / (p - 0.378 * e), rel=1e-6)
+    assert "wrong" in ds["Wind"].attrs["note"]
+    wind = ds["Wind"].values
+    assert wind.min() == pytest.approx(0.29281, abs=1e-4) and wind.max() == pytest.approx(8.70447, abs=1e-4)
+    # prec in mm per 3-hour step -> kg m-2 s-1; maximum 6.0176706 mm
+    assert float(ds["Precip"].max()) == pytest.approx(6.017670631408691 / 10800.0, rel=1e-9)
+
+
+def test_gridded_stehekin(stehekin):
+    ds = stehekin
+    assert dict(ds.sizes) == {"time": 240, "y": 8, "x": 10}
+    assert ds.attrs["time_step_s"] == 3600.0
+    assert ds["time"].values[-1] == np.datetime64("1949-01-10T23:00")
+    assert isinstance(ds["Tair"].data, dask.array.Array)
+    assert ds["Tair"].dtype == np.float32  # follows the file
+    all_missing = ds["Tair"].isnull().all("time").values
+    assert int(all_missing.sum()) == 16
+    assert np.array_equal(ds["Psurf"].isnull().all("time").values, all_missing)
+    assert not ds["Tair"].isnull().values[:, ~all_missing].any()
+    v = ds.isel(time=0, y=0, x=2)
+    assert float(v["Psurf"]) == pytest.approx(79897.8, abs=0.1)
+    assert float(v["Precip"]) == pytest.approx(0.4312 / 3600.0, rel=1e-5)
+    assert float(v["Tair"]) == pytest.approx(-11.749487 + 273.15, abs=1e-4)
+    assert float(ds["Tair"].max()) == pytest.approx(1.7199951 + 273.15, abs=1e-4)
+
+
+def test_gridded_wrong_unit_detected(tmp_path):
+    t = pd.date_range("2000-01-01", periods=8, freq="h")
+    ds = xr.Dataset(
+        {"tas": (("time", "lat", "lon"), np.full((8, 2, 2), 285.0), {"units": "C"}),
+         "pres": (("time", "lat", "lon"), np.full((8, 2, 2), 1000.0), {"units": "kPa"})},
+        coords={"time": t, "lat": [1.0, 2.0], "lon": [3.0, 4.0]},
+    )
+    path = tmp_path / "grid.nc"
+    ds.to_netcdf(path)
+    with pytest.raises(DataError, match=r"grid.nc: column tas \(Tair\): 32 of 32 values outside .* the values look like K, not C"):
+        read_gridded(path)
+
+
+def test_read_site_dispatch(shared_data, orig):
+    assert detect_format(shared_data / "fluxnet" / "US-Wkg_200405-200412_HH.csv") == "fluxnet-csv"
+    assert detect_format(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc") == "plumber2"
+    gridded = shared_data / "gridded" / "Stehekin_image_test.forcings_10days.0.0625_deg.1949.nc"
+    assert detect_format(gridded) == "gridded"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        many = read_sites([
+            orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc",
+            orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc",  # the same pair: read once
+            orig / "AMF_US-Wkg_FLUXNET_FULLSET_MM_2004-2021_3-5.csv",
+            gridded,
+        ], metadata={"igbp": "test"}, chunks={"time": 24})
+    assert [d.attrs["source_format"] for d in many] == ["plumber2-netcdf", "fluxnet-csv-MM", "gridded-netcdf"]
+    assert "Qle" in many[0] and "Tair" in many[0]
+    assert [d.attrs["igbp"] for d in many] == ["test"] * 3
+    assert many[2]["Tair"].data.chunks[0][0] == 24  # chunks: gridded reader only
+    with pytest.raises(TypeError, match=r"unknown keyword argument\(s\) \['colour'\]"):
+        read_sites([gridded], colour="red")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dd = read_site(orig / "FLX_US-Wi7_FLUXNET2015_FULLSET_DD_2005-2005_1-4.csv", metadata={"latitude": 46.6491})
+    assert [w.category for w in caught] == [DataWarning] * 3  # all-missing G_F_MDS, H_CORR, LE_CORR
+    assert dd.attrs["latitude"] == 46.6491 and dd.attrs["source_format"] == "fluxnet-csv-DD"
+
+
+def test_read_site_bad_paths(tmp_path):
+    with pytest.raises(DataError, match="nothere.csv: no such file"):
+        read_site(tmp_path / "nothere.csv")
+    p = tmp_path / "data.xlsx"
+    p.write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match=r"data.xlsx: unknown file format '.xlsx'"):
+        read_site(p)
+    q = tmp_path / "broken.nc"
+    q.write_bytes(b"this is not a netCDF file")
+    with pytest.raises(DataError, match="broken.nc: cannot open as netCDF"):
+        read_site(q)
+
+
+# ---- property-based: corrupted netCDF files
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_netcdf(orig, tmp_path_factory):
+    """Bytes of a 96-step PLUMBER2 Met file and of a small grid, both NETCDF3 (64-bit offset)."""
+    d = tmp_path_factory.mktemp("nc")
+    with xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc") as src:
+        src[["Tair", "Tair_qc", "Psurf", "Qair", "SWdown", "latitude", "longitude"]].isel(time=slice(0, 96)).to_netcdf(
+            d / "m.nc", format="NETCDF3_64BIT")
+    t = pd.date_range("2000-01-01", periods=24, freq="h")
+    grid = xr.Dataset(
+        {"tas": (("time", "lat", "lon"), np.random.default_rng(0).uniform(-5, 5, (24, 3, 4)).astype("float32"), {"units": "C"}),
+         "pres": (("time", "lat", "lon"), np.full((24, 3, 4), 85.0, dtype="float32"), {"units": "kPa"})},
+        coords={"time": t, "lat": [1.0, 2.0, 3.0], "lon": [4.0, 5.0, 6.0, 7.0]},
+    )
+    grid.to_netcdf(d / "g.nc", format="NETCDF3_64BIT")
+    return (d / "m.nc").read_bytes(), (d / "g.nc").read_bytes()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["plumber2", "gridded"]), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=4))
+def test_corrupted_netcdf_read_or_raise(small_netcdf, kind, cut, flips):
+    import tempfile
+    from pathlib import Path
+
+    data = bytearray(small_netcdf[0] if kind == "plumber2" else small_netcdf[1])
+    for pos, byte in flips:
+        data[int(pos * (len(data) - 1))] = byte
+    data = bytes(data[: max(1, int(cut * len(data)))]) if cut < 1.0 else bytes(data)
+    name = "XX-Cor_2005-2005_FLUXNET2015_Met.nc" if kind == "plumber2" else "grid_corrupt.nc"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if kind == "plumber2":
+                    ds = read_plumber2(path, find_partner=False)
+                else:
+                    ds = read_gridded(path).load()
+        except DataError as exc:
+            assert name in str(exc)
+            return
+    assert ds.sizes["time"] == (96 if kind == "plumber2" else 24)
