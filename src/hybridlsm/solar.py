@@ -19,7 +19,7 @@ def cos_solar_zenith(time, latitude: float, longitude: float, utc_offset_h: floa
     so callers can clip.
     """
     t = pd.DatetimeIndex(time) + pd.to_timedelta(step_s / 2.0, unit="s")
-    doy = t.dayofyear.to_numpy()
+    doy = t.day_of_year.to_numpy()
     hour = (t.hour + t.minute / 60.0 + t.second / 3600.0).to_numpy()
     gamma = 2.0 * np.pi * (doy - 1) / 365.0
     decl = (
@@ -47,7 +47,7 @@ def cos_solar_zenith(time, latitude: float, longitude: float, utc_offset_h: floa
 def toa_shortwave(time, latitude: float, longitude: float, utc_offset_h: float, step_s: float = 0.0):
     """Top-of-atmosphere shortwave on a horizontal surface [W m-2] (>= 0)."""
     t = pd.DatetimeIndex(time)
-    gamma = 2.0 * np.pi * (t.dayofyear.to_numpy() - 1) / 365.0
+    gamma = 2.0 * np.pi * (t.day_of_year.to_numpy() - 1) / 365.0
     eccentricity = 1.000110 + 0.034221 * np.cos(gamma) + 0.001280 * np.sin(gamma)
     mu = cos_solar_zenith(time, latitude, longitude, utc_offset_h, step_s)
     return SOLAR_CONSTANT * eccentricity * np.clip(mu, 0.0, None)

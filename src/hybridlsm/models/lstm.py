@@ -1,0 +1,361 @@
+"""The pure ``lstm`` baseline: sequence-to-sequence Qle and Qh from meteorological forcing.
+
+Inputs (per time step, standardised with statistics of the training sites): ``SWdown``, ``LWdown``,
+``Tair``, ``Qair``, ``VPD``, ``Wind``, ``Precip``, ``Psurf`` and the hour of day (sin, cos of the
+interval centre in local standard time). Targets are standardised too, so Qle and Qh weigh equally
+in the loss, and the outputs are transformed back to W m-2.
+
+Training uses windows of ``spinup_days + window_days`` cut from every training record with stride
+``window_days``; the first ``spinup_days`` of a window only warm the LSTM state (no loss). The
+validation loss runs over each whole validation record (after its first ``spinup_days``), exactly
+as :meth:`LSTMModel.predict` does. Targets count where observed and their QC flag is
+``<= data.max_qc``; a dataset may add a boolean ``loss_mask`` variable on ``time`` to restrict
+further which steps count (e.g. a split mask).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hybridlsm import thermo
+from hybridlsm.models.registry import register_model
+from hybridlsm.neural import LSTM, Normaliser
+from hybridlsm.training.losses import masked_mse
+from hybridlsm.training.trainer import fit
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+    from hybridlsm.training.config import RunConfig
+
+__all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "dataset_features", "dataset_targets"]
+
+DEFAULT_INPUTS = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "Wind", "Precip", "Psurf")
+ALLOWED_INPUTS = DEFAULT_INPUTS + ("RH", "CO2air", "LAI")
+ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet")
+
+
+class LSTMOptions(BaseModel):
+    """``options`` of ``{name: lstm}`` in a config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(64, ge=1, le=4096)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    forget_bias: float = 1.0
+    inputs: list[Literal[ALLOWED_INPUTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(DEFAULT_INPUTS), min_length=1
+    )
+    hour_features: bool = True
+    targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["Qle", "Qh"], min_length=1
+    )
+    seed: int = Field(0, ge=0, description="initialisation seed of the network weights")
+
+    @field_validator("inputs", "targets")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        dup = sorted({v for v in value if value.count(v) > 1})
+        if dup:
+            raise ValueError(f"duplicate entries {dup}")
+        return value
+
+
+class LSTMBaseline(eqx.Module):
+    """The network plus the names and target statistics it needs (``predict`` uses only this)."""
+
+    net: LSTM
+    target_norm: Normaliser
+    inputs: tuple[str, ...] = eqx.field(static=True)
+    targets: tuple[str, ...] = eqx.field(static=True)
+    hour_features: bool = eqx.field(static=True)
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """Standardised targets ``(T, [N,] K)`` from raw features ``(T, [N,] F)``."""
+        return self.net(x, key=key)
+
+    @property
+    def dtype(self) -> Any:
+        return self.net.head.weight.dtype
+
+
+# ------------------------------------------------------------------------------ data access
+
+
+def _site(ds: "xr.Dataset") -> str:
+    return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))
+
+
+def _time_step_s(ds: "xr.Dataset") -> float:
+    if "time_step_s" in ds.attrs:
+        return float(ds.attrs["time_step_s"])
+    t = ds["time"].values
+    if t.size < 2:
+        raise ValueError(f"{_site(ds)}: cannot infer the time step (attrs['time_step_s'] missing, < 2 steps)")
+    return float(np.median(np.diff(t)) / np.timedelta64(1, "s"))
+
+
+def _series(ds: "xr.Dataset", name: str) -> np.ndarray | None:
+    if name not in ds:
+        return None
+    da = ds[name]
+    if da.dims != ("time",):
+        raise ValueError(f"{_site(ds)}: variable {name} has dims {da.dims}; the lstm baseline needs ('time',)")
+    return np.asarray(da.values, dtype=np.float64)
+
+
+def _input_series(ds: "xr.Dataset", name: str) -> np.ndarray:
+    values = _series(ds, name)
+    if values is not None:
+        return values
+    t, p = _series(ds, "Tair"), _series(ds, "Psurf")
+    if name == "Qair" and t is not None and p is not None and "VPD" in ds:
+        return thermo.specific_humidity_from_vpd(t, 100.0 * _series(ds, "VPD"), p)
+    if name == "VPD" and t is not None and p is not None and "Qair" in ds:
+        e = thermo.vapour_pressure_from_specific_humidity(_series(ds, "Qair"), p)
+        return (thermo.saturation_vapour_pressure(t) - e) / 100.0
+    hint = " (or VPD, Tair and Psurf)" if name == "Qair" else " (or Qair, Tair and Psurf)" if name == "VPD" else ""
+    raise ValueError(f"{_site(ds)}: input variable {name}{hint} is not in the dataset; "
+                     f"present: {sorted(str(v) for v in ds.data_vars)}")  # fmt: skip
+
+
+def _loss_steps(ds: "xr.Dataset") -> np.ndarray:
+    if "loss_mask" in ds:
+        return np.asarray(ds["loss_mask"].values, dtype=bool)
+    return np.ones(ds.sizes["time"], dtype=bool)
+
+
+def dataset_features(ds: "xr.Dataset", inputs: Sequence[str], hour_features: bool = True) -> np.ndarray:
+    """``(T, F)`` raw input features: ``inputs`` in order, then sin/cos of the hour of day."""
+    cols = [_input_series(ds, name) for name in inputs]
+    if hour_features:
+        t = ds["time"].values.astype("datetime64[ns]")
+        seconds = (t - t.astype("datetime64[D]")) / np.timedelta64(1, "s") + 0.5 * _time_step_s(ds)
+        angle = 2.0 * math.pi * seconds / 86400.0
+        cols += [np.sin(angle), np.cos(angle)]
+    return np.stack(cols, axis=-1)
+
+
+def dataset_targets(ds: "xr.Dataset", targets: Sequence[str], max_qc: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values (T, K), usable (T, K))``: observations and the QC / ``loss_mask`` mask.
+
+    Usable: :func:`hybridlsm.data.qc_mask` (present, QC <= ``max_qc``, not estimated) and, where the
+    dataset has one, its boolean ``loss_mask``. A target absent from the dataset is never usable.
+    """
+    from hybridlsm.data import qc_mask
+
+    values, masks = [], []
+    extra = _loss_steps(ds)
+    for var in targets:
+        v = _series(ds, var)
+        if v is None:
+            values.append(np.full(ds.sizes["time"], np.nan))
+            masks.append(np.zeros(ds.sizes["time"], dtype=bool))
+            continue
+        values.append(v)
+        masks.append(np.asarray(qc_mask(ds, var, max_qc), dtype=bool) & np.isfinite(v) & extra)
+    return np.stack(values, axis=-1), np.stack(masks, axis=-1)
+
+
+# --------------------------------------------------------------------------------- windows
+
+
+def _make_windows(
+    model: LSTMBaseline, datasets: Sequence["xr.Dataset"], cfg: "RunConfig"
+) -> dict[int, dict[str, np.ndarray]]:
+    """Windows grouped by length (steps): ``{L: {"x": (W, L, F), "y": (W, L, K), "m": (W, L, K)}}``.
+
+    Windows come from :func:`hybridlsm.data.training_windows` over the steps where ``loss_mask``
+    is true (all steps without one); the loss counts where, in addition, the target is usable.
+    """
+    from hybridlsm.data import TRAIN, UNUSED, training_windows
+
+    groups: dict[int, dict[str, list[np.ndarray]]] = {}
+    for ds in datasets:
+        dt = _time_step_s(ds)
+        spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
+        win = max(1, int(round(cfg.data.window_days * 86400.0 / dt)))
+        windows = training_windows(np.where(_loss_steps(ds), TRAIN, UNUSED), win, spin)
+        if len(windows) == 0:
+            warnings.warn(
+                f"{_site(ds)}: no training window of {spin} spin-up + {win} steps fits its "
+                f"{ds.sizes['time']} steps; the dataset is not used",
+                stacklevel=3,
+            )
+            continue
+        x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
+        y, m = dataset_targets(ds, model.targets, cfg.data.max_qc)
+        y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
+        g = groups.setdefault(spin + win, {"x": [], "y": [], "m": []})
+        g["x"].append(x[windows.index])
+        g["y"].append(y[windows.index])
+        g["m"].append(m[windows.index] & windows.loss_mask[:, :, None])
+    return {k: {n: np.concatenate(v) for n, v in g.items()} for k, g in groups.items()}
+
+
+def _fill_inputs(model: LSTMBaseline, x: np.ndarray, site: str) -> np.ndarray:
+    """Replace missing inputs by the training mean (a standardised 0), with a warning."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        mean = np.asarray(model.net.normaliser.mean)
+        warnings.warn(
+            f"{site}: {int(bad.any(axis=1).sum())} time steps with missing lstm inputs were filled with "
+            "the training mean (forcing should be gap-filled by preprocessing)",
+            stacklevel=3,
+        )
+        x = np.where(bad, mean, x)
+    return x
+
+
+def _batches(groups: dict[int, dict[str, np.ndarray]], batch_size: int, dtype: Any):
+    """``key -> list of time-major batches``; a short last batch is padded with fully masked windows."""
+
+    def make(key: jax.Array) -> Iterator[dict[str, jax.Array]]:
+        out = []
+        keys = jax.random.split(key, len(groups) + 1)
+        for k, (_, g) in zip(keys[1:], sorted(groups.items())):
+            n = g["x"].shape[0]
+            order = np.asarray(jax.random.permutation(k, n))
+            for i in range(0, n, batch_size):
+                idx = order[i : i + batch_size]
+                valid = np.ones(batch_size, dtype=bool)
+                if idx.size < batch_size:
+                    valid[idx.size :] = False
+                    idx = np.concatenate([idx, np.resize(order, batch_size - idx.size)])
+                m = g["m"][idx] & valid[:, None, None]
+                out.append({
+                    "x": jnp.asarray(np.swapaxes(g["x"][idx], 0, 1), dtype=dtype),
+                    "y": jnp.asarray(np.swapaxes(g["y"][idx], 0, 1), dtype=dtype),
+                    "m": jnp.asarray(np.swapaxes(m, 0, 1)),
+                })  # fmt: skip
+        # Interleave groups deterministically by shuffling the list order too.
+        perm = np.asarray(jax.random.permutation(keys[0], len(out))) if len(groups) > 1 else range(len(out))
+        return iter([out[int(i)] for i in perm])
+
+    return make
+
+
+def lstm_loss(model: LSTMBaseline, batch: dict[str, jax.Array], key: jax.Array, weights: dict) -> tuple:
+    """Masked MSE of the standardised targets (no physics terms: ``weights`` are unused)."""
+    pred = model(batch["x"], key=key)
+    mse = masked_mse(pred, batch["y"], batch["m"])
+    return mse, {"mse": mse}
+
+
+@eqx.filter_jit
+def _sse(model: LSTMBaseline, x: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    err = jnp.where(m, model(x) - y, 0.0)
+    return jnp.sum(err * err), jnp.sum(m)
+
+
+@eqx.filter_jit
+def _forward(model: LSTMBaseline, x: jax.Array) -> jax.Array:
+    return model(x)
+
+
+# ----------------------------------------------------------------------------------- model
+
+
+@register_model("lstm")
+class LSTMModel:
+    """Registry entry ``lstm`` (see :class:`~hybridlsm.models.registry.ModelSpec`)."""
+
+    Options = LSTMOptions
+
+    def build(self, options: LSTMOptions | dict, datasets_train: Sequence["xr.Dataset"]) -> LSTMBaseline:
+        opts = options if isinstance(options, LSTMOptions) else LSTMOptions.model_validate(options or {})
+        if not datasets_train:
+            raise ValueError("lstm.build: no training datasets")
+        # statistics from the loss steps only (``loss_mask`` where the dataset has one): no leakage
+        feats = np.concatenate([
+            dataset_features(ds, opts.inputs, opts.hour_features)[_loss_steps(ds)] for ds in datasets_train
+        ])  # fmt: skip
+        in_norm = Normaliser.from_data(feats)
+        ys = []
+        for ds in datasets_train:
+            y, m = dataset_targets(ds, opts.targets, max_qc=3)
+            ys.append(np.where(m, y, np.nan))
+        y_all = np.concatenate(ys)
+        empty = [t for t, ok in zip(opts.targets, np.isfinite(y_all).any(axis=0)) if not ok]
+        if empty:
+            raise ValueError(f"lstm.build: no observed values of target(s) {empty} in the training datasets")
+        out_norm = Normaliser.from_data(y_all)
+        net = LSTM(
+            in_size=feats.shape[1],
+            out_size=len(opts.targets),
+            hidden_size=opts.hidden_size,
+            dropout=opts.dropout,
+            forget_bias=opts.forget_bias,
+            mean=in_norm.mean,
+            std=in_norm.std,
+            key=jax.random.key(opts.seed),
+        )
+        dtype = net.head.weight.dtype
+        return LSTMBaseline(
+            net=net,
+            target_norm=Normaliser(out_norm.mean, out_norm.std, dtype=dtype),
+            inputs=tuple(opts.inputs),
+            targets=tuple(opts.targets),
+            hour_features=opts.hour_features,
+        )
+
+    def train(
+        self,
+        model: LSTMBaseline,
+        train_data: Sequence["xr.Dataset"],
+        val_data: Sequence["xr.Dataset"],
+        cfg: "RunConfig",
+        ckpt_dir: Path | None,
+        progress: bool = True,
+    ) -> LSTMBaseline:
+        """Fit with :func:`~hybridlsm.training.trainer.fit`; resumes from ``ckpt_dir`` when it holds a checkpoint."""
+        groups = _make_windows(model, train_data, cfg)
+        if not any(g["m"].any() for g in groups.values()):
+            raise ValueError("lstm.train: no usable target value in the training windows (check QC and split)")
+        val_sets = []
+        for ds in val_data:
+            dt = _time_step_s(ds)
+            spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
+            x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
+            y, m = dataset_targets(ds, model.targets, cfg.data.max_qc)
+            y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
+            m[: min(spin, m.shape[0] - 1)] = False
+            val_sets.append(tuple(jnp.asarray(a, dtype=model.dtype) for a in (x, y)) + (jnp.asarray(m),))
+        if not any(bool(v[2].any()) for v in val_sets):
+            raise ValueError("lstm.train: no usable target value in the validation data (check QC and split)")
+
+        def val_fn(m: LSTMBaseline) -> float:
+            sse = n = 0.0
+            for x, y, mask in val_sets:
+                s, c = _sse(m, x, y, mask)
+                sse, n = sse + float(s), n + float(c)
+            return sse / n
+
+        result = fit(
+            model,
+            lstm_loss,
+            _batches(groups, cfg.training.batch_windows, model.dtype),
+            val_fn,
+            cfg.training,
+            checkpoint_dir=ckpt_dir,
+            progress=progress,
+            resume=ckpt_dir is not None,
+        )
+        return result.model
+
+    def predict(self, model: LSTMBaseline, ds: "xr.Dataset") -> dict[str, np.ndarray]:
+        """``{target: (T,) W m-2}`` over the whole record of ``ds`` (one sequence from a zero state)."""
+        x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
+        z = _forward(model, jnp.asarray(x, dtype=model.dtype))
+        y = np.asarray(model.target_norm.inverse(z), dtype=np.float64)
+        return {name: y[:, k] for k, name in enumerate(model.targets)}

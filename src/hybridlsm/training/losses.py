@@ -1,0 +1,220 @@
+"""Loss terms for supervised and physics-enhanced (two-phase) training.
+
+Total loss in phase 2 (Zeng et al. 2025, eq. 5)::
+
+    L = L_mse + lambda_energy * L_energy + lambda_sparsity * L_sparse + lambda_discovery * L_disc
+
+Every term is a mean over the valid entries only (mask from QC, split and finiteness of the
+observation); entries that are masked out contribute neither value nor gradient, even when the
+observation there is NaN. A term with no valid entry is 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+__all__ = [
+    "WEIGHT_NAMES",
+    "DiscoveryLaw",
+    "discovery_loss",
+    "energy_residual_loss",
+    "gaussian_nll",
+    "masked_mean",
+    "masked_mse",
+    "sparsity_l1",
+    "total_loss",
+]
+
+#: Names of the physics-term weights passed to every loss function (``weights[name]``).
+WEIGHT_NAMES = ("energy", "sparsity", "discovery")
+
+
+def _valid(obs: Array, mask: ArrayLike | None) -> Array:
+    valid = jnp.isfinite(obs)
+    if mask is not None:
+        valid = valid & jnp.broadcast_to(jnp.asarray(mask, dtype=bool), obs.shape)
+    return valid
+
+
+def masked_mean(values: Array, mask: ArrayLike) -> Array:
+    """Mean of ``values`` where ``mask``; 0 when nothing is valid. NaN outside the mask is ignored."""
+    mask = jnp.broadcast_to(jnp.asarray(mask, dtype=bool), values.shape)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    count = jnp.sum(mask)
+    return total / jnp.maximum(count, 1)
+
+
+def masked_mse(
+    pred: Float[Array, "..."], obs: Float[ArrayLike, "..."], mask: ArrayLike | None = None
+) -> Float[Array, ""]:
+    """Mean square of ``pred - obs`` over entries where ``mask`` is true and ``obs`` is finite."""
+    obs = jnp.asarray(obs, dtype=pred.dtype)
+    valid = _valid(obs, mask)
+    err = pred - jnp.where(valid, obs, 0.0)
+    return masked_mean(err * err, valid)
+
+
+def energy_residual_loss(
+    sensible_heat: Float[Array, "..."],
+    latent_heat: Float[Array, "..."],
+    net_radiation_obs: Float[ArrayLike, "..."],
+    ground_heat_obs: Float[ArrayLike, "..."] | None = None,
+    mask: ArrayLike | None = None,
+    scale: float | None = None,
+) -> Float[Array, ""]:
+    """Normalised mean square of the energy-balance residual ``Rn_obs - G_obs - H - LE``.
+
+    Only entries where ``Rn_obs`` (and ``G_obs`` when given) are observed (finite) and ``mask`` is
+    true count. Normalisation: by ``scale**2`` (W m-2) when given, otherwise by the mean square of
+    the observed available energy ``Rn_obs - G_obs`` over the same entries, which makes the term
+    dimensionless (1 = residual as large as the available energy itself). ``G_obs=None`` means the
+    site has no ground heat flux: the residual is then ``Rn_obs - H - LE``.
+
+    Tower energy balance typically closes to 70-95 %, so this term pulls H + LE towards the
+    available energy; weigh it accordingly (or train on closure-corrected fluxes).
+    """
+    rn = jnp.asarray(net_radiation_obs, dtype=sensible_heat.dtype)
+    valid = _valid(rn, mask)
+    if ground_heat_obs is not None:
+        g = jnp.asarray(ground_heat_obs, dtype=sensible_heat.dtype)
+        valid = valid & jnp.isfinite(g)
+        available = jnp.where(valid, rn, 0.0) - jnp.where(valid, g, 0.0)
+    else:
+        available = jnp.where(valid, rn, 0.0)
+    residual = available - sensible_heat - latent_heat
+    if scale is None:
+        norm = jax.lax.stop_gradient(masked_mean(available * available, valid))
+        norm = jnp.maximum(norm, 1.0)  # 1 (W m-2)^2 floor: no blow-up on an all-zero record
+    else:
+        if not scale > 0:
+            raise ValueError(f"energy_residual_loss: scale must be > 0 W m-2, got {scale}")
+        norm = scale * scale
+    return masked_mean(residual * residual, valid) / norm
+
+
+def sparsity_l1(deviations: Any, mask: ArrayLike | None = None) -> Float[Array, ""]:
+    """Mean absolute value of learned parameter deviations (an array or a PyTree of arrays).
+
+    Pass deviations in comparable units, e.g. ``(theta - theta_default) / (upper - lower)``.
+    With a PyTree, the mean runs over all elements of all leaves; ``mask`` applies to a single array.
+    """
+    leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(deviations)]
+    if not leaves:
+        raise ValueError("sparsity_l1: no arrays given")
+    if mask is not None:
+        if len(leaves) != 1:
+            raise ValueError("sparsity_l1: mask is only supported for a single array")
+        return masked_mean(jnp.abs(leaves[0]), mask)
+    total = sum(jnp.sum(jnp.abs(x)) for x in leaves)
+    count = sum(x.size for x in leaves)
+    return total / count
+
+
+class DiscoveryLaw(eqx.Module):
+    """Closed form ``K_h = a * u^b * |Ri|^c`` with trainable ``a`` (stored as ``log_a``), ``b``, ``c``.
+
+    Initialised at the Businger-Dyer-like values of the regional study, a = 0.094, b = 1, c = -0.5
+    (K_h in m2 s-1, u in m s-1). ``|Ri|`` is smoothed as ``sqrt(Ri^2 + eps_ri^2)`` and ``u`` as
+    ``sqrt(u^2 + eps_u^2)`` so that logs, powers and gradients stay finite at Ri = 0 and calm wind.
+    """
+
+    log_a: Float[Array, ""]
+    b: Float[Array, ""]
+    c: Float[Array, ""]
+    eps_ri: float = eqx.field(static=True)
+    eps_u: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        a: float = 0.094,
+        b: float = 1.0,
+        c: float = -0.5,
+        eps_ri: float = 1e-3,
+        eps_u: float = 0.1,
+        dtype: Any = None,
+    ):
+        if not a > 0:
+            raise ValueError(f"DiscoveryLaw: a must be > 0, got {a}")
+        if not (eps_ri > 0 and eps_u > 0):
+            raise ValueError(f"DiscoveryLaw: eps_ri and eps_u must be > 0, got {eps_ri}, {eps_u}")
+        dtype = jnp.zeros(0).dtype if dtype is None else dtype
+        self.log_a = jnp.asarray(jnp.log(a), dtype=dtype)
+        self.b = jnp.asarray(b, dtype=dtype)
+        self.c = jnp.asarray(c, dtype=dtype)
+        self.eps_ri = float(eps_ri)
+        self.eps_u = float(eps_u)
+
+    @property
+    def a(self) -> Array:
+        return jnp.exp(self.log_a)
+
+    def log_kh(self, wind: Float[ArrayLike, "..."], ri: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        """``log K_h = log a + b log u + c log |Ri|`` with the smoothed u and |Ri|."""
+        u = jnp.asarray(wind)
+        ri = jnp.asarray(ri)
+        log_u = 0.5 * jnp.log(u * u + self.eps_u**2)
+        log_ri = 0.5 * jnp.log(ri * ri + self.eps_ri**2)
+        return self.log_a + self.b * log_u + self.c * log_ri
+
+    def __call__(self, wind: Float[ArrayLike, "..."], ri: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+        """``K_h`` in m2 s-1."""
+        return jnp.exp(self.log_kh(wind, ri))
+
+
+def discovery_loss(
+    law: DiscoveryLaw,
+    kh_learned: Float[Array, "..."],
+    wind: Float[ArrayLike, "..."],
+    ri: Float[ArrayLike, "..."],
+    mask: ArrayLike | None = None,
+) -> Float[Array, ""]:
+    """Mean square of ``log K_h_learned - log(a u^b |Ri|^c)`` over valid entries.
+
+    Gradients flow both into the network that produced ``kh_learned`` (pulling it towards an
+    analytical form) and into the law's ``a, b, c`` (fitting the form). ``kh_learned`` must be
+    positive (e.g. from a log-space :class:`~hybridlsm.neural.BoundedHead`).
+    """
+    kh = jnp.asarray(kh_learned)
+    valid = jnp.isfinite(kh) & (kh > 0)
+    if mask is not None:
+        valid = valid & jnp.broadcast_to(jnp.asarray(mask, dtype=bool), kh.shape)
+    log_kh = jnp.log(jnp.where(valid, kh, 1.0))
+    err = log_kh - law.log_kh(wind, ri)
+    return masked_mean(err * err, valid)
+
+
+def gaussian_nll(
+    mean: Float[Array, "..."],
+    std: Float[Array, "..."],
+    obs: Float[ArrayLike, "..."],
+    mask: ArrayLike | None = None,
+) -> Float[Array, ""]:
+    """Mean Gaussian negative log-likelihood ``log std + (obs - mean)^2 / (2 std^2) + log(2 pi)/2``."""
+    obs = jnp.asarray(obs, dtype=mean.dtype)
+    valid = _valid(obs, mask)
+    z = (jnp.where(valid, obs, 0.0) - mean) / std
+    nll = jnp.log(std) + 0.5 * z * z + 0.5 * jnp.log(2.0 * jnp.pi)
+    return masked_mean(nll, valid)
+
+
+def total_loss(
+    supervised: Float[Array, ""], terms: dict[str, Array], weights: dict[str, Array]
+) -> tuple[Float[Array, ""], dict[str, Array]]:
+    """``supervised + sum(weights[k] * terms[k])`` and the aux dict of every term (for history).
+
+    A term without a weight, or a weight name that is not one of :data:`WEIGHT_NAMES`, is an error.
+    """
+    unknown = sorted(set(terms) - set(WEIGHT_NAMES))
+    if unknown:
+        raise ValueError(f"total_loss: unknown term(s) {unknown}; allowed: {list(WEIGHT_NAMES)}")
+    loss = supervised
+    aux = {"mse": supervised}
+    for name, value in terms.items():
+        loss = loss + weights[name] * value
+        aux[name] = value
+    return loss, aux

@@ -1,0 +1,394 @@
+"""Generic gradient trainer for every model: calibration of physics parameters and hybrid networks.
+
+One loop serves both (as in JAX-CanVeg): a filter spec chooses which leaves train
+(``eqx.partition``); everything else, including :class:`~hybridlsm.neural.NonTrainable`
+normalisation statistics and bounds, stays fixed.
+
+- optimiser: AdamW (optax ``scale_by_adam`` + decoupled weight decay) after global-norm clipping;
+- learning rate: warm-up, then cosine decay ``lr -> min_lr`` (or constant); in two-phase training
+  constant in phase 1 and cosine over phase 2; multiplied by ``0.5**k`` after ``k`` rejected updates;
+- early stopping on ``val_fn`` with ``patience``; the best model is kept and returned;
+- two-phase schedule: phase 1 supervised (physics weights 0); phase 2 starts from the best phase-1
+  model with a fresh optimiser state and fresh early-stopping bookkeeping, and the physics weights
+  ramp linearly per epoch (``TwoPhaseConfig``); the current weights dict is passed to ``loss_fn``.
+  Patience running out in phase 1 ends phase 1 early (phase 2 still runs);
+- physical-validity hook ``validity_fn(model) -> (ok, message)`` after each update: a failed check
+  (or a non-finite loss or parameter) rolls the update back and halves the learning rate; every
+  rejection is recorded in the epoch's history entry;
+- deterministic for a given ``cfg.seed``: all randomness comes from one threaded ``jax.random`` key;
+- a checkpoint every epoch (``checkpoint.py``); ``resume=True`` continues from it and gives the
+  same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, PRNGKeyArray
+
+from hybridlsm.neural import trainable_filter
+from hybridlsm.training.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from hybridlsm.training.config import TrainConfig
+from hybridlsm.training.losses import WEIGHT_NAMES
+
+__all__ = ["FitResult", "LossFn", "fit", "learning_rate", "loss_weights", "phase_of_epoch"]
+
+Batch = Any
+#: ``loss_fn(model, batch, key, weights) -> (scalar loss, {term name: scalar})``
+LossFn = Callable[[eqx.Module, Batch, PRNGKeyArray, dict[str, Array]], tuple[Array, dict[str, Array]]]
+ValidityFn = Callable[[eqx.Module], tuple[bool, str]]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit`: the best model, one history record per epoch, and how it ended."""
+
+    model: eqx.Module
+    history: list[dict[str, Any]]
+    best_epoch: int  # 1-based epoch whose model is returned (0: no epoch ran)
+    stopped_early: bool
+    best_val: float = math.nan
+    final_model: eqx.Module | None = field(default=None, repr=False)  # the model after the last epoch
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+def phase_of_epoch(cfg: TrainConfig, epoch: int) -> tuple[int, int, int]:
+    """``(phase, epoch_in_phase, phase_length)`` for the 0-based ``epoch`` (phase 0: single phase)."""
+    tp = cfg.two_phase
+    if not tp.enabled:
+        return 0, epoch, int(cfg.epochs)
+    if epoch < tp.phase1_epochs:
+        return 1, epoch, tp.phase1_epochs
+    return 2, epoch - tp.phase1_epochs, tp.phase2_epochs
+
+
+def loss_weights(cfg: TrainConfig, epoch: int) -> dict[str, float]:
+    """Physics-term weights for the 0-based ``epoch``: 0 outside phase 2, linear ramps within it.
+
+    In phase 2 epoch ``j`` of ``P`` gets ``start + (end - start) * j / (P - 1)`` (``end`` when P = 1).
+    """
+    phase, j, length = phase_of_epoch(cfg, epoch)
+    if phase != 2:
+        return {name: 0.0 for name in WEIGHT_NAMES}
+    frac = 1.0 if length == 1 else j / (length - 1)
+    tp = cfg.two_phase
+    ramps = {"energy": tp.lambda_energy, "sparsity": tp.lambda_sparsity, "discovery": tp.lambda_discovery}
+    return {name: float(a + (b - a) * frac) for name, (a, b) in ramps.items()}
+
+
+def learning_rate(cfg: TrainConfig, epoch: int, batch: int, n_batches: int, step: int) -> float:
+    """Learning rate (before halvings) for batch ``batch`` of ``n_batches`` in 0-based ``epoch``.
+
+    ``step`` is the global update-step count (for warm-up).
+    """
+    phase, j, length = phase_of_epoch(cfg, epoch)
+    warm = 1.0 if cfg.warmup_steps == 0 else min(1.0, (step + 1) / cfg.warmup_steps)
+    if cfg.schedule == "constant" or phase == 1:
+        return cfg.lr * warm
+    t = (j + batch / max(n_batches, 1)) / length
+    return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+# ------------------------------------------------------------------------------- the step
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(clip_norm: float, weight_decay: float) -> optax.GradientTransformation:
+    # AdamW as in optax.adamw, with the learning rate applied outside (so it can change freely).
+    return optax.chain(
+        optax.clip_by_global_norm(clip_norm),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(weight_decay),
+    )
+
+
+@eqx.filter_jit
+def _train_step(params, opt_state, static, batch, key, weights, lr, *, loss_fn, opt):
+    def loss_of(p):
+        return loss_fn(eqx.combine(p, static), batch, key, weights)
+
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+    updates, new_opt_state = opt.update(grads, opt_state, params)
+    updates = jax.tree_util.tree_map(lambda u: -lr * u, updates)
+    new_params = eqx.apply_updates(params, updates)
+    leaves = jax.tree_util.tree_leaves(new_params)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return new_params, new_opt_state, loss, aux, optax.tree.norm(grads), finite
+
+
+# ------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A rich progress bar (epoch, batch, train loss, val loss, loss terms); inert when disabled."""
+
+    def __init__(self, enabled: bool, total_epochs: int):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(file=sys.stderr)
+        if not console.is_terminal:
+            return
+        self.total_epochs = total_epochs
+        self.bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(),
+            TextColumn("train {task.fields[loss]}  val {task.fields[val]}  {task.fields[terms]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.bar.start()
+        self.task = self.bar.add_task("fit", total=None, epoch="-", loss="-", val="-", terms="")
+
+    def epoch(self, epoch: int, n_batches: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.task, total=n_batches)  # keeps the fields (loss, val, terms)
+            self.bar.update(self.task, epoch=f"{epoch + 1}/{self.total_epochs}")
+
+    def batch(self, loss: float, terms: dict[str, float]) -> None:
+        if self.bar is not None:
+            text = " ".join(f"{k} {v:.3g}" for k, v in terms.items())
+            self.bar.update(self.task, advance=1, loss=f"{loss:.4g}", terms=text)
+
+    def val(self, val: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, val=f"{val:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ------------------------------------------------------------------------------------ fit
+
+
+def _key_to_ints(key: PRNGKeyArray) -> list[int]:
+    return [int(x) for x in np.asarray(jax.random.key_data(key)).ravel()]
+
+
+def _key_from_ints(ints: Sequence[int], impl: str) -> PRNGKeyArray:
+    return jax.random.wrap_key_data(jnp.asarray(ints, dtype=jnp.uint32), impl=impl)
+
+
+def _epoch_batches(train_batches: Any, key: PRNGKeyArray) -> list[Batch]:
+    if callable(train_batches):
+        batches = list(train_batches(key))
+    else:
+        order = np.asarray(jax.random.permutation(key, len(train_batches)))
+        batches = [train_batches[int(i)] for i in order]
+    if not batches:
+        raise ValueError("fit: the training data gave no batches")
+    return batches
+
+
+def fit(
+    model: eqx.Module,
+    loss_fn: LossFn,
+    train_batches: Sequence[Batch] | Callable[[PRNGKeyArray], Iterable[Batch]],
+    val_fn: Callable[[eqx.Module], float],
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    filter_spec: Any = None,
+    progress: bool = True,
+    *,
+    resume: bool = False,
+    validity_fn: ValidityFn | None = None,
+) -> FitResult:
+    """Train ``model`` by minimising ``loss_fn`` over ``train_batches``; early-stop on ``val_fn``.
+
+    - ``loss_fn(model, batch, key, weights) -> (loss, aux)``: ``key`` is a fresh PRNG key per
+      update (dropout, sampling); ``weights`` maps ``"energy"``, ``"sparsity"``, ``"discovery"`` to the
+      scheduled physics-term weights (scalars; 0 outside phase 2); ``aux`` is a dict of scalar terms
+      averaged into the history.
+    - ``train_batches``: a sequence of batches (PyTrees; visited in a new random order each epoch)
+      or a callable ``key -> iterable of batches`` building the epoch's batches itself. Keep batch
+      shapes fixed to avoid recompilation.
+    - ``val_fn(model) -> float``: lower is better; NaN counts as no improvement.
+    - ``filter_spec``: which leaves train (default :func:`hybridlsm.neural.trainable_filter`,
+      i.e. every floating array outside ``NonTrainable`` modules).
+    - ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` training continues
+      from the checkpoint there (a fresh start when there is none; an error when it was written
+      with a different ``cfg``). A finished run is returned as it was.
+    - ``validity_fn(model) -> (ok, message)``: see the module docstring.
+    """
+    if filter_spec is None:
+        filter_spec = trainable_filter(model)
+    params, static = eqx.partition(model, filter_spec)
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError("fit: the filter spec selects no trainable array")
+    opt = _optimizer(float(cfg.clip_norm), float(cfg.weight_decay))
+    total_epochs = int(cfg.epochs)
+    config_hash = cfg.config_hash()
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+
+    key = jax.random.key(cfg.seed)
+    key_impl = str(jax.random.key_impl(key))
+    opt_state = opt.init(params)
+    best_params = params
+    best_val, best_epoch, bad_epochs = math.inf, 0, 0
+    lr_scale, step, epoch = 1.0, 0, 0
+    history: list[dict[str, Any]] = []
+    stopped_early = finished = False
+
+    if resume:
+        if ckpt_dir is None:
+            raise ValueError("fit: resume=True needs a checkpoint_dir")
+        like = {"model": model, "opt_state": opt_state, "best_model": model}
+        loaded = read_checkpoint(ckpt_dir, like)
+        if loaded is not None:
+            trees, meta = loaded
+            if meta["config_hash"] != config_hash:
+                raise CheckpointError(
+                    f"{ckpt_dir}: checkpoint was written with a different training config "
+                    "(config hash differs); resume only with the same config, or use a new checkpoint_dir"
+                )
+            # the saved model whole, non-trainable leaves (e.g. normalisation statistics) included
+            params, static = eqx.partition(trees["model"], filter_spec)
+            best_params = eqx.filter(trees["best_model"], filter_spec)
+            opt_state = trees["opt_state"]
+            epoch, step = int(meta["epoch"]), int(meta["step"])
+            best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
+            best_epoch, bad_epochs = int(meta["best_epoch"]), int(meta["bad_epochs"])
+            lr_scale = float(meta["lr_scale"])
+            history = list(meta["history"])
+            stopped_early, finished = bool(meta["stopped_early"]), bool(meta["finished"])
+            key = _key_from_ints(meta["rng"], meta["rng_impl"])
+
+    def save() -> None:
+        if ckpt_dir is None:
+            return
+        trees = {
+            "model": eqx.combine(params, static),
+            "opt_state": opt_state,
+            "best_model": eqx.combine(best_params, static),
+        }
+        meta = {
+            "epoch": epoch,
+            "step": step,
+            "best_val": best_val,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "lr_scale": lr_scale,
+            "stopped_early": stopped_early,
+            "finished": finished,
+            "rng": _key_to_ints(key),
+            "rng_impl": key_impl,
+            "config_hash": config_hash,
+            "history": history,
+        }
+        write_checkpoint(ckpt_dir, epoch, trees, meta)
+
+    bar = _Progress(progress and not finished, total_epochs)
+    try:
+        while not finished and epoch < total_epochs:
+            phase, epoch_in_phase, _ = phase_of_epoch(cfg, epoch)
+            event = None
+            if phase == 2 and epoch_in_phase == 0:
+                # Phase 2 starts from the best supervised model with fresh optimiser and patience.
+                params = best_params
+                opt_state = opt.init(params)
+                best_val, bad_epochs = math.inf, 0
+                event = "phase2_start"
+            weights = loss_weights(cfg, epoch)
+            weights_arr = {k: jnp.asarray(v, dtype=dtype) for k, v in weights.items()}
+            key, k_batches, k_steps = jax.random.split(key, 3)
+            batches = _epoch_batches(train_batches, k_batches)
+            step_keys = jax.random.split(k_steps, len(batches))
+            bar.epoch(epoch, len(batches))
+            t0 = time.perf_counter()
+            losses: list[float] = []
+            norms: list[float] = []
+            term_sums: dict[str, float] = {}
+            rejections: list[dict[str, Any]] = []
+            lr = math.nan
+            for b, batch in enumerate(batches):
+                lr = learning_rate(cfg, epoch, b, len(batches), step) * lr_scale
+                new_params, new_opt_state, loss, aux, gnorm, finite = _train_step(
+                    params, opt_state, static, batch, step_keys[b], weights_arr,
+                    jnp.asarray(lr, dtype=dtype), loss_fn=loss_fn, opt=opt,
+                )  # fmt: skip
+                step += 1
+                loss_f = float(loss)
+                ok, message = bool(finite), "non-finite loss or parameters"
+                if ok and validity_fn is not None:
+                    ok, message = validity_fn(eqx.combine(new_params, static))
+                    ok = bool(ok)
+                if ok:
+                    params, opt_state = new_params, new_opt_state
+                else:
+                    lr_scale *= 0.5
+                    rejections.append({"batch": b, "message": str(message), "lr_scale": lr_scale})
+                losses.append(loss_f)
+                norms.append(float(gnorm))
+                terms = {k: float(v) for k, v in aux.items()}
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + v
+                bar.batch(loss_f, terms)
+
+            val = float(val_fn(eqx.combine(params, static)))
+            bar.val(val)
+            improved = math.isfinite(val) and val < best_val - cfg.min_delta
+            if improved:
+                best_val, best_params, best_epoch, bad_epochs = val, params, epoch + 1, 0
+            else:
+                bad_epochs += 1
+            epoch += 1
+            record = {
+                "epoch": epoch,
+                "phase": phase,
+                "train_loss": float(np.mean(losses)),
+                "val_loss": val,
+                "best_val": best_val,
+                "improved": improved,
+                "lr": lr,
+                "lr_scale": lr_scale,
+                "grad_norm": float(np.mean(norms)),
+                "weights": weights,
+                "terms": {k: v / len(batches) for k, v in term_sums.items()},
+                "rejections": rejections,
+                "n_batches": len(batches),
+                "wall_s": time.perf_counter() - t0,
+            }
+            if event is not None:
+                record["event"] = event
+            if bad_epochs >= cfg.patience:
+                if phase == 1:
+                    record["event"] = "phase1_early_stop"
+                    epoch = cfg.two_phase.phase1_epochs  # jump to phase 2
+                else:
+                    record["event"] = "early_stop"
+                    stopped_early = finished = True
+            if epoch >= total_epochs:
+                finished = True
+            history.append(record)
+            save()
+    finally:
+        bar.close()
+
+    return FitResult(
+        model=eqx.combine(best_params, static),
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        best_val=best_val,
+        final_model=eqx.combine(params, static),
+    )

@@ -1,0 +1,183 @@
+"""Strict YAML config: resolution of paths and defaults, round trip, errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybridlsm.training.config import ConfigError, RunConfig, load_config, write_config
+
+VALID = """
+name: demo-1
+data:
+  sites:
+    - sites/A_HH.csv
+    - {met: plumber/B_Met.nc, flux: plumber/B_Flux.nc}
+    - {virtual: {igbp: ENF, days: 30, seed: 2}}
+  max_qc: 1
+  targets: [Qle, Qh]
+  split: {train: 0.6, val: 0.2, test: 0.2}
+  spinup_days: 5
+  window_days: 48 h
+models:
+  - {name: lstm, options: {hidden_size: 16}}
+  - {name: lstm, label: lstm-big, options: {hidden_size: 128, dropout: 0.1}}
+training:
+  seed: 7
+  lr: 1.0e-4
+  weight_decay: 1.0e-5
+  batch_windows: 8
+  patience: 10
+  two_phase: {enabled: true, phase1_epochs: 3, phase2_epochs: 4, lambda_sparsity: 0.02}
+output: {run_dir: runs, overwrite: false}
+"""
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    for rel in ("sites/A_HH.csv", "plumber/B_Met.nc", "plumber/B_Flux.nc"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    return tmp_path
+
+
+def write(config_dir: Path, data, name="run.yaml") -> Path:
+    path = config_dir / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def patched(path, value):
+    """The valid config with ``value`` set at the dotted ``path`` (``None`` deletes the key)."""
+    data = yaml.safe_load(VALID)
+    *parents, last = path.split(".")
+    node = data
+    for p in parents:
+        node = node[int(p)] if p.isdigit() else node[p]
+    if value is None:
+        del node[last]
+    else:
+        node[int(last) if last.isdigit() else last] = value
+    return data
+
+
+def test_valid_config_resolves_paths_units_and_defaults(config_dir):
+    cfg = load_config(write(config_dir, VALID))
+    assert isinstance(cfg, RunConfig)
+    sites = cfg.data.sites
+    assert [s.kind for s in sites] == ["csv", "plumber", "virtual"]
+    assert sites[0].path == (config_dir / "sites/A_HH.csv").resolve()  # relative to the config file
+    assert sites[1].plumber.flux == (config_dir / "plumber/B_Flux.nc").resolve()
+    assert sites[2].virtual.igbp == "ENF" and sites[2].virtual.time_step_s == 1800
+    assert cfg.data.window_days == 2.0 and cfg.data.spinup_days == 5.0
+    assert cfg.training.epochs == 7  # phase1 + phase2
+    assert cfg.training.clip_norm == 1.0
+    assert cfg.training.two_phase.lambda_energy == (0.1, 0.5)
+    assert cfg.training.two_phase.lambda_sparsity == (0.02, 0.02)
+    assert cfg.training.two_phase.lambda_discovery == (0.05, 0.2)
+    assert [m.label for m in cfg.models] == ["lstm", "lstm-big"]
+    assert cfg.models[0].options["hidden_size"] == 16 and cfg.models[0].options["dropout"] == 0.0
+    assert cfg.models[1].parsed_options().hidden_size == 128
+    assert cfg.run_path == Path("runs/demo-1")
+
+
+def test_resolved_config_round_trips(config_dir, tmp_path):
+    cfg = load_config(write(config_dir, VALID))
+    out = tmp_path / "elsewhere" / "config.yaml"
+    out.parent.mkdir()
+    write_config(cfg, out)
+    again = load_config(out)
+    assert again.model_dump(mode="json") == cfg.model_dump(mode="json")
+    dumped = yaml.safe_load(out.read_text())
+    assert dumped["data"]["sites"][0] == str((config_dir / "sites/A_HH.csv").resolve())
+    assert dumped["data"]["split"]["train"] == 0.6
+
+
+def test_defaults_and_other_split_forms(config_dir):
+    minimal = {"name": "m", "data": {"sites": ["sites/A_HH.csv"]}, "models": [{"name": "lstm"}]}
+    cfg = load_config(write(config_dir, minimal))
+    assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (0.6, 0.2, 0.2)
+    assert cfg.training.epochs == 50 and cfg.data.max_qc == 1 and cfg.output.overwrite is False
+    dates = patched("data.split", {"train": ["2010-01-01", "2010-06-30"], "val": ["2010-07-01", "2010-08-31"],
+                                   "test": ["2010-09-01", "2010-12-31"]})  # fmt: skip
+    assert load_config(write(config_dir, dates)).data.split.mode == "dates"
+    loso = patched("data.split", {"leave_one_site_out": True})
+    split = load_config(write(config_dir, loso)).data.split
+    assert split.mode == "leave_one_site_out" and split.val == 0.2
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("colour", "blue", ["(top level)", "unknown key 'colour'", "allowed keys: data, models, name, output, training"]),
+        ("data.split.trian", 0.5, ["data.split", "unknown key 'trian'", "leave_one_site_out, test, train, val"]),
+        ("training.two_phase.lambda_energyy", [0.1, 0.5], ["training.two_phase", "'lambda_energyy'", "lambda_energy"]),
+        ("models.0.options.hiden_size", 8, ["models[0]", "options: unknown key 'hiden_size'", "allowed keys: dropout, forget_bias, hidden_size, hour_features, inputs, seed, targets"]),
+        ("models.1.options.dropout", 1.5, ["models[1]", "options.dropout: Input should be less than 1", "(got 1.5)"]),
+        ("training.lr", -1.0, ["training.lr", "greater than 0", "-1.0"]),
+        ("training.min_delta", float("nan"), ["training.min_delta", "finite number"]),
+        ("data.max_qc", 5, ["data.max_qc", "less than or equal to 3"]),
+        ("data.targets", ["Qle", "LE"], ["data.targets[1]", "'Qle', 'Qh'", "'LE'"]),
+        ("data.split.test", 0.3, ["data.split", "must sum to 1"]),
+        ("data.window_days", "2 min", ["data.window_days", "unknown unit 'min'", "d (days), h (hours), w (weeks)"]),
+        ("data.window_days", 0, ["data.window_days", "greater than 0"]),
+        ("training.two_phase.lambda_energy", [0.1], ["training.two_phase.lambda_energy", "[start, end]"]),
+        ("training.two_phase.lambda_discovery", [0.05, -0.2], ["lambda_discovery", ">= 0"]),
+        ("training.epochs", 10, ["training", "epochs (10) must equal", "3 + 4 = 7"]),
+        ("models.0.name", "lsmt", ["models[0].name", "unknown model 'lsmt'", "allowed: ", "lstm"]),
+        ("models.1.label", None, ["models", "duplicate model label(s) ['lstm']"]),
+        ("data.sites.0", "sites/missing.csv", ["data.sites[0].path", "file not found", "missing.csv"]),
+        ("data.sites.1", {"met": "plumber/B_Met.nc"}, ["data.sites[1]", "missing ['flux']"]),
+        ("data.sites.2.virtual.igbp", "FOREST", ["data.sites[2].virtual.igbp", "'ENF'", "'FOREST'"]),
+        ("training.min_lr", 1.0, ["training", "min_lr (1) must not exceed lr (0.0001)"]),
+        ("name", "my run/1", ["name", "String should match pattern"]),
+    ],
+)
+def test_invalid_values_name_the_key(config_dir, path, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(config_dir, patched(path, value)))
+    message = str(err.value)
+    assert "run.yaml" in message
+    for part in expected:
+        assert part in message, f"{part!r} not in:\n{message}"
+
+
+def test_all_errors_are_reported_together(config_dir):
+    data = patched("training.lr", 0.0)
+    data["colour"] = "blue"
+    data["data"]["max_qc"] = -1
+    with pytest.raises(ConfigError) as err:
+        load_config(write(config_dir, data))
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 3
+    assert any(line.startswith("  training.lr:") for line in lines)
+    assert any(line.startswith("  data.max_qc:") for line in lines)
+    assert any(line.startswith("  (top level): unknown key 'colour'") for line in lines)
+
+
+def test_split_and_site_consistency_errors(config_dir):
+    overlap = patched("data.split", {"train": ["2010-01-01", "2010-06-30"], "val": ["2010-06-01", "2010-08-31"],
+                                     "test": ["2010-09-01", "2010-12-31"]})  # fmt: skip
+    with pytest.raises(ConfigError, match="train and val date ranges overlap"):
+        load_config(write(config_dir, overlap))
+    mixed = patched("data.split", {"train": 0.6, "val": ["2010-06-01", "2010-08-31"], "test": 0.2})
+    with pytest.raises(ConfigError, match="mixes fractions and date ranges"):
+        load_config(write(config_dir, mixed))
+    loso = patched("data.split", {"leave_one_site_out": True, "test": 0.2})
+    with pytest.raises(ConfigError, match="left-out site is the test set"):
+        load_config(write(config_dir, loso))
+    one_site = patched("data.sites", ["sites/A_HH.csv"])
+    one_site["data"]["split"] = {"leave_one_site_out": True}
+    with pytest.raises(ConfigError, match="needs at least 2 sites, got 1"):
+        load_config(write(config_dir, one_site))
+
+
+def test_unreadable_files_are_config_errors(config_dir):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(config_dir / "nope.yaml")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_config(write(config_dir, ""))
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(config_dir, "name: [unclosed"))
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(write(config_dir, "- a\n- b\n"))
