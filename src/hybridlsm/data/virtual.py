@@ -41,7 +41,7 @@ def synthetic_forcing(
     steps_per_day = int(round(86400 / step_s))
     n = days * steps_per_day
     time = pd.date_range(start, periods=n, freq=pd.Timedelta(seconds=step_s))
-    doy = time.dayofyear.to_numpy()
+    doy = time.day_of_year.to_numpy()
     hour = (time.hour + time.minute / 60.0).to_numpy() + 0.5 * step_s / 3600.0
     day_index = np.arange(n) // steps_per_day
     day_doy = doy[::steps_per_day][:days]

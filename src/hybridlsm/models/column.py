@@ -231,23 +231,25 @@ def _rollout_jit(land, params, forcing, state0):
 
 
 def _state_at(rec: SiteRecord, index: int) -> LaDState:
-    """The default-physics state at the start of step ``index`` (N = 1)."""
+    """The default-physics state at the start of step ``index`` (N = 1), as NumPy arrays."""
     if index == 0:
-        return rec.state0
+        return jax.tree_util.tree_map(np.asarray, rec.state0)
     s = rec.default_out
     return LaDState(
-        soil_temp=jnp.asarray(s["SoilTemp"][index - 1]),
-        soil_water=jnp.asarray(s["SoilMoist"][index - 1]),
-        snow=jnp.asarray(s["SWE"][index - 1]),
-        groundwater=jnp.asarray(s["GWS"][index - 1]),
+        soil_temp=s["SoilTemp"][index - 1],
+        soil_water=s["SoilMoist"][index - 1],
+        snow=s["SWE"][index - 1],
+        groundwater=s["GWS"][index - 1],
     )
 
 
 # -------------------------------------------------------------------------------- windows
+# Windows and batches are assembled in NumPy: eager jax.numpy ops would each compile once per
+# shape, which costs more than the training steps themselves on a small CPU.
 
 
 def _concat_trees(trees: Sequence[Any], axis: int):
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=axis), *trees)
+    return jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a], axis=axis), *trees)
 
 
 def make_windows(records: Sequence[SiteRecord], spin: int, length: int) -> dict:
@@ -258,32 +260,25 @@ def make_windows(records: Sequence[SiteRecord], spin: int, length: int) -> dict:
     for rec in records:
         n = rec.forcing.n_steps
         for start in range(0, max(n - total, 0) + 1, length):
-            stop = min(start + total, n)
-            if stop - start < total:
+            stop = start + total
+            if stop > n:
                 break
             m = rec.mask[start:stop].copy()
             m[:spin] = False
-            if not m.any():
-                continue
-            parts.append((rec, start, stop, m))
+            if m.any():
+                parts.append((rec, start, stop, m))
     if not parts:
         raise ValueError("no training window with a usable target value (check QC, split and window length)")
-
-    def take(a, s, e):
-        return a[s:e]
-
-    forcing = _concat_trees([jax.tree_util.tree_map(lambda a, s=s, e=e: take(a, s, e), r.forcing)
+    forcing = _concat_trees([jax.tree_util.tree_map(lambda a, s=s, e=e: np.asarray(a)[s:e], r.forcing)
                              for r, s, e, _ in parts], axis=1)  # fmt: skip
-    state0 = _concat_trees([_state_at(r, s) for r, s, _, _ in parts], axis=0)
-    base = _concat_trees([r.base for r, _, _, _ in parts], axis=0)
     return {
         "forcing": forcing,
-        "state0": state0,
-        "base": base,
-        "obs": jnp.asarray(np.stack([r.obs[s:e] for r, s, e, _ in parts], axis=1)),
-        "mask": jnp.asarray(np.stack([m for _, _, _, m in parts], axis=1)),
-        "rnet": jnp.asarray(np.stack([r.rnet[s:e] for r, s, e, _ in parts], axis=1)),
-        "qg": jnp.asarray(np.stack([r.qg[s:e] for r, s, e, _ in parts], axis=1)),
+        "state0": _concat_trees([_state_at(r, s) for r, s, _, _ in parts], axis=0),
+        "base": _concat_trees([r.base for r, _, _, _ in parts], axis=0),
+        "obs": np.stack([r.obs[s:e] for r, s, e, _ in parts], axis=1),
+        "mask": np.stack([m for _, _, _, m in parts], axis=1),
+        "rnet": np.stack([r.rnet[s:e] for r, s, e, _ in parts], axis=1),
+        "qg": np.stack([r.qg[s:e] for r, s, e, _ in parts], axis=1),
     }
 
 
@@ -292,6 +287,13 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
     is topped up with repeated windows whose loss mask is cleared, so shapes never change)."""
     n = windows["obs"].shape[1]
     size = min(batch_size, n)
+    dtype = jnp.zeros(0).dtype
+
+    def as_jax(tree):
+        return jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, dtype=dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a),
+            tree,
+        )
 
     def select(idx, valid):
         b = {
@@ -301,8 +303,8 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
         }
         for k in ("obs", "rnet", "qg"):
             b[k] = windows[k][:, idx]
-        b["mask"] = windows["mask"][:, idx] & jnp.asarray(valid)[None, :, None]
-        return b
+        b["mask"] = windows["mask"][:, idx] & valid[None, :, None]
+        return as_jax(b)
 
     def make(key):
         order = np.asarray(jax.random.permutation(key, n))
