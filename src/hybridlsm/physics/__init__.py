@@ -1,0 +1,78 @@
+"""The differentiable LaD column (physics-reference §1-§3; architecture §2).
+
+Public API:
+
+- ``Forcing``, ``forcing_from_datasets``: (T, N) meteorological forcing.
+- ``PARAMETERS``, ``CALIBRATABLE``, ``default_params``, ``to_unconstrained``,
+  ``from_unconstrained``: the parameter table and its bounded transforms.
+- ``LaDModel`` (``init_state / step / observe``), ``LaDState``, ``LaDFluxes``, ``Numerics``.
+- ``Closure``, ``BulkClosure``, ``AutodiffClosure``, ``SurfaceContext``, ``TurbulentFluxes``: the
+  pluggable H/E closure.
+- ``rollout``, ``spin_up``: time integration.
+- ``synthetic_forcing``: deterministic test forcing.
+"""
+
+from .closure import AutodiffClosure, BulkClosure, Closure, SurfaceContext, TurbulentFluxes
+from .forcing import FORCING_VARIABLES, Forcing, forcing_from_datasets
+from .lad import OUTPUT_NAMES, LaDFluxes, LaDModel, LaDState, Numerics
+from .parameters import (
+    ALLOWED_IGBP,
+    CALIBRATABLE,
+    IGBP_TO_LAD,
+    PARAMETERS,
+    ParameterSpec,
+    Params,
+    default_params,
+    from_unconstrained,
+    parameter_table,
+    reference_height,
+    to_unconstrained,
+)
+from .rollout import DEFAULT_CHUNK, rollout, spin_up
+from .soil import LAYER_THICKNESS, implicit_heat_step, layer_centres, soil_heat_storage
+from .synthetic import synthetic_forcing
+from .turbulence import (
+    STABILITY_SCHEMES,
+    aerodynamic_resistance,
+    bulk_richardson,
+    neutral_aerodynamic_resistance,
+)
+
+__all__ = [
+    "ALLOWED_IGBP",
+    "AutodiffClosure",
+    "BulkClosure",
+    "CALIBRATABLE",
+    "Closure",
+    "DEFAULT_CHUNK",
+    "FORCING_VARIABLES",
+    "Forcing",
+    "IGBP_TO_LAD",
+    "LAYER_THICKNESS",
+    "LaDFluxes",
+    "LaDModel",
+    "LaDState",
+    "Numerics",
+    "OUTPUT_NAMES",
+    "PARAMETERS",
+    "ParameterSpec",
+    "Params",
+    "STABILITY_SCHEMES",
+    "SurfaceContext",
+    "TurbulentFluxes",
+    "aerodynamic_resistance",
+    "bulk_richardson",
+    "default_params",
+    "forcing_from_datasets",
+    "from_unconstrained",
+    "implicit_heat_step",
+    "layer_centres",
+    "neutral_aerodynamic_resistance",
+    "parameter_table",
+    "reference_height",
+    "rollout",
+    "soil_heat_storage",
+    "spin_up",
+    "synthetic_forcing",
+    "to_unconstrained",
+]

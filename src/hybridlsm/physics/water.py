@@ -1,0 +1,64 @@
+"""Water balance pieces of the LaD column (physics-reference §1.4), in smooth form.
+
+Units: water stores W (root zone), S (snow, SWE) and W_g (groundwater) in kg m-2 (= mm);
+fluxes in kg m-2 s-1.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from ..constants import SECONDS_PER_DAY, T_FREEZE
+from .smooth import limit_positive, limit_positive_slope, smooth_clip01, smooth_relu
+
+
+def snowfall_fraction(t_air, ramp_half_width=1.0, scale=0.05):
+    """Fraction of precipitation falling as snow: 1 below T_f - 1 K, 0 above T_f + 1 K, linear
+    in between (smoothed over ``scale`` of the fraction)."""
+    x = (T_FREEZE + ramp_half_width - t_air) / (2.0 * ramp_half_width)
+    return jnp.clip(smooth_clip01(x, scale), 0.0, 1.0)  # clip only removes rounding excess
+
+
+def water_stress(soil_water, capacity, threshold, scale=0.01):
+    """beta(W) = clip(W / (threshold W_max), 0, 1), smoothed over ``scale`` [-]."""
+    return smooth_clip01(soil_water / (threshold * capacity), scale)
+
+
+def snow_cover_fraction(snow, half_mass):
+    """Smooth snow presence S / (S + half_mass) [-] (LaD switches on S > 0)."""
+    s = jnp.maximum(snow, 0.0)
+    return s / (s + half_mass)
+
+
+def limit_evaporation(evaporation, devaporation_dt, available, dt, power=8.0):
+    """Smooth "bone-dry" limiter: E dt may not exceed the water available (LaD: E = avail/dt).
+
+    The limited flux is E_lim = limit_positive(E dt, avail) / dt (dew passes unchanged) and its
+    T-derivative is the chain rule g'(E dt / avail) dE/dT, so the limiter composes with the
+    linearisation exactly.
+    """
+    amount = evaporation * dt
+    limited = limit_positive(amount, available, power) / dt
+    slope = limit_positive_slope(amount, available, power)
+    return limited, slope * devaporation_dt
+
+
+def drainage(soil_water, capacity, scale=0.1):
+    """Saturation excess [kg m-2] drained this step: smooth max(W - W_max, 0); W - drain < W_max."""
+    return smooth_relu(soil_water - capacity, scale)
+
+
+def groundwater_update(groundwater, drained, dt, tau_days):
+    """Exact integration of dW_g/dt = D - W_g / tau over one step with constant D = drained / dt.
+
+    c0 = dt/tau, c1 = exp(-c0), c2 = (1 - c1)/c0:
+    W_g' = c1 W_g + c2 D_acc,  R dt = (1 - c1) W_g + (1 - c2) D_acc  (so W_g' + R dt = W_g + D_acc).
+
+    Returns (W_g', runoff R [kg m-2 s-1]).
+    """
+    c0 = dt / (tau_days * SECONDS_PER_DAY)
+    c1 = jnp.exp(-c0)
+    c2 = -jnp.expm1(-c0) / c0
+    new = c1 * groundwater + c2 * drained
+    runoff_amount = -jnp.expm1(-c0) * groundwater + (1.0 - c2) * drained
+    return new, runoff_amount / dt
