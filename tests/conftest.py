@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import hybridlsm  # noqa: F401  (sets XLA CPU compile flags before jax starts)
 import jax
 import pytest
 

@@ -104,3 +104,51 @@ def main() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Argument(None, help="run config (YAML); omit with --default"),
+    default: bool = typer.Option(False, "--default", help="run the built-in demo (virtual site, all models)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in its run directory"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="parent folder of the run (overrides output.run_dir)"),
+) -> None:
+    """Train every model the config names on the same data and split; write predictions, metrics and report."""
+    from .pipeline import run as run_pipeline
+    from .training.config import ConfigError, load_config
+
+    if (config is None) == (not default):
+        raise typer.BadParameter("give a CONFIG file or --default (not both)")
+    path = DEFAULT_CONFIG if default else config
+    try:
+        cfg = load_config(path)
+    except (ConfigError, FileNotFoundError) as err:
+        Console(stderr=True).print(f"[red]config error[/red]: {err}")
+        raise typer.Exit(2) from None
+    output = {}
+    if overwrite:
+        output["overwrite"] = True
+    if run_dir is not None:
+        output["run_dir"] = run_dir
+    if output:
+        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update=output)})
+    try:
+        out = run_pipeline(cfg, config_name=str(path if not default else "hybridlsm/configs/demo.yaml"), resume=resume)
+    except FileExistsError as err:
+        Console(stderr=True).print(f"[red]{err}[/red]")
+        raise typer.Exit(1) from None
+    Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`")) -> None:
+    """Rebuild the HTML report, metrics.csv and skill.json of a run."""
+    from .evaluation.report import build_report
+
+    if not (run_dir / "predictions").is_dir():
+        raise typer.BadParameter(f"{run_dir} has no predictions/ folder; is it a run directory?")
+    Console().print(f"report: [green]{build_report(run_dir)}[/green]")

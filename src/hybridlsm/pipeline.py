@@ -166,7 +166,7 @@ def write_predictions(pred: dict[str, np.ndarray], site: xr.Dataset, model: str,
         from .physics import LAYER_THICKNESS, layer_centres
 
         ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
-        ds["layer_thickness"] = ("soil_layer", np.asarray(LAYER_THICKNESS))
+        ds["soil_layer_thickness"] = ("soil_layer", np.asarray(LAYER_THICKNESS), {"units": "m"})
     if "SoilMoist" in ds:
         ds["SoilMoist"].attrs["units"] = "kg m-2"
     ds.attrs.update(model=model, site=site.attrs["site_id"], config=config)

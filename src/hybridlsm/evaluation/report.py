@@ -23,7 +23,7 @@ Evaluation rules
   when the tower has no Qg, said in the table); per model its internal residual (needs Rnet, Qg, Qh,
   Qle in its output) and the model-vs-obs ratio Σ(H_m + LE_m)/Σ(Rn_o − G_o).
 - Learned parameters: daily medians of ``Kh`` and ``rs`` over the whole record.
-- Untrained variables (test split, native step): the top model layer of ``SoilTemp`` [K] against the
+- Untrained variables (test split, native step): the model layer of ``SoilTemp`` [K] nearest the sensor depth against the
   tower's ``SoilTemp``; the top layer of ``SoilMoist`` against ``SoilMoistVol`` [m3 m-3]. Model
   ``SoilMoist`` is used as volumetric when its units say so (m3 m-3), or converted from kg m-2 with
   the top-layer thickness (``layer_thickness`` [m] as a variable attribute or a dataset
@@ -150,8 +150,9 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
     return out
 
 
-def _series(ds: xr.Dataset, var: str, *, layered: bool = False) -> np.ndarray | None:
-    """1-D float array of ``var`` on time; for ``layered`` variables the first (top) layer."""
+def _series(ds: xr.Dataset, var: str, *, layered: bool = False, depth: float | None = None) -> np.ndarray | None:
+    """1-D float array of ``var`` on time; for ``layered`` variables the layer whose centre (the
+    ``soil_layer`` coordinate, m) is nearest ``depth``, else the first (top) layer."""
     if var not in ds.variables:
         return None
     da = ds[var]
@@ -159,6 +160,10 @@ def _series(ds: xr.Dataset, var: str, *, layered: bool = False) -> np.ndarray | 
     if "time" not in da.dims:
         return None
     if layered:
+        if depth is not None and np.isfinite(depth) and "soil_layer" in da.dims:
+            centres = np.asarray(ds["soil_layer"].values, dtype=float)
+            da = da.isel(soil_layer=int(np.argmin(np.abs(centres - depth))))
+            extra = [d for d in da.dims if d != "time"]
         da = da.isel({d: 0 for d in extra})
     else:
         big = [d for d in extra if da.sizes[d] != 1]
@@ -167,6 +172,14 @@ def _series(ds: xr.Dataset, var: str, *, layered: bool = False) -> np.ndarray | 
             raise ValueError(f"{src}: variable {var!r} has extra non-singleton dims {big}; expected one site on time")
         da = da.isel({d: 0 for d in extra})
     return np.asarray(da.values, dtype=float)
+
+
+def _sensor_depth(obs: xr.Dataset, var: str) -> float | None:
+    """Depth [m] of the tower sensor (``depth_m`` attribute), if known."""
+    if var not in obs:
+        return None
+    depth = obs[var].attrs.get("depth_m")
+    return None if depth is None else float(depth)
 
 
 def flux_mask(obs: xr.Dataset, flux: str, max_qc: int = 1) -> np.ndarray:
@@ -220,7 +233,8 @@ def site_skill(
             sims[model] = s if s is not None else np.full(obs.shape, np.nan)
         frames.append(
             skill_table(
-                obs, sims, sd.time, scales, site=sd.site, flux=flux, split="test", mask=mask,
+                obs, sims, sd.time, scales, site=sd.site, flux=flux,
+                split=str(sd.obs.attrs.get("split_kind", "test")), mask=mask,
                 min_valid_fraction=min_valid_fraction,
                 time_step_s=sd.obs.attrs.get("time_step_s"),
             )
@@ -375,7 +389,7 @@ def untrained_variables(sd: SiteData) -> pd.DataFrame:
         days_test = np.nan_to_num(a_test.values) == 1.0  # day entirely in the test split
         episodes = [(d0, n) for d0, n in episodes if days_test[d0 : d0 + n].all()]
     for model, ds in sd.models.items():
-        t_sim = _series(ds, "SoilTemp", layered=True)
+        t_sim = _series(ds, "SoilTemp", layered=True, depth=_sensor_depth(sd.obs, "SoilTemp"))
         if t_obs is not None and t_sim is not None:
             rows.append(dict(site=sd.site, model=model, variable="SoilTemp",
                              r=pearson_r(t_sim, t_obs, test), bias=bias(t_sim, t_obs, test), bias_units="K",
@@ -458,16 +472,18 @@ def _site_plots(
     panels = {}
     t_obs = _series(sd.obs, "SoilTemp", layered=True)
     if t_obs is not None:
-        t_sims = {m: s for m, ds in sd.models.items() if (s := _series(ds, "SoilTemp", layered=True)) is not None}
+        depth = _sensor_depth(sd.obs, "SoilTemp")
+        t_sims = {m: s for m, ds in sd.models.items()
+                  if (s := _series(ds, "SoilTemp", layered=True, depth=depth)) is not None}  # fmt: skip
         if t_sims:
-            panels["soil temperature (top model layer vs tower)"] = (t_obs, t_sims, "SoilTemp [K]")
+            panels["soil temperature (model layer at the sensor depth vs tower)"] = (t_obs, t_sims, "SoilTemp [K]")
     m_obs = _series(sd.obs, "SoilMoistVol", layered=True)
     if m_obs is not None:
         conv = {m: _soil_moisture_volumetric(ds) for m, ds in sd.models.items()}
         conv = {m: v for m, v in conv.items() if v[0] is not None}
         if conv:
             if all(vol for _, vol in conv.values()):
-                panels["soil moisture (top model layer vs tower)"] = (
+                panels["soil moisture (root-zone water vs tower)"] = (
                     m_obs, {m: v for m, (v, _) in conv.items()}, "θ [m3 m-3]")
             else:
                 def z(x):

@@ -59,7 +59,7 @@ class HybridOptions(BaseModel):
     targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
     pretrain_epochs: int = Field(10, ge=1, description="pretrain_then_finetune: epochs on the simulator")
-    lr: float | None = Field(None, gt=0.0, le=1.0)
+    lr: float | None = Field(1e-2, gt=0.0, le=1.0, description="AdamW step (default 1e-2; null: training.lr)")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
@@ -94,7 +94,8 @@ class NetworkFluxClosure(Closure):
     the physics gives the available turbulent energy A = H_bulk + LE_bulk at the current surface
     temperature (with its derivative, so the implicit surface solve keeps its physical feedback),
     the network scales it by a bounded factor m in [0.5, 2] and splits m A into LE and H with the
-    energy-split head (H + LE = m A exactly). Without ``energy_split`` it predicts H and LE freely
+    energy-split head (H + LE = m A exactly), its evaporative fraction a learned correction (in
+    logit space) of the bulk one, so an untrained network starts at the physics. Without ``energy_split`` it predicts H and LE freely
     (300 W m-2 x raw), linearised in T_s with the bulk derivatives. Either way H and LE enter the
     surface flux that drives the soil column, so the model's energy balance Rn = H + LE + G + dS/dt
     closes exactly."""
@@ -112,7 +113,12 @@ class NetworkFluxClosure(Closure):
         available = bulk.sensible_heat + lv * bulk.evaporation
         d_available = bulk.dsensible_dt + lv * bulk.devaporation_dt
         factor = 0.5 + 1.5 * jax.nn.sigmoid(raw[..., 2])
-        h, le = self.head(raw[..., :2], factor * available)
+        # the network corrects the physics' evaporative fraction in logit space, so an untrained
+        # network reproduces the bulk partition and training learns the closure's deviation
+        s = self.head.smoothing
+        ef_bulk = jnp.clip(lv * bulk.evaporation / (s * jax.nn.softplus(available / s)), 0.02, 0.98)
+        prior = jnp.log(ef_bulk) - jnp.log1p(-ef_bulk)
+        h, le = self.head(jnp.stack([raw[..., 0] + prior, raw[..., 1]], axis=-1), factor * available)
         ef = le / jnp.where(jnp.abs(factor * available) > 1e-6, factor * available, 1.0)
         ef = jax.lax.stop_gradient(jnp.clip(ef, 0.0, 1.0))
         dh = factor * (1.0 - ef) * d_available
@@ -337,7 +343,7 @@ class PostCorrectionSpec:
         if not keep.any():
             raise ValueError("post_correction: no usable training target (check QC and split)")
         scale = np.maximum(np.sqrt(np.mean(np.where(m, y, 0.0) ** 2, axis=0)), 1.0)
-        model = eqx.tree_at(lambda mdl: mdl.scale, model, tuple(float(s) for s in scale))
+        model = PostCorrection(model.physics, model.mlp, model.targets, tuple(float(s) for s in scale))
         xv, yv, mv = self._rows(model, val_data, cfg.data.max_qc)
         xv, yv, mv = (jnp.asarray(a) for a in (xv, yv / scale, mv))
         xj, yj, mj = jnp.asarray(x), jnp.asarray(y / scale), jnp.asarray(m)

@@ -1,0 +1,112 @@
+"""Skill tables of the shipped configs: run them (unless their run directory is complete), then
+collect every run's skill.json into results/skill.json and write docs/results.md.
+
+    .venv/bin/python benchmarks/skill.py                      # all shipped configs
+    .venv/bin/python benchmarks/skill.py configs/us-wkg.yaml  # some of them
+    .venv/bin/python benchmarks/skill.py --collect-only       # tables from existing runs
+
+Runs go to runs/<name>/ (see each config); an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ["configs/us-wkg.yaml", "configs/us-me2.yaml", "configs/multisite.yaml", "configs/loso.yaml"]
+KEYS = ["site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n", "config"]
+
+
+def run_dir_of(config: str) -> Path:
+    sys.path.insert(0, str(ROOT / "src"))
+    from hybridlsm.training.config import load_config
+
+    cfg = load_config(ROOT / config)
+    return ROOT / cfg.output.run_dir / cfg.name
+
+
+def ensure_run(config: str) -> Path:
+    run_dir = run_dir_of(config)
+    if not (run_dir / "skill.json").exists():
+        cmd = [str(ROOT / ".venv/bin/hybridlsm"), "run", config]
+        if run_dir.exists():
+            cmd.append("--resume")
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    return run_dir
+
+
+def _fmt(x, d=2):
+    return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
+
+
+def markdown(records: list[dict], commands: list[str]) -> str:
+    df = pd.DataFrame(records)
+    lines = [
+        "# Skill of the shipped configurations",
+        "",
+        f"Made on {dt.date.today().isoformat()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
+        "CPU only, by:",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "Scores are on held-out data only: the last 20 % of each site's record for the per-site and "
+        "multi-site configs (`split = test`), the whole record of the left-out site for "
+        "leave-one-site-out (`split = loso`). Observed fluxes count where QC <= 1. NSE and KGE (2009) are "
+        "dimensionless, RMSE in W m-2, bias in % of the observed sum. Machine-readable: "
+        "`results/skill.json`.",
+        "",
+    ]
+    for config, cdf in df.groupby("config", sort=False):
+        lines += [f"## `{config}`", ""]
+        for (split, scale), sdf in cdf.groupby(["split", "scale"], sort=False):
+            lines += [f"### {scale}, split = {split}", ""]
+            lines += ["| site | model | Qle RMSE | Qle NSE | Qle KGE | Qle bias % | Qh RMSE | Qh NSE | Qh KGE | Qh bias % | n |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            for (site, model), mdf in sdf.groupby(["site", "model"], sort=True):
+                row = {f: mdf[mdf.flux == f].iloc[0] for f in ("Qle", "Qh") if (mdf.flux == f).any()}
+                cells = []
+                for f in ("Qle", "Qh"):
+                    r = row.get(f)
+                    cells += ["–"] * 4 if r is None else [_fmt(r.rmse, 1), _fmt(r.nse), _fmt(r.kge), _fmt(r.bias_pct, 1)]
+                n = int(row["Qle"].n) if "Qle" in row else int(row["Qh"].n)
+                lines.append(f"| {site} | {model} | " + " | ".join(cells) + f" | {n} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="*", default=CONFIGS)
+    ap.add_argument("--collect-only", action="store_true")
+    args = ap.parse_args()
+    records, commands = [], []
+    for config in args.configs:
+        run_dir = run_dir_of(config) if args.collect_only else ensure_run(config)
+        path = run_dir / "skill.json"
+        if not path.exists():
+            print(f"skip {config}: no {path}", file=sys.stderr)
+            continue
+        commands.append(f".venv/bin/hybridlsm run {config}")
+        for rec in json.loads(path.read_text()):
+            rec["config"] = config
+            records.append({k: rec.get(k) for k in KEYS})
+    (ROOT / "results").mkdir(exist_ok=True)
+    (ROOT / "results" / "skill.json").write_text(json.dumps(records, indent=1))
+    (ROOT / "docs" / "results.md").write_text(markdown(records, commands + ["python benchmarks/skill.py --collect-only"]))
+    print(f"{len(records)} records -> results/skill.json, docs/results.md")
+
+
+if __name__ == "__main__":
+    main()
