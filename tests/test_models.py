@@ -75,7 +75,7 @@ def test_energy_conserving_hybrid_closes_energy_balance(site):
     _, out = model.run(rec.forcing, rec.base, rec.state0)
     dt = rec.forcing.time_step_s
     sr = np.asarray(out["SR"])[:, 0]
-    sr_prev = np.r_[float(column.soil_heat_storage_of(rec.state0, rec.base)), sr[:-1]]
+    sr_prev = np.r_[np.asarray(column.soil_heat_storage_of(rec.state0, rec.base))[0], sr[:-1]]
     residual = (np.asarray(out["Rnet"]) - np.asarray(out["Qh"]) - np.asarray(out["Qle"]) - np.asarray(out["Qf"]))[:, 0] - (sr - sr_prev) / dt
     assert np.max(np.abs(residual)) < 1e-3
     assert abs(np.mean(residual)) < 0.01

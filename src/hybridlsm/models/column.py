@@ -78,12 +78,13 @@ class ColumnModel(eqx.Module):
     dynamic_names: tuple[str, ...] = eqx.field(static=True, default=())
     law: DiscoveryLaw | None = None
     chunk: int = eqx.field(static=True, default=96)
+    delta_gain: float = eqx.field(static=True, default=1.0)  # Adam step on the offsets = gain x lr
 
     def site_params(self, base: dict) -> dict:
         """Parameters of each site: defaults with the calibrated offsets applied."""
         out = dict(base)
         for name, delta in self.deltas.items():
-            out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + delta)
+            out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + self.delta_gain * delta)
         return out
 
     def dynamic(self, forcing: Forcing, params: dict, key=None) -> dict | None:

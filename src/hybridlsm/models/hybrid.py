@@ -39,6 +39,7 @@ from .column import (
     train_column_model,
     training_config,
 )
+from .physics import DEFAULT_CALIBRATED
 from .registry import register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
@@ -58,6 +59,8 @@ class HybridOptions(BaseModel):
     stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
+    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED),
+                                 description="physical parameters calibrated jointly with the network")
     pretrain_epochs: int = Field(10, ge=1, description="pretrain_then_finetune: epochs on the simulator")
     lr: float | None = Field(1e-2, gt=0.0, le=1.0, description="AdamW step (default 1e-2; null: training.lr)")
     epochs: int | None = Field(None, ge=1)
@@ -196,6 +199,14 @@ def dynamic_sparsity(model: ColumnModel, out: dict):
 # ------------------------------------------------------------------------------ registry
 
 
+#: the calibrated offsets of a hybrid take Adam steps DELTA_GAIN times the network's learning rate
+DELTA_GAIN = 5.0
+
+
+def _deltas(opts: HybridOptions, dtype, exclude=()) -> dict:
+    return {name: jnp.zeros((), dtype) for name in opts.calibrate if name not in exclude}
+
+
 class _HybridSpec:
     Options = HybridOptions
 
@@ -220,7 +231,7 @@ class HybridFlux(_HybridSpec):
     def build(self, options: HybridOptions, datasets_train):
         dtype = jnp.zeros(0).dtype
         land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
-        return ColumnModel(land=land, deltas={}, law=None)
+        return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN)
 
 
 @register_model("hybrid_param")
@@ -235,7 +246,8 @@ class HybridParam(_HybridSpec):
                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         mlp = _small_output_layer(mlp, head.inverse(jnp.ones(len(MULTIPLIED))))
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states)
-        return ColumnModel(land=land, deltas={}, law=self._law(options, dtype))
+        return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
+                           delta_gain=DELTA_GAIN)  # fmt: skip
 
 
 @register_model("hybrid_lstm")
@@ -251,8 +263,9 @@ class HybridLSTM(_HybridSpec):
         net = eqx.tree_at(lambda n: n.head, net, eqx.tree_at(
             lambda l: (l.weight, l.bias), last,
             (last.weight * 0.01, jnp.asarray(head.inverse(jnp.ones(len(MULTIPLIED))), last.bias.dtype))))  # fmt: skip
-        return ColumnModel(land=LaDModel(stability=options.stability), deltas={}, dynamic_net=net,
-                           dynamic_head=head, dynamic_names=MULTIPLIED, law=self._law(options, dtype))  # fmt: skip
+        return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
+                           dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
+                           law=self._law(options, dtype), delta_gain=DELTA_GAIN)  # fmt: skip
 
 
 @register_model("pretrain_then_finetune")
