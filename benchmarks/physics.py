@@ -1,0 +1,833 @@
+"""Benchmark of the differentiable LaD column (issue 3 item 4): speed and memory.
+
+Measures, in float32 on the default JAX backend:
+
+- forward throughput [cell-steps/s] of ``jax.jit(rollout)`` for 1, 64 and 1024 cells x one year of
+  half-hourly steps (17520), after compilation, median of a few repeats (``block_until_ready``);
+  both returning every output (``rollout`` as is) and returning only Qle and Qh (XLA prunes the
+  other outputs, as in calibration and training);
+- the site-year (N = 1) forward time and the compile times (first call minus a warm call) of the
+  forward and of the gradient;
+- forward and forward+gradient time of an MSE loss of Qle and Qh against a fixed target w.r.t.
+  unconstrained offsets of every CALIBRATABLE parameter, at 1 and 256 cells x one year, and their
+  ratio (loss and gradient calls alternate; median of the per-pair ratios);
+- peak memory of that gradient, each in a fresh subprocess that compiles and runs only it: the
+  process peak RSS (VmHWM), the peak RSS during execution alone (VmHWM after resetting it
+  through /proc/self/clear_refs), and XLA's ``memory_analysis()`` of the compiled executable; for
+  1 and 256 cells at 1/4, 1/2 and 1 year (growth with the number of steps), and with
+  ``chunk = T`` (one chunk, i.e. no rematerialisation) for comparison;
+- two ``chunk`` sizes (the default and 120, an exact divisor of 17520 near sqrt(T));
+- a diagnosis: per-step overhead vs per-cell cost (a linear fit of time over N), the kernels per
+  step of the compiled loops, and ablations in subprocesses over a quarter year: a vectorised
+  Thomas solve in place of LAPACK ``gtsv`` for the 4x4 soil system (monkeypatched in that
+  process only), single-threaded XLA CPU, and XLA's CPU fusion emitters switched back on
+  (``hybridlsm`` switches them off at import), for the forward at 1024 cells and the gradient at
+  256 cells.
+
+Prints a table target / measured / met and (full run, or ``--write``) writes
+``results/physics_benchmark.json`` and ``docs/performance.md``.
+
+    .venv/bin/python benchmarks/physics.py            # full run (~16 min on 2 shared cores)
+    .venv/bin/python benchmarks/physics.py --quick    # small sizes (~5 min), prints only
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from hybridlsm.physics import (  # noqa: E402
+    CALIBRATABLE,
+    DEFAULT_CHUNK,
+    Forcing,
+    LaDModel,
+    default_params,
+    from_unconstrained,
+    rollout,
+    synthetic_forcing,
+    to_unconstrained,
+)
+
+DTYPE = jnp.float32
+STEPS_PER_YEAR = 365 * 48  # 17520 half-hourly steps
+IGBP_CYCLE = ("GRA", "ENF", "DBF", "CRO", "SAV", "EBF", "OSH", "MF")  # cells cycle through these
+
+TARGETS = {
+    "forward_cell_steps_per_s_1024": (">=", 3e6),
+    "site_year_forward_s": ("<=", 0.5),
+    "grad_fwd_ratio_256": ("<=", 5.0),
+    "grad_peak_mem_gb_site_year": ("<=", 1.0),
+}
+
+GB = 1024.0**3
+#: docs/performance.md: everything above this line is regenerated, everything below is kept.
+MARKER = "<!-- end of generated section; the text below is kept by benchmarks/physics.py -->"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+# ------------------------------------------------------------------------------------------------
+
+
+def make_inputs(n_cells: int, n_steps: int):
+    """(T, N) float32 forcing and (N,) parameters for ``n_cells`` cells.
+
+    One synthetic site (``synthetic_forcing``) repeated over the cells with small deterministic
+    per-cell perturbations: Tair +-1 K (LWdown consistent with it), SWdown +-5 %, wind +-10 %,
+    precipitation +-20 %. Land cover cycles through ``IGBP_CYCLE``.
+    """
+    base = synthetic_forcing(n_days=n_steps / 48.0, n_sites=1, dtype=None)
+    rng = np.random.default_rng(12345)
+    d_t = rng.uniform(-1.0, 1.0, n_cells)
+    f_sw = rng.uniform(0.95, 1.05, n_cells)
+    f_wind = rng.uniform(0.9, 1.1, n_cells)
+    f_p = rng.uniform(0.8, 1.2, n_cells)
+
+    def tile(a):
+        return np.tile(np.asarray(a), (1, n_cells))
+
+    t_air = tile(base.t_air) + d_t
+    lw = tile(base.lw_down) * (t_air / tile(base.t_air)) ** 4
+    forcing = Forcing(
+        sw_down=jnp.asarray(tile(base.sw_down) * f_sw, DTYPE),
+        lw_down=jnp.asarray(lw, DTYPE),
+        t_air=jnp.asarray(t_air, DTYPE),
+        q_air=jnp.asarray(tile(base.q_air), DTYPE),
+        p_surf=jnp.asarray(tile(base.p_surf), DTYPE),
+        wind=jnp.asarray(tile(base.wind) * f_wind, DTYPE),
+        precip=jnp.asarray(tile(base.precip) * f_p, DTYPE),
+        time_step_s=base.time_step_s,
+    )
+    igbp = [IGBP_CYCLE[i % len(IGBP_CYCLE)] for i in range(n_cells)]
+    params = default_params(igbp, dtype=DTYPE)
+    return forcing, params
+
+
+def block(x):
+    return jax.block_until_ready(x)
+
+
+def timed(fn, *args, repeats: int):
+    """(first-call seconds, [warm wall seconds], [warm CPU seconds]) of ``fn(*args)``."""
+    t0 = time.perf_counter()
+    block(fn(*args))
+    first = time.perf_counter() - t0
+    walls, cpus = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        block(fn(*args))
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return first, walls, cpus
+
+
+def timed_pair(f, g, *args, repeats: int):
+    """Time ``f`` and ``g`` alternately (f, g, f, g, ...), so both see the same load on a shared
+    machine; returns a dict of first-call seconds and lists of warm wall and CPU seconds."""
+    out = {}
+    for name, fn in (("f", f), ("g", g)):
+        t0 = time.perf_counter()
+        block(fn(*args))
+        out["first_" + name] = time.perf_counter() - t0
+        out["walls_" + name], out["cpus_" + name] = [], []
+    for _ in range(repeats):
+        for name, fn in (("f", f), ("g", g)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            block(fn(*args))
+            out["walls_" + name].append(time.perf_counter() - t0)
+            out["cpus_" + name].append(time.process_time() - c0)
+    return out
+
+
+def pair_stats(t: dict) -> dict:
+    """Medians and the median of the per-pair ratios g / f (wall and CPU time)."""
+    wf, wg = t["walls_f"], t["walls_g"]
+    return {
+        "forward_s": statistics.median(wf), "grad_s": statistics.median(wg),
+        "forward_min_s": min(wf), "grad_min_s": min(wg),
+        "forward_cpu_s": statistics.median(t["cpus_f"]), "grad_cpu_s": statistics.median(t["cpus_g"]),
+        "ratio": statistics.median([b / a for a, b in zip(wf, wg)]),
+        "ratio_cpu": statistics.median([b / a for a, b in zip(t["cpus_f"], t["cpus_g"])]),
+        "compile_forward_s": t["first_f"] - statistics.median(wf),
+        "compile_grad_s": t["first_g"] - statistics.median(wg),
+        "forward_s_all": wf, "grad_s_all": wg,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# the functions measured
+# ------------------------------------------------------------------------------------------------
+
+
+def forward_fns(model, chunk):
+    def fwd_all(params, forcing):
+        return rollout(model, params, forcing, chunk=chunk)
+
+    def fwd_qle_qh(params, forcing):
+        _, out = rollout(model, params, forcing, chunk=chunk)
+        return out["Qle"], out["Qh"]
+
+    return jax.jit(fwd_all), jax.jit(fwd_qle_qh)
+
+
+def make_loss(model, params0, forcing, chunk):
+    """MSE of Qle and Qh against a fixed target, as a function of unconstrained offsets of every
+    CALIBRATABLE parameter (zero offsets = the defaults).
+
+    The target is the model's own output with rs_scale x 1.5, ra_scale x 0.8 and albedo x 1.1,
+    so the gradient at the defaults is not trivially small.
+    """
+    raw0 = {k: to_unconstrained(k, params0[k]) for k in CALIBRATABLE}
+
+    def params_of(delta):
+        p = dict(params0)
+        for k in CALIBRATABLE:
+            p[k] = from_unconstrained(k, raw0[k] + delta[k])
+        return p
+
+    truth = dict(params0)
+    truth["rs_scale"] = params0["rs_scale"] * 1.5
+    truth["ra_scale"] = params0["ra_scale"] * 0.8
+    truth["albedo"] = params0["albedo"] * 1.1
+    target_le, target_h = block(forward_fns(model, chunk)[1](truth, forcing))
+
+    def loss(delta, forcing):
+        _, o = rollout(model, params_of(delta), forcing, chunk=chunk)
+        return jnp.mean((o["Qle"] - target_le) ** 2) + jnp.mean((o["Qh"] - target_h) ** 2)
+
+    delta0 = {k: jnp.zeros_like(params0[k]) for k in CALIBRATABLE}
+    return loss, delta0
+
+
+def loop_kernels(compiled) -> dict:
+    """Kernels executed per time step by the innermost while loops of a compiled CPU module (each
+    fusion / copy / custom call is one kernel launch, a thunk, in XLA's CPU runtime)."""
+    txt = compiled.as_text()
+    comps, cur = {}, None
+    for line in txt.split("\n"):
+        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
+        if m and not line.startswith(" "):
+            cur = m.group(1)
+            comps[cur] = []
+        elif cur is not None:
+            comps[cur].append(line)
+    bodies = []
+    for lines in comps.values():
+        for line in lines:
+            if " while(" in line:
+                b = re.search(r"body=%?([\w.\-]+)", line)
+                if b and b.group(1) in comps:
+                    bodies.append(b.group(1))
+    # innermost loops (bodies without a while of their own) run once per time step each: the
+    # forward has one, the gradient three (forward, chunk recomputation with residuals, backward)
+    inner = [b for b in bodies if not any(" while(" in line for line in comps[b])]
+    per_loop = []
+    for b in inner:
+        ops = collections.Counter()
+        for line in comps[b]:
+            m = re.search(r"=\s+\S.*?\s([a-z][\w\-]*)\(", line)
+            if m:
+                ops[m.group(1)] += 1
+        per_loop.append({k: ops[k] for k in ("fusion", "copy", "custom-call")})
+    return {"kernels_per_step": sum(sum(d.values()) for d in per_loop), "loops": per_loop}
+
+
+# ------------------------------------------------------------------------------------------------
+# subprocess workers
+# ------------------------------------------------------------------------------------------------
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def _thomas_solve(dl, d, du, b):
+    """Vectorised, unrolled Thomas algorithm with the signature of
+    ``jax.lax.linalg.tridiagonal_solve`` (dl[0] = du[-1] = 0; b (..., n, k)). Benchmark-only
+    ablation: elementwise over the batch, so XLA fuses it instead of calling LAPACK per cell."""
+    n = d.shape[-1]
+    c, y = [None] * n, [None] * n
+    c[0] = du[..., 0] / d[..., 0]
+    y[0] = b[..., 0, :] / d[..., 0, None]
+    for i in range(1, n):
+        den = d[..., i] - dl[..., i] * c[i - 1]
+        c[i] = du[..., i] / den
+        y[i] = (b[..., i, :] - dl[..., i, None] * y[i - 1]) / den[..., None]
+    x = [None] * n
+    x[n - 1] = y[n - 1]
+    for i in range(n - 2, -1, -1):
+        x[i] = y[i] - c[i][..., None] * x[i + 1]
+    return jnp.stack(x, axis=-2)
+
+
+def worker_mem(n_cells: int, n_steps: int, chunk: int, run: bool) -> dict:
+    """Compile (and run once) only the gradient; report memory."""
+    rss_import = _rss_kb("VmRSS")
+    model = LaDModel()
+    forcing, params = make_inputs(n_cells, n_steps)
+    loss, delta0 = make_loss(model, params, forcing, chunk)
+    grad = jax.jit(jax.value_and_grad(loss))
+    t0 = time.perf_counter()
+    compiled = grad.lower(delta0, forcing).compile()
+    compile_s = time.perf_counter() - t0
+    res = {"n_cells": n_cells, "n_steps": n_steps, "chunk": chunk, "compile_s": compile_s,
+           "rss_after_imports_gb": rss_import * 1024 / GB}
+    ma = compiled.memory_analysis()
+    if ma is not None:
+        for key in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes",
+                    "alias_size_in_bytes", "generated_code_size_in_bytes"):
+            res["xla_" + key.replace("_in_bytes", "_gb")] = getattr(ma, key, 0) / GB
+    # VmHWM (this process image's peak RSS), not ru_maxrss: on Linux ru_maxrss survives execve,
+    # so a child of a large parent would report at least the parent's RSS at spawn time.
+    hwm_compile = _rss_kb("VmHWM")
+    res["peak_rss_through_compile_gb"] = hwm_compile * 1024 / GB
+    peak = hwm_compile
+    if run:
+        rss_before = _rss_kb("VmRSS")
+        try:  # reset the high-water mark so that VmHWM covers the execution only
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            hwm_reset = True
+        except OSError:
+            hwm_reset = False
+        t0 = time.perf_counter()
+        value, g = block(compiled(delta0, forcing))
+        res["run_s"] = time.perf_counter() - t0
+        res["loss"] = float(value)
+        res["grad_finite"] = bool(all(np.isfinite(np.asarray(v)).all() for v in g.values()))
+        res["rss_before_run_gb"] = rss_before * 1024 / GB
+        hwm = _rss_kb("VmHWM")
+        peak = max(peak, hwm)
+        if hwm_reset:
+            res["peak_rss_during_run_gb"] = hwm * 1024 / GB
+            res["run_rss_increment_gb"] = (hwm - rss_before) * 1024 / GB
+    res["peak_rss_gb"] = peak * 1024 / GB
+    return res
+
+
+def worker_ablation(what: str, n_cells: int, n_steps: int, chunk: int, variant: str,
+                    repeats: int) -> dict:
+    """Throughput of the forward (Qle, Qh) or of the gradient for one variant (ablation)."""
+    res = {"what": what, "variant": variant, "n_cells": n_cells, "n_steps": n_steps,
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    model = LaDModel()
+    forcing, params = make_inputs(n_cells, n_steps)
+
+    def build():
+        if what == "fwd":
+            return forward_fns(model, chunk)[1], (params, forcing)
+        loss, delta0 = make_loss(model, params, forcing, chunk)
+        return jax.jit(jax.value_and_grad(loss)), (delta0, forcing)
+
+    def first_output(out):
+        return np.asarray(out[0] if what == "fwd" else out[1]["rs_scale"])
+
+    fn, fargs = build()
+    reference = None
+    if "thomas" in variant:
+        reference = first_output(block(fn(*fargs)))
+        import hybridlsm.physics.soil as soil
+
+        soil.tridiagonal_solve = _thomas_solve  # this process only; the package is unchanged
+        fn, fargs = build()
+    if what == "fwd":
+        first, walls, cpus = timed(fn, *fargs, repeats=repeats)
+    else:  # the gradient, alternating with its forward (the loss alone)
+        loss, _ = make_loss(model, params, forcing, chunk)
+        st = pair_stats(timed_pair(jax.jit(loss), fn, *fargs, repeats=repeats))
+        res.update(forward_s=st["forward_s"], ratio=st["ratio"], ratio_cpu=st["ratio_cpu"])
+        first = st["compile_grad_s"] + st["grad_s"]
+        walls, cpus = st["grad_s_all"], [st["grad_cpu_s"]]
+    if reference is not None:
+        out = first_output(fn(*fargs))
+        res["max_rel_diff_vs_lapack"] = float(
+            np.max(np.abs(out - reference)) / max(np.max(np.abs(reference)), 1e-30))
+    res.update(first_s=first, wall_s=statistics.median(walls), wall_min_s=min(walls),
+               cpu_s=statistics.median(cpus))
+    res["cell_steps_per_s"] = n_cells * n_steps / res["wall_s"]
+    res["cell_steps_per_cpu_s"] = n_cells * n_steps / res["cpu_s"]
+    return res
+
+
+def spawn(args: list[str], env_extra: dict | None = None, timeout: float = 1800) -> dict:
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"worker {args} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# machine
+# ------------------------------------------------------------------------------------------------
+
+
+def physics_source_digest() -> str:
+    """sha256 over src/hybridlsm/physics/*.py (which version of the physics was measured)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "src" / "hybridlsm" / "physics").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown"
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and cpu in ("unknown", "x86_64", ""):
+                    cpu = line.split(":", 1)[1].strip()
+                if line.startswith("flags") and not flags:
+                    flags = line
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags]
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as fh:
+            mem_gb = int(fh.readline().split()[1]) / 1024**2
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {
+        "cpu_model": cpu,
+        "cpu_isa": isa,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gb": round(mem_gb, 1) if mem_gb else None,
+        "load_average_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "jax_version": jax.__version__,
+        "jaxlib_version": getattr(__import__("jaxlib"), "__version__", "?"),
+        "backend": jax.default_backend(),
+        "device": f"{dev.platform}:{dev.device_kind}",
+        "dtype": "float32",
+        "x64_enabled": bool(jax.config.jax_enable_x64),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "os": platform.platform(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# main benchmark
+# ------------------------------------------------------------------------------------------------
+
+
+def fmt(x, nd=3):
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if abs(x) >= 1e5 or (0 < abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.{nd}g}"
+
+
+def run(args) -> dict:
+    quick = args.quick
+    year = STEPS_PER_YEAR if not quick else 30 * 48
+    fwd_cells = [1, 64, 1024] if not quick else [1, 16, 64]
+    grad_cells = [1, 256] if not quick else [1, 16]
+    big_n, grad_n = fwd_cells[-1], grad_cells[-1]
+    rep_small, rep_big = (7, 3) if not quick else (3, 2)
+    chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
+    alt_chunk = 120 if not quick else 48  # 17520 = 146 x 120 (no padding), near sqrt(17520)
+    if alt_chunk == chunk:
+        alt_chunk = DEFAULT_CHUNK if chunk != DEFAULT_CHUNK else chunk // 2
+    model = LaDModel()
+    R: dict = {"quick": quick, "n_steps_year": year, "chunk": chunk, "dtype": "float32"}
+    t_start = time.perf_counter()
+
+    # ---------------- forward throughput ----------------
+    log(f"== forward, {year} steps, chunk {chunk}, float32")
+    fwd_rows = []
+    for n in fwd_cells:
+        forcing, params = make_inputs(n, year)
+        assert forcing.t_air.dtype == jnp.float32 and params["albedo"].dtype == jnp.float32
+        fwd_all, fwd_two = forward_fns(model, chunk)
+        reps = rep_small if n <= 64 else rep_big
+        row = {"n_cells": n}
+        for name, fn in (("all_outputs", fwd_all), ("qle_qh", fwd_two)):
+            first, walls, cpus = timed(fn, params, forcing, repeats=reps)
+            w, c = statistics.median(walls), statistics.median(cpus)
+            row[name] = {"first_call_s": first, "wall_s": w, "wall_min_s": min(walls),
+                         "wall_s_all": walls, "cpu_s": c,
+                         "cell_steps_per_s": n * year / w, "cell_steps_per_cpu_s": n * year / c,
+                         "compile_s": first - w}
+            log(f"  N={n:5d} {name:11s}: {w:8.3f} s wall ({c:.3f} s CPU)  "
+                f"{n * year / w:.3g} cell-steps/s   first call {first:.1f} s")
+        if n == 1:
+            _, out = fwd_all(params, forcing)
+            R["site_year_outputs_finite"] = bool(
+                all(np.isfinite(np.asarray(v)).all() for v in out.values()))
+            R["site_year_mean_qle_qh"] = [float(jnp.mean(out["Qle"])), float(jnp.mean(out["Qh"]))]
+            compiled = fwd_two.lower(params, forcing).compile()
+            R["loop_kernels_qle_qh"] = loop_kernels(compiled)
+            R["loop_kernels_all_outputs"] = loop_kernels(fwd_all.lower(params, forcing).compile())
+            del compiled
+        fwd_rows.append(row)
+        del forcing, params
+    R["forward"] = fwd_rows
+    by_n = {r["n_cells"]: r for r in fwd_rows}
+    R[f"forward_cell_steps_per_s_{big_n}"] = by_n[big_n]["all_outputs"]["cell_steps_per_s"]
+    R[f"forward_cell_steps_per_s_{big_n}_qle_qh"] = by_n[big_n]["qle_qh"]["cell_steps_per_s"]
+    R[f"forward_cell_steps_per_cpu_s_{big_n}"] = by_n[big_n]["all_outputs"]["cell_steps_per_cpu_s"]
+    R[f"forward_cell_steps_per_cpu_s_{big_n}_qle_qh"] = by_n[big_n]["qle_qh"]["cell_steps_per_cpu_s"]
+    R["site_year_forward_s"] = by_n[1]["all_outputs"]["wall_s"]
+    R["site_year_forward_qle_qh_s"] = by_n[1]["qle_qh"]["wall_s"]
+    R["compile_forward_s"] = by_n[1]["all_outputs"]["compile_s"]
+    # time(N) = T (a + b N): per-step overhead a and per-cell-step cost b (two largest N for b)
+    for name in ("all_outputs", "qle_qh"):
+        n1, n2 = fwd_cells[-2], fwd_cells[-1]
+        b = (by_n[n2][name]["wall_s"] - by_n[n1][name]["wall_s"]) / ((n2 - n1) * year)
+        a = by_n[1][name]["wall_s"] / year - b
+        R[f"per_step_overhead_us_{name}"] = a * 1e6
+        R[f"per_cell_step_ns_{name}"] = b * 1e9
+
+    # ---------------- gradient ----------------
+    log(f"== gradient of MSE(Qle, Qh) w.r.t. {len(CALIBRATABLE)} calibratable parameters "
+        "(unconstrained offsets)")
+    grad_rows = []
+    for n in grad_cells:
+        forcing, params = make_inputs(n, year)
+        for ch in (chunk, alt_chunk):
+            loss, delta0 = make_loss(model, params, forcing, ch)
+            f_loss = jax.jit(loss)
+            f_grad = jax.jit(jax.value_and_grad(loss))
+            reps = rep_small if n == 1 else rep_big
+            st = pair_stats(timed_pair(f_loss, f_grad, delta0, forcing, repeats=reps))
+            value, g = f_grad(delta0, forcing)
+            gnorm = float(jnp.sqrt(sum(jnp.sum(v**2) for v in g.values())))
+            finite = bool(all(np.isfinite(np.asarray(v)).all() for v in g.values()))
+            if n == 1 and ch == chunk:
+                R["loop_kernels_grad"] = loop_kernels(f_grad.lower(delta0, forcing).compile())
+            row = {"n_cells": n, "chunk": ch, **st,
+                   "loss": float(value), "grad_norm": gnorm, "grad_finite": finite}
+            log(f"  N={n:4d} chunk={ch:4d}: loss fwd {st['forward_s']:.3f} s, value_and_grad "
+                f"{st['grad_s']:.3f} s, ratio {st['ratio']:.2f} (CPU {st['ratio_cpu']:.2f}); "
+                f"compile grad {st['compile_grad_s']:.1f} s; |g| = {gnorm:.3g}"
+                f"{'' if finite else '  NON-FINITE GRADIENT'}")
+            grad_rows.append(row)
+        del forcing, params
+    R["gradient"] = grad_rows
+    gd = {(r["n_cells"], r["chunk"]): r for r in grad_rows}
+    R[f"grad_fwd_ratio_{grad_n}"] = gd[(grad_n, chunk)]["ratio"]
+    R["grad_fwd_ratio_1"] = gd[(1, chunk)]["ratio"]
+    R["grad_site_year_s"] = gd[(1, chunk)]["grad_s"]
+    R[f"grad_{grad_n}_cells_year_s"] = gd[(grad_n, chunk)]["grad_s"]
+    R["compile_grad_s"] = gd[(1, chunk)]["compile_grad_s"]
+    R["compile_s"] = {"forward": R["compile_forward_s"], "gradient": R["compile_grad_s"]}
+    R["alt_chunk"] = alt_chunk
+
+    # ---------------- memory (fresh subprocess per measurement) ----------------
+    log("== gradient memory, one fresh subprocess each")
+    mem = []
+    steps_list = (year // 4, year // 2, year)
+    specs = [(n, s, chunk, True) for n in (1, grad_n) for s in steps_list]
+    specs += [(1, year, alt_chunk, True)]
+    specs += [(n, s, s, False) for n in (1, grad_n) for s in steps_list]  # chunk = T: no remat
+    for n, steps, ch, do_run in specs:
+        r = spawn(["mem", str(n), str(steps), str(ch), "1" if do_run else "0"])
+        mem.append(r)
+        log(f"  N={n:4d} T={steps:6d} chunk={ch:6d}: XLA temp {r.get('xla_temp_size_gb', 0):.4f} GB, "
+            f"peak RSS {r['peak_rss_gb']:.3f} GB"
+            + (f" (during the run {r.get('peak_rss_during_run_gb', 0):.3f} GB, "
+               f"+{r.get('run_rss_increment_gb', 0):.4f} GB)" if do_run else " (compile only)"))
+    R["memory"] = mem
+    md = {(r["n_cells"], r["n_steps"], r["chunk"]): r for r in mem}
+    site = md[(1, year, chunk)]
+    R["grad_peak_mem_gb_site_year"] = site["peak_rss_gb"]
+    R["grad_peak_rss_during_run_gb_site_year"] = site.get("peak_rss_during_run_gb")
+    R["grad_run_rss_increment_gb_site_year"] = site.get("run_rss_increment_gb")
+    R["grad_xla_temp_gb_site_year"] = site.get("xla_temp_size_gb")
+    R[f"grad_peak_mem_gb_{grad_n}_cells_year"] = md[(grad_n, year, chunk)]["peak_rss_gb"]
+    R[f"grad_xla_temp_gb_{grad_n}_cells_year"] = md[(grad_n, year, chunk)].get("xla_temp_size_gb")
+    for n in (1, grad_n):
+        rows = [{"n_steps": s, "peak_rss_gb": md[(n, s, chunk)]["peak_rss_gb"],
+                 "run_rss_increment_gb": md[(n, s, chunk)].get("run_rss_increment_gb"),
+                 "xla_temp_gb": md[(n, s, chunk)].get("xla_temp_size_gb"),
+                 "xla_temp_gb_no_remat": md[(n, s, s)].get("xla_temp_size_gb")}
+                for s in steps_list]
+        suffix = "" if n == 1 else f"_{n}_cells"
+        R["grad_mem_vs_steps" + suffix] = rows
+        # growth exponent of XLA temp memory with T from T/2 to T (1 = linear, < 1 sublinear)
+        for key, out in (("xla_temp_gb", "grad_mem_growth_exponent"),
+                         ("xla_temp_gb_no_remat", "grad_mem_growth_exponent_no_remat")):
+            a, b = rows[1][key], rows[2][key]
+            R[out + suffix] = float(np.log2(b / a)) if a and b else None
+
+    # ---------------- diagnosis: ablations (subprocesses) ----------------
+    if not args.no_ablation:
+        quarter = year // 4
+        log(f"== ablations, T={quarter} steps, one subprocess each")
+        abl = []
+        single = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                                + " --xla_cpu_multi_thread_eigen=false").strip()}
+        emit = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
+                              + " --xla_cpu_use_fusion_emitters=true").strip()}
+        runs = [("fwd", big_n, "default", None), ("fwd", big_n, "thomas", None),
+                ("fwd", big_n, "default, single-threaded XLA", single),
+                ("fwd", big_n, "default, XLA CPU fusion emitters on", emit),
+                ("fwd", big_n, "thomas, XLA CPU fusion emitters on", emit),
+                ("grad", grad_n, "default", None), ("grad", grad_n, "thomas", None),
+                ("grad", grad_n, "default, XLA CPU fusion emitters on", emit)]
+        for what, n, variant, env in runs:
+            r = spawn([what, str(n), str(quarter), str(chunk), variant, str(rep_big)], env)
+            abl.append(r)
+            log(f"  {what:4s} N={n:5d} {variant:36s}: {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s "
+                f"CPU, {r['cell_steps_per_s']:.3g} cell-steps/s "
+                f"({r['cell_steps_per_cpu_s']:.3g} per CPU s), first call {r['first_s']:.1f} s"
+                + (f", grad/fwd {r['ratio']:.2f}" if what == "grad" else ""))
+        R["ablation"] = abl
+
+    R["benchmark_wall_s"] = time.perf_counter() - t_start
+    return R
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def target_rows(R) -> list[tuple[str, str, str, str]]:
+    rows = []
+    big = max(r["n_cells"] for r in R["forward"])
+    grad_n = max(r["n_cells"] for r in R["gradient"])
+    span = "1 yr" if R["n_steps_year"] == STEPS_PER_YEAR else f"{R['n_steps_year']} steps"
+    labels = {
+        "forward_cell_steps_per_s_1024": (f"forward throughput, {big} cells x {span}, all outputs "
+                                          "[cell-steps/s]", f"forward_cell_steps_per_s_{big}"),
+        "site_year_forward_s": ("one site-year forward after compilation [s]", "site_year_forward_s"),
+        "grad_fwd_ratio_256": (f"gradient / forward time, {grad_n} cells x {span}",
+                               f"grad_fwd_ratio_{grad_n}"),
+        "grad_peak_mem_gb_site_year": ("peak memory of the site-year gradient (process RSS) [GB]",
+                                       "grad_peak_mem_gb_site_year"),
+    }
+    for key, (op, target) in TARGETS.items():
+        label, rkey = labels[key]
+        value = R.get(rkey)
+        met = (value >= target) if op == ">=" else (value <= target)
+        rows.append((label, f"{op} {fmt(target)}", fmt(value), "yes" if met else "NO"))
+    exp = R.get("grad_mem_growth_exponent")
+    rows.append(("site-year gradient memory sublinear in steps (growth exponent of XLA temp "
+                 "from T/2 to T; 1 = linear)", "< 1 (met if < 0.9)", fmt(exp),
+                 "yes" if exp is not None and exp < 0.9 else "NO"))
+    return rows
+
+
+def md_table(header, rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def print_summary(R):
+    log("")
+    log("Targets (issue 3 item 4)" + ("  [QUICK SIZES: not the target sizes]" if R["quick"] else ""))
+    log(md_table(("quantity", "target", "measured", "met"), target_rows(R)))
+    log("")
+    log(md_table(("figure", "value"), detail_rows(R)))
+
+
+def detail_rows(R):
+    big = max(r["n_cells"] for r in R["forward"])
+    grad_n = max(r["n_cells"] for r in R["gradient"])
+    rows = []
+    for r in R["forward"]:
+        for name in ("all_outputs", "qle_qh"):
+            x = r[name]
+            rows.append((f"forward N={r['n_cells']}, {name}: wall s / cell-steps/s / per CPU s",
+                         f"{fmt(x['wall_s'])} / {fmt(x['cell_steps_per_s'])} / "
+                         f"{fmt(x['cell_steps_per_cpu_s'])}"))
+    rows.append(("compile forward (first call - warm call), N=1 [s]", fmt(R["compile_forward_s"])))
+    rows.append(("compile gradient (first call - warm call), N=1 [s]", fmt(R["compile_grad_s"])))
+    for name in ("all_outputs", "qle_qh"):
+        rows.append((f"fit time = T (a + b N), {name}: a [us/step], b [ns/cell-step]",
+                     f"{fmt(R[f'per_step_overhead_us_{name}'])} / {fmt(R[f'per_cell_step_ns_{name}'])}"))
+    k = R.get("loop_kernels_qle_qh", {})
+    ka = R.get("loop_kernels_all_outputs", {})
+    kg = R.get("loop_kernels_grad", {})
+    rows.append(("kernels per step in the compiled loops (forward Qle,Qh / all outputs / gradient)",
+                 f"{k.get('kernels_per_step', '-')} / {ka.get('kernels_per_step', '-')} / "
+                 f"{kg.get('kernels_per_step', '-')}"))
+    for r in R["gradient"]:
+        rows.append((f"gradient N={r['n_cells']}, chunk={r['chunk']}: loss fwd s / value_and_grad s"
+                     " / ratio (ratio of CPU times)",
+                     f"{fmt(r['forward_s'])} / {fmt(r['grad_s'])} / {fmt(r['ratio'])} "
+                     f"({fmt(r['ratio_cpu'])})"))
+    for n in (1, grad_n):
+        suffix = "" if n == 1 else f"_{n}_cells"
+        for r in R["grad_mem_vs_steps" + suffix]:
+            rows.append((f"gradient memory N={n}, T={r['n_steps']}: peak RSS GB / run increment GB"
+                         " / XLA temp GB (chunk=T, no remat)",
+                         f"{fmt(r['peak_rss_gb'])} / {fmt(r['run_rss_increment_gb'])} / "
+                         f"{fmt(r['xla_temp_gb'])} ({fmt(r['xla_temp_gb_no_remat'])})"))
+        rows.append((f"gradient memory N={n}: growth exponent T/2 -> T of XLA temp "
+                     f"(chunk={R['chunk']} / chunk=T)",
+                     f"{fmt(R['grad_mem_growth_exponent' + suffix])} / "
+                     f"{fmt(R['grad_mem_growth_exponent_no_remat' + suffix])}"))
+    for r in R.get("ablation", []):
+        what = "forward Qle+Qh" if r["what"] == "fwd" else "value_and_grad"
+        extra = f"; grad/fwd {fmt(r['ratio'])}" if r["what"] == "grad" else ""
+        rows.append((f"ablation {what}, N={r['n_cells']}, T={r['n_steps']}, {r['variant']}: "
+                     "cell-steps/s (per CPU s); first call s",
+                     f"{fmt(r['cell_steps_per_s'])} ({fmt(r['cell_steps_per_cpu_s'])}); "
+                     f"{fmt(r['first_s'])}{extra}"))
+    return rows
+
+
+def write_outputs(R, cmd: str):
+    json_path = ROOT / "results" / "physics_benchmark.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(R, indent=2, default=float) + "\n")
+    md_path = ROOT / "docs" / "performance.md"
+    text = render_markdown(R, cmd)
+    if md_path.exists():  # keep the hand-written analysis below the marker
+        old = md_path.read_text()
+        if MARKER in old:
+            text += old.split(MARKER, 1)[1]
+    md_path.write_text(text if text.endswith("\n") else text + "\n")
+    log(f"wrote {json_path.relative_to(ROOT)} and {md_path.relative_to(ROOT)}")
+
+
+
+def render_markdown(R, cmd: str) -> str:
+    m = R["machine"]
+    la0 = ", ".join(f"{x:.1f}" for x in m["load_average_start"])
+    la1 = ", ".join(f"{x:.1f}" for x in m.get("load_average_end", []))
+    lines = [
+        "# Performance of the LaD column (physics)",
+        "",
+        f"Generated by `{cmd}` on {R['date']}. Everything down to the marker comment is rewritten",
+        "by each run; the analysis after it is written by hand from the run recorded here.",
+        "",
+        f"- Physics source digest (sha256 of src/hybridlsm/physics/*.py, 16 hex): "
+        f"`{R.get('physics_source_sha256_16', '?')}`",
+        f"- Machine: {m['cpu_model']} ({', '.join(m['cpu_isa'])}), {m['cores']} cores "
+        f"({m['cores_usable']} usable), {m['memory_gb']} GB RAM; {m['os']}",
+        f"- JAX {m['jax_version']} (jaxlib {m['jaxlib_version']}), backend `{m['backend']}` "
+        f"({m['device']}), dtype **{m['dtype']}** (x64 {'on' if m['x64_enabled'] else 'off'}), "
+        f"XLA_FLAGS `{m['xla_flags'] or '(none)'}`",
+        f"- Load average (1, 5, 15 min) at start: {la0}; at end: {la1}. The machine is shared: "
+        "a load above the core count means other processes competed for the cores, so wall times "
+        "are upper bounds; the CPU-time figures (``per CPU s``) are less sensitive to that.",
+        f"- Sizes: one year = {R['n_steps_year']} half-hourly steps; `chunk` = {R['chunk']} "
+        f"(`DEFAULT_CHUNK`), compared with {R['alt_chunk']}. Forcing: `synthetic_forcing` for one "
+        "site tiled over N cells with small per-cell perturbations (Tair +-1 K, SWdown +-5 %, wind "
+        "+-10 %, precipitation +-20 %); land cover cycles through "
+        f"{', '.join(IGBP_CYCLE)}. Times are medians of repeated warm calls, `block_until_ready`.",
+        "- Forward = `jax.jit(rollout)`; *all outputs* returns every output of `rollout` "
+        "(23 ALMA variables, the way a forward run is used), *Qle+Qh* returns only those two "
+        "(XLA prunes the rest, as inside calibration and training).",
+        "- Gradient = `jax.jit(jax.value_and_grad(loss))` with loss = MSE(Qle) + MSE(Qh) against a "
+        "fixed target (the model with rs_scale x 1.5, ra_scale x 0.8, albedo x 1.1), w.r.t. "
+        f"unconstrained offsets of all {len(CALIBRATABLE)} CALIBRATABLE parameters per cell; the "
+        "ratio divides by the jitted loss alone (same forward); loss and gradient calls alternate "
+        "and the ratio is the median of the per-pair ratios, so both see the same load.",
+        "- Memory: each figure from a fresh subprocess that compiles and runs only that gradient. "
+        "*peak RSS* = the process's peak resident set (VmHWM; includes the Python/JAX runtime "
+        "and XLA compilation; `ru_maxrss` is not used because on Linux it carries the parent's "
+        "RSS over `execve`); *run increment* = peak RSS during the execution (VmHWM reset through "
+        "/proc/self/clear_refs) minus RSS just before it; *XLA temp* = "
+        "`compiled.memory_analysis().temp_size_in_bytes` (the executable's scratch memory: stored "
+        "chunk states, one chunk's residuals, cotangents).",
+        "",
+        "## Targets",
+        "",
+        md_table(("quantity", "target", "measured", "met"), target_rows(R)),
+        "",
+        "## All figures",
+        "",
+        md_table(("figure", "value"), detail_rows(R)),
+        "",
+    ]
+    grad_n = max(r["n_cells"] for r in R["gradient"])
+    for n in (1, grad_n):
+        suffix = "" if n == 1 else f"_{n}_cells"
+        lines += [
+            f"Gradient memory against the number of steps, N = {n}:",
+            "",
+            md_table(("steps", "peak RSS [GB]", "run increment [GB]",
+                      f"XLA temp, chunk={R['chunk']} [MB]", "XLA temp, chunk=T (no remat) [MB]"),
+                     [(r["n_steps"], fmt(r["peak_rss_gb"]), fmt(r["run_rss_increment_gb"]),
+                       fmt(r["xla_temp_gb"] * 1024), fmt(r["xla_temp_gb_no_remat"] * 1024))
+                      for r in R["grad_mem_vs_steps" + suffix]]),
+            "",
+        ]
+    lines.append(MARKER)
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes for development (prints only)")
+    ap.add_argument("--write", action="store_true", help="write the JSON and markdown also with --quick")
+    ap.add_argument("--no-write", action="store_true", help="do not write the JSON and markdown")
+    ap.add_argument("--chunk", type=int, default=None, help=f"rollout chunk (default {DEFAULT_CHUNK})")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the ablation subprocesses")
+    ap.add_argument("--_worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._worker:
+        kind, *rest = args._worker
+        if kind == "mem":
+            res = worker_mem(int(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "1")
+        else:
+            res = worker_ablation(kind, int(rest[0]), int(rest[1]), int(rest[2]), rest[3],
+                                  int(rest[4]))
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+
+    if jax.config.jax_enable_x64:
+        raise SystemExit("run with float32 (JAX_ENABLE_X64 unset)")
+    cmd = "python benchmarks/physics.py" + ("".join(f" {a}" for a in (argv or sys.argv[1:])))
+    machine = machine_info()
+    log(f"{machine['cpu_model']}, {machine['cores']} cores, load {machine['load_average_start']}, "
+        f"jax {machine['jax_version']} {machine['backend']}, float32")
+    R = run(args)
+    machine["load_average_end"] = list(os.getloadavg())
+    R["machine"] = machine
+    R["date"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    R["command"] = cmd
+    R["physics_source_sha256_16"] = physics_source_digest()
+    print_summary(R)
+    if (not args.quick or args.write) and not args.no_write:
+        write_outputs(R, cmd)
+
+
+if __name__ == "__main__":
+    main()
