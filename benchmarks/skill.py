@@ -104,7 +104,10 @@ def main() -> None:
             records.append({k: rec.get(k) for k in KEYS})
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "skill.json").write_text(json.dumps(records, indent=1))
-    (ROOT / "docs" / "results.md").write_text(markdown(records, commands + ["python benchmarks/skill.py --collect-only"]))
+    out = ROOT / "docs" / "results.md"
+    marker = "<!-- analysis: written by hand, kept by benchmarks/skill.py -->"
+    analysis = out.read_text().split(marker, 1)[1] if out.exists() and marker in out.read_text() else "\n"
+    out.write_text(markdown(records, commands + ["python benchmarks/skill.py --collect-only"]) + marker + analysis)
     print(f"{len(records)} records -> results/skill.json, docs/results.md")
 
 

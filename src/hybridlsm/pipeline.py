@@ -49,6 +49,14 @@ OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "SoilTemp", "So
                  "SWdown", "Tair", "Wind")  # fmt: skip
 
 
+#: Units of model outputs that are not observed variables (ALMA conventions).
+MODEL_OUTPUT_UNITS = {
+    "Qh": "W m-2", "Qle": "W m-2", "Qg": "W m-2", "Rnet": "W m-2", "Qf": "W m-2", "Evap": "kg m-2 s-1",
+    "Qs": "kg m-2 s-1", "Qsb": "kg m-2 s-1", "SoilTemp": "K", "SoilMoist": "kg m-2", "SWE": "kg m-2",
+    "GWS": "kg m-2", "AvgSurfT": "K", "SR": "J m-2", "Kh": "m2 s-1", "ra": "s m-1", "rs": "s m-1", "RiB": "1",
+}  # fmt: skip
+
+
 @dataclass
 class Experiment:
     name: str
@@ -159,7 +167,8 @@ def write_predictions(pred: dict[str, np.ndarray], site: xr.Dataset, model: str,
     for name, values in pred.items():
         values = np.asarray(values, dtype=np.float64)
         dims = ("time", "soil_layer")[: values.ndim]
-        attrs = {"units": VARIABLES[name].units} if name in VARIABLES else {}
+        unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
+        attrs = {} if unit is None else {"units": unit}
         data[name] = (dims, values, attrs)
     ds = xr.Dataset(data, coords={"time": site["time"].values})
     if "SoilTemp" in pred and np.ndim(pred["SoilTemp"]) == 2:
@@ -167,8 +176,6 @@ def write_predictions(pred: dict[str, np.ndarray], site: xr.Dataset, model: str,
 
         ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
         ds["soil_layer_thickness"] = ("soil_layer", np.asarray(LAYER_THICKNESS), {"units": "m"})
-    if "SoilMoist" in ds:
-        ds["SoilMoist"].attrs["units"] = "kg m-2"
     ds.attrs.update(model=model, site=site.attrs["site_id"], config=config)
     _write_nc(ds, path)
 

@@ -271,10 +271,11 @@ def energy_balance_table(sd: SiteData, *, max_qc: int = 1) -> pd.DataFrame:
         if h is None or le is None:
             continue
         if rn is not None and g is not None:
-            res = energy_balance_residual(rn, g, h, le, mask=test)
+            qf = _series(ds, "Qf")  # snowmelt heat, where the model reports it
+            res = energy_balance_residual(rn if qf is None else rn - qf, g, h, le, mask=test)
             res_mean, res_abs = res.mean, res.mean_abs
             n = res.n
-            note = "internal: model Rn − G − H − LE"
+            note = "internal: model Rn − G − H − LE" + (" − Qf" if qf is not None else "")
         else:
             res_mean = res_abs = math.nan
             n = 0

@@ -48,7 +48,7 @@ from ..training.trainer import fit
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (
     "Qh", "Qle", "Qg", "Rnet", "Evap", "Qs", "Qsb", "SoilTemp", "SoilMoist", "SWE", "GWS",
-    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB",
+    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf",
 )  # fmt: skip
 STATE_OUTPUTS = ("SoilTemp", "SoilMoist", "SWE", "GWS")
 SPINUP_MAX_DAYS = 365.0
