@@ -273,3 +273,8 @@ def qc_mask(
 
 def _is_flag(name: str) -> bool:
     return name.endswith(("_qc", "_qc_fraction", "_estimated", "_filled"))
+
+
+def site_label(ds) -> str:
+    """How messages name a dataset: its ``site_id``, else its source file."""
+    return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))

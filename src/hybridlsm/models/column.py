@@ -31,6 +31,7 @@ import xarray as xr
 from .. import thermo
 from ..constants import T_FREEZE
 from ..data import qc_mask
+from ..data.schema import site_label
 from ..physics import (
     Forcing,
     LaDModel,
@@ -145,8 +146,7 @@ N_STATE_FEATURES = 8
 # ------------------------------------------------------------------------------- site data
 
 
-def _site(ds: xr.Dataset) -> str:
-    return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))
+_site = site_label
 
 
 def site_base_params(ds: xr.Dataset, overrides: dict | None = None) -> dict:

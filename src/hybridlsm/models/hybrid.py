@@ -80,11 +80,13 @@ def closure_inputs(c: SurfaceContext, use_states: bool) -> jax.Array:
     return jnp.concatenate(x, axis=-1)
 
 
+def _start_near(layer: eqx.nn.Linear, bias) -> eqx.nn.Linear:
+    """An output layer that starts near a chosen output: weights x 0.01 and the given bias."""
+    return eqx.tree_at(lambda l: (l.weight, l.bias), layer, (layer.weight * 0.01, jnp.asarray(bias, layer.bias.dtype)))
+
+
 def _small_output_layer(mlp: MLP, bias) -> MLP:
-    """Start near a chosen output: last-layer weights x 0.01 and the given bias."""
-    last = mlp.layers[-1]
-    last = eqx.tree_at(lambda l: (l.weight, l.bias), last, (last.weight * 0.01, jnp.asarray(bias, last.bias.dtype)))
-    return eqx.tree_at(lambda m: m.layers[-1], mlp, last)
+    return eqx.tree_at(lambda m: m.layers[-1], mlp, _start_near(mlp.layers[-1], bias))
 
 
 # ------------------------------------------------------------------------------ hybrid_flux
@@ -259,10 +261,7 @@ class HybridLSTM(_HybridSpec):
         head = multiplier_head(dtype)
         net = LSTM(N_FORCING_FEATURES, len(MULTIPLIED), hidden_size=options.hidden_size,
                    dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
-        last = net.head
-        net = eqx.tree_at(lambda n: n.head, net, eqx.tree_at(
-            lambda l: (l.weight, l.bias), last,
-            (last.weight * 0.01, jnp.asarray(head.inverse(jnp.ones(len(MULTIPLIED))), last.bias.dtype))))  # fmt: skip
+        net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, head.inverse(jnp.ones(len(MULTIPLIED)))))
         return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
                            law=self._law(options, dtype), delta_gain=DELTA_GAIN)  # fmt: skip

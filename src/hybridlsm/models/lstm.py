@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hybridlsm import thermo
+from hybridlsm.data.schema import site_label
 from hybridlsm.models.registry import register_model
 from hybridlsm.neural import LSTM, Normaliser
 from hybridlsm.training.losses import masked_mse
@@ -92,8 +93,7 @@ class LSTMBaseline(eqx.Module):
 # ------------------------------------------------------------------------------ data access
 
 
-def _site(ds: "xr.Dataset") -> str:
-    return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))
+_site = site_label
 
 
 def _time_step_s(ds: "xr.Dataset") -> float:
