@@ -1,0 +1,70 @@
+"""`hybridlsm run` end to end on a tiny virtual-site config: the run directory, resume, and the
+refusal to overwrite a run without being asked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from typer.testing import CliRunner
+
+from hybridlsm.cli import app
+
+CONFIG = """
+name: tiny
+data:
+  sites:
+    - {virtual: {site_id: TINY, days: 20, seed: 2, noise: 5.0}}
+  split: {train: 0.5, val: 0.25, test: 0.25}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}
+  - {name: 1lin}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+def test_run_writes_run_directory_and_resumes(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    for path in ("config.yaml", "metrics.csv", "skill.json", "report.html", "predictions/TINY/obs.nc",
+                 "predictions/TINY/physics.nc", "predictions/TINY/1lin.nc"):  # fmt: skip
+        assert (run / path).exists(), path
+    skill = json.loads((run / "skill.json").read_text())
+    assert {r["model"] for r in skill} == {"physics", "1lin"}
+    assert set(skill[0]) == {"site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n", "config"}
+    # the test block is the last quarter of the 960 - 48 steps after the one-day spin-up
+    obs = xr.open_dataset(run / "predictions/TINY/obs.nc")
+    split = obs["split"].values
+    assert (split == 3).sum() == 228 and split[-1] == 3 and (split[:48] == 0).all()
+    pred = xr.open_dataset(run / "predictions/TINY/physics.nc")
+    assert pred["Qle"].attrs["units"] == "W m-2" and pred.sizes["time"] == 960
+    assert np.isfinite(pred["Qh"].values).all()
+    metrics = pd.read_csv(run / "metrics.csv")
+    n_test = metrics.query("model == '1lin' and flux == 'Qle' and scale == 'halfhourly'")["n"].item()
+    assert n_test == 228
+
+    # a second run without --resume or --overwrite refuses and leaves the run as it was
+    before = (run / "predictions/TINY/physics.nc").stat().st_mtime_ns
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 1 and "exists" in result.output
+    # --resume keeps finished predictions and only rebuilds the report
+    result = runner.invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (run / "predictions/TINY/physics.nc").stat().st_mtime_ns == before
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path)).replace("window_days: 3", "window_dayz: 3"))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2
+    assert "window_dayz" in result.output
