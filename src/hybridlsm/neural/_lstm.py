@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from hybridlsm.neural._common import check_rate, dropout, float_dtype, linear, uniform_tensors
-from hybridlsm.neural._normaliser import Normaliser
+from hybridlsm.neural._normaliser import Normaliser, input_normaliser
 
 __all__ = ["LSTM"]
 
@@ -72,14 +72,7 @@ class LSTM(eqx.Module):
         self.cell = eqx.tree_at(lambda c: (c.weight_ih, c.weight_hh, c.bias), cell, (w_ih, w_hh, bias))
         head = eqx.filter_eval_shape(lambda: eqx.nn.Linear(hidden_size, out_size, dtype=dtype, key=jax.random.key(0)))
         self.head = eqx.tree_at(lambda h: (h.weight, h.bias), head, (w_out, b_out))
-        if mean is None and std is None:
-            self.normaliser = Normaliser.identity(in_size, dtype=dtype)
-        else:
-            mean = jnp.zeros(in_size) if mean is None else mean
-            std = jnp.ones(in_size) if std is None else std
-            self.normaliser = Normaliser(mean, std, dtype=dtype)
-        if self.normaliser.features != in_size:
-            raise ValueError(f"LSTM: normalisation has {self.normaliser.features} features, in_size is {in_size}")
+        self.normaliser = input_normaliser("LSTM", in_size, mean, std, dtype)
         self.dropout = check_rate("LSTM dropout", dropout)
         self.in_size = in_size
         self.hidden_size = hidden_size

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from hybridlsm.neural._common import activation_fn, check_rate, dropout, linear, linear_layers
-from hybridlsm.neural._normaliser import Normaliser
+from hybridlsm.neural._normaliser import Normaliser, input_normaliser
 
 __all__ = ["MLP"]
 
@@ -58,14 +58,7 @@ class MLP(eqx.Module):
         sizes = [in_size] + [width_size] * depth + [out_size]
         self.layers = linear_layers(sizes, dtype, key)
         dtype = self.layers[0].weight.dtype
-        if mean is None and std is None:
-            self.normaliser = Normaliser.identity(in_size, dtype=dtype)
-        else:
-            mean = jnp.zeros(in_size) if mean is None else mean
-            std = jnp.ones(in_size) if std is None else std
-            self.normaliser = Normaliser(mean, std, dtype=dtype)
-        if self.normaliser.features != in_size:
-            raise ValueError(f"MLP: normalisation has {self.normaliser.features} features, in_size is {in_size}")
+        self.normaliser = input_normaliser("MLP", in_size, mean, std, dtype)
         self.activation = activation
         self.dropout = check_rate("MLP dropout", dropout)
         self.in_size = in_size

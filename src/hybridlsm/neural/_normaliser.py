@@ -114,3 +114,17 @@ class Normaliser(NonTrainable):
         mean = jax.lax.stop_gradient(self.mean)
         std = jax.lax.stop_gradient(self.std)
         return z * std + mean
+
+
+def input_normaliser(owner: str, in_size: int, mean, std, dtype) -> "Normaliser":
+    """The stored input statistics of a network: identity when neither ``mean`` nor ``std`` is
+    given, otherwise those (a missing one defaults to 0 or 1); checked against ``in_size``."""
+    if mean is None and std is None:
+        norm = Normaliser.identity(in_size, dtype=dtype)
+    else:
+        mean = np.zeros(in_size) if mean is None else mean
+        std = np.ones(in_size) if std is None else std
+        norm = Normaliser(mean, std, dtype=dtype)
+    if norm.features != in_size:
+        raise ValueError(f"{owner}: normalisation has {norm.features} features, in_size is {in_size}")
+    return norm
