@@ -37,20 +37,22 @@ def _test_rmse(ds, exp, pred, flux):
 
 @pytest.mark.parametrize("site", list(SITES))
 def test_calibration_reduces_heldout_rmse(shared_data, site):
-    ds, cfg, exp = _experiment(shared_data, site, epochs=12)
+    ds, cfg, exp = _experiment(shared_data, site, epochs=30)
     spec = get_model("physics")
-    opts = validate_options("physics", {"epochs": 12})
+    opts = validate_options("physics", {"epochs": 30})  # 30 steps over whole records
     default = spec.build(opts, exp.train)
     before = {f: _test_rmse(ds, exp, spec.predict(default, ds), f) for f in ("Qle", "Qh")}
     calibrated = spec.train(default, exp.train, exp.val, cfg, None, options=opts)
     after = {f: _test_rmse(ds, exp, spec.predict(calibrated, ds), f) for f in ("Qle", "Qh")}
     msg = f"{site}: held-out RMSE default {before} -> calibrated {after}"
-    # Measured (docs/results.md): Qh improves strongly at both sites (US-Wkg 54.9 -> 30, US-Me2
-    # 59.8 -> 54.5 W m-2) and Qle at US-Wkg (17.8 -> 17.0); Qle at US-Me2 stays level (51.1 -> 51.2).
-    assert after["Qh"] < 0.95 * before["Qh"], msg
-    assert after["Qle"] < before["Qle"] + 1.0, msg
-    if site == "US-Wkg":
-        assert after["Qle"] < before["Qle"], msg
+    # Measured with the shipped configs (60 steps, docs/results.md): US-Wkg Qle 17.8 -> 16.5,
+    # Qh 54.9 -> 27.6; US-Me2 Qle 51.1 -> 38.3 (seasonal storage through whole-record fitting),
+    # Qh 59.8 -> 54.2 W m-2.
+    # (30 steps here: US-Wkg Qle 17.8 -> 16.8, Qh 54.9 -> 27.6; US-Me2 Qle 51.1 -> 40.6, Qh 59.8 -> 57.6)
+    assert after["Qle"] < before["Qle"], msg
+    assert after["Qh"] < before["Qh"], msg
+    big = {"US-Wkg": "Qh", "US-Me2": "Qle"}[site]  # the flux calibration fixes most at each site
+    assert after[big] < 0.85 * before[big], msg
 
 
 def test_hybrid_beats_1lin_on_heldout_qle_at_us_wkg(shared_data):

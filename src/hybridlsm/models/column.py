@@ -6,19 +6,26 @@ offsets of the calibrated parameters, and optionally a sequence network that pro
 parameters (dynamic parameterisation). Training is truncated back-propagation through time over
 windows:
 
-- the record of every training site is spun up and rolled out once with the *default* physics; its
-  states at the window starts initialise the windows (the window's first ``spinup_days`` adapt them
-  to the model being trained and carry no loss);
+- the record of every training site is spun up and rolled out with the model as it stands at the
+  start of each of a few rounds; its states at the window starts initialise the windows (the
+  window's first ``spinup_days`` adapt them to the model being trained and carry no loss);
 - windows of ``spinup_days + window_days`` from all training sites form one batch axis (the model's
   site axis N), so one jit-compiled rollout trains on all of them at once;
 - the loss sees only the steps the dataset's ``loss_mask`` (the split) and QC allow;
-- validation rolls out each validation record continuously, as prediction does.
+- validation rolls out each validation record continuously from the model's spun-up state, as
+  prediction does.
+
+``fit="record"`` trains on whole records instead (the calibrated physics' default): one batch holds
+every training site's full record, rolled out continuously from the model's own spun-up state and
+preceded by one *differentiated* spin-up cycle, so parameters that act through months of storage
+(the root-zone capacity W_max through the soil water carried from the wet season into the dry one)
+get the gradient of that memory, which windows of a few weeks cannot see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +199,7 @@ class SiteRecord:
     rnet: np.ndarray  # (T,)
     qg: np.ndarray  # (T,)
     split_mask: np.ndarray | None = None  # (T,) the dataset's loss_mask (steps of its split)
-    default_out: dict | None = None  # default-physics states and fluxes over the record (T, ...)
+    default_out: dict | None = None  # states (and fluxes) over the record (T, ...), default physics at first
 
 
 _SPINUP_CACHE: dict[tuple, Any] = {}
@@ -201,8 +208,7 @@ _SPINUP_CACHE: dict[tuple, Any] = {}
 def _spun_up_state(land, base: dict, forcing: Forcing, key: tuple):
     """Spin the default land model up on the first year (at most) of the record; cached per site."""
     if key not in _SPINUP_CACHE:
-        period = int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
-        state, _ = spin_up(land, base, forcing, period=period, max_cycles=5, tol_temp=0.05, tol_water=0.5)
+        state, _ = spin_up(land, base, forcing, period=spinup_period(forcing), max_cycles=5, tol_temp=0.05, tol_water=0.5)
         _SPINUP_CACHE[key] = state
     return _SPINUP_CACHE[key]
 
@@ -416,10 +422,15 @@ def train_column_model(
     validity_fn=None,
     target_override: Callable[[SiteRecord], SiteRecord] | None = None,
     state_rounds: int = 3,
+    fit_mode: str = "windows",
 ) -> ColumnModel:
-    """Fit a column model by truncated BPTT over windows; early stopping on the validation records."""
+    """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
+    records (``"record"``: one gradient step per epoch, see the module docstring); early stopping on
+    the validation records."""
+    if fit_mode not in ("windows", "record"):
+        raise ValueError(f"fit_mode must be 'windows' or 'record', not {fit_mode!r}")
     max_qc = cfg.data.max_qc
-    train_recs = [prepare_site(ds, targets, max_qc, trajectory=True) for ds in train_data]
+    train_recs = [prepare_site(ds, targets, max_qc) for ds in train_data]
     if target_override is not None:
         train_recs = [target_override(r) for r in train_recs]
     val_recs = [prepare_site(ds, targets, max_qc) for ds in val_data]
@@ -428,21 +439,27 @@ def train_column_model(
     length = int(round(cfg.data.window_days * 86400.0 / dt))
     scale = target_scale(train_recs)
     loss_fn = make_loss(targets, scale, sparsity_fn)
-    val_fn = validation_fn(val_recs, targets, scale)
-    # Rounds: the window initial states come from the default physics first, then from the model's
-    # own trajectory, so the slow stores (soil water, groundwater) the loss sees match what the
-    # trained model produces when it runs continuously (as in prediction).
+    # Rounds: each round restarts training and validation from the state the current model spins
+    # up to, and takes the window initial states from its own continuous trajectory, so the slow
+    # stores (soil water, groundwater) the loss sees match what the model produces when it runs
+    # continuously (as in prediction).
     rounds = 1 if train_cfg.two_phase.enabled else max(1, min(state_rounds, train_cfg.epochs))
     per_round = -(-train_cfg.epochs // rounds)
     best, best_val = None, float("inf")
     for r in range(rounds):
-        if r > 0:
+        val_fn = validation_fn([replace(rec, state0=model_spun_up_state(model, rec.forcing, rec.base))
+                                for rec in val_recs], targets, scale)  # fmt: skip
+        if fit_mode == "record":
+            windows = record_windows(model, train_recs)
+            batch_size = len(train_recs)
+        else:
             train_recs = [_with_model_trajectory(model, rec) for rec in train_recs]
-        windows = make_windows(train_recs, spin, length)
+            windows = make_windows(train_recs, spin, length)
+            batch_size = train_cfg.batch_windows
         result = fit(
             model,
             loss_fn,
-            batches_of(windows, train_cfg.batch_windows),
+            batches_of(windows, batch_size),
             val_fn,
             train_cfg.model_copy(update={"epochs": per_round}) if rounds > 1 else train_cfg,
             checkpoint_dir=None if ckpt_dir is None else (Path(ckpt_dir) / f"round{r}" if rounds > 1 else ckpt_dir),
@@ -457,13 +474,60 @@ def train_column_model(
     return best
 
 
+def model_spun_up_state(model: ColumnModel, forcing: Forcing, base: dict):
+    """The state ``model`` reaches by cycling the first year (at most) of ``forcing`` (prediction's
+    initial state)."""
+    params = model.site_params(base)
+    period = spinup_period(forcing)
+    state0, _ = spin_up(model.land, params, forcing, dynamic=model.dynamic(forcing, params), period=period,
+                        max_cycles=5, tol_temp=0.05, tol_water=0.5)  # fmt: skip
+    return state0
+
+
+def spinup_period(forcing: Forcing) -> int:
+    return int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
+
+
+def record_windows(model: ColumnModel, records: Sequence[SiteRecord]) -> dict:
+    """Every record as one window (the ``make_windows`` layout, W = number of records).
+
+    Each window starts from ``model``'s spun-up state and first repeats the record's spin-up cycle
+    (its first year at most) without loss, then runs the whole record with the record's mask; the
+    gradient thus reaches the state at the record's start through one cycle. Shorter records are
+    padded at the end by repeating their last step, with the mask cleared."""
+    parts = []
+    for rec in records:
+        period = spinup_period(rec.forcing)
+        idx = np.concatenate([np.arange(period), np.arange(rec.forcing.n_steps)])
+        pad = lambda a, fill: np.concatenate([np.full((period,) + a.shape[1:], fill, a.dtype), a])  # noqa: E731
+        state0 = jax.tree_util.tree_map(np.asarray, model_spun_up_state(model, rec.forcing, rec.base))
+        parts.append((rec, idx, state0, pad(rec.obs, np.nan), pad(rec.mask, False), pad(rec.rnet, np.nan),
+                      pad(rec.qg, np.nan)))  # fmt: skip
+    length = max(len(p[1]) for p in parts)
+
+    def extend(a, fill=None):  # to the common length: repeat the last step, or ``fill``
+        tail = np.repeat(a[-1:], length - len(a), axis=0) if fill is None else \
+            np.full((length - len(a),) + a.shape[1:], fill, a.dtype)
+        return np.concatenate([a, tail])
+
+    return {
+        "forcing": _concat_trees([jax.tree_util.tree_map(lambda a, i=idx: extend(np.asarray(a)[i]), r.forcing)
+                                  for r, idx, *_ in parts], axis=1),  # fmt: skip
+        "state0": _concat_trees([p[2] for p in parts], axis=0),
+        "base": _concat_trees([p[0].base for p in parts], axis=0),
+        "obs": np.stack([extend(p[3], np.nan) for p in parts], axis=1),
+        "mask": np.stack([extend(p[4], False) for p in parts], axis=1),
+        "rnet": np.stack([extend(p[5], np.nan) for p in parts], axis=1),
+        "qg": np.stack([extend(p[6], np.nan) for p in parts], axis=1),
+    }
+
+
 def _with_model_trajectory(model: ColumnModel, rec: SiteRecord) -> SiteRecord:
-    """A copy of ``rec`` whose window states come from ``model``'s own continuous rollout."""
-    _, out = _run_jit(model, rec.forcing, rec.base, rec.state0)
-    traj = dict(rec.default_out)
-    traj.update({k: np.asarray(out[k]) for k in STATE_OUTPUTS})
-    return SiteRecord(rec.site, rec.forcing, rec.base, rec.state0, rec.obs, rec.mask, rec.rnet, rec.qg,
-                      rec.split_mask, traj)  # fmt: skip
+    """A copy of ``rec`` whose initial state is ``model``'s spun-up state and whose window states
+    come from ``model``'s own continuous rollout from there."""
+    state0 = model_spun_up_state(model, rec.forcing, rec.base)
+    _, out = _run_jit(model, rec.forcing, rec.base, state0)
+    return replace(rec, state0=state0, default_out={k: np.asarray(out[k]) for k in STATE_OUTPUTS})
 
 
 def predict_column_model(model: ColumnModel, ds: xr.Dataset) -> dict[str, np.ndarray]:
@@ -471,12 +535,7 @@ def predict_column_model(model: ColumnModel, ds: xr.Dataset) -> dict[str, np.nda
     dtype = jnp.zeros(0).dtype
     forcing = forcing_from_datasets([ds], dtype=dtype)
     base = {k: jnp.asarray(v, dtype=dtype) for k, v in site_base_params(ds).items()}
-    params = model.site_params(base)
-    period = int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
-    dyn = model.dynamic(forcing, params)
-    state0, _ = spin_up(model.land, params, forcing, dynamic=dyn, period=period, max_cycles=5,
-                        tol_temp=0.05, tol_water=0.5)  # fmt: skip
-    _, out = _run_jit(model, forcing, base, state0)
+    _, out = _run_jit(model, forcing, base, model_spun_up_state(model, forcing, base))
     return {k: np.asarray(out[k])[:, 0] for k in PREDICTION_OUTPUTS}
 
 

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead
+from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead, trainable_filter
 from ..physics import PARAMETERS, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..training.losses import DiscoveryLaw, sparsity_l1
@@ -39,7 +40,7 @@ from .column import (
     train_column_model,
     training_config,
 )
-from .physics import DEFAULT_CALIBRATED
+from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
 from .registry import register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
@@ -60,7 +61,11 @@ class HybridOptions(BaseModel):
     targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED),
-                                 description="physical parameters calibrated jointly with the network")
+                                 description="physical parameters calibrated (see physics_init)")
+    physics_init: Literal["calibrated", "default"] = Field(
+        "calibrated", description="calibrated: start from the calibrated LaD (the `physics` model, fitted "
+        "on whole records) with its parameters fixed; default: start from the table's defaults")
+    train_physics: bool = Field(False, description="also train the calibrated parameters with the network")
     pretrain_epochs: int = Field(10, ge=1, description="pretrain_then_finetune: epochs on the simulator")
     lr: float | None = Field(1e-2, gt=0.0, le=1.0, description="AdamW step (default 1e-2; null: training.lr)")
     epochs: int | None = Field(None, ge=1)
@@ -220,12 +225,36 @@ class _HybridSpec:
 
     def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
         opts = options or HybridOptions()
+        model, filter_spec, _ = start_from_physics(model, train_data, val_data, cfg, ckpt_dir, opts)
         return train_column_model(
             model, train_data, val_data, cfg, ckpt_dir, targets=opts.targets,
-            train_cfg=training_config(cfg, opts), sparsity_fn=self.sparsity_fn,
+            train_cfg=training_config(cfg, opts), sparsity_fn=self.sparsity_fn, filter_spec=filter_spec,
         )  # fmt: skip
 
     sparsity_fn = None
+
+
+def start_from_physics(model: ColumnModel, train_data, val_data, cfg, ckpt_dir, opts: HybridOptions):
+    """``model`` with the calibrated LaD's parameter offsets (``physics_init="calibrated"``), the
+    filter spec of what trains (the offsets stay fixed unless ``train_physics``) and the physics
+    model it started from (the default LaD with ``physics_init="default"``).
+
+    Calibration on whole records captures seasonal water storage that the hybrid's windows cannot
+    (module ``column``), so the network learns what calibrated physics misses; its multipliers and
+    energy split start at the calibrated physics (multiplier 1, bulk split)."""
+    if opts.physics_init == "default":
+        return model, None, ColumnModel(land=LaDModel(stability=opts.stability), deltas={})
+    physics = calibrate_physics(
+        train_data, val_data, cfg,
+        PhysicsOptions(calibrate=opts.calibrate, stability=opts.stability, targets=opts.targets),
+        None if ckpt_dir is None else Path(ckpt_dir) / "physics_init",
+    )  # fmt: skip
+    deltas = {k: v / model.delta_gain for k, v in calibrated_offsets(physics).items()}
+    model = eqx.tree_at(lambda m: m.deltas, model, deltas)
+    spec = trainable_filter(model)
+    if not opts.train_physics:
+        spec = eqx.tree_at(lambda m: m.deltas, spec, {k: False for k in deltas})
+    return model, spec, physics
 
 
 @register_model("hybrid_flux")
@@ -269,33 +298,35 @@ class HybridLSTM(_HybridSpec):
 
 @register_model("pretrain_then_finetune")
 class PretrainThenFinetune(HybridFlux):
-    """hybrid_flux trained first on the default physics' simulated Qh / Qle over the whole training
-    record (every step, no QC), then on the observations."""
+    """hybrid_flux trained first on the physics' own simulated Qh / Qle over the whole training
+    record (every step, no QC; the calibrated LaD it starts from), then on the observations."""
 
     def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
         opts = options or HybridOptions()
         targets = opts.targets
+        model, filter_spec, physics = start_from_physics(model, train_data, val_data, cfg, ckpt_dir, opts)
 
         def simulator_targets(rec: column.SiteRecord) -> column.SiteRecord:
-            sim = np.stack([rec.default_out[t][:, 0] for t in targets], -1)
+            _, out = column._run_jit(physics, rec.forcing, rec.base, rec.state0)
+            sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             usable = np.repeat(rec.split_mask[:, None], len(targets), axis=1)
-            return column.SiteRecord(rec.site, rec.forcing, rec.base, rec.state0, sim, usable,
-                                     rec.rnet, rec.qg, rec.split_mask, rec.default_out)  # fmt: skip
+            return replace(rec, obs=sim, mask=usable)
 
         pre_cfg = training_config(cfg, opts).model_copy(
             update={"epochs": opts.pretrain_epochs, "two_phase": cfg.training.two_phase.model_copy(update={"enabled": False})})  # fmt: skip
         sub = (lambda name: None if ckpt_dir is None else Path(ckpt_dir) / name)
         model = train_column_model(model, train_data, val_data, cfg, sub("pretrain"), targets=targets,
-                                   train_cfg=pre_cfg, target_override=simulator_targets)  # fmt: skip
+                                   train_cfg=pre_cfg, target_override=simulator_targets,
+                                   filter_spec=filter_spec)  # fmt: skip
         return train_column_model(model, train_data, val_data, cfg, sub("finetune"), targets=targets,
-                                  train_cfg=training_config(cfg, opts))  # fmt: skip
+                                  train_cfg=training_config(cfg, opts), filter_spec=filter_spec)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- post_correction
 
 
 class PostCorrection(eqx.Module):
-    """Default LaD followed by an MLP that corrects its Qh / Qle from the physics outputs, states
+    """Calibrated (or default) LaD followed by an MLP that corrects its Qh / Qle from the physics outputs, states
     and forcing (residual form: corrected = physics + scale * MLP)."""
 
     physics: ColumnModel
@@ -349,6 +380,8 @@ class PostCorrectionSpec:
         from ..training.trainer import fit
 
         opts = options or HybridOptions()
+        physics, _, _ = start_from_physics(model.physics, train_data, val_data, cfg, ckpt_dir, opts)
+        model = eqx.tree_at(lambda m: m.physics, model, physics)
         x, y, m = self._rows(model, train_data, cfg.data.max_qc)
         keep = m.any(axis=1)
         x, y, m = x[keep], y[keep], m[keep]

@@ -3,9 +3,14 @@ exchange coefficient, the "traditional PGML" baseline of the regional study)."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..constants import CP_AIR
@@ -21,6 +26,9 @@ DEFAULT_CALIBRATED = ("rs_scale", "ra_scale", "root_zone_capacity", "beta_thresh
                       "albedo", "soil_thermal_conductivity")  # fmt: skip
 
 
+RECORD_EPOCHS = 60  # one Adam step per epoch over whole records
+
+
 class PhysicsOptions(BaseModel):
     """``options`` of ``{name: physics}`` / ``{name: fixed_kh}``."""
 
@@ -30,7 +38,10 @@ class PhysicsOptions(BaseModel):
     stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
-    epochs: int | None = Field(None, ge=1)
+    fit: Literal["record", "windows"] = Field(
+        "record", description="record: whole records through a differentiated spin-up cycle, one step "
+        "per epoch (captures seasonal water storage); windows: truncated BPTT as the hybrids")
+    epochs: int | None = Field(None, ge=1, description="default: 60 (record), the run's epochs (windows)")
     patience: int | None = Field(None, ge=1)
 
     @field_validator("calibrate")
@@ -73,10 +84,9 @@ class PhysicsSpec:
 
     def train(self, model, train_data, val_data, cfg, ckpt_dir, options: PhysicsOptions | None = None):
         options = options or PhysicsOptions()
-        return train_column_model(
-            model, train_data, val_data, cfg, ckpt_dir,
-            targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
-        )  # fmt: skip
+        if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
+            return calibrate_physics(train_data, val_data, cfg, options, ckpt_dir)
+        return _calibrate(model, train_data, val_data, cfg, options, ckpt_dir)
 
     def predict(self, model, ds):
         return predict_column_model(model, ds)
@@ -90,3 +100,46 @@ class CalibratedPhysics(PhysicsSpec):
 @register_model("fixed_kh")
 class FixedKhPhysics(PhysicsSpec):
     closure_cls = NeutralExchangeClosure
+
+
+# ------------------------------------------------------------------ calibration, shared
+
+
+def _calibrate(model, train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir):
+    if options.fit == "record" and options.epochs is None:
+        options = options.model_copy(update={"epochs": RECORD_EPOCHS})
+    return train_column_model(
+        model, train_data, val_data, cfg, ckpt_dir,
+        targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
+        fit_mode=options.fit,
+    )  # fmt: skip
+
+
+_CALIBRATED: dict[str, ColumnModel] = {}
+
+
+def _data_key(datasets: Sequence[xr.Dataset]) -> list:
+    """Sites, periods and loss masks (the split) of ``datasets``, hashable."""
+    out = []
+    for ds in datasets:
+        mask = np.asarray(ds["loss_mask"].values if "loss_mask" in ds else [], bool)
+        out.append((ds.attrs.get("site_id"), str(ds["time"].values[0]), ds.sizes["time"],
+                    hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()))  # fmt: skip
+    return out
+
+
+def calibrate_physics(train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir) -> ColumnModel:
+    """Calibrated LaD for these data and options: trained once per process and reused (the
+    ``physics`` model and every hybrid that starts from calibrated physics share it)."""
+    key = hashlib.sha256(repr((_data_key(train_data), _data_key(val_data), options.model_dump(),
+                               cfg.data.model_dump(mode="json"), cfg.training.model_dump(mode="json"),
+                               str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
+    if key not in _CALIBRATED:
+        model = CalibratedPhysics().build(options, train_data)
+        _CALIBRATED[key] = _calibrate(model, train_data, val_data, cfg, options, ckpt_dir)
+    return _CALIBRATED[key]
+
+
+def calibrated_offsets(physics: ColumnModel) -> dict[str, jax.Array]:
+    """The calibrated unconstrained offsets of a ``physics`` model (delta_gain applied)."""
+    return {name: physics.delta_gain * d for name, d in physics.deltas.items()}
