@@ -11,7 +11,7 @@ import pytest
 
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.models import column
-from hybridlsm.models.hybrid import HybridOptions
+from hybridlsm.models.hybrid import HybridOptions, start_from_physics
 from hybridlsm.models.registry import get_model, validate_options
 from hybridlsm.physics.rollout import rollout
 from hybridlsm.training.config import validate_config
@@ -100,3 +100,38 @@ def test_windows_skip_spinup_and_keep_shapes(site):
 def test_unknown_option_is_an_error():
     with pytest.raises(Exception, match="unknown_knob"):
         validate_options("hybrid_flux", {"unknown_knob": 1})
+
+
+def test_physics_calibrates_per_site_in_a_multi_site_time_split(cfg):
+    """Two sites with different hidden closures (virtual grassland and forest): per-site offsets,
+    indexed by each column's site, differ between the sites; a hybrid starts from them; a site the
+    model was not calibrated for is refused by name."""
+    recs = []
+    for sid, igbp, seed in (("V-GRA", "GRA", 3), ("V-ENF", "ENF", 4)):
+        ds = virtual_site(site_id=sid, igbp=igbp, days=16, seed=seed, noise=3.0, start="2020-06-01",
+                          latitude=40.0, longitude=-100.0)
+        n = ds.sizes["time"]
+        train, val = ds.copy(), ds.copy()
+        train["loss_mask"] = ("time", np.arange(n) < 11 * 48)
+        val["loss_mask"] = ("time", np.arange(n) >= 11 * 48)
+        recs.append((train, val))
+    train, val = [r[0] for r in recs], [r[1] for r in recs]
+    opts = validate_options("physics", {"epochs": 8, "calibrate": ["rs_scale", "ra_scale"]})
+    physics = get_model("physics").train(get_model("physics").build(opts, train), train, val, cfg, None, options=opts)
+    assert physics.sites == ("V-ENF", "V-GRA")
+    rs = np.asarray(physics.deltas["rs_scale"])
+    assert rs.shape == (2,) and np.all(rs != 0.0) and abs(rs[0] - rs[1]) > 1e-3, rs
+    base = column.site_base_params(train[0])
+    p = physics.site_params(physics.with_site_index(base, "V-GRA"))
+    expected = column.from_unconstrained("rs_scale", column.to_unconstrained("rs_scale", base["rs_scale"]) + rs[1])
+    np.testing.assert_allclose(np.asarray(p["rs_scale"]), np.asarray(expected), rtol=1e-12)
+    assert "site_index" not in p
+    with pytest.raises(ValueError, match="V-XYZ"):
+        physics.with_site_index(base, "V-XYZ")
+    hyb_opts = validate_options("hybrid_flux", {"epochs": 1, "width": 8, "calibrate": ["rs_scale", "ra_scale"]})
+    hybrid = get_model("hybrid_flux").build(hyb_opts, train)
+    hybrid, spec, start = start_from_physics(hybrid, train, val, cfg, None, hyb_opts)
+    assert hybrid.sites == start.sites == physics.sites
+    np.testing.assert_allclose(np.asarray(hybrid.deltas["rs_scale"]) * hybrid.delta_gain,
+                               np.asarray(start.deltas["rs_scale"]), rtol=1e-12)
+    assert spec.deltas["rs_scale"] is False  # fixed while the network trains

@@ -59,6 +59,7 @@ PREDICTION_OUTPUTS = (
     "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf",
 )  # fmt: skip
 STATE_OUTPUTS = ("SoilTemp", "SoilMoist", "SWE", "GWS")
+SITE_INDEX = "site_index"  # key of the column's site in the parameters of a per-site calibrated model
 SPINUP_MAX_DAYS = 365.0
 
 
@@ -70,8 +71,10 @@ class ColumnModel(eqx.Module):
 
     Attributes:
         land: the land model (``LaDModel`` or a wrapper with the same three calls)
-        deltas: unconstrained offsets of the calibrated parameters, scalars shared by all sites
-            (value = from_unconstrained(to_unconstrained(default) + delta))
+        deltas: unconstrained offsets of the calibrated parameters (value =
+            from_unconstrained(to_unconstrained(default) + delta)): scalars shared by all sites, or
+            one per site of ``sites`` (per-site calibration; the parameters then carry each
+            column's index into ``sites`` under ``SITE_INDEX``)
         dynamic_net: optional network ``forcing features (T, N, F) -> raw (T, N, P)``
         dynamic_head: bounded head mapping the raw outputs to multipliers
         dynamic_names: parameters the multipliers scale, step by step
@@ -87,13 +90,31 @@ class ColumnModel(eqx.Module):
     law: DiscoveryLaw | None = None
     chunk: int = eqx.field(static=True, default=96)
     delta_gain: float = eqx.field(static=True, default=1.0)  # Adam step on the offsets = gain x lr
+    sites: tuple[str, ...] = eqx.field(static=True, default=())  # per-site offsets: their sites
 
     def site_params(self, base: dict) -> dict:
         """Parameters of each site: defaults with the calibrated offsets applied."""
-        out = dict(base)
+        out = {k: v for k, v in base.items() if k != SITE_INDEX}
         for name, delta in self.deltas.items():
+            if self.sites:
+                delta = delta[base[SITE_INDEX]]
             out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + self.delta_gain * delta)
         return out
+
+    def with_site_index(self, base: dict, site: str) -> dict:
+        """``base`` with this model's index of ``site`` (per-site offsets; otherwise unchanged)."""
+        if not self.sites:
+            return base
+        if site not in self.sites:
+            raise ValueError(f"this model was calibrated per site for {list(self.sites)}; it has no "
+                             f"parameters for site {site!r} (use shared parameters to predict unseen sites)")
+        return {**base, SITE_INDEX: np.full(np.shape(base["albedo"]), self.sites.index(site), np.int32)}
+
+    def per_site(self, sites: Sequence[str]) -> ColumnModel:
+        """A copy whose offsets are one per site (all starting from the shared values)."""
+        sites = tuple(sites)
+        deltas = {k: jnp.broadcast_to(v, (len(sites),)) + 0 for k, v in self.deltas.items()}
+        return replace(self, deltas=deltas, sites=sites)
 
     def dynamic(self, forcing: Forcing, params: dict, key=None) -> dict | None:
         """Time-varying parameters ``{name: (T, N)}`` from the sequence network, or None."""
@@ -430,10 +451,10 @@ def train_column_model(
     if fit_mode not in ("windows", "record"):
         raise ValueError(f"fit_mode must be 'windows' or 'record', not {fit_mode!r}")
     max_qc = cfg.data.max_qc
-    train_recs = [prepare_site(ds, targets, max_qc) for ds in train_data]
+    train_recs = [model_record(model, prepare_site(ds, targets, max_qc)) for ds in train_data]
     if target_override is not None:
         train_recs = [target_override(r) for r in train_recs]
-    val_recs = [prepare_site(ds, targets, max_qc) for ds in val_data]
+    val_recs = [model_record(model, prepare_site(ds, targets, max_qc)) for ds in val_data]
     dt = train_recs[0].forcing.time_step_s
     spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
     length = int(round(cfg.data.window_days * 86400.0 / dt))
@@ -472,6 +493,10 @@ def train_column_model(
         if best is None or result.best_val < best_val:  # the best model over the rounds (same validation)
             best, best_val = model, result.best_val
     return best
+
+
+def model_record(model: ColumnModel, rec: SiteRecord) -> SiteRecord:
+    return replace(rec, base=model.with_site_index(rec.base, rec.site))
 
 
 def model_spun_up_state(model: ColumnModel, forcing: Forcing, base: dict):
@@ -535,6 +560,7 @@ def predict_column_model(model: ColumnModel, ds: xr.Dataset) -> dict[str, np.nda
     dtype = jnp.zeros(0).dtype
     forcing = forcing_from_datasets([ds], dtype=dtype)
     base = {k: jnp.asarray(v, dtype=dtype) for k, v in site_base_params(ds).items()}
+    base = model.with_site_index(base, _site(ds))
     _, out = _run_jit(model, forcing, base, model_spun_up_state(model, forcing, base))
     return {k: np.asarray(out[k])[:, 0] for k in PREDICTION_OUTPUTS}
 

@@ -250,7 +250,7 @@ def start_from_physics(model: ColumnModel, train_data, val_data, cfg, ckpt_dir, 
         None if ckpt_dir is None else Path(ckpt_dir) / "physics_init",
     )  # fmt: skip
     deltas = {k: v / model.delta_gain for k, v in calibrated_offsets(physics).items()}
-    model = eqx.tree_at(lambda m: m.deltas, model, deltas)
+    model = replace(model, deltas=deltas, sites=physics.sites)
     spec = trainable_filter(model)
     if not opts.train_physics:
         spec = eqx.tree_at(lambda m: m.deltas, spec, {k: False for k in deltas})

@@ -14,6 +14,7 @@ import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..constants import CP_AIR
+from ..data.schema import site_label
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
@@ -42,6 +43,8 @@ class PhysicsOptions(BaseModel):
         "record", description="record: whole records through a differentiated spin-up cycle, one step "
         "per epoch (captures seasonal water storage); windows: truncated BPTT as the hybrids")
     epochs: int | None = Field(None, ge=1, description="default: 60 (record), the run's epochs (windows)")
+    per_site: bool = Field(True, description="one parameter set per site when several sites train with a "
+                           "time split (leave-one-site-out always shares one set: the test site has none)")
     patience: int | None = Field(None, ge=1)
 
     @field_validator("calibrate")
@@ -108,6 +111,9 @@ class FixedKhPhysics(PhysicsSpec):
 def _calibrate(model, train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir):
     if options.fit == "record" and options.epochs is None:
         options = options.model_copy(update={"epochs": RECORD_EPOCHS})
+    sites = sorted({site_label(ds) for ds in train_data})
+    if options.per_site and len(sites) > 1 and cfg.data.split.mode != "leave_one_site_out":
+        model = model.per_site(sites)
     return train_column_model(
         model, train_data, val_data, cfg, ckpt_dir,
         targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
