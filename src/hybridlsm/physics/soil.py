@@ -21,7 +21,6 @@ Summed over the column, the update satisfies sum_k c_k (T_k' - T_k) / dt = F(T_1
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax.lax.linalg import tridiagonal_solve
 
 from ..constants import T_FREEZE
 
@@ -53,6 +52,33 @@ def interface_conductance(conductivity, dz=LAYER_THICKNESS):
     return lam_half / (0.5 * (dz[:-1] + dz[1:]))
 
 
+def solve_tridiagonal(lower, diag, upper, rhs):
+    """Solve tridiagonal systems by Gaussian elimination without pivoting (Thomas algorithm).
+
+    Same signature as ``jax.lax.linalg.tridiagonal_solve``: ``lower``, ``diag``, ``upper`` are
+    (..., n) with lower[..., 0] = upper[..., -1] = 0 and ``rhs`` is (..., n, k). The loops over
+    the n rows are unrolled at trace time and every operation is elementwise over the batch, so
+    XLA fuses the solve with its neighbours; ``tridiagonal_solve`` is a LAPACK ``gtsv`` custom
+    call per cell and step that XLA cannot fuse (9-18 % of the forward at 1024 cells).
+
+    No pivoting is needed for the soil column: its matrix is strictly diagonally dominant
+    (diag = c/dt + K_up + K_down with c/dt > 0 and |lower| + |upper| = K_up + K_down), so the
+    pivots stay >= c/dt > 0 and the elimination is stable. Not for general matrices.
+    """
+    n = diag.shape[-1]
+    d = [diag[..., i] for i in range(n)]
+    b = [rhs[..., i, :] for i in range(n)]
+    for i in range(1, n):  # forward elimination of the sub-diagonal
+        factor = lower[..., i] / d[i - 1]
+        d[i] = d[i] - factor * upper[..., i - 1]
+        b[i] = b[i] - factor[..., None] * b[i - 1]
+    x = [None] * n
+    x[n - 1] = b[n - 1] / d[n - 1][..., None]
+    for i in range(n - 2, -1, -1):  # back substitution
+        x[i] = (b[i] - upper[..., i, None] * x[i + 1]) / d[i][..., None]
+    return jnp.stack(x, axis=-2)
+
+
 def lower_column_response(temp, capacity, conductance, dt):
     """Backward-Euler response of layers 2..n to the new surface temperature.
 
@@ -73,7 +99,7 @@ def lower_column_response(temp, capacity, conductance, dt):
     upper = -k_down
     rhs_u = cap * temp[..., 1:]
     rhs_v = jnp.zeros_like(rhs_u).at[..., 0].set(conductance[..., 0])
-    sol = tridiagonal_solve(lower, diag, upper, jnp.stack([rhs_u, rhs_v], axis=-1))
+    sol = solve_tridiagonal(lower, diag, upper, jnp.stack([rhs_u, rhs_v], axis=-1))
     return sol[..., 0], sol[..., 1]
 
 
