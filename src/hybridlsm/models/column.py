@@ -517,13 +517,17 @@ def record_windows(model: ColumnModel, records: Sequence[SiteRecord]) -> dict:
     """Every record as one window (the ``make_windows`` layout, W = number of records).
 
     Each window starts from ``model``'s spun-up state and first repeats the record's spin-up cycle
-    (its first year at most) without loss, then runs the whole record with the record's mask; the
-    gradient thus reaches the state at the record's start through one cycle. Shorter records are
-    padded at the end by repeating their last step, with the mask cleared."""
+    (its first year at most) without loss, then runs the record with the record's mask up to its
+    last step with a target (later steps cannot change the loss); the gradient thus reaches the
+    state at the record's start through one cycle. Shorter windows are padded at the end by
+    repeating their last step, with the mask cleared."""
     parts = []
     for rec in records:
         period = spinup_period(rec.forcing)
-        idx = np.concatenate([np.arange(period), np.arange(rec.forcing.n_steps)])
+        used = np.flatnonzero(rec.mask.any(axis=-1))
+        stop = int(used[-1]) + 1 if used.size else 1
+        rec = replace(rec, obs=rec.obs[:stop], mask=rec.mask[:stop], rnet=rec.rnet[:stop], qg=rec.qg[:stop])
+        idx = np.concatenate([np.arange(period), np.arange(stop)])
         pad = lambda a, fill: np.concatenate([np.full((period,) + a.shape[1:], fill, a.dtype), a])  # noqa: E731
         state0 = jax.tree_util.tree_map(np.asarray, model_spun_up_state(model, rec.forcing, rec.base))
         parts.append((rec, idx, state0, pad(rec.obs, np.nan), pad(rec.mask, False), pad(rec.rnet, np.nan),
