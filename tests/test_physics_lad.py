@@ -193,7 +193,7 @@ def short_dynamic(short):
 
 def test_chunking_and_identity_dynamic_do_not_change_results(short, short_dynamic):
     model, params, forcing = short
-    _, plain = run_jit(model, params, forcing, chunk=7)  # 192 = 27 * 7 + 3: padded last chunk
+    _, plain = run_jit(model, params, forcing, chunk=7)  # 24 chunks of 8 (chunk_length)
     for name in ("Qle", "Qh", "SoilTemp", "GWS"):
         np.testing.assert_allclose(short_dynamic[name][:, :2], plain[name], rtol=1e-12, atol=1e-12)
 

@@ -8,7 +8,8 @@ Public API:
 - ``LaDModel`` (``init_state / step / observe``), ``LaDState``, ``LaDFluxes``, ``Numerics``.
 - ``Closure``, ``BulkClosure``, ``AutodiffClosure``, ``SurfaceContext``, ``TurbulentFluxes``: the
   pluggable H/E closure.
-- ``rollout``, ``spin_up``: time integration.
+- ``rollout``, ``rollout_reduce``, ``simulate``, ``spin_up``: time integration (stacked outputs; a
+  streaming sum of a per-step function such as a loss; the compiled large-grid forward).
 - ``synthetic_forcing``: deterministic test forcing.
 """
 
@@ -28,7 +29,16 @@ from .parameters import (
     reference_height,
     to_unconstrained,
 )
-from .rollout import DEFAULT_CHUNK, rollout, spin_up
+from .rollout import (
+    DEFAULT_CHUNK,
+    LARGE_BATCH_CELLS,
+    RUN_TIME_OPTIONS,
+    chunk_length,
+    rollout,
+    rollout_reduce,
+    simulate,
+    spin_up,
+)
 from .soil import LAYER_THICKNESS, implicit_heat_step, layer_centres, soil_heat_storage
 from .synthetic import synthetic_forcing
 from .turbulence import (
@@ -48,6 +58,7 @@ __all__ = [
     "FORCING_VARIABLES",
     "Forcing",
     "IGBP_TO_LAD",
+    "LARGE_BATCH_CELLS",
     "LAYER_THICKNESS",
     "LaDFluxes",
     "LaDModel",
@@ -55,6 +66,7 @@ __all__ = [
     "Numerics",
     "OUTPUT_NAMES",
     "PARAMETERS",
+    "RUN_TIME_OPTIONS",
     "ParameterSpec",
     "Params",
     "STABILITY_SCHEMES",
@@ -62,6 +74,7 @@ __all__ = [
     "TurbulentFluxes",
     "aerodynamic_resistance",
     "bulk_richardson",
+    "chunk_length",
     "default_params",
     "forcing_from_datasets",
     "from_unconstrained",
@@ -71,6 +84,8 @@ __all__ = [
     "parameter_table",
     "reference_height",
     "rollout",
+    "rollout_reduce",
+    "simulate",
     "soil_heat_storage",
     "spin_up",
     "synthetic_forcing",

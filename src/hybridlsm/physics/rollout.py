@@ -1,15 +1,28 @@
-"""Time integration: ``rollout`` (scan over checkpointed chunks) and ``spin_up``.
+"""Time integration: ``rollout``, ``rollout_reduce``, ``simulate`` and ``spin_up``.
 
 ``rollout`` runs ``lax.scan`` over chunks of ``chunk`` steps; each chunk is itself a ``lax.scan``
 wrapped in ``jax.checkpoint``. Reverse mode then stores one state per chunk plus the residuals of
 one chunk at a time: memory ~ (T / chunk + chunk) steps instead of T (choose chunk ~ sqrt(T)).
-When T is not a multiple of ``chunk`` the forcing is padded with copies of its last step whose
-state updates are masked out (one compiled chunk body instead of two).
+The chunks run on a reshaped view of the forcing (no copy): ``chunk_length`` picks a divisor of T
+near the requested ``chunk``; only when T has none do the last T % chunk steps run as one shorter
+chunk (a second compiled copy of the step, and a copy of the outputs to join them).
+
+The stacked (T, N) outputs of ``rollout`` and their cotangents are still O(T) memory under
+differentiation. ``rollout_reduce`` sums a per-step function of the outputs (a loss) in the scan
+carry instead, so the gradient of a loss over a long record needs memory ~ T / chunk + chunk.
+
+``simulate`` is the compiled forward-only path; from ``LARGE_BATCH_CELLS`` cells up it runs one
+plain scan (no checkpointing) compiled with XLA's CPU fusion emitters (which ``hybridlsm`` switches
+off process-wide for fast compilation).
 
 Works for any land model with ``init_state / step / observe`` (architecture §2).
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -19,6 +32,11 @@ import numpy as np
 from .forcing import Forcing
 
 DEFAULT_CHUNK = 96  # two days of half-hourly steps; sqrt(17520) ~ 132
+
+#: XLA compiler options for run-time-optimised executables (``jax.jit(f, compiler_options=...)``):
+#: XLA's CPU fusion emitters, off process-wide (``hybridlsm/__init__.py``) because they compile the
+#: rollout 1.3-4x more slowly, make large batches 40-50 % faster (docs/performance.md).
+RUN_TIME_OPTIONS = {"xla_cpu_use_fusion_emitters": True}
 
 
 def _merge(params: dict, dynamic_t: dict | None) -> dict:
@@ -36,8 +54,62 @@ def _check_dynamic(dynamic: dict | None, n_steps: int) -> None:
             )
 
 
+def chunk_length(n_steps: int, chunk: int | None) -> int:
+    """Steps per checkpointed chunk that ``rollout`` uses for ``n_steps`` steps.
+
+    The divisor of ``n_steps`` closest to ``chunk`` (by ratio; the larger on a tie) between
+    chunk / 2 and 2 chunk, so that the steps split into whole chunks; ``chunk`` itself when there
+    is no such divisor (the remaining n_steps % chunk steps then form one shorter chunk);
+    ``n_steps`` (one chunk) when ``chunk`` is None or >= n_steps. E.g. 17520 steps (a year,
+    half-hourly) and chunk 96 give 80.
+    """
+    if chunk is None or chunk >= n_steps:
+        return n_steps
+    chunk = max(1, int(chunk))
+    divisors = [d for d in range(-(-chunk // 2), 2 * chunk + 1) if n_steps % d == 0]
+    if not divisors:
+        return chunk
+    return min(divisors, key=lambda d: (abs(math.log(d / chunk)), -d))
+
+
+def _chunked_scan(body, carry, xs, n_steps: int, chunk: int | None):
+    """``lax.scan(body, carry, xs)`` over ``n_steps`` steps as checkpointed chunks (see module
+    docstring); ``chunk`` None: one plain scan, no rematerialisation. Returns (carry, ys)."""
+    if chunk is None:
+        return jax.lax.scan(body, carry, xs, length=n_steps)
+    chunk = chunk_length(n_steps, chunk)
+
+    def checkpointed(length):
+        # prevent_cse=False: inside a scan the loop already keeps XLA from merging the
+        # recomputation with the forward pass (jax.checkpoint docs)
+        return jax.checkpoint(lambda c, x: jax.lax.scan(body, c, x, length=length),
+                              prevent_cse=False)
+
+    tree_map = jax.tree_util.tree_map
+    n_main = n_steps - n_steps % chunk
+    main = tree_map(lambda a: a[:n_main].reshape((n_main // chunk, chunk) + a.shape[1:]), xs)
+    carry, ys = jax.lax.scan(checkpointed(chunk), carry, main)
+    ys = tree_map(lambda a: a.reshape((n_main,) + a.shape[2:]), ys)
+    if n_main < n_steps:  # no divisor of n_steps near chunk: the remainder as one shorter chunk
+        carry, tail = checkpointed(n_steps - n_main)(carry, tree_map(lambda a: a[n_main:], xs))
+        ys = tree_map(lambda a, b: jnp.concatenate([a, b]), ys, tail)
+    return carry, ys
+
+
+def _prepare(model, params, forcing, state0, dynamic):
+    _check_dynamic(dynamic, forcing.n_steps)
+    if state0 is None:
+        state0 = model.init_state(params, forcing)
+    return state0, dict(dynamic or {})
+
+
+def _observe_step(model, params, state, forcing_t, dynamic_t):
+    new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t))
+    return new_state, model.observe(new_state, fluxes)
+
+
 def rollout(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | None = None,
-            chunk: int = DEFAULT_CHUNK):
+            chunk: int | None = DEFAULT_CHUNK):
     """Integrate ``model`` over a (T, N) forcing.
 
     Args:
@@ -46,51 +118,125 @@ def rollout(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | 
         forcing: (T, N) ``Forcing``
         state0: initial state; default ``model.init_state(params, forcing)``
         dynamic: optional dict of (T, N) arrays overriding ``params`` entries step by step
-        chunk: steps per checkpointed chunk (static)
+        chunk: steps per checkpointed chunk (static; adjusted by ``chunk_length``); None: one
+            plain scan without checkpointing, the fastest forward, but reverse mode then stores
+            the residuals of every step (~700 bytes per cell-step)
 
     Returns:
         (final_state, outputs): outputs is ``model.observe``'s dict with a leading time axis,
         (T, N) (SoilTemp (T, N, 5)).
     """
-    n_steps = forcing.n_steps
-    chunk = int(max(1, min(chunk, n_steps)))
-    _check_dynamic(dynamic, n_steps)
-    if state0 is None:
-        state0 = model.init_state(params, forcing)
-    dynamic = dict(dynamic or {})
-    n_chunks = -(-n_steps // chunk)
-    padded = n_chunks * chunk
-    pad = padded - n_steps
+    state0, dynamic = _prepare(model, params, forcing, state0, dynamic)
 
     def one_step(state, xs):
-        forcing_t, dynamic_t, valid = xs
-        new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t))
-        if pad:  # padded steps (repeats of the last forcing step) leave the state unchanged
-            new_state = jax.tree_util.tree_map(
-                lambda new, old: jnp.where(valid, new, old), new_state, state
-            )
-        return new_state, model.observe(new_state, fluxes)
+        return _observe_step(model, params, state, *xs)
 
-    @jax.checkpoint
-    def run_chunk(state, xs_chunk):
-        return jax.lax.scan(one_step, state, xs_chunk)
+    return _chunked_scan(one_step, state0, (forcing, dynamic), forcing.n_steps, chunk)
 
-    # One chunk body for every chunk: the forcing is padded to a whole number of chunks by
-    # repeating its last step (finite values, so no NaN reaches the discarded branch), instead
-    # of a separate remainder scan that would double the compiled code.
-    valid = jnp.arange(padded) < n_steps
-    xs = jax.tree_util.tree_map(
-        lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a,
-        (forcing, dynamic),
+
+def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=None, *,
+                   state0=None, dynamic: dict | None = None, chunk: int | None = DEFAULT_CHUNK):
+    """Integrate ``model`` and sum ``fn(outputs_t, extra_t)`` over the steps, without storing the
+    (T, N) outputs: the streaming form of a loss over a whole record.
+
+    ``rollout_reduce(model, params, forcing, fn, extra)[1]`` equals
+    ``jax.tree.map(lambda y: y.sum(0), jax.vmap(fn)(outputs, extra))`` with ``outputs`` from
+    ``rollout`` (to rounding: the sum is accumulated step by step in ``fn``'s dtype). The
+    accumulator is carried through the scan, so reverse mode stores one state and one accumulator
+    per chunk and one chunk's residuals: memory ~ T / chunk + chunk steps instead of the O(T)
+    outputs and cotangents of ``rollout`` (docs/performance.md).
+
+    Args:
+        model, params, forcing, state0, dynamic, chunk: as for ``rollout``
+        fn: ``fn(outputs_t, extra_t)`` -> pytree of arrays, where ``outputs_t`` is
+            ``model.observe``'s dict for one step ((N,) arrays; SoilTemp (N, 5)) and ``extra_t``
+            the step-t slice of ``extra``
+        extra: optional pytree of arrays with leading axis T (targets, masks, weights), passed to
+            ``fn`` step by step (None: ``fn`` gets None)
+
+    Returns:
+        (final_state, total): total has the structure of ``fn``'s result.
+
+    Example, the MSE of Qle against a (T, N) target with a (T, N) 0/1 mask::
+
+        def fn(out, x):
+            return jnp.sum(x["mask"] * (out["Qle"] - x["le"]) ** 2), jnp.sum(x["mask"])
+
+        _, (sq, count) = rollout_reduce(model, params, forcing, fn, {"le": le, "mask": mask})
+        loss = sq / count
+    """
+    state0, dynamic = _prepare(model, params, forcing, state0, dynamic)
+    n_steps = forcing.n_steps
+    if extra is not None:
+        for leaf in jax.tree_util.tree_leaves(extra):
+            if jnp.shape(leaf)[:1] != (n_steps,):
+                raise ValueError(f"extra has a leaf of shape {jnp.shape(leaf)}; expected leading "
+                                 f"axis T = {n_steps}")
+
+    def term(state, xs):
+        forcing_t, dynamic_t, extra_t = xs
+        new_state, out = _observe_step(model, params, state, forcing_t, dynamic_t)
+        return new_state, fn(out, extra_t)
+
+    first = jax.tree_util.tree_map(lambda a: a[0], (forcing, dynamic, extra))
+    total0 = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(term, state0, first)[1]
     )
-    xs = jax.tree_util.tree_map(
-        lambda a: a.reshape((n_chunks, chunk) + a.shape[1:]), (*xs, valid)
+
+    def one_step(carry, xs):
+        state, total = carry
+        new_state, value = term(state, xs)
+        return (new_state, jax.tree_util.tree_map(jnp.add, total, value)), None
+
+    (state, total), _ = _chunked_scan(
+        one_step, (state0, total0), (forcing, dynamic, extra), n_steps, chunk
     )
-    state, outputs = jax.lax.scan(run_chunk, state0, xs)
-    outputs = jax.tree_util.tree_map(
-        lambda a: a.reshape((padded,) + a.shape[2:])[:n_steps], outputs
-    )
-    return state, outputs
+    return state, total
+
+
+#: ``simulate`` compiles for throughput from this many cells up (measured: the fusion emitters
+#: and the plain scan gain from ~16 cells, and lose at one cell; docs/performance.md)
+LARGE_BATCH_CELLS = 16
+
+
+@functools.cache
+def _simulate_jit(large: bool):
+    def run(model, params, forcing, state0, dynamic, outputs):
+        chunk = None if large else DEFAULT_CHUNK
+        state, out = rollout(model, params, forcing, state0, dynamic, chunk=chunk)
+        return state, out if outputs is None else {k: out[k] for k in outputs}
+
+    options = RUN_TIME_OPTIONS if large and jax.default_backend() == "cpu" else None
+    return eqx.filter_jit(run, compiler_options=options)
+
+
+def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | None = None,
+             outputs: Sequence[str] | None = None, *, large: bool | None = None):
+    """Compiled forward run (no differentiation), tuned for many cells.
+
+    Same results as ``rollout`` (to float rounding). With ``large`` (default: the forcing has at
+    least ``LARGE_BATCH_CELLS`` cells) it differs from ``jax.jit(rollout)`` in two ways:
+
+    - one plain scan, no chunked checkpointing (``chunk=None``): a forward-only run does not need
+      it, and the nested chunk loop cost ~20 % at 1024 cells with every output; do not
+      differentiate ``simulate`` (reverse mode would store every step's residuals);
+    - compiled with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU: 40-80 % faster
+      at 1024 cells, for a compilation 1.3-4x slower.
+
+    For fewer cells both lose (a long plain scan was 4x slower at one cell), so it is
+    ``jax.jit(rollout)`` with the default chunk and the process-wide options.
+
+    Args:
+        outputs: names of the outputs to return (default all); XLA then skips writing the others
+        large: compile for throughput (see above); None: ``forcing.n_sites >= LARGE_BATCH_CELLS``
+
+    Returns:
+        (final_state, outputs dict), as ``rollout``.
+    """
+    if large is None:
+        large = forcing.n_sites >= LARGE_BATCH_CELLS
+    outputs = None if outputs is None else tuple(outputs)
+    return _simulate_jit(bool(large))(model, params, forcing, state0, dynamic, outputs)
 
 
 @eqx.filter_jit

@@ -21,6 +21,7 @@ Summed over the column, the update satisfies sum_k c_k (T_k' - T_k) / dt = F(T_1
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax.lax.linalg import tridiagonal_solve
 
 from ..constants import T_FREEZE
 
@@ -52,20 +53,29 @@ def interface_conductance(conductivity, dz=LAYER_THICKNESS):
     return lam_half / (0.5 * (dz[:-1] + dz[1:]))
 
 
+#: ``solve_tridiagonal`` unrolls systems up to this size and calls LAPACK for larger ones.
+UNROLL_MAX_ROWS = 16
+
+
 def solve_tridiagonal(lower, diag, upper, rhs):
-    """Solve tridiagonal systems by Gaussian elimination without pivoting (Thomas algorithm).
+    """Solve diagonally dominant tridiagonal systems (Thomas algorithm: no pivoting).
 
     Same signature as ``jax.lax.linalg.tridiagonal_solve``: ``lower``, ``diag``, ``upper`` are
-    (..., n) with lower[..., 0] = upper[..., -1] = 0 and ``rhs`` is (..., n, k). The loops over
-    the n rows are unrolled at trace time and every operation is elementwise over the batch, so
-    XLA fuses the solve with its neighbours; ``tridiagonal_solve`` is a LAPACK ``gtsv`` custom
-    call per cell and step that XLA cannot fuse (9-18 % of the forward at 1024 cells).
+    (..., n) with lower[..., 0] = upper[..., -1] = 0 and ``rhs`` is (..., n, k).
+
+    For up to ``UNROLL_MAX_ROWS`` rows (LaD has 4 lower layers) the loops over the rows are
+    unrolled at trace time into elementwise operations over the batch, which XLA fuses with the
+    rest of the step; ``tridiagonal_solve`` is a LAPACK ``gtsv`` custom call per cell and step that
+    XLA cannot fuse (it took 9-18 % of the forward at 1024 cells). Larger columns use
+    ``tridiagonal_solve``: unrolled code grows with n (400 layers took minutes to compile).
 
     No pivoting is needed for the soil column: its matrix is strictly diagonally dominant
-    (diag = c/dt + K_up + K_down with c/dt > 0 and |lower| + |upper| = K_up + K_down), so the
-    pivots stay >= c/dt > 0 and the elimination is stable. Not for general matrices.
+    (diag = c/dt + K_up + K_down with c/dt > 0, |lower| + |upper| = K_up + K_down), so every pivot
+    stays >= c/dt > 0 and the elimination is stable. Not for general matrices.
     """
     n = diag.shape[-1]
+    if n > UNROLL_MAX_ROWS:
+        return tridiagonal_solve(lower, diag, upper, rhs)
     d = [diag[..., i] for i in range(n)]
     b = [rhs[..., i, :] for i in range(n)]
     for i in range(1, n):  # forward elimination of the sub-diagonal

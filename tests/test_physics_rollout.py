@@ -1,0 +1,132 @@
+"""Time integration: chunk layout, the streaming ``rollout_reduce`` and the large-grid ``simulate``.
+
+Float64 (conftest). The chunking only regroups the same steps, so every chunk layout gives
+bit-identical results; the reduction is a different summation order, so it agrees to rounding.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hybridlsm.physics import (
+    LaDModel,
+    chunk_length,
+    default_params,
+    rollout,
+    rollout_reduce,
+    simulate,
+    synthetic_forcing,
+)
+
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
+N_STEPS = 193  # prime: no divisor near any chunk, so chunk 7 runs 27 chunks and a 4-step remainder
+
+
+@pytest.fixture(scope="module")
+def case():
+    forcing = synthetic_forcing(5, n_sites=2, start_day=150.0).at(slice(0, N_STEPS))
+    params = default_params(["GRA", "ENF"])
+    targets = {"le": jnp.full((N_STEPS, 2), 40.0), "h": jnp.full((N_STEPS, 2), 15.0),
+               "mask": (jnp.arange(N_STEPS)[:, None] % 5 != 0) * jnp.ones((1, 2))}
+    return LaDModel(), params, forcing, targets
+
+
+def test_chunk_length_prefers_a_divisor_near_the_request():
+    assert chunk_length(17520, 96) == 80  # a year of half-hourly steps: 219 chunks of 80
+    assert chunk_length(192, 7) == 8
+    assert chunk_length(N_STEPS, 7) == 7  # prime: remainder chunk
+    assert chunk_length(50, 96) == 50 and chunk_length(50, None) == 50
+    assert chunk_length(17520, 120) == 120
+
+
+def test_chunk_layouts_are_bit_identical(case):
+    model, params, forcing, _ = case
+    run = jax.jit(rollout, static_argnames=("chunk",), compiler_options=FAST_COMPILE)
+    chunked = run(model, params, forcing, chunk=7)  # 27 chunks + a remainder of 4 steps
+    plain = run(model, params, forcing, chunk=None)  # one scan, no checkpointing
+    for a, b in zip(jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(plain)):
+        assert a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def _per_step(out, x):
+    """A masked squared error per step and site, and the mask count."""
+    err = ((out["Qle"] - x["le"]) ** 2 + 0.5 * (out["Qh"] - x["h"]) ** 2
+           + jnp.mean(out["SoilTemp"], -1))
+    return jnp.sum(x["mask"] * err), jnp.sum(x["mask"])
+
+
+def test_rollout_reduce_equals_the_stacked_loss_and_gradient(case):
+    model, params, forcing, targets = case
+    free = {k: params[k] for k in ("rs_scale", "albedo", "soil_thermal_conductivity")}
+    dynamic = {"ra_scale": jnp.ones((N_STEPS, 2)) * jnp.linspace(0.8, 1.2, N_STEPS)[:, None]}
+
+    def stacked(free):  # (chunk None: the cheapest to compile; chunking is bit-identical)
+        _, out = rollout(model, {**params, **free}, forcing, dynamic=dynamic, chunk=None)
+        sq, n = jax.vmap(_per_step)(out, targets)
+        return jnp.sum(sq) / jnp.sum(n)
+
+    def streamed(free):
+        _, (sq, n) = rollout_reduce(model, {**params, **free}, forcing, _per_step, targets,
+                                    dynamic=dynamic, chunk=7)
+        return sq / n
+
+    v1, g1 = jax.jit(jax.value_and_grad(stacked), compiler_options=FAST_COMPILE)(free)
+    v2, g2 = jax.jit(jax.value_and_grad(streamed), compiler_options=FAST_COMPILE)(free)
+    np.testing.assert_allclose(v2, v1, rtol=1e-12)
+    for k in free:
+        assert np.all(np.abs(np.asarray(g1[k])) > 0), k
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, err_msg=k)
+    with pytest.raises(ValueError, match="leading axis T"):
+        rollout_reduce(model, params, forcing, _per_step, {"le": targets["le"][:-1]})
+
+
+class Relax:
+    """A cheap land model (state relaxes towards Tair) for the memory structure of the gradient."""
+
+    def init_state(self, params, forcing):
+        return forcing.t_air[0]
+
+    def step(self, state, forcing, params):
+        new = state + params["k"] * (forcing.t_air - state)
+        return new, None
+
+    def observe(self, state, fluxes):
+        return {"T": state}
+
+
+def _grad_temp_bytes(n_steps, streamed):
+    forcing = synthetic_forcing(n_steps / 48 + 1, n_sites=64).at(slice(0, n_steps))
+    target = forcing.t_air + 1.0
+
+    def loss(k):
+        params = {"k": k}
+        if streamed:
+            return rollout_reduce(Relax(), params, forcing, lambda o, t: jnp.sum((o["T"] - t) ** 2),
+                                  target, chunk=48)[1]
+        return jnp.sum((rollout(Relax(), params, forcing, chunk=48)[1]["T"] - target) ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower(jnp.full(64, 0.1)).compile()
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        pytest.skip("no memory analysis on this backend")
+    return analysis.temp_size_in_bytes
+
+
+def test_streamed_gradient_memory_is_sublinear_in_steps():
+    small, large = (_grad_temp_bytes(n, True) for n in (48 * 48, 4 * 48 * 48))
+    assert large < 1.6 * small  # one state per chunk is all that grows (4x the steps)
+    stacked_small, stacked_large = (_grad_temp_bytes(n, False) for n in (48 * 48, 4 * 48 * 48))
+    assert stacked_large > 3 * stacked_small  # the stacked outputs grow with T
+
+
+def test_simulate_matches_rollout_and_selects_outputs(case):
+    model, params, forcing, _ = case
+    _, ref = jax.jit(rollout, compiler_options=FAST_COMPILE)(model, params, forcing)
+    final, out = simulate(model, params, forcing, outputs=("Qle", "SoilTemp"), large=True)
+    assert set(out) == {"Qle", "SoilTemp"} and final.soil_temp.shape == (2, 5)
+    for name in out:  # fusion emitters: same model, different code generation
+        np.testing.assert_allclose(out[name], ref[name], rtol=1e-10, atol=1e-9)
+    _, out = simulate(model, params, forcing)  # 2 cells: jax.jit(rollout), no emitters
+    for name in ref:
+        assert np.array_equal(np.asarray(out[name]), np.asarray(ref[name])), name
