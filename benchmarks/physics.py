@@ -2,33 +2,40 @@
 
 Measures, in float32 on the default JAX backend:
 
-- forward throughput [cell-steps/s] of ``jax.jit(rollout)`` for 1, 64 and 1024 cells x one year of
-  half-hourly steps (17520), after compilation, median of a few repeats (``block_until_ready``);
-  both returning every output (``rollout`` as is) and returning only Qle and Qh (XLA prunes the
-  other outputs, as in calibration and training);
+- forward throughput [cell-steps/s] for 1, 64 and 1024 cells x one year of half-hourly steps
+  (17520), after compilation, median of a few repeats (``block_until_ready``), of two paths:
+  ``jax.jit(rollout)`` (checkpointed chunks, the process-wide fast-compilation XLA options: the
+  path of site-scale training) and ``simulate`` (the library's compiled forward; from 16 cells up
+  one plain scan compiled with XLA's CPU fusion emitters per executable, below that the same as
+  ``jax.jit(rollout)``); each returning every output and only Qle and Qh (XLA prunes the other
+  outputs, as in calibration and training);
 - the site-year (N = 1) forward time and the compile times (first call minus a warm call) of the
   forward and of the gradient;
 - forward and forward+gradient time of an MSE loss of Qle and Qh against a fixed target w.r.t.
   unconstrained offsets of every CALIBRATABLE parameter, at 1 and 256 cells x one year, and their
-  ratio (loss and gradient calls alternate; median of the per-pair ratios);
-- peak memory of that gradient, each in a fresh subprocess that compiles and runs only it: the
+  ratio (loss and gradient calls alternate; median of the per-pair ratios); the loss either on the
+  stacked outputs of ``rollout`` (*stacked*) or accumulated step by step with ``rollout_reduce``
+  (*streamed*);
+- peak memory of those gradients, each in a fresh subprocess that compiles and runs only it: the
   process peak RSS (VmHWM), the peak RSS during execution alone (VmHWM after resetting it
   through /proc/self/clear_refs), and XLA's ``memory_analysis()`` of the compiled executable; for
-  1 and 256 cells at 1/4, 1/2 and 1 year (growth with the number of steps), and with
-  ``chunk = T`` (one chunk, i.e. no rematerialisation) for comparison;
-- two ``chunk`` sizes (the default and 120, an exact divisor of 17520 near sqrt(T));
+  1 and 256 cells at 1/4, 1/2 and 1 year (growth with the number of steps; one chunk length for
+  all three, a divisor of T/4), stacked and streamed, and with ``chunk = T`` (one chunk, i.e. no
+  rematerialisation) for comparison;
+- two ``chunk`` sizes (the default and 120, an exact divisor of 17520 near sqrt(T)); ``rollout``
+  adjusts the request to a nearby divisor of T (``chunk_length``: 96 -> 80 for 17520 steps);
 - a diagnosis: per-step overhead vs per-cell cost (a linear fit of time over N), the kernels per
-  step of the compiled loops, and ablations in subprocesses over a quarter year: a vectorised
-  Thomas solve in place of LAPACK ``gtsv`` for the 4x4 soil system (monkeypatched in that
-  process only), single-threaded XLA CPU, and XLA's CPU fusion emitters switched back on
-  (``hybridlsm`` switches them off at import), for the forward at 1024 cells and the gradient at
-  256 cells.
+  step of the compiled loops, and ablations in subprocesses over a quarter year: LAPACK ``gtsv``
+  in place of the unrolled Thomas solve of the 4x4 soil system (monkeypatched in that process
+  only), single-threaded XLA CPU, XLA's CPU fusion emitters switched on process-wide (XLA_FLAGS)
+  or per executable (``compiler_options``), a plain scan without chunks and ``simulate``, for the
+  forward at 1024 cells; LAPACK, emitters and the streamed loss for the gradient at 256 cells.
 
 Prints a table target / measured / met and (full run, or ``--write``) writes
 ``results/physics_benchmark.json`` and ``docs/performance.md``.
 
-    .venv/bin/python benchmarks/physics.py            # full run (~16 min on 2 shared cores)
-    .venv/bin/python benchmarks/physics.py --quick    # small sizes (~5 min), prints only
+    .venv/bin/python benchmarks/physics.py            # full run (~25 min on 2 shared cores)
+    .venv/bin/python benchmarks/physics.py --quick    # small sizes (~6 min), prints only
 """
 
 from __future__ import annotations
@@ -58,11 +65,15 @@ import jax.numpy as jnp  # noqa: E402
 from hybridlsm.physics import (  # noqa: E402
     CALIBRATABLE,
     DEFAULT_CHUNK,
+    RUN_TIME_OPTIONS,
     Forcing,
     LaDModel,
+    chunk_length,
     default_params,
     from_unconstrained,
     rollout,
+    rollout_reduce,
+    simulate,
     synthetic_forcing,
     to_unconstrained,
 )
@@ -71,11 +82,13 @@ DTYPE = jnp.float32
 STEPS_PER_YEAR = 365 * 48  # 17520 half-hourly steps
 IGBP_CYCLE = ("GRA", "ENF", "DBF", "CRO", "SAV", "EBF", "OSH", "MF")  # cells cycle through these
 
+#: key in the results -> (comparison, target)
 TARGETS = {
     "forward_cell_steps_per_s_1024": (">=", 3e6),
     "site_year_forward_s": ("<=", 0.5),
     "grad_fwd_ratio_256": ("<=", 5.0),
     "grad_peak_mem_gb_site_year": ("<=", 1.0),
+    "grad_mem_growth_exponent": ("<", 0.9),  # XLA temp from T/2 to T; 1 = linear
 }
 
 GB = 1024.0**3
@@ -182,7 +195,8 @@ def pair_stats(t: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def forward_fns(model, chunk):
+def forward_fns(model, chunk, compiler_options=None):
+    """``jax.jit(rollout)`` returning every output, and returning only Qle and Qh."""
     def fwd_all(params, forcing):
         return rollout(model, params, forcing, chunk=chunk)
 
@@ -190,15 +204,23 @@ def forward_fns(model, chunk):
         _, out = rollout(model, params, forcing, chunk=chunk)
         return out["Qle"], out["Qh"]
 
-    return jax.jit(fwd_all), jax.jit(fwd_qle_qh)
+    return (jax.jit(fwd_all, compiler_options=compiler_options),
+            jax.jit(fwd_qle_qh, compiler_options=compiler_options))
 
 
-def make_loss(model, params0, forcing, chunk):
+def simulate_fns(model):
+    """The library's large-grid forward (``simulate``): every output, and only Qle and Qh."""
+    return (lambda params, forcing: simulate(model, params, forcing),
+            lambda params, forcing: simulate(model, params, forcing, outputs=("Qle", "Qh")))
+
+
+def make_loss(model, params0, forcing, chunk, streamed=False):
     """MSE of Qle and Qh against a fixed target, as a function of unconstrained offsets of every
     CALIBRATABLE parameter (zero offsets = the defaults).
 
     The target is the model's own output with rs_scale x 1.5, ra_scale x 0.8 and albedo x 1.1,
-    so the gradient at the defaults is not trivially small.
+    so the gradient at the defaults is not trivially small. ``streamed``: the squared errors are
+    summed step by step by ``rollout_reduce`` instead of from the stacked (T, N) outputs.
     """
     raw0 = {k: to_unconstrained(k, params0[k]) for k in CALIBRATABLE}
 
@@ -213,8 +235,16 @@ def make_loss(model, params0, forcing, chunk):
     truth["ra_scale"] = params0["ra_scale"] * 0.8
     truth["albedo"] = params0["albedo"] * 1.1
     target_le, target_h = block(forward_fns(model, chunk)[1](truth, forcing))
+    n_values = target_le.size
+
+    def squared_errors(o, target):
+        return jnp.sum((o["Qle"] - target[0]) ** 2 + (o["Qh"] - target[1]) ** 2)
 
     def loss(delta, forcing):
+        if streamed:
+            _, total = rollout_reduce(model, params_of(delta), forcing, squared_errors,
+                                      (target_le, target_h), chunk=chunk)
+            return total / n_values
         _, o = rollout(model, params_of(delta), forcing, chunk=chunk)
         return jnp.mean((o["Qle"] - target_le) ** 2) + jnp.mean((o["Qh"] - target_h) ** 2)
 
@@ -268,36 +298,18 @@ def _rss_kb(field: str) -> int:
     return -1
 
 
-def _thomas_solve(dl, d, du, b):
-    """Vectorised, unrolled Thomas algorithm with the signature of
-    ``jax.lax.linalg.tridiagonal_solve`` (dl[0] = du[-1] = 0; b (..., n, k)). Benchmark-only
-    ablation: elementwise over the batch, so XLA fuses it instead of calling LAPACK per cell."""
-    n = d.shape[-1]
-    c, y = [None] * n, [None] * n
-    c[0] = du[..., 0] / d[..., 0]
-    y[0] = b[..., 0, :] / d[..., 0, None]
-    for i in range(1, n):
-        den = d[..., i] - dl[..., i] * c[i - 1]
-        c[i] = du[..., i] / den
-        y[i] = (b[..., i, :] - dl[..., i, None] * y[i - 1]) / den[..., None]
-    x = [None] * n
-    x[n - 1] = y[n - 1]
-    for i in range(n - 2, -1, -1):
-        x[i] = y[i] - c[i][..., None] * x[i + 1]
-    return jnp.stack(x, axis=-2)
-
-
-def worker_mem(n_cells: int, n_steps: int, chunk: int, run: bool) -> dict:
+def worker_mem(n_cells: int, n_steps: int, chunk: int, run: bool, streamed: bool) -> dict:
     """Compile (and run once) only the gradient; report memory."""
     rss_import = _rss_kb("VmRSS")
     model = LaDModel()
     forcing, params = make_inputs(n_cells, n_steps)
-    loss, delta0 = make_loss(model, params, forcing, chunk)
+    loss, delta0 = make_loss(model, params, forcing, chunk, streamed)
     grad = jax.jit(jax.value_and_grad(loss))
     t0 = time.perf_counter()
     compiled = grad.lower(delta0, forcing).compile()
     compile_s = time.perf_counter() - t0
-    res = {"n_cells": n_cells, "n_steps": n_steps, "chunk": chunk, "compile_s": compile_s,
+    res = {"n_cells": n_cells, "n_steps": n_steps, "chunk": chunk, "streamed": streamed,
+           "chunk_used": chunk_length(n_steps, chunk), "compile_s": compile_s,
            "rss_after_imports_gb": rss_import * 1024 / GB}
     ma = compiled.memory_analysis()
     if ma is not None:
@@ -334,40 +346,52 @@ def worker_mem(n_cells: int, n_steps: int, chunk: int, run: bool) -> dict:
 
 def worker_ablation(what: str, n_cells: int, n_steps: int, chunk: int, variant: str,
                     repeats: int) -> dict:
-    """Throughput of the forward (Qle, Qh) or of the gradient for one variant (ablation)."""
+    """Throughput of the forward (Qle, Qh) or of the gradient for one variant (ablation).
+
+    Variant words: "lapack" (LAPACK gtsv for the soil system instead of the Thomas solve),
+    "compiler_options" (fusion emitters per executable), "plain scan" (chunk None), "simulate",
+    "streamed" (gradient of the ``rollout_reduce`` loss); XLA_FLAGS variants come from the
+    environment."""
     res = {"what": what, "variant": variant, "n_cells": n_cells, "n_steps": n_steps,
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     model = LaDModel()
     forcing, params = make_inputs(n_cells, n_steps)
+    streamed = "streamed" in variant
 
     def build():
         if what == "fwd":
-            return forward_fns(model, chunk)[1], (params, forcing)
-        loss, delta0 = make_loss(model, params, forcing, chunk)
+            if "simulate" in variant:
+                return simulate_fns(model)[1], (params, forcing)
+            options = RUN_TIME_OPTIONS if "compiler_options" in variant else None
+            return forward_fns(model, None if "plain scan" in variant else chunk, options)[1], (
+                params, forcing)
+        loss, delta0 = make_loss(model, params, forcing, chunk, streamed)
         return jax.jit(jax.value_and_grad(loss)), (delta0, forcing)
 
     def first_output(out):
-        return np.asarray(out[0] if what == "fwd" else out[1]["rs_scale"])
+        out = out[1] if "simulate" in variant else out
+        return np.asarray(out["Qle"] if isinstance(out, dict) else out[0]) if what == "fwd" \
+            else np.asarray(out[1]["rs_scale"])
 
     fn, fargs = build()
     reference = None
-    if "thomas" in variant:
+    if "lapack" in variant:
         reference = first_output(block(fn(*fargs)))
         import hybridlsm.physics.soil as soil
 
-        soil.tridiagonal_solve = _thomas_solve  # this process only; the package is unchanged
+        soil.solve_tridiagonal = jax.lax.linalg.tridiagonal_solve  # this process only
         fn, fargs = build()
     if what == "fwd":
         first, walls, cpus = timed(fn, *fargs, repeats=repeats)
     else:  # the gradient, alternating with its forward (the loss alone)
-        loss, _ = make_loss(model, params, forcing, chunk)
+        loss, _ = make_loss(model, params, forcing, chunk, streamed)
         st = pair_stats(timed_pair(jax.jit(loss), fn, *fargs, repeats=repeats))
         res.update(forward_s=st["forward_s"], ratio=st["ratio"], ratio_cpu=st["ratio_cpu"])
         first = st["compile_grad_s"] + st["grad_s"]
         walls, cpus = st["grad_s_all"], [st["grad_cpu_s"]]
     if reference is not None:
         out = first_output(fn(*fargs))
-        res["max_rel_diff_vs_lapack"] = float(
+        res["max_rel_diff_vs_thomas"] = float(
             np.max(np.abs(out - reference)) / max(np.max(np.abs(reference)), 1e-30))
     res.update(first_s=first, wall_s=statistics.median(walls), wall_min_s=min(walls),
                cpu_s=statistics.median(cpus))
@@ -457,6 +481,9 @@ def fmt(x, nd=3):
     return f"{x:.{nd}g}"
 
 
+FORWARD_PATHS = ("all_outputs", "qle_qh", "simulate_all_outputs", "simulate_qle_qh")
+
+
 def run(args) -> dict:
     quick = args.quick
     year = STEPS_PER_YEAR if not quick else 30 * 48
@@ -465,53 +492,66 @@ def run(args) -> dict:
     big_n, grad_n = fwd_cells[-1], grad_cells[-1]
     rep_small, rep_big = (7, 3) if not quick else (3, 2)
     chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
-    alt_chunk = 120 if not quick else 48  # 17520 = 146 x 120 (no padding), near sqrt(17520)
+    alt_chunk = 120 if not quick else 48  # 17520 = 146 x 120, near sqrt(17520)
     if alt_chunk == chunk:
         alt_chunk = DEFAULT_CHUNK if chunk != DEFAULT_CHUNK else chunk // 2
     model = LaDModel()
-    R: dict = {"quick": quick, "n_steps_year": year, "chunk": chunk, "dtype": "float32"}
+    R: dict = {"quick": quick, "n_steps_year": year, "chunk": chunk, "alt_chunk": alt_chunk,
+               "chunk_used": chunk_length(year, chunk),
+               "alt_chunk_used": chunk_length(year, alt_chunk), "dtype": "float32"}
     t_start = time.perf_counter()
 
     # ---------------- forward throughput ----------------
-    log(f"== forward, {year} steps, chunk {chunk}, float32")
+    log(f"== forward, {year} steps, chunk {chunk} (uses {R['chunk_used']}), float32")
     fwd_rows = []
     for n in fwd_cells:
         forcing, params = make_inputs(n, year)
         assert forcing.t_air.dtype == jnp.float32 and params["albedo"].dtype == jnp.float32
-        fwd_all, fwd_two = forward_fns(model, chunk)
+        fns = dict(zip(FORWARD_PATHS, forward_fns(model, chunk) + simulate_fns(model)))
         reps = rep_small if n <= 64 else rep_big
         row = {"n_cells": n}
-        for name, fn in (("all_outputs", fwd_all), ("qle_qh", fwd_two)):
+        for name, fn in fns.items():
             first, walls, cpus = timed(fn, params, forcing, repeats=reps)
             w, c = statistics.median(walls), statistics.median(cpus)
             row[name] = {"first_call_s": first, "wall_s": w, "wall_min_s": min(walls),
                          "wall_s_all": walls, "cpu_s": c,
                          "cell_steps_per_s": n * year / w, "cell_steps_per_cpu_s": n * year / c,
                          "compile_s": first - w}
-            log(f"  N={n:5d} {name:11s}: {w:8.3f} s wall ({c:.3f} s CPU)  "
+            log(f"  N={n:5d} {name:20s}: {w:8.3f} s wall ({c:.3f} s CPU)  "
                 f"{n * year / w:.3g} cell-steps/s   first call {first:.1f} s")
         if n == 1:
-            _, out = fwd_all(params, forcing)
+            _, out = fns["all_outputs"](params, forcing)
             R["site_year_outputs_finite"] = bool(
                 all(np.isfinite(np.asarray(v)).all() for v in out.values()))
             R["site_year_mean_qle_qh"] = [float(jnp.mean(out["Qle"])), float(jnp.mean(out["Qh"]))]
-            compiled = fwd_two.lower(params, forcing).compile()
-            R["loop_kernels_qle_qh"] = loop_kernels(compiled)
-            R["loop_kernels_all_outputs"] = loop_kernels(fwd_all.lower(params, forcing).compile())
-            del compiled
+            _, sim = fns["simulate_all_outputs"](params, forcing)
+            R["simulate_max_abs_diff_qle_qh"] = max(
+                float(jnp.max(jnp.abs(sim[k] - out[k]))) for k in ("Qle", "Qh"))
+            for name, fn in zip(("all_outputs", "qle_qh"), forward_fns(model, chunk)):
+                R["loop_kernels_" + name] = loop_kernels(fn.lower(params, forcing).compile())
+            # simulate's executable for many cells: plain scan, emitters on
+            sim_fn = forward_fns(model, None, RUN_TIME_OPTIONS)[0]
+            R["loop_kernels_simulate_all_outputs"] = loop_kernels(
+                sim_fn.lower(params, forcing).compile())
         fwd_rows.append(row)
         del forcing, params
     R["forward"] = fwd_rows
     by_n = {r["n_cells"]: r for r in fwd_rows}
-    R[f"forward_cell_steps_per_s_{big_n}"] = by_n[big_n]["all_outputs"]["cell_steps_per_s"]
-    R[f"forward_cell_steps_per_s_{big_n}_qle_qh"] = by_n[big_n]["qle_qh"]["cell_steps_per_s"]
-    R[f"forward_cell_steps_per_cpu_s_{big_n}"] = by_n[big_n]["all_outputs"]["cell_steps_per_cpu_s"]
-    R[f"forward_cell_steps_per_cpu_s_{big_n}_qle_qh"] = by_n[big_n]["qle_qh"]["cell_steps_per_cpu_s"]
+    for name in FORWARD_PATHS:
+        R[f"forward_cell_steps_per_s_{big_n}_{name}"] = by_n[big_n][name]["cell_steps_per_s"]
+        R[f"forward_cell_steps_per_cpu_s_{big_n}_{name}"] = (
+            by_n[big_n][name]["cell_steps_per_cpu_s"])
+    # the target: the library's large-grid path with every output
+    R[f"forward_cell_steps_per_s_{big_n}"] = R[
+        f"forward_cell_steps_per_s_{big_n}_simulate_all_outputs"]
     R["site_year_forward_s"] = by_n[1]["all_outputs"]["wall_s"]
     R["site_year_forward_qle_qh_s"] = by_n[1]["qle_qh"]["wall_s"]
+    R["site_year_simulate_s"] = by_n[1]["simulate_all_outputs"]["wall_s"]
     R["compile_forward_s"] = by_n[1]["all_outputs"]["compile_s"]
+    # simulate compiles for throughput (plain scan, emitters) from LARGE_BATCH_CELLS cells up
+    R["compile_simulate_s"] = by_n[fwd_cells[1]]["simulate_all_outputs"]["compile_s"]
     # time(N) = T (a + b N): per-step overhead a and per-cell-step cost b (two largest N for b)
-    for name in ("all_outputs", "qle_qh"):
+    for name in FORWARD_PATHS:
         n1, n2 = fwd_cells[-2], fwd_cells[-1]
         b = (by_n[n2][name]["wall_s"] - by_n[n1][name]["wall_s"]) / ((n2 - n1) * year)
         a = by_n[1][name]["wall_s"] / year - b
@@ -524,8 +564,8 @@ def run(args) -> dict:
     grad_rows = []
     for n in grad_cells:
         forcing, params = make_inputs(n, year)
-        for ch in (chunk, alt_chunk):
-            loss, delta0 = make_loss(model, params, forcing, ch)
+        for ch, streamed in ((chunk, False), (alt_chunk, False), (chunk, True)):
+            loss, delta0 = make_loss(model, params, forcing, ch, streamed)
             f_loss = jax.jit(loss)
             f_grad = jax.jit(jax.value_and_grad(loss))
             reps = rep_small if n == 1 else rep_big
@@ -534,58 +574,75 @@ def run(args) -> dict:
             gnorm = float(jnp.sqrt(sum(jnp.sum(v**2) for v in g.values())))
             finite = bool(all(np.isfinite(np.asarray(v)).all() for v in g.values()))
             if n == 1 and ch == chunk:
-                R["loop_kernels_grad"] = loop_kernels(f_grad.lower(delta0, forcing).compile())
-            row = {"n_cells": n, "chunk": ch, **st,
+                key = "loop_kernels_grad" + ("_streamed" if streamed else "")
+                R[key] = loop_kernels(f_grad.lower(delta0, forcing).compile())
+            row = {"n_cells": n, "chunk": ch, "chunk_used": chunk_length(year, ch),
+                   "streamed": streamed, **st,
                    "loss": float(value), "grad_norm": gnorm, "grad_finite": finite}
-            log(f"  N={n:4d} chunk={ch:4d}: loss fwd {st['forward_s']:.3f} s, value_and_grad "
-                f"{st['grad_s']:.3f} s, ratio {st['ratio']:.2f} (CPU {st['ratio_cpu']:.2f}); "
-                f"compile grad {st['compile_grad_s']:.1f} s; |g| = {gnorm:.3g}"
+            log(f"  N={n:4d} chunk={ch:4d} {'streamed' if streamed else 'stacked '}: loss fwd "
+                f"{st['forward_s']:.3f} s, value_and_grad {st['grad_s']:.3f} s, ratio "
+                f"{st['ratio']:.2f} (CPU {st['ratio_cpu']:.2f}); compile grad "
+                f"{st['compile_grad_s']:.1f} s; |g| = {gnorm:.3g}"
                 f"{'' if finite else '  NON-FINITE GRADIENT'}")
             grad_rows.append(row)
         del forcing, params
     R["gradient"] = grad_rows
-    gd = {(r["n_cells"], r["chunk"]): r for r in grad_rows}
-    R[f"grad_fwd_ratio_{grad_n}"] = gd[(grad_n, chunk)]["ratio"]
-    R["grad_fwd_ratio_1"] = gd[(1, chunk)]["ratio"]
-    R["grad_site_year_s"] = gd[(1, chunk)]["grad_s"]
-    R[f"grad_{grad_n}_cells_year_s"] = gd[(grad_n, chunk)]["grad_s"]
-    R["compile_grad_s"] = gd[(1, chunk)]["compile_grad_s"]
-    R["compile_s"] = {"forward": R["compile_forward_s"], "gradient": R["compile_grad_s"]}
-    R["alt_chunk"] = alt_chunk
+    gd = {(r["n_cells"], r["chunk"], r["streamed"]): r for r in grad_rows}
+    for n in grad_cells:
+        R[f"grad_fwd_ratio_{n}"] = gd[(n, chunk, False)]["ratio"]
+        R[f"grad_fwd_ratio_{n}_streamed"] = gd[(n, chunk, True)]["ratio"]
+    R["grad_site_year_s"] = gd[(1, chunk, False)]["grad_s"]
+    R[f"grad_{grad_n}_cells_year_s"] = gd[(grad_n, chunk, False)]["grad_s"]
+    R["compile_grad_s"] = gd[(1, chunk, False)]["compile_grad_s"]
+    R["compile_s"] = {"forward": R["compile_forward_s"], "simulate": R["compile_simulate_s"],
+                      "gradient": R["compile_grad_s"]}
 
     # ---------------- memory (fresh subprocess per measurement) ----------------
-    log("== gradient memory, one fresh subprocess each")
-    mem = []
+    # one chunk length for T/4, T/2 and T (a divisor of T/4 divides all three), so that only T
+    # changes along the series
     steps_list = (year // 4, year // 2, year)
-    specs = [(n, s, chunk, True) for n in (1, grad_n) for s in steps_list]
-    specs += [(1, year, alt_chunk, True)]
-    specs += [(n, s, s, False) for n in (1, grad_n) for s in steps_list]  # chunk = T: no remat
-    for n, steps, ch, do_run in specs:
-        r = spawn(["mem", str(n), str(steps), str(ch), "1" if do_run else "0"])
+    mem_chunk = chunk_length(steps_list[0], chunk)
+    R["memory_chunk"] = mem_chunk
+    log(f"== gradient memory, chunk {mem_chunk}, one fresh subprocess each")
+    mem = []
+    specs = [(n, s, mem_chunk, True, streamed) for streamed in (False, True)
+             for n in (1, grad_n) for s in steps_list]
+    # chunk = T: one chunk, no rematerialisation (compile only)
+    specs += [(n, s, s, False, False) for n in (1, grad_n) for s in steps_list]
+    for n, steps, ch, do_run, streamed in specs:
+        r = spawn(["mem", str(n), str(steps), str(ch), "1" if do_run else "0",
+                   "1" if streamed else "0"])
         mem.append(r)
-        log(f"  N={n:4d} T={steps:6d} chunk={ch:6d}: XLA temp {r.get('xla_temp_size_gb', 0):.4f} GB, "
-            f"peak RSS {r['peak_rss_gb']:.3f} GB"
+        log(f"  N={n:4d} T={steps:6d} chunk={ch:6d} {'streamed' if streamed else 'stacked '}: "
+            f"XLA temp {r.get('xla_temp_size_gb', 0):.4f} GB, peak RSS {r['peak_rss_gb']:.3f} GB"
             + (f" (during the run {r.get('peak_rss_during_run_gb', 0):.3f} GB, "
                f"+{r.get('run_rss_increment_gb', 0):.4f} GB)" if do_run else " (compile only)"))
     R["memory"] = mem
-    md = {(r["n_cells"], r["n_steps"], r["chunk"]): r for r in mem}
-    site = md[(1, year, chunk)]
+    md = {(r["n_cells"], r["n_steps"], r["chunk"], r["streamed"]): r for r in mem}
+    site = md[(1, year, mem_chunk, False)]
     R["grad_peak_mem_gb_site_year"] = site["peak_rss_gb"]
     R["grad_peak_rss_during_run_gb_site_year"] = site.get("peak_rss_during_run_gb")
     R["grad_run_rss_increment_gb_site_year"] = site.get("run_rss_increment_gb")
     R["grad_xla_temp_gb_site_year"] = site.get("xla_temp_size_gb")
-    R[f"grad_peak_mem_gb_{grad_n}_cells_year"] = md[(grad_n, year, chunk)]["peak_rss_gb"]
-    R[f"grad_xla_temp_gb_{grad_n}_cells_year"] = md[(grad_n, year, chunk)].get("xla_temp_size_gb")
+    R["grad_peak_mem_gb_site_year_streamed"] = md[(1, year, mem_chunk, True)]["peak_rss_gb"]
+    for streamed, tag in ((False, ""), (True, "_streamed")):
+        big = md[(grad_n, year, mem_chunk, streamed)]
+        R[f"grad_peak_mem_gb_{grad_n}_cells_year{tag}"] = big["peak_rss_gb"]
+        R[f"grad_xla_temp_gb_{grad_n}_cells_year{tag}"] = big.get("xla_temp_size_gb")
     for n in (1, grad_n):
-        rows = [{"n_steps": s, "peak_rss_gb": md[(n, s, chunk)]["peak_rss_gb"],
-                 "run_rss_increment_gb": md[(n, s, chunk)].get("run_rss_increment_gb"),
-                 "xla_temp_gb": md[(n, s, chunk)].get("xla_temp_size_gb"),
-                 "xla_temp_gb_no_remat": md[(n, s, s)].get("xla_temp_size_gb")}
+        rows = [{"n_steps": s,
+                 "peak_rss_gb": md[(n, s, mem_chunk, False)]["peak_rss_gb"],
+                 "run_rss_increment_gb": md[(n, s, mem_chunk, False)].get("run_rss_increment_gb"),
+                 "xla_temp_gb": md[(n, s, mem_chunk, False)].get("xla_temp_size_gb"),
+                 "peak_rss_gb_streamed": md[(n, s, mem_chunk, True)]["peak_rss_gb"],
+                 "xla_temp_gb_streamed": md[(n, s, mem_chunk, True)].get("xla_temp_size_gb"),
+                 "xla_temp_gb_no_remat": md[(n, s, s, False)].get("xla_temp_size_gb")}
                 for s in steps_list]
         suffix = "" if n == 1 else f"_{n}_cells"
         R["grad_mem_vs_steps" + suffix] = rows
         # growth exponent of XLA temp memory with T from T/2 to T (1 = linear, < 1 sublinear)
-        for key, out in (("xla_temp_gb", "grad_mem_growth_exponent"),
+        for key, out in (("xla_temp_gb_streamed", "grad_mem_growth_exponent"),
+                         ("xla_temp_gb", "grad_mem_growth_exponent_stacked"),
                          ("xla_temp_gb_no_remat", "grad_mem_growth_exponent_no_remat")):
             a, b = rows[1][key], rows[2][key]
             R[out + suffix] = float(np.log2(b / a)) if a and b else None
@@ -593,22 +650,26 @@ def run(args) -> dict:
     # ---------------- diagnosis: ablations (subprocesses) ----------------
     if not args.no_ablation:
         quarter = year // 4
-        log(f"== ablations, T={quarter} steps, one subprocess each")
+        log(f"== ablations, T={quarter} steps (chunk {chunk_length(quarter, chunk)}), "
+            "one subprocess each")
         abl = []
         single = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
                                 + " --xla_cpu_multi_thread_eigen=false").strip()}
         emit = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "")
                               + " --xla_cpu_use_fusion_emitters=true").strip()}
-        runs = [("fwd", big_n, "default", None), ("fwd", big_n, "thomas", None),
+        runs = [("fwd", big_n, "default", None), ("fwd", big_n, "lapack", None),
                 ("fwd", big_n, "default, single-threaded XLA", single),
-                ("fwd", big_n, "default, XLA CPU fusion emitters on", emit),
-                ("fwd", big_n, "thomas, XLA CPU fusion emitters on", emit),
-                ("grad", grad_n, "default", None), ("grad", grad_n, "thomas", None),
-                ("grad", grad_n, "default, XLA CPU fusion emitters on", emit)]
+                ("fwd", big_n, "default, emitters on (XLA_FLAGS)", emit),
+                ("fwd", big_n, "default, emitters on (compiler_options)", None),
+                ("fwd", big_n, "plain scan", None),
+                ("fwd", big_n, "simulate (plain scan, emitters on)", None),
+                ("grad", grad_n, "default", None), ("grad", grad_n, "lapack", None),
+                ("grad", grad_n, "default, emitters on (XLA_FLAGS)", emit),
+                ("grad", grad_n, "streamed", None)]
         for what, n, variant, env in runs:
             r = spawn([what, str(n), str(quarter), str(chunk), variant, str(rep_big)], env)
             abl.append(r)
-            log(f"  {what:4s} N={n:5d} {variant:36s}: {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s "
+            log(f"  {what:4s} N={n:5d} {variant:40s}: {r['wall_s']:.3f} s wall, {r['cpu_s']:.3f} s "
                 f"CPU, {r['cell_steps_per_s']:.3g} cell-steps/s "
                 f"({r['cell_steps_per_cpu_s']:.3g} per CPU s), first call {r['first_s']:.1f} s"
                 + (f", grad/fwd {r['ratio']:.2f}" if what == "grad" else ""))
@@ -624,29 +685,40 @@ def run(args) -> dict:
 
 
 def target_rows(R) -> list[tuple[str, str, str, str]]:
-    rows = []
+    """(quantity, target, measured, met): the targets, each followed by the figures of the other
+    path for the same quantity (labelled, judged against the same target)."""
     big = max(r["n_cells"] for r in R["forward"])
     grad_n = max(r["n_cells"] for r in R["gradient"])
     span = "1 yr" if R["n_steps_year"] == STEPS_PER_YEAR else f"{R['n_steps_year']} steps"
-    labels = {
-        "forward_cell_steps_per_s_1024": (f"forward throughput, {big} cells x {span}, all outputs "
-                                          "[cell-steps/s]", f"forward_cell_steps_per_s_{big}"),
-        "site_year_forward_s": ("one site-year forward after compilation [s]", "site_year_forward_s"),
-        "grad_fwd_ratio_256": (f"gradient / forward time, {grad_n} cells x {span}",
-                               f"grad_fwd_ratio_{grad_n}"),
-        "grad_peak_mem_gb_site_year": ("peak memory of the site-year gradient (process RSS) [GB]",
-                                       "grad_peak_mem_gb_site_year"),
-    }
-    for key, (op, target) in TARGETS.items():
-        label, rkey = labels[key]
+    fwd = f"forward throughput, {big} cells x {span}, all outputs [cell-steps/s]"
+    ratio = f"gradient / forward time, {grad_n} cells x {span}"
+    growth = ("site-year gradient memory sublinear in steps (growth exponent of XLA temp from T/2 "
+              "to T; 1 = linear)")
+    rows = [
+        ("forward_cell_steps_per_s_1024", f"{fwd}: `simulate` (large-grid path)",
+         f"forward_cell_steps_per_s_{big}"),
+        ("forward_cell_steps_per_s_1024", f"{fwd}: `jax.jit(rollout)`",
+         f"forward_cell_steps_per_s_{big}_all_outputs"),
+        ("site_year_forward_s", "one site-year forward after compilation [s]: `jax.jit(rollout)`, "
+         "all outputs", "site_year_forward_s"),
+        ("grad_fwd_ratio_256", f"{ratio}: stacked loss (`rollout`)", f"grad_fwd_ratio_{grad_n}"),
+        ("grad_fwd_ratio_256", f"{ratio}: streamed loss (`rollout_reduce`)",
+         f"grad_fwd_ratio_{grad_n}_streamed"),
+        ("grad_peak_mem_gb_site_year", "peak memory of the site-year gradient (process RSS) [GB]: "
+         "stacked loss", "grad_peak_mem_gb_site_year"),
+        ("grad_mem_growth_exponent", f"{growth}: streamed loss (`rollout_reduce`)",
+         "grad_mem_growth_exponent"),
+        ("grad_mem_growth_exponent", f"{growth}: stacked loss (the (T, N) outputs are O(T))",
+         "grad_mem_growth_exponent_stacked"),
+    ]
+    out = []
+    for key, label, rkey in rows:
+        op, target = TARGETS[key]
         value = R.get(rkey)
-        met = (value >= target) if op == ">=" else (value <= target)
-        rows.append((label, f"{op} {fmt(target)}", fmt(value), "yes" if met else "NO"))
-    exp = R.get("grad_mem_growth_exponent")
-    rows.append(("site-year gradient memory sublinear in steps (growth exponent of XLA temp "
-                 "from T/2 to T; 1 = linear)", "< 1 (met if < 0.9)", fmt(exp),
-                 "yes" if exp is not None and exp < 0.9 else "NO"))
-    return rows
+        met = value is not None and {">=": value >= target, "<=": value <= target,
+                                     "<": value < target}[op]
+        out.append((label, f"{op} {fmt(target)}", fmt(value), "yes" if met else "NO"))
+    return out
 
 
 def md_table(header, rows) -> str:
@@ -663,42 +735,46 @@ def print_summary(R):
     log(md_table(("figure", "value"), detail_rows(R)))
 
 
+PATH_LABELS = {"all_outputs": "jit(rollout), all outputs", "qle_qh": "jit(rollout), Qle+Qh",
+               "simulate_all_outputs": "simulate, all outputs",
+               "simulate_qle_qh": "simulate, Qle+Qh"}
+
+
 def detail_rows(R):
-    big = max(r["n_cells"] for r in R["forward"])
     grad_n = max(r["n_cells"] for r in R["gradient"])
     rows = []
     for r in R["forward"]:
-        for name in ("all_outputs", "qle_qh"):
+        for name in FORWARD_PATHS:
             x = r[name]
-            rows.append((f"forward N={r['n_cells']}, {name}: wall s / cell-steps/s / per CPU s",
-                         f"{fmt(x['wall_s'])} / {fmt(x['cell_steps_per_s'])} / "
+            rows.append((f"forward N={r['n_cells']}, {PATH_LABELS[name]}: wall s / cell-steps/s / "
+                         "per CPU s", f"{fmt(x['wall_s'])} / {fmt(x['cell_steps_per_s'])} / "
                          f"{fmt(x['cell_steps_per_cpu_s'])}"))
-    rows.append(("compile forward (first call - warm call), N=1 [s]", fmt(R["compile_forward_s"])))
-    rows.append(("compile gradient (first call - warm call), N=1 [s]", fmt(R["compile_grad_s"])))
-    for name in ("all_outputs", "qle_qh"):
-        rows.append((f"fit time = T (a + b N), {name}: a [us/step], b [ns/cell-step]",
-                     f"{fmt(R[f'per_step_overhead_us_{name}'])} / {fmt(R[f'per_cell_step_ns_{name}'])}"))
-    k = R.get("loop_kernels_qle_qh", {})
-    ka = R.get("loop_kernels_all_outputs", {})
-    kg = R.get("loop_kernels_grad", {})
-    rows.append(("kernels per step in the compiled loops (forward Qle,Qh / all outputs / gradient)",
-                 f"{k.get('kernels_per_step', '-')} / {ka.get('kernels_per_step', '-')} / "
-                 f"{kg.get('kernels_per_step', '-')}"))
+    rows.append((f"compile (first call - warm call) [s]: jit(rollout) forward N=1 / simulate "
+                 f"N={R['forward'][1]['n_cells']} / gradient (stacked) N=1",
+                 f"{fmt(R['compile_forward_s'])} / "
+                 f"{fmt(R['compile_simulate_s'])} / {fmt(R['compile_grad_s'])}"))
+    for name in FORWARD_PATHS:
+        rows.append((f"fit time = T (a + b N), {PATH_LABELS[name]}: a [us/step], b [ns/cell-step]",
+                     f"{fmt(R[f'per_step_overhead_us_{name}'])} / "
+                     f"{fmt(R[f'per_cell_step_ns_{name}'])}"))
+    kern = [R.get(k, {}).get("kernels_per_step", "-") for k in (
+        "loop_kernels_qle_qh", "loop_kernels_all_outputs", "loop_kernels_simulate_all_outputs",
+        "loop_kernels_grad", "loop_kernels_grad_streamed")]
+    rows.append(("kernels per step in the compiled loops (jit(rollout) Qle,Qh / all outputs / "
+                 "simulate for many cells, all outputs / gradient stacked / streamed)",
+                 " / ".join(map(str, kern))))
     for r in R["gradient"]:
-        rows.append((f"gradient N={r['n_cells']}, chunk={r['chunk']}: loss fwd s / value_and_grad s"
+        rows.append((f"gradient N={r['n_cells']}, chunk={r['chunk']} (uses {r['chunk_used']}), "
+                     f"{'streamed' if r['streamed'] else 'stacked'}: loss fwd s / value_and_grad s"
                      " / ratio (ratio of CPU times)",
                      f"{fmt(r['forward_s'])} / {fmt(r['grad_s'])} / {fmt(r['ratio'])} "
                      f"({fmt(r['ratio_cpu'])})"))
     for n in (1, grad_n):
         suffix = "" if n == 1 else f"_{n}_cells"
-        for r in R["grad_mem_vs_steps" + suffix]:
-            rows.append((f"gradient memory N={n}, T={r['n_steps']}: peak RSS GB / run increment GB"
-                         " / XLA temp GB (chunk=T, no remat)",
-                         f"{fmt(r['peak_rss_gb'])} / {fmt(r['run_rss_increment_gb'])} / "
-                         f"{fmt(r['xla_temp_gb'])} ({fmt(r['xla_temp_gb_no_remat'])})"))
-        rows.append((f"gradient memory N={n}: growth exponent T/2 -> T of XLA temp "
-                     f"(chunk={R['chunk']} / chunk=T)",
+        rows.append((f"gradient memory N={n}: growth exponent T/2 -> T of XLA temp (streamed / "
+                     f"stacked / chunk=T)",
                      f"{fmt(R['grad_mem_growth_exponent' + suffix])} / "
+                     f"{fmt(R['grad_mem_growth_exponent_stacked' + suffix])} / "
                      f"{fmt(R['grad_mem_growth_exponent_no_remat' + suffix])}"))
     for r in R.get("ablation", []):
         what = "forward Qle+Qh" if r["what"] == "fwd" else "value_and_grad"
@@ -746,25 +822,36 @@ def render_markdown(R, cmd: str) -> str:
         "a load above the core count means other processes competed for the cores, so wall times "
         "are upper bounds; the CPU-time figures (``per CPU s``) are less sensitive to that.",
         f"- Sizes: one year = {R['n_steps_year']} half-hourly steps; `chunk` = {R['chunk']} "
-        f"(`DEFAULT_CHUNK`), compared with {R['alt_chunk']}. Forcing: `synthetic_forcing` for one "
+        f"(`DEFAULT_CHUNK`; `rollout` uses {R['chunk_used']}, the nearest divisor of T, see "
+        f"`chunk_length`), compared with {R['alt_chunk']} (uses {R['alt_chunk_used']}); the "
+        f"memory series uses {R['memory_chunk']} for all lengths. Forcing: `synthetic_forcing` for "
+        "one "
         "site tiled over N cells with small per-cell perturbations (Tair +-1 K, SWdown +-5 %, wind "
         "+-10 %, precipitation +-20 %); land cover cycles through "
         f"{', '.join(IGBP_CYCLE)}. Times are medians of repeated warm calls, `block_until_ready`.",
-        "- Forward = `jax.jit(rollout)`; *all outputs* returns every output of `rollout` "
+        "- Forward: *jit(rollout)* = `jax.jit(rollout)` with the default chunk and the "
+        "process-wide XLA options (fusion emitters off for fast compilation: the site-scale and "
+        "training path); *simulate* = `hybridlsm.physics.simulate`, the library's compiled "
+        "forward: from `LARGE_BATCH_CELLS` = 16 cells up one plain scan without checkpointing, "
+        "compiled with `RUN_TIME_OPTIONS` (XLA's CPU fusion emitters) for that executable only; "
+        "for fewer cells the same as *jit(rollout)*. *all outputs* returns every output "
         "(23 ALMA variables, the way a forward run is used), *Qle+Qh* returns only those two "
         "(XLA prunes the rest, as inside calibration and training).",
         "- Gradient = `jax.jit(jax.value_and_grad(loss))` with loss = MSE(Qle) + MSE(Qh) against a "
         "fixed target (the model with rs_scale x 1.5, ra_scale x 0.8, albedo x 1.1), w.r.t. "
         f"unconstrained offsets of all {len(CALIBRATABLE)} CALIBRATABLE parameters per cell; the "
         "ratio divides by the jitted loss alone (same forward); loss and gradient calls alternate "
-        "and the ratio is the median of the per-pair ratios, so both see the same load.",
+        "and the ratio is the median of the per-pair ratios, so both see the same load. "
+        "*stacked*: the loss is computed from the (T, N) outputs of `rollout`; *streamed*: the "
+        "squared errors are summed step by step in the scan carry by `rollout_reduce` (no (T, N) "
+        "outputs or cotangents).",
         "- Memory: each figure from a fresh subprocess that compiles and runs only that gradient. "
         "*peak RSS* = the process's peak resident set (VmHWM; includes the Python/JAX runtime "
         "and XLA compilation; `ru_maxrss` is not used because on Linux it carries the parent's "
         "RSS over `execve`); *run increment* = peak RSS during the execution (VmHWM reset through "
         "/proc/self/clear_refs) minus RSS just before it; *XLA temp* = "
         "`compiled.memory_analysis().temp_size_in_bytes` (the executable's scratch memory: stored "
-        "chunk states, one chunk's residuals, cotangents).",
+        "chunk states, one chunk's residuals, stacked outputs and their cotangents).",
         "",
         "## Targets",
         "",
@@ -781,10 +868,13 @@ def render_markdown(R, cmd: str) -> str:
         lines += [
             f"Gradient memory against the number of steps, N = {n}:",
             "",
-            md_table(("steps", "peak RSS [GB]", "run increment [GB]",
-                      f"XLA temp, chunk={R['chunk']} [MB]", "XLA temp, chunk=T (no remat) [MB]"),
-                     [(r["n_steps"], fmt(r["peak_rss_gb"]), fmt(r["run_rss_increment_gb"]),
-                       fmt(r["xla_temp_gb"] * 1024), fmt(r["xla_temp_gb_no_remat"] * 1024))
+            md_table(("steps", "peak RSS, stacked / streamed [GB]", "run increment, stacked [GB]",
+                      f"XLA temp, stacked, chunk={R['memory_chunk']} [MB]",
+                      f"XLA temp, streamed, chunk={R['memory_chunk']} [MB]",
+                      "XLA temp, stacked, chunk=T (no remat) [MB]"),
+                     [(r["n_steps"], f"{fmt(r['peak_rss_gb'])} / {fmt(r['peak_rss_gb_streamed'])}",
+                       fmt(r["run_rss_increment_gb"]), fmt(r["xla_temp_gb"] * 1024),
+                       fmt(r["xla_temp_gb_streamed"] * 1024), fmt(r["xla_temp_gb_no_remat"] * 1024))
                       for r in R["grad_mem_vs_steps" + suffix]]),
             "",
         ]
@@ -805,7 +895,8 @@ def main(argv=None):
     if args._worker:
         kind, *rest = args._worker
         if kind == "mem":
-            res = worker_mem(int(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "1")
+            res = worker_mem(int(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "1",
+                             rest[4] == "1")
         else:
             res = worker_ablation(kind, int(rest[0]), int(rest[1]), int(rest[2]), rest[3],
                                   int(rest[4]))
