@@ -135,3 +135,17 @@ def test_physics_calibrates_per_site_in_a_multi_site_time_split(cfg):
     np.testing.assert_allclose(np.asarray(hybrid.deltas["rs_scale"]) * hybrid.delta_gain,
                                np.asarray(start.deltas["rs_scale"]), rtol=1e-12)
     assert spec.deltas["rs_scale"] is False  # fixed while the network trains
+
+
+def test_physics_with_nothing_to_calibrate_is_the_default_model(site, cfg):
+    """``calibrate: []`` (the uncalibrated LaD reference of the site configs) trains nothing and
+    predicts what LaD predicts with its IGBP-table parameters (zero offsets)."""
+    train, val = site
+    spec = get_model("physics")
+    opts = validate_options("physics", {"calibrate": []})
+    model = spec.train(spec.build(opts, [train]), [train], [val], cfg, None, options=opts)
+    assert model.deltas == {}
+    default = spec.build(validate_options("physics", {}), [train])  # offsets all zero, untrained
+    expected, got = column.predict_column_model(default, val), column.predict_column_model(model, val)
+    for name in ("Qle", "Qh"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-9)

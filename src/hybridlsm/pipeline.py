@@ -208,7 +208,8 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
 
     run_dir = prepare_run_dir(cfg, config_name, resume)
     sites = load_sites(cfg)
-    timings = {}
+    timings_path = run_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
     for exp in experiments(cfg, sites):
         for ds in exp.test:
             sid = ds.attrs["site_id"]
@@ -232,7 +233,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
             timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
                                               "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
             console.print(f"  {label}: trained in {t_train:.1f} s")
-    (run_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    timings_path.write_text(json.dumps(timings, indent=1))  # resumed runs keep earlier timings
     report = build_report(run_dir, config_name=config_name)
     console.print(f"report: [green]{report}[/green]")
     return run_dir

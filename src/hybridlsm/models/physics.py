@@ -35,7 +35,8 @@ class PhysicsOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED))
+    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
+        "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
     stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
@@ -109,6 +110,8 @@ class FixedKhPhysics(PhysicsSpec):
 
 
 def _calibrate(model, train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir):
+    if not model.deltas:  # ``calibrate: []``: LaD with its IGBP-table defaults, the uncalibrated reference
+        return model
     if options.fit == "record" and options.epochs is None:
         options = options.model_copy(update={"epochs": RECORD_EPOCHS})
     sites = sorted({site_label(ds) for ds in train_data})
