@@ -24,7 +24,7 @@ import xarray as xr
 
 from .. import thermo
 from .checks import check_plausible
-from .plumber2 import IO_ERRORS
+from .plumber2 import IO_ERRORS, open_netcdf
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
 
@@ -96,8 +96,8 @@ def read_gridded(
     file = str(path)
     mapping = {**GRIDDED_VARIABLES, **{k.lower(): v for k, v in (variables or {}).items()}}
     try:
-        src = xr.open_dataset(path, chunks=chunks or {"time": 512}, decode_times=True,
-                              mask_and_scale=True)
+        src = open_netcdf(path, chunks=chunks or {"time": 512}, decode_times=True,
+                          mask_and_scale=True)
     except IO_ERRORS as exc:
         raise DataError(f"{file}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
     if "time" not in src.dims:

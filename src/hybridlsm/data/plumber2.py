@@ -53,9 +53,25 @@ def plumber2_partner(path: str | Path) -> Path | None:
 IO_ERRORS = (OSError, EOFError, ValueError, RuntimeError, KeyError, IndexError, OverflowError, TypeError)
 
 
+#: magic numbers of the classic netCDF formats that scipy's pure-Python reader parses (CDF-1, CDF-2)
+_CLASSIC_MAGIC = (b"CDF\x01", b"CDF\x02")
+
+
+def open_netcdf(path: str | Path, **kwargs) -> xr.Dataset:
+    """``xr.open_dataset`` with the engine chosen from the file's magic number: classic netCDF
+    (CDF-1/2, e.g. PLUMBER2 and Livneh files) through scipy's pure-Python reader, anything else
+    (netCDF-4/HDF5, CDF-5) through xarray's default. The netCDF-C library can crash the process
+    on a corrupted classic header (a segmentation fault, not an exception); the Python reader
+    raises instead, which the readers turn into ``DataError``."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    engine = "scipy" if magic in _CLASSIC_MAGIC else None
+    return xr.open_dataset(path, engine=engine, **kwargs)
+
+
 def _open(path: Path) -> xr.Dataset:
     try:
-        return xr.open_dataset(path, decode_times=True, mask_and_scale=True)
+        return open_netcdf(path, decode_times=True, mask_and_scale=True)
     except IO_ERRORS as exc:
         raise DataError(f"{path}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
 

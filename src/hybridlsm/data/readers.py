@@ -17,7 +17,7 @@ import xarray as xr
 
 from .fluxnet import read_fluxnet_csv
 from .gridded import read_gridded
-from .plumber2 import IO_ERRORS, plumber2_partner, read_plumber2
+from .plumber2 import IO_ERRORS, open_netcdf, plumber2_partner, read_plumber2
 from .schema import DataError
 
 __all__ = ["read_site", "read_sites", "detect_format"]
@@ -37,7 +37,7 @@ def detect_format(path: str | Path) -> str:
         if plumber2_partner(path) is not None:
             return "plumber2"
         try:
-            with xr.open_dataset(path, decode_times=False) as ds:
+            with open_netcdf(path, decode_times=False) as ds:
                 sizes = dict(ds.sizes)
         except IO_ERRORS as exc:
             raise DataError(f"{path}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
