@@ -3,6 +3,8 @@ registry behave (issue 4). Uses a short virtual site so it needs no external dat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -149,3 +151,29 @@ def test_physics_with_nothing_to_calibrate_is_the_default_model(site, cfg):
     expected, got = column.predict_column_model(default, val), column.predict_column_model(model, val)
     for name in ("Qle", "Qh"):
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=1e-9)
+
+
+def test_site_weights_give_each_site_the_same_say(site):
+    """The weighted loss over two sites equals the mean of each site's MSE / sigma_s^2; with one
+    site the weights are 1 (the loss is unchanged)."""
+    train, _ = site
+    rec = column.prepare_site(train, ["Qle", "Qh"], 3)
+    short = replace(rec, site="B", obs=rec.obs * 3.0 + 20.0, mask=rec.mask & (np.arange(len(rec.mask)) < 8 * 48)[:, None])
+    recs = [rec, short]
+    scale = column.target_scale(recs)
+    weights = column.site_weights(recs, scale)
+    assert [w.shape for w in weights] == [(2,), (2,)]
+    rng = np.random.default_rng(0)
+    sims = [r.obs + rng.normal(0.0, s, r.obs.shape) for r, s in zip(recs, (5.0, 40.0))]
+
+    def as_batch(items):  # (T, W, K) stacked like windows
+        return jnp.asarray(np.nan_to_num(np.stack(items, axis=1)))
+
+    loss = column.normalised_mse(as_batch(sims), as_batch([r.obs for r in recs]), as_batch([r.mask for r in recs]),
+                                 jnp.asarray(scale), jnp.asarray(np.stack(weights)))
+    per_site = []
+    for r, sim in zip(recs, sims):
+        sigma = column.target_scale([r])
+        per_site.append(np.mean([np.mean(((sim - r.obs)[r.mask[:, k], k] / sigma[k]) ** 2) for k in range(2)]))
+    np.testing.assert_allclose(float(loss), np.mean(per_site), rtol=1e-10)
+    np.testing.assert_array_equal(column.site_weights([rec], column.target_scale([rec]))[0], [1.0, 1.0])

@@ -12,6 +12,9 @@ windows:
 - windows of ``spinup_days + window_days`` from all training sites form one batch axis (the model's
   site axis N), so one jit-compiled rollout trains on all of them at once;
 - the loss sees only the steps the dataset's ``loss_mask`` (the split) and QC allow;
+- with several training sites every site has the same say in the loss (``site_weights``): it is
+  the mean over sites of each site's MSE divided by that site's variance, not the MSE pooled over
+  all steps, in which the longest record and the site with the largest fluxes would dominate;
 - validation rolls out each validation record continuously from the model's spun-up state, as
   prediction does.
 
@@ -287,12 +290,15 @@ def _concat_trees(trees: Sequence[Any], axis: int):
     return jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(x) for x in a], axis=axis), *trees)
 
 
-def make_windows(records: Sequence[SiteRecord], spin: int, length: int) -> dict:
+def make_windows(records: Sequence[SiteRecord], spin: int, length: int,
+                 weights: Sequence[np.ndarray] | None = None) -> dict:
     """All training windows of all sites stacked on the site axis: forcing (L, W), state0 (W, …),
-    base (W,), obs/mask (L, W, K), rnet/qg (L, W). Windows without a usable target are skipped."""
+    base (W,), obs/mask (L, W, K), rnet/qg (L, W), weight (W, K) (each window's record's
+    ``weights`` entry, default 1). Windows without a usable target are skipped."""
     total = spin + length
     parts = []
-    for rec in records:
+    weights = _default_weights(records, weights)
+    for rec, weight in zip(records, weights):
         n = rec.forcing.n_steps
         for start in range(0, max(n - total, 0) + 1, length):
             stop = start + total
@@ -301,20 +307,29 @@ def make_windows(records: Sequence[SiteRecord], spin: int, length: int) -> dict:
             m = rec.mask[start:stop].copy()
             m[:spin] = False
             if m.any():
-                parts.append((rec, start, stop, m))
+                parts.append((rec, start, stop, m, weight))
     if not parts:
         raise ValueError("no training window with a usable target value (check QC, split and window length)")
     forcing = _concat_trees([jax.tree_util.tree_map(lambda a, s=s, e=e: np.asarray(a)[s:e], r.forcing)
-                             for r, s, e, _ in parts], axis=1)  # fmt: skip
+                             for r, s, e, *_ in parts], axis=1)  # fmt: skip
     return {
         "forcing": forcing,
-        "state0": _concat_trees([_state_at(r, s) for r, s, _, _ in parts], axis=0),
-        "base": _concat_trees([r.base for r, _, _, _ in parts], axis=0),
-        "obs": np.stack([r.obs[s:e] for r, s, e, _ in parts], axis=1),
-        "mask": np.stack([m for _, _, _, m in parts], axis=1),
-        "rnet": np.stack([r.rnet[s:e] for r, s, e, _ in parts], axis=1),
-        "qg": np.stack([r.qg[s:e] for r, s, e, _ in parts], axis=1),
+        "state0": _concat_trees([_state_at(r, s) for r, s, *_ in parts], axis=0),
+        "base": _concat_trees([r.base for r, *_ in parts], axis=0),
+        "obs": np.stack([r.obs[s:e] for r, s, e, *_ in parts], axis=1),
+        "mask": np.stack([p[3] for p in parts], axis=1),
+        "rnet": np.stack([r.rnet[s:e] for r, s, e, *_ in parts], axis=1),
+        "qg": np.stack([r.qg[s:e] for r, s, e, *_ in parts], axis=1),
+        "weight": np.stack([p[4] for p in parts], axis=0),
     }
+
+
+def _default_weights(records: Sequence[SiteRecord], weights) -> list[np.ndarray]:
+    if weights is None:
+        return [np.ones(rec.obs.shape[-1]) for rec in records]
+    if len(weights) != len(records):
+        raise ValueError(f"{len(weights)} weights for {len(records)} records")
+    return [np.asarray(w, float) for w in weights]
 
 
 def batches_of(windows: dict, batch_size: int) -> Callable:
@@ -338,6 +353,7 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
         }
         for k in ("obs", "rnet", "qg"):
             b[k] = windows[k][:, idx]
+        b["weight"] = windows["weight"][idx]
         b["mask"] = windows["mask"][:, idx] & valid[None, :, None]
         return as_jax(b)
 
@@ -359,10 +375,12 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
 # ---------------------------------------------------------------------------------- losses
 
 
-def normalised_mse(sim, obs, mask, scale):
-    """Mean over targets of the masked MSE divided by each target's variance scale."""
+def normalised_mse(sim, obs, mask, scale, weight=None):
+    """Mean over targets of the masked MSE divided by each target's variance scale; ``weight``
+    (W, K) weighs each window's squared errors (``site_weights``)."""
     err = jnp.where(mask, (sim - jnp.where(mask, obs, 0.0)) / scale, 0.0)
-    per_target = jnp.sum(err * err, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
+    sq = err * err if weight is None else err * err * weight[None]
+    per_target = jnp.sum(sq, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
     return jnp.mean(per_target)
 
 
@@ -374,7 +392,7 @@ def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable |
     def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
         _, out = model.run(batch["forcing"], batch["base"], batch["state0"], key)
         sim = jnp.stack([out[t] for t in targets], axis=-1)
-        mse = normalised_mse(sim, batch["obs"], batch["mask"], scale)
+        mse = normalised_mse(sim, batch["obs"], batch["mask"], scale, batch.get("weight"))
         loss_mask = jnp.any(batch["mask"], axis=-1)
         terms = {
             "energy": energy_residual_loss(out["Qh"], out["Qle"], batch["rnet"], batch["qg"], loss_mask),
@@ -403,19 +421,22 @@ def _run_jit(model: ColumnModel, forcing, base, state0):
     return model.run(forcing, base, state0)
 
 
-def validation_fn(model_records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray):
+def validation_fn(model_records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray,
+                  weights: Sequence[np.ndarray] | None = None):
+    """The training loss's data term on whole validation records (``weights`` as in training)."""
     scale = np.asarray(scale)
+    weights = _default_weights(model_records, weights)
 
     def val_fn(model: ColumnModel) -> float:
         sse, n = 0.0, 0
-        for rec in model_records:
+        for rec, weight in zip(model_records, weights):
             _, out = _run_jit(model, rec.forcing, rec.base, rec.state0)
             sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             m = rec.mask
             if not m.any():
                 continue
             err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
-            sse += float(np.sum(err**2))
+            sse += float(np.sum(err**2 * weight))
             n += int(m.sum())
         return sse / n if n else float("nan")
 
@@ -426,6 +447,31 @@ def target_scale(records: Sequence[SiteRecord]) -> np.ndarray:
     """Standard deviation of each target over the usable training values (>= 10 W m-2)."""
     obs = np.concatenate([np.where(r.mask, r.obs, np.nan) for r in records])
     return np.maximum(np.nanstd(obs, axis=0), 10.0)
+
+
+def site_weights(records: Sequence[SiteRecord], scale: np.ndarray,
+                 site_scale: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """(K,) weights per record that give every site the same say in the loss.
+
+    With weight v_s = N / (S n_s) * scale^2 / sigma_s^2 on the squared errors of site s (S sites,
+    n_s usable values of a target at site s, N = sum n_s, sigma_s the site's ``target_scale``), the
+    loss sum(v err^2 / scale^2) / N is the mean over sites of each site's MSE / sigma_s^2. One site:
+    all weights are 1 (the loss is unchanged). ``site_scale`` (default: from ``records``) lets the
+    validation records use the training sites' sigma_s.
+    """
+    sites = sorted({rec.site for rec in records})
+    if len(sites) <= 1:
+        return [np.ones(len(scale)) for _ in records]
+    by_site = {s: [rec for rec in records if rec.site == s] for s in sites}
+    site_scale = {s: target_scale(recs) for s, recs in by_site.items()} | dict(site_scale or {})
+    counts = {s: sum(rec.mask.sum(axis=0) for rec in recs) for s, recs in by_site.items()}
+    total = sum(counts.values())
+    scale = np.asarray(scale, float)
+    weight = {}
+    for s in sites:  # a site without values of a target (sigma_s NaN) gets weight 0 for it
+        sigma = np.where(np.isfinite(site_scale[s]), site_scale[s], scale)
+        weight[s] = np.where(counts[s] > 0, total / (len(sites) * np.maximum(counts[s], 1)) * (scale / sigma) ** 2, 0.0)
+    return [weight[rec.site] for rec in records]
 
 
 def train_column_model(
@@ -459,6 +505,9 @@ def train_column_model(
     spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
     length = int(round(cfg.data.window_days * 86400.0 / dt))
     scale = target_scale(train_recs)
+    train_weights = site_weights(train_recs, scale)
+    site_scale = {rec.site: target_scale([r for r in train_recs if r.site == rec.site]) for rec in train_recs}
+    val_weights = site_weights(val_recs, scale, site_scale)
     loss_fn = make_loss(targets, scale, sparsity_fn)
     # Rounds: each round restarts training and validation from the state the current model spins
     # up to, and takes the window initial states from its own continuous trajectory, so the slow
@@ -469,13 +518,13 @@ def train_column_model(
     best, best_val = None, float("inf")
     for r in range(rounds):
         val_fn = validation_fn([replace(rec, state0=model_spun_up_state(model, rec.forcing, rec.base))
-                                for rec in val_recs], targets, scale)  # fmt: skip
+                                for rec in val_recs], targets, scale, val_weights)  # fmt: skip
         if fit_mode == "record":
-            windows = record_windows(model, train_recs)
+            windows = record_windows(model, train_recs, train_weights)
             batch_size = len(train_recs)
         else:
             train_recs = [_with_model_trajectory(model, rec) for rec in train_recs]
-            windows = make_windows(train_recs, spin, length)
+            windows = make_windows(train_recs, spin, length, train_weights)
             batch_size = train_cfg.batch_windows
         result = fit(
             model,
@@ -513,7 +562,8 @@ def spinup_period(forcing: Forcing) -> int:
     return int(min(forcing.n_steps, SPINUP_MAX_DAYS * 86400.0 / forcing.time_step_s))
 
 
-def record_windows(model: ColumnModel, records: Sequence[SiteRecord]) -> dict:
+def record_windows(model: ColumnModel, records: Sequence[SiteRecord],
+                   weights: Sequence[np.ndarray] | None = None) -> dict:
     """Every record as one window (the ``make_windows`` layout, W = number of records).
 
     Each window starts from ``model``'s spun-up state and first repeats the record's spin-up cycle
@@ -548,6 +598,7 @@ def record_windows(model: ColumnModel, records: Sequence[SiteRecord]) -> dict:
         "mask": np.stack([extend(p[4], False) for p in parts], axis=1),
         "rnet": np.stack([extend(p[5], np.nan) for p in parts], axis=1),
         "qg": np.stack([extend(p[6], np.nan) for p in parts], axis=1),
+        "weight": np.stack(_default_weights(records, weights), axis=0),
     }
 
 
