@@ -177,3 +177,19 @@ def test_site_weights_give_each_site_the_same_say(site):
         per_site.append(np.mean([np.mean(((sim - r.obs)[r.mask[:, k], k] / sigma[k]) ** 2) for k in range(2)]))
     np.testing.assert_allclose(float(loss), np.mean(per_site), rtol=1e-10)
     np.testing.assert_array_equal(column.site_weights([rec], column.target_scale([rec]))[0], [1.0, 1.0])
+
+
+def test_loss_weights_follow_the_site_weighting_option(site):
+    train, val = site
+    recs = [column.prepare_site(ds, ["Qle", "Qh"], 3) for ds in (train, val)]
+    recs[1] = replace(recs[1], site="B", obs=recs[1].obs * 2.0)
+    scale = column.target_scale(recs)
+    assert column.loss_weights(recs, recs, scale, "pooled") == (None, None)
+    train_w, val_w = column.loss_weights(recs, recs, scale, "balanced")
+    np.testing.assert_allclose(train_w[0], column.site_weights(recs, scale)[0])
+    assert not np.allclose(train_w[0], 1.0)
+    with pytest.raises(ValueError, match="site_weighting"):
+        column.loss_weights(recs, recs, scale, "by_size")
+    with pytest.raises(Exception, match="site_weighting"):
+        validate_config({"name": "t", "data": {"sites": [{"virtual": {"days": 24}}]}, "models": [{"name": "physics"}],
+                         "training": {"site_weighting": "by_size"}})

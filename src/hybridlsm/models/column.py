@@ -474,6 +474,19 @@ def site_weights(records: Sequence[SiteRecord], scale: np.ndarray,
     return [weight[rec.site] for rec in records]
 
 
+def loss_weights(train_recs: Sequence[SiteRecord], val_recs: Sequence[SiteRecord], scale: np.ndarray,
+                 mode: str = "balanced") -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+    """Weights of the training and validation records for ``TrainConfig.site_weighting``:
+    ``site_weights`` (validation with the training sites' sigma_s) or None (pooled)."""
+    if mode == "pooled":
+        return None, None
+    if mode != "balanced":
+        raise ValueError(f"site_weighting must be 'balanced' or 'pooled', not {mode!r}")
+    sites = {rec.site for rec in train_recs}
+    site_scale = {s: target_scale([r for r in train_recs if r.site == s]) for s in sites}
+    return site_weights(train_recs, scale), site_weights(val_recs, scale, site_scale)
+
+
 def train_column_model(
     model: ColumnModel,
     train_data: Sequence[xr.Dataset],
@@ -505,9 +518,7 @@ def train_column_model(
     spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
     length = int(round(cfg.data.window_days * 86400.0 / dt))
     scale = target_scale(train_recs)
-    train_weights = site_weights(train_recs, scale)
-    site_scale = {rec.site: target_scale([r for r in train_recs if r.site == rec.site]) for rec in train_recs}
-    val_weights = site_weights(val_recs, scale, site_scale)
+    train_weights, val_weights = loss_weights(train_recs, val_recs, scale, train_cfg.site_weighting)
     loss_fn = make_loss(targets, scale, sparsity_fn)
     # Rounds: each round restarts training and validation from the state the current model spins
     # up to, and takes the window initial states from its own continuous trajectory, so the slow

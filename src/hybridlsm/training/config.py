@@ -406,6 +406,9 @@ class TrainConfig(StrictModel):
     batch_windows: int = Field(16, ge=1)
     patience: int = Field(10, ge=1)
     min_delta: float = Field(0.0, ge=0.0, description="smallest decrease of the validation loss that counts")
+    site_weighting: Literal["balanced", "pooled"] = Field(
+        "balanced", description="several training sites: balanced = mean over sites of each site's "
+        "variance-normalised MSE (every site the same say); pooled = MSE over all steps of all sites")
     two_phase: TwoPhaseConfig = Field(default_factory=TwoPhaseConfig)
 
     @model_validator(mode="after")
