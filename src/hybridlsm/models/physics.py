@@ -44,6 +44,8 @@ class PhysicsOptions(BaseModel):
         "record", description="record: whole records through a differentiated spin-up cycle, one step "
         "per epoch (captures seasonal water storage); windows: truncated BPTT as the hybrids")
     epochs: int | None = Field(None, ge=1, description="default: 60 (record), the run's epochs (windows)")
+    rounds: int = Field(3, ge=1, description="state-refresh rounds: each restarts the fit from the "
+                        "state the current parameters spin up to (epochs are split between them)")
     per_site: bool = Field(True, description="one parameter set per site when several sites train with a "
                            "time split (leave-one-site-out always shares one set: the test site has none)")
     patience: int | None = Field(None, ge=1)
@@ -120,7 +122,7 @@ def _calibrate(model, train_data, val_data, cfg, options: PhysicsOptions, ckpt_d
     return train_column_model(
         model, train_data, val_data, cfg, ckpt_dir,
         targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
-        fit_mode=options.fit,
+        fit_mode=options.fit, state_rounds=options.rounds,
     )  # fmt: skip
 
 
