@@ -193,3 +193,18 @@ def test_loss_weights_follow_the_site_weighting_option(site):
     with pytest.raises(Exception, match="site_weighting"):
         validate_config({"name": "t", "data": {"sites": [{"virtual": {"days": 24}}]}, "models": [{"name": "physics"}],
                          "training": {"site_weighting": "by_size"}})
+
+
+def test_hybrid_trains_on_whole_records_when_asked(site, cfg):
+    """``fit: record`` (one step per epoch on the whole record from the model's spun-up state)."""
+    train, val = site
+    spec = get_model("hybrid_param")
+    opts = validate_options("hybrid_param", {"epochs": 6, "lr": 1e-2, "width": 16, "fit": "record",
+                                             "physics_init": "default"})  # the network alone moves
+    model0 = spec.build(opts, [train])
+    rec = column.prepare_site(train, ["Qle", "Qh"], 3)
+    windows = column.record_windows(model0, [rec])
+    scale = column.target_scale([rec])
+    before = _window_loss(model0, windows, ["Qle", "Qh"], scale)
+    after = _window_loss(spec.train(model0, [train], [val], cfg, None, options=opts), windows, ["Qle", "Qh"], scale)
+    assert after < 0.97 * before, f"record fit: loss {before:.4f} -> {after:.4f}"

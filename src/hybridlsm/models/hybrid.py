@@ -67,6 +67,9 @@ class HybridOptions(BaseModel):
         "on whole records) with its parameters fixed; default: start from the table's defaults")
     train_physics: bool = Field(False, description="also train the calibrated parameters with the network")
     pretrain_epochs: int = Field(10, ge=1, description="pretrain_then_finetune: epochs on the simulator")
+    fit: Literal["windows", "record"] = Field(
+        "windows", description="windows: truncated BPTT over windows started from the model's own trajectory; "
+        "record: whole records from the model's spun-up state, one step per epoch (as the calibration)")
     lr: float | None = Field(1e-2, gt=0.0, le=1.0, description="AdamW step (default 1e-2; null: training.lr)")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
@@ -229,6 +232,7 @@ class _HybridSpec:
         return train_column_model(
             model, train_data, val_data, cfg, ckpt_dir, targets=opts.targets,
             train_cfg=training_config(cfg, opts), sparsity_fn=self.sparsity_fn, filter_spec=filter_spec,
+            fit_mode=opts.fit,
         )  # fmt: skip
 
     sparsity_fn = None
