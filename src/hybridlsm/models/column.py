@@ -463,7 +463,9 @@ def site_weights(records: Sequence[SiteRecord], scale: np.ndarray,
     if len(sites) <= 1:
         return [np.ones(len(scale)) for _ in records]
     by_site = {s: [rec for rec in records if rec.site == s] for s in sites}
-    site_scale = {s: target_scale(recs) for s, recs in by_site.items()} | dict(site_scale or {})
+    site_scale = dict(site_scale or {})
+    for s in set(sites) - set(site_scale):
+        site_scale[s] = target_scale(by_site[s])
     counts = {s: sum(rec.mask.sum(axis=0) for rec in recs) for s, recs in by_site.items()}
     total = sum(counts.values())
     scale = np.asarray(scale, float)
@@ -484,7 +486,7 @@ def loss_weights(train_recs: Sequence[SiteRecord], val_recs: Sequence[SiteRecord
         raise ValueError(f"site_weighting must be 'balanced' or 'pooled', not {mode!r}")
     sites = {rec.site for rec in train_recs}
     site_scale = {s: target_scale([r for r in train_recs if r.site == s]) for s in sites}
-    return site_weights(train_recs, scale), site_weights(val_recs, scale, site_scale)
+    return site_weights(train_recs, scale, site_scale), site_weights(val_recs, scale, site_scale)
 
 
 def train_column_model(
