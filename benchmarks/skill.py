@@ -28,7 +28,7 @@ KEYS = ["site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_p
 
 def run_dir_of(config: str) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
-    from hybridlsm.training.config import load_config
+    from hybridlsm.models.registry import load_run_config as load_config
 
     cfg = load_config(ROOT / config)
     return ROOT / cfg.output.run_dir / cfg.name

@@ -54,7 +54,11 @@ def test_inspect_json_period_step_variables(json_reports):
     v = {x["name"]: x for x in wkg["variables"]}
     assert v["Qle"]["valid_fraction"] == 0.9075 and v["Qle"]["units"] == "W m-2" and v["Qle"]["qc"] == "flags"
     assert v["Tair"]["units"] == "K" and v["Psurf"]["units"] == "Pa" and v["Precip"]["units"] == "kg m-2 s-1"
-    assert wkg["gaps_over_1d"] == {} and wkg["warnings"] == []
+    assert wkg["gaps_over_1d"] == {} and wkg["igbp"] == "GRA"
+    # sites.csv states no measurement height for US-Wkg (README §2): listed and warned, nothing else
+    assert wkg["missing_metadata"] == ["measurement_height"] and wkg["repairs"] == []
+    assert len(wkg["warnings"]) == 1 and "site US-Wkg: no measurement_height" in wkg["warnings"][0]
+    assert json_reports["DE-Tha_201001-201012_HH.csv"]["missing_metadata"] == []
     tha = json_reports["DE-Tha_201001-201012_HH.csv"]
     assert [g["hours"] for g in tha["gaps_over_1d"]["Ustar"]] == [105.5, 31.0, 43.5, 77.5]
     assert json_reports["US-Me2_201907-202006_HH.csv"]["variables"][0]["qc"] == "none"
@@ -116,3 +120,28 @@ def test_inspect_other_formats(shared_data):
     assert mm["time_resolution"] == "MM" and mm["end"] == "2022-01-01 00:00:00" and mm["closure"]["n"] == 212
     assert grid["dims"] == {"time": 240, "y": 8, "x": 10} and grid["closure"]["ratio"] is None
     assert {v["name"]: v["valid_fraction"] for v in grid["variables"]}["Tair"] == 0.8  # 64 of 80 cells
+
+
+def test_inspect_new_formats_missing_metadata_and_repairs(shared_data):
+    orig = shared_data / "fluxnet" / "original"
+    result = runner.invoke(app, ["data", "inspect", "--json", str(orig / "AMF_US-CRT_BASE_HH_2-5.csv"),
+                                 str(orig / "CN-Cng_2008-2009_FLUXNET2015_Met.nc")])
+    assert result.exit_code == 0, result.output
+    crt, cng = json.loads(result.stdout)
+    # AmeriFlux BASE in original/ (no sites.csv there): every site field missing, listed and warned
+    assert crt["format"] == "ameriflux-base" and crt["n_steps"] == 17520 and crt["igbp"] == ""
+    assert crt["missing_metadata"] == ["latitude", "longitude", "elevation", "igbp", "canopy_height",
+                                       "measurement_height", "utc_offset_h"]
+    assert any("site US-CRT: no latitude, longitude" in w for w in crt["warnings"])
+    assert len(crt["repairs"]) == 2 and "Qg from replicate columns G_1_1_1, G_2_1_1: 395 step(s)" in crt["repairs"][0]
+    # README §5.4 (US-CRT): EBR 0.755 over 8 308 steps, the same with the BASE reader
+    assert round(crt["closure"]["ratio"], 3) == 0.755 and crt["closure"]["n"] == 8308
+    # the CN-Cng pair: aligned (one Met step dropped), no UTC offset in the files
+    assert cng["n_steps"] == 35088 and cng["missing_metadata"] == ["utc_offset_h"] and cng["igbp"] == "GRA"
+    assert cng["repairs"] == [f"{orig / 'CN-Cng_2008-2009_FLUXNET2015_Met.nc'}: dropped time 2010-01-01 00:00 "
+                              "(not in CN-Cng_2008-2009_FLUXNET2015_Flux.nc; an exact repeat of 2009-12-31 23:30 "
+                              "in all 8 variables)"]
+    # README §5.4 gives 0.968 over 32 052 steps for the canonical file, which keeps Rnet only where
+    # its PLUMBER2 qc is 0; read from the pair, Rnet keeps its 3 036 qc-5 (statistically gap-filled)
+    # values, so the closure covers all 35 088 steps and differs (the closure QC applies to Qh, Qle only)
+    assert round(cng["closure"]["ratio"], 3) == 1.013 and cng["closure"]["n"] == 35088

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybridlsm.training.config import ConfigError, RunConfig, load_config, write_config
+from hybridlsm.config import ConfigError, RunConfig, write_config
+from hybridlsm.models.registry import load_run_config as load_config
+from hybridlsm.models.registry import validate_options
 
 VALID = """
 name: demo-1
@@ -77,7 +79,7 @@ def test_valid_config_resolves_paths_units_and_defaults(config_dir):
     assert cfg.training.two_phase.lambda_discovery == (0.05, 0.2)
     assert [m.label for m in cfg.models] == ["lstm", "lstm-big"]
     assert cfg.models[0].options["hidden_size"] == 16 and cfg.models[0].options["dropout"] == 0.0
-    assert cfg.models[1].parsed_options().hidden_size == 128
+    assert validate_options("lstm", cfg.models[1].options).hidden_size == 128
     assert cfg.run_path == Path("runs/demo-1")
 
 
@@ -110,7 +112,7 @@ def test_defaults_and_other_split_forms(config_dir):
     ("path", "value", "expected"),
     [
         ("colour", "blue", ["(top level)", "unknown key 'colour'", "allowed keys: data, models, name, output, training"]),
-        ("data.split.trian", 0.5, ["data.split", "unknown key 'trian'", "leave_one_site_out, test, train, val"]),
+        ("data.split.trian", 0.5, ["data.split", "unknown key 'trian'", "blocked, leave_one_site_out, test, test_sites, train, val"]),
         ("training.two_phase.lambda_energyy", [0.1, 0.5], ["training.two_phase", "'lambda_energyy'", "lambda_energy"]),
         ("models.0.options.hiden_size", 8, ["models[0]", "options: unknown key 'hiden_size'", "allowed keys: dropout, forget_bias, hidden_size, hour_features, inputs, seed, targets"]),
         ("models.1.options.dropout", 1.5, ["models[1]", "options.dropout: Input should be less than 1", "(got 1.5)"]),

@@ -7,6 +7,7 @@ directories) plus synthetic aggregated files.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -58,9 +59,18 @@ def map_column(lines: list[str], column: str, fn) -> list[str]:
 
 
 def test_head_reads_cleanly(head_lines, tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # no sites.csv beside the file: the only warning names the site metadata it lacks
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         ds = read_fluxnet_csv(write(tmp_path, head_lines))
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / NAME}: site US-Wkg: no latitude, longitude, elevation, igbp, canopy_height, "
+        "measurement_height, utc_offset_h in the file or the site table; kept missing (NaN, or '' for "
+        "igbp); give them with metadata= or a sites.csv"
+    ]
+    assert ds.attrs["missing_metadata"].split() == ["latitude", "longitude", "elevation", "igbp", "canopy_height",
+                                                    "measurement_height", "utc_offset_h"]
+    assert ds.attrs["igbp"] == "" and np.isnan(ds.attrs["latitude"])
     assert ds.sizes["time"] == N_ROWS
     assert ds["time"].values[-1] == np.datetime64("2004-05-07T10:30")
 
@@ -208,8 +218,12 @@ def test_no_valid_target_values(head_lines, tmp_path):
 
 def test_unknown_site_id(head_lines, tmp_path, shared_data):
     path = write(tmp_path, head_lines, name="ZZ-Top_200405-200412_HH.csv")
-    with pytest.raises(DataError, match=r"sites.csv: unknown site id 'ZZ-Top' \(for file ZZ-Top_200405-200412_HH.csv\); known site ids: \['AT-Neu', 'DE-Tha', 'FR-Pue', 'US-Bi1', 'US-Me2', 'US-Wkg'\]"):
-        read_fluxnet_csv(path, sites=shared_data / "fluxnet" / "sites.csv")
+    sites = shared_data / "fluxnet" / "sites.csv"
+    known = sorted(set(pd.read_csv(sites, dtype=str)["SITE_ID"]))  # from the table: adding a site never breaks this
+    assert len(known) >= 8 and "ZZ-Top" not in known
+    with pytest.raises(DataError, match=re.escape(
+            f"sites.csv: unknown site id 'ZZ-Top' (for file ZZ-Top_200405-200412_HH.csv); known site ids: {known}")):
+        read_fluxnet_csv(path, sites=sites)
 
 
 def test_non_numeric_and_empty_cells(head_lines, tmp_path):
@@ -392,3 +406,16 @@ def test_random_corruptions_read_or_raise(head_lines, ops):
                     assert np.isnan(got)
                 else:
                     assert got == pytest.approx(raw + 273.15)
+
+
+def test_empty_igbp_in_site_table(head_lines, tmp_path, shared_data):
+    table = pd.read_csv(shared_data / "fluxnet" / "sites.csv", dtype=str, keep_default_na=False)
+    table.loc[table["SITE_ID"] == "US-Wkg", "IGBP"] = ""
+    sites = tmp_path / "sites.csv"  # beside the file: used without sites=
+    table.to_csv(sites, index=False)
+    path = write(tmp_path, head_lines)
+    with pytest.warns(DataWarning, match=re.escape(
+            f"{path}: site US-Wkg: no igbp, measurement_height in the file or the site table; kept missing")):
+        ds = read_fluxnet_csv(path)
+    assert ds.attrs["igbp"] == "" and ds.attrs["missing_metadata"] == "igbp measurement_height"
+    assert ds.attrs["canopy_height"] == 0.5 and ds.attrs["utc_offset_h"] == -7.0  # the rest of the row is read

@@ -29,12 +29,14 @@ def orig(shared_data):
 
 @pytest.fixture(scope="module")
 def dk_fou(orig):
-    return read_plumber2(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc")
+    with pytest.warns(DataWarning, match=r"_Flux.nc: site DK-Fou: no utc_offset_h in the file or the site table"):
+        return read_plumber2(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc")
 
 
 @pytest.fixture(scope="module")
 def wi7(orig):
-    return read_plumber2(orig / "US-Wi7_2005-2005_FLUXNET2015_Flux.nc")  # finds the Met partner
+    with pytest.warns(DataWarning, match=r"site US-Wi7: no canopy_height, measurement_height in the file"):
+        return read_plumber2(orig / "US-Wi7_2005-2005_FLUXNET2015_Flux.nc")  # finds the Met partner
 
 
 def test_plumber2_dk_fou(dk_fou):
@@ -48,6 +50,7 @@ def test_plumber2_dk_fou(dk_fou):
     assert (a["latitude"], a["longitude"], a["elevation"]) == (56.4842, 9.58722, 51.0)
     assert (a["measurement_height"], a["canopy_height"]) == (3.5, 1.0)
     assert np.isnan(a["utc_offset_h"])  # no time-zone information in the file
+    assert a["missing_metadata"] == "utc_offset_h"
     # Met and Flux merged; sample values of the first step (units already canonical)
     assert ds["Tair"].values[0] == pytest.approx(273.512, abs=1e-3)
     assert ds["Psurf"].values[0] == pytest.approx(100116.0, abs=1.0)
@@ -193,6 +196,8 @@ def test_read_site_dispatch(shared_data, orig):
     assert detect_format(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc") == "plumber2"
     gridded = shared_data / "gridded" / "Stehekin_image_test.forcings_10days.0.0625_deg.1949.nc"
     assert detect_format(gridded) == "gridded"
+    assert detect_format(orig / "AMF_US-CRT_BASE_HH_2-5.csv") == "ameriflux-base"
+    assert detect_format(orig / "CN-Cng_2008-2009_FLUXNET2015_Met.nc") == "plumber2"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DataWarning)
         many = read_sites([
@@ -210,7 +215,10 @@ def test_read_site_dispatch(shared_data, orig):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dd = read_site(orig / "FLX_US-Wi7_FLUXNET2015_FULLSET_DD_2005-2005_1-4.csv", metadata={"latitude": 46.6491})
-    assert [w.category for w in caught] == [DataWarning] * 3  # all-missing G_F_MDS, H_CORR, LE_CORR
+    # all-missing G_F_MDS, H_CORR, LE_CORR, and the site metadata that no source states
+    assert [w.category for w in caught] == [DataWarning] * 4
+    assert "no longitude, elevation, igbp, canopy_height, measurement_height, utc_offset_h" in str(caught[3].message)
+    assert dd.attrs["missing_metadata"] == "longitude elevation igbp canopy_height measurement_height utc_offset_h"
     assert dd.attrs["latitude"] == 46.6491 and dd.attrs["source_format"] == "fluxnet-csv-DD"
 
 
@@ -277,3 +285,113 @@ def test_corrupted_netcdf_read_or_raise(small_netcdf, kind, cut, flips):
             assert name in str(exc)
             return
     assert ds.sizes["time"] == (96 if kind == "plumber2" else 24)
+
+
+# ---- PLUMBER2 pairs whose time axes differ at the edges (CN-Cng, README §3, §4)
+
+
+@pytest.fixture(scope="module")
+def cn_cng(orig, shared_data):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = read_site(orig / "CN-Cng_2008-2009_FLUXNET2015_Met.nc", sites=shared_data / "fluxnet" / "sites.csv")
+    return ds, [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+
+
+def test_cn_cng_pair_aligned(cn_cng, orig):
+    ds, msgs = cn_cng
+    assert ds.sizes["time"] == 35088
+    assert ds["time"].values[0] == np.datetime64("2008-01-01T00:00")
+    assert ds["time"].values[-1] == np.datetime64("2009-12-31T23:30")
+    # the Met file's extra step 2010-01-01 00:00 repeats 2009-12-31 23:30: dropped, warned, recorded
+    met = str(orig / "CN-Cng_2008-2009_FLUXNET2015_Met.nc")
+    expected = (f"{met}: dropped time 2010-01-01 00:00 (not in CN-Cng_2008-2009_FLUXNET2015_Flux.nc; "
+                "an exact repeat of 2009-12-31 23:30 in all 8 variables)")
+    assert msgs == [expected]  # the site table gives the UTC offset: no other warning
+    assert ds.attrs["n_repairs"] == 1 and ds.attrs["repairs"] == expected
+    a = ds.attrs
+    assert (a["site_id"], a["site_name"], a["igbp"], a["utc_offset_h"]) == ("CN-Cng", "Changling", "GRA", 8.0)
+    assert (a["latitude"], a["longitude"], a["measurement_height"], a["canopy_height"]) == (44.5934, 123.5092, 2.0, 0.75)
+    assert a["missing_metadata"] == ""
+
+
+def test_cn_cng_against_canonical(cn_cng, shared_data):
+    ds, _ = cn_cng
+    can = read_site(shared_data / "fluxnet" / "CN-Cng_200801-200912_HH.csv")
+    assert np.array_equal(ds["time"].values, can["time"].values)
+    rows = [0, 1, 1000, 20000, 35087]
+    # canonical values have 6 significant digits
+    np.testing.assert_allclose(ds["Qh"].values[rows], [-13.3303, -13.0739, 2.98394, 53.4955, 4.88952], rtol=5e-6)
+    np.testing.assert_allclose(ds["Qle"].values[rows], [-1.17417, -1.2286, 0.47415, 7.7419, 0.989418], rtol=5e-6)
+    for v in ("Qh", "Qle", "Qg", "Qh_cor", "Qle_cor", "Tair", "SWdown", "LWdown", "Psurf", "Wind"):
+        np.testing.assert_allclose(ds[v].values, can[v].values, rtol=1e-5, atol=1e-5, err_msg=v)
+    assert np.array_equal(ds["Qh_qc"].values, can["Qh_qc"].values)
+    assert {int(k): int(n) for k, n in zip(*np.unique(ds["Qh_qc"].values, return_counts=True))} == {0: 31858, 1: 2795, 2: 434, 3: 1}
+    # Known difference (README §4): the canonical file keeps Ustar, Rnet, SWup only where their
+    # PLUMBER2 qc is 0; this reader keeps the qc-5 values (PLUMBER2's statistical gap-fill) and
+    # flags them 5, so qc_mask(ds, var, 0) gives exactly the canonical values.
+    for v, n5 in (("Ustar", 3885), ("Rnet", 3036), ("SWup", 3240)):
+        qc = ds[f"{v}_qc"].values
+        assert int((qc == 5).sum()) == n5 and set(np.unique(qc)) == {0, 5}, v
+        assert ds[v].notnull().all() and np.array_equal(can[v].isnull().values, qc == 5), v
+        np.testing.assert_allclose(ds[v].values[qc == 0], can[v].values[qc == 0], rtol=1e-5, atol=1e-5, err_msg=v)
+
+
+def test_plumber2_file_without_igbp(orig):
+    with pytest.warns(DataWarning, match=r"CN-Cng_2008-2009_FLUXNET2015_Met.nc: site CN-Cng: no elevation, igbp, canopy_height, measurement_height, utc_offset_h in the file or the site table"):
+        ds = read_plumber2(orig / "CN-Cng_2008-2009_FLUXNET2015_Met.nc", find_partner=False)
+    assert ds.attrs["igbp"] == "" and ds.sizes["time"] == 35089  # alone: nothing to align
+    assert ds.attrs["missing_metadata"] == "elevation igbp canopy_height measurement_height utc_offset_h"
+    assert ds.attrs["n_repairs"] == 0 and ds.attrs["repairs"] == ""
+
+
+@pytest.fixture(scope="module")
+def dk_fou_pieces(orig):
+    with xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc") as m, \
+            xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc") as f:
+        return m.isel(time=slice(0, 48)).load(), f.isel(time=slice(0, 48)).load()
+
+
+def _write_pair(tmp_path, met, flux, name="XX-Pair_2005-2005_FLUXNET2015"):
+    met.to_netcdf(tmp_path / f"{name}_Met.nc")
+    flux.to_netcdf(tmp_path / f"{name}_Flux.nc")
+    return tmp_path / f"{name}_Met.nc"
+
+
+def test_plumber2_pair_edge_repairs(dk_fou_pieces, tmp_path):
+    met, flux = dk_fou_pieces
+    # Met's last step (index 47) repeats index 46; Flux lacks it
+    rep = met.copy(deep=True)
+    for v in rep.data_vars:
+        if "time" in rep[v].dims:
+            rep[v][dict(time=47)] = rep[v].isel(time=46).values
+    # Flux's first step (index 0) entirely missing; Met lacks it (Met starts one step later)
+    fl = flux.isel(time=slice(0, 47)).copy(deep=True)
+    for v in fl.data_vars:
+        if "time" in fl[v].dims and np.issubdtype(fl[v].dtype, np.floating):
+            fl[v][dict(time=0)] = np.nan
+    path = _write_pair(tmp_path, rep.isel(time=slice(1, 48)), fl)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = read_plumber2(path)
+    repairs = [str(w.message) for w in caught if "dropped time" in str(w.message)]
+    assert len(repairs) == 2 and ds.attrs["n_repairs"] == 2
+    assert "_Met.nc: dropped time 2005-01-01 23:30 (not in XX-Pair_2005-2005_FLUXNET2015_Flux.nc; an exact repeat of 2005-01-01 23:00" in repairs[0]
+    assert "_Flux.nc: dropped time 2005-01-01 00:00 (not in XX-Pair_2005-2005_FLUXNET2015_Met.nc; every variable missing)" in repairs[1]
+    assert ds.attrs["repairs"].splitlines() == repairs
+    assert ds.sizes["time"] == 46
+    assert ds["time"].values[0] == np.datetime64("2005-01-01T00:30") and ds["time"].values[-1] == np.datetime64("2005-01-01T23:00")
+    assert ds["Qh"].values[0] == pytest.approx(float(flux["Qh"].values.ravel()[1]))
+
+
+def test_plumber2_pair_other_mismatch_is_an_error(dk_fou_pieces, tmp_path):
+    met, flux = dk_fou_pieces
+    # an extra last step with real (different) values
+    path = _write_pair(tmp_path, met, flux.isel(time=slice(0, 47)))
+    with pytest.raises(DataError, match=r"XX-Pair_2005-2005_FLUXNET2015_Met.nc: time 2005-01-01 23:30 is not in .*_Flux.nc and is neither entirely missing nor an exact repeat of 2005-01-01 23:00"):
+        read_plumber2(path)
+    # axes shifted by 15 minutes
+    shifted = flux.assign_coords(time=flux["time"].values + np.timedelta64(15, "m"))
+    path = _write_pair(tmp_path, met, shifted, name="XX-Shift_2005-2005_FLUXNET2015")
+    with pytest.raises(DataError, match=r"XX-Shift_2005-2005_FLUXNET2015_Flux.nc: time axis .* does not match .*_Met.nc"):
+        read_plumber2(path)

@@ -19,6 +19,7 @@ from hybridlsm.data import (
     split_by_time,
     training_windows,
 )
+from hybridlsm.data.splits import blocked_labels, held_out_fold, held_out_labels
 
 T = pd.date_range("2004-05-06 11:00", periods=11497, freq="30min")  # the US-Wkg time axis
 
@@ -127,3 +128,110 @@ def test_training_windows_validation_and_empty():
     assert (lab[w.index[0, :20]] == TRAIN).all()
     none = training_windows(np.zeros(30, dtype=np.int8), length=10, spinup=5)
     assert len(none) == 0 and none.index.shape == (0, 15)
+
+
+# ------------------------------------------------------------------ interleaved calendar blocks
+
+# hourly, 2010-01-01 06:00 .. 2010-01-10 23:00; after a 6-step spin-up, daily blocks start at 12:00:
+# blocks 0..8 have 24 steps, block 9 the last 12
+HOURLY = pd.date_range("2010-01-01 06:00", periods=234, freq="h")
+
+
+def _counts(lab) -> dict[int, int]:
+    return {int(k): int(v) for k, v in zip(*np.unique(np.asarray(lab), return_counts=True))}
+
+
+def test_blocked_labels_by_hand():
+    lab = blocked_labels(HOURLY, 3600, block_days=1, test_every=5, val_every=5, gap_days=2 / 24, spinup_steps=6)
+    assert lab.name == "split" and lab.dtype == np.int8
+    v = lab.values
+    # test blocks 0, 5; validation blocks 2, 7; train blocks 1, 3, 4, 6, 8, 9, less 2 steps next to a
+    # held-out block: 1 and 6 lose 4, 3, 4 and 8 lose 2, 9 (after train block 8, at the end) none
+    assert _counts(v) == {UNUSED: 6 + 14, TRAIN: 5 * 24 + 12 - 14, VALIDATION: 48, TEST: 48}
+    assert (v[:6] == UNUSED).all() and (v[6:30] == TEST).all()  # spin-up, then block 0
+    assert (v[30:32] == UNUSED).all() and (v[32:52] == TRAIN).all() and (v[52:54] == UNUSED).all()
+    assert (v[54:78] == VALIDATION).all() and (v[78:80] == UNUSED).all()
+    assert (v[222:] == TRAIN).all()  # block 9
+    assert HOURLY[30] == pd.Timestamp("2010-01-02 12:00")  # block 1 starts 24 h after step 6
+
+
+def test_blocked_labels_offset_and_no_gap():
+    lab = blocked_labels(HOURLY, 3600, block_days=1, offset=1, gap_days=2 / 24, spinup_steps=6).values
+    # test blocks 1, 6; validation blocks 3, 8; gaps: block 0: 2, 2: 4, 4: 2, 5: 2, 7: 4, 9: 2
+    assert _counts(lab) == {UNUSED: 6 + 16, TRAIN: 5 * 24 + 12 - 16, VALIDATION: 48, TEST: 48}
+    assert (lab[30:54] == TEST).all() and (lab[78:102] == VALIDATION).all()  # blocks 1 and 3
+    plain = blocked_labels(HOURLY, 3600, block_days=1, gap_days=0, spinup_steps=6).values
+    assert _counts(plain) == {UNUSED: 6, TRAIN: 132, VALIDATION: 48, TEST: 48}
+
+
+def test_blocked_labels_follow_the_calendar_over_missing_steps():
+    full = blocked_labels(HOURLY, 3600, block_days=1, gap_days=2 / 24, spinup_steps=6).to_series()
+    holed = HOURLY.delete(range(60, 66))  # 2010-01-03 18:00 .. 23:00, inside validation block 2
+    lab = blocked_labels(holed, 3600, block_days=1, gap_days=2 / 24, spinup_steps=6).to_series()
+    assert lab.equals(full.drop(HOURLY[60:66]))  # later blocks do not shift
+
+
+def test_blocked_labels_weekly_over_a_year():
+    year = pd.date_range("2010-01-01", "2010-12-31 23:30", freq="30min")
+    assert len(year) == 17520
+    lab = blocked_labels(year, 1800, block_days=7, test_every=5, val_every=5, gap_days=1, spinup_steps=480)
+    v = lab.values
+    # 17040 steps after the 10-day spin-up: blocks 0..49 of 336 steps, block 50 (test) of 240.
+    # Test: blocks 0, 5, ..., 50; validation: 2, 7, ..., 47; train: 30 blocks, each cycle of five
+    # blocks losing 4 x 48 steps to the 1-day gaps (block 1 after test block 0 and before
+    # validation block 2, block 3 after block 2, block 4 before the next test block)
+    assert _counts(v) == {UNUSED: 480 + 10 * 4 * 48, TRAIN: 30 * 336 - 10 * 4 * 48, VALIDATION: 10 * 336,
+                          TEST: 10 * 336 + 240}  # fmt: skip
+    assert (v[:480] == UNUSED).all() and (v[480:816] == TEST).all()
+    # every calendar month has test steps (test blocks start on days 10 + 35 k of the year)
+    per_month = (lab.to_series() == TEST).groupby(year.month).sum().tolist()
+    assert per_month == [336, 336, 336, 240, 144, 288, 336, 336, 336, 336, 336, 240]
+    check_no_leakage(v, gap=48)
+    with pytest.raises(DataError, match=r"leakage: train step 864 lies within 49 step\(s\) of a validation or test"):
+        check_no_leakage(v, gap=49)  # the first train step, 49 steps after test block 0 (480..815)
+    with pytest.raises(DataError, match="not before"):
+        check_no_leakage(v)  # interleaved blocks are not contiguous in time
+
+
+def test_blocked_labels_errors():
+    with pytest.raises(ValueError, match="test_every 5 and val_every 10 make block 5 both test and validation"):
+        blocked_labels(HOURLY, 3600, block_days=1, val_every=10)
+    with pytest.raises(ValueError, match="must be >= 2"):
+        blocked_labels(HOURLY, 3600, test_every=1)
+    with pytest.raises(ValueError, match="shorter than the time step"):
+        blocked_labels(HOURLY, 3600, block_days=0.01)
+    with pytest.raises(DataError, match="spin-up of 234 steps leaves nothing"):
+        blocked_labels(HOURLY, 3600, spinup_steps=234)
+
+
+# ---------------------------------------------------------------------------- held-out test sites
+
+
+def _site(sid: str, n: int) -> xr.Dataset:
+    return xr.Dataset(coords={"time": pd.date_range("2010-01-01", periods=n, freq="30min")}, attrs={"site_id": sid})
+
+
+def test_held_out_fold_checks_the_ids():
+    assert held_out_fold(["US-Wkg", "US-CRT", "US-Me2"], ["US-CRT"]) == {
+        "train": ["US-Wkg", "US-Me2"], "validation": [], "test": ["US-CRT"]}  # fmt: skip
+    with pytest.raises(DataError, match=r"unknown site id\(s\) \['US-XXX'\]; the sites read are \['US-CRT', 'US-Wkg'\]"):
+        held_out_fold(["US-Wkg", "US-CRT"], ["US-CRT", "US-XXX"])
+    with pytest.raises(DataError, match="names every site"):
+        held_out_fold(["US-Wkg", "US-CRT"], ["US-CRT", "US-Wkg"])
+    with pytest.raises(DataError, match=r"test_sites \['US-CRT'\] given more than once"):
+        held_out_fold(["US-Wkg", "US-CRT"], ["US-CRT", "US-CRT"])
+    with pytest.raises(DataError, match=r"site id\(s\) \['US-Wkg'\] given more than once"):
+        held_out_fold(["US-Wkg", "US-Wkg", "US-CRT"], ["US-CRT"])
+
+
+def test_held_out_labels():
+    labels = held_out_labels([_site("A", 100), _site("B", 50), _site("C", 70)], ["B"], val=0.2, spinup_steps=10)
+    assert list(labels) == ["A", "B", "C"]
+    assert _counts(labels["B"]) == {TEST: 50}  # scored whole, spin-up included
+    # A: 90 steps after the spin-up, round(0.8 x 90) = 72 train, 18 validation
+    assert _counts(labels["A"]) == {UNUSED: 10, TRAIN: 72, VALIDATION: 18}
+    assert (labels["A"].values[82:] == VALIDATION).all()
+    # C: 60 steps after the spin-up, 48 train, 12 validation
+    assert _counts(labels["C"]) == {UNUSED: 10, TRAIN: 48, VALIDATION: 12}
+    with pytest.raises(DataError, match=r"unknown site id\(s\) \['D'\]; the sites read are \['A', 'B', 'C'\]"):
+        held_out_labels([_site("A", 100), _site("B", 50), _site("C", 70)], ["D"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hybridlsm.physics import (
+    AbstractLandModel,
     LaDModel,
     chunk_length,
     default_params,
@@ -81,7 +82,7 @@ def test_rollout_reduce_equals_the_stacked_loss_and_gradient(case):
         rollout_reduce(model, params, forcing, _per_step, {"le": targets["le"][:-1]})
 
 
-class Relax:
+class Relax(AbstractLandModel):
     """A cheap land model (state relaxes towards Tair) for the memory structure of the gradient."""
 
     def init_state(self, params, forcing):

@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from hybridlsm.models.registry import UnknownModelError, available_models, get_model
+from hybridlsm.config import TrainConfig
+from hybridlsm.domain import domain_from_site
+from hybridlsm.models.registry import TrainingContext, UnknownModelError, available_models, get_model, validate_options
+from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.neural import Normaliser
 from hybridlsm.training import (
     CheckpointError,
     DiscoveryLaw,
-    TrainConfig,
     discovery_loss,
     energy_residual_loss,
     fit,
@@ -26,7 +28,6 @@ from hybridlsm.training import (
     masked_mse,
     sparsity_l1,
     total_loss,
-    validate_config,
 )
 
 # ------------------------------------------------------------------------------ fixtures
@@ -363,17 +364,20 @@ def test_lstm_baseline_loss_falls_and_predicts(tmp_path):
         "training": {"epochs": 4, "lr": 0.02, "batch_windows": 2, "weight_decay": 0.0, "seed": 1},
     })  # fmt: skip
     spec = get_model("lstm")
-    model = spec.build(run.models[0].parsed_options(), train)
+    opts = validate_options("lstm", run.models[0].options)
+    train_d, val_d = [domain_from_site(ds) for ds in train], [domain_from_site(ds) for ds in val]
+    model = spec.build(opts)
     assert model.inputs[3] == "Qair"  # derived from VPD, Tair and Psurf
-    zero = spec.predict(model, val[0])
-    trained = spec.train(model, train, val, run, tmp_path / "ckpt")
+    zero = spec.predict(spec.with_statistics(model, train), val_d[0])  # untrained, with the data's scales
+    ctx = TrainingContext.from_config(run, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    trained = spec.train(model, opts, train_d, val_d, ctx)
     meta = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
     vals = [h["val_loss"] for h in meta["history"]]
     trains = [h["train_loss"] for h in meta["history"]]
     assert trains[-1] < 0.3 * trains[0] and min(vals) < 0.4 * vals[0]
-    pred = spec.predict(trained, val[0])
-    assert set(pred) == {"Qle", "Qh"} and pred["Qle"].shape == (96,)
+    pred = spec.predict(trained, val_d[0])
+    assert set(pred) == {"Qle", "Qh"} and pred["Qle"].shape == (96, 1)
     obs = val[0]["Qle"].values
-    rmse_trained = np.sqrt(np.mean((pred["Qle"] - obs)[12:] ** 2))
-    rmse_untrained = np.sqrt(np.mean((zero["Qle"] - obs)[12:] ** 2))
+    rmse_trained = np.sqrt(np.mean((pred["Qle"][:, 0] - obs)[12:] ** 2))
+    rmse_untrained = np.sqrt(np.mean((zero["Qle"][:, 0] - obs)[12:] ** 2))
     assert rmse_trained < 0.5 * rmse_untrained

@@ -118,14 +118,15 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="parent folder of the run (overrides output.run_dir)"),
 ) -> None:
     """Train every model the config names on the same data and split; write predictions, metrics and report."""
+    from .config import ConfigError
+    from .models.registry import load_run_config
     from .pipeline import run as run_pipeline
-    from .training.config import ConfigError, load_config
 
     if (config is None) == (not default):
         raise typer.BadParameter("give a CONFIG file or --default (not both)")
     path = DEFAULT_CONFIG if default else config
     try:
-        cfg = load_config(path)
+        cfg = load_run_config(path)
     except (ConfigError, FileNotFoundError) as err:
         Console(stderr=True).print(f"[red]config error[/red]: {err}")
         raise typer.Exit(2) from None
@@ -152,3 +153,26 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
     if not (run_dir / "predictions").is_dir():
         raise typer.BadParameter(f"{run_dir} has no predictions/ folder; is it a run directory?")
     Console().print(f"report: [green]{build_report(run_dir)}[/green]")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`"),
+    files: list[Path] = typer.Argument(..., help="site files (any supported format) or gridded netCDF files"),
+    model: str = typer.Option(..., "--model", help="label of the trained model in the run (e.g. physics, hybrid_flux)"),
+    start: Optional[str] = typer.Option(None, "--start", help="first time to predict (e.g. 2011-03-01)"),
+    end: Optional[str] = typer.Option(None, "--end", help="last time to predict"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default RUN_DIR/applied/MODEL)"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", help="which experiment's model (e.g. loso-US-Wkg)"),
+) -> None:
+    """Apply a trained model (no retraining) to new sites, periods or a grid: ALMA netCDF, and where
+    the sites have observed fluxes, the skill table and HTML report."""
+    from .predict import PredictError
+    from .predict import predict as apply_model
+
+    try:
+        folder = apply_model(run_dir, model, files, start=start, end=end, out=out, experiment=experiment)
+    except PredictError as err:
+        Console(stderr=True).print(f"[red]error[/red]: {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    Console().print(f"predictions: [green]{folder}[/green]")

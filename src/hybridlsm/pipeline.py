@@ -1,23 +1,26 @@
-"""``hybridlsm run``: train every model a config names on the same data and split, predict the test
-periods, and write the run directory (docs/architecture.md §3).
+"""``hybridlsm run``: train every model a config names on the same data and split, save the trained
+models, predict the test periods and write the run directory (docs/architecture.md §3).
 
-Experiments:
+Experiments (``data.split``):
 
-- time split (fractions or dates): one experiment over all sites; each model is trained on every
-  site's training block (one model for all sites), validated on the validation blocks and predicts
-  each site's whole record (scored on its test block);
+- time split (fractions, dates or ``blocked``): one experiment over all sites; each model is trained
+  on every site's training steps (one model for all sites), validated on the validation steps and
+  predicts each site's whole record (scored on its test steps);
 - leave-one-site-out: one experiment per site; the model is trained on the other sites (the last
-  ``val`` fraction of their records validates) and predicts the left-out site.
+  ``val`` fraction of their records validates) and predicts the left-out site;
+- ``test_sites``: one experiment; trained on the other sites as in leave-one-site-out, scored on
+  the named sites whole (the PLUMBER protocol).
 
-The rollout models see whole records with a ``loss_mask`` variable marking the steps their loss may
-use, so their state runs continuously through spin-up, training, validation and test periods.
-An interrupted run resumes: finished (model, site) predictions are kept and training restarts from
-the last checkpoint.
+Every site is a one-column :class:`~hybridlsm.domain.Domain` (sites have their own periods); its
+``loss_mask`` marks the steps a model's loss may use, so rollout models run continuously through
+spin-up, training, validation and test periods. Trained models are saved under
+``models/<label>/<experiment>/`` (``hybridlsm predict`` applies them elsewhere). An interrupted run
+resumes: finished (model, experiment) predictions are kept and training restarts from the last
+checkpoint.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import time
@@ -28,82 +31,75 @@ import numpy as np
 import xarray as xr
 from rich.console import Console
 
-from .data import (
-    TEST,
-    TRAIN,
-    UNUSED,
-    VALIDATION,
-    prepare_forcing,
-    read_plumber2,
-    read_site,
-    split_by_time,
-)
+from .config import RunConfig, SiteSpec, write_config
+from .data import TEST, TRAIN, UNUSED, VALIDATION, prepare_forcing, read_plumber2, read_site, split_by_time
+from .data.splits import blocked_labels, held_out_labels
 from .data.virtual import virtual_site
-from .models.registry import get_model, validate_options
-from .training.config import RunConfig, load_config, write_config
+from .domain import Domain, domain_from_site, site_file_name, write_netcdf, write_site_outputs
+from .models.registry import TrainingContext, get_model, load_run_config
 
 console = Console(stderr=True)
 
 #: Observed variables copied to ``predictions/<site>/obs.nc`` (with their QC flags).
 OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "SoilTemp", "SoilMoistVol", "Precip",
                  "SWdown", "Tair", "Wind")  # fmt: skip
-
-
-#: Units of model outputs that are not observed variables (ALMA conventions).
-MODEL_OUTPUT_UNITS = {
-    "Qh": "W m-2", "Qle": "W m-2", "Qg": "W m-2", "Rnet": "W m-2", "Qf": "W m-2", "Evap": "kg m-2 s-1",
-    "Qs": "kg m-2 s-1", "Qsb": "kg m-2 s-1", "SoilTemp": "K", "SoilMoist": "kg m-2", "SWE": "kg m-2",
-    "GWS": "kg m-2", "AvgSurfT": "K", "SR": "J m-2", "Kh": "m2 s-1", "ra": "s m-1", "rs": "s m-1", "RiB": "1",
-}  # fmt: skip
+SPLIT_ATTRS = {"flag_values": "0 1 2 3", "flag_meanings": "unused_or_spinup train validation test"}
 
 
 @dataclass
 class Experiment:
+    """Training, validation and test Domains of one experiment, and the split labels of its test
+    sites (``shared_parameters``: the test sites are not training sites)."""
+
     name: str
-    train: list[xr.Dataset]
-    val: list[xr.Dataset]
-    test: list[xr.Dataset]
+    train: list[Domain]
+    val: list[Domain]
+    test: list[Domain]
     split_kind: str = "test"
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    shared_parameters: bool = False
 
 
 # ----------------------------------------------------------------------------------- data
 
 
-def load_sites(cfg: RunConfig) -> list[xr.Dataset]:
-    """Read every site of the config and make its forcing gap-free (filled values are flagged)."""
-    out = []
-    for spec in cfg.data.sites:
-        if spec.path is not None:
-            ds = read_site(spec.path)
-        elif spec.plumber is not None:
-            ds = read_plumber2(spec.plumber.met, spec.plumber.flux)
-        else:
-            v = spec.virtual
-            ds = virtual_site(site_id=v.site_id, igbp=v.igbp, days=v.days, time_step_s=v.time_step_s,
-                              start=v.start, latitude=v.latitude, longitude=v.longitude, seed=v.seed,
-                              noise=v.noise)  # fmt: skip
-        out.append(prepare_forcing(ds))
-    ids = [ds.attrs["site_id"] for ds in out]
+def read_site_spec(spec: SiteSpec) -> xr.Dataset:
+    """The canonical dataset of one configured site (not yet gap-filled)."""
+    if spec.path is not None:
+        return read_site(spec.path)
+    if spec.plumber is not None:
+        return read_plumber2(spec.plumber.met, spec.plumber.flux)
+    v = spec.virtual
+    return virtual_site(site_id=v.site_id, igbp=v.igbp, days=v.days, time_step_s=v.time_step_s, start=v.start,
+                        latitude=v.latitude, longitude=v.longitude, seed=v.seed, noise=v.noise)  # fmt: skip
+
+
+def load_domains(cfg: RunConfig) -> list[Domain]:
+    """Every configured site as a one-column Domain with gap-free forcing (filled values flagged)."""
+    out = [domain_from_site(prepare_forcing(read_site_spec(spec))) for spec in cfg.data.sites]
+    ids = [d.column_ids[0] for d in out]
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:
         raise ValueError(f"site(s) {dup} appear more than once in data.sites; give each site once")
     return out
 
 
-def _with_mask(ds: xr.Dataset, mask: np.ndarray) -> xr.Dataset:
-    out = ds.copy()
-    out["loss_mask"] = ("time", np.asarray(mask, bool))
-    return out
+def _site_id(d: Domain) -> str:
+    return d.column_ids[0]
 
 
-def _time_labels(ds: xr.Dataset, cfg: RunConfig) -> np.ndarray:
+def _time_labels(d: Domain, cfg: RunConfig) -> np.ndarray:
     split = cfg.data.split
-    spin = int(round(cfg.data.spinup_days * 86400.0 / float(ds.attrs["time_step_s"])))
+    spin = int(round(cfg.data.spinup_days * 86400.0 / d.time_step_s))
+    ds = d.column(0)
     if split.mode == "fractions":
-        lab = split_by_time(ds, (split.train, split.val, split.test), spinup_steps=spin)
-        return np.asarray(lab.values)
-    t = ds["time"].values
+        return np.asarray(split_by_time(ds, (split.train, split.val, split.test), spinup_steps=spin).values)
+    if split.mode == "blocked":
+        b = split.blocked
+        return np.asarray(blocked_labels(ds, d.time_step_s, block_days=b.block, test_every=b.test_every,
+                                         val_every=b.val_every, offset=b.offset, gap_days=b.gap,
+                                         spinup_steps=spin).values)  # fmt: skip
+    t = d.time
     labels = np.zeros(t.size, np.int8)
     for value, (start, end) in ((TRAIN, split.train), (VALIDATION, split.val), (TEST, split.test)):
         sel = (t >= np.datetime64(start)) & (t < np.datetime64(end) + np.timedelta64(1, "D"))
@@ -112,78 +108,71 @@ def _time_labels(ds: xr.Dataset, cfg: RunConfig) -> np.ndarray:
     return labels
 
 
-def experiments(cfg: RunConfig, sites: list[xr.Dataset]) -> list[Experiment]:
+def _masked(d: Domain, labels: np.ndarray, value: int) -> Domain:
+    return d.with_loss_mask(labels == value)
+
+
+def _held_out(sites: list[Domain], test: list[Domain], val: float) -> tuple[list[Domain], list[Domain]]:
+    """Training and validation Domains of the sites not in ``test`` (the last ``val`` of each)."""
+    train_d, val_d = [], []
+    for d in sites:
+        if any(d is t for t in test):
+            continue
+        lab = np.asarray(split_by_time(d.column(0), (1.0 - val, val, 0.0)).values)
+        train_d.append(_masked(d, lab, TRAIN))
+        val_d.append(_masked(d, lab, VALIDATION))
+    return train_d, val_d
+
+
+def experiments(cfg: RunConfig, sites: list[Domain]) -> list[Experiment]:
+    """The experiments of ``cfg``'s split over the site Domains (module docstring)."""
     split = cfg.data.split
-    if split.mode != "leave_one_site_out":
-        labels = {ds.attrs["site_id"]: _time_labels(ds, cfg) for ds in sites}
-        return [Experiment(
-            "all",
-            [_with_mask(ds, labels[ds.attrs["site_id"]] == TRAIN) for ds in sites],
-            [_with_mask(ds, labels[ds.attrs["site_id"]] == VALIDATION) for ds in sites],
-            sites, "test", labels,
-        )]  # fmt: skip
+    mode = split.mode
+    if mode in ("fractions", "dates", "blocked"):
+        labels = {_site_id(d): _time_labels(d, cfg) for d in sites}
+        return [Experiment("all", [_masked(d, labels[_site_id(d)], TRAIN) for d in sites],
+                           [_masked(d, labels[_site_id(d)], VALIDATION) for d in sites], sites,
+                           "blocked" if mode == "blocked" else "test", labels)]  # fmt: skip
+    if mode == "test_sites":
+        labels = {k: np.asarray(v.values) for k, v in held_out_labels([d.column(0) for d in sites],
+                                                                       split.test_sites, split.val).items()}  # fmt: skip
+        test = [d for d in sites if _site_id(d) in split.test_sites]
+        train_d, val_d = _held_out(sites, test, split.val)
+        return [Experiment("test_sites", train_d, val_d, test, "test_sites",
+                           {_site_id(d): labels[_site_id(d)] for d in test}, shared_parameters=True)]  # fmt: skip
     if len(sites) < 2:
         raise ValueError("leave_one_site_out needs at least 2 sites")
     exps = []
     for test in sites:
-        others = [ds for ds in sites if ds is not test]
-        train, val = [], []
-        for ds in others:
-            lab = np.asarray(split_by_time(ds, (1.0 - split.val, split.val, 0.0)).values)
-            train.append(_with_mask(ds, lab == TRAIN))
-            val.append(_with_mask(ds, lab == VALIDATION))
-        sid = test.attrs["site_id"]
-        exps.append(Experiment(f"loso-{sid}", train, val, [test], "loso",
-                               {sid: np.full(test.sizes["time"], TEST, np.int8)}))  # fmt: skip
+        train_d, val_d = _held_out(sites, [test], split.val)
+        sid = _site_id(test)
+        exps.append(Experiment(f"loso-{sid}", train_d, val_d, [test], "loso",
+                               {sid: np.full(test.n_steps, TEST, np.int8)}, shared_parameters=True))  # fmt: skip
     return exps
 
 
 # ------------------------------------------------------------------------------ outputs
 
 
-def _write_nc(ds: xr.Dataset, path: Path) -> None:
-    """Write atomically (a finished file is never half-written; resume trusts what exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".nc.tmp")
-    ds.to_netcdf(tmp)
-    tmp.replace(path)
-
-
 def write_obs(site: xr.Dataset, labels: np.ndarray, split_kind: str, path: Path) -> None:
     keep = [v for v in OBS_VARIABLES if v in site]
     keep += [f"{v}_qc" for v in keep if f"{v}_qc" in site]
     obs = site[keep].copy()
-    obs["split"] = ("time", np.asarray(labels, np.int8), {"flag_values": "0 1 2 3",
-                    "flag_meanings": "unused_or_spinup train validation test"})  # fmt: skip
+    obs["split"] = ("time", np.asarray(labels, np.int8), SPLIT_ATTRS)
     obs.attrs = {k: v for k, v in site.attrs.items() if isinstance(v, (str, int, float))}
     obs.attrs["split_kind"] = split_kind
-    _write_nc(obs, path)
+    write_netcdf(obs, path)
 
 
-def write_predictions(pred: dict[str, np.ndarray], site: xr.Dataset, model: str, config: str, path: Path) -> None:
-    from .data.schema import VARIABLES
-
-    data = {}
-    for name, values in pred.items():
-        values = np.asarray(values, dtype=np.float64)
-        dims = ("time", "soil_layer")[: values.ndim]
-        unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
-        attrs = {} if unit is None else {"units": unit}
-        data[name] = (dims, values, attrs)
-    ds = xr.Dataset(data, coords={"time": site["time"].values})
-    if "SoilTemp" in pred and np.ndim(pred["SoilTemp"]) == 2:
-        from .physics import LAYER_THICKNESS, layer_centres
-
-        ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
-        ds["soil_layer_thickness"] = ("soil_layer", np.asarray(LAYER_THICKNESS), {"units": "m"})
-    ds.attrs.update(model=model, site=site.attrs["site_id"], config=config)
-    _write_nc(ds, path)
+def model_dir(run_dir: Path, label: str, experiment: str) -> Path:
+    """Where a run keeps the trained model ``label`` of ``experiment``."""
+    return Path(run_dir) / "models" / label / experiment
 
 
 # ------------------------------------------------------------------------------------ run
 
 
-def prepare_run_dir(cfg: RunConfig, config_name: str, resume: bool) -> Path:
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run_dir = Path(cfg.output.run_dir) / cfg.name
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if not cfg.output.overwrite:
@@ -197,39 +186,40 @@ def prepare_run_dir(cfg: RunConfig, config_name: str, resume: bool) -> Path:
     return run_dir
 
 
-def _train(spec, model, train, val, cfg, ckpt, options):
-    kwargs = {"options": options} if "options" in inspect.signature(spec.train).parameters else {}
-    return spec.train(model, train, val, cfg, ckpt, **kwargs)
-
-
 def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> Path:
-    """Train, predict and report; returns the run directory."""
+    """Train, save, predict and report; returns the run directory."""
     from .evaluation.report import build_report
 
-    run_dir = prepare_run_dir(cfg, config_name, resume)
-    sites = load_sites(cfg)
+    run_dir = prepare_run_dir(cfg, resume)
+    sites = load_domains(cfg)
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
+    cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
     for exp in experiments(cfg, sites):
-        for ds in exp.test:
-            sid = ds.attrs["site_id"]
-            write_obs(ds, exp.labels[sid], exp.split_kind, run_dir / "predictions" / sid / "obs.nc")
+        for d in exp.test:
+            sid = _site_id(d)
+            write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc")
         for entry in cfg.models:
             label = entry.label or entry.name
-            targets = [run_dir / "predictions" / ds.attrs["site_id"] / f"{label}.nc" for ds in exp.test]
+            targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
             if resume and all(p.exists() for p in targets):
                 console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
                 continue
             console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
-                          f"{', '.join(d.attrs['site_id'] for d in exp.train)}")  # fmt: skip
+                          f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
             spec = get_model(entry.name)
-            options = validate_options(entry.name, entry.options)
+            options = spec.Options.model_validate(entry.options)
+            ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
+                                              checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
             t0 = time.perf_counter()
-            model = spec.build(options, exp.train)
-            model = _train(spec, model, exp.train, exp.val, cfg, run_dir / "checkpoints" / label / exp.name, options)
+            model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
             t_train = time.perf_counter() - t0
-            for ds, path in zip(exp.test, targets):
-                write_predictions(spec.predict(model, ds), ds, label, config_name, path)
+            spec.save(model, options, model_dir(run_dir, label, exp.name))
+            for d in exp.test:
+                prov = spec.provenance(model, d)
+                write_site_outputs(d, spec.predict(model, d), run_dir / "predictions", f"{label}.nc",
+                                   {"model": label, "config": config_name, "experiment": exp.name,
+                                    "parameters_from": prov[0]})  # fmt: skip
             timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
                                               "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
             console.print(f"  {label}: trained in {t_train:.1f} s")
@@ -240,7 +230,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
 
 
 def run_config_file(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:
-    cfg = load_config(path)
+    cfg = load_run_config(path)
     if overwrite:
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
     return run(cfg, config_name=str(path), resume=resume)

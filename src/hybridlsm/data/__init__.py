@@ -1,6 +1,7 @@
 """Flux-tower and gridded data in one canonical xarray form (docs/architecture.md §1).
 
-Readers (:func:`read_site` dispatches on the format), the variable table (:data:`VARIABLES`),
+Readers (a registry of formats, :func:`available_formats`; :func:`read_site` detects the format
+or takes ``format=``), the variable table (:data:`VARIABLES`),
 preprocessing (QC, derived variables, LWdown estimate, precipitation phase, gaps,
 :func:`prepare_forcing`), splits and training windows, and file summaries (:func:`inspect_file`).
 """
@@ -23,10 +24,20 @@ from .preprocess import (
     prepare_forcing,
     toa_shortwave,
 )
-from .readers import detect_format, read_site, read_sites
+from .ameriflux import read_ameriflux_base
+from .readers import (
+    Reader,
+    available_formats,
+    detect_format,
+    get_reader,
+    read_site,
+    read_sites,
+    register_reader,
+)
 from .schema import (
     DERIVED_VARIABLES,
     FORCING_VARIABLES,
+    SITE_METADATA,
     TARGET_VARIABLES,
     VARIABLES,
     DataError,
@@ -53,6 +64,7 @@ __all__ = [
     "FORCING_VARIABLES",
     "GRIDDED_VARIABLES",
     "KNOWN_WRONG_UNITS",
+    "SITE_METADATA",
     "TARGET_VARIABLES",
     "TEST",
     "TRAIN",
@@ -61,10 +73,12 @@ __all__ = [
     "VARIABLES",
     "DataError",
     "DataWarning",
+    "Reader",
     "Variable",
     "Windows",
     "add_derived",
     "apply_qc",
+    "available_formats",
     "check_no_leakage",
     "detect_format",
     "energy_balance_closure",
@@ -73,6 +87,7 @@ __all__ = [
     "fill_report",
     "find_gaps",
     "gap_report",
+    "get_reader",
     "inspect_dataset",
     "inspect_file",
     "leave_one_site_out",
@@ -81,12 +96,14 @@ __all__ = [
     "partition_precip",
     "prepare_forcing",
     "qc_mask",
+    "read_ameriflux_base",
     "read_fluxnet_csv",
     "read_gridded",
     "read_plumber2",
     "read_site",
     "read_sites",
     "read_sites_table",
+    "register_reader",
     "site_metadata",
     "site_split_labels",
     "split_by_time",

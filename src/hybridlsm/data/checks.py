@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import thermo
 from ..constants import T_FREEZE
-from .schema import VARIABLES, DataError, DataWarning
+from .schema import SITE_METADATA, VARIABLES, DataError, DataWarning
 
 #: more than this fraction of a column outside the plausible range -> wrong unit -> DataError
 WRONG_UNIT_FRACTION = 0.5
@@ -220,3 +220,26 @@ def runs_of_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     starts = np.nonzero(d == 1)[0]
     ends = np.nonzero(d == -1)[0]
     return starts, ends - starts
+
+
+def report_missing_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[str]:
+    """Record the :data:`~hybridlsm.data.schema.SITE_METADATA` fields that are missing (NaN, empty
+    or absent) in ``attrs["missing_metadata"]`` (space-separated, "" when none) and warn once,
+    naming the file, the site and the fields. Missing values stay missing. Returns the fields."""
+    missing = []
+    for key in SITE_METADATA:
+        value = attrs.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            missing.append(key)
+        elif not isinstance(value, str) and not np.isfinite(float(value)):
+            missing.append(key)
+    attrs["missing_metadata"] = " ".join(missing)
+    if missing:
+        warnings.warn(
+            f"{file}: site {attrs.get('site_id', '') or '?'}: no {', '.join(missing)} in the file or "
+            f"the site table; kept missing (NaN, or '' for igbp); give them with metadata= or a "
+            f"sites.csv",
+            DataWarning,
+            stacklevel=stacklevel,
+        )
+    return missing

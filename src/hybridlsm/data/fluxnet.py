@@ -34,8 +34,10 @@ from .checks import (
     fmt_time,
     regularise_ordinal,
     regularise_time,
+    report_missing_metadata,
     where,
 )
+from .readers import Reader, register_reader
 from .schema import (
     QC_FLAG_MEANINGS,
     QC_MISSING,
@@ -172,8 +174,17 @@ def site_metadata(
 # CSV parsing
 
 
-def _read_lines(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """Header fields, data lines and their 1-based line numbers, after structural checks."""
+def _read_lines(
+    path: Path, *, comment_prefix: str | None = None, final_newline_expected: bool = True
+) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """Header fields, data lines, their 1-based line numbers and the leading comment lines, after
+    structural checks.
+
+    ``comment_prefix``: lines before the header that start with it are comments (AmeriFlux BASE
+    ``# Site: ...``); they are returned without the prefix. ``final_newline_expected=False`` for
+    formats distributed without a final newline (a cut inside the last line is still caught by
+    the field count).
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -191,14 +202,21 @@ def _read_lines(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     final_newline = lines[-1] == ""
     if final_newline:
         lines = lines[:-1]
+    comments = []
+    if comment_prefix:
+        while lines and lines[0].startswith(comment_prefix):
+            comments.append(lines.pop(0)[len(comment_prefix):].strip())
+        if not lines:
+            raise DataError(f"{path}: only comment lines ({comment_prefix!r}); expected a header line")
+    k = len(comments)  # the header is line k + 1
     header = [h.strip() for h in lines[0].split(",")]
     if any(h == "" for h in header):
-        raise DataError(f"{path}: line 1 (header) has an empty column name: {lines[0][:200]!r}")
+        raise DataError(f"{path}: line {k + 1} (header) has an empty column name: {lines[0][:200]!r}")
     dups = sorted({h for h in header if header.count(h) > 1})
     if dups:
-        raise DataError(f"{path}: line 1 (header): duplicated column name(s) {dups}")
+        raise DataError(f"{path}: line {k + 1} (header): duplicated column name(s) {dups}")
     body = lines[1:]
-    numbers = np.arange(2, len(body) + 2)
+    numbers = np.arange(k + 2, len(body) + k + 2)
     blank = np.array([not ln.strip() for ln in body], dtype=bool)
     if blank.any():
         warnings.warn(
@@ -219,14 +237,33 @@ def _read_lines(path: Path) -> tuple[list[str], list[str], np.ndarray]:
             f"{path}: line {int(numbers[i])} has {int(n_fields[i])} fields, expected {len(header)} "
             f"as in the header{trunc}; {bad.size} malformed line(s) in all"
         )
-    if not final_newline:
+    if not final_newline and final_newline_expected:
         warnings.warn(
             f"{path}: the file does not end with a newline; its last line ({int(numbers[-1])}) may be "
             f"truncated",
             DataWarning,
             stacklevel=3,
         )
-    return header, body, numbers
+    return header, body, numbers, comments
+
+
+def _parse_table(header: list[str], body: list[str], *, file: str, text_columns) -> pd.DataFrame:
+    """The data lines as a DataFrame (all cells read as given; ``text_columns`` kept as strings)."""
+    text = ",".join(header) + "\n" + "\n".join(body) + "\n"
+    try:
+        df = pd.read_csv(
+            io.StringIO(text),
+            dtype={c: str for c in text_columns},
+            na_filter=False,
+            quoting=csv.QUOTE_NONE,
+            engine="c",
+            low_memory=False,
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise DataError(f"{file}: cannot parse as CSV: {exc}") from exc
+    if len(df) != len(body):  # pragma: no cover - guarded by the field-count check
+        raise DataError(f"{file}: parsed {len(df)} rows from {len(body)} data lines")
+    return df
 
 
 def _numeric_column(df: pd.DataFrame, col: str, *, file: str, lines: np.ndarray) -> np.ndarray:
@@ -444,22 +481,9 @@ def read_fluxnet_csv(
     path = Path(path)
     file = str(path)
     info = parse_fluxnet_filename(path.name)
-    header, body, lines = _read_lines(path)
-    text = ",".join(header) + "\n" + "\n".join(body) + "\n"
+    header, body, lines, _ = _read_lines(path)
     ts_cols = [c for c in ("TIMESTAMP_START", "TIMESTAMP_END", "TIMESTAMP") if c in header]
-    try:
-        df = pd.read_csv(
-            io.StringIO(text),
-            dtype={c: str for c in ts_cols},
-            na_filter=False,
-            quoting=csv.QUOTE_NONE,
-            engine="c",
-            low_memory=False,
-        )
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{file}: cannot parse as CSV: {exc}") from exc
-    if len(df) != len(body):  # pragma: no cover - guarded by the field-count check
-        raise DataError(f"{file}: parsed {len(df)} rows from {len(body)} data lines")
+    df = _parse_table(header, body, file=file, text_columns=ts_cols)
 
     time, time_end, pos, res, step_s = _time_axis(df, header, info.get("res"), file=file, lines=lines)
     n = len(time)
@@ -613,7 +637,17 @@ def _is_flag(name: str) -> bool:
     return name.endswith(("_qc", "_qc_fraction"))
 
 
+def sites_table_for(path: Path, sites=None):
+    """The site table to use for ``path``: ``sites`` if given, else ``sites.csv`` beside the file,
+    else None."""
+    if sites is None and (path.parent / "sites.csv").is_file():
+        return path.parent / "sites.csv"
+    return sites
+
+
 def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
+    """Site attrs from the site table (``sites`` or ``sites.csv`` beside the file) and ``metadata``;
+    missing fields are reported (:func:`~hybridlsm.data.checks.report_missing_metadata`)."""
     attrs = {
         "site_id": site_id or info.get("site") or "",
         "site_name": "",
@@ -625,9 +659,7 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
         "measurement_height": np.nan,
         "utc_offset_h": np.nan,
     }
-    table = sites
-    if table is None and (path.parent / "sites.csv").is_file():
-        table = path.parent / "sites.csv"
+    table = sites_table_for(path, sites)
     if table is not None:
         attrs.update(site_metadata(table, file=path.name, site_id=site_id or info.get("site")))
     if metadata:
@@ -640,6 +672,7 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
             DataWarning,
             stacklevel=3,
         )
+    report_missing_metadata(attrs, file=str(path), stacklevel=4)
     return attrs
 
 
@@ -655,3 +688,23 @@ def _check_expected_period(attrs, time, time_end, step_s, file) -> None:
             DataWarning,
             stacklevel=3,
         )
+
+
+@register_reader
+class FluxnetCsvReader(Reader):
+    """FLUXNET2015 / AmeriFlux-ONEFlux CSV files and the canonical half-hourly CSVs (any ``.csv``)."""
+
+    name = "fluxnet-csv"
+    description = "FLUXNET2015/ONEFlux or canonical CSV, .csv"
+    priority = 20
+    options = {
+        "site_id": "the site (default from the file name)",
+        "sites": "sites.csv table, path or DataFrame (default: sites.csv beside the file)",
+        "metadata": "attrs that override or complete the site table",
+    }
+
+    def detect(self, path: Path) -> bool:
+        return path.suffix.lower() == ".csv"
+
+    def read(self, path: Path, **options) -> xr.Dataset:
+        return read_fluxnet_csv(path, **options)

@@ -25,6 +25,7 @@ import xarray as xr
 from .. import thermo
 from .checks import check_plausible
 from .plumber2 import IO_ERRORS, open_netcdf
+from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
 
@@ -233,3 +234,25 @@ def read_gridded(
 
 def _text_attr(v) -> str:
     return str(v).strip()
+
+
+@register_reader
+class GriddedReader(Reader):
+    """Gridded forcing netCDF (:func:`hybridlsm.data.gridded.read_gridded`): any netCDF file
+    that no higher-priority reader (PLUMBER2) claims."""
+
+    name = "gridded"
+    description = "gridded forcing netCDF (time, y/lat, x/lon), .nc"
+    priority = 40
+    options = {
+        "chunks": "dask chunks (default time 512, whole y/x)",
+        "variables": "extra source name -> canonical name mapping",
+        "check_steps": "number of leading steps checked against the plausible ranges",
+        "metadata": "attrs that override the file's",
+    }
+
+    def detect(self, path: Path) -> bool:
+        return path.suffix.lower() in NETCDF_SUFFIXES
+
+    def read(self, path: Path, **options) -> xr.Dataset:
+        return read_gridded(path, **options)

@@ -1,5 +1,6 @@
 """Summaries of data files for ``hybridlsm data inspect``: period, time step, variables with units
-and valid fractions, gaps longer than a day, and the observed energy-balance closure.
+and valid fractions, gaps longer than a day, the observed energy-balance closure, the site metadata
+that no source states (``missing_metadata``) and the repairs the reader made (``repairs``).
 
 Closure (shared/data README §5.4): ``EBR = sum(Qh + Qle) / sum(Rnet - Qg)`` over the steps where
 all four are present (with ``max_qc``: and the Qh and Qle QC flags are at most ``max_qc``). A file
@@ -82,6 +83,9 @@ def inspect_dataset(ds: xr.Dataset, max_qc: int | None = None) -> dict:
         "time_step_s": step,
         "time_resolution": ds.attrs.get("time_resolution", ""),
         "dims": {k: int(v) for k, v in ds.sizes.items()},
+        "igbp": ds.attrs.get("igbp", ""),
+        "missing_metadata": str(ds.attrs.get("missing_metadata", "")).split(),
+        "repairs": str(ds.attrs.get("repairs", "")).splitlines(),
         "variables": variables,
         "gaps_over_1d": gaps,
         "closure": energy_balance_closure(ds, max_qc),

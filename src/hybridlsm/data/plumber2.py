@@ -8,12 +8,21 @@ case-insensitively (``PSurf`` and ``Psurf`` both occur) and units are converted 
 ``latitude``, ``longitude``, ``elevation``, ``reference_height``, ``canopy_height`` and
 ``IGBP_veg_short`` become dataset attrs. Times are interval starts in local standard time
 (PLUMBER2 convention; the FluxDataKit files say so in the ``info`` attribute of ``time``).
+
+The Met and Flux files of a pair are aligned on time (:func:`align_pair`): a leading or trailing
+step that only one file has is dropped if it is entirely missing or an exact repeat of its
+neighbour (e.g. the CoLM copy of CN-Cng, whose Met file repeats 2009-12-31 23:30 as
+2010-01-01 00:00); each drop gives a DataWarning and one line of ``attrs["repairs"]``
+(``attrs["n_repairs"]`` counts them). Any other difference is a DataError. Site attrs that the
+files do not state can come from a ``sites.csv`` table; those still missing are listed in
+``attrs["missing_metadata"]`` with a DataWarning.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,11 +30,13 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .checks import check_plausible, regularise_time
-from .schema import QC_FLAG_MEANINGS, QC_MISSING, VARIABLES, DataError, DataWarning
+from .checks import check_plausible, fmt_time, regularise_time, report_missing_metadata
+from .fluxnet import site_metadata, sites_table_for
+from .readers import NETCDF_SUFFIXES, Reader, register_reader
+from .schema import QC_FLAG_MEANINGS, QC_MISSING, SITE_METADATA, VARIABLES, DataError, DataWarning
 from .units import conversion
 
-__all__ = ["read_plumber2", "plumber2_partner"]
+__all__ = ["read_plumber2", "plumber2_partner", "align_pair"]
 
 _PLUMBER_NAMES = [v for v, s in VARIABLES.items() if s.kind != "derived"]
 _ALLOWED_QC = (0, 1, 2, 3, 4, 5, 101)
@@ -116,13 +127,18 @@ def read_plumber2(
     other: str | Path | None = None,
     *,
     find_partner: bool = True,
+    sites: str | Path | pd.DataFrame | None = None,
     metadata: dict | None = None,
 ) -> xr.Dataset:
     """Read a PLUMBER2 Met and/or Flux file into the canonical site dataset.
 
     ``path`` may be the Met or the Flux file; the partner is found by name (``_Met.nc`` <->
     ``_Flux.nc``) unless ``other`` is given or ``find_partner`` is False. A missing partner gives a
-    DataWarning and only the one file is read. ``metadata`` overrides attrs.
+    DataWarning and only the one file is read. The two time axes are aligned by
+    :func:`align_pair` (an edge step in only one file is dropped when it repeats its neighbour or
+    is entirely missing; each drop is warned and listed in ``attrs["repairs"]``). ``sites``: a
+    ``sites.csv`` table (default: ``sites.csv`` beside the file) that fills the site attrs the
+    files leave missing (looked up by file name, then site id). ``metadata`` overrides attrs.
     """
     path = Path(path)
     paths = [path]
@@ -140,36 +156,15 @@ def read_plumber2(
             )
     # Met first so that its attrs win
     paths.sort(key=lambda p: 0 if "_met" in p.name.lower() else 1)
+    files = [_load(p) for p in paths]
+    repairs = align_pair(*files) if len(files) == 2 else []
 
     data_vars: dict[str, xr.DataArray] = {}
     attrs: dict = {}
-    time = None
+    time, step0 = files[0].full, files[0].step
     unmapped: list[str] = []
-    for p in paths:
-        file = str(p)
-        raw = _open(p)
-        try:
-            ds = _squeeze(raw, file)
-            try:
-                ds = ds.load()
-            except IO_ERRORS as exc:
-                raise DataError(f"{file}: cannot read the data: {type(exc).__name__}: {exc}") from exc
-        finally:
-            raw.close()
-        if not np.issubdtype(ds["time"].dtype, np.datetime64):
-            raise DataError(f"{file}: time could not be decoded to dates (units {ds['time'].attrs!r})")
-        t = pd.DatetimeIndex(ds["time"].values).astype("datetime64[ns]")
-        if len(t) < 2:
-            raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
-        step = pd.Timedelta(t[1] - t[0])
-        full, pos = regularise_time(t, step, file=file, column="time")
-        if time is None:
-            time, step0, first_file = full, step, file
-        elif not (len(full) == len(time) and (full == time).all()):
-            raise DataError(
-                f"{file}: time axis ({len(full)} steps, {full[0]} .. {full[-1]}) differs from "
-                f"{first_file} ({len(time)} steps, {time[0]} .. {time[-1]}); expected the same times"
-            )
+    for f in files:
+        file, ds, t, pos, step = f.file, f.ds, f.t, f.pos, f.step
         site = _text(ds.attrs.get("site_code", ""))
         if attrs.get("site_id") and site and site != attrs["site_id"]:
             raise DataError(f"{file}: site_code {site!r} differs from {attrs['site_id']!r} of {paths[0]}")
@@ -191,7 +186,7 @@ def read_plumber2(
             vals = da.values.astype(np.float64) * scale + offset
             check_plausible(vals, var, file=file, column=name, declared_units=str(unit),
                             raw=da.values, times=t, stacklevel=3)
-            full_vals = np.full(len(full), np.nan)
+            full_vals = np.full(len(time), np.nan)
             full_vals[pos] = vals
             va = {"units": VARIABLES[var].units, "long_name": VARIABLES[var].long_name,
                   "source_variable": name, "source_units": str(unit)}
@@ -202,7 +197,7 @@ def read_plumber2(
             qname = lower.get(f"{var.lower()}_qc")
             if qname is not None:
                 mapped.add(qname)
-                data_vars[f"{var}_qc"] = _qc(ds[qname].values, vals, pos, len(full), file, qname, t)
+                data_vars[f"{var}_qc"] = _qc(ds[qname].values, vals, pos, len(time), file, qname, t)
         for name in ds.data_vars:
             if name in mapped or name.lower() in _STATIC or name.lower().startswith("igbp_veg"):
                 continue
@@ -210,6 +205,7 @@ def read_plumber2(
 
     if not data_vars:
         raise DataError(f"{paths[0]}: no PLUMBER2 variable found; expected e.g. Tair, SWdown, Qle")
+    _fill_from_table(attrs, path, sites)
     attrs.update(
         time_step_s=float(step0.total_seconds()),
         time_resolution={1800: "HH", 3600: "HR"}.get(int(step0.total_seconds()), "other"),
@@ -217,17 +213,133 @@ def read_plumber2(
         source_format="plumber2-netcdf",
         unmapped_variables=", ".join(unmapped),
         time_convention="start of the averaging interval, local standard time",
+        repairs="\n".join(repairs),
+        n_repairs=len(repairs),
     )
     if metadata:
         attrs.update(metadata)
+    report_missing_metadata(attrs, file=attrs["source_file"], stacklevel=3)
     ds = xr.Dataset(data_vars, coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]"))},
                     attrs=attrs)
     return ds
 
 
+@dataclass
+class _File:
+    """One loaded PLUMBER2 file: squeezed data, raw times ``t``, the regular axis ``full`` and
+    the position of each raw time in it."""
+
+    file: str
+    ds: xr.Dataset
+    t: pd.DatetimeIndex
+    full: pd.DatetimeIndex
+    pos: np.ndarray
+    step: pd.Timedelta
+
+
+def _load(p: Path) -> _File:
+    file = str(p)
+    raw = _open(p)
+    try:
+        ds = _squeeze(raw, file)
+        try:
+            ds = ds.load()
+        except IO_ERRORS as exc:
+            raise DataError(f"{file}: cannot read the data: {type(exc).__name__}: {exc}") from exc
+    finally:
+        raw.close()
+    if not np.issubdtype(ds["time"].dtype, np.datetime64):
+        raise DataError(f"{file}: time could not be decoded to dates (units {ds['time'].attrs!r})")
+    t = pd.DatetimeIndex(ds["time"].values).astype("datetime64[ns]")
+    if len(t) < 2:
+        raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
+    step = pd.Timedelta(t[1] - t[0])
+    full, pos = regularise_time(t, step, file=file, column="time")
+    return _File(file, ds, t, full, pos, step)
+
+
+def align_pair(a: _File, b: _File) -> list[str]:
+    """Bring the time axes of a Met/Flux pair to their common period, in place.
+
+    A step at the start or end that only one file has is dropped only if it is entirely missing
+    or an exact repeat (every time-varying variable, NaN = NaN) of its neighbour towards the common
+    period; each drop gives a DataWarning naming the file, the time and why, and one entry of the
+    returned list. Different steps, misaligned axes, no overlap or an edge step with other values
+    are a DataError.
+    """
+    def describe(f: _File) -> str:
+        return f"{f.file} ({len(f.full)} steps, {f.full[0]} .. {f.full[-1]})"
+
+    if a.step != b.step or (a.full[0] - b.full[0]) % a.step != pd.Timedelta(0):
+        raise DataError(
+            f"{b.file}: time axis {describe(b)} (step {b.step}) does not match {describe(a)} (step "
+            f"{a.step}); expected the same regular half-hourly times"
+        )
+    first, last = max(a.full[0], b.full[0]), min(a.full[-1], b.full[-1])
+    if first > last:
+        raise DataError(f"{b.file}: time axis {describe(b)} does not overlap {describe(a)}")
+    repairs = []
+    for f in (a, b):
+        other = b if f is a else a
+        i0 = int((first - f.full[0]) // f.step)
+        i1 = int((last - f.full[0]) // f.step)  # inclusive
+        extra = [(j, j + 1) for j in range(i0 - 1, -1, -1)]  # leading: compare with the next step
+        extra += [(j, j - 1) for j in range(i1 + 1, len(f.full))]  # trailing: with the previous
+        for j, nb in extra:
+            why = _droppable(f, j, nb)
+            if why is None:
+                raise DataError(
+                    f"{f.file}: time {fmt_time(f.full[j])} is not in {other.file} and is neither "
+                    f"entirely missing nor an exact repeat of {fmt_time(f.full[nb])}; expected both "
+                    f"files of the pair to cover the same times ({describe(f)}; {describe(other)})"
+                )
+            msg = f"{f.file}: dropped time {fmt_time(f.full[j])} (not in {Path(other.file).name}; {why})"
+            warnings.warn(msg, DataWarning, stacklevel=3)
+            repairs.append(msg)
+        keep = (f.pos >= i0) & (f.pos <= i1)
+        f.ds = f.ds.isel(time=np.nonzero(keep)[0])
+        f.t = f.t[keep]
+        f.pos = f.pos[keep] - i0
+        f.full = f.full[i0 : i1 + 1]
+    return repairs
+
+
+def _droppable(f: _File, j: int, nb: int) -> str | None:
+    """Why step ``j`` of the regular axis of ``f`` may be dropped (entirely missing, or an exact
+    repeat of step ``nb``), or None."""
+    raw = {int(k): i for i, k in enumerate(f.pos)}
+    if j not in raw:
+        return "a missing row of the time axis"
+    arrays = [f.ds[v].values for v in f.ds.data_vars if f.ds[v].dims[:1] == ("time",)]
+    row = [x[raw[j]] for x in arrays]
+    floats = [np.asarray(r, dtype=float) for r, x in zip(row, arrays) if np.issubdtype(x.dtype, np.floating)]
+    if floats and all(np.isnan(r).all() for r in floats):
+        return "every variable missing"
+    if nb in raw and all(np.array_equal(r, x[raw[nb]], equal_nan=np.issubdtype(x.dtype, np.floating))
+                         for r, x in zip(row, arrays)):
+        return f"an exact repeat of {fmt_time(f.full[nb])} in all {len(arrays)} variables"
+    return None
+
+
+def _fill_from_table(attrs: dict, path: Path, sites) -> None:
+    """Fill the site attrs that the files leave missing from the site table, if there is one."""
+    table = sites_table_for(path, sites)
+    if table is None:
+        return
+    meta = site_metadata(table, file=path.name, site_id=attrs.get("site_id") or None)
+    for key in ("site_name", *SITE_METADATA):
+        have = attrs.get(key)
+        if have is None or (isinstance(have, str) and not have) or (
+            not isinstance(have, str) and not np.isfinite(have)
+        ):
+            attrs[key] = meta[key]
+    attrs["site_table"] = str(table) if not isinstance(table, pd.DataFrame) else "DataFrame"
+
+
 def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
     attrs.setdefault("site_id", _text(ds.attrs.get("site_code", "")) or Path(file).name.split("_")[0])
-    attrs.setdefault("site_name", _text(ds.attrs.get("site_name", "")))
+    if not attrs.get("site_name"):  # the Met file of some copies has none; the Flux file's counts
+        attrs["site_name"] = _text(ds.attrs.get("site_name", ""))
     lower = {name.lower(): name for name in ds.variables}
     for src, key in _STATIC.items():
         if src in lower:
@@ -263,3 +375,38 @@ def _qc(q: np.ndarray, vals: np.ndarray, pos, n: int, file: str, name: str, time
     return xr.DataArray(full, dims="time", attrs={"long_name": f"{name} quality flag",
                                                   "flag_meanings": QC_FLAG_MEANINGS,
                                                   "source_variable": name})
+
+
+@register_reader
+class Plumber2Reader(Reader):
+    """A PLUMBER2 Met/Flux pair (by name) or any single-site netCDF (``time`` plus dims of size 1)."""
+
+    name = "plumber2"
+    description = "PLUMBER2 Met/Flux netCDF pair or single-site netCDF (y = x = 1), .nc"
+    priority = 30
+    options = {
+        "other": "the partner file (default: found by name)",
+        "find_partner": "look for the _Met.nc/_Flux.nc partner (default True)",
+        "sites": "sites.csv table that fills missing site attrs (default: sites.csv beside the file)",
+        "metadata": "attrs that override the file's",
+    }
+
+    def detect(self, path: Path) -> bool:
+        if path.suffix.lower() not in NETCDF_SUFFIXES:
+            return False
+        if plumber2_partner(path) is not None:
+            return True
+        try:
+            with open_netcdf(path, decode_times=False) as ds:
+                sizes = dict(ds.sizes)
+        except IO_ERRORS:
+            return False  # the gridded reader reports the file as unreadable
+        spatial = [n for d, n in sizes.items() if d != "time"]
+        return "time" in sizes and bool(spatial) and all(n == 1 for n in spatial)
+
+    def companions(self, path: Path) -> list[Path]:
+        partner = plumber2_partner(path)
+        return [partner] if partner is not None and partner.is_file() else []
+
+    def read(self, path: Path, **options) -> xr.Dataset:
+        return read_plumber2(path, **options)

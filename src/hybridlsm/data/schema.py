@@ -82,6 +82,7 @@ __all__ = [
     "qc_mask",
     "variables_table",
     "SOIL_DEPTHS_M",
+    "SITE_METADATA",
 ]
 
 
@@ -202,6 +203,12 @@ QC_FLAG_MEANINGS = (
     "3 poor-quality gap-fill; 4 ERA-Interim gap-fill (PLUMBER2); 5 statistical gap-fill "
     "(PLUMBER2); 101 post-processed (PLUMBER2)"
 )
+
+SITE_METADATA = (
+    "latitude", "longitude", "elevation", "igbp", "canopy_height", "measurement_height", "utc_offset_h",
+)
+"""Site attrs that the model may need; one that no source states is NaN (or "" for ``igbp``), is
+listed in ``attrs["missing_metadata"]`` and gives a DataWarning (``checks.report_missing_metadata``)."""
 
 SOIL_DEPTHS_M: dict[str, dict[str, float]] = {
     # Measurement depths of the single soil layer of the canonical files (shared/data README §4);

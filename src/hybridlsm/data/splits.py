@@ -6,8 +6,13 @@ Labels per time step (``split`` in ``predictions/<site>/obs.nc``, docs/architect
 - :func:`split_by_time`: contiguous blocks in time, train first, validation in the middle, test
   last, by fractions or explicit dates, optionally with a model spin-up at the start and a buffer
   (label 0) between blocks;
+- :func:`blocked_labels`: interleaved calendar blocks (every ``test_every``-th block test, every
+  ``val_every``-th validation), so that test and validation cover every season, with a gap of
+  unused training steps next to each held-out block;
 - :func:`leave_one_site_out`: folds over sites (each site is the test site once; validation
   sites are taken from the rest), and :func:`site_split_labels` for the per-step labels;
+- :func:`held_out_fold` and :func:`held_out_labels`: named test sites scored whole, the model
+  trained on the other sites (the PLUMBER protocol);
 - :func:`training_windows`: windows of ``spinup + length`` steps whose loss mask excludes the
   spin-up prefix and every step not labelled as the wanted split.
 
@@ -31,8 +36,11 @@ __all__ = [
     "TEST",
     "SPLIT_NAMES",
     "split_by_time",
+    "blocked_labels",
     "leave_one_site_out",
     "site_split_labels",
+    "held_out_fold",
+    "held_out_labels",
     "check_no_leakage",
     "Windows",
     "training_windows",
@@ -111,6 +119,66 @@ def split_by_time(
     return out
 
 
+def _near(mask: np.ndarray, steps: int) -> np.ndarray:
+    """True within ``steps`` steps (either side) of a True of ``mask``."""
+    if steps <= 0:
+        return mask.copy()
+    cs = np.concatenate([[0], np.cumsum(mask)])
+    k = np.arange(mask.size)
+    return cs[np.minimum(k + steps + 1, mask.size)] - cs[np.maximum(k - steps, 0)] > 0
+
+
+def blocked_labels(
+    time,
+    time_step_s: float,
+    *,
+    block_days: float = 7.0,
+    test_every: int = 5,
+    val_every: int = 5,
+    offset: int = 0,
+    gap_days: float = 1.0,
+    spinup_steps: int = 0,
+) -> xr.DataArray:
+    """Labels for interleaved blocks, so that test and validation data cover every season.
+
+    The steps after the first ``spinup_steps`` (label 0) are cut into blocks of ``block_days``
+    by time stamp, block 0 starting at step ``spinup_steps``: block ``i`` holds the steps with
+    ``i * block <= t - t[spinup_steps] < (i + 1) * block``. Block ``i`` is test if
+    ``(i - offset) % test_every == 0``, validation if ``(i - offset) % val_every == val_every // 2``,
+    train otherwise. Training steps within ``round(gap_days * 86400 / time_step_s)`` steps of a
+    test or validation step are labelled 0, so that the model state does not carry information
+    across; held-out blocks keep every step.
+    """
+    t = _times(time)
+    n = len(t)
+    if n == 0:
+        raise DataError("blocked_labels: empty time axis")
+    if spinup_steps < 0 or gap_days < 0 or time_step_s <= 0 or offset < 0:
+        raise ValueError("spinup_steps, gap_days and offset must be >= 0 and time_step_s > 0")
+    if test_every < 2 or val_every < 2:
+        raise ValueError(f"test_every and val_every must be >= 2; got {test_every} and {val_every}")
+    if block_days * 86400.0 < time_step_s:
+        raise ValueError(f"block_days {block_days:g} is shorter than the time step ({time_step_s:g} s)")
+    if spinup_steps >= n:
+        raise DataError(f"blocked_labels: spin-up of {spinup_steps} steps leaves nothing of {n} steps")
+    elapsed = (t.values[spinup_steps:] - t.values[spinup_steps]).astype("timedelta64[ns]").astype(np.int64)
+    pos = elapsed // int(round(block_days * 86400e9)) - offset
+    is_test = pos % test_every == 0
+    is_val = pos % val_every == val_every // 2
+    if (is_test & is_val).any():
+        raise ValueError(
+            f"test_every {test_every} and val_every {val_every} make block "
+            f"{int(pos[is_test & is_val][0]) + offset} both test and validation"
+        )
+    labels = np.zeros(n, dtype=np.int8)
+    labels[spinup_steps:] = np.where(is_test, TEST, np.where(is_val, VALIDATION, TRAIN))
+    gap = int(round(gap_days * 86400.0 / time_step_s))
+    labels[(labels == TRAIN) & _near(labels >= VALIDATION, gap)] = UNUSED
+    out = _labels(t, labels)
+    check_no_leakage(out, gap=gap)
+    return out
+
+
 def leave_one_site_out(site_ids, n_validation: int = 1, seed: int | None = 0) -> list[dict[str, list[str]]]:
     """Folds ``{"train": [...], "validation": [...], "test": [site]}``, one per site.
 
@@ -161,12 +229,61 @@ def site_split_labels(datasets, fold: dict[str, list[str]], spinup_steps: int = 
     return out
 
 
-def check_no_leakage(split) -> None:
+def held_out_fold(site_ids, held_out) -> dict[str, list[str]]:
+    """The fold ``{"train": other sites, "validation": [], "test": held_out}`` (PLUMBER protocol).
+
+    ``site_ids`` are the ids of the sites read (``data.sites``), ``held_out`` the configured
+    ``split.test_sites``. Raises DataError for ids that are not among the sites (naming them
+    and the available ones), for duplicates, and when no training site remains.
+    """
+    ids = [str(s) for s in site_ids]
+    held = [str(s) for s in held_out]
+    for what, values in (("site id(s)", ids), ("test_sites", held)):
+        dup = sorted({s for s in values if values.count(s) > 1})
+        if dup:
+            raise DataError(f"held_out_fold: {what} {dup} given more than once")
+    if not held:
+        raise DataError("held_out_fold: no held-out site given")
+    unknown = [s for s in held if s not in ids]
+    if unknown:
+        raise DataError(f"split.test_sites: unknown site id(s) {unknown}; the sites read are {sorted(ids)}")
+    train = [s for s in ids if s not in held]
+    if not train:
+        raise DataError(f"split.test_sites names every site {sorted(ids)}; at least one training site must remain")
+    fold = {"train": train, "validation": [], "test": held}
+    check_no_leakage(fold)
+    return fold
+
+
+def held_out_labels(datasets, held_out, val: float = 0.2, spinup_steps: int = 0) -> dict[str, xr.DataArray]:
+    """Per-step labels of the held-out-sites split, by site id (``attrs['site_id']``).
+
+    Every step of a held-out site is 3 (test; its record is scored whole). Each other site is
+    split in time by :func:`split_by_time` with fractions ``(1 - val, val, 0)`` and
+    ``spinup_steps``: train, then the last ``val`` fraction validation. The ids are checked by
+    :func:`held_out_fold`.
+    """
+    datasets = list(datasets)
+    fold = held_out_fold([ds.attrs.get("site_id") for ds in datasets], held_out)
+    out = {}
+    for ds in datasets:
+        sid = str(ds.attrs["site_id"])
+        if sid in fold["test"]:
+            t = _times(ds)
+            out[sid] = _labels(t, np.full(len(t), TEST, dtype=np.int8))
+        else:
+            out[sid] = split_by_time(ds, (1.0 - val, val, 0.0), spinup_steps=spinup_steps)
+    return out
+
+
+def check_no_leakage(split, gap: int | None = None) -> None:
     """Raise DataError if roles overlap.
 
-    ``split`` is a fold dict (a site in two roles), or a label array (a role that is not one
-    contiguous block for time splits is allowed, but a label outside 0..3 is not), or a dict
-    ``site -> labels`` (a site labelled with two different non-zero roles).
+    ``split`` is a fold dict (a site in two roles), or a label array, or a dict ``site -> labels``
+    (a site labelled with two different non-zero roles). A label array must hold only 0..3 and,
+    with ``gap=None`` (contiguous time blocks), have every train step before every validation
+    step before every test step; with ``gap`` an int (interleaved blocks, :func:`blocked_labels`)
+    no train step may lie within ``gap`` steps of a validation or test step.
     """
     if isinstance(split, dict) and all(isinstance(v, (list, tuple)) for v in split.values()):
         seen: dict[str, str] = {}
@@ -186,6 +303,13 @@ def check_no_leakage(split) -> None:
     bad = ~np.isin(lab, (UNUSED, TRAIN, VALIDATION, TEST))
     if bad.any():
         raise DataError(f"split labels must be 0..3; found {np.unique(lab[bad]).tolist()}")
+    if gap is not None:
+        close = (lab == TRAIN) & _near(lab >= VALIDATION, gap)
+        if close.any():
+            raise DataError(
+                f"leakage: train step {int(np.argmax(close))} lies within {gap} step(s) of a validation or test step"
+            )
+        return
     # time blocks: every train step precedes every validation step precedes every test step
     pos = {r: np.nonzero(lab == r)[0] for r in (TRAIN, VALIDATION, TEST)}
     order = [r for r in (TRAIN, VALIDATION, TEST) if pos[r].size]

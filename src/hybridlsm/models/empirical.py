@@ -24,14 +24,20 @@ cluster models); the gbm handles missing inputs natively.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import xarray as xr
+import skops.io as sio
 from sklearn.cluster import KMeans
 from sklearn.ensemble import HistGradientBoostingRegressor
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from hybridlsm.data.schema import DataError
+from hybridlsm.domain import Domain
+from hybridlsm.models.registry import ModelSpec, TrainingContext, register_model, write_model_json
 
 __all__ = [
     "EmpiricalInputError",
@@ -197,6 +203,38 @@ class EmpiricalModel:
     def min_rows(self) -> int:
         return len(self.inputs) + 1
 
+    # -- persistence (no pickle: arrays as .npz, scikit-learn estimators with skops) ------------
+    #: fitted NumPy attributes saved as arrays; the scikit-learn estimator attribute, if any
+    fitted_arrays: ClassVar[tuple[str, ...]] = ()
+    estimator_attr: ClassVar[str | None] = None
+
+    def save(self, directory: Path, prefix: str) -> None:
+        """Write the fitted state as ``<prefix>.npz`` (+ ``<prefix>.skops``)."""
+        if self.target is None:
+            raise RuntimeError(f"{self.name}: save called before fit")
+        arrays = {k: np.asarray(getattr(self, k)) for k in self.fitted_arrays}
+        arrays["n_train"] = np.asarray(self.n_train)
+        np.savez(Path(directory) / f"{prefix}.npz", **arrays)
+        if self.estimator_attr is not None:
+            sio.dump(getattr(self, self.estimator_attr), Path(directory) / f"{prefix}.skops")
+
+    def restore(self, directory: Path, prefix: str, target: str) -> EmpiricalModel:
+        """Load the state ``save`` wrote; scikit-learn types only are trusted in the skops file."""
+        path = Path(directory) / f"{prefix}.npz"
+        with np.load(path, allow_pickle=False) as data:
+            for k in self.fitted_arrays:
+                setattr(self, k, data[k])
+            self.n_train = int(data["n_train"])
+        if self.estimator_attr is not None:
+            est_path = Path(directory) / f"{prefix}.skops"
+            untrusted = sio.get_untrusted_types(file=est_path)
+            foreign = [t for t in untrusted if not t.startswith("sklearn.")]
+            if foreign:
+                raise EmpiricalInputError(f"{est_path}: refuses to load non-scikit-learn types {foreign}")
+            setattr(self, self.estimator_attr, sio.load(est_path, trusted=untrusted))
+        self.target = target
+        return self
+
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -212,6 +250,8 @@ def _ols(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 class _LinearModel(EmpiricalModel):
+    fitted_arrays = ("intercept_", "coef_")
+
     def _fit(self, X, y):
         self.intercept_, self.coef_ = _ols(X, y)
 
@@ -244,6 +284,8 @@ class KMeansRegression(EmpiricalModel):
 
     name = "3km27"
     inputs = ("SWdown", "Tair", "RH")
+    fitted_arrays = ("mean_", "scale_", "intercepts_", "coefs_")
+    estimator_attr = "kmeans_"
 
     def __init__(self, n_clusters: int = 27, seed: int = 0, n_init: int = 3, max_iter: int = 50) -> None:
         super().__init__()
@@ -286,6 +328,7 @@ class GradientBoosting(EmpiricalModel):
     """
 
     name = "gbm"
+    estimator_attr = "regressor_"
     default_inputs: ClassVar[tuple[str, ...]] = ("SWdown", "Tair", "RH", "VPD", "Wind", "Qair", "Precip")
 
     def __init__(
@@ -364,39 +407,51 @@ def _usable_mask(ds: xr.Dataset, target: str, max_qc: int) -> np.ndarray:
     return ok
 
 
-class EmpiricalSpec:
-    """``ModelSpec`` for one empirical benchmark: one regression per target flux.
+class EmpiricalOptions(BaseModel):
+    """``options`` of the empirical benchmarks: the fluxes to fit (one regression each)."""
 
-    The fits are cheap and deterministic given the data and seed, so they are refitted rather than
-    checkpointed (a fitted HistGradientBoosting model cannot be stored without pickle).
-    """
+    model_config = ConfigDict(extra="forbid")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    targets: list[Literal["Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet"]] = Field(
+        default_factory=lambda: ["Qle", "Qh"], min_length=1)
 
-    def build(self, options, datasets_train):
-        opts = dict(options or {})
-        unknown = sorted(set(opts) - {"targets"})
-        if unknown:
-            raise ValueError(f"{self.name}: unknown option(s) {unknown}; allowed: ['targets']")
-        targets = list(opts.get("targets", ["Qle", "Qh"]))
-        return {t: EMPIRICAL_MODELS[self.name]() for t in targets}
 
-    def train(self, model, train_data, val_data, cfg, ckpt_dir):
+class EmpiricalSpec(ModelSpec):
+    """``ModelSpec`` of one empirical benchmark: one regression per target flux, pooled over the
+    training columns; saved without pickle (``EmpiricalModel.save``)."""
+
+    Options = EmpiricalOptions
+
+    def build(self, options: EmpiricalOptions) -> dict[str, EmpiricalModel]:
+        return {t: EMPIRICAL_MODELS[self.name]() for t in options.targets}
+
+    def train(self, model, options, train, val, ctx: TrainingContext):
+        columns = [ds for d in train for ds in d.columns()]
         for target, est in model.items():
-            masks = [_usable_mask(ds, target, cfg.data.max_qc) for ds in train_data]
-            est.fit(list(train_data), target, masks)
+            est.fit(columns, target, [_usable_mask(ds, target, ctx.max_qc) for ds in columns])
         return model
 
-    def predict(self, model, ds):
-        return {target: est.predict(ds) for target, est in model.items()}
+    def predict(self, model, domain: Domain) -> dict[str, np.ndarray]:
+        columns = domain.columns()
+        return {target: np.stack([est.predict(ds) for ds in columns], axis=1) for target, est in model.items()}
+
+    def save(self, model, options, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for target, est in model.items():
+            est.save(directory, target)
+        write_model_json(directory, self.name, options, {})
+
+    def load(self, options, directory: Path):
+        return {t: est.restore(directory, t, t) for t, est in self.build(options).items()}
+
+    def required_inputs(self, options) -> tuple[str, ...]:
+        return tuple(EMPIRICAL_MODELS[self.name]().inputs) + ("Precip",) * (self.name == "gbm")
 
 
 def _register_empirical() -> None:
-    from .registry import register_model
-
     for name in EMPIRICAL_MODELS:
-        register_model(name)(EmpiricalSpec(name))
+        register_model(name)(type(f"{name.capitalize()}Spec", (EmpiricalSpec,), {"__doc__": EmpiricalSpec.__doc__}))
 
 
 _register_empirical()

@@ -25,23 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..domain import Domain
 from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead, trainable_filter
-from ..physics import PARAMETERS, LaDModel
+from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..training.losses import DiscoveryLaw, sparsity_l1
-from . import column
-from .column import (
-    N_FORCING_FEATURES,
-    N_STATE_FEATURES,
-    ColumnModel,
-    forcing_features,
-    predict_column_model,
-    state_features,
-    train_column_model,
-    training_config,
-)
+from ..training.trainer import fit
+from ..training.windows import SiteRecord
+from .column import ColumnModel, column_provenance, domain_base_params, predict_column_model, run_jit, target_arrays
+from .column_fit import train_column_model, training_config
+from .features import N_FORCING_FEATURES, N_STATE_FEATURES, forcing_features, state_features
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
-from .registry import register_model
+from .registry import EquinoxSpec, TrainingContext, register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
 
@@ -159,12 +154,12 @@ def multiplier_head(dtype=None) -> BoundedHead:
     return BoundedHead(lo, hi, log_space=True, dtype=dtype)
 
 
-class ParameterNetworkLand(eqx.Module):
+class ParameterNetworkLand(AbstractLandModel):
     """LaD whose r_a and r_s multipliers come from an MLP of forcing and states at every step.
 
     The learned multipliers scale ``ra_scale`` and ``rs_scale`` before the physics step, so the
-    reported Kh, ra and rs are the ones actually used; ``observe`` adds them as ``ra_mult`` and
-    ``rs_mult``."""
+    reported Kh, ra and rs are the ones actually used; the step's fluxes carry them as the
+    diagnostics ``ra_mult`` and ``rs_mult``, which ``observe`` reports."""
 
     lad: LaDModel
     mlp: MLP
@@ -187,13 +182,14 @@ class ParameterNetworkLand(eqx.Module):
         for i, name in enumerate(MULTIPLIED):
             p[name] = params[name] * m[..., i]
         new_state, fluxes = self.lad.step(state, forcing, p)
-        return new_state, (fluxes, m)
+        diagnostics = {**fluxes.diagnostics, "ra_mult": m[..., 0], "rs_mult": m[..., 1]}
+        return new_state, replace(fluxes, diagnostics=diagnostics)
 
     def observe(self, state, fluxes):
-        fl, m = fluxes
-        out = self.lad.observe(state, fl)
-        out["ra_mult"], out["rs_mult"] = m[..., 0], m[..., 1]
-        return out
+        return self.lad.observe(state, fluxes)
+
+    def state_change(self, old, new):
+        return self.lad.state_change(old, new)
 
 
 def multiplier_sparsity(model: ColumnModel, out: dict):
@@ -217,44 +213,50 @@ def _deltas(opts: HybridOptions, dtype, exclude=()) -> dict:
     return {name: jnp.zeros((), dtype) for name in opts.calibrate if name not in exclude}
 
 
-class _HybridSpec:
+class _HybridSpec(EquinoxSpec):
     Options = HybridOptions
+    sparsity_fn = None
 
     def _law(self, opts, dtype):
         return DiscoveryLaw(dtype=dtype) if opts.discovery else None
 
-    def predict(self, model, ds):
-        return predict_column_model(model, ds)
+    def structure(self, model: ColumnModel) -> dict:
+        return {"sites": list(model.sites), "site_classes": list(model.site_classes)}
 
-    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
-        opts = options or HybridOptions()
-        model, filter_spec, _ = start_from_physics(model, train_data, val_data, cfg, ckpt_dir, opts)
+    def skeleton(self, options: HybridOptions, structure: dict) -> ColumnModel:
+        model = self.build(options)
+        return model.per_site(structure["sites"], structure["site_classes"]) if structure.get("sites") else model
+
+    def predict(self, model, domain):
+        return predict_column_model(model, domain)
+
+    def provenance(self, model, domain):
+        return [f"network shared by every column; physical parameters: {p}" for p in column_provenance(model, domain)]
+
+    def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
+        model, filter_spec, _ = start_from_physics(model, train, val, ctx, options)
         return train_column_model(
-            model, train_data, val_data, cfg, ckpt_dir, targets=opts.targets,
-            train_cfg=training_config(cfg, opts), sparsity_fn=self.sparsity_fn, filter_spec=filter_spec,
-            fit_mode=opts.fit,
+            model, train, val, ctx, targets=options.targets, train_cfg=training_config(ctx, options),
+            sparsity_fn=self.sparsity_fn, filter_spec=filter_spec, fit_mode=options.fit,
         )  # fmt: skip
 
-    sparsity_fn = None
 
-
-def start_from_physics(model: ColumnModel, train_data, val_data, cfg, ckpt_dir, opts: HybridOptions):
+def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opts: HybridOptions):
     """``model`` with the calibrated LaD's parameter offsets (``physics_init="calibrated"``), the
     filter spec of what trains (the offsets stay fixed unless ``train_physics``) and the physics
     model it started from (the default LaD with ``physics_init="default"``).
 
     Calibration on whole records captures seasonal water storage that the hybrid's windows cannot
-    (module ``column``), so the network learns what calibrated physics misses; its multipliers and
-    energy split start at the calibrated physics (multiplier 1, bulk split)."""
+    (module ``column_fit``), so the network learns what calibrated physics misses; its multipliers
+    and energy split start at the calibrated physics (multiplier 1, bulk split)."""
     if opts.physics_init == "default":
         return model, None, ColumnModel(land=LaDModel(stability=opts.stability), deltas={})
     physics = calibrate_physics(
-        train_data, val_data, cfg,
+        train, val, ctx.sub("physics_init"),
         PhysicsOptions(calibrate=opts.calibrate, stability=opts.stability, targets=opts.targets),
-        None if ckpt_dir is None else Path(ckpt_dir) / "physics_init",
     )  # fmt: skip
     deltas = {k: v / model.delta_gain for k, v in calibrated_offsets(physics).items()}
-    model = replace(model, deltas=deltas, sites=physics.sites)
+    model = replace(model, deltas=deltas, sites=physics.sites, site_classes=physics.site_classes)
     spec = trainable_filter(model)
     if not opts.train_physics:
         spec = eqx.tree_at(lambda m: m.deltas, spec, {k: False for k in deltas})
@@ -263,7 +265,7 @@ def start_from_physics(model: ColumnModel, train_data, val_data, cfg, ckpt_dir, 
 
 @register_model("hybrid_flux")
 class HybridFlux(_HybridSpec):
-    def build(self, options: HybridOptions, datasets_train):
+    def build(self, options: HybridOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
         return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN)
@@ -273,7 +275,7 @@ class HybridFlux(_HybridSpec):
 class HybridParam(_HybridSpec):
     sparsity_fn = staticmethod(multiplier_sparsity)
 
-    def build(self, options: HybridOptions, datasets_train):
+    def build(self, options: HybridOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
         n_in = N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
@@ -289,7 +291,7 @@ class HybridParam(_HybridSpec):
 class HybridLSTM(_HybridSpec):
     sparsity_fn = staticmethod(dynamic_sparsity)
 
-    def build(self, options: HybridOptions, datasets_train):
+    def build(self, options: HybridOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
         net = LSTM(N_FORCING_FEATURES, len(MULTIPLIED), hidden_size=options.hidden_size,
@@ -305,33 +307,31 @@ class PretrainThenFinetune(HybridFlux):
     """hybrid_flux trained first on the physics' own simulated Qh / Qle over the whole training
     record (every step, no QC; the calibrated LaD it starts from), then on the observations."""
 
-    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
-        opts = options or HybridOptions()
-        targets = opts.targets
-        model, filter_spec, physics = start_from_physics(model, train_data, val_data, cfg, ckpt_dir, opts)
+    def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
+        targets = options.targets
+        model, filter_spec, physics = start_from_physics(model, train, val, ctx, options)
 
-        def simulator_targets(rec: column.SiteRecord) -> column.SiteRecord:
-            _, out = column._run_jit(physics, rec.forcing, rec.base, rec.state0)
+        def simulator_targets(rec: SiteRecord) -> SiteRecord:
+            _, out = run_jit(physics, rec.forcing, rec.base, rec.state0)
             sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             usable = np.repeat(rec.split_mask[:, None], len(targets), axis=1)
             return replace(rec, obs=sim, mask=usable)
 
-        pre_cfg = training_config(cfg, opts).model_copy(
-            update={"epochs": opts.pretrain_epochs, "two_phase": cfg.training.two_phase.model_copy(update={"enabled": False})})  # fmt: skip
-        sub = (lambda name: None if ckpt_dir is None else Path(ckpt_dir) / name)
-        model = train_column_model(model, train_data, val_data, cfg, sub("pretrain"), targets=targets,
-                                   train_cfg=pre_cfg, target_override=simulator_targets,
-                                   filter_spec=filter_spec)  # fmt: skip
-        return train_column_model(model, train_data, val_data, cfg, sub("finetune"), targets=targets,
-                                  train_cfg=training_config(cfg, opts), filter_spec=filter_spec)  # fmt: skip
+        tc = training_config(ctx, options)
+        pre_cfg = tc.model_copy(update={"epochs": options.pretrain_epochs,
+                                        "two_phase": tc.two_phase.model_copy(update={"enabled": False})})  # fmt: skip
+        model = train_column_model(model, train, val, ctx.sub("pretrain"), targets=targets, train_cfg=pre_cfg,
+                                   target_override=simulator_targets, filter_spec=filter_spec)  # fmt: skip
+        return train_column_model(model, train, val, ctx.sub("finetune"), targets=targets, train_cfg=tc,
+                                  filter_spec=filter_spec)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- post_correction
 
 
 class PostCorrection(eqx.Module):
-    """Calibrated (or default) LaD followed by an MLP that corrects its Qh / Qle from the physics outputs, states
-    and forcing (residual form: corrected = physics + scale * MLP)."""
+    """Calibrated (or default) LaD followed by an MLP that corrects its Qh / Qle from the physics
+    outputs, states and forcing (residual form: corrected = physics + scale * MLP)."""
 
     physics: ColumnModel
     mlp: MLP
@@ -339,18 +339,16 @@ class PostCorrection(eqx.Module):
     scale: tuple[float, ...] = eqx.field(static=True)
 
 
-def _post_features(out: dict, ds) -> np.ndarray:
-    """(T, F) inputs of the correction network from a physics rollout of ``ds``."""
-    from ..physics import LaDState, forcing_from_datasets
+def _post_features(out: dict, domain: Domain) -> np.ndarray:
+    """(T, N, F) inputs of the correction network from a physics rollout of ``domain``."""
+    from ..physics import forcing_from_datasets
 
-    f = forcing_from_datasets([ds]).at((slice(None), 0))
+    f = forcing_from_datasets(domain.columns())
     state = LaDState(soil_temp=jnp.asarray(out["SoilTemp"]), soil_water=jnp.asarray(out["SoilMoist"]),
                      snow=jnp.asarray(out["SWE"]), groundwater=jnp.asarray(out["GWS"]))  # fmt: skip
-    base = column.site_base_params(ds)
+    base, _, _ = domain_base_params(domain)
     phys = np.stack([out["Qh"] / 300.0, out["Qle"] / 300.0, out["Rnet"] / 500.0, out["Qg"] / 100.0], -1)
-    return np.concatenate(
-        [np.asarray(forcing_features(f)), phys, np.asarray(state_features(state, f, base))], axis=-1
-    )
+    return np.concatenate([np.asarray(forcing_features(f)), phys, np.asarray(state_features(state, f, base))], axis=-1)
 
 
 @eqx.filter_jit
@@ -359,41 +357,53 @@ def _correct(model: PostCorrection, x):
 
 
 @register_model("post_correction")
-class PostCorrectionSpec:
+class PostCorrectionSpec(EquinoxSpec):
     Options = HybridOptions
 
-    def build(self, options: HybridOptions, datasets_train):
+    def build(self, options: HybridOptions) -> PostCorrection:
         mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, len(options.targets), width_size=options.width,
                   depth=options.depth, dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         mlp = _small_output_layer(mlp, jnp.zeros(len(options.targets)))
         physics = ColumnModel(land=LaDModel(stability=options.stability), deltas={})
         return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets))
 
-    def _rows(self, model, datasets, max_qc):
+    def structure(self, model: PostCorrection) -> dict:
+        return {"sites": list(model.physics.sites), "site_classes": list(model.physics.site_classes),
+                "deltas": sorted(model.physics.deltas), "scale": list(model.scale)}  # fmt: skip
+
+    def skeleton(self, options: HybridOptions, structure: dict) -> PostCorrection:
+        model = self.build(options)
+        dtype = jnp.zeros(0).dtype
+        physics = replace(model.physics, deltas={k: jnp.zeros((), dtype) for k in structure["deltas"]})
+        if structure["sites"]:
+            physics = physics.per_site(structure["sites"], structure["site_classes"])
+        return PostCorrection(physics, model.mlp, model.targets, tuple(structure["scale"]))
+
+    def _rows(self, model: PostCorrection, domains: Sequence[Domain], max_qc: int):
+        """(rows, F) inputs, (rows, K) residual targets and masks of every column of ``domains``."""
         xs, ys, ms = [], [], []
-        for ds in datasets:
-            out = predict_column_model(model.physics, ds)
-            obs, mask = column.target_arrays(ds, model.targets, max_qc)
-            sim = np.stack([out[t] for t in model.targets], -1)
-            xs.append(_post_features(out, ds))
-            ys.append(np.where(mask, obs - sim, 0.0))
-            ms.append(mask)
+        for d in domains:
+            out = predict_column_model(model.physics, d)
+            x = _post_features(out, d)
+            for j in range(d.n_columns):
+                obs, mask = target_arrays(d.column(j), model.targets, max_qc)
+                sim = np.stack([out[t][:, j] for t in model.targets], -1)
+                xs.append(x[:, j])
+                ys.append(np.where(mask, obs - sim, 0.0))
+                ms.append(mask)
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
 
-    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: HybridOptions | None = None):
-        from ..training.trainer import fit
-
-        opts = options or HybridOptions()
-        physics, _, _ = start_from_physics(model.physics, train_data, val_data, cfg, ckpt_dir, opts)
+    def train(self, model: PostCorrection, options: HybridOptions, train, val, ctx: TrainingContext):
+        physics, _, _ = start_from_physics(model.physics, train, val, ctx, options)
         model = eqx.tree_at(lambda m: m.physics, model, physics)
-        x, y, m = self._rows(model, train_data, cfg.data.max_qc)
+        x, y, m = self._rows(model, train, ctx.max_qc)
         keep = m.any(axis=1)
-        x, y, m = x[keep], y[keep], m[keep]
         if not keep.any():
             raise ValueError("post_correction: no usable training target (check QC and split)")
+        x, y, m = x[keep], y[keep], m[keep]
         scale = np.maximum(np.sqrt(np.mean(np.where(m, y, 0.0) ** 2, axis=0)), 1.0)
         model = PostCorrection(model.physics, model.mlp, model.targets, tuple(float(s) for s in scale))
-        xv, yv, mv = self._rows(model, val_data, cfg.data.max_qc)
+        xv, yv, mv = self._rows(model, val, ctx.max_qc)
         xv, yv, mv = (jnp.asarray(a) for a in (xv, yv / scale, mv))
         xj, yj, mj = jnp.asarray(x), jnp.asarray(y / scale), jnp.asarray(m)
         size = min(4096, x.shape[0])
@@ -412,17 +422,26 @@ class PostCorrectionSpec:
             err = jnp.where(mv, _correct(mdl, xv) - yv, 0.0)
             return float(jnp.sum(err**2) / jnp.maximum(jnp.sum(mv), 1))
 
-        tc = training_config(cfg, opts).model_copy(update={"two_phase": cfg.training.two_phase.model_copy(update={"enabled": False})})
-        if tc.epochs is None:
-            tc = tc.model_copy(update={"epochs": 30})
-        # only the MLP has trainable arrays (the physics part holds no calibrated offsets)
-        return fit(model, loss_fn, batches, val_fn, tc, checkpoint_dir=ckpt_dir,
-                   resume=ckpt_dir is not None).model  # fmt: skip
+        tc = training_config(ctx, options)
+        tc = tc.model_copy(update={"two_phase": tc.two_phase.model_copy(update={"enabled": False})})
+        # only the MLP trains: the physics it corrects stays as calibrated
+        return fit(model, loss_fn, batches, val_fn, tc, checkpoint_dir=ctx.checkpoint_dir,
+                   filter_spec=_mlp_only(model), progress=ctx.progress,
+                   resume=ctx.checkpoint_dir is not None).model  # fmt: skip
 
-    def predict(self, model, ds):
-        out = predict_column_model(model.physics, ds)
-        corr = np.asarray(_correct(model, jnp.asarray(_post_features(out, ds))))
+    def predict(self, model: PostCorrection, domain: Domain):
+        out = predict_column_model(model.physics, domain)
+        corr = np.asarray(_correct(model, jnp.asarray(_post_features(out, domain))))
         for k, t in enumerate(model.targets):
-            out[t] = out[t] + model.scale[k] * corr[:, k]
+            out[t] = out[t] + model.scale[k] * corr[..., k]
         return out
 
+    def provenance(self, model, domain):
+        return [f"correction network shared by every column; physics: {p}"
+                for p in column_provenance(model.physics, domain)]  # fmt: skip
+
+
+def _mlp_only(model: PostCorrection):
+    """Filter spec: the correction network's weights train, the calibrated physics does not."""
+    spec = trainable_filter(model)
+    return eqx.tree_at(lambda m: m.physics, spec, jax.tree_util.tree_map(lambda _: False, spec.physics))

@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hybridlsm import thermo
 from hybridlsm.data.schema import site_label
-from hybridlsm.models.registry import register_model
+from hybridlsm.domain import Domain
+from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
 from hybridlsm.neural import LSTM, Normaliser
 from hybridlsm.training.losses import masked_mse
 from hybridlsm.training.trainer import fit
@@ -37,7 +38,6 @@ from hybridlsm.training.trainer import fit
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
-    from hybridlsm.training.config import RunConfig
 
 __all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "dataset_features", "dataset_targets"]
 
@@ -171,7 +171,7 @@ def dataset_targets(ds: "xr.Dataset", targets: Sequence[str], max_qc: int) -> tu
 
 
 def _make_windows(
-    model: LSTMBaseline, datasets: Sequence["xr.Dataset"], cfg: "RunConfig"
+    model: LSTMBaseline, datasets: Sequence["xr.Dataset"], ctx: TrainingContext
 ) -> dict[int, dict[str, np.ndarray]]:
     """Windows grouped by length (steps): ``{L: {"x": (W, L, F), "y": (W, L, K), "m": (W, L, K)}}``.
 
@@ -183,8 +183,8 @@ def _make_windows(
     groups: dict[int, dict[str, list[np.ndarray]]] = {}
     for ds in datasets:
         dt = _time_step_s(ds)
-        spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
-        win = max(1, int(round(cfg.data.window_days * 86400.0 / dt)))
+        spin = ctx.steps(ctx.spinup_days, dt)
+        win = max(1, ctx.steps(ctx.window_days, dt))
         windows = training_windows(np.where(_loss_steps(ds), TRAIN, UNUSED), win, spin)
         if len(windows) == 0:
             warnings.warn(
@@ -194,7 +194,7 @@ def _make_windows(
             )
             continue
         x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
-        y, m = dataset_targets(ds, model.targets, cfg.data.max_qc)
+        y, m = dataset_targets(ds, model.targets, ctx.max_qc)
         y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
         g = groups.setdefault(spin + win, {"x": [], "y": [], "m": []})
         g["x"].append(x[windows.index])
@@ -267,67 +267,54 @@ def _forward(model: LSTMBaseline, x: jax.Array) -> jax.Array:
 
 
 @register_model("lstm")
-class LSTMModel:
+class LSTMModel(EquinoxSpec):
     """Registry entry ``lstm`` (see :class:`~hybridlsm.models.registry.ModelSpec`)."""
 
     Options = LSTMOptions
 
-    def build(self, options: LSTMOptions | dict, datasets_train: Sequence["xr.Dataset"]) -> LSTMBaseline:
-        opts = options if isinstance(options, LSTMOptions) else LSTMOptions.model_validate(options or {})
-        if not datasets_train:
-            raise ValueError("lstm.build: no training datasets")
-        # statistics from the loss steps only (``loss_mask`` where the dataset has one): no leakage
+    def build(self, options: LSTMOptions) -> LSTMBaseline:
+        """The untrained network with identity statistics (``train`` sets them from the data)."""
+        n_in = len(options.inputs) + (2 if options.hour_features else 0)
+        net = LSTM(in_size=n_in, out_size=len(options.targets), hidden_size=options.hidden_size,
+                   dropout=options.dropout, forget_bias=options.forget_bias, key=jax.random.key(options.seed))  # fmt: skip
+        dtype = net.head.weight.dtype
+        return LSTMBaseline(net=net, target_norm=Normaliser.identity(len(options.targets), dtype=dtype),
+                            inputs=tuple(options.inputs), targets=tuple(options.targets),
+                            hour_features=options.hour_features)  # fmt: skip
+
+    def with_statistics(self, model: LSTMBaseline, datasets: Sequence["xr.Dataset"]) -> LSTMBaseline:
+        """Input and target statistics from the loss steps of the training columns (no leakage)."""
         feats = np.concatenate([
-            dataset_features(ds, opts.inputs, opts.hour_features)[_loss_steps(ds)] for ds in datasets_train
+            dataset_features(ds, model.inputs, model.hour_features)[_loss_steps(ds)] for ds in datasets
         ])  # fmt: skip
         in_norm = Normaliser.from_data(feats)
         ys = []
-        for ds in datasets_train:
-            y, m = dataset_targets(ds, opts.targets, max_qc=3)
+        for ds in datasets:
+            y, m = dataset_targets(ds, model.targets, max_qc=3)
             ys.append(np.where(m, y, np.nan))
         y_all = np.concatenate(ys)
-        empty = [t for t, ok in zip(opts.targets, np.isfinite(y_all).any(axis=0)) if not ok]
+        empty = [t for t, ok in zip(model.targets, np.isfinite(y_all).any(axis=0)) if not ok]
         if empty:
-            raise ValueError(f"lstm.build: no observed values of target(s) {empty} in the training datasets")
+            raise ValueError(f"lstm: no observed values of target(s) {empty} in the training data")
         out_norm = Normaliser.from_data(y_all)
-        net = LSTM(
-            in_size=feats.shape[1],
-            out_size=len(opts.targets),
-            hidden_size=opts.hidden_size,
-            dropout=opts.dropout,
-            forget_bias=opts.forget_bias,
-            mean=in_norm.mean,
-            std=in_norm.std,
-            key=jax.random.key(opts.seed),
-        )
-        dtype = net.head.weight.dtype
-        return LSTMBaseline(
-            net=net,
-            target_norm=Normaliser(out_norm.mean, out_norm.std, dtype=dtype),
-            inputs=tuple(opts.inputs),
-            targets=tuple(opts.targets),
-            hour_features=opts.hour_features,
-        )
+        dtype = model.dtype
+        return eqx.tree_at(lambda m: (m.net.normaliser, m.target_norm), model,
+                           (Normaliser(in_norm.mean, in_norm.std, dtype=dtype),
+                            Normaliser(out_norm.mean, out_norm.std, dtype=dtype)))  # fmt: skip
 
-    def train(
-        self,
-        model: LSTMBaseline,
-        train_data: Sequence["xr.Dataset"],
-        val_data: Sequence["xr.Dataset"],
-        cfg: "RunConfig",
-        ckpt_dir: Path | None,
-        progress: bool = True,
-    ) -> LSTMBaseline:
-        """Fit with :func:`~hybridlsm.training.trainer.fit`; resumes from ``ckpt_dir`` when it holds a checkpoint."""
-        groups = _make_windows(model, train_data, cfg)
+    def train(self, model: LSTMBaseline, options: LSTMOptions, train: Sequence[Domain], val: Sequence[Domain],
+              ctx: TrainingContext) -> LSTMBaseline:
+        """Fit with :func:`~hybridlsm.training.trainer.fit`; resumes from the context's checkpoints."""
+        train_data = [ds for d in train for ds in d.columns()]
+        model = self.with_statistics(model, train_data)
+        groups = _make_windows(model, train_data, ctx)
         if not any(g["m"].any() for g in groups.values()):
             raise ValueError("lstm.train: no usable target value in the training windows (check QC and split)")
         val_sets = []
-        for ds in val_data:
-            dt = _time_step_s(ds)
-            spin = int(round(cfg.data.spinup_days * 86400.0 / dt))
+        for ds in (ds for d in val for ds in d.columns()):
+            spin = ctx.steps(ctx.spinup_days, _time_step_s(ds))
             x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
-            y, m = dataset_targets(ds, model.targets, cfg.data.max_qc)
+            y, m = dataset_targets(ds, model.targets, ctx.max_qc)
             y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
             m[: min(spin, m.shape[0] - 1)] = False
             val_sets.append(tuple(jnp.asarray(a, dtype=model.dtype) for a in (x, y)) + (jnp.asarray(m),))
@@ -341,21 +328,18 @@ class LSTMModel:
                 sse, n = sse + float(s), n + float(c)
             return sse / n
 
-        result = fit(
-            model,
-            lstm_loss,
-            _batches(groups, cfg.training.batch_windows, model.dtype),
-            val_fn,
-            cfg.training,
-            checkpoint_dir=ckpt_dir,
-            progress=progress,
-            resume=ckpt_dir is not None,
-        )
+        result = fit(model, lstm_loss, _batches(groups, ctx.training.batch_windows, model.dtype), val_fn,
+                     ctx.training, checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
+                     resume=ctx.checkpoint_dir is not None)  # fmt: skip
         return result.model
 
-    def predict(self, model: LSTMBaseline, ds: "xr.Dataset") -> dict[str, np.ndarray]:
-        """``{target: (T,) W m-2}`` over the whole record of ``ds`` (one sequence from a zero state)."""
-        x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
+    def predict(self, model: LSTMBaseline, domain: Domain) -> dict[str, np.ndarray]:
+        """``{target: (T, N) W m-2}`` over the whole domain (one sequence per column from a zero state)."""
+        x = np.stack([_fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
+                      for ds in domain.columns()], axis=1)  # fmt: skip
         z = _forward(model, jnp.asarray(x, dtype=model.dtype))
         y = np.asarray(model.target_norm.inverse(z), dtype=np.float64)
-        return {name: y[:, k] for k, name in enumerate(model.targets)}
+        return {name: y[..., k] for k, name in enumerate(model.targets)}
+
+    def required_inputs(self, options: LSTMOptions) -> tuple[str, ...]:
+        return tuple(options.inputs)

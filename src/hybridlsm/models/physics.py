@@ -10,16 +10,16 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..constants import CP_AIR
-from ..data.schema import site_label
+from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
-from ..physics.closure import Closure, SurfaceContext, TurbulentFluxes
+from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import ColumnModel, delta_sparsity, predict_column_model, train_column_model, training_config
-from .registry import register_model
+from .column import ColumnModel, column_provenance, predict_column_model
+from .column_fit import delta_sparsity, train_column_model, training_config
+from .registry import EquinoxSpec, TrainingContext, get_model, register_model
 
 #: Parameters calibrated by default: the exchange and stomatal knobs, water capacity, albedo,
 #: roughness ratio and soil conductivity (those the fluxes are most sensitive to).
@@ -73,29 +73,37 @@ class NeutralExchangeClosure(Closure):
         return TurbulentFluxes(gh * (c.t_surface - c.theta_air), gq * (c.q_sat - c.q_air), gh, gq * c.dq_sat_dt)
 
 
-class PhysicsSpec:
+class PhysicsSpec(EquinoxSpec):
     """Calibrated LaD: gradient-based fit of a subset of parameters through the full rollout."""
 
     Options = PhysicsOptions
-    closure_cls = None
+    closure_cls: type[Closure] | None = None
 
-    def build(self, options: PhysicsOptions, datasets_train):
+    def build(self, options: PhysicsOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
-        land = LaDModel(stability=options.stability)
-        if self.closure_cls is not None:
-            land = LaDModel(closure=self.closure_cls(), stability=options.stability)
+        closure = BulkClosure() if self.closure_cls is None else self.closure_cls()
+        land = LaDModel(closure=closure, stability=options.stability)
         deltas = {name: jnp.zeros((), dtype) for name in options.calibrate if not (
             self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
         return ColumnModel(land=land, deltas=deltas)
 
-    def train(self, model, train_data, val_data, cfg, ckpt_dir, options: PhysicsOptions | None = None):
-        options = options or PhysicsOptions()
-        if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
-            return calibrate_physics(train_data, val_data, cfg, options, ckpt_dir)
-        return _calibrate(model, train_data, val_data, cfg, options, ckpt_dir)
+    def structure(self, model: ColumnModel) -> dict:
+        return {"sites": list(model.sites), "site_classes": list(model.site_classes)}
 
-    def predict(self, model, ds):
-        return predict_column_model(model, ds)
+    def skeleton(self, options: PhysicsOptions, structure: dict) -> ColumnModel:
+        model = self.build(options)
+        return model.per_site(structure["sites"], structure["site_classes"]) if structure.get("sites") else model
+
+    def train(self, model, options: PhysicsOptions, train, val, ctx: TrainingContext) -> ColumnModel:
+        if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
+            return calibrate_physics(train, val, ctx, options)
+        return _calibrate(model, train, val, ctx, options)
+
+    def predict(self, model, domain):
+        return predict_column_model(model, domain)
+
+    def provenance(self, model, domain):
+        return column_provenance(model, domain)
 
 
 @register_model("physics")
@@ -111,44 +119,43 @@ class FixedKhPhysics(PhysicsSpec):
 # ------------------------------------------------------------------ calibration, shared
 
 
-def _calibrate(model, train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir):
+def _calibrate(model: ColumnModel, train, val, ctx: TrainingContext, options: PhysicsOptions) -> ColumnModel:
     if not model.deltas:  # ``calibrate: []``: LaD with its IGBP-table defaults, the uncalibrated reference
         return model
     if options.fit == "record" and options.epochs is None:
         options = options.model_copy(update={"epochs": RECORD_EPOCHS})
-    sites = sorted({site_label(ds) for ds in train_data})
-    if options.per_site and len(sites) > 1 and cfg.data.split.mode != "leave_one_site_out":
-        model = model.per_site(sites)
+    columns = {cid: str(d.static_value("igbp")[i]) for d in train for i, cid in enumerate(d.column_ids)}
+    if options.per_site and len(columns) > 1 and not ctx.shared_parameters:
+        sites = sorted(columns)
+        model = model.per_site(sites, [columns[s] for s in sites])
     return train_column_model(
-        model, train_data, val_data, cfg, ckpt_dir,
-        targets=options.targets, train_cfg=training_config(cfg, options), sparsity_fn=delta_sparsity,
+        model, train, val, ctx,
+        targets=options.targets, train_cfg=training_config(ctx, options), sparsity_fn=delta_sparsity,
         fit_mode=options.fit, state_rounds=options.rounds,
     )  # fmt: skip
 
 
-_CALIBRATED: dict[str, ColumnModel] = {}
-
-
-def _data_key(datasets: Sequence[xr.Dataset]) -> list:
-    """Sites, periods and loss masks (the split) of ``datasets``, hashable."""
+def _data_key(domains: Sequence[Domain]) -> list:
+    """Columns, periods and loss masks (the split) of ``domains``, hashable."""
     out = []
-    for ds in datasets:
-        mask = np.asarray(ds["loss_mask"].values if "loss_mask" in ds else [], bool)
-        out.append((ds.attrs.get("site_id"), str(ds["time"].values[0]), ds.sizes["time"],
+    for d in domains:
+        mask = np.asarray(d.data["loss_mask"].values if "loss_mask" in d.data else [], bool)
+        out.append((tuple(d.column_ids), str(d.time[0]), d.n_steps,
                     hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()))  # fmt: skip
     return out
 
 
-def calibrate_physics(train_data, val_data, cfg, options: PhysicsOptions, ckpt_dir) -> ColumnModel:
-    """Calibrated LaD for these data and options: trained once per process and reused (the
-    ``physics`` model and every hybrid that starts from calibrated physics share it)."""
-    key = hashlib.sha256(repr((_data_key(train_data), _data_key(val_data), options.model_dump(),
-                               cfg.data.model_dump(mode="json"), cfg.training.model_dump(mode="json"),
-                               str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
-    if key not in _CALIBRATED:
-        model = CalibratedPhysics().build(options, train_data)
-        _CALIBRATED[key] = _calibrate(model, train_data, val_data, cfg, options, ckpt_dir)
-    return _CALIBRATED[key]
+def calibrate_physics(train, val, ctx: TrainingContext, options: PhysicsOptions) -> ColumnModel:
+    """Calibrated LaD for these data and options: trained once per run (``ctx.cache``) and reused
+    (the ``physics`` model and every hybrid that starts from calibrated physics share it)."""
+    key = "calibrated:" + hashlib.sha256(repr((_data_key(train), _data_key(val), options.model_dump(),
+                                               ctx.max_qc, ctx.spinup_days, ctx.window_days, ctx.shared_parameters,
+                                               ctx.training.model_dump(mode="json"),
+                                               str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
+    if key not in ctx.cache:
+        model = get_model("physics").build(options)
+        ctx.cache[key] = _calibrate(model, train, val, ctx, options)
+    return ctx.cache[key]
 
 
 def calibrated_offsets(physics: ColumnModel) -> dict[str, jax.Array]:

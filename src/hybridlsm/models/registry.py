@@ -1,81 +1,78 @@
-"""Registry of every model a config can name (physics, hybrids, empirical baselines, lstm, ...).
+"""The model contract and the registry of every model a config can name.
 
-A model is registered under the string used in a config's ``models: [{name: ...}]``::
+A model is a :class:`ModelSpec` subclass registered under the name a config uses
+(``models: [{name: ...}]``)::
 
     @register_model("lstm")
-    class LSTMModel:
-        Options = LSTMOptions          # optional: a strict pydantic model for ``options``
-        def build(self, options, datasets_train): ...
-        def train(self, model, train_data, val_data, cfg, ckpt_dir): ...
-        def predict(self, model, ds): ...
+    class LSTMModel(EquinoxSpec):
+        Options = LSTMOptions                       # strict pydantic options, one class per model
+        def build(self, options): ...               # the untrained model (no data needed)
+        def train(self, model, options, train, val, ctx): ...
+        def predict(self, model, domain): ...       # {ALMA name: (T, N) array}
 
-The decorated class is instantiated once (no arguments) and the instance is the registered
-:class:`ModelSpec`. ``get_model(name)`` returns it; an unknown name is an error listing the names
-that exist. The built-in model modules are imported on first use so that registering is a side
-effect of defining the model, as in neuralhydrology's ``modelzoo``.
+- ``build(options) -> model``: the untrained model from its options alone, so a saved model can be
+  rebuilt as the skeleton its arrays are loaded into (``load``); statistics of the data are taken in
+  ``train``.
+- ``train(model, options, train, val, ctx) -> model``: fit on the training Domains, early-stop on
+  the validation Domains (each with a ``loss_mask``); ``ctx`` is the narrow
+  :class:`TrainingContext` (targets, QC limit, step counts, training settings, checkpoints).
+- ``predict(model, domain) -> {name: (T, N) or (T, N, L)}`` over the whole domain.
+- ``save(model, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
+  leaves + JSON by default, no pickle); ``provenance(model, domain)`` says, per column, where the
+  parameters it predicts with come from (a trained site's own, or what transfers).
+
+``get_model(name)`` returns the registered instance; an unknown name lists the names that exist.
+The built-in model modules are imported on first use (registering is a side effect of defining the
+model, as in neuralhydrology's ``modelzoo``). ``CATALOGUE`` gives the config what it needs to
+validate model entries without the config module importing any model code.
 """
 
 from __future__ import annotations
 
+import abc
 import importlib
-import importlib.util
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel
+
+from ..config import ConfigError, RunConfig, TrainConfig, load_config, validate_config
 
 if TYPE_CHECKING:  # pragma: no cover
-    import equinox as eqx
-    import numpy as np
-    import xarray as xr
-
-    from hybridlsm.training.config import RunConfig
+    from ..domain import Domain
 
 __all__ = [
+    "CATALOGUE",
+    "EquinoxSpec",
     "ModelSpec",
+    "SavedModelError",
+    "TrainingContext",
     "UnknownModelError",
     "available_models",
     "get_model",
+    "load_run_config",
     "register_model",
     "validate_options",
+    "validate_run_config",
 ]
 
-#: Modules that define built-in models; each one that exists is imported on first registry use.
+#: Modules that define built-in models, imported on first registry use.
 BUILTIN_MODULES: tuple[str, ...] = (
     "hybridlsm.models.lstm",
     "hybridlsm.models.empirical",
     "hybridlsm.models.physics",
     "hybridlsm.models.hybrid",
 )
-
-
-@runtime_checkable
-class ModelSpec(Protocol):
-    """The three calls every registered model provides (used by ``hybridlsm run``).
-
-    - ``build(options, datasets_train) -> model``: construct the (untrained) Equinox module;
-      normalisation statistics and defaults may be taken from the training datasets. ``options`` is
-      the validated ``Options`` instance when the spec declares a pydantic ``Options`` class,
-      otherwise the raw dict from the config.
-    - ``train(model, train_data, val_data, cfg, ckpt_dir) -> model``: fit on the training datasets,
-      early-stop on the validation datasets; ``cfg`` is the whole :class:`RunConfig` (targets,
-      ``max_qc``, windows and the ``training`` section); checkpoints go to ``ckpt_dir`` when given.
-    - ``predict(model, ds) -> {ALMA name: array over ds.time}``.
-
-    Datasets are canonical site datasets (``docs/architecture.md`` section 1).
-    """
-
-    def build(self, options: Any, datasets_train: Sequence["xr.Dataset"]) -> "eqx.Module": ...
-
-    def train(
-        self,
-        model: "eqx.Module",
-        train_data: Sequence["xr.Dataset"],
-        val_data: Sequence["xr.Dataset"],
-        cfg: "RunConfig",
-        ckpt_dir: Path | None,
-    ) -> "eqx.Module": ...
-
-    def predict(self, model: "eqx.Module", ds: "xr.Dataset") -> dict[str, "np.ndarray"]: ...
+MODEL_FILE = "model.json"
+LEAVES_FILE = "model.eqx"
+SAVED_FORMAT = "hybridlsm-model-1"
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -84,6 +81,160 @@ class UnknownModelError(KeyError, ValueError):
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
 
+
+class SavedModelError(ValueError):
+    """A saved model that is missing, corrupt, or not loadable into this version's model."""
+
+
+@dataclass
+class TrainingContext:
+    """What a model's ``train`` may know of the run (not the whole config).
+
+    Attributes:
+        targets: observed variables the loss uses (the run's ``data.targets``; a model's own
+            ``targets`` option may only narrow them)
+        max_qc: largest FLUXNET QC flag of a usable observation
+        spinup_days, window_days: spin-up and window lengths of windowed training
+        training: optimiser, schedule, early stopping, two-phase settings
+        shared_parameters: the test columns are not training sites (leave-one-site-out,
+            ``test_sites``), so per-site parameters could not be used for them
+        checkpoint_dir: where training checkpoints go (None: no checkpoints)
+        progress: show progress bars
+        cache: run-scoped store for results that several models share (the calibrated physics the
+            hybrids start from); created per run, never process-wide
+    """
+
+    targets: tuple[str, ...]
+    max_qc: int
+    spinup_days: float
+    window_days: float
+    training: TrainConfig
+    shared_parameters: bool = False
+    checkpoint_dir: Path | None = None
+    progress: bool = True
+    cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, **kwargs) -> TrainingContext:
+        d = cfg.data
+        return cls(tuple(d.targets), d.max_qc, d.spinup_days, d.window_days, cfg.training, **kwargs)
+
+    def steps(self, days: float, time_step_s: float) -> int:
+        return int(round(days * 86400.0 / time_step_s))
+
+    def sub(self, name: str) -> TrainingContext:
+        """The same context with checkpoints in the sub-folder ``name``."""
+        from dataclasses import replace
+
+        return replace(self, checkpoint_dir=None if self.checkpoint_dir is None else self.checkpoint_dir / name)
+
+
+class ModelSpec(abc.ABC):
+    """The contract of a registered model (module docstring)."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]]
+
+    @abc.abstractmethod
+    def build(self, options: BaseModel) -> Any: ...
+
+    @abc.abstractmethod
+    def train(self, model: Any, options: BaseModel, train: Sequence[Domain], val: Sequence[Domain],
+              ctx: TrainingContext) -> Any: ...
+
+    @abc.abstractmethod
+    def predict(self, model: Any, domain: Domain) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def save(self, model: Any, options: BaseModel, directory: Path) -> None: ...
+
+    @abc.abstractmethod
+    def load(self, options: BaseModel, directory: Path) -> Any: ...
+
+    def provenance(self, model: Any, domain: Domain) -> list[str]:
+        """Per column: where the parameters used for it come from (default: one shared model)."""
+        return ["shared model (no per-site parameters)"] * domain.n_columns
+
+    def required_inputs(self, options: BaseModel) -> tuple[str, ...]:
+        """Canonical variables ``predict`` needs in a domain."""
+        from ..physics import FORCING_VARIABLES
+
+        return tuple(v for v, _ in FORCING_VARIABLES.values())
+
+
+def _cast_leaf(f, x):
+    """Deserialise one leaf into the dtype of the skeleton's leaf (a float64-trained model
+    predicts in float32 and vice versa)."""
+    if isinstance(x, (jax.Array, np.ndarray)) and not jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        value = np.load(f)
+        if value.shape != np.shape(x):
+            raise SavedModelError(f"array of shape {value.shape} where the model has {np.shape(x)}")
+        return jnp.asarray(value, dtype=x.dtype)
+    return eqx.default_deserialise_filter_spec(f, x)
+
+
+class EquinoxSpec(ModelSpec):
+    """Models that are Equinox modules: saved as their leaves plus the JSON of ``structure``.
+
+    ``structure(model)`` records what the skeleton needs beyond the options (e.g. the sites of
+    per-site parameters); ``skeleton(options, structure)`` rebuilds it (default: ``build``)."""
+
+    def structure(self, model: Any) -> dict:
+        return {}
+
+    def skeleton(self, options: BaseModel, structure: dict) -> Any:
+        return self.build(options)
+
+    def save(self, model: Any, options: BaseModel, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (LEAVES_FILE + ".tmp")
+        eqx.tree_serialise_leaves(tmp, model)
+        tmp.replace(directory / LEAVES_FILE)
+        write_model_json(directory, self.name, options, {"structure": self.structure(model)})
+
+    def load(self, options: BaseModel, directory: Path) -> Any:
+        meta = read_model_json(directory)
+        skeleton = self.skeleton(options, meta.get("structure", {}))
+        path = Path(directory) / LEAVES_FILE
+        try:
+            return eqx.tree_deserialise_leaves(path, skeleton, filter_spec=_cast_leaf)
+        except SavedModelError as err:
+            raise SavedModelError(f"{path}: {err}") from None
+        except (OSError, ValueError, EOFError) as err:
+            raise SavedModelError(f"{path}: cannot load the trained {self.name} model: {err}") from None
+
+
+def write_model_json(directory: Path, name: str, options: BaseModel, extra: dict) -> None:
+    meta = {"format": SAVED_FORMAT, "model": name, "options": options.model_dump(mode="json"),
+            "dtype": str(jnp.zeros(0).dtype), **extra}  # fmt: skip
+    tmp = Path(directory) / (MODEL_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(Path(directory) / MODEL_FILE)
+
+
+def read_model_json(directory: Path) -> dict:
+    path = Path(directory) / MODEL_FILE
+    if not path.is_file():
+        raise SavedModelError(f"{directory}: no trained model here ({MODEL_FILE} missing)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SavedModelError(f"{path}: corrupt: {err}") from None
+    if meta.get("format") != SAVED_FORMAT:
+        raise SavedModelError(f"{path}: format {meta.get('format')!r}, expected {SAVED_FORMAT!r}")
+    return meta
+
+
+def load_saved_model(directory: Path) -> tuple[ModelSpec, BaseModel, Any]:
+    """``(spec, options, model)`` of a model saved with ``spec.save``."""
+    meta = read_model_json(directory)
+    spec = get_model(meta["model"])
+    options = spec.Options.model_validate(meta["options"])
+    return spec, options, spec.load(options, Path(directory))
+
+
+# --------------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _builtins_loaded = False
@@ -97,27 +248,26 @@ def _load_builtins() -> None:
         return
     _builtins_loaded = True  # set first: the modules themselves import this one
     for module in BUILTIN_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+        importlib.import_module(module)
 
 
 def register_model(name: str) -> Callable[[T], T]:
-    """Class (or instance) decorator registering a :class:`ModelSpec` under ``name``."""
+    """Class decorator registering a :class:`ModelSpec` subclass (instantiated once) as ``name``."""
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(f"register_model: name must be a non-empty string without surrounding spaces, got {name!r}")
 
-    def decorator(obj: T) -> T:
-        spec = obj() if isinstance(obj, type) else obj
-        missing = [m for m in ("build", "train", "predict") if not callable(getattr(spec, m, None))]
-        if missing:
-            raise TypeError(f"register_model({name!r}): {type(spec).__name__} lacks {', '.join(missing)}")
+    def decorator(cls: T) -> T:
+        if not (isinstance(cls, type) and issubclass(cls, ModelSpec)):
+            raise TypeError(f"register_model({name!r}): {cls!r} is not a ModelSpec subclass")
+        if not (isinstance(getattr(cls, "Options", None), type) and issubclass(cls.Options, BaseModel)):
+            raise TypeError(f"register_model({name!r}): {cls.__name__} declares no pydantic Options class")
         previous = _REGISTRY.get(name)
-        if previous is not None and type(previous).__qualname__ != type(spec).__qualname__:
-            raise ValueError(
-                f"register_model: {name!r} is already registered to {type(previous).__qualname__}"
-            )
+        if previous is not None and type(previous).__qualname__ != cls.__qualname__:
+            raise ValueError(f"register_model: {name!r} is already registered to {type(previous).__qualname__}")
+        spec = cls()
+        spec.name = name
         _REGISTRY[name] = spec
-        return obj
+        return cls
 
     return decorator
 
@@ -139,14 +289,33 @@ def get_model(name: str) -> ModelSpec:
         ) from None
 
 
-def validate_options(name: str, options: Mapping[str, Any] | None) -> Any:
-    """Validate a config's ``options`` for model ``name`` with the spec's ``Options`` class.
+def validate_options(name: str, options: dict[str, Any] | None) -> BaseModel:
+    """The model's ``Options`` instance for a config's ``options`` (pydantic errors propagate)."""
+    return get_model(name).Options.model_validate(dict(options or {}))
 
-    Returns the ``Options`` instance, or a plain dict when the spec declares no ``Options``.
-    """
-    spec = get_model(name)
-    options = dict(options or {})
-    schema = getattr(spec, "Options", None)
-    if schema is None:
-        return options
-    return schema.model_validate(options)
+
+class _Catalogue:
+    """The registry as the config's :class:`~hybridlsm.config.ModelCatalogue`."""
+
+    def names(self) -> list[str]:
+        return available_models()
+
+    def validate(self, name: str, options: dict[str, Any]) -> BaseModel:
+        return validate_options(name, options)
+
+    def option_keys(self, name: str) -> list[str]:
+        return list(get_model(name).Options.model_fields)
+
+
+CATALOGUE = _Catalogue()
+
+
+def load_run_config(path: str | Path, check_paths: bool = True) -> RunConfig:
+    """Read a YAML run config and validate its models against the registry."""
+    return load_config(path, check_paths=check_paths, catalogue=CATALOGUE)
+
+
+def validate_run_config(data: Any, base_dir: str | Path | None = None, source: str = "<dict>",
+                        check_paths: bool = True) -> RunConfig:
+    """:func:`hybridlsm.config.validate_config` with the models checked against the registry."""
+    return validate_config(data, base_dir=base_dir, source=source, check_paths=check_paths, catalogue=CATALOGUE)

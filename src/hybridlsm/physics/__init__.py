@@ -5,7 +5,8 @@ Public API:
 - ``Forcing``, ``forcing_from_datasets``: (T, N) meteorological forcing.
 - ``PARAMETERS``, ``CALIBRATABLE``, ``default_params``, ``to_unconstrained``,
   ``from_unconstrained``: the parameter table and its bounded transforms.
-- ``LaDModel`` (``init_state / step / observe``), ``LaDState``, ``LaDFluxes``, ``Numerics``.
+- ``AbstractLandModel``: the declared land-model interface (``init_state / step / observe``,
+  ``state_change``); ``LaDModel`` implements it, ``LaDState``, ``LaDFluxes``, ``Numerics``.
 - ``Closure``, ``BulkClosure``, ``AutodiffClosure``, ``SurfaceContext``, ``TurbulentFluxes``: the
   pluggable H/E closure.
 - ``rollout``, ``rollout_reduce``, ``simulate``, ``spin_up``: time integration (stacked outputs; a
@@ -15,6 +16,7 @@ Public API:
 
 from .closure import AutodiffClosure, BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from .forcing import FORCING_VARIABLES, Forcing, forcing_from_datasets
+from .interface import AbstractLandModel
 from .lad import OUTPUT_NAMES, LaDFluxes, LaDModel, LaDState, Numerics
 from .parameters import (
     ALLOWED_IGBP,
@@ -50,6 +52,7 @@ from .turbulence import (
 
 __all__ = [
     "ALLOWED_IGBP",
+    "AbstractLandModel",
     "AutodiffClosure",
     "BulkClosure",
     "CALIBRATABLE",

@@ -35,6 +35,7 @@ from ..thermo import (
     saturation_specific_humidity_slope,
 )
 from .closure import BulkClosure, Closure, SurfaceContext
+from .interface import AbstractLandModel
 from .forcing import Forcing
 from .smooth import smooth_max, smooth_relu
 from .soil import (
@@ -131,9 +132,10 @@ class LaDFluxes(eqx.Module):
     exchange_coefficient: Array
     richardson: Array
     albedo: Array
+    diagnostics: dict = eqx.field(default_factory=dict)  # extra outputs of wrappers, reported by name
 
 
-class LaDModel(eqx.Module):
+class LaDModel(AbstractLandModel):
     """The LaD column with a pluggable H/E closure.
 
     Attributes:
@@ -316,9 +318,18 @@ class LaDModel(eqx.Module):
         return new_state, fluxes
 
     # ------------------------------------------------------------------------------------
+    def state_change(self, old: LaDState, new: LaDState) -> tuple[float, float]:
+        """Largest |Delta T| over layers and columns [K]; largest |Delta| of W, S, W_g [kg m-2]."""
+        d_temp = float(jnp.max(jnp.abs(new.soil_temp - old.soil_temp)))
+        d_water = max(float(jnp.max(jnp.abs(getattr(new, f) - getattr(old, f))))
+                      for f in ("soil_water", "snow", "groundwater"))  # fmt: skip
+        return d_temp, d_water
+
+    # ------------------------------------------------------------------------------------
     def observe(self, state: LaDState, fluxes: LaDFluxes) -> dict:
-        """ALMA-named outputs after a step (units: W m-2, kg m-2 s-1, kg m-2, K, s m-1, m2 s-1)."""
-        return {
+        """ALMA-named outputs after a step (units: W m-2, kg m-2 s-1, kg m-2, K, s m-1, m2 s-1),
+        and any ``fluxes.diagnostics`` of a wrapping model under their names."""
+        return fluxes.diagnostics | {
             "Qh": fluxes.sensible_heat,
             "Qle": fluxes.latent_heat,
             "Qg": fluxes.ground_heat,

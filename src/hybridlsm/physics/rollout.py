@@ -15,7 +15,7 @@ carry instead, so the gradient of a loss over a long record needs memory ~ T / c
 plain scan (no checkpointing) compiled with XLA's CPU fusion emitters (which ``hybridlsm`` switches
 off process-wide for fast compilation).
 
-Works for any land model with ``init_state / step / observe`` (architecture §2).
+Works for any ``AbstractLandModel`` (``physics/interface.py``; architecture §2).
 """
 
 from __future__ import annotations
@@ -251,9 +251,9 @@ def spin_up(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | 
     """Repeat the first ``period`` steps of the forcing until the state at the end of a cycle
     stops changing.
 
-    Convergence: max |Delta T| over all layers and sites < ``tol_temp`` [K] and max |Delta W|,
-    |Delta W_g|, |Delta S| < ``tol_water`` [kg m-2] between successive cycle ends (checked for a
-    state with those fields; other states check their array leaves against ``tol_temp``).
+    Convergence: between successive cycle ends, ``model.state_change`` (for LaD: max |Delta T|
+    over all layers and sites, and max |Delta W|, |Delta W_g|, |Delta S|) is below ``tol_temp`` [K]
+    and ``tol_water`` [kg m-2].
 
     Args:
         period: steps per cycle; default the whole forcing (pass 365 * 48 for one year of
@@ -273,26 +273,10 @@ def spin_up(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | 
     info = {"cycles": 0, "converged": False, "max_temp_change": np.inf, "max_water_change": np.inf}
     for cycle in range(1, max_cycles + 1):
         new = _final_state(model, params, cycle_forcing, state, cycle_dynamic, chunk)
-        d_temp, d_water = _state_change(state, new)
+        d_temp, d_water = model.state_change(state, new)
         state = new
         info.update(cycles=cycle, max_temp_change=d_temp, max_water_change=d_water)
         if d_temp < tol_temp and d_water < tol_water:
             info["converged"] = True
             break
     return state, info
-
-
-def _state_change(old, new) -> tuple[float, float]:
-    water_fields = ("soil_water", "snow", "groundwater")
-    if hasattr(old, "soil_temp"):
-        d_temp = float(jnp.max(jnp.abs(new.soil_temp - old.soil_temp)))
-        d_water = max(
-            float(jnp.max(jnp.abs(getattr(new, f) - getattr(old, f))))
-            for f in water_fields
-            if hasattr(old, f)
-        )
-        return d_temp, d_water
-    leaves_old = jax.tree_util.tree_leaves(eqx.filter(old, eqx.is_array))
-    leaves_new = jax.tree_util.tree_leaves(eqx.filter(new, eqx.is_array))
-    d = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(leaves_old, leaves_new))
-    return d, 0.0

@@ -11,11 +11,13 @@ observation there is NaN. A term with no valid entry is 0.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 __all__ = [
@@ -26,6 +28,10 @@ __all__ = [
     "gaussian_nll",
     "masked_mean",
     "masked_mse",
+    "normalised_mse",
+    "site_loss_weights",
+    "site_weights",
+    "target_scale",
     "sparsity_l1",
     "total_loss",
 ]
@@ -218,3 +224,62 @@ def total_loss(
         loss = loss + weights[name] * value
         aux[name] = value
     return loss, aux
+
+
+# ------------------------------------------------------- multi-site data term of the rollout models
+# ``records`` are ``training.windows.SiteRecord``s: ``site``, ``obs`` (T, K) and ``mask`` (T, K).
+
+
+def normalised_mse(sim, obs, mask, scale, weight=None):
+    """Mean over targets of the masked MSE divided by each target's variance scale; ``weight``
+    (W, K) weighs each window's squared errors (``site_weights``)."""
+    err = jnp.where(mask, (sim - jnp.where(mask, obs, 0.0)) / scale, 0.0)
+    sq = err * err if weight is None else err * err * weight[None]
+    per_target = jnp.sum(sq, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
+    return jnp.mean(per_target)
+
+
+def target_scale(records: Sequence) -> np.ndarray:
+    """Standard deviation of each target over the usable training values (>= 10 W m-2)."""
+    obs = np.concatenate([np.where(r.mask, r.obs, np.nan) for r in records])
+    return np.maximum(np.nanstd(obs, axis=0), 10.0)
+
+
+def site_weights(records: Sequence, scale: np.ndarray,
+                 site_scale: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """(K,) weights per record that give every site the same say in the loss.
+
+    With weight v_s = N / (S n_s) * scale^2 / sigma_s^2 on the squared errors of site s (S sites,
+    n_s usable values of a target at site s, N = sum n_s, sigma_s the site's ``target_scale``), the
+    loss sum(v err^2 / scale^2) / N is the mean over sites of each site's MSE / sigma_s^2. One site:
+    all weights are 1 (the loss is unchanged). ``site_scale`` (default: from ``records``) lets the
+    validation records use the training sites' sigma_s.
+    """
+    sites = sorted({rec.site for rec in records})
+    if len(sites) <= 1:
+        return [np.ones(len(scale)) for _ in records]
+    by_site = {s: [rec for rec in records if rec.site == s] for s in sites}
+    site_scale = dict(site_scale or {})
+    for s in set(sites) - set(site_scale):
+        site_scale[s] = target_scale(by_site[s])
+    counts = {s: sum(rec.mask.sum(axis=0) for rec in recs) for s, recs in by_site.items()}
+    total = sum(counts.values())
+    scale = np.asarray(scale, float)
+    weight = {}
+    for s in sites:  # a site without values of a target (sigma_s NaN) gets weight 0 for it
+        sigma = np.where(np.isfinite(site_scale[s]), site_scale[s], scale)
+        weight[s] = np.where(counts[s] > 0, total / (len(sites) * np.maximum(counts[s], 1)) * (scale / sigma) ** 2, 0.0)
+    return [weight[rec.site] for rec in records]
+
+
+def site_loss_weights(train_recs: Sequence, val_recs: Sequence, scale: np.ndarray,
+                 mode: str = "balanced") -> tuple[list[np.ndarray] | None, list[np.ndarray] | None]:
+    """Weights of the training and validation records for ``TrainConfig.site_weighting``:
+    ``site_weights`` (validation with the training sites' sigma_s) or None (pooled)."""
+    if mode == "pooled":
+        return None, None
+    if mode != "balanced":
+        raise ValueError(f"site_weighting must be 'balanced' or 'pooled', not {mode!r}")
+    sites = {rec.site for rec in train_recs}
+    site_scale = {s: target_scale([r for r in train_recs if r.site == s]) for s in sites}
+    return site_weights(train_recs, scale, site_scale), site_weights(val_recs, scale, site_scale)

@@ -40,7 +40,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from hybridlsm.neural import trainable_filter
 from hybridlsm.training.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from hybridlsm.training.config import TrainConfig
+from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
 
 __all__ = ["FitResult", "LossFn", "fit", "learning_rate", "loss_weights", "phase_of_epoch"]

@@ -36,7 +36,7 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import yaml
 from pydantic import (
@@ -201,6 +201,63 @@ class SiteSpec(StrictModel):
 
 DateRange = tuple[date, date]
 
+_BLOCK_WORDS_DAYS = {"daily": 1.0, "weekly": 7.0}
+
+
+class BlockedSplit(StrictModel):
+    """Interleaved calendar blocks, so that test and validation data cover every season.
+
+    The record after the spin-up is cut into consecutive blocks of ``block`` (a duration: ``7 d``,
+    ``1 w``, ``48 h``, a number of days, or the words ``daily`` / ``weekly``), block 0 starting at
+    the first step after the spin-up; blocks are cut by time stamp, so they do not drift over
+    missing steps. Block ``i`` is test if ``(i - offset) % test_every == 0``, validation if
+    ``(i - offset) % val_every == val_every // 2``, train otherwise (``offset`` is the index of the
+    first test block). ``gap`` (a duration, default 1 d) of training steps on each side of every
+    test or validation block is left unused, so that the model state and the autocorrelation of
+    the fluxes do not carry information across; test and validation blocks keep their full length.
+    """
+
+    block: float = Field(7.0, gt=0.0, le=3650.0, description="block length [days]")
+    test_every: int = Field(5, ge=2, description="every test_every-th block is a test block")
+    val_every: int = Field(5, ge=2, description="every val_every-th block is a validation block")
+    offset: int = Field(0, ge=0, description="index of the first test block")
+    gap: float = Field(1.0, ge=0.0, le=3650.0, description="unused training steps next to held-out blocks [days]")
+
+    @field_validator("block", mode="before")
+    @classmethod
+    def _block(cls, value: Any) -> float:
+        if isinstance(value, str) and value.strip().lower() in _BLOCK_WORDS_DAYS:
+            return _BLOCK_WORDS_DAYS[value.strip().lower()]
+        try:
+            return _duration_days(value)
+        except ValueError as err:
+            raise ValueError(f"{err}; or one of: {', '.join(_BLOCK_WORDS_DAYS)}") from None
+
+    @field_validator("gap", mode="before")
+    @classmethod
+    def _gap(cls, value: Any) -> float:
+        return _duration_days(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BlockedSplit":
+        t, v = self.test_every, self.val_every
+        roles = [((i % t == 0), (i % v == v // 2)) for i in range(math.lcm(t, v))]
+        clash = next((i for i, (is_test, is_val) in enumerate(roles) if is_test and is_val), None)
+        if clash is not None:
+            raise ValueError(
+                f"test_every {t} and val_every {v} make block {clash + self.offset} both test and validation "
+                f"(test: (i - offset) % test_every == 0, validation: (i - offset) % val_every == val_every // 2); "
+                f"choose e.g. equal periods"
+            )
+        if all(is_test or is_val for is_test, is_val in roles):
+            raise ValueError(f"test_every {t} and val_every {v} leave no training block; use larger periods")
+        if not 2.0 * self.gap < self.block:
+            raise ValueError(
+                f"gap ({self.gap:g} d on each side of a held-out block) must be less than half the block "
+                f"({self.block:g} d), or training blocks between held-out blocks vanish"
+            )
+        return self
+
 
 class SplitConfig(StrictModel):
     """Train / validation / test split.
@@ -212,27 +269,62 @@ class SplitConfig(StrictModel):
     - date ranges (inclusive): ``{train: [2010-01-01, 2010-08-31], val: [...], test: [...]}``,
       non-overlapping;
     - leave-one-site-out: ``{leave_one_site_out: true, val: 0.2}``: each site in turn is the test
-      site; the last ``val`` fraction of every training site's record is the validation block.
+      site; the last ``val`` fraction of every training site's record is the validation block;
+    - held-out test sites (the PLUMBER protocol): ``{test_sites: [US-CRT], val: 0.2}``: the
+      named sites are the test set, whole; the model trains on the other sites, the last ``val``
+      fraction of each one's record being the validation block (mode ``test_sites``; that the ids
+      are among the sites is checked when the data are read, ``data.splits.held_out_fold``);
+    - interleaved blocks: ``{blocked: {block: 7 d, test_every: 5, val_every: 5, offset: 0, gap: 1 d}}``
+      (every key optional; see :class:`BlockedSplit`).
     """
 
     train: float | DateRange | None = None
     val: float | DateRange | None = None
     test: float | DateRange | None = None
     leave_one_site_out: bool = False
+    test_sites: list[str] | None = None
+    blocked: BlockedSplit | None = None
+
+    def _site_val(self, form: str) -> None:
+        """Fill and check ``val`` of the site forms (leave-one-site-out, held-out sites)."""
+        if self.val is None:
+            self.val = 0.2
+        if not isinstance(self.val, float) or not 0.0 < self.val < 1.0:
+            raise ValueError(f"val must be a fraction in (0, 1) with {form}, got {self.val!r}")
 
     @model_validator(mode="after")
     def _check(self) -> "SplitConfig":
         parts = {"train": self.train, "val": self.val, "test": self.test}
+        if self.blocked is not None:
+            others = [k for k, v in {**parts, "test_sites": self.test_sites}.items() if v is not None]
+            others += ["leave_one_site_out"] if self.leave_one_site_out else []
+            if others:
+                raise ValueError(
+                    f"blocked is a form of its own (its blocks give train, validation and test); remove {others}"
+                )
+            return self
+        if self.test_sites is not None:
+            if self.leave_one_site_out or self.train is not None or self.test is not None:
+                raise ValueError(
+                    "with test_sites the named sites are the test set; give only 'val' (fraction of each "
+                    "training site's record, default 0.2), not 'train', 'test' or 'leave_one_site_out'"
+                )
+            ids = [s.strip() for s in self.test_sites]
+            if not ids or not all(ids):
+                raise ValueError(f"test_sites must list one or more non-empty site ids, got {self.test_sites}")
+            dup = sorted({s for s in ids if ids.count(s) > 1})
+            if dup:
+                raise ValueError(f"test_sites lists site id(s) {dup} more than once")
+            self.test_sites = ids
+            self._site_val("test_sites")
+            return self
         if self.leave_one_site_out:
             if self.train is not None or self.test is not None:
                 raise ValueError(
                     "with leave_one_site_out: true the left-out site is the test set; give only 'val' "
                     "(fraction of each training site's record, default 0.2), not 'train' or 'test'"
                 )
-            if self.val is None:
-                self.val = 0.2
-            if not isinstance(self.val, float) or not 0.0 < self.val < 1.0:
-                raise ValueError(f"val must be a fraction in (0, 1) with leave_one_site_out, got {self.val!r}")
+            self._site_val("leave_one_site_out")
             return self
         if all(v is None for v in parts.values()):
             self.train, self.val, self.test = 0.6, 0.2, 0.2
@@ -265,10 +357,20 @@ class SplitConfig(StrictModel):
         return self
 
     @property
-    def mode(self) -> Literal["fractions", "dates", "leave_one_site_out"]:
+    def mode(self) -> Literal["fractions", "dates", "leave_one_site_out", "test_sites", "blocked"]:
+        if self.blocked is not None:
+            return "blocked"
+        if self.test_sites is not None:
+            return "test_sites"
         if self.leave_one_site_out:
             return "leave_one_site_out"
         return "fractions" if isinstance(self.train, float) else "dates"
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> Any:
+        """Only the keys of the form in use (``load -> write -> load`` gives the same object)."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None and not (k == "leave_one_site_out" and v is False)}
 
 
 class DataConfig(StrictModel):
@@ -298,14 +400,39 @@ class DataConfig(StrictModel):
     def _loso_needs_sites(self) -> "DataConfig":
         if self.split.leave_one_site_out and len(self.sites) < 2:
             raise ValueError(f"split.leave_one_site_out needs at least 2 sites, got {len(self.sites)}")
+        held = self.split.test_sites
+        if held is not None and len(held) >= len(self.sites):
+            raise ValueError(
+                f"split.test_sites names {len(held)} site(s) but data.sites has {len(self.sites)}; "
+                f"at least one training site must remain"
+            )
         return self
 
 
 # ------------------------------------------------------------------------------------- models
 
 
+class ModelCatalogue(Protocol):
+    """What the config needs to know of the models: their names and how to validate options.
+
+    ``hybridlsm.models.registry.CATALOGUE`` implements it; this module imports nothing of the
+    package, so a config can be read (and written) without loading any model code.
+    """
+
+    def names(self) -> list[str]: ...
+
+    def validate(self, name: str, options: dict[str, Any]) -> BaseModel: ...
+
+    def option_keys(self, name: str) -> list[str]: ...
+
+
 class ModelEntry(StrictModel):
-    """One model to train: a registry ``name``, its ``options`` and an optional distinct ``label``."""
+    """One model to train: a registry ``name``, its ``options`` and an optional distinct ``label``.
+
+    With a :class:`ModelCatalogue` in the validation context (``load_config(..., catalogue=...)``)
+    the name must be registered and the options are validated and completed with the model's
+    defaults; without one they are kept as given.
+    """
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
@@ -313,24 +440,26 @@ class ModelEntry(StrictModel):
 
     @field_validator("name")
     @classmethod
-    def _registered(cls, value: str) -> str:
-        from hybridlsm.models.registry import available_models
-
-        names = available_models()
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        catalogue = (info.context or {}).get("catalogue")
+        if catalogue is None:
+            return value
+        names = catalogue.names()
         if value not in names:
             raise ValueError(f"unknown model {value!r}; allowed: {', '.join(names) or '(none registered)'}")
         return value
 
     @model_validator(mode="after")
-    def _validate_options(self) -> "ModelEntry":
-        from hybridlsm.models.registry import validate_options
-
+    def _validate_options(self, info: ValidationInfo) -> "ModelEntry":
+        if self.label is None:
+            self.label = self.name
+        catalogue = (info.context or {}).get("catalogue")
+        if catalogue is None:
+            return self
         try:
-            opts = validate_options(self.name, self.options)
+            opts = catalogue.validate(self.name, self.options)
         except ValidationError as err:
-            from hybridlsm.models.registry import get_model
-
-            allowed = ", ".join(sorted(get_model(self.name).Options.model_fields))
+            allowed = ", ".join(sorted(catalogue.option_keys(self.name)))
             problems = []
             for e in err.errors(include_url=False):
                 if e["type"] == "extra_forbidden":
@@ -340,17 +469,8 @@ class ModelEntry(StrictModel):
                     msg = e["msg"].removeprefix("Value error, ")
                     problems.append(f"options.{_format_loc(e['loc'])}: {msg}{got}")
             raise ValueError("; ".join(problems)) from None
-        if isinstance(opts, BaseModel):
-            self.options = opts.model_dump(mode="json")
-        if self.label is None:
-            self.label = self.name
+        self.options = opts.model_dump(mode="json")
         return self
-
-    def parsed_options(self) -> Any:
-        """The options as the model's ``Options`` instance (or the dict when it declares none)."""
-        from hybridlsm.models.registry import validate_options
-
-        return validate_options(self.name, self.options)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -520,7 +640,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def validate_config(
-    data: Any, base_dir: str | Path | None = None, source: str = "<dict>", check_paths: bool = True
+    data: Any, base_dir: str | Path | None = None, source: str = "<dict>", check_paths: bool = True,
+    catalogue: ModelCatalogue | None = None,
 ) -> RunConfig:
     """Validate a mapping into a :class:`RunConfig`; relative data paths resolve against ``base_dir``.
 
@@ -529,14 +650,15 @@ def validate_config(
     """
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections, got {type(data).__name__}")
-    context = {"base_dir": None if base_dir is None else Path(base_dir), "check_paths": check_paths}
+    context = {"base_dir": None if base_dir is None else Path(base_dir), "check_paths": check_paths,
+               "catalogue": catalogue}
     try:
         return RunConfig.model_validate(data, context=context)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(path: str | Path, check_paths: bool = True) -> RunConfig:
+def load_config(path: str | Path, check_paths: bool = True, catalogue: ModelCatalogue | None = None) -> RunConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
@@ -549,7 +671,8 @@ def load_config(path: str | Path, check_paths: bool = True) -> RunConfig:
         raise ConfigError(f"invalid YAML in {path}: {err}") from None
     if data is None:
         raise ConfigError(f"config {path} is empty")
-    return validate_config(data, base_dir=path.resolve().parent, source=str(path), check_paths=check_paths)
+    return validate_config(data, base_dir=path.resolve().parent, source=str(path), check_paths=check_paths,
+                           catalogue=catalogue)
 
 
 def write_config(cfg: RunConfig, path: str | Path) -> None:

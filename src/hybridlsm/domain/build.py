@@ -1,0 +1,199 @@
+"""Domains from canonical site datasets and gridded forcing (docs/architecture.md §2).
+
+- :func:`domain_from_sites`: one or several site datasets that share a time axis (a site list);
+- :func:`domain_from_grid`: the land cells of a gridded dataset ``(time, y, x)``;
+- :func:`static_attributes`: the per-column table, with climate summaries from the forcing.
+
+Missing metadata stay missing (NaN, ``igbp`` '') and are listed per column in the static
+variable ``missing_metadata``; the model layer decides what a missing class means and says so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from ..data.schema import DataError
+from .climate import climate_summaries
+from .domain import SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
+
+__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "static_attributes", "IGBP_BY_INDEX"]
+
+#: IGBP classes in the order of the 17-class IGBP legend (index 1 = ENF ... 17 = WAT), as CLM /
+#: MODIS land-cover files number them.
+IGBP_BY_INDEX = ("ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA", "SAV", "GRA", "WET", "CRO", "URB",
+                 "CVM", "SNO", "BSV", "WAT")  # fmt: skip
+_CLIMATE_INPUTS = ("Tair", "Precip", "SWdown", "LWdown", "Psurf")
+
+
+def _site_id(ds: xr.Dataset, i: int) -> str:
+    return str(ds.attrs.get("site_id") or f"site{i}")
+
+
+def static_attributes(columns: dict[str, np.ndarray], time: np.ndarray, forcing: dict[str, np.ndarray] | None,
+                      ids: Sequence[str]) -> xr.Dataset:
+    """The static table on dim ``column``: given ``columns`` (name -> (N,)) completed with NaN /
+    '' for what is unknown and the climate summaries of ``forcing`` (name -> (T, N)) when every
+    input is present."""
+    n = len(ids)
+    out = {}
+    for name, (unit, desc) in STATIC_ATTRIBUTES.items():
+        if name in columns:
+            values = np.asarray(columns[name])
+        elif name == "igbp":
+            values = np.full(n, "", object)
+        else:
+            values = np.full(n, np.nan)
+        if name == "igbp":
+            values = np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
+                                 for v in values], dtype=object)  # fmt: skip
+        else:
+            values = np.asarray(values, float)
+        out[name] = ("column", values, {"units": unit, "long_name": desc})
+    if forcing is not None and all(v in forcing for v in _CLIMATE_INPUTS):
+        summaries = climate_summaries(time, *(np.asarray(forcing[v], float) for v in _CLIMATE_INPUTS))
+        for name, values in summaries.items():
+            out[name] = ("column", values, out[name][2])
+    missing = []
+    for j in range(n):
+        gaps = [k for k in SITE_ATTRS if k != "utc_offset_h" and (
+            out[k][1][j] == "" if k == "igbp" else not np.isfinite(out[k][1][j]))]  # fmt: skip
+        missing.append(" ".join(gaps))
+    out["missing_metadata"] = ("column", np.asarray(missing, dtype=object),
+                               {"long_name": "site metadata the source did not give (space-separated)"})
+    return xr.Dataset(out, coords={"column": list(ids)})
+
+
+def domain_from_site(ds: xr.Dataset) -> Domain:
+    """A one-column Domain from one canonical site dataset."""
+    return domain_from_sites([ds])
+
+
+def domain_from_sites(datasets: Sequence[xr.Dataset], name: str | None = None) -> Domain:
+    """Sites that share one time axis (same times, same step) as one Domain."""
+    if not datasets:
+        raise DataError("domain_from_sites: no datasets given")
+    ids = [_site_id(ds, i) for i, ds in enumerate(datasets)]
+    dup = sorted({s for s in ids if ids.count(s) > 1})
+    if dup:
+        raise DataError(f"site(s) {dup} given more than once")
+    first = datasets[0]
+    for ds, sid in zip(datasets[1:], ids[1:]):
+        if ds.sizes["time"] != first.sizes["time"] or not np.array_equal(ds["time"].values, first["time"].values):
+            raise DataError(f"site {sid}: its time axis ({str(ds['time'].values[0])[:16]} .., {ds.sizes['time']} "
+                            f"steps) differs from {ids[0]}'s; sites in one Domain share a time axis "
+                            "(give them as separate domains)")  # fmt: skip
+    names = sorted({str(v) for ds in datasets for v in ds.data_vars if ds[v].dims == ("time",)})
+    n, nt = len(datasets), first.sizes["time"]
+    data = {}
+    for v in names:
+        ref = next(ds[v] for ds in datasets if v in ds)
+        if ref.dtype == bool:
+            fill = False
+        elif np.issubdtype(ref.dtype, np.integer):
+            fill = -1
+        else:
+            fill = np.nan
+        arr = np.full((nt, n), fill, dtype=ref.dtype)
+        for j, ds in enumerate(datasets):
+            if v in ds:
+                arr[:, j] = np.asarray(ds[v].values)
+        data[v] = (("time", "column"), arr, dict(ref.attrs))
+    attrs = {k: v for k, v in first.attrs.items() if k not in SITE_ATTRS + ("site_id", "site_name")}
+    attrs["source_files"] = "; ".join(str(ds.attrs.get("source_file", "")) for ds in datasets)
+    dset = xr.Dataset(data, coords={"time": first["time"].values, "column": ids}, attrs=attrs)
+    columns = {k: np.asarray([ds.attrs.get(k, np.nan if k != "igbp" else "") for ds in datasets], dtype=object)
+               for k in SITE_ATTRS}  # fmt: skip
+    columns["site_name"] = np.asarray([str(ds.attrs.get("site_name", "")) for ds in datasets], object)
+    forcing = {v: dset[v].values for v in _CLIMATE_INPUTS if v in dset}
+    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(_CLIMATE_INPUTS) else None, ids)
+    static["site_name"] = ("column", columns["site_name"])
+    return Domain(dset, static, SiteLayout(tuple(ids)), name or (ids[0] if n == 1 else "+".join(ids)))
+
+
+def _land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
+    """IGBP codes of a land-cover index field: ``flag_values`` / ``flag_meanings`` (CF) where the
+    meanings are IGBP class names, else the 17-class IGBP numbering; '' for other classes."""
+    flat = np.asarray(values).ravel()
+    out = np.full(flat.shape, "", object)
+    for k, v in enumerate(flat):
+        if np.isfinite(v) and 1 <= int(v) <= len(IGBP_BY_INDEX):
+            out[k] = IGBP_BY_INDEX[int(v) - 1]
+    meanings = str(attrs.get("flag_meanings", "")).split()
+    if meanings and len(meanings) > len(IGBP_BY_INDEX):
+        # classes beyond the 17 IGBP ones (e.g. CLM's 18 "bare_soil") have no IGBP code
+        extra = {int(f) for f, m in zip(np.atleast_1d(attrs.get("flag_values", [])), meanings)
+                 if int(f) > len(IGBP_BY_INDEX)}  # fmt: skip
+        for k, v in enumerate(flat):
+            if np.isfinite(v) and int(v) in extra:
+                out[k] = ""
+    return out.reshape(np.shape(values))
+
+
+def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
+    """The cells of a gridded canonical dataset ``(time, y, x)`` (``read_gridded``) as a Domain.
+
+    Cells whose forcing is missing at any step (sea, outside the mask) are not columns; the layout
+    keeps their place so the writers restore the full grid. ``land_cover``: an index field (y, x)
+    in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
+    ``land_cover``); otherwise the class is unknown ('')."""
+    dims = [d for d in ds.dims if d != "time"]
+    if len(dims) != 2:
+        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: expected dims (time, y, x), got {tuple(ds.dims)}")
+    ydim, xdim = dims
+    ds = ds.transpose("time", ydim, xdim)
+    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
+    forcing_vars = [v for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip") if v in ds]
+    valid = np.ones((ny, nx), bool)
+    for v in forcing_vars:
+        valid &= np.isfinite(np.asarray(ds[v].values)).all(axis=0)
+    if "mask" in ds.coords:
+        valid &= np.asarray(ds["mask"].values) > 0
+    if not valid.any():
+        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: no cell has complete forcing")
+    cells = np.flatnonzero(valid.ravel())
+    iy, ix = np.unravel_index(cells, (ny, nx))
+    ycoord = ds[ydim].values if ydim in ds.coords else np.arange(ny)
+    xcoord = ds[xdim].values if xdim in ds.coords else np.arange(nx)
+    lat = _grid_coord(ds, ("lat", "latitude", "XLAT"), ny, nx, axis=0)
+    lon = _grid_coord(ds, ("lon", "longitude", "XLONG"), ny, nx, axis=1)
+    ids = [f"y{a}_x{b}" for a, b in zip(iy, ix)]
+    data = {}
+    for v in ds.data_vars:
+        if ds[v].dims != ("time", ydim, xdim):
+            continue
+        values = np.asarray(ds[v].values).reshape(ds.sizes["time"], ny * nx)[:, cells]
+        data[v] = (("time", "column"), values, dict(ds[v].attrs))
+    attrs = {k: v for k, v in ds.attrs.items() if k not in SITE_ATTRS + ("site_id", "site_name")}
+    dset = xr.Dataset(data, coords={"time": ds["time"].values, "column": ids}, attrs=attrs)
+    columns = {"latitude": lat[iy, ix], "longitude": lon[iy, ix]}
+    for k in ("elevation", "canopy_height", "measurement_height", "utc_offset_h"):
+        columns[k] = np.full(len(cells), float(ds.attrs.get(k, np.nan)))
+    if land_cover is not None:
+        codes = _land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
+        columns["igbp"] = codes[iy, ix]
+    else:
+        columns["igbp"] = np.full(len(cells), str(ds.attrs.get("igbp", "") or ""), object)
+    forcing = {v: dset[v].values for v in _CLIMATE_INPUTS if v in dset}
+    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(_CLIMATE_INPUTS) else None, ids)
+    grid_name = name or re.sub(r"[^A-Za-z0-9._-]", "_", str(ds.attrs.get("site_id", "grid")))
+    layout = GridLayout(y=np.asarray(ycoord), x=np.asarray(xcoord), cell_index=cells, lat=lat, lon=lon,
+                        name=grid_name, y_attrs=dict(ds[ydim].attrs) if ydim in ds.coords else {},
+                        x_attrs=dict(ds[xdim].attrs) if xdim in ds.coords else {})  # fmt: skip
+    return Domain(dset, static, layout, grid_name)
+
+
+def _grid_coord(ds: xr.Dataset, names: tuple[str, ...], ny: int, nx: int, axis: int) -> np.ndarray:
+    """A (ny, nx) latitude or longitude field from 1-D or 2-D coordinates; NaN when absent."""
+    for name in names:
+        if name in ds.coords or name in ds.data_vars:
+            values = np.asarray(ds[name].values, float)
+            if values.ndim == 2 and values.shape == (ny, nx):
+                return values
+            if values.ndim == 1 and values.size == (ny if axis == 0 else nx):
+                return np.repeat(values[:, None], nx, 1) if axis == 0 else np.repeat(values[None, :], ny, 0)
+    key = "latitude_approx" if axis == 0 else "longitude_approx"
+    return np.full((ny, nx), float(ds.attrs.get(key, np.nan)))

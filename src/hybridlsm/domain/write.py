@@ -1,0 +1,113 @@
+"""ALMA netCDF writers that restore a Domain's layout.
+
+Model outputs are ``{name: (T, N)}`` (``SoilTemp``: ``(T, N, L)``). A site layout is written as
+one file per site (dims ``time`` [, ``soil_layer``], the PLUMBER2 convention); a grid layout as one
+file with dims ``(time, y, x)`` (cells that are not columns are NaN), with ``lat``/``lon`` where
+known. Files are written atomically: a finished file is never half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ..data.schema import VARIABLES
+from .domain import Domain, GridLayout
+
+__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "write_site_outputs",
+           "write_grid_outputs"]  # fmt: skip
+
+#: Units of model outputs that are not observed variables (ALMA conventions).
+MODEL_OUTPUT_UNITS = {
+    "Qh": "W m-2", "Qle": "W m-2", "Qg": "W m-2", "Rnet": "W m-2", "Qf": "W m-2", "Evap": "kg m-2 s-1",
+    "Qs": "kg m-2 s-1", "Qsb": "kg m-2 s-1", "SoilTemp": "K", "SoilMoist": "kg m-2", "SWE": "kg m-2",
+    "GWS": "kg m-2", "AvgSurfT": "K", "SR": "J m-2", "Kh": "m2 s-1", "ra": "s m-1", "rs": "s m-1", "RiB": "1",
+}  # fmt: skip
+
+
+def write_netcdf(ds: xr.Dataset, path: Path) -> None:
+    """Write atomically (resume trusts what exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".nc.tmp")
+    ds.to_netcdf(tmp)
+    tmp.replace(path)
+
+
+def _units(name: str) -> dict:
+    unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
+    return {} if unit is None else {"units": unit}
+
+
+def site_file_name(site_id: str) -> str:
+    """A file or folder name for a site id: the id itself when it is a safe path component."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in site_id).lstrip(".")
+    return safe or "site"
+
+
+def alma_dataset(outputs: Mapping[str, np.ndarray], time: np.ndarray, attrs: Mapping[str, object]) -> xr.Dataset:
+    """One column's outputs ``{name: (T,) or (T, L)}`` as an ALMA dataset on ``time``."""
+    from ..physics import LAYER_THICKNESS, layer_centres
+
+    data = {}
+    for name, values in outputs.items():
+        values = np.asarray(values, dtype=np.float64)
+        dims = ("time", "soil_layer")[: values.ndim]
+        data[name] = (dims, values, _units(name))
+    ds = xr.Dataset(data, coords={"time": time})
+    if "soil_layer" in ds.dims:
+        ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
+        ds["soil_layer_thickness"] = ("soil_layer", np.asarray(LAYER_THICKNESS), {"units": "m"})
+    ds.attrs.update({k: v for k, v in attrs.items() if isinstance(v, (str, int, float))})
+    return ds
+
+
+def write_site_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], folder: Path, file_name: str,
+                       attrs: Mapping[str, object]) -> list[Path]:
+    """One file ``folder/<site>/<file_name>`` per site of a site-layout domain."""
+    paths = []
+    for j, sid in enumerate(domain.column_ids):
+        column = {k: np.asarray(v)[:, j] for k, v in outputs.items()}
+        ds = alma_dataset(column, domain.time, {**attrs, "site": sid})
+        path = Path(folder) / site_file_name(sid) / file_name
+        write_netcdf(ds, path)
+        paths.append(path)
+    return paths
+
+
+def write_grid_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], path: Path,
+                       attrs: Mapping[str, object]) -> Path:
+    """Outputs of a grid-layout domain on ``(time, y, x)`` (``soil_layer`` after ``time``)."""
+    layout = domain.layout
+    if not isinstance(layout, GridLayout):
+        raise TypeError(f"domain {domain.name} is not a grid")
+    ny, nx = layout.shape
+    iy, ix = np.unravel_index(layout.cell_index, (ny, nx))
+    data = {}
+    for name, values in outputs.items():
+        values = np.asarray(values, dtype=np.float64)
+        full = np.full((values.shape[0], ny, nx) + values.shape[2:], np.nan)
+        full[:, iy, ix] = values
+        if values.ndim == 3:  # (T, N, L) -> (time, soil_layer, y, x)
+            data[name] = (("time", "soil_layer", "y", "x"), np.moveaxis(full, -1, 1), _units(name))
+        else:
+            data[name] = (("time", "y", "x"), full, _units(name))
+    coords = {"time": domain.time, "y": ("y", layout.y, layout.y_attrs), "x": ("x", layout.x, layout.x_attrs)}
+    ds = xr.Dataset(data, coords=coords)
+    if np.isfinite(layout.lat).any():
+        ds = ds.assign_coords(lat=(("y", "x"), layout.lat, {"units": "degrees_north"}),
+                              lon=(("y", "x"), layout.lon, {"units": "degrees_east"}))  # fmt: skip
+    if "soil_layer" in ds.dims:
+        from ..physics import LAYER_THICKNESS, layer_centres
+
+        ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
+    igbp = np.full((ny, nx), "", object)
+    igbp[iy, ix] = domain.static_value("igbp")
+    ds["igbp"] = (("y", "x"), igbp.astype(str), {"long_name": "IGBP class used ('' not a column)"})
+    ds.attrs.update({k: v for k, v in attrs.items() if isinstance(v, (str, int, float))})
+    ds.attrs["grid"] = layout.name
+    write_netcdf(ds, path)
+    return Path(path)

@@ -1,0 +1,176 @@
+"""Training of the column models (calibrated physics and the hybrids) over Domains.
+
+Truncated back-propagation through time over windows:
+
+- the record of every training column is spun up and rolled out with the model as it stands at
+  the start of each of a few rounds; its states at the window starts initialise the windows (the
+  window's first ``spinup_days`` adapt them to the model being trained and carry no loss);
+- windows of ``spinup_days + window_days`` from all training columns form one batch axis (the
+  model's column axis N), so one compiled rollout trains on all of them at once;
+- the loss sees only the steps the domain's ``loss_mask`` (the split) and QC allow;
+- with several training sites every site has the same say in the loss (``site_weights``);
+- validation rolls out each validation record continuously from the model's spun-up state, as
+  prediction does.
+
+``fit="record"`` trains on whole records instead (the calibrated physics' default): one batch holds
+every training column's full record, rolled out continuously from the model's own spun-up state and
+preceded by one *differentiated* spin-up cycle, so parameters that act through months of storage
+(the root-zone capacity W_max through the soil water carried from the wet season into the dry one)
+get the gradient of that memory, which windows of a few weeks cannot see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import TrainConfig
+from ..domain import Domain
+from ..training.losses import (
+    discovery_loss,
+    energy_residual_loss,
+    normalised_mse,
+    site_loss_weights,
+    sparsity_l1,
+    target_scale,
+    total_loss,
+)
+from ..training.trainer import fit
+from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
+from .column import ColumnModel, prepare_site, record_state_type, run_jit, spinup_period, with_model_trajectory
+from .registry import TrainingContext
+
+__all__ = ["delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
+
+
+def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingContext,
+               model: ColumnModel | None = None) -> list[SiteRecord]:
+    """One record per column of every domain."""
+    return [prepare_site(d.column(i), targets, ctx.max_qc, model=model, cache=ctx.cache)
+            for d in domains for i in range(d.n_columns)]  # fmt: skip
+
+
+def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None):
+    """The loss of the column models: normalised MSE (+ phase-2 energy residual, sparsity and
+    discovery terms, weighted by the trainer's schedule)."""
+    scale = jnp.asarray(scale)
+
+    def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
+        _, out = model.run(batch["forcing"], batch["base"], batch["state0"], key)
+        sim = jnp.stack([out[t] for t in targets], axis=-1)
+        mse = normalised_mse(sim, batch["obs"], batch["mask"], scale, batch.get("weight"))
+        loss_mask = jnp.any(batch["mask"], axis=-1)
+        terms = {"energy": energy_residual_loss(out["Qh"], out["Qle"], batch["rnet"], batch["qg"], loss_mask)}
+        if sparsity_fn is not None:
+            terms["sparsity"] = sparsity_fn(model, out)
+        if model.law is not None:
+            terms["discovery"] = discovery_loss(model.law, out["Kh"], batch["forcing"].wind, out["RiB"], loss_mask)
+        return total_loss(mse, terms, weights)
+
+    return loss_fn
+
+
+def delta_sparsity(model: ColumnModel, out: dict):
+    """L1 on the calibrated offsets (calibration should move few parameters)."""
+    if not model.deltas:
+        return jnp.zeros(())
+    return sparsity_l1(model.deltas)
+
+
+def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray,
+                  weights: Sequence[np.ndarray] | None = None):
+    """The training loss's data term on whole validation records (``weights`` as in training)."""
+    scale = np.asarray(scale)
+    weights = [np.ones(len(targets)) for _ in records] if weights is None else weights
+
+    def val_fn(model: ColumnModel) -> float:
+        sse, n = 0.0, 0
+        for rec, weight in zip(records, weights):
+            if not rec.mask.any():
+                continue
+            _, out = run_jit(model, rec.forcing, rec.base, rec.state0)
+            sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
+            m = rec.mask
+            err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
+            sse += float(np.sum(err**2 * weight))
+            n += int(m.sum())
+        return sse / n if n else float("nan")
+
+    return val_fn
+
+
+def train_column_model(
+    model: ColumnModel,
+    train: Sequence[Domain],
+    val: Sequence[Domain],
+    ctx: TrainingContext,
+    *,
+    targets: Sequence[str],
+    train_cfg: TrainConfig,
+    sparsity_fn: Callable | None = None,
+    filter_spec=None,
+    validity_fn=None,
+    target_override: Callable[[SiteRecord], SiteRecord] | None = None,
+    state_rounds: int = 3,
+    fit_mode: str = "windows",
+) -> ColumnModel:
+    """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
+    records (``"record"``); early stopping on the validation records (module docstring)."""
+    if fit_mode not in ("windows", "record"):
+        raise ValueError(f"fit_mode must be 'windows' or 'record', not {fit_mode!r}")
+    train_recs = records_of(train, targets, ctx, model)
+    if target_override is not None:
+        train_recs = [target_override(r) for r in train_recs]
+    val_recs = records_of(val, targets, ctx, model)
+    dt = train_recs[0].forcing.time_step_s
+    spin, length = ctx.steps(ctx.spinup_days, dt), ctx.steps(ctx.window_days, dt)
+    scale = target_scale(train_recs)
+    train_weights, val_weights = site_loss_weights(train_recs, val_recs, scale, train_cfg.site_weighting)
+    loss_fn = make_loss(targets, scale, sparsity_fn)
+    # Rounds: each round restarts training and validation from the state the current model spins
+    # up to, and takes the window initial states from its own continuous trajectory, so the slow
+    # stores (soil water, groundwater) the loss sees match what the model produces when it runs
+    # continuously (as in prediction).
+    rounds = 1 if train_cfg.two_phase.enabled else max(1, min(state_rounds, train_cfg.epochs))
+    per_round = -(-train_cfg.epochs // rounds)
+    best, best_val = None, float("inf")
+    for r in range(rounds):
+        val_fn = validation_fn([replace(rec, state0=model.spun_up_state(rec.forcing, rec.base)) for rec in val_recs],
+                               targets, scale, val_weights)  # fmt: skip
+        if fit_mode == "record":
+            windows = record_windows(train_recs, [model.spun_up_state(r.forcing, r.base) for r in train_recs],
+                                     [spinup_period(r.forcing) for r in train_recs], train_weights)  # fmt: skip
+            batch_size = len(train_recs)
+        else:
+            train_recs = [with_model_trajectory(model, rec) for rec in train_recs]
+            windows = make_windows(train_recs, spin, length, record_state_type(), train_weights)
+            batch_size = train_cfg.batch_windows
+        ckpt = ctx.checkpoint_dir
+        result = fit(
+            model,
+            loss_fn,
+            batches_of(windows, batch_size),
+            val_fn,
+            train_cfg.model_copy(update={"epochs": per_round}) if rounds > 1 else train_cfg,
+            checkpoint_dir=None if ckpt is None else (ckpt / f"round{r}" if rounds > 1 else ckpt),
+            filter_spec=filter_spec,
+            progress=ctx.progress,
+            resume=ckpt is not None,
+            validity_fn=validity_fn,
+        )
+        model = result.model
+        if best is None or result.best_val < best_val:  # the best model over the rounds (same validation)
+            best, best_val = model, result.best_val
+    return best
+
+
+def training_config(ctx: TrainingContext, options) -> TrainConfig:
+    """The run's training section with the model's own overrides (lr, epochs, patience)."""
+    update = {k: getattr(options, k) for k in ("lr", "epochs", "patience") if getattr(options, k, None) is not None}
+    tc = ctx.training.model_copy(update=update)
+    if tc.epochs is None and not tc.two_phase.enabled:
+        tc = tc.model_copy(update={"epochs": 30})
+    return tc

@@ -1,0 +1,123 @@
+"""``hybridlsm predict``: apply a trained model of a run to new sites, periods or a grid.
+
+The model saved by ``hybridlsm run`` under ``RUN_DIR/models/<label>/<experiment>/`` is loaded (no
+retraining) and run on Domains built from the given files:
+
+- a site file (any reader's format) becomes a one-column Domain; its outputs are written as
+  ``OUT/predictions/<site>/<label>.nc``; where a file has observed Qh and Qle they go beside it
+  as ``obs.nc`` (every step labelled test), and when every site has them, ``OUT`` gets the skill
+  table and HTML report of ``hybridlsm report``;
+- a gridded file becomes the Domain of its cells with complete forcing (its land-cover field, if
+  any, gives each cell's IGBP class); outputs go to ``OUT/<grid>_<label>.nc`` on ``(time, y, x)``.
+
+``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
+unless asked. Which parameters each column used (a trained site's own, or what transfers to a
+new site) is in ``OUT/provenance.json`` and in each file's ``parameters_from`` attribute.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .data import DataError, detect_format, prepare_forcing, read_gridded, read_site
+from .data.plumber2 import open_netcdf
+from .data.splits import TEST
+from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
+from .models.registry import SavedModelError, load_saved_model
+from .pipeline import write_obs
+
+__all__ = ["PredictError", "domain_from_file", "predict", "saved_model_dir"]
+
+
+class PredictError(ValueError):
+    """Bad input to ``predict``: the message names the run, model, file, variable or period."""
+
+
+def saved_model_dir(run_dir: Path, label: str, experiment: str | None = None) -> Path:
+    """The folder of a run's trained model ``label`` (the only experiment, or ``experiment``)."""
+    root = Path(run_dir) / "models"
+    if not root.is_dir():
+        raise PredictError(f"{run_dir}: not a run directory with trained models (no models/ folder)")
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if label not in labels:
+        raise PredictError(f"{run_dir}: no trained model {label!r}; the run has: {', '.join(labels) or 'none'}")
+    exps = sorted(p.name for p in (root / label).iterdir() if (p / "model.json").is_file())
+    if experiment is not None:
+        if experiment not in exps:
+            raise PredictError(f"{run_dir}: model {label!r} has no experiment {experiment!r}; it has: {', '.join(exps)}")
+        return root / label / experiment
+    if len(exps) != 1:
+        raise PredictError(f"{run_dir}: model {label!r} was trained in {len(exps)} experiments ({', '.join(exps)}); "
+                           "choose one with --experiment")  # fmt: skip
+    return root / label / exps[0]
+
+
+def domain_from_file(path: Path) -> Domain:
+    """A site file as a one-column Domain (forcing gap-filled, repairs flagged) or a gridded file
+    as the Domain of its cells."""
+    path = Path(path)
+    if detect_format(path) != "gridded":
+        return domain_from_site(prepare_forcing(read_site(path)))
+    grid = read_gridded(path)
+    with open_netcdf(path) as src:
+        land_cover = src["land_cover"].load() if "land_cover" in src.variables else None
+    return domain_from_grid(grid, land_cover=land_cover, name=path.stem)
+
+
+def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | None = None, end: str | None = None,
+            out: Path | None = None, experiment: str | None = None) -> Path:
+    """Apply a trained model to ``files`` (see the module docstring); returns the output folder."""
+    from .evaluation.report import FLUXES, build_report
+
+    directory = saved_model_dir(run_dir, label, experiment)
+    try:
+        spec, options, model = load_saved_model(directory)
+    except SavedModelError as err:
+        raise PredictError(str(err)) from None
+    out = Path(out) if out is not None else Path(run_dir) / "applied" / label
+    domains = []
+    for f in files:  # read and check every input before anything is written
+        try:
+            d = domain_from_file(Path(f))
+        except (DataError, ValueError) as err:
+            raise PredictError(f"{f}: {err}") from None
+        if start is not None or end is not None:
+            try:
+                d = d.select_time(start, end)
+            except DataError as err:
+                raise PredictError(f"{f}: {err}") from None
+        missing = [v for v in spec.required_inputs(options) if v not in d.data]
+        if missing:
+            raise PredictError(f"{f}: model {label} ({spec.name}) needs {missing}, which the file does not give "
+                               f"(it has {sorted(str(v) for v in d.data.data_vars if not str(v).endswith('_filled'))})")  # fmt: skip
+        domains.append((Path(f), d))
+    provenance: dict[str, dict[str, str]] = {}
+    observed = []  # per site: whether it has observed fluxes to score
+    for f, d in domains:
+        outputs = spec.predict(model, d)
+        where = spec.provenance(model, d)
+        provenance[d.name] = dict(zip(d.column_ids, where))
+        attrs = {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
+                 "trained_model": str(directory.relative_to(run_dir)), "source_file": str(f)}  # fmt: skip
+        if d.kind == "grid":
+            write_grid_outputs(d, outputs, out / f"{site_file_name(d.name)}_{label}.nc", attrs)
+            continue
+        sid = d.column_ids[0]
+        write_site_outputs(d, outputs, out / "predictions", f"{label}.nc", {**attrs, "parameters_from": where[0]})
+        site = d.column(0)
+        if all(v in site for v in FLUXES):
+            write_obs(site, np.full(d.n_steps, TEST, np.int8), "applied",
+                      out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
+        observed.append(all(v in site for v in FLUXES))
+    (out / "provenance.json").write_text(json.dumps({"model": label, "trained_model": str(directory),
+                                                     "columns": provenance}, indent=1))  # fmt: skip
+    if observed and all(observed):  # the report scores every site of its folder
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            build_report(out, config_name=f"{label} applied from {run_dir}")
+    return out
