@@ -194,6 +194,10 @@ def read_gridded(
         dims = tuple({ydim: "y", xdim: "x"}.get(dd, dd) for dd in c.dims)
         if set(dims) <= {"y", "x"}:
             ds = ds.assign_coords({new: (dims, np.asarray(c.values), dict(c.attrs))})
+    # projected grids: the y/x coordinate values (metres, ...) are kept; lat/lon dims became lat/lon above
+    for dim, new in ((ydim, "y"), (xdim, "x")):
+        if dim in src.coords and src[dim].ndim == 1 and dim.lower() not in ("lat", "latitude", "lon", "longitude"):
+            ds = ds.assign_coords({new: (new, np.asarray(src[dim].values), dict(src[dim].attrs))})
     if "mask" in src.data_vars and set(src["mask"].dims) == {ydim, xdim}:
         m = src["mask"].transpose(ydim, xdim)
         ds = ds.assign_coords(mask=(("y", "x"), np.asarray(m.values), dict(m.attrs)))
