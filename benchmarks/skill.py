@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["configs/us-wkg.yaml", "configs/us-me2.yaml", "configs/multisite.yaml", "configs/loso.yaml"]
+CONFIGS = ["configs/us-wkg.yaml", "configs/us-me2.yaml", "configs/multisite.yaml", "configs/loso.yaml",
+           "configs/us-wkg-blocked.yaml", "configs/us-me2-blocked.yaml", "configs/test-sites.yaml"]
 KEYS = ["site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n", "config"]
 
 
