@@ -9,8 +9,7 @@ imported on first use of the registry. Registered formats (in detection order):
   half-hourly CSVs (:mod:`hybridlsm.data.fluxnet`);
 - ``plumber2``: a PLUMBER2 Met/Flux netCDF pair or one single-site netCDF (``y = x = 1``)
   (:mod:`hybridlsm.data.plumber2`);
-- ``gridded``: any other netCDF, with time and y/lat, x/lon dims (:mod:`hybridlsm.data.gridded`;
-  its Reader class is defined at the end of this module).
+- ``gridded``: any other netCDF, with time and y/lat, x/lon dims (:mod:`hybridlsm.data.gridded`).
 
 :func:`detect_format` asks each reader's ``detect`` in ascending ``priority`` (then name); the
 first that claims the file wins. Each reader declares its keyword options in ``options``; an
