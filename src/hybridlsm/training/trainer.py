@@ -16,8 +16,9 @@ normalisation statistics and bounds, stays fixed.
   (or a non-finite loss or parameter) rolls the update back and halves the learning rate; every
   rejection is recorded in the epoch's history entry;
 - deterministic for a given ``cfg.seed``: all randomness comes from one threaded ``jax.random`` key;
-- a checkpoint every epoch (``checkpoint.py``); ``resume=True`` continues from it and gives the
-  same result as an uninterrupted run.
+- one :class:`TrainState` (parameters, optimiser state, best model, PRNG key, counters, history)
+  is checkpointed whole every epoch (``checkpoint.py``); ``resume=True`` continues from it and
+  gives the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from hybridlsm.training.checkpoint import CheckpointError, read_checkpoint, writ
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
 
-__all__ = ["FitResult", "LossFn", "fit", "learning_rate", "loss_weights", "phase_of_epoch"]
+__all__ = ["FitResult", "LossFn", "TrainState", "fit", "learning_rate", "loss_weights", "phase_of_epoch"]
 
 Batch = Any
 #: ``loss_fn(model, batch, key, weights) -> (scalar loss, {term name: scalar})``
@@ -61,6 +62,51 @@ class FitResult:
     stopped_early: bool
     best_val: float = math.nan
     final_model: eqx.Module | None = field(default=None, repr=False)  # the model after the last epoch
+
+
+@dataclass
+class TrainState:
+    """Everything :func:`fit` carries from one epoch to the next; a checkpoint is this object whole
+    (``to_checkpoint`` / ``from_checkpoint``), so a resumed run continues exactly where it stopped.
+
+    ``params`` and ``best_params`` are the trainable part of the model (``eqx.partition`` with the
+    filter spec); the rest of the model is the static part ``fit`` holds.
+    """
+
+    params: Any
+    opt_state: Any
+    best_params: Any
+    key: PRNGKeyArray
+    epoch: int = 0
+    step: int = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    lr_scale: float = 1.0
+    stopped_early: bool = False
+    finished: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    _SCALARS = ("epoch", "step", "best_val", "best_epoch", "bad_epochs", "lr_scale", "stopped_early", "finished")
+
+    def to_checkpoint(self, static: Any, config_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(trees, JSON metadata) for ``write_checkpoint``."""
+        trees = {"model": eqx.combine(self.params, static), "opt_state": self.opt_state,
+                 "best_model": eqx.combine(self.best_params, static)}  # fmt: skip
+        meta = {k: getattr(self, k) for k in self._SCALARS}
+        meta.update(history=self.history, rng=_key_to_ints(self.key), rng_impl=str(jax.random.key_impl(self.key)),
+                    config_hash=config_hash)  # fmt: skip
+        return trees, meta
+
+    @classmethod
+    def from_checkpoint(cls, trees: dict[str, Any], meta: dict[str, Any], filter_spec: Any) -> tuple[TrainState, Any]:
+        """The state and the model's static part from what ``read_checkpoint`` returned."""
+        params, static = eqx.partition(trees["model"], filter_spec)
+        scalars = {k: meta[k] for k in cls._SCALARS}
+        scalars["best_val"] = math.inf if meta["best_val"] is None else float(meta["best_val"])
+        state = cls(params=params, opt_state=trees["opt_state"], best_params=eqx.filter(trees["best_model"], filter_spec),
+                    key=_key_from_ints(meta["rng"], meta["rng_impl"]), history=list(meta["history"]), **scalars)  # fmt: skip
+        return state, static
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -240,19 +286,11 @@ def fit(
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
 
-    key = jax.random.key(cfg.seed)
-    key_impl = str(jax.random.key_impl(key))
-    opt_state = opt.init(params)
-    best_params = params
-    best_val, best_epoch, bad_epochs = math.inf, 0, 0
-    lr_scale, step, epoch = 1.0, 0, 0
-    history: list[dict[str, Any]] = []
-    stopped_early = finished = False
-
+    state = TrainState(params=params, opt_state=opt.init(params), best_params=params, key=jax.random.key(cfg.seed))
     if resume:
         if ckpt_dir is None:
             raise ValueError("fit: resume=True needs a checkpoint_dir")
-        like = {"model": model, "opt_state": opt_state, "best_model": model}
+        like = {"model": model, "opt_state": state.opt_state, "best_model": model}
         loaded = read_checkpoint(ckpt_dir, like)
         if loaded is not None:
             trees, meta = loaded
@@ -262,58 +300,29 @@ def fit(
                     "(config hash differs); resume only with the same config, or use a new checkpoint_dir"
                 )
             # the saved model whole, non-trainable leaves (e.g. normalisation statistics) included
-            params, static = eqx.partition(trees["model"], filter_spec)
-            best_params = eqx.filter(trees["best_model"], filter_spec)
-            opt_state = trees["opt_state"]
-            epoch, step = int(meta["epoch"]), int(meta["step"])
-            best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
-            best_epoch, bad_epochs = int(meta["best_epoch"]), int(meta["bad_epochs"])
-            lr_scale = float(meta["lr_scale"])
-            history = list(meta["history"])
-            stopped_early, finished = bool(meta["stopped_early"]), bool(meta["finished"])
-            key = _key_from_ints(meta["rng"], meta["rng_impl"])
+            state, static = TrainState.from_checkpoint(trees, meta, filter_spec)
 
     def save() -> None:
-        if ckpt_dir is None:
-            return
-        trees = {
-            "model": eqx.combine(params, static),
-            "opt_state": opt_state,
-            "best_model": eqx.combine(best_params, static),
-        }
-        meta = {
-            "epoch": epoch,
-            "step": step,
-            "best_val": best_val,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "lr_scale": lr_scale,
-            "stopped_early": stopped_early,
-            "finished": finished,
-            "rng": _key_to_ints(key),
-            "rng_impl": key_impl,
-            "config_hash": config_hash,
-            "history": history,
-        }
-        write_checkpoint(ckpt_dir, epoch, trees, meta)
+        if ckpt_dir is not None:
+            write_checkpoint(ckpt_dir, state.epoch, *state.to_checkpoint(static, config_hash))
 
-    bar = _Progress(progress and not finished, total_epochs)
+    bar = _Progress(progress and not state.finished, total_epochs)
     try:
-        while not finished and epoch < total_epochs:
-            phase, epoch_in_phase, _ = phase_of_epoch(cfg, epoch)
+        while not state.finished and state.epoch < total_epochs:
+            phase, epoch_in_phase, _ = phase_of_epoch(cfg, state.epoch)
             event = None
             if phase == 2 and epoch_in_phase == 0:
                 # Phase 2 starts from the best supervised model with fresh optimiser and patience.
-                params = best_params
-                opt_state = opt.init(params)
-                best_val, bad_epochs = math.inf, 0
+                state.params = state.best_params
+                state.opt_state = opt.init(state.params)
+                state.best_val, state.bad_epochs = math.inf, 0
                 event = "phase2_start"
-            weights = loss_weights(cfg, epoch)
+            weights = loss_weights(cfg, state.epoch)
             weights_arr = {k: jnp.asarray(v, dtype=dtype) for k, v in weights.items()}
-            key, k_batches, k_steps = jax.random.split(key, 3)
+            state.key, k_batches, k_steps = jax.random.split(state.key, 3)
             batches = _epoch_batches(train_batches, k_batches)
             step_keys = jax.random.split(k_steps, len(batches))
-            bar.epoch(epoch, len(batches))
+            bar.epoch(state.epoch, len(batches))
             t0 = time.perf_counter()
             losses: list[float] = []
             norms: list[float] = []
@@ -321,22 +330,22 @@ def fit(
             rejections: list[dict[str, Any]] = []
             lr = math.nan
             for b, batch in enumerate(batches):
-                lr = learning_rate(cfg, epoch, b, len(batches), step) * lr_scale
+                lr = learning_rate(cfg, state.epoch, b, len(batches), state.step) * state.lr_scale
                 new_params, new_opt_state, loss, aux, gnorm, finite = _train_step(
-                    params, opt_state, static, batch, step_keys[b], weights_arr,
+                    state.params, state.opt_state, static, batch, step_keys[b], weights_arr,
                     jnp.asarray(lr, dtype=dtype), loss_fn=loss_fn, opt=opt,
                 )  # fmt: skip
-                step += 1
+                state.step += 1
                 loss_f = float(loss)
                 ok, message = bool(finite), "non-finite loss or parameters"
                 if ok and validity_fn is not None:
                     ok, message = validity_fn(eqx.combine(new_params, static))
                     ok = bool(ok)
                 if ok:
-                    params, opt_state = new_params, new_opt_state
+                    state.params, state.opt_state = new_params, new_opt_state
                 else:
-                    lr_scale *= 0.5
-                    rejections.append({"batch": b, "message": str(message), "lr_scale": lr_scale})
+                    state.lr_scale *= 0.5
+                    rejections.append({"batch": b, "message": str(message), "lr_scale": state.lr_scale})
                 losses.append(loss_f)
                 norms.append(float(gnorm))
                 terms = {k: float(v) for k, v in aux.items()}
@@ -344,23 +353,23 @@ def fit(
                     term_sums[k] = term_sums.get(k, 0.0) + v
                 bar.batch(loss_f, terms)
 
-            val = float(val_fn(eqx.combine(params, static)))
+            val = float(val_fn(eqx.combine(state.params, static)))
             bar.val(val)
-            improved = math.isfinite(val) and val < best_val - cfg.min_delta
+            improved = math.isfinite(val) and val < state.best_val - cfg.min_delta
             if improved:
-                best_val, best_params, best_epoch, bad_epochs = val, params, epoch + 1, 0
+                state.best_val, state.best_params, state.best_epoch, state.bad_epochs = val, state.params, state.epoch + 1, 0
             else:
-                bad_epochs += 1
-            epoch += 1
+                state.bad_epochs += 1
+            state.epoch += 1
             record = {
-                "epoch": epoch,
+                "epoch": state.epoch,
                 "phase": phase,
                 "train_loss": float(np.mean(losses)),
                 "val_loss": val,
-                "best_val": best_val,
+                "best_val": state.best_val,
                 "improved": improved,
                 "lr": lr,
-                "lr_scale": lr_scale,
+                "lr_scale": state.lr_scale,
                 "grad_norm": float(np.mean(norms)),
                 "weights": weights,
                 "terms": {k: v / len(batches) for k, v in term_sums.items()},
@@ -370,25 +379,25 @@ def fit(
             }
             if event is not None:
                 record["event"] = event
-            if bad_epochs >= cfg.patience:
+            if state.bad_epochs >= cfg.patience:
                 if phase == 1:
                     record["event"] = "phase1_early_stop"
-                    epoch = cfg.two_phase.phase1_epochs  # jump to phase 2
+                    state.epoch = cfg.two_phase.phase1_epochs  # jump to phase 2
                 else:
                     record["event"] = "early_stop"
-                    stopped_early = finished = True
-            if epoch >= total_epochs:
-                finished = True
-            history.append(record)
+                    state.stopped_early = state.finished = True
+            if state.epoch >= total_epochs:
+                state.finished = True
+            state.history.append(record)
             save()
     finally:
         bar.close()
 
     return FitResult(
-        model=eqx.combine(best_params, static),
-        history=history,
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
-        best_val=best_val,
-        final_model=eqx.combine(params, static),
+        model=eqx.combine(state.best_params, static),
+        history=state.history,
+        best_epoch=state.best_epoch,
+        stopped_early=state.stopped_early,
+        best_val=state.best_val,
+        final_model=eqx.combine(state.params, static),
     )
