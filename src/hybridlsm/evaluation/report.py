@@ -144,7 +144,8 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
             if "time" not in ds.coords:
                 raise ValueError(f"{f}: no 'time' coordinate")
             models[f.stem] = ds.reindex(time=obs["time"])
-        out[d.name] = SiteData(d.name, obs, models, obs_path)
+        sid = str(obs.attrs.get("site_id") or d.name)  # the folder name is the id made path-safe
+        out[sid] = SiteData(sid, obs, models, obs_path)
     if not out:
         raise FileNotFoundError(f"{pred}: no site directories")
     return out
