@@ -180,5 +180,5 @@ def test_small_files_detected_by_content_and_line_numbers(base_path, tmp_path):
 
 
 def test_unknown_option_names_reader(base_path):
-    with pytest.raises(TypeError, match=re.escape("reader 'ameriflux-base': unknown option(s) ['chunks']; allowed: metadata, site_id, sites")):
+    with pytest.raises(TypeError, match=re.escape("reader 'ameriflux-base': unknown option(s) ['chunks']; allowed: depths, metadata, site_id, sites")):
         read_site(base_path, chunks={"time": 10})

@@ -53,6 +53,12 @@ LACKS = {
     "FR-Pue_201205-201205_HH.csv": {"SWdown", "RH", "Qg", "LWdown"},
 }
 
+# soil sensor depths [m], reader option ``depths`` as in the shipped configs (README §4)
+DEPTHS = {
+    "US-Wkg_200405-200412_HH.csv": {"SoilTemp": 0.05},
+    "US-Me2_201907-202006_HH.csv": {"SoilTemp": 0.16, "SoilMoistVol": 0.10},
+}
+
 
 @pytest.fixture(scope="module")
 def canonical(shared_data):
@@ -60,7 +66,7 @@ def canonical(shared_data):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name in CANONICAL:
-            out[name] = read_fluxnet_csv(shared_data / "fluxnet" / name)
+            out[name] = read_fluxnet_csv(shared_data / "fluxnet" / name, depths=DEPTHS.get(name))
     out["_warnings"] = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     return out
 
@@ -118,6 +124,36 @@ def test_metadata_values_and_empty_cells(canonical):
     assert me2.attrs["measurement_height"] == 34.0 and me2.attrs["canopy_height"] == 18.0
     assert me2["SoilTemp"].attrs["depth_m"] == 0.16 and me2["SoilMoistVol"].attrs["depth_m"] == 0.10
     assert wkg["SoilTemp"].attrs["depth_m"] == 0.05 and np.isnan(wkg["SoilMoistVol"].attrs["depth_m"])
+    bi1 = canonical["US-Bi1_201807-202006_HH.csv"]  # no depths given: NaN
+    assert np.isnan(bi1["SoilTemp"].attrs["depth_m"]) and np.isnan(bi1["SoilMoistVol"].attrs["depth_m"])
+
+
+@pytest.mark.parametrize(
+    ("depths", "message"),
+    [
+        ({"Tair": 0.05}, "option depths: 'Tair' is not a soil variable of this file; its soil variables: SoilMoistVol"),
+        ({"SoilTemp": 0.05}, "option depths: 'SoilTemp' is not a soil variable of this file; its soil variables: SoilMoistVol"),
+        ({"SoilMoistVol": 0.0}, "option depths: SoilMoistVol depth 0.0 is not a positive number of metres (0 < depth <= 2, e.g. 0.05 for 5 cm)"),
+        ({"SoilMoistVol": -0.1}, "option depths: SoilMoistVol depth -0.1 is not a positive number of metres"),
+        ({"SoilMoistVol": 5}, "option depths: SoilMoistVol depth 5 is not a positive number of metres"),  # cm, not m
+        ({"SoilMoistVol": "10 cm"}, "option depths: SoilMoistVol depth '10 cm' is not a positive number of metres"),
+        ({"SoilMoistVol": True}, "option depths: SoilMoistVol depth True is not a positive number of metres"),
+        ({"SoilMoistVol": float("nan")}, "option depths: SoilMoistVol depth nan is not a positive number of metres"),
+        ([0.1], "option depths: expected a mapping {variable: depth in m} of the file's soil variables (SoilMoistVol), got [0.1]"),
+    ],
+)  # fmt: skip
+def test_depths_option_is_validated(shared_data, tmp_path, depths, message):
+    """A file without a soil-temperature column (TS_F_MDS_1 dropped from the head of US-Wkg)."""
+    lines = (shared_data / "fluxnet" / "US-Wkg_200405-200412_HH.csv").read_text().splitlines()[:49]
+    drop = lines[0].split(",").index("TS_F_MDS_1")
+    path = tmp_path / "US-Wkg_200405-200412_HH.csv"
+    path.write_text("\n".join(",".join(f for j, f in enumerate(ln.split(",")) if j != drop) for ln in lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert read_fluxnet_csv(path, depths={"SoilMoistVol": 0.1})["SoilMoistVol"].attrs["depth_m"] == 0.1
+        with pytest.raises(DataError) as err:
+            read_fluxnet_csv(path, depths=depths)
+    assert str(err.value).startswith(f"{path}: {message}")
 
 
 def test_soil_and_radiation_conversions(canonical):

@@ -119,6 +119,7 @@ def run(
 ) -> None:
     """Train every model the config names on the same data and split; write predictions, metrics and report."""
     from .config import ConfigError
+    from .data import DataError
     from .models.registry import load_run_config
     from .pipeline import run as run_pipeline
 
@@ -142,6 +143,9 @@ def run(
     except FileExistsError as err:
         Console(stderr=True).print(f"[red]{err}[/red]")
         raise typer.Exit(1) from None
+    except (ConfigError, DataError) as err:  # bad input found while reading the data: one message
+        Console(stderr=True).print(f"[red]error[/red]: {err}", soft_wrap=True)
+        raise typer.Exit(2) from None
     Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")
 
 

@@ -11,12 +11,15 @@ Example::
     name: demo
     data:
       sites:
-        - ../shared/data/fluxnet/US-Me2_201907-202006_HH.csv     # canonical CSV
+        - ../shared/data/fluxnet/US-Me2_201907-202006_HH.csv     # any reader's file, format detected
+        - {path: AMF_US-CRT_BASE_HH_2-5.csv, format: ameriflux-base,
+           options: {depths: {SoilTemp: 0.05}}}                     # format and reader options given
         - {met: US-Wkg_Met.nc, flux: US-Wkg_Flux.nc}               # PLUMBER2 pair
         - {virtual: {igbp: GRA, days: 365, seed: 1}}               # generated virtual site
       max_qc: 1
       targets: [Qle, Qh]
-      split: {train: 0.6, val: 0.2, test: 0.2}    # or dates, or {leave_one_site_out: true}
+      split: {train: 0.6, val: 0.2, test: 0.2}    # or dates, {leave_one_site_out: true},
+                                                  # {test_sites: [US-CRT]}, {blocked: {block: 7 d}}
       spinup_days: 10
       window_days: 30
     models:
@@ -146,9 +149,17 @@ class VirtualSiteConfig(StrictModel):
 
 
 class SiteSpec(StrictModel):
-    """One site: a canonical CSV path (a plain string in YAML), a PLUMBER2 pair or a virtual site."""
+    """One site: a data file ``{path, format, options}``, a PLUMBER2 pair or a virtual site.
+
+    ``format`` names the reader (default: detected from the file) and ``options`` are that reader's
+    options (``hybridlsm.data.get_reader(format).options``). Both are checked when the site is read
+    (this module does not know the readers). Shorthands: a plain path string is ``{path: ...}``;
+    ``{met: PATH, flux: PATH}`` is a PLUMBER2 pair.
+    """
 
     path: Path | None = None
+    format: str | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
     plumber: PlumberSite | None = None
     virtual: VirtualSiteConfig | None = None
 
@@ -169,8 +180,9 @@ class SiteSpec(StrictModel):
             )
         if not isinstance(data, dict):
             raise ValueError(
-                f"a site is a CSV path, {{met: PATH, flux: PATH}} or {{virtual: {{...}}}}; got {data!r}"
-            )
+                "a site is a file path, {path: PATH, format: NAME, options: {...}}, {met: PATH, flux: PATH} "
+                "or {virtual: {...}}"
+            )  # the error report adds the value given
         return data
 
     @field_validator("path", mode="before")
@@ -182,18 +194,24 @@ class SiteSpec(StrictModel):
     def _exactly_one(self) -> "SiteSpec":
         given = [k for k in ("path", "plumber", "virtual") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"a site is exactly one of: a CSV path, a PLUMBER2 pair, a virtual site; got {given or 'none'}")
+            raise ValueError(f"a site is exactly one of: a file path, a PLUMBER2 pair, a virtual site; got {given or 'none'}")
+        if self.path is None and (self.format is not None or self.options):
+            raise ValueError(f"'format' and 'options' apply only to a site given by 'path', not to a {given[0]} site")
         return self
 
     @property
     def kind(self) -> Literal["csv", "plumber", "virtual"]:
+        """``'csv'`` for a site given by ``path`` (any format), else ``'plumber'`` or ``'virtual'``."""
         return "csv" if self.path is not None else "plumber" if self.plumber is not None else "virtual"
 
     @model_serializer(mode="wrap")
     def _serialise(self, handler: Any) -> Any:
+        """The shorthand where it says everything: a path string, ``{met, flux}``; else only the keys in use."""
         data = handler(self)
         if self.path is not None:
-            return data["path"]
+            if self.format is None and not self.options:
+                return data["path"]
+            return {k: data[k] for k in ("path", "format", "options") if data[k] not in (None, {})}
         if self.plumber is not None:
             return data["plumber"]
         return {"virtual": data["virtual"]}

@@ -64,9 +64,22 @@ class Experiment:
 
 
 def read_site_spec(spec: SiteSpec) -> xr.Dataset:
-    """The canonical dataset of one configured site (not yet gap-filled)."""
+    """The canonical dataset of one configured site (not yet gap-filled).
+
+    A file is read by the reader ``spec.format`` (default: detected) with ``spec.options``; an
+    unknown format or an option that reader does not declare is a ConfigError naming the site entry
+    and what is allowed.
+    """
     if spec.path is not None:
-        return read_site(spec.path)
+        from .config import ConfigError
+        from .data import DataError, detect_format, get_reader
+
+        fmt = spec.format or detect_format(spec.path)
+        try:
+            get_reader(fmt).check_options(spec.options)
+        except (DataError, TypeError) as err:
+            raise ConfigError(f"data.sites entry {spec.path}: {err}") from None
+        return read_site(spec.path, format=fmt, **spec.options)
     if spec.plumber is not None:
         return read_plumber2(spec.plumber.met, spec.plumber.flux)
     v = spec.virtual

@@ -46,9 +46,10 @@ from .fluxnet import (
     _read_lines,
     _site_attrs,
     _time_axis,
+    set_soil_depths,
 )
 from .readers import Reader, register_reader
-from .schema import SOIL_DEPTHS_M, VARIABLES, DataError, DataWarning
+from .schema import VARIABLES, DataError, DataWarning
 
 __all__ = ["read_ameriflux_base", "BASE_NAMES", "parse_base_filename", "base_columns"]
 
@@ -116,12 +117,16 @@ def read_ameriflux_base(
     site_id: str | None = None,
     sites: str | Path | pd.DataFrame | None = None,
     metadata: dict | None = None,
+    depths: dict | None = None,
 ) -> xr.Dataset:
     """Read an AmeriFlux BASE CSV into the canonical dataset (docs/architecture.md §1).
 
     ``site_id``: default from the ``# Site:`` comment, else the file name (the two must agree).
     ``sites``: a ``sites.csv`` table (default ``sites.csv`` beside the file), looked up by file
-    name then site id. ``metadata``: attrs that override or complete the table.
+    name then site id. ``metadata``: attrs that override or complete the table. ``depths``:
+    measurement depth [m] of the soil variables read (the shallowest level, rules 1-3), e.g.
+    ``{"SoilTemp": 0.05}``; BASE files do not state it (it is in the site's BADM), so NaN when not
+    given (:func:`hybridlsm.data.fluxnet.set_soil_depths`).
     """
     path = Path(path)
     file = str(path)
@@ -175,8 +180,6 @@ def read_ameriflux_base(
                 repairs.append(repair)
         else:
             v = values[0]
-        if var in ("SoilTemp", "SoilMoistVol"):
-            attrs["depth_m"] = SOIL_DEPTHS_M.get(path.name, {}).get(var, np.nan)
         full = np.full(n, np.nan)
         full[pos] = v
         data_vars[var] = xr.DataArray(full, dims="time", attrs=attrs)
@@ -187,6 +190,7 @@ def read_ameriflux_base(
             f"{', '.join(BASE_NAMES.values())}"
         )
     _check_empty_columns(data_vars, file=file)
+    set_soil_depths(data_vars, depths, file=file)
     if all(raw_cols.get(c) is not None for c in ("TA", "RH", "VPD")):
         check_vpd_consistency(raw_cols["TA"], raw_cols["RH"], raw_cols["VPD"], file=file, column="VPD")
 
@@ -248,6 +252,7 @@ class AmerifluxBaseReader(Reader):
         "site_id": "the site (default from the '# Site:' line or the file name)",
         "sites": "sites.csv table, path or DataFrame (default: sites.csv beside the file)",
         "metadata": "attrs that override or complete the site table",
+        "depths": "measurement depth [m] of the soil variables, e.g. {SoilTemp: 0.05} (default NaN)",
     }
 
     def detect(self, path: Path) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import numbers
 import re
 import warnings
 from pathlib import Path
@@ -41,7 +43,7 @@ from .readers import Reader, register_reader
 from .schema import (
     QC_FLAG_MEANINGS,
     QC_MISSING,
-    SOIL_DEPTHS_M,
+    SOIL_VARIABLES,
     TARGET_VARIABLES,
     VARIABLES,
     DataError,
@@ -462,6 +464,7 @@ def read_fluxnet_csv(
     site_id: str | None = None,
     sites: str | Path | pd.DataFrame | None = None,
     metadata: dict | None = None,
+    depths: dict | None = None,
 ) -> xr.Dataset:
     """Read a FLUXNET2015-style CSV (HH/HR/DD/WW/MM/YY, official or canonical) into the canonical form.
 
@@ -474,6 +477,8 @@ def read_fluxnet_csv(
         it exists. The row is found by ``FILE`` (the file name), then by ``SITE_ID``; an unknown
         site id is a DataError.
     metadata: attrs that override or complete the table (e.g. ``{"latitude": 46.65}``).
+    depths: measurement depth [m] of the file's soil variables, e.g. ``{"SoilTemp": 0.05}``
+        (:func:`set_soil_depths`); not stated in the files, so NaN when not given.
 
     Returns the canonical dataset (docs/architecture.md §1). Aggregated files also carry
     ``time_end`` (exclusive end of each period) and ``<var>_qc_fraction``.
@@ -521,8 +526,6 @@ def read_fluxnet_csv(
             attrs["note"] = "ERA-Interim reanalysis downscaled to the site (FLUXNET2015), not tower data"
         if alternatives:
             attrs["alternative_columns"] = ", ".join(alternatives)
-        if var in ("SoilTemp", "SoilMoistVol"):
-            attrs["depth_m"] = SOIL_DEPTHS_M.get(path.name, {}).get(var, np.nan)
         data_vars[var] = xr.DataArray(full, dims="time", attrs=attrs)
 
         qc_col = f"{col}_QC"
@@ -538,6 +541,7 @@ def read_fluxnet_csv(
             f"{', '.join(v.fluxnet_columns[0] for v in VARIABLES.values() if v.fluxnet_columns)}"
         )
     _check_empty_columns(data_vars, file=file)
+    set_soil_depths(data_vars, depths, file=file)
     if not aggregated and {"TA_F", "RH", "VPD_F"} <= raw_cols.keys():
         check_vpd_consistency(raw_cols["TA_F"], raw_cols["RH"], raw_cols["VPD_F"], file=file,
                               column="VPD_F")
@@ -633,6 +637,34 @@ def _check_empty_columns(data_vars: dict, *, file: str) -> None:
         )
 
 
+def set_soil_depths(data_vars: dict, depths: dict | None, *, file: str) -> None:
+    """Set ``attrs["depth_m"]`` of each soil variable in ``data_vars`` from the reader option
+    ``depths`` (``{variable: metres}``; NaN for a variable not given). DataError naming the file and
+    the option for a name that is not a soil variable of the file or a depth that is not a positive
+    number of metres up to 2 m (the readers take the shallowest layer; a depth in cm is caught)."""
+    present = [v for v in SOIL_VARIABLES if v in data_vars]
+    depths = {} if depths is None else depths
+    if not isinstance(depths, dict):
+        raise DataError(
+            f"{file}: option depths: expected a mapping {{variable: depth in m}} of the file's soil "
+            f"variables ({', '.join(present) or 'none'}), got {depths!r}"
+        )
+    for var, depth in depths.items():
+        if var not in present:
+            raise DataError(
+                f"{file}: option depths: {var!r} is not a soil variable of this file; its soil "
+                f"variables: {', '.join(present) or 'none'}"
+            )
+        ok = isinstance(depth, numbers.Real) and not isinstance(depth, bool) and math.isfinite(depth)
+        if not (ok and 0.0 < depth <= 2.0):
+            raise DataError(
+                f"{file}: option depths: {var} depth {depth!r} is not a positive number of metres "
+                f"(0 < depth <= 2, e.g. 0.05 for 5 cm)"
+            )
+    for var in present:
+        data_vars[var].attrs["depth_m"] = float(depths.get(var, np.nan))
+
+
 def _is_flag(name: str) -> bool:
     return name.endswith(("_qc", "_qc_fraction"))
 
@@ -701,6 +733,7 @@ class FluxnetCsvReader(Reader):
         "site_id": "the site (default from the file name)",
         "sites": "sites.csv table, path or DataFrame (default: sites.csv beside the file)",
         "metadata": "attrs that override or complete the site table",
+        "depths": "measurement depth [m] of the soil variables, e.g. {SoilTemp: 0.05} (default NaN)",
     }
 
     def detect(self, path: Path) -> bool:

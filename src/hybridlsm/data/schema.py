@@ -81,7 +81,7 @@ __all__ = [
     "QC_FLAG_MEANINGS",
     "qc_mask",
     "variables_table",
-    "SOIL_DEPTHS_M",
+    "SOIL_VARIABLES",
     "SITE_METADATA",
 ]
 
@@ -210,12 +210,10 @@ SITE_METADATA = (
 """Site attrs that the model may need; one that no source states is NaN (or "" for ``igbp``), is
 listed in ``attrs["missing_metadata"]`` and gives a DataWarning (``checks.report_missing_metadata``)."""
 
-SOIL_DEPTHS_M: dict[str, dict[str, float]] = {
-    # Measurement depths of the single soil layer of the canonical files (shared/data README §4);
-    # a depth that no source states is absent here and NaN in the variable's attrs.
-    "US-Wkg_200405-200412_HH.csv": {"SoilTemp": 0.05},
-    "US-Me2_201907-202006_HH.csv": {"SoilTemp": 0.16, "SoilMoistVol": 0.10},
-}
+SOIL_VARIABLES = ("SoilTemp", "SoilMoistVol")
+"""Soil variables (one tower layer each). Their measurement depth is not in the files: it is the
+site's metadata, given to the CSV readers as the ``depths`` option (``attrs["depth_m"]``, NaN when
+not given)."""
 
 
 def variables_table() -> list[dict]:

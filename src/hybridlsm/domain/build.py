@@ -143,7 +143,11 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     dims = [d for d in ds.dims if d != "time"]
     if len(dims) != 2:
         raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: expected dims (time, y, x), got {tuple(ds.dims)}")
-    ydim, xdim = dims
+    # the (y, x) order of the variables, not of ``ds.dims`` (which follows the order the dims were
+    # first declared, e.g. x before y when the x coordinate was assigned first)
+    gridded = [ds[v].dims for v in ds.data_vars if ds[v].ndim == 3 and "time" in ds[v].dims]
+    ydim, xdim = ("y", "x") if set(dims) == {"y", "x"} else (
+        tuple(d for d in gridded[0] if d != "time") if gridded else tuple(dims))  # fmt: skip
     ds = ds.transpose("time", ydim, xdim)
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     forcing_vars = [v for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip") if v in ds]
@@ -173,6 +177,11 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     for k in ("elevation", "canopy_height", "measurement_height", "utc_offset_h"):
         columns[k] = np.full(len(cells), float(ds.attrs.get(k, np.nan)))
     if land_cover is not None:
+        if set(land_cover.dims) == {ydim, xdim}:
+            land_cover = land_cover.transpose(ydim, xdim)
+        if land_cover.shape != (ny, nx):
+            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: land_cover has dims {land_cover.dims} "
+                            f"shape {land_cover.shape}; expected ({ydim}, {xdim}) = ({ny}, {nx})")  # fmt: skip
         codes = _land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
         columns["igbp"] = codes[iy, ix]
     else:

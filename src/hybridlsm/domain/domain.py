@@ -172,6 +172,9 @@ class Domain:
             raise DataError(f"domain {self.name}: period {start} .. {end} lies outside its record "
                             f"{t[0]} .. {t[-1]}")  # fmt: skip
         keep = (t >= lo) & (t <= hi)
+        if not keep.any():
+            raise DataError(f"domain {self.name}: no step in {start} .. {end} (record {t[0]} .. {t[-1]}, "
+                            f"steps of {self.data.attrs.get('time_step_s', '?')} s)")  # fmt: skip
         return replace(self, data=self.data.isel(time=np.flatnonzero(keep)))
 
     def describe(self) -> str:

@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import jax.numpy as jnp
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import TrainConfig
 from ..domain import Domain
@@ -43,7 +44,7 @@ from ..training.windows import SiteRecord, batches_of, make_windows, record_wind
 from .column import ColumnModel, prepare_site, record_state_type, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
-__all__ = ["delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
+__all__ = ["FitOptions", "delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
 
 
 def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingContext,
@@ -167,10 +168,17 @@ def train_column_model(
     return best
 
 
-def training_config(ctx: TrainingContext, options) -> TrainConfig:
+class FitOptions(BaseModel):
+    """Options every column model has: its own overrides of the run's ``training`` section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float | None = Field(None, gt=0.0, le=1.0, description="learning rate (null: training.lr)")
+    epochs: int | None = Field(None, ge=1, description="epochs (null: training.epochs)")
+    patience: int | None = Field(None, ge=1, description="early-stopping patience (null: training.patience)")
+
+
+def training_config(ctx: TrainingContext, options: FitOptions) -> TrainConfig:
     """The run's training section with the model's own overrides (lr, epochs, patience)."""
-    update = {k: getattr(options, k) for k in ("lr", "epochs", "patience") if getattr(options, k, None) is not None}
-    tc = ctx.training.model_copy(update=update)
-    if tc.epochs is None and not tc.two_phase.enabled:
-        tc = tc.model_copy(update={"epochs": 30})
-    return tc
+    update = {"lr": options.lr, "epochs": options.epochs, "patience": options.patience}
+    return ctx.training.model_copy(update={k: v for k, v in update.items() if v is not None})

@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from ..domain import Domain
 from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead, trainable_filter
@@ -33,7 +33,7 @@ from ..training.losses import DiscoveryLaw, sparsity_l1
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import ColumnModel, column_provenance, domain_base_params, predict_column_model, run_jit, target_arrays
-from .column_fit import train_column_model, training_config
+from .column_fit import FitOptions, train_column_model, training_config
 from .features import N_FORCING_FEATURES, N_STATE_FEATURES, forcing_features, state_features
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
 from .registry import EquinoxSpec, TrainingContext, register_model
@@ -41,7 +41,7 @@ from .registry import EquinoxSpec, TrainingContext, register_model
 MULTIPLIED = ("ra_scale", "rs_scale")
 
 
-class HybridOptions(BaseModel):
+class HybridOptions(FitOptions):
     """``options`` of the hybrid models."""
 
     model_config = ConfigDict(extra="forbid")

@@ -10,7 +10,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..constants import CP_AIR
 from ..domain import Domain
@@ -18,7 +18,7 @@ from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
 from .column import ColumnModel, column_provenance, predict_column_model
-from .column_fit import delta_sparsity, train_column_model, training_config
+from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
 from .registry import EquinoxSpec, TrainingContext, get_model, register_model
 
 #: Parameters calibrated by default: the exchange and stomatal knobs, water capacity, albedo,
@@ -30,7 +30,7 @@ DEFAULT_CALIBRATED = ("rs_scale", "ra_scale", "root_zone_capacity", "beta_thresh
 RECORD_EPOCHS = 60  # one Adam step per epoch over whole records
 
 
-class PhysicsOptions(BaseModel):
+class PhysicsOptions(FitOptions):
     """``options`` of ``{name: physics}`` / ``{name: fixed_kh}``."""
 
     model_config = ConfigDict(extra="forbid")
