@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install bench clean-venv
+.PHONY: run test test-fast install bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/hybridlsm run --default --resume
 
+# The whole suite (what CI runs).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Without the tests marked slow (real-site training, year-long rollouts, longer model training):
+# under 3 minutes on 2 cores.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/physics.py

@@ -63,7 +63,13 @@ def _window_loss(model, windows, targets, scale):
     return float(loss_fn(model, windows, jax.random.key(0), weights)[0])
 
 
-@pytest.mark.parametrize("name", ROLLOUT_MODELS)
+# `make test-fast` keeps one training test per family: physics (calibration) and hybrid_flux (which
+# also starts from the calibrated physics); the variants train in the full suite only (~10 s each).
+SLOW_ROLLOUT = {"fixed_kh", "hybrid_param", "hybrid_lstm"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ROLLOUT else n
+                                  for n in ROLLOUT_MODELS])  # fmt: skip
 def test_rollout_model_training_lowers_loss(name, site, cfg):
     train, val = site
     spec = get_model(name)
@@ -118,6 +124,7 @@ def test_unknown_option_is_an_error():
         validate_options("hybrid_flux", {"unknown_knob": 1})
 
 
+@pytest.mark.slow  # ~10-15 s of training
 def test_physics_calibrates_per_site_in_a_multi_site_time_split(cfg):
     """Two sites with different hidden closures (virtual grassland and forest): per-site offsets,
     weighted by each column's site, differ between the sites; a hybrid starts from them; a site the
@@ -211,6 +218,7 @@ def test_loss_weights_follow_the_site_weighting_option(site):
                          "training": {"site_weighting": "by_size"}})
 
 
+@pytest.mark.slow  # ~10-15 s of training
 def test_hybrid_trains_on_whole_records_when_asked(site, cfg):
     """``fit: record`` (one step per epoch on the whole record from the model's spun-up state)."""
     train, val = site

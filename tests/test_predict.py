@@ -88,7 +88,8 @@ def test_predict_a_third_site_writes_alma_skill_and_report(run_dir, shared_data)
     site = domain_from_site(read_site(shared_data / "fluxnet" / US_CRT)).select_time(
         "2011-06-01", "2011-06-30T23:30").column(0)
     assert n_le == [int(np.isfinite(site["Qle"].values).sum())]
-    assert (out / "report.html").is_file()
+    report = (out / "report.html").read_text()
+    assert "Where the parameters came from" in report and pred.attrs["parameters_from"] in report
 
 
 def test_predict_a_grid_writes_y_x(run_dir, shared_data):

@@ -561,6 +561,13 @@ def _skill_html(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _provenance(sites: dict[str, SiteData]) -> pd.DataFrame:
+    """site, model, parameters_from (the prediction files' attribute) where a model records it."""
+    rows = [{"site": sid, "model": m, "parameters from": str(ds.attrs["parameters_from"])}
+            for sid, sd in sites.items() for m, ds in sd.models.items() if "parameters_from" in ds.attrs]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def _table_html(df: pd.DataFrame) -> str:
     if df.empty:
         return "<p class='note'>nothing to show</p>"
@@ -648,6 +655,10 @@ def build_report(
         "≥ 5 days) after a day with P ≥ 5 mm; for θ = θ∞ + A·exp(−t/τ) it is the e-folding time of "
         "θ − θ∞, independent of units and offsets (see <code>hybridlsm.evaluation.report</code>).</p>",
         _table_html(untrained),
+        "<h2>Where the parameters came from</h2>",
+        "<p class='note'>Per site and model: the physical parameters the prediction used (a site's own "
+        "calibration, or what transfers to a site the model was not trained on).</p>",
+        _table_html(_provenance(sites)),
     ]
     captions = {
         "diurnal": "Mean diurnal cycle per season",
