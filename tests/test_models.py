@@ -17,7 +17,7 @@ from hybridlsm.models import column, column_fit
 from hybridlsm.models.hybrid import HybridOptions, start_from_physics
 from hybridlsm.models.registry import TrainingContext, get_model, validate_options
 from hybridlsm.models.registry import validate_run_config as validate_config
-from hybridlsm.physics import from_unconstrained, to_unconstrained
+from hybridlsm.physics import LaDState, from_unconstrained, to_unconstrained
 from hybridlsm.physics.soil import LAYER_THICKNESS, layer_heat_capacity, soil_heat_storage
 from hybridlsm.training import losses, windows
 
@@ -54,7 +54,7 @@ def _record(domain, model=None):
 def _windows(domain):
     rec = column.with_model_trajectory(get_model("physics").build(validate_options("physics", {"calibrate": []})),
                                        _record(domain))
-    return rec, windows.make_windows([rec], 48, 3 * 48, column.record_state_type())
+    return rec, windows.make_windows([rec], 48, 3 * 48, LaDState)
 
 
 def _window_loss(model, windows, targets, scale):

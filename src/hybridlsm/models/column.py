@@ -264,10 +264,3 @@ def column_provenance(model: ColumnModel, domain: Domain) -> list[str]:
     base, classes, notes = domain_base_params(domain)
     _, where = model.with_site_weights(base, domain.column_ids, classes)
     return [w + (f"; {n}" if n else "") for w, n in zip(where, notes)]
-
-
-def record_state_type() -> Any:
-    """The state class windows are built of (``training.windows.state_at``)."""
-    from ..physics import LaDState
-
-    return lambda t, w, s, g: LaDState(soil_temp=t, soil_water=w, snow=s, groundwater=g)

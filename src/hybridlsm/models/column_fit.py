@@ -41,7 +41,8 @@ from ..training.losses import (
 )
 from ..training.trainer import fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
-from .column import ColumnModel, prepare_site, record_state_type, run_jit, spinup_period, with_model_trajectory
+from ..physics import LaDState
+from .column import ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
 __all__ = ["FitOptions", "delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
@@ -147,7 +148,7 @@ def train_column_model(
             batch_size = len(train_recs)
         else:
             train_recs = [with_model_trajectory(model, rec) for rec in train_recs]
-            windows = make_windows(train_recs, spin, length, record_state_type(), train_weights)
+            windows = make_windows(train_recs, spin, length, LaDState, train_weights)
             batch_size = train_cfg.batch_windows
         ckpt = ctx.checkpoint_dir
         result = fit(
