@@ -25,19 +25,19 @@ from hybridlsm.data import readers
 
 def test_builtin_formats_in_detection_order():
     assert available_formats() == ["ameriflux-base", "fluxnet-csv", "plumber2", "gridded"]
-    assert sorted(get_reader("fluxnet-csv").options) == ["metadata", "site_id", "sites"]
+    assert sorted(get_reader("fluxnet-csv").options) == ["depths", "metadata", "site_id", "sites"]
     assert sorted(get_reader("plumber2").options) == ["find_partner", "metadata", "other", "sites"]
     assert sorted(get_reader("gridded").options) == ["check_steps", "chunks", "metadata", "variables"]
-    assert sorted(get_reader("ameriflux-base").options) == ["metadata", "site_id", "sites"]
+    assert sorted(get_reader("ameriflux-base").options) == ["depths", "metadata", "site_id", "sites"]
     with pytest.raises(DataError, match="unknown data format 'netcdf'; available formats: ameriflux-base, fluxnet-csv, plumber2, gridded"):
         get_reader("netcdf")
 
 
 def test_unknown_option_is_a_type_error_naming_the_reader(shared_data):
     path = shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv"
-    with pytest.raises(TypeError, match=re.escape("reader 'fluxnet-csv': unknown option(s) ['chunks', 'colour']; allowed: metadata, site_id, sites")):
+    with pytest.raises(TypeError, match=re.escape("reader 'fluxnet-csv': unknown option(s) ['chunks', 'colour']; allowed: depths, metadata, site_id, sites")):
         read_site(path, colour="red", chunks={})
-    with pytest.raises(TypeError, match=r"read_sites: unknown keyword argument\(s\) \['colour'\]; options per format: ameriflux-base: metadata, site_id, sites; fluxnet-csv"):
+    with pytest.raises(TypeError, match=r"read_sites: unknown keyword argument\(s\) \['colour'\]; options per format: ameriflux-base: depths, metadata, site_id, sites; fluxnet-csv"):
         read_sites([path], colour="red")
 
 

@@ -77,8 +77,9 @@ def test_calibration_reduces_heldout_rmse(experiment, ctx, site):
     calibrated = spec.train(default, opts, exp.train, exp.val, ctx)
     after = {f: _test_rmse(ds, exp, spec.predict(calibrated, ds), f) for f in ("Qle", "Qh")}
     msg = f"{site}: held-out RMSE default {before} -> calibrated {after}"
-    print(msg)  # FIGPRINT
-    # FIGURES
+    # Measured here (US-Wkg: the 60 default steps; US-Me2: 30): US-Wkg Qle 17.8 -> 16.7, Qh 54.9 -> 28.4;
+    # US-Me2 Qle 51.1 -> 40.6 (seasonal storage through whole-record fitting), Qh 59.8 -> 57.6 W m-2.
+    # The shipped configs (60 steps, docs/results.md) give US-Me2 Qle 51.1 -> 38.3, Qh 59.8 -> 54.2.
     assert after["Qle"] < before["Qle"], msg
     assert after["Qh"] < before["Qh"], msg
     big = {"US-Wkg": "Qh", "US-Me2": "Qle"}[site]  # the flux calibration fixes most at each site
@@ -96,7 +97,7 @@ def test_hybrid_beats_1lin_on_heldout_qle_at_us_wkg(experiment, ctx):
         opts = validate_options(name, options)
         model = spec.train(spec.build(opts), opts, exp.train, exp.val, ctx)
         scores[name] = _test_rmse(ds, exp, spec.predict(model, ds), "Qle")
-    # ... is the one hybrid_flux started from: it found it in ctx.cache and calibrated nothing new
-    print(scores)  # FIGPRINT
+    # ... is the one hybrid_flux started from: it found it in ctx.cache and calibrated nothing new.
+    # Measured: held-out Qle RMSE hybrid_flux 16.0, 1lin 17.6 W m-2.
     assert set(ctx.cache) == cached, sorted(set(ctx.cache) - cached)
     assert scores["hybrid_flux"] < scores["1lin"], scores
