@@ -279,6 +279,12 @@ def test_grid_land_cover_follows_the_igbp_numbering():
     lc = xr.DataArray(np.full((NY, NX), 18), dims=("y", "x"),
                       attrs={"flag_values": np.arange(1, 19), "flag_meanings": " ".join(["c"] * 18)})  # fmt: skip
     assert set(domain_from_grid(ds, land_cover=lc).static_value("igbp")) == {""}
+    # classes named in flag_meanings are read by name, whatever their numbering
+    named = xr.DataArray(np.where(index % 2 == 0, 7, 3), dims=("y", "x"),
+                         attrs={"flag_values": [3, 7], "flag_meanings": "Water_Bodies grasslands"})  # fmt: skip
+    codes = domain_from_grid(ds, land_cover=named).static_value("igbp")
+    expected = np.where(np.delete(index.ravel(), 6) % 2 == 0, "GRA", "WAT")
+    np.testing.assert_array_equal(codes, expected)
     # a land-cover field given as (x, y) is read by its dims, not its axis order
     d_t = domain_from_grid(ds, land_cover=xr.DataArray(index.T, dims=("x", "y")))
     np.testing.assert_array_equal(d_t.static_value("igbp"), want)

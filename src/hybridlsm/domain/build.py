@@ -114,22 +114,38 @@ def domain_from_sites(datasets: Sequence[xr.Dataset], name: str | None = None) -
     return Domain(dset, static, SiteLayout(tuple(ids)), name or (ids[0] if n == 1 else "+".join(ids)))
 
 
+#: IGBP class names (as CF ``flag_meanings`` write them) -> codes; compared after ``_class_key``.
+IGBP_NAMES = {
+    "evergreen_needleleaf_forests": "ENF", "evergreen_broadleaf_forests": "EBF",
+    "deciduous_needleleaf_forests": "DNF", "deciduous_broadleaf_forests": "DBF", "mixed_forests": "MF",
+    "closed_shrublands": "CSH", "open_shrublands": "OSH", "woody_savannas": "WSA", "savannas": "SAV",
+    "grasslands": "GRA", "permanent_wetlands": "WET", "croplands": "CRO", "urban_and_built_up_lands": "URB",
+    "cropland_natural_vegetation_mosaics": "CVM", "snow_and_ice": "SNO", "barren_or_sparsely_vegetated": "BSV",
+    "water_bodies": "WAT",
+}  # fmt: skip
+
+
+def _class_key(name: str) -> str:
+    """A class name without case, separators or plural endings ('Water bodies' = 'water_body')."""
+    words = name.lower().replace("-", "_").replace("/", "_").replace(" ", "_").split("_")
+    return "_".join(w[:-3] + "y" if w.endswith("ies") else w.rstrip("s") for w in words if w)
+
+
+_IGBP_BY_KEY = {_class_key(k): v for k, v in IGBP_NAMES.items()}
+
+
 def _land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
-    """IGBP codes of a land-cover index field: ``flag_values`` / ``flag_meanings`` (CF) where the
-    meanings are IGBP class names, else the 17-class IGBP numbering; '' for other classes."""
-    flat = np.asarray(values).ravel()
-    out = np.full(flat.shape, "", object)
-    for k, v in enumerate(flat):
-        if np.isfinite(v) and 1 <= int(v) <= len(IGBP_BY_INDEX):
-            out[k] = IGBP_BY_INDEX[int(v) - 1]
+    """IGBP codes of a land-cover index field: by the CF ``flag_values`` / ``flag_meanings`` where
+    the file names its classes (a class that is not an IGBP class gets ''), else by the 17-class
+    IGBP numbering (1 = ENF ... 17 = WAT); '' for any other value."""
     meanings = str(attrs.get("flag_meanings", "")).split()
-    if meanings and len(meanings) > len(IGBP_BY_INDEX):
-        # classes beyond the 17 IGBP ones (e.g. CLM's 18 "bare_soil") have no IGBP code
-        extra = {int(f) for f, m in zip(np.atleast_1d(attrs.get("flag_values", [])), meanings)
-                 if int(f) > len(IGBP_BY_INDEX)}  # fmt: skip
-        for k, v in enumerate(flat):
-            if np.isfinite(v) and int(v) in extra:
-                out[k] = ""
+    if meanings:
+        flags = [int(f) for f in np.atleast_1d(attrs.get("flag_values", np.arange(1, len(meanings) + 1)))]
+        table = {f: _IGBP_BY_KEY.get(_class_key(m), "") for f, m in zip(flags, meanings)}
+    else:
+        table = {i + 1: code for i, code in enumerate(IGBP_BY_INDEX)}
+    flat = np.asarray(values, float).ravel()
+    out = np.asarray([table.get(int(v), "") if np.isfinite(v) else "" for v in flat], dtype=object)
     return out.reshape(np.shape(values))
 
 
