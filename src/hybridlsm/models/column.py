@@ -252,7 +252,7 @@ def predict_column_model(model: ColumnModel, domain: Domain,
     """ALMA outputs ``(T, N)`` (SoilTemp ``(T, N, L)``) over the whole domain, every column from a
     state spun up with the trained model."""
     dtype = jnp.zeros(0).dtype
-    forcing = forcing_from_datasets(domain.columns(), dtype=dtype)
+    forcing = forcing_from_datasets([domain.data], dtype=dtype)
     base, classes, _ = domain_base_params(domain, dtype)
     base, _ = model.with_site_weights(base, domain.column_ids, classes)
     _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))

@@ -343,7 +343,7 @@ def _post_features(out: dict, domain: Domain) -> np.ndarray:
     """(T, N, F) inputs of the correction network from a physics rollout of ``domain``."""
     from ..physics import forcing_from_datasets
 
-    f = forcing_from_datasets(domain.columns())
+    f = forcing_from_datasets([domain.data])
     state = LaDState(soil_temp=jnp.asarray(out["SoilTemp"]), soil_water=jnp.asarray(out["SoilMoist"]),
                      snow=jnp.asarray(out["SWE"]), groundwater=jnp.asarray(out["GWS"]))  # fmt: skip
     base, _, _ = domain_base_params(domain)
