@@ -7,10 +7,14 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import xarray as xr
 from typer.testing import CliRunner
 
 from hybridlsm.cli import app
+from hybridlsm.data import DataError
+from hybridlsm.domain import site_file_name
+from hybridlsm.pipeline import check_site_folders
 
 CONFIG = """
 name: tiny
@@ -68,3 +72,29 @@ def test_bad_config_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 2
     assert "window_dayz" in result.output
+
+
+def test_overwrite_with_bad_data_keeps_the_previous_run(tmp_path):
+    """Every input is read and checked before the run directory is touched: a config whose data
+    cannot be read leaves an existing run as it was, even with --overwrite."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "keep.txt").write_text("an earlier run")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("TIMESTAMP_START,TIMESTAMP_END,TA_F\n201001010000,201001010030,nonsense\n")
+    cfg.write_text(cfg.read_text().replace("    - {virtual: {site_id: TINY, days: 20, seed: 2, noise: 5.0}}",
+                                           f"    - {bad}"))
+    result = CliRunner().invoke(app, ["run", str(cfg), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert "bad.csv" in result.output and "Traceback" not in result.output
+    assert (run / "keep.txt").read_text() == "an earlier run"
+
+
+def test_site_ids_become_safe_folder_names_and_clashes_are_refused():
+    assert site_file_name("US-Wkg") == "US-Wkg"
+    assert site_file_name("../../X") == "_.._X" and "/" not in site_file_name("a/b/../c")
+    check_site_folders(["US-Wkg", "US-Me2"])
+    with pytest.raises(DataError, match=r"site ids \['US/X', 'US_X'\] map to the same folder name"):
+        check_site_folders(["US/X", "US_X", "DE-Tha"])

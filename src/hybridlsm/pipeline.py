@@ -31,8 +31,20 @@ import numpy as np
 import xarray as xr
 from rich.console import Console
 
-from .config import RunConfig, SiteSpec, write_config
-from .data import TEST, TRAIN, UNUSED, VALIDATION, prepare_forcing, read_plumber2, read_site, split_by_time
+from .config import ConfigError, RunConfig, SiteSpec, write_config
+from .data import (
+    TEST,
+    TRAIN,
+    UNUSED,
+    VALIDATION,
+    DataError,
+    detect_format,
+    get_reader,
+    prepare_forcing,
+    read_plumber2,
+    read_site,
+    split_by_time,
+)
 from .data.splits import blocked_labels, held_out_labels
 from .data.virtual import virtual_site
 from .domain import Domain, domain_from_site, site_file_name, write_netcdf, write_site_outputs
@@ -71,9 +83,6 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
     and what is allowed.
     """
     if spec.path is not None:
-        from .config import ConfigError
-        from .data import DataError, detect_format, get_reader
-
         fmt = spec.format or detect_format(spec.path)
         try:
             get_reader(fmt).check_options(spec.options)
@@ -94,7 +103,17 @@ def load_domains(cfg: RunConfig) -> list[Domain]:
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:
         raise ValueError(f"site(s) {dup} appear more than once in data.sites; give each site once")
+    check_site_folders(ids)
     return out
+
+
+def check_site_folders(ids: list[str]) -> None:
+    """DataError when two site ids map to the same folder name (``site_file_name``)."""
+    folders = [site_file_name(s) for s in ids]
+    clash = sorted({s for s, f in zip(ids, folders) if folders.count(f) > 1})
+    if clash:
+        raise DataError(f"site ids {clash} map to the same folder name under predictions/ "
+                        f"({sorted({site_file_name(s) for s in clash})}); give the sites distinct ids")  # fmt: skip
 
 
 def _site_id(d: Domain) -> str:
@@ -203,12 +222,13 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     """Train, save, predict and report; returns the run directory."""
     from .evaluation.report import build_report
 
+    sites = load_domains(cfg)  # read and check every input before the run directory is touched
+    exps = experiments(cfg, sites)
     run_dir = prepare_run_dir(cfg, resume)
-    sites = load_domains(cfg)
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
     cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
-    for exp in experiments(cfg, sites):
+    for exp in exps:
         for d in exp.test:
             sid = _site_id(d)
             write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc")
