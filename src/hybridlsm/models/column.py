@@ -72,6 +72,7 @@ class ColumnModel(eqx.Module):
         law: optional discovery law K_h = a u^b |Ri|^c trained jointly (phase 2)
         chunk: steps per checkpointed chunk of the rollout
         sites, site_classes: the training sites of per-site offsets and their IGBP classes
+        calibrated_on: the training sites of shared offsets (for ``provenance``)
     """
 
     land: AbstractLandModel
@@ -84,6 +85,7 @@ class ColumnModel(eqx.Module):
     delta_gain: float = eqx.field(static=True, default=1.0)  # Adam step on the offsets = gain x lr
     sites: tuple[str, ...] = eqx.field(static=True, default=())
     site_classes: tuple[str, ...] = eqx.field(static=True, default=())
+    calibrated_on: tuple[str, ...] = eqx.field(static=True, default=())  # sites of shared offsets
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -119,7 +121,9 @@ class ColumnModel(eqx.Module):
     def with_site_weights(self, base: dict, sites: Sequence[str], classes: Sequence[str]) -> tuple[dict, list[str]]:
         """``base`` with the per-site offset weights of these columns, and their provenance."""
         if not self.sites:
-            return base, ["shared parameters" if self.deltas else "parameter-table defaults"] * len(sites)
+            where = (f"shared offsets calibrated at {', '.join(self.calibrated_on)}" if self.deltas and self.calibrated_on
+                     else "parameter-table defaults of its IGBP class" if not self.deltas else "shared offsets")
+            return base, [where] * len(sites)
         rows = [self.transfer(s, c) for s, c in zip(sites, classes)]
         dtype = jnp.asarray(base["albedo"]).dtype
         return {**base, SITE_WEIGHTS: jnp.asarray(np.stack([r[0] for r in rows]), dtype)}, [r[1] for r in rows]
@@ -257,6 +261,19 @@ def predict_column_model(model: ColumnModel, domain: Domain,
     base, _ = model.with_site_weights(base, domain.column_ids, classes)
     _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
     return {k: np.asarray(out[k]) for k in outputs}
+
+
+def column_structure(model: ColumnModel) -> dict:
+    """What a saved ColumnModel's skeleton needs beyond its options (``EquinoxSpec.structure``)."""
+    return {"sites": list(model.sites), "site_classes": list(model.site_classes),
+            "calibrated_on": list(model.calibrated_on)}  # fmt: skip
+
+
+def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
+    """``model`` (as built from its options) shaped as the saved one (``EquinoxSpec.skeleton``)."""
+    if structure.get("sites"):
+        model = model.per_site(structure["sites"], structure["site_classes"])
+    return replace(model, calibrated_on=tuple(structure.get("calibrated_on", ())))
 
 
 def column_provenance(model: ColumnModel, domain: Domain) -> list[str]:

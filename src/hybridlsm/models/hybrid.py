@@ -32,7 +32,16 @@ from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFlu
 from ..training.losses import DiscoveryLaw, sparsity_l1
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
-from .column import ColumnModel, column_provenance, domain_base_params, predict_column_model, run_jit, target_arrays
+from .column import (
+    ColumnModel,
+    column_provenance,
+    column_skeleton,
+    column_structure,
+    domain_base_params,
+    predict_column_model,
+    run_jit,
+    target_arrays,
+)
 from .column_fit import FitOptions, train_column_model, training_config
 from .features import N_FORCING_FEATURES, N_STATE_FEATURES, forcing_features, state_features
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
@@ -221,11 +230,10 @@ class _HybridSpec(EquinoxSpec):
         return DiscoveryLaw(dtype=dtype) if opts.discovery else None
 
     def structure(self, model: ColumnModel) -> dict:
-        return {"sites": list(model.sites), "site_classes": list(model.site_classes)}
+        return column_structure(model)
 
     def skeleton(self, options: HybridOptions, structure: dict) -> ColumnModel:
-        model = self.build(options)
-        return model.per_site(structure["sites"], structure["site_classes"]) if structure.get("sites") else model
+        return column_skeleton(self.build(options), structure)
 
     def predict(self, model, domain):
         return predict_column_model(model, domain)
@@ -256,7 +264,8 @@ def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opt
         PhysicsOptions(calibrate=opts.calibrate, stability=opts.stability, targets=opts.targets),
     )  # fmt: skip
     deltas = {k: v / model.delta_gain for k, v in calibrated_offsets(physics).items()}
-    model = replace(model, deltas=deltas, sites=physics.sites, site_classes=physics.site_classes)
+    model = replace(model, deltas=deltas, sites=physics.sites, site_classes=physics.site_classes,
+                    calibrated_on=physics.calibrated_on)
     spec = trainable_filter(model)
     if not opts.train_physics:
         spec = eqx.tree_at(lambda m: m.deltas, spec, {k: False for k in deltas})
@@ -368,16 +377,13 @@ class PostCorrectionSpec(EquinoxSpec):
         return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets))
 
     def structure(self, model: PostCorrection) -> dict:
-        return {"sites": list(model.physics.sites), "site_classes": list(model.physics.site_classes),
-                "deltas": sorted(model.physics.deltas), "scale": list(model.scale)}  # fmt: skip
+        return {**column_structure(model.physics), "deltas": sorted(model.physics.deltas), "scale": list(model.scale)}
 
     def skeleton(self, options: HybridOptions, structure: dict) -> PostCorrection:
         model = self.build(options)
         dtype = jnp.zeros(0).dtype
         physics = replace(model.physics, deltas={k: jnp.zeros((), dtype) for k in structure["deltas"]})
-        if structure["sites"]:
-            physics = physics.per_site(structure["sites"], structure["site_classes"])
-        return PostCorrection(physics, model.mlp, model.targets, tuple(structure["scale"]))
+        return PostCorrection(column_skeleton(physics, structure), model.mlp, model.targets, tuple(structure["scale"]))
 
     def _rows(self, model: PostCorrection, domains: Sequence[Domain], max_qc: int):
         """(rows, F) inputs, (rows, K) residual targets and masks of every column of ``domains``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 import jax
@@ -17,7 +18,7 @@ from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import ColumnModel, column_provenance, predict_column_model
+from .column import ColumnModel, column_provenance, column_skeleton, column_structure, predict_column_model
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
 from .registry import EquinoxSpec, TrainingContext, get_model, register_model
 
@@ -88,11 +89,10 @@ class PhysicsSpec(EquinoxSpec):
         return ColumnModel(land=land, deltas=deltas)
 
     def structure(self, model: ColumnModel) -> dict:
-        return {"sites": list(model.sites), "site_classes": list(model.site_classes)}
+        return column_structure(model)
 
     def skeleton(self, options: PhysicsOptions, structure: dict) -> ColumnModel:
-        model = self.build(options)
-        return model.per_site(structure["sites"], structure["site_classes"]) if structure.get("sites") else model
+        return column_skeleton(self.build(options), structure)
 
     def train(self, model, options: PhysicsOptions, train, val, ctx: TrainingContext) -> ColumnModel:
         if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
@@ -125,9 +125,11 @@ def _calibrate(model: ColumnModel, train, val, ctx: TrainingContext, options: Ph
     if options.fit == "record" and options.epochs is None:
         options = options.model_copy(update={"epochs": RECORD_EPOCHS})
     columns = {cid: str(d.static_value("igbp")[i]) for d in train for i, cid in enumerate(d.column_ids)}
+    sites = sorted(columns)
     if options.per_site and len(columns) > 1 and not ctx.shared_parameters:
-        sites = sorted(columns)
         model = model.per_site(sites, [columns[s] for s in sites])
+    else:
+        model = replace(model, calibrated_on=tuple(sites))
     return train_column_model(
         model, train, val, ctx,
         targets=options.targets, train_cfg=training_config(ctx, options), sparsity_fn=delta_sparsity,
