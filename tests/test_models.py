@@ -232,3 +232,21 @@ def test_hybrid_trains_on_whole_records_when_asked(site, cfg):
     before = _window_loss(model0, w, ["Qle", "Qh"], scale)
     after = _window_loss(spec.train(model0, opts, [train], [val], cfg), w, ["Qle", "Qh"], scale)
     assert after < 0.97 * before, f"record fit: loss {before:.4f} -> {after:.4f}"
+
+
+def test_a_column_without_land_cover_class_gets_named_defaults(site):
+    """An empty IGBP class (a site table without it) runs with the GRA defaults, and the
+    provenance says so; a class without LaD parameters is an error naming the column."""
+    _, val = site
+    ds = val.column(0)
+    ds.attrs["igbp"] = ""
+    unknown = domain_from_site(ds)
+    spec = get_model("physics")
+    model = spec.build(validate_options("physics", {"calibrate": []}))
+    out = spec.predict(model, unknown)
+    ds.attrs["igbp"] = "GRA"
+    np.testing.assert_allclose(out["Qle"], spec.predict(model, domain_from_site(ds))["Qle"], rtol=1e-12)
+    assert spec.provenance(model, unknown) == ["parameter-table defaults of its IGBP class; IGBP class unknown: GRA defaults"]
+    ds.attrs["igbp"] = "WAT"
+    with pytest.raises(Exception, match="T-GRA: IGBP class 'WAT' has no LaD parameters"):
+        spec.predict(model, domain_from_site(ds))
