@@ -250,3 +250,28 @@ def test_a_column_without_land_cover_class_gets_named_defaults(site):
     ds.attrs["igbp"] = "WAT"
     with pytest.raises(Exception, match="T-GRA: IGBP class 'WAT' has no LaD parameters"):
         spec.predict(model, domain_from_site(ds))
+
+
+@pytest.mark.slow
+def test_every_model_saves_loads_and_predicts_the_same(site, cfg, tmp_path):
+    """Each registered model, trained briefly, reloads from its saved files to the same predictions
+    (a hybrid keeps the calibrated offsets it took from the physics, per-site layout included)."""
+    from dataclasses import replace as dc_replace
+
+    from hybridlsm.models.registry import available_models, load_saved_model
+
+    train, val = site
+    ctx = dc_replace(cfg, cache={})
+    small = {"lstm": {"hidden_size": 4}, "physics": {"epochs": 2, "calibrate": ["rs_scale", "ra_scale", "albedo"]}}
+    for name in available_models():
+        spec = get_model(name)
+        extra = {"epochs": 1, "width": 8, "hidden_size": 4, "pretrain_epochs": 1,
+                 "calibrate": ["rs_scale", "ra_scale", "albedo"]} if name.startswith(("hybrid", "post", "pre")) else {}
+        opts = validate_options(name, small.get(name, extra if name != "fixed_kh" else {"epochs": 2}))
+        model = spec.train(spec.build(opts), opts, [train], [val], ctx)
+        spec.save(model, opts, tmp_path / name)
+        _, _, again = load_saved_model(tmp_path / name)
+        before, after = spec.predict(model, val), spec.predict(again, val)
+        for flux in ("Qle", "Qh"):
+            assert after[flux].shape == (val.n_steps, 1), name
+            np.testing.assert_allclose(after[flux], before[flux], rtol=1e-10, atol=1e-8, err_msg=name)

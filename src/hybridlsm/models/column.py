@@ -40,8 +40,9 @@ from ..physics import (
 )
 from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import forcing_features
+from .registry import EquinoxSpec
 
-__all__ = ["ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
+__all__ = ["ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
            "predict_column_model", "prepare_site", "site_base_params", "target_arrays"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
@@ -264,16 +265,36 @@ def predict_column_model(model: ColumnModel, domain: Domain,
 
 
 def column_structure(model: ColumnModel) -> dict:
-    """What a saved ColumnModel's skeleton needs beyond its options (``EquinoxSpec.structure``)."""
-    return {"sites": list(model.sites), "site_classes": list(model.site_classes),
+    """What a saved ColumnModel's skeleton needs beyond its options: the names of its offsets (a
+    hybrid takes every calibrated one from the physics it starts from) and the per-site layout."""
+    return {"deltas": sorted(model.deltas), "sites": list(model.sites), "site_classes": list(model.site_classes),
             "calibrated_on": list(model.calibrated_on)}  # fmt: skip
 
 
 def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
-    """``model`` (as built from its options) shaped as the saved one (``EquinoxSpec.skeleton``)."""
-    if structure.get("sites"):
+    """``model`` (as built from its options) shaped as the saved one."""
+    dtype = jnp.zeros(0).dtype
+    model = replace(model, deltas={k: jnp.zeros((), dtype) for k in structure["deltas"]})
+    if structure["sites"]:
         model = model.per_site(structure["sites"], structure["site_classes"])
-    return replace(model, calibrated_on=tuple(structure.get("calibrated_on", ())))
+    return replace(model, calibrated_on=tuple(structure["calibrated_on"]))
+
+
+class ColumnSpec(EquinoxSpec):
+    """The spec of a model that is a ColumnModel: saved with its offsets' layout, predicts with
+    ``predict_column_model``, says where each column's parameters come from."""
+
+    def structure(self, model: ColumnModel) -> dict:
+        return column_structure(model)
+
+    def skeleton(self, options, structure: dict) -> ColumnModel:
+        return column_skeleton(self.build(options), structure)
+
+    def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
+        return predict_column_model(model, domain)
+
+    def provenance(self, model: ColumnModel, domain: Domain) -> list[str]:
+        return column_provenance(model, domain)
 
 
 def column_provenance(model: ColumnModel, domain: Domain) -> list[str]:

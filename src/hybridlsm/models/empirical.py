@@ -23,6 +23,7 @@ cluster models); the gbm handles missing inputs natively.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -35,7 +36,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hybridlsm.data.schema import DataError
+from hybridlsm.data.schema import DataError, DataWarning
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import ModelSpec, TrainingContext, register_model, write_model_json
 
@@ -329,6 +330,7 @@ class GradientBoosting(EmpiricalModel):
 
     name = "gbm"
     estimator_attr = "regressor_"
+    fitted_arrays = ("unused_features_",)
     default_inputs: ClassVar[tuple[str, ...]] = ("SWdown", "Tair", "RH", "VPD", "Wind", "Qair", "Precip")
 
     def __init__(
@@ -374,16 +376,23 @@ class GradientBoosting(EmpiricalModel):
         return 2
 
     def _fit(self, X, y):
+        # a feature with no value in the training rows (a 30-day rain sum on a shorter record)
+        # cannot inform a split, and scikit-learn refuses an all-missing column: it is held at 0
+        self.unused_features_ = ~np.isfinite(X).any(axis=0)
+        if self.unused_features_.any():
+            names = [n for n, u in zip(self.feature_names, self.unused_features_) if u]
+            warnings.warn(f"gbm ({self.target}): feature(s) {names} have no value in the training rows and "
+                          "are not used", DataWarning, stacklevel=3)  # fmt: skip
         self.regressor_ = HistGradientBoostingRegressor(
             max_iter=self.max_iter,
             learning_rate=self.learning_rate,
             max_leaf_nodes=self.max_leaf_nodes,
             early_stopping=False,
             random_state=self.seed,
-        ).fit(X, y)
+        ).fit(np.where(self.unused_features_, 0.0, X), y)
 
     def _predict(self, X):
-        return self.regressor_.predict(X)
+        return self.regressor_.predict(np.where(self.unused_features_, 0.0, X))
 
 
 EMPIRICAL_MODELS: dict[str, type[EmpiricalModel]] = {

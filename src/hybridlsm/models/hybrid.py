@@ -34,6 +34,7 @@ from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
     ColumnModel,
+    ColumnSpec,
     column_provenance,
     column_skeleton,
     column_structure,
@@ -222,21 +223,12 @@ def _deltas(opts: HybridOptions, dtype, exclude=()) -> dict:
     return {name: jnp.zeros((), dtype) for name in opts.calibrate if name not in exclude}
 
 
-class _HybridSpec(EquinoxSpec):
+class _HybridSpec(ColumnSpec):
     Options = HybridOptions
     sparsity_fn = None
 
     def _law(self, opts, dtype):
         return DiscoveryLaw(dtype=dtype) if opts.discovery else None
-
-    def structure(self, model: ColumnModel) -> dict:
-        return column_structure(model)
-
-    def skeleton(self, options: HybridOptions, structure: dict) -> ColumnModel:
-        return column_skeleton(self.build(options), structure)
-
-    def predict(self, model, domain):
-        return predict_column_model(model, domain)
 
     def provenance(self, model, domain):
         return [f"network shared by every column; physical parameters: {p}" for p in column_provenance(model, domain)]
@@ -377,13 +369,12 @@ class PostCorrectionSpec(EquinoxSpec):
         return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets))
 
     def structure(self, model: PostCorrection) -> dict:
-        return {**column_structure(model.physics), "deltas": sorted(model.physics.deltas), "scale": list(model.scale)}
+        return {**column_structure(model.physics), "scale": list(model.scale)}
 
     def skeleton(self, options: HybridOptions, structure: dict) -> PostCorrection:
         model = self.build(options)
-        dtype = jnp.zeros(0).dtype
-        physics = replace(model.physics, deltas={k: jnp.zeros((), dtype) for k in structure["deltas"]})
-        return PostCorrection(column_skeleton(physics, structure), model.mlp, model.targets, tuple(structure["scale"]))
+        return PostCorrection(column_skeleton(model.physics, structure), model.mlp, model.targets,
+                              tuple(structure["scale"]))
 
     def _rows(self, model: PostCorrection, domains: Sequence[Domain], max_qc: int):
         """(rows, F) inputs, (rows, K) residual targets and masks of every column of ``domains``."""

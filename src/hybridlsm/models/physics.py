@@ -18,9 +18,9 @@ from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import ColumnModel, column_provenance, column_skeleton, column_structure, predict_column_model
+from .column import ColumnModel, ColumnSpec
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
-from .registry import EquinoxSpec, TrainingContext, get_model, register_model
+from .registry import TrainingContext, get_model, register_model
 
 #: Parameters calibrated by default: the exchange and stomatal knobs, water capacity, albedo,
 #: roughness ratio and soil conductivity (those the fluxes are most sensitive to).
@@ -74,7 +74,7 @@ class NeutralExchangeClosure(Closure):
         return TurbulentFluxes(gh * (c.t_surface - c.theta_air), gq * (c.q_sat - c.q_air), gh, gq * c.dq_sat_dt)
 
 
-class PhysicsSpec(EquinoxSpec):
+class PhysicsSpec(ColumnSpec):
     """Calibrated LaD: gradient-based fit of a subset of parameters through the full rollout."""
 
     Options = PhysicsOptions
@@ -88,22 +88,10 @@ class PhysicsSpec(EquinoxSpec):
             self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
         return ColumnModel(land=land, deltas=deltas)
 
-    def structure(self, model: ColumnModel) -> dict:
-        return column_structure(model)
-
-    def skeleton(self, options: PhysicsOptions, structure: dict) -> ColumnModel:
-        return column_skeleton(self.build(options), structure)
-
     def train(self, model, options: PhysicsOptions, train, val, ctx: TrainingContext) -> ColumnModel:
         if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
             return calibrate_physics(train, val, ctx, options)
         return _calibrate(model, train, val, ctx, options)
-
-    def predict(self, model, domain):
-        return predict_column_model(model, domain)
-
-    def provenance(self, model, domain):
-        return column_provenance(model, domain)
 
 
 @register_model("physics")

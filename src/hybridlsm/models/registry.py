@@ -17,7 +17,7 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   the validation Domains (each with a ``loss_mask``); ``ctx`` is the narrow
   :class:`TrainingContext` (targets, QC limit, step counts, training settings, checkpoints).
 - ``predict(model, domain) -> {name: (T, N) or (T, N, L)}`` over the whole domain.
-- ``save(model, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
+- ``save(model, options, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
   leaves + JSON by default, no pickle); ``provenance(model, domain)`` says, per column, where the
   parameters it predicts with come from (a trained site's own, or what transfers).
 
@@ -41,7 +41,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..config import ConfigError, RunConfig, TrainConfig, load_config, validate_config
 
@@ -198,11 +198,15 @@ class EquinoxSpec(ModelSpec):
         skeleton = self.skeleton(options, meta.get("structure", {}))
         path = Path(directory) / LEAVES_FILE
         try:
-            return eqx.tree_deserialise_leaves(path, skeleton, filter_spec=_cast_leaf)
+            with open(path, "rb") as f:
+                model = eqx.tree_deserialise_leaves(f, skeleton, filter_spec=_cast_leaf)
+                if f.read(1):  # the file holds more leaves than the skeleton: not this model
+                    raise SavedModelError("the file holds more arrays than the model rebuilt from model.json")
         except SavedModelError as err:
             raise SavedModelError(f"{path}: {err}") from None
         except (OSError, ValueError, EOFError) as err:
             raise SavedModelError(f"{path}: cannot load the trained {self.name} model: {err}") from None
+        return model
 
 
 def write_model_json(directory: Path, name: str, options: BaseModel, extra: dict) -> None:
@@ -229,9 +233,15 @@ def read_model_json(directory: Path) -> dict:
 def load_saved_model(directory: Path) -> tuple[ModelSpec, BaseModel, Any]:
     """``(spec, options, model)`` of a model saved with ``spec.save``."""
     meta = read_model_json(directory)
-    spec = get_model(meta["model"])
-    options = spec.Options.model_validate(meta["options"])
-    return spec, options, spec.load(options, Path(directory))
+    try:
+        spec = get_model(meta["model"])
+        options = spec.Options.model_validate(meta["options"])
+    except (UnknownModelError, ValidationError) as err:
+        raise SavedModelError(f"{Path(directory) / MODEL_FILE}: {err}") from None
+    try:
+        return spec, options, spec.load(options, Path(directory))
+    except OSError as err:
+        raise SavedModelError(f"{directory}: cannot load the trained {spec.name} model: {err}") from None
 
 
 # --------------------------------------------------------------------------------- registry
