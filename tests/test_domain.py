@@ -335,6 +335,11 @@ def test_select_time_outside_the_record_names_the_record():
     part = d.select_time("2020-01-02", "2020-01-02T23:30")
     assert part.n_steps == 48 and str(part.time[0])[:16] == "2020-01-02T00:00"
     assert d.select_time().n_steps == 144
+    # an end given as a date alone includes that whole day, as the dates of a split do
+    assert d.select_time("2020-01-02", "2020-01-02").n_steps == 48
+    assert d.select_time(end="2020-01-02").n_steps == 96
+    with pytest.raises(DataError, match="end 'tomorrow' is not a date"):
+        d.select_time(end="tomorrow")
 
 
 def test_loss_mask_shapes():

@@ -102,7 +102,7 @@ def load_domains(cfg: RunConfig) -> list[Domain]:
     ids = [d.column_ids[0] for d in out]
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:
-        raise ValueError(f"site(s) {dup} appear more than once in data.sites; give each site once")
+        raise DataError(f"site(s) {dup} appear more than once in data.sites; give each site once")
     check_site_folders(ids)
     return out
 

@@ -12,7 +12,7 @@ retraining) and run on Domains built from the given files:
 
 ``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
 unless asked. Which parameters each column used (a trained site's own, or what transfers to a
-new site) is in ``OUT/provenance.json`` and in each file's ``parameters_from`` attribute.
+new site) is in ``OUT/provenance.json`` and in each site file's ``parameters_from`` attribute.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, detect_format, prepare_forcing, read_gridded, read_site
+from .data import DataError, add_derived, detect_format, prepare_forcing, read_gridded, read_site
 from .data.plumber2 import open_netcdf
 from .data.splits import TEST
 from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, load_saved_model
-from .pipeline import write_obs
+from .pipeline import check_site_folders, write_obs
 
 __all__ = ["PredictError", "domain_from_file", "predict", "saved_model_dir"]
 
@@ -63,7 +63,7 @@ def domain_from_file(path: Path) -> Domain:
     path = Path(path)
     if detect_format(path) != "gridded":
         return domain_from_site(prepare_forcing(read_site(path)))
-    grid = read_gridded(path)
+    grid = add_derived(read_gridded(path), variables=("VPD", "RH", "Qair"))  # humidity in every form
     with open_netcdf(path) as src:
         land_cover = src["land_cover"].load() if "land_cover" in src.variables else None
     return domain_from_grid(grid, land_cover=land_cover, name=path.stem)
@@ -80,27 +80,30 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
     except SavedModelError as err:
         raise PredictError(str(err)) from None
     out = Path(out) if out is not None else Path(run_dir) / "applied" / label
-    domains = []
-    for f in files:  # read and check every input before anything is written
+    domains = []  # (file, domain, provenance): every input read and checked before anything is written
+    for f in files:
         try:
             d = domain_from_file(Path(f))
-        except (DataError, ValueError) as err:
-            raise PredictError(f"{f}: {err}") from None
-        if start is not None or end is not None:
-            try:
+            if start is not None or end is not None:
                 d = d.select_time(start, end)
-            except DataError as err:
-                raise PredictError(f"{f}: {err}") from None
-        missing = [v for v in spec.required_inputs(options) if v not in d.data]
-        if missing:
-            raise PredictError(f"{f}: model {label} ({spec.name}) needs {missing}, which the file does not give "
-                               f"(it has {sorted(str(v) for v in d.data.data_vars if not str(v).endswith('_filled'))})")  # fmt: skip
-        domains.append((Path(f), d))
+            missing = [v for v in spec.required_inputs(options) if v not in d.data]
+            if missing:
+                have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
+                raise PredictError(f"model {label} ({spec.name}) needs {missing}, which the file does not give "
+                                   f"(it has {have})")  # fmt: skip
+            where = spec.provenance(model, d)  # also checks each column's land-cover class
+        except ValueError as err:  # DataError, PredictError, and the forcing checks' ValueError
+            message = str(err)
+            raise PredictError(message if str(f) in message else f"{f}: {message}") from None
+        domains.append((Path(f), d, where))
+    try:
+        check_site_folders([d.name for _, d, _ in domains])
+    except DataError as err:
+        raise PredictError(f"{err} (e.g. two periods of one site: predict them into separate --out folders)") from None
     provenance: dict[str, dict[str, str]] = {}
     observed = []  # per site: whether it has observed fluxes to score
-    for f, d in domains:
+    for f, d, where in domains:
         outputs = spec.predict(model, d)
-        where = spec.provenance(model, d)
         provenance[d.name] = dict(zip(d.column_ids, where))
         attrs = {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
                  "trained_model": str(directory.relative_to(run_dir)), "source_file": str(f)}  # fmt: skip

@@ -164,10 +164,21 @@ class Domain:
         return replace(self, data=data)
 
     def select_time(self, start=None, end=None) -> Domain:
-        """The steps with ``start <= time <= end`` (dates or strings); an error if none."""
+        """The steps with ``start <= time <= end``; an ``end`` given as a date alone includes that
+        whole day (as the dates of a split do). An error if none, or if a bound is not a time."""
         t = self.time
-        lo = t[0] if start is None else np.datetime64(start)
-        hi = t[-1] if end is None else np.datetime64(end)
+
+        def parse(value, which):
+            try:
+                return np.datetime64(value)
+            except ValueError:
+                raise DataError(f"domain {self.name}: {which} {value!r} is not a date or time "
+                                "(e.g. 2011-06-01 or 2011-06-01T12:00)") from None
+
+        lo = t[0] if start is None else parse(start, "start")
+        hi = t[-1] if end is None else parse(end, "end")
+        if end is not None and np.datetime_data(hi.dtype)[0] in ("D", "M", "Y"):
+            hi = (hi + 1).astype("datetime64[ns]") - np.timedelta64(1, "ns")  # the whole day (month, year)
         if lo > t[-1] or hi < t[0] or lo > hi:
             raise DataError(f"domain {self.name}: period {start} .. {end} lies outside its record "
                             f"{t[0]} .. {t[-1]}")  # fmt: skip

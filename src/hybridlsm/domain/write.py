@@ -106,7 +106,7 @@ def write_grid_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], path: 
         ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
     igbp = np.full((ny, nx), "", object)
     igbp[iy, ix] = domain.static_value("igbp")
-    ds["igbp"] = (("y", "x"), igbp.astype(str), {"long_name": "IGBP class used ('' not a column)"})
+    ds["igbp"] = (("y", "x"), igbp.astype(str), {"long_name": "IGBP class of the cell ('' unknown or not a column; provenance.json says what was used)"})
     ds.attrs.update({k: v for k, v in attrs.items() if isinstance(v, (str, int, float))})
     ds.attrs["grid"] = layout.name
     write_netcdf(ds, path)

@@ -225,7 +225,7 @@ def prepare_site(ds: xr.Dataset, targets: Sequence[str], max_qc: int, *, model: 
     forcing = forcing_from_datasets([ds], dtype=dtype)
     base = {k: jnp.asarray(v, dtype=dtype) for k, v in site_base_params(ds).items()}
     site = site_label(ds)
-    igbp = str(ds.attrs.get("igbp", ""))
+    igbp, _ = column_igbp(str(ds.attrs.get("igbp", "")), site)
     if model is not None:
         base, _ = model.with_site_weights(base, [site], [igbp])
     key = ("spinup", site, str(ds["time"].values[0]), ds.sizes["time"], str(dtype))

@@ -18,7 +18,7 @@ from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import ColumnModel, ColumnSpec
+from .column import ColumnModel, ColumnSpec, column_igbp
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
 from .registry import TrainingContext, get_model, register_model
 
@@ -112,7 +112,8 @@ def _calibrate(model: ColumnModel, train, val, ctx: TrainingContext, options: Ph
         return model
     if options.fit == "record" and options.epochs is None:
         options = options.model_copy(update={"epochs": RECORD_EPOCHS})
-    columns = {cid: str(d.static_value("igbp")[i]) for d in train for i, cid in enumerate(d.column_ids)}
+    columns = {cid: column_igbp(str(d.static_value("igbp")[i]), cid)[0] for d in train
+               for i, cid in enumerate(d.column_ids)}  # fmt: skip
     sites = sorted(columns)
     if options.per_site and len(columns) > 1 and not ctx.shared_parameters:
         model = model.per_site(sites, [columns[s] for s in sites])
