@@ -63,8 +63,9 @@ def markdown(records: list[dict], commands: list[str]) -> str:
         "```",
         "",
         "Scores are on held-out data only: the last 20 % of each site's record for the per-site and "
-        "multi-site configs (`split = test`), the whole record of the left-out site for "
-        "leave-one-site-out (`split = loso`). Observed fluxes count where QC <= 1. NSE and KGE (2009) are "
+        "multi-site configs (`split = test`), every 5th week of the record for the blocked configs "
+        "(`split = blocked`), the whole record of the left-out site for leave-one-site-out "
+        "(`split = loso`), the whole record of a site no model trained on (`split = test_sites`). Observed fluxes count where QC <= 1. NSE and KGE (2009) are "
         "dimensionless, RMSE in W m-2, bias in % of the observed sum. Machine-readable: "
         "`results/skill.json`.",
         "",
