@@ -98,3 +98,29 @@ def test_site_ids_become_safe_folder_names_and_clashes_are_refused():
     check_site_folders(["US-Wkg", "US-Me2"])
     with pytest.raises(DataError, match=r"site ids \['US/X', 'US_X'\] map to the same folder name"):
         check_site_folders(["US/X", "US_X", "DE-Tha"])
+
+
+@pytest.mark.slow
+def test_resume_reuses_the_saved_calibration_for_the_hybrids(tmp_path):
+    """A resumed run whose physics is finished gives the hybrids that physics (loaded from
+    models/), not a fresh calibration, and the hybrid trains to the same predictions."""
+    import shutil
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace(
+        "{name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}",
+        "{name: physics, options: {calibrate: [rs_scale, ra_scale]}}").replace(  # what the hybrid starts from
+        "  - {name: 1lin}", "  - {name: hybrid_flux, options: {epochs: 1, width: 8, calibrate: [rs_scale, ra_scale]}}"))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
+    run = tmp_path / "runs" / "tiny"
+    assert not (run / "checkpoints/hybrid_flux/all/physics_init").exists()  # shared within the run
+    first = xr.load_dataset(run / "predictions/TINY/hybrid_flux.nc")["Qle"].values
+    for path in ("predictions/TINY/hybrid_flux.nc", "checkpoints/hybrid_flux", "models/hybrid_flux"):
+        target = run / path
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    result = runner.invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not (run / "checkpoints/hybrid_flux/all/physics_init").exists()  # no second calibration
+    again = xr.load_dataset(run / "predictions/TINY/hybrid_flux.nc")["Qle"].values
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-3)

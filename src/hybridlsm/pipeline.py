@@ -235,15 +235,18 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
         for entry in cfg.models:
             label = entry.label or entry.name
             targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
-            if resume and all(p.exists() for p in targets):
-                console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
-                continue
-            console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
-                          f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
             spec = get_model(entry.name)
             options = spec.Options.model_validate(entry.options)
             ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
                                               checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
+            if resume and all(p.exists() for p in targets):
+                console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
+                saved = model_dir(run_dir, label, exp.name)
+                if (saved / "model.json").is_file():
+                    spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
+                continue
+            console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
+                          f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
             t0 = time.perf_counter()
             model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
             t_train = time.perf_counter() - t0

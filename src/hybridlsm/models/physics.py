@@ -96,7 +96,9 @@ class PhysicsSpec(ColumnSpec):
 
 @register_model("physics")
 class CalibratedPhysics(PhysicsSpec):
-    pass
+    def reuse(self, model, options, train, val, ctx) -> None:
+        """A resumed run's saved calibration serves the hybrids that start from it."""
+        ctx.cache.setdefault(_calibration_key(train, val, ctx, options), model)
 
 
 @register_model("fixed_kh")
@@ -136,13 +138,18 @@ def _data_key(domains: Sequence[Domain]) -> list:
     return out
 
 
+def _calibration_key(train, val, ctx: TrainingContext, options: PhysicsOptions) -> str:
+    """What a calibration depends on, as the key of ``ctx.cache``."""
+    return "calibrated:" + hashlib.sha256(repr((_data_key(train), _data_key(val), options.model_dump(),
+                                                ctx.max_qc, ctx.spinup_days, ctx.window_days, ctx.shared_parameters,
+                                                ctx.training.model_dump(mode="json"),
+                                                str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
+
+
 def calibrate_physics(train, val, ctx: TrainingContext, options: PhysicsOptions) -> ColumnModel:
     """Calibrated LaD for these data and options: trained once per run (``ctx.cache``) and reused
     (the ``physics`` model and every hybrid that starts from calibrated physics share it)."""
-    key = "calibrated:" + hashlib.sha256(repr((_data_key(train), _data_key(val), options.model_dump(),
-                                               ctx.max_qc, ctx.spinup_days, ctx.window_days, ctx.shared_parameters,
-                                               ctx.training.model_dump(mode="json"),
-                                               str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
+    key = _calibration_key(train, val, ctx, options)
     if key not in ctx.cache:
         model = get_model("physics").build(options)
         ctx.cache[key] = _calibrate(model, train, val, ctx, options)

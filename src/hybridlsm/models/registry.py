@@ -18,7 +18,9 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   :class:`TrainingContext` (targets, QC limit, step counts, training settings, checkpoints).
 - ``predict(model, domain) -> {name: (T, N) or (T, N, L)}`` over the whole domain.
 - ``save(model, options, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
-  leaves + JSON by default, no pickle); ``provenance(model, domain)`` says, per column, where the
+  leaves + JSON by default, no pickle); ``reuse(...)`` offers a model a resumed run finds saved to
+  the models trained after it (the calibrated physics the hybrids start from);
+  ``provenance(model, domain)`` says, per column, where the
   parameters it predicts with come from (a trained site's own, or what transfers).
 
 ``get_model(name)`` returns the registered instance; an unknown name lists the names that exist.
@@ -150,6 +152,11 @@ class ModelSpec(abc.ABC):
 
     @abc.abstractmethod
     def load(self, options: BaseModel, directory: Path) -> Any: ...
+
+    def reuse(self, model: Any, options: BaseModel, train: Sequence[Domain], val: Sequence[Domain],
+              ctx: TrainingContext) -> None:
+        """A resumed run found this model trained and saved: offer it to the models trained after
+        it (``ctx.cache``). Default: nothing to offer."""
 
     def provenance(self, model: Any, domain: Domain) -> list[str]:
         """Per column: where the parameters used for it come from (default: one shared model)."""
