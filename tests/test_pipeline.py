@@ -124,3 +124,34 @@ def test_resume_reuses_the_saved_calibration_for_the_hybrids(tmp_path):
     assert not (run / "checkpoints/hybrid_flux/all/physics_init").exists()  # no second calibration
     again = xr.load_dataset(run / "predictions/TINY/hybrid_flux.nc")["Qle"].values
     np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-3)
+
+
+def test_overwrite_replaces_the_old_run_only_when_the_new_one_has_finished(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))
+    run = tmp_path / "runs" / "tiny"
+    run.mkdir(parents=True)
+    (run / "keep.txt").write_text("an earlier run")
+    result = CliRunner().invoke(app, ["run", str(cfg), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (run / "keep.txt").exists() and (run / "predictions/TINY/1lin.nc").is_file()
+    assert (run / "report.html").is_file() and str(run) in (run / "report.html").read_text()
+    assert sorted(p.name for p in run.parent.iterdir()) == ["tiny"]  # no temporary sibling left
+
+
+def test_resume_with_a_different_config_names_the_keys(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
+    stored = (tmp_path / "runs/tiny/config.yaml").read_text()
+    cfg.write_text(cfg.read_text().replace("split: {train: 0.5, val: 0.25, test: 0.25}",
+                                           "split: {train: 0.6, val: 0.2, test: 0.2}"))
+    result = runner.invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "data.split.train: 0.5 -> 0.6" in " ".join(result.output.split())
+    assert (tmp_path / "runs/tiny/config.yaml").read_text() == stored  # untouched
+    # output settings may change on resume
+    cfg.write_text(cfg.read_text().replace("split: {train: 0.6, val: 0.2, test: 0.2}",
+                                           "split: {train: 0.5, val: 0.25, test: 0.25}") + "\n")
+    assert runner.invoke(app, ["run", str(cfg), "--resume", "--overwrite"]).exit_code == 0

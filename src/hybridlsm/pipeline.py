@@ -204,18 +204,74 @@ def model_dir(run_dir: Path, label: str, experiment: str) -> Path:
 # ------------------------------------------------------------------------------------ run
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool) -> Path:
+#: The parts of a config that define a run; resuming with any of them changed is refused.
+RUN_DEFINING = ("data", "models", "training")
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: tree}
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """ConfigError naming the keys where ``cfg`` differs from the run's stored ``config.yaml`` in
+    the parts that define the run (data, models, training); ``output`` may differ."""
+    stored_path = Path(run_dir) / "config.yaml"
+    if not stored_path.is_file():
+        return
+    try:
+        stored = load_run_config(stored_path, check_paths=False)
+    except ConfigError as err:
+        raise ConfigError(f"--resume: the run's stored {stored_path} cannot be read: {err}") from None
+    old, new = (_flat(c.model_dump(mode="json", include=set(RUN_DEFINING))) for c in (stored, cfg))
+    differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:8])
+        more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
+        raise ConfigError(f"--resume: the config differs from the one {run_dir} was run with, at {shown}{more}; "
+                          "resume with the same config, or start a new run (another name, or --overwrite)")
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
+    """(the folder this run writes to, the run directory it becomes).
+
+    A new run writes to the run directory itself. With ``overwrite``, an existing run is replaced
+    only when the new one has finished (``finish_run_dir``): until then the new run writes to the
+    sibling ``.<name>.overwrite`` and the old run stays as it was. ``resume`` continues the run
+    directory after checking that the config is the one it was run with."""
     run_dir = Path(cfg.output.run_dir) / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        if not cfg.output.overwrite:
+    work = run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            check_resumable(cfg, run_dir)
+        elif not cfg.output.overwrite:
             raise FileExistsError(
                 f"run directory {run_dir} exists; pass --resume to continue it, or set output.overwrite: true "
                 "(or --overwrite) to replace it"
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir / "config.yaml")
-    return run_dir
+        else:
+            work = run_dir.with_name(f".{run_dir.name}.overwrite")
+            if work.exists():  # an earlier overwrite that did not finish: ours, not the user's
+                shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, work / "config.yaml")
+    return work, run_dir
+
+
+def finish_run_dir(work: Path, run_dir: Path) -> None:
+    """Put a finished overwriting run in place of the old one (nothing to do otherwise)."""
+    if work == run_dir:
+        return
+    old = run_dir.with_name(f".{run_dir.name}.replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    run_dir.rename(old)
+    work.rename(run_dir)
+    shutil.rmtree(old)
 
 
 def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> Path:
@@ -224,7 +280,8 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
 
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
-    run_dir = prepare_run_dir(cfg, resume)
+    work, final = prepare_run_dir(cfg, resume)
+    run_dir = work  # until an overwriting run has finished, it writes beside the old one
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
     cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
@@ -260,6 +317,8 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
                                               "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
             console.print(f"  {label}: trained in {t_train:.1f} s")
     timings_path.write_text(json.dumps(timings, indent=1))  # resumed runs keep earlier timings
+    finish_run_dir(work, final)
+    run_dir = final
     report = build_report(run_dir, config_name=config_name)
     console.print(f"report: [green]{report}[/green]")
     return run_dir
