@@ -54,9 +54,11 @@ from .splits import (
     Windows,
     check_no_leakage,
     leave_one_site_out,
+    loss_steps,
     site_split_labels,
     split_by_time,
     training_windows,
+    usable_targets,
 )
 
 __all__ = [
@@ -91,6 +93,7 @@ __all__ = [
     "inspect_dataset",
     "inspect_file",
     "leave_one_site_out",
+    "loss_steps",
     "liquid_fraction",
     "mean_diurnal_cycle",
     "partition_precip",
@@ -109,5 +112,6 @@ __all__ = [
     "split_by_time",
     "toa_shortwave",
     "training_windows",
+    "usable_targets",
     "variables_table",
 ]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .schema import DataError
+from .schema import DataError, qc_mask
 
 __all__ = [
     "UNUSED",
@@ -44,6 +44,8 @@ __all__ = [
     "check_no_leakage",
     "Windows",
     "training_windows",
+    "loss_steps",
+    "usable_targets",
 ]
 
 UNUSED, TRAIN, VALIDATION, TEST = 0, 1, 2, 3
@@ -387,3 +389,35 @@ def training_windows(
             mask[k] = m
     keep = mask.sum(axis=1) >= min_loss_steps
     return Windows(starts[keep], index[keep], mask[keep], length, spinup)
+
+
+def loss_steps(ds: xr.Dataset) -> np.ndarray:
+    """(T,) the steps a loss may use: the dataset's boolean ``loss_mask`` (its split), all without one."""
+    if "loss_mask" in ds:
+        return np.asarray(ds["loss_mask"].values, dtype=bool)
+    return np.ones(ds.sizes["time"], dtype=bool)
+
+
+def usable_targets(ds: xr.Dataset, targets, max_qc: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values (T, K), usable (T, K))`` of one site's observed ``targets``.
+
+    Usable: :func:`hybridlsm.data.qc_mask` (present, QC <= ``max_qc``, not estimated), finite, and
+    in :func:`loss_steps`. A target absent from the dataset is NaN and never usable; a target that
+    is not 1-D on ``time`` is an error.
+    """
+    n = ds.sizes["time"]
+    extra = loss_steps(ds)
+    values, masks = [], []
+    for var in targets:
+        if var not in ds:
+            values.append(np.full(n, np.nan))
+            masks.append(np.zeros(n, dtype=bool))
+            continue
+        if ds[var].dims != ("time",):
+            raise DataError(f"{ds.attrs.get('site_id', '<dataset>')}: target {var} has dims {ds[var].dims}; "
+                            "expected ('time',)")  # fmt: skip
+        v = np.asarray(ds[var].values, dtype=np.float64)
+        values.append(v)
+        masks.append(np.asarray(qc_mask(ds, var, max_qc), dtype=bool) & np.isfinite(v) & extra)
+    return np.stack(values, axis=-1), np.stack(masks, axis=-1)
+

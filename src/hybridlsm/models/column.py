@@ -16,15 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ..data import qc_mask
+from ..data import loss_steps, usable_targets
 from ..data.schema import DataError, site_label
 from ..domain import Domain
 from ..physics import (
@@ -43,7 +41,7 @@ from .features import forcing_features
 from .registry import EquinoxSpec
 
 __all__ = ["ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
-           "predict_column_model", "prepare_site", "site_base_params", "target_arrays"]  # fmt: skip
+           "predict_column_model", "prepare_site", "site_base_params"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (
@@ -122,8 +120,12 @@ class ColumnModel(eqx.Module):
     def with_site_weights(self, base: dict, sites: Sequence[str], classes: Sequence[str]) -> tuple[dict, list[str]]:
         """``base`` with the per-site offset weights of these columns, and their provenance."""
         if not self.sites:
-            where = (f"shared offsets calibrated at {', '.join(self.calibrated_on)}" if self.deltas and self.calibrated_on
-                     else "parameter-table defaults of its IGBP class" if not self.deltas else "shared offsets")
+            if not self.deltas:
+                where = "parameter-table defaults of its IGBP class"
+            elif self.calibrated_on:
+                where = f"shared offsets calibrated at {', '.join(self.calibrated_on)}"
+            else:
+                where = "shared offsets"
             return base, [where] * len(sites)
         rows = [self.transfer(s, c) for s, c in zip(sites, classes)]
         dtype = jnp.asarray(base["albedo"]).dtype
@@ -195,22 +197,6 @@ def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], lis
 # ------------------------------------------------------------------------------ records
 
 
-def target_arrays(ds: xr.Dataset, targets: Sequence[str], max_qc: int) -> tuple[np.ndarray, np.ndarray]:
-    """(T, K) observations and their usable mask (QC <= max_qc, finite, and ``loss_mask``)."""
-    n = ds.sizes["time"]
-    extra = np.asarray(ds["loss_mask"].values, bool) if "loss_mask" in ds else np.ones(n, bool)
-    obs, mask = [], []
-    for t in targets:
-        if t not in ds:
-            obs.append(np.full(n, np.nan))
-            mask.append(np.zeros(n, bool))
-            continue
-        v = np.asarray(ds[t].values, dtype=np.float64)
-        obs.append(v)
-        mask.append(np.asarray(qc_mask(ds, t, max_qc), bool) & np.isfinite(v) & extra)
-    return np.stack(obs, -1), np.stack(mask, -1)
-
-
 def _optional(ds: xr.Dataset, name: str) -> np.ndarray:
     return np.asarray(ds[name].values, dtype=np.float64) if name in ds else np.full(ds.sizes["time"], np.nan)
 
@@ -235,8 +221,8 @@ def prepare_site(ds: xr.Dataset, targets: Sequence[str], max_qc: int, *, model: 
         plain = {k: v for k, v in base.items() if k != SITE_WEIGHTS}
         cache[key], _ = spin_up(land, plain, forcing, period=spinup_period(forcing), max_cycles=5, tol_temp=0.05,
                                 tol_water=0.5)  # fmt: skip
-    obs, mask = target_arrays(ds, targets, max_qc)
-    split = np.asarray(ds["loss_mask"].values, bool) if "loss_mask" in ds else np.ones(ds.sizes["time"], bool)
+    obs, mask = usable_targets(ds, targets, max_qc)
+    split = loss_steps(ds)
     return SiteRecord(site, forcing, base, cache[key], obs, mask, _optional(ds, "Rnet"), _optional(ds, "Qg"),
                       split, igbp=igbp)  # fmt: skip
 

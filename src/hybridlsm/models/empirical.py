@@ -37,6 +37,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from pydantic import BaseModel, ConfigDict, Field
 
 from hybridlsm.data.schema import DataError, DataWarning
+from hybridlsm.data.splits import usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import ModelSpec, TrainingContext, register_model, write_model_json
 
@@ -406,16 +407,6 @@ EMPIRICAL_MODELS: dict[str, type[EmpiricalModel]] = {
 # ------------------------------------------------------------------ registry entries (run pipeline)
 
 
-def _usable_mask(ds: xr.Dataset, target: str, max_qc: int) -> np.ndarray:
-    """Rows that may train: QC of ``target`` <= max_qc and the dataset's ``loss_mask`` (split)."""
-    from ..data import qc_mask
-
-    ok = np.asarray(qc_mask(ds, target, max_qc), dtype=bool) if target in ds else np.zeros(ds.sizes["time"], bool)
-    if "loss_mask" in ds:
-        ok &= np.asarray(ds["loss_mask"].values, dtype=bool)
-    return ok
-
-
 class EmpiricalOptions(BaseModel):
     """``options`` of the empirical benchmarks: the fluxes to fit (one regression each)."""
 
@@ -437,7 +428,7 @@ class EmpiricalSpec(ModelSpec):
     def train(self, model, options, train, val, ctx: TrainingContext):
         columns = [ds for d in train for ds in d.columns()]
         for target, est in model.items():
-            est.fit(columns, target, [_usable_mask(ds, target, ctx.max_qc) for ds in columns])
+            est.fit(columns, target, [usable_targets(ds, [target], ctx.max_qc)[1][:, 0] for ds in columns])
         return model
 
     def predict(self, model, domain: Domain) -> dict[str, np.ndarray]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Literal
 
 import equinox as eqx
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import ConfigDict, Field
 
+from ..data import usable_targets
 from ..domain import Domain
 from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead, trainable_filter
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
@@ -41,7 +41,6 @@ from .column import (
     domain_base_params,
     predict_column_model,
     run_jit,
-    target_arrays,
 )
 from .column_fit import FitOptions, train_column_model, training_config
 from .features import N_FORCING_FEATURES, N_STATE_FEATURES, forcing_features, state_features
@@ -383,7 +382,7 @@ class PostCorrectionSpec(EquinoxSpec):
             out = predict_column_model(model.physics, d)
             x = _post_features(out, d)
             for j in range(d.n_columns):
-                obs, mask = target_arrays(d.column(j), model.targets, max_qc)
+                obs, mask = usable_targets(d.column(j), model.targets, max_qc)
                 sim = np.stack([out[t][:, j] for t in model.targets], -1)
                 xs.append(x[:, j])
                 ys.append(np.where(mask, obs - sim, 0.0))

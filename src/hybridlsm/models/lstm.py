@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import equinox as eqx
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hybridlsm import thermo
 from hybridlsm.data.schema import site_label
+from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
 from hybridlsm.neural import LSTM, Normaliser
@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
 
-__all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "dataset_features", "dataset_targets"]
+__all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "dataset_features"]
 
 DEFAULT_INPUTS = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "Wind", "Precip", "Psurf")
 ALLOWED_INPUTS = DEFAULT_INPUTS + ("RH", "CO2air", "LAI")
@@ -129,12 +129,6 @@ def _input_series(ds: "xr.Dataset", name: str) -> np.ndarray:
                      f"present: {sorted(str(v) for v in ds.data_vars)}")  # fmt: skip
 
 
-def _loss_steps(ds: "xr.Dataset") -> np.ndarray:
-    if "loss_mask" in ds:
-        return np.asarray(ds["loss_mask"].values, dtype=bool)
-    return np.ones(ds.sizes["time"], dtype=bool)
-
-
 def dataset_features(ds: "xr.Dataset", inputs: Sequence[str], hour_features: bool = True) -> np.ndarray:
     """``(T, F)`` raw input features: ``inputs`` in order, then sin/cos of the hour of day."""
     cols = [_input_series(ds, name) for name in inputs]
@@ -144,27 +138,6 @@ def dataset_features(ds: "xr.Dataset", inputs: Sequence[str], hour_features: boo
         angle = 2.0 * math.pi * seconds / 86400.0
         cols += [np.sin(angle), np.cos(angle)]
     return np.stack(cols, axis=-1)
-
-
-def dataset_targets(ds: "xr.Dataset", targets: Sequence[str], max_qc: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(values (T, K), usable (T, K))``: observations and the QC / ``loss_mask`` mask.
-
-    Usable: :func:`hybridlsm.data.qc_mask` (present, QC <= ``max_qc``, not estimated) and, where the
-    dataset has one, its boolean ``loss_mask``. A target absent from the dataset is never usable.
-    """
-    from hybridlsm.data import qc_mask
-
-    values, masks = [], []
-    extra = _loss_steps(ds)
-    for var in targets:
-        v = _series(ds, var)
-        if v is None:
-            values.append(np.full(ds.sizes["time"], np.nan))
-            masks.append(np.zeros(ds.sizes["time"], dtype=bool))
-            continue
-        values.append(v)
-        masks.append(np.asarray(qc_mask(ds, var, max_qc), dtype=bool) & np.isfinite(v) & extra)
-    return np.stack(values, axis=-1), np.stack(masks, axis=-1)
 
 
 # --------------------------------------------------------------------------------- windows
@@ -185,7 +158,7 @@ def _make_windows(
         dt = _time_step_s(ds)
         spin = ctx.steps(ctx.spinup_days, dt)
         win = max(1, ctx.steps(ctx.window_days, dt))
-        windows = training_windows(np.where(_loss_steps(ds), TRAIN, UNUSED), win, spin)
+        windows = training_windows(np.where(loss_steps(ds), TRAIN, UNUSED), win, spin)
         if len(windows) == 0:
             warnings.warn(
                 f"{_site(ds)}: no training window of {spin} spin-up + {win} steps fits its "
@@ -194,7 +167,7 @@ def _make_windows(
             )
             continue
         x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
-        y, m = dataset_targets(ds, model.targets, ctx.max_qc)
+        y, m = usable_targets(ds, model.targets, ctx.max_qc)
         y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
         g = groups.setdefault(spin + win, {"x": [], "y": [], "m": []})
         g["x"].append(x[windows.index])
@@ -285,12 +258,12 @@ class LSTMModel(EquinoxSpec):
     def with_statistics(self, model: LSTMBaseline, datasets: Sequence["xr.Dataset"]) -> LSTMBaseline:
         """Input and target statistics from the loss steps of the training columns (no leakage)."""
         feats = np.concatenate([
-            dataset_features(ds, model.inputs, model.hour_features)[_loss_steps(ds)] for ds in datasets
+            dataset_features(ds, model.inputs, model.hour_features)[loss_steps(ds)] for ds in datasets
         ])  # fmt: skip
         in_norm = Normaliser.from_data(feats)
         ys = []
         for ds in datasets:
-            y, m = dataset_targets(ds, model.targets, max_qc=3)
+            y, m = usable_targets(ds, model.targets, max_qc=3)
             ys.append(np.where(m, y, np.nan))
         y_all = np.concatenate(ys)
         empty = [t for t, ok in zip(model.targets, np.isfinite(y_all).any(axis=0)) if not ok]
@@ -314,7 +287,7 @@ class LSTMModel(EquinoxSpec):
         for ds in (ds for d in val for ds in d.columns()):
             spin = ctx.steps(ctx.spinup_days, _time_step_s(ds))
             x = _fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
-            y, m = dataset_targets(ds, model.targets, ctx.max_qc)
+            y, m = usable_targets(ds, model.targets, ctx.max_qc)
             y = np.where(m, (y - np.asarray(model.target_norm.mean)) / np.asarray(model.target_norm.std), 0.0)
             m[: min(spin, m.shape[0] - 1)] = False
             val_sets.append(tuple(jnp.asarray(a, dtype=model.dtype) for a in (x, y)) + (jnp.asarray(m),))

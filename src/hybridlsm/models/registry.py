@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from ..config import ConfigError, RunConfig, TrainConfig, load_config, validate_config
+from ..config import RunConfig, TrainConfig, load_config, validate_config
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..domain import Domain
