@@ -18,6 +18,7 @@ from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.neural import Normaliser
 from hybridlsm.training import (
     CheckpointError,
+    TrainingError,
     DiscoveryLaw,
     discovery_loss,
     energy_residual_loss,
@@ -153,11 +154,28 @@ def test_validity_hook_rolls_back_and_halves_learning_rate():
     assert last["lr"] == pytest.approx(0.2 * scale_at_last_batch, rel=1e-12)
     assert float(res.final_model.b) < 0.3 and float(res.model.b) < 0.3
 
-    # a hook that rejects everything leaves the parameters exactly as they were
-    res = fit(make_model(), mse_loss, BATCHES, val_fn, cfg(epochs=2), progress=False,
-              validity_fn=lambda m: (False, "never valid"))  # fmt: skip
-    np.testing.assert_array_equal(params_of(res.final_model), params_of(make_model()))
-    assert res.history[-1]["lr_scale"] == 0.5**8
+    # a hook that rejects everything: the run learned nothing, and says so instead of returning
+    # the untrained model (it used to return it as if trained)
+    with pytest.raises(TrainingError, match=r"no update was accepted in 2 epoch\(s\) \(8 steps; last rejection: "
+                                            r"never valid\)"):
+        fit(make_model(), mse_loss, BATCHES, val_fn, cfg(epochs=2), progress=False,
+            validity_fn=lambda m: (False, "never valid"))  # fmt: skip
+
+
+def test_training_that_cannot_recover_stops_with_a_message():
+    """A loss that stays non-finite (NaN in the forcing, an absurd learning rate): each update is
+    rolled back and halves the rate; 20 in a row stop the run with a message, not a silent model."""
+
+    def nan_loss(model, batch, key, weights):
+        loss, aux = mse_loss(model, batch, key, weights)
+        return loss * jnp.nan, aux
+
+    with pytest.raises(TrainingError, match=r"20 updates in a row rejected \(epoch 5, last: non-finite loss or "
+                                            r"parameters; loss nan\), the learning rate halved to 9.54e-07"):
+        fit(make_model(), nan_loss, BATCHES, val_fn, cfg(epochs=10), progress=False)
+    # a finite loss whose validation is never finite also learned nothing that can be checked
+    with pytest.raises(TrainingError, match="no epoch gave a finite validation loss in 3 epoch"):
+        fit(make_model(), mse_loss, BATCHES, lambda m: float("nan"), cfg(epochs=3), progress=False)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

@@ -8,13 +8,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -109,6 +112,47 @@ if __name__ == "__main__":  # pragma: no cover
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    Console(stderr=True, highlight=False).print(f"[yellow]{category.__name__}:[/yellow] {escape(str(message))}",
+                                                soft_wrap=True)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Errors a user can cause (config, data, a failed training, a damaged or unwritable file) as one
+    line with a hint and a non-zero exit code instead of a traceback; warnings as one line each."""
+    from .config import ConfigError
+    from .data import DataError
+    from .models.registry import SavedModelError
+    from .training import CheckpointError, TrainingError
+
+    console = Console(stderr=True, highlight=False)
+
+    def fail(kind: str, err: BaseException, code: int, hint: str = "") -> None:
+        console.print(f"[red]{kind}[/red]: {escape(str(err))}" + (f"\n[dim]hint: {hint}[/dim]" if hint else ""),
+                      soft_wrap=True)
+        raise typer.Exit(code)
+
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        yield
+    except FileExistsError as err:  # an existing run, or one another process is writing
+        fail("error", err, 1)
+    except ConfigError as err:
+        fail("config error", err, 2, "the README's configuration section lists every key")
+    except DataError as err:
+        fail("data error", err, 2, "`hybridlsm data inspect FILE` shows what each file holds")
+    except TrainingError as err:
+        fail("training failed", err, 3, "the run directory keeps what finished; fix the cause and rerun with --resume")
+    except (SavedModelError, CheckpointError) as err:
+        fail("damaged run file", err, 3, "delete the file named to recompute it, or start a new run")
+    except OSError as err:  # a path that cannot be read or written (permissions, disk full, a directory)
+        fail("file error", f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 4)
+    finally:
+        warnings.showwarning = previous
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="run config (YAML); omit with --default"),
@@ -118,19 +162,14 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="parent folder of the run (overrides output.run_dir)"),
 ) -> None:
     """Train every model the config names on the same data and split; write predictions, metrics and report."""
-    from .config import ConfigError
-    from .data import DataError
     from .models.registry import load_run_config
     from .pipeline import run as run_pipeline
 
     if (config is None) == (not default):
         raise typer.BadParameter("give a CONFIG file or --default (not both)")
     path = DEFAULT_CONFIG if default else config
-    try:
+    with user_errors():
         cfg = load_run_config(path)
-    except (ConfigError, FileNotFoundError) as err:
-        Console(stderr=True).print(f"[red]config error[/red]: {err}")
-        raise typer.Exit(2) from None
     output = {}
     if overwrite:
         output["overwrite"] = True
@@ -138,14 +177,8 @@ def run(
         output["run_dir"] = run_dir
     if output:
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update=output)})
-    try:
+    with user_errors():
         out = run_pipeline(cfg, config_name=str(path if not default else "hybridlsm/configs/demo.yaml"), resume=resume)
-    except FileExistsError as err:
-        Console(stderr=True).print(f"[red]{err}[/red]")
-        raise typer.Exit(1) from None
-    except (ConfigError, DataError) as err:  # bad input found while reading the data: one message
-        Console(stderr=True).print(f"[red]error[/red]: {err}", soft_wrap=True)
-        raise typer.Exit(2) from None
     Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")
 
 
@@ -156,7 +189,8 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
 
     if not (run_dir / "predictions").is_dir():
         raise typer.BadParameter(f"{run_dir} has no predictions/ folder; is it a run directory?")
-    Console().print(f"report: [green]{build_report(run_dir)}[/green]")
+    with user_errors():
+        Console().print(f"report: [green]{build_report(run_dir)}[/green]")
 
 
 @app.command()

@@ -72,8 +72,10 @@ __all__ = [
     "write_config",
 ]
 
-#: Observed variables a model can be trained and evaluated on (ALMA names, docs/architecture.md).
-ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet", "SWup", "LWup", "SoilTemp", "SoilMoistVol")
+#: Observed variables a model can be trained on and the run scores (ALMA names, docs/architecture.md).
+#: Soil temperature and moisture are not trained on; the report compares them as untrained variables.
+ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet")
+DEFAULT_TARGETS = ("Qle", "Qh")
 IGBP_CLASSES = (
     "ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA", "SAV", "GRA", "WET", "CRO", "URB", "CVM",
     "SNO", "BSV", "WAT",
@@ -395,11 +397,14 @@ class DataConfig(StrictModel):
     sites: list[SiteSpec] = Field(min_length=1)
     max_qc: int = Field(1, ge=0, le=3, description="largest FLUXNET QC flag used (0 measured ... 3 poor fill)")
     targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["Qle", "Qh"], min_length=1
-    )
+        default_factory=lambda: list(DEFAULT_TARGETS), min_length=1,
+        description="what the models train on (each model's options.targets may narrow it) and the run scores")
     split: SplitConfig = Field(default_factory=SplitConfig)
     spinup_days: float = Field(10.0, ge=0.0, le=3650.0)
     window_days: float = Field(30.0, gt=0.0, le=36500.0)
+    forcing_out_of_range: Literal["error", "missing"] = Field(
+        "error", description="forcing values outside their physically possible range: error (name the rows) "
+        "or missing (set missing, gap-filled, flagged, not scored; listed as repairs)")
 
     @field_validator("spinup_days", "window_days", mode="before")
     @classmethod
@@ -442,6 +447,10 @@ class ModelCatalogue(Protocol):
     def validate(self, name: str, options: dict[str, Any]) -> BaseModel: ...
 
     def option_keys(self, name: str) -> list[str]: ...
+
+    def targets(self, name: str) -> tuple[str, ...]:
+        """The observed variables model ``name`` can be trained on."""
+        ...
 
 
 class ModelEntry(StrictModel):
@@ -590,6 +599,44 @@ class RunConfig(StrictModel):
     models: list[ModelEntry] = Field(min_length=1)
     training: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_targets(cls, data: Any, info: ValidationInfo) -> Any:
+        """A model without its own ``options.targets`` trains on ``data.targets``; one that cannot
+        train on all of them is refused here, naming what it can train on."""
+        catalogue = (info.context or {}).get("catalogue")
+        if catalogue is None or not isinstance(data, dict) or not isinstance(data.get("models"), list):
+            return data
+        section = data.get("data")
+        targets = section.get("targets", DEFAULT_TARGETS) if isinstance(section, dict) else DEFAULT_TARGETS
+        if not (isinstance(targets, list) and all(t in ALLOWED_TARGETS for t in targets)):
+            return data  # DataConfig reports it
+        models = []
+        for i, entry in enumerate(data["models"]):
+            if isinstance(entry, dict) and entry.get("name") in catalogue.names():
+                options = entry.get("options") if entry.get("options") is not None else {}
+                if isinstance(options, dict) and "targets" not in options:
+                    can = catalogue.targets(entry["name"])
+                    cannot = [t for t in targets if t not in can]
+                    if cannot:
+                        raise ValueError(
+                            f"models[{i}] ({entry['name']}) cannot train on data.targets {cannot}; it can train on "
+                            f"{list(can)}: set models[{i}].options.targets to those of data.targets it should "
+                            f"train on, or remove {cannot} from data.targets")
+                    entry = {**entry, "options": {**options, "targets": list(targets)}}
+            models.append(entry)
+        return {**data, "models": models}
+
+    @model_validator(mode="after")
+    def _targets_within_the_run(self) -> "RunConfig":
+        """A model's own ``targets`` may only narrow ``data.targets`` (what the run scores)."""
+        for i, m in enumerate(self.models):
+            extra = [t for t in m.options.get("targets", []) if t not in self.data.targets]
+            if extra:
+                raise ValueError(f"models[{i}].options.targets has {extra}, which data.targets "
+                                 f"{self.data.targets} does not list; a model may only narrow the run's targets")
+        return self
 
     @field_validator("models")
     @classmethod

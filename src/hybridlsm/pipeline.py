@@ -98,7 +98,8 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
 
 def load_domains(cfg: RunConfig) -> list[Domain]:
     """Every configured site as a one-column Domain with gap-free forcing (filled values flagged)."""
-    out = [domain_from_site(prepare_forcing(read_site_spec(spec))) for spec in cfg.data.sites]
+    out = [domain_from_site(prepare_forcing(read_site_spec(spec), out_of_range=cfg.data.forcing_out_of_range))
+           for spec in cfg.data.sites]
     ids = [d.column_ids[0] for d in out]
     dup = sorted({s for s in ids if ids.count(s) > 1})
     if dup:

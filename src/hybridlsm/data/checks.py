@@ -243,3 +243,72 @@ def report_missing_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> l
             stacklevel=stacklevel,
         )
     return missing
+
+
+#: Variables the model forcing is built from; a value outside their range cannot drive the model.
+FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wind", "Precip")
+OUT_OF_RANGE_POLICIES = ("error", "missing")
+
+
+def _unit_hint(values: np.ndarray, spec, source_units: str) -> str:
+    """'; they look like K (mixed units?)' when the out-of-range ``values`` (canonical units) fall in
+    the valid range read as one of ``spec.alt_units`` (only for columns in the FLUXNET unit)."""
+    if source_units != spec.fluxnet_units or spec.scale == 0.0 or spec.name == "Precip":
+        return ""
+    lo, hi = spec.valid_range
+    raw = (values - spec.offset) / spec.scale
+    for label, (s, o) in spec.alt_units.items():
+        fits = float(np.mean((raw * s + o >= lo) & (raw * s + o <= hi)))
+        if fits >= 0.9:
+            return f"; they look like {label}, not {source_units} (units mixed within the column?)"
+    return ""
+
+
+def check_forcing_ranges(ds, policy: str = "error"):
+    """The forcing variables of a site dataset checked against their physically possible ranges.
+
+    Any value outside is reported before training, naming the file, variable, source column, how
+    many, the first rows and times, and (from the distribution) a likely unit mix-up. ``policy``
+    ``"error"`` raises DataError; ``"missing"`` sets those values missing (gap-filled later, flagged,
+    not scored), warns and lists the repair in ``attrs["repairs"]``. Returns the (possibly new)
+    dataset.
+    """
+    if policy not in OUT_OF_RANGE_POLICIES:
+        raise DataError(f"out-of-range policy {policy!r}; expected one of {list(OUT_OF_RANGE_POLICIES)}")
+    file = ds.attrs.get("source_file", "<dataset>")
+    times = ds["time"].values
+    repairs = []
+    out = ds
+    for var in FORCING_CHECKED:
+        if var not in ds or ds[var].dims != ("time",):
+            continue
+        spec = VARIABLES[var]
+        lo, hi = spec.valid_range
+        v = np.asarray(ds[var].values, dtype=float)
+        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        k = int(bad.sum())
+        if k == 0:
+            continue
+        attrs = ds[var].attrs
+        starts, lengths = runs_of_true(bad)
+        shown = "; ".join(f"rows {s}..{s + n - 1} ({fmt_time(times[s])}..{fmt_time(times[s + n - 1])})"
+                          if n > 1 else f"row {s} ({fmt_time(times[s])})" for s, n in zip(starts[:3], lengths[:3]))
+        more = f"; and {len(starts) - 3} more run(s)" if len(starts) > 3 else ""
+        column = attrs.get("source_column", var)
+        msg = (f"{file}: column {column} ({var}): {k} of {int(np.isfinite(v).sum())} values outside the physically "
+               f"possible range {lo:g}..{hi:g} {spec.units} (min {np.nanmin(v):.6g}, max {np.nanmax(v):.6g}): "
+               f"{shown}{more}{_unit_hint(v[bad], spec, str(attrs.get('source_units', '')))}")
+        if policy == "error":
+            raise DataError(msg + "; fix the file, or set data.forcing_out_of_range: missing to treat them as "
+                            "missing (gap-filled, flagged and not scored)")
+        repair = f"{msg}: set missing"
+        repairs.append(repair)
+        warnings.warn(repair, DataWarning, stacklevel=2)
+        if out is ds:
+            out = ds.copy()
+        out[var] = out[var].where(~bad)
+    if repairs:
+        old = str(out.attrs.get("repairs", ""))
+        out.attrs["repairs"] = "\n".join([r for r in old.splitlines() if r] + repairs)
+        out.attrs["n_repairs"] = int(out.attrs.get("n_repairs", 0)) + len(repairs)
+    return out

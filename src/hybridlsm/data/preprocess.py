@@ -16,7 +16,7 @@ import xarray as xr
 from .. import thermo
 from ..constants import T_FREEZE
 from . import radiation
-from .checks import runs_of_true
+from .checks import check_forcing_ranges, runs_of_true
 from .schema import FORCING_VARIABLES, VARIABLES, DataError, _is_flag, qc_mask
 from .units import conversion
 
@@ -411,9 +411,13 @@ def prepare_forcing(
     max_qc: int | None = None,
     lw_method: str = "brutsaert1975",
     keep_other: bool = True,
+    out_of_range: str = "error",
 ) -> xr.Dataset:
     """A gap-free model forcing dataset (docs/architecture.md §2) from a canonical site dataset.
 
+    - Forcing values outside their physically possible range (a unit mix-up, a spike) are a
+      DataError naming the rows, or with ``out_of_range="missing"`` are set missing and filled as
+      gaps, each run listed in ``attrs["repairs"]`` (:func:`~hybridlsm.data.checks.check_forcing_ranges`).
     - Required: SWdown, Tair, Psurf, Wind, Precip and humidity (VPD, RH or Qair); an absent or
       all-missing one raises DataError naming it (e.g. the bigleaf month files, which have no
       SWdown).
@@ -440,6 +444,7 @@ def prepare_forcing(
             f"{file}: prepare_forcing works on site datasets (dimension time only); this one has "
             f"dims {dict(ds.sizes)} (select a cell first, e.g. ds.isel(y=0, x=0))"
         )
+    ds = check_forcing_ranges(ds, out_of_range)
     required = ["SWdown", "Tair", "Psurf", "Wind", "Precip"]
     missing = [v for v in required if v not in ds]
     hum = "Qair" if "Qair" in ds else next((h for h in _HUMIDITY if h in ds), None)

@@ -40,7 +40,7 @@ from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import forcing_features
 from .registry import EquinoxSpec
 
-__all__ = ["ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
+__all__ = ["COLUMN_TARGETS", "ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
            "predict_column_model", "prepare_site", "site_base_params"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
@@ -52,6 +52,8 @@ SITE_WEIGHTS = "site_weights"  # key of the (N, S) per-site offset weights in th
 SPINUP_MAX_DAYS = 365.0
 #: The class whose LaD defaults a column with no land-cover class gets (said in the provenance).
 DEFAULT_IGBP = "GRA"
+#: What the column models (physics and hybrids) train on.
+COLUMN_TARGETS = ("Qle", "Qh")
 
 
 # ------------------------------------------------------------------------------------ model
@@ -269,6 +271,8 @@ def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
 class ColumnSpec(EquinoxSpec):
     """The spec of a model that is a ColumnModel: saved with its offsets' layout, predicts with
     ``predict_column_model``, says where each column's parameters come from."""
+
+    targets = COLUMN_TARGETS
 
     def structure(self, model: ColumnModel) -> dict:
         return column_structure(model)

@@ -36,6 +36,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hybridlsm.config import ALLOWED_TARGETS
 from hybridlsm.data.schema import DataError, DataWarning
 from hybridlsm.data.splits import usable_targets
 from hybridlsm.domain import Domain
@@ -412,7 +413,7 @@ class EmpiricalOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    targets: list[Literal["Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet"]] = Field(
+    targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["Qle", "Qh"], min_length=1)
 
 
@@ -421,6 +422,7 @@ class EmpiricalSpec(ModelSpec):
     training columns; saved without pickle (``EmpiricalModel.save``)."""
 
     Options = EmpiricalOptions
+    targets = ALLOWED_TARGETS
 
     def build(self, options: EmpiricalOptions) -> dict[str, EmpiricalModel]:
         return {t: EMPIRICAL_MODELS[self.name]() for t in options.targets}

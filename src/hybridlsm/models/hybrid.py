@@ -33,6 +33,7 @@ from ..training.losses import DiscoveryLaw, sparsity_l1
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
+    COLUMN_TARGETS,
     ColumnModel,
     ColumnSpec,
     column_provenance,
@@ -62,7 +63,7 @@ class HybridOptions(FitOptions):
     hidden_size: int = Field(32, ge=1, le=1024, description="hybrid_lstm hidden units")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     stability: Literal["louis", "businger_dyer"] = "louis"
-    targets: list[Literal["Qle", "Qh"]] = Field(default_factory=lambda: ["Qle", "Qh"], min_length=1)
+    targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED),
                                  description="physical parameters calibrated (see physics_init)")
@@ -359,6 +360,7 @@ def _correct(model: PostCorrection, x):
 @register_model("post_correction")
 class PostCorrectionSpec(EquinoxSpec):
     Options = HybridOptions
+    targets = COLUMN_TARGETS
 
     def build(self, options: HybridOptions) -> PostCorrection:
         mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, len(options.targets), width_size=options.width,

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hybridlsm import thermo
+from hybridlsm.config import ALLOWED_TARGETS
 from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
@@ -43,7 +44,6 @@ __all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "datase
 
 DEFAULT_INPUTS = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "Wind", "Precip", "Psurf")
 ALLOWED_INPUTS = DEFAULT_INPUTS + ("RH", "CO2air", "LAI")
-ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet")
 
 
 class LSTMOptions(BaseModel):
@@ -244,6 +244,7 @@ class LSTMModel(EquinoxSpec):
     """Registry entry ``lstm`` (see :class:`~hybridlsm.models.registry.ModelSpec`)."""
 
     Options = LSTMOptions
+    targets = ALLOWED_TARGETS
 
     def build(self, options: LSTMOptions) -> LSTMBaseline:
         """The untrained network with identity statistics (``train`` sets them from the data)."""

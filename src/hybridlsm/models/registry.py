@@ -92,9 +92,10 @@ class SavedModelError(ValueError):
 class TrainingContext:
     """What a model's ``train`` may know of the run (not the whole config).
 
+    The observed variables a model trains on are its ``options.targets`` (the config fills them
+    from ``data.targets`` and refuses a model that cannot train on them).
+
     Attributes:
-        targets: observed variables the loss uses (the run's ``data.targets``; a model's own
-            ``targets`` option may only narrow them)
         max_qc: largest FLUXNET QC flag of a usable observation
         spinup_days, window_days: spin-up and window lengths of windowed training
         training: optimiser, schedule, early stopping, two-phase settings
@@ -106,7 +107,6 @@ class TrainingContext:
             hybrids start from); created per run, never process-wide
     """
 
-    targets: tuple[str, ...]
     max_qc: int
     spinup_days: float
     window_days: float
@@ -119,7 +119,7 @@ class TrainingContext:
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs) -> TrainingContext:
         d = cfg.data
-        return cls(tuple(d.targets), d.max_qc, d.spinup_days, d.window_days, cfg.training, **kwargs)
+        return cls(d.max_qc, d.spinup_days, d.window_days, cfg.training, **kwargs)
 
     def steps(self, days: float, time_step_s: float) -> int:
         return int(round(days * 86400.0 / time_step_s))
@@ -136,6 +136,8 @@ class ModelSpec(abc.ABC):
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]]
+    #: the observed variables the model can be trained on (its ``Options.targets`` choose among them)
+    targets: ClassVar[tuple[str, ...]]
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
@@ -278,6 +280,9 @@ def register_model(name: str) -> Callable[[T], T]:
             raise TypeError(f"register_model({name!r}): {cls!r} is not a ModelSpec subclass")
         if not (isinstance(getattr(cls, "Options", None), type) and issubclass(cls.Options, BaseModel)):
             raise TypeError(f"register_model({name!r}): {cls.__name__} declares no pydantic Options class")
+        if not getattr(cls, "targets", None) or "targets" not in cls.Options.model_fields:
+            raise TypeError(f"register_model({name!r}): {cls.__name__} must declare `targets` and an options "
+                            "field `targets` (what it trains on)")
         previous = _REGISTRY.get(name)
         if previous is not None and type(previous).__qualname__ != cls.__qualname__:
             raise ValueError(f"register_model: {name!r} is already registered to {type(previous).__qualname__}")
@@ -322,6 +327,9 @@ class _Catalogue:
 
     def option_keys(self, name: str) -> list[str]:
         return list(get_model(name).Options.model_fields)
+
+    def targets(self, name: str) -> tuple[str, ...]:
+        return get_model(name).targets
 
 
 CATALOGUE = _Catalogue()

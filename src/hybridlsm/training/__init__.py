@@ -11,9 +11,10 @@ from hybridlsm.training.losses import (
     sparsity_l1,
     total_loss,
 )
-from hybridlsm.training.trainer import FitResult, fit, learning_rate, loss_weights
+from hybridlsm.training.trainer import FitResult, TrainingError, fit, learning_rate, loss_weights
 
 __all__ = [
+    "TrainingError",
     "CheckpointError",
     "DiscoveryLaw",
     "FitResult",

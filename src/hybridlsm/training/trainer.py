@@ -15,6 +15,9 @@ normalisation statistics and bounds, stays fixed.
 - physical-validity hook ``validity_fn(model) -> (ok, message)`` after each update: a failed check
   (or a non-finite loss or parameter) rolls the update back and halves the learning rate; every
   rejection is recorded in the epoch's history entry;
+- training that cannot recover or learned nothing raises :class:`TrainingError` (never returns the
+  untrained model as if trained): ``MAX_CONSECUTIVE_REJECTIONS`` rejected updates in a row, no
+  update accepted at all, or no epoch with a finite validation loss;
 - deterministic for a given ``cfg.seed``: all randomness comes from one threaded ``jax.random`` key;
 - one :class:`TrainState` (parameters, optimiser state, best model, PRNG key, counters, history)
   is checkpointed whole every epoch (``checkpoint.py``); ``resume=True`` continues from it and
@@ -27,6 +30,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +44,19 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from hybridlsm.neural import trainable_filter
-from hybridlsm.training.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from hybridlsm.training.checkpoint import CheckpointError, DamagedCheckpointError, read_checkpoint, write_checkpoint
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
 
-__all__ = ["FitResult", "LossFn", "TrainState", "fit", "learning_rate", "loss_weights", "phase_of_epoch"]
+__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "fit", "learning_rate", "loss_weights",
+           "phase_of_epoch"]
+
+#: Rejected updates in a row (each halving the learning rate) after which training stops.
+MAX_CONSECUTIVE_REJECTIONS = 20
+
+
+class TrainingError(RuntimeError):
+    """Training that cannot recover (updates rejected again and again) or learned nothing."""
 
 Batch = Any
 #: ``loss_fn(model, batch, key, weights) -> (scalar loss, {term name: scalar})``
@@ -83,11 +95,14 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0
     lr_scale: float = 1.0
+    accepted: int = 0  # updates accepted so far
+    rejected_in_a_row: int = 0
     stopped_early: bool = False
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
-    _SCALARS = ("epoch", "step", "best_val", "best_epoch", "bad_epochs", "lr_scale", "stopped_early", "finished")
+    _SCALARS = ("epoch", "step", "best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row",
+                "stopped_early", "finished")
 
     def to_checkpoint(self, static: Any, config_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(trees, JSON metadata) for ``write_checkpoint``."""
@@ -102,7 +117,8 @@ class TrainState:
     def from_checkpoint(cls, trees: dict[str, Any], meta: dict[str, Any], filter_spec: Any) -> tuple[TrainState, Any]:
         """The state and the model's static part from what ``read_checkpoint`` returned."""
         params, static = eqx.partition(trees["model"], filter_spec)
-        scalars = {k: meta[k] for k in cls._SCALARS}
+        scalars = {k: meta[k] for k in cls._SCALARS if k in meta}
+        scalars.setdefault("accepted", meta["step"])  # a checkpoint from before the count was kept
         scalars["best_val"] = math.inf if meta["best_val"] is None else float(meta["best_val"])
         state = cls(params=params, opt_state=trees["opt_state"], best_params=eqx.filter(trees["best_model"], filter_spec),
                     key=_key_from_ints(meta["rng"], meta["rng_impl"]), history=list(meta["history"]), **scalars)  # fmt: skip
@@ -271,8 +287,8 @@ def fit(
     - ``filter_spec``: which leaves train (default :func:`hybridlsm.neural.trainable_filter`,
       i.e. every floating array outside ``NonTrainable`` modules).
     - ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` training continues
-      from the checkpoint there (a fresh start when there is none; an error when it was written
-      with a different ``cfg``). A finished run is returned as it was.
+      from the checkpoint there (the previous one when the latest is damaged; a fresh start when
+      there is none or none verifies; an error when it was written with a different ``cfg``). A finished run is returned as it was.
     - ``validity_fn(model) -> (ok, message)``: see the module docstring.
     """
     if filter_spec is None:
@@ -291,7 +307,11 @@ def fit(
         if ckpt_dir is None:
             raise ValueError("fit: resume=True needs a checkpoint_dir")
         like = {"model": model, "opt_state": state.opt_state, "best_model": model}
-        loaded = read_checkpoint(ckpt_dir, like)
+        try:
+            loaded = read_checkpoint(ckpt_dir, like)
+        except DamagedCheckpointError as err:  # nothing there can be trusted
+            warnings.warn(f"{err}; training starts afresh", stacklevel=2)
+            loaded = None
         if loaded is not None:
             trees, meta = loaded
             if meta["config_hash"] != config_hash:
@@ -343,9 +363,18 @@ def fit(
                     ok = bool(ok)
                 if ok:
                     state.params, state.opt_state = new_params, new_opt_state
+                    state.accepted += 1
+                    state.rejected_in_a_row = 0
                 else:
                     state.lr_scale *= 0.5
+                    state.rejected_in_a_row += 1
                     rejections.append({"batch": b, "message": str(message), "lr_scale": state.lr_scale})
+                    if state.rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
+                        raise TrainingError(
+                            f"training cannot recover: {state.rejected_in_a_row} updates in a row rejected "
+                            f"(epoch {state.epoch + 1}, last: {message}; loss {loss_f:.4g}), the learning rate "
+                            f"halved to {state.lr_scale:.3g} of its setting; check the forcing and targets for "
+                            "impossible values, or lower the learning rate")
                 losses.append(loss_f)
                 norms.append(float(gnorm))
                 terms = {k: float(v) for k, v in aux.items()}
@@ -392,6 +421,14 @@ def fit(
             save()
     finally:
         bar.close()
+    if state.accepted == 0:
+        last = next((r["rejections"][-1]["message"] for r in reversed(state.history) if r["rejections"]), "")
+        raise TrainingError(f"no update was accepted in {state.epoch} epoch(s) ({state.step} steps; last "
+                            f"rejection: {last}); the model learned nothing")
+    if state.best_epoch == 0:
+        raise TrainingError(f"no epoch gave a finite validation loss in {state.epoch} epoch(s) (last: "
+                            f"{state.history[-1]['val_loss'] if state.history else 'none'}); the model learned "
+                            "nothing that could be validated: check the validation period has usable observations")
 
     return FitResult(
         model=eqx.combine(state.best_params, static),

@@ -1,0 +1,104 @@
+"""Issue 11 (trust): every setting used or rejected, impossible forcing reported before training,
+training that learned nothing fails, user errors are one line, repairs are flagged and not scored."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridlsm.config import ConfigError
+from hybridlsm.models.registry import validate_run_config
+
+
+def _config(targets, models):
+    return {"name": "t", "data": {"sites": [{"virtual": {"site_id": "V", "days": 20}}], "targets": targets},
+            "models": models}
+
+
+def test_models_train_on_the_runs_targets():
+    """gbm used to demand Qle when the run's targets were [Qh]: a model's targets default to data.targets."""
+    cfg = validate_run_config(_config(["Qh"], [{"name": "gbm"}, {"name": "lstm"}, {"name": "physics"},
+                                               {"name": "hybrid_flux"}]), check_paths=False)
+    assert [m.options["targets"] for m in cfg.models] == [["Qh"]] * 4
+
+
+def test_a_target_a_model_cannot_train_on_is_refused():
+    with pytest.raises(ConfigError, match=r"models\[1\] \(physics\) cannot train on data.targets \['Qg'\]; "
+                                          r"it can train on \['Qle', 'Qh'\]"):
+        validate_run_config(_config(["Qle", "Qh", "Qg"], [{"name": "gbm"}, {"name": "physics"}]), check_paths=False)
+    # narrowing it explicitly is accepted: gbm trains on all three, physics on two
+    cfg = validate_run_config(_config(["Qle", "Qh", "Qg"], [{"name": "gbm"},
+                                      {"name": "physics", "options": {"targets": ["Qle", "Qh"]}}]), check_paths=False)
+    assert cfg.models[0].options["targets"] == ["Qle", "Qh", "Qg"]
+
+
+def test_soil_temperature_is_not_a_target():
+    """SoilTemp used to be accepted and dropped silently."""
+    with pytest.raises(ConfigError, match=r"data.targets\[2\].*SoilTemp"):
+        validate_run_config(_config(["Qle", "Qh", "SoilTemp"], [{"name": "gbm"}]), check_paths=False)
+
+
+def test_a_model_may_only_narrow_the_runs_targets():
+    with pytest.raises(ConfigError, match=r"models\[0\].options.targets has \['Qle'\], which data.targets \['Qh'\]"):
+        validate_run_config(_config(["Qh"], [{"name": "lstm", "options": {"targets": ["Qle", "Qh"]}}]),
+                            check_paths=False)
+
+
+# ------------------------------------------------------------------ 5. impossible forcing, silent failure
+
+import numpy as np  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from hybridlsm.cli import app  # noqa: E402
+from hybridlsm.data import DataError, prepare_forcing, read_site  # noqa: E402
+
+WKG = "US-Wkg_200405-200412_HH.csv"
+
+
+def _wkg_days(shared_data, tmp_path, days: int, edit=None):
+    """The first ``days`` days of US-Wkg as a FLUXNET CSV in tmp_path, ``edit(header, rows)`` applied."""
+    lines = (shared_data / "fluxnet" / WKG).read_text().splitlines()[: days * 48 + 1]
+    header, rows = lines[0].split(","), [ln.split(",") for ln in lines[1:]]
+    if edit is not None:
+        edit(header, rows)
+    path = tmp_path / WKG
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+    return path
+
+
+def _kelvin_rows(header, rows, fraction=0.3, seed=0):
+    j = header.index("TA_F")
+    rng = np.random.default_rng(seed)
+    picked = sorted(rng.choice(len(rows), int(fraction * len(rows)), replace=False))
+    for i in picked:
+        rows[i][j] = f"{float(rows[i][j]) + 273.15:.3f}"
+    return picked
+
+
+def test_air_temperature_partly_in_kelvin_is_reported_with_rows(shared_data, tmp_path):
+    picked = []
+    path = _wkg_days(shared_data, tmp_path, 10, lambda h, r: picked.extend(_kelvin_rows(h, r)))
+    with pytest.warns(Warning):
+        ds = read_site(path)
+    with pytest.raises(DataError) as err:
+        prepare_forcing(ds)
+    msg = str(err.value)
+    assert f"{len(picked)} of 480 values outside the physically possible range 223.15..333.15 K" in msg
+    assert f"row {picked[0]} " in msg and WKG in msg and "column TA_F (Tair)" in msg
+    assert "they look like K, not degC" in msg
+    # the repair on request: those values become gaps, filled, flagged and listed
+    with pytest.warns(Warning, match="set missing"):
+        fixed = prepare_forcing(ds, out_of_range="missing")
+    assert int(fixed["Tair_filled"].values.sum()) == len(picked)
+    assert float(fixed["Tair"].max()) < 320.0 and "TA_F (Tair)" in fixed.attrs["repairs"]
+
+
+def test_a_run_on_impossible_forcing_fails_before_training(shared_data, tmp_path):
+    path = _wkg_days(shared_data, tmp_path, 10, _kelvin_rows)
+    cfg = tmp_path / "k.yaml"
+    cfg.write_text(f"name: k\ndata: {{sites: [{path}], split: {{train: 0.5, val: 0.25, test: 0.25}}, "
+                   f"spinup_days: 1, window_days: 2}}\nmodels: [{{name: 1lin}}]\n"
+                   f"output: {{run_dir: {tmp_path / 'runs'}}}\n")
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2, result.output
+    assert "TA_F (Tair)" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs" / "k").exists()
