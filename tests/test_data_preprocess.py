@@ -264,8 +264,9 @@ def test_prepare_forcing_interpolation_limit(wkg):
 
 def test_prepare_forcing_estimates_missing_lwdown(tha):
     out = prepare_forcing(tha, keep_other=False)
-    assert set(out.data_vars) == set(FORCING_VARIABLES) | {f"{v}_filled" for v in FORCING_VARIABLES} | {"LWdown_estimated", "VPD", "VPD_filled"}
+    assert set(out.data_vars) == set(FORCING_VARIABLES) | {f"{v}_filled" for v in FORCING_VARIABLES} | {"LWdown_estimated", "VPD", "VPD_filled", "forcing_filled"}
     assert bool(out["LWdown_estimated"].all()) and int(out["LWdown_estimated"].sum()) == 17520
+    assert not out["forcing_filled"].values.any()  # a whole-record LWdown estimate is listed, not masked
     assert 150.0 < float(out["LWdown"].min()) and float(out["LWdown"].max()) < 450.0
     assert fill_report(out).set_index("variable").loc["LWdown", "n_estimated"] == 17520
     assert json.loads(out.attrs["fill_report"])["LWdown"]["absent_from_source"] is True

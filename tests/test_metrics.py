@@ -255,3 +255,74 @@ def test_skill_table_by_hand():
     assert w.n == 0 and math.isnan(w.rmse)
     w2 = M.skill_table(obs, {"good": good}, time, scales=("weekly",), mask=mask, min_valid_fraction=0.4)
     assert w2.n.iloc[0] == 1
+
+
+def test_kge_2021_by_hand():
+    # KGE″ (Tang et al. 2021): β″ = (μs − μo)/σo replaces β = μs/μo; with the hand example
+    # μs − μo = 1/3, σo = √(2/3)
+    c = M.kge_2021_components(SIM, OBS)
+    b = (1 / 3) / math.sqrt(2 / 3)
+    assert c.beta == pytest.approx(b) and c.alpha == pytest.approx(ALPHA_HAND) and c.r == pytest.approx(R_HAND)
+    assert c.kge == pytest.approx(1 - math.sqrt((R_HAND - 1) ** 2 + (ALPHA_HAND - 1) ** 2 + b**2))
+    assert M.kge_2021(SIM, OBS) == pytest.approx(c.kge)
+    assert math.isnan(M.kge_2021(SIM, np.full(3, 2.0)))  # σo = 0
+
+
+def test_mean_near_zero_rule():
+    # μo ≤ 0.1·σo: LE-like positive mean -> no; night-time or winter H (μo ≤ 0) -> yes
+    assert not M.mean_near_zero(np.array([50.0, 150.0, 300.0]))
+    assert M.mean_near_zero(np.array([-30.0, -10.0, 10.0, 31.0]))  # μo = 0.25, σo = 22.7
+    assert M.mean_near_zero(np.array([-20.0, -15.0, -10.0]))
+    # boundary: o = [0, 2a], μo = a, σo = a -> near zero iff a ≤ 0.1·a, never for a > 0
+    assert not M.mean_near_zero(np.array([0.0, 2.0]))
+    # μo = 1, σo = 11 -> 1 ≤ 1.1
+    assert M.mean_near_zero(np.array([-10.0, 12.0]))
+    assert M.mean_near_zero(np.array([-10.0, 12.0, 99.0]), mask=np.array([True, True, False]))
+
+
+def test_skill_table_near_zero_observed_mean():
+    """Night-time H: obs nearly symmetric around 0. Percent bias would be 100·Σ(s − o)/Σo = 100·19.5/1
+    = 1950 %; it is withheld, the absolute bias is reported and KGE takes the 2021 form."""
+    time = pd.date_range("2024-01-01 22:00", periods=4, freq="30min")
+    obs = np.array([-30.0, -10.0, 10.0, 31.0])  # μo = 0.25
+    sim = 0.5 * obs + 5.0  # r = 1, α = 0.5, μs = 5.125
+    df = M.skill_table(obs, {"m": sim}, time, scales=("halfhourly",), site="XX-Nit", flux="Qh")
+    row = df.iloc[0]
+    assert math.isnan(row.bias_pct)
+    assert row.bias == pytest.approx(4.875)
+    sd_o = math.sqrt((30.25**2 + 10.25**2 + 9.75**2 + 30.75**2) / 4)  # 22.698
+    assert row.bias_pct_note == f"observed mean near zero: μo = 0.25 ≤ 0.1·σo = {0.1 * sd_o:.3g} W m-2"
+    assert row.kge_form == "2021"
+    assert row.kge == pytest.approx(1 - math.sqrt(0.5**2 + (4.875 / sd_o) ** 2))  # ≈ 0.4807
+    assert not row.suspect and row.suspect_reason == ""
+    # a positive mean well away from zero keeps percent bias and KGE 2009
+    pos = M.skill_table(obs + 100, {"m": sim + 100}, time, scales=("halfhourly",)).iloc[0]
+    assert pos.bias_pct == pytest.approx(100 * 4.875 / 100.25)
+    assert pos.bias_pct_note == "" and pos.kge_form == "2009"
+    assert pos.kge == pytest.approx(M.kge(sim + 100, obs + 100))
+
+
+def test_skill_table_flags_absurd_models():
+    """|bias| above the observed range, or a non-finite RMSE (with pairs), marks a row suspect."""
+    time = pd.date_range("2024-06-01 10:00", periods=4, freq="30min")
+    obs = np.array([100.0, 300.0, 50.0, 450.0])  # range 400 W m-2
+    sims = {
+        "ok": obs + 20.0,
+        "offset": obs + 1e5,  # e.g. a forcing in the wrong units
+        "overflow": np.array([1e200, 2e200, 1e200, 3e200]),  # (s − o)² overflows: RMSE = inf
+        "empty": np.full(4, np.nan),  # no pairs: not scored, not suspect
+    }
+    df = M.skill_table(obs, sims, time, scales=("halfhourly",), site="XX-Uni", flux="Qle").set_index("model")
+    assert df.bias.to_dict() == pytest.approx({"ok": 20.0, "offset": 1e5, "overflow": 1.75e200, "empty": np.nan},
+                                              nan_ok=True)
+    assert df.suspect.to_dict() == {"ok": False, "offset": True, "overflow": True, "empty": False}
+    assert df.at["offset", "suspect_reason"] == (
+        "|bias| 1e+05 W m-2 exceeds the observed range 400 W m-2 — check the forcing units")
+    assert df.at["overflow", "suspect_reason"].startswith("RMSE inf; |bias| 1.75e+200 W m-2 exceeds")
+    assert df.at["ok", "suspect_reason"] == "" and df.at["empty", "n"] == 0
+    # the range is the one of the scored observations (native step), the same for every scale
+    t2 = pd.date_range("2024-06-03", periods=96, freq="30min")
+    o2 = np.tile(np.r_[np.zeros(24), np.full(24, 200.0)], 2)
+    o2[0] = np.nan
+    daily = M.skill_table(o2, {"x": o2 + 250.0}, t2, scales=("daily",)).iloc[0]
+    assert daily.suspect and "observed range 200 W m-2" in daily.suspect_reason

@@ -44,7 +44,8 @@ def test_run_writes_run_directory_and_resumes(tmp_path):
         assert (run / path).exists(), path
     skill = json.loads((run / "skill.json").read_text())
     assert {r["model"] for r in skill} == {"physics", "1lin"}
-    assert set(skill[0]) == {"site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n", "config"}
+    assert set(skill[0]) == {"site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "kge_form", "bias", "bias_pct",
+                             "bias_pct_note", "r", "n", "suspect", "suspect_reason", "config"}
     # the test block is the last quarter of the 960 - 48 steps after the one-day spin-up
     obs = xr.open_dataset(run / "predictions/TINY/obs.nc")
     split = obs["split"].values

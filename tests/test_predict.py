@@ -87,7 +87,9 @@ def test_predict_a_third_site_writes_alma_skill_and_report(run_dir, shared_data)
     n_le = [r["n"] for r in skill if r["model"] == "physics" and r["flux"] == "Qle" and r["scale"] == "halfhourly"]
     site = domain_from_site(read_site(shared_data / "fluxnet" / US_CRT)).select_time(
         "2011-06-01", "2011-06-30T23:30").column(0)
-    assert n_le == [int(np.isfinite(site["Qle"].values).sum())]
+    # scored: observed Qle where the forcing was not filled from the diurnal cycle (forcing_filled < 2)
+    level = xr.open_dataset(out / "predictions" / "US-CRT" / "obs.nc")["forcing_filled"].values
+    assert (level == 2).any() and n_le == [int((np.isfinite(site["Qle"].values) & (level < 2)).sum())]
     report = (out / "report.html").read_text()
     assert "Where the parameters came from" in report and pred.attrs["parameters_from"] in report
 

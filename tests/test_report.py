@@ -11,6 +11,7 @@ from matplotlib import image as mpimg
 
 from hybridlsm.evaluation import metrics as M
 from hybridlsm.evaluation.report import (
+    _skill_html,
     build_report,
     drying_efolding_time,
     dry_down_episodes,
@@ -161,6 +162,8 @@ def test_metrics_csv_equals_direct_computation(run_dir):
                 assert hh.nse == pytest.approx(M.nse(s, o, ok), rel=1e-9)
                 assert hh.kge == pytest.approx(M.kge(s, o, ok), rel=1e-9)
                 assert hh.bias_pct == pytest.approx(100 * np.sum(s[ok] - o[ok]) / np.sum(o[ok]), rel=1e-9)
+                assert hh.bias == pytest.approx(np.mean(s[ok] - o[ok]), rel=1e-9)
+                assert hh.kge_form == 2009 and not rows.suspect.any()  # obs means well above 0.1·σo
                 assert hh.r == pytest.approx(np.corrcoef(s[ok], o[ok])[0, 1], rel=1e-9)
                 for scale, freq, need in (("daily", "D", 24), ("weekly", "W", 168)):
                     so = _period_means(np.where(ok, o, np.nan), time, freq, need)
@@ -180,8 +183,10 @@ def test_metrics_csv_equals_direct_computation(run_dir):
 def test_skill_json_records(run_dir):
     recs = json.loads((run_dir / "skill.json").read_text())
     assert len(recs) == 36
-    keys = {"site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n", "config"}
+    keys = {"site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "kge_form", "bias", "bias_pct",
+            "bias_pct_note", "r", "n", "suspect", "suspect_reason", "config"}
     assert all(set(r) == keys for r in recs)
+    assert {r["kge_form"] for r in recs} == {"2009"} and not any(r["suspect"] for r in recs)
     assert {r["config"] for r in recs} == {"syn-config"}  # from the prediction files' attrs
     csv = pd.read_csv(run_dir / "metrics.csv")
     assert [r["rmse"] for r in recs] == pytest.approx(list(csv.rmse), rel=1e-12)
@@ -191,8 +196,9 @@ def test_html_and_plots(run_dir):
     text = (run_dir / "report.html").read_text()
     for name in ("XX-Aaa", "XX-Bbb", *MODELS):
         assert name in text
-    # best value per (site, flux, scale) and column: 2 × 2 × 3 groups × 5 columns, no ties here
-    assert text.count("class='best'") == 60
+    # best value per (site, flux, scale) and column: 2 × 2 × 3 groups × 6 columns, no ties here
+    assert text.count("class='best'") == 72
+    assert "class='suspect'" not in text and "Suspect scores" not in text
     pngs = sorted((run_dir / "plots").glob("*.png"))
     kinds = ("diurnal", "timeseries", "scatter", "energy_balance", "parameters", "untrained")
     assert {p.name for p in pngs} == {f"{s}_{k}.png" for s in ("XX-Aaa", "XX-Bbb") for k in kinds}
@@ -272,3 +278,49 @@ def test_missing_split_is_an_error(tmp_path):
     xr.Dataset({"Qle": ("time", np.ones(4)), "Qh": ("time", np.ones(4))}, coords={"time": t}).to_netcdf(d / "obs.nc")
     with pytest.raises(ValueError, match=r"obs.nc: no 'split'"):
         build_report(tmp_path)
+
+
+def test_units_error_is_suspect_and_never_best(tmp_path):
+    """A copy of the hybrid in J m-2 per half-hour (× 1800) has the hybrid's r, which was highlighted
+    as best; its |bias| exceeds the observed range, so every row of it is suspect, red and never best."""
+    root = tmp_path / "units"
+    _write_site(root, "XX-Ccc", 2)
+    d = root / "predictions" / "XX-Ccc"
+    hyb = xr.load_dataset(d / "hybrid.nc")
+    xr.Dataset({f: hyb[f] * DT for f in ("Qle", "Qh")}, attrs=hyb.attrs).to_netcdf(d / "hybrid_J.nc")
+    text = build_report(root).read_text()
+    df = pd.read_csv(root / "metrics.csv")
+    obs = xr.load_dataset(d / "obs.nc")
+    o = obs.Qle.values
+    ok = _usable(obs, "Qle")
+    bias_j, span = np.mean(DT * hyb.Qle.values[ok] - o[ok]), np.ptp(o[ok])  # ≈ 1.6e5 vs ≈ 600 W m-2
+    assert bias_j > 100 * span
+    bad = df[df.model == "hybrid_J"]
+    assert bad.suspect.all() and not df[df.model != "hybrid_J"].suspect.any()
+    hh = bad[(bad.flux == "Qle") & (bad.scale == "halfhourly")].iloc[0]
+    assert hh.bias == pytest.approx(bias_j, rel=1e-9)
+    reason = f"|bias| {bias_j:.3g} W m-2 exceeds the observed range {span:.3g} W m-2 — check the forcing units"
+    assert hh.suspect_reason == reason
+    assert f"model hybrid_J at site XX-Ccc (Qle): {reason}" in text
+    rows = [line for line in text.splitlines() if line.startswith("<tr")]
+    red = [line for line in rows if "hybrid_J" in line]
+    assert len(red) == 6 and all(line.startswith("<tr class='suspect'>") for line in red)
+    assert not any("class='best'" in line for line in red)
+    # its r equals the hybrid's (to rounding): before, it shared or took the best r
+    by = ["flux", "scale"]
+    assert bad.set_index(by).r.to_numpy() == pytest.approx(df[df.model == "hybrid"].set_index(by).r.to_numpy())
+    assert text.count("class='best'") == 6 * 6  # one per table and column, all on sane models
+
+
+def test_skill_html_near_zero_mean_note():
+    """Night-time H: no bias %, KGE″ marked and the reason under the table."""
+    time = pd.date_range("2024-01-01 22:00", periods=4, freq="30min")
+    obs = np.array([-30.0, -10.0, 10.0, 31.0])
+    df = M.skill_table(obs, {"a": 0.5 * obs + 5.0, "b": obs + 1.0}, time, scales=("halfhourly",),
+                       site="XX-Nit", flux="Qh", split="test")
+    out = _skill_html(df)
+    kge_b = 1 - 1 / math.sqrt(515.1875)  # r = α = 1, β″ = 1/σo
+    assert df.kge.iloc[1] == pytest.approx(kge_b)
+    assert f"<td class='best'>{kge_b:.3f}″</td>" in out  # b: best KGE″ and best bias (1 W m-2)
+    assert "<td class='best'>1.000</td><td>–</td>" in out  # bias %: withheld, not best
+    assert "KGE″ (marked ″) and no bias %: XX-Nit: observed mean near zero: μo = 0.25 ≤ 0.1·σo = 2.27 W m-2." in out

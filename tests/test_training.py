@@ -197,7 +197,8 @@ def test_resume_equals_uninterrupted(tmp_path):
         fit(make_model(), mse_loss, BATCHES, val_interrupting, c, tmp_path / "b", progress=False)
     meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
     assert meta["epoch"] == 2 and meta["config_hash"] == c.config_hash() and len(meta["rng"]) == 2
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint.json", "epoch_0002.eqx"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint.json", "checkpoint.prev.json",
+                                                                 "epoch_0001.eqx", "epoch_0002.eqx"]  # fmt: skip
 
     resumed = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path / "b", progress=False, resume=True)
     np.testing.assert_allclose(params_of(resumed.model), params_of(full.model), rtol=0, atol=1e-12)

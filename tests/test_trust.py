@@ -102,3 +102,69 @@ def test_a_run_on_impossible_forcing_fails_before_training(shared_data, tmp_path
     assert result.exit_code == 2, result.output
     assert "TA_F (Tair)" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "runs" / "k").exists()
+
+
+# ------------------------------------------------------------------ 7. repairs flagged, listed, not scored
+
+import json  # noqa: E402
+
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from hybridlsm.data import forcing_filled, repair_summary  # noqa: E402
+
+
+def _gap(first: int, n: int, columns=("TA_F", "SW_IN_F", "WS_F", "VPD_F", "PA_F")):
+    def edit(header, rows):
+        for c in columns:
+            j = header.index(c)
+            for i in range(first, first + n):
+                rows[i][j] = "-9999"
+    return edit
+
+
+def test_a_three_day_forcing_gap_is_flagged_and_not_scored(shared_data, tmp_path):
+    """The gap used to be filled from the diurnal cycle, then stored and scored as if observed."""
+    gap0, gap_n = 14 * 48, 3 * 48  # days 15-17 of 20: inside the test block
+    path = _wkg_days(shared_data, tmp_path, 20, _gap(gap0, gap_n))
+    cfg = tmp_path / "gap.yaml"
+    cfg.write_text(f"name: gap\ndata: {{sites: [{path}], split: {{train: 0.5, val: 0.2, test: 0.3}}, "
+                   f"spinup_days: 1, window_days: 2}}\nmodels: [{{name: 1lin}}]\n"
+                   f"output: {{run_dir: {tmp_path / 'runs'}}}\n")
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert "data repairs and gaps" in result.output and "144 filled from the mean diurnal cycle" in result.output
+    run = tmp_path / "runs" / "gap"
+    obs = xr.load_dataset(run / "predictions/US-Wkg/obs.nc")
+    level = obs["forcing_filled"].values
+    assert (level[gap0 : gap0 + gap_n] == 2).all() and int((level == 2).sum()) == gap_n
+    assert int(obs["Tair_filled"].values.sum()) == gap_n
+    model = xr.load_dataset(run / "predictions/US-Wkg/1lin.nc")
+    np.testing.assert_array_equal(model["forcing_filled"].values, level)
+    # scored: test steps with usable obs (finite, QC <= 1) outside the gap, counted by hand
+    test = obs["split"].values == 3
+    usable = np.isfinite(obs["Qle"].values) & (obs["Qle_qc"].values <= 1)
+    metrics = pd.read_csv(run / "metrics.csv")
+    n = metrics.query("flux == 'Qle' and scale == 'halfhourly'")["n"].item()
+    assert n == int((test & usable & (level < 2)).sum()) and n < int((test & usable).sum())
+    report = (run / "report.html").read_text()
+    assert "Data repairs and gaps" in report and "144 filled from the diurnal cycle or estimated (not scored)" in report
+
+
+def test_missing_qc_flags_and_estimated_longwave_are_listed(shared_data, tmp_path):
+    def drop(header, rows):
+        for c in ("LE_F_MDS_QC", "LW_IN_F"):
+            j = header.index(c)
+            del header[j]
+            for r in rows:
+                del r[j]
+
+    path = _wkg_days(shared_data, tmp_path, 5, drop)
+    with pytest.warns(Warning):
+        ds = read_site(path, metadata={"latitude": 31.7365, "longitude": -109.9419, "utc_offset_h": -7.0})
+    with pytest.warns(Warning, match=r"LWdown estimated \(.*\) at 240 of 240 steps \(the file has no incoming longwave\)"):
+        prepared = prepare_forcing(ds)
+    lines = repair_summary(prepared, ["Qle", "Qh"])
+    assert "no QC flags for Qle: every finite value counts as measured" in lines
+    assert any(ln.startswith("LWdown: estimated") and "240 of 240 steps (the file has none)" in ln for ln in lines)
+    assert not forcing_filled(prepared).any()  # a whole-record estimate is listed, not masked

@@ -208,9 +208,10 @@ def predict(
     from .predict import PredictError
     from .predict import predict as apply_model
 
-    try:
-        folder = apply_model(run_dir, model, files, start=start, end=end, out=out, experiment=experiment)
-    except PredictError as err:
-        Console(stderr=True).print(f"[red]error[/red]: {err}", soft_wrap=True)
-        raise typer.Exit(2) from None
+    with user_errors():
+        try:
+            folder = apply_model(run_dir, model, files, start=start, end=end, out=out, experiment=experiment)
+        except PredictError as err:
+            Console(stderr=True, highlight=False).print(f"[red]error[/red]: {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(2) from None
     Console().print(f"predictions: [green]{folder}[/green]")

@@ -15,8 +15,9 @@ Every site is a one-column :class:`~hybridlsm.domain.Domain` (sites have their o
 ``loss_mask`` marks the steps a model's loss may use, so rollout models run continuously through
 spin-up, training, validation and test periods. Trained models are saved under
 ``models/<label>/<experiment>/`` (``hybridlsm predict`` applies them elsewhere). An interrupted run
-resumes: finished (model, experiment) predictions are kept and training restarts from the last
-checkpoint.
+resumes: finished (model, experiment) predictions that verify against their checksums are kept (a
+damaged one is recomputed) and training restarts from the last good checkpoint. A run holds the
+lock of its run directory (``rundir.hold_run_lock``), so a second process on it is refused.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import xarray as xr
 from rich.console import Console
 
-from .config import ConfigError, RunConfig, SiteSpec, write_config
+from .config import DEFAULT_TARGETS, ConfigError, RunConfig, SiteSpec, write_config
 from .data import (
     TEST,
     TRAIN,
@@ -43,12 +44,14 @@ from .data import (
     prepare_forcing,
     read_plumber2,
     read_site,
+    repair_summary,
     split_by_time,
 )
-from .data.splits import blocked_labels, held_out_labels
+from .data.splits import blocked_labels, held_out_labels, usable_targets
 from .data.virtual import virtual_site
 from .domain import Domain, domain_from_site, site_file_name, write_netcdf, write_site_outputs
-from .models.registry import TrainingContext, get_model, load_run_config
+from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
+from .rundir import atomic_write, problem, run_lock
 
 console = Console(stderr=True)
 
@@ -184,16 +187,47 @@ def experiments(cfg: RunConfig, sites: list[Domain]) -> list[Experiment]:
     return exps
 
 
+def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
+    """DataError, before anything is trained, when an experiment's training or validation sets hold
+    no usable observation of a target (every model would learn or validate on nothing)."""
+    for exp in exps:
+        for part, domains in (("training", exp.train), ("validation", exp.val)):
+            for target in cfg.data.targets:
+                n = sum(int(usable_targets(ds, [target], cfg.data.max_qc)[1].sum()) for d in domains for ds in d.columns())
+                if n == 0:
+                    raise DataError(
+                        f"experiment {exp.name}: the {part} steps of {', '.join(_site_id(d) for d in domains)} hold no "
+                        f"usable {target} observation (finite, QC <= data.max_qc = {cfg.data.max_qc}); check "
+                        f"data.split, data.max_qc and whether the files observe {target}")
+
+
+def print_repairs(cfg: RunConfig, sites: list[Domain]) -> None:
+    """Per site, what was repaired, filled, estimated or is missing (also in obs.nc and the report)."""
+    for d in sites:
+        lines = repair_summary(d.column(0), cfg.data.targets)
+        if lines:
+            console.print(f"[bold]{_site_id(d)}[/bold]: data repairs and gaps\n  " + "\n  ".join(lines),
+                          soft_wrap=True, highlight=False)
+
+
 # ------------------------------------------------------------------------------ outputs
 
 
-def write_obs(site: xr.Dataset, labels: np.ndarray, split_kind: str, path: Path) -> None:
+def write_obs(site: xr.Dataset, labels: np.ndarray, split_kind: str, path: Path, targets=DEFAULT_TARGETS,
+              max_qc: int = 1) -> None:
+    """The observations a run scores, with their QC flags, the forcing flags (``<var>_filled``,
+    ``forcing_filled``: scoring skips steps driven by filled forcing) and the site's repairs."""
     keep = [v for v in OBS_VARIABLES if v in site]
     keep += [f"{v}_qc" for v in keep if f"{v}_qc" in site]
+    keep += [f"{v}_filled" for v in keep if f"{v}_filled" in site]
+    keep += [v for v in ("forcing_filled", "LWdown_estimated") if v in site]
     obs = site[keep].copy()
     obs["split"] = ("time", np.asarray(labels, np.int8), SPLIT_ATTRS)
     obs.attrs = {k: v for k, v in site.attrs.items() if isinstance(v, (str, int, float))}
     obs.attrs["split_kind"] = split_kind
+    obs.attrs["targets"] = " ".join(targets)
+    obs.attrs["max_qc"] = int(max_qc)
+    obs.attrs["repairs_summary"] = "\n".join(repair_summary(site, targets))
     write_netcdf(obs, path)
 
 
@@ -277,10 +311,18 @@ def finish_run_dir(work: Path, run_dir: Path) -> None:
 
 def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> Path:
     """Train, save, predict and report; returns the run directory."""
-    from .evaluation.report import build_report
-
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
+    check_observations(cfg, exps)
+    print_repairs(cfg, sites)
+    with run_lock(Path(cfg.output.run_dir) / cfg.name):  # a second process on the run directory is refused
+        return _train_and_write(cfg, exps, config_name, resume)
+
+
+def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool) -> Path:
+    """``run`` once its inputs are checked and it holds the lock of the run directory."""
+    from .evaluation.report import build_report
+
     work, final = prepare_run_dir(cfg, resume)
     run_dir = work  # until an overwriting run has finished, it writes beside the old one
     timings_path = run_dir / "timings.json"
@@ -289,7 +331,8 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     for exp in exps:
         for d in exp.test:
             sid = _site_id(d)
-            write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc")
+            write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc",
+                      cfg.data.targets, cfg.data.max_qc)  # fmt: skip
         for entry in cfg.models:
             label = entry.label or entry.name
             targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
@@ -297,12 +340,19 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
             options = spec.Options.model_validate(entry.options)
             ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
                                               checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
-            if resume and all(p.exists() for p in targets):
-                console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
+            damage = {p: problem(p) for p in targets} if resume else {}
+            for p, why in damage.items():
+                if why and p.exists():
+                    console.print(f"[yellow]{exp.name}/{label}: {p} {why}; recomputing[/yellow]", soft_wrap=True)
+            if resume and not any(damage.values()):  # every prediction exists and verifies
                 saved = model_dir(run_dir, label, exp.name)
-                if (saved / "model.json").is_file():
-                    spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
-                continue
+                try:
+                    if (saved / "model.json").is_file():
+                        spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
+                    console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
+                    continue
+                except SavedModelError as err:
+                    console.print(f"[yellow]{exp.name}/{label}: {err}; recomputing[/yellow]", soft_wrap=True)
             console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
                           f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
             t0 = time.perf_counter()
@@ -317,7 +367,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
             timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
                                               "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
             console.print(f"  {label}: trained in {t_train:.1f} s")
-    timings_path.write_text(json.dumps(timings, indent=1))  # resumed runs keep earlier timings
+    atomic_write(timings_path, lambda p: p.write_text(json.dumps(timings, indent=1)))  # resumed runs keep earlier timings
     finish_run_dir(work, final)
     run_dir = final
     report = build_report(run_dir, config_name=config_name)

@@ -30,6 +30,7 @@ from .data.splits import TEST
 from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, load_saved_model
 from .pipeline import check_site_folders, write_obs
+from .rundir import RunLockedError, atomic_write, run_lock
 
 __all__ = ["PredictError", "domain_from_file", "predict", "saved_model_dir"]
 
@@ -71,15 +72,28 @@ def domain_from_file(path: Path) -> Domain:
 
 def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | None = None, end: str | None = None,
             out: Path | None = None, experiment: str | None = None) -> Path:
-    """Apply a trained model to ``files`` (see the module docstring); returns the output folder."""
+    """Apply a trained model to ``files`` (see the module docstring); returns the output folder.
+    Writing into the run directory (the default ``out``), it holds the run's lock
+    (``rundir.run_lock``): refused while another process writes there."""
+    directory = saved_model_dir(run_dir, label, experiment)
+    out = Path(out) if out is not None else Path(run_dir) / "applied" / label
+    if not out.resolve().is_relative_to(Path(run_dir).resolve()):
+        return _apply(run_dir, directory, label, files, start, end, out)
+    try:
+        with run_lock(run_dir):
+            return _apply(run_dir, directory, label, files, start, end, out)
+    except RunLockedError as err:
+        raise PredictError(str(err)) from None
+
+
+def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], start: str | None, end: str | None,
+           out: Path) -> Path:
     from .evaluation.report import FLUXES, build_report
 
-    directory = saved_model_dir(run_dir, label, experiment)
     try:
         spec, options, model = load_saved_model(directory)
     except SavedModelError as err:
         raise PredictError(str(err)) from None
-    out = Path(out) if out is not None else Path(run_dir) / "applied" / label
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:
         try:
@@ -117,8 +131,8 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
             write_obs(site, np.full(d.n_steps, TEST, np.int8), "applied",
                       out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
         observed.append(all(v in site for v in FLUXES))
-    (out / "provenance.json").write_text(json.dumps({"model": label, "trained_model": str(directory),
-                                                     "columns": provenance}, indent=1))  # fmt: skip
+    text = json.dumps({"model": label, "trained_model": str(directory), "columns": provenance}, indent=1)
+    atomic_write(out / "provenance.json", lambda p: p.write_text(text))
     if observed and all(observed):  # the report scores every site of its folder
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -8,6 +8,7 @@ and counted in the report that :func:`prepare_forcing` attaches; nothing is chan
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from .. import thermo
 from ..constants import T_FREEZE
 from . import radiation
 from .checks import check_forcing_ranges, runs_of_true
-from .schema import FORCING_VARIABLES, VARIABLES, DataError, _is_flag, qc_mask
+from .schema import FORCING_VARIABLES, VARIABLES, DataError, DataWarning, _is_flag, qc_mask
 from .units import conversion
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "mean_diurnal_cycle",
     "prepare_forcing",
     "fill_report",
+    "forcing_filled",
+    "repair_summary",
 ]
 
 
@@ -401,6 +404,12 @@ def _fill_series(values: np.ndarray, time, step_s: float, max_interp_steps: int,
 
 
 _HUMIDITY = ("VPD", "RH", "Qair")
+#: ``forcing_filled`` levels: a step's forcing is observed (0), has a gap of at most
+#: ``max_interp_hours`` interpolated (1), or was filled from the mean diurnal cycle or estimated (2).
+#: Level-2 steps are not scored: the model was driven by made-up forcing there.
+FILLED_SHORT, FILLED_LONG = 1, 2
+FORCING_FILLED_ATTRS = {"long_name": "worst repair of the model forcing at this step", "flag_values": "0 1 2",
+                        "flag_meanings": "observed short_gap_interpolated long_gap_filled_or_estimated"}
 
 
 def prepare_forcing(
@@ -469,6 +478,7 @@ def prepare_forcing(
     max_steps = int(np.floor(max_interp_hours * 3600.0 / step + 1e-9))
     time = work["time"].values
     report: dict[str, dict] = {}
+    level = np.zeros(len(time), dtype=np.int8)  # forcing_filled: the worst repair of any variable per step
     for v in required + [hum]:
         da = work[v]
         gaps = find_gaps(work, v)
@@ -479,6 +489,7 @@ def prepare_forcing(
                             f"(no value at that time of day in the whole record)")
         work[v] = (da.dims, filled, da.attrs)
         work[f"{v}_filled"] = (da.dims, method > 0, {"long_name": f"{v} filled by prepare_forcing"})
+        level = np.maximum(level, method.astype(np.int8))
         report[v] = _report_entry(method, gaps)
     if hum != "Qair":
         work = add_derived(work, variables=("Qair",))
@@ -500,7 +511,16 @@ def prepare_forcing(
         i = int(np.argmax(work["LWdown"].isnull().values))
         raise DataError(f"{file}: LWdown could not be estimated at {pd.Timestamp(time[i])}")
     est = work["LWdown_estimated"].values
+    if est.any():
+        warnings.warn(f"{file}: LWdown estimated ({work['LWdown'].attrs.get('estimate', lw_method)}) at "
+                      f"{int(est.sum())} of {est.size} steps"
+                      + (" (the file has no incoming longwave)" if "LWdown" not in ds else
+                         " (no usable measured value)" if est.all() else " (gaps in the measured record)"),
+                      DataWarning, stacklevel=2)
     work["LWdown_filled"] = ("time", est.copy(), {"long_name": "LWdown not measured (estimated)"})
+    if not est.all():  # an estimate for a whole record is listed as a repair, not masked (repair_summary)
+        level[est] = FILLED_LONG
+    work["forcing_filled"] = ("time", level, FORCING_FILLED_ATTRS)
     report["LWdown"] = {
         "n_missing": int(est.sum()), "n_interpolated": 0, "n_diurnal_cycle": 0,
         "n_estimated": int(est.sum()),
@@ -512,7 +532,7 @@ def prepare_forcing(
     for v in forcing:
         if work[v].isnull().any():  # pragma: no cover - guarded above
             raise DataError(f"{file}: forcing variable {v} still has missing values")
-    flags = [f"{v}_filled" for v in forcing] + ["LWdown_estimated"]
+    flags = [f"{v}_filled" for v in forcing] + ["LWdown_estimated", "forcing_filled"]
     extra = [hum, f"{hum}_filled"] if hum != "Qair" else []
     if keep_other:
         out = work
@@ -555,3 +575,43 @@ def fill_report(ds: xr.Dataset) -> pd.DataFrame:
                      "n_estimated": r.get("n_estimated", 0),
                      "n_gaps_over_1d": len(r.get("gaps_over_1d", []))})
     return pd.DataFrame(rows)
+
+
+def forcing_filled(ds: xr.Dataset) -> np.ndarray:
+    """The ``forcing_filled`` level per step of a :func:`prepare_forcing` result (0 observed, 1 short
+    gap interpolated, 2 filled from the mean diurnal cycle or estimated; see ``FILLED_LONG``).
+
+    Gaps of a measured LWdown record count as 2; LWdown estimated at every step (a file without
+    incoming longwave) does not, since it would exclude the whole record: that estimate is listed
+    as a repair instead (:func:`repair_summary`). Zeros for a dataset that was not prepared."""
+    if "forcing_filled" not in ds:
+        return np.zeros(ds.sizes["time"], dtype=np.int8)
+    return np.asarray(ds["forcing_filled"].values, dtype=np.int8)
+
+
+def repair_summary(ds: xr.Dataset, targets=()) -> list[str]:
+    """One line per repair or gap in what a prepared site dataset knows: the reader's repairs, filled
+    and estimated forcing, observed ``targets`` without QC flags, and site metadata no source gave."""
+    lines = [r for r in str(ds.attrs.get("repairs", "")).splitlines() if r]
+    report = json.loads(ds.attrs.get("fill_report", "{}"))
+    n = ds.sizes["time"]
+    for var, r in report.items():
+        if r.get("n_interpolated") or r.get("n_diurnal_cycle"):
+            long = len(r.get("gaps_over_1d", []))
+            lines.append(f"{var}: {r['n_interpolated']} steps interpolated, {r['n_diurnal_cycle']} filled from the "
+                         f"mean diurnal cycle" + (f" ({long} gap(s) longer than a day)" if long else ""))
+        if r.get("n_estimated"):
+            why = "the file has none" if r.get("absent_from_source") else "gaps in the measured record"
+            lines.append(f"{var}: estimated ({r.get('method') or 'model'}) at {r['n_estimated']} of {n} steps ({why})")
+    level = forcing_filled(ds)
+    if level.any():
+        lines.append(f"forcing_filled: {int((level == FILLED_SHORT).sum())} of {n} steps with a short gap "
+                     f"interpolated (scored), {int((level == FILLED_LONG).sum())} filled from the diurnal cycle or "
+                     "estimated (not scored)")
+    no_qc = [t for t in targets if t in ds and f"{t}_qc" not in ds and f"{t}_qc_fraction" not in ds]
+    if no_qc:
+        lines.append(f"no QC flags for {', '.join(no_qc)}: every finite value counts as measured")
+    missing = str(ds.attrs.get("missing_metadata", "")).split()
+    if missing:
+        lines.append(f"site metadata not given: {', '.join(missing)} (defaults used where a model needs them)")
+    return lines

@@ -3,7 +3,8 @@
 Model outputs are ``{name: (T, N)}`` (``SoilTemp``: ``(T, N, L)``). A site layout is written as
 one file per site (dims ``time`` [, ``soil_layer``], the PLUMBER2 convention); a grid layout as one
 file with dims ``(time, y, x)`` (cells that are not columns are NaN), with ``lat``/``lon`` where
-known. Files are written atomically: a finished file is never half-written.
+known. Files are written atomically with a SHA-256 sidecar ``<file>.sha256`` (``hybridlsm.rundir``):
+a finished file is never half-written, and a damaged one is found.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from ..data.schema import VARIABLES
+from ..rundir import write_checked
 from .domain import Domain, GridLayout
 
 __all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "write_site_outputs",
@@ -29,12 +31,8 @@ MODEL_OUTPUT_UNITS = {
 
 
 def write_netcdf(ds: xr.Dataset, path: Path) -> None:
-    """Write atomically (resume trusts what exists)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".nc.tmp")
-    ds.to_netcdf(tmp)
-    tmp.replace(path)
+    """Write atomically with a checksum sidecar (resume trusts only what verifies)."""
+    write_checked(path, ds.to_netcdf)
 
 
 def _units(name: str) -> dict:
@@ -72,6 +70,9 @@ def write_site_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], folder
     for j, sid in enumerate(domain.column_ids):
         column = {k: np.asarray(v)[:, j] for k, v in outputs.items()}
         ds = alma_dataset(column, domain.time, {**attrs, "site": sid})
+        if "forcing_filled" in domain.data:  # which outputs were driven by filled or estimated forcing
+            ds["forcing_filled"] = ("time", domain.data["forcing_filled"].values[:, j].astype(np.int8),
+                                    dict(domain.data["forcing_filled"].attrs))
         path = Path(folder) / site_file_name(sid) / file_name
         write_netcdf(ds, path)
         paths.append(path)

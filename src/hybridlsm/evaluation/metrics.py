@@ -13,7 +13,12 @@ Conventions
     "observed mean" has zero error, so the skill ratio is undefined);
   * constant simulation (σ_s = 0) -> r, R² and KGE are NaN (r is undefined);
   * Σo = 0 -> percent bias is NaN; μ_o = 0 -> KGE is NaN (β undefined); μ_s = 0 or μ_o = 0 ->
-    KGE′ is NaN (γ undefined).
+    KGE′ is NaN (γ undefined); σ_o = 0 -> KGE″ is NaN.
+- Near-zero observed mean (`mean_near_zero`: μ_o ≤ 0.1·σ_o, e.g. H at night or in winter, G):
+  percent bias and β = μ_s/μ_o are still defined but meaningless (they divide by ~0 or flip sign).
+  The functions return them as defined; `skill_table` withholds percent bias there (NaN with a
+  note, the absolute bias is always a column) and reports KGE″ (`kge_2021`, bias term
+  (μ_s − μ_o)/σ_o) instead of KGE 2009.
 - SDs are population SDs (ddof = 0); the ratios α, γ do not depend on that choice.
 
 Aggregation to daily and weekly means (`aggregate`) and the per-site skill table (`skill_table`) are
@@ -46,6 +51,11 @@ __all__ = [
     "kge_components",
     "kge_2012",
     "kge_2012_components",
+    "KGE2021Components",
+    "kge_2021",
+    "kge_2021_components",
+    "NEAR_ZERO_MEAN",
+    "mean_near_zero",
     "pearson_r",
     "r_squared",
     "nme",
@@ -208,8 +218,26 @@ class KGE2012Components(NamedTuple):
     n: int
 
 
+class KGE2021Components(NamedTuple):
+    """KGE″ (Tang et al. 2021) and its components r, α = σ_s/σ_o, β″ = (μ_s − μ_o)/σ_o."""
+
+    kge: float
+    r: float
+    alpha: float
+    beta: float  # β″, ideal 0 (not 1)
+    n: int
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b != 0 else _NAN
+
+
+def _kge(*deviations: float) -> float:
+    """1 − Euclidean norm of the deviations; hypot, because squaring an absurd β (1e200) overflows
+    a Python float."""
+    if any(math.isnan(d) for d in deviations):
+        return _NAN
+    return 1.0 - math.hypot(*deviations)
 
 
 def kge_components(sim, obs, mask=None) -> KGEComponents:
@@ -221,8 +249,7 @@ def kge_components(sim, obs, mask=None) -> KGEComponents:
     r = _pearson(s, o)
     alpha = _ratio(float(s.std()), float(o.std()))
     beta = _ratio(float(s.mean()), float(o.mean()))
-    k = 1.0 - math.sqrt((r - 1.0) ** 2 + (alpha - 1.0) ** 2 + (beta - 1.0) ** 2)
-    return KGEComponents(k, r, alpha, beta, n)
+    return KGEComponents(_kge(r - 1.0, alpha - 1.0, beta - 1.0), r, alpha, beta, n)
 
 
 def kge(sim, obs, mask=None) -> float:
@@ -242,13 +269,47 @@ def kge_2012_components(sim, obs, mask=None) -> KGE2012Components:
     cv_s = _ratio(float(s.std()), mu_s)
     cv_o = _ratio(float(o.std()), mu_o)
     gamma = _ratio(cv_s, cv_o)
-    k = 1.0 - math.sqrt((r - 1.0) ** 2 + (gamma - 1.0) ** 2 + (beta - 1.0) ** 2)
-    return KGE2012Components(k, r, gamma, beta, n)
+    return KGE2012Components(_kge(r - 1.0, gamma - 1.0, beta - 1.0), r, gamma, beta, n)
 
 
 def kge_2012(sim, obs, mask=None) -> float:
     """Modified Kling–Gupta efficiency KGE′ (Kling et al. 2012); see `kge_2012_components`."""
     return kge_2012_components(sim, obs, mask).kge
+
+
+def kge_2021_components(sim, obs, mask=None) -> KGE2021Components:
+    """KGE″ 2021 = 1 − √[(r − 1)² + (α − 1)² + β″²], β″ = (μ_s − μ_o)/σ_o (Tang et al. 2021, J.
+    Climate; hydroGOF ``KGE(method = "2021")``): the mean error in units of the observed SD, so it
+    stays finite for series whose mean is near zero (H, G, temperatures in °C)."""
+    s, o = valid_pairs(sim, obs, mask)
+    n = int(s.size)
+    if n == 0:
+        return KGE2021Components(_NAN, _NAN, _NAN, _NAN, 0)
+    r = _pearson(s, o)
+    sd_o = float(o.std())
+    alpha = _ratio(float(s.std()), sd_o)
+    beta = _ratio(float(s.mean() - o.mean()), sd_o)
+    return KGE2021Components(_kge(r - 1.0, alpha - 1.0, beta), r, alpha, beta, n)
+
+
+def kge_2021(sim, obs, mask=None) -> float:
+    """KGE″ (Tang et al. 2021); see `kge_2021_components`."""
+    return kge_2021_components(sim, obs, mask).kge
+
+
+NEAR_ZERO_MEAN = 0.1  # κ in μ_o ≤ κ·σ_o
+
+
+def mean_near_zero(obs, mask=None) -> bool:
+    """True when the observed mean is too close to zero for ratios to it: μ_o ≤ κ·σ_o, κ = 0.1.
+
+    That covers μ_o ≤ 0 (the sign of percent bias flips; β = μ_s/μ_o is negative) and 0 < μ_o ≤
+    σ_o/10, where |PBIAS|/100 = |β″|·σ_o/μ_o is at least 10× the bias in units of σ_o (β″ of
+    `kge_2021`). Uses the finite ``obs`` where ``mask`` (if given) is True; False when there are none.
+    """
+    o = np.asarray(obs, dtype=float)
+    o = o[joint_mask(o, mask=mask)]
+    return bool(o.size) and float(o.mean()) <= NEAR_ZERO_MEAN * float(o.std())
 
 
 # --------------------------------------------------------------------------------------------
@@ -492,7 +553,10 @@ def aggregate(
 # --------------------------------------------------------------------------------------------
 # skill table
 
-SKILL_COLUMNS = ("site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "bias_pct", "r", "n")
+SKILL_COLUMNS = (
+    "site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "kge_form", "bias", "bias_pct",
+    "bias_pct_note", "r", "n", "suspect", "suspect_reason",
+)  # fmt: skip
 
 
 def skill_table(
@@ -507,19 +571,34 @@ def skill_table(
     mask: np.ndarray | None = None,
     min_valid_fraction: float = 0.5,
     time_step_s: float | None = None,
+    units: str = "W m-2",
 ) -> pd.DataFrame:
     """Skill of every model in ``sims`` against ``obs`` (1-D arrays on ``time``), per scale.
 
     For each model the pairs are the steps where obs and that model are finite and ``mask`` (e.g.
     "test split and QC ≤ 1") is True; both series are set to NaN elsewhere and then aggregated with
-    `aggregate`, so daily and weekly means of obs and sim cover the same half-hours. Scores: RMSE,
-    NSE, KGE (2009 form, stable for H whose mean is near 0 — physics reference §6), percent bias,
-    Pearson r and the number of pairs (or valid periods) n. Columns: `SKILL_COLUMNS`; ``site``,
-    ``flux`` and ``split`` are labels copied into every row.
+    `aggregate`, so daily and weekly means of obs and sim cover the same half-hours. Columns
+    (`SKILL_COLUMNS`): RMSE, NSE, KGE, mean bias [``units``], percent bias, Pearson r and the number
+    of pairs (or valid periods) n; ``site``, ``flux`` and ``split`` are labels copied into every row.
+
+    - Near-zero observed mean: when `mean_near_zero` holds for the observations ``mask`` admits
+      (native step, all models alike, so a site's rows stay comparable), ``bias_pct`` is NaN with
+      the reason in ``bias_pct_note`` and ``kge`` is KGE″ (`kge_2021`, ``kge_form = "2021"``);
+      otherwise KGE 2009 (``kge_form = "2009"``).
+    - Suspect rows (``suspect``, reason in ``suspect_reason``): |bias| larger than the range
+      max − min of the model's scored observations (native step, so every scale uses the same
+      yardstick), or a non-finite RMSE with n > 0 — a model that far off has a unit or sign error,
+      not a skill. Rows without pairs (n = 0) are empty, not suspect.
     """
     o = np.asarray(obs, dtype=float)
     if o.ndim != 1:
         raise ValueError(f"skill_table: obs must be 1-D, got shape {o.shape}")
+    near_zero = mean_near_zero(o, mask)
+    note = ""
+    if near_zero:
+        o_ok = o[joint_mask(o, mask=mask)]
+        note = (f"observed mean near zero: μo = {o_ok.mean():.3g} ≤ {NEAR_ZERO_MEAN:g}·σo = "
+                f"{NEAR_ZERO_MEAN * o_ok.std():.3g} {units}")
     rows = []
     for model, sim in sims.items():
         s = np.asarray(sim, dtype=float)
@@ -528,24 +607,27 @@ def skill_table(
         ok = joint_mask(s, o, mask=mask)
         s_m = np.where(ok, s, np.nan)
         o_m = np.where(ok, o, np.nan)
+        obs_range = float(np.ptp(o[ok])) if ok.any() else _NAN
         for scale in scales:
             kw = dict(min_valid_fraction=min_valid_fraction, time_step_s=time_step_s)
-            a_s = aggregate(s_m, time, scale, **kw)
-            a_o = aggregate(o_m, time, scale, **kw)
-            n = count_valid(a_s.values, a_o.values)
-            rows.append(
-                {
-                    "site": site,
-                    "model": model,
-                    "flux": flux,
-                    "scale": scale,
-                    "split": split,
-                    "rmse": rmse(a_s.values, a_o.values),
-                    "nse": nse(a_s.values, a_o.values),
-                    "kge": kge(a_s.values, a_o.values),
-                    "bias_pct": percent_bias(a_s.values, a_o.values),
-                    "r": pearson_r(a_s.values, a_o.values),
-                    "n": n,
-                }
-            )
+            a_s = aggregate(s_m, time, scale, **kw).values
+            a_o = aggregate(o_m, time, scale, **kw).values
+            n = count_valid(a_s, a_o)
+            with np.errstate(over="ignore", invalid="ignore"):  # absurd models overflow; flagged below
+                e, b = rmse(a_s, a_o), bias(a_s, a_o)
+                scores = dict(
+                    rmse=e, nse=nse(a_s, a_o),
+                    kge=kge_2021(a_s, a_o) if near_zero else kge(a_s, a_o), kge_form="2021" if near_zero else "2009",
+                    bias=b, bias_pct=_NAN if near_zero else percent_bias(a_s, a_o), bias_pct_note=note,
+                    r=pearson_r(a_s, a_o), n=n,
+                )  # fmt: skip
+            reasons = []
+            if n > 0 and not math.isfinite(e):
+                reasons.append(f"RMSE {e}")
+            if abs(b) > obs_range:
+                reasons.append(f"|bias| {abs(b):.3g} {units} exceeds the observed range {obs_range:.3g} {units}")
+            if reasons:
+                reasons[-1] += " — check the forcing units"
+            rows.append(dict(site=site, model=model, flux=flux, scale=scale, split=split) | scores
+                        | dict(suspect=bool(reasons), suspect_reason="; ".join(reasons)))
     return pd.DataFrame(rows, columns=list(SKILL_COLUMNS))

@@ -16,9 +16,16 @@ Evaluation rules
 - Everything is scored on the **test split** (``split == 3``). Model outputs are aligned to the obs
   time axis (``reindex``; a missing time is a gap).
 - An observed flux counts where it is finite and, if ``<flux>_qc`` exists, 0 ≤ QC ≤ ``max_qc``
-  (default 1: measured or good gap-filled, physics reference §5.3).
-- Skill (LE = ``Qle``, H = ``Qh``): RMSE, NSE, KGE (2009), percent bias and r at the native
-  ("halfhourly"), daily and weekly scale via `metrics.skill_table`.
+  (the run's ``data.max_qc``, default 1: measured or good gap-filled, physics reference §5.3), and
+  where the forcing was observed: steps whose forcing was filled from the mean diurnal cycle or
+  estimated (``forcing_filled == 2`` in obs.nc) are not scored, since the models ran on made-up
+  forcing there.
+- Scored variables: Qle and Qh, and the run's other ``data.targets`` (obs.nc attribute ``targets``).
+- Data repairs: each site's ``repairs_summary`` (obs.nc attribute) is listed in the report.
+- Skill (LE = ``Qle``, H = ``Qh``): RMSE, NSE, KGE (2009; KGE″ where the observed mean is near
+  zero), bias, percent bias (withheld near a zero mean) and r at the native ("halfhourly"), daily
+  and weekly scale via `metrics.skill_table`; rows whose |bias| exceeds the observed range are
+  flagged ``suspect``.
 - Energy balance: observed residual Rn − G − H − LE and closure ratio Σ(H + LE)/Σ(Rn − G) (G = 0
   when the tower has no Qg, said in the table); per model its internal residual (needs Rnet, Qg, Qh,
   Qle in its output) and the model-vs-obs ratio Σ(H_m + LE_m)/Σ(Rn_o − G_o).
@@ -56,8 +63,11 @@ import pandas as pd
 import xarray as xr
 
 from hybridlsm.constants import RHO_WATER
+from hybridlsm.data.preprocess import FILLED_LONG
+from hybridlsm.data.schema import DataError
 from hybridlsm.evaluation import plots
 from hybridlsm.evaluation.metrics import (
+    NEAR_ZERO_MEAN,
     SCALES,
     SKILL_COLUMNS,
     aggregate,
@@ -118,6 +128,12 @@ class SiteData:
         return self.split == TEST_SPLIT
 
 
+def scored_variables(sd: SiteData) -> tuple[str, ...]:
+    """Qle, Qh and the run's other targets the site observes (obs.nc attribute ``targets``)."""
+    extra = [t for t in str(sd.obs.attrs.get("targets", "")).split() if t not in FLUXES and t in sd.obs.variables]
+    return FLUXES + tuple(extra)
+
+
 def load_run(run_dir: Path) -> dict[str, SiteData]:
     """Read ``predictions/<site>/{obs,<model>}.nc`` of a run directory (sites in name order)."""
     pred = Path(run_dir) / "predictions"
@@ -130,19 +146,19 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
             raise FileNotFoundError(f"{obs_path}: observations of site {d.name!r} are missing")
         obs = xr.load_dataset(obs_path)
         if "time" not in obs.coords:
-            raise ValueError(f"{obs_path}: no 'time' coordinate")
+            raise DataError(f"{obs_path}: no 'time' coordinate")
         if "split" not in obs.variables:
-            raise ValueError(f"{obs_path}: no 'split' variable (0 spin-up, 1 train, 2 validation, 3 test)")
+            raise DataError(f"{obs_path}: no 'split' variable (0 spin-up, 1 train, 2 validation, 3 test)")
         missing = [f for f in FLUXES if f not in obs.variables]
         if missing:
-            raise ValueError(f"{obs_path}: observed flux(es) {missing} missing; expected {list(FLUXES)}")
+            raise DataError(f"{obs_path}: observed flux(es) {missing} missing; expected {list(FLUXES)}")
         models = {}
         for f in sorted(d.glob("*.nc")):
             if f.name == "obs.nc":
                 continue
             ds = xr.load_dataset(f)
             if "time" not in ds.coords:
-                raise ValueError(f"{f}: no 'time' coordinate")
+                raise DataError(f"{f}: no 'time' coordinate")
             models[f.stem] = ds.reindex(time=obs["time"])
         sid = str(obs.attrs.get("site_id") or d.name)  # the folder name is the id made path-safe
         out[sid] = SiteData(sid, obs, models, obs_path)
@@ -184,9 +200,12 @@ def _sensor_depth(obs: xr.Dataset, var: str) -> float | None:
 
 
 def flux_mask(obs: xr.Dataset, flux: str, max_qc: int = 1) -> np.ndarray:
-    """Usable observed ``flux``: finite and, where ``<flux>_qc`` exists, 0 ≤ QC ≤ ``max_qc``."""
+    """Usable observed ``flux``: finite, where ``<flux>_qc`` exists 0 ≤ QC ≤ ``max_qc``, and not at
+    a step driven by forcing filled from the diurnal cycle or estimated (``forcing_filled == 2``)."""
     x = _series(obs, flux)
     ok = np.isfinite(x)
+    if "forcing_filled" in obs.variables:
+        ok &= np.asarray(obs["forcing_filled"].values) < FILLED_LONG
     qc_name = f"{flux}_qc"
     if qc_name in obs.variables:
         qc = np.asarray(obs[qc_name].values, dtype=float)
@@ -223,9 +242,9 @@ def site_skill(
     scales=SCALES,
     min_valid_fraction: float = 0.5,
 ) -> pd.DataFrame:
-    """Skill table of every model at one site, test split, fluxes `FLUXES`."""
+    """Skill table of every model at one site, test split, the site's `scored_variables`."""
     frames = []
-    for flux in FLUXES:
+    for flux in scored_variables(sd):
         obs = _series(sd.obs, flux)
         mask = flux_mask(sd.obs, flux, max_qc) & sd.test
         sims = {}
@@ -504,7 +523,7 @@ def _site_plots(
 # --------------------------------------------------------------------------------------------
 # HTML
 
-_BEST = {"rmse": "min", "nse": "max", "kge": "max", "bias_pct": "absmin", "r": "max"}
+_BEST = {"rmse": "min", "nse": "max", "kge": "max", "bias": "absmin", "bias_pct": "absmin", "r": "max"}
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
@@ -512,6 +531,7 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0} td.txt{text-align:left}
 td.best{background:#c8f0c8;font-weight:bold}
+tr.suspect td{background:#f8d0c8} .warn{color:#a00000}
 img{max-width:100%;border:1px solid #eee;margin:0.3em 0}
 .note{color:#555;font-size:0.9em}
 """
@@ -526,8 +546,9 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 def _best_flags(df: pd.DataFrame) -> pd.DataFrame:
+    """Best value per (site, flux, scale) and column of `_BEST`; suspect rows never count."""
     flags = pd.DataFrame(False, index=df.index, columns=list(_BEST))
-    for _, g in df.groupby(["site", "flux", "scale"], sort=False):
+    for _, g in df[~df.suspect.astype(bool)].groupby(["site", "flux", "scale"], sort=False):
         for col, how in _BEST.items():
             v = g[col].astype(float)
             if how == "absmin":
@@ -542,22 +563,34 @@ def _best_flags(df: pd.DataFrame) -> pd.DataFrame:
 def _skill_html(df: pd.DataFrame) -> str:
     flags = _best_flags(df)
     parts = []
-    for flux in FLUXES:
+    bad = df[df.suspect.astype(bool)].groupby(["site", "model", "flux"], sort=False).suspect_reason.first()
+    if len(bad):
+        items = [f"model {m} at site {s} ({f}): {why}" for (s, m, f), why in bad.items()]
+        parts.append("<p class='warn'><b>Suspect scores</b> (rows in red, never highlighted as best): "
+                     + "; ".join(html.escape(i) for i in items) + ".</p>")
+    for flux in df.flux.unique():  # Qle, Qh, then the run's other targets
         for scale in SCALES:
             sub = df[(df.flux == flux) & (df.scale == scale)]
             if sub.empty:
                 continue
-            parts.append(f"<h3>{flux} ({'LE' if flux == 'Qle' else 'H'}), {scale}, test split</h3>")
+            name = {"Qle": "LE", "Qh": "H", "Qg": "G"}.get(flux, flux)
+            parts.append(f"<h3>{flux} ({name}), {scale}, test split</h3>")
             parts.append("<table><tr><th>site</th><th>model</th><th>RMSE [W m-2]</th><th>NSE</th>"
-                         "<th>KGE</th><th>bias %</th><th>r</th><th>n</th></tr>")
+                         "<th>KGE</th><th>bias [W m-2]</th><th>bias %</th><th>r</th><th>n</th></tr>")
             for idx, row in sub.iterrows():
                 cells = [f"<td class='txt'>{html.escape(str(row[c]))}</td>" for c in ("site", "model")]
-                for col in ("rmse", "nse", "kge", "bias_pct", "r"):
+                for col in ("rmse", "nse", "kge", "bias", "bias_pct", "r"):
                     cls = " class='best'" if flags.at[idx, col] else ""
-                    cells.append(f"<td{cls}>{_fmt(row[col])}</td>")
+                    mark = "″" if col == "kge" and row.kge_form == "2021" and math.isfinite(row.kge) else ""
+                    cells.append(f"<td{cls}>{_fmt(row[col])}{mark}</td>")
                 cells.append(f"<td>{int(row.n)}</td>")
-                parts.append("<tr>" + "".join(cells) + "</tr>")
+                parts.append(("<tr class='suspect'>" if row.suspect else "<tr>") + "".join(cells) + "</tr>")
             parts.append("</table>")
+            near0 = sub[sub.kge_form == "2021"].groupby("site", sort=False).bias_pct_note.first()
+            if len(near0):
+                parts.append("<p class='note'>KGE″ (marked ″) and no bias %: "
+                             + "; ".join(f"{html.escape(s)}: {html.escape(why)}" for s, why in near0.items())
+                             + ".</p>")
     return "\n".join(parts)
 
 
@@ -566,6 +599,15 @@ def _provenance(sites: dict[str, SiteData]) -> pd.DataFrame:
     rows = [{"site": sid, "model": m, "parameters from": str(ds.attrs["parameters_from"])}
             for sid, sd in sites.items() for m, ds in sd.models.items() if "parameters_from" in ds.attrs]  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _repairs_html(sites: dict[str, SiteData]) -> str:
+    rows = []
+    for site, sd in sites.items():
+        lines = [ln for ln in str(sd.obs.attrs.get("repairs_summary", "")).splitlines() if ln]
+        items = "".join(f"<li>{html.escape(ln)}</li>" for ln in lines) or "<li>none</li>"
+        rows.append(f"<h3>{html.escape(site)}</h3><ul class='note'>{items}</ul>")
+    return "\n".join(rows)
 
 
 def _table_html(df: pd.DataFrame) -> str:
@@ -603,15 +645,18 @@ def build_report(
     run_dir: Path,
     config_name: str | None = None,
     *,
-    max_qc: int = 1,
+    max_qc: int | None = None,
     min_valid_fraction: float = 0.5,
 ) -> Path:
     """Write ``metrics.csv``, ``skill.json``, ``plots/*.png`` and ``report.html`` into ``run_dir``;
     return the path of ``report.html``. ``config_name`` defaults to the ``config`` attribute of the
-    prediction files, else ``name`` in ``config.yaml``, else the directory name."""
+    prediction files, else ``name`` in ``config.yaml``, else the directory name. ``max_qc`` defaults
+    to the run's ``data.max_qc`` (obs.nc attribute ``max_qc``), else 1."""
     run_dir = Path(run_dir)
     sites = load_run(run_dir)
     config = config_name if config_name is not None else _config_name(run_dir, sites)
+    if max_qc is None:
+        max_qc = int(next(iter(sites.values())).obs.attrs.get("max_qc", 1))
 
     skill = run_skill(sites, max_qc=max_qc, min_valid_fraction=min_valid_fraction)[list(SKILL_COLUMNS)]
     skill.to_csv(run_dir / "metrics.csv", index=False)
@@ -638,8 +683,12 @@ def build_report(
         f"Models: {', '.join(html.escape(m) for m in models)}.</p>",
         "<p class='note'>All scores on the test split (split = 3). Observed fluxes count where finite and "
         f"0 ≤ QC ≤ {max_qc}. Daily and weekly (ISO week) means use the same half-hours for obs and model; a "
-        f"period counts when ≥ {min_valid_fraction:.0%} of its steps are valid. KGE is the 2009 form; "
-        "bias % = 100·Σ(s − o)/Σo. Best value per site, flux and scale highlighted. Written to "
+        f"period counts when ≥ {min_valid_fraction:.0%} of its steps are valid. Bias = mean(s − o) [W m-2]; "
+        "bias % = 100·Σ(s − o)/Σo; KGE is the 2009 form (Gupta et al. 2009). Where the observed mean is near zero, "
+        f"μo ≤ {NEAR_ZERO_MEAN:g}·σo (H at night or in winter, G), bias % is withheld and KGE is KGE″ = "
+        "1 − √[(r − 1)² + (α − 1)² + ((μs − μo)/σo)²] (Tang et al. 2021), marked ″. A row is suspect "
+        "(red, never best) when its |bias| exceeds the range of the scored observations or its RMSE is not "
+        "finite: a unit or sign error rather than skill. Best value per site, flux and scale highlighted. Written to "
         "<code>metrics.csv</code> and <code>skill.json</code>.</p>",
         "<h2>Skill</h2>",
         _skill_html(skill),
@@ -659,6 +708,11 @@ def build_report(
         "<p class='note'>Per site and model: the physical parameters the prediction used (a site's own "
         "calibration, or what transfers to a site the model was not trained on).</p>",
         _table_html(_provenance(sites)),
+        "<h2>Data repairs and gaps</h2>",
+        "<p class='note'>Per site: what the readers repaired, what was filled or estimated in the forcing "
+        "(flagged in <code>forcing_filled</code> of every output file; steps filled from the diurnal cycle or "
+        "estimated are not scored), observed targets without QC flags and site metadata no source gave.</p>",
+        _repairs_html(sites),
     ]
     captions = {
         "diurnal": "Mean diurnal cycle per season",

@@ -40,7 +40,8 @@ from hybridlsm.config import ALLOWED_TARGETS
 from hybridlsm.data.schema import DataError, DataWarning
 from hybridlsm.data.splits import usable_targets
 from hybridlsm.domain import Domain
-from hybridlsm.models.registry import ModelSpec, TrainingContext, register_model, write_model_json
+from hybridlsm.models.registry import ModelSpec, TrainingContext, read_model_json, register_model, write_model_json
+from hybridlsm.rundir import atomic_write
 
 __all__ = [
     "EmpiricalInputError",
@@ -211,15 +212,22 @@ class EmpiricalModel:
     fitted_arrays: ClassVar[tuple[str, ...]] = ()
     estimator_attr: ClassVar[str | None] = None
 
-    def save(self, directory: Path, prefix: str) -> None:
-        """Write the fitted state as ``<prefix>.npz`` (+ ``<prefix>.skops``)."""
+    def save(self, directory: Path, prefix: str) -> dict[str, str]:
+        """Write the fitted state as ``<prefix>.npz`` (+ ``<prefix>.skops``); their SHA-256 by name."""
         if self.target is None:
             raise RuntimeError(f"{self.name}: save called before fit")
         arrays = {k: np.asarray(getattr(self, k)) for k in self.fitted_arrays}
         arrays["n_train"] = np.asarray(self.n_train)
-        np.savez(Path(directory) / f"{prefix}.npz", **arrays)
+
+        def savez(path: Path) -> None:
+            with open(path, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+                np.savez(f, **arrays)
+
+        digests = {f"{prefix}.npz": atomic_write(Path(directory) / f"{prefix}.npz", savez)}
         if self.estimator_attr is not None:
-            sio.dump(getattr(self, self.estimator_attr), Path(directory) / f"{prefix}.skops")
+            est = getattr(self, self.estimator_attr)
+            digests[f"{prefix}.skops"] = atomic_write(Path(directory) / f"{prefix}.skops", lambda p: sio.dump(est, p))
+        return digests
 
     def restore(self, directory: Path, prefix: str, target: str) -> EmpiricalModel:
         """Load the state ``save`` wrote; scikit-learn types only are trusted in the skops file."""
@@ -440,11 +448,13 @@ class EmpiricalSpec(ModelSpec):
     def save(self, model, options, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        digests = {}
         for target, est in model.items():
-            est.save(directory, target)
-        write_model_json(directory, self.name, options, {})
+            digests.update(est.save(directory, target))
+        write_model_json(directory, self.name, options, {}, digests)
 
     def load(self, options, directory: Path):
+        read_model_json(directory)  # checks the files' checksums
         return {t: est.restore(directory, t, t) for t, est in self.build(options).items()}
 
     def required_inputs(self, options) -> tuple[str, ...]:

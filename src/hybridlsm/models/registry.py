@@ -18,8 +18,9 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   :class:`TrainingContext` (targets, QC limit, step counts, training settings, checkpoints).
 - ``predict(model, domain) -> {name: (T, N) or (T, N, L)}`` over the whole domain.
 - ``save(model, options, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
-  leaves + JSON by default, no pickle); ``reuse(...)`` offers a model a resumed run finds saved to
-  the models trained after it (the calibrated physics the hybrids start from);
+  leaves + JSON by default, no pickle; ``model.json`` records every file's SHA-256, checked on
+  load); ``reuse(...)`` offers a model a resumed run finds saved to the models trained after it
+  (the calibrated physics the hybrids start from);
   ``provenance(model, domain)`` says, per column, where the
   parameters it predicts with come from (a trained site's own, or what transfers).
 
@@ -46,6 +47,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ..config import RunConfig, TrainConfig, load_config, validate_config
+from ..rundir import atomic_write, problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..domain import Domain
@@ -195,12 +197,8 @@ class EquinoxSpec(ModelSpec):
         return self.build(options)
 
     def save(self, model: Any, options: BaseModel, directory: Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (LEAVES_FILE + ".tmp")
-        eqx.tree_serialise_leaves(tmp, model)
-        tmp.replace(directory / LEAVES_FILE)
-        write_model_json(directory, self.name, options, {"structure": self.structure(model)})
+        digest = atomic_write(Path(directory) / LEAVES_FILE, lambda p: eqx.tree_serialise_leaves(p, model))
+        write_model_json(directory, self.name, options, {"structure": self.structure(model)}, {LEAVES_FILE: digest})
 
     def load(self, options: BaseModel, directory: Path) -> Any:
         meta = read_model_json(directory)
@@ -218,12 +216,12 @@ class EquinoxSpec(ModelSpec):
         return model
 
 
-def write_model_json(directory: Path, name: str, options: BaseModel, extra: dict) -> None:
+def write_model_json(directory: Path, name: str, options: BaseModel, extra: dict, sha256: dict[str, str]) -> None:
+    """``model.json``, written last (the commit point), with the SHA-256 of every data file
+    (``sha256``: file name -> digest, as ``rundir.atomic_write`` returns it)."""
     meta = {"format": SAVED_FORMAT, "model": name, "options": options.model_dump(mode="json"),
-            "dtype": str(jnp.zeros(0).dtype), **extra}  # fmt: skip
-    tmp = Path(directory) / (MODEL_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(Path(directory) / MODEL_FILE)
+            "dtype": str(jnp.zeros(0).dtype), **extra, "sha256": sha256}  # fmt: skip
+    atomic_write(Path(directory) / MODEL_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
 
 
 def read_model_json(directory: Path) -> dict:
@@ -236,6 +234,11 @@ def read_model_json(directory: Path) -> dict:
         raise SavedModelError(f"{path}: corrupt: {err}") from None
     if meta.get("format") != SAVED_FORMAT:
         raise SavedModelError(f"{path}: format {meta.get('format')!r}, expected {SAVED_FORMAT!r}")
+    for name, digest in meta.get("sha256", {}).items():  # absent in models saved before checksums
+        why = problem(Path(directory) / name, digest)
+        if why is not None:
+            raise SavedModelError(f"{Path(directory) / name} {why} ({MODEL_FILE} records its checksum); "
+                                  "retrain the model (hybridlsm run --resume) or restore the file")  # fmt: skip
     return meta
 
 

@@ -3,31 +3,47 @@
 Layout of a checkpoint directory::
 
     checkpoint.json       metadata: format, epoch, best val, history, rng key data, config hash,
-                          and the name of the current leaves file (written last: the commit point)
+                          the name of the current leaves file and its SHA-256 (written last: the
+                          commit point)
+    checkpoint.prev.json  the previous good checkpoint's metadata (one epoch earlier)
+    epoch_0006.eqx        its leaves
     epoch_0007.eqx        eqx.tree_serialise_leaves of {"model", "opt_state", "best_model"}
 
-The leaves file of a new epoch is written first, then the JSON is replaced atomically, then older
-leaves files are removed, so an interruption at any moment leaves a consistent checkpoint.
+Every file is written atomically (``hybridlsm.rundir``). The leaves of a new epoch are written
+first, then the JSON; leaves files that neither JSON names are removed last, so an interruption at
+any moment leaves a consistent checkpoint. A checkpoint whose leaves do not match their recorded
+SHA-256 is never loaded: ``read_checkpoint`` falls back to the previous one with a warning naming
+the damaged file, and raises :class:`DamagedCheckpointError` when neither is good (``fit`` then
+trains afresh).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 
-__all__ = ["CHECKPOINT_FORMAT", "META_FILE", "CheckpointError", "read_checkpoint", "write_checkpoint"]
+from hybridlsm.rundir import atomic_write, problem
+
+__all__ = ["CHECKPOINT_FORMAT", "META_FILE", "PREVIOUS_FILE", "CheckpointError", "DamagedCheckpointError",
+           "read_checkpoint", "write_checkpoint"]  # fmt: skip
 
 CHECKPOINT_FORMAT = "hybridlsm-checkpoint-1"
 META_FILE = "checkpoint.json"
+PREVIOUS_FILE = "checkpoint.prev.json"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or from an incompatible configuration."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """Neither the latest nor the previous checkpoint of a directory verifies (the message names
+    the damaged files)."""
 
 
 def _json_safe(value: Any) -> Any:
@@ -40,54 +56,77 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(metadata, None) when ``meta_path`` and the leaves file it names verify, else (None, why)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        leaves = meta_path.parent / meta["leaves_file"]
+        digest = meta.get("sha256", {}).get(leaves.name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return None, f"{meta_path} is unreadable ({err})"
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        return None, f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+    if digest is None:
+        return None, f"{meta_path} records no checksum of {leaves.name}"
+    why = problem(leaves, digest)
+    return (meta, None) if why is None else (None, f"{leaves} {why}")
 
 
 def write_checkpoint(directory: Path, epoch: int, trees: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write the leaves of ``trees`` and ``meta`` (JSON-able; non-finite floats become null)."""
+    """Write the leaves of ``trees`` and ``meta`` (JSON-able; non-finite floats become null); the
+    checkpoint this one replaces becomes the previous one if it verifies."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    current, previous = directory / META_FILE, directory / PREVIOUS_FILE
+    if current.is_file() and _verify(current)[1] is None:  # a damaged one never replaces a good previous
+        text = current.read_bytes()
+        atomic_write(previous, lambda p: p.write_bytes(text))
     leaves_name = f"epoch_{epoch:04d}.eqx"
-    _atomic_write_bytes(directory / leaves_name, lambda f: eqx.tree_serialise_leaves(f, trees))
-    meta = {"format": CHECKPOINT_FORMAT, **_json_safe(meta), "leaves_file": leaves_name}
-    text = json.dumps(meta, indent=1, allow_nan=False).encode()
-    _atomic_write_bytes(directory / META_FILE, lambda f: f.write(text))
+    digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
+    meta = {"format": CHECKPOINT_FORMAT, **_json_safe(meta), "leaves_file": leaves_name,
+            "sha256": {leaves_name: digest}}  # fmt: skip
+    text = json.dumps(meta, indent=1, allow_nan=False)
+    atomic_write(current, lambda p: p.write_text(text))
+    keep = {leaves_name}
+    if previous.is_file():
+        try:
+            keep.add(json.loads(previous.read_text())["leaves_file"])
+        except (ValueError, KeyError, TypeError):
+            pass
     for old in directory.glob("epoch_*.eqx"):
-        if old.name != leaves_name:
+        if old.name not in keep:
             old.unlink()
-    return directory / META_FILE
+    return current
 
 
 def read_checkpoint(directory: Path, like: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(trees, meta)`` from ``directory``, or ``None`` when it holds no checkpoint.
+    """``(trees, meta)`` of the latest checkpoint in ``directory`` that verifies, or ``None`` when
+    it holds no checkpoint (module docstring: fallback and :class:`DamagedCheckpointError`).
 
     ``like`` is a PyTree with the same structure as the saved ``trees`` (shapes and dtypes are
     taken from the file).
     """
-    meta_path = Path(directory) / META_FILE
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"corrupt checkpoint metadata {meta_path}: {err}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{meta_path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    leaves_path = Path(directory) / meta["leaves_file"]
-    if not leaves_path.is_file():
-        raise CheckpointError(f"{meta_path} names {leaves_path.name}, which does not exist")
-    try:
-        with open(leaves_path, "rb") as f:
-            trees = eqx.tree_deserialise_leaves(f, like)
-    except Exception as err:  # shape/dtype mismatch, truncated file
-        raise CheckpointError(
-            f"cannot read {leaves_path} into the current model (was it written by a different model "
-            f"or filter spec?): {err}"
-        ) from None
-    return trees, meta
+    damaged = []
+    for meta_path in (Path(directory) / META_FILE, Path(directory) / PREVIOUS_FILE):
+        if not meta_path.is_file():
+            continue
+        meta, why = _verify(meta_path)
+        if why is not None:
+            damaged.append(why)
+            continue
+        leaves_path = meta_path.parent / meta["leaves_file"]
+        try:
+            with open(leaves_path, "rb") as f:
+                trees = eqx.tree_deserialise_leaves(f, like)
+        except Exception as err:  # the file verifies: shape/dtype mismatch
+            raise CheckpointError(
+                f"cannot read {leaves_path} into the current model (was it written by a different model "
+                f"or filter spec?): {err}"
+            ) from None
+        if damaged:
+            warnings.warn(f"damaged checkpoint: {'; '.join(damaged)}; continuing from the previous good one "
+                          f"({leaves_path}, epoch {meta.get('epoch')})", stacklevel=2)  # fmt: skip
+        return trees, meta
+    if damaged:
+        raise DamagedCheckpointError(f"no good checkpoint in {directory}: {'; '.join(damaged)}")
+    return None

@@ -1,0 +1,168 @@
+"""Files of a run directory that can be trusted: atomic writes, SHA-256 checksums, the run lock.
+
+- ``atomic_write``: a file is written to ``<name>.tmp`` beside it, flushed to disk (fsync) and
+  renamed into place (``os.replace``), so a reader finds the old file or the new one, never part of
+  one.
+- Its SHA-256 is recorded where the file is described: ``checkpoint.json`` and ``model.json`` map
+  the names of their data files to digests (``"sha256": {name: hex}``); any other file (the
+  netCDF predictions and observations) gets the sidecar ``<file>.sha256`` in ``sha256sum`` format
+  (``sha256sum -c`` checks it). ``problem(path)`` says why a file cannot be trusted, or None.
+- ``run_lock(run_dir)`` (or ``hold_run_lock``/``release_run_lock``): an OS lock (``fcntl.flock``) on
+  ``<parent>/.<name>.lock``, beside the run directory because an overwriting run writes to a
+  sibling folder and renames it at the end. The kernel drops the lock when its process ends, so a
+  lock file left by a killed process does not block; the file only says who holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
+__all__ = ["RunLockedError", "atomic_write", "checksum_path", "hold_run_lock", "lock_path", "problem",
+           "release_run_lock", "run_lock", "sha256_of", "write_checked"]  # fmt: skip
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system syncs a directory
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> str:
+    """``write(tmp)`` a temporary file beside ``path``, fsync it and rename it to ``path``;
+    returns the file's SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = sha256_of(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return digest
+
+
+def checksum_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def write_checked(path: Path, write: Callable[[Path], object]) -> str:
+    """``atomic_write`` plus the sidecar ``<file>.sha256`` (written after the file: a file without a
+    matching sidecar is never trusted)."""
+    digest = atomic_write(path, write)
+    atomic_write(checksum_path(path), lambda p: p.write_text(f"{digest}  {Path(path).name}\n"))
+    return digest
+
+
+def problem(path: Path, sha256: str | None = None) -> str | None:
+    """Why ``path`` cannot be trusted (missing, no checksum, checksum mismatch), or None when its
+    SHA-256 is ``sha256`` (default: the one in its sidecar)."""
+    path = Path(path)
+    if not path.is_file():
+        return "is missing"
+    if sha256 is None:
+        side = checksum_path(path)
+        try:
+            sha256 = side.read_text().split()[0]
+        except (OSError, IndexError):
+            return f"has no checksum ({side.name} is missing or empty)"
+    if sha256_of(path) != sha256:
+        return "is damaged or truncated: its SHA-256 checksum does not match the recorded one"
+    return None
+
+
+# ------------------------------------------------------------------------------------ lock
+
+
+class RunLockedError(FileExistsError):
+    """Another process holds the lock of the run directory (the message names it)."""
+
+
+_held: dict[Path, int] = {}  # lock file -> descriptor, for the locks this process holds
+
+
+def lock_path(run_dir: Path) -> Path:
+    run_dir = Path(run_dir).absolute()
+    return run_dir.with_name(f".{run_dir.name}.lock")
+
+
+def _holder(fd: int) -> str:
+    try:
+        h = json.loads(os.pread(fd, 4096, 0))
+        return f"process {h['pid']} on {h['host']} (started {h['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"  # it has not written its name yet
+
+
+def hold_run_lock(run_dir: Path) -> Path:
+    """Lock ``run_dir`` for this process until ``release_run_lock`` or the process ends; a lock
+    this process holds already is kept. RunLockedError names the process holding it."""
+    path = lock_path(run_dir)
+    if path in _held or fcntl is None:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunLockedError(f"run directory {Path(run_dir)} is in use by {holder}; wait for it to "
+                                 f"finish or stop it (lock {path})") from None  # fmt: skip
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the holder removed this file as it released the lock: lock the new one
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    _held[path] = fd
+    return path
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold the lock of ``run_dir`` while the block runs (kept if this process held it before)."""
+    acquired = lock_path(run_dir) not in _held
+    path = hold_run_lock(run_dir)
+    try:
+        yield path
+    finally:
+        if acquired:
+            release_run_lock(run_dir)
+
+
+def release_run_lock(run_dir: Path) -> None:
+    """Release the lock ``hold_run_lock`` took (the lock file is removed while still locked)."""
+    fd = _held.pop(lock_path(run_dir), None)
+    if fd is not None:
+        lock_path(run_dir).unlink(missing_ok=True)
+        os.close(fd)

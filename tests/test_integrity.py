@@ -1,0 +1,172 @@
+"""Trust in the run directory: checksums detect damaged checkpoints, saved models and predictions
+(a damaged checkpoint falls back to the previous good one, a damaged prediction is recomputed on
+resume), and a lock keeps a second process out of a run directory in use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+from test_pipeline import CONFIG
+from test_training import BATCHES, cfg, make_model, mse_loss, params_of, val_fn
+from typer.testing import CliRunner
+
+from hybridlsm.cli import app
+from hybridlsm.models.registry import SavedModelError, get_model, load_run_config, load_saved_model
+from hybridlsm.pipeline import run
+from hybridlsm.predict import PredictError, predict
+from hybridlsm.rundir import lock_path, problem
+from hybridlsm.training import CheckpointError, fit
+from hybridlsm.training.checkpoint import read_checkpoint, write_checkpoint
+
+LINEAR_ONLY = CONFIG.replace("  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", "")
+
+
+def flip(path, n=8):
+    """Invert ``n`` bytes in the middle of ``path`` (its size stays the same)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
+    path.write_bytes(bytes(data))
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """(config file, run directory) of a finished one-model run."""
+    tmp = tmp_path_factory.mktemp("integrity")
+    cfg_file = tmp / "tiny.yaml"
+    cfg_file.write_text(LINEAR_ONLY.replace("RUNS", str(tmp / "runs")))
+    result = CliRunner().invoke(app, ["run", str(cfg_file)])
+    assert result.exit_code == 0, result.output
+    return cfg_file, tmp / "runs" / "tiny"
+
+
+def copy_run(finished, tmp_path):
+    """A copy of the finished run under ``tmp_path/runs`` and its config (pointing there)."""
+    cfg_file, run_dir = finished
+    shutil.copytree(run_dir, tmp_path / "runs" / "tiny")
+    new = tmp_path / "tiny.yaml"
+    new.write_text(cfg_file.read_text().replace(str(run_dir.parent), str(tmp_path / "runs")))
+    return new, tmp_path / "runs" / "tiny"
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch(tmp_path):
+    def trees(v):
+        return {"w": jnp.full(4000, float(v))}
+
+    for epoch in (1, 2, 3):
+        write_checkpoint(tmp_path, epoch, trees(epoch), {"epoch": epoch})
+    assert sorted(p.name for p in tmp_path.glob("*.eqx")) == ["epoch_0002.eqx", "epoch_0003.eqx"]
+    flip(tmp_path / "epoch_0003.eqx")
+    with pytest.warns(UserWarning, match="epoch_0003.eqx"):
+        loaded, meta = read_checkpoint(tmp_path, trees(0))
+    assert meta["epoch"] == 2 and np.all(np.asarray(loaded["w"]) == 2.0)
+    flip(tmp_path / "epoch_0002.eqx")  # no good checkpoint left: an error naming the damaged files
+    with pytest.raises(CheckpointError, match=r"epoch_0003\.eqx.*epoch_0002\.eqx"):
+        read_checkpoint(tmp_path, trees(0))
+
+
+def test_resumed_fit_never_loads_a_damaged_checkpoint(tmp_path):
+    c = cfg(epochs=3)
+    full = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path, progress=False)
+    flip(tmp_path / "epoch_0003.eqx")
+    with pytest.warns(UserWarning, match="epoch_0003.eqx"):  # continues from epoch 2
+        resumed = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path, progress=False, resume=True)
+    np.testing.assert_allclose(params_of(resumed.model), params_of(full.model), rtol=0, atol=1e-12)
+    assert len(resumed.history) == 3
+    for p in tmp_path.glob("epoch_*.eqx"):
+        flip(p)
+    with pytest.warns(UserWarning, match="starts afresh"):
+        again = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path, progress=False, resume=True)
+    np.testing.assert_allclose(params_of(again.model), params_of(full.model), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- saved models
+
+
+def test_a_saved_equinox_model_with_flipped_bytes_is_refused(tmp_path):
+    spec = get_model("physics")
+    options = spec.Options.model_validate({})
+    spec.save(spec.build(options), options, tmp_path)
+    spec.load(options, tmp_path)
+    flip(tmp_path / "model.eqx")
+    with pytest.raises(SavedModelError, match=r"model\.eqx.*checksum does not match"):
+        spec.load(options, tmp_path)
+
+
+def test_run_files_carry_checksums_and_a_damaged_empirical_model_is_refused(finished, tmp_path):
+    _, run_dir = copy_run(finished, tmp_path)
+    saved = run_dir / "models" / "1lin" / "all"
+    recorded = json.loads((saved / "model.json").read_text())["sha256"]
+    assert recorded == {"Qle.npz": sha256(saved / "Qle.npz"), "Qh.npz": sha256(saved / "Qh.npz")}
+    for name in ("1lin.nc", "obs.nc"):  # netCDF files: a sha256sum-format sidecar
+        nc = run_dir / "predictions" / "TINY" / name
+        assert (nc.parent / f"{name}.sha256").read_text() == f"{sha256(nc)}  {name}\n"
+        assert problem(nc) is None
+    assert not list(run_dir.rglob("*.tmp")) and not lock_path(run_dir).exists()
+    load_saved_model(saved)
+    flip(saved / "Qle.npz")
+    with pytest.raises(SavedModelError, match=r"Qle\.npz.*checksum does not match"):
+        load_saved_model(saved)
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+def test_resume_recomputes_a_truncated_prediction(finished, tmp_path, capsys):
+    cfg_file, run_dir = copy_run(finished, tmp_path)
+    pred = run_dir / "predictions" / "TINY" / "1lin.nc"
+    pred.write_bytes(pred.read_bytes()[: pred.stat().st_size // 2])
+    assert "does not match" in problem(pred)
+    capsys.readouterr()
+    run(load_run_config(cfg_file), resume=True)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{pred}" in err and "recomputing" in err
+    assert problem(pred) is None
+    with xr.open_dataset(pred) as ds:
+        assert ds.sizes["time"] == 960 and np.isfinite(ds["Qle"].values[48:]).any()
+
+
+# ---------------------------------------------------------------------------------- lock
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_run_lock(finished, tmp_path):
+    cfg_file, run_dir = copy_run(finished, tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hybridlsm.rundir import hold_run_lock; "
+         "hold_run_lock(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(run_dir)],
+        stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sha256(run_dir / "predictions" / "TINY" / "1lin.nc")
+        result = CliRunner().invoke(app, ["run", str(cfg_file), "--resume"])
+        assert result.exit_code == 1
+        refusal = [line for line in result.output.splitlines() if "in use by" in line]  # one line
+        assert len(refusal) == 1 and f"process {holder.pid} on {socket.gethostname()}" in refusal[0]
+        assert "Traceback" not in result.output
+        with pytest.raises(PredictError, match=f"process {holder.pid}"):
+            predict(run_dir, "1lin", [tmp_path / "site.csv"])
+        assert sha256(run_dir / "predictions" / "TINY" / "1lin.nc") == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lock_path(run_dir).exists()  # left behind by the killed process: it must not block
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert not lock_path(run_dir).exists()
