@@ -168,3 +168,50 @@ def test_missing_qc_flags_and_estimated_longwave_are_listed(shared_data, tmp_pat
     assert "no QC flags for Qle: every finite value counts as measured" in lines
     assert any(ln.startswith("LWdown: estimated") and "240 of 240 steps (the file has none)" in ln for ln in lines)
     assert not forcing_filled(prepared).any()  # a whole-record estimate is listed, not masked
+
+
+# ------------------------------------------------------------------ 6. one line, nothing half-written
+
+TINY = """
+name: tiny
+data:
+  sites:
+    - {virtual: {site_id: TINY, days: 12, seed: 2, noise: 5.0}}
+  split: {train: 0.5, val: 0.25, test: 0.25}
+  spinup_days: 1
+  window_days: 2
+models: [{name: 1lin}, {name: 2lin}]
+output: {run_dir: RUNS}
+"""
+
+
+def test_a_failed_training_is_one_line_and_leaves_no_run_directory(tmp_path, monkeypatch):
+    """A run that fails half-way used to leave runs/<name> looking like a run; now the run directory
+    appears only when the run has finished, and --resume continues the unfinished one."""
+    from hybridlsm.models import empirical
+    from hybridlsm.training import TrainingError
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("RUNS", str(tmp_path / "runs")))
+    real_train = empirical.EmpiricalSpec.train
+
+    def failing(self, model, options, train, val, ctx):
+        if self.name == "2lin":
+            raise TrainingError("no update was accepted in 3 epoch(s)")
+        return real_train(self, model, options, train, val, ctx)
+
+    monkeypatch.setattr(empirical.EmpiricalSpec, "train", failing)
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 3 and "Traceback" not in result.output
+    partial = tmp_path / "runs" / ".tiny.partial"
+    assert "training failed: all/2lin: no update was accepted in 3 epoch(s)" in " ".join(result.output.split())
+    assert not (tmp_path / "runs" / "tiny").exists() and (partial / "predictions/TINY/1lin.nc").is_file()
+    # a plain rerun refuses to start over silently; --resume keeps 1lin and trains 2lin
+    assert CliRunner().invoke(app, ["run", str(cfg)]).exit_code == 1
+    monkeypatch.setattr(empirical.EmpiricalSpec, "train", real_train)
+    before = (partial / "predictions/TINY/1lin.nc").stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    assert not partial.exists() and (run / "report.html").is_file()
+    assert (run / "predictions/TINY/1lin.nc").stat().st_mtime_ns == before

@@ -144,7 +144,7 @@ def user_errors():
     except DataError as err:
         fail("data error", err, 2, "`hybridlsm data inspect FILE` shows what each file holds")
     except TrainingError as err:
-        fail("training failed", err, 3, "the run directory keeps what finished; fix the cause and rerun with --resume")
+        fail("training failed", err, 3, "fix the cause (forcing, targets, learning rate) and rerun")
     except (SavedModelError, CheckpointError) as err:
         fail("damaged run file", err, 3, "delete the file named to recompute it, or start a new run")
     except OSError as err:  # a path that cannot be read or written (permissions, disk full, a directory)

@@ -52,6 +52,7 @@ from .data.virtual import virtual_site
 from .domain import Domain, domain_from_site, site_file_name, write_netcdf, write_site_outputs
 from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
 from .rundir import atomic_write, problem, run_lock
+from .training import TrainingError
 
 console = Console(stderr=True)
 
@@ -271,18 +272,28 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
                           "resume with the same config, or start a new run (another name, or --overwrite)")
 
 
+def unfinished_dir(run_dir: Path) -> Path:
+    """Where a new run writes until it has finished: the hidden sibling ``.<name>.partial``."""
+    return Path(run_dir).with_name(f".{Path(run_dir).name}.partial")
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     """(the folder this run writes to, the run directory it becomes).
 
-    A new run writes to the run directory itself. With ``overwrite``, an existing run is replaced
-    only when the new one has finished (``finish_run_dir``): until then the new run writes to the
-    sibling ``.<name>.overwrite`` and the old run stays as it was. ``resume`` continues the run
-    directory after checking that the config is the one it was run with."""
+    A run directory appears only when its run has finished (``finish_run_dir``), so a failed or
+    interrupted run is never mistaken for a finished one:
+
+    - a new run writes to ``.<name>.partial``; ``resume`` continues an unfinished one there (after
+      checking the config), ``overwrite`` starts it again;
+    - with ``overwrite``, an existing run is replaced only when the new one has finished: until then
+      the new run writes to ``.<name>.overwrite`` and the old run stays as it was;
+    - ``resume`` of a finished run continues it in place after checking the config."""
     run_dir = Path(cfg.output.run_dir) / cfg.name
-    work = run_dir
+    partial = unfinished_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume:
             check_resumable(cfg, run_dir)
+            work = run_dir
         elif not cfg.output.overwrite:
             raise FileExistsError(
                 f"run directory {run_dir} exists; pass --resume to continue it, or set output.overwrite: true "
@@ -292,14 +303,30 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
             work = run_dir.with_name(f".{run_dir.name}.overwrite")
             if work.exists():  # an earlier overwrite that did not finish: ours, not the user's
                 shutil.rmtree(work)
+    elif partial.exists():
+        if resume:
+            check_resumable(cfg, partial)
+        elif cfg.output.overwrite:
+            shutil.rmtree(partial)
+        else:
+            raise FileExistsError(
+                f"an unfinished run {cfg.name} is in {partial} (it stopped before its report was written); pass "
+                "--resume to continue it, or --overwrite to start it again")
+        work = partial
+    else:
+        work = partial
     work.mkdir(parents=True, exist_ok=True)
     write_config(cfg, work / "config.yaml")
     return work, run_dir
 
 
 def finish_run_dir(work: Path, run_dir: Path) -> None:
-    """Put a finished overwriting run in place of the old one (nothing to do otherwise)."""
+    """Put a finished run in its place: rename the folder it wrote to, replacing an old run (or an
+    empty folder) only now."""
     if work == run_dir:
+        return
+    if not run_dir.exists():
+        work.rename(run_dir)
         return
     old = run_dir.with_name(f".{run_dir.name}.replaced")
     if old.exists():
@@ -324,7 +351,9 @@ def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, r
     from .evaluation.report import build_report
 
     work, final = prepare_run_dir(cfg, resume)
-    run_dir = work  # until an overwriting run has finished, it writes beside the old one
+    run_dir = work  # until the run has finished it writes beside the run directory (prepare_run_dir)
+    if work != final:
+        console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
     cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
@@ -356,7 +385,11 @@ def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, r
             console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
                           f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
             t0 = time.perf_counter()
-            model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
+            try:
+                model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
+            except TrainingError as err:
+                raise TrainingError(f"{exp.name}/{label}: {err}; what finished is kept in {run_dir} "
+                                    "(--resume continues it, --overwrite starts again)") from None
             t_train = time.perf_counter() - t0
             spec.save(model, options, model_dir(run_dir, label, exp.name))
             for d in exp.test:
