@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .data import DataError, add_derived, detect_format, prepare_forcing, read_gridded, read_site
 from .data.plumber2 import open_netcdf
 from .data.splits import TEST
 from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
-from .models.registry import SavedModelError, load_saved_model
+from .models.registry import SavedModelError, load_run_config, load_saved_model
 from .pipeline import check_site_folders, write_obs
 from .rundir import RunLockedError, atomic_write, run_lock
 
@@ -58,16 +59,27 @@ def saved_model_dir(run_dir: Path, label: str, experiment: str | None = None) ->
     return root / label / exps[0]
 
 
-def domain_from_file(path: Path) -> Domain:
+def domain_from_file(path: Path, out_of_range: str = "error") -> Domain:
     """A site file as a one-column Domain (forcing gap-filled, repairs flagged) or a gridded file
     as the Domain of its cells."""
     path = Path(path)
     if detect_format(path) != "gridded":
-        return domain_from_site(prepare_forcing(read_site(path)))
+        return domain_from_site(prepare_forcing(read_site(path), out_of_range=out_of_range))
     grid = add_derived(read_gridded(path), variables=("VPD", "RH", "Qair"))  # humidity in every form
     with open_netcdf(path) as src:
         land_cover = src["land_cover"].load() if "land_cover" in src.variables else None
     return domain_from_grid(grid, land_cover=land_cover, name=path.stem)
+
+
+def _out_of_range_policy(run_dir: Path) -> str:
+    """The run's ``data.forcing_out_of_range``: new files are checked as the run's were."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return "error"
+    try:
+        return load_run_config(path, check_paths=False).data.forcing_out_of_range
+    except ConfigError as err:
+        raise PredictError(f"{run_dir}: its config.yaml cannot be read: {err}") from None
 
 
 def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | None = None, end: str | None = None,
@@ -94,10 +106,11 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
         spec, options, model = load_saved_model(directory)
     except SavedModelError as err:
         raise PredictError(str(err)) from None
+    policy = _out_of_range_policy(run_dir)
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:
         try:
-            d = domain_from_file(Path(f))
+            d = domain_from_file(Path(f), out_of_range=policy)
             if start is not None or end is not None:
                 d = d.select_time(start, end)
             missing = [v for v in spec.required_inputs(options) if v not in d.data]
