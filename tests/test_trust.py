@@ -83,7 +83,7 @@ def test_air_temperature_partly_in_kelvin_is_reported_with_rows(shared_data, tmp
         prepare_forcing(ds)
     msg = str(err.value)
     assert f"{len(picked)} of 480 values outside the physically possible range 223.15..333.15 K" in msg
-    assert f"row {picked[0]} " in msg and WKG in msg and "column TA_F (Tair)" in msg
+    assert f"(time step {picked[0]})" in msg and WKG in msg and "column TA_F (Tair)" in msg
     assert "they look like K, not degC" in msg
     # the repair on request: those values become gaps, filled, flagged and listed
     with pytest.warns(Warning, match="set missing"):

@@ -341,16 +341,17 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
-    print_repairs(cfg, sites)
     with run_lock(Path(cfg.output.run_dir) / cfg.name):  # a second process on the run directory is refused
-        return _train_and_write(cfg, exps, config_name, resume)
+        work, final = prepare_run_dir(cfg, resume)
+        print_repairs(cfg, sites)
+        return _train_and_write(cfg, exps, config_name, resume, work, final)
 
 
-def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool) -> Path:
-    """``run`` once its inputs are checked and it holds the lock of the run directory."""
+def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool, work: Path,
+                     final: Path) -> Path:
+    """``run`` once its inputs are checked, it holds the lock and its folder is ready."""
     from .evaluation.report import build_report
 
-    work, final = prepare_run_dir(cfg, resume)
     run_dir = work  # until the run has finished it writes beside the run directory (prepare_run_dir)
     if work != final:
         console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")

@@ -291,12 +291,12 @@ def check_forcing_ranges(ds, policy: str = "error"):
             continue
         attrs = ds[var].attrs
         starts, lengths = runs_of_true(bad)
-        shown = "; ".join(f"rows {s}..{s + n - 1} ({fmt_time(times[s])}..{fmt_time(times[s + n - 1])})"
-                          if n > 1 else f"row {s} ({fmt_time(times[s])})" for s, n in zip(starts[:3], lengths[:3]))
+        shown = "; ".join(f"{fmt_time(times[s])}..{fmt_time(times[s + n - 1])} (time steps {s}..{s + n - 1})"
+                          if n > 1 else f"{fmt_time(times[s])} (time step {s})" for s, n in zip(starts[:3], lengths[:3]))
         more = f"; and {len(starts) - 3} more run(s)" if len(starts) > 3 else ""
         column = attrs.get("source_column", var)
         msg = (f"{file}: column {column} ({var}): {k} of {int(np.isfinite(v).sum())} values outside the physically "
-               f"possible range {lo:g}..{hi:g} {spec.units} (min {np.nanmin(v):.6g}, max {np.nanmax(v):.6g}): "
+               f"possible range {lo:g}..{hi:g} {spec.units} (min {np.nanmin(v):.6g}, max {np.nanmax(v):.6g}) at "
                f"{shown}{more}{_unit_hint(v[bad], spec, str(attrs.get('source_units', '')))}")
         if policy == "error":
             raise DataError(msg + "; fix the file, or set data.forcing_out_of_range: missing to treat them as "
