@@ -245,10 +245,16 @@ RUN_DEFINING = ("data", "models", "training")
 
 
 def _flat(tree, prefix: str = "") -> dict[str, object]:
+    """``{"models[1].options.epochs": 3, ...}``: every leaf of a config dump by its key path."""
     if isinstance(tree, dict):
         out: dict[str, object] = {}
         for k, v in tree.items():
             out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(tree, list) and tree and any(isinstance(v, (dict, list)) for v in tree):
+        out = {f"{prefix}.length": len(tree)}
+        for i, v in enumerate(tree):
+            out.update(_flat(v, f"{prefix}[{i}]"))
         return out
     return {prefix: tree}
 
@@ -341,6 +347,9 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
+    for parent in (cfg.run_path, *cfg.run_path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"output.run_dir: {parent} is a file, not a folder; give a folder for the runs")
     with run_lock(Path(cfg.output.run_dir) / cfg.name):  # a second process on the run directory is refused
         work, final = prepare_run_dir(cfg, resume)
         print_repairs(cfg, sites)

@@ -49,6 +49,9 @@ def saved_model_dir(run_dir: Path, label: str, experiment: str | None = None) ->
     if label not in labels:
         raise PredictError(f"{run_dir}: no trained model {label!r}; the run has: {', '.join(labels) or 'none'}")
     exps = sorted(p.name for p in (root / label).iterdir() if (p / "model.json").is_file())
+    if not exps:
+        raise PredictError(f"{root / label}: no saved model (no <experiment>/model.json; a run stopped while saving "
+                           "it?); rerun the training with `hybridlsm run CONFIG --resume`")
     if experiment is not None:
         if experiment not in exps:
             raise PredictError(f"{run_dir}: model {label!r} has no experiment {experiment!r}; it has: {', '.join(exps)}")

@@ -20,7 +20,7 @@ Evaluation rules
   where the forcing was observed: steps whose forcing was filled from the mean diurnal cycle or
   estimated (``forcing_filled == 2`` in obs.nc) are not scored, since the models ran on made-up
   forcing there.
-- Scored variables: Qle and Qh, and the run's other ``data.targets`` (obs.nc attribute ``targets``).
+- Scored variables: the run's ``data.targets`` (obs.nc attribute ``targets``; Qle and Qh by default).
 - Data repairs: each site's ``repairs_summary`` (obs.nc attribute) is listed in the report.
 - Skill (LE = ``Qle``, H = ``Qh``): RMSE, NSE, KGE (2009; KGE″ where the observed mean is near
   zero), bias, percent bias (withheld near a zero mean) and r at the native ("halfhourly"), daily
@@ -65,6 +65,7 @@ import xarray as xr
 from hybridlsm.constants import RHO_WATER
 from hybridlsm.data.preprocess import FILLED_LONG
 from hybridlsm.data.schema import DataError
+from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
 from hybridlsm.evaluation.metrics import (
     NEAR_ZERO_MEAN,
@@ -129,9 +130,9 @@ class SiteData:
 
 
 def scored_variables(sd: SiteData) -> tuple[str, ...]:
-    """Qle, Qh and the run's other targets the site observes (obs.nc attribute ``targets``)."""
-    extra = [t for t in str(sd.obs.attrs.get("targets", "")).split() if t not in FLUXES and t in sd.obs.variables]
-    return FLUXES + tuple(extra)
+    """The run's targets the site observes (obs.nc attribute ``targets``; Qle and Qh without one)."""
+    targets = str(sd.obs.attrs.get("targets", "")).split() or list(FLUXES)
+    return tuple(t for t in targets if t in sd.obs.variables)
 
 
 def load_run(run_dir: Path) -> dict[str, SiteData]:
@@ -454,15 +455,16 @@ def _site_plots(
     masks = {f: flux_mask(sd.obs, f, max_qc) & test for f in FLUXES}
     sims = {m: {f: s for f in FLUXES if (s := _series(ds, f)) is not None} for m, ds in sd.models.items()}
     site = sd.site
+    stem = site_file_name(site)  # a site id is not a safe file name (``../../X``)
     out = {}
     out["diurnal"] = plots.plot_diurnal_cycles(
-        plot_dir / f"{site}_diurnal.png", time, obs, sims, masks,
+        plot_dir / f"{stem}_diurnal.png", time, obs, sims, masks,
         f"{site}: mean diurnal cycle per season (test split)", colours)
     out["timeseries"] = plots.plot_daily_series(
-        plot_dir / f"{site}_timeseries.png", time, obs, sims, masks,
+        plot_dir / f"{stem}_timeseries.png", time, obs, sims, masks,
         f"{site}: daily means, test period", min_valid_fraction, colours)
     out["scatter"] = plots.plot_scatter(
-        plot_dir / f"{site}_scatter.png", obs, sims, masks, f"{site}: observed vs predicted (test split)")
+        plot_dir / f"{stem}_scatter.png", obs, sims, masks, f"{site}: observed vs predicted (test split)")
 
     residuals = {}
     rn_o, g_o = _series(sd.obs, "Rnet"), _series(sd.obs, "Qg")
@@ -477,7 +479,7 @@ def _site_plots(
             residuals[m] = np.where(test, rn - g - h - le, np.nan)
     if any(np.isfinite(v).any() for v in residuals.values()):
         out["energy"] = plots.plot_energy_residual(
-            plot_dir / f"{site}_energy_balance.png", time, residuals,
+            plot_dir / f"{stem}_energy_balance.png", time, residuals,
             f"{site}: energy-balance residual, mean diurnal cycle (test split)", colours)
 
     params = {}
@@ -487,7 +489,7 @@ def _site_plots(
             params[var] = per_model
     if params:
         out["parameters"] = plots.plot_parameters(
-            plot_dir / f"{site}_parameters.png", time, params, test,
+            plot_dir / f"{stem}_parameters.png", time, params, test,
             f"{site}: learned parameters (daily median; grey: test period)", PARAMETER_VARS, colours)
 
     panels = {}
@@ -515,7 +517,7 @@ def _site_plots(
                     z(m_obs), {m: z(v) for m, (v, _) in conv.items()}, "θ z-score")
     if panels:
         out["untrained"] = plots.plot_untrained(
-            plot_dir / f"{site}_untrained.png", time, panels, test, f"{site}: untrained variables (test period)",
+            plot_dir / f"{stem}_untrained.png", time, panels, test, f"{site}: untrained variables (test period)",
             colours)
     return out
 
