@@ -28,6 +28,7 @@ __all__ = [
     "plot_energy_residual",
     "plot_parameters",
     "plot_untrained",
+    "plot_reliability",
 ]
 
 SEASONS = {"DJF": (12, 1, 2), "MAM": (3, 4, 5), "JJA": (6, 7, 8), "SON": (9, 10, 11)}
@@ -325,5 +326,49 @@ def plot_untrained(
         _date_axis(ax)
         ax.set_title(lab, fontsize=9)
         ax.legend(fontsize=8, loc="upper left", ncol=5)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_reliability(
+    path: Path,
+    panels: Mapping[str, Mapping[str, tuple]],
+    title: str,
+    colours: Mapping[str, str] | None = None,
+    ncols: int | None = None,
+) -> Path:
+    """Reliability diagrams: observed against nominal coverage of central prediction intervals.
+
+    ``panels[label] = {source: (nominal, observed, n)}`` (e.g. `probabilistic.Reliability`), one
+    panel per label (e.g. "Qle, daily"), ``ncols`` per row (default: all in one row, at most 4).
+    The 1:1 line is perfect calibration; below it the intervals are too narrow (overconfident).
+    A source named "climatology" is drawn as the grey dashed reference."""
+    labels = list(panels)
+    n_panels = max(len(labels), 1)
+    ncols = min(ncols, n_panels) if ncols else min(n_panels, 4)
+    nrows = -(-n_panels // ncols)
+    col = _colours(colours, [m for p in panels.values() for m in p if m != "climatology"])
+    fig, axes = new_figure(nrows, ncols, width=3.6, height=3.4)
+    for ax in axes.flat[len(labels):]:
+        ax.set_visible(False)
+    for ax, lab in zip(axes.flat, labels):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8)
+        for source, curve in panels[lab].items():
+            nominal, observed, n = curve[0], curve[1], curve[2]
+            if not np.isfinite(np.asarray(observed, dtype=float)).any():
+                continue
+            style = (dict(color="0.45", ls="--", lw=1.4) if source == "climatology"
+                     else dict(color=col[source], lw=1.3, marker=".", ms=4))
+            ax.plot(nominal, observed, label=f"{source} (n {int(n)})", **style)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel("nominal coverage")
+        ax.set_ylabel("observed coverage")
+        ax.set_title(lab, fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -640,6 +640,114 @@ def _json_safe(v):
 
 
 # --------------------------------------------------------------------------------------------
+# predictive uncertainty (issue 13; scores in `hybridlsm.evaluation.probabilistic`)
+
+REFERENCE_SPLITS = (1, 2)  # train and validation: where the climatological reference comes from
+
+
+def site_probabilistic(
+    sd: SiteData, *, max_qc: int = 1, min_valid_fraction: float = 0.5
+) -> tuple[pd.DataFrame, dict, list[str]]:
+    """Probabilistic scores of the models that wrote ``<flux>_sd`` at one site (test split, the
+    usable observations of `flux_mask`), beside the climatological ensemble built from the usable
+    observations of the train and validation splits (`REFERENCE_SPLITS`).
+
+    Returns ``(table, curves, notes)``: the rows of `probabilistic.probabilistic_table` (parts
+    ``<flux>_sd_epistemic``/``<flux>_sd_aleatoric`` used where written), ``curves[(flux, scale)] =
+    {model or "climatology": Reliability}``, and notes on model files left out (a negative σ)."""
+    from hybridlsm.evaluation import probabilistic as P
+
+    frames, curves, notes = [], {}, []
+    kw = dict(min_valid_fraction=min_valid_fraction, time_step_s=sd.obs.attrs.get("time_step_s"))
+    for flux in scored_variables(sd):
+        mus, sds, epi, ale = {}, {}, {}, {}
+        for model, ds in sd.models.items():
+            s, m = _series(ds, f"{flux}_sd"), _series(ds, flux)
+            if s is None or m is None:
+                continue
+            if np.any(s < 0):
+                notes.append(f"model {model} at site {sd.site}: {flux}_sd is negative at {int(np.sum(s < 0))} "
+                             "steps; not scored")
+                continue
+            mus[model], sds[model] = m, s
+            for part, store in (("epistemic", epi), ("aleatoric", ale)):
+                if (x := _series(ds, f"{flux}_sd_{part}")) is not None:
+                    store[model] = x
+        if not mus:
+            continue
+        obs = _series(sd.obs, flux)
+        usable = flux_mask(sd.obs, flux, max_qc)
+        mask, reference = usable & sd.test, usable & np.isin(sd.split, REFERENCE_SPLITS)
+        frames.append(P.probabilistic_table(
+            obs, mus, sds, sd.time, mask, reference=reference, epistemic=epi, aleatoric=ale, site=sd.site,
+            flux=flux, split=str(sd.obs.attrs.get("split_kind", "test")), **kw))
+        for scale in P.PROB_SCALES:
+            curves[(flux, scale)] = P.reliability_curves(obs, mus, sds, sd.time, mask, reference, scale=scale, **kw)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=P.probabilistic_columns())
+    return table, curves, notes
+
+
+def _predictive_uncertainty_html(
+    run_dir: Path, sites: dict[str, SiteData], plot_dir: Path, max_qc: int, min_valid_fraction: float,
+    colours: dict[str, str],
+) -> list[str]:
+    """The "Predictive uncertainty" section; writes ``metrics_probabilistic.csv`` and
+    ``plots/<site>_reliability.png`` where a model wrote ``<flux>_sd``, else one sentence."""
+    from hybridlsm.evaluation import probabilistic as P
+
+    h = ["<h2>Predictive uncertainty</h2>"]
+    results = {s: site_probabilistic(sd, max_qc=max_qc, min_valid_fraction=min_valid_fraction)
+               for s, sd in sites.items()}  # fmt: skip
+    notes = [n for _, _, ns in results.values() for n in ns]
+    if notes:
+        h.append("<p class='warn'>" + "; ".join(html.escape(n) for n in notes) + ".</p>")
+    frames = [t for t, _, _ in results.values() if not t.empty]
+    csv = run_dir / "metrics_probabilistic.csv"
+    if not frames:
+        csv.unlink(missing_ok=True)  # a previous report's scores no longer hold
+        h.append("<p class='note'>No model wrote a predictive standard deviation (<code>&lt;flux&gt;_sd</code>, "
+                 "such as <code>Qle_sd</code>), so there are no probabilistic scores.</p>")
+        return h
+    table = pd.concat(frames, ignore_index=True)
+    table.to_csv(csv, index=False)
+    h.append(
+        "<p class='note'>Gaussian predictions N(μ, σ²) from each model's <code>&lt;flux&gt;</code> and "
+        "<code>&lt;flux&gt;_sd</code>, test split, usable observations. CRPS [W m-2]: closed form (lower is "
+        "better). Reference: a climatological ensemble, per step the observations of the same site, calendar "
+        "month and half-hour from the train and validation splits (daily: daily means of the same month), "
+        f"used where it has ≥ {P.MIN_MEMBERS} members; its intervals are member quantiles. CRPSS = 1 − "
+        "CRPS/CRPS<sub>clim</sub> on the steps both cover (&gt; 0: better than climatology). Coverage: fraction "
+        "of observations inside the central interval μ ± z·σ (calibrated: the nominal level); width: its "
+        "mean [W m-2]. r(σ, |e|): correlation of σ with the absolute error; spread/RMSE = √(mean σ²)/RMSE "
+        "(calibrated ≈ 1, overconfident &lt; 1). Daily: means over the scored half-hours, σ<sub>day</sub> = "
+        "√(Σσ²)/n (independent errors; too small when errors within a day are correlated). Epistemic share: "
+        "mean σ<sub>epistemic</sub>²/mean σ² where a model writes it. Written to "
+        "<code>metrics_probabilistic.csv</code>.</p>")
+    lv = [c.split("_", 1)[1] for c in table.columns if c.startswith("coverage_")]
+    names = {"crps": "CRPS [W m-2]", "crpss": "CRPSS"}
+    for k in lv:
+        names |= {f"coverage_{k}": f"coverage {k} %", f"width_{k}": f"width {k} % [W m-2]"}
+    names |= {"spread_skill_r": "r(σ, |e|)", "spread_skill_ratio": "spread/RMSE", "epistemic_share": "epistemic share"}
+    for flux in table.flux.unique():
+        for scale in P.PROB_SCALES:
+            sub = table[(table.flux == flux) & (table.scale == scale)]
+            if sub.empty:
+                continue
+            h.append(f"<h3>{html.escape(flux)}, {scale}, test split</h3>")
+            h.append(_table_html(sub[["site", "model", *names, "n"]].rename(columns=names)))
+    for site, (_, curves, _) in results.items():
+        if not curves:
+            continue
+        panels = {f"{flux}, {scale}": c for (flux, scale), c in curves.items()}
+        png = plots.plot_reliability(
+            plot_dir / f"{site_file_name(site)}_reliability.png", panels,
+            f"{site}: reliability of the central prediction intervals (test split)", colours,
+            ncols=len(P.PROB_SCALES))
+        h.append(f"<h3>Reliability, site {html.escape(site)}</h3>{_img_html(png, f'{site}: reliability diagram')}")
+    return h
+
+
+# --------------------------------------------------------------------------------------------
 # entry point
 
 
@@ -733,6 +841,7 @@ def build_report(
             h.append("<p class='note'>No model output Kh or rs at this site.</p>")
         if "untrained" not in figs:
             h.append("<p class='note'>No simulated/observed SoilTemp or soil moisture pair at this site.</p>")
+    h.extend(_predictive_uncertainty_html(run_dir, sites, plot_dir, max_qc, min_valid_fraction, colours))
     h.append("</body></html>")
     out = run_dir / "report.html"
     out.write_text("\n".join(h), encoding="utf-8")
