@@ -287,3 +287,31 @@ def test_us_me2_medians(shared_data):
     assert ga_h == pytest.approx(0.06476, rel=1e-3)
     assert 0.5 < kh < 50.0  # ~7.7 m2 s-1 at 21.4 m above d
     assert kh == pytest.approx(7.651, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_report_scores_parameter_reasonability(shared_data, tmp_path):
+    """A run at a site with u* has the reasonability coefficient of each model with learned K_h and
+    r_s in its report (the test split, steps where the inversion holds)."""
+    from typer.testing import CliRunner
+
+    from hybridlsm.cli import app
+    from hybridlsm.evaluation.report import load_run, parameter_reasonability
+
+    name = "US-Wkg_200405-200412_HH.csv"
+    (tmp_path / name).write_text("\n".join((shared_data / "fluxnet" / name).read_text().splitlines()[:961]) + "\n")
+    rows = [ln for ln in (shared_data / "fluxnet" / "sites.csv").read_text().splitlines()
+            if ln.startswith(("SITE_ID", "US-Wkg"))]
+    (tmp_path / "sites.csv").write_text("\n".join(rows).replace("200412312330", "200405260930") + "\n")
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"name: p\ndata: {{sites: [{tmp_path / name}], split: {{train: 0.5, val: 0.2, test: 0.3}}, "
+                   "spinup_days: 1, window_days: 2}\nmodels: [{name: physics, options: {epochs: 2, calibrate: "
+                   f"[rs_scale]}}}}, {{name: 1lin}}]\noutput: {{run_dir: {tmp_path / 'runs'}}}\n")
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    table = parameter_reasonability(load_run(tmp_path / "runs" / "p")).set_index("model")
+    assert list(table.index) == ["physics"]  # 1lin has no parameters
+    row = table.loc["physics"]
+    assert (row["n Kh"], row["n rs"]) == (150, 102)  # test-split steps where each derivation holds
+    assert -1.0 < row["r Kh"] < 1.0 and -1.0 < row["r rs"] < 1.0
+    assert "Parameter reasonability" in (tmp_path / "runs" / "p" / "report.html").read_text()

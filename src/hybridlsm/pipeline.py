@@ -58,7 +58,7 @@ console = Console(stderr=True)
 
 #: Observed variables copied to ``predictions/<site>/obs.nc`` (with their QC flags).
 OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "SoilTemp", "SoilMoistVol", "Precip",
-                 "SWdown", "Tair", "Wind")  # fmt: skip
+                 "SWdown", "Tair", "Wind", "VPD", "Psurf", "Ustar")  # fmt: skip
 SPLIT_ATTRS = {"flag_values": "0 1 2 3", "flag_meanings": "unused_or_spinup train validation test"}
 
 

@@ -603,6 +603,32 @@ def _provenance(sites: dict[str, SiteData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def parameter_reasonability(sites: dict[str, SiteData]) -> pd.DataFrame:
+    """Per site and model with learned Kh or rs: the reasonability coefficient (seed 000 Table 3,
+    :mod:`hybridlsm.evaluation.derived`: r of log values against the observation-derived bulk K_h and
+    the inverted Penman-Monteith r_s) on the test split, and its n. A site whose observations cannot
+    give the derived parameters (no u*, ...) has one row saying why."""
+    from hybridlsm.evaluation.derived import derived_parameters, reasonability_table
+
+    rows = []
+    for sid, sd in sites.items():
+        models = {m: ds for m, ds in sd.models.items() if "Kh" in ds.variables or "rs" in ds.variables}
+        if not models:
+            continue
+        try:
+            derived = derived_parameters(sd.obs)
+        except DataError as err:
+            rows.append({"site": sid, "model": "-", "note": f"no observation-derived parameters: {err}"})
+            continue
+        where = sd.test
+        if "forcing_filled" in sd.obs.variables:
+            where = where & (np.asarray(sd.obs["forcing_filled"].values) < FILLED_LONG)
+        for m, par in reasonability_table(models, derived, where=where).items():
+            rows.append({"site": sid, "model": m, "r Kh": par["Kh"]["r"], "n Kh": par["Kh"]["n"],
+                         "r rs": par["rs"]["r"], "n rs": par["rs"]["n"]})
+    return pd.DataFrame(rows)
+
+
 def _repairs_html(sites: dict[str, SiteData]) -> str:
     rows = []
     for site, sd in sites.items():
@@ -818,6 +844,12 @@ def build_report(
         "<p class='note'>Per site and model: the physical parameters the prediction used (a site's own "
         "calibration, or what transfers to a site the model was not trained on).</p>",
         _table_html(_provenance(sites)),
+        "<h2>Parameter reasonability</h2>",
+        "<p class='note'>Correlation (of log values, test split) between each model's learned K_h and r_s and "
+        "the ones derived from the tower: bulk K_h = (z − d)·g_a,h from u* and wind with Thom's excess "
+        "resistance, r_s from the inverted Penman–Monteith equation on daytime, dry-canopy steps with enough "
+        "available energy (seed 000 Table 3; <code>hybridlsm.evaluation.derived</code>).</p>",
+        _table_html(parameter_reasonability(sites)),
         "<h2>Data repairs and gaps</h2>",
         "<p class='note'>Per site: what the readers repaired, what was filled or estimated in the forcing "
         "(flagged in <code>forcing_filled</code> of every output file; steps filled from the diurnal cycle or "
