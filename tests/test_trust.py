@@ -215,3 +215,17 @@ def test_a_failed_training_is_one_line_and_leaves_no_run_directory(tmp_path, mon
     run = tmp_path / "runs" / "tiny"
     assert not partial.exists() and (run / "report.html").is_file()
     assert (run / "predictions/TINY/1lin.nc").stat().st_mtime_ns == before
+
+
+def test_a_mistyped_year_is_an_error_not_a_million_missing_rows(shared_data, tmp_path):
+    """A row dated 2100 in a 2004 file used to insert 1.7 million 'missing' rows (about 500 MB)."""
+    def typo(header, rows):
+        j = header.index("TIMESTAMP_START")
+        k = header.index("TIMESTAMP_END")
+        rows[-1][j] = "2100" + rows[-1][j][4:]
+        rows[-1][k] = "2100" + rows[-1][k][4:]
+
+    path = _wkg_days(shared_data, tmp_path, 2, typo)
+    with pytest.raises(DataError, match=r"the time jumps from 2004-05-08 10:00 to 2100-05-08 10:30 at line 97 "
+                                        r"\(a gap of 35063 days\).*mistyped year"):
+        read_site(path)

@@ -95,13 +95,16 @@ class StrictModel(BaseModel):
 
 
 def _resolve_path(value: Any, info: ValidationInfo) -> Path:
-    path = Path(str(value)).expanduser()
+    try:
+        path = Path(str(value)).expanduser()
+    except RuntimeError as err:  # '~user/...' with an unknown user
+        raise ValueError(f"cannot expand '~' in {str(value)!r}: {err}") from None
     base = (info.context or {}).get("base_dir")
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
     path = Path(path).resolve() if path.is_absolute() else path
     if (info.context or {}).get("check_paths", True) and not path.is_file():
-        raise ValueError(f"file not found: {path}")
+        raise ValueError(f"is a directory, not a file: {path}" if path.is_dir() else f"file not found: {path}")
     return path
 
 
@@ -723,15 +726,64 @@ def validate_config(
         raise ConfigError(_format_errors(err, source)) from None
 
 
+class _StrictYamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML would keep the
+    last value silently; keys merged in with ``<<`` may still be overridden) and reports a value
+    that its tag cannot convert (``!!float abc``) at its line, not as a bare ValueError."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as err:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {node.value!r} as {tag}: {err}", node.start_mark) from None
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                f"found duplicate key {key!r} (first given on line {first})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
 def load_config(path: str | Path, check_paths: bool = True, catalogue: ModelCatalogue | None = None) -> RunConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (UTF-8; a key given twice in a mapping is an error)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"cannot read config {path}: line {line}: byte {err.start} ({raw[err.start:err.start + 1]!r}) is not "
+            f"UTF-8 text; expected a UTF-8 YAML file"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_StrictYamlLoader)
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow; PyYAML gives its offset only
+        line = text[: err.position].count("\n") + 1
+        raise ConfigError(
+            f"invalid YAML in {path}: line {line}: character {chr(err.character)!r} (#x{err.character:04x}) is not "
+            f"allowed in YAML ({err.reason})"
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"invalid YAML in {path}: {err}") from None
     if data is None:

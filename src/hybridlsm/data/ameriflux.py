@@ -39,6 +39,7 @@ import xarray as xr
 
 from .checks import check_plausible, check_vpd_consistency, where
 from .fluxnet import (
+    _check_converted,
     _check_empty_columns,
     _check_expected_period,
     _numeric_column,
@@ -165,7 +166,9 @@ def read_ameriflux_base(
         for col in cols:
             used.add(col)
             raw = _numeric_column(df, col, file=file, lines=lines)
-            v = spec.to_canonical(raw, step_s)
+            with np.errstate(over="ignore"):  # an overflow is reported by _check_converted
+                v = spec.to_canonical(raw, step_s)
+            _check_converted(v, raw, file=file, column=col, units=spec.units, lines=lines)
             check_plausible(v, var, file=file, column=col, declared_units=declared, raw=raw,
                             times=time[pos], lines=lines, stacklevel=3)
             values.append(v)

@@ -17,6 +17,8 @@ from .schema import SITE_METADATA, VARIABLES, DataError, DataWarning
 
 #: more than this fraction of a column outside the plausible range -> wrong unit -> DataError
 WRONG_UNIT_FRACTION = 0.5
+#: a longer jump in a time axis is an error, not a gap filled with missing rows
+MAX_TIME_GAP = np.timedelta64(366, "D")
 
 
 def fmt_time(t) -> str:
@@ -142,6 +144,14 @@ def regularise_time(
             f"multiple of {pd.Timedelta(step)}"
         )
     pos = (rel // step_ns).astype(np.int64)
+    jump = np.diff(pos) * step_ns > MAX_TIME_GAP
+    if jump.any():  # a typo in a year, or two records in one file: not a gap to fill with missing rows
+        i = int(np.argmax(jump)) + 1
+        raise DataError(
+            f"{file}: column {column}: the time jumps from {fmt_time(t[i - 1])} to {fmt_time(t[i])} at "
+            f"{where(i, None, lines)} (a gap of {pd.Timedelta(t[i] - t[i - 1]).days} days); expected a continuous "
+            f"record with gaps shorter than {MAX_TIME_GAP.astype('timedelta64[D]').astype(int)} days (a mistyped year?)"
+        )
     full = pd.DatetimeIndex(t[0] + np.arange(int(pos[-1]) + 1) * step_ns)
     _warn_inserted(pos, lambda k: fmt_time(full[k]), file=file, column=column, step=str(pd.Timedelta(step)))
     return full, pos

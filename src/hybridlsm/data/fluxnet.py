@@ -53,6 +53,9 @@ from .schema import (
 __all__ = ["read_fluxnet_csv", "read_sites_table", "site_metadata", "parse_fluxnet_filename"]
 
 MISSING = -9999.0
+YEARS = (1850, 2140)
+"""Plausible years of a timestamp: a typo (year 3000, 0001) is a DataError rather than a date that
+datetime64[ns] cannot hold (it would wrap around silently) or a span beyond its 292 years."""
 SECONDS = {"HH": 1800, "HR": 3600, "DD": 86400, "WW": 7 * 86400, "MM": 2629746, "YY": 31556952}
 """Nominal step of each FLUXNET resolution [s] (MM and YY: mean Gregorian month and year)."""
 
@@ -305,6 +308,18 @@ def _numeric_column(df: pd.DataFrame, col: str, *, file: str, lines: np.ndarray)
     return a
 
 
+def _check_converted(values: np.ndarray, raw: np.ndarray, *, file: str, column: str, units: str, lines) -> None:
+    """DataError naming the line where a finite ``raw`` value is not finite after the unit
+    conversion (an overflow, e.g. 1.8e308 kPa -> Pa)."""
+    bad = np.isfinite(raw) & ~np.isfinite(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{file}: column {column}: value {raw[i]:g} at line {int(lines[i])} overflows when converted "
+            f"to {units}; expected a plausible finite number or -9999"
+        )
+
+
 def _timestamp_strings(df, col, *, file, lines, lengths: tuple[int, ...]) -> np.ndarray:
     """The stripped timestamp strings of ``col`` (numpy unicode), all digits of one allowed length."""
     st = np.char.strip(df[col].to_numpy(dtype=str))
@@ -328,7 +343,7 @@ def _parse_dt(st: np.ndarray, fmt: str, *, file, col, lines) -> pd.DatetimeIndex
     """Digit timestamps (already checked to be all digits of one length) -> datetime64[ns].
 
     Integer arithmetic instead of strptime (about 30x faster); impossible dates (month 13,
-    31 April, hour 24, ...) raise DataError naming the line.
+    31 April, hour 24, ...) and years outside :data:`YEARS` raise DataError naming the line.
     """
     a = st.astype(np.int64)
     n = {"%Y%m%d%H%M": 12, "%Y%m%d": 8, "%Y%m": 6, "%Y": 4}[fmt]
@@ -339,6 +354,13 @@ def _parse_dt(st: np.ndarray, fmt: str, *, file, col, lines) -> pd.DatetimeIndex
         day = np.ones_like(day)
     if n == 4:
         month = np.ones_like(month)
+    odd = (year < YEARS[0]) | (year > YEARS[1])
+    if odd.any():
+        i = int(np.argmax(odd))
+        raise DataError(
+            f"{file}: column {col}: {str(st[i])!r} at line {int(lines[i])}: year {int(year[i])} is outside "
+            f"{YEARS[0]}..{YEARS[1]}; expected a timestamp of flux data (format {fmt})"
+        )
     bad = (month < 1) | (month > 12) | (day < 1) | (day > 31) | (hour > 23) | (minute > 59)
     months = (year - 1970) * 12 + np.clip(month, 1, 12) - 1
     first = months.astype("datetime64[M]").astype("datetime64[D]")
@@ -509,8 +531,10 @@ def read_fluxnet_csv(
             values = raw / (86400.0 if aggregated else step_s)
             declared = "mm d-1" if aggregated else f"mm per {int(step_s // 60)} min"
         else:
-            values = spec.to_canonical(raw)
+            with np.errstate(over="ignore"):  # an overflow is reported by _check_converted
+                values = spec.to_canonical(raw)
             declared = spec.fluxnet_units
+        _check_converted(values, raw, file=file, column=col, units=spec.units, lines=lines)
         check_plausible(values, var, file=file, column=col, declared_units=declared, raw=raw,
                         times=time[pos], lines=lines, stacklevel=3)
         full = np.full(n, np.nan)

@@ -8,6 +8,9 @@ DataWarning). Vapour pressure (``vapor_pressure``, ``vp``) is converted to ``Qai
 with the file's own pressure and temperature (thermo.py), since vapour pressure is not a
 canonical variable.
 
+A mapped variable must be numeric with dims ``(time, y/lat, x/lon)`` in any order; another
+dimension of size 1 (e.g. ``height``) is dropped with a DataWarning, anything else is a DataError.
+
 The result has dims ``(time, y, x)`` with 1-D coordinates ``lat(y)``, ``lon(x)`` (or 2-D
 ``lat(y, x)``, ``lon(y, x)`` on curvilinear grids) and dask-backed variables; nothing is computed
 except a plausibility check on the first time steps.
@@ -24,7 +27,7 @@ import xarray as xr
 
 from .. import thermo
 from .checks import check_plausible
-from .plumber2 import IO_ERRORS, open_netcdf
+from .plumber2 import IO_ERRORS, check_times, open_netcdf, reject_infinite
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
@@ -77,6 +80,30 @@ def _dim(ds, names, file, what):
     raise DataError(f"{file}: no {what} dimension; expected one of {list(names)} besides 'time'")
 
 
+def _grid_dims(da: xr.DataArray, name: str, ydim: str, xdim: str, file: str) -> xr.DataArray:
+    """``da`` as a numeric variable on (time, ydim, xdim): another dimension of size 1 is dropped
+    with a DataWarning; a missing grid dimension, a longer other dimension or a non-numeric type
+    is a DataError naming the variable."""
+    if not (np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_)):
+        raise DataError(f"{file}: variable {name} has type {da.dtype}; expected numbers")
+    expected = ("time", ydim, xdim)
+    extra = [d for d in da.dims if d not in expected]
+    if any(d not in da.dims for d in expected) or any(da.sizes[d] != 1 for d in extra):
+        raise DataError(
+            f"{file}: variable {name} has dims {dict(da.sizes)}; expected ({', '.join(expected)}), "
+            f"other dimensions of size 1 only"
+        )
+    if extra:
+        warnings.warn(
+            f"{file}: variable {name}: dimension(s) {extra} of size 1 dropped; expected "
+            f"({', '.join(expected)})",
+            DataWarning,
+            stacklevel=3,
+        )
+        da = da.squeeze(extra, drop=True)
+    return da
+
+
 def read_gridded(
     path: str | Path,
     *,
@@ -108,6 +135,7 @@ def read_gridded(
     ydim = _dim(src, _Y_NAMES, file, "y/lat")
     xdim = _dim(src, _X_NAMES, file, "x/lon")
     t = pd.DatetimeIndex(src["time"].values)
+    check_times(t, file)
     if len(t) < 2:
         raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
     d = np.diff(t.values)
@@ -130,6 +158,7 @@ def read_gridded(
             if name.lower() != "mask":
                 unmapped.append(name)
             continue
+        da = _grid_dims(da, name, ydim, xdim, file)
         unit = da.attrs.get("units")
         nunit = normalise_unit(unit)
         note = None
@@ -204,14 +233,18 @@ def read_gridded(
     ds = ds.transpose("time", "y", "x", ...)
     ds["time"] = ds["time"].astype("datetime64[ns]")
 
-    try:
-        head = ds.isel(time=slice(0, check_steps)).compute()
-    except IO_ERRORS as exc:
-        raise DataError(f"{file}: cannot read the data: {type(exc).__name__}: {exc}") from exc
+    head = ds.isel(time=slice(0, check_steps))
     for var in head.data_vars:
+        try:
+            head[var] = head[var].compute()
+        except IO_ERRORS as exc:
+            name = head[var].attrs.get("source_variable", var)
+            raise DataError(f"{file}: cannot read the data of variable {name}: {type(exc).__name__}: {exc}") from exc
+    for var in head.data_vars:
+        src_name = head[var].attrs.get("source_variable", var)
+        reject_infinite(head[var].values, None, file=file, name=src_name, units=VARIABLES[var].units)
         if var == "VPD":
             continue  # derived; slightly negative at saturation by construction
-        src_name = head[var].attrs.get("source_variable", var)
         raw = src[src_name].isel(time=slice(0, check_steps)).values if src_name in src else None
         check_plausible(head[var].values, var, file=file, column=src_name, raw=raw,
                         declared_units=str(head[var].attrs.get("source_units")), stacklevel=3)

@@ -4,7 +4,9 @@
 fluxes; dims ``(time, y, x)`` with ``y = x = 1`` (squeezed here). Variable names are matched
 case-insensitively (``PSurf`` and ``Psurf`` both occur) and units are converted with
 :mod:`hybridlsm.data.units`. ``<var>_qc`` flags become int8 (-1 where the value is missing; values
-0-3 FLUXNET, 4 ERA-Interim, 5 statistical gap-fill, 101 post-processed). The static variables
+0-3 FLUXNET, 4 ERA-Interim, 5 statistical gap-fill, 101 post-processed); a present value without a
+flag (NaN or the fill value) is flagged -1 with a DataWarning. Values must be numbers and finite
+(an infinite value is a DataError naming the variable and the time). The static variables
 ``latitude``, ``longitude``, ``elevation``, ``reference_height``, ``canopy_height`` and
 ``IGBP_veg_short`` become dataset attrs. Times are interval starts in local standard time
 (PLUMBER2 convention; the FluxDataKit files say so in the ``info`` attribute of ``time``).
@@ -31,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from .checks import check_plausible, fmt_time, regularise_time, report_missing_metadata
-from .fluxnet import site_metadata, sites_table_for
+from .fluxnet import YEARS, site_metadata, sites_table_for
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import QC_FLAG_MEANINGS, QC_MISSING, SITE_METADATA, VARIABLES, DataError, DataWarning
 from .units import conversion
@@ -60,8 +62,10 @@ def plumber2_partner(path: str | Path) -> Path | None:
     return path.with_name(path.name[: m.start()] + f"_{other}.nc")
 
 
-# what the netCDF libraries raise for unreadable or corrupted files (turned into DataError)
-IO_ERRORS = (OSError, EOFError, ValueError, RuntimeError, KeyError, IndexError, OverflowError, TypeError)
+# what the netCDF libraries raise for unreadable or corrupted files (turned into DataError); netCDF4
+# raises AttributeError ("NetCDF: Can't open HDF5 attribute") for a corrupted attribute
+IO_ERRORS = (OSError, EOFError, ValueError, RuntimeError, KeyError, IndexError, OverflowError, TypeError,
+             AttributeError)
 
 
 #: magic numbers of the classic netCDF formats that scipy's pure-Python reader parses (CDF-1, CDF-2)
@@ -98,7 +102,7 @@ def _squeeze(ds: xr.Dataset, file: str) -> xr.Dataset:
                 f"{file}: dimension {d} has size {ds.sizes[d]}; a PLUMBER2 site file has y = x = 1 "
                 f"(use read_gridded for grids)"
             )
-    return ds.squeeze(drop=True)
+    return ds.squeeze([d for d in ds.dims if d != "time"], drop=True)
 
 
 def _text(value) -> str:
@@ -167,7 +171,8 @@ def read_plumber2(
         file, ds, t, pos, step = f.file, f.ds, f.t, f.pos, f.step
         site = _text(ds.attrs.get("site_code", ""))
         if attrs.get("site_id") and site and site != attrs["site_id"]:
-            raise DataError(f"{file}: site_code {site!r} differs from {attrs['site_id']!r} of {paths[0]}")
+            raise DataError(f"{file}: attribute site_code {site!r} differs from {attrs['site_id']!r} of {paths[0]}; "
+                            f"expected the files of a pair to be of one site")
         _collect_attrs(ds, attrs, file, t[0])
         lower = {name.lower(): name for name in ds.data_vars}
         mapped = set()
@@ -183,7 +188,8 @@ def read_plumber2(
                 raise DataError(f"{file}: variable {name} has dims {da.dims}; expected (time, y, x)")
             unit = da.attrs.get("units")
             scale, offset = conversion(var, unit, step.total_seconds(), where=f"{file}: variable {name}")
-            vals = da.values.astype(np.float64) * scale + offset
+            vals = _numbers(da, file, name) * scale + offset
+            reject_infinite(vals, da.values, file=file, name=name, units=VARIABLES[var].units, times=t)
             check_plausible(vals, var, file=file, column=name, declared_units=str(unit),
                             raw=da.values, times=t, stacklevel=3)
             full_vals = np.full(len(time), np.nan)
@@ -197,7 +203,7 @@ def read_plumber2(
             qname = lower.get(f"{var.lower()}_qc")
             if qname is not None:
                 mapped.add(qname)
-                data_vars[f"{var}_qc"] = _qc(ds[qname].values, vals, pos, len(time), file, qname, t)
+                data_vars[f"{var}_qc"] = _qc(ds[qname], vals, pos, len(time), file, qname, t)
         for name in ds.data_vars:
             if name in mapped or name.lower() in _STATIC or name.lower().startswith("igbp_veg"):
                 continue
@@ -242,15 +248,19 @@ def _load(p: Path) -> _File:
     raw = _open(p)
     try:
         ds = _squeeze(raw, file)
-        try:
-            ds = ds.load()
-        except IO_ERRORS as exc:
-            raise DataError(f"{file}: cannot read the data: {type(exc).__name__}: {exc}") from exc
+        for name in list(ds.variables):
+            try:
+                ds[name].load()
+            except IO_ERRORS as exc:
+                raise DataError(
+                    f"{file}: cannot read the data of variable {name}: {type(exc).__name__}: {exc}"
+                ) from exc
     finally:
         raw.close()
     if not np.issubdtype(ds["time"].dtype, np.datetime64):
         raise DataError(f"{file}: time could not be decoded to dates (units {ds['time'].attrs!r})")
     t = pd.DatetimeIndex(ds["time"].values).astype("datetime64[ns]")
+    check_times(t, file)
     if len(t) < 2:
         raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
     step = pd.Timedelta(t[1] - t[0])
@@ -343,7 +353,7 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
     lower = {name.lower(): name for name in ds.variables}
     for src, key in _STATIC.items():
         if src in lower:
-            v = np.asarray(ds[lower[src]].values, dtype=float).reshape(-1)
+            v = _numbers(ds[lower[src]], file, lower[src]).reshape(-1)
             if v.size and np.isfinite(v[0]) and not np.isfinite(attrs.get(key, np.nan)):
                 # float32 statics: keep the digits that the file stores (56.4842, not 56.48419952)
                 attrs[key] = float(np.format_float_positional(np.float32(v[0]))) \
@@ -359,8 +369,48 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
             attrs["time_zone"] = tz
 
 
-def _qc(q: np.ndarray, vals: np.ndarray, pos, n: int, file: str, name: str, times) -> xr.DataArray:
-    q = np.asarray(q, dtype=float)
+def check_times(t: pd.DatetimeIndex, file: str) -> None:
+    """DataError naming the index of the first missing time (NaN, fill value) or time outside the
+    plausible years :data:`hybridlsm.data.fluxnet.YEARS` (a wrong value or encoding; also keeps
+    every difference of times within what datetime64[ns] holds)."""
+    if t.isna().any():
+        i = int(np.argmax(t.isna()))
+        raise DataError(f"{file}: variable time: value at index {i} is missing (NaN or fill value); expected a "
+                        f"time for every step")
+    odd = (t.year < YEARS[0]) | (t.year > YEARS[1])
+    if odd.any():
+        i = int(np.argmax(odd))
+        raise DataError(f"{file}: variable time: {t[i]} at index {i} is outside the years {YEARS[0]}..{YEARS[1]}; "
+                        f"expected the times of the data (check the values and the units attribute)")
+
+
+def _numbers(da: xr.DataArray, file: str, name: str) -> np.ndarray:
+    """The values of ``da`` as float64; DataError naming the variable if they are not numbers."""
+    if not (np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.bool_)):
+        raise DataError(f"{file}: variable {name} has type {da.dtype}; expected numbers")
+    return np.asarray(da.values, dtype=np.float64)
+
+
+def reject_infinite(values, raw, *, file: str, name: str, units: str, times=None) -> None:
+    """DataError naming the variable and the first time (or flat index) of an infinite value, in
+    the file or after the conversion to ``units`` (an overflow; said when ``raw``, the values before
+    the conversion, is given)."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    bad = np.isinf(v)
+    if bad.any():
+        i = int(np.argmax(bad))
+        r = None if raw is None else np.asarray(raw, dtype=float).reshape(-1)
+        at = f"time {pd.Timestamp(times[i])}" if times is not None and v.size == len(times) else f"flat index {i}"
+        how = "" if r is None or r.size != v.size or np.isinf(r[i]) else (
+            f" after the conversion to {units} (value {r[i]:g} in the file)")
+        raise DataError(
+            f"{file}: variable {name}: infinite value at {at}{how}; expected finite numbers (missing "
+            f"values as the _FillValue)"
+        )
+
+
+def _qc(q: xr.DataArray, vals: np.ndarray, pos, n: int, file: str, name: str, times) -> xr.DataArray:
+    q = _numbers(q, file, name)
     fin = np.isfinite(q)
     bad = fin & ~np.isin(q, _ALLOWED_QC)
     if bad.any():
@@ -368,6 +418,15 @@ def _qc(q: np.ndarray, vals: np.ndarray, pos, n: int, file: str, name: str, time
         raise DataError(
             f"{file}: variable {name}: flag {q[i]:g} at time {pd.Timestamp(times[i])}; expected one "
             f"of {list(_ALLOWED_QC)}"
+        )
+    lost = np.isfinite(vals) & ~fin
+    if lost.any():
+        i = int(np.argmax(lost))
+        warnings.warn(
+            f"{file}: variable {name}: {int(lost.sum())} present value(s) have no quality flag (first at time "
+            f"{pd.Timestamp(times[i])}); flagged -1 (unusable for QC-filtered use)",
+            DataWarning,
+            stacklevel=4,
         )
     flag = np.where(fin & np.isfinite(vals), q, QC_MISSING).astype(np.int8)
     full = np.full(n, QC_MISSING, dtype=np.int8)

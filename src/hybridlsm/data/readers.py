@@ -139,8 +139,12 @@ def get_reader(name: str) -> Reader:
 
 def _existing(path) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected a data file (one of the formats "
+                        f"{', '.join(available_formats())})")
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file" if not path.exists() else
+                        f"{path}: not a regular file; expected a data file")
     return path
 
 
