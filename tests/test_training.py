@@ -172,7 +172,9 @@ def test_training_that_cannot_recover_stops_with_a_message():
 
     with pytest.raises(TrainingError, match=r"20 updates in a row rejected \(epoch 5, last: non-finite loss or "
                                             r"parameters; loss nan\), the learning rate halved to 9.54e-07"):
-        fit(make_model(), nan_loss, BATCHES, val_fn, cfg(epochs=10), progress=False)
+        with pytest.warns(UserWarning, match=r"epoch 4: 4 of 4 update\(s\) rejected \(last: non-finite loss or "
+                                             r"parameters\); learning rate now 1.53e-05 of its setting"):
+            fit(make_model(), nan_loss, BATCHES, val_fn, cfg(epochs=10), progress=False)
     # a finite loss whose validation is never finite also learned nothing that can be checked
     with pytest.raises(TrainingError, match="no epoch gave a finite validation loss in 3 epoch"):
         fit(make_model(), mse_loss, BATCHES, lambda m: float("nan"), cfg(epochs=3), progress=False)

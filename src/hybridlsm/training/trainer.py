@@ -48,7 +48,7 @@ from hybridlsm.training.checkpoint import CheckpointError, DamagedCheckpointErro
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
 
-__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "fit", "learning_rate", "loss_weights",
+__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "fit", "learning_rate", "loss_weights",
            "phase_of_epoch"]
 
 #: Rejected updates in a row (each halving the learning rate) after which training stops.
@@ -57,6 +57,10 @@ MAX_CONSECUTIVE_REJECTIONS = 20
 
 class TrainingError(RuntimeError):
     """Training that cannot recover (updates rejected again and again) or learned nothing."""
+
+
+class TrainingWarning(UserWarning):
+    """Updates rejected in an epoch (non-finite loss or parameters, a failed validity check)."""
 
 Batch = Any
 #: ``loss_fn(model, batch, key, weights) -> (scalar loss, {term name: scalar})``
@@ -408,6 +412,10 @@ def fit(
             }
             if event is not None:
                 record["event"] = event
+            if rejections:  # logged in the history too; said here so that a user sees it
+                warnings.warn(f"epoch {state.epoch}: {len(rejections)} of {len(batches)} update(s) rejected "
+                              f"(last: {rejections[-1]['message']}); learning rate now {state.lr_scale:.3g} of its "
+                              "setting", TrainingWarning, stacklevel=2)
             if state.bad_epochs >= cfg.patience:
                 if phase == 1:
                     record["event"] = "phase1_early_stop"
