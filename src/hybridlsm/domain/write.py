@@ -35,7 +35,20 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
     write_checked(path, ds.to_netcdf)
 
 
+#: What the predictive standard deviations of a flux (``<flux>_sd...``, neural.mc_dropout) are.
+SD_PARTS = {
+    "_sd": "total predictive standard deviation of {} (law of total variance: epistemic and aleatoric parts; "
+           "equal to {}_sd_epistemic where no {}_sd_aleatoric is written)",
+    "_sd_epistemic": "epistemic standard deviation of {} (spread of the MC-dropout sample means, ddof 1)",
+    "_sd_aleatoric": "aleatoric standard deviation of {} (root of the mean variance of a heteroscedastic head)",
+}
+
+
 def _units(name: str) -> dict:
+    for part, text in SD_PARTS.items():
+        if name.endswith(part) and len(name) > len(part):
+            flux = name[: -len(part)]
+            return _units(flux) | {"long_name": text.format(flux, flux, flux)}
     unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
     return {} if unit is None else {"units": unit}
 

@@ -10,6 +10,11 @@ column's offsets are ``weights @ deltas`` with one weight row per column (``SITE
 parameters). A training site's row picks its own offsets; any other site or grid cell gets the
 mean of the training sites of its IGBP class, or of all training sites when none shares it
 (:meth:`ColumnModel.transfer`), and ``provenance`` says which.
+
+MC dropout: a model whose networks have dropout predicts the mean of ``mc_samples`` rollouts with
+dropout on (``predict_column_model``; the samples: ``sample_column_model``), with the predictive SD
+of Qh and Qle (``neural.mc_dropout``). The key of a rollout is split between the sequence network and
+the rollout, which gives every step its own key (``physics.rollout``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -25,6 +31,7 @@ import xarray as xr
 from ..data import loss_steps, usable_targets
 from ..data.schema import DataError, site_label
 from ..domain import Domain
+from ..neural import MC_KEY, MC_SAMPLES, dropout_rate, mc_batch_size, mc_dropout
 from ..physics import (
     ALLOWED_IGBP,
     AbstractLandModel,
@@ -40,8 +47,9 @@ from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import forcing_features
 from .registry import EquinoxSpec
 
-__all__ = ["COLUMN_TARGETS", "ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp", "domain_base_params",
-           "predict_column_model", "prepare_site", "site_base_params"]  # fmt: skip
+__all__ = ["COLUMN_TARGETS", "ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
+           "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
+           "site_base_params"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (
@@ -74,6 +82,7 @@ class ColumnModel(eqx.Module):
         chunk: steps per checkpointed chunk of the rollout
         sites, site_classes: the training sites of per-site offsets and their IGBP classes
         calibrated_on: the training sites of shared offsets (for ``provenance``)
+        mc_samples: MC-dropout passes of a prediction (used only when a network has dropout)
     """
 
     land: AbstractLandModel
@@ -87,6 +96,7 @@ class ColumnModel(eqx.Module):
     sites: tuple[str, ...] = eqx.field(static=True, default=())
     site_classes: tuple[str, ...] = eqx.field(static=True, default=())
     calibrated_on: tuple[str, ...] = eqx.field(static=True, default=())  # sites of shared offsets
+    mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -143,8 +153,16 @@ class ColumnModel(eqx.Module):
         return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)}
 
     def run(self, forcing: Forcing, base: dict, state0, key=None):
+        """Roll out from ``state0``; ``key`` (training, MC dropout) draws the dropout masks of every
+        network, None runs the deterministic networks."""
         params = self.site_params(base)
-        return rollout(self.land, params, forcing, state0, self.dynamic(forcing, params, key), self.chunk)
+        key_dynamic = key_land = None
+        if key is not None:
+            key_dynamic, key_land = jax.random.split(key)
+            # without dropout in the land model its rollout stays the deterministic computation
+            key_land = key_land if dropout_rate(self.land) > 0 else None
+        return rollout(self.land, params, forcing, state0, self.dynamic(forcing, params, key_dynamic), self.chunk,
+                       key=key_land)  # fmt: skip
 
     def spun_up_state(self, forcing: Forcing, base: dict):
         """The state reached by cycling the first year (at most) of ``forcing`` (prediction's
@@ -240,16 +258,56 @@ def with_model_trajectory(model: ColumnModel, rec: SiteRecord) -> SiteRecord:
 # ------------------------------------------------------------------------------ predict
 
 
-def predict_column_model(model: ColumnModel, domain: Domain,
-                         outputs: Sequence[str] = PREDICTION_OUTPUTS) -> dict[str, np.ndarray]:
-    """ALMA outputs ``(T, N)`` (SoilTemp ``(T, N, L)``) over the whole domain, every column from a
-    state spun up with the trained model."""
+def domain_inputs(model: ColumnModel, domain: Domain) -> tuple[Forcing, dict]:
+    """(T, N) forcing and (N,) parameters (with ``model``'s per-site offset weights) of a domain."""
     dtype = jnp.zeros(0).dtype
     forcing = forcing_from_datasets([domain.data], dtype=dtype)
     base, classes, _ = domain_base_params(domain, dtype)
     base, _ = model.with_site_weights(base, domain.column_ids, classes)
-    _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
-    return {k: np.asarray(out[k]) for k in outputs}
+    return forcing, base
+
+
+@eqx.filter_jit
+def _samples_jit(model: ColumnModel, forcing, base, state0, keys, outputs):
+    def one(key):
+        _, out = model.run(forcing, base, state0, key)
+        return {k: out[k] for k in outputs}
+
+    return jax.vmap(one)(keys)
+
+
+def _sampler(model: ColumnModel, domain: Domain, outputs: Sequence[str]):
+    """``keys (B,) -> {name: (B, T, N[, L])}``: rollouts with dropout on from the state spun up with
+    the deterministic model (the mean network)."""
+    forcing, base = domain_inputs(model, domain)
+    state0 = model.spun_up_state(forcing, base)
+    return lambda keys: _samples_jit(model, forcing, base, state0, keys, tuple(outputs))
+
+
+def sample_column_model(model: ColumnModel, domain: Domain, n_samples: int, key,
+                        outputs: Sequence[str] = PREDICTION_OUTPUTS) -> dict[str, np.ndarray]:
+    """``n_samples`` MC-dropout rollouts ``{name: (S, T, N[, L])}`` (sample s from key s of
+    ``jax.random.split(key, n_samples)``, as ``predict_column_model``)."""
+    out = _sampler(model, domain, outputs)(jax.random.split(key, n_samples))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def predict_column_model(model: ColumnModel, domain: Domain, outputs: Sequence[str] = PREDICTION_OUTPUTS, *,
+                         key=None) -> dict[str, np.ndarray]:
+    """ALMA outputs ``(T, N)`` (SoilTemp ``(T, N, L)``) over the whole domain, every column from a
+    state spun up with the trained model.
+
+    With dropout in a network: the mean of ``model.mc_samples`` MC-dropout rollouts (``key``,
+    default ``MC_KEY``), plus ``<flux>_sd`` and ``<flux>_sd_epistemic`` of Qh and Qle (equal: no
+    aleatoric part; ``neural.mc_dropout``)."""
+    if dropout_rate(model) == 0:
+        forcing, base = domain_inputs(model, domain)
+        _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
+        return {k: np.asarray(out[k]) for k in outputs}
+    targets = tuple(t for t in COLUMN_TARGETS if t in outputs)
+    per_sample = 8 * domain.n_steps * domain.n_columns * (len(outputs) + 4)  # SoilTemp has 5 values
+    return mc_dropout(_sampler(model, domain, outputs), jax.random.key(MC_KEY) if key is None else key,
+                      model.mc_samples, targets, mc_batch_size(model.mc_samples, per_sample))  # fmt: skip
 
 
 def column_structure(model: ColumnModel) -> dict:

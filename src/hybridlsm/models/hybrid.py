@@ -10,6 +10,10 @@
 - ``post_correction``: the physics runs, an MLP corrects its Qh / Qle (the cascading paradigm).
 - ``pretrain_then_finetune``: ``hybrid_flux`` first trained on the default physics' own output,
   then on observations.
+
+MC dropout (``dropout`` > 0; seed 000 uses 0.15): every network drops units in training (the loss's
+key reaches the closures through the rollout, one key per step) and at prediction, which is the mean
+of ``mc_samples`` stochastic runs with the SD of Qh and Qle (``column.predict_column_model``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from pydantic import ConfigDict, Field
 
 from ..data import usable_targets
 from ..domain import Domain
-from ..neural import LSTM, MLP, BoundedHead, EnergySplitHead, trainable_filter
+from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, BoundedHead, EnergySplitHead, dropout_rate, mc_batch_size,
+                      mc_dropout, trainable_filter)
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..training.losses import DiscoveryLaw, sparsity_l1
@@ -61,7 +66,9 @@ class HybridOptions(FitOptions):
     width: int = Field(32, ge=1, le=1024)
     depth: int = Field(2, ge=1, le=8)
     hidden_size: int = Field(32, ge=1, le=1024, description="hybrid_lstm hidden units")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate of every network, in training and at "
+                           "prediction (MC dropout; seed 000: 0.15); 0: deterministic")
+    mc_samples: int = Field(MC_SAMPLES, ge=2, le=1000, description="MC-dropout runs of a prediction (with dropout)")
     stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
@@ -125,7 +132,7 @@ class NetworkFluxClosure(Closure):
     def __call__(self, c: SurfaceContext) -> TurbulentFluxes:
         bulk = BulkClosure()(c)
         lv = c.latent_heat
-        raw = self.mlp(closure_inputs(c, self.use_states))
+        raw = self.mlp(closure_inputs(c, self.use_states), key=c.key)
         if self.head is None:
             return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt)
         available = bulk.sensible_heat + lv * bulk.evaporation
@@ -179,19 +186,20 @@ class ParameterNetworkLand(AbstractLandModel):
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
 
-    def multipliers(self, state, forcing, params) -> jax.Array:
+    def multipliers(self, state, forcing, params, key=None) -> jax.Array:
         x = [forcing_features(forcing)]
         if self.use_states:
             x.append(state_features(state, forcing, params))
         x = jnp.concatenate(x, axis=-1)
-        return self.head(self.mlp(x))
+        return self.head(self.mlp(x, key=key))
 
-    def step(self, state, forcing, params):
-        m = self.multipliers(state, forcing, params)
+    def step(self, state, forcing, params, key=None):
+        key_mlp, key_lad = (None, None) if key is None else jax.random.split(key)
+        m = self.multipliers(state, forcing, params, key_mlp)
         p = dict(params)
         for i, name in enumerate(MULTIPLIED):
             p[name] = params[name] * m[..., i]
-        new_state, fluxes = self.lad.step(state, forcing, p)
+        new_state, fluxes = self.lad.step(state, forcing, p, key_lad)
         diagnostics = {**fluxes.diagnostics, "ra_mult": m[..., 0], "rs_mult": m[..., 1]}
         return new_state, replace(fluxes, diagnostics=diagnostics)
 
@@ -269,7 +277,8 @@ class HybridFlux(_HybridSpec):
     def build(self, options: HybridOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
-        return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN)
+        return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN,
+                           mc_samples=options.mc_samples)
 
 
 @register_model("hybrid_param")
@@ -285,7 +294,7 @@ class HybridParam(_HybridSpec):
         mlp = _small_output_layer(mlp, head.inverse(jnp.ones(len(MULTIPLIED))))
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states)
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
-                           delta_gain=DELTA_GAIN)  # fmt: skip
+                           delta_gain=DELTA_GAIN, mc_samples=options.mc_samples)  # fmt: skip
 
 
 @register_model("hybrid_lstm")
@@ -300,7 +309,8 @@ class HybridLSTM(_HybridSpec):
         net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, head.inverse(jnp.ones(len(MULTIPLIED)))))
         return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
-                           law=self._law(options, dtype), delta_gain=DELTA_GAIN)  # fmt: skip
+                           law=self._law(options, dtype), delta_gain=DELTA_GAIN,
+                           mc_samples=options.mc_samples)  # fmt: skip
 
 
 @register_model("pretrain_then_finetune")
@@ -338,6 +348,7 @@ class PostCorrection(eqx.Module):
     mlp: MLP
     targets: tuple[str, ...] = eqx.field(static=True)
     scale: tuple[float, ...] = eqx.field(static=True)
+    mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
 
 
 def _post_features(out: dict, domain: Domain) -> np.ndarray:
@@ -357,6 +368,11 @@ def _correct(model: PostCorrection, x):
     return model.mlp(x)
 
 
+@eqx.filter_jit
+def _sample_corrections(model: PostCorrection, x, keys):
+    return jax.vmap(lambda key: model.mlp(x, key=key))(keys)
+
+
 @register_model("post_correction")
 class PostCorrectionSpec(EquinoxSpec):
     Options = HybridOptions
@@ -367,15 +383,14 @@ class PostCorrectionSpec(EquinoxSpec):
                   depth=options.depth, dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         mlp = _small_output_layer(mlp, jnp.zeros(len(options.targets)))
         physics = ColumnModel(land=LaDModel(stability=options.stability), deltas={})
-        return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets))
+        return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets), options.mc_samples)
 
     def structure(self, model: PostCorrection) -> dict:
         return {**column_structure(model.physics), "scale": list(model.scale)}
 
     def skeleton(self, options: HybridOptions, structure: dict) -> PostCorrection:
         model = self.build(options)
-        return PostCorrection(column_skeleton(model.physics, structure), model.mlp, model.targets,
-                              tuple(structure["scale"]))
+        return replace(model, physics=column_skeleton(model.physics, structure), scale=tuple(structure["scale"]))
 
     def _rows(self, model: PostCorrection, domains: Sequence[Domain], max_qc: int):
         """(rows, F) inputs, (rows, K) residual targets and masks of every column of ``domains``."""
@@ -400,7 +415,7 @@ class PostCorrectionSpec(EquinoxSpec):
             raise ValueError("post_correction: no usable training target (check QC and split)")
         x, y, m = x[keep], y[keep], m[keep]
         scale = np.maximum(np.sqrt(np.mean(np.where(m, y, 0.0) ** 2, axis=0)), 1.0)
-        model = PostCorrection(model.physics, model.mlp, model.targets, tuple(float(s) for s in scale))
+        model = replace(model, scale=tuple(float(s) for s in scale))
         xv, yv, mv = self._rows(model, val, ctx.max_qc)
         xv, yv, mv = (jnp.asarray(a) for a in (xv, yv / scale, mv))
         xj, yj, mj = jnp.asarray(x), jnp.asarray(y / scale), jnp.asarray(m)
@@ -427,12 +442,20 @@ class PostCorrectionSpec(EquinoxSpec):
                    filter_spec=_mlp_only(model), progress=ctx.progress,
                    resume=ctx.checkpoint_dir is not None).model  # fmt: skip
 
-    def predict(self, model: PostCorrection, domain: Domain):
+    def predict(self, model: PostCorrection, domain: Domain, *, key=None):
+        """The physics with the corrected targets; with dropout the mean of ``mc_samples`` MC-dropout
+        corrections and the targets' ``_sd`` (``neural.mc_dropout``)."""
         out = predict_column_model(model.physics, domain)
-        corr = np.asarray(_correct(model, jnp.asarray(_post_features(out, domain))))
-        for k, t in enumerate(model.targets):
-            out[t] = out[t] + model.scale[k] * corr[..., k]
-        return out
+        x = jnp.asarray(_post_features(out, domain))
+
+        def corrected(corr):
+            return {t: out[t] + model.scale[k] * np.asarray(corr[..., k]) for k, t in enumerate(model.targets)}
+
+        if dropout_rate(model) == 0:
+            return out | corrected(_correct(model, x))
+        batch = mc_batch_size(model.mc_samples, 8 * x.shape[0] * x.shape[1] * len(model.targets))
+        return out | mc_dropout(lambda keys: corrected(_sample_corrections(model, x, keys)),
+                                jax.random.key(MC_KEY) if key is None else key, model.mc_samples, model.targets, batch)
 
     def provenance(self, model, domain):
         return [f"correction network shared by every column; physics: {p}"

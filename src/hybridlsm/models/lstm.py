@@ -11,6 +11,9 @@ validation loss runs over each whole validation record (after its first ``spinup
 as :meth:`LSTMModel.predict` does. Targets count where observed and their QC flag is
 ``<= data.max_qc``; a dataset may add a boolean ``loss_mask`` variable on ``time`` to restrict
 further which steps count (e.g. a split mask).
+
+With ``dropout`` > 0 (seed 000: 0.15) the prediction is the mean of ``mc_samples`` passes with
+dropout on, and each target gets ``<target>_sd`` (MC dropout, ``neural.mc_dropout``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
-from hybridlsm.neural import LSTM, Normaliser
+from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, Normaliser, mc_batch_size, mc_dropout
 from hybridlsm.training.losses import masked_mse
 from hybridlsm.training.trainer import fit
 
@@ -52,7 +55,9 @@ class LSTMOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden_size: int = Field(64, ge=1, le=4096)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate, in training and at prediction "
+                           "(MC dropout; seed 000: 0.15); 0: deterministic")
+    mc_samples: int = Field(MC_SAMPLES, ge=2, le=1000, description="MC-dropout passes of a prediction (with dropout)")
     forget_bias: float = 1.0
     inputs: list[Literal[ALLOWED_INPUTS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(DEFAULT_INPUTS), min_length=1
@@ -80,6 +85,7 @@ class LSTMBaseline(eqx.Module):
     inputs: tuple[str, ...] = eqx.field(static=True)
     targets: tuple[str, ...] = eqx.field(static=True)
     hour_features: bool = eqx.field(static=True)
+    mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """Standardised targets ``(T, [N,] K)`` from raw features ``(T, [N,] F)``."""
@@ -236,6 +242,11 @@ def _forward(model: LSTMBaseline, x: jax.Array) -> jax.Array:
     return model(x)
 
 
+@eqx.filter_jit
+def _sample(model: LSTMBaseline, x: jax.Array, keys: jax.Array) -> jax.Array:
+    return jax.vmap(lambda key: model.target_norm.inverse(model(x, key=key)))(keys)
+
+
 # ----------------------------------------------------------------------------------- model
 
 
@@ -254,7 +265,7 @@ class LSTMModel(EquinoxSpec):
         dtype = net.head.weight.dtype
         return LSTMBaseline(net=net, target_norm=Normaliser.identity(len(options.targets), dtype=dtype),
                             inputs=tuple(options.inputs), targets=tuple(options.targets),
-                            hour_features=options.hour_features)  # fmt: skip
+                            hour_features=options.hour_features, mc_samples=options.mc_samples)  # fmt: skip
 
     def with_statistics(self, model: LSTMBaseline, datasets: Sequence["xr.Dataset"]) -> LSTMBaseline:
         """Input and target statistics from the loss steps of the training columns (no leakage)."""
@@ -307,13 +318,23 @@ class LSTMModel(EquinoxSpec):
                      resume=ctx.checkpoint_dir is not None)  # fmt: skip
         return result.model
 
-    def predict(self, model: LSTMBaseline, domain: Domain) -> dict[str, np.ndarray]:
-        """``{target: (T, N) W m-2}`` over the whole domain (one sequence per column from a zero state)."""
+    def predict(self, model: LSTMBaseline, domain: Domain, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
+        """``{target: (T, N) W m-2}`` over the whole domain (one sequence per column from a zero state);
+        with dropout the mean of ``mc_samples`` MC-dropout passes and ``<target>_sd``."""
         x = np.stack([_fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
                       for ds in domain.columns()], axis=1)  # fmt: skip
-        z = _forward(model, jnp.asarray(x, dtype=model.dtype))
-        y = np.asarray(model.target_norm.inverse(z), dtype=np.float64)
-        return {name: y[..., k] for k, name in enumerate(model.targets)}
+        x = jnp.asarray(x, dtype=model.dtype)
+        if model.net.dropout == 0:
+            y = np.asarray(model.target_norm.inverse(_forward(model, x)), dtype=np.float64)
+            return {name: y[..., k] for k, name in enumerate(model.targets)}
+
+        def sample(keys):
+            y = _sample(model, x, keys)
+            return {name: y[..., k] for k, name in enumerate(model.targets)}
+
+        batch = mc_batch_size(model.mc_samples, 8 * x.shape[0] * x.shape[1] * len(model.targets))
+        key = jax.random.key(MC_KEY) if key is None else key
+        return mc_dropout(sample, key, model.mc_samples, model.targets, batch)
 
     def required_inputs(self, options: LSTMOptions) -> tuple[str, ...]:
         return tuple(options.inputs)

@@ -12,6 +12,9 @@ the radiative and soil-conduction terms).
 
 A closure that predicts LE rather than E divides by ``context.latent_heat`` (the effective latent
 heat of the step: L_v plus L_f times the snow-covered fraction).
+
+A closure with dropout draws its masks from ``context.key``: the step's PRNG key when the rollout is
+given one (training, MC-dropout prediction), None for the deterministic network.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..constants import CP_AIR
 from ..thermo import saturation_specific_humidity, saturation_specific_humidity_slope
@@ -49,6 +52,7 @@ class SurfaceContext(eqx.Module):
         wind: wind speed including gustiness [m s-1]
         net_radiation: net radiation at T_s [W m-2]
         dnet_radiation_dt: d Rn / d T_s [W m-2 K-1]
+        key: PRNG key of this step for the dropout of a network closure (None: no dropout)
     """
 
     state: eqx.Module
@@ -69,6 +73,7 @@ class SurfaceContext(eqx.Module):
     wind: Float[Array, " N"]
     net_radiation: Float[Array, " N"]
     dnet_radiation_dt: Float[Array, " N"]
+    key: PRNGKeyArray | None = None
 
     def at_surface_temperature(self, t_surface) -> "SurfaceContext":
         """The context with T_s replaced by ``t_surface`` and the T_s-dependent fields updated:

@@ -173,8 +173,9 @@ class LaDModel(AbstractLandModel):
         )
 
     # ------------------------------------------------------------------------------------
-    def step(self, state: LaDState, forcing: Forcing, params: dict) -> tuple[LaDState, LaDFluxes]:
-        """Advance one step of ``forcing.time_step_s`` seconds; pure, jit-able, (N,) arrays."""
+    def step(self, state: LaDState, forcing: Forcing, params: dict, key=None) -> tuple[LaDState, LaDFluxes]:
+        """Advance one step of ``forcing.time_step_s`` seconds; pure, jit-able, (N,) arrays.
+        ``key``: the step's PRNG key, passed to the closure (dropout of a network closure)."""
         p = params
         f = forcing
         num = self.numerics
@@ -244,6 +245,7 @@ class LaDModel(AbstractLandModel):
             wind=wind,
             net_radiation=rn0,
             dnet_radiation_dt=drn,
+            key=key,
         )
         turb = self.closure(context)
         h0, dh = turb.sensible_heat, turb.dsensible_dt

@@ -16,6 +16,11 @@ plain scan (no checkpointing) compiled with XLA's CPU fusion emitters (which ``h
 off process-wide for fast compilation).
 
 Works for any ``AbstractLandModel`` (``physics/interface.py``; architecture §2).
+
+Dropout inside the step (a network closure, a parameter network): given ``key``, the rollout splits
+it into one key per step, carried through the scan beside the forcing, and calls
+``model.step(state, forcing_t, params, key=key_t)`` (fresh masks every step); without a key it calls
+the three-argument ``step`` of the interface, the deterministic network, exactly as before.
 """
 
 from __future__ import annotations
@@ -96,20 +101,23 @@ def _chunked_scan(body, carry, xs, n_steps: int, chunk: int | None):
     return carry, ys
 
 
-def _prepare(model, params, forcing, state0, dynamic):
+def _prepare(model, params, forcing, state0, dynamic, key):
     _check_dynamic(dynamic, forcing.n_steps)
     if state0 is None:
         state0 = model.init_state(params, forcing)
-    return state0, dict(dynamic or {})
+    keys = None if key is None else jax.random.split(key, forcing.n_steps)  # one key per step
+    return state0, dict(dynamic or {}), keys
 
 
-def _observe_step(model, params, state, forcing_t, dynamic_t):
-    new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t))
+def _observe_step(model, params, state, forcing_t, dynamic_t, key_t):
+    # models without networks keep the interface's three-argument step
+    extra = {} if key_t is None else {"key": key_t}
+    new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t), **extra)
     return new_state, model.observe(new_state, fluxes)
 
 
 def rollout(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | None = None,
-            chunk: int | None = DEFAULT_CHUNK):
+            chunk: int | None = DEFAULT_CHUNK, *, key=None):
     """Integrate ``model`` over a (T, N) forcing.
 
     Args:
@@ -121,21 +129,23 @@ def rollout(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | 
         chunk: steps per checkpointed chunk (static; adjusted by ``chunk_length``); None: one
             plain scan without checkpointing, the fastest forward, but reverse mode then stores
             the residuals of every step (~700 bytes per cell-step)
+        key: optional PRNG key for the networks' dropout, split into one key per step (module
+            docstring); None: deterministic
 
     Returns:
         (final_state, outputs): outputs is ``model.observe``'s dict with a leading time axis,
         (T, N) (SoilTemp (T, N, 5)).
     """
-    state0, dynamic = _prepare(model, params, forcing, state0, dynamic)
+    state0, dynamic, keys = _prepare(model, params, forcing, state0, dynamic, key)
 
     def one_step(state, xs):
         return _observe_step(model, params, state, *xs)
 
-    return _chunked_scan(one_step, state0, (forcing, dynamic), forcing.n_steps, chunk)
+    return _chunked_scan(one_step, state0, (forcing, dynamic, keys), forcing.n_steps, chunk)
 
 
 def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=None, *,
-                   state0=None, dynamic: dict | None = None, chunk: int | None = DEFAULT_CHUNK):
+                   state0=None, dynamic: dict | None = None, chunk: int | None = DEFAULT_CHUNK, key=None):
     """Integrate ``model`` and sum ``fn(outputs_t, extra_t)`` over the steps, without storing the
     (T, N) outputs: the streaming form of a loss over a whole record.
 
@@ -147,7 +157,7 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
     outputs and cotangents of ``rollout`` (docs/performance.md).
 
     Args:
-        model, params, forcing, state0, dynamic, chunk: as for ``rollout``
+        model, params, forcing, state0, dynamic, chunk, key: as for ``rollout``
         fn: ``fn(outputs_t, extra_t)`` -> pytree of arrays, where ``outputs_t`` is
             ``model.observe``'s dict for one step ((N,) arrays; SoilTemp (N, 5)) and ``extra_t``
             the step-t slice of ``extra``
@@ -165,7 +175,7 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
         _, (sq, count) = rollout_reduce(model, params, forcing, fn, {"le": le, "mask": mask})
         loss = sq / count
     """
-    state0, dynamic = _prepare(model, params, forcing, state0, dynamic)
+    state0, dynamic, keys = _prepare(model, params, forcing, state0, dynamic, key)
     n_steps = forcing.n_steps
     if extra is not None:
         for leaf in jax.tree_util.tree_leaves(extra):
@@ -174,11 +184,11 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
                                  f"axis T = {n_steps}")
 
     def term(state, xs):
-        forcing_t, dynamic_t, extra_t = xs
-        new_state, out = _observe_step(model, params, state, forcing_t, dynamic_t)
+        forcing_t, dynamic_t, key_t, extra_t = xs
+        new_state, out = _observe_step(model, params, state, forcing_t, dynamic_t, key_t)
         return new_state, fn(out, extra_t)
 
-    first = jax.tree_util.tree_map(lambda a: a[0], (forcing, dynamic, extra))
+    first = jax.tree_util.tree_map(lambda a: a[0], (forcing, dynamic, keys, extra))
     total0 = jax.tree_util.tree_map(
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(term, state0, first)[1]
     )
@@ -189,7 +199,7 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
         return (new_state, jax.tree_util.tree_map(jnp.add, total, value)), None
 
     (state, total), _ = _chunked_scan(
-        one_step, (state0, total0), (forcing, dynamic, extra), n_steps, chunk
+        one_step, (state0, total0), (forcing, dynamic, keys, extra), n_steps, chunk
     )
     return state, total
 
@@ -201,9 +211,9 @@ LARGE_BATCH_CELLS = 16
 
 @functools.cache
 def _simulate_jit(large: bool):
-    def run(model, params, forcing, state0, dynamic, outputs):
+    def run(model, params, forcing, state0, dynamic, outputs, key):
         chunk = None if large else DEFAULT_CHUNK
-        state, out = rollout(model, params, forcing, state0, dynamic, chunk=chunk)
+        state, out = rollout(model, params, forcing, state0, dynamic, chunk=chunk, key=key)
         return state, out if outputs is None else {k: out[k] for k in outputs}
 
     options = RUN_TIME_OPTIONS if large and jax.default_backend() == "cpu" else None
@@ -211,7 +221,7 @@ def _simulate_jit(large: bool):
 
 
 def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | None = None,
-             outputs: Sequence[str] | None = None, *, large: bool | None = None):
+             outputs: Sequence[str] | None = None, *, large: bool | None = None, key=None):
     """Compiled forward run (no differentiation), tuned for many cells.
 
     Same results as ``rollout`` (to float rounding). With ``large`` (default: the forcing has at
@@ -229,6 +239,7 @@ def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict |
     Args:
         outputs: names of the outputs to return (default all); XLA then skips writing the others
         large: compile for throughput (see above); None: ``forcing.n_sites >= LARGE_BATCH_CELLS``
+        key: PRNG key for the networks' dropout, as for ``rollout`` (one MC-dropout sample)
 
     Returns:
         (final_state, outputs dict), as ``rollout``.
@@ -236,7 +247,7 @@ def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict |
     if large is None:
         large = forcing.n_sites >= LARGE_BATCH_CELLS
     outputs = None if outputs is None else tuple(outputs)
-    return _simulate_jit(bool(large))(model, params, forcing, state0, dynamic, outputs)
+    return _simulate_jit(bool(large))(model, params, forcing, state0, dynamic, outputs, key)
 
 
 @eqx.filter_jit
