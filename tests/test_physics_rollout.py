@@ -88,7 +88,7 @@ class Relax(AbstractLandModel):
     def init_state(self, params, forcing):
         return forcing.t_air[0]
 
-    def step(self, state, forcing, params):
+    def step(self, state, forcing, params, key=None):
         new = state + params["k"] * (forcing.t_air - state)
         return new, None
 

@@ -5,7 +5,7 @@ final), a land model is an :class:`AbstractLandModel` with three abstract calls,
 everywhere::
 
     state = model.init_state(params, forcing)               # forcing (T, N) or (N,)
-    state, fluxes = model.step(state, forcing_t, params)    # one step, (N,) arrays
+    state, fluxes = model.step(state, forcing_t, params, key=None)  # one step, (N,) arrays
     outputs = model.observe(state, fluxes)                  # {ALMA name: (N,) array}
 
 and one concrete one, ``state_change(old, new)``, which spin-up uses to decide convergence (no
@@ -36,8 +36,9 @@ class AbstractLandModel(eqx.Module):
         """The initial state for ``params`` ((N,) arrays) and ``forcing`` ((T, N) or (N,))."""
 
     @abc.abstractmethod
-    def step(self, state: Any, forcing: Any, params: dict) -> tuple[Any, Any]:
-        """Advance one step of ``forcing.time_step_s``: ``(new_state, fluxes)``; pure and jit-able."""
+    def step(self, state: Any, forcing: Any, params: dict, key: jax.Array | None = None) -> tuple[Any, Any]:
+        """Advance one step of ``forcing.time_step_s``: ``(new_state, fluxes)``; pure and jit-able.
+        ``key`` reaches networks inside the model (dropout); None runs them deterministically."""
 
     @abc.abstractmethod
     def observe(self, state: Any, fluxes: Any) -> dict[str, jax.Array]:

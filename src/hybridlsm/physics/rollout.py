@@ -19,8 +19,8 @@ Works for any ``AbstractLandModel`` (``physics/interface.py``; architecture §2)
 
 Dropout inside the step (a network closure, a parameter network): given ``key``, the rollout splits
 it into one key per step, carried through the scan beside the forcing, and calls
-``model.step(state, forcing_t, params, key=key_t)`` (fresh masks every step); without a key it calls
-the three-argument ``step`` of the interface, the deterministic network, exactly as before.
+``model.step(state, forcing_t, params, key=key_t)`` (fresh masks every step); without a key every
+step gets ``key=None``: the deterministic network, exactly as before.
 """
 
 from __future__ import annotations
@@ -110,9 +110,7 @@ def _prepare(model, params, forcing, state0, dynamic, key):
 
 
 def _observe_step(model, params, state, forcing_t, dynamic_t, key_t):
-    # models without networks keep the interface's three-argument step
-    extra = {} if key_t is None else {"key": key_t}
-    new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t), **extra)
+    new_state, fluxes = model.step(state, forcing_t, _merge(params, dynamic_t), key=key_t)
     return new_state, model.observe(new_state, fluxes)
 
 
