@@ -114,7 +114,7 @@ def test_defaults_and_other_split_forms(config_dir):
         ("colour", "blue", ["(top level)", "unknown key 'colour'", "allowed keys: data, models, name, output, training"]),
         ("data.split.trian", 0.5, ["data.split", "unknown key 'trian'", "blocked, leave_one_site_out, test, test_sites, train, val"]),
         ("training.two_phase.lambda_energyy", [0.1, 0.5], ["training.two_phase", "'lambda_energyy'", "lambda_energy"]),
-        ("models.0.options.hiden_size", 8, ["models[0]", "options: unknown key 'hiden_size'", "allowed keys: dropout, forget_bias, hidden_size, hour_features, inputs, mc_samples, seed, targets"]),
+        ("models.0.options.hiden_size", 8, ["models[0]", "options: unknown key 'hiden_size'", "allowed keys: dropout, forget_bias, hidden_size, hour_features, inputs, likelihood, mc_samples, seed, targets"]),
         ("models.1.options.dropout", 1.5, ["models[1]", "options.dropout: Input should be less than 1", "(got 1.5)"]),
         ("training.lr", -1.0, ["training.lr", "greater than 0", "-1.0"]),
         ("training.min_delta", float("nan"), ["training.min_delta", "finite number"]),

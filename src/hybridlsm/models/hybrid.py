@@ -30,11 +30,11 @@ from pydantic import ConfigDict, Field
 
 from ..data import usable_targets
 from ..domain import Domain
-from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, BoundedHead, EnergySplitHead, dropout_rate, mc_batch_size,
-                      mc_dropout, trainable_filter)
+from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, BoundedHead, EnergySplitHead, GaussianHead, dropout_rate,
+                      mc_batch_size, mc_dropout, trainable_filter)
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
-from ..training.losses import DiscoveryLaw, sparsity_l1
+from ..training.losses import DiscoveryLaw, gaussian_nll, sparsity_l1
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
@@ -86,6 +86,15 @@ class HybridOptions(FitOptions):
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+
+
+class PostCorrectionOptions(HybridOptions):
+    """``options`` of ``{name: post_correction}``: the hybrids' options and the likelihood (only this
+    model has an aleatoric head, so the others refuse the key)."""
+
+    likelihood: Literal["mse", "gaussian"] = Field(
+        "mse", description="mse: point correction trained on the mean square error; gaussian: a mean and an "
+        "aleatoric SD per target, trained on the Gaussian negative log-likelihood")
 
 
 def _n_inputs(use_states: bool) -> int:
@@ -340,15 +349,25 @@ class PretrainThenFinetune(HybridFlux):
 # --------------------------------------------------------------------------- post_correction
 
 
+#: bounds of the SD of post_correction's Gaussian head, in units of ``PostCorrection.scale``
+GAUSSIAN_MIN_STD = 1e-2
+GAUSSIAN_MAX_STD = 10.0
+
+
 class PostCorrection(eqx.Module):
     """Calibrated (or default) LaD followed by an MLP that corrects its Qh / Qle from the physics
-    outputs, states and forcing (residual form: corrected = physics + scale * MLP)."""
+    outputs, states and forcing (residual form: corrected = physics + scale * MLP).
+
+    With ``likelihood: gaussian`` the MLP's 2K outputs go through a :class:`GaussianHead`: the
+    correction's mean and an aleatoric SD (``scale`` units, in ``[GAUSSIAN_MIN_STD,
+    GAUSSIAN_MAX_STD]``), trained with the masked Gaussian negative log-likelihood."""
 
     physics: ColumnModel
     mlp: MLP
     targets: tuple[str, ...] = eqx.field(static=True)
     scale: tuple[float, ...] = eqx.field(static=True)
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
+    head: GaussianHead | None = None
 
 
 def _post_features(out: dict, domain: Domain) -> np.ndarray:
@@ -363,32 +382,47 @@ def _post_features(out: dict, domain: Domain) -> np.ndarray:
     return np.concatenate([np.asarray(forcing_features(f)), phys, np.asarray(state_features(state, f, base))], axis=-1)
 
 
+def _moments(model: PostCorrection, x, key=None):
+    """Correction and its variance (``scale`` units; variance 0 without a Gaussian head)."""
+    raw = model.mlp(x, key=key)
+    if model.head is None:
+        return raw, jnp.zeros_like(raw)
+    mean, std = model.head(raw)
+    return mean, std * std
+
+
 @eqx.filter_jit
 def _correct(model: PostCorrection, x):
-    return model.mlp(x)
+    return _moments(model, x)
 
 
 @eqx.filter_jit
 def _sample_corrections(model: PostCorrection, x, keys):
-    return jax.vmap(lambda key: model.mlp(x, key=key))(keys)
+    return jax.vmap(lambda key: _moments(model, x, key))(keys)
 
 
 @register_model("post_correction")
 class PostCorrectionSpec(EquinoxSpec):
-    Options = HybridOptions
+    Options = PostCorrectionOptions
     targets = COLUMN_TARGETS
 
-    def build(self, options: HybridOptions) -> PostCorrection:
-        mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, len(options.targets), width_size=options.width,
-                  depth=options.depth, dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
-        mlp = _small_output_layer(mlp, jnp.zeros(len(options.targets)))
+    def build(self, options: PostCorrectionOptions) -> PostCorrection:
+        k = len(options.targets)
+        head = (GaussianHead(k, min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD)
+                if options.likelihood == "gaussian" else None)  # fmt: skip
+        mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, k if head is None else head.raw_size,
+                  width_size=options.width, depth=options.depth, dropout=options.dropout,
+                  key=jax.random.key(options.seed))  # fmt: skip
+        # start at no correction (and an SD of one scale: the RMS of the physics' errors)
+        bias = jnp.zeros(k) if head is None else jnp.r_[jnp.zeros(k), jnp.full(k, head.raw_for_std(1.0))]
+        mlp = _small_output_layer(mlp, bias)
         physics = ColumnModel(land=LaDModel(stability=options.stability), deltas={})
-        return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * len(options.targets), options.mc_samples)
+        return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * k, options.mc_samples, head)
 
     def structure(self, model: PostCorrection) -> dict:
         return {**column_structure(model.physics), "scale": list(model.scale)}
 
-    def skeleton(self, options: HybridOptions, structure: dict) -> PostCorrection:
+    def skeleton(self, options: PostCorrectionOptions, structure: dict) -> PostCorrection:
         model = self.build(options)
         return replace(model, physics=column_skeleton(model.physics, structure), scale=tuple(structure["scale"]))
 
@@ -406,7 +440,7 @@ class PostCorrectionSpec(EquinoxSpec):
                 ms.append(mask)
         return np.concatenate(xs), np.concatenate(ys), np.concatenate(ms)
 
-    def train(self, model: PostCorrection, options: HybridOptions, train, val, ctx: TrainingContext):
+    def train(self, model: PostCorrection, options: PostCorrectionOptions, train, val, ctx: TrainingContext):
         physics, _, _ = start_from_physics(model.physics, train, val, ctx, options)
         model = eqx.tree_at(lambda m: m.physics, model, physics)
         x, y, m = self._rows(model, train, ctx.max_qc)
@@ -427,12 +461,18 @@ class PostCorrectionSpec(EquinoxSpec):
                     for i in range(0, x.shape[0] - size + 1, size)]  # fmt: skip
 
         def loss_fn(mdl, batch, key, weights):
+            if mdl.head is not None:
+                nll = gaussian_nll(*mdl.head(mdl.mlp(batch["x"], key=key)), batch["y"], batch["m"])
+                return nll, {"nll": nll}
             err = jnp.where(batch["m"], mdl.mlp(batch["x"], key=key) - batch["y"], 0.0)
             mse = jnp.sum(err**2) / jnp.maximum(jnp.sum(batch["m"]), 1)
             return mse, {"mse": mse}
 
         def val_fn(mdl):
-            err = jnp.where(mv, _correct(mdl, xv) - yv, 0.0)
+            mean, var = _correct(mdl, xv)
+            if mdl.head is not None:
+                return float(gaussian_nll(mean, jnp.sqrt(var), yv, mv))
+            err = jnp.where(mv, mean - yv, 0.0)
             return float(jnp.sum(err**2) / jnp.maximum(jnp.sum(mv), 1))
 
         tc = training_config(ctx, options)
@@ -444,16 +484,26 @@ class PostCorrectionSpec(EquinoxSpec):
 
     def predict(self, model: PostCorrection, domain: Domain, *, key=None):
         """The physics with the corrected targets; with dropout the mean of ``mc_samples`` MC-dropout
-        corrections and the targets' ``_sd`` (``neural.mc_dropout``)."""
+        corrections and the targets' ``_sd`` (``neural.mc_dropout``); with a Gaussian head also
+        ``_sd_aleatoric`` (the total ``_sd`` is the aleatoric one without dropout)."""
         out = predict_column_model(model.physics, domain)
         x = jnp.asarray(_post_features(out, domain))
+        gaussian = model.head is not None
 
-        def corrected(corr):
-            return {t: out[t] + model.scale[k] * np.asarray(corr[..., k]) for k, t in enumerate(model.targets)}
+        def corrected(moments):
+            corr, var = moments
+            res = {t: out[t] + model.scale[k] * np.asarray(corr[..., k]) for k, t in enumerate(model.targets)}
+            if gaussian:
+                res |= {f"{t}_var": model.scale[k] ** 2 * np.asarray(var[..., k], np.float64)
+                        for k, t in enumerate(model.targets)}  # fmt: skip
+            return res
 
         if dropout_rate(model) == 0:
-            return out | corrected(_correct(model, x))
-        batch = mc_batch_size(model.mc_samples, 8 * x.shape[0] * x.shape[1] * len(model.targets))
+            res = corrected(_correct(model, x))
+            for t in model.targets if gaussian else ():
+                res[f"{t}_sd"] = res[f"{t}_sd_aleatoric"] = np.sqrt(res.pop(f"{t}_var"))
+            return out | res
+        batch = mc_batch_size(model.mc_samples, (16 if gaussian else 8) * x.shape[0] * x.shape[1] * len(model.targets))
         return out | mc_dropout(lambda keys: corrected(_sample_corrections(model, x, keys)),
                                 jax.random.key(MC_KEY) if key is None else key, model.mc_samples, model.targets, batch)
 

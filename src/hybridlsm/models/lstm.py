@@ -14,6 +14,14 @@ further which steps count (e.g. a split mask).
 
 With ``dropout`` > 0 (seed 000: 0.15) the prediction is the mean of ``mc_samples`` passes with
 dropout on, and each target gets ``<target>_sd`` (MC dropout, ``neural.mc_dropout``).
+
+With ``likelihood: gaussian`` the network has a heteroscedastic Gaussian head
+(:class:`~hybridlsm.neural.GaussianHead`: a mean and an SD per target, in standardised units, the SD
+in ``[GAUSSIAN_MIN_STD, GAUSSIAN_MAX_STD]``) trained with the masked Gaussian negative
+log-likelihood (training and validation loss). The prediction then also gives
+``<target>_sd_aleatoric`` (the head's SD in W m-2) and ``<target>_sd``, the total SD: with dropout
+the law of total variance over the MC-dropout passes (``neural.mc_dropout``), without it the
+aleatoric SD.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
-from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, Normaliser, mc_batch_size, mc_dropout
-from hybridlsm.training.losses import masked_mse
+from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, GaussianHead, Normaliser, mc_batch_size, mc_dropout
+from hybridlsm.training.losses import gaussian_nll, masked_mse
 from hybridlsm.training.trainer import fit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +55,14 @@ __all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "datase
 
 DEFAULT_INPUTS = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "Wind", "Precip", "Psurf")
 ALLOWED_INPUTS = DEFAULT_INPUTS + ("RH", "CO2air", "LAI")
+#: bounds of the SD of the Gaussian head, in standardised target units (the variance floor and cap)
+GAUSSIAN_MIN_STD = 1e-2
+GAUSSIAN_MAX_STD = 10.0
+
+
+def gaussian_head(n_targets: int) -> GaussianHead:
+    """The heteroscedastic head of ``likelihood: gaussian`` (SD bounds in standardised units)."""
+    return GaussianHead(n_targets, min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD)
 
 
 class LSTMOptions(BaseModel):
@@ -67,6 +83,9 @@ class LSTMOptions(BaseModel):
         default_factory=lambda: ["Qle", "Qh"], min_length=1
     )
     seed: int = Field(0, ge=0, description="initialisation seed of the network weights")
+    likelihood: Literal["mse", "gaussian"] = Field(
+        "mse", description="mse: point prediction trained on the mean square error; gaussian: a mean and an "
+        "aleatoric SD per target, trained on the Gaussian negative log-likelihood")
 
     @field_validator("inputs", "targets")
     @classmethod
@@ -86,10 +105,23 @@ class LSTMBaseline(eqx.Module):
     targets: tuple[str, ...] = eqx.field(static=True)
     hour_features: bool = eqx.field(static=True)
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
+    #: the heteroscedastic head (``likelihood: gaussian``); None: point predictions
+    head: GaussianHead | None = None
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """Standardised targets ``(T, [N,] K)`` from raw features ``(T, [N,] F)``."""
+        """Standardised targets ``(T, [N,] K)`` from raw features ``(T, [N,] F)`` (with a Gaussian
+        head the raw ``(T, [N,] 2K)`` outputs of :meth:`moments`)."""
         return self.net(x, key=key)
+
+    def moments(self, x: jax.Array, *, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Standardised mean and SD ``(T, [N,] K)`` of the Gaussian head."""
+        return self.head(self.net(x, key=key))
+
+    def physical_moments(self, x: jax.Array, *, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Mean and variance in target units (W m-2, (W m-2)^2): the standardisation undone."""
+        mean, std = self.moments(x, key=key)
+        scale = jax.lax.stop_gradient(self.target_norm.std)
+        return self.target_norm.inverse(mean), (std * scale) ** 2
 
     @property
     def dtype(self) -> Any:
@@ -225,7 +257,12 @@ def _batches(groups: dict[int, dict[str, np.ndarray]], batch_size: int, dtype: A
 
 
 def lstm_loss(model: LSTMBaseline, batch: dict[str, jax.Array], key: jax.Array, weights: dict) -> tuple:
-    """Masked MSE of the standardised targets (no physics terms: ``weights`` are unused)."""
+    """Masked MSE of the standardised targets, or with a Gaussian head their masked Gaussian negative
+    log-likelihood (no physics terms: ``weights`` are unused)."""
+    if model.head is not None:
+        mean, std = model.moments(batch["x"], key=key)
+        nll = gaussian_nll(mean, std, batch["y"], batch["m"])
+        return nll, {"nll": nll}
     pred = model(batch["x"], key=key)
     mse = masked_mse(pred, batch["y"], batch["m"])
     return mse, {"mse": mse}
@@ -238,6 +275,13 @@ def _sse(model: LSTMBaseline, x: jax.Array, y: jax.Array, m: jax.Array) -> tuple
 
 
 @eqx.filter_jit
+def _nll_sum(model: LSTMBaseline, x: jax.Array, y: jax.Array, m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sum and count of the Gaussian negative log-likelihood where ``m`` (standardised units)."""
+    n = jnp.sum(m)
+    return gaussian_nll(*model.moments(x), y, m) * jnp.maximum(n, 1), n
+
+
+@eqx.filter_jit
 def _forward(model: LSTMBaseline, x: jax.Array) -> jax.Array:
     return model(x)
 
@@ -245,6 +289,16 @@ def _forward(model: LSTMBaseline, x: jax.Array) -> jax.Array:
 @eqx.filter_jit
 def _sample(model: LSTMBaseline, x: jax.Array, keys: jax.Array) -> jax.Array:
     return jax.vmap(lambda key: model.target_norm.inverse(model(x, key=key)))(keys)
+
+
+@eqx.filter_jit
+def _physical_moments(model: LSTMBaseline, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return model.physical_moments(x)
+
+
+@eqx.filter_jit
+def _sample_moments(model: LSTMBaseline, x: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jax.vmap(lambda key: model.physical_moments(x, key=key))(keys)
 
 
 # ----------------------------------------------------------------------------------- model
@@ -260,12 +314,18 @@ class LSTMModel(EquinoxSpec):
     def build(self, options: LSTMOptions) -> LSTMBaseline:
         """The untrained network with identity statistics (``train`` sets them from the data)."""
         n_in = len(options.inputs) + (2 if options.hour_features else 0)
-        net = LSTM(in_size=n_in, out_size=len(options.targets), hidden_size=options.hidden_size,
+        k = len(options.targets)
+        head = gaussian_head(k) if options.likelihood == "gaussian" else None
+        net = LSTM(in_size=n_in, out_size=k if head is None else head.raw_size, hidden_size=options.hidden_size,
                    dropout=options.dropout, forget_bias=options.forget_bias, key=jax.random.key(options.seed))  # fmt: skip
         dtype = net.head.weight.dtype
-        return LSTMBaseline(net=net, target_norm=Normaliser.identity(len(options.targets), dtype=dtype),
+        if head is not None:  # the SD starts near 1 (the targets' SD), whatever the weights
+            bias = net.head.bias.at[k:].set(head.raw_for_std(1.0))
+            net = eqx.tree_at(lambda n: (n.head.weight, n.head.bias), net,
+                              (net.head.weight.at[k:].multiply(0.1), bias))
+        return LSTMBaseline(net=net, target_norm=Normaliser.identity(k, dtype=dtype),
                             inputs=tuple(options.inputs), targets=tuple(options.targets),
-                            hour_features=options.hour_features, mc_samples=options.mc_samples)  # fmt: skip
+                            hour_features=options.hour_features, mc_samples=options.mc_samples, head=head)  # fmt: skip
 
     def with_statistics(self, model: LSTMBaseline, datasets: Sequence["xr.Dataset"]) -> LSTMBaseline:
         """Input and target statistics from the loss steps of the training columns (no leakage)."""
@@ -306,10 +366,12 @@ class LSTMModel(EquinoxSpec):
         if not any(bool(v[2].any()) for v in val_sets):
             raise ValueError("lstm.train: no usable target value in the validation data (check QC and split)")
 
+        val_sum = _sse if model.head is None else _nll_sum  # the training loss, over the validation data
+
         def val_fn(m: LSTMBaseline) -> float:
             sse = n = 0.0
             for x, y, mask in val_sets:
-                s, c = _sse(m, x, y, mask)
+                s, c = val_sum(m, x, y, mask)
                 sse, n = sse + float(s), n + float(c)
             return sse / n
 
@@ -320,10 +382,13 @@ class LSTMModel(EquinoxSpec):
 
     def predict(self, model: LSTMBaseline, domain: Domain, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
         """``{target: (T, N) W m-2}`` over the whole domain (one sequence per column from a zero state);
-        with dropout the mean of ``mc_samples`` MC-dropout passes and ``<target>_sd``."""
+        with dropout the mean of ``mc_samples`` MC-dropout passes and ``<target>_sd``; with a Gaussian
+        head also ``<target>_sd_aleatoric`` (module docstring)."""
         x = np.stack([_fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
                       for ds in domain.columns()], axis=1)  # fmt: skip
         x = jnp.asarray(x, dtype=model.dtype)
+        if model.head is not None:
+            return self._predict_gaussian(model, x, key)
         if model.net.dropout == 0:
             y = np.asarray(model.target_norm.inverse(_forward(model, x)), dtype=np.float64)
             return {name: y[..., k] for k, name in enumerate(model.targets)}
@@ -333,6 +398,24 @@ class LSTMModel(EquinoxSpec):
             return {name: y[..., k] for k, name in enumerate(model.targets)}
 
         batch = mc_batch_size(model.mc_samples, 8 * x.shape[0] * x.shape[1] * len(model.targets))
+        key = jax.random.key(MC_KEY) if key is None else key
+        return mc_dropout(sample, key, model.mc_samples, model.targets, batch)
+
+    def _predict_gaussian(self, model: LSTMBaseline, x: jax.Array, key: jax.Array | None) -> dict[str, np.ndarray]:
+        if model.net.dropout == 0:
+            mean, var = (np.asarray(a, dtype=np.float64) for a in _physical_moments(model, x))
+            out = {}
+            for k, name in enumerate(model.targets):
+                sd = np.sqrt(var[..., k])
+                out |= {name: mean[..., k], f"{name}_sd": sd, f"{name}_sd_aleatoric": sd}
+            return out
+
+        def sample(keys):
+            mean, var = _sample_moments(model, x, keys)
+            return {n: a[..., k] for k, name in enumerate(model.targets)
+                    for n, a in ((name, mean), (f"{name}_var", var))}  # fmt: skip
+
+        batch = mc_batch_size(model.mc_samples, 16 * x.shape[0] * x.shape[1] * len(model.targets))
         key = jax.random.key(MC_KEY) if key is None else key
         return mc_dropout(sample, key, model.mc_samples, model.targets, batch)
 

@@ -169,20 +169,28 @@ class EnergySplitHead(eqx.Module):
 class GaussianHead(eqx.Module):
     """Heteroscedastic Gaussian: raw ``(..., 2K)`` -> ``mean (..., K)``, ``std (..., K)``.
 
-    ``mean = raw[..., :K]``; ``std = softplus(raw[..., K:]) + min_std`` (strictly positive).
-    Train with :func:`hybridlsm.training.losses.gaussian_nll`.
+    ``mean = raw[..., :K]``; ``std = clip(softplus(raw[..., K:]) + min_std, max=max_std)``: strictly
+    positive, at least ``min_std`` (the variance floor ``min_std**2``) and at most ``max_std`` (no
+    bound when None), i.e. the log-variance is clipped to ``[2 log min_std, 2 log max_std]``. The
+    units are those of the network's targets (standardised in the models). Train with
+    :func:`hybridlsm.training.losses.gaussian_nll`; :meth:`raw_for_std` gives the raw value of a
+    chosen ``std`` (to initialise the output bias).
     """
 
     out_size: int = eqx.field(static=True)
     min_std: float = eqx.field(static=True)
+    max_std: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, out_size: int, min_std: float = 1e-3):
+    def __init__(self, out_size: int, min_std: float = 1e-3, max_std: float | None = None):
         if out_size < 1:
             raise ValueError(f"GaussianHead: out_size must be >= 1, got {out_size}")
         if not min_std > 0:
             raise ValueError(f"GaussianHead: min_std must be > 0, got {min_std}")
+        if max_std is not None and not max_std > min_std:
+            raise ValueError(f"GaussianHead: max_std must be > min_std = {min_std}, got {max_std}")
         self.out_size = int(out_size)
         self.min_std = float(min_std)
+        self.max_std = None if max_std is None else float(max_std)
 
     @property
     def raw_size(self) -> int:
@@ -192,4 +200,14 @@ class GaussianHead(eqx.Module):
         if raw.shape[-1] != self.raw_size:
             raise ValueError(f"GaussianHead expects {self.raw_size} raw outputs, got {raw.shape[-1]}")
         k = self.out_size
-        return raw[..., :k], jax.nn.softplus(raw[..., k:]) + self.min_std
+        std = jax.nn.softplus(raw[..., k:]) + self.min_std
+        if self.max_std is not None:
+            std = jnp.minimum(std, self.max_std)
+        return raw[..., :k], std
+
+    def raw_for_std(self, std: float) -> float:
+        """The raw value whose ``std`` is ``std`` (inverse softplus of ``std - min_std``)."""
+        s = float(std) - self.min_std
+        if not s > 0 or (self.max_std is not None and std > self.max_std):
+            raise ValueError(f"GaussianHead: std {std} outside ({self.min_std}, {self.max_std}]")
+        return float(s + np.log(-np.expm1(-s)))
