@@ -664,6 +664,7 @@ def check_netcdf_dataset(ds, messages, paths: list[Path], *, gridded: bool) -> N
 @fuzz_settings(200)
 @given(which=st.sampled_from(["Met", "Flux"]), ops=_nc_ops(["time", "y", "x"]), file_op=_NC_FILE_OPS,
        nc_format=st.sampled_from(["NETCDF3_64BIT", "NETCDF4"]))
+@pytest.mark.slow  # kept out of make test-fast (several seconds)
 def test_plumber2_fuzz(nc_dirs, plumber_pair, which, ops, file_op, nc_format):
     d = nc_dirs()
     paths = {k: d / f"{PAIR}_{k}.nc" for k in ("Met", "Flux")}
@@ -681,6 +682,7 @@ def test_plumber2_fuzz(nc_dirs, plumber_pair, which, ops, file_op, nc_format):
 @fuzz_settings(200)
 @given(ops=_nc_ops(["time", "lat", "lon"]), file_op=_NC_FILE_OPS,
        nc_format=st.sampled_from(["NETCDF3_64BIT", "NETCDF4"]))
+@pytest.mark.slow  # kept out of make test-fast (several seconds)
 def test_gridded_fuzz(nc_dirs, grid, ops, file_op, nc_format):
     path = nc_dirs() / "grid_fuzz.nc"
     if not write_nc(mutate_nc(grid, ops), path, nc_format, file_op):

@@ -152,6 +152,7 @@ def test_mse_lstm_is_the_model_as_before():
     np.testing.assert_array_equal(pa["Qle"], pb["Qle"])
 
 
+@pytest.mark.slow  # kept out of make test-fast (several seconds)
 def test_post_correction_with_gaussian_writes_aleatoric_sd(tmp_path):
     ds = virtual_site(site_id="T-GRA", days=8, seed=3, noise=5.0, latitude=32.0, longitude=-110.0)
     labels = np.zeros(ds.sizes["time"], bool)

@@ -110,6 +110,7 @@ def test_law_of_total_variance():
         assert "Qle_var" not in out and "SWE_sd" not in out
 
 
+@pytest.mark.slow  # kept out of make test-fast (several seconds)
 def test_training_loss_uses_the_key_with_dropout(domain):
     rec = column.prepare_site(domain.column(0), ["Qle", "Qh"], 3)
     scale = losses.target_scale([rec])
