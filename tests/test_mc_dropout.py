@@ -90,6 +90,19 @@ def test_prediction_is_the_sample_mean_and_sd(domain):
     np.testing.assert_array_equal(again["Qle_sd"], spec.predict(model, domain)["Qle_sd"])
 
 
+def test_the_learned_parameters_get_their_spread_over_time(domain):
+    """hybrid_param's network sets r_a and r_s every step: with dropout their MC spread is written
+    as rs_sd, ra_sd (the parameter uncertainty over time, seed 000 section 2.5)."""
+    spec, model = _build("hybrid_param", dropout=0.2, mc_samples=5)
+    model = _far_from_physics(model)
+    key = jax.random.key(5)
+    out = column.predict_column_model(model, domain, key=key)
+    samples = column.sample_column_model(model, domain, 5, key, column.PREDICTION_OUTPUTS)
+    for k in ("rs", "ra", "Kh"):
+        np.testing.assert_allclose(out[f"{k}_sd"], np.std(samples[k], axis=0, ddof=1), rtol=1e-8, atol=1e-12)
+    assert np.median(out["rs_sd"] / out["rs"]) > 1e-3  # the network's dropout moves r_s
+
+
 def test_law_of_total_variance():
     """With an aleatoric variance per sample: sd^2 = var of the sample means + mean variance,
     whatever the batching over samples."""

@@ -62,6 +62,8 @@ SPINUP_MAX_DAYS = 365.0
 DEFAULT_IGBP = "GRA"
 #: What the column models (physics and hybrids) train on.
 COLUMN_TARGETS = ("Qle", "Qh")
+#: Parameters a hybrid's networks set, whose MC-dropout spread is written (``<name>_sd``).
+LEARNED_PARAMETERS = ("Kh", "ra", "rs")
 
 
 # ------------------------------------------------------------------------------------ model
@@ -298,13 +300,14 @@ def predict_column_model(model: ColumnModel, domain: Domain, outputs: Sequence[s
     state spun up with the trained model.
 
     With dropout in a network: the mean of ``model.mc_samples`` MC-dropout rollouts (``key``,
-    default ``MC_KEY``), plus ``<flux>_sd`` and ``<flux>_sd_epistemic`` of Qh and Qle (equal: no
-    aleatoric part; ``neural.mc_dropout``)."""
+    default ``MC_KEY``), plus ``<name>_sd`` and ``<name>_sd_epistemic`` (equal: no aleatoric part;
+    ``neural.mc_dropout``) of Qh and Qle and of the learned parameters Kh, ra and rs (their
+    uncertainty over time)."""
     if dropout_rate(model) == 0:
         forcing, base = domain_inputs(model, domain)
         _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
         return {k: np.asarray(out[k]) for k in outputs}
-    targets = tuple(t for t in COLUMN_TARGETS if t in outputs)
+    targets = tuple(t for t in COLUMN_TARGETS + LEARNED_PARAMETERS if t in outputs)
     per_sample = 8 * domain.n_steps * domain.n_columns * (len(outputs) + 4)  # SoilTemp has 5 values
     return mc_dropout(_sampler(model, domain, outputs), jax.random.key(MC_KEY) if key is None else key,
                       model.mc_samples, targets, mc_batch_size(model.mc_samples, per_sample))  # fmt: skip
