@@ -164,8 +164,13 @@ def plot_daily_series(
     title: str,
     min_valid_fraction: float = 0.5,
     colours: Mapping[str, str] | None = None,
+    sds: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Path:
-    """Daily means of obs and models over the masked (e.g. test-split, QC-passed) steps."""
+    """Daily means of obs and models over the masked (e.g. test-split, QC-passed) steps; where a
+    model gives a predictive SD (``sds[model][flux]``), its 90 % interval of the daily mean as a band
+    (σ of the daily mean with errors independent within the day, as the uncertainty scores)."""
+    from hybridlsm.evaluation.probabilistic import aggregate_gaussian
+
     fluxes = list(obs)
     col = _colours(colours, sims)
     fig, axes = new_figure(len(fluxes), 1, width=11.0, height=2.8)
@@ -181,6 +186,12 @@ def plot_daily_series(
             ok = joint_mask(o, fl[flux], mask=masks[flux])
             b = aggregate(np.where(ok, fl[flux], np.nan), time, "daily", min_valid_fraction=min_valid_fraction)
             ax.plot(b.period, b.values, color=col[model], lw=1.0, label=model)
+            sd = (sds or {}).get(model, {}).get(flux)
+            if sd is not None:
+                g = aggregate_gaussian(o, fl[flux], sd, time, "daily", mask=masks[flux],
+                                       min_valid_fraction=min_valid_fraction)
+                ax.fill_between(g.period, g.mu - 1.645 * g.sd, g.mu + 1.645 * g.sd, color=col[model], alpha=0.2,
+                                lw=0)
         ax.set_ylabel(FLUX_LABEL.get(flux, flux) + "\n(daily mean)")
         _date_axis(ax)
         if i == 0:

@@ -454,6 +454,7 @@ def _site_plots(
     obs = {f: _series(sd.obs, f) for f in FLUXES}
     masks = {f: flux_mask(sd.obs, f, max_qc) & test for f in FLUXES}
     sims = {m: {f: s for f in FLUXES if (s := _series(ds, f)) is not None} for m, ds in sd.models.items()}
+    sds = {m: {f: s for f in FLUXES if (s := _series(ds, f"{f}_sd")) is not None} for m, ds in sd.models.items()}
     site = sd.site
     stem = site_file_name(site)  # a site id is not a safe file name (``../../X``)
     out = {}
@@ -462,7 +463,8 @@ def _site_plots(
         f"{site}: mean diurnal cycle per season (test split)", colours)
     out["timeseries"] = plots.plot_daily_series(
         plot_dir / f"{stem}_timeseries.png", time, obs, sims, masks,
-        f"{site}: daily means, test period", min_valid_fraction, colours)
+        f"{site}: daily means, test period (bands: 90 % predictive intervals)" if any(sds.values())
+        else f"{site}: daily means, test period", min_valid_fraction, colours, sds)
     out["scatter"] = plots.plot_scatter(
         plot_dir / f"{stem}_scatter.png", obs, sims, masks, f"{site}: observed vs predicted (test split)")
 
