@@ -193,8 +193,9 @@ def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
     no usable observation of a target (every model would learn or validate on nothing)."""
     for exp in exps:
         for part, domains in (("training", exp.train), ("validation", exp.val)):
-            for target in cfg.data.targets:
-                n = sum(int(usable_targets(ds, [target], cfg.data.max_qc)[1].sum()) for d in domains for ds in d.columns())
+            counts = sum((usable_targets(ds, cfg.data.targets, cfg.data.max_qc)[1].sum(axis=0)
+                          for d in domains for ds in d.columns()), start=np.zeros(len(cfg.data.targets), int))
+            for target, n in zip(cfg.data.targets, counts):
                 if n == 0:
                     raise DataError(
                         f"experiment {exp.name}: the {part} steps of {', '.join(_site_id(d) for d in domains)} hold no "
@@ -294,7 +295,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     - with ``overwrite``, an existing run is replaced only when the new one has finished: until then
       the new run writes to ``.<name>.overwrite`` and the old run stays as it was;
     - ``resume`` of a finished run continues it in place after checking the config."""
-    run_dir = Path(cfg.output.run_dir) / cfg.name
+    run_dir = cfg.run_path
     partial = unfinished_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume:
@@ -350,7 +351,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     for parent in (cfg.run_path, *cfg.run_path.parents):
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"output.run_dir: {parent} is a file, not a folder; give a folder for the runs")
-    with run_lock(Path(cfg.output.run_dir) / cfg.name):  # a second process on the run directory is refused
+    with run_lock(cfg.run_path):  # a second process on the run directory is refused
         work, final = prepare_run_dir(cfg, resume)
         print_repairs(cfg, sites)
         return _train_and_write(cfg, exps, config_name, resume, work, final)

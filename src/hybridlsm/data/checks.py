@@ -80,12 +80,9 @@ def check_plausible(
     if k > WRONG_UNIT_FRACTION * n:
         hint = ""
         if raw is not None:
-            r = np.asarray(raw, dtype=float).reshape(-1)[present]
-            rmed = float(np.median(r))
-            for label, (s, o) in spec.alt_units.items():
-                if lo <= rmed * s + o <= hi:
-                    hint = f"; the values look like {label}, not {declared_units}"
-                    break
+            rmed = float(np.median(np.asarray(raw, dtype=float).reshape(-1)[present]))
+            label = fitting_alt_unit(np.array([rmed]), spec, 1.0)
+            hint = "" if label is None else f"; the values look like {label}, not {declared_units}"
         raise DataError(msg + f"; expected {declared_units} giving {lo:g}..{hi:g} {spec.units}{hint}")
     warnings.warn(msg, DataWarning, stacklevel=stacklevel)
 
@@ -260,18 +257,23 @@ FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wi
 OUT_OF_RANGE_POLICIES = ("error", "missing")
 
 
+def fitting_alt_unit(raw: np.ndarray, spec, min_fraction: float) -> str | None:
+    """The first of ``spec.alt_units`` in which at least ``min_fraction`` of the ``raw`` values (as
+    written in the file) convert into the valid range, or None."""
+    lo, hi = spec.valid_range
+    for label, (s, o) in spec.alt_units.items():
+        if float(np.mean((raw * s + o >= lo) & (raw * s + o <= hi))) >= min_fraction:
+            return label
+    return None
+
+
 def _unit_hint(values: np.ndarray, spec, source_units: str) -> str:
     """'; they look like K (mixed units?)' when the out-of-range ``values`` (canonical units) fall in
     the valid range read as one of ``spec.alt_units`` (only for columns in the FLUXNET unit)."""
     if source_units != spec.fluxnet_units or spec.scale == 0.0 or spec.name == "Precip":
         return ""
-    lo, hi = spec.valid_range
-    raw = (values - spec.offset) / spec.scale
-    for label, (s, o) in spec.alt_units.items():
-        fits = float(np.mean((raw * s + o >= lo) & (raw * s + o <= hi)))
-        if fits >= 0.9:
-            return f"; they look like {label}, not {source_units} (units mixed within the column?)"
-    return ""
+    label = fitting_alt_unit((values - spec.offset) / spec.scale, spec, 0.9)
+    return "" if label is None else f"; they look like {label}, not {source_units} (units mixed within the column?)"
 
 
 def check_forcing_ranges(ds, policy: str = "error"):

@@ -63,7 +63,7 @@ import pandas as pd
 import xarray as xr
 
 from hybridlsm.constants import RHO_WATER
-from hybridlsm.data.preprocess import FILLED_LONG
+from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
 from hybridlsm.data.schema import DataError
 from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
@@ -204,9 +204,7 @@ def flux_mask(obs: xr.Dataset, flux: str, max_qc: int = 1) -> np.ndarray:
     """Usable observed ``flux``: finite, where ``<flux>_qc`` exists 0 ≤ QC ≤ ``max_qc``, and not at
     a step driven by forcing filled from the diurnal cycle or estimated (``forcing_filled == 2``)."""
     x = _series(obs, flux)
-    ok = np.isfinite(x)
-    if "forcing_filled" in obs.variables:
-        ok &= np.asarray(obs["forcing_filled"].values) < FILLED_LONG
+    ok = np.isfinite(x) & (forcing_filled(obs) < FILLED_LONG)
     qc_name = f"{flux}_qc"
     if qc_name in obs.variables:
         qc = np.asarray(obs[qc_name].values, dtype=float)
@@ -622,9 +620,7 @@ def parameter_reasonability(sites: dict[str, SiteData]) -> pd.DataFrame:
         except DataError as err:
             rows.append({"site": sid, "model": "-", "note": f"no observation-derived parameters: {err}"})
             continue
-        where = sd.test
-        if "forcing_filled" in sd.obs.variables:
-            where = where & (np.asarray(sd.obs["forcing_filled"].values) < FILLED_LONG)
+        where = sd.test & (forcing_filled(sd.obs) < FILLED_LONG)
         for m, par in reasonability_table(models, derived, where=where).items():
             rows.append({"site": sid, "model": m, "r Kh": par["Kh"]["r"], "n Kh": par["Kh"]["n"],
                          "r rs": par["rs"]["r"], "n rs": par["rs"]["n"]})
