@@ -16,10 +16,10 @@ from hybridlsm.domain import domain_from_site
 from hybridlsm.models.registry import TrainingContext, UnknownModelError, available_models, get_model, validate_options
 from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.neural import Normaliser
+from hybridlsm.physics.exchange import ExchangeLaw
 from hybridlsm.training import (
     CheckpointError,
     TrainingError,
-    DiscoveryLaw,
     discovery_loss,
     energy_residual_loss,
     fit,
@@ -316,28 +316,40 @@ def test_sparsity_and_gaussian_nll_by_hand():
 
 
 def test_discovery_law_and_loss():
-    law = DiscoveryLaw()
-    u, ri = np.array([1.0, 3.0, 6.0]), np.array([-0.5, 0.0, 0.1])
+    """The co-trained law has a stable and an unstable branch (never |Ri|), each a u^b |Ri|^c by hand."""
+    law = ExchangeLaw({"stable": (0.005, 1.23, -0.32), "unstable": (0.1, 0.9, 0.25)})
+    u, ri = np.array([1.0, 3.0, 6.0, 2.0]), np.array([-0.5, 0.0, 0.1, 0.5])
 
     @eqx.filter_jit
     def evaluate(law, factor):
-        kh = law(u, ri)
+        kh = jnp.exp(law.log_kh(u, ri))
         loss, grads = eqx.filter_value_and_grad(lambda l: discovery_loss(l, factor * kh, u, ri))(law)
         g_kh = jax.grad(lambda k: discovery_loss(law, k, u, ri))(factor * kh)
-        return kh, loss, grads, g_kh, law.a
+        return kh, loss, grads, g_kh
 
-    kh, loss0, _, _, a = evaluate(law, 1.0)
-    assert float(a) == pytest.approx(0.094) and float(law.b) == 1.0 and float(law.c) == -0.5
-    expected = 0.094 * np.sqrt(u**2 + 0.01) * np.sqrt(ri**2 + 1e-6) ** -0.5
-    np.testing.assert_allclose(kh, expected, rtol=1e-12)
-    assert np.all(np.isfinite(kh))  # finite at Ri = 0
+    kh, loss0, _, _ = evaluate(law, 1.0)
+    kh = np.asarray(kh)
+    ue, rie = np.sqrt(u**2 + 0.01), np.sqrt(ri**2 + 1e-4)
+    stable, unstable = 0.005 * ue**1.23 * rie**-0.32, 0.1 * ue**0.9 * rie**0.25
+    w = 1.0 / (1.0 + np.exp(-ri / 1e-3))  # the branches' sigmoid join: exact beyond |Ri| = 0.01
+    expected = np.exp(w * np.log(stable) + (1 - w) * np.log(unstable))
+    np.testing.assert_allclose(kh, expected, rtol=1e-10)
+    np.testing.assert_allclose(kh[[0, 2, 3]], np.where(ri > 0, stable, unstable)[[0, 2, 3]], rtol=1e-12)
+    assert kh[2] / kh[3] == pytest.approx((6.0**2 + 0.01) ** (1.23 / 2) / (2.0**2 + 0.01) ** (1.23 / 2)
+                                          * (0.1**2 + 1e-4) ** -0.16 / (0.5**2 + 1e-4) ** -0.16, rel=1e-10)
     assert float(loss0) == pytest.approx(0.0, abs=1e-24)
-    # a K_h field twice the law: loss (log 2)^2, gradients into the law's a, b, c and into K_h
-    _, loss, grads, g_kh, _ = evaluate(law, 2.0)
+    coef = law.coefficients()
+    assert coef["stable"] == pytest.approx({"a": 0.005, "b": 1.23, "c": -0.32})
+    # a K_h field twice the law: loss (log 2)^2, gradients into each branch's a, b, c and into K_h
+    _, loss, grads, g_kh = evaluate(law, 2.0)
     assert float(loss) == pytest.approx(math.log(2.0) ** 2)
-    assert float(grads.log_a) == pytest.approx(-2 * math.log(2.0))
-    assert abs(float(grads.b)) > 0 and abs(float(grads.c)) > 0
-    np.testing.assert_allclose(g_kh, 2 * math.log(2.0) / (3 * 2.0 * expected), rtol=1e-10)
+    assert float(jnp.sum(grads.log_a)) == pytest.approx(-2 * math.log(2.0))
+    assert np.all(np.abs(np.asarray(grads.b)) > 0) and np.all(np.abs(np.asarray(grads.c)) > 0)
+    np.testing.assert_allclose(g_kh, 2 * math.log(2.0) / (4 * 2.0 * expected), rtol=1e-10)
+    # bounded when it sets r_a
+    assert float(law(np.array([0.0]), np.array([50.0]))[0]) >= 1e-4
+    with pytest.raises(ValueError, match="branches"):
+        ExchangeLaw({"stable": (0.1, 1.0, 0.0)})
 
 
 # ---------------------------------------------------------------------------- lstm baseline

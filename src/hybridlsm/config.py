@@ -151,6 +151,10 @@ class VirtualSiteConfig(StrictModel):
     longitude: float = Field(-110.0, ge=-180.0, le=180.0)
     seed: int = Field(0, ge=0)
     noise: float = Field(0.0, ge=0.0, description="observation noise on the fluxes [W m-2]")
+    truth: Literal["jarvis", "kh_law"] = Field(
+        "jarvis", description="jarvis: Jarvis-type r_s and convective exchange; kh_law: Jarvis-type r_s and the "
+        "known branched exchange law K_h = a u^b |Ri|^c (data.virtual.TWIN_LAW), for discovery twins")
+    gap_fraction: float = Field(0.0, ge=0.0, le=0.9, description="fraction of Qh and Qle missing in tower-like blocks")
 
 
 class SiteSpec(StrictModel):

@@ -56,9 +56,10 @@ from .training import TrainingError
 
 console = Console(stderr=True)
 
-#: Observed variables copied to ``predictions/<site>/obs.nc`` (with their QC flags).
+#: Observed variables copied to ``predictions/<site>/obs.nc`` (with their QC flags); Kh_true and
+#: RiB_true are the known truth of a twin experiment's virtual site.
 OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "SoilTemp", "SoilMoistVol", "Precip",
-                 "SWdown", "Tair", "Wind", "VPD", "Psurf", "Ustar")  # fmt: skip
+                 "SWdown", "Tair", "Wind", "VPD", "Psurf", "Ustar", "Kh_true", "RiB_true")  # fmt: skip
 SPLIT_ATTRS = {"flag_values": "0 1 2 3", "flag_meanings": "unused_or_spinup train validation test"}
 
 
@@ -97,7 +98,8 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
         return read_plumber2(spec.plumber.met, spec.plumber.flux)
     v = spec.virtual
     return virtual_site(site_id=v.site_id, igbp=v.igbp, days=v.days, time_step_s=v.time_step_s, start=v.start,
-                        latitude=v.latitude, longitude=v.longitude, seed=v.seed, noise=v.noise)  # fmt: skip
+                        latitude=v.latitude, longitude=v.longitude, seed=v.seed, noise=v.noise, truth=v.truth,
+                        gap_fraction=v.gap_fraction)  # fmt: skip
 
 
 def load_domains(cfg: RunConfig) -> list[Domain]:

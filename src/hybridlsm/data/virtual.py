@@ -147,10 +147,19 @@ def synthetic_forcing(
 # ------------------------------------------------------------------------ hidden "true" closure
 
 
-def _true_closure():
-    """The hidden truth of the twin experiment: LaD bulk fluxes whose stomatal resistance responds
-    to vapour-pressure deficit and light (Jarvis-type, absent from the default physics) and whose
-    exchange is enhanced in free convection. A hybrid must learn these from the fluxes."""
+#: The twin experiment's known exchange law (``truth="kh_law"``): stable b and c as seed 000's
+#: discovered law (K_h = 0.087 u^1.23 Ri^-0.32), a scaled to the bulk K_h = (z - d) / r_a of a 3 m
+#: grass tower; the unstable branch grows with |Ri| (free convection). The branches meet near
+#: |Ri| = 0.01 at u = 3 m s-1.
+TWIN_LAW = {"stable": (0.005, 1.23, -0.32), "unstable": (0.1, 0.9, 0.25)}
+TRUTHS = ("jarvis", "kh_law")
+
+
+def _true_closure(convective: bool):
+    """The hidden closure of the twin: LaD bulk fluxes whose stomatal resistance responds to
+    vapour-pressure deficit and light (Jarvis-type, absent from the default physics; soil water acts
+    through beta as in LaD) and, with ``convective``, whose exchange is enhanced in free convection.
+    A hybrid must learn these from the fluxes."""
     import jax.numpy as jnp
 
     from ..constants import CP_AIR
@@ -162,13 +171,36 @@ def _true_closure():
             vpd_kpa = (thermo.saturation_vapour_pressure(f.t_air) - thermo.vapour_pressure_from_specific_humidity(f.q_air, f.p_surf)) / 1000.0
             light = (f.sw_down + 20.0) / (f.sw_down + 200.0)
             rs = c.surface_resistance * (1.0 + 0.8 * jnp.maximum(vpd_kpa, 0.0)) / light
-            convective = 1.0 + 0.5 * jnp.tanh(jnp.maximum(-c.richardson, 0.0) * 5.0)
-            ra = c.aerodynamic_resistance / convective
+            ra = c.aerodynamic_resistance
+            if convective:
+                ra = ra / (1.0 + 0.5 * jnp.tanh(jnp.maximum(-c.richardson, 0.0) * 5.0))
             gh = c.rho_air * CP_AIR / ra
             gq = c.beta * c.rho_air / (ra + rs)
             return TurbulentFluxes(gh * (c.t_surface - c.theta_air), gq * (c.q_sat - c.q_air), gh, gq * c.dq_sat_dt)
 
     return JarvisClosure()
+
+
+def _true_model(truth: str):
+    from ..physics import LaDModel
+    from ..physics.exchange import ExchangeLaw
+
+    if truth == "jarvis":
+        return LaDModel(closure=_true_closure(convective=True))
+    if truth == "kh_law":
+        return LaDModel(closure=_true_closure(convective=False), exchange_law=ExchangeLaw(TWIN_LAW))
+    raise ValueError(f"unknown virtual-site truth {truth!r}; allowed: {', '.join(TRUTHS)}")
+
+
+def tower_gaps(n: int, fraction: float, rng: np.random.Generator, max_length: int = 96) -> np.ndarray:
+    """Boolean (n,) mask of missing observations: gaps of 1 to ``max_length`` steps at random
+    places until ``fraction`` of the record is missing (as towers lose data in blocks)."""
+    missing = np.zeros(n, dtype=bool)
+    while missing.mean() < fraction:
+        length = int(rng.integers(1, max_length + 1))
+        start = int(rng.integers(0, max(n - length, 1)))
+        missing[start : start + length] = True
+    return missing
 
 
 def virtual_site(
@@ -181,33 +213,50 @@ def virtual_site(
     longitude: float = -110.0,
     seed: int = 0,
     noise: float = 0.0,
+    truth: str = "jarvis",
+    gap_fraction: float = 0.0,
 ) -> xr.Dataset:
-    """A virtual flux-tower record: generated forcing and fluxes simulated by the LaD column with the
-    hidden Jarvis-type closure (spun up over the record), plus Gaussian observation noise [W m-2] on
-    Qh, Qle, Qg and Rnet. SoilTemp (2.75 cm) and SoilMoistVol (root zone) are the 'tower' soil data."""
+    """A virtual flux-tower record: generated forcing and fluxes simulated by the LaD column with a
+    hidden truth (spun up over the record), plus Gaussian observation noise [W m-2] on Qh, Qle, Qg
+    and Rnet and, with ``gap_fraction``, blocks of missing Qh and Qle. SoilTemp (2.75 cm) and
+    SoilMoistVol (root zone) are the 'tower' soil data.
+
+    ``truth``: ``"jarvis"`` (Jarvis-type r_s, convective enhancement of the Louis exchange) or
+    ``"kh_law"`` (Jarvis-type r_s and the known branched law :data:`TWIN_LAW` for K_h; the true K_h
+    series is kept as ``Kh_true``, with ``RiB_true``, for checking what a hybrid recovers)."""
     import jax
     import jax.numpy as jnp
 
-    from ..physics import LaDModel, default_params, forcing_from_datasets, rollout, spin_up
+    from ..physics import default_params, forcing_from_datasets, rollout, spin_up
 
     utc = round(longitude / 15.0)
     ds = synthetic_forcing(days=days, start=str(start), step_s=time_step_s, latitude=latitude,
                            longitude=longitude, utc_offset_h=utc, seed=seed, site_id=site_id)  # fmt: skip
-    ds.attrs.update(igbp=igbp, site_name=f"virtual {igbp} site (hidden Jarvis closure, seed {seed})")
+    model = _true_model(truth)
+    ds.attrs.update(igbp=igbp, site_name=f"virtual {igbp} site (hidden {truth} truth, seed {seed})")
     forcing = forcing_from_datasets([ds], dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     params = default_params([igbp], canopy_height=ds.attrs["canopy_height"],
                             measurement_height=ds.attrs["measurement_height"])  # fmt: skip
     params = {k: jnp.asarray(v, forcing.t_air.dtype) for k, v in params.items()}
-    model = LaDModel(closure=_true_closure())
     state0, _ = spin_up(model, params, forcing, max_cycles=5)
     _, out = jax.jit(lambda s: rollout(model, params, forcing, s))(state0)
     rng = np.random.default_rng(seed + 1)
+    gaps = tower_gaps(ds.sizes["time"], gap_fraction, rng) if gap_fraction > 0 else np.zeros(ds.sizes["time"], bool)
     for name in ("Qh", "Qle", "Qg", "Rnet"):
         values = np.asarray(out[name])[:, 0] + (rng.normal(0.0, noise, ds.sizes["time"]) if noise > 0 else 0.0)
+        if name in ("Qh", "Qle"):
+            values = np.where(gaps, np.nan, values)
         ds[name] = ("time", values, {"units": "W m-2", "source": "LaD with hidden closure + noise"})
     ds["SoilTemp"] = ("time", np.asarray(out["SoilTemp"])[:, 0, 1], {"units": "K", "depth_m": 0.0275})
     depth = float(params["root_zone_capacity"][0]) / 132.0  # W_max = z_r x AWC (medium soil)
     ds["SoilMoistVol"] = ("time", np.asarray(out["SoilMoist"])[:, 0] / (1000.0 * depth) + 0.05,
                           {"units": "m3 m-3", "depth_m": depth})  # fmt: skip
-    ds.attrs["truth"] = "JarvisClosure: rs x (1 + 0.8 VPD[kPa]) x (SW + 200)/(SW + 20); ra / (1 + 0.5 tanh(5 max(-Ri, 0)))"
+    jarvis = "rs x (1 + 0.8 VPD[kPa]) x (SW + 200)/(SW + 20)"
+    if truth == "jarvis":
+        ds.attrs["truth"] = f"JarvisClosure: {jarvis}; ra / (1 + 0.5 tanh(5 max(-Ri, 0)))"
+    else:
+        ds.attrs["truth"] = f"JarvisClosure: {jarvis}; K_h = a u^b |Ri|^c per branch: {TWIN_LAW}"
+        ds["Kh_true"] = ("time", np.asarray(out["Kh"])[:, 0], {"units": "m2 s-1", "long_name": "true bulk K_h"})
+        ds["RiB_true"] = ("time", np.asarray(out["RiB"])[:, 0], {"units": "1", "long_name": "true bulk Richardson number"})
+    ds.attrs["gap_fraction"] = float(np.mean(gaps))
     return ds

@@ -80,7 +80,7 @@ class ColumnModel(eqx.Module):
         dynamic_net: optional network ``forcing features (T, N, F) -> raw (T, N, P)``
         dynamic_head: bounded head mapping the raw outputs to multipliers
         dynamic_names: parameters the multipliers scale, step by step
-        law: optional discovery law K_h = a u^b |Ri|^c trained jointly (phase 2)
+        law: optional discovery law K_h = a u^b |Ri|^c (stable and unstable branches) trained jointly (phase 2)
         chunk: steps per checkpointed chunk of the rollout
         sites, site_classes: the training sites of per-site offsets and their IGBP classes
         calibrated_on: the training sites of shared offsets (for ``provenance``)

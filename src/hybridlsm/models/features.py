@@ -11,8 +11,10 @@ import jax.numpy as jnp
 from .. import thermo
 from ..constants import T_FREEZE
 from ..physics import Forcing, LaDState
+from ..physics.exchange import law_features
 
-__all__ = ["N_FORCING_FEATURES", "N_STATE_FEATURES", "forcing_features", "state_features"]
+__all__ = ["N_FORCING_FEATURES", "N_STABILITY_FEATURES", "N_STATE_FEATURES", "forcing_features", "stability_features",
+           "state_features"]
 
 
 def forcing_features(f: Forcing) -> jax.Array:
@@ -49,5 +51,16 @@ def state_features(state: LaDState, forcing: Forcing, params: dict) -> jax.Array
     )
 
 
+def stability_features(wind, richardson) -> jax.Array:
+    """(…, 4) the derived surface-layer inputs of a parameter network (seed 000: wind shear, Richardson
+    number): log u, the stable weight s of Ri and log |Ri| on each branch, s log|Ri| and (1 - s)
+    log|Ri| (the regressors of an exchange law, ``physics.exchange.law_features``, scaled)."""
+    log_u, log_ri, _ = law_features(wind, richardson)
+    stable = jax.nn.sigmoid(richardson / 0.01)
+    scaled = (log_ri + 4.6) / 3.0  # log 0.01 = -4.6 (near neutral) -> 0; |Ri| = 8 -> 2.2
+    return jnp.stack([log_u - 1.0, stable, stable * scaled, (1.0 - stable) * scaled], axis=-1)
+
+
 N_FORCING_FEATURES = 7
 N_STATE_FEATURES = 8
+N_STABILITY_FEATURES = 4

@@ -34,11 +34,13 @@ from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, BoundedHead, EnergySplitHea
                       mc_batch_size, mc_dropout, trainable_filter)
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
-from ..training.losses import DiscoveryLaw, gaussian_nll, sparsity_l1
+from ..physics.exchange import ExchangeLaw
+from ..training.losses import gaussian_nll, sparsity_l1
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
     COLUMN_TARGETS,
+    LEARNED_PARAMETERS,
     ColumnModel,
     ColumnSpec,
     column_provenance,
@@ -49,7 +51,8 @@ from .column import (
     run_jit,
 )
 from .column_fit import FitOptions, train_column_model, training_config
-from .features import N_FORCING_FEATURES, N_STATE_FEATURES, forcing_features, state_features
+from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, forcing_features,
+                       stability_features, state_features)
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
 from .registry import EquinoxSpec, TrainingContext, register_model
 
@@ -71,7 +74,8 @@ class HybridOptions(FitOptions):
     mc_samples: int = Field(MC_SAMPLES, ge=2, le=1000, description="MC-dropout runs of a prediction (with dropout)")
     stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
-    discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law jointly (phase 2)")
+    discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law with stable and unstable branches "
+                            "jointly (phase 2; physics.exchange)")
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED),
                                  description="physical parameters calibrated (see physics_init)")
     physics_init: Literal["calibrated", "default"] = Field(
@@ -86,6 +90,13 @@ class HybridOptions(FitOptions):
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+
+
+class HybridParamOptions(HybridOptions):
+    """``options`` of ``{name: hybrid_param}``: the hybrids' options and the derived stability inputs."""
+
+    stability_inputs: bool = Field(False, description="also give the parameter network log u and the signed bulk "
+                                   "Richardson number (stable and unstable parts) of each step")
 
 
 class PostCorrectionOptions(HybridOptions):
@@ -185,12 +196,15 @@ class ParameterNetworkLand(AbstractLandModel):
 
     The learned multipliers scale ``ra_scale`` and ``rs_scale`` before the physics step, so the
     reported Kh, ra and rs are the ones actually used; the step's fluxes carry them as the
-    diagnostics ``ra_mult`` and ``rs_mult``, which ``observe`` reports."""
+    diagnostics ``ra_mult`` and ``rs_mult``, which ``observe`` reports. With ``stability_inputs`` the
+    network also sees log u and the signed bulk Richardson number at the start of the step
+    (``features.stability_features``), the variables an exchange law is written in."""
 
     lad: LaDModel
     mlp: MLP
     head: BoundedHead
     use_states: bool = eqx.field(static=True)
+    stability_inputs: bool = eqx.field(static=True, default=False)
 
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
@@ -199,6 +213,8 @@ class ParameterNetworkLand(AbstractLandModel):
         x = [forcing_features(forcing)]
         if self.use_states:
             x.append(state_features(state, forcing, params))
+        if self.stability_inputs:
+            x.append(stability_features(forcing.wind, self.lad.surface_layer(state, forcing, params).richardson))
         x = jnp.concatenate(x, axis=-1)
         return self.head(self.mlp(x, key=key))
 
@@ -245,7 +261,7 @@ class _HybridSpec(ColumnSpec):
     sparsity_fn = None
 
     def _law(self, opts, dtype):
-        return DiscoveryLaw(dtype=dtype) if opts.discovery else None
+        return ExchangeLaw.neutral(dtype) if opts.discovery else None
 
     def provenance(self, model, domain):
         return [f"network shared by every column; physical parameters: {p}" for p in column_provenance(model, domain)]
@@ -292,22 +308,27 @@ class HybridFlux(_HybridSpec):
 
 @register_model("hybrid_param")
 class HybridParam(_HybridSpec):
+    Options = HybridParamOptions
+    learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(multiplier_sparsity)
 
-    def build(self, options: HybridOptions) -> ColumnModel:
+    def build(self, options: HybridParamOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
-        n_in = N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
+        n_in = (N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
+                + (N_STABILITY_FEATURES if options.stability_inputs else 0))
         mlp = MLP(n_in, len(MULTIPLIED), width_size=options.width, depth=options.depth,
                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         mlp = _small_output_layer(mlp, head.inverse(jnp.ones(len(MULTIPLIED))))
-        land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states)
+        land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
+                                    options.stability_inputs)
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
                            delta_gain=DELTA_GAIN, mc_samples=options.mc_samples)  # fmt: skip
 
 
 @register_model("hybrid_lstm")
 class HybridLSTM(_HybridSpec):
+    learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(dynamic_sparsity)
 
     def build(self, options: HybridOptions) -> ColumnModel:

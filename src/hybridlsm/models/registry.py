@@ -140,6 +140,8 @@ class ModelSpec(abc.ABC):
     Options: ClassVar[type[BaseModel]]
     #: the observed variables the model can be trained on (its ``Options.targets`` choose among them)
     targets: ClassVar[tuple[str, ...]]
+    #: physical parameters the model's networks set (what ``hybridlsm discover`` fits closed forms to)
+    learned_parameters: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...

@@ -22,6 +22,7 @@ water W, snow S and groundwater W_g. One step (backward Euler, step length from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -48,6 +49,7 @@ from .soil import (
     surface_coefficients,
 )
 from .surface import melt_flux, net_radiation, surface_albedo
+from .exchange import ExchangeLaw
 from .turbulence import STABILITY_SCHEMES, aerodynamic_resistance, bulk_richardson
 from .water import (
     drainage,
@@ -135,18 +137,36 @@ class LaDFluxes(eqx.Module):
     diagnostics: dict = eqx.field(default_factory=dict)  # extra outputs of wrappers, reported by name
 
 
+class SurfaceLayer(NamedTuple):
+    """Start-of-step surface-layer quantities (arrays (N,)): z - d [m], potential air temperature [K],
+    wind with gustiness [m s-1], snow cover and moisture availability beta [-], q_sat(T_s)
+    [kg kg-1], bulk Richardson number [-] and aerodynamic resistance r_a [s m-1]."""
+
+    height_above_displacement: Array
+    theta_air: Array
+    wind: Array
+    snow_cover: Array
+    beta: Array
+    q_sat: Array
+    richardson: Array
+    aerodynamic_resistance: Array
+
+
 class LaDModel(AbstractLandModel):
     """The LaD column with a pluggable H/E closure.
 
     Attributes:
         closure: H/E closure (``BulkClosure`` by default; hybrids substitute a network)
         stability: "louis" or "businger_dyer" (static)
+        exchange_law: optional closed-form K_h(u, Ri) (``physics.exchange.ExchangeLaw``, e.g. a law
+            found by ``hybridlsm discover``) that replaces the stability scheme: r_a = (z - d) / K_h
         layer_thickness: soil layer thicknesses [m] (static; LaD default 0.005 ... 1.0)
         numerics: smoothing widths (static)
     """
 
     closure: Closure = eqx.field(default_factory=BulkClosure)
     stability: str = eqx.field(static=True, default="louis")
+    exchange_law: ExchangeLaw | None = None
     layer_thickness: tuple = eqx.field(static=True, default=LAYER_THICKNESS)
     numerics: Numerics = eqx.field(static=True, default_factory=Numerics)
 
@@ -173,6 +193,30 @@ class LaDModel(AbstractLandModel):
         )
 
     # ------------------------------------------------------------------------------------
+    def surface_layer(self, state: LaDState, forcing: Forcing, params: dict) -> SurfaceLayer:
+        """Geometry, moisture availability and stability at the start of a step (explicit: at the
+        start-of-step T_s), as ``step`` uses them; also the inputs a parameter network may see."""
+        p, f, num = params, forcing, self.numerics
+        ts = state.soil_temp[..., 0]
+        z0m = p["z0m"]
+        z0h = z0m * jnp.exp(-p["kB_inv"])
+        d = p["displacement_fraction"] * p["canopy_height"]
+        zd = smooth_max(p["reference_height"] - d, 2.0 * z0m, 0.1 * z0m)
+        theta_air = f.t_air + GRAVITY / CP_AIR * zd
+        wind = jnp.sqrt(f.wind**2 + p["gustiness"] ** 2)
+        snow_cover = snow_cover_fraction(state.snow, num.snow_presence_mass)
+        beta_soil = water_stress(state.soil_water, p["root_zone_capacity"], p["beta_threshold"], num.beta_scale)
+        beta = snow_cover + (1.0 - snow_cover) * beta_soil
+        q_sat = saturation_specific_humidity(ts, f.p_surf)
+        q_surf = f.q_air + beta * (q_sat - f.q_air)
+        ri = bulk_richardson(theta_air * (1.0 + 0.608 * f.q_air), ts * (1.0 + 0.608 * q_surf), wind, zd)
+        if self.exchange_law is None:
+            ra = aerodynamic_resistance(ri, wind, zd, z0m, z0h, self.stability) * p["ra_scale"]
+        else:
+            ra = zd / self.exchange_law(f.wind, ri) * p["ra_scale"]
+        return SurfaceLayer(zd, theta_air, wind, snow_cover, beta, q_sat, ri, ra)
+
+    # ------------------------------------------------------------------------------------
     def step(self, state: LaDState, forcing: Forcing, params: dict, key=None) -> tuple[LaDState, LaDFluxes]:
         """Advance one step of ``forcing.time_step_s`` seconds; pure, jit-able, (N,) arrays.
         ``key``: the step's PRNG key, passed to the closure (dropout of a network closure)."""
@@ -193,33 +237,16 @@ class LaDModel(AbstractLandModel):
         p_snow = f.precip * snow_fraction
         p_rain = f.precip * (1.0 - snow_fraction)
 
-        # air properties and geometry
+        # air properties, geometry, moisture availability, stability and aerodynamic resistance
+        sl = self.surface_layer(state, f, p)
+        zd, theta_air, wind, snow_cover, beta, q_sat, ri, ra = (
+            sl.height_above_displacement, sl.theta_air, sl.wind, sl.snow_cover, sl.beta, sl.q_sat, sl.richardson,
+            sl.aerodynamic_resistance)  # fmt: skip
         rho = air_density(f.t_air, f.p_surf, f.q_air)
         lv = latent_heat_vaporisation(f.t_air)
         ls = lv + lf
-        z0m = p["z0m"]
-        z0h = z0m * jnp.exp(-p["kB_inv"])
-        d = p["displacement_fraction"] * p["canopy_height"]
-        zd = smooth_max(p["reference_height"] - d, 2.0 * z0m, 0.1 * z0m)
-        theta_air = f.t_air + GRAVITY / CP_AIR * zd
-        wind = jnp.sqrt(f.wind**2 + p["gustiness"] ** 2)
-
-        # moisture availability
-        snow_cover = snow_cover_fraction(state.snow, num.snow_presence_mass)
-        beta_soil = water_stress(
-            state.soil_water, p["root_zone_capacity"], p["beta_threshold"], num.beta_scale
-        )
-        beta = snow_cover + (1.0 - snow_cover) * beta_soil
         rs = p["rs_min"] * p["rs_scale"] * (1.0 - snow_cover)
-        q_sat = saturation_specific_humidity(ts, f.p_surf)
         dq_sat = saturation_specific_humidity_slope(ts, f.p_surf)
-        q_surf = f.q_air + beta * (q_sat - f.q_air)
-
-        # stability and aerodynamic resistance (explicit: at the start-of-step T_s)
-        ri = bulk_richardson(
-            theta_air * (1.0 + 0.608 * f.q_air), ts * (1.0 + 0.608 * q_surf), wind, zd
-        )
-        ra = aerodynamic_resistance(ri, wind, zd, z0m, z0h, self.stability) * p["ra_scale"]
 
         # radiation
         albedo = surface_albedo(state.snow, ts, p)

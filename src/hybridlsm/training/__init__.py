@@ -3,7 +3,6 @@
 
 from hybridlsm.training.checkpoint import CheckpointError
 from hybridlsm.training.losses import (
-    DiscoveryLaw,
     discovery_loss,
     energy_residual_loss,
     gaussian_nll,
@@ -16,7 +15,6 @@ from hybridlsm.training.trainer import FitResult, TrainingError, fit, learning_r
 __all__ = [
     "TrainingError",
     "CheckpointError",
-    "DiscoveryLaw",
     "FitResult",
     "discovery_loss",
     "energy_residual_loss",

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ..physics.exchange import ExchangeLaw
+
 __all__ = [
     "WEIGHT_NAMES",
-    "DiscoveryLaw",
     "discovery_loss",
     "energy_residual_loss",
     "gaussian_nll",
@@ -121,65 +122,15 @@ def sparsity_l1(deviations: Any, mask: ArrayLike | None = None) -> Float[Array, 
     return total / count
 
 
-class DiscoveryLaw(eqx.Module):
-    """Closed form ``K_h = a * u^b * |Ri|^c`` with trainable ``a`` (stored as ``log_a``), ``b``, ``c``.
-
-    Initialised at the Businger-Dyer-like values of the regional study, a = 0.094, b = 1, c = -0.5
-    (K_h in m2 s-1, u in m s-1). ``|Ri|`` is smoothed as ``sqrt(Ri^2 + eps_ri^2)`` and ``u`` as
-    ``sqrt(u^2 + eps_u^2)`` so that logs, powers and gradients stay finite at Ri = 0 and calm wind.
-    """
-
-    log_a: Float[Array, ""]
-    b: Float[Array, ""]
-    c: Float[Array, ""]
-    eps_ri: float = eqx.field(static=True)
-    eps_u: float = eqx.field(static=True)
-
-    def __init__(
-        self,
-        a: float = 0.094,
-        b: float = 1.0,
-        c: float = -0.5,
-        eps_ri: float = 1e-3,
-        eps_u: float = 0.1,
-        dtype: Any = None,
-    ):
-        if not a > 0:
-            raise ValueError(f"DiscoveryLaw: a must be > 0, got {a}")
-        if not (eps_ri > 0 and eps_u > 0):
-            raise ValueError(f"DiscoveryLaw: eps_ri and eps_u must be > 0, got {eps_ri}, {eps_u}")
-        dtype = jnp.zeros(0).dtype if dtype is None else dtype
-        self.log_a = jnp.asarray(jnp.log(a), dtype=dtype)
-        self.b = jnp.asarray(b, dtype=dtype)
-        self.c = jnp.asarray(c, dtype=dtype)
-        self.eps_ri = float(eps_ri)
-        self.eps_u = float(eps_u)
-
-    @property
-    def a(self) -> Array:
-        return jnp.exp(self.log_a)
-
-    def log_kh(self, wind: Float[ArrayLike, "..."], ri: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        """``log K_h = log a + b log u + c log |Ri|`` with the smoothed u and |Ri|."""
-        u = jnp.asarray(wind)
-        ri = jnp.asarray(ri)
-        log_u = 0.5 * jnp.log(u * u + self.eps_u**2)
-        log_ri = 0.5 * jnp.log(ri * ri + self.eps_ri**2)
-        return self.log_a + self.b * log_u + self.c * log_ri
-
-    def __call__(self, wind: Float[ArrayLike, "..."], ri: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
-        """``K_h`` in m2 s-1."""
-        return jnp.exp(self.log_kh(wind, ri))
-
-
 def discovery_loss(
-    law: DiscoveryLaw,
+    law: ExchangeLaw,
     kh_learned: Float[Array, "..."],
     wind: Float[ArrayLike, "..."],
     ri: Float[ArrayLike, "..."],
     mask: ArrayLike | None = None,
 ) -> Float[Array, ""]:
-    """Mean square of ``log K_h_learned - log(a u^b |Ri|^c)`` over valid entries.
+    """Mean square of ``log K_h_learned - log K_h_law(u, Ri)`` over valid entries (the law's stable
+    and unstable branches, ``physics.exchange.ExchangeLaw``).
 
     Gradients flow both into the network that produced ``kh_learned`` (pulling it towards an
     analytical form) and into the law's ``a, b, c`` (fitting the form). ``kh_learned`` must be
