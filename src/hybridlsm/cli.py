@@ -212,6 +212,33 @@ def predict(
         try:
             folder = apply_model(run_dir, model, files, start=start, end=end, out=out, experiment=experiment)
         except PredictError as err:
-            Console(stderr=True, highlight=False).print(f"[red]error[/red]: {escape(str(err))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            _input_error(err)
     Console().print(f"predictions: [green]{folder}[/green]")
+
+
+def _input_error(err: Exception) -> None:
+    """One line for bad input to predict / discover (exit 2)."""
+    Console(stderr=True, highlight=False).print(f"[red]error[/red]: {escape(str(err))}", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+@app.command()
+def discover(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`"),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="label of a model with a learned K_h "
+                                              "(repeatable; default: every such model of the run)"),
+) -> None:
+    """Fit closed forms K_h = a u^b |Ri|^c (stable and unstable branches) and the Businger-Dyer, Louis and
+    |Ri| forms to the learned exchange coefficient, search a term library with a sparse regression,
+    re-run the chosen law as physics and score it (RUN/discovery/, shown in the report)."""
+    from .discover import discover as run_discovery
+    from .evaluation.report import build_report
+    from .predict import PredictError
+
+    with user_errors():
+        try:
+            out = run_discovery(run_dir, model)
+        except PredictError as err:
+            _input_error(err)
+        build_report(run_dir)
+    Console().print(f"discovery: [green]{out}[/green] (forms.csv, skill.csv, discovery.json; in {run_dir / 'report.html'})")

@@ -67,6 +67,7 @@ from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
 from hybridlsm.data.schema import DataError
 from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
+from hybridlsm.evaluation.hotspots import hotspots_html
 from hybridlsm.evaluation.metrics import (
     NEAR_ZERO_MEAN,
     SCALES,
@@ -775,6 +776,49 @@ def _predictive_uncertainty_html(
 # entry point
 
 
+def _discovery_html(run_dir: Path) -> str:
+    """The "Discovered exchange law" section from ``RUN/discovery/`` (``hybridlsm discover``); "" without it."""
+    folder = run_dir / "discovery"
+    if not (folder / "forms.csv").is_file():
+        return ""
+    forms = pd.read_csv(folder / "forms.csv")
+    meta = json.loads((folder / "discovery.json").read_text()) if (folder / "discovery.json").is_file() else {}
+    h = ["<h2>Discovered exchange law</h2>",
+         "<p class='note'>Closed forms fitted to each hybrid's learned K_h on the training and validation steps "
+         "(<code>hybridlsm discover</code>): the branched power law K_h = a·u^b·|Ri|^c with separate stable and "
+         "unstable branches, one power law in |Ri| for both signs, and the Businger–Dyer and Louis schemes with a "
+         "fitted scale; R² and RMSE of K_h [m² s⁻¹], AIC on the log residuals (lower is better; k "
+         "coefficients). The power-law form with the lower AIC is re-run as the physics' exchange closure and "
+         "scored on the test steps.</p>"]
+    cols = [c for c in ("model", "class", "form", "expression", "n", "k", "r2", "rmse", "aic", "delta_aic") if c in forms]
+    h.append(_table_html(forms[cols]))
+    rows = []
+    for label, entry in meta.get("models", {}).items():
+        if "co_trained_law" in entry:
+            for branch, c in entry["co_trained_law"].items():
+                rows.append({"model": label, "law": "co-trained in phase 2", "branch": branch, **c})
+        for cls, fit in entry.get("classes", {}).items():
+            for branch, sp in fit.get("sparse", {}).items():
+                if isinstance(sp, dict) and "terms" in sp:
+                    terms = ", ".join(f"{t}: {v:.3g}" for t, v in sp["terms"].items()) or "none"
+                    rows.append({"model": label, "law": f"Lasso terms kept ({cls})", "branch": branch, "terms": terms,
+                                 "cv R² (log)": sp["cv_r2_log"]})
+            if fit.get("r2_kh_true_test_steps") is not None:
+                rows.append({"model": label, "law": f"learned vs true K_h ({cls}), test steps",
+                             "R²": fit["r2_kh_true_test_steps"]})
+    if rows:
+        h.append(_table_html(pd.DataFrame(rows)))
+    skill_path = folder / "skill.csv"
+    if skill_path.is_file() and skill_path.stat().st_size > 1:
+        skill = pd.read_csv(skill_path)
+        skill = skill[skill["scale"] == "halfhourly"] if "scale" in skill else skill
+        h.append("<h3>The law re-run as physics, test split, half-hourly</h3>")
+        h.append(_table_html(skill[[c for c in ("site", "model", "flux", "rmse", "nse", "kge", "bias", "n") if c in skill]]))
+    for png in sorted((folder / "plots").glob("*.png")):
+        h.append(f"<h3>{html.escape(png.stem)}</h3>{_img_html(png, f'discovery fit {png.stem}')}")
+    return "\n".join(h)
+
+
 def build_report(
     run_dir: Path,
     config_name: str | None = None,
@@ -872,6 +916,8 @@ def build_report(
         if "untrained" not in figs:
             h.append("<p class='note'>No simulated/observed SoilTemp or soil moisture pair at this site.</p>")
     h.extend(_predictive_uncertainty_html(run_dir, sites, plot_dir, max_qc, min_valid_fraction, colours))
+    h.append(hotspots_html(run_dir, colours=colours))  # "Parameter uncertainty hotspots"; "" without parameter SDs
+    h.append(_discovery_html(run_dir))
     h.append("</body></html>")
     out = run_dir / "report.html"
     out.write_text("\n".join(h), encoding="utf-8")
