@@ -29,8 +29,8 @@ import pandas as pd
 from ..physics import aerodynamic_resistance, default_params
 from ..physics.exchange import BRANCHES, law_features
 
-#: |Ri| below this is left out of the fits: within a few RI_BLEND of 0 the branches are blended
-RI_FIT_MIN = 0.005
+#: |Ri| below this is left out of the fits: within 10 RI_BLEND of 0 the branches are blended
+RI_FIT_MIN = 0.01
 FORMS = ("power_law", "zhang_abs_ri", "businger_dyer", "louis")
 #: the sparse regression's candidate terms (per branch; log_u and log_ri are law_features')
 LIBRARY = ("log_u", "log_ri", "u", "abs_ri", "log_u^2", "log_ri^2", "log_u*log_ri")

@@ -1,0 +1,192 @@
+"""Discovery: the branched exchange law as physics, the fits of ``evaluation.discovery`` against known
+laws, the twin's truth, and ``hybridlsm discover`` end to end on a tiny twin run."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from hybridlsm.cli import app
+from hybridlsm.data.virtual import TWIN_LAW, tower_gaps, virtual_site
+from hybridlsm.evaluation.discovery import (
+    DiscoveryError,
+    compare_forms,
+    fit_abs_ri_law,
+    fit_power_law,
+    sparse_search,
+)
+from hybridlsm.physics import LaDModel, default_params, rollout, synthetic_forcing
+from hybridlsm.physics.exchange import ExchangeLaw
+
+GRASS = {"igbp": "GRA", "canopy_height": 0.5, "measurement_height": 3.0}
+
+
+@pytest.fixture(scope="module")
+def twin():
+    """60 days of the twin: truth K_h from TWIN_LAW, noise and 20 % tower gaps on the fluxes."""
+    return virtual_site(site_id="TWIN", truth="kh_law", days=60, start="2020-06-01", seed=3, noise=10.0,
+                        gap_fraction=0.2)
+
+
+def test_law_run_as_physics_reports_its_k_h_and_conserves_energy_and_water():
+    forcing = synthetic_forcing(6, n_sites=2, start_day=150.0)
+    params = default_params(["GRA", "ENF"])
+    model = LaDModel(exchange_law=ExchangeLaw(TWIN_LAW))
+    state0 = model.init_state(params, forcing)
+    _, out = jax.jit(rollout)(model, params, forcing, state0)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    # K_h = (z - d) / r_a is the law's at the step's wind and Ri (ra_scale = 1 by default)
+    law = ExchangeLaw(TWIN_LAW)
+    np.testing.assert_allclose(out["Kh"], np.asarray(law(np.asarray(forcing.wind), out["RiB"])), rtol=1e-10)
+    assert (out["RiB"] > 0.05).any() and (out["RiB"] < -0.05).any()  # both branches are used
+    # the closure conserves: Rn - H - LE - Qf = dS/dt to 1e-3 W m-2, water to 1e-6 mm
+    from test_physics_lad import energy_residual, water_residual
+
+    run = dict(out=out, params=params, state0=state0, forcing=forcing, dt=forcing.time_step_s)
+    assert np.max(np.abs(energy_residual(run)[0])) <= 1e-3
+    assert np.max(np.abs(water_residual(run))) <= 1e-6
+    # and it is not the Louis scheme
+    _, louis = jax.jit(rollout)(LaDModel(), params, forcing, state0)
+    assert np.max(np.abs(np.asarray(louis["Qh"]) - out["Qh"])) > 10.0
+
+
+def test_twin_has_its_truth_noise_and_tower_gaps(twin):
+    assert {"Kh_true", "RiB_true"} <= set(twin.data_vars)
+    assert twin.attrs["gap_fraction"] == pytest.approx(0.2, abs=0.02)
+    missing = np.isnan(twin["Qh"].values)
+    assert missing.mean() == pytest.approx(0.2, abs=0.02)
+    np.testing.assert_array_equal(missing, np.isnan(twin["Qle"].values))
+    assert not np.isnan(twin["Rnet"].values).any()
+    runs = np.diff(np.flatnonzero(np.diff(np.r_[0, missing.astype(int), 0])))[::2]  # gap lengths
+    assert runs.max() > 10  # blocks, not scattered steps
+    gaps = tower_gaps(1000, 0.3, np.random.default_rng(0), max_length=20)
+    assert 0.3 <= gaps.mean() < 0.33
+
+
+def test_fits_recover_the_twin_law_from_its_true_series(twin):
+    kh, wind, ri = twin["Kh_true"].values, twin["Wind"].values, twin["RiB_true"].values
+    fit = fit_power_law(kh, wind, ri)
+    for branch, (a, b, c) in TWIN_LAW.items():
+        assert fit[branch]["a"] == pytest.approx(a, rel=1e-3)  # the sigmoid join of the branches at Ri = 0
+        assert fit[branch]["b"] == pytest.approx(b, rel=1e-4)
+        assert fit[branch]["c"] == pytest.approx(c, rel=1e-4)
+    assert fit["scores"]["r2"] > 0.999999
+    table, fits = compare_forms(kh, wind, ri, GRASS)
+    assert list(table["form"])[0] == "power_law" and table["delta_aic"].iloc[0] == 0.0
+    assert set(table["form"]) == {"power_law", "zhang_abs_ri", "businger_dyer", "louis"}
+    assert (table["n"] == fit["scores"]["n"]).all()  # every form on the same steps
+    # one law in |Ri| cannot follow a K_h that falls with stable Ri and rises with unstable |Ri|
+    assert fits["zhang_abs_ri"]["scores"]["r2"] < 0.9
+    sparse = sparse_search(kh, wind, ri)
+    assert {"log_u", "log_ri"} <= set(sparse["stable"]["terms"])
+    assert sparse["stable"]["terms"]["log_ri"] == pytest.approx(-0.32, abs=0.02)
+    assert sparse["stable"]["cv_r2_log"] > 0.999
+
+
+def test_fits_against_hand_computations():
+    rng = np.random.default_rng(1)
+    n = 400
+    wind = rng.uniform(0.5, 8.0, n)
+    ri = np.where(rng.random(n) < 0.5, 1, -1) * 10 ** rng.uniform(-1.5, 0.0, n)
+    log_u, log_ri = 0.5 * np.log(wind**2 + 0.01), 0.5 * np.log(ri**2 + 1e-4)
+    noise = rng.normal(0.0, 0.05, n)
+    kh = np.exp(np.where(ri > 0, np.log(0.01) + 1.1 * log_u - 0.4 * log_ri, np.log(0.05) + 0.8 * log_u + 0.3 * log_ri)
+                + noise)  # fmt: skip
+    fit = fit_power_law(kh, wind, ri)
+    # OLS by hand on the stable half
+    s = ri > 0
+    x = np.column_stack([np.ones(s.sum()), log_u[s], log_ri[s]])
+    beta = np.linalg.solve(x.T @ x, x.T @ np.log(kh[s]))
+    assert fit["stable"]["b"] == pytest.approx(beta[1], rel=1e-10) and fit["stable"]["c"] == pytest.approx(beta[2], rel=1e-10)
+    assert abs(fit["stable"]["b"] - 1.1) < 4 * fit["stable"]["b_se"] and fit["stable"]["b_se"] < 0.02
+    # AIC = n ln(RSS/n) + 2k on the log residuals
+    resid = np.empty(n)
+    for branch, where in (("stable", s), ("unstable", ~s)):
+        f = fit[branch]
+        resid[where] = np.log(kh[where]) - (np.log(f["a"]) + f["b"] * log_u[where] + f["c"] * log_ri[where])
+    assert fit["scores"]["aic"] == pytest.approx(n * np.log(resid @ resid / n) + 12, rel=1e-10)
+    # the |Ri| law is one OLS over both halves
+    pooled = fit_abs_ri_law(kh, wind, ri)
+    x = np.column_stack([np.ones(n), log_u, log_ri])
+    beta = np.linalg.solve(x.T @ x, x.T @ np.log(kh))
+    assert pooled["b"] == pytest.approx(beta[1], rel=1e-10)
+    # near-neutral steps are left out; too few steps is a clear error
+    ri_near = np.full(n, 1e-3)
+    with pytest.raises(DiscoveryError, match="stable branch has 0 steps"):
+        fit_power_law(kh, wind, ri_near)
+
+
+def test_the_schemes_fit_one_scale_factor():
+    rng = np.random.default_rng(2)
+    wind, ri = rng.uniform(1, 6, 300), rng.uniform(-1, 0.15, 300)
+    from hybridlsm.evaluation.discovery import scheme_kh
+
+    kh = 2.5 * scheme_kh(wind, ri, "louis", **{"igbp": "GRA", "canopy_height": 0.5, "measurement_height": 3.0})
+    table, fits = compare_forms(kh, wind, ri, GRASS)
+    assert fits["louis"]["alpha"] == pytest.approx(2.5, rel=1e-8)
+    assert fits["louis"]["scores"]["r2"] == pytest.approx(1.0, abs=1e-10)
+    assert table.iloc[0]["form"] == "louis"  # exact with k = 1: the lowest AIC
+
+
+TINY = """
+name: twin-tiny
+data:
+  sites:
+    - {virtual: {site_id: TWIN, days: 40, start: 2020-06-01, seed: 3, noise: 5.0, truth: kh_law}}
+  split: {blocked: {block: 4 d, test_every: 4, val_every: 4, offset: 0, gap: 0 d}}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: physics, options: {epochs: 2, calibrate: [rs_scale]}}
+  - {name: hybrid_param, options: {stability_inputs: true, physics_init: default, calibrate: [], epochs: 3}}
+training: {epochs: 3, batch_windows: 8, two_phase: {enabled: true, phase1_epochs: 2, phase2_epochs: 1}}
+output: {run_dir: RUNS}
+"""
+
+
+@pytest.mark.slow
+def test_discover_end_to_end_on_a_tiny_twin_run(tmp_path):
+    cfg = tmp_path / "twin.yaml"
+    cfg.write_text(TINY.replace("RUNS", str(tmp_path / "runs")))
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "twin-tiny"
+    assert "Kh_true" in xr.open_dataset(run / "predictions/TWIN/obs.nc")
+    result = runner.invoke(app, ["discover", str(run)])
+    assert result.exit_code == 0, result.output
+    out = run / "discovery"
+    forms = pd.read_csv(out / "forms.csv")
+    assert set(forms["form"]) == {"power_law", "zhang_abs_ri", "businger_dyer", "louis"}
+    assert set(forms["model"]) == {"hybrid_param"}  # physics learns no K_h
+    meta = json.loads((out / "discovery.json").read_text())
+    entry = meta["models"]["hybrid_param"]
+    assert set(entry["co_trained_law"]) == {"stable", "unstable"}
+    gra = entry["classes"]["GRA"]
+    assert gra["chosen_form"] in ("power_law", "zhang_abs_ri") and set(gra["chosen_law"]) == {"stable", "unstable"}
+    assert -1.0 <= gra["r2_kh_true_test_steps"] <= 1.0
+    skill = pd.read_csv(out / "skill.csv")
+    assert {"hybrid_param", "physics", "hybrid_param_law"} <= set(skill["model"])
+    law_run = xr.open_dataset(out / "predictions/TWIN/hybrid_param_law.nc")
+    assert np.isfinite(law_run["Qh"].values).all()
+    # the law's file is the chosen law run as physics: its K_h is the law's at each step
+    law = ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in gra["chosen_law"].items()})
+    wind = xr.open_dataset(run / "predictions/TWIN/obs.nc")["Wind"].values
+    np.testing.assert_allclose(law_run["Kh"].values, np.asarray(law(wind, law_run["RiB"].values)), rtol=2e-4)
+    assert "Discovered exchange law" in (run / "report.html").read_text()
+    assert (out / "forms.csv.sha256").is_file()
+
+
+def test_discover_refuses_what_it_cannot_fit(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["discover", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such run directory" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["discover", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "predictions" in result.output
