@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import replace
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +24,7 @@ from hybridlsm.evaluation.discovery import (
     fit_power_law,
     sparse_search,
 )
-from hybridlsm.physics import LaDModel, default_params, rollout, synthetic_forcing
+from hybridlsm.physics import AbstractLandModel, LaDModel, default_params, rollout, synthetic_forcing
 from hybridlsm.physics.exchange import ExchangeLaw
 
 GRASS = {"igbp": "GRA", "canopy_height": 0.5, "measurement_height": 3.0}
@@ -190,3 +193,46 @@ def test_discover_refuses_what_it_cannot_fit(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["discover", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "predictions" in result.output
+
+
+def test_with_exchange_law_replaces_only_the_learned_k_h():
+    """The symbolic step: hybrid_param's network keeps setting r_s, the law sets K_h (r_a multiplier 1)."""
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("hybrid_param")
+    model = spec.build(validate_options("hybrid_param", {"stability_inputs": True, "calibrate": ["ra_scale", "rs_scale"]}))
+    model = replace(eqx_perturb(model), deltas={"ra_scale": jnp.asarray(0.1), "rs_scale": jnp.asarray(0.2)})  # calibrated
+    law = ExchangeLaw(TWIN_LAW)
+    swapped = model.with_exchange_law(law)
+    assert "ra_scale" not in swapped.deltas and "rs_scale" in swapped.deltas and swapped.law is None
+    forcing = synthetic_forcing(3, n_sites=1, start_day=150.0)
+    params = default_params(["GRA"])
+    _, out = jax.jit(rollout)(swapped.land, params, forcing)
+    _, net = jax.jit(rollout)(model.land, params, forcing)
+    np.testing.assert_array_equal(np.asarray(out["ra_mult"]), 1.0)
+    np.testing.assert_allclose(np.asarray(out["Kh"]), np.asarray(law(np.asarray(forcing.wind), out["RiB"])), rtol=1e-10)
+    assert np.ptp(np.asarray(out["rs_mult"])) > 0.01  # the r_s network still acts
+    assert np.max(np.abs(np.asarray(net["ra_mult"]) - 1.0)) > 0.01  # and the original learned r_a
+    with pytest.raises(NotImplementedError, match="no exchange coefficient"):
+        _NoExchange().with_exchange_law(law)
+
+
+def eqx_perturb(model):
+    """The model with its network's output layer made non-trivial (an untrained one returns ~1)."""
+    import equinox as eqx
+
+    last = model.land.mlp.layers[-1]
+    return eqx.tree_at(lambda m: m.land.mlp.layers[-1].weight, model, last.weight * 100.0)
+
+
+class _NoExchange(AbstractLandModel):
+    """A land model without an exchange coefficient."""
+
+    def init_state(self, params, forcing):
+        return None
+
+    def step(self, state, forcing, params, key=None):
+        return state, None
+
+    def observe(self, state, fluxes):
+        return {}

@@ -10,10 +10,11 @@ The offline -> symbolic -> online loop of seed 002, on a finished run directory:
    Zhang-type law in |Ri|, and the Businger-Dyer and Louis schemes with a fitted scale, compared by
    R², RMSE and AIC on the same steps (seed 000 Table 5); a cross-validated Lasso over a library of
    candidate terms per branch. A model that co-trained a law in phase 2 has its a, b, c reported too.
-3. **Online**: the power-law form with the lower AIC is written as the physics' exchange closure
-   (``LaDModel(exchange_law=...)``) with the hybrid's calibrated physical parameters except
-   ``ra_scale`` (the law replaces r_a whole), run over every site of the run, and scored on the test
-   steps next to the hybrid that produced it and the run's ``physics`` model.
+3. **Online**: the power-law form with the lower AIC replaces the hybrid's learned K_h
+   (``ColumnModel.with_exchange_law``: the law becomes the LaD exchange closure, the networks' r_a
+   multipliers and the calibrated ``ra_scale`` are dropped, the r_s network and the other parameters
+   are kept), runs over every site of the run and is scored on the test steps next to the hybrid
+   that produced it and the run's ``physics`` model.
 
 Writes ``RUN/discovery/``: ``discovery.json`` (everything), ``forms.csv`` (the Table-5 comparison),
 ``skill.csv`` (the re-run's skill), ``predictions/<site>/<label>_law.nc`` and the fit plots
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,18 +117,14 @@ def fit_class(frame: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> dict:
 
 
 def _law_model(directory: Path, law: dict):
-    """The saved model as physics with the law as its exchange closure (networks and ra_scale removed)."""
+    """The saved hybrid with its learned K_h replaced by the law (``ColumnModel.with_exchange_law``)."""
     from .models.column import ColumnModel
-    from .physics import LaDModel
     from .physics.exchange import ExchangeLaw
 
-    spec, options, model = load_saved_model(directory)
+    spec, _, model = load_saved_model(directory)
     if not isinstance(model, ColumnModel):
-        raise PredictError(f"{directory}: model {spec.name} is not a LaD column model; its law cannot be re-run")
-    land = LaDModel(stability=getattr(options, "stability", "louis"),
-                    exchange_law=ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()}))  # fmt: skip
-    deltas = {k: v for k, v in model.deltas.items() if k != "ra_scale"}
-    return replace(model, land=land, deltas=deltas, dynamic_net=None, dynamic_head=None, dynamic_names=(), law=None)
+        raise PredictError(f"{directory}: model {spec.name} is not a LaD column model; a law cannot replace its K_h")
+    return model.with_exchange_law(ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()}))
 
 
 def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0) -> Path:

@@ -99,6 +99,7 @@ class ColumnModel(eqx.Module):
     site_classes: tuple[str, ...] = eqx.field(static=True, default=())
     calibrated_on: tuple[str, ...] = eqx.field(static=True, default=())  # sites of shared offsets
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
+    replaced: tuple[str, ...] = eqx.field(static=True, default=())  # dynamic parameters a law sets instead
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -152,7 +153,17 @@ class ColumnModel(eqx.Module):
             return None
         raw = self.dynamic_net(forcing_features(forcing), key=key)
         mult = self.dynamic_head(raw)
-        return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)}
+        return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)
+                if name not in self.replaced}  # fmt: skip
+
+    def with_exchange_law(self, law) -> ColumnModel:
+        """The model with its learned K_h replaced by the closed form ``law`` (the symbolic step of
+        ``hybridlsm discover``): the land model's exchange closure becomes the law, the networks'
+        r_a multipliers and the calibrated ``ra_scale`` are dropped (the law gives r_a whole), and
+        everything else (the r_s network, the other calibrated parameters) is kept."""
+        deltas = {k: v for k, v in self.deltas.items() if k != "ra_scale"}
+        return replace(self, land=self.land.with_exchange_law(law), deltas=deltas, law=None,
+                       replaced=tuple({*self.replaced, "ra_scale"}))
 
     def run(self, forcing: Forcing, base: dict, state0, key=None):
         """Roll out from ``state0``; ``key`` (training, MC dropout) draws the dropout masks of every

@@ -205,9 +205,14 @@ class ParameterNetworkLand(AbstractLandModel):
     head: BoundedHead
     use_states: bool = eqx.field(static=True)
     stability_inputs: bool = eqx.field(static=True, default=False)
+    replaced: tuple[str, ...] = eqx.field(static=True, default=())  # multipliers fixed at 1 (a law sets them)
 
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
+
+    def with_exchange_law(self, law):
+        """The network keeps setting r_s; K_h comes from ``law`` (its r_a multiplier is fixed at 1)."""
+        return replace(self, lad=self.lad.with_exchange_law(law), replaced=tuple({*self.replaced, "ra_scale"}))
 
     def multipliers(self, state, forcing, params, key=None) -> jax.Array:
         x = [forcing_features(forcing)]
@@ -221,6 +226,9 @@ class ParameterNetworkLand(AbstractLandModel):
     def step(self, state, forcing, params, key=None):
         key_mlp, key_lad = (None, None) if key is None else jax.random.split(key)
         m = self.multipliers(state, forcing, params, key_mlp)
+        if self.replaced:
+            m = jnp.stack([jnp.ones_like(m[..., i]) if name in self.replaced else m[..., i]
+                           for i, name in enumerate(MULTIPLIED)], axis=-1)  # fmt: skip
         p = dict(params)
         for i, name in enumerate(MULTIPLIED):
             p[name] = params[name] * m[..., i]

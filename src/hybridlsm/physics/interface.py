@@ -44,6 +44,11 @@ class AbstractLandModel(eqx.Module):
     def observe(self, state: Any, fluxes: Any) -> dict[str, jax.Array]:
         """ALMA-named outputs of a step from the new state and the step's fluxes."""
 
+    def with_exchange_law(self, law: Any) -> AbstractLandModel:
+        """This model with the exchange coefficient K_h given by ``law`` (a closed form found by
+        ``hybridlsm discover``) in place of whatever set it; the rest of the model unchanged."""
+        raise NotImplementedError(f"{type(self).__name__} has no exchange coefficient a law could replace")
+
     def state_change(self, old: Any, new: Any) -> tuple[float, float]:
         """(largest temperature change [K], largest water-store change [kg m-2]) between two
         states; the default treats every array leaf as a temperature."""

@@ -21,7 +21,7 @@ water W, snow S and groundwater W_g. One step (backward Euler, step length from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import equinox as eqx
@@ -191,6 +191,9 @@ class LaDModel(AbstractLandModel):
             snow=zero,
             groundwater=zero,
         )
+
+    def with_exchange_law(self, law: ExchangeLaw) -> LaDModel:
+        return replace(self, exchange_law=law)
 
     # ------------------------------------------------------------------------------------
     def surface_layer(self, state: LaDState, forcing: Forcing, params: dict) -> SurfaceLayer:
