@@ -200,8 +200,77 @@ def test_only_models_with_an_aleatoric_head_accept_a_likelihood():
         return {"name": "t", "data": {"sites": [{"virtual": {"site_id": "V", "days": 20}}]},
                 "models": [{"name": name, "options": {"likelihood": "gaussian"}}]}
 
-    for name in ("post_correction", "lstm"):
+    for name in ("post_correction", "lstm", "hybrid_param"):
         assert validate_run_config(cfg(name), check_paths=False).models[0].options["likelihood"] == "gaussian"
-    for name in ("hybrid_flux", "hybrid_param", "hybrid_lstm", "pretrain_then_finetune"):
+    for name in ("hybrid_flux", "hybrid_lstm", "pretrain_then_finetune"):
         with pytest.raises(ConfigError, match=r"models\[0\]: options: unknown key 'likelihood'"):
             validate_run_config(cfg(name), check_paths=False)
+
+
+def test_normalised_nll_by_hand():
+    from hybridlsm.training.losses import normalised_nll, normalised_mse
+
+    sim = jnp.array([[[1.0, 10.0]], [[2.0, 20.0]]])  # (T=2, W=1, K=2)
+    obs = jnp.array([[[1.5, 13.0]], [[jnp.nan, 14.0]]])
+    mask = jnp.array([[[True, True]], [[False, True]]])
+    sigma = jnp.array([[[0.5, 3.0]], [[9.0, 6.0]]])
+    scale = jnp.array([1.0, 10.0])
+    got = float(normalised_nll(sim, sigma, obs, mask, scale))
+    c = 0.5 * math.log(2 * math.pi)
+    k0 = math.log(0.5) + 0.5 + c  # z = 1
+    k1 = (math.log(0.3) + 0.5 + c + math.log(0.6) + 0.5 + c) / 2  # z = 1 and -1
+    assert got == pytest.approx((k0 + k1) / 2, rel=1e-12)
+    # sigma = scale: half the normalised MSE plus the constant
+    mse = float(normalised_mse(sim, obs, mask, scale))
+    nll = float(normalised_nll(sim, jnp.broadcast_to(scale, sim.shape), obs, mask, scale))
+    assert nll == pytest.approx(0.5 * mse + c, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def gaussian_hybrid_param():
+    """hybrid_param with ``likelihood: gaussian`` trained briefly on a virtual site with 25 W m-2 noise."""
+    ds = virtual_site(site_id="T-GRA", days=16, seed=3, noise=25.0)
+    labels = np.zeros(ds.sizes["time"], bool)
+    labels[48 : 12 * 48] = True
+    train, val = ds.copy(), ds.copy()
+    train["loss_mask"] = ("time", labels)
+    val["loss_mask"] = ("time", ~labels)
+    train, val = domain_from_site(train), domain_from_site(val)
+    spec = get_model("hybrid_param")
+    run = validate_config({
+        "name": "t", "data": {"sites": [{"virtual": {"days": 16}}], "spinup_days": 1, "window_days": 3},
+        "models": [{"name": "physics"}], "training": {"epochs": 12, "lr": 2e-2, "batch_windows": 8, "patience": 50},
+    })  # fmt: skip
+    ctx = TrainingContext.from_config(run, progress=False)
+    opts = validate_options("hybrid_param", {"likelihood": "gaussian", "width": 8, "physics_init": "default",
+                                             "calibrate": [], "lr": 2e-2})  # fmt: skip
+    return spec, opts, spec.train(spec.build(opts), opts, [train], [val], ctx), val
+
+
+@pytest.mark.slow  # a short rollout training
+def test_gaussian_hybrid_param_learns_the_noise_level(gaussian_hybrid_param, tmp_path):
+    spec, opts, model, val = gaussian_hybrid_param
+    assert model.aleatoric_targets == ("Qle", "Qh")
+    out = spec.predict(model, val)
+    for t in ("Qle", "Qh"):
+        np.testing.assert_array_equal(out[f"{t}_sd"], out[f"{t}_sd_aleatoric"])  # no dropout: all aleatoric
+        # from its start at 50 W m-2 towards the 25 W m-2 of the noise
+        assert 15.0 < np.median(out[f"{t}_sd"]) < 45.0, np.median(out[f"{t}_sd"])
+    spec.save(model, opts, tmp_path / "hp")
+    _, _, again = load_saved_model(tmp_path / "hp")
+    after = spec.predict(again, val)
+    np.testing.assert_allclose(after["Qh_sd"], out["Qh_sd"], rtol=1e-10)
+
+
+def test_gaussian_hybrid_param_with_dropout_splits_the_variance():
+    spec = get_model("hybrid_param")
+    opts = validate_options("hybrid_param", {"likelihood": "gaussian", "width": 8, "dropout": 0.2, "mc_samples": 4,
+                                             "calibrate": []})  # fmt: skip
+    model = spec.build(opts)
+    d = domain_from_site(virtual_site(site_id="T-GRA", days=3, seed=1))
+    out = spec.predict(model, d)
+    for t in ("Qle", "Qh"):
+        np.testing.assert_allclose(out[f"{t}_sd"] ** 2, out[f"{t}_sd_epistemic"] ** 2 + out[f"{t}_sd_aleatoric"] ** 2,
+                                   rtol=1e-10)
+        assert 30.0 < np.median(out[f"{t}_sd_aleatoric"]) < 80.0  # the untrained head: about SIGMA_SCALE
+        assert f"{t}_var" not in out and f"{t}_sigma" not in out

@@ -64,6 +64,8 @@ DEFAULT_IGBP = "GRA"
 COLUMN_TARGETS = ("Qle", "Qh")
 #: Parameters a hybrid's networks set, whose MC-dropout spread is written (``<name>_sd``).
 LEARNED_PARAMETERS = ("Kh", "ra", "rs")
+#: A rollout output ``<target><SIGMA_SUFFIX>`` is the aleatoric SD [W m-2] a Gaussian model gives a target.
+SIGMA_SUFFIX = "_sigma"
 
 
 # ------------------------------------------------------------------------------------ model
@@ -85,6 +87,9 @@ class ColumnModel(eqx.Module):
         sites, site_classes: the training sites of per-site offsets and their IGBP classes
         calibrated_on: the training sites of shared offsets (for ``provenance``)
         mc_samples: MC-dropout passes of a prediction (used only when a network has dropout)
+        replaced: dynamic parameters a discovered law sets instead of the network (``with_exchange_law``)
+        aleatoric_targets: the targets whose aleatoric SD ``<target>_sigma`` [W m-2] the land model
+            outputs at every step (``likelihood: gaussian``; trained on the Gaussian NLL); () for MSE
     """
 
     land: AbstractLandModel
@@ -100,6 +105,7 @@ class ColumnModel(eqx.Module):
     calibrated_on: tuple[str, ...] = eqx.field(static=True, default=())  # sites of shared offsets
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
     replaced: tuple[str, ...] = eqx.field(static=True, default=())  # dynamic parameters a law sets instead
+    aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())  # Gaussian: rollout gives <t>_sigma
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -281,12 +287,13 @@ def domain_inputs(model: ColumnModel, domain: Domain) -> tuple[Forcing, dict]:
 
 
 @eqx.filter_jit
-def _samples_jit(model: ColumnModel, forcing, base, state0, keys, outputs):
+def _samples_jit(model: ColumnModel, forcing, base, state0, keys, outputs, variances):
     def one(key):
         _, out = model.run(forcing, base, state0, key)
-        return {k: out[k] for k in outputs}
+        return {k: out[k] for k in outputs} | {f"{t}_var": out[f"{t}{SIGMA_SUFFIX}"] ** 2 for t in variances}
 
     return jax.vmap(one)(keys)
+
 
 
 def _sampler(model: ColumnModel, domain: Domain, outputs: Sequence[str]):
@@ -294,7 +301,7 @@ def _sampler(model: ColumnModel, domain: Domain, outputs: Sequence[str]):
     the deterministic model (the mean network)."""
     forcing, base = domain_inputs(model, domain)
     state0 = model.spun_up_state(forcing, base)
-    return lambda keys: _samples_jit(model, forcing, base, state0, keys, tuple(outputs))
+    return lambda keys: _samples_jit(model, forcing, base, state0, keys, tuple(outputs), model.aleatoric_targets)
 
 
 def sample_column_model(model: ColumnModel, domain: Domain, n_samples: int, key,
@@ -313,11 +320,15 @@ def predict_column_model(model: ColumnModel, domain: Domain, outputs: Sequence[s
     With dropout in a network: the mean of ``model.mc_samples`` MC-dropout rollouts (``key``,
     default ``MC_KEY``), plus ``<name>_sd`` and ``<name>_sd_epistemic`` (equal: no aleatoric part;
     ``neural.mc_dropout``) of Qh and Qle and of the learned parameters Kh, ra and rs (their
-    uncertainty over time)."""
+    uncertainty over time). A Gaussian model (``aleatoric_targets``) adds ``<target>_sd_aleatoric``
+    (the root of the mean aleatoric variance over the samples) to the total ``<target>_sd``."""
     if dropout_rate(model) == 0:
         forcing, base = domain_inputs(model, domain)
         _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
-        return {k: np.asarray(out[k]) for k in outputs}
+        res = {k: np.asarray(out[k]) for k in outputs}
+        for t in model.aleatoric_targets:  # the total is the aleatoric SD without dropout
+            res[f"{t}_sd_aleatoric"] = res[f"{t}_sd"] = np.asarray(out[f"{t}{SIGMA_SUFFIX}"], np.float64)
+        return res
     targets = tuple(t for t in COLUMN_TARGETS + LEARNED_PARAMETERS if t in outputs)
     per_sample = 8 * domain.n_steps * domain.n_columns * (len(outputs) + 4)  # SoilTemp has 5 values
     return mc_dropout(_sampler(model, domain, outputs), jax.random.key(MC_KEY) if key is None else key,

@@ -34,6 +34,7 @@ from ..training.losses import (
     discovery_loss,
     energy_residual_loss,
     normalised_mse,
+    normalised_nll,
     site_loss_weights,
     sparsity_l1,
     target_scale,
@@ -42,7 +43,7 @@ from ..training.losses import (
 from ..training.trainer import fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
 from ..physics import LaDState
-from .column import ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
+from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
 __all__ = ["FitOptions", "delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
@@ -56,14 +57,19 @@ def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingC
 
 
 def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None):
-    """The loss of the column models: normalised MSE (+ phase-2 energy residual, sparsity and
-    discovery terms, weighted by the trainer's schedule)."""
+    """The loss of the column models: normalised MSE, or the normalised Gaussian NLL for a model
+    with ``aleatoric_targets`` (+ phase-2 energy residual, sparsity and discovery terms,
+    weighted by the trainer's schedule)."""
     scale = jnp.asarray(scale)
 
     def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
         _, out = model.run(batch["forcing"], batch["base"], batch["state0"], key)
         sim = jnp.stack([out[t] for t in targets], axis=-1)
-        mse = normalised_mse(sim, batch["obs"], batch["mask"], scale, batch.get("weight"))
+        if model.aleatoric_targets:  # the networks' aleatoric SD of each target, per step
+            sigma = jnp.stack([out[f"{t}{SIGMA_SUFFIX}"] for t in targets], axis=-1)
+            mse = normalised_nll(sim, sigma, batch["obs"], batch["mask"], scale, batch.get("weight"))
+        else:
+            mse = normalised_mse(sim, batch["obs"], batch["mask"], scale, batch.get("weight"))
         loss_mask = jnp.any(batch["mask"], axis=-1)
         terms = {"energy": energy_residual_loss(out["Qh"], out["Qle"], batch["rnet"], batch["qg"], loss_mask)}
         if sparsity_fn is not None:
@@ -84,7 +90,8 @@ def delta_sparsity(model: ColumnModel, out: dict):
 
 def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray,
                   weights: Sequence[np.ndarray] | None = None):
-    """The training loss's data term on whole validation records (``weights`` as in training)."""
+    """The training loss's data term on whole validation records (``weights`` as in training; the
+    NLL of a Gaussian model is weighted by each record's number of values)."""
     scale = np.asarray(scale)
     weights = [np.ones(len(targets)) for _ in records] if weights is None else weights
 
@@ -96,8 +103,13 @@ def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: 
             _, out = run_jit(model, rec.forcing, rec.base, rec.state0)
             sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             m = rec.mask
-            err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
-            sse += float(np.sum(err**2 * weight))
+            if model.aleatoric_targets:
+                sigma = np.stack([np.asarray(out[f"{t}{SIGMA_SUFFIX}"])[:, 0] for t in targets], -1)
+                nll = normalised_nll(sim[:, None], sigma[:, None], rec.obs[:, None], m[:, None], scale, weight[None])
+                sse += float(nll) * int(m.sum())
+            else:
+                err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
+                sse += float(np.sum(err**2 * weight))
             n += int(m.sum())
         return sse / n if n else float("nan")
 

@@ -26,7 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data import usable_targets
 from ..domain import Domain
@@ -41,6 +41,7 @@ from ..training.windows import SiteRecord
 from .column import (
     COLUMN_TARGETS,
     LEARNED_PARAMETERS,
+    SIGMA_SUFFIX,
     ColumnModel,
     ColumnSpec,
     column_provenance,
@@ -57,6 +58,12 @@ from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, cali
 from .registry import EquinoxSpec, TrainingContext, register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
+#: bounds of the SD of the Gaussian heads, in units of the target's scale (post_correction:
+#: ``PostCorrection.scale``; hybrid_param: SIGMA_SCALE)
+GAUSSIAN_MIN_STD = 1e-2
+GAUSSIAN_MAX_STD = 10.0
+#: the unit of hybrid_param's aleatoric SD [W m-2] (its head starts at this SD)
+SIGMA_SCALE = 50.0
 
 
 class HybridOptions(FitOptions):
@@ -92,20 +99,24 @@ class HybridOptions(FitOptions):
     seed: int = Field(0, ge=0)
 
 
-class HybridParamOptions(HybridOptions):
-    """``options`` of ``{name: hybrid_param}``: the hybrids' options and the derived stability inputs."""
+class LikelihoodOption(BaseModel):
+    """The ``likelihood`` option of the hybrids with an aleatoric head (the others refuse the key)."""
+
+    likelihood: Literal["mse", "gaussian"] = Field(
+        "mse", description="mse: point prediction trained on the mean square error; gaussian: also an aleatoric "
+        "SD per target and step, trained on the Gaussian negative log-likelihood")
+
+
+class HybridParamOptions(HybridOptions, LikelihoodOption):
+    """``options`` of ``{name: hybrid_param}``: the hybrids' options, the likelihood and the derived
+    stability inputs."""
 
     stability_inputs: bool = Field(False, description="also give the parameter network log u and the signed bulk "
                                    "Richardson number (stable and unstable parts) of each step")
 
 
-class PostCorrectionOptions(HybridOptions):
-    """``options`` of ``{name: post_correction}``: the hybrids' options and the likelihood (only this
-    model has an aleatoric head, so the others refuse the key)."""
-
-    likelihood: Literal["mse", "gaussian"] = Field(
-        "mse", description="mse: point correction trained on the mean square error; gaussian: a mean and an "
-        "aleatoric SD per target, trained on the Gaussian negative log-likelihood")
+class PostCorrectionOptions(HybridOptions, LikelihoodOption):
+    """``options`` of ``{name: post_correction}``: the hybrids' options and the likelihood."""
 
 
 def _n_inputs(use_states: bool) -> int:
@@ -198,7 +209,9 @@ class ParameterNetworkLand(AbstractLandModel):
     reported Kh, ra and rs are the ones actually used; the step's fluxes carry them as the
     diagnostics ``ra_mult`` and ``rs_mult``, which ``observe`` reports. With ``stability_inputs`` the
     network also sees log u and the signed bulk Richardson number at the start of the step
-    (``features.stability_features``), the variables an exchange law is written in."""
+    (``features.stability_features``), the variables an exchange law is written in. With an
+    ``aleatoric`` head (``likelihood: gaussian``) the network also gives each target's aleatoric
+    SD at every step, reported as ``<target>_sigma`` [W m-2] and trained on the Gaussian NLL."""
 
     lad: LaDModel
     mlp: MLP
@@ -206,6 +219,8 @@ class ParameterNetworkLand(AbstractLandModel):
     use_states: bool = eqx.field(static=True)
     stability_inputs: bool = eqx.field(static=True, default=False)
     replaced: tuple[str, ...] = eqx.field(static=True, default=())  # multipliers fixed at 1 (a law sets them)
+    aleatoric: GaussianHead | None = None  # likelihood gaussian: the SD of each of aleatoric_targets
+    aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())
 
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
@@ -214,18 +229,19 @@ class ParameterNetworkLand(AbstractLandModel):
         """The network keeps setting r_s; K_h comes from ``law`` (its r_a multiplier is fixed at 1)."""
         return replace(self, lad=self.lad.with_exchange_law(law), replaced=tuple({*self.replaced, "ra_scale"}))
 
-    def multipliers(self, state, forcing, params, key=None) -> jax.Array:
+    def network_outputs(self, state, forcing, params, key=None) -> jax.Array:
+        """Raw outputs: the multipliers' (2) and, with an aleatoric head, the SDs' (one per target)."""
         x = [forcing_features(forcing)]
         if self.use_states:
             x.append(state_features(state, forcing, params))
         if self.stability_inputs:
             x.append(stability_features(forcing.wind, self.lad.surface_layer(state, forcing, params).richardson))
-        x = jnp.concatenate(x, axis=-1)
-        return self.head(self.mlp(x, key=key))
+        return self.mlp(jnp.concatenate(x, axis=-1), key=key)
 
     def step(self, state, forcing, params, key=None):
         key_mlp, key_lad = (None, None) if key is None else jax.random.split(key)
-        m = self.multipliers(state, forcing, params, key_mlp)
+        raw = self.network_outputs(state, forcing, params, key_mlp)
+        m = self.head(raw[..., : len(MULTIPLIED)])
         if self.replaced:
             m = jnp.stack([jnp.ones_like(m[..., i]) if name in self.replaced else m[..., i]
                            for i, name in enumerate(MULTIPLIED)], axis=-1)  # fmt: skip
@@ -234,6 +250,8 @@ class ParameterNetworkLand(AbstractLandModel):
             p[name] = params[name] * m[..., i]
         new_state, fluxes = self.lad.step(state, forcing, p, key_lad)
         diagnostics = {**fluxes.diagnostics, "ra_mult": m[..., 0], "rs_mult": m[..., 1]}
+        for k, target in enumerate(self.aleatoric_targets):  # the aleatoric SD [W m-2] of each target
+            diagnostics[f"{target}{SIGMA_SUFFIX}"] = SIGMA_SCALE * self.aleatoric.std(raw[..., len(MULTIPLIED) + k])
         return new_state, replace(fluxes, diagnostics=diagnostics)
 
     def observe(self, state, fluxes):
@@ -325,13 +343,18 @@ class HybridParam(_HybridSpec):
         head = multiplier_head(dtype)
         n_in = (N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
                 + (N_STABILITY_FEATURES if options.stability_inputs else 0))
-        mlp = MLP(n_in, len(MULTIPLIED), width_size=options.width, depth=options.depth,
+        gaussian = options.likelihood == "gaussian"
+        aleatoric = GaussianHead(len(options.targets), min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD) if gaussian else None
+        targets = tuple(options.targets) if gaussian else ()
+        mlp = MLP(n_in, len(MULTIPLIED) + len(targets), width_size=options.width, depth=options.depth,
                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
-        mlp = _small_output_layer(mlp, head.inverse(jnp.ones(len(MULTIPLIED))))
+        # start at the physics (multipliers 1) and an SD of SIGMA_SCALE
+        bias = head.inverse(jnp.ones(len(MULTIPLIED)))
+        mlp = _small_output_layer(mlp, jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))] if gaussian else bias)
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
-                                    options.stability_inputs)
+                                    options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets)
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
-                           delta_gain=DELTA_GAIN, mc_samples=options.mc_samples)  # fmt: skip
+                           delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets)  # fmt: skip
 
 
 @register_model("hybrid_lstm")
@@ -378,9 +401,6 @@ class PretrainThenFinetune(HybridFlux):
 # --------------------------------------------------------------------------- post_correction
 
 
-#: bounds of the SD of post_correction's Gaussian head, in units of ``PostCorrection.scale``
-GAUSSIAN_MIN_STD = 1e-2
-GAUSSIAN_MAX_STD = 10.0
 
 
 class PostCorrection(eqx.Module):

@@ -200,10 +200,12 @@ class GaussianHead(eqx.Module):
         if raw.shape[-1] != self.raw_size:
             raise ValueError(f"GaussianHead expects {self.raw_size} raw outputs, got {raw.shape[-1]}")
         k = self.out_size
-        std = jax.nn.softplus(raw[..., k:]) + self.min_std
-        if self.max_std is not None:
-            std = jnp.minimum(std, self.max_std)
-        return raw[..., :k], std
+        return raw[..., :k], self.std(raw[..., k:])
+
+    def std(self, raw_std: Float[Array, "... K"]) -> Float[Array, "... K"]:
+        """The SD from its raw half alone (a model whose mean comes from elsewhere, e.g. the physics)."""
+        std = jax.nn.softplus(raw_std) + self.min_std
+        return std if self.max_std is None else jnp.minimum(std, self.max_std)
 
     def raw_for_std(self, std: float) -> float:
         """The raw value whose ``std`` is ``std`` (inverse softplus of ``std - min_std``)."""

@@ -30,6 +30,7 @@ __all__ = [
     "masked_mean",
     "masked_mse",
     "normalised_mse",
+    "normalised_nll",
     "site_loss_weights",
     "site_weights",
     "target_scale",
@@ -187,6 +188,18 @@ def normalised_mse(sim, obs, mask, scale, weight=None):
     err = jnp.where(mask, (sim - jnp.where(mask, obs, 0.0)) / scale, 0.0)
     sq = err * err if weight is None else err * err * weight[None]
     per_target = jnp.sum(sq, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
+    return jnp.mean(per_target)
+
+
+def normalised_nll(sim, sigma, obs, mask, scale, weight=None):
+    """Mean over targets of the masked Gaussian negative log-likelihood of the standardised errors
+    (``(obs - sim) / scale`` with SD ``sigma / scale``), each window's terms weighted as in
+    :func:`normalised_mse`. With sigma = scale it is normalised_mse / 2 + log(2 pi) / 2."""
+    std = sigma / scale
+    z = jnp.where(mask, (jnp.where(mask, obs, 0.0) - sim) / sigma, 0.0)
+    nll = jnp.where(mask, jnp.log(std) + 0.5 * z * z + 0.5 * jnp.log(2.0 * jnp.pi), 0.0)
+    nll = nll if weight is None else nll * weight[None]
+    per_target = jnp.sum(nll, axis=(0, 1)) / jnp.maximum(jnp.sum(mask, axis=(0, 1)), 1)
     return jnp.mean(per_target)
 
 
