@@ -242,3 +242,35 @@ def discover(
             _input_error(err)
         build_report(run_dir)
     Console().print(f"discovery: [green]{out}[/green] (forms.csv, skill.csv, discovery.json; in {run_dir / 'report.html'})")
+
+
+@app.command()
+def validate(
+    run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`"),
+    years: float = typer.Option(50.0, "--years", help="length of the online run on the recycled site forcing"),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="only this model label (repeatable)"),
+) -> None:
+    """The validation hierarchy of every model of a run: offline (one step from observed states),
+    partially coupled (the run's predictions) and online (a multi-decade run on the recycled forcing:
+    stability, energy and water drift, emergent statistics); RUN/validation/, shown in the report."""
+    from .evaluation.report import build_report
+    from .evaluation.validation import ValidationRunError
+    from .validate import validate_run
+
+    with user_errors():
+        try:
+            result = validate_run(run_dir, years=years, labels=model)
+        except ValidationRunError as err:
+            _input_error(err)
+        for label, entry in result["models"].items():
+            for site, levels in entry["sites"].items():
+                on = levels["online"]
+                text = on["status"] if on["status"] != "ok" else (
+                    f"{on['simulated_years']:.0f} y, {sum(on['nonfinite'].values())} non-finite, drift "
+                    f"{on['energy_drift_w_m2']:.2g} W m-2, {on['water_drift_mm_yr']:.2g} mm/yr"
+                    f"{'' if on['stable'] else ' [red]UNSTABLE[/red]'}; "
+                    f"emergent {on['emergent_within_range']} in range")  # fmt: skip
+                Console().print(f"{label} at {site}: online {text}")
+        build_report(run_dir)
+    Console().print(f"validation: [green]{run_dir / 'validation'}[/green] (validation.json, levels.csv; in "
+                    f"{run_dir / 'report.html'})")

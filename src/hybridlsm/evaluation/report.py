@@ -918,6 +918,10 @@ def build_report(
     h.extend(_predictive_uncertainty_html(run_dir, sites, plot_dir, max_qc, min_valid_fraction, colours))
     h.append(hotspots_html(run_dir, colours=colours))  # "Parameter uncertainty hotspots"; "" without parameter SDs
     h.append(_discovery_html(run_dir))
+    if (run_dir / "validation" / "validation.json").is_file():  # written by `hybridlsm validate`
+        from hybridlsm.evaluation.validation import validation_html  # lazily: it loads JAX
+
+        h.append(validation_html(run_dir))
     h.append("</body></html>")
     out = run_dir / "report.html"
     out.write_text("\n".join(h), encoding="utf-8")

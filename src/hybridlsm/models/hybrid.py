@@ -418,6 +418,11 @@ class PostCorrection(eqx.Module):
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
     head: GaussianHead | None = None
 
+    def corrected(self, out: dict, domain: Domain) -> dict[str, np.ndarray]:
+        """The corrected targets (the deterministic network's mean) of a physics run ``out`` of ``domain``."""
+        corr, _ = _correct(self, jnp.asarray(_post_features(out, domain)))
+        return {t: out[t] + self.scale[k] * np.asarray(corr[..., k]) for k, t in enumerate(self.targets)}
+
 
 def _post_features(out: dict, domain: Domain) -> np.ndarray:
     """(T, N, F) inputs of the correction network from a physics rollout of ``domain``."""
