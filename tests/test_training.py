@@ -246,6 +246,21 @@ def test_phase1_patience_moves_on_to_phase2():
     assert res.best_epoch == 7 and not res.stopped_early  # epochs 6, 7 (1-based) are phase 2
 
 
+def test_phase2_starts_from_what_on_phase2_makes_of_the_best_phase1_model():
+    seen = []
+
+    def restart(model):  # e.g. a co-trained law refitted to what phase 1 learned
+        seen.append(params_of(model))
+        return eqx.tree_at(lambda m: m.b, model, jnp.asarray(5.0))
+
+    c = cfg(two_phase={"enabled": True, "phase1_epochs": 3, "phase2_epochs": 1}, lr=1e-9, min_lr=1e-9)
+    res = fit(make_model(), mse_loss, BATCHES, val_fn, c, progress=False, on_phase2=restart)
+    assert len(seen) == 1 and np.allclose(seen[0], 0.0, atol=1e-6)  # once, with the (untrained) phase-1 model
+    assert float(res.model.b) == pytest.approx(5.0, abs=1e-6)  # phase 2 (lr ~ 0) kept the restart
+    plain = fit(make_model(), mse_loss, BATCHES, val_fn, c, progress=False)
+    assert float(plain.model.b) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_filter_spec_trains_only_the_chosen_leaves():
     model = make_model()
     only_bias = jax.tree_util.tree_map(lambda _: False, model)

@@ -27,10 +27,8 @@ import numpy as np
 import pandas as pd
 
 from ..physics import aerodynamic_resistance, default_params
-from ..physics.exchange import BRANCHES, law_features
-
-#: |Ri| below this is left out of the fits: within 10 RI_BLEND of 0 the branches are blended
-RI_FIT_MIN = 0.01
+from ..physics.exchange import (BRANCHES, RI_FIT_MIN, ExchangeLaw, LawFitError, fit_branches, law_features,
+                                law_from_fit, least_squares)
 FORMS = ("power_law", "zhang_abs_ri", "businger_dyer", "louis")
 #: the sparse regression's candidate terms (per branch; log_u and log_ri are law_features')
 LIBRARY = ("log_u", "log_ri", "u", "abs_ri", "log_u^2", "log_ri^2", "log_u*log_ri")
@@ -48,15 +46,6 @@ def _clean(kh, wind, ri) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return kh[ok], wind[ok], ri[ok]
 
 
-def _ols(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients and their standard errors of y = x beta."""
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ beta
-    dof = max(len(y) - x.shape[1], 1)
-    cov = np.linalg.pinv(x.T @ x) * float(resid @ resid) / dof
-    return beta, np.sqrt(np.clip(np.diag(cov), 0.0, None))
-
-
 def _scores(kh: np.ndarray, log_pred: np.ndarray, k: int) -> dict:
     pred = np.exp(log_pred)
     log_resid = np.log(kh) - log_pred
@@ -69,22 +58,14 @@ def _scores(kh: np.ndarray, log_pred: np.ndarray, k: int) -> dict:
 
 
 def fit_power_law(kh, wind, ri, min_points: int = 30) -> dict:
-    """The branched power law by OLS in log space: ``{"stable": {a, b, c, b_se, c_se, n}, "unstable":
-    {...}, "scores": {n, k, r2, rmse, r2_log, aic}}``."""
+    """The branched power law by OLS in log space (``physics.exchange.fit_branches``): ``{"stable":
+    {a, b, c, b_se, c_se, n}, "unstable": {...}, "scores": {n, k, r2, rmse, r2_log, aic}}``."""
+    try:
+        out: dict = fit_branches(kh, wind, ri, min_points)
+    except LawFitError as err:
+        raise DiscoveryError(str(err)) from None
     kh, wind, ri = _clean(kh, wind, ri)
-    log_u, log_ri, stable = law_features(wind, ri, xp=np)
-    out: dict = {}
-    log_pred = np.empty_like(kh)
-    for name, where in zip(BRANCHES, (stable, ~stable)):
-        if where.sum() < min_points:
-            raise DiscoveryError(f"the {name} branch has {int(where.sum())} steps with |Ri| > {RI_FIT_MIN} "
-                                 f"and a positive K_h; a fit needs at least {min_points}")  # fmt: skip
-        x = np.column_stack([np.ones(where.sum()), log_u[where], log_ri[where]])
-        beta, se = _ols(np.log(kh[where]), x)
-        log_pred[where] = x @ beta
-        out[name] = {"a": float(np.exp(beta[0])), "b": float(beta[1]), "c": float(beta[2]),
-                     "b_se": float(se[1]), "c_se": float(se[2]), "n": int(where.sum())}  # fmt: skip
-    out["scores"] = _scores(kh, log_pred, 6)
+    out["scores"] = _scores(kh, np.asarray(ExchangeLaw(law_from_fit(out)).log_kh(wind, ri)), 6)
     return out
 
 
@@ -93,7 +74,7 @@ def fit_abs_ri_law(kh, wind, ri) -> dict:
     kh, wind, ri = _clean(kh, wind, ri)
     log_u, log_ri, _ = law_features(wind, ri, xp=np)
     x = np.column_stack([np.ones(kh.size), log_u, log_ri])
-    beta, _ = _ols(np.log(kh), x)
+    beta, _ = least_squares(np.log(kh), x)
     return {"a": float(np.exp(beta[0])), "b": float(beta[1]), "c": float(beta[2]), "scores": _scores(kh, x @ beta, 3)}
 
 
@@ -178,7 +159,7 @@ def expression(form: str, fit: dict) -> str:
 def law_coefficients(form: str, fit: dict) -> dict[str, tuple[float, float, float]] | None:
     """The (a, b, c) per branch of a fitted power-law form (an ``ExchangeLaw``), None for the schemes."""
     if form == "power_law":
-        return {b: (fit[b]["a"], fit[b]["b"], fit[b]["c"]) for b in BRANCHES}
+        return law_from_fit(fit)
     if form == "zhang_abs_ri":
         return {b: (fit["a"], fit["b"], fit["c"]) for b in BRANCHES}
     return None
@@ -191,8 +172,6 @@ def plot_fit(path, kh, wind, ri, fits: dict, title: str, truth: Mapping[str, tup
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..physics.exchange import ExchangeLaw
 
     kh, wind, ri = _clean(kh, wind, ri)
     rng = np.random.default_rng(0)

@@ -21,6 +21,7 @@ get the gradient of that memory, which windows of a few weeks cannot see.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -43,6 +44,7 @@ from ..training.losses import (
 from ..training.trainer import fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
 from ..physics import LaDState
+from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
 from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
@@ -116,6 +118,31 @@ def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: 
     return val_fn
 
 
+def law_warm_start(records: Sequence[SiteRecord]) -> Callable[[ColumnModel], ColumnModel]:
+    """Phase 2's start for a model with a co-trained law: the law refitted (OLS per branch,
+    ``physics.exchange.fit_branches``) to the K_h the phase-1 model produces over the training
+    records (its own spun-up runs, steps with a usable target), so the discovery term pulls the
+    network towards the closed form closest to what it learned, not towards the law's arbitrary
+    start. A branch with too few steps keeps the model's law as it was."""
+
+    def start(model: ColumnModel) -> ColumnModel:
+        kh, wind, ri = [], [], []
+        for rec in records:
+            _, out = run_jit(model, rec.forcing, rec.base, model.spun_up_state(rec.forcing, rec.base))
+            use = rec.mask.any(axis=1)
+            kh.append(np.asarray(out["Kh"])[:, 0][use])
+            ri.append(np.asarray(out["RiB"])[:, 0][use])
+            wind.append(np.asarray(rec.forcing.wind)[:, 0][use])
+        try:
+            fitted = fit_branches(np.concatenate(kh), np.concatenate(wind), np.concatenate(ri))
+        except LawFitError as err:
+            warnings.warn(f"the co-trained law keeps its start: {err}", stacklevel=2)
+            return model
+        return replace(model, law=ExchangeLaw(law_from_fit(fitted), dtype=model.law.log_a.dtype))
+
+    return start
+
+
 def train_column_model(
     model: ColumnModel,
     train: Sequence[Domain],
@@ -174,6 +201,7 @@ def train_column_model(
             progress=ctx.progress,
             resume=ckpt is not None,
             validity_fn=validity_fn,
+            on_phase2=None if model.law is None else law_warm_start(train_recs),
         )
         model = result.model
         if best is None or result.best_val < best_val:  # the best model over the rounds (same validation)

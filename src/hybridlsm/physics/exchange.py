@@ -34,6 +34,8 @@ BRANCHES = ("stable", "unstable")
 RI_FLOOR = 0.01  # |Ri| below this is near neutral: the power laws are evaluated at about this value
 WIND_FLOOR = 0.1  # m s-1
 RI_BLEND = 1e-3  # width of the sigmoid joining the branches at Ri = 0
+#: |Ri| below this is left out of fits: within 10 RI_BLEND of 0 the branches are blended
+RI_FIT_MIN = 0.01
 #: bounds of K_h when the law sets r_a [m2 s-1] (seed 000: K_h in [1e-3, 1e2]; lower here because the
 #: bulk K_h of a 2 m grass tower at night is below 1e-3)
 KH_MIN, KH_MAX = 1e-4, 1e2
@@ -90,3 +92,40 @@ class ExchangeLaw(eqx.Module):
         log_kh = self.log_kh(wind, ri)
         lo, hi = np.log(KH_MIN), np.log(KH_MAX)
         return jnp.exp(smooth_min(smooth_max(log_kh, lo, 0.1), hi, 0.1))
+
+
+class LawFitError(ValueError):
+    """Too few usable steps in a branch for a fit (the message says which and how many)."""
+
+
+def least_squares(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients and their standard errors of y = x beta (ordinary least squares)."""
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ beta
+    cov = np.linalg.pinv(x.T @ x) * float(resid @ resid) / max(len(y) - x.shape[1], 1)
+    return beta, np.sqrt(np.clip(np.diag(cov), 0.0, None))
+
+
+def fit_branches(kh, wind, ri, min_points: int = 30) -> dict[str, dict[str, float]]:
+    """Each branch of the law by ordinary least squares of log K_h on (1, log u_eff, log |Ri|_eff)
+    over the steps with a finite, positive K_h and |Ri| > RI_FIT_MIN: ``{branch: {a, b, c, b_se,
+    c_se, n}}`` (standard errors of b and c). NumPy; ``ExchangeLaw(law_from_fit(...))`` runs it."""
+    kh, wind, ri = (np.asarray(x, float).ravel() for x in (kh, wind, ri))
+    ok = np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
+    log_u, log_ri, stable = law_features(wind[ok], ri[ok], xp=np)
+    y = np.log(kh[ok])
+    out = {}
+    for name, where in zip(BRANCHES, (stable, ~stable)):
+        if where.sum() < min_points:
+            raise LawFitError(f"the {name} branch has {int(where.sum())} steps with |Ri| > {RI_FIT_MIN} and a "
+                              f"positive K_h; a fit needs at least {min_points}")  # fmt: skip
+        x = np.column_stack([np.ones(where.sum()), log_u[where], log_ri[where]])
+        beta, se = least_squares(y[where], x)
+        out[name] = {"a": float(np.exp(beta[0])), "b": float(beta[1]), "c": float(beta[2]),
+                     "b_se": float(se[1]), "c_se": float(se[2]), "n": int(where.sum())}  # fmt: skip
+    return out
+
+
+def law_from_fit(fit: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[float, float, float]]:
+    """The ``(a, b, c)`` per branch of a :func:`fit_branches` result (``ExchangeLaw``'s argument)."""
+    return {b: (fit[b]["a"], fit[b]["b"], fit[b]["c"]) for b in BRANCHES}

@@ -277,6 +277,7 @@ def fit(
     *,
     resume: bool = False,
     validity_fn: ValidityFn | None = None,
+    on_phase2: Callable[[eqx.Module], eqx.Module] | None = None,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` over ``train_batches``; early-stop on ``val_fn``.
 
@@ -294,6 +295,8 @@ def fit(
       from the checkpoint there (the previous one when the latest is damaged; a fresh start when
       there is none or none verifies; an error when it was written with a different ``cfg``). A finished run is returned as it was.
     - ``validity_fn(model) -> (ok, message)``: see the module docstring.
+    - ``on_phase2(model) -> model``: called once with the best phase-1 model when phase 2 starts
+      (e.g. to start a co-trained law from a fit to what phase 1 learned); phase 2 trains its result.
     """
     if filter_spec is None:
         filter_spec = trainable_filter(model)
@@ -338,6 +341,8 @@ def fit(
             if phase == 2 and epoch_in_phase == 0:
                 # Phase 2 starts from the best supervised model with fresh optimiser and patience.
                 state.params = state.best_params
+                if on_phase2 is not None:
+                    state.params, _ = eqx.partition(on_phase2(eqx.combine(state.params, static)), filter_spec)
                 state.opt_state = opt.init(state.params)
                 state.best_val, state.bad_epochs = math.inf, 0
                 event = "phase2_start"
