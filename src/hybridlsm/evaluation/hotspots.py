@@ -47,7 +47,6 @@ section names the models without parameter SDs). This module imports nothing of
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
@@ -59,6 +58,7 @@ import pandas as pd
 import xarray as xr
 
 from hybridlsm.domain import site_file_name
+from hybridlsm.evaluation.html_parts import fmt, img_html, table_html
 from hybridlsm.rundir import atomic_write, checksum_path, write_checked
 
 __all__ = [
@@ -571,36 +571,10 @@ def write_hotspot_outputs(
 # report section
 
 
-def _fmt(v, digits: int = 3) -> str:
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "–" if not math.isfinite(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
-    return html.escape(str(v))
-
-
-def _table_html(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<p class='note'>nothing to show</p>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = []
-    for _, r in df.iterrows():
-        cells = "".join(f"<td class='txt'>{_fmt(v)}</td>" if isinstance(v, str) else f"<td>{_fmt(v)}</td>"
-                        for v in r)  # fmt: skip
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _img_html(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    name = html.escape(Path(path).name)
-    return f"<img alt='{html.escape(alt)}' title='plots/{name}' src='data:image/png;base64,{data}'>"
-
-
 def _pair(a: float, b: float, pct: bool = False) -> str:
     if pct:
-        return f"{_fmt(100 * a, 0)} / {_fmt(100 * b, 0)}" if math.isfinite(a) else f"– / {_fmt(100 * b, 0)}"
-    return f"{_fmt(a)} / {_fmt(b)}"
+        return f"{fmt(100 * a, 0)} / {fmt(100 * b, 0)}" if math.isfinite(a) else f"– / {fmt(100 * b, 0)}"
+    return f"{fmt(a)} / {fmt(b)}"
 
 
 def _conditions_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -665,10 +639,10 @@ def hotspots_html(run_dir: Path, quantile: float = 0.9, *, colours: Mapping[str,
     if len(shown) < len(t):
         h.append("<p class='note'>The flux rows of the other models are in <code>hotspots.csv</code>.</p>")
     h.append("<h3>Conditions at the hotspots</h3>")
-    h.append(_table_html(_conditions_table(shown)))
+    h.append(table_html(_conditions_table(shown)))
     h.append("<h3>Mean relative spread by stability and wind speed [m s-1]</h3>")
-    h.append(_table_html(_bins_table(shown)))
+    h.append(table_html(_bins_table(shown)))
     for (site, model), png in res.plots.items():
         h.append(f"<h3>Site {html.escape(site)}, {html.escape(model)}</h3>"
-                 f"{_img_html(png, f'{site} {model}: parameter uncertainty hotspots')}")
+                 f"{img_html(png, f'{site} {model}: parameter uncertainty hotspots')}")
     return "\n".join(h)

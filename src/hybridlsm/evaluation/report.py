@@ -50,7 +50,6 @@ Evaluation rules
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import html
 import json
@@ -67,6 +66,7 @@ from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
 from hybridlsm.data.schema import DataError
 from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
+from hybridlsm.evaluation.html_parts import fmt, img_html, table_html
 from hybridlsm.evaluation.hotspots import hotspots_html
 from hybridlsm.evaluation.metrics import (
     NEAR_ZERO_MEAN,
@@ -540,14 +540,6 @@ img{max-width:100%;border:1px solid #eee;margin:0.3em 0}
 """
 
 
-def _fmt(v, digits: int = 3) -> str:
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "–" if not math.isfinite(v) else f"{v:.{digits}g}" if abs(v) >= 1e4 else f"{v:.{digits}f}"
-    return html.escape(str(v))
-
-
 def _best_flags(df: pd.DataFrame) -> pd.DataFrame:
     """Best value per (site, flux, scale) and column of `_BEST`; suspect rows never count."""
     flags = pd.DataFrame(False, index=df.index, columns=list(_BEST))
@@ -585,7 +577,7 @@ def _skill_html(df: pd.DataFrame) -> str:
                 for col in ("rmse", "nse", "kge", "bias", "bias_pct", "r"):
                     cls = " class='best'" if flags.at[idx, col] else ""
                     mark = "″" if col == "kge" and row.kge_form == "2021" and math.isfinite(row.kge) else ""
-                    cells.append(f"<td{cls}>{_fmt(row[col])}{mark}</td>")
+                    cells.append(f"<td{cls}>{fmt(row[col])}{mark}</td>")
                 cells.append(f"<td>{int(row.n)}</td>")
                 parts.append(("<tr class='suspect'>" if row.suspect else "<tr>") + "".join(cells) + "</tr>")
             parts.append("</table>")
@@ -635,25 +627,6 @@ def _repairs_html(sites: dict[str, SiteData]) -> str:
         items = "".join(f"<li>{html.escape(ln)}</li>" for ln in lines) or "<li>none</li>"
         rows.append(f"<h3>{html.escape(site)}</h3><ul class='note'>{items}</ul>")
     return "\n".join(rows)
-
-
-def _table_html(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "<p class='note'>nothing to show</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    rows = []
-    for _, r in df.iterrows():
-        cells = "".join(
-            f"<td class='txt'>{_fmt(v)}</td>" if isinstance(v, str) else f"<td>{_fmt(v)}</td>" for v in r
-        )
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _img_html(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    name = html.escape(Path(path).name)
-    return f"<img alt='{html.escape(alt)}' title='plots/{name}' src='data:image/png;base64,{data}'>"
 
 
 def _json_safe(v):
@@ -759,7 +732,7 @@ def _predictive_uncertainty_html(
             if sub.empty:
                 continue
             h.append(f"<h3>{html.escape(flux)}, {scale}, test split</h3>")
-            h.append(_table_html(sub[["site", "model", *names, "n"]].rename(columns=names)))
+            h.append(table_html(sub[["site", "model", *names, "n"]].rename(columns=names)))
     for site, (_, curves, _) in results.items():
         if not curves:
             continue
@@ -768,7 +741,7 @@ def _predictive_uncertainty_html(
             plot_dir / f"{site_file_name(site)}_reliability.png", panels,
             f"{site}: reliability of the central prediction intervals (test split)", colours,
             ncols=len(P.PROB_SCALES))
-        h.append(f"<h3>Reliability, site {html.escape(site)}</h3>{_img_html(png, f'{site}: reliability diagram')}")
+        h.append(f"<h3>Reliability, site {html.escape(site)}</h3>{img_html(png, f'{site}: reliability diagram')}")
     return h
 
 
@@ -791,7 +764,7 @@ def _discovery_html(run_dir: Path) -> str:
          "coefficients). The power-law form with the lower AIC is re-run as the physics' exchange closure and "
          "scored on the test steps.</p>"]
     cols = [c for c in ("model", "class", "form", "expression", "n", "k", "r2", "rmse", "aic", "delta_aic") if c in forms]
-    h.append(_table_html(forms[cols]))
+    h.append(table_html(forms[cols]))
     rows = []
     for label, entry in meta.get("models", {}).items():
         if "co_trained_law" in entry:
@@ -807,15 +780,15 @@ def _discovery_html(run_dir: Path) -> str:
                 rows.append({"model": label, "law": f"learned vs true K_h ({cls}), test steps",
                              "R²": fit["r2_kh_true_test_steps"]})
     if rows:
-        h.append(_table_html(pd.DataFrame(rows)))
+        h.append(table_html(pd.DataFrame(rows)))
     skill_path = folder / "skill.csv"
     if skill_path.is_file() and skill_path.stat().st_size > 1:
         skill = pd.read_csv(skill_path)
         skill = skill[skill["scale"] == "halfhourly"] if "scale" in skill else skill
         h.append("<h3>The law re-run as physics, test split, half-hourly</h3>")
-        h.append(_table_html(skill[[c for c in ("site", "model", "flux", "rmse", "nse", "kge", "bias", "n") if c in skill]]))
+        h.append(table_html(skill[[c for c in ("site", "model", "flux", "rmse", "nse", "kge", "bias", "n") if c in skill]]))
     for png in sorted((folder / "plots").glob("*.png")):
-        h.append(f"<h3>{html.escape(png.stem)}</h3>{_img_html(png, f'discovery fit {png.stem}')}")
+        h.append(f"<h3>{html.escape(png.stem)}</h3>{img_html(png, f'discovery fit {png.stem}')}")
     return "\n".join(h)
 
 
@@ -875,23 +848,23 @@ def build_report(
         "LE). For a model it is the internal residual (zero for a conserving model apart from storage and "
         "melt); for the tower it is the non-closure. Closure ratio: obs Σ(H+LE)/Σ(Rn−G); model "
         "Σ(H_m+LE_m)/Σ(Rn_o−G_o).</p>",
-        _table_html(energy),
+        table_html(energy),
         "<h2>Untrained variables</h2>",
         "<p class='note'>Top model layer vs the tower's shallowest sensor, test split, native step. "
         "τ: median e-folding time [days] of the drying rate −Δθ/day over rain-free spells (P &lt; 1 mm/day, "
         "≥ 5 days) after a day with P ≥ 5 mm; for θ = θ∞ + A·exp(−t/τ) it is the e-folding time of "
         "θ − θ∞, independent of units and offsets (see <code>hybridlsm.evaluation.report</code>).</p>",
-        _table_html(untrained),
+        table_html(untrained),
         "<h2>Where the parameters came from</h2>",
         "<p class='note'>Per site and model: the physical parameters the prediction used (a site's own "
         "calibration, or what transfers to a site the model was not trained on).</p>",
-        _table_html(_provenance(sites)),
+        table_html(_provenance(sites)),
         "<h2>Parameter reasonability</h2>",
         "<p class='note'>Correlation (of log values, test split) between each model's learned K_h and r_s and "
         "the ones derived from the tower: bulk K_h = (z − d)·g_a,h from u* and wind with Thom's excess "
         "resistance, r_s from the inverted Penman–Monteith equation on daytime, dry-canopy steps with enough "
         "available energy (seed 000 Table 3; <code>hybridlsm.evaluation.derived</code>).</p>",
-        _table_html(parameter_reasonability(sites)),
+        table_html(parameter_reasonability(sites)),
         "<h2>Data repairs and gaps</h2>",
         "<p class='note'>Per site: what the readers repaired, what was filled or estimated in the forcing "
         "(flagged in <code>forcing_filled</code> of every output file; steps filled from the diurnal cycle or "
@@ -910,7 +883,7 @@ def build_report(
         h.append(f"<h2>Site {html.escape(site)}</h2>")
         for key, caption in captions.items():
             if key in figs:
-                h.append(f"<h3>{caption}</h3>{_img_html(figs[key], f'{site} {caption}')}")
+                h.append(f"<h3>{caption}</h3>{img_html(figs[key], f'{site} {caption}')}")
         if "parameters" not in figs:
             h.append("<p class='note'>No model output Kh or rs at this site.</p>")
         if "untrained" not in figs:

@@ -54,7 +54,6 @@ the run's lock. ``validation_html`` gives the report's section from those files.
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import math
@@ -77,6 +76,7 @@ from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
 from hybridlsm.data.splits import TEST
 from hybridlsm.domain import Domain
 from hybridlsm.evaluation import plots
+from hybridlsm.evaluation.html_parts import img_html
 from hybridlsm.evaluation.metrics import bias, count_valid, nse, rmse
 from hybridlsm.models.column import ColumnModel, domain_inputs, run_jit
 from hybridlsm.models.hybrid import PostCorrection
@@ -568,7 +568,5 @@ def validation_html(run_dir: Path) -> str:
         for kind in ("online", "emergent"):
             png = folder / f"{label}_{kind}.png"
             if png.is_file():
-                data = base64.b64encode(png.read_bytes()).decode("ascii")
-                h.append(f"<img alt='{html.escape(label)} {kind}' title='validation/{html.escape(png.name)}' "
-                         f"src='data:image/png;base64,{data}'>")
+                h.append(img_html(png, f"{label} {kind}"))
     return "\n".join(h)
