@@ -152,21 +152,25 @@ def test_mse_lstm_is_the_model_as_before():
     np.testing.assert_array_equal(pa["Qle"], pb["Qle"])
 
 
-@pytest.mark.slow  # kept out of make test-fast (several seconds)
-def test_post_correction_with_gaussian_writes_aleatoric_sd(tmp_path):
-    ds = virtual_site(site_id="T-GRA", days=8, seed=3, noise=5.0, latitude=32.0, longitude=-110.0)
+def _virtual_split(days: int, train_days: int, noise: float, epochs: int, lr: float):
+    """A virtual site's days 2..train_days as training, the rest as validation, and a training context."""
+    ds = virtual_site(site_id="T-GRA", days=days, seed=3, noise=noise, latitude=32.0, longitude=-110.0)
     labels = np.zeros(ds.sizes["time"], bool)
-    labels[48 : 6 * 48] = True
+    labels[48 : train_days * 48] = True
     train, val = ds.copy(), ds.copy()
     train["loss_mask"] = ("time", labels)
     val["loss_mask"] = ("time", ~labels)
-    train, val = domain_from_site(train), domain_from_site(val)
-    spec = get_model("post_correction")
     run = validate_config({
-        "name": "t", "data": {"sites": [{"virtual": {"days": 8}}], "spinup_days": 1, "window_days": 3},
-        "models": [{"name": "physics"}], "training": {"epochs": 3, "lr": 1e-2, "batch_windows": 8, "patience": 50},
+        "name": "t", "data": {"sites": [{"virtual": {"days": days}}], "spinup_days": 1, "window_days": 3},
+        "models": [{"name": "physics"}], "training": {"epochs": epochs, "lr": lr, "batch_windows": 8, "patience": 50},
     })  # fmt: skip
-    ctx = TrainingContext.from_config(run, progress=False)
+    return domain_from_site(train), domain_from_site(val), TrainingContext.from_config(run, progress=False)
+
+
+@pytest.mark.slow  # kept out of make test-fast (several seconds)
+def test_post_correction_with_gaussian_writes_aleatoric_sd(tmp_path):
+    train, val, ctx = _virtual_split(days=8, train_days=6, noise=5.0, epochs=3, lr=1e-2)
+    spec = get_model("post_correction")
     opts = validate_options("post_correction", {"likelihood": "gaussian", "width": 8, "epochs": 3, "calibrate": []})
     model = spec.train(spec.build(opts), opts, [train], [val], ctx)
     out = spec.predict(model, val)
@@ -229,19 +233,8 @@ def test_normalised_nll_by_hand():
 @pytest.fixture(scope="module")
 def gaussian_hybrid_param():
     """hybrid_param with ``likelihood: gaussian`` trained briefly on a virtual site with 25 W m-2 noise."""
-    ds = virtual_site(site_id="T-GRA", days=16, seed=3, noise=25.0)
-    labels = np.zeros(ds.sizes["time"], bool)
-    labels[48 : 12 * 48] = True
-    train, val = ds.copy(), ds.copy()
-    train["loss_mask"] = ("time", labels)
-    val["loss_mask"] = ("time", ~labels)
-    train, val = domain_from_site(train), domain_from_site(val)
+    train, val, ctx = _virtual_split(days=16, train_days=12, noise=25.0, epochs=12, lr=2e-2)
     spec = get_model("hybrid_param")
-    run = validate_config({
-        "name": "t", "data": {"sites": [{"virtual": {"days": 16}}], "spinup_days": 1, "window_days": 3},
-        "models": [{"name": "physics"}], "training": {"epochs": 12, "lr": 2e-2, "batch_windows": 8, "patience": 50},
-    })  # fmt: skip
-    ctx = TrainingContext.from_config(run, progress=False)
     opts = validate_options("hybrid_param", {"likelihood": "gaussian", "width": 8, "physics_init": "default",
                                              "calibrate": [], "lr": 2e-2})  # fmt: skip
     return spec, opts, spec.train(spec.build(opts), opts, [train], [val], ctx), val

@@ -1,0 +1,259 @@
+"""Discovery and uncertainty benchmark (issue 13): results/discovery.json and the tables of docs/results.md.
+
+Cases: the twin (configs/twin-discovery.yaml: a virtual site whose K_h follows the known branched law
+data.virtual.TWIN_LAW) and two reference sites on blocked splits (configs/us-wkg-discovery.yaml,
+configs/us-me2-discovery.yaml). For each: ``hybridlsm run`` (a finished run is reused), ``hybridlsm
+discover`` and ``hybridlsm validate`` (50 recycled years), then the figures of hybrid_param:
+
+- ``b_fit_*``, ``c_fit_*``, ``a_fit_*``: the branched power law fitted to its learned K_h (training and
+  validation steps; ``b_true_*``, ``c_true_*`` the twin's law);
+- ``r2_kh``: R² of the learned against the true K_h on the test steps (twin only);
+- ``reasonability_kh``, ``reasonability_rs``: r of log values against the observation-derived K_h and
+  r_s on the test steps (seed 000 Table 3; the twin has no u*: r against its true K_h, no r_s);
+- ``coverage90_*``, ``crps_*``, ``crps_climatology_*``: half-hourly, test steps (report's
+  metrics_probabilistic.csv; the climatological ensemble of the same month and half-hour);
+- ``nse_*``: half-hourly test NSE; ``drift_energy_wm2``, ``drift_water_mm_yr``: the 50-year online run.
+
+Table 3 ablations on the twin: the full model, no parameteriser (the calibrated physics), no physics
+residual (phase 2 without the energy term), no discovery loss, no UQ (no dropout, MSE likelihood).
+
+    .venv/bin/python benchmarks/discovery.py [--cases twin us-wkg us-me2] [--years 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hybridlsm.data.virtual import TWIN_LAW
+from hybridlsm.discover import discover
+from hybridlsm.evaluation import metrics
+from hybridlsm.evaluation.report import flux_mask, load_run, parameter_reasonability
+from hybridlsm.models.registry import load_run_config, validate_run_config
+from hybridlsm.physics.exchange import BRANCHES
+from hybridlsm.pipeline import run as run_pipeline
+from hybridlsm.validate import validate_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {"twin": "configs/twin-discovery.yaml", "us-wkg": "configs/us-wkg-discovery.yaml",
+         "us-me2": "configs/us-me2-discovery.yaml"}  # fmt: skip
+MODEL = "hybrid_param"
+FLUXES = {"qh": "Qh", "qle": "Qle"}
+KEYS = ["case", *(f"{k}_true_{b}" for b in BRANCHES for k in "bc"), *(f"{k}_fit_{b}" for b in BRANCHES for k in "bca"),
+        "r2_kh", "reasonability_kh", "reasonability_rs", "coverage90_qh", "coverage90_qle", "crps_qh", "crps_qle",
+        "crps_climatology_qh", "crps_climatology_qle", "nse_qh", "nse_qle", "drift_energy_wm2", "drift_water_mm_yr"]
+ABLATIONS = {  # label: (what changes, training.two_phase update, hybrid_param options update)
+    "no_physics_residual": ("phase 2 without the energy residual", {"lambda_energy": (0.0, 0.0)}, {}),
+    "no_discovery_loss": ("phase 2 without the discovery term", {"lambda_discovery": (0.0, 0.0)}, {}),
+    "no_uq": ("no dropout, MSE likelihood", {}, {"dropout": 0.0, "likelihood": "mse"}),
+}
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def run_case(config: Path, name: str | None = None, two_phase: dict | None = None, options: dict | None = None,
+             only_model: bool = False) -> Path:
+    """Run (or reuse) the config, optionally as a variant: a new name, training.two_phase and
+    hybrid_param options updated, and only hybrid_param trained."""
+    cfg = load_run_config(config)
+    if name is not None:
+        models = [m for m in cfg.models if m.label == MODEL or not only_model]
+        models = [m.model_copy(update={"options": {**m.options, **(options or {})}}) if m.label == MODEL else m
+                  for m in models]  # fmt: skip
+        tp = cfg.training.two_phase.model_copy(update=two_phase or {})
+        cfg = cfg.model_copy(update={"name": name, "models": models,
+                                     "training": cfg.training.model_copy(update={"two_phase": tp})})  # fmt: skip
+        cfg = validate_run_config(cfg.model_dump(mode="json"), source=f"{config} ({name})")  # re-validated whole
+    return run_pipeline(cfg, config_name=str(config), resume=True)
+
+
+def point_scores(run: Path, label: str) -> dict:
+    """Half-hourly test MSE, MAE, r per flux and the model's energy residual |Rn - G - H - LE - Qf|."""
+    out = {}
+    for sid, sd in load_run(run).items():
+        ds = sd.models[label]
+        max_qc = int(sd.obs.attrs.get("max_qc", 1))
+        for key, flux in FLUXES.items():
+            m = flux_mask(sd.obs, flux, max_qc) & sd.test
+            sim, obs = ds[flux].values.ravel(), sd.obs[flux].values
+            out[f"mse_{key}"] = metrics.mse(sim, obs, m)
+            out[f"mae_{key}"] = metrics.mae(sim, obs, m)
+            out[f"r_{key}"] = metrics.pearson_r(sim, obs, m)
+        resid = ds["Rnet"].values - ds["Qg"].values - ds["Qh"].values - ds["Qle"].values - ds["Qf"].values
+        out["energy_residual_wm2"] = float(np.nanmean(np.abs(resid.ravel()[sd.test])))
+    return out
+
+
+def probabilistic(run: Path, label: str) -> dict:
+    path = run / "metrics_probabilistic.csv"
+    out = {}
+    table = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["model", "flux", "scale"])
+    for key, flux in FLUXES.items():
+        row = table[(table["model"] == label) & (table["flux"] == flux) & (table["scale"] == "halfhourly")]
+        clim = table[(table["model"] == "climatology") & (table["flux"] == flux) & (table["scale"] == "halfhourly")]
+        out[f"coverage90_{key}"] = _num(row["coverage_90"].iloc[0]) if len(row) else None
+        out[f"crps_{key}"] = _num(row["crps"].iloc[0]) if len(row) else None
+        out[f"crps_climatology_{key}"] = _num(clim["crps"].iloc[0]) if len(clim) else None
+    return out
+
+
+def reasonability(run: Path, label: str) -> dict:
+    sites = load_run(run)
+    if any("Kh_true" in sd.obs for sd in sites.values()):  # twin: against the true K_h
+        rows = []
+        for sd in sites.values():
+            kh, true = sd.models[label]["Kh"].values.ravel(), sd.obs["Kh_true"].values
+            ok = sd.test & np.isfinite(kh) & np.isfinite(true) & (kh > 0) & (true > 0)
+            rows.append(float(np.corrcoef(np.log(kh[ok]), np.log(true[ok]))[0, 1]))
+        return {"reasonability_kh": float(np.mean(rows)), "reasonability_rs": None}
+    table = parameter_reasonability(sites)
+    row = table[table["model"] == label]
+    return {"reasonability_kh": _num(row["r Kh"].iloc[0]) if len(row) else None,
+            "reasonability_rs": _num(row["r rs"].iloc[0]) if len(row) else None}  # fmt: skip
+
+
+def case_record(case: str, run: Path, years: float) -> tuple[dict, dict]:
+    disc = json.loads((discover(run, [MODEL]) / "discovery.json").read_text())
+    entry = disc["models"][MODEL]
+    fit = next(iter(entry["classes"].values()))
+    validation = validate_run(run, years=years, labels=[MODEL], progress=False)
+    online = next(iter(validation["models"][MODEL]["sites"].values()))["online"]
+    skill = pd.read_csv(run / "metrics.csv")
+    rec = {"case": case}
+    for b in BRANCHES:
+        truth = TWIN_LAW[b] if case == "twin" else (None, None, None)
+        rec |= {f"b_true_{b}": truth[1], f"c_true_{b}": truth[2]}
+        rec |= {f"{k}_fit_{b}": fit["fits"]["power_law"][b][k] for k in "bca"}
+    rec["r2_kh"] = _num(fit.get("r2_kh_true_test_steps"))
+    rec |= reasonability(run, MODEL)
+    rec |= probabilistic(run, MODEL)
+    for key, flux in FLUXES.items():
+        row = skill[(skill["model"] == MODEL) & (skill["flux"] == flux) & (skill["scale"] == "halfhourly")]
+        rec[f"nse_{key}"] = _num(row["nse"].iloc[0])
+    rec["drift_energy_wm2"] = _num(online.get("energy_drift_w_m2"))
+    rec["drift_water_mm_yr"] = _num(online.get("water_drift_mm_yr"))
+    extra = {"forms": fit["forms"], "co_trained_law": entry.get("co_trained_law"), "sparse": fit.get("sparse"),
+             "skill": [r for r in disc["skill"] if r["scale"] == "halfhourly"], "online": online}  # fmt: skip
+    return {k: rec.get(k) for k in KEYS}, extra
+
+
+def ablations(config: Path, full_run: Path) -> list[dict]:
+    rows = []
+    variants = [("full model", "all components", full_run, MODEL), ("no parameteriser", "the calibrated physics",
+                full_run, "physics")]  # fmt: skip
+    name = load_run_config(config).name
+    for label, (what, tp, opts) in ABLATIONS.items():
+        run = run_case(config, f"{name}-{label.replace('_', '-')}", tp, opts, only_model=True)
+        variants.append((label.replace("_", " "), what, run, MODEL))
+    for variant, what, run, model in variants:
+        sites = load_run(run)
+        row = {"configuration": variant, "what changes": what, **point_scores(run, model), **probabilistic(run, model)}
+        sd = next(iter(sites.values()))
+        if "Kh_true" in sd.obs:
+            kh, true = sd.models[model]["Kh"].values.ravel(), sd.obs["Kh_true"].values
+            ok = sd.test & (kh > 0) & (true > 0)
+            row["reasonability_kh"] = float(np.corrcoef(np.log(kh[ok]), np.log(true[ok]))[0, 1])
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.3e}"
+    return str(v)
+
+
+def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], seconds: float) -> str:
+    lines = ["<!-- discovery:begin (written by benchmarks/discovery.py; do not edit by hand) -->",
+             "", f"`benchmarks/discovery.py` ({seconds / 60:.0f} min on 2 CPU cores); model: hybrid_param "
+             "(stability inputs, Gaussian likelihood, MC dropout 0.15 × 50, two-phase). Figures on the test "
+             "weeks of the blocked splits (half-hourly); fits on the training and validation steps.", "",
+             "| case | b stable (true) | c stable (true) | b unstable (true) | c unstable (true) | R² K_h | r K_h | r r_s "
+             "| cov90 H | cov90 LE | CRPS H (clim.) | CRPS LE (clim.) | NSE H | NSE LE | drift E W m⁻² | drift W mm yr⁻¹ |",
+             "|" + "---|" * 16]  # fmt: skip
+    for r in records:
+        def pair(k, b):
+            t = r[f"{k}_true_{b}"]
+            return _fmt(r[f"{k}_fit_{b}"]) + (f" ({_fmt(t)})" if t is not None else "")
+
+        lines.append(f"| {r['case']} | {pair('b', 'stable')} | {pair('c', 'stable')} | {pair('b', 'unstable')} | "
+                     f"{pair('c', 'unstable')} | {_fmt(r['r2_kh'])} | {_fmt(r['reasonability_kh'])} | "
+                     f"{_fmt(r['reasonability_rs'])} | {_fmt(r['coverage90_qh'])} | {_fmt(r['coverage90_qle'])} | "
+                     f"{_fmt(r['crps_qh'])} ({_fmt(r['crps_climatology_qh'])}) | "
+                     f"{_fmt(r['crps_qle'])} ({_fmt(r['crps_climatology_qle'])}) | {_fmt(r['nse_qh'])} | "
+                     f"{_fmt(r['nse_qle'])} | {_fmt(r['drift_energy_wm2'])} | {_fmt(r['drift_water_mm_yr'])} |")  # fmt: skip
+    lines += ["", "Closed forms fitted to the learned K_h (seed 000 Table 5; AIC on the log residuals):", "",
+              "| case | form | expression | n | k | R² | RMSE m² s⁻¹ | ΔAIC |", "|---|---|---|---|---|---|---|---|"]
+    for case, ex in extras.items():
+        for f in ex["forms"]:
+            lines.append(f"| {case} | {f['form']} | {f['expression']} | {f['n']} | {f['k']} | {_fmt(f['r2'])} | "
+                         f"{_fmt(f['rmse'])} | {_fmt(f['delta_aic'])} |")
+    lines += ["", "The law re-run in place of the learned K_h (the hybrid's r_s network kept), test weeks, NSE:", "",
+              "| case | flux | hybrid_param | with its law | physics |", "|---|---|---|---|---|"]
+    for case, ex in extras.items():
+        skill = pd.DataFrame(ex["skill"])
+        for flux in ("Qh", "Qle"):
+            val = {m: skill[(skill["model"] == m) & (skill["flux"] == flux)]["nse"] for m in
+                   (MODEL, f"{MODEL}_law", "physics")}  # fmt: skip
+            lines.append(f"| {case} | {flux} | " + " | ".join(_fmt(float(v.iloc[0])) if len(v) else "–"
+                                                          for v in val.values()) + " |")  # fmt: skip
+    if ablation_rows:
+        lines += ["", "Ablations on the twin (seed 000 Table 3; test weeks, half-hourly; r K_h against the true K_h; "
+                  "energy residual: mean |Rn − G − H − LE − Q_f| of the model):", "",
+                  "| configuration | what changes | MSE H | MAE H | r H | MSE LE | MAE LE | r LE | energy residual | "
+                  "r K_h | cov90 H / LE | CRPS H / LE |", "|" + "---|" * 12]  # fmt: skip
+        for r in ablation_rows:
+            lines.append(f"| {r['configuration']} | {r['what changes']} | {_fmt(r['mse_qh'])} | {_fmt(r['mae_qh'])} | "
+                         f"{_fmt(r['r_qh'])} | {_fmt(r['mse_qle'])} | {_fmt(r['mae_qle'])} | {_fmt(r['r_qle'])} | "
+                         f"{_fmt(r['energy_residual_wm2'])} | {_fmt(r.get('reasonability_kh'))} | "
+                         f"{_fmt(r['coverage90_qh'])} / {_fmt(r['coverage90_qle'])} | "
+                         f"{_fmt(r['crps_qh'])} / {_fmt(r['crps_qle'])} |")  # fmt: skip
+    lines += ["", "<!-- discovery:end -->"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--years", type=float, default=50.0, help="length of the online run")
+    parser.add_argument("--no-ablations", action="store_true")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    records, extras = [], {}
+    runs = {}
+    for case in args.cases:
+        print(f"== {case}", flush=True)
+        runs[case] = run_case(ROOT / CASES[case])
+        rec, extra = case_record(case, runs[case], args.years)
+        records.append(rec)
+        extras[case] = extra
+        print(json.dumps(rec, indent=1), flush=True)
+    rows = [] if args.no_ablations or "twin" not in runs else ablations(ROOT / CASES["twin"], runs["twin"])
+    out = ROOT / "results" / "discovery.json"
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    text = markdown(records, extras, rows, time.perf_counter() - t0)
+    doc = ROOT / "docs" / "results.md"
+    current = doc.read_text()
+    begin, end = "<!-- discovery:begin", "<!-- discovery:end -->"
+    if begin in current:
+        i, j = current.index(begin), current.index(end) + len(end)
+        current = current[:i] + text + current[j:]
+    else:
+        current = current.rstrip() + "\n\n## Discovery and uncertainty (issue 13)\n\n" + text + "\n"
+    doc.write_text(current)
+    print(text)
+    print(f"wrote {out} and the discovery tables of {doc}")
+
+
+if __name__ == "__main__":
+    main()
