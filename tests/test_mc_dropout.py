@@ -5,6 +5,8 @@ Uses a short virtual site."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -165,3 +167,34 @@ def test_every_hybrid_predicts_with_mc_dropout(name, domain):
     for k in ("Qle", "Qh"):
         assert out[f"{k}_sd"].shape == (domain.n_steps, 1)
         assert np.mean(out[f"{k}_sd"]) > 0.0, (name, k)
+
+
+def test_epistemic_fallback_uses_the_physics_where_the_network_is_unsure(domain):
+    """hybrid_param with fallback_threshold: at prediction only, a multiplier whose spread over the
+    step's dropout passes exceeds the threshold is 1 (the physics); 0 threshold: always the physics,
+    a huge one: never. Training never sees it."""
+    spec, model = _build("hybrid_param", dropout=0.3, mc_samples=3, fallback_threshold=1e-9)
+    model = _far_from_physics(model)
+    active = replace(model, land=replace(model.land, fallback_active=True))
+    forcing, base = column.domain_inputs(model, domain)
+    state0 = model.spun_up_state(forcing, base)
+    _, everywhere = column.run_jit(active, forcing, base, state0)
+    np.testing.assert_array_equal(np.asarray(everywhere["ra_mult"]), 1.0)  # every multiplier fell back
+    np.testing.assert_array_equal(np.asarray(everywhere["rs_mult"]), 1.0)
+    np.testing.assert_array_equal(np.asarray(everywhere["fallback"]), 1.0)
+    never = replace(active, land=replace(active.land, fallback_threshold=1e9))
+    _, out = column.run_jit(never, forcing, base, state0)
+    _, plain = column.run_jit(model, forcing, base, state0)  # not active: the network as trained
+    np.testing.assert_allclose(np.asarray(out["Qh"]), np.asarray(plain["Qh"]), rtol=1e-12)
+    np.testing.assert_array_equal(np.asarray(out["fallback"]), 0.0)
+    assert "fallback" not in plain and np.max(np.abs(np.asarray(plain["ra_mult"]) - 1.0)) > 1e-2
+    # a threshold inside the spread's range: some steps fall back, not all
+    mid = replace(active, land=replace(active.land, fallback_threshold=0.05))
+    _, part = column.run_jit(mid, forcing, base, state0)
+    frac = float(np.mean(np.asarray(part["fallback"])))
+    assert 0.0 < frac < 1.0, frac
+    # the spec's prediction switches it on and writes the fraction; MC-mean over the samples
+    out = spec.predict(model, domain)
+    assert out["fallback"].shape == (domain.n_steps, 1) and float(np.mean(out["fallback"])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="needs dropout"):
+        validate_options("hybrid_param", {"fallback_threshold": 0.1})

@@ -26,7 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import usable_targets
 from ..domain import Domain
@@ -41,6 +41,7 @@ from ..training.windows import SiteRecord
 from .column import (
     COLUMN_TARGETS,
     LEARNED_PARAMETERS,
+    PREDICTION_OUTPUTS,
     SIGMA_SUFFIX,
     ColumnModel,
     ColumnSpec,
@@ -64,6 +65,8 @@ GAUSSIAN_MIN_STD = 1e-2
 GAUSSIAN_MAX_STD = 10.0
 #: the unit of hybrid_param's aleatoric SD [W m-2] (its head starts at this SD)
 SIGMA_SCALE = 50.0
+#: dropout passes per step that measure the network's spread for the epistemic fallback
+FALLBACK_SAMPLES = 10
 
 
 class HybridOptions(FitOptions):
@@ -113,6 +116,15 @@ class HybridParamOptions(HybridOptions, LikelihoodOption):
 
     stability_inputs: bool = Field(False, description="also give the parameter network log u and the signed bulk "
                                    "Richardson number (stable and unstable parts) of each step")
+    fallback_threshold: float | None = Field(
+        None, gt=0.0, description="at prediction, use the physics (multiplier 1) wherever the SD of a learned log "
+        "multiplier over 10 dropout passes of the step exceeds this (epistemic fallback; needs dropout > 0)")
+
+    @model_validator(mode="after")
+    def _fallback_needs_dropout(self):
+        if self.fallback_threshold is not None and self.dropout == 0:
+            raise ValueError("fallback_threshold needs dropout > 0: the spread it compares comes from dropout passes")
+        return self
 
 
 class PostCorrectionOptions(HybridOptions, LikelihoodOption):
@@ -221,6 +233,8 @@ class ParameterNetworkLand(AbstractLandModel):
     replaced: tuple[str, ...] = eqx.field(static=True, default=())  # multipliers fixed at 1 (a law sets them)
     aleatoric: GaussianHead | None = None  # likelihood gaussian: the SD of each of aleatoric_targets
     aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())
+    fallback_threshold: float | None = eqx.field(static=True, default=None)  # SD of a log multiplier
+    fallback_active: bool = eqx.field(static=True, default=False)  # set at prediction only
 
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
@@ -242,6 +256,9 @@ class ParameterNetworkLand(AbstractLandModel):
         key_mlp, key_lad = (None, None) if key is None else jax.random.split(key)
         raw = self.network_outputs(state, forcing, params, key_mlp)
         m = self.head(raw[..., : len(MULTIPLIED)])
+        fallback = None
+        if self.fallback_active and self.fallback_threshold is not None:
+            m, fallback = self._fallback(m, state, forcing, params, key_mlp)
         if self.replaced:
             m = jnp.stack([jnp.ones_like(m[..., i]) if name in self.replaced else m[..., i]
                            for i, name in enumerate(MULTIPLIED)], axis=-1)  # fmt: skip
@@ -250,9 +267,23 @@ class ParameterNetworkLand(AbstractLandModel):
             p[name] = params[name] * m[..., i]
         new_state, fluxes = self.lad.step(state, forcing, p, key_lad)
         diagnostics = {**fluxes.diagnostics, "ra_mult": m[..., 0], "rs_mult": m[..., 1]}
+        if fallback is not None:
+            diagnostics["fallback"] = fallback
         for k, target in enumerate(self.aleatoric_targets):  # the aleatoric SD [W m-2] of each target
             diagnostics[f"{target}{SIGMA_SUFFIX}"] = SIGMA_SCALE * self.aleatoric.std(raw[..., len(MULTIPLIED) + k])
         return new_state, replace(fluxes, diagnostics=diagnostics)
+
+    def _fallback(self, m, state, forcing, params, key):
+        """The multipliers with 1 (the physics) wherever the network is unsure: where the SD of a log
+        multiplier over FALLBACK_SAMPLES dropout passes of this step exceeds ``fallback_threshold``
+        (the passes use the step's key, or a fixed one in a deterministic run); and the fraction of
+        the two multipliers that fell back."""
+        key = jax.random.key(MC_KEY) if key is None else jax.random.fold_in(key, 1)
+        raws = jax.vmap(lambda k: self.network_outputs(state, forcing, params, k))(
+            jax.random.split(key, FALLBACK_SAMPLES))
+        spread = jnp.std(jnp.log(self.head(raws[..., : len(MULTIPLIED)])), axis=0, ddof=1)
+        unsure = spread > self.fallback_threshold
+        return jnp.where(unsure, jnp.ones_like(m), m), jnp.mean(unsure.astype(m.dtype), axis=-1)
 
     def observe(self, state, fluxes):
         return self.lad.observe(state, fluxes)
@@ -352,9 +383,18 @@ class HybridParam(_HybridSpec):
         bias = head.inverse(jnp.ones(len(MULTIPLIED)))
         mlp = _small_output_layer(mlp, jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))] if gaussian else bias)
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
-                                    options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets)
+                                    options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets,
+                                    fallback_threshold=options.fallback_threshold)
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
                            delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets)  # fmt: skip
+
+    def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
+        """With ``fallback_threshold`` the epistemic fallback acts (it never acts in training) and
+        the output ``fallback`` is the fraction of the multipliers that fell back at each step."""
+        if model.land.fallback_threshold is None:
+            return predict_column_model(model, domain)
+        active = replace(model, land=replace(model.land, fallback_active=True))
+        return predict_column_model(active, domain, (*PREDICTION_OUTPUTS, "fallback"))
 
 
 @register_model("hybrid_lstm")
