@@ -169,6 +169,7 @@ def test_every_hybrid_predicts_with_mc_dropout(name, domain):
         assert np.mean(out[f"{k}_sd"]) > 0.0, (name, k)
 
 
+@pytest.mark.slow  # several rollouts with 10 dropout passes per step
 def test_epistemic_fallback_uses_the_physics_where_the_network_is_unsure(domain):
     """hybrid_param with fallback_threshold: at prediction only, a multiplier whose spread over the
     step's dropout passes exceeds the threshold is 1 (the physics); 0 threshold: always the physics,

@@ -56,6 +56,7 @@ def validated(tmp_path_factory):
     return run, validate_run(run, years=5, progress=False)
 
 
+@pytest.mark.slow  # builds and validates a small run (~25 s)
 def test_validate_run_levels_drift_and_files(validated):
     run, result = validated
     assert set(result["models"]) == {"physics", "1lin", "hybrid_flux"}
@@ -110,6 +111,7 @@ def test_validate_run_levels_drift_and_files(validated):
     assert page.startswith("<h2>Validation levels</h2>") and page.count("<img") == 4 and "not applicable" in page
 
 
+@pytest.mark.slow  # builds and validates a small run (~25 s)
 def test_offline_level_is_not_available_without_soil_temperature(validated):
     from hybridlsm.evaluation.validation import offline
     from hybridlsm.validate import _site_domains
@@ -171,6 +173,7 @@ def test_emergent_statistics_on_a_constructed_record():
     assert m == pytest.approx([24 + 23.5, 24 + 48 + 23.5])
 
 
+@pytest.mark.slow  # builds and validates a small run (~25 s)
 def test_bad_run_directories_are_clear_errors(tmp_path, validated):
     with pytest.raises(ValidationRunError, match=r"run directory .*nowhere does not exist"):
         validate_run(tmp_path / "nowhere")
