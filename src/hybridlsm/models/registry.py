@@ -73,6 +73,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "hybridlsm.models.empirical",
     "hybridlsm.models.physics",
     "hybridlsm.models.hybrid",
+    "hybridlsm.models.ensemble",
 )
 MODEL_FILE = "model.json"
 LEAVES_FILE = "model.eqx"

@@ -1,0 +1,176 @@
+"""``ensemble``: a deep ensemble of any registered model (Lakshminarayanan et al. 2017).
+
+    models:
+      - {name: ensemble, label: hybrid_param_ens,
+         options: {model: hybrid_param, size: 5, bootstrap: false, options: {likelihood: gaussian}}}
+
+``size`` members of the model ``model`` with the member options ``options`` are trained one after
+the other, member k with the model's ``seed`` option (where it has one) and the run's training seed
+both increased by k, so they differ in initialisation, dropout masks and batch order. With
+``bootstrap`` member k also trains on a bootstrap resample of the training days (days drawn with
+replacement, each drawn day used once: about 63 % of them), the variation of bagging.
+
+Prediction combines the members' predictions by the law of total variance: the mean of their
+means; the epistemic variance of a target is the variance of the member means (ddof 1) plus the
+mean of the members' own epistemic variances (MC dropout), the aleatoric variance the mean of
+theirs; ``<t>_sd`` is the total. The learned parameters (Kh, ra, rs) get the spread over the
+members too. Each member is saved by its own model in ``member_<k>/``; the ensemble's
+``model.json`` records their checksums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..config import ALLOWED_TARGETS
+from ..domain import Domain
+from ..rundir import sha256_of
+from .column import LEARNED_PARAMETERS
+from .registry import (MODEL_FILE, ModelSpec, TrainingContext, UnknownModelError, get_model, read_model_json,
+                       register_model, validate_options, write_model_json)
+
+__all__ = ["Ensemble", "EnsembleOptions", "combine_members"]
+
+
+class EnsembleOptions(BaseModel):
+    """``options`` of ``{name: ensemble}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="the members' registered model name")
+    size: int = Field(5, ge=2, le=100, description="number of members")
+    bootstrap: bool = Field(False, description="each member also trains on a bootstrap resample of the training days")
+    options: dict[str, Any] = Field(default_factory=dict, description="the members' options (completed and checked)")
+    targets: list[Literal[ALLOWED_TARGETS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _members(self) -> EnsembleOptions:
+        if self.model == "ensemble":
+            raise ValueError("the members of an ensemble cannot be ensembles")
+        try:
+            spec = get_model(self.model)
+        except UnknownModelError as err:
+            raise ValueError(str(err)) from None
+        opts = dict(self.options)
+        if self.targets is not None:
+            opts.setdefault("targets", list(self.targets))
+        self.options = validate_options(spec.name, opts).model_dump(mode="json")
+        self.targets = list(self.options["targets"])
+        return self
+
+    def member(self, k: int) -> BaseModel:
+        """Member k's options: the seed option, where the model has one, increased by k."""
+        opts = dict(self.options)
+        if "seed" in opts:
+            opts["seed"] = int(opts["seed"]) + k
+        return validate_options(self.model, opts)
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The members' model name and the members (each that model's own object)."""
+
+    model: str
+    members: tuple
+
+
+def _own_epistemic_var(pred: dict, t: str) -> np.ndarray | float:
+    """A member's own epistemic variance of ``t`` (MC dropout): its ``_sd_epistemic``, or its
+    ``_sd`` when it has no aleatoric part; 0 for a deterministic member."""
+    if f"{t}_sd_epistemic" in pred:
+        return np.asarray(pred[f"{t}_sd_epistemic"], np.float64) ** 2
+    if f"{t}_sd" in pred and f"{t}_sd_aleatoric" not in pred:
+        return np.asarray(pred[f"{t}_sd"], np.float64) ** 2
+    return 0.0
+
+
+def combine_members(preds: Sequence[dict[str, np.ndarray]], spread: Sequence[str]) -> dict[str, np.ndarray]:
+    """The ensemble's prediction from its members' (module docstring): means of every output the
+    members share, and for ``spread`` the total, epistemic and (where the members have one)
+    aleatoric SDs."""
+    names = [k for k in preds[0] if all(k in p for p in preds) and "_sd" not in k]
+    out = {k: np.mean([np.asarray(p[k], np.float64) for p in preds], axis=0) for k in names}
+    for t in spread:
+        if t not in out:
+            continue
+        means = np.stack([np.asarray(p[t], np.float64) for p in preds])
+        epistemic = means.var(axis=0, ddof=1) + np.mean([_own_epistemic_var(p, t) for p in preds], axis=0)
+        out[f"{t}_sd_epistemic"] = np.sqrt(epistemic)
+        if all(f"{t}_sd_aleatoric" in p for p in preds):
+            aleatoric = np.mean([np.asarray(p[f"{t}_sd_aleatoric"], np.float64) ** 2 for p in preds], axis=0)
+            out[f"{t}_sd_aleatoric"] = np.sqrt(aleatoric)
+            out[f"{t}_sd"] = np.sqrt(epistemic + aleatoric)
+        else:
+            out[f"{t}_sd"] = np.sqrt(epistemic)
+    return out
+
+
+def bootstrap_days(domain: Domain, rng: np.random.Generator) -> Domain:
+    """``domain`` with its loss mask kept on the days of a bootstrap draw of its training days."""
+    mask = domain.data["loss_mask"].values if "loss_mask" in domain.data else np.ones((domain.n_steps, domain.n_columns), bool)
+    day = (domain.time.astype("datetime64[D]") - domain.time[0].astype("datetime64[D]")).astype(int)
+    days = np.unique(day[mask.any(axis=1)])
+    if days.size == 0:
+        return domain
+    drawn = np.unique(rng.choice(days, size=days.size, replace=True))
+    return domain.with_loss_mask(mask & np.isin(day, drawn)[:, None])
+
+
+@register_model("ensemble")
+class EnsembleSpec(ModelSpec):
+    Options = EnsembleOptions
+    targets = ALLOWED_TARGETS  # the members' model decides (its options are checked)
+
+    def _spec(self, options: EnsembleOptions) -> ModelSpec:
+        return get_model(options.model)
+
+    def build(self, options: EnsembleOptions) -> Ensemble:
+        spec = self._spec(options)
+        return Ensemble(options.model, tuple(spec.build(options.member(k)) for k in range(options.size)))
+
+    def train(self, model: Ensemble, options: EnsembleOptions, train: Sequence[Domain], val: Sequence[Domain],
+              ctx: TrainingContext) -> Ensemble:
+        spec = self._spec(options)
+        members = []
+        for k, member in enumerate(model.members):
+            sub = replace(ctx.sub(f"member_{k}"), training=ctx.training.model_copy(update={"seed": ctx.training.seed + k}))
+            data = train
+            if options.bootstrap:
+                rng = np.random.default_rng(ctx.training.seed + 1000 + k)
+                data = [bootstrap_days(d, rng) for d in train]
+            members.append(spec.train(member, options.member(k), data, val, sub))
+        return Ensemble(options.model, tuple(members))
+
+    def predict(self, model: Ensemble, domain: Domain) -> dict[str, np.ndarray]:
+        spec = get_model(model.model)
+        preds = [spec.predict(m, domain) for m in model.members]
+        return combine_members(preds, (*ALLOWED_TARGETS, *LEARNED_PARAMETERS))
+
+    def save(self, model: Ensemble, options: EnsembleOptions, directory: Path) -> None:
+        spec = self._spec(options)
+        digests = {}
+        for k, member in enumerate(model.members):
+            sub = Path(directory) / f"member_{k}"
+            spec.save(member, options.member(k), sub)
+            digests[f"member_{k}/{MODEL_FILE}"] = sha256_of(sub / MODEL_FILE)
+        write_model_json(directory, self.name, options, {"size": options.size}, digests)
+
+    def load(self, options: EnsembleOptions, directory: Path) -> Ensemble:
+        read_model_json(directory)  # checks the members' model.json against their checksums
+        spec = self._spec(options)
+        return Ensemble(options.model, tuple(spec.load(options.member(k), Path(directory) / f"member_{k}")
+                                             for k in range(options.size)))
+
+    def provenance(self, model: Ensemble, domain: Domain) -> list[str]:
+        # every member is trained on the same sites: the first says where the parameters come from
+        members = get_model(model.model).provenance(model.members[0], domain)
+        return [f"ensemble of {len(model.members)}: {p}" for p in members]
+
+    def required_inputs(self, options: EnsembleOptions) -> tuple[str, ...]:
+        return self._spec(options).required_inputs(options.member(0))

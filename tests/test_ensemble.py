@@ -1,0 +1,106 @@
+"""Deep ensembles (``{name: ensemble}``): members differ by seed (and bootstrap days), the prediction
+combines them by the law of total variance, members are saved and loaded by their own model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from hybridlsm.cli import app
+from hybridlsm.data.virtual import virtual_site
+from hybridlsm.domain import domain_from_site
+from hybridlsm.models.ensemble import bootstrap_days, combine_members
+from hybridlsm.models.registry import get_model, load_saved_model, validate_options
+
+
+def test_combine_members_by_the_law_of_total_variance():
+    a = {"Qh": np.array([1.0, 2.0]), "Qh_sd": np.array([0.5, 0.5]), "Qh_sd_aleatoric": np.array([0.5, 0.5]),
+         "Qh_sd_epistemic": np.array([0.0, 0.0]), "Kh": np.array([0.1, 0.1]), "SWE": np.array([0.0, 1.0])}
+    b = {"Qh": np.array([3.0, 2.0]), "Qh_sd": np.array([1.5, 1.5]), "Qh_sd_aleatoric": np.array([1.5, 1.5]),
+         "Qh_sd_epistemic": np.array([0.0, 0.0]), "Kh": np.array([0.3, 0.1]), "SWE": np.array([2.0, 1.0])}
+    out = combine_members([a, b], ("Qh", "Kh"))
+    np.testing.assert_allclose(out["Qh"], [2.0, 2.0])
+    np.testing.assert_allclose(out["SWE"], [1.0, 1.0])
+    # epistemic: variance of the member means (ddof 1): [2, 0]; aleatoric: mean of 0.25 and 2.25
+    np.testing.assert_allclose(out["Qh_sd_epistemic"], np.sqrt([2.0, 0.0]))
+    np.testing.assert_allclose(out["Qh_sd_aleatoric"], np.sqrt([1.25, 1.25]))
+    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([3.25, 1.25]))
+    np.testing.assert_allclose(out["Kh_sd"], [np.sqrt(0.02), 0.0])  # learned parameters: the members' spread
+    # members with MC dropout only: their own epistemic variance adds to the spread of their means
+    c = {"Qh": np.array([1.0]), "Qh_sd": np.array([2.0]), "Qh_sd_epistemic": np.array([2.0])}
+    d = {"Qh": np.array([3.0]), "Qh_sd": np.array([0.0]), "Qh_sd_epistemic": np.array([0.0])}
+    out = combine_members([c, d], ("Qh",))
+    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([2.0 + 2.0]))
+    assert "Qh_sd_aleatoric" not in out
+
+
+def test_options_check_the_members_and_give_each_its_seed():
+    opts = validate_options("ensemble", {"model": "hybrid_param", "size": 3, "options": {"width": 8},
+                                         "targets": ["Qh"]})  # fmt: skip
+    assert opts.options["width"] == 8 and opts.options["targets"] == ["Qh"] and opts.options["seed"] == 0
+    assert [opts.member(k).seed for k in range(3)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown model"):
+        validate_options("ensemble", {"model": "nope"})
+    with pytest.raises(ValueError, match="cannot be ensembles"):
+        validate_options("ensemble", {"model": "ensemble"})
+    with pytest.raises(ValueError, match="width"):
+        validate_options("ensemble", {"model": "hybrid_param", "options": {"width": 0}})
+
+
+def test_bootstrap_keeps_a_resample_of_the_training_days():
+    d = domain_from_site(virtual_site(site_id="B", days=40, seed=1))
+    mask = np.zeros((d.n_steps, 1), bool)
+    mask[48 * 2 : 48 * 32] = True  # 30 training days
+    d = d.with_loss_mask(mask)
+    b = bootstrap_days(d, np.random.default_rng(0))
+    kept = b.data["loss_mask"].values[:, 0]
+    assert not (kept & ~mask[:, 0]).any()  # only training steps
+    days = np.unique(np.flatnonzero(kept) // 48)
+    assert 12 <= days.size <= 26  # about 63 % of 30 days
+    assert all(kept[48 * k : 48 * (k + 1)].all() for k in days)  # whole days
+
+
+CONFIG = """
+name: ens
+data:
+  sites:
+    - {virtual: {site_id: ENS, days: 16, seed: 2, noise: 5.0}}
+  split: {train: 0.6, val: 0.2, test: 0.2}
+  spinup_days: 1
+  window_days: 3
+models:
+  - name: ensemble
+    label: hybrid_param_ens
+    options: {model: hybrid_param, size: 2, bootstrap: true,
+              options: {width: 8, epochs: 2, physics_init: default, calibrate: [], likelihood: gaussian}}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+@pytest.mark.slow  # trains two small hybrids
+def test_an_ensemble_run_predicts_with_spread_and_reloads(tmp_path):
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "ens"
+    saved = run / "models" / "hybrid_param_ens" / "all"
+    assert (saved / "member_0" / "model.json").is_file() and (saved / "member_1" / "model.json").is_file()
+    pred = xr.open_dataset(run / "predictions" / "ENS" / "hybrid_param_ens.nc")
+    for t in ("Qh", "Qle"):
+        sd, epi, ale = (pred[f"{t}{s}"].values for s in ("_sd", "_sd_epistemic", "_sd_aleatoric"))
+        np.testing.assert_allclose(sd**2, epi**2 + ale**2, rtol=1e-6)
+        assert np.median(epi) > 0.0  # the members differ
+    spec, opts, model = load_saved_model(saved)
+    assert spec.name == "ensemble" and len(model.members) == 2
+    d = domain_from_site(virtual_site(site_id="ENS", days=16, seed=2, noise=5.0))
+    again = spec.predict(model, d)
+    np.testing.assert_allclose(again["Qh"], pred["Qh"].values[:, None], rtol=1e-5, atol=1e-3)
+    # a damaged member is named
+    (saved / "member_1" / "model.eqx").write_bytes(b"garbage")
+    with pytest.raises(Exception, match="member_1"):
+        load_saved_model(saved)
+    assert get_model("ensemble").targets
