@@ -39,7 +39,7 @@ import pandas as pd
 from hybridlsm.data.virtual import TWIN_LAW
 from hybridlsm.discover import discover
 from hybridlsm.evaluation import metrics
-from hybridlsm.evaluation.report import flux_mask, load_run, parameter_reasonability
+from hybridlsm.evaluation.report import build_report, flux_mask, load_run, parameter_reasonability
 from hybridlsm.models.registry import load_run_config, validate_run_config
 from hybridlsm.physics.exchange import BRANCHES
 from hybridlsm.pipeline import run as run_pipeline
@@ -49,6 +49,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = {"twin": "configs/twin-discovery.yaml", "us-wkg": "configs/us-wkg-discovery.yaml",
          "us-me2": "configs/us-me2-discovery.yaml"}  # fmt: skip
 MODEL = "hybrid_param"
+#: a deep ensemble against one MC-dropout member, scored like the cases (docs table only)
+ENSEMBLE_CONFIG = "configs/us-wkg-ensemble.yaml"
+ENSEMBLE_MODELS = ("hybrid_param_ensemble", "hybrid_param_mc_dropout")
 FLUXES = {"qh": "Qh", "qle": "Qle"}
 KEYS = ["case", *(f"{k}_true_{b}" for b in BRANCHES for k in "bc"), *(f"{k}_fit_{b}" for b in BRANCHES for k in "bca"),
         "r2_kh", "reasonability_kh", "reasonability_rs", "coverage90_qh", "coverage90_qle", "crps_qh", "crps_qle",
@@ -130,6 +133,7 @@ def case_record(case: str, run: Path, years: float) -> tuple[dict, dict]:
     entry = disc["models"][MODEL]
     fit = next(iter(entry["classes"].values()))
     validation = validate_run(run, years=years, labels=[MODEL], progress=False)
+    build_report(run)  # with the discovery and validation sections
     online = next(iter(validation["models"][MODEL]["sites"].values()))["online"]
     skill = pd.read_csv(run / "metrics.csv")
     rec = {"case": case}
@@ -210,7 +214,21 @@ def _fmt(v, digits=3):
     return str(v)
 
 
-def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], seconds: float) -> str:  # noqa: C901
+def ensemble_rows(run: Path) -> list[dict]:
+    """Half-hourly test coverage, CRPS and NSE of the ensemble and the MC-dropout model."""
+    skill = pd.read_csv(run / "metrics.csv")
+    rows = []
+    for label in ENSEMBLE_MODELS:
+        row = {"model": label, **probabilistic(run, label)}
+        for key, flux in FLUXES.items():
+            s = skill[(skill["model"] == label) & (skill["flux"] == flux) & (skill["scale"] == "halfhourly")]
+            row[f"nse_{key}"] = _num(s["nse"].iloc[0]) if len(s) else None
+        rows.append(row)
+    return rows
+
+
+def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], seconds: float,
+             ensemble: list[dict] | None = None) -> str:  # noqa: C901
     lines = ["<!-- discovery:begin (written by benchmarks/discovery.py; do not edit by hand) -->",
              "", f"`benchmarks/discovery.py` ({seconds / 60:.0f} min on 2 CPU cores); model: hybrid_param "
              "(stability inputs, Gaussian likelihood, MC dropout 0.15 × 50, two-phase). Figures on the test "
@@ -255,6 +273,16 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
             lines.append(f"| {case} | {r['threshold']}{mark} | {_fmt(r['fallback_fraction'])} | "
                          f"{_fmt(r['nse_qh_val'])} / {_fmt(r['nse_qh_test'])} | "
                          f"{_fmt(r['nse_qle_val'])} / {_fmt(r['nse_qle_test'])} |")  # fmt: skip
+    if ensemble:
+        lines += ["", "Deep ensemble at US-Wkg (configs/us-wkg-ensemble.yaml: 5 hybrid_param members, seeds and bootstrap "
+                  "days, Gaussian likelihood) against one member with MC dropout; test weeks, half-hourly:", "",
+                  "| model | cov90 H | cov90 LE | CRPS H (clim.) | CRPS LE (clim.) | NSE H | NSE LE |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in ensemble:
+            lines.append(f"| {r['model']} | {_fmt(r['coverage90_qh'])} | {_fmt(r['coverage90_qle'])} | "
+                         f"{_fmt(r['crps_qh'])} ({_fmt(r['crps_climatology_qh'])}) | "
+                         f"{_fmt(r['crps_qle'])} ({_fmt(r['crps_climatology_qle'])}) | {_fmt(r['nse_qh'])} | "
+                         f"{_fmt(r['nse_qle'])} |")  # fmt: skip
     if ablation_rows:
         lines += ["", "Ablations on the twin (seed 000 Table 3; test weeks, half-hourly; r K_h against the true K_h; "
                   "energy residual: mean |Rn − G − H − LE − Q_f| of the model):", "",
@@ -275,6 +303,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--years", type=float, default=50.0, help="length of the online run")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--no-ensemble", action="store_true")
     args = parser.parse_args()
     t0 = time.perf_counter()
     records, extras = [], {}
@@ -289,7 +318,8 @@ def main() -> None:
     rows = [] if args.no_ablations or "twin" not in runs else ablations(ROOT / CASES["twin"], runs["twin"])
     out = ROOT / "results" / "discovery.json"
     out.write_text(json.dumps(records, indent=1) + "\n")
-    text = markdown(records, extras, rows, time.perf_counter() - t0)
+    ensemble = None if args.no_ensemble else ensemble_rows(run_case(ROOT / ENSEMBLE_CONFIG))
+    text = markdown(records, extras, rows, time.perf_counter() - t0, ensemble)
     doc = ROOT / "docs" / "results.md"
     current = doc.read_text()
     begin, end = "<!-- discovery:begin", "<!-- discovery:end -->"
