@@ -135,6 +135,15 @@ def test_the_schemes_fit_one_scale_factor():
     assert fits["louis"]["alpha"] == pytest.approx(2.5, rel=1e-8)
     assert fits["louis"]["scores"]["r2"] == pytest.approx(1.0, abs=1e-10)
     assert table.iloc[0]["form"] == "louis"  # exact with k = 1: the lowest AIC
+    # pooled sites: each step with its own site's roughness and heights
+    forest = scheme_kh(wind, ri, "louis", "ENF", 20.0, 30.0)
+    half = np.arange(wind.size) < 150
+    pooled = np.where(half, 2.5 * scheme_kh(wind, ri, "louis", "GRA", 0.5, 3.0), 2.5 * forest)
+    site = {"igbp": np.where(half, "GRA", "ENF"), "canopy_height": np.where(half, 0.5, 20.0),
+            "measurement_height": np.where(half, 3.0, 30.0)}
+    _, fits = compare_forms(pooled, wind, ri, site)
+    assert fits["louis"]["alpha"] == pytest.approx(2.5, rel=1e-8)
+    assert not np.allclose(forest, kh / 2.5)  # the geometry matters
 
 
 TINY = """

@@ -62,8 +62,8 @@ def learned_models(run_dir: Path, sites: dict[str, SiteData]) -> list[str]:
     for label in labels:
         try:
             name = read_model_json(saved_model_dir(run_dir, label))["model"]
-        except (PredictError, SavedModelError):
-            continue
+        except SavedModelError as err:  # damaged or missing: said, not skipped
+            raise PredictError(str(err)) from None
         if "Kh" in get_model(name).learned_parameters:
             out.append(label)
     return out
@@ -97,10 +97,10 @@ def _r2(truth: np.ndarray, learned: np.ndarray) -> float:
 
 
 def fit_class(frame: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> dict:
-    """Every form and the sparse search on one class's steps (site geometry: the first site's)."""
-    site = frame.iloc[0][["igbp", "canopy_height", "measurement_height"]].to_dict()
-    if site["igbp"] == "unknown":
-        site["igbp"] = "GRA"
+    """Every form and the sparse search on one class's steps (the schemes with each step's site
+    geometry; an unknown class takes the GRA defaults, as the models do)."""
+    site = {"igbp": frame["igbp"].replace("unknown", "GRA").to_numpy(),
+            "canopy_height": frame["canopy_height"].to_numpy(), "measurement_height": frame["measurement_height"].to_numpy()}
     table, fits = compare_forms(frame["kh"], frame["wind"], frame["ri"], site)
     runnable = table[table["form"].isin(RUNNABLE_FORMS)].iloc[0]["form"]
     law = law_coefficients(runnable, fits[runnable])

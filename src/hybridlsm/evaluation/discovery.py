@@ -38,12 +38,17 @@ class DiscoveryError(ValueError):
     """Too little or unusable data for a fit; the message says what was missing."""
 
 
-def _clean(kh, wind, ri) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _usable(kh, wind, ri) -> np.ndarray:
+    """The steps a fit uses: finite, positive K_h, finite wind, |Ri| > RI_FIT_MIN."""
     kh, wind, ri = (np.asarray(x, float).ravel() for x in (kh, wind, ri))
     if not (kh.shape == wind.shape == ri.shape):
         raise DiscoveryError(f"K_h, wind and Ri differ in length: {kh.size}, {wind.size}, {ri.size}")
-    ok = np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
-    return kh[ok], wind[ok], ri[ok]
+    return np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
+
+
+def _clean(kh, wind, ri) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ok = _usable(kh, wind, ri)
+    return tuple(np.asarray(x, float).ravel()[ok] for x in (kh, wind, ri))
 
 
 def _scores(kh: np.ndarray, log_pred: np.ndarray, k: int) -> dict:
@@ -88,11 +93,19 @@ def scheme_kh(wind, ri, scheme: str, igbp: str, canopy_height: float, measuremen
     return zd / np.asarray(aerodynamic_resistance(np.asarray(ri, float), u, zd, p["z0m"], z0h, scheme))
 
 
+GEOMETRY = ("igbp", "canopy_height", "measurement_height")
+
+
 def fit_scheme(kh, wind, ri, scheme: str, site: Mapping[str, object]) -> dict:
-    """A stability scheme with one fitted factor alpha (K_h = alpha K_h,scheme), in log space."""
+    """A stability scheme with one fitted factor alpha (K_h = alpha K_h,scheme), in log space.
+    ``site``: the :data:`GEOMETRY` of the steps, scalars or one value per step (pooled sites, each
+    step with its own site's roughness and heights)."""
+    ok = _usable(kh, wind, ri)
+    geometry = pd.DataFrame({k: np.broadcast_to(np.asarray(site[k], object), ok.shape) for k in GEOMETRY})[ok]
     kh, wind, ri = _clean(kh, wind, ri)
-    ref = np.log(scheme_kh(wind, ri, scheme, str(site["igbp"]), float(site["canopy_height"]),
-                           float(site["measurement_height"])))  # fmt: skip
+    ref = np.empty(kh.size)
+    for (igbp, canopy, height), rows in geometry.groupby(list(GEOMETRY), dropna=False).indices.items():
+        ref[rows] = np.log(scheme_kh(wind[rows], ri[rows], scheme, str(igbp), float(canopy), float(height)))
     log_alpha = float(np.mean(np.log(kh) - ref))
     return {"alpha": float(np.exp(log_alpha)), "scores": _scores(kh, ref + log_alpha, 1)}
 
