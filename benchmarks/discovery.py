@@ -251,7 +251,8 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
               "| case | form | expression | n | k | R² | RMSE m² s⁻¹ | ΔAIC |", "|---|---|---|---|---|---|---|---|"]
     for case, ex in extras.items():
         for f in ex["forms"]:
-            lines.append(f"| {case} | {f['form']} | {f['expression']} | {f['n']} | {f['k']} | {_fmt(f['r2'])} | "
+            expression = f["expression"].replace("|", "\\|")  # |Ri| inside a markdown table cell
+            lines.append(f"| {case} | {f['form']} | {expression} | {f['n']} | {f['k']} | {_fmt(f['r2'])} | "
                          f"{_fmt(f['rmse'])} | {_fmt(f['delta_aic'])} |")
     lines += ["", "The law re-run in place of the learned K_h (the hybrid's r_s network kept), test weeks, NSE:", "",
               "| case | flux | hybrid_param | with its law | physics |", "|---|---|---|---|---|"]
