@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from hybridlsm.data.virtual import TWIN_LAW
 from hybridlsm.discover import discover
 from hybridlsm.evaluation import metrics
 from hybridlsm.evaluation.report import build_report, flux_mask, load_run, parameter_reasonability
-from hybridlsm.models.registry import load_run_config, validate_run_config
+from hybridlsm.models.registry import load_run_config, load_saved_model, validate_run_config
 from hybridlsm.physics.exchange import BRANCHES
 from hybridlsm.pipeline import run as run_pipeline
 from hybridlsm.validate import validate_run
@@ -151,7 +152,8 @@ def case_record(case: str, run: Path, years: float) -> tuple[dict, dict]:
     rec["drift_water_mm_yr"] = _num(online.get("water_drift_mm_yr"))
     extra = {"forms": fit["forms"], "co_trained_law": entry.get("co_trained_law"), "sparse": fit.get("sparse"),
              "skill": [r for r in disc["skill"] if r["scale"] == "halfhourly"], "online": online,
-             "fallback": fallback_skill(run)}  # fmt: skip
+             "fallback": fallback_skill(run),
+             "extrapolation": extrapolation_spread(run) if case == "twin" else None}  # fmt: skip
     return {k: rec.get(k) for k in KEYS}, extra
 
 
@@ -181,13 +183,10 @@ FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 def fallback_skill(run: Path) -> list[dict]:
     """Half-hourly NSE of hybrid_param with the epistemic fallback at each threshold, on the validation
     and the test steps, and the fraction of multipliers that fell back (test)."""
-    from dataclasses import replace
-
     from hybridlsm.data.splits import TEST, VALIDATION
     from hybridlsm.models.hybrid import HybridParam
     from hybridlsm.pipeline import load_domains
     from hybridlsm.predict import saved_model_dir
-    from hybridlsm.models.registry import load_saved_model
 
     _, _, model = load_saved_model(saved_model_dir(run, MODEL))
     domains = {d.column_ids[0]: d for d in load_domains(load_run_config(run / "config.yaml"))}
@@ -204,6 +203,30 @@ def fallback_skill(run: Path) -> list[dict]:
                     row[f"nse_{key}_{name}"] = metrics.nse(out[flux][:, 0], sd.obs[flux].values, usable & (sd.split == split))
             rows.append(row)
     return rows
+
+
+def extrapolation_spread(run: Path) -> dict:
+    """The epistemic SD of hybrid_param (MC dropout) on its site's forcing and on the same forcing
+    moved outside the training range (air 8 K warmer, wind x 2.5, shortwave x 1.2): the medians of
+    Qh_sd_epistemic and Qle_sd_epistemic over daytime steps (SWdown > 50 W m-2), and their ratios."""
+    from hybridlsm.pipeline import load_domains
+    from hybridlsm.predict import saved_model_dir
+
+    spec, _, model = load_saved_model(saved_model_dir(run, MODEL))
+    domain = load_domains(load_run_config(run / "config.yaml"))[0]
+    data = domain.data.copy()
+    data["Tair"] = data["Tair"] + 8.0
+    data["Wind"] = data["Wind"] * 2.5
+    data["SWdown"] = data["SWdown"] * 1.2
+    outside = replace(domain, data=data)
+    day = domain.data["SWdown"].values[:, 0] > 50.0
+    inside_out, outside_out = spec.predict(model, domain), spec.predict(model, outside)
+    res = {}
+    for key, flux in FLUXES.items():
+        a = float(np.median(inside_out[f"{flux}_sd_epistemic"][day, 0]))
+        b = float(np.median(outside_out[f"{flux}_sd_epistemic"][day, 0]))
+        res |= {f"inside_{key}": a, f"outside_{key}": b, f"ratio_{key}": b / a}
+    return res
 
 
 def _fmt(v, digits=3):
@@ -274,6 +297,13 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
             lines.append(f"| {case} | {r['threshold']}{mark} | {_fmt(r['fallback_fraction'])} | "
                          f"{_fmt(r['nse_qh_val'])} / {_fmt(r['nse_qh_test'])} | "
                          f"{_fmt(r['nse_qle_val'])} / {_fmt(r['nse_qle_test'])} |")  # fmt: skip
+    ex = extras.get("twin", {}).get("extrapolation")
+    if ex:
+        lines += ["", "Epistemic spread on the twin's forcing and outside the training range (air 8 K warmer, wind × 2.5, "
+                  "shortwave × 1.2; median MC-dropout SD of daytime steps, W m⁻²):", "",
+                  "| flux | inside | outside | ratio |", "|---|---|---|---|",
+                  f"| Qh | {_fmt(ex['inside_qh'])} | {_fmt(ex['outside_qh'])} | {_fmt(ex['ratio_qh'])} |",
+                  f"| Qle | {_fmt(ex['inside_qle'])} | {_fmt(ex['outside_qle'])} | {_fmt(ex['ratio_qle'])} |"]  # fmt: skip
     if ensemble:
         lines += ["", "Deep ensemble at US-Wkg (configs/us-wkg-ensemble.yaml: 5 hybrid_param members, seeds and bootstrap "
                   "days, Gaussian likelihood) against one member with MC dropout; test weeks, half-hourly:", "",
