@@ -204,6 +204,7 @@ def test_discover_refuses_what_it_cannot_fit(tmp_path):
     assert result.exit_code == 2 and "predictions" in result.output
 
 
+@pytest.mark.slow  # kept out of make test-fast (a few seconds)
 def test_with_exchange_law_replaces_only_the_learned_k_h():
     """The symbolic step: hybrid_param's network keeps setting r_s, the law sets K_h (r_a multiplier 1)."""
     from hybridlsm.models.registry import get_model, validate_options

@@ -292,6 +292,7 @@ def test_grid_land_cover_follows_the_igbp_numbering():
         domain_from_grid(ds, land_cover=xr.DataArray(index[:2], dims=("y", "x")))
 
 
+@pytest.mark.slow  # kept out of make test-fast (a few seconds)
 def test_little_washita_grid(shared_data):
     path = shared_data / "gridded" / "LittleWashita_NLDAS_41x41_120h.nc"
     if not path.is_file():

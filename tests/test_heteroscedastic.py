@@ -255,6 +255,7 @@ def test_gaussian_hybrid_param_learns_the_noise_level(gaussian_hybrid_param, tmp
     np.testing.assert_allclose(after["Qh_sd"], out["Qh_sd"], rtol=1e-10)
 
 
+@pytest.mark.slow  # kept out of make test-fast (a few seconds)
 def test_gaussian_hybrid_param_with_dropout_splits_the_variance():
     spec = get_model("hybrid_param")
     opts = validate_options("hybrid_param", {"likelihood": "gaussian", "width": 8, "dropout": 0.2, "mc_samples": 4,

@@ -160,7 +160,8 @@ def test_lstm_baseline_with_dropout_gives_sd_and_the_writer_says_what_it_is(doma
         assert "equal to Qle_sd_epistemic where no Qle_sd_aleatoric" in ds["Qle_sd"].attrs["long_name"]
 
 
-@pytest.mark.parametrize("name", ["hybrid_param", "hybrid_lstm", "post_correction"])
+@pytest.mark.parametrize("name", ["hybrid_param", pytest.param("hybrid_lstm", marks=pytest.mark.slow),
+                                  pytest.param("post_correction", marks=pytest.mark.slow)])  # fmt: skip
 def test_every_hybrid_predicts_with_mc_dropout(name, domain):
     spec, model = _build(name, dropout=0.2, mc_samples=3)
     out = spec.predict(model, domain)

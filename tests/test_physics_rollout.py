@@ -57,6 +57,7 @@ def _per_step(out, x):
     return jnp.sum(x["mask"] * err), jnp.sum(x["mask"])
 
 
+@pytest.mark.slow  # two year-long gradients (~10 s)
 def test_rollout_reduce_equals_the_stacked_loss_and_gradient(case):
     model, params, forcing, targets = case
     free = {k: params[k] for k in ("rs_scale", "albedo", "soil_thermal_conductivity")}

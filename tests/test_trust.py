@@ -185,6 +185,7 @@ output: {run_dir: RUNS}
 """
 
 
+@pytest.mark.slow  # kept out of make test-fast (a few seconds)
 def test_a_failed_training_is_one_line_and_leaves_no_run_directory(tmp_path, monkeypatch):
     """A run that fails half-way used to leave runs/<name> looking like a run; now the run directory
     appears only when the run has finished, and --resume continues the unfinished one."""
