@@ -246,3 +246,19 @@ class _NoExchange(AbstractLandModel):
 
     def observe(self, state, fluxes):
         return {}
+
+
+def test_a_model_saved_with_another_law_shape_is_a_clear_error(tmp_path):
+    """A hybrid saved by an older version (its co-trained law had one branch) is refused naming the
+    file and what to do, not with Equinox's traceback."""
+    import equinox as eqx
+
+    from hybridlsm.models.registry import SavedModelError, get_model, load_saved_model, validate_options
+
+    spec = get_model("hybrid_param")
+    opts = validate_options("hybrid_param", {"width": 8})
+    model = spec.build(opts)
+    old = eqx.tree_at(lambda m: (m.law.log_a, m.law.b, m.law.c), model, (jnp.zeros(()), jnp.ones(()), jnp.zeros(())))
+    spec.save(old, opts, tmp_path / "m")
+    with pytest.raises(SavedModelError, match=r"model\.eqx: .*another version of hybridlsm.*--resume"):
+        load_saved_model(tmp_path / "m")

@@ -23,16 +23,17 @@ def test_combine_members_by_the_law_of_total_variance():
     out = combine_members([a, b], ("Qh", "Kh"))
     np.testing.assert_allclose(out["Qh"], [2.0, 2.0])
     np.testing.assert_allclose(out["SWE"], [1.0, 1.0])
-    # epistemic: variance of the member means (ddof 1): [2, 0]; aleatoric: mean of 0.25 and 2.25
-    np.testing.assert_allclose(out["Qh_sd_epistemic"], np.sqrt([2.0, 0.0]))
+    # epistemic: variance of the member means (the equal-weight mixture, ddof 0): [1, 0];
+    # aleatoric: mean of 0.25 and 2.25
+    np.testing.assert_allclose(out["Qh_sd_epistemic"], np.sqrt([1.0, 0.0]))
     np.testing.assert_allclose(out["Qh_sd_aleatoric"], np.sqrt([1.25, 1.25]))
-    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([3.25, 1.25]))
-    np.testing.assert_allclose(out["Kh_sd"], [np.sqrt(0.02), 0.0])  # learned parameters: the members' spread
+    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([2.25, 1.25]))
+    np.testing.assert_allclose(out["Kh_sd"], [0.1, 0.0])  # learned parameters: the members' spread
     # members with MC dropout only: their own epistemic variance adds to the spread of their means
     c = {"Qh": np.array([1.0]), "Qh_sd": np.array([2.0]), "Qh_sd_epistemic": np.array([2.0])}
     d = {"Qh": np.array([3.0]), "Qh_sd": np.array([0.0]), "Qh_sd_epistemic": np.array([0.0])}
     out = combine_members([c, d], ("Qh",))
-    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([2.0 + 2.0]))
+    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([1.0 + 2.0]))
     assert "Qh_sd_aleatoric" not in out
 
 

@@ -114,12 +114,12 @@ def test_validate_run_levels_drift_and_files(validated):
 @pytest.mark.slow  # builds and validates a small run (~25 s)
 def test_offline_level_is_not_available_without_soil_temperature(validated):
     from hybridlsm.evaluation.validation import offline
-    from hybridlsm.validate import _site_domains
+    from hybridlsm.validate import site_domains
     from hybridlsm.models.registry import load_saved_model
 
     run, _ = validated
     obs = xr.load_dataset(run / "predictions/TINY/obs.nc")
-    domain = _site_domains(run, {"TINY": obs})["TINY"]
+    domain = site_domains(run, {"TINY": obs})["TINY"]
     _, _, model = load_saved_model(run / "models/physics/all")
     res = offline(model, None, domain, obs.drop_vars("SoilTemp"), {}, None)
     assert res["status"] == "not available" and "SoilTemp" in res["reason"]

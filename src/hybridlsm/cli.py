@@ -236,11 +236,10 @@ def discover(
     from .predict import PredictError
 
     with user_errors():
-        try:
-            out = run_discovery(run_dir, model)
+        try:  # the report is rebuilt while the run's lock is still held
+            out = run_discovery(run_dir, model, then=lambda: build_report(run_dir))
         except PredictError as err:
             _input_error(err)
-        build_report(run_dir)
     Console().print(f"discovery: [green]{out}[/green] (forms.csv, skill.csv, discovery.json; in {run_dir / 'report.html'})")
 
 
@@ -258,8 +257,8 @@ def validate(
     from .validate import validate_run
 
     with user_errors():
-        try:
-            result = validate_run(run_dir, years=years, labels=model)
+        try:  # the report is rebuilt while the run's lock is still held
+            result = validate_run(run_dir, years=years, labels=model, then=lambda: build_report(run_dir))
         except ValidationRunError as err:
             _input_error(err)
         for label, entry in result["models"].items():
@@ -271,6 +270,5 @@ def validate(
                     f"{'' if on['stable'] else ' [red]UNSTABLE[/red]'}; "
                     f"emergent {on['emergent_within_range']} in range")  # fmt: skip
                 Console().print(f"{label} at {site}: online {text}")
-        build_report(run_dir)
     Console().print(f"validation: [green]{run_dir / 'validation'}[/green] (validation.json, levels.csv; in "
                     f"{run_dir / 'report.html'})")

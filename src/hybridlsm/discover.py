@@ -24,7 +24,7 @@ Writes ``RUN/discovery/``: ``discovery.json`` (everything), ``forms.csv`` (the T
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from .data.splits import TEST, TRAIN, VALIDATION
 from .domain import site_file_name, write_site_outputs
 from .evaluation.discovery import (DiscoveryError, compare_forms, law_coefficients, plot_fit, sparse_search)
 from .evaluation.report import SiteData, load_run, site_skill
-from .models.registry import SavedModelError, load_run_config, load_saved_model
+from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .predict import PredictError, saved_model_dir
 from .rundir import RunLockedError, atomic_write, run_lock, write_checked
 
@@ -60,6 +60,11 @@ def learned_models(run_dir: Path, sites: dict[str, SiteData]) -> list[str]:
     labels = sorted({m for sd in sites.values() for m, ds in sd.models.items() if "Kh" in ds.variables})
     out = []
     for label in labels:
+        experiments = sorted(p.parent.name for p in (Path(run_dir) / "models" / label).glob(f"*/{MODEL_FILE}"))
+        if len(experiments) > 1:
+            raise PredictError(f"{run_dir}: model {label} was trained in {len(experiments)} experiments "
+                               f"({', '.join(experiments)}); discover works on runs with one experiment "
+                               "(not yet leave-one-site-out or test-sites runs)")  # fmt: skip
         try:
             name = read_model_json(saved_model_dir(run_dir, label))["model"]
         except SavedModelError as err:  # damaged or missing: said, not skipped
@@ -127,22 +132,27 @@ def _law_model(directory: Path, law: dict):
     return model.with_exchange_law(ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()}))
 
 
-def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0) -> Path:
+def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
+             then: Callable[[], object] | None = None) -> Path:
     """Run the loop of the module docstring for ``labels`` (default: every model with a learned K_h);
-    returns ``RUN/discovery``. Holds the run's lock while it writes."""
+    returns ``RUN/discovery``. Holds the run's lock while it writes, and while ``then`` (e.g. the
+    report's rebuild) runs."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir}: no such run directory")
     try:
         with run_lock(run_dir):
-            return _discover(run_dir, labels, seed)
+            out = _discover(run_dir, labels, seed)
+            if then is not None:
+                then()
+            return out
     except RunLockedError as err:
         raise PredictError(str(err)) from None
 
 
 def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
-    from .models.column import predict_column_model
-    from .pipeline import load_domains
+    from .models.column import ColumnModel, predict_column_model
+    from .validate import site_domains
 
     try:
         sites = load_run(run_dir)
@@ -162,7 +172,8 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
         cfg = load_run_config(run_dir / "config.yaml")
     except (ConfigError, FileNotFoundError) as err:
         raise PredictError(f"{run_dir}/config.yaml: {err}") from None
-    domains = {d.column_ids[0]: d for d in load_domains(cfg)}
+    # the run's sites rebuilt from its config and checked against its obs.nc (keyed by site id)
+    domains = {d.column_ids[0]: d for d in site_domains(run_dir, {site_file_name(s): sd.obs for s, sd in sites.items()}).values()}
     result: dict = {"run": str(run_dir.resolve()), "models": {}}
     form_rows, skill_frames = [], []
     for label in found:
@@ -173,8 +184,9 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
             classes["all"] = fit_steps
         entry: dict = {"classes": {}}
         _, _, saved = load_saved_model(directory)
-        if getattr(saved, "law", None) is not None:
-            entry["co_trained_law"] = saved.law.coefficients()
+        tp = cfg.training.two_phase
+        if isinstance(saved, ColumnModel) and saved.law is not None and tp.enabled and max(tp.lambda_discovery) > 0:
+            entry["co_trained_law"] = saved.law.coefficients()  # only a law that phase 2 trained
         for cls, frame in classes.items():
             test = test_steps if cls == "all" else test_steps[test_steps["igbp"] == cls]
             try:
@@ -188,11 +200,13 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
             truth = _twin_truth(sites)
             atomic_write(plot, lambda p: plot_fit(p, frame["kh"], frame["wind"], frame["ri"], fitted["fits"],
                                                    f"{label}: learned K_h and the fitted forms ({cls})", truth))
-        # online: the pooled (or only) class's law run at every site
-        chosen = entry["classes"].get("all") or next(iter(entry["classes"].values()))
-        if "chosen_law" not in chosen:
-            result["models"][label] = entry
-            continue
+        # online: the law of the pooled class (or of the only one) run at every site
+        fitted_classes = [c for c in ("all", *classes) if "chosen_law" in entry["classes"].get(c, {})]
+        if not fitted_classes:
+            problems = "; ".join(f"{c}: {e['error']}" for c, e in entry["classes"].items())
+            raise PredictError(f"{run_dir}: no closed form could be fitted to {label}'s K_h ({problems})")
+        chosen = entry["classes"][fitted_classes[0]]
+        entry["law_from_class"] = fitted_classes[0]
         law_model = _law_model(directory, chosen["chosen_law"])
         law_label = f"{label}_law"
         for sid, sd in sites.items():

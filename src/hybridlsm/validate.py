@@ -8,7 +8,7 @@ The run's sites are rebuilt from its ``config.yaml`` as ``hybridlsm run`` read t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,10 @@ from .models.registry import load_run_config, load_saved_model
 from .pipeline import read_site_spec
 from .rundir import run_lock
 
-__all__ = ["validate_run"]
+__all__ = ["site_domains", "validate_run"]
 
 
-def _site_domains(run_dir: Path, obs: dict[str, xr.Dataset]) -> dict[str, Domain]:
+def site_domains(run_dir: Path, obs: dict[str, xr.Dataset]) -> dict[str, Domain]:
     """The run's sites (folder name -> Domain) regenerated from its config.yaml, each checked against
     the run's obs.nc."""
     path = run_dir / "config.yaml"
@@ -73,12 +73,13 @@ def _experiment(run_dir: Path, label: str, pred: xr.Dataset, pred_path: Path) ->
 
 
 def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | None = None, *,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, then: Callable[[], object] | None = None) -> dict:
     """Validate every model of a finished run at the three levels (module docstring); write
     ``RUN/validation/`` and return what ``validation.json`` holds (NaN where it has null):
     ``{"run_dir", "years", "models": {label: {"type", "sites": {site: {level: {...}}}}}}``. Each
     level is ``{"status": "ok", ...}`` or ``{"status": "not applicable" | "not available", "reason"}``.
-    Holds the run's lock (``rundir.run_lock``) throughout; ``progress``: a bar per online run."""
+    Holds the run's lock (``rundir.run_lock``) throughout, ``then`` included; ``progress``: a bar
+    per online run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValidationRunError(f"run directory {run_dir} does not exist")
@@ -95,7 +96,7 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
         if unknown or not available:
             raise ValidationRunError(f"{run_dir}: no predictions of model(s) {unknown or 'any'}; the run has: "
                                      f"{', '.join(available) or 'none'}")  # fmt: skip
-        domains = _site_domains(run_dir, obs)
+        domains = site_domains(run_dir, obs)
         result = {"run_dir": str(run_dir.resolve()), "years": years, "energy_drift_tol_w_m2": ENERGY_DRIFT_TOL,
                   "water_drift_tol_mm_yr": WATER_DRIFT_TOL, "models": {}}  # fmt: skip
         series = {}
@@ -124,4 +125,6 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
                     series[(label, site)] = levels["online"]
                 entry["sites"][site] = {k: levels[k] for k in LEVELS}
         write_validation(run_dir / "validation", result, series)
+        if then is not None:  # e.g. the report's rebuild, under the same lock
+            then()
     return result

@@ -752,7 +752,7 @@ def _predictive_uncertainty_html(
 def _discovery_html(run_dir: Path) -> str:
     """The "Discovered exchange law" section from ``RUN/discovery/`` (``hybridlsm discover``); "" without it."""
     folder = run_dir / "discovery"
-    if not (folder / "forms.csv").is_file():
+    if not (folder / "forms.csv").is_file() or (folder / "forms.csv").stat().st_size <= 1:
         return ""
     forms = pd.read_csv(folder / "forms.csv")
     meta = json.loads((folder / "discovery.json").read_text()) if (folder / "discovery.json").is_file() else {}

@@ -539,7 +539,8 @@ def validation_html(run_dir: Path) -> str:
             cells = [site, label]
             for level in ("offline", "partially_coupled"):
                 r = lv[level]
-                cells += [r[f]["nse"] for f in FLUXES] if r["status"] == "ok" else [r["status"]] * 2
+                cells += ([r[f].get("nse", r[f].get("status")) for f in FLUXES] if r["status"] == "ok"
+                          else [r["status"]] * 2)  # a flux the model does not predict: its status
                 if r["status"] != "ok":
                     notes.append(f"{label} at {site}, {level}: {r['status']}: {r['reason']}")
             r = lv["online"]

@@ -92,8 +92,8 @@ def delta_sparsity(model: ColumnModel, out: dict):
 
 def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray,
                   weights: Sequence[np.ndarray] | None = None):
-    """The training loss's data term on whole validation records (``weights`` as in training; the
-    NLL of a Gaussian model is weighted by each record's number of values)."""
+    """The training loss's data term on whole validation records (``weights`` as in training): the
+    mean over values of the squared standardised error, or of the Gaussian NLL for a Gaussian model."""
     scale = np.asarray(scale)
     weights = [np.ones(len(targets)) for _ in records] if weights is None else weights
 
@@ -105,10 +105,11 @@ def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: 
             _, out = run_jit(model, rec.forcing, rec.base, rec.state0)
             sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             m = rec.mask
-            if model.aleatoric_targets:
+            if model.aleatoric_targets:  # the sum of each value's NLL (of the standardised error)
                 sigma = np.stack([np.asarray(out[f"{t}{SIGMA_SUFFIX}"])[:, 0] for t in targets], -1)
-                nll = normalised_nll(sim[:, None], sigma[:, None], rec.obs[:, None], m[:, None], scale, weight[None])
-                sse += float(nll) * int(m.sum())
+                z = np.where(m, (np.where(m, rec.obs, 0.0) - sim) / sigma, 0.0)
+                nll = np.log(sigma / scale) + 0.5 * z * z + 0.5 * np.log(2.0 * np.pi)
+                sse += float(np.sum(np.where(m, nll, 0.0) * weight))
             else:
                 err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
                 sse += float(np.sum(err**2 * weight))

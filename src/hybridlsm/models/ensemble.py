@@ -11,7 +11,8 @@ both increased by k, so they differ in initialisation, dropout masks and batch o
 replacement, each drawn day used once: about 63 % of them), the variation of bagging.
 
 Prediction combines the members' predictions by the law of total variance: the mean of their
-means; the epistemic variance of a target is the variance of the member means (ddof 1) plus the
+means; the epistemic variance of a target is the variance of the member means (of the equal-weight
+mixture: ddof 0) plus the
 mean of the members' own epistemic variances (MC dropout), the aleatoric variance the mean of
 theirs; ``<t>_sd`` is the total. The learned parameters (Kh, ra, rs) get the spread over the
 members too. Each member is saved by its own model in ``member_<k>/``; the ensemble's
@@ -100,7 +101,8 @@ def combine_members(preds: Sequence[dict[str, np.ndarray]], spread: Sequence[str
         if t not in out:
             continue
         means = np.stack([np.asarray(p[t], np.float64) for p in preds])
-        epistemic = means.var(axis=0, ddof=1) + np.mean([_own_epistemic_var(p, t) for p in preds], axis=0)
+        # the equal-weight mixture of the members: Var = Var_m(mean_m) (ddof 0) + E_m[var_m]
+        epistemic = means.var(axis=0) + np.mean([_own_epistemic_var(p, t) for p in preds], axis=0)
         out[f"{t}_sd_epistemic"] = np.sqrt(epistemic)
         if all(f"{t}_sd_aleatoric" in p for p in preds):
             aleatoric = np.mean([np.asarray(p[f"{t}_sd_aleatoric"], np.float64) ** 2 for p in preds], axis=0)

@@ -139,10 +139,11 @@ def _data_key(domains: Sequence[Domain]) -> list:
 
 
 def _calibration_key(train, val, ctx: TrainingContext, options: PhysicsOptions) -> str:
-    """What a calibration depends on, as the key of ``ctx.cache``."""
+    """What a calibration depends on, as the key of ``ctx.cache`` (not the training seed: the
+    calibration is a deterministic whole-record fit, shared by an ensemble's members)."""
     return "calibrated:" + hashlib.sha256(repr((_data_key(train), _data_key(val), options.model_dump(),
                                                 ctx.max_qc, ctx.spinup_days, ctx.window_days, ctx.shared_parameters,
-                                                ctx.training.model_dump(mode="json"),
+                                                ctx.training.model_dump(mode="json", exclude={"seed"}),
                                                 str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip
 
 

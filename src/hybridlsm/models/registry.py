@@ -216,6 +216,14 @@ class EquinoxSpec(ModelSpec):
             raise SavedModelError(f"{path}: {err}") from None
         except (OSError, ValueError, EOFError) as err:
             raise SavedModelError(f"{path}: cannot load the trained {self.name} model: {err}") from None
+        except RuntimeError as err:  # Equinox wraps a leaf's error (once per level) with its path in the tree
+            cause = err.__cause__
+            while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+                cause = cause.__cause__
+            if not isinstance(cause, SavedModelError):
+                raise
+            raise SavedModelError(f"{path}: {cause} (saved by another version of hybridlsm? retrain the "
+                                  "model: hybridlsm run CONFIG --resume recomputes it)") from None
         return model
 
 
