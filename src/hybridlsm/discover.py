@@ -152,6 +152,7 @@ def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
 
 def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
     from .models.column import ColumnModel, predict_column_model
+    from .evaluation.validation import ValidationRunError
     from .validate import site_domains
 
     try:
@@ -173,7 +174,11 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
     except (ConfigError, FileNotFoundError) as err:
         raise PredictError(f"{run_dir}/config.yaml: {err}") from None
     # the run's sites rebuilt from its config and checked against its obs.nc (keyed by site id)
-    domains = {d.column_ids[0]: d for d in site_domains(run_dir, {site_file_name(s): sd.obs for s, sd in sites.items()}).values()}
+    try:
+        rebuilt = site_domains(run_dir, {site_file_name(s): sd.obs for s, sd in sites.items()})
+    except ValidationRunError as err:
+        raise PredictError(str(err)) from None
+    domains = {d.column_ids[0]: d for d in rebuilt.values()}
     result: dict = {"run": str(run_dir.resolve()), "models": {}}
     form_rows, skill_frames = [], []
     for label in found:
