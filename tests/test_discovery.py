@@ -248,6 +248,7 @@ class _NoExchange(AbstractLandModel):
         return {}
 
 
+@pytest.mark.slow  # builds and saves a hybrid (a few seconds)
 def test_a_model_saved_with_another_law_shape_is_a_clear_error(tmp_path):
     """A hybrid saved by an older version (its co-trained law had one branch) is refused naming the
     file and what to do, not with Equinox's traceback."""
