@@ -253,7 +253,7 @@ def ensemble_rows(run: Path) -> list[dict]:
 def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], seconds: float,
              ensemble: list[dict] | None = None) -> str:  # noqa: C901
     lines = ["<!-- discovery:begin (written by benchmarks/discovery.py; do not edit by hand) -->",
-             "", f"`benchmarks/discovery.py` ({seconds / 60:.0f} min on 2 CPU cores, finished runs reused); model: hybrid_param "
+             "", f"`benchmarks/discovery.py` ({seconds / 60:.0f} min on 2 CPU cores, finished runs are reused when present); model: hybrid_param "
              "(stability inputs, Gaussian likelihood, MC dropout 0.15 × 50, two-phase). Figures on the test "
              "weeks of the blocked splits (half-hourly); fits on the training and validation steps.", "",
              "| case | b stable (true) | c stable (true) | b unstable (true) | c unstable (true) | R² K_h | r K_h | r r_s "
