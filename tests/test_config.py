@@ -129,6 +129,7 @@ def test_defaults_and_other_split_forms(config_dir):
         ("models.0.name", "lsmt", ["models[0].name", "unknown model 'lsmt'", "allowed: ", "lstm"]),
         ("models.1.label", None, ["models", "duplicate model label(s) ['lstm']"]),
         ("data.sites.0", "sites/missing.csv", ["data.sites[0].path", "file not found", "missing.csv"]),
+        ("data.sites.0", "x" * 300 + ".csv", ["data.sites[0].path", "not a usable path", "File name too long"]),
         ("data.sites.1", {"met": "plumber/B_Met.nc"}, ["data.sites[1]", "missing ['flux']"]),
         ("data.sites.2.virtual.igbp", "FOREST", ["data.sites[2].virtual.igbp", "'ENF'", "'FOREST'"]),
         ("training.min_lr", 1.0, ["training", "min_lr (1) must not exceed lr (0.0001)"]),

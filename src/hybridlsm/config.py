@@ -102,9 +102,12 @@ def _resolve_path(value: Any, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir")
     if not path.is_absolute() and base is not None:
         path = Path(base) / path
-    path = Path(path).resolve() if path.is_absolute() else path
-    if (info.context or {}).get("check_paths", True) and not path.is_file():
-        raise ValueError(f"is a directory, not a file: {path}" if path.is_dir() else f"file not found: {path}")
+    try:
+        path = Path(path).resolve() if path.is_absolute() else path
+        if (info.context or {}).get("check_paths", True) and not path.is_file():
+            raise ValueError(f"is a directory, not a file: {path}" if path.is_dir() else f"file not found: {path}")
+    except OSError as err:  # e.g. a name longer than the file system allows
+        raise ValueError(f"not a usable path: {str(value)[:200]!r}: {err.strerror}") from None
     return path
 
 
