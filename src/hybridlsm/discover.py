@@ -35,22 +35,17 @@ from .config import ConfigError
 from .data.preprocess import FILLED_LONG, forcing_filled
 from .data.splits import TEST, TRAIN, VALIDATION
 from .domain import site_file_name, write_site_outputs
+from .evaluation import metrics
 from .evaluation.discovery import (DiscoveryError, compare_forms, law_coefficients, plot_fit, sparse_search)
 from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .predict import PredictError, saved_model_dir
-from .rundir import RunLockedError, atomic_write, run_lock, write_checked
+from .rundir import RunLockedError, atomic_write, json_safe, run_lock, write_checked
 
 __all__ = ["discover", "DISCOVERY_DIR"]
 
 DISCOVERY_DIR = "discovery"
 RUNNABLE_FORMS = ("power_law", "zhang_abs_ri")  # the forms an ExchangeLaw runs
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v)}")
 
 
 def learned_models(run_dir: Path, sites: dict[str, SiteData]) -> list[str]:
@@ -93,14 +88,6 @@ def _series(sites: dict[str, SiteData], label: str, splits: Sequence[int]) -> pd
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _r2(truth: np.ndarray, learned: np.ndarray) -> float:
-    ok = np.isfinite(truth) & np.isfinite(learned)
-    if ok.sum() < 3:
-        return float("nan")
-    t, s = truth[ok], learned[ok]
-    return float(1.0 - np.sum((s - t) ** 2) / np.sum((t - t.mean()) ** 2))
-
-
 def fit_class(frame: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> dict:
     """Every form and the sparse search on one class's steps (the schemes with each step's site
     geometry; an unknown class takes the GRA defaults, as the models do)."""
@@ -116,8 +103,9 @@ def fit_class(frame: pd.DataFrame, test: pd.DataFrame, seed: int = 0) -> dict:
     except DiscoveryError as err:
         out["sparse"] = {"error": str(err)}
     if frame["kh_true"].notna().any():  # a twin: how close the learned K_h is to the truth
-        out["r2_kh_true_fit_steps"] = _r2(frame["kh_true"].to_numpy(), frame["kh"].to_numpy())
-        out["r2_kh_true_test_steps"] = _r2(test["kh_true"].to_numpy(), test["kh"].to_numpy()) if len(test) else None
+        # R² = 1 - SSE/SST of the learned against the true K_h: the NSE with the truth as observation
+        out["r2_kh_true_fit_steps"] = metrics.nse(frame["kh"].to_numpy(), frame["kh_true"].to_numpy())
+        out["r2_kh_true_test_steps"] = metrics.nse(test["kh"].to_numpy(), test["kh_true"].to_numpy()) if len(test) else None
     return out
 
 
@@ -231,7 +219,7 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
     result["skill"] = skill.to_dict(orient="records")
     write_checked(out / "forms.csv", lambda p: forms.to_csv(p, index=False))
     write_checked(out / "skill.csv", lambda p: skill.to_csv(p, index=False))
-    text = json.dumps(result, indent=1, default=_json_default)
+    text = json.dumps(json_safe(result), indent=1, allow_nan=False)
     write_checked(out / "discovery.json", lambda p: p.write_text(text))
     return out
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 try:
     import fcntl
@@ -31,6 +34,24 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 
 __all__ = ["RunLockedError", "atomic_write", "checksum_path", "hold_run_lock", "lock_path", "problem",
            "release_run_lock", "run_lock", "sha256_of", "write_checked"]  # fmt: skip
+
+
+def json_safe(x):
+    """``x`` with NumPy scalars and arrays as Python values, recursively, and non-finite floats as
+    None, so ``json.dumps(..., allow_nan=False)`` writes valid JSON."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
 
 
 def sha256_of(path: Path) -> str:

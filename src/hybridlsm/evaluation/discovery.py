@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ..physics import aerodynamic_resistance, default_params
-from ..physics.exchange import (BRANCHES, RI_FIT_MIN, ExchangeLaw, LawFitError, fit_branches, law_features,
-                                law_from_fit, least_squares)
+from ..physics.exchange import (BRANCHES, RI_FIT_MIN, ExchangeLaw, LawFitError, fit_branches, fit_mask,
+                                law_features, law_from_fit, least_squares)
+from . import metrics
 FORMS = ("power_law", "zhang_abs_ri", "businger_dyer", "louis")
 #: the sparse regression's candidate terms (per branch; log_u and log_ri are law_features')
 LIBRARY = ("log_u", "log_ri", "u", "abs_ri", "log_u^2", "log_ri^2", "log_u*log_ri")
@@ -39,11 +40,11 @@ class DiscoveryError(ValueError):
 
 
 def _usable(kh, wind, ri) -> np.ndarray:
-    """The steps a fit uses: finite, positive K_h, finite wind, |Ri| > RI_FIT_MIN."""
-    kh, wind, ri = (np.asarray(x, float).ravel() for x in (kh, wind, ri))
-    if not (kh.shape == wind.shape == ri.shape):
-        raise DiscoveryError(f"K_h, wind and Ri differ in length: {kh.size}, {wind.size}, {ri.size}")
-    return np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
+    """The steps a fit uses (``physics.exchange.fit_mask``)."""
+    try:
+        return fit_mask(kh, wind, ri)
+    except ValueError as err:
+        raise DiscoveryError(str(err)) from None
 
 
 def _clean(kh, wind, ri) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,14 +53,13 @@ def _clean(kh, wind, ri) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _scores(kh: np.ndarray, log_pred: np.ndarray, k: int) -> dict:
-    pred = np.exp(log_pred)
-    log_resid = np.log(kh) - log_pred
+    """R² (1 − SSE/SST, i.e. the NSE of the form against the learned K_h) and RMSE of K_h, R² of log
+    K_h, and AIC on the log residuals with ``k`` coefficients."""
     n = kh.size
+    log_resid = np.log(kh) - log_pred
     rss_log = float(log_resid @ log_resid)
-    sst = float(np.sum((kh - kh.mean()) ** 2))
-    return {"n": int(n), "k": k, "r2": 1.0 - float(np.sum((kh - pred) ** 2)) / sst if sst > 0 else np.nan,
-            "rmse": float(np.sqrt(np.mean((kh - pred) ** 2))), "r2_log": 1.0 - rss_log / float(np.sum((np.log(kh) - np.log(kh).mean()) ** 2)),
-            "aic": n * np.log(max(rss_log, 1e-300) / n) + 2 * k}  # fmt: skip
+    return {"n": int(n), "k": k, "r2": metrics.nse(np.exp(log_pred), kh), "rmse": metrics.rmse(np.exp(log_pred), kh),
+            "r2_log": metrics.nse(log_pred, np.log(kh)), "aic": n * np.log(max(rss_log, 1e-300) / n) + 2 * k}  # fmt: skip
 
 
 def fit_power_law(kh, wind, ri, min_points: int = 30) -> dict:

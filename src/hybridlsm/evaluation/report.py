@@ -81,6 +81,7 @@ from hybridlsm.evaluation.metrics import (
     pearson_r,
     skill_table,
 )
+from hybridlsm.rundir import json_safe
 
 __all__ = [
     "FLUXES",
@@ -629,14 +630,6 @@ def _repairs_html(sites: dict[str, SiteData]) -> str:
     return "\n".join(rows)
 
 
-def _json_safe(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    return v
-
-
 # --------------------------------------------------------------------------------------------
 # predictive uncertainty (issue 13; scores in `hybridlsm.evaluation.probabilistic`)
 
@@ -812,7 +805,7 @@ def build_report(
     skill = run_skill(sites, max_qc=max_qc, min_valid_fraction=min_valid_fraction)[list(SKILL_COLUMNS)]
     skill.to_csv(run_dir / "metrics.csv", index=False)
     records = [
-        {k: _json_safe(v) for k, v in rec.items()} | {"config": config}
+        {k: json_safe(v) for k, v in rec.items()} | {"config": config}
         for rec in skill.to_dict(orient="records")
     ]
     (run_dir / "skill.json").write_text(json.dumps(records, indent=1, allow_nan=False))

@@ -81,7 +81,7 @@ from hybridlsm.evaluation.metrics import bias, count_valid, nse, rmse
 from hybridlsm.models.column import ColumnModel, domain_inputs, run_jit
 from hybridlsm.models.hybrid import PostCorrection
 from hybridlsm.physics import LaDState
-from hybridlsm.rundir import write_checked
+from hybridlsm.rundir import json_safe, write_checked
 
 __all__ = ["ENERGY_DRIFT_TOL", "LEVELS", "WATER_DRIFT_TOL", "ValidationRunError", "column_of", "cycle_drift",
            "daily_means", "emergent_statistics", "levels_table", "offline", "online", "online_run", "partially_coupled",
@@ -386,22 +386,6 @@ def online(model: ColumnModel, correct: Correction | None, domain: Domain, obs: 
 # --------------------------------------------------------------------------------- outputs
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
-
-
 def levels_table(result: dict) -> pd.DataFrame:
     """One row per (site, model, level, quantity): value, observed, unit, within_observed_range, note."""
     rows = []
@@ -511,7 +495,7 @@ def write_validation(out: Path, result: dict, series: dict) -> None:
             _plot_emergent(label, runs, out / f"{label}_emergent.png")
     table = levels_table(result)
     write_checked(out / "levels.csv", lambda p: table.to_csv(p, index=False))
-    text = json.dumps(_json_safe(result), indent=1, allow_nan=False)
+    text = json.dumps(json_safe(result), indent=1, allow_nan=False)
     write_checked(out / "validation.json", lambda p: p.write_text(text))
 
 

@@ -98,6 +98,14 @@ class LawFitError(ValueError):
     """Too few usable steps in a branch for a fit (the message says which and how many)."""
 
 
+def fit_mask(kh, wind, ri) -> np.ndarray:
+    """The steps a fit uses: a finite, positive K_h, a finite wind and |Ri| > RI_FIT_MIN."""
+    kh, wind, ri = (np.asarray(x, float).ravel() for x in (kh, wind, ri))
+    if not (kh.shape == wind.shape == ri.shape):
+        raise ValueError(f"K_h, wind and Ri differ in length: {kh.size}, {wind.size}, {ri.size}")
+    return np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
+
+
 def least_squares(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Coefficients and their standard errors of y = x beta (ordinary least squares)."""
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
@@ -111,7 +119,7 @@ def fit_branches(kh, wind, ri, min_points: int = 30) -> dict[str, dict[str, floa
     over the steps with a finite, positive K_h and |Ri| > RI_FIT_MIN: ``{branch: {a, b, c, b_se,
     c_se, n}}`` (standard errors of b and c). NumPy; ``ExchangeLaw(law_from_fit(...))`` runs it."""
     kh, wind, ri = (np.asarray(x, float).ravel() for x in (kh, wind, ri))
-    ok = np.isfinite(kh) & (kh > 0) & np.isfinite(wind) & (wind >= 0) & np.isfinite(ri) & (np.abs(ri) > RI_FIT_MIN)
+    ok = fit_mask(kh, wind, ri)
     log_u, log_ri, stable = law_features(wind[ok], ri[ok], xp=np)
     y = np.log(kh[ok])
     out = {}

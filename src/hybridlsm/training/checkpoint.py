@@ -20,14 +20,13 @@ trains afresh).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 
-from hybridlsm.rundir import atomic_write, problem
+from hybridlsm.rundir import atomic_write, json_safe, problem
 
 __all__ = ["CHECKPOINT_FORMAT", "META_FILE", "PREVIOUS_FILE", "CheckpointError", "DamagedCheckpointError",
            "read_checkpoint", "write_checkpoint"]  # fmt: skip
@@ -44,16 +43,6 @@ class CheckpointError(ValueError):
 class DamagedCheckpointError(CheckpointError):
     """Neither the latest nor the previous checkpoint of a directory verifies (the message names
     the damaged files)."""
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -83,7 +72,7 @@ def write_checkpoint(directory: Path, epoch: int, trees: dict[str, Any], meta: d
         atomic_write(previous, lambda p: p.write_bytes(text))
     leaves_name = f"epoch_{epoch:04d}.eqx"
     digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
-    meta = {"format": CHECKPOINT_FORMAT, **_json_safe(meta), "leaves_file": leaves_name,
+    meta = {"format": CHECKPOINT_FORMAT, **json_safe(meta), "leaves_file": leaves_name,
             "sha256": {leaves_name: digest}}  # fmt: skip
     text = json.dumps(meta, indent=1, allow_nan=False)
     atomic_write(current, lambda p: p.write_text(text))
