@@ -272,3 +272,30 @@ def validate(
                 Console().print(f"{label} at {site}: online {text}")
     Console().print(f"validation: [green]{run_dir / 'validation'}[/green] (validation.json, levels.csv; in "
                     f"{run_dir / 'report.html'})")
+
+
+@app.command()
+def devices(
+    check: bool = typer.Option(False, "--check", help="also check that training split over the devices gives "
+                               "the single-device loss and gradient"),
+    n: Optional[int] = typer.Option(None, "--devices", help="devices to split over in the check (default: all)"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="join a jax.distributed job: the "
+                                              "coordinator's host:port (with --num-processes, --process-id)"),
+    num_processes: int = typer.Option(1, "--num-processes", help="processes of the jax.distributed job"),
+    process_id: int = typer.Option(0, "--process-id", help="this process's index in the job"),
+) -> None:
+    """The devices JAX sees (all processes under jax.distributed) and, with --check, a short sharded
+    training check on them: one JSON object, {"devices": ..., "check": largest loss and gradient
+    differences from one device, columns per shard, loss after one update}."""
+    from .devices import check_sharding, describe_devices
+    from .training.sharding import initialize_distributed
+
+    if coordinator is not None:
+        initialize_distributed(coordinator, num_processes, process_id)
+    result = {"devices": describe_devices()}
+    if check:
+        try:
+            result["check"] = check_sharding(n).__dict__
+        except ValueError as err:
+            _input_error(err)
+    print(json.dumps(result, indent=1))

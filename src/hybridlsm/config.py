@@ -567,6 +567,10 @@ class TrainConfig(StrictModel):
         "balanced", description="several training sites: balanced = mean over sites of each site's "
         "variance-normalised MSE (every site the same say); pooled = MSE over all steps of all sites")
     two_phase: TwoPhaseConfig = Field(default_factory=TwoPhaseConfig)
+    devices: int | None = Field(
+        1, ge=1, description="devices the batch's columns are split over (jax.sharding; parameters replicated): "
+        "1 = one device; null = every device JAX sees (every process's, under jax.distributed). The same "
+        "results to rounding whatever the number, so it is not part of the checkpoint's config hash")
 
     @model_validator(mode="after")
     def _epochs(self) -> "TrainConfig":
@@ -588,8 +592,9 @@ class TrainConfig(StrictModel):
         return self
 
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of this section (stored in checkpoints)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the canonical JSON of this section (stored in checkpoints), without ``devices``:
+        a run may resume on another number of devices."""
+        text = json.dumps(self.model_dump(mode="json", exclude={"devices"}), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -42,6 +42,7 @@ from ..training.losses import (
     total_loss,
 )
 from ..training.trainer import fit
+from ..training.sharding import cell_mesh
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
 from ..physics import LaDState
 from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
@@ -194,7 +195,7 @@ def train_column_model(
         result = fit(
             model,
             loss_fn,
-            batches_of(windows, batch_size),
+            batches_of(windows, batch_size, cell_mesh(train_cfg.devices)),
             val_fn,
             train_cfg.model_copy(update={"epochs": per_round}) if rounds > 1 else train_cfg,
             checkpoint_dir=None if ckpt is None else (ckpt / f"round{r}" if rounds > 1 else ckpt),

@@ -47,6 +47,7 @@ from hybridlsm.neural import trainable_filter
 from hybridlsm.training.checkpoint import CheckpointError, DamagedCheckpointError, read_checkpoint, write_checkpoint
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
+from hybridlsm.training.sharding import cell_mesh, replicate
 
 __all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "fit", "learning_rate", "loss_weights",
            "phase_of_epoch"]
@@ -297,6 +298,9 @@ def fit(
     - ``validity_fn(model) -> (ok, message)``: see the module docstring.
     - ``on_phase2(model) -> model``: called once with the best phase-1 model when phase 2 starts
       (e.g. to start a co-trained law from a fit to what phase 1 learned); phase 2 trains its result.
+    - ``cfg.devices`` > 1: the trainable arrays and the optimiser state are replicated over the
+      devices of ``sharding.cell_mesh``; the batches should come split over the same mesh
+      (``windows.batches_of(..., mesh)``), and ``jax.jit`` partitions each update over the devices.
     """
     if filter_spec is None:
         filter_spec = trainable_filter(model)
@@ -329,6 +333,13 @@ def fit(
             # the saved model whole, non-trainable leaves (e.g. normalisation statistics) included
             state, static = TrainState.from_checkpoint(trees, meta, filter_spec)
 
+    mesh = cell_mesh(cfg.devices)
+
+    def placed(tree):  # on every device of the mesh (a checkpoint or on_phase2 gives host arrays)
+        return tree if mesh is None else replicate(tree, mesh)
+
+    state.params, state.opt_state, state.best_params = placed((state.params, state.opt_state, state.best_params))
+
     def save() -> None:
         if ckpt_dir is not None:
             write_checkpoint(ckpt_dir, state.epoch, *state.to_checkpoint(static, config_hash))
@@ -343,6 +354,7 @@ def fit(
                 state.params = state.best_params
                 if on_phase2 is not None:
                     state.params, _ = eqx.partition(on_phase2(eqx.combine(state.params, static)), filter_spec)
+                    state.params = placed(state.params)
                 state.opt_state = opt.init(state.params)
                 state.best_val, state.bad_epochs = math.inf, 0
                 event = "phase2_start"

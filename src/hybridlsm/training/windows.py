@@ -16,8 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-__all__ = ["SiteRecord", "batches_of", "concat_trees", "make_windows", "record_windows", "state_at"]
+from hybridlsm.training.sharding import pad_to_devices, shard_columns
+
+__all__ = ["COLUMN_AXIS", "SiteRecord", "batches_of", "concat_trees", "make_windows", "record_windows", "state_at"]
 
 STATE_OUTPUTS = ("SoilTemp", "SoilMoist", "SWE", "GWS")
 
@@ -137,18 +140,27 @@ def record_windows(records: Sequence[SiteRecord], state0s: Sequence[Any], period
     }
 
 
-def batches_of(windows: dict, batch_size: int) -> Callable:
+#: the column axis of each array of a batch (``make_windows`` layout): what ``batches_of`` splits
+#: over devices
+COLUMN_AXIS = {"forcing": 1, "state0": 0, "base": 0, "obs": 1, "mask": 1, "rnet": 1, "qg": 1, "weight": 0}
+
+
+def batches_of(windows: dict, batch_size: int, mesh: Mesh | None = None) -> Callable:
     """``key -> list of batches``: windows shuffled and cut into fixed-size batches (the last batch
-    is topped up with repeated windows whose loss mask is cleared, so shapes never change)."""
+    is topped up with repeated windows whose loss mask is cleared, so shapes never change).
+
+    With a ``mesh`` (``training.sharding.cell_mesh``) the batch size is rounded up to a multiple of
+    its device count (topped up the same way) and every array is split over the devices along its
+    column axis (``COLUMN_AXIS``)."""
     n = windows["obs"].shape[1]
-    size = min(batch_size, n)
+    size = pad_to_devices(min(batch_size, n), mesh)
     dtype = jnp.zeros(0).dtype
 
-    def as_jax(tree):
-        return jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, dtype=dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a),
-            tree,
-        )
+    def place(a, axis):
+        a = np.asarray(a)
+        if np.issubdtype(a.dtype, np.floating):
+            a = a.astype(dtype)
+        return jnp.asarray(a) if mesh is None else shard_columns(a, mesh, axis)
 
     def select(idx, valid):
         b = {
@@ -160,7 +172,7 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
             b[k] = windows[k][:, idx]
         b["weight"] = windows["weight"][idx]
         b["mask"] = windows["mask"][:, idx] & valid[None, :, None]
-        return as_jax(b)
+        return {k: jax.tree_util.tree_map(lambda a, ax=COLUMN_AXIS[k]: place(a, ax), v) for k, v in b.items()}
 
     def make(key):
         order = np.asarray(jax.random.permutation(key, n))
@@ -170,7 +182,7 @@ def batches_of(windows: dict, batch_size: int) -> Callable:
             valid = np.ones(size, bool)
             if idx.size < size:
                 valid[idx.size :] = False
-                idx = np.concatenate([idx, order[: size - idx.size]])
+                idx = np.concatenate([idx, np.resize(order, size - idx.size)])
             out.append(select(idx, valid))
         return out
 
