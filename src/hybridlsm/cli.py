@@ -299,3 +299,27 @@ def devices(
         except ValueError as err:
             _input_error(err)
     print(json.dumps(result, indent=1))
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="address of a running Dask scheduler "
+                                            "(default: a LocalCluster on this machine)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="LocalCluster worker processes (default: "
+                                          "one per task, at most one per CPU)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in its run directory"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+) -> None:
+    """`hybridlsm run` with its experiments (leave-one-site-out folds; or the model entries of a
+    single experiment: ablations, hyper-parameter settings) trained as independent Dask tasks; the
+    same run directory, skill table and report."""
+    from .models.registry import load_run_config
+    from .sweep import sweep as run_sweep
+
+    with user_errors():
+        cfg = load_run_config(config)
+        if overwrite:
+            cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
+        out = run_sweep(cfg, config_name=str(config), resume=resume, scheduler=scheduler, workers=workers)
+    Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,8 +346,15 @@ def finish_run_dir(work: Path, run_dir: Path) -> None:
     shutil.rmtree(old)
 
 
-def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> Path:
-    """Train, save, predict and report; returns the run directory."""
+#: ``train_all(cfg, experiments, config_name, resume, run_dir) -> timings``: trains every model of
+#: every experiment into ``run_dir`` (``train_sequentially``; ``hybridlsm sweep`` gives a Dask one)
+TrainAll = Callable[[RunConfig, list[Experiment], str, bool, Path], dict]
+
+
+def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
+        train_all: TrainAll | None = None) -> Path:
+    """Train, save, predict and report; returns the run directory. ``train_all`` runs the training
+    (default ``train_sequentially``, in this process)."""
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
@@ -356,69 +364,94 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False) -> 
     with run_lock(cfg.run_path):  # a second process on the run directory is refused
         work, final = prepare_run_dir(cfg, resume)
         print_repairs(cfg, sites)
-        return _train_and_write(cfg, exps, config_name, resume, work, final)
+        if work != final:
+            console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
+        timings = read_timings(work, resume)
+        timings.update((train_all or train_sequentially)(cfg, exps, config_name, resume, work))
+        return finish_run(cfg, config_name, timings, work, final)
 
 
-def _train_and_write(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool, work: Path,
-                     final: Path) -> Path:
-    """``run`` once its inputs are checked, it holds the lock and its folder is ready."""
+def train_sequentially(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool,
+                       run_dir: Path) -> dict:
+    """Every experiment in turn in this process, sharing one cache (``train_experiment``)."""
+    cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
+    timings: dict = {}
+    for exp in exps:
+        timings.update(train_experiment(cfg, exp, config_name, resume, run_dir, cache))
+    return timings
+
+
+def read_timings(run_dir: Path, resume: bool) -> dict:
+    """The training times recorded so far (a resumed run keeps its earlier ones)."""
+    path = run_dir / "timings.json"
+    return json.loads(path.read_text()) if resume and path.exists() else {}
+
+
+def finish_run(cfg: RunConfig, config_name: str, timings: dict, work: Path, final: Path) -> Path:
+    """Write the timings, move the finished run into place and build its report."""
     from .evaluation.report import build_report
 
-    run_dir = work  # until the run has finished it writes beside the run directory (prepare_run_dir)
-    if work != final:
-        console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
-    timings_path = run_dir / "timings.json"
-    timings = json.loads(timings_path.read_text()) if resume and timings_path.exists() else {}
-    cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
-    for exp in exps:
-        for d in exp.test:
-            sid = _site_id(d)
-            write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc",
-                      cfg.data.targets, cfg.data.max_qc)  # fmt: skip
-        for entry in cfg.models:
-            label = entry.label or entry.name
-            targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
-            spec = get_model(entry.name)
-            options = spec.Options.model_validate(entry.options)
-            ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
-                                              checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
-            damage = {p: problem(p) for p in targets} if resume else {}
-            for p, why in damage.items():
-                if why and p.exists():
-                    console.print(f"[yellow]{exp.name}/{label}: {p} {why}; recomputing[/yellow]", soft_wrap=True)
-            if resume and not any(damage.values()):  # every prediction exists and verifies
-                saved = model_dir(run_dir, label, exp.name)
-                try:
-                    if (saved / "model.json").is_file():
-                        spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
-                    console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
-                    continue
-                except SavedModelError as err:
-                    console.print(f"[yellow]{exp.name}/{label}: {err}; recomputing[/yellow]", soft_wrap=True)
-            console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
-                          f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
-            t0 = time.perf_counter()
-            try:
-                model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
-            except TrainingError as err:
-                raise TrainingError(f"{exp.name}/{label}: {err}; what finished is kept in {run_dir} "
-                                    "(--resume continues it, --overwrite starts again)") from None
-            t_train = time.perf_counter() - t0
-            spec.save(model, options, model_dir(run_dir, label, exp.name))
-            for d in exp.test:
-                prov = spec.provenance(model, d)
-                write_site_outputs(d, spec.predict(model, d), run_dir / "predictions", f"{label}.nc",
-                                   {"model": label, "config": config_name, "experiment": exp.name,
-                                    "parameters_from": prov[0]})  # fmt: skip
-            timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
-                                              "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
-            console.print(f"  {label}: trained in {t_train:.1f} s")
-    atomic_write(timings_path, lambda p: p.write_text(json.dumps(timings, indent=1)))  # resumed runs keep earlier timings
+    atomic_write(work / "timings.json", lambda p: p.write_text(json.dumps(timings, indent=1, sort_keys=True)))
     finish_run_dir(work, final)
-    run_dir = final
-    report = build_report(run_dir, config_name=config_name)
+    report = build_report(final, config_name=config_name)
     console.print(f"report: [green]{report}[/green]")
-    return run_dir
+    return final
+
+
+def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path,
+                     cache: dict | None = None, labels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Train, save and predict every model (or the models ``labels``) of one experiment in
+    ``run_dir`` (its observations, each model's folder, checkpoints and predictions); returns
+    ``{"<experiment>/<label>": timings}``.
+    Experiments share nothing but ``cache`` (results that several models may reuse: the calibrated
+    physics, spun-up states), so ``hybridlsm sweep`` runs them as independent tasks."""
+    cache = {} if cache is None else cache
+    timings: dict[str, dict[str, float]] = {}
+    for d in exp.test:
+        sid = _site_id(d)
+        write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc",
+                  cfg.data.targets, cfg.data.max_qc)  # fmt: skip
+    for entry in cfg.models:
+        label = entry.label or entry.name
+        if labels is not None and label not in labels:
+            continue
+        targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
+        spec = get_model(entry.name)
+        options = spec.Options.model_validate(entry.options)
+        ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
+                                          checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
+        damage = {p: problem(p) for p in targets} if resume else {}
+        for p, why in damage.items():
+            if why and p.exists():
+                console.print(f"[yellow]{exp.name}/{label}: {p} {why}; recomputing[/yellow]", soft_wrap=True)
+        if resume and not any(damage.values()):  # every prediction exists and verifies
+            saved = model_dir(run_dir, label, exp.name)
+            try:
+                if (saved / "model.json").is_file():
+                    spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
+                console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
+                continue
+            except SavedModelError as err:
+                console.print(f"[yellow]{exp.name}/{label}: {err}; recomputing[/yellow]", soft_wrap=True)
+        console.print(f"[bold]{exp.name}[/bold]: training [cyan]{label}[/cyan] on "
+                      f"{', '.join(_site_id(d) for d in exp.train)}")  # fmt: skip
+        t0 = time.perf_counter()
+        try:
+            model = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
+        except TrainingError as err:
+            raise TrainingError(f"{exp.name}/{label}: {err}; what finished is kept in {run_dir} "
+                                "(--resume continues it, --overwrite starts again)") from None
+        t_train = time.perf_counter() - t0
+        spec.save(model, options, model_dir(run_dir, label, exp.name))
+        for d in exp.test:
+            prov = spec.provenance(model, d)
+            write_site_outputs(d, spec.predict(model, d), run_dir / "predictions", f"{label}.nc",
+                               {"model": label, "config": config_name, "experiment": exp.name,
+                                "parameters_from": prov[0]})  # fmt: skip
+        timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
+                                          "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
+        console.print(f"  {label}: trained in {t_train:.1f} s")
+    return timings
 
 
 def run_config_file(path: str | Path, resume: bool = False, overwrite: bool = False) -> Path:

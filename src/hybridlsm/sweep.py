@@ -1,0 +1,122 @@
+"""``hybridlsm sweep CONFIG``: a run whose trainings go out as independent tasks to Dask distributed.
+
+The run is the same as ``hybridlsm run`` (inputs checked first, the run directory prepared, locked,
+finished and reported the same way, one skill table); only the training is spread:
+
+- a task is one experiment (a leave-one-site-out fold) with all its models; a config with a single
+  experiment (e.g. a hyper-parameter search or ablation: one model entry per setting, or an
+  ensemble's members as entries) is split into one task per model entry instead;
+- each task runs ``pipeline.train_experiment`` in a Dask worker process: it reads the sites itself
+  (from the config, a few kB sent to the worker), trains, and writes its models, checkpoints and
+  predictions into the run's folder; the parent gathers the timings, builds the report;
+- tasks share nothing, so a hybrid task calibrates its own physics (the sequential run reuses one
+  calibration per experiment): the same figures, more compute;
+- the engine is a ``distributed.LocalCluster`` of worker processes (one thread each) by default, or
+  an existing cluster's scheduler (``--scheduler tcp://host:8786``), whose workers must see the run
+  directory and data at the same paths (a shared file system);
+- the results equal the sequential run's: every task is deterministic given the config, and the
+  workers compute in the parent's precision (``jax_enable_x64``).
+
+The LocalCluster keeps its scratch space inside the run's folder and removes it at the end, so
+nothing is written outside the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from .config import RunConfig
+from .pipeline import Experiment, console, experiments, load_domains, run, train_experiment
+
+__all__ = ["SweepTask", "sweep", "sweep_tasks"]
+
+#: Dask's scratch folder inside the run's working folder (removed when the sweep ends)
+DASK_SPACE = ".dask-worker-space"
+
+
+class SweepTask(NamedTuple):
+    """One independent task: an experiment and its model labels (None: all of them)."""
+
+    experiment: str
+    labels: tuple[str, ...] | None
+
+    @property
+    def name(self) -> str:
+        return self.experiment if self.labels is None else f"{self.experiment}/{','.join(self.labels)}"
+
+
+def sweep_tasks(cfg: RunConfig, exps: list[Experiment]) -> list[SweepTask]:
+    """One task per experiment; with a single experiment, one per model entry (module docstring)."""
+    if len(exps) > 1:
+        return [SweepTask(e.name, None) for e in exps]
+    return [SweepTask(exps[0].name, (m.label or m.name,)) for m in cfg.models]
+
+
+def _run_task(config: dict, task: tuple, config_name: str, resume: bool, run_dir: str, x64: bool) -> dict:
+    """In a worker: rebuild the run's config and experiments, train one task's models (in the
+    parent's floating-point precision: ``jax_enable_x64`` as there)."""
+    import jax
+
+    from .models.registry import validate_run_config
+
+    jax.config.update("jax_enable_x64", x64)
+
+    cfg = validate_run_config(config, source=config_name)
+    exp_name, labels = task
+    (exp,) = [e for e in experiments(cfg, load_domains(cfg)) if e.name == exp_name]
+    return train_experiment(cfg, exp, config_name, resume, Path(run_dir), labels=labels)
+
+
+def _dask_train_all(scheduler: str | None, workers: int | None):
+    """``pipeline.TrainAll`` that submits ``sweep_tasks`` to Dask and shows their progress."""
+
+    def train_all(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool, run_dir: Path) -> dict:
+        import jax
+        from distributed import Client, LocalCluster, as_completed
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        tasks = sweep_tasks(cfg, exps)
+        config = cfg.model_dump(mode="json")
+        space = run_dir / DASK_SPACE
+        cluster = None
+        if scheduler is None:
+            n = workers or min(len(tasks), os.cpu_count() or 1)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   local_directory=str(space))  # fmt: skip
+            where = f"a Dask LocalCluster of {n} worker process(es)"
+        else:
+            where = f"the Dask scheduler at {scheduler}"
+        console.print(f"sweep: {len(tasks)} task(s) on {where}: {', '.join(t.name for t in tasks)}")
+        timings: dict = {}
+        try:
+            with Client(cluster if cluster is not None else scheduler) as client:
+                x64 = bool(jax.config.jax_enable_x64)
+                futures = {client.submit(_run_task, config, tuple(t), config_name, resume, str(run_dir), x64,
+                                         key=f"hybridlsm-{t.name}", pure=False): t for t in tasks}  # fmt: skip
+                columns = (TextColumn("[bold]sweep"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                           TextColumn("{task.fields[last]}"), TimeElapsedColumn())  # fmt: skip
+                with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+                    job = bar.add_task("sweep", total=len(tasks), last="")
+                    for future in as_completed(futures):
+                        timings.update(future.result())  # a failed task raises its own error here
+                        bar.update(job, advance=1, last=f"finished {futures[future].name}")
+                        if not console.is_terminal:
+                            console.print(f"sweep: finished {futures[future].name}")
+        finally:
+            if cluster is not None:
+                cluster.close()
+            shutil.rmtree(space, ignore_errors=True)
+        return timings
+
+    return train_all
+
+
+def sweep(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *, scheduler: str | None = None,
+          workers: int | None = None) -> Path:
+    """``pipeline.run`` with the training spread over Dask (module docstring); the run directory."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
+    return run(cfg, config_name, resume, train_all=_dask_train_all(scheduler, workers))

@@ -1,0 +1,74 @@
+"""``hybridlsm sweep`` (issue 14): leave-one-site-out folds trained as Dask tasks on a LocalCluster
+give the sequential run's skill table, in the same run directory layout, with nothing written outside
+it; a single-experiment config sweeps over its model entries."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from hybridlsm.cli import app
+from hybridlsm.models.registry import load_run_config
+from hybridlsm.pipeline import experiments, load_domains
+from hybridlsm.sweep import sweep_tasks
+
+CONFIG = """
+name: NAME
+data:
+  sites:
+    - {virtual: {site_id: SW-A, igbp: GRA, days: 12, seed: 1, noise: 5.0}}
+    - {virtual: {site_id: SW-B, igbp: ENF, days: 12, seed: 2, noise: 5.0, latitude: 45.0}}
+    - {virtual: {site_id: SW-C, igbp: CRO, days: 12, seed: 3, noise: 5.0, latitude: 38.0}}
+  split: {leave_one_site_out: true, val: 0.25}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: physics, options: {calibrate: [rs_scale, ra_scale]}}
+  - {name: 1lin}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+def _config(tmp_path, name: str, text: str = CONFIG):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text.replace("RUNS", str(tmp_path / "runs")).replace("NAME", name))
+    return path
+
+
+def test_tasks_are_the_folds_or_the_model_entries_of_one_experiment(tmp_path):
+    cfg = load_run_config(_config(tmp_path, "t"))
+    tasks = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))
+    assert [t.name for t in tasks] == ["loso-SW-A", "loso-SW-B", "loso-SW-C"]
+    one = load_run_config(_config(tmp_path, "one", CONFIG.replace("{leave_one_site_out: true, val: 0.25}",
+                                                                  "{train: 0.6, val: 0.2, test: 0.2}")))
+    tasks = sweep_tasks(one, experiments(one, load_domains(one)))
+    assert [t.name for t in tasks] == ["all/physics", "all/1lin"]
+
+
+@pytest.mark.slow  # three folds twice: sequentially and on a two-worker LocalCluster
+def test_a_loso_sweep_on_a_local_cluster_matches_the_sequential_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # anything written to the working directory would show here
+    runner = CliRunner()
+    seq = runner.invoke(app, ["run", str(_config(tmp_path, "seq"))])
+    assert seq.exit_code == 0, seq.output
+    swp = runner.invoke(app, ["sweep", str(_config(tmp_path, "swp")), "--workers", "2"])
+    assert swp.exit_code == 0, swp.output
+    assert "3 task(s) on a Dask LocalCluster of 2 worker process(es)" in swp.output
+    a = pd.read_csv(tmp_path / "runs" / "seq" / "metrics.csv")
+    b = pd.read_csv(tmp_path / "runs" / "swp" / "metrics.csv")
+    assert len(a) == len(b) > 0 and set(a["model"]) == {"physics", "1lin"}
+    keys = ["site", "model", "flux", "scale", "split"]
+    merged = a.merge(b, on=keys, suffixes=("_seq", "_swp"))
+    assert len(merged) == len(a)
+    for col in ("rmse", "nse"):
+        pd.testing.assert_series_equal(merged[f"{col}_seq"], merged[f"{col}_swp"], check_names=False,
+                                       rtol=1e-6, atol=1e-6)  # fmt: skip
+    timings = json.loads((tmp_path / "runs" / "swp" / "timings.json").read_text())
+    assert sorted(timings) == sorted(f"loso-SW-{s}/{m}" for s in "ABC" for m in ("physics", "1lin"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "seq.yaml", "swp.yaml"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["seq", "swp"]
+    assert not any(p.name.startswith(".dask") for p in (tmp_path / "runs" / "swp").rglob("*"))
