@@ -70,6 +70,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = [
+    "IGBP_BY_INDEX",
     "DataError",
     "DataWarning",
     "Variable",
@@ -283,3 +284,9 @@ def _is_flag(name: str) -> bool:
 def site_label(ds) -> str:
     """How messages name a dataset: its ``site_id``, else its source file."""
     return str(ds.attrs.get("site_id", ds.attrs.get("source_file", "<dataset>")))
+
+
+#: IGBP classes in the order of the 17-class IGBP legend (index 1 = ENF ... 17 = WAT), as CLM /
+#: MODIS land-cover files number them.
+IGBP_BY_INDEX = ("ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA", "SAV", "GRA", "WET", "CRO", "URB",
+                 "CVM", "SNO", "BSV", "WAT")  # fmt: skip

@@ -260,3 +260,67 @@ def virtual_site(
         ds["RiB_true"] = ("time", np.asarray(out["RiB"])[:, 0], {"units": "1", "long_name": "true bulk Richardson number"})
     ds.attrs["gap_fraction"] = float(np.mean(gaps))
     return ds
+
+
+#: IGBP classes a virtual grid's land cover cycles through, in blobs (numbering of IGBP_BY_INDEX)
+GRID_CLASSES = ("GRA", "ENF", "DBF", "CRO", "SAV", "OSH", "MF", "EBF")
+
+
+def virtual_grid(ny: int, nx: int, days: int, step_s: int = 3600, *, seed: int = 0,
+                 chunks: tuple[int, int, int] | None = None, start: str = "2021-01-01",
+                 lapse_rate: float = 0.0065) -> xr.Dataset:
+    """A lazily generated gridded forcing on (time, y, x), float32, any size: one virtual site's
+    weather (``synthetic_forcing``) spread over ``ny`` x ``nx`` cells of 1 km with smooth spatial
+    perturbations: an elevation field (Tair by ``lapse_rate`` K m-1, Psurf hydrostatically, LWdown
+    with Tair^4), cloudiness (SWdown +-5 %), wind exposure (+-10 %) and rainfall (+-20 %); a
+    ``land_cover`` index field (IGBP numbering) in blobs of ``GRID_CLASSES``.
+
+    Every variable is a dask array in ``chunks`` (time, y, x) (default one month of steps and the
+    whole grid), computed chunk by chunk when written (``to_zarr``) or read, so a grid larger than
+    memory can be generated and written."""
+    import dask.array as da
+
+    from .schema import IGBP_BY_INDEX
+
+    base = synthetic_forcing(days=days, step_s=step_s, start=start, seed=seed, site_id="VGRID")
+    nt = base.sizes["time"]
+    chunks = chunks or (min(nt, 30 * 86400 // step_s), ny, nx)
+    rng = np.random.default_rng(seed + 1)
+    yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+
+    def smooth_field(scale_cells: float) -> np.ndarray:  # a sum of random plane waves, in [-1, 1]
+        f = np.zeros((ny, nx))
+        for _ in range(6):
+            k = rng.normal(size=2) / scale_cells
+            f += np.cos(2 * np.pi * (k[0] * yy + k[1] * xx) + rng.uniform(0, 2 * np.pi))
+        return f / np.max(np.abs(f))
+
+    elevation = float(base.attrs.get("elevation", 1500.0)) + 300.0 * smooth_field(40.0)
+    d_elev = elevation - float(base.attrs.get("elevation", 1500.0))
+    fields = {"SWdown": 1.0 + 0.05 * smooth_field(20.0), "Wind": 1.0 + 0.1 * smooth_field(15.0),
+              "Precip": 1.0 + 0.2 * smooth_field(25.0)}  # fmt: skip
+
+    def series(name):  # (T, 1, 1) lazily chunked in time
+        return da.from_array(base[name].values.astype(np.float32)[:, None, None], chunks=(chunks[0], 1, 1))
+
+    def spread(field):  # (1, ny, nx) chunked like the grid
+        return da.from_array(field.astype(np.float32)[None], chunks=(1,) + tuple(chunks[1:]))
+
+    t_air = series("Tair") - spread(lapse_rate * d_elev)
+    lw = series("LWdown") * (t_air / series("Tair")) ** 4
+    p = series("Psurf") * spread(np.exp(-d_elev / 8400.0))
+    variables = {
+        "Tair": t_air, "LWdown": lw, "Psurf": p, "Qair": series("Qair") * spread(np.ones((ny, nx))),
+        "SWdown": series("SWdown") * spread(fields["SWdown"]), "Wind": series("Wind") * spread(fields["Wind"]),
+        "Precip": series("Precip") * spread(fields["Precip"]),
+    }  # fmt: skip
+    blobs = (np.floor((smooth_field(10.0) + 1.0) * 4.0).clip(0, len(GRID_CLASSES) - 1)).astype(int)
+    land_cover = np.asarray([IGBP_BY_INDEX.index(GRID_CLASSES[b]) + 1 for b in blobs.ravel()]).reshape(ny, nx)
+    ds = xr.Dataset(
+        {k: (("time", "y", "x"), v.rechunk(chunks).astype(np.float32), dict(base[k].attrs)) for k, v in variables.items()},
+        coords={"time": base["time"].values, "y": np.arange(ny) * 1000.0, "x": np.arange(nx) * 1000.0},
+        attrs={"time_step_s": float(step_s), "title": f"virtual grid {ny}x{nx}, seed {seed}"},
+    )  # fmt: skip
+    ds["land_cover"] = (("y", "x"), land_cover.astype(np.int16), {"long_name": "IGBP land cover class index"})
+    ds["elevation"] = (("y", "x"), elevation.astype(np.float32), {"units": "m"})
+    return ds

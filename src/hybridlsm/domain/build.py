@@ -16,16 +16,13 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from ..data.schema import DataError
+from ..data.schema import IGBP_BY_INDEX, DataError
 from .climate import climate_summaries
 from .domain import SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
 
-__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "static_attributes", "IGBP_BY_INDEX"]
+__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "land_cover_codes", "static_attributes",
+           "IGBP_BY_INDEX"]
 
-#: IGBP classes in the order of the 17-class IGBP legend (index 1 = ENF ... 17 = WAT), as CLM /
-#: MODIS land-cover files number them.
-IGBP_BY_INDEX = ("ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA", "SAV", "GRA", "WET", "CRO", "URB",
-                 "CVM", "SNO", "BSV", "WAT")  # fmt: skip
 _CLIMATE_INPUTS = ("Tair", "Precip", "SWdown", "LWdown", "Psurf")
 
 
@@ -134,7 +131,7 @@ def _class_key(name: str) -> str:
 _IGBP_BY_KEY = {_class_key(k): v for k, v in IGBP_NAMES.items()}
 
 
-def _land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
+def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
     """IGBP codes of a land-cover index field: by the CF ``flag_values`` / ``flag_meanings`` where
     the file names its classes (a class that is not an IGBP class gets ''), else by the 17-class
     IGBP numbering (1 = ENF ... 17 = WAT); '' for any other value."""
@@ -198,7 +195,7 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         if land_cover.shape != (ny, nx):
             raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: land_cover has dims {land_cover.dims} "
                             f"shape {land_cover.shape}; expected ({ydim}, {xdim}) = ({ny}, {nx})")  # fmt: skip
-        codes = _land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
+        codes = land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
         columns["igbp"] = codes[iy, ix]
     else:
         columns["igbp"] = np.full(len(cells), str(ds.attrs.get("igbp", "") or ""), object)

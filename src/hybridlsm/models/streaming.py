@@ -1,0 +1,172 @@
+"""Grids larger than memory: a column model streamed through a lazily read gridded forcing.
+
+``stream_column_model`` runs a ``ColumnModel`` (the physics or a hybrid without a sequence network)
+over a gridded canonical dataset on ``(time, y, x)`` whose variables are read lazily (xarray with
+dask: ``xr.open_zarr``, or ``xr.open_dataset(..., chunks={})`` for netCDF). The grid is cut into
+bands of whole rows (``cells_per_block`` cells at most) and time into chunks of ``time_chunk`` steps:
+
+- for each band, only the band's forcing of one time chunk is in memory at a time; the state is
+  carried from one chunk to the next, so the result equals one rollout over the whole period;
+- each chunk's outputs are written to the zarr store as soon as they are computed (a region write
+  of the chunk's time steps and the band's rows; the store's chunks are aligned with these writes);
+- peak memory is set by ``cells_per_block x time_chunk`` (and the spin-up period), not by the grid
+  size or the record length (``benchmarks/scaling.py`` measures it).
+
+A cell is a column when its forcing is complete over the spin-up period (sea and masked cells are
+NaN in the outputs, as ``hybridlsm predict`` writes grids); a later gap in a column is a DataError
+naming the variable, cell and time: forcing must be gap-free. Every band starts from the state the
+model reaches by cycling the band's first ``spinup_days`` of forcing (``ColumnModel.spun_up_state``;
+``predict`` cycles up to a year, which a grid beyond memory cannot hold at once).
+
+Bands are independent, so the store is written band by band; the output store is created (its
+metadata, no data) before the first band runs, and a store that already exists is never replaced:
+choose a new path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from ..data import DataError
+from ..domain.build import land_cover_codes
+from ..physics import FORCING_VARIABLES, Forcing, default_params
+from .column import ColumnModel, column_igbp
+
+__all__ = ["STREAM_OUTPUTS", "stream_column_model"]
+
+#: outputs written by default (ALMA names; every (T, N) output of ``PREDICTION_OUTPUTS`` may be asked for)
+STREAM_OUTPUTS = ("Qh", "Qle", "Qg", "Rnet", "AvgSurfT")
+
+
+@eqx.filter_jit
+def _run_chunk(model: ColumnModel, forcing: Forcing, base: dict, state0, outputs: tuple[str, ...]):
+    state, out = model.run(forcing, base, state0)
+    return state, {k: out[k] for k in outputs}  # XLA skips the outputs not asked for
+
+
+def _grid_dims(source: xr.Dataset) -> tuple[str, str]:
+    dims = [d for d in source[FORCING_VARIABLES["t_air"][0]].dims if d != "time"]
+    if len(dims) != 2:
+        raise DataError(f"{source.encoding.get('source', '<grid>')}: Tair has dims "
+                        f"{source['Tair'].dims}; expected (time, y, x)")  # fmt: skip
+    return dims[0], dims[1]
+
+
+def _band_forcing(source: xr.Dataset, ydim: str, xdim: str, rows: slice, steps: slice, cells: np.ndarray,
+                  step_s: float, dtype, where: str) -> Forcing:
+    """The band's forcing of ``steps`` for its columns ``cells`` (flat indices within the band)."""
+    arrays = {}
+    for field, (var, unit) in FORCING_VARIABLES.items():
+        da = source[var].isel({"time": steps, ydim: rows}).transpose("time", ydim, xdim)
+        values = np.asarray(da.values, dtype=float)
+        values = values.reshape(values.shape[0], -1)[:, cells]
+        bad = ~np.isfinite(values)
+        if bad.any():
+            t, c = np.argwhere(bad)[0]
+            raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at cell {int(cells[c])} of rows "
+                            f"{rows.start}-{rows.stop - 1} ({ydim}, {xdim} flat within the band), time "
+                            f"{source['time'].values[steps][t]}; the model needs gap-free forcing")  # fmt: skip
+        arrays[field] = jnp.asarray(values, dtype=dtype)
+    return Forcing(**arrays, time_step_s=step_s)
+
+
+def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], time_chunk: int,
+              rows: int) -> xr.Dataset:
+    import dask.array as da
+
+    shape = (source.sizes["time"], source.sizes[ydim], source.sizes[xdim])
+    chunks = (time_chunk, rows, shape[2])
+    coords = {k: source[k] for k in ("time", ydim, xdim) if k in source.coords}
+    return xr.Dataset({k: (("time", ydim, xdim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks))
+                       for k in outputs}, coords=coords)  # fmt: skip
+
+
+def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Path, *,
+                        outputs: Sequence[str] = STREAM_OUTPUTS, time_chunk: int = 720,
+                        cells_per_block: int = 4096, spinup_days: float = 30.0,
+                        land_cover: xr.DataArray | None = None, canopy_height: float | None = None,
+                        measurement_height: float | None = None, progress: bool = True, attrs: dict | None = None) -> Path:
+    """Run ``model`` over the lazily read grid ``source`` into the zarr store ``store`` (module
+    docstring); returns the store's path.
+
+    Args:
+        source: canonical variables Tair, Qair, Psurf, Wind, SWdown, LWdown, Precip on
+            (time, y, x); ``attrs["time_step_s"]`` or a regular ``time`` coordinate
+        outputs: the (T, N) outputs to write (float32)
+        time_chunk: steps per chunk (also the store's time chunk)
+        cells_per_block: at most this many cells per band (whole rows; at least one row)
+        spinup_days: length of the forcing each band's spin-up cycles
+        land_cover: (y, x) index field (IGBP numbering or CF flag_meanings); None: the class in
+            ``source.attrs["igbp"]`` for every cell, or unknown (the LaD default class)
+        canopy_height, measurement_height: for every cell (None: the class defaults)
+    """
+    from rich.progress import Progress
+
+    if model.dynamic_net is not None:
+        raise ValueError("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
+                         "record at once and cannot be streamed in time chunks; use `hybridlsm predict` on "
+                         "files that fit in memory")  # fmt: skip
+    store = Path(store)
+    if store.exists():
+        raise FileExistsError(f"{store} exists; streamed outputs go to a new store (nothing is replaced)")
+    where = str(source.encoding.get("source", "<grid>"))
+    missing = [v for v, _ in FORCING_VARIABLES.values() if v not in source]
+    if missing:
+        raise DataError(f"{where}: forcing variable(s) {missing} missing; the grid has {sorted(source.data_vars)}")
+    ydim, xdim = _grid_dims(source)
+    ny, nx, nt = source.sizes[ydim], source.sizes[xdim], source.sizes["time"]
+    step_s = float(source.attrs.get("time_step_s") or (source["time"].values[1] - source["time"].values[0])
+                   / np.timedelta64(1, "s"))  # fmt: skip
+    rows = max(1, min(ny, cells_per_block // nx))
+    spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
+    if land_cover is not None:
+        codes = land_cover_codes(np.asarray(land_cover.transpose(ydim, xdim).values), dict(land_cover.attrs))
+    else:
+        codes = np.full((ny, nx), str(source.attrs.get("igbp", "") or ""), object)
+    dtype = jnp.zeros(0).dtype
+    outputs = tuple(outputs)
+    template = _template(source, ydim, xdim, outputs, time_chunk, rows)
+    template.attrs.update(attrs or {}, time_chunk=time_chunk, rows_per_band=rows, spinup_days=spinup_days)
+    # zarr format 2: consolidated metadata, read by every zarr and xarray version
+    template.to_zarr(store, compute=False, mode="w-", zarr_format=2)  # metadata only; each band fills its region
+    bands = [slice(r, min(r + rows, ny)) for r in range(0, ny, rows)]
+    chunks = [slice(t, min(t + time_chunk, nt)) for t in range(0, nt, time_chunk)]
+    with Progress(disable=not progress) as bar:
+        job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
+        for band in bands:
+            n_rows = band.stop - band.start
+            spin = {v: np.asarray(source[v].isel({"time": slice(0, spin_steps), ydim: band}).values)
+                    for v, _ in FORCING_VARIABLES.values()}  # fmt: skip
+            valid = np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0).ravel()
+            used = np.flatnonzero(valid)
+            if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
+                bar.advance(job, len(chunks))
+                continue
+            # every band the same number of columns (repeats of its cells, not written): one compilation
+            cells = np.resize(used, rows * nx)
+            classes = [column_igbp(str(c), f"{where} cell {i}")[0] for i, c in
+                       enumerate(codes[band].ravel()[cells])]  # fmt: skip
+            base = {k: jnp.asarray(v, dtype=dtype) for k, v in
+                    default_params(classes, canopy_height=canopy_height, measurement_height=measurement_height).items()}
+            ids = [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells]
+            base, _ = model.with_site_weights(base, ids, classes)
+            state = model.spun_up_state(
+                _band_forcing(source, ydim, xdim, band, slice(0, spin_steps), cells, step_s, dtype, where), base)
+            for steps in chunks:
+                forcing = _band_forcing(source, ydim, xdim, band, steps, cells, step_s, dtype, where)
+                state, out = _run_chunk(model, forcing, base, state, outputs)
+                n = steps.stop - steps.start
+                block = {}
+                for k in outputs:
+                    full = np.full((n, n_rows * nx), np.nan, np.float32)
+                    full[:, used] = np.asarray(out[k][:, : used.size], np.float32)
+                    block[k] = (("time", ydim, xdim), full.reshape(n, n_rows, nx))
+                xr.Dataset(block).to_zarr(store, region={"time": steps, ydim: band, xdim: slice(0, nx)})
+                bar.advance(job)
+    return store
