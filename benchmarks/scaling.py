@@ -61,7 +61,6 @@ def worker_train_step(n_sites: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     from hybridlsm.data.virtual import synthetic_forcing
     from hybridlsm.models.column_fit import make_loss

@@ -115,6 +115,25 @@ def test_predict_a_grid_writes_y_x(run_dir, shared_data):
     assert xr.open_dataset(out / f"{grid.stem}_1lin.nc")["Qle"].shape == (120, 41, 41)
 
 
+def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_dir):
+    from hybridlsm.data.virtual import virtual_grid
+
+    store = run_dir / "vgrid.zarr"  # a grid in the canonical form, written lazily
+    virtual_grid(4, 3, 3, step_s=1800, chunks=(48, 2, 3), start="2011-05-01").to_zarr(store, zarr_format=2)
+    out = run_dir / "applied-zarr"
+    result = _cli("predict", str(run_dir), str(store), "--model", "physics", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ds = xr.open_zarr(out / "vgrid_physics.zarr")
+    assert ds["Qle"].dims == ("time", "y", "x") and ds["Qle"].shape == (144, 4, 3)
+    assert np.isfinite(ds["Qle"].values).all() and ds.attrs["model"] == "physics"
+    assert "vgrid" in json.loads((out / "provenance.json").read_text())["columns"]
+    again = _cli("predict", str(run_dir), str(store), "--model", "physics", "--out", str(out))
+    assert again.returncode == 2 and "exists; streamed outputs are never replaced" in again.stderr
+    refused = _cli("predict", str(run_dir), str(store), "--model", "1lin", "--out", str(run_dir / "no-zarr"))
+    assert refused.returncode == 2 and "cannot run streamed" in refused.stderr, refused.stderr[-2000:]
+    assert not (run_dir / "no-zarr").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "hybrid_flux", "SITE"], "no trained model 'hybrid_flux'; the run has: 1lin, lstm, physics"),
     (["--model", "physics", "SITE", "--start", "2030-01-01"], "outside its record"),

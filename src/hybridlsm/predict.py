@@ -8,7 +8,11 @@ retraining) and run on Domains built from the given files:
   as ``obs.nc`` (every step labelled test), and when every site has them, ``OUT`` gets the skill
   table and HTML report of ``hybridlsm report``;
 - a gridded file becomes the Domain of its cells with complete forcing (its land-cover field, if
-  any, gives each cell's IGBP class); outputs go to ``OUT/<grid>_<label>.nc`` on ``(time, y, x)``.
+  any, gives each cell's IGBP class); outputs go to ``OUT/<grid>_<label>.nc`` on ``(time, y, x)``;
+- a zarr store (a grid in the canonical form on ``(time, y, x)``, e.g. one too large for memory) is
+  read lazily and the model streamed through it in row bands and time chunks
+  (``ModelSpec.stream``, ``models.streaming``): outputs go to ``OUT/<grid>_<label>.zarr`` as they
+  are produced.
 
 ``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
 unless asked. Which parameters each column used (a trained site's own, or what transfers to a
@@ -29,7 +33,7 @@ from .data import DataError, add_derived, detect_format, prepare_forcing, read_g
 from .data.plumber2 import open_netcdf
 from .data.splits import TEST
 from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
-from .models.registry import SavedModelError, load_run_config, load_saved_model
+from .models.registry import SavedModelError, StreamingUnsupported, load_run_config, load_saved_model
 from .pipeline import check_site_folders, write_obs
 from .rundir import RunLockedError, atomic_write, run_lock
 
@@ -60,6 +64,12 @@ def saved_model_dir(run_dir: Path, label: str, experiment: str | None = None) ->
         raise PredictError(f"{run_dir}: model {label!r} was trained in {len(exps)} experiments ({', '.join(exps)}); "
                            "choose one with --experiment")  # fmt: skip
     return root / label / exps[0]
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A zarr store (format 2 or 3): a folder with zarr metadata."""
+    path = Path(path)
+    return path.is_dir() and any((path / m).is_file() for m in (".zgroup", ".zmetadata", "zarr.json"))
 
 
 def domain_from_file(path: Path, out_of_range: str = "error") -> Domain:
@@ -101,6 +111,30 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
         raise PredictError(str(err)) from None
 
 
+def _open_store(path: Path, spec, options, label: str, start: str | None, end: str | None, out: Path):
+    """(store, lazy dataset, output store) of a zarr grid, checked: it opens, has the model's inputs,
+    its period is not empty, and the output store does not exist yet."""
+    import xarray as xr
+
+    try:
+        source = xr.open_zarr(path)
+    except Exception as err:  # zarr and xarray raise many kinds; the message says which
+        raise PredictError(f"{path}: cannot be opened as a zarr store ({type(err).__name__}: {err})") from None
+    source.encoding["source"] = str(path)
+    if start is not None or end is not None:
+        source = source.sel(time=slice(start, end))
+        if source.sizes.get("time", 0) == 0:
+            raise PredictError(f"{path}: no time step between {start} and {end}")
+    missing = [v for v in spec.required_inputs(options) if v not in source]
+    if missing:
+        raise PredictError(f"{path}: model {label} ({spec.name}) needs {missing}, which the store does not give "
+                           f"(it has {sorted(map(str, source.data_vars))})")  # fmt: skip
+    store = out / f"{site_file_name(path.stem)}_{label}.zarr"
+    if store.exists():
+        raise PredictError(f"{store} exists; streamed outputs are never replaced: give another --out or remove it")
+    return path, source, store
+
+
 def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], start: str | None, end: str | None,
            out: Path) -> Path:
     from .evaluation.report import FLUXES, build_report
@@ -110,6 +144,9 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     except SavedModelError as err:
         raise PredictError(str(err)) from None
     policy = _out_of_range_policy(run_dir)
+    stores = [Path(f) for f in files if is_zarr_store(Path(f))]
+    files = [f for f in files if not is_zarr_store(Path(f))]
+    streams = [_open_store(p, spec, options, label, start, end, out) for p in stores]  # checked before writing
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:
         try:
@@ -131,12 +168,23 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     except DataError as err:
         raise PredictError(f"{err} (e.g. two periods of one site: predict them into separate --out folders)") from None
     provenance: dict[str, dict[str, str]] = {}
+
+    def attrs_of(source_file: Path) -> dict:
+        return {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
+                "trained_model": str(directory.relative_to(run_dir)), "source_file": str(source_file)}  # fmt: skip
+
+    for path, source, store in streams:
+        try:
+            spec.stream(model, source, store, land_cover=source.get("land_cover"), attrs=attrs_of(path))
+        except StreamingUnsupported as err:
+            raise PredictError(f"{path}: {err}") from None
+        provenance[path.stem] = {"store": str(store), "parameters": "per cell: the defaults of its land-cover class "
+                                 "with the model's offsets (shared, or the mean of its class's training sites)"}
     observed = []  # per site: whether it has observed fluxes to score
     for f, d, where in domains:
         outputs = spec.predict(model, d)
         provenance[d.name] = dict(zip(d.column_ids, where))
-        attrs = {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
-                 "trained_model": str(directory.relative_to(run_dir)), "source_file": str(f)}  # fmt: skip
+        attrs = attrs_of(f)
         if d.kind == "grid":
             write_grid_outputs(d, outputs, out / f"{site_file_name(d.name)}_{label}.nc", attrs)
             continue
@@ -148,6 +196,7 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
                       out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
         observed.append(all(v in site for v in FLUXES))
     text = json.dumps({"model": label, "trained_model": str(directory), "columns": provenance}, indent=1)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "provenance.json", lambda p: p.write_text(text))
     if observed and all(observed):  # the report scores every site of its folder
         with warnings.catch_warnings():

@@ -45,9 +45,8 @@ from ..physics import (
 )
 from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import forcing_features
-from .registry import EquinoxSpec
 
-__all__ = ["COLUMN_TARGETS", "ColumnModel", "ColumnSpec", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
+__all__ = ["COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
            "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
            "site_base_params"]  # fmt: skip
 
@@ -349,25 +348,6 @@ def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
     if structure["sites"]:
         model = model.per_site(structure["sites"], structure["site_classes"])
     return replace(model, calibrated_on=tuple(structure["calibrated_on"]))
-
-
-class ColumnSpec(EquinoxSpec):
-    """The spec of a model that is a ColumnModel: saved with its offsets' layout, predicts with
-    ``predict_column_model``, says where each column's parameters come from."""
-
-    targets = COLUMN_TARGETS
-
-    def structure(self, model: ColumnModel) -> dict:
-        return column_structure(model)
-
-    def skeleton(self, options, structure: dict) -> ColumnModel:
-        return column_skeleton(self.build(options), structure)
-
-    def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
-        return predict_column_model(model, domain)
-
-    def provenance(self, model: ColumnModel, domain: Domain) -> list[str]:
-        return column_provenance(model, domain)
 
 
 def column_provenance(model: ColumnModel, domain: Domain) -> list[str]:

@@ -44,7 +44,6 @@ from .column import (
     PREDICTION_OUTPUTS,
     SIGMA_SUFFIX,
     ColumnModel,
-    ColumnSpec,
     column_provenance,
     column_skeleton,
     column_structure,
@@ -53,6 +52,7 @@ from .column import (
     run_jit,
 )
 from .column_fit import FitOptions, train_column_model, training_config
+from .column_spec import ColumnSpec
 from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, forcing_features,
                        stability_features, state_features)
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets

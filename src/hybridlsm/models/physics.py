@@ -18,7 +18,8 @@ from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import COLUMN_TARGETS, ColumnModel, ColumnSpec, column_igbp
+from .column import COLUMN_TARGETS, ColumnModel, column_igbp
+from .column_spec import ColumnSpec
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
 from .registry import TrainingContext, get_model, register_model
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..domain import Domain
 
 __all__ = [
+    "StreamingUnsupported",
     "CATALOGUE",
     "EquinoxSpec",
     "ModelSpec",
@@ -134,6 +135,10 @@ class TrainingContext:
         return replace(self, checkpoint_dir=None if self.checkpoint_dir is None else self.checkpoint_dir / name)
 
 
+class StreamingUnsupported(ValueError):
+    """``ModelSpec.stream`` of a model that cannot run in time chunks over a lazily read grid."""
+
+
 class ModelSpec(abc.ABC):
     """The contract of a registered model (module docstring)."""
 
@@ -168,6 +173,13 @@ class ModelSpec(abc.ABC):
     def provenance(self, model: Any, domain: Domain) -> list[str]:
         """Per column: where the parameters used for it come from (default: one shared model)."""
         return ["shared model (no per-site parameters)"] * domain.n_columns
+
+    def stream(self, model: Any, source: Any, store: Path, **options) -> Path:
+        """Run over a gridded forcing too large for memory (``source`` an ``xr.Dataset`` read lazily,
+        outputs written to the zarr ``store`` as they are produced; ``models.streaming``). Default:
+        this model cannot (``StreamingUnsupported``)."""
+        raise StreamingUnsupported(f"model type {self.name!r} cannot run streamed over a grid beyond memory; "
+                                   "the column models (physics, hybrid_param, hybrid_flux) can")  # fmt: skip
 
     def required_inputs(self, options: BaseModel) -> tuple[str, ...]:
         """Canonical variables ``predict`` needs in a domain."""

@@ -37,6 +37,7 @@ from ..data import DataError
 from ..domain.build import land_cover_codes
 from ..physics import FORCING_VARIABLES, Forcing, default_params
 from .column import ColumnModel, column_igbp
+from .registry import StreamingUnsupported
 
 __all__ = ["STREAM_OUTPUTS", "stream_column_model"]
 
@@ -109,7 +110,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
     from rich.progress import Progress
 
     if model.dynamic_net is not None:
-        raise ValueError("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
+        raise StreamingUnsupported("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
                          "record at once and cannot be streamed in time chunks; use `hybridlsm predict` on "
                          "files that fit in memory")  # fmt: skip
     store = Path(store)

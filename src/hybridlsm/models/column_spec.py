@@ -1,0 +1,43 @@
+"""The contract of every model that is a ``ColumnModel`` (physics, hybrid_param, hybrid_flux,
+hybrid_lstm): saving its offsets' layout, prediction, provenance, and streaming over grids beyond
+memory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..domain import Domain
+from .column import (
+    COLUMN_TARGETS,
+    ColumnModel,
+    column_provenance,
+    column_skeleton,
+    column_structure,
+    predict_column_model,
+)
+from .registry import EquinoxSpec
+from .streaming import stream_column_model
+
+__all__ = ["ColumnSpec"]
+
+
+class ColumnSpec(EquinoxSpec):
+    """The spec of a model that is a ColumnModel: saved with its offsets' layout, predicts with
+    ``predict_column_model``, says where each column's parameters come from."""
+
+    targets = COLUMN_TARGETS
+
+    def structure(self, model: ColumnModel) -> dict:
+        return column_structure(model)
+
+    def skeleton(self, options, structure: dict) -> ColumnModel:
+        return column_skeleton(self.build(options), structure)
+
+    def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
+        return predict_column_model(model, domain)
+
+    def provenance(self, model: ColumnModel, domain: Domain) -> list[str]:
+        return column_provenance(model, domain)
+
+    def stream(self, model: ColumnModel, source, store, **options):
+        return stream_column_model(model, source, store, **options)
