@@ -64,3 +64,7 @@ def test_a_gap_an_existing_store_and_a_sequence_model_are_refused(grid_store, tm
     lstm = get_model("hybrid_lstm").build(validate_options("hybrid_lstm", {"hidden_size": 4}))
     with pytest.raises(ValueError, match="sequence network"):
         stream_column_model(lstm, src, tmp_path / "lstm.zarr", progress=False)
+    static = get_model("hybrid_param").build(validate_options("hybrid_param", {"static_inputs": ["latitude"]}))
+    with pytest.raises(ValueError, match="static attributes"):
+        stream_column_model(static, src, tmp_path / "static.zarr", progress=False)
+    assert not any(tmp_path.glob("*.zarr")) or sorted(p.name for p in tmp_path.glob("*.zarr")) == ["taken.zarr"]

@@ -19,7 +19,7 @@ the rollout, which gives every step its own key (``physics.rollout``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import equinox as eqx
@@ -44,7 +44,7 @@ from ..physics import (
     to_unconstrained,
 )
 from ..training.windows import STATE_OUTPUTS, SiteRecord
-from .features import forcing_features
+from .features import STATIC_KEY, forcing_features, static_features
 
 __all__ = ["COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
            "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
@@ -89,6 +89,9 @@ class ColumnModel(eqx.Module):
         replaced: dynamic parameters a discovered law sets instead of the network (``with_exchange_law``)
         aleatoric_targets: the targets whose aleatoric SD ``<target>_sigma`` [W m-2] the land model
             outputs at every step (``likelihood: gaussian``; trained on the Gaussian NLL); () for MSE
+        static_inputs: static attributes of each column (``features.STATIC_INPUTS``) that the
+            networks take besides the forcing and states, as ``params[STATIC_KEY]`` (N, S): what lets
+            one network set different parameters at different sites without per-site parameters
     """
 
     land: AbstractLandModel
@@ -105,6 +108,7 @@ class ColumnModel(eqx.Module):
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
     replaced: tuple[str, ...] = eqx.field(static=True, default=())  # dynamic parameters a law sets instead
     aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())  # Gaussian: rollout gives <t>_sigma
+    static_inputs: tuple[str, ...] = eqx.field(static=True, default=())  # static attributes the networks take
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -151,12 +155,31 @@ class ColumnModel(eqx.Module):
         dtype = jnp.asarray(base["albedo"]).dtype
         return {**base, SITE_WEIGHTS: jnp.asarray(np.stack([r[0] for r in rows]), dtype)}, [r[1] for r in rows]
 
+    def with_static(self, base: dict, static: Mapping, where: Sequence[str]) -> dict:
+        """``base`` with the scaled static attributes the networks take (``static_inputs``; name ->
+        (N,) values in ``static``, e.g. a Domain's static attributes or a site's attrs); ``where``
+        names the N columns for errors. Canopy and measurement heights the site does not give are
+        the ones the physics uses (class defaults)."""
+        if not self.static_inputs:
+            return base
+        values = {k: np.atleast_1d(np.asarray(static[k])) for k in self.static_inputs if k in static}
+        for name, used in (("canopy_height", "canopy_height"), ("measurement_height", "reference_height")):
+            if name in values:
+                v = np.asarray(values[name], float)
+                values[name] = np.where(np.isfinite(v), v, np.asarray(base[used], float))
+        dtype = jnp.asarray(base["albedo"]).dtype
+        return {**base, STATIC_KEY: jnp.asarray(static_features(values, self.static_inputs, list(where)), dtype)}
+
     # ----------------------------------------------------------------------------- running
     def dynamic(self, forcing: Forcing, params: dict, key=None) -> dict | None:
         """Time-varying parameters ``{name: (T, N)}`` from the sequence network, or None."""
         if self.dynamic_net is None:
             return None
-        raw = self.dynamic_net(forcing_features(forcing), key=key)
+        x = forcing_features(forcing)
+        if self.static_inputs:  # the same static attributes at every step
+            x = jnp.concatenate([x, jnp.broadcast_to(params[STATIC_KEY], x.shape[:-1] + params[STATIC_KEY].shape[-1:])],
+                                axis=-1)
+        raw = self.dynamic_net(x, key=key)
         mult = self.dynamic_head(raw)
         return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)
                 if name not in self.replaced}  # fmt: skip
@@ -252,6 +275,7 @@ def prepare_site(ds: xr.Dataset, targets: Sequence[str], max_qc: int, *, model: 
     igbp, _ = column_igbp(str(ds.attrs.get("igbp", "")), site)
     if model is not None:
         base, _ = model.with_site_weights(base, [site], [igbp])
+        base = model.with_static(base, ds.attrs, [site])
     key = ("spinup", site, str(ds["time"].values[0]), ds.sizes["time"], str(dtype))
     cache = {} if cache is None else cache
     if key not in cache:
@@ -282,7 +306,9 @@ def domain_inputs(model: ColumnModel, domain: Domain) -> tuple[Forcing, dict]:
     forcing = forcing_from_datasets([domain.data], dtype=dtype)
     base, classes, _ = domain_base_params(domain, dtype)
     base, _ = model.with_site_weights(base, domain.column_ids, classes)
-    return forcing, base
+    static = {k: domain.static_value(k) for k in model.static_inputs if k in domain.static}
+    where = domain.column_ids if domain.kind == "site" else [f"{domain.name}/{c}" for c in domain.column_ids]
+    return forcing, model.with_static(base, static, where)
 
 
 @eqx.filter_jit

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import thermo
 from ..constants import T_FREEZE
 from ..physics import Forcing, LaDState
 from ..physics.exchange import law_features
 
-__all__ = ["N_FORCING_FEATURES", "N_STABILITY_FEATURES", "N_STATE_FEATURES", "forcing_features", "stability_features",
-           "state_features"]
+__all__ = ["N_FORCING_FEATURES", "N_STABILITY_FEATURES", "N_STATE_FEATURES", "STATIC_INPUTS", "STATIC_KEY",
+           "forcing_features", "n_static_features", "stability_features", "state_features", "static_features"]
 
 
 def forcing_features(f: Forcing) -> jax.Array:
@@ -64,3 +65,68 @@ def stability_features(wind, richardson) -> jax.Array:
 N_FORCING_FEATURES = 7
 N_STATE_FEATURES = 8
 N_STABILITY_FEATURES = 4
+
+
+# ------------------------------------------------------------------------- static attributes
+
+#: key of the (N, S) scaled static attributes in a column model's parameters
+STATIC_KEY = "static_features"
+
+#: the static attributes (``domain.STATIC_ATTRIBUTES``) a network may take, each scaled by a fixed
+#: physical rule (no data statistics: a new site is scaled as the training sites were); ``igbp``
+#: becomes a one-hot of the LaD cover type (``STATIC_COVERS``)
+STATIC_SCALINGS = {
+    "latitude": lambda v: v / 90.0,
+    "elevation": lambda v: v / 1000.0,
+    "canopy_height": lambda v: np.log1p(v) / 2.0,
+    "measurement_height": lambda v: np.log1p(v) / 2.0,
+    "sand_fraction": lambda v: 2.0 * v - 1.0,
+    "clay_fraction": lambda v: 2.0 * v - 1.0,
+    "mean_annual_temperature": lambda v: (v - 10.0) / 10.0,
+    "mean_annual_precipitation": lambda v: np.log(np.maximum(v, 1.0) / 500.0),
+    "aridity_index": lambda v: np.log(np.maximum(v, 0.01)),
+    "precipitation_seasonality": lambda v: v,
+    "temperature_seasonality": lambda v: v / 10.0,
+}
+CLIMATE_SUMMARIES = ("mean_annual_temperature", "mean_annual_precipitation", "aridity_index",
+                     "precipitation_seasonality", "temperature_seasonality")  # domain/climate.py
+STATIC_COVERS = ("NE", "BE", "ND", "BD", "BN", "G", "A", "D")
+#: every name ``static_inputs`` may list
+STATIC_INPUTS = (*STATIC_SCALINGS, "igbp")
+
+
+def n_static_features(names) -> int:
+    return sum(len(STATIC_COVERS) if n == "igbp" else 1 for n in names)
+
+
+def static_features(values: dict, names, where) -> np.ndarray:
+    """(N, S) scaled static attributes ``names`` of N columns from ``values`` (name -> (N,) values,
+    ``igbp`` as class codes); ``where`` names each column. A column without a value the network
+    needs (NaN, or an unknown IGBP class) is a DataError naming it: never a silent default."""
+    from ..data import DataError
+    from ..physics.parameters import IGBP_TO_LAD
+
+    n = len(where)
+    out = []
+    for name in names:
+        if name not in values:
+            raise DataError(f"{where[0] if n == 1 else 'the columns'}: no static attribute {name!r}, which the "
+                            f"model's networks take as an input (static_inputs); give it in the site metadata")
+        raw = np.asarray(values[name]).reshape(n)
+        if name == "igbp":
+            codes = [str(c).strip() for c in raw]
+            bad = [i for i, c in enumerate(codes) if c not in IGBP_TO_LAD]
+            if bad:
+                raise DataError(f"{where[bad[0]]}: IGBP class {codes[bad[0]]!r} is not one the network knows "
+                                f"(static_inputs: igbp; allowed {', '.join(IGBP_TO_LAD)}); give the site's class")
+            out.append(np.asarray([[IGBP_TO_LAD[c] == k for k in STATIC_COVERS] for c in codes], float))
+            continue
+        v = np.asarray(raw, float)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            how = ("it is computed from the forcing's monthly climatology, and this record is too short for it"
+                   if name in CLIMATE_SUMMARIES else "give it in the site metadata")
+            raise DataError(f"{where[bad[0]]}: static attribute {name!r} is unknown (NaN), and the model's networks "
+                            f"take it as an input (static_inputs): {how}, or leave it out of static_inputs")
+        out.append(STATIC_SCALINGS[name](v)[:, None])
+    return np.concatenate(out, axis=1) if out else np.zeros((n, 0))

@@ -53,7 +53,8 @@ from .column import (
 )
 from .column_fit import FitOptions, train_column_model, training_config
 from .column_spec import ColumnSpec
-from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, forcing_features,
+from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, STATIC_INPUTS, STATIC_KEY,
+                       n_static_features, forcing_features,
                        stability_features, state_features)
 from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
 from .registry import EquinoxSpec, TrainingContext, register_model
@@ -100,6 +101,10 @@ class HybridOptions(FitOptions):
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+    static_inputs: list[Literal[STATIC_INPUTS]] = Field(  # type: ignore[valid-type]
+        default_factory=list, description="static attributes of each site or cell the networks also take "
+        "(latitude, elevation, canopy_height, measurement_height, sand_fraction, clay_fraction, the climate "
+        "summaries, igbp): one network for every site, no per-site parameters; a site without one is refused")
 
 
 class LikelihoodOption(BaseModel):
@@ -130,16 +135,26 @@ class HybridParamOptions(HybridOptions, LikelihoodOption):
 class PostCorrectionOptions(HybridOptions, LikelihoodOption):
     """``options`` of ``{name: post_correction}``: the hybrids' options and the likelihood."""
 
+    @model_validator(mode="after")
+    def _no_static_inputs(self):
+        if self.static_inputs:
+            raise ValueError("post_correction does not take static_inputs (its network corrects the physics "
+                             "from the run's outputs); use hybrid_param, hybrid_flux or hybrid_lstm")
+        return self
 
-def _n_inputs(use_states: bool) -> int:
-    return N_FORCING_FEATURES + 1 + (N_STATE_FEATURES + 2 if use_states else 0)
+
+def _n_inputs(use_states: bool, n_static: int = 0) -> int:
+    return N_FORCING_FEATURES + 1 + (N_STATE_FEATURES + 2 if use_states else 0) + n_static
 
 
-def closure_inputs(c: SurfaceContext, use_states: bool) -> jax.Array:
-    """Network inputs at one step: scaled forcing, net radiation and, optionally, the states."""
+def closure_inputs(c: SurfaceContext, use_states: bool, static: bool = False) -> jax.Array:
+    """Network inputs at one step: scaled forcing, net radiation and, optionally, the states and the
+    column's static attributes."""
     x = [forcing_features(c.forcing), (c.net_radiation / 500.0)[..., None]]
     if use_states:
         x += [state_features(c.state, c.forcing, c.params), c.beta[..., None], c.snow_cover[..., None]]
+    if static:
+        x.append(c.params[STATIC_KEY])
     return jnp.concatenate(x, axis=-1)
 
 
@@ -171,11 +186,12 @@ class NetworkFluxClosure(Closure):
     mlp: MLP
     head: EnergySplitHead | None
     use_states: bool = eqx.field(static=True)
+    static: bool = eqx.field(static=True, default=False)  # the column's static attributes as inputs
 
     def __call__(self, c: SurfaceContext) -> TurbulentFluxes:
         bulk = BulkClosure()(c)
         lv = c.latent_heat
-        raw = self.mlp(closure_inputs(c, self.use_states), key=c.key)
+        raw = self.mlp(closure_inputs(c, self.use_states, self.static), key=c.key)
         if self.head is None:
             return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt)
         available = bulk.sensible_heat + lv * bulk.evaporation
@@ -197,11 +213,11 @@ class NetworkFluxClosure(Closure):
 def build_flux_closure(opts: HybridOptions) -> NetworkFluxClosure:
     head = EnergySplitHead(residual_scale=30.0) if opts.energy_split else None
     n_out = 3 if opts.energy_split else 2
-    mlp = MLP(_n_inputs(opts.use_states), n_out, width_size=opts.width, depth=opts.depth,
-              dropout=opts.dropout, key=jax.random.key(opts.seed))  # fmt: skip
+    mlp = MLP(_n_inputs(opts.use_states, n_static_features(opts.static_inputs)), n_out, width_size=opts.width,
+              depth=opts.depth, dropout=opts.dropout, key=jax.random.key(opts.seed))  # fmt: skip
     # start at the physics: evaporative fraction 1/2, factor 1 (sigmoid^-1(1/3))
     mlp = _small_output_layer(mlp, jnp.asarray([0.0, 0.0, -0.6931][:n_out] if opts.energy_split else [0.0, 0.0]))
-    return NetworkFluxClosure(mlp, head, opts.use_states)
+    return NetworkFluxClosure(mlp, head, opts.use_states, bool(opts.static_inputs))
 
 
 # ----------------------------------------------------------------------------- hybrid_param
@@ -235,6 +251,7 @@ class ParameterNetworkLand(AbstractLandModel):
     aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())
     fallback_threshold: float | None = eqx.field(static=True, default=None)  # SD of a log multiplier
     fallback_active: bool = eqx.field(static=True, default=False)  # set at prediction only
+    static: bool = eqx.field(static=True, default=False)  # the column's static attributes as inputs
 
     def init_state(self, params, forcing):
         return self.lad.init_state(params, forcing)
@@ -250,6 +267,8 @@ class ParameterNetworkLand(AbstractLandModel):
             x.append(state_features(state, forcing, params))
         if self.stability_inputs:
             x.append(stability_features(forcing.wind, self.lad.surface_layer(state, forcing, params).richardson))
+        if self.static:
+            x.append(params[STATIC_KEY])
         return self.mlp(jnp.concatenate(x, axis=-1), key=key)
 
     def step(self, state, forcing, params, key=None):
@@ -360,7 +379,7 @@ class HybridFlux(_HybridSpec):
         dtype = jnp.zeros(0).dtype
         land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
         return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN,
-                           mc_samples=options.mc_samples)
+                           mc_samples=options.mc_samples, static_inputs=tuple(options.static_inputs))
 
 
 @register_model("hybrid_param")
@@ -373,7 +392,7 @@ class HybridParam(_HybridSpec):
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
         n_in = (N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
-                + (N_STABILITY_FEATURES if options.stability_inputs else 0))
+                + (N_STABILITY_FEATURES if options.stability_inputs else 0) + n_static_features(options.static_inputs))
         gaussian = options.likelihood == "gaussian"
         aleatoric = GaussianHead(len(options.targets), min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD) if gaussian else None
         targets = tuple(options.targets) if gaussian else ()
@@ -384,9 +403,10 @@ class HybridParam(_HybridSpec):
         mlp = _small_output_layer(mlp, jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))] if gaussian else bias)
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
                                     options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets,
-                                    fallback_threshold=options.fallback_threshold)
+                                    fallback_threshold=options.fallback_threshold, static=bool(options.static_inputs))
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
-                           delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets)  # fmt: skip
+                           delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets,
+                           static_inputs=tuple(options.static_inputs))  # fmt: skip
 
     def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
         """With ``fallback_threshold`` the epistemic fallback acts (it never acts in training) and
@@ -405,13 +425,14 @@ class HybridLSTM(_HybridSpec):
     def build(self, options: HybridOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
-        net = LSTM(N_FORCING_FEATURES, len(MULTIPLIED), hidden_size=options.hidden_size,
+        net = LSTM(N_FORCING_FEATURES + n_static_features(options.static_inputs), len(MULTIPLIED),
+                   hidden_size=options.hidden_size,
                    dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, head.inverse(jnp.ones(len(MULTIPLIED)))))
         return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
                            law=self._law(options, dtype), delta_gain=DELTA_GAIN,
-                           mc_samples=options.mc_samples)  # fmt: skip
+                           mc_samples=options.mc_samples, static_inputs=tuple(options.static_inputs))  # fmt: skip
 
 
 @register_model("pretrain_then_finetune")

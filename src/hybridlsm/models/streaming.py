@@ -113,6 +113,10 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
         raise StreamingUnsupported("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
                          "record at once and cannot be streamed in time chunks; use `hybridlsm predict` on "
                          "files that fit in memory")  # fmt: skip
+    if model.static_inputs:
+        raise StreamingUnsupported(f"stream_column_model: the model's networks take static attributes "
+                                   f"{list(model.static_inputs)}, which a streamed grid does not provide yet; use "
+                                   "`hybridlsm predict` on a netCDF grid that fits in memory")  # fmt: skip
     store = Path(store)
     if store.exists():
         raise FileExistsError(f"{store} exists; streamed outputs go to a new store (nothing is replaced)")
