@@ -20,11 +20,13 @@ model reaches by cycling the band's first ``spinup_days`` of forcing (``ColumnMo
 
 Bands are independent, so the store is written band by band; the output store is created (its
 metadata, no data) before the first band runs, and a store that already exists is never replaced:
-choose a new path.
+choose a new path. A run that fails part-way (a gap found in a later chunk, an interrupt) removes
+the store it created, so no half-written output is left.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,36 +144,40 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
     template.to_zarr(store, compute=False, mode="w-", zarr_format=2)  # metadata only; each band fills its region
     bands = [slice(r, min(r + rows, ny)) for r in range(0, ny, rows)]
     chunks = [slice(t, min(t + time_chunk, nt)) for t in range(0, nt, time_chunk)]
-    with Progress(disable=not progress) as bar:
-        job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
-        for band in bands:
-            n_rows = band.stop - band.start
-            spin = {v: np.asarray(source[v].isel({"time": slice(0, spin_steps), ydim: band}).values)
-                    for v, _ in FORCING_VARIABLES.values()}  # fmt: skip
-            valid = np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0).ravel()
-            used = np.flatnonzero(valid)
-            if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
-                bar.advance(job, len(chunks))
-                continue
-            # every band the same number of columns (repeats of its cells, not written): one compilation
-            cells = np.resize(used, rows * nx)
-            classes = [column_igbp(str(c), f"{where} cell {i}")[0] for i, c in
-                       enumerate(codes[band].ravel()[cells])]  # fmt: skip
-            base = {k: jnp.asarray(v, dtype=dtype) for k, v in
-                    default_params(classes, canopy_height=canopy_height, measurement_height=measurement_height).items()}
-            ids = [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells]
-            base, _ = model.with_site_weights(base, ids, classes)
-            state = model.spun_up_state(
-                _band_forcing(source, ydim, xdim, band, slice(0, spin_steps), cells, step_s, dtype, where), base)
-            for steps in chunks:
-                forcing = _band_forcing(source, ydim, xdim, band, steps, cells, step_s, dtype, where)
-                state, out = _run_chunk(model, forcing, base, state, outputs)
-                n = steps.stop - steps.start
-                block = {}
-                for k in outputs:
-                    full = np.full((n, n_rows * nx), np.nan, np.float32)
-                    full[:, used] = np.asarray(out[k][:, : used.size], np.float32)
-                    block[k] = (("time", ydim, xdim), full.reshape(n, n_rows, nx))
-                xr.Dataset(block).to_zarr(store, region={"time": steps, ydim: band, xdim: slice(0, nx)})
-                bar.advance(job)
+
+    def run_band(band: slice, advance) -> None:
+        n_rows = band.stop - band.start
+        spin = {v: np.asarray(source[v].isel({"time": slice(0, spin_steps), ydim: band}).values)
+                for v, _ in FORCING_VARIABLES.values()}  # fmt: skip
+        used = np.flatnonzero(np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0).ravel())
+        if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
+            advance(len(chunks))
+            return
+        cells = np.resize(used, rows * nx)  # every band the same columns (repeats, not written): one compilation
+        classes = [column_igbp(str(c), f"{where} cell {i}")[0] for i, c in enumerate(codes[band].ravel()[cells])]
+        params = default_params(classes, canopy_height=canopy_height, measurement_height=measurement_height)
+        base = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
+        base, _ = model.with_site_weights(base, [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells], classes)
+        state = model.spun_up_state(
+            _band_forcing(source, ydim, xdim, band, slice(0, spin_steps), cells, step_s, dtype, where), base)
+        for steps in chunks:
+            forcing = _band_forcing(source, ydim, xdim, band, steps, cells, step_s, dtype, where)
+            state, out = _run_chunk(model, forcing, base, state, outputs)
+            n = steps.stop - steps.start
+            block = {}
+            for k in outputs:
+                full = np.full((n, n_rows * nx), np.nan, np.float32)
+                full[:, used] = np.asarray(out[k][:, : used.size], np.float32)
+                block[k] = (("time", ydim, xdim), full.reshape(n, n_rows, nx))
+            xr.Dataset(block).to_zarr(store, region={"time": steps, ydim: band, xdim: slice(0, nx)})
+            advance(1)
+
+    try:
+        with Progress(disable=not progress) as bar:
+            job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
+            for band in bands:
+                run_band(band, lambda k: bar.advance(job, k))
+    except BaseException:  # a gap found part-way, an interrupt: no half-written store is left
+        shutil.rmtree(store, ignore_errors=True)
+        raise
     return store
