@@ -68,6 +68,7 @@ from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
 from hybridlsm.evaluation.html_parts import fmt, img_html, table_html
 from hybridlsm.evaluation.hotspots import hotspots_html
+from hybridlsm.evaluation.training_curves import training_html
 from hybridlsm.evaluation.metrics import (
     NEAR_ZERO_MEAN,
     SCALES,
@@ -881,6 +882,7 @@ def build_report(
             h.append("<p class='note'>No model output Kh or rs at this site.</p>")
         if "untrained" not in figs:
             h.append("<p class='note'>No simulated/observed SoilTemp or soil moisture pair at this site.</p>")
+    h.append(training_html(run_dir, plot_dir))  # "Training": stopping epochs and curves; "" without checkpoints
     h.extend(_predictive_uncertainty_html(run_dir, sites, plot_dir, max_qc, min_valid_fraction, colours))
     h.append(hotspots_html(run_dir, colours=colours))  # "Parameter uncertainty hotspots"; "" without parameter SDs
     h.append(_discovery_html(run_dir))

@@ -41,8 +41,8 @@ from ..training.losses import (
     target_scale,
     total_loss,
 )
-from ..training.trainer import fit
 from ..training.sharding import cell_mesh
+from ..training.trainer import ValidationScore, fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
 from ..physics import LaDState
 from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
@@ -94,15 +94,18 @@ def delta_sparsity(model: ColumnModel, out: dict):
 def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: np.ndarray,
                   weights: Sequence[np.ndarray] | None = None):
     """The training loss's data term on whole validation records (``weights`` as in training): the
-    mean over values of the squared standardised error, or of the Gaussian NLL for a Gaussian model."""
+    mean over values of the squared standardised error, or of the Gaussian NLL for a Gaussian model;
+    with each site's own mean as the score's parts (per-site validation curves)."""
     scale = np.asarray(scale)
     weights = [np.ones(len(targets)) for _ in records] if weights is None else weights
 
-    def val_fn(model: ColumnModel) -> float:
+    def val_fn(model: ColumnModel) -> ValidationScore:
         sse, n = 0.0, 0
+        by_site: dict[str, list[float]] = {}  # site -> [its loss sum, its values]
         for rec, weight in zip(records, weights):
             if not rec.mask.any():
                 continue
+            before = sse
             _, out = run_jit(model, rec.forcing, rec.base, rec.state0)
             sim = np.stack([np.asarray(out[t])[:, 0] for t in targets], -1)
             m = rec.mask
@@ -115,7 +118,10 @@ def validation_fn(records: Sequence[SiteRecord], targets: Sequence[str], scale: 
                 err = np.where(m, (sim - np.where(m, rec.obs, 0.0)) / scale, 0.0)
                 sse += float(np.sum(err**2 * weight))
             n += int(m.sum())
-        return sse / n if n else float("nan")
+            part = by_site.setdefault(rec.site, [0.0, 0])
+            part[0] += sse - before
+            part[1] += int(m.sum())
+        return ValidationScore(sse / n if n else float("nan"), {s: v / k for s, (v, k) in by_site.items() if k})
 
     return val_fn
 

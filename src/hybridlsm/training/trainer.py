@@ -49,8 +49,8 @@ from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
 from hybridlsm.training.sharding import cell_mesh, replicate
 
-__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "fit", "learning_rate", "loss_weights",
-           "phase_of_epoch"]
+__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "ValidationScore", "fit",
+           "learning_rate", "loss_weights", "phase_of_epoch"]
 
 #: Rejected updates in a row (each halving the learning rate) after which training stops.
 MAX_CONSECUTIVE_REJECTIONS = 20
@@ -62,6 +62,19 @@ class TrainingError(RuntimeError):
 
 class TrainingWarning(UserWarning):
     """Updates rejected in an epoch (non-finite loss or parameters, a failed validity check)."""
+
+
+class ValidationScore(float):
+    """A validation loss (a float, lower is better) with its parts, e.g. one per validation site;
+    ``fit`` records the parts in each epoch's history entry (``val_parts``), so per-site
+    validation curves can be drawn."""
+
+    parts: dict[str, float]
+
+    def __new__(cls, value: float, parts: dict[str, float]):
+        score = super().__new__(cls, value)
+        score.parts = {str(k): float(v) for k, v in parts.items()}
+        return score
 
 Batch = Any
 #: ``loss_fn(model, batch, key, weights) -> (scalar loss, {term name: scalar})``
@@ -289,7 +302,8 @@ def fit(
     - ``train_batches``: a sequence of batches (PyTrees; visited in a new random order each epoch)
       or a callable ``key -> iterable of batches`` building the epoch's batches itself. Keep batch
       shapes fixed to avoid recompilation.
-    - ``val_fn(model) -> float``: lower is better; NaN counts as no improvement.
+    - ``val_fn(model) -> float``: lower is better; NaN counts as no improvement. A
+      :class:`ValidationScore` also gives its parts (per site), recorded as ``val_parts``.
     - ``filter_spec``: which leaves train (default :func:`hybridlsm.neural.trainable_filter`,
       i.e. every floating array outside ``NonTrainable`` modules).
     - ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` training continues
@@ -403,7 +417,8 @@ def fit(
                     term_sums[k] = term_sums.get(k, 0.0) + v
                 bar.batch(loss_f, terms)
 
-            val = float(val_fn(eqx.combine(state.params, static)))
+            score = val_fn(eqx.combine(state.params, static))
+            val = float(score)
             bar.val(val)
             improved = math.isfinite(val) and val < state.best_val - cfg.min_delta
             if improved:
@@ -427,6 +442,8 @@ def fit(
                 "n_batches": len(batches),
                 "wall_s": time.perf_counter() - t0,
             }
+            if isinstance(score, ValidationScore):
+                record["val_parts"] = score.parts
             if event is not None:
                 record["event"] = event
             if rejections:  # logged in the history too; said here so that a user sees it
