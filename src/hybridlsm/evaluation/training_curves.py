@@ -64,6 +64,7 @@ def _plot(run: dict, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     h = run["history"]
     epochs = [r["epoch"] for r in h]
@@ -76,6 +77,7 @@ def _plot(run: dict, path: Path) -> Path:
             ax.plot(epochs, [r.get("val_parts", {}).get(s, float("nan")) for r in h], lw=1, ls="--", label=s)
     if run["best_epoch"]:
         ax.axvline(run["best_epoch"], color="tab:green", lw=1, ls=":", label=f"kept (epoch {run['best_epoch']})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (standardised)")
     ax.set_yscale("log")
