@@ -13,10 +13,13 @@ import sys
 
 import pytest
 
-from hybridlsm.config import TrainConfig
+from pathlib import Path
+
+from hybridlsm.config import ConfigError, TrainConfig, write_config
+from hybridlsm.models.registry import load_run_config
+from hybridlsm.pipeline import check_resumable
 from hybridlsm.training.sharding import cell_mesh, pad_to_devices
 
-pytestmark = pytest.mark.slow  # each check starts JAX in new processes and compiles a training step (~30 s)
 
 
 def _devices_check(*args: str, devices: int | None = None, timeout: float = 600) -> subprocess.Popen:
@@ -36,6 +39,7 @@ def _result(proc: subprocess.Popen) -> dict:
     return json.loads("\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("{")):]))
 
 
+@pytest.mark.slow  # starts JAX in a new process and compiles a training step (~30 s)
 def test_split_over_four_devices_gives_the_single_device_loss_and_gradient():
     r = _result(_devices_check(devices=4))
     assert len(r["devices"]["devices"]) == 4
@@ -55,6 +59,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two new JAX processes (~60 s)
 def test_two_processes_with_jax_distributed_train_one_step_together():
     address = f"127.0.0.1:{_free_port()}"
     procs = [_devices_check("--coordinator", address, "--num-processes", "2", "--process-id", str(i))
@@ -73,10 +78,15 @@ def test_two_processes_with_jax_distributed_train_one_step_together():
     assert results[0]["check"]["loss_after_update"] == results[1]["check"]["loss_after_update"]
 
 
-def test_one_device_needs_no_mesh_and_batches_round_up_to_the_device_count():
+def test_one_device_needs_no_mesh_and_a_run_resumes_on_other_devices(tmp_path):
     assert cell_mesh(1) is None
     with pytest.raises(ValueError, match="devices"):
         cell_mesh(64)  # more than this process's JAX sees: says how to get more on a CPU
     assert pad_to_devices(7, None) == 7
     assert TrainConfig(devices=4).config_hash() == TrainConfig(devices=1).config_hash()  # resume on other devices
     assert TrainConfig(devices=4).config_hash() != TrainConfig(lr=0.5).config_hash()
+    cfg = load_run_config(Path(__file__).parents[1] / "src" / "hybridlsm" / "configs" / "demo.yaml")
+    write_config(cfg, tmp_path / "config.yaml")
+    check_resumable(cfg.model_copy(update={"training": cfg.training.model_copy(update={"devices": 4})}), tmp_path)
+    with pytest.raises(ConfigError, match="training.lr"):
+        check_resumable(cfg.model_copy(update={"training": cfg.training.model_copy(update={"lr": 0.5})}), tmp_path)

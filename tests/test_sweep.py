@@ -72,3 +72,13 @@ def test_a_loso_sweep_on_a_local_cluster_matches_the_sequential_run(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "seq.yaml", "swp.yaml"]
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["seq", "swp"]
     assert not any(p.name.startswith(".dask") for p in (tmp_path / "runs" / "swp").rglob("*"))
+
+
+@pytest.mark.slow  # two small models as two tasks
+def test_a_single_experiment_sweeps_its_models_as_tasks_that_share_the_test_sites(tmp_path):
+    text = CONFIG.replace("{leave_one_site_out: true, val: 0.25}", "{train: 0.6, val: 0.2, test: 0.2}")
+    result = CliRunner().invoke(app, ["sweep", str(_config(tmp_path, "one", text)), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 task(s)" in result.output
+    metrics = pd.read_csv(tmp_path / "runs" / "one" / "metrics.csv")
+    assert set(metrics["model"]) == {"physics", "1lin"} and set(metrics["site"]) == {"SW-A", "SW-B", "SW-C"}

@@ -5,6 +5,7 @@ each stopped, draws the curves and writes training.csv."""
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 
@@ -42,7 +43,9 @@ def test_the_training_section_says_how_each_training_stopped(tmp_path):
                        ("physics/all", _history(4, 2, False))):  # fmt: skip
         d = tmp_path / "checkpoints" / path
         d.mkdir(parents=True)
-        (d / META_FILE).write_text(json.dumps({"history": hist}))
+        best = min(hist, key=lambda r: r["val_loss"])["epoch"]
+        (d / META_FILE).write_text(json.dumps({"history": hist, "best_epoch": best}))
+        time.sleep(0.01)  # the stages are ordered by when their checkpoints were written
     runs = {(r["model"], r["experiment"], r["part"]): r for r in training_runs(tmp_path)}
     assert runs[("hybrid_flux", "loso-A", "round0")]["stopped"] == "epoch cap"
     assert runs[("hybrid_flux", "loso-B", "round0")]["stopped"] == "early stop (validation)"

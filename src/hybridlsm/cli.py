@@ -153,6 +153,14 @@ def user_errors():
         warnings.showwarning = previous
 
 
+def _with_output(cfg, overwrite: bool, run_dir: Path | None):
+    """The config with the command line's --overwrite and --run-dir."""
+    output = {"overwrite": True} if overwrite else {}
+    if run_dir is not None:
+        output["run_dir"] = run_dir
+    return cfg.model_copy(update={"output": cfg.output.model_copy(update=output)}) if output else cfg
+
+
 @app.command()
 def run(
     config: Optional[Path] = typer.Argument(None, help="run config (YAML); omit with --default"),
@@ -169,14 +177,7 @@ def run(
         raise typer.BadParameter("give a CONFIG file or --default (not both)")
     path = DEFAULT_CONFIG if default else config
     with user_errors():
-        cfg = load_run_config(path)
-    output = {}
-    if overwrite:
-        output["overwrite"] = True
-    if run_dir is not None:
-        output["run_dir"] = run_dir
-    if output:
-        cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update=output)})
+        cfg = _with_output(load_run_config(path), overwrite, run_dir)
     with user_errors():
         out = run_pipeline(cfg, config_name=str(path if not default else "hybridlsm/configs/demo.yaml"), resume=resume)
     Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")
@@ -310,6 +311,7 @@ def sweep(
                                           "one per task, at most one per CPU)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in its run directory"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="parent folder of the run (overrides output.run_dir)"),
 ) -> None:
     """`hybridlsm run` with its experiments (leave-one-site-out folds; or the model entries of a
     single experiment: ablations, hyper-parameter settings) trained as independent Dask tasks; the
@@ -318,8 +320,6 @@ def sweep(
     from .sweep import sweep as run_sweep
 
     with user_errors():
-        cfg = load_run_config(config)
-        if overwrite:
-            cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
+        cfg = _with_output(load_run_config(config), overwrite, run_dir)
         out = run_sweep(cfg, config_name=str(config), resume=resume, scheduler=scheduler, workers=workers)
     Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")

@@ -570,7 +570,10 @@ class TrainConfig(StrictModel):
     devices: int | None = Field(
         1, ge=1, description="devices the batch's columns are split over (jax.sharding; parameters replicated): "
         "1 = one device; null = every device JAX sees (every process's, under jax.distributed). The same "
-        "results to rounding whatever the number, so it is not part of the checkpoint's config hash")
+        "batches and, to rounding, the same data loss and gradient whatever the number (each batch is topped up "
+        "to a multiple of the devices with masked windows, which only the phase-2 sparsity term's mean over "
+        "columns sees), so it is not part of the checkpoint's config hash and a run may resume on other devices. "
+        "Splits the column models' batches (physics, hybrids); lstm and post_correction train on one device")
 
     @model_validator(mode="after")
     def _epochs(self) -> "TrainConfig":

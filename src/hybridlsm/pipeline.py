@@ -54,6 +54,7 @@ from .domain import Domain, domain_from_site, site_file_name, write_netcdf, writ
 from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
 from .rundir import atomic_write, problem, run_lock
 from .training import TrainingError
+from .training.sharding import cell_mesh
 
 console = Console(stderr=True)
 
@@ -273,7 +274,9 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         stored = load_run_config(stored_path, check_paths=False)
     except ConfigError as err:
         raise ConfigError(f"--resume: the run's stored {stored_path} cannot be read: {err}") from None
-    old, new = (_flat(c.model_dump(mode="json", include=set(RUN_DEFINING))) for c in (stored, cfg))
+    # training.devices may differ: the results do not depend on it (training/sharding.py)
+    old, new = (_flat(c.model_dump(mode="json", include=set(RUN_DEFINING), exclude={"training": {"devices"}}))
+                for c in (stored, cfg))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differ[:8])
@@ -358,6 +361,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
+    cell_mesh(cfg.training.devices)  # ConfigError now, not after the first models have trained
     for parent in (cfg.run_path, *cfg.run_path.parents):
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"output.run_dir: {parent} is a file, not a folder; give a folder for the runs")
@@ -367,6 +371,8 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
         if work != final:
             console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
         timings = read_timings(work, resume)
+        for exp in exps:  # once, here: the tasks of a sweep then never write the same file
+            write_test_observations(cfg, exp, work)
         timings.update((train_all or train_sequentially)(cfg, exps, config_name, resume, work))
         return finish_run(cfg, config_name, timings, work, final)
 
@@ -398,19 +404,23 @@ def finish_run(cfg: RunConfig, config_name: str, timings: dict, work: Path, fina
     return final
 
 
-def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path,
-                     cache: dict | None = None, labels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    """Train, save and predict every model (or the models ``labels``) of one experiment in
-    ``run_dir`` (its observations, each model's folder, checkpoints and predictions); returns
-    ``{"<experiment>/<label>": timings}``.
-    Experiments share nothing but ``cache`` (results that several models may reuse: the calibrated
-    physics, spun-up states), so ``hybridlsm sweep`` runs them as independent tasks."""
-    cache = {} if cache is None else cache
-    timings: dict[str, dict[str, float]] = {}
+def write_test_observations(cfg: RunConfig, exp: Experiment, run_dir: Path) -> None:
+    """The observations of an experiment's test sites, ``predictions/<site>/obs.nc``."""
     for d in exp.test:
         sid = _site_id(d)
         write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc",
                   cfg.data.targets, cfg.data.max_qc)  # fmt: skip
+
+
+def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path,
+                     cache: dict | None = None, labels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Train, save and predict every model (or the models ``labels``) of one experiment in
+    ``run_dir`` (each model's folder, checkpoints and predictions; ``run`` has written the test
+    sites' observations); returns ``{"<experiment>/<label>": timings}``.
+    Experiments share nothing but ``cache`` (results that several models may reuse: the calibrated
+    physics, spun-up states), so ``hybridlsm sweep`` runs them as independent tasks."""
+    cache = {} if cache is None else cache
+    timings: dict[str, dict[str, float]] = {}
     for entry in cfg.models:
         label = entry.label or entry.name
         if labels is not None and label not in labels:

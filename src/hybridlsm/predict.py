@@ -146,6 +146,11 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     policy = _out_of_range_policy(run_dir)
     stores = [Path(f) for f in files if is_zarr_store(Path(f))]
     files = [f for f in files if not is_zarr_store(Path(f))]
+    names = [site_file_name(p.stem) for p in stores]
+    clash = sorted({str(p) for p, n in zip(stores, names) if names.count(n) > 1})
+    if clash:
+        raise PredictError(f"zarr stores {clash} would write the same output name; predict them into separate --out "
+                           "folders")  # fmt: skip
     streams = [_open_store(p, spec, options, label, start, end, out) for p in stores]  # checked before writing
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:

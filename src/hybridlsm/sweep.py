@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from .config import RunConfig
 from .pipeline import Experiment, console, experiments, load_domains, run, train_experiment
+from .training import TrainingError
 
 __all__ = ["SweepTask", "sweep", "sweep_tasks"]
 
@@ -76,6 +77,7 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
     def train_all(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool, run_dir: Path) -> dict:
         import jax
         from distributed import Client, LocalCluster, as_completed
+        from distributed.scheduler import KilledWorker
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         tasks = sweep_tasks(cfg, exps)
@@ -84,8 +86,11 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
         cluster = None
         if scheduler is None:
             n = workers or min(len(tasks), os.cpu_count() or 1)
+            # every worker is a JAX process: on a GPU none may take the memory up front, and Dask's
+            # per-worker memory limit (which kills a worker above it) knows nothing of JAX's arrays
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   local_directory=str(space))  # fmt: skip
+                                   local_directory=str(space), memory_limit=0,
+                                   env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # fmt: skip
             where = f"a Dask LocalCluster of {n} worker process(es)"
         else:
             where = f"the Dask scheduler at {scheduler}"
@@ -101,7 +106,11 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                 with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
                     job = bar.add_task("sweep", total=len(tasks), last="")
                     for future in as_completed(futures):
-                        timings.update(future.result())  # a failed task raises its own error here
+                        try:
+                            timings.update(future.result())  # a failed task raises its own error here
+                        except KilledWorker as err:
+                            raise TrainingError(f"sweep task {futures[future].name}: its worker process died "
+                                                f"({err}); out of memory? fewer --workers") from None
                         bar.update(job, advance=1, last=f"finished {futures[future].name}")
                         if not console.is_terminal:
                             console.print(f"sweep: finished {futures[future].name}")

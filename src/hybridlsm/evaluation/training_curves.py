@@ -39,21 +39,23 @@ def training_runs(run_dir: Path) -> list[dict]:
     """One entry per checkpointed training: label, experiment, part, the history and its summary."""
     root = Path(run_dir) / "checkpoints"
     runs = []
-    for meta in sorted(root.glob(f"**/{META_FILE}")) if root.is_dir() else []:
+    # in the order the trainings ran (the last stage of a model last), not by name
+    for meta in sorted(root.glob(f"**/{META_FILE}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []:
         parts = meta.parent.relative_to(root).parts
         if len(parts) < 2:
             continue
         try:
-            history = json.loads(meta.read_text())["history"]
+            saved = json.loads(meta.read_text())
+            history = saved["history"]
         except (OSError, ValueError, KeyError):  # a damaged checkpoint is reported elsewhere (resume)
             continue
         if not history:
             continue
-        best = min((r for r in history if r["val_loss"] == r["val_loss"]), key=lambda r: r["val_loss"], default=None)
+        best = saved.get("best_epoch") or None  # the kept model's epoch (two-phase: phase 2's best)
         runs.append({
             "model": parts[0], "experiment": parts[1], "part": "/".join(parts[2:]),
-            "epochs": len(history), "best_epoch": best["epoch"] if best else None,
-            "best_val_loss": best["val_loss"] if best else float("nan"), "stopped": _stopped(history),
+            "epochs": len(history), "best_epoch": best,
+            "best_val_loss": history[best - 1]["val_loss"] if best else float("nan"), "stopped": _stopped(history),
             "history": history,
         })  # fmt: skip
     return runs

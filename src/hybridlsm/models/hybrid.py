@@ -591,7 +591,8 @@ class PostCorrectionSpec(EquinoxSpec):
             return float(jnp.sum(err**2) / jnp.maximum(jnp.sum(mv), 1))
 
         tc = training_config(ctx, options)
-        tc = tc.model_copy(update={"two_phase": tc.two_phase.model_copy(update={"enabled": False})})
+        # one phase, on one device (its row batches are not split over a mesh)
+        tc = tc.model_copy(update={"two_phase": tc.two_phase.model_copy(update={"enabled": False}), "devices": 1})
         # only the MLP trains: the physics it corrects stays as calibrated
         return fit(model, loss_fn, batches, val_fn, tc, checkpoint_dir=ctx.checkpoint_dir,
                    filter_spec=_mlp_only(model), progress=ctx.progress,

@@ -375,8 +375,9 @@ class LSTMModel(EquinoxSpec):
                 sse, n = sse + float(s), n + float(c)
             return sse / n
 
+        # one device: its batches are not split over a mesh (training.devices splits the column models')
         result = fit(model, lstm_loss, _batches(groups, ctx.training.batch_windows, model.dtype), val_fn,
-                     ctx.training, checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
+                     ctx.training.model_copy(update={"devices": 1}), checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
                      resume=ctx.checkpoint_dir is not None)  # fmt: skip
         return result.model
 

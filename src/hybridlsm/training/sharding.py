@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from hybridlsm.config import ConfigError
+
 __all__ = ["CELLS", "cell_mesh", "cell_sharding", "initialize_distributed", "pad_to_devices", "replicate",
            "shard_columns"]
 
@@ -35,7 +37,7 @@ CELLS = "cells"
 def _mesh(n_devices: int) -> Mesh:
     devices = jax.devices()
     if n_devices > len(devices):
-        raise ValueError(f"training.devices = {n_devices}, but JAX sees {len(devices)} device(s) "
+        raise ConfigError(f"training.devices = {n_devices}, but JAX sees {len(devices)} device(s) "
                          f"({jax.default_backend()}: {', '.join(str(d) for d in devices[:8])}); on a CPU, set "
                          f"XLA_FLAGS=--xla_force_host_platform_device_count={n_devices} before starting, or lower "
                          "training.devices")  # fmt: skip
@@ -47,7 +49,7 @@ def cell_mesh(devices: int | None) -> Mesh | None:
     ``jax.distributed`` is initialised); None when that is one device (nothing to split)."""
     n = len(jax.devices()) if devices is None else int(devices)
     if n < 1:
-        raise ValueError(f"devices must be at least 1, not {devices}")
+        raise ConfigError(f"training.devices must be at least 1, not {devices}")
     return None if n == 1 else _mesh(n)
 
 

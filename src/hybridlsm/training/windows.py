@@ -149,11 +149,12 @@ def batches_of(windows: dict, batch_size: int, mesh: Mesh | None = None) -> Call
     """``key -> list of batches``: windows shuffled and cut into fixed-size batches (the last batch
     is topped up with repeated windows whose loss mask is cleared, so shapes never change).
 
-    With a ``mesh`` (``training.sharding.cell_mesh``) the batch size is rounded up to a multiple of
-    its device count (topped up the same way) and every array is split over the devices along its
-    column axis (``COLUMN_AXIS``)."""
+    With a ``mesh`` (``training.sharding.cell_mesh``) every array is split over the devices along
+    its column axis (``COLUMN_AXIS``); each batch (the same windows as on one device) is topped up
+    to a multiple of the device count with repeated windows whose loss mask is cleared."""
     n = windows["obs"].shape[1]
-    size = pad_to_devices(min(batch_size, n), mesh)
+    step = min(batch_size, n)  # windows per batch, as on one device
+    size = pad_to_devices(step, mesh)  # columns per batch array
     dtype = jnp.zeros(0).dtype
 
     def place(a, axis):
@@ -177,8 +178,8 @@ def batches_of(windows: dict, batch_size: int, mesh: Mesh | None = None) -> Call
     def make(key):
         order = np.asarray(jax.random.permutation(key, n))
         out = []
-        for i in range(0, n, size):
-            idx = order[i : i + size]
+        for i in range(0, n, step):
+            idx = order[i : i + step]
             valid = np.ones(size, bool)
             if idx.size < size:
                 valid[idx.size :] = False
