@@ -65,6 +65,8 @@ COLUMN_TARGETS = ("Qle", "Qh")
 LEARNED_PARAMETERS = ("Kh", "ra", "rs")
 #: A rollout output ``<target><SIGMA_SUFFIX>`` is the aleatoric SD [W m-2] a Gaussian model gives a target.
 SIGMA_SUFFIX = "_sigma"
+#: the unit of a Gaussian column model's aleatoric SD [W m-2] (its head starts at this SD)
+SIGMA_SCALE = 50.0
 
 
 # ------------------------------------------------------------------------------------ model
@@ -109,6 +111,7 @@ class ColumnModel(eqx.Module):
     replaced: tuple[str, ...] = eqx.field(static=True, default=())  # dynamic parameters a law sets instead
     aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())  # Gaussian: rollout gives <t>_sigma
     static_inputs: tuple[str, ...] = eqx.field(static=True, default=())  # static attributes the networks take
+    dynamic_aleatoric: eqx.Module | None = None  # hybrid_lstm, likelihood gaussian: the SDs' GaussianHead
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -171,16 +174,23 @@ class ColumnModel(eqx.Module):
         return {**base, STATIC_KEY: jnp.asarray(static_features(values, self.static_inputs, list(where)), dtype)}
 
     # ----------------------------------------------------------------------------- running
-    def dynamic(self, forcing: Forcing, params: dict, key=None) -> dict | None:
-        """Time-varying parameters ``{name: (T, N)}`` from the sequence network, or None."""
+    def _sequence_outputs(self, forcing: Forcing, params: dict, key=None) -> jax.Array | None:
+        """The sequence network's raw outputs (T, N, P [+ one SD per aleatoric target]), or None."""
         if self.dynamic_net is None:
             return None
         x = forcing_features(forcing)
         if self.static_inputs:  # the same static attributes at every step
             x = jnp.concatenate([x, jnp.broadcast_to(params[STATIC_KEY], x.shape[:-1] + params[STATIC_KEY].shape[-1:])],
                                 axis=-1)
-        raw = self.dynamic_net(x, key=key)
-        mult = self.dynamic_head(raw)
+        return self.dynamic_net(x, key=key)
+
+    def dynamic(self, forcing: Forcing, params: dict, key=None, raw: jax.Array | None = None) -> dict | None:
+        """Time-varying parameters ``{name: (T, N)}`` from the sequence network (its ``raw`` outputs
+        when given), or None."""
+        raw = self._sequence_outputs(forcing, params, key) if raw is None else raw
+        if raw is None:
+            return None
+        mult = self.dynamic_head(raw[..., : len(self.dynamic_names)])
         return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)
                 if name not in self.replaced}  # fmt: skip
 
@@ -202,8 +212,14 @@ class ColumnModel(eqx.Module):
             key_dynamic, key_land = jax.random.split(key)
             # without dropout in the land model its rollout stays the deterministic computation
             key_land = key_land if dropout_rate(self.land) > 0 else None
-        return rollout(self.land, params, forcing, state0, self.dynamic(forcing, params, key_dynamic), self.chunk,
-                       key=key_land)  # fmt: skip
+        raw = self._sequence_outputs(forcing, params, key_dynamic)
+        state, out = rollout(self.land, params, forcing, state0, self.dynamic(forcing, params, raw=raw), self.chunk,
+                             key=key_land)  # fmt: skip
+        if self.dynamic_aleatoric is not None:  # the sequence network's aleatoric SD of each target
+            n = len(self.dynamic_names)
+            out = {**out, **{f"{t}{SIGMA_SUFFIX}": SIGMA_SCALE * self.dynamic_aleatoric.std(raw[..., n + k])
+                             for k, t in enumerate(self.aleatoric_targets)}}  # fmt: skip
+        return state, out
 
     def spun_up_state(self, forcing: Forcing, base: dict):
         """The state reached by cycling the first year (at most) of ``forcing`` (prediction's

@@ -42,6 +42,7 @@ from .column import (
     COLUMN_TARGETS,
     LEARNED_PARAMETERS,
     PREDICTION_OUTPUTS,
+    SIGMA_SCALE,
     SIGMA_SUFFIX,
     ColumnModel,
     column_provenance,
@@ -64,8 +65,6 @@ MULTIPLIED = ("ra_scale", "rs_scale")
 #: ``PostCorrection.scale``; hybrid_param: SIGMA_SCALE)
 GAUSSIAN_MIN_STD = 1e-2
 GAUSSIAN_MAX_STD = 10.0
-#: the unit of hybrid_param's aleatoric SD [W m-2] (its head starts at this SD)
-SIGMA_SCALE = 50.0
 #: dropout passes per step that measure the network's spread for the epistemic fallback
 FALLBACK_SAMPLES = 10
 
@@ -130,6 +129,11 @@ class HybridParamOptions(HybridOptions, LikelihoodOption):
         if self.fallback_threshold is not None and self.dropout == 0:
             raise ValueError("fallback_threshold needs dropout > 0: the spread it compares comes from dropout passes")
         return self
+
+
+class HybridLSTMOptions(HybridOptions, LikelihoodOption):
+    """``options`` of ``{name: hybrid_lstm}``: the hybrids' options and the likelihood (the LSTM
+    then also gives each target's aleatoric SD at every step)."""
 
 
 class PostCorrectionOptions(HybridOptions, LikelihoodOption):
@@ -382,6 +386,20 @@ class HybridFlux(_HybridSpec):
                            mc_samples=options.mc_samples, static_inputs=tuple(options.static_inputs))
 
 
+def _aleatoric(options) -> tuple[GaussianHead | None, tuple[str, ...]]:
+    """The aleatoric head and its targets of a ``likelihood: gaussian`` hybrid; (None, ()) for mse."""
+    if options.likelihood != "gaussian":
+        return None, ()
+    return GaussianHead(len(options.targets), min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD), tuple(options.targets)
+
+
+def _start_bias(head: BoundedHead, aleatoric: GaussianHead | None, targets: tuple[str, ...]) -> jax.Array:
+    """Output biases that start a parameter network at the physics (multipliers 1) and, with an
+    aleatoric head, at an SD of SIGMA_SCALE."""
+    bias = head.inverse(jnp.ones(len(MULTIPLIED)))
+    return bias if aleatoric is None else jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))]
+
+
 @register_model("hybrid_param")
 class HybridParam(_HybridSpec):
     Options = HybridParamOptions
@@ -393,14 +411,10 @@ class HybridParam(_HybridSpec):
         head = multiplier_head(dtype)
         n_in = (N_FORCING_FEATURES + (N_STATE_FEATURES if options.use_states else 0)
                 + (N_STABILITY_FEATURES if options.stability_inputs else 0) + n_static_features(options.static_inputs))
-        gaussian = options.likelihood == "gaussian"
-        aleatoric = GaussianHead(len(options.targets), min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD) if gaussian else None
-        targets = tuple(options.targets) if gaussian else ()
+        aleatoric, targets = _aleatoric(options)
         mlp = MLP(n_in, len(MULTIPLIED) + len(targets), width_size=options.width, depth=options.depth,
                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
-        # start at the physics (multipliers 1) and an SD of SIGMA_SCALE
-        bias = head.inverse(jnp.ones(len(MULTIPLIED)))
-        mlp = _small_output_layer(mlp, jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))] if gaussian else bias)
+        mlp = _small_output_layer(mlp, _start_bias(head, aleatoric, targets))
         land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
                                     options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets,
                                     fallback_threshold=options.fallback_threshold, static=bool(options.static_inputs))
@@ -419,20 +433,22 @@ class HybridParam(_HybridSpec):
 
 @register_model("hybrid_lstm")
 class HybridLSTM(_HybridSpec):
+    Options = HybridLSTMOptions
     learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(dynamic_sparsity)
 
-    def build(self, options: HybridOptions) -> ColumnModel:
+    def build(self, options: HybridLSTMOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)
-        net = LSTM(N_FORCING_FEATURES + n_static_features(options.static_inputs), len(MULTIPLIED),
-                   hidden_size=options.hidden_size,
-                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
-        net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, head.inverse(jnp.ones(len(MULTIPLIED)))))
+        aleatoric, targets = _aleatoric(options)
+        net = LSTM(N_FORCING_FEATURES + n_static_features(options.static_inputs), len(MULTIPLIED) + len(targets),
+                   hidden_size=options.hidden_size, dropout=options.dropout, key=jax.random.key(options.seed))
+        net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, _start_bias(head, aleatoric, targets)))
         return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
-                           law=self._law(options, dtype), delta_gain=DELTA_GAIN,
-                           mc_samples=options.mc_samples, static_inputs=tuple(options.static_inputs))  # fmt: skip
+                           law=self._law(options, dtype), delta_gain=DELTA_GAIN, mc_samples=options.mc_samples,
+                           static_inputs=tuple(options.static_inputs), dynamic_aleatoric=aleatoric,
+                           aleatoric_targets=targets)  # fmt: skip
 
 
 @register_model("pretrain_then_finetune")
