@@ -114,8 +114,9 @@ def _chunked_scan(body, carry, xs, n_steps: int, chunk: int | None):
     if _step_equations(body, carry, xs) > STEP_REMAT_MIN_EQUATIONS:
         # a large step is checkpointed too: reverse mode then stores only the carry of every step
         # of the chunk being differentiated and recomputes the step inside the backward loop,
-        # instead of writing its residuals (~190 arrays per step for LaD) to memory and reading
-        # them back (docs/performance.md); a small step's residuals are no larger than its carry
+        # instead of writing its residuals (342 arrays per step for LaD, at the JAX level) to
+        # memory and reading them back (docs/performance.md); a small step's residuals are no
+        # larger than its carry
         body = jax.checkpoint(body, prevent_cse=False,
                               policy=jax.checkpoint_policies.nothing_saveable)
 
