@@ -1,4 +1,4 @@
-"""Benchmark of the differentiable LaD column (issue 3 item 4): speed and memory.
+"""Benchmark of the differentiable LaD column (issue 3 item 4, issue 14): speed and memory.
 
 Measures, in float32 on the default JAX backend:
 
@@ -20,10 +20,13 @@ Measures, in float32 on the default JAX backend:
   process peak RSS (VmHWM), the peak RSS during execution alone (VmHWM after resetting it
   through /proc/self/clear_refs), and XLA's ``memory_analysis()`` of the compiled executable; for
   1 and 256 cells at 1/4, 1/2 and 1 year (growth with the number of steps; one chunk length for
-  all three, a divisor of T/4), stacked and streamed, and with ``chunk = T`` (one chunk, i.e. no
-  rematerialisation) for comparison;
+  all three, a divisor of T/4), stacked and streamed, and with ``chunk = T`` (one chunk: no
+  chunk-level rematerialisation; ``rollout`` still checkpoints each LaD step) for comparison;
 - two ``chunk`` sizes (the default and 120, an exact divisor of 17520 near sqrt(T)); ``rollout``
   adjusts the request to a nearby divisor of T (``chunk_length``: 96 -> 80 for 17520 steps);
+- the compile time of a realistic ``hybrid_param`` training step (the trainer's ``_train_step``
+  on 8 windows of 10 days) in a fresh subprocess, with the process-wide XLA options and with the
+  fusion emitters;
 - a diagnosis: per-step overhead vs per-cell cost (a linear fit of time over N), the kernels per
   step of the compiled loops, and ablations in subprocesses over a quarter year: LAPACK ``gtsv``
   in place of the unrolled Thomas solve of the 4x4 soil system (monkeypatched in that process
@@ -83,13 +86,17 @@ STEPS_PER_YEAR = 365 * 48  # 17520 half-hourly steps
 IGBP_CYCLE = ("GRA", "ENF", "DBF", "CRO", "SAV", "EBF", "OSH", "MF")  # cells cycle through these
 
 #: key in the results -> (comparison, target)
+#: (issue 14, "speed of the column"; issue 3 item 4 had 3e6, 0.5 s and 5)
 TARGETS = {
-    "forward_cell_steps_per_s_1024": (">=", 3e6),
-    "site_year_forward_s": ("<=", 0.5),
-    "grad_fwd_ratio_256": ("<=", 5.0),
+    "forward_cell_steps_per_s_1024": (">=", 1.2e7),  # jax.jit(rollout), the path training uses
+    "site_year_forward_s": ("<=", 0.1),
+    "grad_fwd_ratio_256": ("<=", 4.0),
     "grad_peak_mem_gb_site_year": ("<=", 1.0),
     "grad_mem_growth_exponent": ("<", 0.9),  # XLA temp from T/2 to T; 1 = linear
+    "train_step_compile_s": ("<=", 10.0),  # hybrid_param training step, 8 windows x 10 days
 }
+#: the training step whose compile time is measured: windows x days (``worker_train_step``)
+TRAIN_STEP_WINDOWS, TRAIN_STEP_DAYS = 8, 10
 
 GB = 1024.0**3
 #: docs/performance.md: everything above this line is regenerated, everything below is kept.
@@ -400,6 +407,53 @@ def worker_ablation(what: str, n_cells: int, n_steps: int, chunk: int, variant: 
     return res
 
 
+def worker_train_step(n_windows: int, n_days: int, compiler_options: str) -> dict:
+    """Compile time of one realistic training step of ``hybrid_param`` (issue 14): the trainer's
+    ``_train_step`` (value_and_grad of ``column_fit.make_loss`` through ``ColumnModel.run`` and
+    ``rollout``, AdamW update) on ``n_windows`` windows of ``n_days`` half-hourly days, with the
+    default ``hybrid_param`` options; first call minus a warm call, in this fresh process."""
+    import equinox as eqx
+
+    from hybridlsm.models import column_fit
+    from hybridlsm.models.hybrid import multiplier_sparsity
+    from hybridlsm.models.registry import get_model, validate_options
+    from hybridlsm.neural import trainable_filter
+    from hybridlsm.training import trainer
+
+    n_steps = n_days * 48
+    forcing, base = make_inputs(n_windows, n_steps)
+    spec = get_model("hybrid_param")
+    model = spec.build(validate_options("hybrid_param", {}))
+    targets = ["Qle", "Qh"]
+    loss_fn = column_fit.make_loss(targets, np.array([100.0, 80.0]), multiplier_sparsity)
+    state0 = model.land.init_state(model.site_params(base), forcing)
+    rng = np.random.default_rng(0)
+    batch = {"forcing": forcing, "base": base, "state0": state0,
+             "obs": jnp.asarray(rng.normal(50.0, 30.0, (n_steps, n_windows, 2)), DTYPE),
+             "mask": jnp.asarray(rng.uniform(size=(n_steps, n_windows, 2)) < 0.8),
+             "rnet": jnp.asarray(rng.normal(100.0, 50.0, (n_steps, n_windows)), DTYPE),
+             "qg": jnp.zeros((n_steps, n_windows), DTYPE)}
+    params, static = eqx.partition(model, trainable_filter(model))
+    opt = trainer._optimizer(1.0, 1e-4)
+    opt_state = opt.init(params)
+    weights = {k: jnp.asarray(0.1, DTYPE) for k in ("energy", "sparsity", "discovery")}
+    lr = jnp.asarray(1e-3, DTYPE)
+    key = jax.random.key(0)
+    options = RUN_TIME_OPTIONS if compiler_options == "emitters" else None
+    step = (trainer._train_step if options is None else eqx.filter_jit(
+        trainer._train_step.__wrapped__, compiler_options=options))
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = block(step(params, opt_state, static, batch, key, weights, lr, loss_fn=loss_fn,
+                         opt=opt))
+        times.append(time.perf_counter() - t0)
+    return {"n_windows": n_windows, "n_days": n_days, "compiler_options": compiler_options,
+            "first_call_s": times[0], "warm_s": min(times[1:]),
+            "compile_s": times[0] - min(times[1:]), "loss": float(out[2]),
+            "finite": bool(out[5])}
+
+
 def spawn(args: list[str], env_extra: dict | None = None, timeout: float = 1800) -> dict:
     env = dict(os.environ)
     env.update(env_extra or {})
@@ -541,9 +595,9 @@ def run(args) -> dict:
         R[f"forward_cell_steps_per_s_{big_n}_{name}"] = by_n[big_n][name]["cell_steps_per_s"]
         R[f"forward_cell_steps_per_cpu_s_{big_n}_{name}"] = (
             by_n[big_n][name]["cell_steps_per_cpu_s"])
-    # the target: the library's large-grid path with every output
-    R[f"forward_cell_steps_per_s_{big_n}"] = R[
-        f"forward_cell_steps_per_s_{big_n}_simulate_all_outputs"]
+    # the target (issue 14): jax.jit(rollout), the path training uses, with every output (the
+    # figures with Qle+Qh only and of ``simulate`` are kept under their own keys)
+    R[f"forward_cell_steps_per_s_{big_n}"] = R[f"forward_cell_steps_per_s_{big_n}_all_outputs"]
     R["site_year_forward_s"] = by_n[1]["all_outputs"]["wall_s"]
     R["site_year_forward_qle_qh_s"] = by_n[1]["qle_qh"]["wall_s"]
     R["site_year_simulate_s"] = by_n[1]["simulate_all_outputs"]["wall_s"]
@@ -607,7 +661,8 @@ def run(args) -> dict:
     mem = []
     specs = [(n, s, mem_chunk, True, streamed) for streamed in (False, True)
              for n in (1, grad_n) for s in steps_list]
-    # chunk = T: one chunk, no rematerialisation (compile only)
+    # chunk = T: one chunk, no chunk-level rematerialisation (each step is still checkpointed;
+    # compile only)
     specs += [(n, s, s, False, False) for n in (1, grad_n) for s in steps_list]
     for n, steps, ch, do_run, streamed in specs:
         r = spawn(["mem", str(n), str(steps), str(ch), "1" if do_run else "0",
@@ -646,6 +701,20 @@ def run(args) -> dict:
                          ("xla_temp_gb_no_remat", "grad_mem_growth_exponent_no_remat")):
             a, b = rows[1][key], rows[2][key]
             R[out + suffix] = float(np.log2(b / a)) if a and b else None
+
+    # ---------------- compile time of a training step (fresh subprocesses) ----------------
+    log(f"== compile time of a hybrid_param training step, {TRAIN_STEP_WINDOWS} windows x "
+        f"{TRAIN_STEP_DAYS} days, one fresh subprocess each")
+    train_rows = []
+    for options in ("default", "emitters"):
+        r = spawn(["train", str(TRAIN_STEP_WINDOWS), str(TRAIN_STEP_DAYS), options])
+        train_rows.append(r)
+        log(f"  {options:9s}: first call {r['first_call_s']:.2f} s, warm {r['warm_s']:.4f} s, "
+            f"compile {r['compile_s']:.2f} s, loss {r['loss']:.4g}, finite {r['finite']}")
+    R["train_step"] = train_rows
+    R["train_step_compile_s"] = train_rows[0]["compile_s"]
+    R["train_step_compile_s_emitters"] = train_rows[1]["compile_s"]
+    R["train_step_warm_s"] = train_rows[0]["warm_s"]
 
     # ---------------- diagnosis: ablations (subprocesses) ----------------
     if not args.no_ablation:
@@ -694,11 +763,16 @@ def target_rows(R) -> list[tuple[str, str, str, str]]:
     ratio = f"gradient / forward time, {grad_n} cells x {span}"
     growth = ("site-year gradient memory sublinear in steps (growth exponent of XLA temp from T/2 "
               "to T; 1 = linear)")
+    fwd_qh = fwd.replace("all outputs", "Qle+Qh")
     rows = [
-        ("forward_cell_steps_per_s_1024", f"{fwd}: `simulate` (large-grid path)",
+        ("forward_cell_steps_per_s_1024", f"{fwd}: `jax.jit(rollout)` (the training path)",
          f"forward_cell_steps_per_s_{big}"),
-        ("forward_cell_steps_per_s_1024", f"{fwd}: `jax.jit(rollout)`",
-         f"forward_cell_steps_per_s_{big}_all_outputs"),
+        ("forward_cell_steps_per_s_1024", f"{fwd_qh}: `jax.jit(rollout)`",
+         f"forward_cell_steps_per_s_{big}_qle_qh"),
+        ("forward_cell_steps_per_s_1024", f"{fwd}: `simulate` (large-grid path)",
+         f"forward_cell_steps_per_s_{big}_simulate_all_outputs"),
+        ("forward_cell_steps_per_s_1024", f"{fwd_qh}: `simulate` (large-grid path)",
+         f"forward_cell_steps_per_s_{big}_simulate_qle_qh"),
         ("site_year_forward_s", "one site-year forward after compilation [s]: `jax.jit(rollout)`, "
          "all outputs", "site_year_forward_s"),
         ("grad_fwd_ratio_256", f"{ratio}: stacked loss (`rollout`)", f"grad_fwd_ratio_{grad_n}"),
@@ -710,6 +784,11 @@ def target_rows(R) -> list[tuple[str, str, str, str]]:
          "grad_mem_growth_exponent"),
         ("grad_mem_growth_exponent", f"{growth}: stacked loss (the (T, N) outputs are O(T))",
          "grad_mem_growth_exponent_stacked"),
+        ("train_step_compile_s", f"compile time of a `hybrid_param` training step "
+         f"({TRAIN_STEP_WINDOWS} windows x {TRAIN_STEP_DAYS} days) [s]: process-wide options "
+         "(fusion emitters off)", "train_step_compile_s"),
+        ("train_step_compile_s", "the same with XLA's CPU fusion emitters (`RUN_TIME_OPTIONS`)",
+         "train_step_compile_s_emitters"),
     ]
     out = []
     for key, label, rkey in rows:
@@ -729,7 +808,7 @@ def md_table(header, rows) -> str:
 
 def print_summary(R):
     log("")
-    log("Targets (issue 3 item 4)" + ("  [QUICK SIZES: not the target sizes]" if R["quick"] else ""))
+    log("Targets (issue 14)" + ("  [QUICK SIZES: not the target sizes]" if R["quick"] else ""))
     log(md_table(("quantity", "target", "measured", "met"), target_rows(R)))
     log("")
     log(md_table(("figure", "value"), detail_rows(R)))
@@ -776,6 +855,10 @@ def detail_rows(R):
                      f"{fmt(R['grad_mem_growth_exponent' + suffix])} / "
                      f"{fmt(R['grad_mem_growth_exponent_stacked' + suffix])} / "
                      f"{fmt(R['grad_mem_growth_exponent_no_remat' + suffix])}"))
+    for r in R.get("train_step", []):
+        rows.append((f"training step `hybrid_param`, {r['n_windows']} windows x {r['n_days']} days, "
+                     f"{r['compiler_options']} XLA options: first call s / warm s / compile s",
+                     f"{fmt(r['first_call_s'])} / {fmt(r['warm_s'])} / {fmt(r['compile_s'])}"))
     for r in R.get("ablation", []):
         what = "forward Qle+Qh" if r["what"] == "fwd" else "value_and_grad"
         extra = f"; grad/fwd {fmt(r['ratio'])}" if r["what"] == "grad" else ""
@@ -845,13 +928,20 @@ def render_markdown(R, cmd: str) -> str:
         "*stacked*: the loss is computed from the (T, N) outputs of `rollout`; *streamed*: the "
         "squared errors are summed step by step in the scan carry by `rollout_reduce` (no (T, N) "
         "outputs or cotangents).",
+        "- Training step: the trainer's `_train_step` (value_and_grad of `column_fit.make_loss`, "
+        "MSE of Qle and Qh plus the energy and sparsity terms, through `ColumnModel.run` and "
+        "`rollout`, then the AdamW update) for `hybrid_param` with its default options on "
+        f"{TRAIN_STEP_WINDOWS} windows of {TRAIN_STEP_DAYS} days (synthetic forcing and "
+        "observations), in a fresh subprocess; compile = first call minus a warm call (tracing "
+        "included), with the process-wide options and with the fusion emitters per executable.",
         "- Memory: each figure from a fresh subprocess that compiles and runs only that gradient. "
         "*peak RSS* = the process's peak resident set (VmHWM; includes the Python/JAX runtime "
         "and XLA compilation; `ru_maxrss` is not used because on Linux it carries the parent's "
         "RSS over `execve`); *run increment* = peak RSS during the execution (VmHWM reset through "
         "/proc/self/clear_refs) minus RSS just before it; *XLA temp* = "
         "`compiled.memory_analysis().temp_size_in_bytes` (the executable's scratch memory: stored "
-        "chunk states, one chunk's residuals, stacked outputs and their cotangents).",
+        "chunk states, the states of one chunk's steps (each LaD step is checkpointed), stacked outputs "
+        "and their cotangents).",
         "",
         "## Targets",
         "",
@@ -871,7 +961,7 @@ def render_markdown(R, cmd: str) -> str:
             md_table(("steps", "peak RSS, stacked / streamed [GB]", "run increment, stacked [GB]",
                       f"XLA temp, stacked, chunk={R['memory_chunk']} [MB]",
                       f"XLA temp, streamed, chunk={R['memory_chunk']} [MB]",
-                      "XLA temp, stacked, chunk=T (no remat) [MB]"),
+                      "XLA temp, stacked, chunk=T (one chunk) [MB]"),
                      [(r["n_steps"], f"{fmt(r['peak_rss_gb'])} / {fmt(r['peak_rss_gb_streamed'])}",
                        fmt(r["run_rss_increment_gb"]), fmt(r["xla_temp_gb"] * 1024),
                        fmt(r["xla_temp_gb_streamed"] * 1024), fmt(r["xla_temp_gb_no_remat"] * 1024))
@@ -894,7 +984,9 @@ def main(argv=None):
 
     if args._worker:
         kind, *rest = args._worker
-        if kind == "mem":
+        if kind == "train":
+            res = worker_train_step(int(rest[0]), int(rest[1]), rest[2])
+        elif kind == "mem":
             res = worker_mem(int(rest[0]), int(rest[1]), int(rest[2]), rest[3] == "1",
                              rest[4] == "1")
         else:

@@ -11,9 +11,27 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.custom_jvp
+def softplus(x):
+    """log(1 + exp(x)), the same value as ``jax.nn.softplus`` for finite x (max(x, 0) +
+    log1p(exp(-|x|))), with a cheaper derivative: sigmoid(x) from the same exp(-|x|), where
+    ``jax.nn.softplus`` (``logaddexp``) differentiates through exp(x - softplus(x)) and NaN
+    selects. It is evaluated ~15 times per cell and step, so its backward pass matters
+    (docs/performance.md)."""
+    return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    y = jnp.maximum(x, 0.0) + jnp.log1p(e)
+    return y, dx * (jnp.where(x >= 0, 1.0, e) / (1.0 + e))
+
+
 def smooth_relu(x, scale):
     """max(x, 0) smoothed over ``scale``: scale * softplus(x / scale) (always > 0)."""
-    return scale * jax.nn.softplus(x / scale)
+    return scale * softplus(x / scale)
 
 
 def smooth_min(x, upper, scale):
@@ -43,7 +61,7 @@ def soft_cap(amount, cap, power: float = 8.0):
     safe_amount = jnp.where(positive, amount, 1.0)
     safe_cap = jnp.where(positive, cap, 1.0)
     log_ratio = jnp.log(safe_amount) - jnp.log(safe_cap)
-    capped = safe_amount * jnp.exp(-jax.nn.softplus(power * log_ratio) / power)
+    capped = safe_amount * jnp.exp(-softplus(power * log_ratio) / power)
     return jnp.where(positive, capped, 0.0)
 
 
@@ -53,7 +71,7 @@ def limit_positive_slope(amount, cap, power: float = 8.0):
     safe_amount = jnp.where(positive, amount, 1.0)
     safe_cap = jnp.where(positive, cap, 1.0)
     log_ratio = jnp.log(safe_amount) - jnp.log(safe_cap)
-    slope = jnp.exp(-(1.0 + 1.0 / power) * jax.nn.softplus(power * log_ratio))
+    slope = jnp.exp(-(1.0 + 1.0 / power) * softplus(power * log_ratio))
     return jnp.where(amount > 0, jnp.where(cap > 0, slope, 0.0), 1.0)
 
 
