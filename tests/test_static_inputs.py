@@ -40,7 +40,8 @@ def test_a_site_without_a_needed_attribute_is_refused_by_name(values, message):
         static_features(values, names, ["SITE-X"])
 
 
-@pytest.mark.parametrize("name", ["hybrid_param", "hybrid_flux", "hybrid_lstm"])
+@pytest.mark.parametrize("name", ["hybrid_param", pytest.param("hybrid_flux", marks=pytest.mark.slow),
+                                  pytest.param("hybrid_lstm", marks=pytest.mark.slow)])  # ~7 s each
 def test_the_static_attributes_reach_the_network(name):
     model = get_model(name).build(validate_options(name, {"width": 8, "hidden_size": 4,
                                                           "static_inputs": ["latitude", "igbp"]}))  # fmt: skip

@@ -31,6 +31,7 @@ def _physics():
     return get_model("physics").build(validate_options("physics", {}))
 
 
+@pytest.mark.slow  # two compiled rollouts of the grid (~7 s)
 def test_streamed_grid_equals_the_in_memory_prediction(grid_store, tmp_path):
     src = xr.open_zarr(grid_store)
     assert src["Tair"].chunks is not None  # read lazily

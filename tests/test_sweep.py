@@ -39,6 +39,7 @@ def _config(tmp_path, name: str, text: str = CONFIG):
     return path
 
 
+@pytest.mark.slow  # builds two configs' virtual sites (~7 s)
 def test_tasks_are_the_folds_or_the_model_entries_of_one_experiment(tmp_path):
     cfg = load_run_config(_config(tmp_path, "t"))
     tasks = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))
