@@ -81,7 +81,7 @@ def stops(run_dir: Path) -> list[str]:
     if not path.is_file():
         return ["(no training.csv)"]
     t = pd.read_csv(path)
-    t = t[t["model"].str.contains("static")]
+    t = t[t["model"].str.contains("static")].sort_values(["model", "experiment", "part"])
     lines = ["| model | experiment | stage | epochs | kept epoch | stopped |", "|---|---|---|---|---|---|"]
     for r in t.itertuples():
         part = "" if isinstance(r.part, float) else r.part
