@@ -72,22 +72,30 @@ def _grid_dims(source: xr.Dataset) -> tuple[str, str]:
     return dims[0], dims[1]
 
 
-def _band_forcing(source: xr.Dataset, ydim: str, xdim: str, rows: slice, steps: slice, cells: np.ndarray,
-                  step_s: float, dtype, where: str) -> Forcing:
-    """The band's forcing of ``steps`` for its columns ``cells`` (flat indices within the band)."""
-    arrays = {}
+def _read_band(source: xr.Dataset, ydim: str, xdim: str, rows: slice, steps: slice) -> dict[str, np.ndarray]:
+    """The band's forcing variables over ``steps``, each (T, cells of the band in C order)."""
+    out = {}
+    for var, _ in FORCING_VARIABLES.values():
+        values = np.asarray(source[var].isel({"time": steps, ydim: rows}).transpose("time", ydim, xdim).values, float)
+        out[var] = values.reshape(values.shape[0], -1)
+    return out
+
+
+def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
+                  dtype, where: str) -> Forcing:
+    """The ``Forcing`` of the band's columns ``cells`` (flat indices within the band) from
+    ``_read_band``'s arrays; a gap is a DataError naming the variable, cell and time."""
+    fields = {}
     for field, (var, unit) in FORCING_VARIABLES.items():
-        da = source[var].isel({"time": steps, ydim: rows}).transpose("time", ydim, xdim)
-        values = np.asarray(da.values, dtype=float)
-        values = values.reshape(values.shape[0], -1)[:, cells]
+        values = arrays[var][:, cells]
         bad = ~np.isfinite(values)
         if bad.any():
             t, c = np.argwhere(bad)[0]
             raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at cell {int(cells[c])} of rows "
-                            f"{rows.start}-{rows.stop - 1} ({ydim}, {xdim} flat within the band), time "
-                            f"{source['time'].values[steps][t]}; the model needs gap-free forcing")  # fmt: skip
-        arrays[field] = jnp.asarray(values, dtype=dtype)
-    return Forcing(**arrays, time_step_s=step_s)
+                            f"{rows.start}-{rows.stop - 1} (flat within the band, C order), time {times[t]}; the "
+                            "model needs gap-free forcing")  # fmt: skip
+        fields[field] = jnp.asarray(values, dtype=dtype)
+    return Forcing(**fields, time_step_s=step_s)
 
 
 def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], time_chunk: int,
@@ -156,12 +164,12 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
     bands = [slice(r, min(r + rows, ny)) for r in range(0, ny, rows)]
     chunks = [slice(t, min(t + time_chunk, nt)) for t in range(0, nt, time_chunk)]
     run_chunk = _chunk_runner(model)
+    times = source["time"].values
 
     def run_band(band: slice, advance) -> None:
         n_rows = band.stop - band.start
-        spin = {v: np.asarray(source[v].isel({"time": slice(0, spin_steps), ydim: band}).values)
-                for v, _ in FORCING_VARIABLES.values()}  # fmt: skip
-        used = np.flatnonzero(np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0).ravel())
+        spin = _read_band(source, ydim, xdim, band, slice(0, spin_steps))  # read once: columns and spin-up
+        used = np.flatnonzero(np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0))
         if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
             advance(len(chunks))
             return
@@ -170,10 +178,10 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
         params = default_params(classes, canopy_height=canopy_height, measurement_height=measurement_height)
         base = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
         base, _ = model.with_site_weights(base, [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells], classes)
-        state = model.spun_up_state(
-            _band_forcing(source, ydim, xdim, band, slice(0, spin_steps), cells, step_s, dtype, where), base)
+        state = model.spun_up_state(_band_forcing(spin, cells, times, band, step_s, dtype, where), base)
         for steps in chunks:
-            forcing = _band_forcing(source, ydim, xdim, band, steps, cells, step_s, dtype, where)
+            forcing = _band_forcing(_read_band(source, ydim, xdim, band, steps), cells, times[steps], band, step_s,
+                                    dtype, where)
             state, out = run_chunk(forcing, base, state, outputs)
             n = steps.stop - steps.start
             block = {}
