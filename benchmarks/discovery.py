@@ -46,6 +46,8 @@ from hybridlsm.physics.exchange import BRANCHES
 from hybridlsm.pipeline import run as run_pipeline
 from hybridlsm.validate import validate_run
 
+from docblock import replace_block  # benchmarks/docblock.py
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"twin": "configs/twin-discovery.yaml", "us-wkg": "configs/us-wkg-discovery.yaml",
          "us-me2": "configs/us-me2-discovery.yaml"}  # fmt: skip
@@ -353,14 +355,8 @@ def main() -> None:
     ensemble = None if args.no_ensemble else ensemble_rows(run_case(ROOT / ENSEMBLE_CONFIG))
     text = markdown(records, extras, rows, time.perf_counter() - t0, ensemble)
     doc = ROOT / "docs" / "results.md"
-    current = doc.read_text()
-    begin, end = "<!-- discovery:begin", "<!-- discovery:end -->"
-    if begin in current:
-        i, j = current.index(begin), current.index(end) + len(end)
-        current = current[:i] + text + current[j:]
-    else:
-        current = current.rstrip() + "\n\n## Discovery and uncertainty (issue 13)\n\n" + text + "\n"
-    doc.write_text(current)
+    replace_block(doc, "<!-- discovery:begin", "<!-- discovery:end -->", text,
+                  heading="## Discovery and uncertainty (issue 13)\n\n")
     print(text)
     print(f"wrote {out} and the discovery tables of {doc}")
 

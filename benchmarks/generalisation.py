@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from docblock import replace_block  # benchmarks/docblock.py
+
 ROOT = Path(__file__).resolve().parents[1]
 LOSO, TEST_SITES = "configs/loso-static.yaml", "configs/test-sites-static.yaml"
 EMPIRICAL = ("1lin", "2lin", "3km27", "gbm")
@@ -128,14 +130,7 @@ def main() -> None:
         *stops(ts_dir)[2:],
         END,
     ]  # fmt: skip
-    out = ROOT / "docs" / "results.md"
-    text = out.read_text()
-    new = "\n".join(block)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    out.write_text(text)
+    replace_block(ROOT / "docs" / "results.md", BEGIN, END, "\n".join(block))
     print("wrote results/generalisation.json and the generalisation block of docs/results.md")
 
 

@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from docblock import replace_block  # benchmarks/docblock.py
+
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1024.0**3
 SITES = (1, 8, 64, 512)
@@ -302,16 +304,6 @@ def markdown(R: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the scaling block of ``path`` (or append it): the rest of the file is kept."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_worker":
         name, args = sys.argv[2], json.loads(sys.argv[3])
@@ -331,7 +323,7 @@ def main(argv=None) -> None:
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "scaling.json").write_text(json.dumps(summary, indent=1) + "\n")
     (ROOT / "results" / "scaling_details.json").write_text(json.dumps(R, indent=1) + "\n")
-    write_block(ROOT / "docs" / "performance.md", markdown(R, cmd))
+    replace_block(ROOT / "docs" / "performance.md", BEGIN, END, markdown(R, cmd))
     log("wrote results/scaling.json, results/scaling_details.json and the scaling block of docs/performance.md")
 
 
