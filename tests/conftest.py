@@ -18,3 +18,21 @@ def shared_data() -> Path:
     if not FLUXNET_DIR.is_dir():
         pytest.skip(f"real flux-tower data not found at {SHARED_DATA} (../shared beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    """``run_config(text, name) -> run directory``: writes a config text (``RUNS`` -> tmp_path/runs)
+    and runs it with ``hybridlsm run`` (in process), which must succeed."""
+    from typer.testing import CliRunner
+
+    from hybridlsm.cli import app
+
+    def run(text: str, name: str) -> Path:
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(text.replace("RUNS", str(tmp_path / "runs")))
+        result = CliRunner().invoke(app, ["run", str(cfg)])
+        assert result.exit_code == 0, result.output
+        return tmp_path / "runs" / name
+
+    return run

@@ -6,9 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from typer.testing import CliRunner
 
-from hybridlsm.cli import app
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
 from hybridlsm.models.ensemble import bootstrap_days, combine_members
@@ -82,12 +80,8 @@ output: {run_dir: RUNS}
 
 
 @pytest.mark.slow  # trains two small hybrids
-def test_an_ensemble_run_predicts_with_spread_and_reloads(tmp_path):
-    cfg = tmp_path / "ens.yaml"
-    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
-    result = CliRunner().invoke(app, ["run", str(cfg)])
-    assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "ens"
+def test_an_ensemble_run_predicts_with_spread_and_reloads(run_config):
+    run = run_config(CONFIG, "ens")
     saved = run / "models" / "hybrid_param_ens" / "all"
     assert (saved / "member_0" / "model.json").is_file() and (saved / "member_1" / "model.json").is_file()
     pred = xr.open_dataset(run / "predictions" / "ENS" / "hybrid_param_ens.nc")

@@ -8,9 +8,7 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
-from typer.testing import CliRunner
 
-from hybridlsm.cli import app
 from hybridlsm.data import DataError
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
@@ -83,12 +81,8 @@ output: {run_dir: RUNS}
 
 
 @pytest.mark.slow  # trains one small hybrid on two virtual sites
-def test_one_hybrid_trained_on_two_sites_predicts_a_third_without_per_site_parameters(tmp_path):
-    cfg = tmp_path / "static.yaml"
-    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
-    result = CliRunner().invoke(app, ["run", str(cfg)])
-    assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "static"
+def test_one_hybrid_trained_on_two_sites_predicts_a_third_without_per_site_parameters(run_config):
+    run = run_config(CONFIG, "static")
     spec, options, model = load_saved_model(run / "models" / "hybrid_param" / "test_sites")
     assert model.sites == () and model.deltas == {}  # no per-site (or any) free physical parameter
     assert model.static_inputs == ("latitude", "elevation", "canopy_height", "igbp")
