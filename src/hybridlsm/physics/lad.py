@@ -68,6 +68,13 @@ OUTPUT_NAMES = (
 )
 
 
+#: Optional entries of ``params`` (usually ``dynamic``, (T, N)) that prescribe the exchange
+#: coefficient K_h [m2 s-1] (r_a = (z - d) / K_h, in place of the stability scheme and ``ra_scale``)
+#: and the surface resistance r_s [s m-1] (in place of rs_min * rs_scale): the fields a regional
+#: parameteriser predicts (``models/regional.py``), and a virtual region's truth.
+PRESCRIBED_KH, PRESCRIBED_RS = "Kh", "rs"
+
+
 @dataclass(frozen=True)
 class Numerics:
     """Widths of the smooth surrogates for LaD's hard switches (numerical, not physical).
@@ -213,7 +220,9 @@ class LaDModel(AbstractLandModel):
         q_sat = saturation_specific_humidity(ts, f.p_surf)
         q_surf = f.q_air + beta * (q_sat - f.q_air)
         ri = bulk_richardson(theta_air * (1.0 + 0.608 * f.q_air), ts * (1.0 + 0.608 * q_surf), wind, zd)
-        if self.exchange_law is None:
+        if PRESCRIBED_KH in p:  # a field from a spatiotemporal parameteriser (regional mode)
+            ra = zd / p[PRESCRIBED_KH]
+        elif self.exchange_law is None:
             ra = aerodynamic_resistance(ri, wind, zd, z0m, z0h, self.stability) * p["ra_scale"]
         else:
             ra = zd / self.exchange_law(f.wind, ri) * p["ra_scale"]
@@ -248,7 +257,7 @@ class LaDModel(AbstractLandModel):
         rho = air_density(f.t_air, f.p_surf, f.q_air)
         lv = latent_heat_vaporisation(f.t_air)
         ls = lv + lf
-        rs = p["rs_min"] * p["rs_scale"] * (1.0 - snow_cover)
+        rs = p.get(PRESCRIBED_RS, p["rs_min"] * p["rs_scale"]) * (1.0 - snow_cover)
         dq_sat = saturation_specific_humidity_slope(ts, f.p_surf)
 
         # radiation

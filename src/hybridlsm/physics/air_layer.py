@@ -1,0 +1,244 @@
+"""A finite-volume near-surface air layer over a regular grid (regional mode; seed 000 §2.2).
+
+Each grid cell carries a well-mixed air layer of depth h above its land column: air temperature
+T [K] and specific humidity q [kg kg-1] at the columns' reference height. Per unit area::
+
+    rho c_p h dT/dt = H - rho c_p (T - T_f) / r_top - rho c_p h div(u T - K_h grad T)
+    rho h dq/dt     = E - rho (q - q_f) / r_top     - rho h div(u q - K_h grad q)
+
+H [W m-2] and E [kg m-2 s-1] come from the columns below; T_f, q_f are the forcing's air, the
+large-scale air above the layer, reached through the top resistance r_top; the lateral terms are
+advection by the near-surface wind (u, v) and diffusion with the cells' exchange coefficient K_h
+(on 1 km cells a small term beside advection; it matters on fine grids). The layer keeps its
+depth: where the wind converges, air leaves through the top at w = -h div u with the cell's T and q;
+where it diverges, air from above enters with T_f, q_f (``transport``).
+
+Discretisation (finite volumes: cell means, fluxes through faces):
+
+- every face flux is computed once and enters its two cells with opposite signs, so the lateral
+  terms only move heat and water between cells: with periodic boundaries the domain totals change
+  by the surface and top terms alone, to rounding; with open boundaries by those and the fluxes
+  through the boundary faces, which ``transport`` returns so that the budget closes;
+- face values by QUICK (Leonard 1979): phi_f = 6/8 phi_C + 3/8 phi_D - 1/8 phi_U, C the upwind
+  cell, D the downwind one, U the cell upstream of C; face velocity the mean of the two cells, face
+  K_h their harmonic mean;
+- lateral transport explicit, in ``n_substeps`` equal sub-steps of the three-stage strong-stability-
+  preserving Runge-Kutta scheme (QUICK with forward Euler alone is unstable); ``transport_substeps``
+  picks the number from the Courant and diffusion numbers (<= ``MAX_COURANT``);
+- the top exchange implicit (backward Euler: stable for any step and any r_top).
+
+Boundaries (``boundary``): "periodic" (the grid wraps in both directions), or "open": two ghost
+cells beyond each edge hold the air above (T_f, q_f of the edge cell), so inflow brings the large-
+scale air in; at boundary faces the value is upwind (inflow: the ghost; outflow: the edge cell).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..constants import CP_AIR
+
+BOUNDARIES = ("periodic", "open")
+
+#: sub-steps keep |u| dt/dx + |v| dt/dy and 2 K_h dt (1/dx^2 + 1/dy^2) at or below this; the SSP-RK3
+#: QUICK scheme is stable to about 0.8 for advection alone
+MAX_COURANT = 0.5
+
+
+def transport_substeps(wind_u, wind_v, dt: float, dx: float, dy: float, kh_max: float) -> int:
+    """Sub-steps for a step of ``dt`` seconds so that the Courant number of the largest wind in
+    ``wind_u``, ``wind_v`` (any shape; concrete values, e.g. the whole forcing) and the diffusion
+    number of ``kh_max`` stay at or below ``MAX_COURANT``."""
+    u = float(np.max(np.abs(np.asarray(wind_u)))) if np.size(wind_u) else 0.0
+    v = float(np.max(np.abs(np.asarray(wind_v)))) if np.size(wind_v) else 0.0
+    courant = u * dt / dx + v * dt / dy
+    diffusion = 2.0 * kh_max * dt * (1.0 / dx**2 + 1.0 / dy**2)
+    return max(1, math.ceil(max(courant, diffusion) / MAX_COURANT))
+
+
+def _pad(field: Array, axis: int, width: int, boundary: str, outside: Array | None) -> Array:
+    """``field`` (ny, nx) with ``width`` ghost cells on both ends of ``axis``: wrapped (periodic)
+    or ``outside`` (open; the air above, same shape as ``field``)."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (width, width)
+    if boundary == "periodic":
+        return jnp.pad(field, pad, mode="wrap")
+    n = field.shape[axis]
+    first = jnp.repeat(_slice(outside, axis, 0, 1), width, axis=axis)
+    last = jnp.repeat(_slice(outside, axis, n - 1, n), width, axis=axis)
+    return jnp.concatenate([first, field, last], axis=axis)
+
+
+def _slice(a: Array, axis: int, start: int, stop: int) -> Array:
+    index = [slice(None), slice(None)]
+    index[axis] = slice(start, stop)
+    return a[tuple(index)]
+
+
+def quick_face_values(padded: Array, velocity: Array, axis: int) -> Array:
+    """QUICK values on the n + 1 faces along ``axis`` of a field padded with two ghost cells per
+    end (length n + 4); ``velocity``: the face velocities (n + 1 along ``axis``). Face k lies
+    between cells k - 1 and k (face 0 and face n are the boundary faces)."""
+    n = padded.shape[axis] - 4
+    far_left = _slice(padded, axis, 0, n + 1)
+    left = _slice(padded, axis, 1, n + 2)
+    right = _slice(padded, axis, 2, n + 3)
+    far_right = _slice(padded, axis, 3, n + 4)
+    from_left = 0.75 * left + 0.375 * right - 0.125 * far_left
+    from_right = 0.75 * right + 0.375 * left - 0.125 * far_right
+    return jnp.where(velocity >= 0.0, from_left, from_right)
+
+
+def _face_fluxes(phi, velocity, kh, axis, spacing, boundary, outside):
+    """The face velocities along ``axis`` and the advective-diffusive flux through those faces
+    [phi m s-1], positive toward increasing index."""
+    padded = _pad(phi, axis, 2, boundary, outside)
+    vel = _pad(velocity, axis, 1, boundary, velocity)  # open: the edge cell's wind beyond the edge
+    k = _pad(kh, axis, 1, boundary, kh)
+    n = phi.shape[axis]
+    vel_face = 0.5 * (_slice(vel, axis, 0, n + 1) + _slice(vel, axis, 1, n + 2))
+    k_left, k_right = _slice(k, axis, 0, n + 1), _slice(k, axis, 1, n + 2)
+    k_sum = k_left + k_right
+    k_face = 2.0 * k_left * k_right / jnp.where(k_sum > 0.0, k_sum, 1.0)  # harmonic mean; 0 if either is
+    value = quick_face_values(padded, vel_face, axis)
+    left, right = _slice(padded, axis, 1, n + 2), _slice(padded, axis, 2, n + 3)
+    if boundary == "open":  # upwind at the boundary faces
+        upwind = jnp.where(vel_face >= 0.0, left, right)
+        edge = jnp.zeros(n + 1, bool).at[0].set(True).at[n].set(True)
+        edge = edge[:, None] if axis == 0 else edge[None, :]
+        value = jnp.where(edge, upwind, value)
+    return vel_face, vel_face * value - k_face * (right - left) / spacing
+
+
+class Transport(NamedTuple):
+    """Lateral transport: the tendency of each cell [phi s-1], the net outflow through the
+    boundary faces as a domain-mean rate [phi s-1], and each cell's exchange with the air above
+    carried by the vertical motion that balances the wind's divergence [phi s-1, positive up]."""
+
+    tendency: Array
+    outflow: Array
+    vertical: Array
+
+
+def transport(phi, above, wind_u, wind_v, kh, dx: float, dy: float, depth: float, boundary: str) -> Transport:
+    """d phi / dt of a (ny, nx) field (x along axis 1, y along axis 0) from advection and
+    diffusion, with ``above`` the air above each cell.
+
+    The layer keeps its depth, so where the near-surface wind converges (div u < 0) air leaves
+    through the top at w = -h div u, carrying the cell's value, and where it diverges air from
+    above enters with ``above``'s: a uniform field stays uniform under any wind. Sums, exactly to
+    rounding: sum(tendency) = -n_cells * outflow - sum(vertical).
+    """
+    ux, fx = _face_fluxes(phi, wind_u, kh, 1, dx, boundary, above)  # (ny, nx + 1)
+    vy, fy = _face_fluxes(phi, wind_v, kh, 0, dy, boundary, above)  # (ny + 1, nx)
+    w = -depth * ((ux[:, 1:] - ux[:, :-1]) / dx + (vy[1:, :] - vy[:-1, :]) / dy)
+    vertical = (jnp.maximum(w, 0.0) * phi - jnp.maximum(-w, 0.0) * above) / depth
+    tendency = -(fx[:, 1:] - fx[:, :-1]) / dx - (fy[1:, :] - fy[:-1, :]) / dy - vertical
+    ny, nx = phi.shape
+    if boundary == "periodic":
+        outflow = jnp.zeros((), phi.dtype)
+    else:
+        outflow = (jnp.sum(fx[:, -1] - fx[:, 0]) / dx + jnp.sum(fy[-1, :] - fy[0, :]) / dy) / (ny * nx)
+    return Transport(tendency, outflow, vertical)
+
+
+class AirLayer(eqx.Module):
+    """The near-surface air layer's numerics and constants (module docstring).
+
+    Attributes:
+        shape: (ny, nx) of the grid; cells in C order on the column axis (N = ny * nx)
+        dx, dy: cell sizes [m]
+        depth: layer depth h [m]
+        top_resistance: r_top between the layer and the air above [s m-1]
+        boundary: "periodic" or "open"
+        n_substeps: lateral transport sub-steps per call of ``advance`` (``transport_substeps``)
+    """
+
+    shape: tuple[int, int] = eqx.field(static=True)
+    dx: float = eqx.field(static=True, default=1000.0)
+    dy: float = eqx.field(static=True, default=1000.0)
+    depth: float = eqx.field(static=True, default=100.0)
+    top_resistance: float = eqx.field(static=True, default=20.0)
+    boundary: str = eqx.field(static=True, default="open")
+    n_substeps: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self):
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"air layer boundary {self.boundary!r}: expected one of {BOUNDARIES}")
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ValueError(f"air layer shape {self.shape}: expected (ny, nx) with ny, nx >= 1")
+        if not (self.depth > 0 and self.top_resistance > 0 and self.dx > 0 and self.dy > 0):
+            raise ValueError("air layer depth, top_resistance, dx and dy must be positive")
+
+    def advance(self, temp: Float[Array, " N"], humidity: Float[Array, " N"], *, sensible, evaporation,
+                rho, temp_above, humidity_above, wind_u, wind_v, kh, dt: float) -> AirStep:
+        """One step of ``dt`` seconds; every argument is an (N,) array over the grid's cells.
+
+        ``rho``: one air density for the whole layer [kg m-3] (the Boussinesq approximation: the
+        layer's heat content is rho c_p h T in every cell, so moving T between cells moves heat
+        exactly). Order (operator splitting; each part conserves on its own): the surface fluxes
+        enter, then ``n_substeps`` of lateral transport, then the implicit exchange with the air
+        above.
+        """
+        grid = lambda a: jnp.reshape(a, self.shape)  # noqa: E731
+        heat_capacity = rho * CP_AIR * self.depth  # [J m-2 K-1]
+        t = grid(temp + dt * sensible / heat_capacity)
+        q = grid(humidity + dt * evaporation / (rho * self.depth))
+        u, v, k = grid(wind_u), grid(wind_v), grid(kh)
+        t_out, q_out = grid(temp_above), grid(humidity_above)
+        h = dt / self.n_substeps
+
+        def rk3(phi, above):  # SSP-RK3 (Shu & Osher 1988): stage weights 1/6, 1/6, 2/3
+            rate = lambda x: transport(x, above, u, v, k, self.dx, self.dy, self.depth, self.boundary)  # noqa: E731
+            r0 = rate(phi)
+            p1 = phi + h * r0.tendency
+            r1 = rate(p1)
+            p2 = 0.75 * phi + 0.25 * (p1 + h * r1.tendency)
+            r2 = rate(p2)
+            new = phi / 3.0 + 2.0 / 3.0 * (p2 + h * r2.tendency)
+            mean = lambda a, b, c: h * (a + b + 4.0 * c) / 6.0  # noqa: E731
+            return new, mean(r0.outflow, r1.outflow, r2.outflow), mean(r0.vertical, r1.vertical, r2.vertical)
+
+        def substep(carry, _):
+            t, q, out_t, out_q, up_t, up_q = carry
+            t, dt_out, dt_up = rk3(t, t_out)
+            q, dq_out, dq_up = rk3(q, q_out)
+            return (t, q, out_t + dt_out, out_q + dq_out, up_t + dt_up, up_q + dq_up), None
+
+        zero = jnp.zeros((), t.dtype)
+        init = (t, q, zero, zero, jnp.zeros_like(t), jnp.zeros_like(q))
+        (t, q, out_t, out_q, up_t, up_q), _ = jax.lax.scan(substep, init, None, length=self.n_substeps)
+        up_t, up_q = jnp.reshape(up_t, (-1,)), jnp.reshape(up_q, (-1,))
+        t, q = jnp.reshape(t, (-1,)), jnp.reshape(q, (-1,))
+        a = dt / (self.depth * self.top_resistance)
+        t_new = (t + a * temp_above) / (1.0 + a)
+        q_new = (q + a * humidity_above) / (1.0 + a)
+        return AirStep(
+            temp=t_new,
+            humidity=q_new,
+            top_heat=heat_capacity * ((t - t_new) + up_t) / dt,
+            top_moisture=rho * self.depth * ((q - q_new) + up_q) / dt,
+            boundary_heat=heat_capacity * out_t / dt,
+            boundary_moisture=rho * self.depth * out_q / dt,
+        )
+
+
+class AirStep(NamedTuple):
+    """The layer after a step, (N,) arrays, and the step's exchanges: ``top_heat`` [W m-2] and
+    ``top_moisture`` [kg m-2 s-1] into the air above, per cell (turbulent exchange and the vertical
+    motion that balances the wind's divergence); ``boundary_heat`` and
+    ``boundary_moisture`` out through the open boundary, as scalars per unit domain area."""
+
+    temp: Array
+    humidity: Array
+    top_heat: Array
+    top_moisture: Array
+    boundary_heat: Array
+    boundary_moisture: Array
