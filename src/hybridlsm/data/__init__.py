@@ -27,6 +27,7 @@ from .preprocess import (
     toa_shortwave,
 )
 from .ameriflux import read_ameriflux_base
+from .wrf import read_wrf
 from .readers import (
     Reader,
     available_formats,
@@ -111,6 +112,7 @@ __all__ = [
     "read_site",
     "read_sites",
     "read_sites_table",
+    "read_wrf",
     "register_reader",
     "site_metadata",
     "site_split_labels",
