@@ -24,12 +24,13 @@ from hybridlsm.data import readers
 
 
 def test_builtin_formats_in_detection_order():
-    assert available_formats() == ["ameriflux-base", "fluxnet-csv", "plumber2", "gridded"]
+    assert available_formats() == ["ameriflux-base", "fluxnet-csv", "plumber2", "wrf", "gridded"]
     assert sorted(get_reader("fluxnet-csv").options) == ["depths", "metadata", "site_id", "sites"]
     assert sorted(get_reader("plumber2").options) == ["find_partner", "metadata", "other", "sites"]
     assert sorted(get_reader("gridded").options) == ["check_steps", "chunks", "metadata", "variables"]
     assert sorted(get_reader("ameriflux-base").options) == ["depths", "metadata", "site_id", "sites"]
-    with pytest.raises(DataError, match="unknown data format 'netcdf'; available formats: ameriflux-base, fluxnet-csv, plumber2, gridded"):
+    assert sorted(get_reader("wrf").options) == ["check_steps", "chunks", "metadata"]
+    with pytest.raises(DataError, match="unknown data format 'netcdf'; available formats: ameriflux-base, fluxnet-csv, plumber2, wrf, gridded"):
         get_reader("netcdf")
 
 

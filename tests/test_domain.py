@@ -316,7 +316,8 @@ def test_little_washita_grid(shared_data):
     code = int(land_cover.values[3, 7])
     assert d.static_value("igbp")[j] == IGBP_BY_INDEX[code - 1]
     np.testing.assert_allclose(d.data["Tair"].values[:, j], np.asarray(ds["Tair"].values)[:, 3, 7])
-    assert (d.static_value("climate_months") == 1.0).all()
+    # local standard time (UTC-6, interval starts): 1998-09-30 23:00 .. 10-05 22:00, so one hour of September
+    assert (d.static_value("climate_months") == 2.0).all()
 
 
 # ------------------------------------------------------------------------- time and masks

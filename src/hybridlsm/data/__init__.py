@@ -7,7 +7,7 @@ preprocessing (QC, derived variables, LWdown estimate, precipitation phase, gaps
 """
 
 from .fluxnet import read_fluxnet_csv, read_sites_table, site_metadata
-from .gridded import GRIDDED_VARIABLES, KNOWN_WRONG_UNITS, read_gridded
+from .gridded import GRIDDED_VARIABLES, KNOWN_WRONG_UNITS, read_gridded, read_reference_snapshot
 from .inspect import energy_balance_closure, inspect_dataset, inspect_file
 from .plumber2 import read_plumber2
 from .preprocess import (
@@ -27,6 +27,7 @@ from .preprocess import (
     toa_shortwave,
 )
 from .ameriflux import read_ameriflux_base
+from .wrf import read_wrf
 from .readers import (
     Reader,
     available_formats,
@@ -107,9 +108,11 @@ __all__ = [
     "read_fluxnet_csv",
     "read_gridded",
     "read_plumber2",
+    "read_reference_snapshot",
     "read_site",
     "read_sites",
     "read_sites_table",
+    "read_wrf",
     "register_reader",
     "site_metadata",
     "site_split_labels",

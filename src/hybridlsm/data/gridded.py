@@ -14,6 +14,23 @@ dimension of size 1 (e.g. ``height``) is dropped with a DataWarning, anything el
 The result has dims ``(time, y, x)`` with 1-D coordinates ``lat(y)``, ``lon(x)`` (or 2-D
 ``lat(y, x)``, ``lon(y, x)`` on curvilinear grids) and dask-backed variables; nothing is computed
 except a plausibility check on the first time steps.
+
+Time axis (the canonical one: the start of each interval in local standard time):
+
+- where ``time`` has CF ``bounds`` (e.g. ``time_bnds``), the start of each interval is the lower
+  bound, whatever the ``time`` value itself marks (the Little Washita file's ``time`` is the end);
+- where the file says its times are UTC (``time_zone`` attribute ``UTC``/``GMT``, or ``UTC`` in
+  the units), they are shifted to local standard time by ``utc_offset_h``: the one given in
+  ``metadata``, else the civil standard time of :data:`SOURCE_TIME_ZONES` when the file's
+  attributes match one, else ``round(longitude / 15)`` of the grid's mean longitude (the rule
+  ``preprocess`` uses when a site's offset is unknown). The rule used is ``attrs['utc_offset_rule']``.
+- otherwise times are read as local standard time, as before (the VIC/Livneh files say "local time").
+
+Site attrs: ``latitude``/``longitude`` are the global attributes ``latitude_approx`` /
+``longitude_approx`` where the file has no per-cell latitude/longitude (said in
+``attrs['location_note']``), else NaN (the cells have their own, as coordinates). Static fields on
+``(y, x)`` named in :data:`STATIC_FIELDS` (``land_cover``, ``elevation``) become coordinates of
+the same name, so ``domain_from_grid`` finds them.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
 
-__all__ = ["read_gridded", "GRIDDED_VARIABLES", "KNOWN_WRONG_UNITS"]
+__all__ = ["read_gridded", "read_reference_snapshot", "GRIDDED_VARIABLES", "KNOWN_WRONG_UNITS",
+           "SOURCE_TIME_ZONES", "STATIC_FIELDS", "utc_offset_from_longitude", "to_local_standard_time"]
 
 GRIDDED_VARIABLES: dict[str, str] = {
     # Livneh et al. (2015) / MetSim output (VIC_sample_data image/WalnutGulch)
@@ -52,8 +70,8 @@ GRIDDED_VARIABLES: dict[str, str] = {
     "prcp": "Precip",
     "vp": "_vapour_pressure",
     # ALMA / CF names
-    **{name.lower(): name for name in ("Tair", "Qair", "VPD", "RH", "Psurf", "Wind", "SWdown",
-                                        "LWdown", "Precip", "CO2air", "LAI")},
+    **{name.lower(): name for name in ("Tair", "Qair", "VPD", "RH", "Psurf", "Wind", "Wind_E",
+                                        "Wind_N", "SWdown", "LWdown", "Precip", "CO2air", "LAI")},
     "tair": "Tair",
     "psurf": "Psurf",
     "rainf": "Precip",
@@ -68,6 +86,89 @@ KNOWN_WRONG_UNITS: dict[tuple[str, str], tuple[str, str]] = {
     ),
 }
 """(source name, normalised units attribute) -> (unit actually used, reason)."""
+
+SOURCE_TIME_ZONES: tuple[tuple[str, str, float, str], ...] = (
+    ("title", "Little Washita", -6.0,
+     "US Central standard time (Oklahoma), UTC-6: the test case's ParFlow short course says the run "
+     "starts at midnight central time (05 UTC = 00 CDT); round(longitude / 15) would give -7 at -98.14"),
+)
+"""(global attribute, text it contains, UTC offset of local standard time in hours, reason): the
+civil standard time of UTC files whose sources name their region's time zone. Other UTC files get
+``round(longitude / 15)``."""
+
+STATIC_FIELDS: dict[str, str] = {
+    "land_cover": "land-cover class index (IGBP numbering or CF flag_values / flag_meanings)",
+    "elevation": "surface elevation [m]",
+}
+"""Static ``(y, x)`` variables kept as coordinates of the same name (for ``domain_from_grid``)."""
+
+_UTC_NAMES = ("utc", "gmt", "z", "utc+0", "utc+00:00")
+
+
+def utc_offset_from_longitude(longitude: float) -> float:
+    """The UTC offset [h] of local standard time when nothing better is known: ``round(lon / 15)``
+    (the nautical time zone of the longitude), as ``preprocess`` assumes for sites."""
+    return float(np.round(float(longitude) / 15.0))
+
+
+def to_local_standard_time(times, utc_offset_h: float) -> np.ndarray:
+    """UTC times as local standard time (``UTC + utc_offset_h``), datetime64[ns]."""
+    shift = np.timedelta64(int(round(float(utc_offset_h) * 3600.0)), "s")
+    return (np.asarray(times, "datetime64[ns]") + shift).astype("datetime64[ns]")
+
+
+def _is_utc(time: xr.DataArray) -> bool:
+    zone = str(time.attrs.get("time_zone", time.attrs.get("timezone", ""))).strip().lower()
+    units = str(time.encoding.get("units", time.attrs.get("units", ""))).strip().lower()
+    return zone in _UTC_NAMES or units.endswith((" utc", " gmt", "z")) or " utc" in units
+
+
+def _utc_offset(src: xr.Dataset, metadata: dict | None, longitude: float, file: str) -> tuple[float, str]:
+    """(offset, rule): ``metadata['utc_offset_h']``, else :data:`SOURCE_TIME_ZONES`, else
+    ``round(longitude / 15)``; DataError when none applies."""
+    given = (metadata or {}).get("utc_offset_h")
+    if given is not None and np.isfinite(float(given)):
+        return float(given), "given (metadata utc_offset_h)"
+    for attr, text, offset, reason in SOURCE_TIME_ZONES:
+        if text.lower() in str(src.attrs.get(attr, "")).lower():
+            return offset, reason
+    if np.isfinite(longitude):
+        off = utc_offset_from_longitude(longitude)
+        return off, f"round(longitude / 15) = round({longitude:.2f} / 15) = {off:+g} h (nautical time zone)"
+    raise DataError(
+        f"{file}: variable time is UTC and the file gives no longitude to place the grid's local standard "
+        f"time; give it with metadata={{'utc_offset_h': ...}}"
+    )
+
+
+def _interval_starts(src: xr.Dataset, file: str, tname: str = "time") -> tuple[np.ndarray, str]:
+    """The start of each interval: the lower CF bound of the time coordinate ``tname`` where it has
+    ``bounds``, else its values; with a note saying which ('' for the values)."""
+    time = src[tname]
+    bname = time.attrs.get("bounds", time.encoding.get("bounds"))
+    if not bname or bname not in src.variables:
+        return np.asarray(time.values), ""
+    b = src[bname]
+    if b.ndim != 2 or b.dims[0] != tname or b.shape[1] != 2 or not np.issubdtype(b.dtype, np.datetime64):
+        raise DataError(f"{file}: variable {bname} (the bounds of {tname}) has dims {dict(b.sizes)} and type "
+                        f"{b.dtype}; expected ({tname}, 2) dates")  # fmt: skip
+    lo = np.asarray(b.values).min(axis=1)
+    hi = np.asarray(b.values).max(axis=1)
+    t = np.asarray(time.values)
+    bad = (t < lo) | (t > hi)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{file}: variable {tname}: {pd.Timestamp(t[i])} at index {i} lies outside its bounds "
+                        f"{bname} [{pd.Timestamp(lo[i])}, {pd.Timestamp(hi[i])}]; expected bounds around each time")  # fmt: skip
+    where = "end" if (t == hi).all() else "start" if (t == lo).all() else "inside"
+    return lo, f"interval start = lower bound of {bname} (the file's time is the {where} of each interval)"
+
+
+def _file_longitude(src: xr.Dataset) -> float:
+    for name in ("lon", "longitude", "XLONG"):
+        if name in src.variables:
+            return float(np.nanmean(np.asarray(src[name].values, float)))
+    return float(src.attrs.get("longitude_approx", np.nan))
 
 _Y_NAMES = ("y", "lat", "latitude", "rlat", "nj")
 _X_NAMES = ("x", "lon", "longitude", "rlon", "ni")
@@ -118,7 +219,9 @@ def read_gridded(
     or overrides :data:`GRIDDED_VARIABLES` (source name -> canonical name). The first
     ``check_steps`` time steps are checked against the plausible ranges (wrong units raise
     DataError). Variables with no mapping are listed in ``attrs['unmapped_variables']``.
-    ``metadata`` overrides attrs (e.g. ``{"utc_offset_h": -7}``).
+    ``metadata`` overrides attrs (e.g. ``{"utc_offset_h": -7}``; for a file whose times are UTC
+    this offset also places them in local standard time). The time axis is the start of each
+    interval in local standard time (module docstring).
     """
     path = Path(path)
     file = str(path)
@@ -134,7 +237,15 @@ def read_gridded(
         raise DataError(f"{file}: time could not be decoded to dates (attrs {dict(src['time'].attrs)})")
     ydim = _dim(src, _Y_NAMES, file, "y/lat")
     xdim = _dim(src, _X_NAMES, file, "x/lon")
-    t = pd.DatetimeIndex(src["time"].values)
+    starts, interval_note = _interval_starts(src, file)
+    bounds_name = src["time"].attrs.get("bounds", src["time"].encoding.get("bounds"))
+    utc_offset, offset_rule = float((metadata or {}).get("utc_offset_h", np.nan)), ""
+    zone_note = "times as in the file (local time)"
+    if _is_utc(src["time"]):
+        utc_offset, offset_rule = _utc_offset(src, metadata, _file_longitude(src), file)
+        starts = to_local_standard_time(starts, utc_offset)
+        zone_note = f"the file's UTC times shifted to local standard time UTC{utc_offset:+g} h"
+    t = pd.DatetimeIndex(starts)
     check_times(t, file)
     if len(t) < 2:
         raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
@@ -155,7 +266,7 @@ def read_gridded(
     for name, da in src.data_vars.items():
         target = mapping.get(name.lower())
         if target is None or "time" not in da.dims:
-            if name.lower() != "mask":
+            if name.lower() != "mask" and name != bounds_name and name not in STATIC_FIELDS:
                 unmapped.append(name)
             continue
         da = _grid_dims(da, name, ydim, xdim, file)
@@ -227,11 +338,14 @@ def read_gridded(
     for dim, new in ((ydim, "y"), (xdim, "x")):
         if dim in src.coords and src[dim].ndim == 1 and dim.lower() not in ("lat", "latitude", "lon", "longitude"):
             ds = ds.assign_coords({new: (new, np.asarray(src[dim].values), dict(src[dim].attrs))})
-    if "mask" in src.data_vars and set(src["mask"].dims) == {ydim, xdim}:
-        m = src["mask"].transpose(ydim, xdim)
-        ds = ds.assign_coords(mask=(("y", "x"), np.asarray(m.values), dict(m.attrs)))
+    for name in ("mask", *STATIC_FIELDS):
+        if name in src.data_vars and set(src[name].dims) == {ydim, xdim}:
+            m = src[name].transpose(ydim, xdim)
+            ds = ds.assign_coords({name: (("y", "x"), np.asarray(m.values), dict(m.attrs))})
     ds = ds.transpose("time", "y", "x", ...)
-    ds["time"] = ds["time"].astype("datetime64[ns]")
+    time_attrs = dict(src["time"].attrs) if not (interval_note or offset_rule) else {
+        "standard_name": "time", "long_name": "start of each interval, local standard time"}
+    ds = ds.assign_coords(time=("time", t.values.astype("datetime64[ns]"), time_attrs))
 
     head = ds.isel(time=slice(0, check_steps))
     for var in head.data_vars:
@@ -248,25 +362,118 @@ def read_gridded(
         raw = src[src_name].isel(time=slice(0, check_steps)).values if src_name in src else None
         check_plausible(head[var].values, var, file=file, column=src_name, raw=raw,
                         declared_units=str(head[var].attrs.get("source_units")), stacklevel=3)
+    per_cell = any(n in src.variables for n in ("lat", "latitude", "lon", "longitude"))
+    location = {} if per_cell else _approximate_location(src)
+    file_convention = _text_attr(src["time"].attrs.get("long_name", "")) or "as in the file"
     ds.attrs = {
         "site_id": path.stem,
         "site_name": "",
-        "latitude": np.nan,
-        "longitude": np.nan,
+        "latitude": location.get("latitude", np.nan),
+        "longitude": location.get("longitude", np.nan),
         "elevation": np.nan,
         "igbp": "",
         "canopy_height": np.nan,
         "measurement_height": np.nan,
-        "utc_offset_h": np.nan,
+        "utc_offset_h": utc_offset,
         "time_step_s": float(step_s),
         "time_resolution": f"{int(step_s // 60)}min",
         "source_file": file,
         "source_format": "gridded-netcdf",
         "unmapped_variables": ", ".join(unmapped),
-        "time_convention": _text_attr(src["time"].attrs.get("long_name", "")) or "as in the file",
+        "time_convention": file_convention if not (interval_note or offset_rule) else (
+            f"start of each interval in local standard time: {interval_note or 'the file time'}; "
+            f"{zone_note} (file: {file_convention})"),
+        **({"utc_offset_rule": offset_rule} if offset_rule else {}),
+        **({"location_note": location["note"]} if location else {}),
         **(metadata or {}),
     }
     return ds
+
+
+def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -> xr.Dataset:
+    """The model output stored beside a gridded forcing file on a one-step ``ref_time`` dimension
+    (the Little Washita file's ParFlow-CLM reference run: Qle, Qh, Qg, LWup, Tsurf, Evap, TVeg,
+    ESoil), as its own dataset on ``(y, x)``: never mixed with the forcing or taken for
+    observations (``attrs['data_kind']`` says model output).
+
+    ``time`` is a scalar coordinate in the convention of :func:`read_gridded`: the start of the
+    model step (the lower bound of ``ref_time_bnds``) in local standard time, with the UTC offset
+    :func:`read_gridded` would use (``metadata['utc_offset_h']`` overrides it). Names and units are
+    the file's (ALMA names; ``Tsurf`` is CLM's ground temperature ``t_grnd``, not a canonical
+    variable). Coordinates ``y``, ``x`` and the static ``land_cover`` are kept.
+    """
+    path = Path(path)
+    file = str(path)
+    try:
+        src = open_netcdf(path, decode_times=True, mask_and_scale=True)
+    except IO_ERRORS as exc:
+        raise DataError(f"{file}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
+    with src:
+        if "ref_time" not in src.dims or src.sizes["ref_time"] != 1:
+            raise DataError(f"{file}: no ref_time dimension of length 1; expected the reference model output "
+                            f"on (ref_time, y, x), found dims {dict(src.sizes)}")  # fmt: skip
+        ref = src["ref_time"]
+        if not np.issubdtype(ref.dtype, np.datetime64):
+            raise DataError(f"{file}: variable ref_time could not be decoded to a date (attrs {dict(ref.attrs)})")
+        ydim = _dim(src, _Y_NAMES, file, "y/lat")
+        xdim = _dim(src, _X_NAMES, file, "x/lon")
+        bounds = ref.attrs.get("bounds", ref.encoding.get("bounds"))
+        names = [n for n, v in src.data_vars.items() if "ref_time" in v.dims and n != bounds]
+        if not names:
+            raise DataError(f"{file}: no variable on (ref_time, {ydim}, {xdim}); found {sorted(src.data_vars)}")
+        out = {}
+        for name in names:
+            da = src[name]
+            if set(da.dims) != {"ref_time", ydim, xdim} or not np.issubdtype(da.dtype, np.number):
+                raise DataError(f"{file}: variable {name} has dims {dict(da.sizes)} and type {da.dtype}; "
+                                f"expected numbers on (ref_time, {ydim}, {xdim})")  # fmt: skip
+            out[name] = da.isel(ref_time=0, drop=True).transpose(ydim, xdim).load()
+        start, note = _interval_starts(src, file, "ref_time")
+        offset, rule = float((metadata or {}).get("utc_offset_h", np.nan)), ""
+        if _is_utc(ref):
+            offset, rule = _utc_offset(src, metadata, _file_longitude(src), file)
+            start = to_local_standard_time(start, offset)
+        ds = xr.Dataset(out).rename({ydim: "y", xdim: "x"} if (ydim, xdim) != ("y", "x") else {})
+        for dim in ("y", "x"):
+            old = {"y": ydim, "x": xdim}[dim]
+            if old in src.coords:
+                ds = ds.assign_coords({dim: (dim, np.asarray(src[old].values), dict(src[old].attrs))})
+        if "land_cover" in src.data_vars and set(src["land_cover"].dims) == {ydim, xdim}:
+            lc = src["land_cover"].transpose(ydim, xdim)
+            ds = ds.assign_coords(land_cover=(("y", "x"), np.asarray(lc.values), dict(lc.attrs)))
+        ds = ds.assign_coords(time=((), np.asarray(start, "datetime64[ns]")[0],
+                                    {"long_name": "start of the model step, local standard time"}))
+        bname = ref.attrs.get("bounds", ref.encoding.get("bounds"))
+        step = np.asarray(src[bname].values) if bname in src.variables else None
+        location = _approximate_location(src)
+        ds.attrs = {
+            "site_id": path.stem,
+            "source_file": file,
+            "source_format": "gridded-reference-output",
+            "data_kind": _text_attr(src[names[0]].attrs.get("data_kind", "")) or "model output, not observations",
+            "latitude": location.get("latitude", np.nan),
+            "longitude": location.get("longitude", np.nan),
+            "utc_offset_h": offset,
+            "time_step_s": float((step[0, 1] - step[0, 0]) / np.timedelta64(1, "s")) if step is not None else np.nan,
+            "time_convention": f"start of the model step in local standard time: {note or 'ref_time'}"
+                               + (f"; the file's UTC time shifted by {offset:+g} h" if rule else ""),
+            **({"utc_offset_rule": rule} if rule else {}),
+            **({"location_note": location["note"]} if location else {}),
+        }
+    return ds
+
+
+def _approximate_location(src: xr.Dataset) -> dict:
+    """``latitude``/``longitude`` from the global ``latitude_approx``/``longitude_approx`` (a grid
+    in local coordinates placed by one point), with a note; {} when the file has neither."""
+    lat, lon = src.attrs.get("latitude_approx"), src.attrs.get("longitude_approx")
+    if lat is None or lon is None:
+        return {}
+    note = (f"approximate, one point for the whole grid: the file's latitude_approx {float(lat):g} and "
+            f"longitude_approx {float(lon):g} (no per-cell latitude/longitude)")
+    if src.attrs.get("location_note"):
+        note += f"; file: {_text_attr(src.attrs['location_note'])}"
+    return {"latitude": float(lat), "longitude": float(lon), "note": note}
 
 
 def _text_attr(v) -> str:

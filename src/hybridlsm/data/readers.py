@@ -9,6 +9,7 @@ imported on first use of the registry. Registered formats (in detection order):
   half-hourly CSVs (:mod:`hybridlsm.data.fluxnet`);
 - ``plumber2``: a PLUMBER2 Met/Flux netCDF pair or one single-site netCDF (``y = x = 1``)
   (:mod:`hybridlsm.data.plumber2`);
+- ``wrf``: WRF history output (``Times``, ``south_north``/``west_east``) (:mod:`hybridlsm.data.wrf`);
 - ``gridded``: any other netCDF, with time and y/lat, x/lon dims (:mod:`hybridlsm.data.gridded`).
 
 :func:`detect_format` asks each reader's ``detect`` in ascending ``priority`` (then name); the
@@ -38,7 +39,7 @@ __all__ = [
     "BUILTIN_READER_MODULES",
 ]
 
-BUILTIN_READER_MODULES = ("ameriflux", "fluxnet", "plumber2", "gridded")
+BUILTIN_READER_MODULES = ("ameriflux", "fluxnet", "plumber2", "wrf", "gridded")
 """Modules of :mod:`hybridlsm.data` that register the built-in readers when imported."""
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")

@@ -48,7 +48,16 @@ Qle_cor         W m-2        LE_CORR                         W m-2              
 SoilTemp        K            TS_F_MDS_1, TS_1                degC                      + 273.15
 SoilMoistVol    m3 m-3       SWC_F_MDS_1, SWC_1              %                         / 100
 LAI             m2 m-2       LAI                             m2 m-2                    x 1
+Wind_E          m s-1        (gridded sources: NLDAS UGRD,   -                         x 1
+                             WRF U10 earth-relative)
+Wind_N          m s-1        (gridded sources: NLDAS VGRD,   -                         x 1
+                             WRF V10 earth-relative)
+AvgSurfT        K            (gridded sources: WRF TSK)      -                         x 1
 ==============  ===========  ==============================  ========================  =================
+
+``Wind_E`` / ``Wind_N`` (eastward / northward wind components) are optional forcing: no column model
+needs them (``Wind`` is the speed), a regional model does (advection). ``AvgSurfT`` is the ALMA
+average surface (skin) temperature, the name the models also write.
 
 Derived variables (added by :mod:`hybridlsm.data.preprocess`, never by a reader): ``rho_air``
 [kg m-3], ``lambda_v`` [J kg-1], ``Rainf`` and ``Snowf`` [kg m-2 s-1].
@@ -178,6 +187,13 @@ VARIABLES: dict[str, Variable] = {
                  (0.0, 1.0), ("SWC_F_MDS_1", "SWC_1"), "%", 0.01, 0.0, "/ 100", kind="state"),
         Variable("LAI", "m2 m-2", "leaf area index", (0.0, 15.0), ("LAI",), "m2 m-2",
                  kind="state"),
+        Variable("Wind_E", "m s-1", "eastward wind component", (-40.0, 40.0),
+                 conversion="x 1 (gridded sources only)"),
+        Variable("Wind_N", "m s-1", "northward wind component", (-40.0, 40.0),
+                 conversion="x 1 (gridded sources only)"),
+        Variable("AvgSurfT", "K", "average surface (skin) temperature", (213.15, 353.15),
+                 conversion="x 1 (gridded sources only)", kind="state",
+                 alt_units={"degC": (1.0, 273.15)}),
         # derived (preprocess only)
         Variable("rho_air", "kg m-3", "moist-air density", (0.5, 1.6),
                  conversion="thermo.air_density(Tair, Psurf, Qair)", kind="derived"),

@@ -152,7 +152,12 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     Cells whose forcing is missing at any step (sea, outside the mask) are not columns; the layout
     keeps their place so the writers restore the full grid. ``land_cover``: an index field (y, x)
     in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
-    ``land_cover``); otherwise the class is unknown ('')."""
+    ``land_cover``); by default the dataset's own ``land_cover`` field (y, x) where it has one (the
+    gridded and WRF readers keep it as a coordinate), otherwise the class is unknown ('').
+    Elevation per column comes from an ``elevation`` field (y, x) where the dataset has one, else
+    from ``attrs['elevation']``; latitude/longitude from the grid's coordinates, else from
+    ``attrs['latitude']``/``['longitude']`` (one approximate point for the grid, e.g. Little
+    Washita), which the layout does not write as per-cell coordinates."""
     dims = [d for d in ds.dims if d != "time"]
     if len(dims) != 2:
         raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: expected dims (time, y, x), got {tuple(ds.dims)}")
@@ -177,6 +182,10 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     xcoord = ds[xdim].values if xdim in ds.coords else np.arange(nx)
     lat = _grid_coord(ds, ("lat", "latitude", "XLAT"), ny, nx, axis=0)
     lon = _grid_coord(ds, ("lon", "longitude", "XLONG"), ny, nx, axis=1)
+    col_lat, col_lon = lat.copy(), lon.copy()
+    for values, key in ((col_lat, "latitude"), (col_lon, "longitude")):
+        if not np.isfinite(values).any():  # one point for the whole grid, not per-cell coordinates
+            values[...] = float(ds.attrs.get(key, np.nan))
     ids = [f"y{a}_x{b}" for a, b in zip(iy, ix)]
     data = {}
     for v in ds.data_vars:
@@ -186,9 +195,13 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         data[v] = (("time", "column"), values, dict(ds[v].attrs))
     attrs = {k: v for k, v in ds.attrs.items() if k not in SITE_ATTRS + ("site_id", "site_name")}
     dset = xr.Dataset(data, coords={"time": ds["time"].values, "column": ids}, attrs=attrs)
-    columns = {"latitude": lat[iy, ix], "longitude": lon[iy, ix]}
+    columns = {"latitude": col_lat[iy, ix], "longitude": col_lon[iy, ix]}
     for k in ("elevation", "canopy_height", "measurement_height", "utc_offset_h"):
         columns[k] = np.full(len(cells), float(ds.attrs.get(k, np.nan)))
+    if "elevation" in ds.variables and set(ds["elevation"].dims) == {ydim, xdim}:
+        columns["elevation"] = np.asarray(ds["elevation"].transpose(ydim, xdim).values, float)[iy, ix]
+    if land_cover is None and "land_cover" in ds.variables and set(ds["land_cover"].dims) == {ydim, xdim}:
+        land_cover = ds["land_cover"]
     if land_cover is not None:
         if set(land_cover.dims) == {ydim, xdim}:
             land_cover = land_cover.transpose(ydim, xdim)
@@ -218,4 +231,4 @@ def _grid_coord(ds: xr.Dataset, names: tuple[str, ...], ny: int, nx: int, axis: 
             if values.ndim == 1 and values.size == (ny if axis == 0 else nx):
                 return np.repeat(values[:, None], nx, 1) if axis == 0 else np.repeat(values[None, :], ny, 0)
     key = "latitude_approx" if axis == 0 else "longitude_approx"
-    return np.full((ny, nx), float(ds.attrs.get(key, np.nan)))
+    return np.full((ny, nx), float(ds.attrs.get(key, np.nan)))  # a raw file's one approximate point
