@@ -18,7 +18,7 @@ from hybridlsm.neural import (
     physical_features,
     trainable_filter,
 )
-from hybridlsm.neural._spatiotemporal import gaussian_profile
+from hybridlsm.neural._spatiotemporal import _downsample, _upsample, gaussian_profile
 
 #: a narrow network: the same layers as the default, fewer channels (fast to compile); tests on
 #: it use (3, 4, 8, 8) inputs so that they share compilations
@@ -57,6 +57,32 @@ def test_output_is_on_the_physics_grid_for_any_size():
     x, s = inputs(8, 5, 3, 8, 10)  # and one evaluation on an odd, non-square grid
     y = apply(model, x, s)
     assert y.shape == (2, 3, 8, 10) and np.all(np.isfinite(y))
+
+
+def test_fast_strided_convolutions_equal_equinox_layers():
+    # the encoder and decoder run their strided layers as stride-1 convolutions (space-to-depth and
+    # sub-pixel forms); values and input gradients equal eqx.nn.Conv3d / ConvTranspose3d
+    rng = np.random.default_rng(13)
+
+    @eqx.filter_jit
+    def gaps(fast, layer, a):
+        """Largest differences of the values and of the input gradients of sum(sin(.))."""
+        def grad(f):
+            return jax.grad(lambda b: jnp.sum(jnp.sin(f(b))))(a)
+
+        return (jnp.max(jnp.abs(fast(layer, a) - layer(a))),
+                jnp.max(jnp.abs(grad(lambda b: fast(layer, b)) - grad(layer))))  # fmt: skip
+
+    for stride, (ny, nx) in [(2, (9, 6)), (3, (7, 8))]:
+        conv = eqx.nn.Conv3d(3, 4, (3, 5, 5), stride=(1, stride, stride), padding=(1, 2, 2),
+                             key=jax.random.key(stride))  # fmt: skip
+        deconv = eqx.nn.ConvTranspose3d(4, 3, (1, 5, 5), stride=(1, stride, stride), padding=(0, 2, 2),
+                                        output_padding=(0, stride - 1, stride - 1), key=jax.random.key(7))  # fmt: skip
+        x = rng.normal(size=(3, 2, ny, nx))
+        z = rng.normal(size=(4, 2, -(-ny // stride), -(-nx // stride)))
+        assert conv(x).shape[2:] == z.shape[2:]
+        np.testing.assert_array_less(np.asarray(gaps(_downsample, conv, x)), 1e-13)
+        np.testing.assert_array_less(np.asarray(gaps(_upsample, deconv, z)), 1e-13)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
