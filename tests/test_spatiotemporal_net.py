@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from hybridlsm.neural import (
+    CosineAttention,
     SpatiotemporalOptions,
     SpatiotemporalParameteriser,
     VariableFusion,
@@ -83,6 +84,33 @@ def test_fast_strided_convolutions_equal_equinox_layers():
         assert conv(x).shape[2:] == z.shape[2:]
         np.testing.assert_array_less(np.asarray(gaps(_downsample, conv, x)), 1e-13)
         np.testing.assert_array_less(np.asarray(gaps(_upsample, deconv, z)), 1e-13)
+
+
+def test_attention_matches_a_direct_computation():
+    # each latent cell at step t attends to all cells at steps t-1..t+1 (window 1), with scores
+    # tau_h cos(q, k); chunks of 2 steps over T = 5 (a remainder chunk) change nothing
+    t, n, c, heads, size = 5, 3, 6, 2, 8
+    rng = np.random.default_rng(14)
+    arrays = [rng.normal(size=shape) * 0.5 for shape, _ in CosineAttention.specs(c, size)]
+    att = CosineAttention(c, size, heads, window=1, time_chunk=2, temperature=3.0, arrays=arrays,
+                          dtype=np.float64)  # fmt: skip
+    att = eqx.tree_at(lambda a: a.log_temperature, att, jnp.log(jnp.array([3.0, 0.5])))
+    f = rng.normal(size=(t, n, c))
+    w_qkv, b_qkv, w_out, b_out = arrays
+    q, k, v = np.split((f @ w_qkv.T + b_qkv).reshape(t, n, 3 * heads, -1), 3, axis=2)
+    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    out = np.zeros((t, n, heads, size // heads))
+    for ti in range(t):
+        steps = [s for s in (ti - 1, ti, ti + 1) if 0 <= s < t]
+        for h, tau in enumerate((3.0, 0.5)):
+            keys = np.concatenate([k[s, :, h] for s in steps])  # (len(steps) n, d)
+            vals = np.concatenate([v[s, :, h] for s in steps])
+            scores = tau * q[ti, :, h] @ keys.T
+            a = np.exp(scores - scores.max(-1, keepdims=True))
+            out[ti, :, h] = (a / a.sum(-1, keepdims=True)) @ vals
+    expected = f + out.reshape(t, n, size) @ w_out.T + b_out
+    np.testing.assert_allclose(np.asarray(eqx.filter_jit(att)(f)), expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
