@@ -91,9 +91,22 @@ def test_transport_moves_heat_only_through_the_boundary_and_the_top(boundary):
         assert float(r.outflow) == 0.0
 
 
+def test_quick_ssp_rk3_stays_bounded_at_the_largest_courant_number_used():
+    # white noise advected diagonally at Courant number 1.2 (> MAX_COURANT) for 500 sub-steps
+    n = 16 * 16
+    phi0 = np.random.default_rng(0).normal(0, 1, n)
+    zero = jnp.zeros(n)
+    air = AirLayer((16, 16), dx=1.0, dy=1.0, depth=1.0, top_resistance=1e30, boundary="periodic", n_substeps=500)
+    out = air.advance(jnp.asarray(phi0), zero, sensible=zero, evaporation=zero, rho=1.0 / CP_AIR,
+                      temp_above=zero, humidity_above=zero, wind_u=jnp.full(n, 0.6), wind_v=jnp.full(n, 0.6),
+                      kh=zero, dt=500.0)
+    assert float(jnp.abs(out.temp).max()) < np.abs(phi0).max()
+    assert abs(float(jnp.sum(out.temp)) - phi0.sum()) < 1e-10
+
+
 def test_transport_substeps_follow_the_courant_number():
-    assert transport_substeps(np.array([5.0, -10.0]), np.array([0.0]), 3600.0, 1000.0, 1000.0, 0.0) == 72
-    assert transport_substeps(np.zeros(1), np.zeros(1), 3600.0, 1000.0, 1000.0, 100.0) == 3  # 2 K dt (2/dx^2) = 1.44
+    assert transport_substeps(np.array([5.0, -10.0]), np.array([0.0]), 3600.0, 1000.0, 1000.0, 0.0) == 45  # 10 m s-1 x 3600 s / 1 km / 0.8
+    assert transport_substeps(np.zeros(1), np.zeros(1), 3600.0, 1000.0, 1000.0, 100.0) == 2  # 2 K dt (2/dx^2) = 1.44
     with pytest.raises(ValueError, match="boundary 'wall'"):
         AirLayer((2, 2), boundary="wall")
 

@@ -47,9 +47,9 @@ from ..constants import CP_AIR
 
 BOUNDARIES = ("periodic", "open")
 
-#: sub-steps keep |u| dt/dx + |v| dt/dy and 2 K_h dt (1/dx^2 + 1/dy^2) at or below this; the SSP-RK3
-#: QUICK scheme is stable to about 0.8 for advection alone
-MAX_COURANT = 0.5
+#: sub-steps keep |u| dt/dx + |v| dt/dy and 2 K_h dt (1/dx^2 + 1/dy^2) at or below this (SSP-RK3
+#: QUICK stayed bounded over 2000 sub-steps of white noise up to 1.2, tests/test_regional_physics.py)
+MAX_COURANT = 0.8
 
 
 def transport_substeps(wind_u, wind_v, dt: float, dx: float, dy: float, kh_max: float) -> int:

@@ -94,6 +94,19 @@ class ExchangeLaw(eqx.Module):
         return jnp.exp(smooth_min(smooth_max(log_kh, lo, 0.1), hi, 0.1))
 
 
+class ClassExchangeLaw(eqx.Module):
+    """One :class:`ExchangeLaw` per land-cover class, each cell following its class's law: the
+    truth of a virtual region (``data.virtual_region``), whose classes exchange differently.
+    ``cover``: (N,) class index of every cell into ``laws``."""
+
+    laws: tuple[ExchangeLaw, ...]
+    cover: Array
+
+    def __call__(self, wind: Float[ArrayLike, " N"], ri: Float[ArrayLike, " N"]) -> Float[Array, " N"]:
+        kh = jnp.stack([law(wind, ri) for law in self.laws], axis=-1)
+        return jnp.take_along_axis(kh, self.cover[..., None], axis=-1)[..., 0]
+
+
 class LawFitError(ValueError):
     """Too few usable steps in a branch for a fit (the message says which and how many)."""
 
