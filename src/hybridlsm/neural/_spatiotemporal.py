@@ -624,7 +624,7 @@ class SpatiotemporalParameteriser(eqx.Module):
         self.hidden = _filled(lambda: eqx.nn.Linear(out_in, opt.head_width, dtype=dtype, key=key0),
                               ("weight", "bias"), [arr[i] for i in hidden_specs])  # fmt: skip
         self.head = BoundedHead([bounds[n][0] for n in names], [bounds[n][1] for n in names],
-                                log_space=True, dtype=dtype)  # fmt: skip
+                                log_space="auto", dtype=dtype)  # fmt: skip  (log for K_h, r_s; linear for fluxes)
         bias = self.head.inverse(jnp.asarray([prior[n] for n in names], dtype))
         self.projection = _filled(lambda: eqx.nn.Linear(opt.head_width, len(names), dtype=dtype, key=key0),
                                   ("weight", "bias"), [arr[proj_spec], bias])  # fmt: skip
