@@ -13,7 +13,9 @@ One step of ``dt`` (the forcing's step), split into ``n`` coupled sub-steps of `
 
 The coupling is a predictor-corrector: the air is first advanced under the previous sub-step's
 surface fluxes, and the column sees the mean of the start and that prediction (the mid-step air);
-the air is then advanced under the column's actual fluxes. What the prediction missed is the
+the air is then advanced under the column's actual fluxes. (Letting the air's last tendency persist
+instead saves one transport but missed by 9 W m-2 at the median, against < 0.3.) What the
+prediction missed is the
 **coupling residual**: the first-order change of the column's H + LE had it seen the actual
 mid-step air, rho c_p |dT| / r_a + rho L_v |dq| / (r_a + r_s) [W m-2], dT and dq the misses. The
 step is first taken whole (n = 1); where the largest coupling residual of the domain exceeds
