@@ -89,19 +89,18 @@ def elevation_field(ny: int, nx: int, seed: int = 0) -> np.ndarray:
 
 
 def site_forcing(path: Path, start: str, days: int) -> xr.Dataset:
-    """A site's forcing over ``days`` from ``start``: gap-filled (``prepare_forcing``, every repair
-    flagged and reported), averaged to hourly."""
+    """A site's forcing over ``days`` from ``start``: gap-filled over the whole record
+    (``prepare_forcing``, every repair flagged and reported), averaged to hourly."""
     from .preprocess import prepare_forcing
     from .readers import read_site
 
-    ds = read_site(path)
+    ds = prepare_forcing(read_site(path))  # the whole record: its diurnal cycles fill long gaps
     t0 = np.datetime64(start)
     window = ds.sel(time=slice(t0, t0 + np.timedelta64(days, "D") - np.timedelta64(1, "s")))
     expected = int(days * 86400 / ds.attrs["time_step_s"])
     if window.sizes["time"] != expected:
         raise DataError(f"{path}: {days} days from {start} need {expected} steps; the record has "
                         f"{window.sizes['time']} (it covers {str(ds.time.values[0])[:10]} to {str(ds.time.values[-1])[:10]})")
-    window = prepare_forcing(window)
     names = ["Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip"]
     hourly = window[names].resample(time="1h").mean()
     hourly.attrs = {**window.attrs, "time_step_s": 3600}

@@ -27,8 +27,7 @@ not scored.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import equinox as eqx
 import jax
@@ -155,10 +154,14 @@ def region_data(ds: xr.Dataset, dtype=None, *, constants: dict | None = None) ->
                       float(ds.attrs.get("cell_size_m", 1000.0)), ds.time.values, ds)
 
 
+#: prediction halves a step where the coupling residual exceeds the closed loop's 10 W m-2 (training
+#: takes every step whole: each refinement level is one more compiled copy of the step)
+PREDICT_REFINEMENTS = 1
+
+
 def regional_physics(data: RegionData, land: LaDModel | None = None, boundary: str = "open") -> RegionalModel:
-    """The gridded physics for ``data``'s grid, with transport sub-steps for its winds. Training and
-    prediction take each step whole (no refinement: the predictor-corrector coupling keeps the
-    coupling residual far below the closed loop's 10 W m-2, and ``n_substeps`` reports it)."""
+    """The gridded physics for ``data``'s grid, with transport sub-steps for its winds, for training
+    (no refinement; ``predict_regional`` allows ``PREDICT_REFINEMENTS``)."""
     air = AirLayer(data.shape, dx=data.cell_size, dy=data.cell_size, boundary=boundary)
     return RegionalModel(air, land=land or LaDModel(), max_refinements=0).for_forcing(data.forcing)
 
@@ -355,6 +358,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     window's from its start) and the physics runs through them continuously; the CNN-LSTM
     predicts window by window the same way."""
     if isinstance(model, RegionalModel):
+        model = replace(model, max_refinements=PREDICT_REFINEMENTS)
         _, out = jax.jit(lambda: rollout(model, data.params, data.forcing, chunk=None))()
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
         return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
@@ -372,7 +376,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
         done = start + window
     if cnn:
         return pieces
-    run = jax.jit(lambda kh, rs: rollout(model.physics, data.params, data.forcing, dynamic={"Kh": kh, "rs": rs},
-                                         chunk=None))
+    physics = replace(model.physics, max_refinements=PREDICT_REFINEMENTS)
+    run = jax.jit(lambda kh, rs: rollout(physics, data.params, data.forcing, dynamic={"Kh": kh, "rs": rs}, chunk=None))
     _, out = run(jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"]))
     return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": pieces["rs"]}

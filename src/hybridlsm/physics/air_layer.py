@@ -155,7 +155,8 @@ class AirLayer(eqx.Module):
     Attributes:
         shape: (ny, nx) of the grid; cells in C order on the column axis (N = ny * nx)
         dx, dy: cell sizes [m]
-        depth: layer depth h [m]
+        depth: layer depth h [m] (300 m: the lower part of a daytime mixed layer; shallower layers
+            make the coupling to the surface stiffer, ``physics/regional.py``)
         top_resistance: r_top between the layer and the air above [s m-1]
         boundary: "periodic" or "open"
         n_substeps: lateral transport sub-steps per call of ``advance`` (``transport_substeps``)
@@ -164,7 +165,7 @@ class AirLayer(eqx.Module):
     shape: tuple[int, int] = eqx.field(static=True)
     dx: float = eqx.field(static=True, default=1000.0)
     dy: float = eqx.field(static=True, default=1000.0)
-    depth: float = eqx.field(static=True, default=100.0)
+    depth: float = eqx.field(static=True, default=300.0)
     top_resistance: float = eqx.field(static=True, default=20.0)
     boundary: str = eqx.field(static=True, default="open")
     n_substeps: int = eqx.field(static=True, default=1)
