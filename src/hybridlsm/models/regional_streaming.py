@@ -98,7 +98,8 @@ def _record_summary(source: xr.Dataset, ydim: str, xdim: str) -> tuple[float, fl
     u, v = (abs(source[var]).max(skipna=True) for var, _ in WIND_VARIABLES.values())
     t_air = source[FORCING_VARIABLES["t_air"][0]].astype(np.float64).mean("time", skipna=False)
     u, v, t_mean = dask.compute(u, v, t_air.transpose(ydim, xdim))
-    return float(u), float(v), np.asarray(t_mean.values, np.float64).ravel()
+    u, v = (float(w) if np.isfinite(w) else 0.0 for w in (u, v))  # all missing: refused when read
+    return u, v, np.asarray(t_mean.values, np.float64).ravel()
 
 
 def _initial_state(model: RegionalModel, params: dict, first: GridForcing, t_mean):
