@@ -265,6 +265,11 @@ def virtual_site(
 #: IGBP classes a virtual grid's land cover cycles through, in blobs (numbering of IGBP_BY_INDEX)
 GRID_CLASSES = ("GRA", "ENF", "DBF", "CRO", "SAV", "OSH", "MF", "EBF")
 
+#: a virtual grid's wind turns through a full circle in this many days ...
+WIND_TURN_DAYS = 8.0
+#: ... and its direction differs across the grid by up to this much either way [rad] (smoothly)
+DIRECTION_SPREAD = 0.5
+
 
 def virtual_grid(ny: int, nx: int, days: int, step_s: int = 3600, *, seed: int = 0,
                  chunks: tuple[int, int, int] | None = None, start: str = "2021-01-01",
@@ -273,7 +278,10 @@ def virtual_grid(ny: int, nx: int, days: int, step_s: int = 3600, *, seed: int =
     weather (``synthetic_forcing``) spread over ``ny`` x ``nx`` cells of 1 km with smooth spatial
     perturbations: an elevation field (Tair by ``lapse_rate`` K m-1, Psurf hydrostatically, LWdown
     with Tair^4), cloudiness (SWdown +-5 %), wind exposure (+-10 %) and rainfall (+-20 %); a
-    ``land_cover`` index field (IGBP numbering) in blobs of ``GRID_CLASSES``.
+    ``land_cover`` index field (IGBP numbering) in blobs of ``GRID_CLASSES``; wind components
+    ``Wind_E``, ``Wind_N`` of speed ``Wind`` (so Wind_E**2 + Wind_N**2 = Wind**2 to float32
+    rounding) blowing toward a direction that turns slowly (``WIND_TURN_DAYS``) and varies smoothly
+    across the grid (``DIRECTION_SPREAD``), for regional models' advection.
 
     Every variable is a dask array in ``chunks`` (time, y, x) (default one month of steps and the
     whole grid), computed chunk by chunk when written (``to_zarr``) or read, so a grid larger than
@@ -323,4 +331,13 @@ def virtual_grid(ny: int, nx: int, days: int, step_s: int = 3600, *, seed: int =
     )  # fmt: skip
     ds["land_cover"] = (("y", "x"), land_cover.astype(np.int16), {"long_name": "IGBP land cover class index"})
     ds["elevation"] = (("y", "x"), elevation.astype(np.float32), {"units": "m"})
+    # wind components (drawn last: every variable above keeps its values): Wind's speed blowing
+    # toward a direction that turns once every WIND_TURN_DAYS, +-DIRECTION_SPREAD rad across the grid
+    hours = (base["time"].values - base["time"].values[0]) / np.timedelta64(1, "h")
+    turning = da.from_array((2 * np.pi * hours / (24.0 * WIND_TURN_DAYS))[:, None, None], chunks=(chunks[0], 1, 1))
+    direction = turning + spread(DIRECTION_SPREAD * smooth_field(30.0)).astype(np.float64)
+    speed = ds["Wind"].data
+    for name, part, long_name in (("Wind_E", da.cos, "eastward"), ("Wind_N", da.sin, "northward")):
+        ds[name] = (("time", "y", "x"), (speed * part(direction)).rechunk(chunks).astype(np.float32),
+                    {"units": "m s-1", "long_name": f"{long_name} wind component (Wind's speed)"})
     return ds

@@ -27,7 +27,8 @@ the store it created, so no half-written output is left.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from ..physics import FORCING_VARIABLES, RUN_TIME_OPTIONS, Forcing, default_para
 from .column import ColumnModel, column_igbp
 from .registry import StreamingUnsupported
 
-__all__ = ["STREAM_OUTPUTS", "stream_column_model"]
+__all__ = ["STREAM_OUTPUTS", "open_grid", "stream_column_model"]
 
 #: outputs written by default (ALMA names; every (T, N) output of ``PREDICTION_OUTPUTS`` may be asked for)
 STREAM_OUTPUTS = ("Qh", "Qle", "Qg", "Rnet", "AvgSurfT")
@@ -64,6 +65,17 @@ def _chunk_runner(model: ColumnModel):
     return lambda forcing, base, state0, outputs: jitted(plain, forcing, base, state0, outputs)
 
 
+def open_grid(source: xr.Dataset | str | Path) -> xr.Dataset:
+    """A gridded forcing read lazily: ``source`` itself when it is a Dataset, else the zarr store
+    (a folder, ``xr.open_zarr``) or netCDF file (``xr.open_dataset(..., chunks={})``) at that path."""
+    if isinstance(source, xr.Dataset):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such gridded forcing (a zarr store or a netCDF file)")
+    return xr.open_zarr(path) if path.is_dir() else xr.open_dataset(path, chunks={})
+
+
 def _grid_dims(source: xr.Dataset) -> tuple[str, str]:
     dims = [d for d in source[FORCING_VARIABLES["t_air"][0]].dims if d != "time"]
     if len(dims) != 2:
@@ -72,28 +84,83 @@ def _grid_dims(source: xr.Dataset) -> tuple[str, str]:
     return dims[0], dims[1]
 
 
-def _read_band(source: xr.Dataset, ydim: str, xdim: str, rows: slice, steps: slice) -> dict[str, np.ndarray]:
-    """The band's forcing variables over ``steps``, each (T, cells of the band in C order)."""
+def _grid_setup(source: xr.Dataset, variables: Sequence[str]) -> tuple[str, str, str, float]:
+    """(where, ydim, xdim, step_s) of a lazily read grid that must hold ``variables``: where names
+    the source in messages, step_s from ``attrs["time_step_s"]`` or the ``time`` coordinate."""
+    where = str(source.encoding.get("source", "<grid>"))
+    missing = [v for v in variables if v not in source]
+    if missing:
+        raise DataError(f"{where}: forcing variable(s) {missing} missing; the grid has {sorted(source.data_vars)}")
+    ydim, xdim = _grid_dims(source)
+    step_s = float(source.attrs.get("time_step_s") or (source["time"].values[1] - source["time"].values[0])
+                   / np.timedelta64(1, "s"))  # fmt: skip
+    return where, ydim, xdim, step_s
+
+
+def _cell_codes(source: xr.Dataset, ydim: str, xdim: str, land_cover: xr.DataArray | None) -> np.ndarray:
+    """(ny, nx) land-cover codes: ``land_cover``'s (IGBP numbering or CF flag_meanings), else the
+    class in ``source.attrs["igbp"]`` for every cell, or "" (unknown: the LaD default class)."""
+    if land_cover is not None:
+        return land_cover_codes(np.asarray(land_cover.transpose(ydim, xdim).values), dict(land_cover.attrs))
+    return np.full((source.sizes[ydim], source.sizes[xdim]), str(source.attrs.get("igbp", "") or ""), object)
+
+
+def _new_store(store: str | Path) -> Path:
+    store = Path(store)
+    if store.exists():
+        raise FileExistsError(f"{store} exists; streamed outputs go to a new store (nothing is replaced)")
+    return store
+
+
+@contextmanager
+def _removed_on_failure(store: Path) -> Iterator[None]:
+    """Remove ``store`` when the block fails (a gap found part-way, an interrupt): no
+    half-written store is left."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(store, ignore_errors=True)
+        raise
+
+
+def _write_region(store: Path, blocks: dict[str, np.ndarray], ydim: str, xdim: str, steps: slice, rows: slice,
+                  nx: int) -> None:
+    """Write ``blocks`` (name: (steps, rows, nx) array) into the store's region."""
+    data = {k: (("time", ydim, xdim), v) for k, v in blocks.items()}
+    xr.Dataset(data).to_zarr(store, region={"time": steps, ydim: rows, xdim: slice(0, nx)})
+
+
+def _read_band(source: xr.Dataset, ydim: str, xdim: str, rows: slice, steps: slice,
+               variables: Sequence[str] = tuple(v for v, _ in FORCING_VARIABLES.values()),
+               dtype=float) -> dict[str, np.ndarray]:
+    """The band's ``variables`` over ``steps``, each (T, cells of the band in C order) of ``dtype``."""
     out = {}
-    for var, _ in FORCING_VARIABLES.values():
-        values = np.asarray(source[var].isel({"time": steps, ydim: rows}).transpose("time", ydim, xdim).values, float)
+    for var in variables:
+        values = np.asarray(source[var].isel({"time": steps, ydim: rows}).transpose("time", ydim, xdim).values, dtype)
         out[var] = values.reshape(values.shape[0], -1)
     return out
+
+
+def _refuse_gap(values: np.ndarray, var: str, unit: str, times: np.ndarray, where: str, cell, why: str) -> None:
+    """A DataError naming ``var``, the cell (``cell(column index)``: its description) and the time
+    of the first non-finite value of ``values`` (T, columns), if any; ``why`` ends the message."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        t, c = np.argwhere(bad)[0]
+        raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at {cell(int(c))}, time {times[t]}; {why}")
 
 
 def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
                   dtype, where: str) -> Forcing:
     """The ``Forcing`` of the band's columns ``cells`` (flat indices within the band) from
     ``_read_band``'s arrays; a gap is a DataError naming the variable, cell and time."""
+    def cell(c: int) -> str:
+        return f"cell {int(cells[c])} of rows {rows.start}-{rows.stop - 1} (flat within the band, C order)"
+
     fields = {}
     for field, (var, unit) in FORCING_VARIABLES.items():
         values = arrays[var][:, cells]
-        bad = ~np.isfinite(values)
-        if bad.any():
-            t, c = np.argwhere(bad)[0]
-            raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at cell {int(cells[c])} of rows "
-                            f"{rows.start}-{rows.stop - 1} (flat within the band, C order), time {times[t]}; the "
-                            "model needs gap-free forcing")  # fmt: skip
+        _refuse_gap(values, var, unit, times, where, cell, "the model needs gap-free forcing")
         fields[field] = jnp.asarray(values, dtype=dtype)
     return Forcing(**fields, time_step_s=step_s)
 
@@ -109,7 +176,7 @@ def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], 
                        for k in outputs}, coords=coords)  # fmt: skip
 
 
-def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Path, *,
+def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, store: str | Path, *,
                         outputs: Sequence[str] = STREAM_OUTPUTS, time_chunk: int = 720,
                         cells_per_block: int = 4096, spinup_days: float = 30.0,
                         land_cover: xr.DataArray | None = None, canopy_height: float | None = None,
@@ -119,7 +186,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
 
     Args:
         source: canonical variables Tair, Qair, Psurf, Wind, SWdown, LWdown, Precip on
-            (time, y, x); ``attrs["time_step_s"]`` or a regular ``time`` coordinate
+            (time, y, x); ``attrs["time_step_s"]`` or a regular ``time`` coordinate (a Dataset
+            read lazily, or the path of a zarr store or netCDF file: ``open_grid``)
         outputs: the (T, N) outputs to write (float32)
         time_chunk: steps per chunk (also the store's time chunk)
         cells_per_block: at most this many cells per band (whole rows; at least one row)
@@ -138,23 +206,13 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
         raise StreamingUnsupported(f"stream_column_model: the model's networks take static attributes "
                                    f"{list(model.static_inputs)}, which a streamed grid does not provide yet; use "
                                    "`hybridlsm predict` on a netCDF grid that fits in memory")  # fmt: skip
-    store = Path(store)
-    if store.exists():
-        raise FileExistsError(f"{store} exists; streamed outputs go to a new store (nothing is replaced)")
-    where = str(source.encoding.get("source", "<grid>"))
-    missing = [v for v, _ in FORCING_VARIABLES.values() if v not in source]
-    if missing:
-        raise DataError(f"{where}: forcing variable(s) {missing} missing; the grid has {sorted(source.data_vars)}")
-    ydim, xdim = _grid_dims(source)
+    store = _new_store(store)
+    source = open_grid(source)
+    where, ydim, xdim, step_s = _grid_setup(source, [v for v, _ in FORCING_VARIABLES.values()])
     ny, nx, nt = source.sizes[ydim], source.sizes[xdim], source.sizes["time"]
-    step_s = float(source.attrs.get("time_step_s") or (source["time"].values[1] - source["time"].values[0])
-                   / np.timedelta64(1, "s"))  # fmt: skip
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
-    if land_cover is not None:
-        codes = land_cover_codes(np.asarray(land_cover.transpose(ydim, xdim).values), dict(land_cover.attrs))
-    else:
-        codes = np.full((ny, nx), str(source.attrs.get("igbp", "") or ""), object)
+    codes = _cell_codes(source, ydim, xdim, land_cover)
     dtype = jnp.zeros(0).dtype
     outputs = tuple(outputs)
     template = _template(source, ydim, xdim, outputs, time_chunk, rows)
@@ -188,16 +246,12 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset, store: str | Pat
             for k in outputs:
                 full = np.full((n, n_rows * nx), np.nan, np.float32)
                 full[:, used] = np.asarray(out[k][:, : used.size], np.float32)
-                block[k] = (("time", ydim, xdim), full.reshape(n, n_rows, nx))
-            xr.Dataset(block).to_zarr(store, region={"time": steps, ydim: band, xdim: slice(0, nx)})
+                block[k] = full.reshape(n, n_rows, nx)
+            _write_region(store, block, ydim, xdim, steps, band, nx)
             advance(1)
 
-    try:
-        with Progress(disable=not progress) as bar:
-            job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
-            for band in bands:
-                run_band(band, lambda k: bar.advance(job, k))
-    except BaseException:  # a gap found part-way, an interrupt: no half-written store is left
-        shutil.rmtree(store, ignore_errors=True)
-        raise
+    with _removed_on_failure(store), Progress(disable=not progress) as bar:
+        job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
+        for band in bands:
+            run_band(band, lambda k: bar.advance(job, k))
     return store
