@@ -112,7 +112,7 @@ def test_a_tiny_region_trains_and_its_loss_falls(region):
     cfg = TrainConfig(lr=3e-3, epochs=4, patience=4)
     model = build_hybrid(data)
     result = train_regional(model, data, cfg, split=split, window=24, warmup=6, progress=False)
-    losses = [h["loss"] for h in result.history]
+    losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.8 * losses[0]
     out = predict_regional(result.model, data, window=24, warmup=6)
     assert 1e-3 <= out["Kh"].min() and out["Kh"].max() <= 1e2  # the bounded head
