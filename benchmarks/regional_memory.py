@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from docblock import replace_block  # benchmarks/docblock.py
 from scaling import GB, _hwm_gb, log, machine  # benchmarks/scaling.py
+from scaling import spawn as scaling_spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID_SIZES = ((32, 32), (64, 64), (128, 128))
@@ -94,12 +94,7 @@ WORKERS = {"write_grid": worker_write_grid, "stream": worker_stream}
 
 
 def spawn(name: str, *args, timeout: float = 7200) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", name, json.dumps(args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise RuntimeError(f"worker {name}{args} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return scaling_spawn(name, *args, timeout=timeout, script=__file__)
 
 
 def grid_case(ny: int, nx: int, steps: int, scratch: Path) -> dict:

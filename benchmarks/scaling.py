@@ -159,11 +159,13 @@ def worker_stream_grid(store: str, out: str) -> dict:
 WORKERS = {"train_step": worker_train_step, "write_grid": worker_write_grid, "stream_grid": worker_stream_grid}
 
 
-def spawn(name: str, *args, devices: int | None = None, timeout: float = 7200) -> dict:
+def spawn(name: str, *args, devices: int | None = None, timeout: float = 7200, script: str = __file__) -> dict:
+    """Run worker ``name`` of ``script`` (a benchmark with a ``--_worker`` entry) in its own process
+    (its max RSS is its peak memory) and return the dict it prints after ``RESULT ``."""
     env = dict(os.environ)
     if devices is not None:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", name, json.dumps(args)]
+    cmd = [sys.executable, str(Path(script).resolve()), "--_worker", name, json.dumps(args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):

@@ -29,8 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError
-from .data import DataError, add_derived, detect_format, prepare_forcing, read_gridded, read_site
-from .data.plumber2 import open_netcdf
+from .data import DataError, add_derived, detect_format, prepare_forcing, read_site
 from .data.splits import TEST
 from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, StreamingUnsupported, load_run_config, load_saved_model
@@ -72,16 +71,18 @@ def is_zarr_store(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in (".zgroup", ".zmetadata", "zarr.json"))
 
 
+#: reader formats whose files are grids (every other format is one site)
+GRID_FORMATS = ("gridded", "wrf")
+
+
 def domain_from_file(path: Path, out_of_range: str = "error") -> Domain:
     """A site file as a one-column Domain (forcing gap-filled, repairs flagged) or a gridded file
     as the Domain of its cells."""
     path = Path(path)
-    if detect_format(path) != "gridded":
+    if detect_format(path) not in GRID_FORMATS:
         return domain_from_site(prepare_forcing(read_site(path), out_of_range=out_of_range))
-    grid = add_derived(read_gridded(path), variables=("VPD", "RH", "Qair"))  # humidity in every form
-    with open_netcdf(path) as src:
-        land_cover = src["land_cover"].load() if "land_cover" in src.variables else None
-    return domain_from_grid(grid, land_cover=land_cover, name=path.stem)
+    grid = add_derived(read_site(path), variables=("VPD", "RH", "Qair"))  # humidity in every form
+    return domain_from_grid(grid, name=path.stem)  # the grid's own land_cover, where it has one
 
 
 def _out_of_range_policy(run_dir: Path) -> str:

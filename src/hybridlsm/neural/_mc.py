@@ -22,6 +22,9 @@ from jaxtyping import PRNGKeyArray
 
 from hybridlsm.neural._lstm import LSTM
 from hybridlsm.neural._mlp import MLP
+from hybridlsm.neural._spatiotemporal import SpatiotemporalParameteriser
+
+_DROPOUT_NETS = (MLP, LSTM, SpatiotemporalParameteriser)
 
 __all__ = ["MC_BATCH_BYTES", "MC_KEY", "MC_SAMPLES", "dropout_rate", "mc_batch_size", "mc_dropout"]
 
@@ -34,9 +37,10 @@ MC_BATCH_BYTES = 1 << 30
 
 
 def dropout_rate(tree) -> float:
-    """The largest dropout rate of the networks (MLP, LSTM) in ``tree``; 0: deterministic."""
-    nets = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, (MLP, LSTM)))
-    return max((n.dropout for n in nets if isinstance(n, (MLP, LSTM))), default=0.0)
+    """The largest dropout rate of the networks (MLP, LSTM, the spatiotemporal parameteriser) in
+    ``tree``; 0: deterministic."""
+    nets = jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, _DROPOUT_NETS))
+    return max((n.dropout for n in nets if isinstance(n, _DROPOUT_NETS)), default=0.0)
 
 
 def mc_batch_size(n_samples: int, bytes_per_sample: int, budget: int = MC_BATCH_BYTES) -> int:
