@@ -7,7 +7,7 @@ are the column axis, as for every model; the grid shape lives in the air layer.
 One step of ``dt`` (the forcing's step), split into ``n`` coupled sub-steps of ``dt / n``:
 
 1. every column takes one LaD step (implicit in its surface temperature, exactly conserving
-   energy and water) with the air layer's temperature and humidity as its air;
+   energy and water) with the air layer's mid-step temperature and humidity as its air;
 2. its H and E enter the air layer, which is transported laterally (QUICK advection, K_h
    diffusion: ``physics/air_layer.py``) and exchanges implicitly with the forcing's air above.
 
@@ -25,8 +25,8 @@ mid-step air, rho c_p |dT| / r_a + rho L_v |dq| / (r_a + r_s) [W m-2], dT and dq
 step is first taken whole (n = 1); where the largest coupling residual of the domain exceeds
 ``residual_tolerance``, it is taken again with twice the sub-steps, up to ``2**max_refinements``
 (``lax.cond``: differentiable; the branch not taken is not computed). Every flux is the mean over
-the sub-steps and every state the end of the step's; ``n_substeps`` reports the number used and ``coupling_residual`` the largest
-residual of the sub-steps taken.
+the sub-steps and every state the end of the step's; ``n_substeps`` reports the number used and
+``coupling_residual`` the largest residual of the sub-steps taken.
 
 Energy: the columns' identity Rn - H - LE - Q_f = G holds per sub-step (LaD); the air layer's
 heat changes by exactly sum(H - Q_top) dt minus the open boundary's outflow (finite volumes), so
