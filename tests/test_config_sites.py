@@ -115,7 +115,7 @@ def test_format_and_options_reach_the_reader(shared_data):
     ("site", "message"),
     [
         ({"path": WKG, "format": "fluxnet"},
-         "unknown data format 'fluxnet'; available formats: ameriflux-base, fluxnet-csv, plumber2, gridded"),
+         "unknown data format 'fluxnet'; available formats: ameriflux-base, fluxnet-csv, plumber2, wrf, gridded"),
         ({"path": WKG, "options": {"depht": {"SoilTemp": 0.05}}},
          "reader 'fluxnet-csv': unknown option(s) ['depht']; allowed: depths, metadata, site_id, sites"),
         ({"path": WKG, "format": "plumber2", "options": {"depths": {"SoilTemp": 0.05}}},

@@ -891,7 +891,7 @@ def test_directory_given_for_a_file_says_so(tmp_path):
     d.mkdir()
     for call in (read_site, lambda p: __import__("hybridlsm.data", fromlist=["detect_format"]).detect_format(p)):
         with pytest.raises(DataError, match=re.escape(f"{d}: is a directory; expected a data file (one of the formats "
-                                                      "ameriflux-base, fluxnet-csv, plumber2, gridded)")):
+                                                      "ameriflux-base, fluxnet-csv, plumber2, wrf, gridded)")):
             call(d)
     with pytest.raises(DataError, match="nothere.csv: no such file"):
         read_site(tmp_path / "nothere.csv")

@@ -176,7 +176,7 @@ def test_prescribed_kh_and_rs_set_the_columns_resistances():
 
 @pytest.mark.slow
 def test_gradient_through_the_coupled_grid_matches_finite_differences():
-    gf, params = _grid_case(ny=2, nx=3, days=0.25)
+    gf, params = _grid_case(ny=2, nx=3, days=4 / 24)
     model = RegionalModel(AirLayer((2, 3), boundary="open"), max_refinements=0).for_forcing(gf)
     kh0 = jnp.full((gf.n_steps, 6), 0.2)
 

@@ -67,9 +67,8 @@ def test_streamed_regional_grid_equals_the_in_memory_rollout(grid_store, tmp_pat
         np.testing.assert_array_equal(streamed["time"].values, src["time"].values)
         np.testing.assert_array_equal(streamed["y"].values, src["y"].values)
         np.testing.assert_array_equal(streamed["x"].values, src["x"].values)
-    # the coupled run is not trivially uniform: the cells differ, and some steps were refined
+    # the coupled run is not trivially uniform: the cells differ (refinement: test_regional_physics)
     assert np.std(np.asarray(ref["Qle"]).mean(axis=0)) > 1.0
-    assert np.asarray(ref["n_substeps"]).max() > 1
 
 
 def test_a_sea_cell_and_a_gap_mid_record_are_refused_without_leaving_a_store(grid_store, tmp_path):
