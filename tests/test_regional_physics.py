@@ -125,7 +125,7 @@ def _grid_case(ny=4, nx=5, days=1, seed=0):
     return GridForcing(f, u, v), params
 
 
-@pytest.mark.parametrize("boundary,refinements", [("periodic", 0), ("open", 2)])
+@pytest.mark.parametrize("boundary,refinements", [("periodic", 0), pytest.param("open", 2, marks=pytest.mark.slow)])
 def test_domain_energy_budget_of_the_coupled_grid_closes_to_rounding(boundary, refinements):
     gf, params = _grid_case()
     ny, nx = 4, 5
