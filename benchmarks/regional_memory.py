@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from docblock import replace_block  # benchmarks/docblock.py
 from scaling import GB, _hwm_gb, log, machine  # benchmarks/scaling.py
+from scaling import serve_worker
 from scaling import spawn as scaling_spawn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,10 +130,7 @@ def markdown(R: dict, cmd: str) -> str:
 
 
 def main(argv=None) -> None:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_worker":
-        name, args = sys.argv[2], json.loads(sys.argv[3])
-        sys.path.insert(0, str(ROOT / "src"))
-        print("RESULT " + json.dumps(WORKERS[name](*args)), flush=True)
+    if argv is None and serve_worker(WORKERS):
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="16x16 and 32x32, two days")

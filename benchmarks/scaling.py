@@ -306,11 +306,19 @@ def markdown(R: dict, cmd: str) -> str:
     return "\n".join(lines)
 
 
+def serve_worker(workers: dict) -> bool:
+    """In a process ``spawn`` started (``--_worker NAME ARGS``): run that worker of ``workers`` and
+    print its result after ``RESULT ``; False in any other process."""
+    if len(sys.argv) < 2 or sys.argv[1] != "--_worker":
+        return False
+    name, args = sys.argv[2], json.loads(sys.argv[3])
+    sys.path.insert(0, str(ROOT / "src"))
+    print("RESULT " + json.dumps(workers[name](*args)), flush=True)
+    return True
+
+
 def main(argv=None) -> None:
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--_worker":
-        name, args = sys.argv[2], json.loads(sys.argv[3])
-        sys.path.insert(0, str(ROOT / "src"))
-        print("RESULT " + json.dumps(WORKERS[name](*args)), flush=True)
+    if argv is None and serve_worker(WORKERS):
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes only")
