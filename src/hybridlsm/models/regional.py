@@ -38,8 +38,7 @@ import xarray as xr
 from ..constants import STEFAN_BOLTZMANN
 from ..data.gridprep import land_cover_fractions, physical_normalise
 from ..data.schema import IGBP_BY_INDEX, DataError
-from ..neural import SpatiotemporalParameteriser
-from ..neural._spatiotemporal import SpatiotemporalOptions, physical_features
+from ..neural import SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import default_params, forcing_from_datasets, rollout
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
