@@ -34,8 +34,8 @@ from pathlib import Path
 
 from docblock import replace_block  # benchmarks/docblock.py
 from scaling import GB, _hwm_gb, log, machine  # benchmarks/scaling.py
+from scaling import grid_case as scaling_grid_case
 from scaling import serve_worker
-from scaling import spawn as scaling_spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID_SIZES = ((32, 32), (64, 64), (128, 128))
@@ -93,22 +93,9 @@ def worker_stream(store: str, out: str) -> dict:
 WORKERS = {"write_grid": worker_write_grid, "stream": worker_stream}
 
 
-def spawn(name: str, *args, timeout: float = 7200) -> dict:
-    return scaling_spawn(name, *args, timeout=timeout, script=__file__)
-
-
 def grid_case(ny: int, nx: int, steps: int, scratch: Path) -> dict:
-    store, out = scratch / f"forcing_{ny}x{nx}.zarr", scratch / f"out_{ny}x{nx}.zarr"
-    log(f"grid {ny}x{nx}, {steps} steps: writing the forcing")
-    w = spawn("write_grid", ny, nx, steps, str(store))
-    log(f"  forcing {w['store_gb']:.3f} GB on disk in {w['write_s']:.0f} s; streaming")
-    r = spawn("stream", str(store), str(out))
-    r.update(forcing_gb=ny * nx * steps * 9 * 4 / GB, forcing_store_gb=w["store_gb"], write_s=w["write_s"])
-    log(f"  {r['wall_s']:.1f} s, {r['cell_steps_per_s']:.3g} cell-steps/s, peak {r['peak_mem_gb']:.2f} GB, "
-        f"{r['transport_substeps']} transport sub-steps")  # fmt: skip
-    shutil.rmtree(store)
-    shutil.rmtree(out)
-    return r
+    # nine forcing variables: the column forcing and the two wind components
+    return scaling_grid_case(ny, nx, steps, scratch, script=__file__, stream="stream", n_variables=9)
 
 
 def markdown(R: dict, cmd: str) -> str:

@@ -176,14 +176,18 @@ def spawn(name: str, *args, devices: int | None = None, timeout: float = 7200, s
 # ------------------------------------------------------------------------------ parts
 
 
-def grid_case(ny: int, nx: int, steps: int, scratch: Path) -> dict:
+def grid_case(ny: int, nx: int, steps: int, scratch: Path, *, script: str = __file__, stream: str = "stream_grid",
+              n_variables: int = 7) -> dict:
+    """Write a ``virtual_grid`` forcing of ``n_variables`` (float32) with the ``write_grid`` worker
+    of ``script``, stream it with its ``stream`` worker, each in its own process; remove both stores."""
     store, out = scratch / f"forcing_{ny}x{nx}_{steps}.zarr", scratch / f"out_{ny}x{nx}_{steps}.zarr"
     log(f"grid {ny}x{nx}, {steps} steps: writing the forcing")
-    w = spawn("write_grid", ny, nx, steps, str(store))
-    log(f"  forcing {w['store_gb']:.2f} GB on disk in {w['write_s']:.0f} s; streaming")
-    r = spawn("stream_grid", str(store), str(out))
-    r.update(forcing_gb=ny * nx * steps * 7 * 4 / GB, forcing_store_gb=w["store_gb"], write_s=w["write_s"])
-    log(f"  {r['wall_s']:.1f} s, {r['cell_steps_per_s']:.3g} cell-steps/s, peak {r['peak_mem_gb']:.2f} GB")
+    w = spawn("write_grid", ny, nx, steps, str(store), script=script)
+    log(f"  forcing {w['store_gb']:.3g} GB on disk in {w['write_s']:.0f} s; streaming")
+    r = spawn(stream, str(store), str(out), script=script)
+    r.update(forcing_gb=ny * nx * steps * n_variables * 4 / GB, forcing_store_gb=w["store_gb"], write_s=w["write_s"])
+    extra = f", {r['transport_substeps']} transport sub-steps" if "transport_substeps" in r else ""
+    log(f"  {r['wall_s']:.1f} s, {r['cell_steps_per_s']:.3g} cell-steps/s, peak {r['peak_mem_gb']:.2f} GB{extra}")
     shutil.rmtree(store)
     shutil.rmtree(out)
     return r
