@@ -131,6 +131,7 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     ``../shared/data/fluxnet``); a DataError names it when absent. ``towers``: (row, col) cells
     with flux observations; default four: interior farmland, fringe, forest and urban.
     """
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
 
@@ -177,9 +178,9 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     lad_codes = [s[1] for s in spec]
     overrides = {"albedo": np.array([s[2] for s in spec])}
     water = flat == CLASS_NAMES.index("water")
+    defaults = default_params(lad_codes)
     for name, value in WATER_OVERRIDES.items():
-        default = np.asarray(default_params(lad_codes)[name])
-        overrides[name] = np.where(water, value, default)
+        overrides[name] = np.where(water, value, np.asarray(defaults[name]))
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     params = default_params(lad_codes, overrides=overrides, dtype=dtype)
     grid = ds.stack(column=("y", "x")).transpose("time", "column")
@@ -196,8 +197,8 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     dynamic = {"rs": as_cols(rs_true)}
     spin = spin_up_days * 24
     state0, _ = spin_up(model, params, gf.at(slice(0, spin)), dynamic={"rs": dynamic["rs"][:spin]}, max_cycles=2)
-    _, out = jax.jit(lambda s: rollout(model, params, gf.at(slice(spin, None)), s,
-                                       dynamic={"rs": dynamic["rs"][spin:]}))(state0)
+    run = eqx.filter_jit(lambda m, p, f, s, d: rollout(m, p, f, s, dynamic=d))  # arrays as arguments
+    _, out = run(model, params, gf.at(slice(spin, None)), state0, {"rs": dynamic["rs"][spin:]})
     ds = ds.isel(time=slice(spin, None))
     t = n_steps - spin
 

@@ -223,11 +223,11 @@ def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = Non
 def window_states(model: RegionalModel, data: RegionData, starts, params=None):
     """The fixed-K_h physics' state at each window start (one rollout carried through the record)."""
     params = data.params if params is None else params
-    run = jax.jit(lambda s, f: rollout(model, params, f, s, chunk=None)[0])
+    run = jax.jit(lambda s, p, f: rollout(model, p, f, s, chunk=None)[0])
     states, state, t = {}, model.init_state(params, data.forcing), 0
     for start in sorted(starts):
         if start > t:
-            state = run(state, data.forcing.at(slice(t, start)))
+            state = run(state, params, data.forcing.at(slice(t, start)))
             t = start
         states[start] = state
     return states
@@ -358,7 +358,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     predicts window by window the same way."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
-        _, out = jax.jit(lambda: rollout(model, data.params, data.forcing, chunk=None))()
+        _, out = jax.jit(lambda p, f: rollout(model, p, f, chunk=None))(data.params, data.forcing)
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
         return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
     starts = window_starts(data.n_steps, window, warmup)
@@ -376,6 +376,8 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     if cnn:
         return pieces
     physics = replace(model.physics, max_refinements=PREDICT_REFINEMENTS)
-    run = jax.jit(lambda kh, rs: rollout(physics, data.params, data.forcing, dynamic={"Kh": kh, "rs": rs}, chunk=None))
-    _, out = run(jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"]))
+    # the record goes in as arguments: arrays a jitted function closes over become constants of the
+    # compiled program (slower to compile, held twice)
+    run = jax.jit(lambda p, f, fields: rollout(physics, p, f, dynamic=fields, chunk=None))
+    _, out = run(data.params, data.forcing, {"Kh": jnp.asarray(pieces["Kh"]), "rs": jnp.asarray(pieces["rs"])})
     return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": pieces["rs"]}
