@@ -133,12 +133,13 @@ _IGBP_BY_KEY = {_class_key(k): v for k, v in IGBP_NAMES.items()}
 
 def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
     """IGBP codes of a land-cover index field: by the CF ``flag_values`` / ``flag_meanings`` where
-    the file names its classes (a class that is not an IGBP class gets ''), else by the 17-class
+    the file names its classes (IGBP codes or names; a class that is not an IGBP class gets ''), else by the 17-class
     IGBP numbering (1 = ENF ... 17 = WAT); '' for any other value."""
     meanings = str(attrs.get("flag_meanings", "")).split()
     if meanings:
         flags = [int(f) for f in np.atleast_1d(attrs.get("flag_values", np.arange(1, len(meanings) + 1)))]
-        table = {f: _IGBP_BY_KEY.get(_class_key(m), "") for f, m in zip(flags, meanings)}
+        table = {f: m.upper() if m.upper() in IGBP_BY_INDEX else _IGBP_BY_KEY.get(_class_key(m), "")
+                 for f, m in zip(flags, meanings)}  # meanings that are IGBP codes, or class names
     else:
         table = {i + 1: code for i, code in enumerate(IGBP_BY_INDEX)}
     flat = np.asarray(values, float).ravel()

@@ -145,6 +145,49 @@ class Domain:
     def columns(self) -> list[xr.Dataset]:
         return [self.column(i) for i in range(self.n_columns)]
 
+    def grid_dataset(self) -> xr.Dataset:
+        """A grid-layout domain back on its grid: every ``(time, column)`` variable on ``(time, y,
+        x)`` and every static attribute on ``(y, x)``, NaN ('' for ``igbp``) where a cell is not a
+        column (``mask`` = 1 where it is); coordinates as the layout's."""
+        layout = self.layout
+        if not isinstance(layout, GridLayout):
+            raise DataError(f"domain {self.name}: a {self.kind} domain has no grid")
+        ny, nx = layout.shape
+        iy, ix = np.unravel_index(layout.cell_index, (ny, nx))
+        out = {}
+        for name, da in self.data.data_vars.items():
+            if da.dims != ("time", "column"):
+                continue
+            values = np.asarray(da.values)
+            fill = False if values.dtype == bool else np.nan
+            full = np.full((self.n_steps, ny, nx), fill, values.dtype if values.dtype == bool else float)
+            full[:, iy, ix] = values
+            out[name] = (("time", "y", "x"), full, dict(da.attrs))
+        for name, da in self.static.data_vars.items():
+            text = da.dtype.kind in "OUS"
+            full = np.full((ny, nx), "" if text else np.nan, object if text else float)
+            full[iy, ix] = np.asarray(da.values)
+            out[name] = (("y", "x"), full.astype(str) if text else full, dict(da.attrs))
+        mask = np.zeros((ny, nx), np.int8)
+        mask[iy, ix] = 1
+        coords = {"time": self.time, "y": ("y", layout.y, layout.y_attrs), "x": ("x", layout.x, layout.x_attrs),
+                  "mask": (("y", "x"), mask, {"long_name": "1 where the cell is a column of the domain"})}
+        if np.isfinite(layout.lat).all() and np.isfinite(layout.lon).all():
+            coords.update(lat=(("y", "x"), layout.lat, {"units": "degrees_north"}),
+                          lon=(("y", "x"), layout.lon, {"units": "degrees_east"}))
+        return xr.Dataset(out, coords=coords, attrs={**self.data.attrs, "site_id": layout.name})
+
+    def select_columns(self, index) -> Domain:
+        """Columns ``index`` (positions) as a site-layout domain (e.g. the tower cells of a grid,
+        written and scored as sites; their ids then start with the grid's name: ``<grid>_y3_x5``)."""
+        index = np.asarray(index, int)
+        ids = tuple(str(c) for c in self.data["column"].values[index])
+        if isinstance(self.layout, GridLayout):
+            ids = tuple(f"{self.layout.name}_{c}" for c in ids)
+        data = self.data.isel(column=index).assign_coords(column=list(ids))
+        static = self.static.isel(column=index).assign_coords(column=list(ids))
+        return Domain(data, static, SiteLayout(ids), self.name)
+
     def static_value(self, name: str) -> np.ndarray:
         """(N,) values of one static attribute (``igbp`` as strings)."""
         if name not in self.static:

@@ -14,11 +14,16 @@ r_s fields, and the baselines it is judged against.
   same tower fluxes.
 
 Data come as a :class:`RegionData` (``region_data``): a gridded canonical dataset on (time, y, x)
-with forcing including the wind components, a land-cover map and observations (NaN = missing). The
-networks see the forcing normalised physically (``data.gridprep.physical_normalise``), the derived
-features (wind shear, temperature gradient, bulk Richardson number, with a radiative estimate of
-the surface temperature, since the parameteriser runs before the physics), the land-cover classes
-one-hot and the normalised elevation.
+with forcing, a land-cover map and observations (NaN = missing). The networks see the forcing
+normalised physically (``data.gridprep.physical_normalise``), the derived features (wind shear,
+temperature gradient, bulk Richardson number, with a radiative estimate of the surface temperature,
+since the parameteriser runs before the physics), the land-cover classes one-hot (over the classes
+given, so that a trained model applies to another grid) and the normalised elevation. A forcing
+without the wind's direction (Wind_E, Wind_N; e.g. Livneh or MetSim files, which give the speed)
+runs without lateral advection, and says so (``RegionData.advection``).
+
+The models hold no grid: the physics (``regional_physics``) is built for each grid they train on
+or predict, so a model trained on one region applies to another.
 
 Training windows (``window`` hours) cover the whole grid; each starts from the state that the
 fixed-K_h physics reaches there (carried through the record), and its first ``warmup`` hours are
@@ -28,6 +33,7 @@ not scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import equinox as eqx
 import jax
@@ -36,8 +42,10 @@ import numpy as np
 import xarray as xr
 
 from ..constants import STEFAN_BOLTZMANN
-from ..data.gridprep import land_cover_fractions, physical_normalise
-from ..data.schema import IGBP_BY_INDEX, DataError
+from ..data.gridprep import physical_normalise
+from ..config import IGBP_CLASSES
+from ..data.schema import DataError
+from ..domain.build import land_cover_codes
 from ..neural import SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import default_params, forcing_from_datasets, rollout
 from ..physics.air_layer import AirLayer
@@ -48,7 +56,7 @@ from ..physics.regional import GridForcing, RegionalModel
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "REGIONAL_FORCING",
+    "train_regional", "predict_regional", "REGIONAL_FORCING", "TARGETS",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -73,8 +81,10 @@ class RegionData:
         observed: name -> (T, N) observations with NaN where missing (``TARGETS`` present)
         classes: the IGBP classes of the land-cover map, in the one-hot's order
         cell_class: (N,) index into ``classes``
-        cell_size: [m]
+        spacing: (dx, dy) [m] (``cell_spacing``)
         time: (T,) datetime64
+        constants: the physical normalisation's constants (``physical_normalise``)
+        advection: False where the forcing has no wind direction (no lateral advection)
     """
 
     shape: tuple[int, int]
@@ -85,13 +95,20 @@ class RegionData:
     observed: dict[str, np.ndarray]
     classes: tuple[str, ...]
     cell_class: np.ndarray
-    cell_size: float
+    spacing: tuple[float, float]
     time: np.ndarray
+    constants: dict = field(default_factory=dict)
+    advection: bool = True
     source: xr.Dataset = field(repr=False, default=None)
 
     @property
     def n_steps(self) -> int:
         return self.forcing.n_steps
+
+    @property
+    def cell_size(self) -> float:
+        """The cells' mean length [m] (the geometric mean of dx and dy)."""
+        return float(np.sqrt(self.spacing[0] * self.spacing[1]))
 
     def window(self, start: int, length: int) -> tuple[GridForcing, np.ndarray]:
         return self.forcing.at(slice(start, start + length)), self.variables[:, start : start + length]
@@ -106,12 +123,56 @@ def _radiative_surface_temperature(ds: xr.Dataset) -> np.ndarray:
     return np.clip(t_rad, tair - 15.0, tair + 15.0)
 
 
-def region_data(ds: xr.Dataset, dtype=None, *, constants: dict | None = None) -> RegionData:
-    """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
-    ``data.virtual_region.virtual_region``) with every cell complete; a missing forcing variable
-    or a gap is a DataError naming it."""
+def cell_classes(ds: xr.Dataset) -> np.ndarray:
+    """(ny, nx) IGBP codes of the cells: the ``igbp`` field of ``Domain.grid_dataset`` or the
+    ``land_cover`` index field (IGBP numbering or CF flag meanings, ``domain.land_cover_codes``)."""
+    if "igbp" in ds:
+        return np.asarray(ds["igbp"].transpose("y", "x").values).astype(str)
+    if "land_cover" in ds:
+        lc = ds["land_cover"].transpose("y", "x")
+        return land_cover_codes(np.asarray(lc.values), dict(lc.attrs)).astype(str)
     file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
-    missing = [v for v in (*REGIONAL_FORCING, "Wind", "land_cover") if v not in ds]
+    raise DataError(f"{file}: the regional models need each cell's land cover (a land_cover field, or "
+                    "data.grid.igbp in the config for a grid without one)")
+
+
+EARTH_RADIUS = 6.371e6  # [m]
+
+
+def cell_spacing(ds: xr.Dataset) -> tuple[float, float]:
+    """(dx, dy) [m] of a grid: the ``cell_size_m`` attribute, else the spacing of ``x``/``y``
+    coordinates in m or km, else the spacing of ``lat``/``lon`` fields on the sphere (mean over the
+    grid); a grid with none of these is a DataError."""
+    file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
+    if "cell_size_m" in ds.attrs:
+        return float(ds.attrs["cell_size_m"]), float(ds.attrs["cell_size_m"])
+    scale = {"m": 1.0, "metre": 1.0, "meter": 1.0, "km": 1000.0}
+    units = [str(ds[c].attrs.get("units", "")) if c in ds.coords else "" for c in ("x", "y")]
+    if all(u in scale for u in units) and min(ds.sizes["x"], ds.sizes["y"]) > 1:
+        return tuple(float(np.mean(np.abs(np.diff(ds[c].values)))) * scale[u] for c, u in zip(("x", "y"), units))
+    if "lat" in ds.coords and "lon" in ds.coords and min(ds.sizes["x"], ds.sizes["y"]) > 1:
+        lat, lon = (np.radians(ds[c].transpose("y", "x").values) for c in ("lat", "lon"))
+        dx = EARTH_RADIUS * np.mean(np.cos(lat[:, :-1]) * np.abs(np.diff(lon, axis=1)))
+        dy = EARTH_RADIUS * np.mean(np.abs(np.diff(lat, axis=0)))
+        return float(dx), float(dy)
+    raise DataError(f"{file}: the cell size is unknown (no cell_size_m attribute, no x/y coordinates in m or km, "
+                    "no lat/lon fields); the regional air layer needs it")
+
+
+def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
+                constants: dict | None = None) -> RegionData:
+    """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
+    ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``) with every cell complete; a
+    missing forcing variable or a gap is a DataError naming it. ``classes``: the IGBP classes of
+    the land-cover one-hot (default: those of the map); ``constants``: the normalisation's (default:
+    this record's). Both as a trained model recorded them, to apply it to another grid."""
+    file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
+    ds = ds.transpose("time", "y", "x", ...)
+    advection = "Wind_E" in ds or "Wind_N" in ds
+    if not advection and "Wind" in ds:  # the speed alone: the columns use it, the air layer does not advect
+        zero = xr.zeros_like(ds["Wind"])
+        ds = ds.assign(Wind_E=zero, Wind_N=zero)
+    missing = [v for v in (*REGIONAL_FORCING, "Wind") if v not in ds]
     if missing:
         raise DataError(f"{file}: the regional models need {', '.join(missing)}")
     for name in (*REGIONAL_FORCING, "Wind"):
@@ -119,38 +180,47 @@ def region_data(ds: xr.Dataset, dtype=None, *, constants: dict | None = None) ->
         if bad.any():
             t, y, x = np.argwhere(bad)[0]
             raise DataError(f"{file}: {name} is missing at time {str(ds.time.values[t])[:16]}, cell (y={y}, x={x}) "
-                            f"and {int(bad.sum()) - 1} more values; the regional grid must be complete")
-    ds = ds.transpose("time", "y", "x", ...)
+                            f"and {int(bad.sum()) - 1} more values; the regional models need every cell of the "
+                            "grid with complete forcing (the column models run on incomplete grids)")
+    codes = cell_classes(ds).reshape(-1)
+    unknown = sorted({c for c in codes if c not in IGBP_CLASSES})
+    if unknown:
+        raise DataError(f"{file}: cells of land cover {unknown} (not IGBP classes; '' = unknown); the regional "
+                        "models need each cell's class")
+    classes = tuple(sorted(set(codes.tolist()), key=IGBP_CLASSES.index)) if classes is None else tuple(classes)
+    extra = sorted(set(codes.tolist()) - set(classes))
+    if extra:
+        raise DataError(f"{file}: cells of class {extra}, which the model does not know (it knows "
+                        f"{', '.join(classes)})")
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     n, t = ny * nx, ds.sizes["time"]
+    spacing = cell_spacing(ds)
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
     grid = ds[[*REGIONAL_FORCING, "Wind"]].stack(column=("y", "x")).transpose("time", "column")
     column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=float(ds.attrs["time_step_s"]))], dtype=dtype)
     cols = lambda a: jnp.asarray(np.reshape(np.asarray(a), (t, n)), dtype)  # noqa: E731
     forcing = GridForcing(column_forcing, cols(ds["Wind_E"].values), cols(ds["Wind_N"].values))
 
-    codes = np.asarray(ds["land_cover"].values).reshape(-1)
-    classes = tuple(IGBP_BY_INDEX[c - 1] for c in sorted(set(codes.tolist())))
-    onehot = land_cover_fractions(ds["land_cover"], classes).values
-    cell_class = np.array([classes.index(IGBP_BY_INDEX[c - 1]) for c in codes])
-    lad_codes = [LAD_CLASS_OF.get(IGBP_BY_INDEX[c - 1], IGBP_BY_INDEX[c - 1]) for c in codes]
-    params = default_params(lad_codes, dtype=dtype)
+    cell_class = np.array([classes.index(c) for c in codes])
+    onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx)
+    params = default_params([LAD_CLASS_OF.get(c, c) for c in codes], dtype=dtype)
 
-    normalised, _ = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
+    normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
     height = np.asarray(params["reference_height"]).reshape(ny, nx)
     z0 = np.asarray(params["z0m"]).reshape(ny, nx)
     derived, _ = physical_features(ds["Tair"].values, ds["Qair"].values, ds["Wind_E"].values, ds["Wind_N"].values,
                                    ds["Psurf"].values, _radiative_surface_temperature(ds), height=height, z0=z0,
-                                   grid_spacing=float(ds.attrs.get("cell_size_m", 1000.0)))
+                                   grid_spacing=float(np.sqrt(spacing[0] * spacing[1])))
     derived = np.asarray(derived)
     derived = np.sign(derived) * np.log1p(np.abs(derived))  # heavy-tailed (Ri): a signed log scale
     variables = np.concatenate([np.stack([normalised[v].values for v in REGIONAL_FORCING]), derived]).astype(dtype)
     elevation = ds["elevation"].values if "elevation" in ds else np.zeros((ny, nx))
-    elevation = (elevation - np.mean(elevation)) / 500.0
+    elevation = np.nan_to_num(elevation - np.nanmean(elevation)) / 500.0 if np.isfinite(elevation).any() \
+        else np.zeros((ny, nx))
     static = np.concatenate([onehot, elevation[None]]).astype(dtype)
     observed = {name: np.reshape(ds[name].values, (t, n)).astype(dtype) for name in TARGETS if name in ds}
     return RegionData((ny, nx), forcing, variables, static, params, observed, classes, cell_class,
-                      float(ds.attrs.get("cell_size_m", 1000.0)), ds.time.values, ds)
+                      spacing, ds.time.values, dict(constants), advection, ds)
 
 
 #: prediction halves a step where the coupling residual exceeds the closed loop's 10 W m-2 (training
@@ -161,7 +231,7 @@ PREDICT_REFINEMENTS = 1
 def regional_physics(data: RegionData, land: LaDModel | None = None, boundary: str = "open") -> RegionalModel:
     """The gridded physics for ``data``'s grid, with transport sub-steps for its winds, for training
     (no refinement; ``predict_regional`` allows ``PREDICT_REFINEMENTS``)."""
-    air = AirLayer(data.shape, dx=data.cell_size, dy=data.cell_size, boundary=boundary)
+    air = AirLayer(data.shape, dx=data.spacing[0], dy=data.spacing[1], boundary=boundary)
     return RegionalModel(air, land=land or LaDModel(), max_refinements=0).for_forcing(data.forcing)
 
 
@@ -171,11 +241,12 @@ def fixed_kh_model(data: RegionData) -> RegionalModel:
 
 
 class RegionalHybrid(eqx.Module):
-    """The parameteriser and the co-trained discovery law; the physics is static (``physics``)."""
+    """The parameteriser and the co-trained discovery law. ``net(variables, static, key=None)``
+    gives (2, T, ny, nx): K_h, then r_s (the spatiotemporal network, or any module with that call,
+    e.g. an ablation's per-class constants). The physics is the grid's (``regional_physics``)."""
 
-    net: SpatiotemporalParameteriser
+    net: eqx.Module
     law: ExchangeLaw
-    physics: RegionalModel = eqx.field(static=True)
 
     def fields(self, variables, static, key=None) -> tuple[jax.Array, jax.Array]:
         """(K_h, r_s) as (T, N) from (V, T, ny, nx) inputs."""
@@ -183,10 +254,11 @@ class RegionalHybrid(eqx.Module):
         t = out.shape[1]
         return out[0].reshape(t, -1), out[1].reshape(t, -1)
 
-    def run(self, params, forcing: GridForcing, variables, static, state0=None, key=None, chunk=24):
-        """Rollout with the predicted fields: (final state, outputs incl. Kh, rs, RiB)."""
+    def run(self, physics: RegionalModel, params, forcing: GridForcing, variables, static, state0=None, key=None,
+            chunk=24):
+        """Rollout of ``physics`` with the predicted fields: (final state, outputs incl. Kh, rs, RiB)."""
         kh, rs = self.fields(variables, static, key)
-        return rollout(self.physics, params, forcing, state0, dynamic={"Kh": kh, "rs": rs}, chunk=chunk)
+        return rollout(physics, params, forcing, state0, dynamic={"Kh": kh, "rs": rs}, chunk=chunk)
 
 
 class CNNLSTM(eqx.Module):
@@ -209,8 +281,7 @@ def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None,
     dtype = data.variables.dtype
     net = SpatiotemporalParameteriser(data.variables.shape[0], data.static.shape[0], options=options,
                                       dtype=dtype, key=key)
-    law = ExchangeLaw.neutral(dtype=dtype)
-    return RegionalHybrid(net, law, regional_physics(data))
+    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype))
 
 
 def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
@@ -239,9 +310,10 @@ def masked_mse(pred, obs, mask):
     return jnp.sum(diff**2) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def hybrid_loss(model: RegionalHybrid, batch, key, weights):
+def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: RegionalModel):
     """Scaled MSE of the observed targets after the warm-up, plus the phase-2 terms."""
-    _, out = model.run(batch["params"], batch["forcing"], batch["variables"], batch["static"], batch["state"], key)
+    _, out = model.run(physics, batch["params"], batch["forcing"], batch["variables"], batch["static"],
+                       batch["state"], key)
     terms = {}
     data_loss = 0.0
     for name in TARGETS:
@@ -339,13 +411,14 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
     from ..training.trainer import fit
 
     hybrid = isinstance(model, RegionalHybrid)
-    states = window_states(model.physics, data, window_starts(data.n_steps, window, warmup)) if hybrid else None
+    physics = regional_physics(data)
+    states = window_states(physics, data, window_starts(data.n_steps, window, warmup)) if hybrid else None
     train_batches = make_batches(data, split["train"], window, warmup, states)
     val_batches = make_batches(data, split["val"], window, warmup, states)
     if not train_batches or not val_batches:
         raise ValueError(f"train_regional: {data.n_steps} steps give no training or no validation window of "
                          f"{window} steps")
-    loss_fn = hybrid_loss if hybrid else cnn_lstm_loss
+    loss_fn = partial(hybrid_loss, physics=physics) if hybrid else cnn_lstm_loss
     return fit(model, loss_fn, train_batches, _val_fn(loss_fn, val_batches), cfg, checkpoint_dir,
                progress=progress, resume=resume)
 
@@ -375,7 +448,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
         done = start + window
     if cnn:
         return pieces
-    physics = replace(model.physics, max_refinements=PREDICT_REFINEMENTS)
+    physics = replace(regional_physics(data), max_refinements=PREDICT_REFINEMENTS)
     # the record goes in as arguments: arrays a jitted function closes over become constants of the
     # compiled program (slower to compile, held twice)
     run = jax.jit(lambda p, f, fields: rollout(physics, p, f, dynamic=fields, chunk=None))
