@@ -74,7 +74,7 @@ __all__ = [
 
 #: Observed variables a model can be trained on and the run scores (ALMA names, docs/architecture.md).
 #: Soil temperature and moisture are not trained on; the report compares them as untrained variables.
-ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet")
+ALLOWED_TARGETS = ("Qle", "Qh", "Qle_cor", "Qh_cor", "Qg", "Rnet", "AvgSurfT")
 DEFAULT_TARGETS = ("Qle", "Qh")
 IGBP_CLASSES = (
     "ENF", "EBF", "DNF", "DBF", "MF", "CSH", "OSH", "WSA", "SAV", "GRA", "WET", "CRO", "URB", "CVM",
@@ -227,6 +227,67 @@ class SiteSpec(StrictModel):
         if self.plumber is not None:
             return data["plumber"]
         return {"virtual": data["virtual"]}
+
+
+class VirtualRegionConfig(StrictModel):
+    """``data.grid.virtual_region``: the generated virtual region (``data.virtual_region``): a
+    grid of 1 km cells of five land-cover classes with known K_h laws, driven by a real site's
+    forcing, observed at a few tower cells and by a gappy surface-temperature product."""
+
+    ny: int = Field(32, ge=4, le=512)
+    nx: int = Field(32, ge=4, le=512)
+    days: int = Field(30, ge=3, le=366)
+    site: Path | None = Field(None, description="site file whose forcing drives the region (FLUXNET-style CSV; "
+                              "default: US-CRT 2011 in ../shared/data)")
+    start: date = date(2011, 6, 1)
+    spin_up_days: int = Field(5, ge=0, le=60)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("site", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+
+class GridSpec(StrictModel):
+    """``data.grid``: the gridded record of a regional run, a file ``{path, format, options}`` (a
+    gridded reader's: ``gridded``, ``wrf``; a plain path string is ``{path: ...}``) or
+    ``{virtual_region: {...}}``. ``igbp``: the class of cells whose file gives no land cover (the
+    regional models need one per cell; it is recorded as given, not estimated)."""
+
+    path: Path | None = None
+    format: str | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+    virtual_region: VirtualRegionConfig | None = None
+    igbp: Literal[IGBP_CLASSES] | None = None  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, (str, Path)):
+            return {"path": data}
+        if not isinstance(data, dict):
+            raise ValueError("a grid is a file path, {path: PATH, format: NAME, options: {...}} or {virtual_region: {...}}")
+        return data
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "GridSpec":
+        given = [k for k in ("path", "virtual_region") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a grid is exactly one of: a file path, a virtual region; got {given or 'none'}")
+        if self.path is None and (self.format is not None or self.options):
+            raise ValueError("'format' and 'options' apply only to a grid given by 'path'")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> Any:
+        """Only the keys in use."""
+        return {k: v for k, v in handler(self).items() if v not in (None, {})}
 
 
 DateRange = tuple[date, date]
@@ -404,7 +465,15 @@ class SplitConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    sites: list[SiteSpec] = Field(min_length=1)
+    """``data``: the sites (``sites``, each a column) or one grid (``grid``, regional runs)."""
+
+    sites: list[SiteSpec] | None = Field(None, min_length=1)
+    grid: GridSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler: Any) -> Any:
+        """``sites`` or ``grid``, whichever is in use."""
+        return {k: v for k, v in handler(self).items() if not (k in ("sites", "grid") and v is None)}
     max_qc: int = Field(1, ge=0, le=3, description="largest FLUXNET QC flag used (0 measured ... 3 poor fill)")
     targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(DEFAULT_TARGETS), min_length=1,
@@ -431,6 +500,13 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _loso_needs_sites(self) -> "DataConfig":
+        if (self.sites is None) == (self.grid is None):
+            raise ValueError("data needs exactly one of 'sites' (a list of sites) and 'grid' (one gridded record)")
+        if self.grid is not None:
+            if self.split.mode in ("leave_one_site_out", "test_sites"):
+                raise ValueError(f"split {self.split.mode} needs sites; a grid is split in time (fractions, dates "
+                                 "or blocked)")
+            return self
         if self.split.leave_one_site_out and len(self.sites) < 2:
             raise ValueError(f"split.leave_one_site_out needs at least 2 sites, got {len(self.sites)}")
         held = self.split.test_sites

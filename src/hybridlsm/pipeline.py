@@ -13,7 +13,10 @@ Experiments (``data.split``):
 
 Every site is a one-column :class:`~hybridlsm.domain.Domain` (sites have their own periods); its
 ``loss_mask`` marks the steps a model's loss may use, so rollout models run continuously through
-spin-up, training, validation and test periods. Trained models are saved under
+spin-up, training, validation and test periods. A regional run (``data.grid``) has one grid Domain
+and a time split; its outputs are maps, ``maps/<grid>/<model>.nc`` on (time, y, x) beside the
+observations ``maps/<grid>/obs.nc``, and the cells with observed fluxes (towers) are also written and
+scored as sites (``predictions/<grid>_y<i>_x<j>/``). Trained models are saved under
 ``models/<label>/<experiment>/`` (``hybridlsm predict`` applies them elsewhere). An interrupted run
 resumes: finished (model, experiment) predictions that verify against their checksums are kept (a
 damaged one is recomputed) and training restarts from the last good checkpoint. A run holds the
@@ -26,20 +29,21 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from rich.console import Console
 
-from .config import DEFAULT_TARGETS, ConfigError, RunConfig, SiteSpec, write_config
+from .config import DEFAULT_TARGETS, ConfigError, GridSpec, RunConfig, SiteSpec, write_config
 from .data import (
     TEST,
     TRAIN,
     UNUSED,
     VALIDATION,
     DataError,
+    add_derived,
     detect_format,
     get_reader,
     prepare_forcing,
@@ -50,7 +54,16 @@ from .data import (
 )
 from .data.splits import blocked_labels, held_out_labels, usable_targets
 from .data.virtual import virtual_site
-from .domain import Domain, domain_from_site, site_file_name, write_netcdf, write_site_outputs
+from .data.virtual_region import virtual_region
+from .domain import (
+    Domain,
+    domain_from_grid,
+    domain_from_site,
+    site_file_name,
+    write_grid_outputs,
+    write_netcdf,
+    write_site_outputs,
+)
 from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
 from .rundir import atomic_write, problem, run_lock
 from .training import TrainingError
@@ -60,8 +73,12 @@ console = Console(stderr=True)
 
 #: Observed variables copied to ``predictions/<site>/obs.nc`` (with their QC flags); Kh_true and
 #: RiB_true are the known truth of a twin experiment's virtual site.
-OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "SoilTemp", "SoilMoistVol", "Precip",
+OBS_VARIABLES = ("Qh", "Qle", "Qg", "Rnet", "Qh_cor", "Qle_cor", "AvgSurfT", "SoilTemp", "SoilMoistVol", "Precip",
                  "SWdown", "Tair", "Wind", "VPD", "Psurf", "Ustar", "Kh_true", "RiB_true")  # fmt: skip
+#: reader formats whose files are grids (every other format is one site)
+GRID_FORMATS = ("gridded", "wrf")
+#: flux targets whose observation at a grid cell makes it a tower cell (scored as a site)
+TOWER_FLUXES = ("Qh", "Qle", "Qh_cor", "Qle_cor")
 SPLIT_ATTRS = {"flag_values": "0 1 2 3", "flag_meanings": "unused_or_spinup train validation test"}
 
 
@@ -104,8 +121,59 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
                         gap_fraction=v.gap_fraction)  # fmt: skip
 
 
+def read_grid_file(path: Path, fmt: str | None = None, options: dict | None = None) -> Domain:
+    """A gridded file (a reader of :data:`GRID_FORMATS`) as the Domain of its cells with complete
+    forcing, humidity in every form; its land cover where it has one."""
+    fmt = fmt or detect_format(path)
+    if fmt not in GRID_FORMATS:
+        raise ConfigError(f"{path}: format {fmt!r} is not a gridded format; expected one of {GRID_FORMATS}")
+    try:
+        get_reader(fmt).check_options(options or {})
+    except (DataError, TypeError) as err:
+        raise ConfigError(f"data.grid {path}: {err}") from None
+    grid = add_derived(read_site(path, format=fmt, **(options or {})), variables=("VPD", "RH", "Qair"))
+    return domain_from_grid(grid, name=Path(path).stem)
+
+
+def read_grid_spec(spec: GridSpec) -> Domain:
+    """The configured grid as a Domain; cells without a land-cover class get ``spec.igbp`` (said)."""
+    if spec.virtual_region is not None:
+        v = spec.virtual_region
+        ds = virtual_region(v.ny, v.nx, v.days, site=v.site, start=str(v.start), spin_up_days=v.spin_up_days,
+                            seed=v.seed)
+        domain = domain_from_grid(ds, name="virtual_region")
+    else:
+        domain = read_grid_file(spec.path, spec.format, spec.options)
+    igbp = domain.static_value("igbp").astype(str)
+    unknown = igbp == ""
+    if unknown.any() and spec.igbp is not None:
+        static = domain.static.copy()
+        static["igbp"] = ("column", np.where(unknown, spec.igbp, igbp).astype(object), dict(domain.static["igbp"].attrs))
+        domain = replace(domain, static=static)
+        console.print(f"{domain.name}: {int(unknown.sum())} of {domain.n_columns} cells have no land cover in the "
+                      f"file; data.grid.igbp gives them {spec.igbp}")
+    return domain
+
+
+def tower_columns(d: Domain, targets: Sequence[str]) -> np.ndarray:
+    """Positions of the columns where a flux target is observed at any step (all columns of a site
+    Domain)."""
+    if d.kind != "grid":
+        return np.arange(d.n_columns)
+    fluxes = [t for t in targets if t in TOWER_FLUXES and t in d.data]
+    if not fluxes:
+        return np.zeros(0, int)
+    seen = np.zeros(d.n_columns, bool)
+    for t in fluxes:
+        seen |= np.isfinite(d.data[t].values).any(axis=0)
+    return np.flatnonzero(seen)
+
+
 def load_domains(cfg: RunConfig) -> list[Domain]:
-    """Every configured site as a one-column Domain with gap-free forcing (filled values flagged)."""
+    """Every configured site as a one-column Domain with gap-free forcing (filled values flagged),
+    or the configured grid as one Domain of its cells."""
+    if cfg.data.grid is not None:
+        return [read_grid_spec(cfg.data.grid)]
     out = [domain_from_site(prepare_forcing(read_site_spec(spec), out_of_range=cfg.data.forcing_out_of_range))
            for spec in cfg.data.sites]
     ids = [d.column_ids[0] for d in out]
@@ -126,7 +194,8 @@ def check_site_folders(ids: list[str]) -> None:
 
 
 def _site_id(d: Domain) -> str:
-    return d.column_ids[0]
+    """A site's id, a grid's name."""
+    return d.name if d.kind == "grid" else d.column_ids[0]
 
 
 def _time_labels(d: Domain, cfg: RunConfig) -> np.ndarray:
@@ -405,11 +474,52 @@ def finish_run(cfg: RunConfig, config_name: str, timings: dict, work: Path, fina
 
 
 def write_test_observations(cfg: RunConfig, exp: Experiment, run_dir: Path) -> None:
-    """The observations of an experiment's test sites, ``predictions/<site>/obs.nc``."""
+    """The observations of an experiment's test sites, ``predictions/<site>/obs.nc``; of a grid,
+    ``maps/<grid>/obs.nc`` and each tower cell's as a site's."""
     for d in exp.test:
         sid = _site_id(d)
+        if d.kind == "grid":
+            write_grid_obs(d, exp.labels[sid], exp.split_kind, run_dir / "maps" / site_file_name(sid) / "obs.nc",
+                           cfg.data.targets)
+            towers = d.select_columns(tower_columns(d, cfg.data.targets))
+            for j, tid in enumerate(towers.column_ids):
+                write_obs(towers.column(j), exp.labels[sid], exp.split_kind,
+                          run_dir / "predictions" / site_file_name(tid) / "obs.nc", cfg.data.targets, cfg.data.max_qc)
+            continue
         write_obs(d.column(0), exp.labels[sid], exp.split_kind, run_dir / "predictions" / site_file_name(sid) / "obs.nc",
                   cfg.data.targets, cfg.data.max_qc)  # fmt: skip
+
+
+def write_grid_obs(d: Domain, labels: np.ndarray, split_kind: str, path: Path, targets=DEFAULT_TARGETS) -> None:
+    """A grid's observed targets (and a twin's ``*_true`` fields) on (time, y, x) with the split."""
+    keep = [v for v in d.data.data_vars if v in targets or (str(v).endswith("_true") and d.data[v].dims == ("time", "column"))]
+    grid = d.grid_dataset()
+    obs = grid[keep + ["igbp"]].copy()
+    obs["split"] = ("time", np.asarray(labels, np.int8), SPLIT_ATTRS)
+    obs.attrs = {k: v for k, v in grid.attrs.items() if isinstance(v, (str, int, float))}
+    obs.attrs.update(split_kind=split_kind, targets=" ".join(targets), grid=d.name)
+    write_netcdf(obs, path)
+
+
+def prediction_paths(run_dir: Path, d: Domain, label: str, targets: Sequence[str]) -> list[Path]:
+    """The files a model's prediction of ``d`` writes: a site's, or a grid's map and its towers'."""
+    if d.kind != "grid":
+        return [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc"]
+    towers = d.select_columns(tower_columns(d, targets)).column_ids
+    return [run_dir / "maps" / site_file_name(d.name) / f"{label}.nc",
+            *(run_dir / "predictions" / site_file_name(t) / f"{label}.nc" for t in towers)]
+
+
+def write_predictions(run_dir: Path, d: Domain, outputs: dict, label: str, attrs: dict, targets: Sequence[str]) -> None:
+    """A site's outputs, or a grid's map and its tower cells' outputs as sites."""
+    if d.kind != "grid":
+        write_site_outputs(d, outputs, run_dir / "predictions", f"{label}.nc", attrs)
+        return
+    write_grid_outputs(d, outputs, run_dir / "maps" / site_file_name(d.name) / f"{label}.nc", attrs)
+    towers = tower_columns(d, targets)
+    if towers.size:
+        write_site_outputs(d.select_columns(towers), {k: np.asarray(v)[:, towers] for k, v in outputs.items()},
+                           run_dir / "predictions", f"{label}.nc", attrs)
 
 
 def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path,
@@ -425,7 +535,7 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
         label = entry.label or entry.name
         if labels is not None and label not in labels:
             continue
-        targets = [run_dir / "predictions" / site_file_name(_site_id(d)) / f"{label}.nc" for d in exp.test]
+        targets = [p for d in exp.test for p in prediction_paths(run_dir, d, label, cfg.data.targets)]
         spec = get_model(entry.name)
         options = spec.Options.model_validate(entry.options)
         ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
@@ -455,9 +565,9 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
         spec.save(model, options, model_dir(run_dir, label, exp.name))
         for d in exp.test:
             prov = spec.provenance(model, d)
-            write_site_outputs(d, spec.predict(model, d), run_dir / "predictions", f"{label}.nc",
-                               {"model": label, "config": config_name, "experiment": exp.name,
-                                "parameters_from": prov[0]})  # fmt: skip
+            write_predictions(run_dir, d, spec.predict(model, d), label,
+                              {"model": label, "config": config_name, "experiment": exp.name,
+                               "parameters_from": prov[0]}, cfg.data.targets)  # fmt: skip
         timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
                                           "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
         console.print(f"  {label}: trained in {t_train:.1f} s")

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError
-from .data import DataError, add_derived, detect_format, prepare_forcing, read_site
+from .data import DataError, detect_format, prepare_forcing, read_site
 from .data.splits import TEST
-from .domain import Domain, domain_from_grid, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
+from .domain import Domain, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, StreamingUnsupported, load_run_config, load_saved_model
-from .pipeline import check_site_folders, write_obs
+from .pipeline import GRID_FORMATS, check_site_folders, read_grid_file, write_obs
 from .rundir import RunLockedError, atomic_write, run_lock
 
 __all__ = ["PredictError", "domain_from_file", "predict", "saved_model_dir"]
@@ -71,18 +71,13 @@ def is_zarr_store(path: Path) -> bool:
     return path.is_dir() and any((path / m).is_file() for m in (".zgroup", ".zmetadata", "zarr.json"))
 
 
-#: reader formats whose files are grids (every other format is one site)
-GRID_FORMATS = ("gridded", "wrf")
-
-
 def domain_from_file(path: Path, out_of_range: str = "error") -> Domain:
     """A site file as a one-column Domain (forcing gap-filled, repairs flagged) or a gridded file
     as the Domain of its cells."""
     path = Path(path)
     if detect_format(path) not in GRID_FORMATS:
         return domain_from_site(prepare_forcing(read_site(path), out_of_range=out_of_range))
-    grid = add_derived(read_site(path), variables=("VPD", "RH", "Qair"))  # humidity in every form
-    return domain_from_grid(grid, name=path.stem)  # the grid's own land_cover, where it has one
+    return read_grid_file(path)  # the grid's own land_cover, where it has one
 
 
 def _out_of_range_policy(run_dir: Path) -> str:

@@ -54,7 +54,7 @@ from ..physics.lad import LaDModel
 from ..physics.regional import GridForcing, RegionalModel
 
 __all__ = [
-    "RegionData", "region_data", "RegionalHybrid", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
+    "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
     "train_regional", "predict_regional", "REGIONAL_FORCING", "TARGETS",
 ]
@@ -276,19 +276,35 @@ class CNNLSTM(eqx.Module):
 FLUX_BOUNDS = {"Qh": (-300.0, 900.0), "Qle": (-300.0, 900.0)}
 
 
-def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> RegionalHybrid:
-    key = jax.random.key(seed)
-    dtype = data.variables.dtype
-    net = SpatiotemporalParameteriser(data.variables.shape[0], data.static.shape[0], options=options,
-                                      dtype=dtype, key=key)
+#: network inputs: the forcing and the derived features (wind shear, temperature gradient, bulk Ri)
+N_VARIABLES = len(REGIONAL_FORCING) + 3
+
+
+def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
+               dtype=None) -> RegionalHybrid:
+    """An untrained hybrid for land-cover one-hots of ``n_classes`` classes (static inputs: those
+    and the elevation)."""
+    dtype = jnp.zeros(0).dtype if dtype is None else dtype
+    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, options=options, dtype=dtype,
+                                      key=jax.random.key(seed))
     return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype))
 
 
-def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
-    net = SpatiotemporalParameteriser(data.variables.shape[0], data.static.shape[0], names=("Qh", "Qle"),
+def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
+                 dtype=None) -> CNNLSTM:
+    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=("Qh", "Qle"),
                                       prior={"Qh": 50.0, "Qle": 50.0}, bounds=FLUX_BOUNDS, options=options,
-                                      dtype=data.variables.dtype, key=jax.random.key(seed))
+                                      dtype=jnp.zeros(0).dtype if dtype is None else dtype, key=jax.random.key(seed))
     return CNNLSTM(net)
+
+
+def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> RegionalHybrid:
+    """An untrained hybrid for ``data``'s classes."""
+    return new_hybrid(len(data.classes), options, seed, data.variables.dtype)
+
+
+def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
+    return new_cnn_lstm(len(data.classes), options, seed, data.variables.dtype)
 
 
 def window_states(model: RegionalModel, data: RegionData, starts, params=None):

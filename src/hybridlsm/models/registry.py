@@ -75,6 +75,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "hybridlsm.models.physics",
     "hybridlsm.models.hybrid",
     "hybridlsm.models.ensemble",
+    "hybridlsm.models.regional_spec",
 )
 MODEL_FILE = "model.json"
 LEAVES_FILE = "model.eqx"

@@ -1,0 +1,243 @@
+"""The regional models as registered models (``models.registry``), so that ``hybridlsm run`` trains
+them on a grid (``data.grid`` in the config) and ``hybridlsm predict`` applies them to other grids:
+
+- ``regional_hybrid``: the spatiotemporal parameteriser setting K_h and r_s of the gridded physics
+  (``models.regional.RegionalHybrid``), trained end to end, two-phase as the config's training says;
+- ``regional_fixed_kh``: the gridded physics with K_h from the Louis scheme and LaD's r_s per
+  class (seed 000's traditional PGML; nothing is trained);
+- ``regional_cnn_lstm``: the same encoder-decoder predicting Qh and Qle directly.
+
+They take a grid Domain (every cell a column; ``Domain.grid_dataset``) and train on one: the
+training and validation Domains are the same grid with the split's steps as their loss masks. The
+trained model keeps what it needs to apply elsewhere: the land-cover classes of its one-hot inputs
+(``options.classes``, by default every IGBP class) and the normalisation constants of its training
+record. With ``mc_samples`` >= 2 a prediction is the mean of that many MC-dropout runs, with the
+standard deviations ``<name>_sd`` of Qh, Qle, AvgSurfT, Kh and rs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import IGBP_CLASSES
+from ..data.schema import DataError, DataWarning
+from ..domain import Domain
+from ..neural import SpatiotemporalOptions
+from .regional import (
+    CNNLSTM,
+    TARGETS,
+    RegionalHybrid,
+    fixed_kh_model,
+    new_cnn_lstm,
+    new_hybrid,
+    predict_regional,
+    region_data,
+    train_regional,
+)
+from .registry import EquinoxSpec, TrainingContext, register_model
+
+__all__ = ["RegionalOptions", "RegionalRun", "UNCERTAIN_OUTPUTS"]
+
+#: outputs whose MC-dropout standard deviation a prediction gives (``<name>_sd``)
+UNCERTAIN_OUTPUTS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
+
+
+class RegionalOptions(BaseModel):
+    """``options`` of the regional models (sizes of the network: ``neural.SpatiotemporalOptions``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[Literal[TARGETS]] = Field(default_factory=lambda: list(TARGETS), min_length=1)  # type: ignore[valid-type]
+    window_hours: float = Field(48.0, gt=0.0, description="length of a training window (whole grid)")
+    warmup_hours: float = Field(12.0, ge=0.0, description="first hours of a window that are not scored")
+    boundary: Literal["open", "periodic"] = "open"
+    classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(IGBP_CLASSES), min_length=1,
+        description="land-cover classes of the one-hot inputs; a grid with another class is refused")
+    embed_size: int = Field(8, ge=1, le=256)
+    encoder_channels: list[int] = Field(default_factory=lambda: [16, 24, 32], min_length=1, max_length=4)
+    spatial_strides: list[int] = Field(default_factory=lambda: [2, 2, 1], min_length=1, max_length=4)
+    decoder_channels: list[int] = Field(default_factory=lambda: [32, 24, 16], min_length=1, max_length=4)
+    gru_hidden: int = Field(32, ge=1, le=1024)
+    attention_heads: int = Field(8, ge=1, le=64)
+    attention_size: int = Field(64, ge=1, le=1024)
+    dropout: float = Field(0.15, ge=0.0, lt=1.0, description="dropout of the network (seed 000: 0.15)")
+    mc_samples: int = Field(0, ge=0, le=1000, description="MC-dropout runs of a prediction (0: one deterministic "
+                            "run; >= 2: their mean and SD; needs dropout > 0)")
+    lr: float | None = Field(3e-3, gt=0.0, le=1.0, description="AdamW step (null: training.lr)")
+    epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    seed: int = Field(0, ge=0)
+
+    def network(self) -> SpatiotemporalOptions:
+        return SpatiotemporalOptions(
+            embed_size=self.embed_size, encoder_channels=tuple(self.encoder_channels),
+            spatial_strides=tuple(self.spatial_strides), decoder_channels=tuple(self.decoder_channels),
+            gru_hidden=self.gru_hidden, attention_heads=self.attention_heads, attention_size=self.attention_size,
+            dropout=self.dropout)
+
+
+class RegionalRun(eqx.Module):
+    """A regional model with what it needs to apply to any grid: ``model`` (None for the fixed-K_h
+    physics), the one-hot's ``classes``, the normalisation ``constants`` of its training record
+    (empty before training: each grid is then normalised by its own) and the prediction
+    ``settings`` (window and warm-up hours, MC samples, seed; ``settings``)."""
+
+    model: RegionalHybrid | CNNLSTM | None
+    classes: tuple[str, ...] = eqx.field(static=True)
+    constants: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
+    settings: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
+
+
+def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
+    """What a prediction needs of the options (the registry's ``predict`` takes none)."""
+    mc = options.mc_samples if options.dropout > 0 else 0
+    return (("window_hours", options.window_hours), ("warmup_hours", options.warmup_hours),
+            ("mc_samples", mc), ("seed", options.seed))
+
+
+def _grid(domains: Sequence[Domain], part: str) -> Domain:
+    if len(domains) != 1 or domains[0].kind != "grid":
+        raise DataError(f"the regional models train on one grid (data.grid); the {part} data are "
+                        f"{len(domains)} {'/'.join(sorted({d.kind for d in domains}))} domain(s)")
+    return domains[0]
+
+
+def _steps(domain: Domain, hours: float) -> int:
+    return max(1, int(round(hours * 3600.0 / domain.time_step_s)))
+
+
+def grid_record(domain: Domain, targets: Sequence[str], max_qc: int | None = None):
+    """The grid of ``domain`` with only ``targets`` as observations (values whose QC flag exceeds
+    ``max_qc`` set missing, as the column models' losses do)."""
+    ds = domain.grid_dataset()
+    drop = [t for t in TARGETS if t in ds and t not in targets]
+    ds = ds.drop_vars(drop)
+    if max_qc is not None:
+        for t in targets:
+            if t in ds and f"{t}_qc" in ds:
+                ds[t] = ds[t].where(~(ds[f"{t}_qc"] > max_qc))
+    return ds
+
+
+class RegionalSpec(EquinoxSpec):
+    """What the three regional models share: saving the classes and constants, prediction."""
+
+    targets = TARGETS
+
+    def build(self, options: RegionalOptions) -> RegionalRun:
+        return RegionalRun(None, tuple(options.classes), settings=settings(options))
+
+    def structure(self, model: RegionalRun) -> dict:
+        return {"constants": dict(model.constants)}
+
+    def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
+        run = self.build(options)
+        return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())))
+
+    def required_inputs(self, options: RegionalOptions) -> tuple[str, ...]:
+        return ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip")
+
+    def _data(self, run: RegionalRun, ds):
+        data = region_data(ds, jnp.zeros(0).dtype, classes=run.classes, constants=dict(run.constants) or None)
+        if not data.advection:
+            warnings.warn(f"{ds.attrs.get('source_file', ds.attrs.get('site_id', '<grid>'))}: the forcing gives the "
+                          "wind speed but not its direction; the air layer runs without lateral advection",
+                          DataWarning, stacklevel=3)
+        return data
+
+    def train(self, model: RegionalRun, options: RegionalOptions, train: Sequence[Domain], val: Sequence[Domain],
+              ctx: TrainingContext) -> RegionalRun:
+        grid, check = _grid(train, "training"), _grid(val, "validation")
+        if check.n_columns != grid.n_columns or check.n_steps != grid.n_steps:
+            raise DataError("the regional models validate on the training grid's other steps (a time split)")
+        data = self._data(model, grid_record(grid, options.targets, ctx.max_qc))
+        model = replace(model, constants=tuple(sorted(data.constants.items())))
+        if model.model is None:
+            return model
+        cfg = ctx.training.model_copy(update={k: v for k, v in {"lr": options.lr, "epochs": options.epochs,
+                                                                "patience": options.patience}.items() if v is not None})
+        split = {"train": grid.data["loss_mask"].values.any(axis=1), "val": check.data["loss_mask"].values.any(axis=1)}
+        result = train_regional(model.model, data, cfg, split=split, window=_steps(grid, options.window_hours),
+                                warmup=_steps(grid, options.warmup_hours), checkpoint_dir=ctx.checkpoint_dir,
+                                progress=ctx.progress, resume=ctx.checkpoint_dir is not None)
+        return replace(model, model=result.model)
+
+    def predict(self, model: RegionalRun, domain: Domain) -> dict:
+        if domain.kind != "grid" or domain.n_columns != int(np.prod(domain.layout.shape)):
+            have = domain.n_columns
+            raise DataError(f"{domain.name}: the regional models need every cell of a grid with complete forcing; "
+                            f"the domain has {have} column(s)"
+                            + (f" of {int(np.prod(domain.layout.shape))} cells" if domain.kind == "grid" else "")
+                            + " (the column models run on incomplete grids and sites)")
+        data = self._data(model, domain.grid_dataset())
+        cfg = dict(model.settings)
+        window, warmup = _steps(domain, cfg["window_hours"]), _steps(domain, cfg["warmup_hours"])
+        net = model.model if model.model is not None else fixed_kh_model(data)
+        samples = int(cfg["mc_samples"]) if model.model is not None else 0
+        if samples < 2:
+            out = predict_regional(net, data, window=window, warmup=warmup)
+        else:
+            out = _mc_prediction(net, data, samples, int(cfg["seed"]), window, warmup)
+        order = np.asarray(domain.layout.cell_index)
+        return {k: np.asarray(v)[:, order] for k, v in out.items() if np.ndim(v) >= 2}
+
+
+def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int) -> dict:
+    """Mean of ``samples`` MC-dropout predictions and the SD of :data:`UNCERTAIN_OUTPUTS` (one pass
+    over the samples: Welford's running mean and sum of squares, so memory does not grow with
+    ``samples``)."""
+    mean, m2 = {}, {}
+    for i, key in enumerate(jax.random.split(jax.random.key(seed), samples)):
+        out = predict_regional(net, data, window=window, warmup=warmup, key=key)
+        for k, v in out.items():
+            v = np.asarray(v, np.float64)
+            if k not in mean:
+                mean[k], m2[k] = v.copy(), np.zeros_like(v) if k in UNCERTAIN_OUTPUTS else None
+                continue
+            delta = v - mean[k]
+            mean[k] += delta / (i + 1)
+            if m2[k] is not None:
+                m2[k] += delta * (v - mean[k])
+    sd = {f"{'rs' if k == 'rs_field' else k}_sd": np.sqrt(m2[k] / (samples - 1)) for k in UNCERTAIN_OUTPUTS if k in m2}
+    return {**mean, **sd}
+
+
+@register_model("regional_hybrid")
+class RegionalHybridSpec(RegionalSpec):
+    """The spatiotemporal parameteriser setting K_h and r_s of the gridded physics."""
+
+    Options = RegionalOptions
+    learned_parameters = ("Kh", "rs")
+
+    def build(self, options: RegionalOptions) -> RegionalRun:
+        net = new_hybrid(len(options.classes), options.network(), options.seed)
+        return RegionalRun(net, tuple(options.classes), settings=settings(options))
+
+
+@register_model("regional_cnn_lstm")
+class RegionalCNNLSTMSpec(RegionalSpec):
+    """The pure-network baseline: the same encoder-decoder predicting Qh and Qle."""
+
+    Options = RegionalOptions
+    targets = ("Qh", "Qle")
+
+    def build(self, options: RegionalOptions) -> RegionalRun:
+        net = new_cnn_lstm(len(options.classes), options.network(), options.seed)
+        return RegionalRun(net, tuple(options.classes), settings=settings(options))
+
+
+@register_model("regional_fixed_kh")
+class RegionalFixedKhSpec(RegionalSpec):
+    """seed 000's traditional PGML: the gridded physics with the Louis K_h and LaD's r_s."""
+
+    Options = RegionalOptions
