@@ -436,6 +436,25 @@ def _grid_towers(cls: np.ndarray, fringe: np.ndarray, homogeneous: np.ndarray) -
     return towers
 
 
+def _spin_up_attrs(days: int) -> dict:
+    return {"long_name": "spin-up step (not to be scored)",
+            "comment": f"the record's first day repeated {days} times before it, dated the days before"}
+
+
+def with_spin_up(ds: xr.Dataset, days: int) -> xr.Dataset:
+    """``ds`` (hourly, on time) with its first day repeated ``days`` times before the record, dated
+    the days before (the time axis stays regular and each step keeps its hour of day), and a
+    ``spin_up`` (time) flag, True on the repeated steps: a spin-up that models run over a dataset
+    share and that scoring leaves out."""
+    per_day = 24
+    first = ds.isel(time=slice(0, per_day))
+    day = np.timedelta64(1, "D")
+    spins = [first.assign_coords(time=first.time.values - k * day) for k in range(days, 0, -1)]
+    out = xr.concat([*spins, ds], dim="time", data_vars="minimal", coords="minimal", compat="override") if spins else ds
+    out.attrs = dict(ds.attrs)
+    return out.assign(spin_up=("time", np.arange(out.sizes["time"]) < days * per_day, _spin_up_attrs(days)))
+
+
 def virtual_region_from_grid(grid: xr.Dataset, *, spin_up_days: int = 3, seed: int = 0, towers=None,
                              flux_noise: float = 10.0, flux_gap_fraction: float = 0.1, lst_noise: float = 0.5,
                              cloud_fraction: float = 0.3, cell_size: float | None = None) -> xr.Dataset:
@@ -494,17 +513,13 @@ def virtual_region_from_grid(grid: xr.Dataset, *, spin_up_days: int = 3, seed: i
         cell_size = float(np.median(np.diff(x))) if metres else 1000.0
 
     # forcing: the record, its first day repeated spin_up_days times before it
-    met = grid[list(FORCING_NAMES)].load()
-    first = met.isel(time=slice(0, per_day))
-    day = np.timedelta64(1, "D")
-    spins = [first.assign_coords(time=first.time.values - k * day) for k in range(spin_up_days, 0, -1)]
-    ds = xr.concat([*spins, met], dim="time", data_vars="all") if spins else met
-    ds = ds.drop_vars([c for c in ds.coords if c not in ("time", "y", "x")])
+    ds = with_spin_up(grid[list(FORCING_NAMES)].load(), spin_up_days)
+    spin_flag = ds["spin_up"].values
+    ds = ds.drop_vars(["spin_up", *[c for c in ds.coords if c not in ("time", "y", "x")]])
     for dim in ("y", "x"):  # cell centres in metres where the grid has no projected coordinates
         if dim not in ds.coords:
             ds = ds.assign_coords({dim: (np.arange(ds.sizes[dim]) + 0.5) * cell_size})
-    n_spin = spin_up_days * per_day
-    spin_flag = np.arange(ds.sizes["time"]) < n_spin
+    n_spin = int(spin_flag.sum())
     specs = [GRID_CLASSES[n] for n in class_names]
     dims = ("time", "y", "x")
     for name, (value, attrs) in _class_truth(ds, cls, specs, cell_size).items():
@@ -519,9 +534,7 @@ def virtual_region_from_grid(grid: xr.Dataset, *, spin_up_days: int = 3, seed: i
     elevation = grid["elevation"] if "elevation" in grid.variables else None
     if elevation is not None and set(elevation.dims) == {"y", "x"}:
         ds["elevation"] = (("y", "x"), np.asarray(elevation.transpose("y", "x").values), dict(elevation.attrs))
-    ds["spin_up"] = (("time",), spin_flag, {
-        "long_name": "spin-up step (not to be scored)",
-        "comment": f"the record's first day repeated {spin_up_days} times before it, dated the days before"})
+    ds["spin_up"] = (("time",), spin_flag, _spin_up_attrs(spin_up_days))
     site = str(grid.attrs.get("site_id", Path(file).stem))
     ds.attrs = {k: grid.attrs[k] for k in ("utc_offset_rule", "location_note") if k in grid.attrs}
     ds.attrs.update({
