@@ -16,6 +16,11 @@ the finite-volume air layer) with the class laws as the columns' exchange and th
 prescribed, spun up over the first days. Observations: Qh and Qle at a few "tower" cells (noise
 and gaps as towers have), and a full-field surface temperature product at four satellite overpass
 hours with cloud gaps. The true fields (Qh, Qle, AvgSurfT, Kh, rs) are kept as ``<name>_true``.
+
+A second virtual region, ``virtual_region_from_grid``, takes its class map and its (real, spatially
+varying) forcing from a gridded file such as the Little Washita NLDAS-2 grid: each IGBP class of
+the map gets a law of GRID_CLASSES, the truth and the observations are made as above, and the
+spin-up (the first day repeated) is part of the dataset, flagged ``spin_up``.
 """
 
 from __future__ import annotations
