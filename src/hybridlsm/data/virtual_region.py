@@ -16,6 +16,11 @@ the finite-volume air layer) with the class laws as the columns' exchange and th
 prescribed, spun up over the first days. Observations: Qh and Qle at a few "tower" cells (noise
 and gaps as towers have), and a full-field surface temperature product at four satellite overpass
 hours with cloud gaps. The true fields (Qh, Qle, AvgSurfT, Kh, rs) are kept as ``<name>_true``.
+
+A second virtual region, ``virtual_region_from_grid``, takes its class map and its (real, spatially
+varying) forcing from a gridded file such as the Little Washita NLDAS-2 grid: each IGBP class of
+the map gets a law of GRID_CLASSES, the truth and the observations are made as above, and the
+spin-up (the first day repeated) is part of the dataset, flagged ``spin_up``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ RS_BOUNDS = (1e2, 1e4)  # the range of seed 000's bounded head
 LAPSE_RATE = 0.0065  # K m-1
 OVERPASS_HOURS = (1, 10, 13, 22)  # local: night and day overpasses of two polar orbiters
 DEFAULT_SITE = "US-CRT_201101-201112_HH.csv"
+#: the forcing variables of a region, in order
+FORCING_NAMES = ("Tair", "Qair", "Psurf", "Wind", "Wind_E", "Wind_N", "SWdown", "LWdown", "Precip")
 
 
 def class_map(ny: int = 32, nx: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -125,22 +132,13 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     (IGBP index, CF flag_meanings), surface_class (index into CLASS_NAMES), fringe, homogeneous,
     tower (bool), elevation. Observations: Qh, Qle (at tower cells, NaN elsewhere and in gaps),
     AvgSurfT (overpass hours, cloud gaps). Truth: Qh_true, Qle_true, AvgSurfT_true, Kh_true,
-    rs_true, Tair_layer_true.
+    rs_true, Tair_layer_true and the columns' Rnet_true, Qg_true, Qf_true (Rn = H + LE + G + Q_f).
+    ``spin_up`` (time): all False (the spin-up days are run before the record and dropped).
 
     ``site``: a FLUXNET-style CSV with forcing (default: US-CRT 2011 cropland in
     ``../shared/data/fluxnet``); a DataError names it when absent. ``towers``: (row, col) cells
     with flux observations; default four: interior farmland, fringe, forest and urban.
     """
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-
-    from ..physics import default_params, forcing_from_datasets, rollout, spin_up
-    from ..physics.air_layer import AirLayer
-    from ..physics.exchange import ClassExchangeLaw, ExchangeLaw
-    from ..physics.lad import LaDModel
-    from ..physics.regional import GridForcing, RegionalModel
-
     path = Path(site) if site is not None else Path(__file__).resolve().parents[4] / "shared" / "data" / "fluxnet" / DEFAULT_SITE
     if not path.exists():
         raise DataError(f"virtual region: the forcing site file {path} does not exist (../shared/data beside the repository)")
@@ -163,95 +161,156 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     lwdown = field("LWdown") * (tair / field("Tair")) ** 4
     speed = field("Wind")
     direction = _wind_direction(n_steps, seed)[:, None, None]
-    names = ("Tair", "Qair", "Psurf", "Wind", "Wind_E", "Wind_N", "SWdown", "LWdown", "Precip")
     values = (tair, qair, psurf, speed, speed * np.cos(direction), speed * np.sin(direction), field("SWdown"),
               lwdown, field("Precip"))
     units = ("K", "kg kg-1", "Pa", "m s-1", "m s-1", "m s-1", "W m-2", "W m-2", "kg m-2 s-1")
     dims = ("time", "y", "x")
     coords = {"time": met.time.values, "y": (np.arange(ny) + 0.5) * cell_size, "x": (np.arange(nx) + 0.5) * cell_size}
-    ds = xr.Dataset({n: (dims, v, {"units": u}) for n, v, u in zip(names, values, units)}, coords=coords)
+    ds = xr.Dataset({n: (dims, v, {"units": u}) for n, v, u in zip(FORCING_NAMES, values, units)}, coords=coords)
 
-    # the truth: regional physics with the class laws and r_s
-    n = ny * nx
-    flat = cls.reshape(-1)
-    spec = [REGION_CLASSES[CLASS_NAMES[c]] for c in flat]
-    lad_codes = [s[1] for s in spec]
-    overrides = {"albedo": np.array([s[2] for s in spec])}
-    water = flat == CLASS_NAMES.index("water")
-    defaults = default_params(lad_codes)
-    for name, value in WATER_OVERRIDES.items():
-        overrides[name] = np.where(water, value, np.asarray(defaults[name]))
-    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
-    params = default_params(lad_codes, overrides=overrides, dtype=dtype)
-    grid = ds.stack(column=("y", "x")).transpose("time", "column")
-    column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=3600.0)], dtype=dtype)
-    as_cols = lambda a: jnp.asarray(np.reshape(a, (n_steps, n)), dtype)  # noqa: E731
-    gf = GridForcing(column_forcing, as_cols(ds["Wind_E"].values), as_cols(ds["Wind_N"].values))
-    vpd_kpa = (thermo.saturation_vapour_pressure(tair) - thermo.vapour_pressure_from_specific_humidity(qair, psurf)) / 1000.0
-    rs_class = np.array([s[3] for s in spec]).reshape(ny, nx)
-    rs_true = np.clip(rs_class[None] * (1.0 + RS_VPD_GAIN * np.maximum(vpd_kpa, 0.0)), *RS_BOUNDS)
-    laws = tuple(ExchangeLaw({"stable": REGION_CLASSES[c][4], "unstable": REGION_CLASSES[c][5]}, dtype)
-                 for c in CLASS_NAMES)
-    land = LaDModel(exchange_law=ClassExchangeLaw(laws, jnp.asarray(flat)))
-    model = RegionalModel(AirLayer((ny, nx), dx=cell_size, dy=cell_size, boundary="open"), land=land).for_forcing(gf)
-    dynamic = {"rs": as_cols(rs_true)}
+    # the truth: regional physics with the class laws and r_s, spun up over the first days
+    specs = [REGION_CLASSES[c] for c in CLASS_NAMES]
     spin = spin_up_days * 24
-    state0, _ = spin_up(model, params, gf.at(slice(0, spin)), dynamic={"rs": dynamic["rs"][:spin]}, max_cycles=2)
-    run = eqx.filter_jit(lambda m, p, f, s, d: rollout(m, p, f, s, dynamic=d))  # arrays as arguments
-    _, out = run(model, params, gf.at(slice(spin, None)), state0, {"rs": dynamic["rs"][spin:]})
+    truth = _class_truth(ds, cls, specs, cell_size, spin=spin, spin_cycles=2)
     ds = ds.isel(time=slice(spin, None))
-    t = n_steps - spin
-
-    def grid_of(a):
-        return np.asarray(a).reshape(t, ny, nx)
-
-    truth = {"Qh": "W m-2", "Qle": "W m-2", "AvgSurfT": "K", "Kh": "m2 s-1", "rs": "s m-1", "Tair_layer": "K"}
-    for name, unit in truth.items():
-        value = grid_of(out[name]) if name != "rs" else rs_true[spin:]
-        ds[f"{name}_true"] = (dims, value, {"units": unit, "long_name": f"true {name} (regional physics, class laws)"})
+    for name, (value, attrs) in truth.items():
+        ds[name] = (dims, value, attrs)
 
     # observations
     rng = np.random.default_rng(seed + 11)
     if towers is None:
         towers = _default_towers(cls, fringe, homogeneous)
-    tower = np.zeros((ny, nx), bool)
-    for r, c in towers:
-        tower[r, c] = True
-    from .virtual import tower_gaps
-
-    for name in ("Qh", "Qle"):
-        obs = np.full((t, ny, nx), np.nan)
-        for r, c in towers:
-            series = ds[f"{name}_true"].values[:, r, c] + rng.normal(0.0, flux_noise, t)
-            obs[:, r, c] = np.where(tower_gaps(t, flux_gap_fraction, rng, max_length=12), np.nan, series)
-        ds[name] = (dims, obs, {"units": "W m-2", "source": "virtual towers: truth + noise, with gaps"})
-    hours = ds.time.dt.hour.values
-    overpass = np.isin(hours, OVERPASS_HOURS)
-    clouds = _cloud_field(t, ny, nx, rng) < cloud_fraction
-    lst = ds["AvgSurfT_true"].values + rng.normal(0.0, lst_noise, (t, ny, nx))
-    ds["AvgSurfT"] = (dims, np.where(overpass[:, None, None] & ~clouds, lst, np.nan),
-                      {"units": "K", "source": "virtual satellite surface temperature: overpasses, cloud gaps"})
-
-    codes = np.array([IGBP_BY_INDEX.index(REGION_CLASSES[CLASS_NAMES[c]][0]) + 1 for c in flat]).reshape(ny, nx)
-    ds["land_cover"] = (("y", "x"), codes.astype(np.int16), {
-        "flag_values": np.arange(1, len(IGBP_BY_INDEX) + 1, dtype=np.int16), "flag_meanings": " ".join(IGBP_BY_INDEX)})
-    ds["surface_class"] = (("y", "x"), cls.astype(np.int16), {"flag_values": np.arange(len(CLASS_NAMES)),
-                                                               "flag_meanings": " ".join(CLASS_NAMES)})
-    ds["fringe"] = (("y", "x"), fringe)
-    ds["homogeneous"] = (("y", "x"), homogeneous)
-    ds["tower"] = (("y", "x"), tower)
+    tower = _observe(ds, towers, rng, flux_noise=flux_noise, flux_gap_fraction=flux_gap_fraction,
+                     lst_noise=lst_noise, cloud_fraction=cloud_fraction)
+    codes = np.array([IGBP_BY_INDEX.index(REGION_CLASSES[CLASS_NAMES[c]][0]) + 1 for c in cls.reshape(-1)])
+    _static_fields(ds, codes.reshape(ny, nx), cls, CLASS_NAMES, fringe, homogeneous, tower)
     ds["elevation"] = (("y", "x"), elevation, {"units": "m"})
+    ds["spin_up"] = (("time",), np.zeros(ds.sizes["time"], bool), {
+        "long_name": "spin-up step (not to be scored)",
+        "comment": f"none here: the {spin_up_days} spin-up days before the record are run and dropped"})
     ds.attrs.update({
         "site_id": "VIRTUAL-REGION", "site_name": f"virtual region {ny}x{nx} (seed {seed})",
         "latitude": float(met.attrs["latitude"]), "longitude": float(met.attrs["longitude"]),
         "utc_offset_h": float(met.attrs.get("utc_offset_h", 0.0)), "time_step_s": 3600,
         "cell_size_m": cell_size, "forcing_site": str(path.name), "source_format": "virtual-region",
-        "truth": "; ".join(f"{k}: r_s {v[3]:g} x (1 + {RS_VPD_GAIN} VPD), K_h stable {v[4]}, unstable {v[5]}"
-                           for k, v in REGION_CLASSES.items()),
+        "truth": _truth_note(REGION_CLASSES),
         "repairs": met.attrs.get("repairs", ""), "fill_report": met.attrs.get("fill_report", ""),
         "boundary": "open", "spin_up_days": spin_up_days,
     })
     return ds
+
+
+def _truth_note(table: dict) -> str:
+    """The ``truth`` attribute: each class's r_s and K_h branches."""
+    return "; ".join(f"{k}: r_s {v[3]:g} x (1 + {RS_VPD_GAIN} VPD), K_h stable {v[4]}, unstable {v[5]}"
+                     for k, v in table.items())
+
+
+def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, spin: int = 0,
+                 spin_cycles: int = 2) -> dict:
+    """The truth of a region: ``physics.regional.RegionalModel`` (open boundaries) over the forcing
+    of ``ds`` (time, y, x; Tair, Qair, Psurf, Wind, Wind_E, Wind_N, SWdown, LWdown, Precip), every
+    cell with the K_h law, r_s (times the VPD response, bounded to RS_BOUNDS), albedo and LaD
+    defaults of its class. ``cover``: (ny, nx) index into ``specs``, tuples laid out as
+    REGION_CLASSES' values; water columns (map code WAT) get WATER_OVERRIDES. The state starts
+    from ``spin_up`` cycling the first ``spin`` steps (at most ``spin_cycles`` times; none when
+    ``spin`` is 0) and the outputs cover the steps after them.
+
+    Returns ``<name>_true`` -> ((T - spin, ny, nx) array, attrs) for Qh, Qle, AvgSurfT, Kh, rs,
+    Tair_layer, Qf and the columns' energy terms Rnet and Qg (so closure can be checked)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from ..physics import default_params, forcing_from_datasets, rollout, spin_up
+    from ..physics.air_layer import AirLayer
+    from ..physics.exchange import ClassExchangeLaw, ExchangeLaw
+    from ..physics.lad import LaDModel
+    from ..physics.regional import GridForcing, RegionalModel
+
+    n_steps, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    n = ny * nx
+    flat = np.asarray(cover).reshape(-1)
+    spec = [specs[c] for c in flat]
+    lad_codes = [s[1] for s in spec]
+    overrides = {"albedo": np.array([s[2] for s in spec])}
+    water = np.array([s[0] == "WAT" for s in spec])
+    if water.any():
+        defaults = default_params(lad_codes)
+        for name, value in WATER_OVERRIDES.items():
+            overrides[name] = np.where(water, value, np.asarray(defaults[name]))
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    params = default_params(lad_codes, overrides=overrides, dtype=dtype)
+    grid = ds[list(FORCING_NAMES)].stack(column=("y", "x")).transpose("time", "column")
+    column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=3600.0)], dtype=dtype)
+    as_cols = lambda a: jnp.asarray(np.reshape(np.asarray(a), (n_steps, n)), dtype)  # noqa: E731
+    gf = GridForcing(column_forcing, as_cols(ds["Wind_E"].values), as_cols(ds["Wind_N"].values))
+    tair, qair, psurf = (np.asarray(ds[v].values, float) for v in ("Tair", "Qair", "Psurf"))
+    vpd_kpa = (thermo.saturation_vapour_pressure(tair) - thermo.vapour_pressure_from_specific_humidity(qair, psurf)) / 1000.0
+    rs_class = np.array([s[3] for s in spec]).reshape(ny, nx)
+    rs_true = np.clip(rs_class[None] * (1.0 + RS_VPD_GAIN * np.maximum(vpd_kpa, 0.0)), *RS_BOUNDS)
+    laws = tuple(ExchangeLaw({"stable": s[4], "unstable": s[5]}, dtype) for s in specs)
+    land = LaDModel(exchange_law=ClassExchangeLaw(laws, jnp.asarray(flat)))
+    model = RegionalModel(AirLayer((ny, nx), dx=cell_size, dy=cell_size, boundary="open"), land=land).for_forcing(gf)
+    rs = as_cols(rs_true)
+    state0 = None
+    if spin:
+        state0, _ = spin_up(model, params, gf.at(slice(0, spin)), dynamic={"rs": rs[:spin]}, max_cycles=spin_cycles)
+    run = eqx.filter_jit(lambda m, p, f, s, d: rollout(m, p, f, s, dynamic=d))  # arrays as arguments
+    _, out = run(model, params, gf.at(slice(spin, None)), state0, {"rs": rs[spin:]})
+    t = n_steps - spin
+    units = {"Qh": "W m-2", "Qle": "W m-2", "AvgSurfT": "K", "Kh": "m2 s-1", "rs": "s m-1", "Tair_layer": "K",
+             "Rnet": "W m-2", "Qg": "W m-2", "Qf": "W m-2"}
+    truth = {}
+    for name, unit in units.items():
+        value = np.asarray(out[name]).reshape(t, ny, nx) if name != "rs" else rs_true[spin:]
+        truth[f"{name}_true"] = (value, {"units": unit, "long_name": f"true {name} (regional physics, class laws)"})
+    return truth
+
+
+def _observe(ds: xr.Dataset, towers, rng: np.random.Generator, *, flux_noise: float, flux_gap_fraction: float,
+             lst_noise: float, cloud_fraction: float, hidden: np.ndarray | None = None) -> np.ndarray:
+    """Add the observations of the truth to ``ds`` (in place): Qh and Qle at the ``towers`` cells
+    (truth + Gaussian noise of ``flux_noise``, gaps of up to 12 h until ``flux_gap_fraction`` is
+    missing), AvgSurfT over the whole grid at the OVERPASS_HOURS (local) with cloud gaps covering
+    ``cloud_fraction`` and noise ``lst_noise``; NaN elsewhere and at the ``hidden`` (T,) steps.
+    Returns the (ny, nx) tower mask."""
+    from .virtual import tower_gaps
+
+    t, ny, nx = ds.sizes["time"], ds.sizes["y"], ds.sizes["x"]
+    dims = ("time", "y", "x")
+    hidden = np.zeros(t, bool) if hidden is None else np.asarray(hidden, bool)
+    tower = np.zeros((ny, nx), bool)
+    for r, c in towers:
+        tower[r, c] = True
+    for name in ("Qh", "Qle"):
+        obs = np.full((t, ny, nx), np.nan)
+        for r, c in towers:
+            series = ds[f"{name}_true"].values[:, r, c] + rng.normal(0.0, flux_noise, t)
+            obs[:, r, c] = np.where(tower_gaps(t, flux_gap_fraction, rng, max_length=12), np.nan, series)
+        obs[hidden] = np.nan
+        ds[name] = (dims, obs, {"units": "W m-2", "source": "virtual towers: truth + noise, with gaps"})
+    hours = ds.time.dt.hour.values
+    overpass = np.isin(hours, OVERPASS_HOURS) & ~hidden
+    clouds = _cloud_field(t, ny, nx, rng) < cloud_fraction
+    lst = ds["AvgSurfT_true"].values + rng.normal(0.0, lst_noise, (t, ny, nx))
+    ds["AvgSurfT"] = (dims, np.where(overpass[:, None, None] & ~clouds, lst, np.nan),
+                      {"units": "K", "source": "virtual satellite surface temperature: overpasses, cloud gaps"})
+    return tower
+
+
+def _static_fields(ds: xr.Dataset, codes: np.ndarray, cls: np.ndarray, class_names, fringe: np.ndarray,
+                   homogeneous: np.ndarray, tower: np.ndarray) -> None:
+    """Add the static maps (in place): land_cover (IGBP index, codes as flag_meanings, the form
+    ``models.regional.region_data`` reads), surface_class (index into ``class_names``), fringe,
+    homogeneous, tower."""
+    ds["land_cover"] = (("y", "x"), np.asarray(codes).astype(np.int16), {
+        "flag_values": np.arange(1, len(IGBP_BY_INDEX) + 1, dtype=np.int16), "flag_meanings": " ".join(IGBP_BY_INDEX)})
+    ds["surface_class"] = (("y", "x"), np.asarray(cls).astype(np.int16), {
+        "flag_values": np.arange(len(class_names)), "flag_meanings": " ".join(class_names)})
+    ds["fringe"] = (("y", "x"), fringe)
+    ds["homogeneous"] = (("y", "x"), homogeneous)
+    ds["tower"] = (("y", "x"), tower)
 
 
 def _default_towers(cls, fringe, homogeneous) -> list[tuple[int, int]]:
@@ -280,3 +339,220 @@ def _cloud_field(t: int, ny: int, nx: int, rng: np.random.Generator) -> np.ndarr
     field = sum(np.sin(k[i, 0] * x + k[i, 1] * y + phase[i] + speed[i] * steps) for i in range(4))
     ranks = field.reshape(t, -1).argsort(axis=1).argsort(axis=1) / (ny * nx)
     return ranks.reshape(t, ny, nx)
+
+
+# --- the second virtual region: spatial structure and forcing from a real grid -------------------
+
+#: the laws of a grid's land-cover classes, laid out as REGION_CLASSES (IGBP code of the map first),
+#: for ``virtual_region_from_grid``. The classes of REGION_CLASSES keep their laws; the deciduous
+#: needleleaf forest takes the forest's law, albedo and r_s (a tall, rough canopy; LaD's DNF
+#: defaults), savanna and grassland get new ones. K_h follows roughness: forest (z0 ~ 1 m) > savanna
+#: (scattered trees) > farmland (crops) > grassland (short grass) > bare, in both branches (the
+#: prefactor a roughly halves from one class to the next; exponents as the neighbours').
+#: r_s (autumn on the southern Great Plains): grassland 250 s m-1 (senescent grass, the driest
+#: canopy) > forest 180 > savanna 150 > farmland 120.
+GRID_CLASSES = {
+    "forest": REGION_CLASSES["forest"],
+    "needleleaf_forest": ("DNF", "DNF", *REGION_CLASSES["forest"][2:]),
+    "savanna": ("SAV", "SAV", 0.17, 150.0, (0.012, 1.15, -0.28), (0.2, 0.87, 0.22)),
+    "farmland": REGION_CLASSES["farmland"],
+    "grassland": ("GRA", "GRA", 0.19, 250.0, (0.0035, 1.2, -0.30), (0.065, 0.9, 0.25)),
+    "urban": REGION_CLASSES["urban"],
+    "bare": REGION_CLASSES["bare"],
+    "water": REGION_CLASSES["water"],
+}
+#: the map's IGBP code -> class of GRID_CLASSES
+GRID_CLASS_OF = {spec[0]: name for name, spec in GRID_CLASSES.items()}
+
+
+def law_kh(spec, wind: float = 4.0, ri: float = 0.05) -> float:
+    """The mean of a class law's stable (Ri = +ri) and unstable (Ri = -ri) K_h at ``wind`` [m2 s-1]:
+    the number that ranks the classes' laws (``spec`` laid out as REGION_CLASSES' values)."""
+    a_s, b_s, c_s = spec[4]
+    a_u, b_u, c_u = spec[5]
+    return 0.5 * (a_s * wind**b_s * ri**c_s + a_u * wind**b_u * ri**c_u)
+
+
+def igbp_land_cover(ds: xr.Dataset) -> np.ndarray:
+    """(ny, nx) IGBP index (1 = ENF ... 17 = WAT) of a grid's ``land_cover``, read by its CF
+    ``flag_values``/``flag_meanings`` where it has them (e.g. Little Washita's 'grasslands'), else
+    as IGBP numbering. A value that is no IGBP class is a DataError naming it and its cells."""
+    from ..domain.build import land_cover_codes
+
+    file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
+    if "land_cover" not in ds.variables:
+        raise DataError(f"{file}: no variable land_cover; expected a land-cover index map on (y, x)")
+    lc = ds["land_cover"]
+    if set(lc.dims) != {"y", "x"}:
+        raise DataError(f"{file}: variable land_cover has dims {lc.dims}; expected (y, x)")
+    values = np.asarray(lc.transpose("y", "x").values)
+    codes = land_cover_codes(values, dict(lc.attrs))
+    bad = codes == ""
+    if bad.any():
+        y, x = np.argwhere(bad)[0]
+        raise DataError(f"{file}: variable land_cover: value {values[y, x].item()!r} at cell (y={y}, x={x}) and "
+                        f"{int(bad.sum()) - 1} more cells is no IGBP class; expected IGBP numbering 1-17 or CF "
+                        f"flag_meanings naming IGBP classes")
+    return np.vectorize(lambda c: IGBP_BY_INDEX.index(c) + 1, otypes=[np.int16])(codes)
+
+
+def with_igbp_land_cover(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with ``land_cover`` recoded to the IGBP index with the IGBP codes as flag_meanings, the
+    form ``models.regional.region_data`` reads (a grid file names its classes in its own words)."""
+    codes = igbp_land_cover(ds)
+    attrs = {"flag_values": np.arange(1, len(IGBP_BY_INDEX) + 1, dtype=np.int16), "flag_meanings": " ".join(IGBP_BY_INDEX),
+             "comment": f"IGBP index recoded from the file's land_cover ({ds['land_cover'].attrs.get('long_name', '')})"}
+    ds = ds.drop_vars("land_cover")
+    return ds.assign_coords(land_cover=(("y", "x"), codes, attrs))
+
+
+def grid_surfaces(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fringe, homogeneous) masks of a class map: fringe cells have another class among their
+    3 x 3 neighbours (the heterogeneous surface); homogeneous cells have one class over their
+    5 x 5 neighbourhood (edges padded by repetition). Disjoint."""
+    def uniform(size):
+        pad = np.pad(cls, size // 2, mode="edge")
+        win = np.lib.stride_tricks.sliding_window_view(pad, (size, size))
+        return (win == cls[..., None, None]).all(axis=(-1, -2))
+
+    return ~uniform(3), uniform(5)
+
+
+def _grid_towers(cls: np.ndarray, fringe: np.ndarray, homogeneous: np.ndarray) -> list[tuple[int, int]]:
+    """One tower per class, largest class first, at its homogeneous cell nearest the class's
+    centroid (any cell of the class when none is homogeneous), and one fringe cell nearest the
+    grid's centre."""
+    towers = []
+    counts = {c: int((cls == c).sum()) for c in np.unique(cls)}
+    for c in sorted(counts, key=counts.get, reverse=True):
+        cells = np.argwhere((cls == c) & homogeneous)
+        cells = cells if len(cells) else np.argwhere(cls == c)
+        centre = np.argwhere(cls == c).mean(axis=0)
+        r, col = cells[np.argmin(np.hypot(*(cells - centre).T))]
+        towers.append((int(r), int(col)))
+    taken = np.zeros(cls.shape, bool)
+    for r, col in towers:
+        taken[r, col] = True
+    cells = np.argwhere(fringe & ~taken)
+    if len(cells):
+        centre = (np.array(cls.shape) - 1) / 2.0
+        r, col = cells[np.argmin(np.hypot(*(cells - centre).T))]
+        towers.append((int(r), int(col)))
+    return towers
+
+
+def _spin_up_attrs(days: int) -> dict:
+    return {"long_name": "spin-up step (not to be scored)",
+            "comment": f"the record's first day repeated {days} times before it, dated the days before"}
+
+
+def with_spin_up(ds: xr.Dataset, days: int) -> xr.Dataset:
+    """``ds`` (hourly, on time) with its first day repeated ``days`` times before the record, dated
+    the days before (the time axis stays regular and each step keeps its hour of day), and a
+    ``spin_up`` (time) flag, True on the repeated steps: a spin-up that models run over a dataset
+    share and that scoring leaves out."""
+    per_day = 24
+    first = ds.isel(time=slice(0, per_day))
+    day = np.timedelta64(1, "D")
+    spins = [first.assign_coords(time=first.time.values - k * day) for k in range(days, 0, -1)]
+    out = xr.concat([*spins, ds], dim="time", data_vars="minimal", coords="minimal", compat="override") if spins else ds
+    out.attrs = dict(ds.attrs)
+    return out.assign(spin_up=("time", np.arange(out.sizes["time"]) < days * per_day, _spin_up_attrs(days)))
+
+
+def virtual_region_from_grid(grid: xr.Dataset, *, spin_up_days: int = 3, seed: int = 0, towers=None,
+                             flux_noise: float = 10.0, flux_gap_fraction: float = 0.1, lst_noise: float = 0.5,
+                             cloud_fraction: float = 0.3, cell_size: float | None = None) -> xr.Dataset:
+    """A virtual region whose spatial structure and forcing are a real grid's (issue 15 item 6a),
+    e.g. the Little Washita NLDAS-2 grid (``data.gridded.read_gridded``): its land-cover map gives
+    each cell a class of GRID_CLASSES (true K_h law, r_s, albedo, LaD defaults) and its forcing,
+    spatially varying as the file has it, drives the truth (``physics.regional.RegionalModel``,
+    open boundaries). The forcing is used unchanged: no lapse rate or albedo perturbation is
+    added (the real forcing varies in space already); an ``elevation`` field (y, x) of the grid is
+    copied, not applied (Little Washita's file has none, so the result has none).
+
+    ``grid``: a canonical gridded dataset on (time, y, x), hourly, with FORCING_NAMES (incl. the wind
+    components Wind_E, Wind_N the air layer advects with) complete on every cell, and ``land_cover``
+    (IGBP numbering or CF flag_meanings). Spin-up: the record's first day is repeated
+    ``spin_up_days`` times before it (labelled with the dates before the record, so the axis stays
+    regular) and the truth runs from the physics' initial state through them and the record; these
+    steps are flagged by ``spin_up`` (time) and have no observations, so that models run over the
+    dataset spin up alike and scoring excludes them.
+
+    The result has ``virtual_region``'s layout: forcing, ``*_true`` fields (Qh, Qle, AvgSurfT, Kh,
+    rs, Tair_layer, Rnet, Qg, Qf), observations (Qh, Qle at the ``towers`` cells, default one per
+    class and one in the fringe; AvgSurfT at the overpass hours with cloud gaps), land_cover (IGBP
+    codes), surface_class (index into ``attrs['class_names']``), fringe and homogeneous
+    (``grid_surfaces``), tower, spin_up. ``cell_size`` [m]: default the spacing of the grid's x
+    coordinate when it is in metres, else 1000."""
+    file = str(grid.attrs.get("source_file", grid.attrs.get("site_id", "<grid>")))
+    missing = [v for v in FORCING_NAMES if v not in grid]
+    if missing:
+        raise DataError(f"{file}: the virtual region needs the forcing {', '.join(missing)} on (time, y, x); "
+                        f"found {sorted(grid.data_vars)}")
+    grid = grid.transpose("time", "y", "x", ...)
+    step_s = float(grid.attrs.get("time_step_s", np.nan))
+    if step_s != 3600.0:
+        raise DataError(f"{file}: attribute time_step_s is {step_s!r}; the virtual region expects hourly forcing (3600)")
+    per_day = 24
+    if grid.sizes["time"] < per_day:
+        raise DataError(f"{file}: variable time has {grid.sizes['time']} steps; expected at least one day ({per_day})")
+    for name in FORCING_NAMES:
+        bad = ~np.isfinite(np.asarray(grid[name].values))
+        if bad.any():
+            t, y, x = np.argwhere(bad)[0]
+            raise DataError(f"{file}: variable {name} is missing at time {str(grid.time.values[t])[:16]}, cell "
+                            f"(y={y}, x={x}) and {int(bad.sum()) - 1} more values; expected every cell complete")
+    codes = igbp_land_cover(grid)
+    names = [IGBP_BY_INDEX[c - 1] for c in np.unique(codes)]
+    lawless = [c for c in names if c not in GRID_CLASS_OF]
+    if lawless:
+        raise DataError(f"{file}: variable land_cover has class(es) {', '.join(lawless)} with no true law; "
+                        f"expected only {', '.join(GRID_CLASS_OF)} (GRID_CLASSES)")
+    class_names = tuple(n for n in GRID_CLASSES if GRID_CLASSES[n][0] in names)
+    cls = np.vectorize(lambda c: class_names.index(GRID_CLASS_OF[IGBP_BY_INDEX[c - 1]]))(codes)
+    fringe, homogeneous = grid_surfaces(cls)
+    if cell_size is None:
+        x = np.asarray(grid["x"].values, float) if "x" in grid.coords else np.array([])
+        metres = "x" in grid.coords and str(grid["x"].attrs.get("units", "")).strip() == "m" and x.size > 1
+        cell_size = float(np.median(np.diff(x))) if metres else 1000.0
+
+    # forcing: the record, its first day repeated spin_up_days times before it
+    ds = with_spin_up(grid[list(FORCING_NAMES)].load(), spin_up_days)
+    spin_flag = ds["spin_up"].values
+    ds = ds.drop_vars(["spin_up", *[c for c in ds.coords if c not in ("time", "y", "x")]])
+    for dim in ("y", "x"):  # cell centres in metres where the grid has no projected coordinates
+        if dim not in ds.coords:
+            ds = ds.assign_coords({dim: (np.arange(ds.sizes[dim]) + 0.5) * cell_size})
+    n_spin = int(spin_flag.sum())
+    specs = [GRID_CLASSES[n] for n in class_names]
+    dims = ("time", "y", "x")
+    for name, (value, attrs) in _class_truth(ds, cls, specs, cell_size).items():
+        ds[name] = (dims, value, attrs)
+
+    rng = np.random.default_rng(seed + 11)
+    if towers is None:
+        towers = _grid_towers(cls, fringe, homogeneous)
+    tower = _observe(ds, towers, rng, flux_noise=flux_noise, flux_gap_fraction=flux_gap_fraction,
+                     lst_noise=lst_noise, cloud_fraction=cloud_fraction, hidden=spin_flag)
+    _static_fields(ds, codes, cls, class_names, fringe, homogeneous, tower)
+    elevation = grid["elevation"] if "elevation" in grid.variables else None
+    if elevation is not None and set(elevation.dims) == {"y", "x"}:
+        ds["elevation"] = (("y", "x"), np.asarray(elevation.transpose("y", "x").values), dict(elevation.attrs))
+    ds["spin_up"] = (("time",), spin_flag, _spin_up_attrs(spin_up_days))
+    site = str(grid.attrs.get("site_id", Path(file).stem))
+    ds.attrs = {k: grid.attrs[k] for k in ("utc_offset_rule", "location_note") if k in grid.attrs}
+    ds.attrs.update({
+        "site_id": f"VIRTUAL-{site}", "site_name": f"virtual region on the grid of {site} (seed {seed})",
+        "latitude": float(grid.attrs.get("latitude", np.nan)), "longitude": float(grid.attrs.get("longitude", np.nan)),
+        "utc_offset_h": float(grid.attrs.get("utc_offset_h", 0.0)), "time_step_s": 3600,
+        "cell_size_m": cell_size, "forcing_site": Path(file).name, "source_file": file,
+        "source_format": "virtual-region", "truth": _truth_note({n: GRID_CLASSES[n] for n in class_names}),
+        "class_names": " ".join(class_names),
+        "forcing_note": "the grid's own forcing, unchanged (no lapse rate, no albedo perturbation of the forcing); "
+                        + ("its elevation field copied" if "elevation" in ds else "the grid has no elevation field"),
+        "repairs": str(grid.attrs.get("repairs", "")), "fill_report": str(grid.attrs.get("fill_report", "")),
+        "boundary": "open", "spin_up_days": spin_up_days, "spin_up_steps": n_spin,
+        "time_convention": str(grid.attrs.get("time_convention", "")),
+    })
+    return ds

@@ -96,3 +96,73 @@ def class_parameters(out: dict, ds: xr.Dataset, mask: np.ndarray, class_names) -
             "r_kh_wind": float(np.corrcoef(kh, wind[m])[0, 1]), "r_kh_dT": float(np.corrcoef(kh, grad[m])[0, 1]),
         })
     return rows
+
+
+#: model output -> variable of the ParFlow-CLM reference snapshot (``data.gridded.read_reference_snapshot``)
+#: compared with it: sensible heat Qh (CLM eflx_sh_tot), latent heat Qle (eflx_lh_tot), both positive
+#: away from the surface as the package's; the surface temperature AvgSurfT against Tsurf, CLM's
+#: ground temperature t_grnd (under the canopy on vegetated cells: not the canopy's or a radiative
+#: temperature, so its pattern is the closest, not an equal, quantity)
+REFERENCE_FIELDS = {"Qh": "Qh", "Qle": "Qle", "AvgSurfT": "Tsurf"}
+
+
+def compare_reference_snapshot(out: dict, time, snapshot: xr.Dataset, fields: dict | None = None) -> dict:
+    """A model's simulated maps against a reference model's snapshot (the Little Washita file's
+    one step of ParFlow-CLM output): for each pair of ``fields`` (model output -> snapshot variable,
+    default REFERENCE_FIELDS), at the model step whose start equals the snapshot's ``time``, over
+    the cells where both are finite: the spatial Pearson correlation ``corr`` (None with fewer than
+    two cells or a uniform map), the mean bias ``bias`` (model - reference), the patterns' standard
+    deviations ``sd_model``, ``sd_reference``, the means and ``n``.
+
+    The snapshot is **another model's output, not observations** (a regression reference of a
+    ParFlow test, 12 h from uninitialised soil temperatures): agreement is consistency between two
+    models, not skill. Times: ``time`` (T,) are the starts of the model's steps in local standard
+    time (``read_gridded``'s axis) and the snapshot's ``time`` is the start of its model hour in the
+    same convention (``read_reference_snapshot``: Little Washita's ref_time 1998-10-01 17:00 UTC is
+    the end of the hour from 10:00 local standard time, driven by forcing step 12, index 11).
+
+    ``out``: name -> (T, N) or (T, ny, nx) arrays on the snapshot's (y, x) grid (N = ny nx, C order;
+    ``models.regional.predict_regional``'s outputs). Returns ``{"snapshot_time", "step",
+    "reference", <model name>: {"reference_variable", "corr", "bias", "sd_model", "sd_reference",
+    "mean_model", "mean_reference", "n"}}``. A snapshot time not among ``time``, a missing variable
+    or another grid shape is a DataError naming the file and the variable."""
+    from ..data.schema import DataError
+
+    file = snapshot.attrs.get("source_file", snapshot.attrs.get("site_id", "<reference snapshot>"))
+    fields = REFERENCE_FIELDS if fields is None else fields
+    if "time" not in snapshot.coords or snapshot["time"].ndim != 0:
+        raise DataError(f"{file}: the reference snapshot has no scalar time coordinate; expected the dataset of "
+                        "data.gridded.read_reference_snapshot")
+    when = np.datetime64(snapshot["time"].values, "ns")
+    times = np.asarray(time, "datetime64[ns]")
+    hits = np.flatnonzero(times == when)
+    if hits.size != 1:
+        span = f"{str(times[0])[:16]} to {str(times[-1])[:16]}" if times.size else "no steps"
+        raise DataError(f"{file}: variable time of the snapshot is {str(when)[:16]} (start of its model step, local "
+                        f"standard time); expected it once among the model's step starts ({span}), found {hits.size}")
+    step = int(hits[0])
+    ny, nx = snapshot.sizes["y"], snapshot.sizes["x"]
+    result = {"snapshot_time": str(when)[:16], "step": step,
+              "reference": str(snapshot.attrs.get("data_kind", "model output, not observations"))}
+    for name, ref_name in fields.items():
+        if ref_name not in snapshot:
+            raise DataError(f"{file}: no variable {ref_name} in the reference snapshot; found {sorted(snapshot.data_vars)}")
+        if name not in out:
+            raise DataError(f"{file}: the model output has no {name} to compare with {ref_name}; it has {sorted(out)}")
+        sim = np.asarray(out[name], float)
+        if sim.ndim < 2 or sim.shape[0] != times.size or int(np.prod(sim.shape[1:])) != ny * nx:
+            raise DataError(f"{file}: variable {ref_name} is on a {ny} x {nx} grid; the model's {name} has shape "
+                            f"{sim.shape}, expected ({times.size}, {ny * nx}) or ({times.size}, {ny}, {nx})")
+        model = sim[step].reshape(ny, nx)
+        ref = np.asarray(snapshot[ref_name].transpose("y", "x").values, float)
+        both = np.isfinite(model) & np.isfinite(ref)
+        m, r = model[both], ref[both]
+        corr = float(np.corrcoef(m, r)[0, 1]) if m.size >= 2 and m.std() > 0 and r.std() > 0 else None
+        result[name] = {
+            "reference_variable": ref_name, "corr": corr,
+            "bias": float(np.mean(m - r)) if m.size else None,
+            "sd_model": float(m.std()) if m.size else None, "sd_reference": float(r.std()) if m.size else None,
+            "mean_model": float(m.mean()) if m.size else None, "mean_reference": float(r.mean()) if m.size else None,
+            "n": int(m.size),
+        }
+    return result
