@@ -161,3 +161,16 @@ def test_closed_loop_in_float32():
     s = report.summary()
     assert s["recomputations"] > 0 and s["steps_above_tolerance"] == 0
     assert float(np.max(out["energy_residual"])) < 0.5  # float32 rounding of S_R ~ 1e8 J m-2 over an hour
+
+
+@pytest.mark.slow  # two more compilations (~10 s)
+def test_sub_steps_do_not_cure_a_stiff_kh_but_the_physics_own_kh_does():
+    model, params, gf = _case()
+    kh, rs = _fields(10.0)
+    refined = RegionalModel(model.air, max_refinements=2)  # up to 4 sub-steps where above 10 W m-2
+    out = jax.jit(lambda p, f: rollout(refined, p, f, dynamic={"Kh": kh, "rs": rs}, chunk=None)[1])(params, gf)
+    residual = np.asarray(out["coupling_residual"]).max(axis=1)
+    # a third of the steps stay above 10 W m-2, some far above
+    assert (residual > 10.0).sum() >= 8 and residual.max() > 300.0 and np.asarray(out["n_substeps"]).max() == 4
+    own = jax.jit(lambda p, f: rollout(model, p, f, chunk=None)[1])(params, gf)  # the stability scheme's K_h
+    assert float(np.max(own["coupling_residual"])) < 1.0

@@ -29,13 +29,14 @@ cells. r_s is smoothed the same way (G(log r_s)) but not pulled: it barely enter
 Then both are clipped to their bounds.
 
 Why: the residual grows with the coupling conductance rho c_p / r_a = rho c_p K_h / (z - d). A
-K_h the stability scheme would not give (10 m2 s-1 at 3 m s-1 wind, where the scheme gives
-0.02-0.9) makes the column-air coupling stiffer than the step resolves: on a 6x6 grid at hourly
-steps the coupling residual was 741 W m-2 with one sub-step refinement and still 242 W m-2 with 16
-sub-steps (``max_refinements`` = 4), so refining the sub-steps does not help, while the
-scheme's K_h gives 0.2 W m-2 (tests/test_regional_loop.py). Pulling toward the scheme in steps
-changes the parameteriser's field no more than it must. Sub-step refinement is kept as the model
-has it (``physics.max_refinements``) inside every attempt.
+K_h far above what the stability scheme gives (10 m2 s-1 at 3 m s-1 wind, where the scheme gives
+~0.02-1) couples the columns to the layer more stiffly than the step resolves, over the whole
+field at once (one such cell alone is relieved by the air blown through it). More sub-steps do not
+cure it (``physics.max_refinements``; the residual even grew), while the scheme's K_h gives a
+fraction of a W m-2 (tests/test_regional_loop.py checks both). Smoothing alone cannot help a
+uniformly stiff field; on rough fields it lets the pull succeed with fewer recomputations. Pulling
+in steps changes the parameteriser's field no more than the residual requires. Sub-step
+refinement is kept as the model has it inside every attempt.
 
 Checks per step, on the parameteriser's fields as given: values outside ``PARAMETER_BOUNDS``
 (K_h in [1e-3, 1e2] m2 s-1, r_s in [1e2, 1e4] s m-1) are clipped and counted (a non-finite value
