@@ -149,6 +149,10 @@ def test_closed_loop_names_what_it_expected(grid):
         closed_loop(model, params, gf, kh[:, :35], rs)
     with pytest.raises(ValueError, match="integer max_adjustments"):
         closed_loop(model, params, gf, kh, rs, max_adjustments=1.5)
+    with pytest.raises(ValueError, match=r"unknown outputs \['Qhh'\]; expected names among .*'Kh_field'"):
+        jax.eval_shape(lambda: closed_loop(model, params, gf, kh, rs, outputs=("Qh", "Qhh")))
+    kept = jax.eval_shape(lambda: closed_loop(model, params, gf, kh, rs, outputs=("Qh", "Kh_field")))[1]
+    assert set(kept) == {"Qh", "Kh_field"} and kept["Qh"].shape == (24, N)
 
 
 @pytest.mark.slow  # a second compilation (~6 s)

@@ -229,7 +229,8 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         # is too large; one compiled copy of the step
         shapes = jax.eval_shape(attempt, state, forcing_t, (kh_t, rs_t), storage0)
         blank = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        init = (jnp.asarray(-1), jnp.zeros(n_cells, bool), blank, jnp.asarray(jnp.inf, dtype), jnp.zeros((), dtype))
+        init = (jnp.asarray(-1, jnp.int32), jnp.zeros(n_cells, bool), blank, jnp.asarray(jnp.inf, dtype),
+                jnp.zeros((), dtype))
 
         def cond(c):
             k, _, _, residual, _ = c
@@ -237,10 +238,11 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
 
         def body(c):
             k, flagged, last, _, before = c
-            flagged = flagged | (last[3] > tolerance)
+            flagged = flagged | ~(last[3] <= tolerance)  # a non-finite residual is above it too
             k = k + 1
             result = attempt(state, forcing_t, fields(k, flagged), storage0)
             residual = jnp.max(result[3]).astype(dtype)
+            residual = jnp.where(jnp.isnan(residual), jnp.inf, residual)
             return k, flagged, result, residual, jnp.where(k == 0, residual, before)
 
         k, _, (new, out, storage, _), residual, before = jax.lax.while_loop(cond, body, init)
