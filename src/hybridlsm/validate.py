@@ -38,6 +38,8 @@ def site_domains(run_dir: Path, obs: dict[str, xr.Dataset]) -> dict[str, Domain]
         cfg = load_run_config(path)
     except ConfigError as err:
         raise ValidationRunError(f"{path}: {err} (validation rebuilds the forcing from the run's sites)") from None
+    if cfg.data.grid is not None:
+        raise ValidationRunError(f"{path}: a regional run (data.grid); validation replays site runs")
     out = {}
     for spec in cfg.data.sites:
         d = domain_from_site(prepare_forcing(read_site_spec(spec), out_of_range=cfg.data.forcing_out_of_range))

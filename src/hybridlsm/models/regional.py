@@ -46,12 +46,13 @@ from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
-from ..neural import SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
+from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import default_params, forcing_from_datasets, rollout
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import LaDModel
 from ..physics.regional import GridForcing, RegionalModel
+from .regional_loop import closed_loop
 
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
@@ -441,10 +442,12 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
 
 def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict:
     """Outputs over the whole record ((T, N) arrays; ``rs_field``: the r_s prescribed or set by the
-    parameters, where the output ``rs`` is the effective resistance with water stress). Physics models run continuously; the hybrid's
-    fields are computed window by window (each window's fields kept after its warm-up, the first
-    window's from its start) and the physics runs through them continuously; the CNN-LSTM
-    predicts window by window the same way."""
+    parameters, where the output ``rs`` is the effective resistance with water stress). Physics
+    models run continuously; the hybrid's fields are computed window by window (each window's
+    fields kept after its warm-up, the first window's from its start) and the physics runs through
+    them continuously in the closed loop (``models.regional_loop``: ``Kh_field``, ``rs_field`` are
+    the fields used, ``recomputed`` marks the cells of steps recomputed with adjusted fields,
+    ``closed_loop`` the loop's totals); the CNN-LSTM predicts window by window the same way."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
         _, out = jax.jit(lambda p, f: rollout(model, p, f, chunk=None))(data.params, data.forcing)
@@ -464,9 +467,16 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
         done = start + window
     if cnn:
         return pieces
-    physics = replace(regional_physics(data), max_refinements=PREDICT_REFINEMENTS)
-    # the record goes in as arguments: arrays a jitted function closes over become constants of the
-    # compiled program (slower to compile, held twice)
-    run = jax.jit(lambda p, f, fields: rollout(physics, p, f, dynamic=fields, chunk=None))
-    _, out = run(data.params, data.forcing, {"Kh": jnp.asarray(pieces["Kh"]), "rs": jnp.asarray(pieces["rs"])})
-    return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": pieces["rs"]}
+    # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
+    # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
+    # field). The record goes in as arguments: arrays a jitted function closes over become
+    # constants of the compiled program (slower to compile, held twice)
+    physics = regional_physics(data)
+    run = jax.jit(lambda p, f, kh, rs: closed_loop(physics, p, f, kh, rs))
+    kh, rs = jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"])
+    _, out, report = run(data.params, data.forcing, kh, rs)
+    out = {k: np.asarray(v) for k, v in out.items()}
+    given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS["Kh"])
+    out["recomputed"] = (np.abs(np.log(out["Kh_field"]) - np.log(given)) > 1e-6).astype(np.float32)
+    out["closed_loop"] = report.summary()
+    return out

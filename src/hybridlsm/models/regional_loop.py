@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..neural._spatiotemporal import PARAMETER_BOUNDS
+from ..neural import PARAMETER_BOUNDS
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_RS
 from ..physics.regional import GridForcing, RegionalModel, RegionalState
 from ..physics.soil import layer_heat_capacity, soil_heat_storage

@@ -200,6 +200,8 @@ def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int)
     for i, key in enumerate(jax.random.split(jax.random.key(seed), samples)):
         out = predict_regional(net, data, window=window, warmup=warmup, key=key)
         for k, v in out.items():
+            if np.ndim(v) < 2:  # the closed loop's totals
+                continue
             v = np.asarray(v, np.float64)
             if k not in mean:
                 mean[k], m2[k] = v.copy(), np.zeros_like(v) if k in UNCERTAIN_OUTPUTS else None

@@ -12,6 +12,7 @@ from hybridlsm.neural._mc import MC_KEY, MC_SAMPLES, dropout_rate, mc_batch_size
 from hybridlsm.neural._mlp import MLP
 from hybridlsm.neural._normaliser import NonTrainable, Normaliser, trainable_filter
 from hybridlsm.neural._spatiotemporal import (
+    PARAMETER_BOUNDS,
     CosineAttention,
     SpatiotemporalOptions,
     SpatiotemporalParameteriser,
@@ -30,6 +31,7 @@ __all__ = [
     "MC_SAMPLES",
     "NonTrainable",
     "Normaliser",
+    "PARAMETER_BOUNDS",
     "SpatiotemporalOptions",
     "SpatiotemporalParameteriser",
     "VariableFusion",
