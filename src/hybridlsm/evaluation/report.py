@@ -68,6 +68,7 @@ from hybridlsm.domain import site_file_name
 from hybridlsm.evaluation import plots
 from hybridlsm.evaluation.html_parts import fmt, img_html, table_html
 from hybridlsm.evaluation.hotspots import hotspots_html
+from hybridlsm.evaluation.maps import maps_html
 from hybridlsm.evaluation.training_curves import training_html
 from hybridlsm.evaluation.metrics import (
     NEAR_ZERO_MEAN,
@@ -213,6 +214,21 @@ def flux_mask(obs: xr.Dataset, flux: str, max_qc: int = 1) -> np.ndarray:
         qc = np.asarray(obs[qc_name].values, dtype=float)
         ok &= (qc >= 0) & (qc <= max_qc)
     return ok
+
+
+def _has_sites(run_dir: Path) -> bool:
+    pred = Path(run_dir) / "predictions"
+    return pred.is_dir() and any(p.is_dir() for p in pred.iterdir())
+
+
+def _write_report(run_dir: Path, config: str, parts: list[str]) -> Path:
+    """``report.html`` of a run without sites: the title and ``parts``."""
+    h = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+         f"<title>hybridlsm report: {html.escape(config)}</title><style>{_CSS}</style></head><body>",
+         f"<h1>hybridlsm report: {html.escape(config)}</h1>", *parts, "</body></html>"]
+    out = run_dir / "report.html"
+    out.write_text("\n".join(h), encoding="utf-8")
+    return out
 
 
 def _config_name(run_dir: Path, sites: dict[str, SiteData]) -> str:
@@ -798,8 +814,13 @@ def build_report(
     prediction files, else ``name`` in ``config.yaml``, else the directory name. ``max_qc`` defaults
     to the run's ``data.max_qc`` (obs.nc attribute ``max_qc``), else 1."""
     run_dir = Path(run_dir)
-    sites = load_run(run_dir)
+    sites = load_run(run_dir) if _has_sites(run_dir) or not (run_dir / "maps").is_dir() else {}
     config = config_name if config_name is not None else _config_name(run_dir, sites)
+    plot_dir = run_dir / "plots"
+    if not sites:  # a grid without tower cells: the maps alone
+        return _write_report(run_dir, config, [
+            f"<p>Run directory <code>{html.escape(str(run_dir))}</code>; no cell of the grid observes a flux, so "
+            "nothing is scored as a site.</p>", maps_html(run_dir, plot_dir), training_html(run_dir, plot_dir)])
     if max_qc is None:
         max_qc = int(next(iter(sites.values())).obs.attrs.get("max_qc", 1))
 
@@ -811,7 +832,6 @@ def build_report(
     ]
     (run_dir / "skill.json").write_text(json.dumps(records, indent=1, allow_nan=False))
 
-    plot_dir = run_dir / "plots"
     energy = pd.concat([energy_balance_table(sd, max_qc=max_qc) for sd in sites.values()], ignore_index=True)
     untrained = pd.concat([untrained_variables(sd) for sd in sites.values()], ignore_index=True)
     models = sorted({m for sd in sites.values() for m in sd.models})
@@ -837,6 +857,7 @@ def build_report(
         "<code>metrics.csv</code> and <code>skill.json</code>.</p>",
         "<h2>Skill</h2>",
         _skill_html(skill),
+        maps_html(run_dir, plot_dir),  # "Maps" of a grid run; "" otherwise
         "<h2>Energy balance</h2>",
         "<p class='note'>Residual = Rn − G − H − LE [W m-2] over the test split (obs: steps with usable H and "
         "LE). For a model it is the internal residual (zero for a conserving model apart from storage and "

@@ -1,0 +1,165 @@
+"""The report's regional part: maps of a grid run (``maps/<grid>/<model>.nc`` and ``obs.nc``, written
+by ``hybridlsm run`` with ``data.grid``; docs/architecture.md §3).
+
+- ``grid_skill``: every model against what the grid observes over the test steps, pooled over the
+  cells and steps where both exist: the targets (tower fluxes, a surface-temperature product) and,
+  for a twin such as the virtual region, the truth (``<name>_true``) at every cell; MSE, MAE, r,
+  bias, n; and how many cells and steps the closed loop recomputed (``recomputed``);
+- ``plot_grid_maps``: test-period means of H, LE, surface temperature, K_h and r_s, one row per
+  variable, one column per model (the truth or the observations first), shared colour scales per
+  row (K_h and r_s on log scales); and the MC-dropout SDs where a model has them;
+- ``maps_html``: the section, "" for a run without maps.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib import colors as mcolors
+
+from hybridlsm.evaluation.html_parts import img_html, table_html
+from hybridlsm.evaluation.plots import new_figure, save_figure
+
+__all__ = ["load_maps", "grid_skill", "plot_grid_maps", "maps_html", "MAP_VARIABLES"]
+
+TEST_SPLIT = 3
+#: what the maps show: name -> (label, colour map, log scale); the fields a model used for K_h and
+#: r_s are ``Kh`` and ``rs_field``
+MAP_VARIABLES = {
+    "Qh": ("H [W m$^{-2}$]", "inferno", False),
+    "Qle": ("LE [W m$^{-2}$]", "viridis", False),
+    "AvgSurfT": ("T$_s$ [K]", "coolwarm", False),
+    "Kh": ("K$_h$ [m$^2$ s$^{-1}$]", "magma", True),
+    "rs_field": ("r$_s$ [s m$^{-1}$]", "cividis", True),
+}
+#: the truth of a twin for each mapped variable
+TRUTH = {"Qh": "Qh_true", "Qle": "Qle_true", "AvgSurfT": "AvgSurfT_true", "Kh": "Kh_true", "rs_field": "rs_true"}
+SCORED = ("Qh", "Qle", "AvgSurfT")
+
+
+def load_maps(run_dir: Path) -> dict[str, dict]:
+    """``{grid: {"obs": Dataset, "models": {label: Dataset}}}`` from ``run_dir/maps`` ({} without)."""
+    root = Path(run_dir) / "maps"
+    out = {}
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+        obs_path = folder / "obs.nc"
+        if not obs_path.is_file():
+            raise FileNotFoundError(f"{obs_path}: the observations of grid {folder.name!r} are missing")
+        models = {f.stem: xr.load_dataset(f) for f in sorted(folder.glob("*.nc")) if f.name != "obs.nc"}
+        out[folder.name] = {"obs": xr.load_dataset(obs_path), "models": models}
+    return out
+
+
+def _test(obs: xr.Dataset) -> np.ndarray:
+    return np.asarray(obs["split"].values) == TEST_SPLIT
+
+
+def _scores(pred: np.ndarray, ref: np.ndarray) -> dict:
+    ok = np.isfinite(pred) & np.isfinite(ref)
+    n = int(ok.sum())
+    if n < 2:
+        return {"mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan, "n": n}
+    p, o = pred[ok], ref[ok]
+    r = np.corrcoef(p, o)[0, 1] if p.std() > 0 and o.std() > 0 else np.nan
+    return {"mse": float(np.mean((p - o) ** 2)), "mae": float(np.mean(np.abs(p - o))), "r": float(r),
+            "bias": float(np.mean(p - o)), "n": n}
+
+
+def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
+    """One row per model, variable and reference (``observed``: the grid's observations, where
+    they exist; ``truth``: a twin's true field at every cell) over the test steps."""
+    obs, rows = maps["obs"], []
+    test = _test(obs)
+    for label, ds in maps["models"].items():
+        recomputed = ds["recomputed"].values[test] if "recomputed" in ds else None
+        for var in SCORED:
+            if var not in ds:
+                continue
+            pred = ds[var].values[test]
+            for reference, name in (("observed", var), ("truth", TRUTH[var])):
+                if name in obs:
+                    rows.append({"grid": grid, "model": label, "variable": var, "reference": reference,
+                                 **_scores(pred, obs[name].values[test])})
+        if recomputed is not None:
+            rows.append({"grid": grid, "model": label, "variable": "closed loop", "reference": "recomputed cell-steps",
+                         "mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan,
+                         "n": int(np.nansum(recomputed > 0))})
+    return pd.DataFrame(rows, columns=["grid", "model", "variable", "reference", "mse", "mae", "r", "bias", "n"])
+
+
+def _mean_map(ds: xr.Dataset, name: str, test: np.ndarray) -> np.ndarray | None:
+    if name not in ds:
+        return None
+    values = np.asarray(ds[name].values[test], float)
+    if not np.isfinite(values).any():
+        return None
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.where(np.isfinite(values), values, np.nan), axis=0)
+
+
+def plot_grid_maps(grid: str, maps: dict, plot_dir: Path, sd: bool = False) -> Path | None:
+    """Test-period mean maps (or, ``sd``, mean MC-dropout SDs) of :data:`MAP_VARIABLES`; the
+    first column is the truth (a twin) or the observations (where they cover the grid)."""
+    obs, test = maps["obs"], _test(maps["obs"])
+    columns = {} if sd else {"truth": {v: _mean_map(obs, TRUTH[v], test) for v in MAP_VARIABLES}}
+    if not sd and all(m is None for m in columns["truth"].values()):
+        columns = {"observed": {v: _mean_map(obs, v, test) for v in MAP_VARIABLES}}
+    for label, ds in maps["models"].items():
+        columns[label] = {v: _mean_map(ds, f"{'rs' if v == 'rs_field' else v}_sd" if sd else v, test)
+                          for v in MAP_VARIABLES}
+    columns = {c: fields for c, fields in columns.items() if any(f is not None for f in fields.values())}
+    rows = [v for v in MAP_VARIABLES if any(columns[c][v] is not None for c in columns)]
+    if not rows or (sd and not columns):
+        return None
+    fig, axes = new_figure(len(rows), len(columns), width=2.4, height=2.2)
+    fig.subplots_adjust(right=0.88, wspace=0.08, hspace=0.25)
+    for i, var in enumerate(rows):
+        label, cmap, log = MAP_VARIABLES[var]
+        fields = [columns[c][var] for c in columns]
+        finite = np.concatenate([f[np.isfinite(f)].ravel() for f in fields if f is not None] or [np.zeros(0)])
+        if log and not sd:
+            finite = finite[finite > 0]
+        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+        norm = mcolors.LogNorm(max(lo, 1e-6), max(hi, lo * 1.01, 1e-5)) if (log and not sd) else \
+            mcolors.Normalize(lo, hi if hi > lo else lo + 1.0)
+        for j, (col, field) in enumerate(zip(columns, fields)):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col, fontsize=9)
+            if field is None:
+                ax.set_axis_off()
+                continue
+            image = ax.imshow(field, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+        fig.colorbar(image, ax=axes[i, :].tolist(), shrink=0.85, label=("SD of " if sd else "") + label)
+    fig.suptitle(f"{grid}: {'MC-dropout SD' if sd else 'mean'} over the test steps", fontsize=10)
+    return save_figure(fig, Path(plot_dir) / f"map_{grid}{'_sd' if sd else ''}.png")
+
+
+def maps_html(run_dir: Path, plot_dir: Path) -> str:
+    """The report section of a grid run (also ``grid_metrics.csv``); "" without maps."""
+    all_maps = load_maps(run_dir)
+    if not all_maps:
+        return ""
+    skill = pd.concat([grid_skill(g, m) for g, m in all_maps.items()], ignore_index=True)
+    skill.to_csv(Path(run_dir) / "grid_metrics.csv", index=False)
+    h = ["<h2>Maps</h2>",
+         "<p class='note'>Every model over the whole grid, test steps (split = 3). Skill pooled over the cells and "
+         "steps where both exist: <i>observed</i> is what the grid observes (tower fluxes, a surface-temperature "
+         "product with gaps); <i>truth</i> is a twin's known field at every cell (the virtual region). MSE in "
+         "W² m⁻⁴ (K² for T<sub>s</sub>). <i>closed loop</i>: cell-steps the regional hybrid recomputed with "
+         "adjusted K_h because the energy residual exceeded 10 W m⁻². Written to <code>grid_metrics.csv</code>; "
+         "the maps are <code>maps/&lt;grid&gt;/&lt;model&gt;.nc</code>.</p>",
+         table_html(skill)]
+    for grid, maps in all_maps.items():
+        h.append(f"<h3>{html.escape(grid)}</h3>")
+        for sd in (False, True):
+            path = plot_grid_maps(grid, maps, plot_dir, sd=sd)
+            if path is not None:
+                h.append(img_html(path, f"{grid} {'SD ' if sd else ''}maps"))
+    return "\n".join(h)
