@@ -188,8 +188,8 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory written by 
     """Rebuild the HTML report, metrics.csv and skill.json of a run."""
     from .evaluation.report import build_report
 
-    if not (run_dir / "predictions").is_dir():
-        raise typer.BadParameter(f"{run_dir} has no predictions/ folder; is it a run directory?")
+    if not (run_dir / "predictions").is_dir() and not (run_dir / "maps").is_dir():
+        raise typer.BadParameter(f"{run_dir} has no predictions/ or maps/ folder; is it a run directory?")
     with user_errors():
         Console().print(f"report: [green]{build_report(run_dir)}[/green]")
 

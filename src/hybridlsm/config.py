@@ -703,7 +703,7 @@ class RunConfig(StrictModel):
         if catalogue is None or not isinstance(data, dict) or not isinstance(data.get("models"), list):
             return data
         section = data.get("data")
-        targets = section.get("targets", DEFAULT_TARGETS) if isinstance(section, dict) else DEFAULT_TARGETS
+        targets = section.get("targets", list(DEFAULT_TARGETS)) if isinstance(section, dict) else list(DEFAULT_TARGETS)
         if not (isinstance(targets, list) and all(t in ALLOWED_TARGETS for t in targets)):
             return data  # DataConfig reports it
         models = []

@@ -263,7 +263,10 @@ def experiments(cfg: RunConfig, sites: list[Domain]) -> list[Experiment]:
 
 def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is trained, when an experiment's training or validation sets hold
-    no usable observation of a target (every model would learn or validate on nothing)."""
+    no usable observation of a target (every model would learn or validate on nothing); nothing to
+    check when no model learns from observations."""
+    if not any(get_model(m.name).needs_observations for m in cfg.models):
+        return
     for exp in exps:
         for part, domains in (("training", exp.train), ("validation", exp.val)):
             counts = sum((usable_targets(ds, cfg.data.targets, cfg.data.max_qc)[1].sum(axis=0)

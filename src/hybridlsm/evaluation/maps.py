@@ -115,8 +115,8 @@ def plot_grid_maps(grid: str, maps: dict, plot_dir: Path, sd: bool = False) -> P
     rows = [v for v in MAP_VARIABLES if any(columns[c][v] is not None for c in columns)]
     if not rows or (sd and not columns):
         return None
-    fig, axes = new_figure(len(rows), len(columns), width=2.4, height=2.2)
-    fig.subplots_adjust(right=0.88, wspace=0.08, hspace=0.25)
+    fig, axes = new_figure(len(rows), len(columns), width=max(2.4, 5.0 / len(columns)), height=2.2)
+    fig.subplots_adjust(left=0.04, right=0.80 if len(columns) < 3 else 0.88, wspace=0.08, hspace=0.25)
     for i, var in enumerate(rows):
         label, cmap, log = MAP_VARIABLES[var]
         fields = [columns[c][var] for c in columns]
@@ -137,7 +137,7 @@ def plot_grid_maps(grid: str, maps: dict, plot_dir: Path, sd: bool = False) -> P
                 continue
             image = ax.imshow(field, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
         fig.colorbar(image, ax=axes[i, :].tolist(), shrink=0.85, label=("SD of " if sd else "") + label)
-    fig.suptitle(f"{grid}: {'MC-dropout SD' if sd else 'mean'} over the test steps", fontsize=10)
+    fig.suptitle(f"{'MC-dropout SD' if sd else 'Mean'} over the test steps", fontsize=10)
     return save_figure(fig, Path(plot_dir) / f"map_{grid}{'_sd' if sd else ''}.png")
 
 

@@ -149,6 +149,9 @@ class ModelSpec(abc.ABC):
     targets: ClassVar[tuple[str, ...]]
     #: physical parameters the model's networks set (what ``hybridlsm discover`` fits closed forms to)
     learned_parameters: ClassVar[tuple[str, ...]] = ()
+    #: False for a model that learns nothing from observations (a run of such models alone may have
+    #: none, e.g. over a forcing-only grid)
+    needs_observations: ClassVar[bool] = True
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
