@@ -1,0 +1,168 @@
+"""Regional runs through the model contract: ``data.grid`` configs, the registered regional models,
+maps in the run directory and the report, and ``hybridlsm predict`` onto other grids (issue 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from hybridlsm.config import ConfigError
+from hybridlsm.data import DataError
+from hybridlsm.domain import domain_from_grid
+from hybridlsm.evaluation.maps import grid_skill
+from hybridlsm.models.regional import EARTH_RADIUS, cell_spacing, region_data
+from hybridlsm.models.registry import validate_run_config
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+LITTLE_WASHITA = SHARED / "gridded" / "LittleWashita_NLDAS_41x41_120h.nc"
+WRF = SHARED / "gridded" / "wrf_d01_allvars_cropped.nc"
+US_CRT = SHARED / "fluxnet" / "US-CRT_201101-201112_HH.csv"
+
+
+def _grid(ny=3, nx=4, t=5, seed=0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    time = np.datetime64("2020-06-01T00:00") + np.arange(t) * np.timedelta64(1, "h")
+    dims = ("time", "y", "x")
+    shape = (t, ny, nx)
+    ds = xr.Dataset({
+        "Tair": (dims, 295.0 + rng.normal(0, 1, shape)), "Qair": (dims, np.full(shape, 0.01)),
+        "Psurf": (dims, np.full(shape, 1e5)), "Wind": (dims, np.full(shape, 3.0)),
+        "SWdown": (dims, np.full(shape, 400.0)), "LWdown": (dims, np.full(shape, 350.0)),
+        "Precip": (dims, np.zeros(shape)), "Qh": (dims, rng.normal(50, 10, shape)),
+    }, coords={"time": time, "y": ("y", np.arange(ny) * 2.0, {"units": "km"}),
+               "x": ("x", np.arange(nx) * 2.0, {"units": "km"})},
+        attrs={"time_step_s": 3600.0, "site_id": "toy"})
+    ds["land_cover"] = (("y", "x"), np.where(np.arange(ny * nx).reshape(ny, nx) % 2 == 0, 10, 12),
+                        {"flag_values": np.arange(1, 18), "flag_meanings": "ENF EBF DNF DBF MF CSH OSH WSA SAV GRA WET "
+                         "CRO URB CVM SNO BSV WAT"})
+    return ds
+
+
+def _config(**data) -> dict:
+    return {"name": "r", "data": data, "models": [{"name": "regional_fixed_kh"}]}
+
+
+def test_a_config_has_sites_or_one_grid_split_in_time(tmp_path):
+    f = tmp_path / "g.nc"
+    f.write_text("")
+    cfg = validate_run_config(_config(grid=str(f)), base_dir=tmp_path)
+    assert cfg.data.grid.path == f and cfg.data.sites is None
+    assert cfg.models[0].options["targets"] == ["Qle", "Qh"]  # data.targets' default fills the model's
+    with pytest.raises(ConfigError, match="exactly one of 'sites'"):
+        validate_run_config(_config(grid=str(f), sites=[str(f)]), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="exactly one of 'sites'"):
+        validate_run_config(_config(), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="split leave_one_site_out needs sites"):
+        validate_run_config(_config(grid=str(f), split={"leave_one_site_out": True}), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="exactly one of: a file path, a virtual region"):
+        validate_run_config(_config(grid={"path": str(f), "virtual_region": {"ny": 8}}), base_dir=tmp_path)
+    cfg = validate_run_config(_config(grid={"virtual_region": {"ny": 8, "nx": 6, "days": 4}, "igbp": "CRO"}))
+    assert (cfg.data.grid.virtual_region.ny, cfg.data.grid.virtual_region.nx, cfg.data.grid.igbp) == (8, 6, "CRO")
+    dumped = cfg.model_dump(mode="json")["data"]
+    assert "sites" not in dumped and dumped["grid"] == {"virtual_region": dumped["grid"]["virtual_region"],
+                                                        "igbp": "CRO"}
+
+
+def test_grid_dataset_restores_the_grid_and_tower_columns_become_sites():
+    ds = _grid()
+    ds["Tair"][:, 1, 2] = np.nan  # not a column: its forcing is missing
+    d = domain_from_grid(ds)
+    assert d.n_columns == 11
+    back = d.grid_dataset()
+    assert back["Qh"].shape == (5, 3, 4) and int(back["mask"].sum()) == 11 and back["mask"][1, 2] == 0
+    np.testing.assert_array_equal(np.isnan(back["Qh"].values[:, 1, 2]), True)
+    ok = back["mask"].values == 1
+    np.testing.assert_allclose(back["Qh"].values[:, ok], ds["Qh"].values[:, ok])
+    assert back["igbp"].values[0, 0] == "GRA" and back["igbp"].values[0, 1] == "CRO" and back["igbp"].values[1, 2] == ""
+    towers = d.select_columns([0, 5])
+    assert towers.kind == "sites" and towers.column_ids == ["toy_y0_x0", "toy_y1_x1"]
+    np.testing.assert_allclose(towers.data["Qh"].values[:, 1], ds["Qh"].values[:, 1, 1])
+
+
+def test_cell_spacing_from_attrs_projected_coordinates_or_lat_lon():
+    ds = _grid()
+    assert cell_spacing(ds) == (2000.0, 2000.0)
+    assert cell_spacing(ds.assign_attrs(cell_size_m=500.0)) == (500.0, 500.0)
+    lat, lon = np.meshgrid(45.0 + 0.0625 * np.arange(3), -120.0 + 0.0625 * np.arange(4), indexing="ij")
+    geo = ds.drop_vars(["x", "y"]).assign_coords(lat=(("y", "x"), lat), lon=(("y", "x"), lon))
+    dx, dy = cell_spacing(geo)
+    assert dy == pytest.approx(EARTH_RADIUS * np.radians(0.0625))
+    assert dx == pytest.approx(EARTH_RADIUS * np.radians(0.0625) * np.cos(np.radians(lat[:, :-1])).mean())
+    with pytest.raises(DataError, match="the cell size is unknown"):
+        cell_spacing(ds.drop_vars(["x", "y"]))
+
+
+def test_region_data_without_wind_direction_runs_without_advection_and_names_unknown_classes():
+    data = region_data(_grid(), np.float64, classes=("GRA", "CRO", "WAT"))
+    assert not data.advection and float(np.abs(data.forcing.wind_u).max()) == 0.0
+    assert data.static.shape == (4, 3, 4)  # three classes and the elevation
+    np.testing.assert_array_equal(data.static[2], 0.0)  # no water cell
+    assert data.spacing == (2000.0, 2000.0)
+    with pytest.raises(DataError, match=r"class \['CRO'\], which the model does not know"):
+        region_data(_grid(), np.float64, classes=("GRA",))
+    with pytest.raises(DataError, match="Wind_N"):
+        region_data(_grid().assign(Wind_E=_grid()["Wind"]))
+
+
+def test_grid_skill_pools_test_cells_and_steps():
+    time = np.arange(4)
+    obs = xr.Dataset({"Qh": (("time", "y", "x"), np.array([[[1.0, np.nan]], [[2.0, 4.0]], [[0.0, 0.0]], [[9, 9]]])),
+                      "Qh_true": (("time", "y", "x"), np.full((4, 1, 2), 1.0)),
+                      "split": ("time", np.array([3, 3, 1, 0]))}, coords={"time": time})
+    pred = xr.Dataset({"Qh": (("time", "y", "x"), np.array([[[2.0, 5.0]], [[2.0, 1.0]], [[7.0, 7.0]], [[0, 0]]])),
+                       "recomputed": (("time", "y", "x"), np.array([[[1.0, 0.0]], [[0.0, 0.0]], [[1.0, 1.0]], [[0, 0]]]))},
+                      coords={"time": time})
+    table = grid_skill("g", {"obs": obs, "models": {"m": pred}}).set_index(["variable", "reference"])
+    observed = table.loc[("Qh", "observed")]  # pairs (2, 1), (2, 2), (1, 4): errors 1, 0, -3
+    assert observed["n"] == 3 and observed["mse"] == pytest.approx(10.0 / 3) and observed["bias"] == pytest.approx(-2.0 / 3)
+    truth = table.loc[("Qh", "truth")]  # errors 1, 4, 1, 0
+    assert truth["n"] == 4 and truth["mae"] == pytest.approx(1.5) and np.isnan(truth["r"])
+    assert table.loc[("closed loop", "recomputed cell-steps")]["n"] == 1
+
+
+@pytest.mark.slow  # trains a tiny hybrid and predicts two real grids (~3 min on 2 cores)
+@pytest.mark.skipif(not US_CRT.is_file(), reason=f"{US_CRT} (the virtual region's forcing) is absent")
+def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_grids(tmp_path):
+    from hybridlsm.pipeline import run
+    from hybridlsm.predict import PredictError, predict
+
+    net = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
+           "attention_size": 8}
+    cfg = validate_run_config({
+        "name": "regional", "output": {"run_dir": str(tmp_path)},
+        "data": {"grid": {"virtual_region": {"ny": 8, "nx": 8, "days": 6, "spin_up_days": 1}},
+                 "targets": ["Qh", "Qle", "AvgSurfT"], "spinup_days": 0,
+                 "split": {"blocked": {"block": "2 d", "test_every": 3, "val_every": 3, "gap": 0}}},
+        "models": [{"name": "regional_fixed_kh"},
+                   {"name": "regional_hybrid", "options": {**net, "epochs": 1, "mc_samples": 2}}],
+    })
+    run_dir = run(cfg, "regional.yaml")
+    maps = run_dir / "maps" / "virtual_region"
+    hybrid = xr.load_dataset(maps / "regional_hybrid.nc")
+    obs = xr.load_dataset(maps / "obs.nc")
+    assert hybrid["Qh"].shape == (144, 8, 8) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed"} <= set(hybrid.data_vars)
+    assert float(hybrid["Qh_sd"].min()) >= 0.0 and float(hybrid["Qh_sd"].max()) > 0.0
+    assert 1e-3 <= float(hybrid["Kh"].min()) and float(hybrid["Kh"].max()) <= 1e2
+    assert set(np.unique(obs["split"].values)) == {1, 2, 3}
+    towers = sorted(p.name for p in (run_dir / "predictions").iterdir())
+    assert towers and all(t.startswith("virtual_region_y") for t in towers)
+    iy, ix = (int(v) for v in towers[0].removeprefix("virtual_region_y").split("_x"))
+    site = xr.load_dataset(run_dir / "predictions" / towers[0] / "regional_hybrid.nc")
+    np.testing.assert_allclose(site["Qh"].values, hybrid["Qh"].values[:, iy, ix])
+    skill = pd.read_csv(run_dir / "grid_metrics.csv")
+    truth = skill[(skill.model == "regional_fixed_kh") & (skill.variable == "Qh") & (skill.reference == "truth")]
+    assert int(truth["n"].iloc[0]) == int((obs["split"].values == 3).sum()) * 64
+    assert "<h2>Maps</h2>" in (run_dir / "report.html").read_text()
+
+    if LITTLE_WASHITA.is_file():  # the trained hybrid applied to a real grid it never saw
+        out = predict(run_dir, "regional_hybrid", [LITTLE_WASHITA], start="1998-10-01", end="1998-10-01",
+                      out=tmp_path / "lw")
+        lw = xr.load_dataset(out / f"{LITTLE_WASHITA.stem}_regional_hybrid.nc")
+        assert lw["Qh"].shape == (24, 41, 41) and np.isfinite(lw["Qh"].values).all()
+    if WRF.is_file():  # one water cell is not a column: the regional models need the whole grid
+        with pytest.raises(PredictError, match=r"79 column\(s\) of 80 cells"):
+            predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
