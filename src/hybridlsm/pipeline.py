@@ -265,7 +265,8 @@ def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is trained, when an experiment's training or validation sets hold
     no usable observation of a target (every model would learn or validate on nothing); nothing to
     check when no model learns from observations."""
-    if not any(get_model(m.name).needs_observations for m in cfg.models):
+    specs = [(get_model(m.name), m.options) for m in cfg.models]
+    if not any(spec.needs_observations(spec.Options.model_validate(options)) for spec, options in specs):
         return
     for exp in exps:
         for part, domains in (("training", exp.train), ("validation", exp.val)):

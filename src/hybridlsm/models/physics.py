@@ -89,6 +89,9 @@ class PhysicsSpec(ColumnSpec):
             self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
         return ColumnModel(land=land, deltas=deltas)
 
+    def needs_observations(self, options: PhysicsOptions) -> bool:
+        return bool(options.calibrate)  # ``calibrate: []``: LaD with its table's defaults
+
     def train(self, model, options: PhysicsOptions, train, val, ctx: TrainingContext) -> ColumnModel:
         if self.closure_cls is None:  # shared with the hybrids that start from calibrated physics
             return calibrate_physics(train, val, ctx, options)

@@ -243,4 +243,6 @@ class RegionalFixedKhSpec(RegionalSpec):
     """seed 000's traditional PGML: the gridded physics with the Louis K_h and LaD's r_s."""
 
     Options = RegionalOptions
-    needs_observations = False
+
+    def needs_observations(self, options: RegionalOptions) -> bool:
+        return False

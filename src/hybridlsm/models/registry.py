@@ -149,9 +149,6 @@ class ModelSpec(abc.ABC):
     targets: ClassVar[tuple[str, ...]]
     #: physical parameters the model's networks set (what ``hybridlsm discover`` fits closed forms to)
     learned_parameters: ClassVar[tuple[str, ...]] = ()
-    #: False for a model that learns nothing from observations (a run of such models alone may have
-    #: none, e.g. over a forcing-only grid)
-    needs_observations: ClassVar[bool] = True
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
@@ -168,6 +165,11 @@ class ModelSpec(abc.ABC):
 
     @abc.abstractmethod
     def load(self, options: BaseModel, directory: Path) -> Any: ...
+
+    def needs_observations(self, options: BaseModel) -> bool:
+        """Whether training learns from observations (False: a run of such models alone may have
+        none, e.g. over a forcing-only grid). Default: yes."""
+        return True
 
     def reuse(self, model: Any, options: BaseModel, train: Sequence[Domain], val: Sequence[Domain],
               ctx: TrainingContext) -> None:
