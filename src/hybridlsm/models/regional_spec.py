@@ -172,13 +172,24 @@ class RegionalSpec(EquinoxSpec):
                                 progress=ctx.progress, resume=ctx.checkpoint_dir is not None)
         return replace(model, model=result.model)
 
-    def predict(self, model: RegionalRun, domain: Domain) -> dict:
+    def provenance(self, model: RegionalRun, domain: Domain) -> list[str]:
+        """Checks that the regional models can run ``domain`` (``hybridlsm predict`` calls this
+        before writing anything): a grid of whole cells, each of a class the model knows."""
         if domain.kind != "grid" or domain.n_columns != int(np.prod(domain.layout.shape)):
             have = domain.n_columns
             raise DataError(f"{domain.name}: the regional models need every cell of a grid with complete forcing; "
                             f"the domain has {have} column(s)"
                             + (f" of {int(np.prod(domain.layout.shape))} cells" if domain.kind == "grid" else "")
                             + " (the column models run on incomplete grids and sites)")
+        unknown = sorted(set(domain.static_value("igbp").astype(str)) - set(model.classes))
+        if unknown:
+            raise DataError(f"{domain.name}: cells of land cover {unknown} ('' = none in the file), which the model "
+                            f"does not know (it knows {', '.join(model.classes)}); data.grid.igbp gives a class to "
+                            "cells without one")
+        return ["shared model (no per-cell parameters)"] * domain.n_columns
+
+    def predict(self, model: RegionalRun, domain: Domain) -> dict:
+        self.provenance(model, domain)
         data = self._data(model, domain.grid_dataset())
         cfg = dict(model.settings)
         window, warmup = _steps(domain, cfg["window_hours"]), _steps(domain, cfg["warmup_hours"])
