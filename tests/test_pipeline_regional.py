@@ -166,3 +166,21 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     if WRF.is_file():  # one water cell is not a column: the regional models need the whole grid
         with pytest.raises(PredictError, match=r"79 column\(s\) of 80 cells"):
             predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
+
+
+def test_uncertainty_hotspots_by_class_and_distance_to_towers():
+    from hybridlsm.evaluation.maps import uncertainty_hotspots
+
+    time = np.arange(2)
+    igbp = np.array([["CRO", "CRO", "URB", "URB", "URB"]])
+    qh = np.full((2, 1, 5), np.nan)
+    qh[0, 0, 0] = 10.0  # the tower is cell 0
+    obs = xr.Dataset({"Qh": (("time", "y", "x"), qh), "igbp": (("y", "x"), igbp),
+                      "split": ("time", np.array([3, 3]))}, coords={"time": time})
+    kh = np.ones((2, 1, 5))
+    sd = np.broadcast_to(np.array([0.1, 0.1, 0.2, 0.3, 0.9]), (2, 1, 5))  # cell 4 is the most uncertain
+    model = xr.Dataset({"Kh": (("time", "y", "x"), kh), "Kh_sd": (("time", "y", "x"), sd)}, coords={"time": time})
+    table = uncertainty_hotspots("g", {"obs": obs, "models": {"m": model}}, quantile=0.8).set_index("class")
+    assert table.loc["URB", "hotspots"] == 1 and table.loc["CRO", "hotspots"] == 0
+    assert table.loc["URB", "share_of_hotspots"] == 1.0 and table.loc["URB", "share_of_grid"] == pytest.approx(0.6)
+    assert table.loc["URB", "tower_distance_hotspots"] == 4.0 and table.loc["URB", "tower_distance_all"] == 3.0

@@ -8,6 +8,9 @@ by ``hybridlsm run`` with ``data.grid``; docs/architecture.md §3).
 - ``plot_grid_maps``: test-period means of H, LE, surface temperature, K_h and r_s, one row per
   variable, one column per model (the truth or the observations first), shared colour scales per
   row (K_h and r_s on log scales); and the MC-dropout SDs where a model has them;
+- ``uncertainty_hotspots``: where the MC-dropout spread of K_h is largest (the top decile of cells by
+  the test-period mean of SD(K_h) / K_h): per land-cover class, its share of the hotspots against its
+  share of the grid, and how far hotspots lie from the nearest observed (tower) cell;
 - ``maps_html``: the section, "" for a run without maps.
 """
 
@@ -24,7 +27,7 @@ from matplotlib import colors as mcolors
 from hybridlsm.evaluation.html_parts import img_html, table_html
 from hybridlsm.evaluation.plots import new_figure, save_figure
 
-__all__ = ["load_maps", "grid_skill", "plot_grid_maps", "maps_html", "MAP_VARIABLES"]
+__all__ = ["load_maps", "grid_skill", "plot_grid_maps", "uncertainty_hotspots", "maps_html", "MAP_VARIABLES"]
 
 TEST_SPLIT = 3
 #: what the maps show: name -> (label, colour map, log scale); the fields a model used for K_h and
@@ -89,6 +92,43 @@ def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
                          "mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan,
                          "n": int(np.nansum(recomputed > 0))})
     return pd.DataFrame(rows, columns=["grid", "model", "variable", "reference", "mse", "mae", "r", "bias", "n"])
+
+
+HOTSPOT_QUANTILE = 0.9
+
+
+def uncertainty_hotspots(grid: str, maps: dict, quantile: float = HOTSPOT_QUANTILE) -> pd.DataFrame:
+    """Per model with ``Kh_sd`` and per land-cover class: the cells, the hotspot cells (relative
+    spread SD(K_h)/K_h, mean over the test steps, at or above its ``quantile`` over the grid), the
+    class's share of the hotspots and of the grid, and the mean distance [cells] of its hotspots and
+    of all its cells to the nearest tower (a cell where Qh or Qle is observed)."""
+    obs, test = maps["obs"], _test(maps["obs"])
+    igbp = np.asarray(obs["igbp"].values).astype(str)
+    seen = np.zeros(igbp.shape, bool)
+    for flux in ("Qh", "Qle"):
+        if flux in obs:
+            seen |= np.isfinite(obs[flux].values).any(axis=0)
+    towers = np.argwhere(seen)
+    iy, ix = np.indices(igbp.shape)
+    distance = (np.min(np.hypot(iy[..., None] - towers[:, 0], ix[..., None] - towers[:, 1]), axis=-1)
+                if len(towers) else np.full(igbp.shape, np.nan))
+    rows = []
+    for label, ds in maps["models"].items():
+        sd, kh = _mean_map(ds, "Kh_sd", test), _mean_map(ds, "Kh", test)
+        if sd is None or kh is None:
+            continue
+        relative = np.where(kh > 0, sd / kh, np.nan)
+        ok = np.isfinite(relative)
+        hot = ok & (relative >= np.nanquantile(relative, quantile))
+        for cls in sorted(set(igbp[ok].tolist())):
+            cells = ok & (igbp == cls)
+            rows.append({"grid": grid, "model": label, "class": cls or "?", "cells": int(cells.sum()),
+                         "hotspots": int((hot & cells).sum()),
+                         "share_of_hotspots": float((hot & cells).sum() / max(hot.sum(), 1)),
+                         "share_of_grid": float(cells.sum() / ok.sum()),
+                         "tower_distance_hotspots": float(distance[hot & cells].mean()) if (hot & cells).any() else np.nan,
+                         "tower_distance_all": float(distance[cells].mean())})
+    return pd.DataFrame(rows)
 
 
 def _mean_map(ds: xr.Dataset, name: str, test: np.ndarray) -> np.ndarray | None:
@@ -156,6 +196,15 @@ def maps_html(run_dir: Path, plot_dir: Path) -> str:
          "adjusted K_h because the energy residual exceeded 10 W m⁻². Written to <code>grid_metrics.csv</code>; "
          "the maps are <code>maps/&lt;grid&gt;/&lt;model&gt;.nc</code>.</p>",
          table_html(skill)]
+    hotspots = pd.concat([uncertainty_hotspots(g, m) for g, m in all_maps.items()], ignore_index=True)
+    if not hotspots.empty:
+        hotspots.to_csv(Path(run_dir) / "grid_hotspots.csv", index=False)
+        h += ["<h3>Uncertainty hotspots</h3>",
+              f"<p class='note'>Cells in the top {100 * (1 - HOTSPOT_QUANTILE):.0f} % of the relative MC-dropout spread "
+              "of K_h (SD / mean, test steps), per land-cover class: a class whose share of the hotspots exceeds its "
+              "share of the grid is where the parameteriser is least sure; distances [cells] to the nearest tower "
+              "show whether that is where nothing is observed. Written to <code>grid_hotspots.csv</code>.</p>",
+              table_html(hotspots)]
     for grid, maps in all_maps.items():
         h.append(f"<h3>{html.escape(grid)}</h3>")
         for sd in (False, True):
