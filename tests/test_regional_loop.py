@@ -178,3 +178,19 @@ def test_sub_steps_do_not_cure_a_stiff_kh_but_the_physics_own_kh_does():
     assert (residual > 10.0).sum() >= 8 and residual.max() > 300.0 and np.asarray(out["n_substeps"]).max() == 4
     own = jax.jit(lambda p, f: rollout(model, p, f, chunk=None)[1])(params, gf)  # the stability scheme's K_h
     assert float(np.max(own["coupling_residual"])) < 1.0
+
+
+def test_a_kh_multiplier_of_one_is_the_physics_own_exchange():
+    """exchange=Kh_scale: a multiplier field of 1 runs the stability scheme's K_h (the fixed-K_h
+    physics, to rounding); the loop's Kh_field is the K_h it gave, exchange_field the multiplier."""
+    from hybridlsm.physics.lad import PRESCRIBED_KH_SCALE
+
+    model, params, gf = _case()
+    ones = jnp.ones((gf.n_steps, gf.n_sites), gf.wind_u.dtype)
+    rs = jnp.full_like(ones, 300.0)
+    _, out, report = closed_loop(model, params, gf, ones, rs, exchange=PRESCRIBED_KH_SCALE, max_adjustments=0)
+    _, plain = rollout(model, params, gf, dynamic={"rs": rs}, chunk=None)
+    np.testing.assert_allclose(np.asarray(out["Qh"]), np.asarray(plain["Qh"]), rtol=1e-9, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(out["Kh_field"]), np.asarray(plain["Kh"]), rtol=1e-9)
+    np.testing.assert_array_equal(np.asarray(out["exchange_field"]), 1.0)
+    assert int(np.sum(report.cells_clipped)) == 0

@@ -50,7 +50,7 @@ from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalPara
 from ..physics import default_params, forcing_from_datasets, rollout
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
-from ..physics.lad import LaDModel
+from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
 from ..physics.regional import GridForcing, RegionalModel
 from .regional_loop import closed_loop
 
@@ -241,16 +241,28 @@ def fixed_kh_model(data: RegionData) -> RegionalModel:
     return regional_physics(data)
 
 
+#: how a hybrid's first field sets the exchange: "field": K_h itself [m2 s-1] (seed 000); "scale": a
+#: multiplier of the physics' own K_h (its stability scheme: the wind and stability dependence come
+#: from the physics, the network learns where and when it is off; ``physics.lad.PRESCRIBED_KH_SCALE``)
+EXCHANGE_FIELDS = {"field": PRESCRIBED_KH, "scale": PRESCRIBED_KH_SCALE}
+
+
 class RegionalHybrid(eqx.Module):
     """The parameteriser and the co-trained discovery law. ``net(variables, static, key=None)``
-    gives (2, T, ny, nx): K_h, then r_s (the spatiotemporal network, or any module with that call,
-    e.g. an ablation's per-class constants). The physics is the grid's (``regional_physics``)."""
+    gives (2, T, ny, nx): K_h (or its multiplier, ``exchange="scale"``), then r_s (the
+    spatiotemporal network, or any module with that call, e.g. an ablation's per-class constants).
+    The physics is the grid's (``regional_physics``)."""
 
     net: eqx.Module
     law: ExchangeLaw
+    exchange: str = eqx.field(static=True, default="field")
+
+    def __check_init__(self):
+        if self.exchange not in EXCHANGE_FIELDS:
+            raise ValueError(f"RegionalHybrid exchange {self.exchange!r}: expected one of {tuple(EXCHANGE_FIELDS)}")
 
     def fields(self, variables, static, key=None) -> tuple[jax.Array, jax.Array]:
-        """(K_h, r_s) as (T, N) from (V, T, ny, nx) inputs."""
+        """(K_h or its multiplier, r_s) as (T, N) from (V, T, ny, nx) inputs."""
         out = self.net(variables, static, key=key)
         t = out.shape[1]
         return out[0].reshape(t, -1), out[1].reshape(t, -1)
@@ -259,7 +271,8 @@ class RegionalHybrid(eqx.Module):
             chunk=24):
         """Rollout of ``physics`` with the predicted fields: (final state, outputs incl. Kh, rs, RiB)."""
         kh, rs = self.fields(variables, static, key)
-        return rollout(physics, params, forcing, state0, dynamic={"Kh": kh, "rs": rs}, chunk=chunk)
+        dynamic = {EXCHANGE_FIELDS[self.exchange]: kh, PRESCRIBED_RS: rs}
+        return rollout(physics, params, forcing, state0, dynamic=dynamic, chunk=chunk)
 
 
 class CNNLSTM(eqx.Module):
@@ -282,13 +295,14 @@ N_VARIABLES = len(REGIONAL_FORCING) + 3
 
 
 def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
-               dtype=None) -> RegionalHybrid:
+               dtype=None, exchange: str = "field") -> RegionalHybrid:
     """An untrained hybrid for land-cover one-hots of ``n_classes`` classes (static inputs: those
-    and the elevation)."""
+    and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`."""
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
-    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, options=options, dtype=dtype,
+    names = ("Kh_scale" if exchange == "scale" else "Kh", "rs")
+    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=names, options=options, dtype=dtype,
                                       key=jax.random.key(seed))
-    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype))
+    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange)
 
 
 def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
@@ -299,9 +313,10 @@ def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, s
     return CNNLSTM(net)
 
 
-def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> RegionalHybrid:
+def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0,
+                 exchange: str = "field") -> RegionalHybrid:
     """An untrained hybrid for ``data``'s classes."""
-    return new_hybrid(len(data.classes), options, seed, data.variables.dtype)
+    return new_hybrid(len(data.classes), options, seed, data.variables.dtype, exchange)
 
 
 def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
@@ -472,11 +487,12 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     # field). The record goes in as arguments: arrays a jitted function closes over become
     # constants of the compiled program (slower to compile, held twice)
     physics = regional_physics(data)
-    run = jax.jit(lambda p, f, kh, rs: closed_loop(physics, p, f, kh, rs))
+    field = EXCHANGE_FIELDS[model.exchange]
+    run = jax.jit(lambda p, f, kh, rs: closed_loop(physics, p, f, kh, rs, exchange=field))
     kh, rs = jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"])
     _, out, report = run(data.params, data.forcing, kh, rs)
     out = {k: np.asarray(v) for k, v in out.items()}
-    given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS["Kh"])
-    out["recomputed"] = (np.abs(np.log(out["Kh_field"]) - np.log(given)) > 1e-6).astype(np.float32)
+    given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
+    out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
     out["closed_loop"] = report.summary()
     return out

@@ -26,7 +26,9 @@ K_h,phys the physics' own exchange coefficient of that step: (z - d) / r_a from 
 stability scheme (Louis or Businger-Dyer, or its exchange law) at the step's start state and
 layer air, what ``fixed_kh`` runs on. The last attempt is the physics' own K_h in the flagged
 cells. r_s is smoothed the same way (G(log r_s)) but not pulled: it barely enters the residual.
-Then both are clipped to their bounds.
+Then both are clipped to their bounds. A parameteriser that gives K_h as a multiplier of the
+physics' own (``exchange=PRESCRIBED_KH_SCALE``) is adjusted the same way in log space, pulled toward
+a multiplier of 1.
 
 Why: the residual grows with the coupling conductance rho c_p / r_a = rho c_p K_h / (z - d). A
 K_h far above what the stability scheme gives (10 m2 s-1 at 3 m s-1 wind, where the scheme gives
@@ -58,7 +60,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ..neural import PARAMETER_BOUNDS
-from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_RS
+from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS
 from ..physics.regional import GridForcing, RegionalModel, RegionalState
 from ..physics.soil import layer_heat_capacity, soil_heat_storage
 
@@ -70,8 +72,9 @@ MAX_ADJUSTMENTS = 4
 #: mean |Delta log K_h| between neighbouring cells above which a step's field is flagged rough
 ROUGHNESS_LIMIT = 1.0
 #: what ``closed_loop`` adds to the model's outputs: the fields used (after clipping and
-#: adjustment) and each cell's column energy residual [W m-2]
-LOOP_OUTPUTS = ("Kh_field", "rs_field", "energy_residual")
+#: adjustment: ``exchange_field`` as given, K_h or its multiplier; ``Kh_field`` the K_h it gave) and
+#: each cell's column energy residual [W m-2]
+LOOP_OUTPUTS = ("exchange_field", "Kh_field", "rs_field", "energy_residual")
 
 
 class LoopReport(eqx.Module):
@@ -138,7 +141,7 @@ def reference_fields(physics: RegionalModel, state: RegionalState, forcing_t: Gr
     if not hasattr(land, "surface_layer"):
         raise TypeError(f"closed_loop: the column model {type(land).__name__} has no surface_layer; "
                         "expected LaD's (the physics' own K_h is its z - d over r_a)")
-    own = {k: v for k, v in params.items() if k not in (PRESCRIBED_KH, PRESCRIBED_RS)}
+    own = {k: v for k, v in params.items() if k not in (PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS)}
     air = replace(forcing_t.column, t_air=state.air_temp, q_air=state.air_humidity)
     layer = land.surface_layer(state.land, air, own)
     return layer.height_above_displacement / layer.aerodynamic_resistance, own["rs_min"] * own["rs_scale"]
@@ -162,7 +165,8 @@ def _clip(field, reference, bounds):
 
 def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, rs, state0=None, *,
                 tolerance: float = 10.0, max_adjustments: int = MAX_ADJUSTMENTS,
-                roughness_limit: float = ROUGHNESS_LIMIT, outputs: Sequence[str] | None = None):
+                roughness_limit: float = ROUGHNESS_LIMIT, outputs: Sequence[str] | None = None,
+                exchange: str = PRESCRIBED_KH):
     """Autoregressive prediction through the fields ``kh``, ``rs`` (T, N), recomputing every step
     whose residual exceeds ``tolerance`` with adjusted fields (module docstring).
 
@@ -176,6 +180,9 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         max_adjustments: recomputations per step at most (0: check and report only)
         roughness_limit: roughness above which a step's K_h field is flagged
         outputs: names of the outputs to keep (default all: the model's and ``LOOP_OUTPUTS``)
+        exchange: what ``kh`` is: ``PRESCRIBED_KH`` (K_h itself) or ``PRESCRIBED_KH_SCALE`` (a
+            multiplier of the physics' own K_h: it is then pulled toward 1, its bounds are
+            ``PARAMETER_BOUNDS["Kh_scale"]``)
 
     Returns:
         (final state, outputs dict of (T, N) arrays, ``LoopReport``).
@@ -192,6 +199,10 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         raise ValueError(f"closed_loop: expected tolerance > 0 and an integer max_adjustments >= 0, got "
                          f"{tolerance}, {max_adjustments}")
     max_adjustments = int(max_adjustments)
+    if exchange not in (PRESCRIBED_KH, PRESCRIBED_KH_SCALE):
+        raise ValueError(f"closed_loop: exchange {exchange!r}; expected {PRESCRIBED_KH!r} or {PRESCRIBED_KH_SCALE!r}")
+    scale = None if exchange == PRESCRIBED_KH else exchange
+    bounds = PARAMETER_BOUNDS[exchange]
     state0 = physics.init_state(params, forcing) if state0 is None else state0
     shape = physics.air.shape
     periodic = physics.air.boundary == "periodic"
@@ -200,21 +211,24 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
 
     def attempt(state, forcing_t, fields, storage0):
         kh_t, rs_t = fields
-        new, fluxes = physics.step(state, forcing_t, {**params, PRESCRIBED_KH: kh_t, PRESCRIBED_RS: rs_t})
+        new, fluxes = physics.step(state, forcing_t, {**params, exchange: kh_t, PRESCRIBED_RS: rs_t})
         out = physics.observe(new, fluxes)
         storage = _soil_storage(physics, new, params)
         column = jnp.abs(out["Rnet"] - out["Qh"] - out["Qle"] - out["Qf"] - (storage - storage0) / dt)
-        out = {**out, "Kh_field": kh_t, "rs_field": rs_t, "energy_residual": column}
+        out = {**out, "exchange_field": kh_t, "Kh_field": kh_t if scale is None else out["Kh"], "rs_field": rs_t,
+               "energy_residual": column}
         return new, out, storage, jnp.maximum(out["coupling_residual"], column)
 
     def one_step(carry, xs):
         state, storage0 = carry
         forcing_t, kh_t, rs_t = xs
         kh_phys, rs_phys = reference_fields(physics, state, forcing_t, params)
-        kh_t, clipped_kh = _clip(kh_t, kh_phys, PARAMETER_BOUNDS["Kh"])
+        if scale is not None:  # the physics' own K_h is a multiplier of 1
+            kh_phys = jnp.ones_like(kh_phys)
+        kh_t, clipped_kh = _clip(kh_t, kh_phys, bounds)
         rs_t, clipped_rs = _clip(rs_t, rs_phys, PARAMETER_BOUNDS["rs"])
         log_kh, log_rs = jnp.log(kh_t), jnp.log(rs_t)
-        log_kh_phys = jnp.log(jnp.clip(kh_phys, *PARAMETER_BOUNDS["Kh"]))
+        log_kh_phys = jnp.log(jnp.clip(kh_phys, *bounds))
         smooth_kh, smooth_rs = smooth_field(log_kh, shape, periodic), smooth_field(log_rs, shape, periodic)
 
         def fields(k, flagged):
@@ -222,7 +236,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
             kh_k = jnp.where(flagged, (1.0 - w) * smooth_kh + w * log_kh_phys, log_kh)
             rs_k = jnp.where(flagged, smooth_rs, log_rs)
             # unflagged cells keep the given values exactly (not exp(log(.)))
-            return (jnp.where(flagged, jnp.clip(jnp.exp(kh_k), *PARAMETER_BOUNDS["Kh"]), kh_t),
+            return (jnp.where(flagged, jnp.clip(jnp.exp(kh_k), *bounds), kh_t),
                     jnp.where(flagged, jnp.clip(jnp.exp(rs_k), *PARAMETER_BOUNDS["rs"]), rs_t))
 
         # the loop runs the step once (k = 0, the fields as given), then again while the residual

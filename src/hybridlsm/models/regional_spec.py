@@ -60,6 +60,9 @@ class RegionalOptions(BaseModel):
     window_hours: float = Field(48.0, gt=0.0, description="length of a training window (whole grid)")
     warmup_hours: float = Field(12.0, ge=0.0, description="first hours of a window that are not scored")
     boundary: Literal["open", "periodic"] = "open"
+    exchange: Literal["field", "scale"] = Field(
+        "field", description="regional_hybrid: field: the network gives K_h itself (seed 000); scale: a multiplier "
+        "of the physics' own K_h (its stability scheme's wind and stability dependence kept)")
     classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(IGBP_CLASSES), min_length=1,
         description="land-cover classes of the one-hot inputs; a grid with another class is refused")
@@ -233,7 +236,7 @@ class RegionalHybridSpec(RegionalSpec):
     learned_parameters = ("Kh", "rs")
 
     def build(self, options: RegionalOptions) -> RegionalRun:
-        net = new_hybrid(len(options.classes), options.network(), options.seed)
+        net = new_hybrid(len(options.classes), options.network(), options.seed, exchange=options.exchange)
         return RegionalRun(net, tuple(options.classes), settings=settings(options))
 
 

@@ -88,10 +88,12 @@ __all__ = [
     "physical_features",
 ]
 
-#: physical range of each parameter the network can produce (seed §2.3): K_h [m2 s-1], r_s [s m-1]
-PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {"Kh": (1e-3, 1e2), "rs": (1e2, 1e4)}
-#: initial value of each field: K_h of a few-metre surface layer, r_s of a crop by day
-PARAMETER_PRIOR: dict[str, float] = {"Kh": 0.5, "rs": 200.0}
+#: physical range of each parameter the network can produce (seed §2.3): K_h [m2 s-1], r_s [s m-1],
+#: and Kh_scale, a multiplier of the physics' own K_h (``physics.lad.PRESCRIBED_KH_SCALE``)
+PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {"Kh": (1e-3, 1e2), "rs": (1e2, 1e4), "Kh_scale": (1e-2, 1e2)}
+#: initial value of each field: K_h of a few-metre surface layer, r_s of a crop by day, the
+#: physics' own K_h
+PARAMETER_PRIOR: dict[str, float] = {"Kh": 0.5, "rs": 200.0, "Kh_scale": 1.0}
 #: reference pressure of the potential temperature [Pa]
 REFERENCE_PRESSURE = 1.0e5
 ENCODER_KERNEL = (3, 5, 5)  # (time, y, x)

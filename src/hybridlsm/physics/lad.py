@@ -73,6 +73,10 @@ OUTPUT_NAMES = (
 #: and the surface resistance r_s [s m-1] (in place of rs_min * rs_scale): the fields a regional
 #: parameteriser predicts (``models/regional.py``), and a virtual region's truth.
 PRESCRIBED_KH, PRESCRIBED_RS = "Kh", "rs"
+#: ... or a multiplier of the stability scheme's K_h (its wind and stability dependence kept), the
+#: result bounded to PRESCRIBED_KH_BOUNDS [m2 s-1] (seed 000's range of K_h)
+PRESCRIBED_KH_SCALE = "Kh_scale"
+PRESCRIBED_KH_BOUNDS = (1e-3, 1e2)
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,8 @@ class LaDModel(AbstractLandModel):
             ra = aerodynamic_resistance(ri, wind, zd, z0m, z0h, self.stability) * p["ra_scale"]
         else:
             ra = zd / self.exchange_law(f.wind, ri) * p["ra_scale"]
+        if PRESCRIBED_KH_SCALE in p and PRESCRIBED_KH not in p:
+            ra = zd / jnp.clip(zd / ra * p[PRESCRIBED_KH_SCALE], *PRESCRIBED_KH_BOUNDS)
         return SurfaceLayer(zd, theta_air, wind, snow_cover, beta, q_sat, ri, ra)
 
     # ------------------------------------------------------------------------------------
