@@ -160,7 +160,22 @@ class VirtualSiteConfig(StrictModel):
     gap_fraction: float = Field(0.0, ge=0.0, le=0.9, description="fraction of Qh and Qle missing in tower-like blocks")
 
 
-class SiteSpec(StrictModel):
+class FileEntry(StrictModel):
+    """A data file ``{path, format, options}``: ``format`` names the reader (default: detected from
+    the file), ``options`` are that reader's (checked when the file is read); ``path`` is resolved
+    relative to the config file."""
+
+    path: Path | None = None
+    format: str | None = Field(None, min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve_path(value, info)
+
+
+class SiteSpec(FileEntry):
     """One site: a data file ``{path, format, options}``, a PLUMBER2 pair or a virtual site.
 
     ``format`` names the reader (default: detected from the file) and ``options`` are that reader's
@@ -169,9 +184,6 @@ class SiteSpec(StrictModel):
     ``{met: PATH, flux: PATH}`` is a PLUMBER2 pair.
     """
 
-    path: Path | None = None
-    format: str | None = Field(None, min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
     plumber: PlumberSite | None = None
     virtual: VirtualSiteConfig | None = None
 
@@ -196,11 +208,6 @@ class SiteSpec(StrictModel):
                 "or {virtual: {...}}"
             )  # the error report adds the value given
         return data
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve_path(value, info)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "SiteSpec":
@@ -249,15 +256,12 @@ class VirtualRegionConfig(StrictModel):
         return None if value is None else _resolve_path(value, info)
 
 
-class GridSpec(StrictModel):
+class GridSpec(FileEntry):
     """``data.grid``: the gridded record of a regional run, a file ``{path, format, options}`` (a
     gridded reader's: ``gridded``, ``wrf``; a plain path string is ``{path: ...}``) or
     ``{virtual_region: {...}}``. ``igbp``: the class of cells whose file gives no land cover (the
     regional models need one per cell; it is recorded as given, not estimated)."""
 
-    path: Path | None = None
-    format: str | None = Field(None, min_length=1)
-    options: dict[str, Any] = Field(default_factory=dict)
     virtual_region: VirtualRegionConfig | None = None
     igbp: Literal[IGBP_CLASSES] | None = None  # type: ignore[valid-type]
 
@@ -269,11 +273,6 @@ class GridSpec(StrictModel):
         if not isinstance(data, dict):
             raise ValueError("a grid is a file path, {path: PATH, format: NAME, options: {...}} or {virtual_region: {...}}")
         return data
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _resolve(cls, value: Any, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve_path(value, info)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "GridSpec":

@@ -145,15 +145,19 @@ class Domain:
     def columns(self) -> list[xr.Dataset]:
         return [self.column(i) for i in range(self.n_columns)]
 
+    def grid_cells(self) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+        """((ny, nx), iy, ix) of a grid-layout domain's columns; a DataError for sites."""
+        if not isinstance(self.layout, GridLayout):
+            raise DataError(f"domain {self.name}: a {self.kind} domain has no grid")
+        iy, ix = np.unravel_index(self.layout.cell_index, self.layout.shape)
+        return self.layout.shape, iy, ix
+
     def grid_dataset(self) -> xr.Dataset:
         """A grid-layout domain back on its grid: every ``(time, column)`` variable on ``(time, y,
         x)`` and every static attribute on ``(y, x)``, NaN ('' for ``igbp``) where a cell is not a
         column (``mask`` = 1 where it is); coordinates as the layout's."""
         layout = self.layout
-        if not isinstance(layout, GridLayout):
-            raise DataError(f"domain {self.name}: a {self.kind} domain has no grid")
-        ny, nx = layout.shape
-        iy, ix = np.unravel_index(layout.cell_index, (ny, nx))
+        (ny, nx), iy, ix = self.grid_cells()
         out = {}
         for name, da in self.data.data_vars.items():
             if da.dims != ("time", "column"):

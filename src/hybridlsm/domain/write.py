@@ -17,7 +17,7 @@ import xarray as xr
 
 from ..data.schema import VARIABLES
 from ..rundir import write_checked
-from .domain import Domain, GridLayout
+from .domain import Domain
 
 __all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "write_site_outputs",
            "write_grid_outputs"]  # fmt: skip
@@ -96,10 +96,7 @@ def write_grid_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], path: 
                        attrs: Mapping[str, object]) -> Path:
     """Outputs of a grid-layout domain on ``(time, y, x)`` (``soil_layer`` after ``time``)."""
     layout = domain.layout
-    if not isinstance(layout, GridLayout):
-        raise TypeError(f"domain {domain.name} is not a grid")
-    ny, nx = layout.shape
-    iy, ix = np.unravel_index(layout.cell_index, (ny, nx))
+    (ny, nx), iy, ix = domain.grid_cells()
     data = {}
     for name, values in outputs.items():
         values = np.asarray(values, dtype=np.float64)
