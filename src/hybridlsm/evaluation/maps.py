@@ -195,7 +195,9 @@ def maps_html(run_dir: Path, plot_dir: Path) -> str:
          "W² m⁻⁴ (K² for T<sub>s</sub>). <i>closed loop</i>: cell-steps the regional hybrid recomputed with "
          "adjusted K_h because the energy residual exceeded 10 W m⁻². Written to <code>grid_metrics.csv</code>; "
          "the maps are <code>maps/&lt;grid&gt;/&lt;model&gt;.nc</code>.</p>",
-         table_html(skill)]
+         table_html(skill) if not skill.empty else
+         "<p class='note'>The grid observes none of the run's targets and has no known truth: nothing to score; the "
+         "maps below show what the models simulate.</p>"]
     hotspots = pd.concat([uncertainty_hotspots(g, m) for g, m in all_maps.items()], ignore_index=True)
     if not hotspots.empty:
         hotspots.to_csv(Path(run_dir) / "grid_hotspots.csv", index=False)
