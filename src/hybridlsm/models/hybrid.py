@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..data import usable_targets
 from ..domain import Domain
-from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, BoundedHead, EnergySplitHead, GaussianHead, dropout_rate,
+from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, TARGET_STD_RANGE, BoundedHead, EnergySplitHead, GaussianHead, dropout_rate,
                       mc_batch_size, mc_dropout, trainable_filter)
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
@@ -61,10 +61,6 @@ from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, cali
 from .registry import EquinoxSpec, TrainingContext, register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
-#: bounds of the SD of the Gaussian heads, in units of the target's scale (post_correction:
-#: ``PostCorrection.scale``; hybrid_param: SIGMA_SCALE)
-GAUSSIAN_MIN_STD = 1e-2
-GAUSSIAN_MAX_STD = 10.0
 #: dropout passes per step that measure the network's spread for the epistemic fallback
 FALLBACK_SAMPLES = 10
 
@@ -390,7 +386,7 @@ def _aleatoric(options) -> tuple[GaussianHead | None, tuple[str, ...]]:
     """The aleatoric head and its targets of a ``likelihood: gaussian`` hybrid; (None, ()) for mse."""
     if options.likelihood != "gaussian":
         return None, ()
-    return GaussianHead(len(options.targets), min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD), tuple(options.targets)
+    return GaussianHead(len(options.targets), *TARGET_STD_RANGE), tuple(options.targets)
 
 
 def _start_bias(head: BoundedHead, aleatoric: GaussianHead | None, targets: tuple[str, ...]) -> jax.Array:
@@ -485,8 +481,7 @@ class PostCorrection(eqx.Module):
     outputs, states and forcing (residual form: corrected = physics + scale * MLP).
 
     With ``likelihood: gaussian`` the MLP's 2K outputs go through a :class:`GaussianHead`: the
-    correction's mean and an aleatoric SD (``scale`` units, in ``[GAUSSIAN_MIN_STD,
-    GAUSSIAN_MAX_STD]``), trained with the masked Gaussian negative log-likelihood."""
+    correction's mean and an aleatoric SD (``scale`` units, in ````neural.TARGET_STD_RANGE````), trained with the masked Gaussian negative log-likelihood."""
 
     physics: ColumnModel
     mlp: MLP
@@ -539,7 +534,7 @@ class PostCorrectionSpec(EquinoxSpec):
 
     def build(self, options: PostCorrectionOptions) -> PostCorrection:
         k = len(options.targets)
-        head = (GaussianHead(k, min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD)
+        head = (GaussianHead(k, *TARGET_STD_RANGE)
                 if options.likelihood == "gaussian" else None)  # fmt: skip
         mlp = MLP(N_FORCING_FEATURES + 4 + N_STATE_FEATURES, k if head is None else head.raw_size,
                   width_size=options.width, depth=options.depth, dropout=options.dropout,

@@ -17,7 +17,7 @@ dropout on, and each target gets ``<target>_sd`` (MC dropout, ``neural.mc_dropou
 
 With ``likelihood: gaussian`` the network has a heteroscedastic Gaussian head
 (:class:`~hybridlsm.neural.GaussianHead`: a mean and an SD per target, in standardised units, the SD
-in ``[GAUSSIAN_MIN_STD, GAUSSIAN_MAX_STD]``) trained with the masked Gaussian negative
+in ````neural.TARGET_STD_RANGE````) trained with the masked Gaussian negative
 log-likelihood (training and validation loss). The prediction then also gives
 ``<target>_sd_aleatoric`` (the head's SD in W m-2) and ``<target>_sd``, the total SD: with dropout
 the law of total variance over the MC-dropout passes (``neural.mc_dropout``), without it the
@@ -43,7 +43,7 @@ from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
-from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, GaussianHead, Normaliser, mc_batch_size, mc_dropout
+from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, TARGET_STD_RANGE, GaussianHead, Normaliser, mc_batch_size, mc_dropout
 from hybridlsm.training.losses import gaussian_nll, masked_mse
 from hybridlsm.training.trainer import fit
 
@@ -55,14 +55,11 @@ __all__ = ["DEFAULT_INPUTS", "LSTMBaseline", "LSTMModel", "LSTMOptions", "datase
 
 DEFAULT_INPUTS = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "Wind", "Precip", "Psurf")
 ALLOWED_INPUTS = DEFAULT_INPUTS + ("RH", "CO2air", "LAI")
-#: bounds of the SD of the Gaussian head, in standardised target units (the variance floor and cap)
-GAUSSIAN_MIN_STD = 1e-2
-GAUSSIAN_MAX_STD = 10.0
 
 
 def gaussian_head(n_targets: int) -> GaussianHead:
     """The heteroscedastic head of ``likelihood: gaussian`` (SD bounds in standardised units)."""
-    return GaussianHead(n_targets, min_std=GAUSSIAN_MIN_STD, max_std=GAUSSIAN_MAX_STD)
+    return GaussianHead(n_targets, *TARGET_STD_RANGE)
 
 
 class LSTMOptions(BaseModel):

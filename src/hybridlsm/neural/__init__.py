@@ -6,7 +6,7 @@ Non-trainable leaves (normalisation statistics, bounds) live in :class:`NonTrain
 :func:`trainable_filter` is the filter spec that excludes them from training.
 """
 
-from hybridlsm.neural._heads import BoundedHead, EnergySplitHead, GaussianHead
+from hybridlsm.neural._heads import TARGET_STD_RANGE, BoundedHead, EnergySplitHead, GaussianHead
 from hybridlsm.neural._lstm import LSTM
 from hybridlsm.neural._mc import MC_KEY, MC_SAMPLES, dropout_rate, mc_batch_size, mc_dropout
 from hybridlsm.neural._mlp import MLP
@@ -32,6 +32,7 @@ __all__ = [
     "NonTrainable",
     "Normaliser",
     "PARAMETER_BOUNDS",
+    "TARGET_STD_RANGE",
     "SpatiotemporalOptions",
     "SpatiotemporalParameteriser",
     "VariableFusion",

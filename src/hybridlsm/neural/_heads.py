@@ -166,6 +166,11 @@ class EnergySplitHead(eqx.Module):
         return sensible, latent
 
 
+#: (min, max) SD of the aleatoric Gaussian heads of the site models, in units of the target's scale
+#: (lstm, hybrid_param, hybrid_lstm, post_correction)
+TARGET_STD_RANGE = (1e-2, 10.0)
+
+
 class GaussianHead(eqx.Module):
     """Heteroscedastic Gaussian: raw ``(..., 2K)`` -> ``mean (..., K)``, ``std (..., K)``.
 
