@@ -216,3 +216,30 @@ def test_the_wrf_cutout_runs_without_its_water_cell_and_is_scored_against_wrf():
     for name, min_r in (("Qh", 0.5), ("Qle", 0.5)):
         pred, wrf = out[name].ravel(), domain.data[name].values.ravel()
         assert np.corrcoef(pred, wrf)[0, 1] > min_r
+
+
+@pytest.mark.slow  # ~2 min on 2 cores (compiling the network, the closed loop and the gradient)
+def test_the_hybrid_predicts_and_trains_through_a_grid_with_a_cell_that_is_not_a_column():
+    import equinox as eqx
+
+    from hybridlsm.models.regional import (build_hybrid, hybrid_loss, make_batches, predict_regional, region_data,
+                                           regional_physics, window_states)
+    from hybridlsm.neural import SpatiotemporalOptions
+
+    ds = _grid(t=8)
+    ds["Qle"], ds["AvgSurfT"] = 2.0 * ds["Qh"], ds["Tair"]
+    data = region_data(ds, np.float32)
+    hole = 1 * 4 + 2
+    opts = SpatiotemporalOptions(embed_size=4, encoder_channels=(4, 4, 4), decoder_channels=(4, 4, 4), gru_hidden=4,
+                                 attention_size=8)
+    model = build_hybrid(data, opts)
+    out = predict_regional(model, data, window=4, warmup=1)
+    for name in ("Qh", "Kh_field", "recomputed"):
+        assert np.isnan(out[name][:, hole]).all() and np.isfinite(np.delete(out[name], hole, axis=1)).all()
+    physics = regional_physics(data)
+    batch = make_batches(data, np.ones(8, bool), 8, 1, window_states(physics, data, [0]))[0]
+    weights = {"energy": 1.0, "sparsity": 0.1, "discovery": 0.1}
+    (loss, _), grad = eqx.filter_value_and_grad(lambda m: hybrid_loss(m, batch, None, weights, physics=physics),
+                                                has_aux=True)(model)
+    assert np.isfinite(float(loss))
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(eqx.filter(grad, eqx.is_inexact_array)))
