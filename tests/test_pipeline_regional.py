@@ -128,7 +128,7 @@ def test_grid_skill_pools_test_cells_and_steps():
 @pytest.mark.skipif(not US_CRT.is_file(), reason=f"{US_CRT} (the virtual region's forcing) is absent")
 def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_grids(tmp_path):
     from hybridlsm.pipeline import run
-    from hybridlsm.predict import PredictError, predict
+    from hybridlsm.predict import predict
 
     net = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
            "attention_size": 8}
@@ -163,9 +163,12 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
                       out=tmp_path / "lw")
         lw = xr.load_dataset(out / f"{LITTLE_WASHITA.stem}_regional_hybrid.nc")
         assert lw["Qh"].shape == (24, 41, 41) and np.isfinite(lw["Qh"].values).all()
-    if WRF.is_file():  # one water cell is not a column: the regional models need the whole grid
-        with pytest.raises(PredictError, match=r"79 column\(s\) of 80 cells"):
-            predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
+    if WRF.is_file():  # one water cell is not a column: it is not modelled, the 79 land cells are
+        out = predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
+        wrf = xr.load_dataset(next(out.glob("*regional_fixed_kh.nc")))
+        land = wrf["mask"].values == 1 if "mask" in wrf.coords else np.isfinite(wrf["Qh"].values[0])
+        assert wrf["Qh"].shape == (4, 8, 10) and int(land.sum()) == 79
+        assert np.isfinite(wrf["Qh"].values[:, land]).all() and np.isnan(wrf["Qh"].values[:, ~land]).all()
 
 
 def test_uncertainty_hotspots_by_class_and_distance_to_towers():

@@ -86,6 +86,9 @@ class RegionData:
         time: (T,) datetime64
         constants: the physical normalisation's constants (``physical_normalise``)
         advection: False where the forcing has no wind direction (no lateral advection)
+        active: (N,) True where the cell is a column (``region_data``: cells without forcing are
+            not modelled; inside the model their forcing is the active cells' mean, their network
+            inputs 0 and their observations missing)
     """
 
     shape: tuple[int, int]
@@ -101,6 +104,11 @@ class RegionData:
     constants: dict = field(default_factory=dict)
     advection: bool = True
     source: xr.Dataset = field(repr=False, default=None)
+    active: np.ndarray = None
+
+    def __post_init__(self):
+        if self.active is None:
+            self.active = np.ones(self.shape[0] * self.shape[1], bool)
 
     @property
     def n_steps(self) -> int:
@@ -160,13 +168,29 @@ def cell_spacing(ds: xr.Dataset) -> tuple[float, float]:
                     "no lat/lon fields); the regional air layer needs it")
 
 
+def active_cells(ds: xr.Dataset) -> np.ndarray:
+    """(ny, nx) True where a cell of a (time, y, x) dataset is a column: some forcing value is given
+    (cells whose forcing is missing at every step, e.g. outside a basin or a masked water cell,
+    are not), and the ``mask`` coordinate (``Domain.grid_dataset``), if any, is 1."""
+    names = [v for v in (*REGIONAL_FORCING, "Wind") if v in ds]
+    given = np.zeros((ds.sizes["y"], ds.sizes["x"]), bool)
+    for name in names:
+        given |= np.isfinite(ds[name].transpose("time", "y", "x").values).any(axis=0)
+    if "mask" in ds.coords or "mask" in ds:
+        given &= np.asarray(ds["mask"].transpose("y", "x").values) == 1
+    return given
+
+
 def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
                 constants: dict | None = None) -> RegionData:
     """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
-    ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``) with every cell complete; a
-    missing forcing variable or a gap is a DataError naming it. ``classes``: the IGBP classes of
-    the land-cover one-hot (default: those of the map); ``constants``: the normalisation's (default:
-    this record's). Both as a trained model recorded them, to apply it to another grid."""
+    ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``). A cell whose forcing is
+    missing at every step (or whose ``mask`` is 0) is not a column (``active_cells``): it is not
+    modelled, and nothing is estimated for it (``RegionData.active``); every other cell needs
+    complete forcing: a missing forcing variable or a gap is a DataError naming it. ``classes``:
+    the IGBP classes of the land-cover one-hot (default: those of the map's columns);
+    ``constants``: the normalisation's (default: this record's). Both as a trained model recorded
+    them, to apply it to another grid."""
     file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
     ds = ds.transpose("time", "y", "x", ...)
     advection = "Wind_E" in ds or "Wind_N" in ds
@@ -176,18 +200,36 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     missing = [v for v in (*REGIONAL_FORCING, "Wind") if v not in ds]
     if missing:
         raise DataError(f"{file}: the regional models need {', '.join(missing)}")
+    active = active_cells(ds)
+    if not active.any():
+        raise DataError(f"{file}: no cell has forcing; the regional models need at least one column")
     for name in (*REGIONAL_FORCING, "Wind"):
-        bad = ~np.isfinite(ds[name].values)
+        bad = ~np.isfinite(ds[name].values) & active[None]
         if bad.any():
             t, y, x = np.argwhere(bad)[0]
             raise DataError(f"{file}: {name} is missing at time {str(ds.time.values[t])[:16]}, cell (y={y}, x={x}) "
-                            f"and {int(bad.sum()) - 1} more values; the regional models need every cell of the "
-                            "grid with complete forcing (the column models run on incomplete grids)")
-    codes = cell_classes(ds).reshape(-1)
-    unknown = sorted({c for c in codes if c not in IGBP_CLASSES})
+                            f"and {int(bad.sum()) - 1} more values; the regional models need complete forcing in "
+                            "every cell that has some (a cell without any is not modelled; the column models run "
+                            "on gappy records)")
+    source, inactive = ds, ~active
+    if inactive.any():
+        # inside the model only: the columns of cells that are not modelled run on the active cells'
+        # mean forcing (finite, so that no NaN reaches a gradient); their outputs are dropped
+        dims = ("time", "y", "x")
+        cell = xr.DataArray(inactive, dims=("y", "x"))
+        filled = {name: ds[name].where(~cell, ds[name].where(~cell).mean(("y", "x")))
+                  for name in (*REGIONAL_FORCING, "Wind") if ds[name].dims == dims}
+        ds = ds.assign(filled)
+        ds = ds.assign({name: ds[name].where(~cell) for name in TARGETS if name in ds})
+    codes = cell_classes(ds)
+    unknown = sorted({c for c in codes[active] if c not in IGBP_CLASSES})
     if unknown:
         raise DataError(f"{file}: cells of land cover {unknown} (not IGBP classes; '' = unknown); the regional "
                         "models need each cell's class")
+    if inactive.any():  # a class for the columns that are not modelled (LaD needs one; the one-hot is 0)
+        values, counts = np.unique(codes[active], return_counts=True)
+        codes = np.where(active, codes, values[np.argmax(counts)])
+    codes = codes.reshape(-1)
     classes = tuple(sorted(set(codes.tolist()), key=IGBP_CLASSES.index)) if classes is None else tuple(classes)
     extra = sorted(set(codes.tolist()) - set(classes))
     if extra:
@@ -203,7 +245,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     forcing = GridForcing(column_forcing, cols(ds["Wind_E"].values), cols(ds["Wind_N"].values))
 
     cell_class = np.array([classes.index(c) for c in codes])
-    onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx)
+    onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx) & active
     params = default_params([LAD_CLASS_OF.get(c, c) for c in codes], dtype=dtype)
 
     normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
@@ -214,14 +256,15 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
                                    grid_spacing=float(np.sqrt(spacing[0] * spacing[1])))
     derived = np.asarray(derived)
     derived = np.sign(derived) * np.log1p(np.abs(derived))  # heavy-tailed (Ri): a signed log scale
-    variables = np.concatenate([np.stack([normalised[v].values for v in REGIONAL_FORCING]), derived]).astype(dtype)
-    elevation = ds["elevation"].values if "elevation" in ds else np.zeros((ny, nx))
+    variables = np.concatenate([np.stack([normalised[v].values for v in REGIONAL_FORCING]), derived])
+    variables = np.where(active, variables, 0.0).astype(dtype)  # the networks see nothing where no column is
+    elevation = np.where(active, ds["elevation"].values, np.nan) if "elevation" in ds else np.zeros((ny, nx))
     elevation = np.nan_to_num(elevation - np.nanmean(elevation)) / 500.0 if np.isfinite(elevation).any() \
         else np.zeros((ny, nx))
     static = np.concatenate([onehot, elevation[None]]).astype(dtype)
     observed = {name: np.reshape(ds[name].values, (t, n)).astype(dtype) for name in TARGETS if name in ds}
     return RegionData((ny, nx), forcing, variables, static, params, observed, classes, cell_class,
-                      spacing, ds.time.values, dict(constants), advection, ds)
+                      spacing, ds.time.values, dict(constants), advection, source, active.reshape(-1))
 
 
 #: prediction halves a step where the coupling residual exceeds the closed loop's 10 W m-2 (training
@@ -232,7 +275,7 @@ PREDICT_REFINEMENTS = 1
 def regional_physics(data: RegionData, land: LaDModel | None = None, boundary: str = "open") -> RegionalModel:
     """The gridded physics for ``data``'s grid, with transport sub-steps for its winds, for training
     (no refinement; ``predict_regional`` allows ``PREDICT_REFINEMENTS``)."""
-    air = AirLayer(data.shape, dx=data.spacing[0], dy=data.spacing[1], boundary=boundary)
+    air = AirLayer(data.shape, dx=data.spacing[0], dy=data.spacing[1], boundary=boundary, active=data.active)
     return RegionalModel(air, land=land or LaDModel(), max_refinements=0).for_forcing(data.forcing)
 
 
@@ -342,6 +385,13 @@ def masked_mse(pred, obs, mask):
     return jnp.sum(diff**2) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def _column_mean(active, a):
+    """Mean of a (T, N) array over the active cells (``AirLayer.active``; None: all)."""
+    if active is None:
+        return jnp.mean(a)
+    return jnp.sum(jnp.where(active.values, a, 0.0)) / (a.shape[0] * active.n_active)
+
+
 def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: RegionalModel):
     """Scaled MSE of the observed targets after the warm-up, plus the phase-2 terms."""
     _, out = model.run(physics, batch["params"], batch["forcing"], batch["variables"], batch["static"],
@@ -356,11 +406,13 @@ def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: Regional
         data_loss = data_loss + term
     # phase 2 (seed eqs. 6, 8, 9): energy residual of every column and of the air layer [W m-2],
     # scaled like the fluxes; L1 on the K_h field; the law's misfit to the network's K_h
-    energy = jnp.mean(jnp.abs(out["Rnet"] - out["Qh"] - out["Qle"] - out["Qg"] - out["Qf"])) \
+    # (means over the columns: cells that are not columns are not modelled)
+    mean = partial(_column_mean, physics.air.active)
+    energy = mean(jnp.abs(out["Rnet"] - out["Qh"] - out["Qle"] - out["Qg"] - out["Qf"])) \
         + jnp.mean(out["air_energy_residual"])
-    sparsity = jnp.mean(jnp.abs(out["Kh"]))
+    sparsity = mean(jnp.abs(out["Kh"]))
     ri = jax.lax.stop_gradient(out["RiB"])
-    discovery = jnp.mean((jnp.log(out["Kh"]) - model.law.log_kh(batch["forcing"].column.wind, ri)) ** 2)
+    discovery = mean((jnp.log(out["Kh"]) - model.law.log_kh(batch["forcing"].column.wind, ri)) ** 2)
     terms.update(energy=energy, sparsity=sparsity, discovery=discovery)
     loss = data_loss + weights["energy"] * energy / SCALES["Qh"] + weights["sparsity"] * sparsity \
         + weights["discovery"] * discovery
@@ -462,12 +514,14 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     fields kept after its warm-up, the first window's from its start) and the physics runs through
     them continuously in the closed loop (``models.regional_loop``: ``Kh_field``, ``rs_field`` are
     the fields used, ``recomputed`` marks the cells of steps recomputed with adjusted fields,
-    ``closed_loop`` the loop's totals); the CNN-LSTM predicts window by window the same way."""
+    ``closed_loop`` the loop's totals); the CNN-LSTM predicts window by window the same way. Cells
+    that are not columns (``data.active``) are NaN."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
         _, out = jax.jit(lambda p, f: rollout(model, p, f, chunk=None))(data.params, data.forcing)
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
-        return {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
+        out = {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
+        return _not_modelled(out, data.active)
     starts = window_starts(data.n_steps, window, warmup)
     cnn = isinstance(model, CNNLSTM)
     names = ("Qh", "Qle") if cnn else ("Kh", "rs")
@@ -481,7 +535,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
             pieces[k][done : start + window] = np.asarray(pred[k])[done - start :]
         done = start + window
     if cnn:
-        return pieces
+        return _not_modelled(pieces, data.active)
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
     # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
     # field). The record goes in as arguments: arrays a jitted function closes over become
@@ -495,4 +549,16 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
     out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
     out["closed_loop"] = report.summary()
-    return out
+    return _not_modelled(out, data.active)
+
+
+def _not_modelled(out: dict, active: np.ndarray) -> dict:
+    """``out``'s (T, N) arrays with NaN in the cells that are not columns (nothing is estimated there)."""
+    if active.all():
+        return out
+    def blank(v):
+        v = np.asarray(v)
+        v = v if v.dtype.kind == "f" else v.astype(float)
+        return np.where(active, v, np.asarray(np.nan, v.dtype))
+
+    return {k: blank(v) if np.ndim(v) == 2 else v for k, v in out.items()}

@@ -46,6 +46,9 @@ is replaced by the physics' own value and counted); smoothness as the roughness,
 |Delta log K_h| between neighbouring cells (x and y faces inside the grid), flagged above
 ``roughness_limit`` (1: a factor e between neighbours on average). ``LoopReport`` holds the per-step
 figures; ``LoopReport.summary()`` the totals as JSON-ready ints and floats.
+
+Cells that are not columns (the air layer's ``active`` mask) are not modelled: their residuals,
+clipped values and faces are not counted, and the smoothing's weights cover the active cells only.
 """
 
 from __future__ import annotations
@@ -117,21 +120,39 @@ class LoopReport(eqx.Module):
         }
 
 
-def smooth_field(field: Array, shape: tuple[int, int], periodic: bool = False) -> Array:
-    """(N,) ``field`` on the (ny, nx) grid smoothed by the 3x3 Gaussian kernel (1 2 1) x (1 2 1) / 16;
-    beyond the edges the edge cells repeat (or the grid wraps: ``periodic``)."""
-    grid = jnp.pad(jnp.reshape(field, shape), 1, mode="wrap" if periodic else "edge")
+def _kernel(grid: Array, periodic: bool) -> Array:
+    grid = jnp.pad(grid, 1, mode="wrap" if periodic else "edge")
     rows = 0.25 * grid[:-2] + 0.5 * grid[1:-1] + 0.25 * grid[2:]
-    return jnp.reshape(0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:], (-1,))
+    return 0.25 * rows[:, :-2] + 0.5 * rows[:, 1:-1] + 0.25 * rows[:, 2:]
 
 
-def roughness(log_field: Array, shape: tuple[int, int]) -> Array:
+def smooth_field(field: Array, shape: tuple[int, int], periodic: bool = False, active=None) -> Array:
+    """(N,) ``field`` on the (ny, nx) grid smoothed by the 3x3 Gaussian kernel (1 2 1) x (1 2 1) / 16;
+    beyond the edges the edge cells repeat (or the grid wraps: ``periodic``). ``active``: an (N,)
+    bool array (None: all): the kernel's weights over the active cells only, renormalised; inactive
+    cells keep their values."""
+    if active is None:
+        return jnp.reshape(_kernel(jnp.reshape(field, shape), periodic), (-1,))
+    inside = jnp.reshape(jnp.asarray(active), shape)
+    grid = jnp.where(inside, jnp.reshape(field, shape), 0.0)
+    weight = _kernel(inside.astype(grid.dtype), periodic)
+    smooth = _kernel(grid, periodic) / jnp.where(inside, weight, 1.0)
+    return jnp.reshape(jnp.where(inside, smooth, jnp.reshape(field, shape)), (-1,))
+
+
+def roughness(log_field: Array, shape: tuple[int, int], active=None) -> Array:
     """Mean |difference| of ``log_field`` (N,) between neighbouring cells (x and y faces inside
-    the grid; 0 on a single cell)."""
+    the grid, between two active cells where ``active``, an (N,) bool array, is given; 0 without
+    any such face)."""
     grid = jnp.reshape(log_field, shape)
     dx, dy = jnp.abs(jnp.diff(grid, axis=1)), jnp.abs(jnp.diff(grid, axis=0))
-    count = dx.size + dy.size
-    return (jnp.sum(dx) + jnp.sum(dy)) / max(count, 1)
+    if active is None:
+        count = dx.size + dy.size
+        return (jnp.sum(dx) + jnp.sum(dy)) / max(count, 1)
+    inside = np.reshape(np.asarray(active, bool), shape)
+    fx, fy = inside[:, 1:] & inside[:, :-1], inside[1:] & inside[:-1]
+    count = int(fx.sum() + fy.sum())
+    return (jnp.sum(jnp.where(fx, dx, 0.0)) + jnp.sum(jnp.where(fy, dy, 0.0))) / max(count, 1)
 
 
 def reference_fields(physics: RegionalModel, state: RegionalState, forcing_t: GridForcing, params: dict):
@@ -153,12 +174,14 @@ def _soil_storage(physics: RegionalModel, state: RegionalState, params: dict) ->
     return soil_heat_storage(state.land.soil_temp, capacity.astype(state.land.soil_temp.dtype))
 
 
-def _clip(field, reference, bounds):
+def _clip(field, reference, bounds, active=None):
     """``field`` clipped to ``bounds``, non-finite values replaced by ``reference`` (clipped too),
-    and the number of values changed."""
+    and the number of values changed (in the ``active`` cells, where given)."""
     lo, hi = bounds
     bad = ~jnp.isfinite(field)
     outside = bad | (field < lo) | (field > hi)
+    if active is not None:
+        outside = outside & active
     clipped = jnp.clip(jnp.where(bad, reference, field), lo, hi)
     return clipped, jnp.sum(outside.astype(jnp.int32))
 
@@ -206,6 +229,10 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
     state0 = physics.init_state(params, forcing) if state0 is None else state0
     shape = physics.air.shape
     periodic = physics.air.boundary == "periodic"
+    # cells that are not columns (physics.air.active) are not modelled: not checked, counted,
+    # smoothed over or flagged
+    active = None if physics.air.active is None else physics.air.active.values
+    inside = (lambda a: a) if active is None else (lambda a: jnp.where(active, a, 0))  # noqa: E731
     dt = forcing.time_step_s
     dtype = jnp.result_type(kh)
 
@@ -217,7 +244,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         column = jnp.abs(out["Rnet"] - out["Qh"] - out["Qle"] - out["Qf"] - (storage - storage0) / dt)
         out = {**out, "exchange_field": kh_t, "Kh_field": kh_t if scale is None else out["Kh"], "rs_field": rs_t,
                "energy_residual": column}
-        return new, out, storage, jnp.maximum(out["coupling_residual"], column)
+        return new, out, storage, inside(jnp.maximum(out["coupling_residual"], column))
 
     def one_step(carry, xs):
         state, storage0 = carry
@@ -225,11 +252,12 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         kh_phys, rs_phys = reference_fields(physics, state, forcing_t, params)
         if scale is not None:  # the physics' own K_h is a multiplier of 1
             kh_phys = jnp.ones_like(kh_phys)
-        kh_t, clipped_kh = _clip(kh_t, kh_phys, bounds)
-        rs_t, clipped_rs = _clip(rs_t, rs_phys, PARAMETER_BOUNDS["rs"])
+        kh_t, clipped_kh = _clip(kh_t, kh_phys, bounds, active)
+        rs_t, clipped_rs = _clip(rs_t, rs_phys, PARAMETER_BOUNDS["rs"], active)
         log_kh, log_rs = jnp.log(kh_t), jnp.log(rs_t)
         log_kh_phys = jnp.log(jnp.clip(kh_phys, *bounds))
-        smooth_kh, smooth_rs = smooth_field(log_kh, shape, periodic), smooth_field(log_rs, shape, periodic)
+        smooth_kh = smooth_field(log_kh, shape, periodic, active)
+        smooth_rs = smooth_field(log_rs, shape, periodic, active)
 
         def fields(k, flagged):
             w = k.astype(log_kh.dtype) / max(max_adjustments, 1)
@@ -261,7 +289,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
 
         k, _, (new, out, storage, _), residual, before = jax.lax.while_loop(cond, body, init)
         check = {"recomputations": k, "residual_before": before, "residual_after": residual,
-                 "cells_clipped": clipped_kh + clipped_rs, "roughness": roughness(log_kh, shape).astype(dtype)}
+                 "cells_clipped": clipped_kh + clipped_rs, "roughness": roughness(log_kh, shape, active).astype(dtype)}
         if outputs is not None:
             unknown = [name for name in outputs if name not in out]
             if unknown:

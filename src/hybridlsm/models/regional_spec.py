@@ -7,7 +7,8 @@ them on a grid (``data.grid`` in the config) and ``hybridlsm predict`` applies t
   class (seed 000's traditional PGML; nothing is trained);
 - ``regional_cnn_lstm``: the same encoder-decoder predicting Qh and Qle directly.
 
-They take a grid Domain (every cell a column; ``Domain.grid_dataset``) and train on one: the
+They take a grid Domain (``Domain.grid_dataset``; cells that are not columns, e.g. outside a basin
+mask or a masked water cell, are not modelled and get no output) and train on one: the
 training and validation Domains are the same grid with the split's steps as their loss masks. The
 trained model keeps what it needs to apply elsewhere: the land-cover classes of its one-hot inputs
 (``options.classes``, by default every IGBP class) and the normalisation constants of its training
@@ -177,13 +178,10 @@ class RegionalSpec(EquinoxSpec):
 
     def provenance(self, model: RegionalRun, domain: Domain) -> list[str]:
         """Checks that the regional models can run ``domain`` (``hybridlsm predict`` calls this
-        before writing anything): a grid of whole cells, each of a class the model knows."""
-        if domain.kind != "grid" or domain.n_columns != int(np.prod(domain.layout.shape)):
-            have = domain.n_columns
-            raise DataError(f"{domain.name}: the regional models need every cell of a grid with complete forcing; "
-                            f"the domain has {have} column(s)"
-                            + (f" of {int(np.prod(domain.layout.shape))} cells" if domain.kind == "grid" else "")
-                            + " (the column models run on incomplete grids and sites)")
+        before writing anything): a grid, each column of a class the model knows."""
+        if domain.kind != "grid":
+            raise DataError(f"{domain.name}: the regional models need a grid; the domain has {domain.n_columns} "
+                            f"{domain.kind} column(s) (the column models run on sites)")
         unknown = sorted(set(domain.static_value("igbp").astype(str)) - set(model.classes))
         if unknown:
             raise DataError(f"{domain.name}: cells of land cover {unknown} ('' = none in the file), which the model "
@@ -193,6 +191,7 @@ class RegionalSpec(EquinoxSpec):
 
     def predict(self, model: RegionalRun, domain: Domain) -> dict:
         self.provenance(model, domain)
+        # cells of the grid that are not columns (NaN in grid_dataset) are not modelled
         data = self._data(model, domain.grid_dataset())
         cfg = dict(model.settings)
         window, warmup = _steps(domain, cfg["window_hours"]), _steps(domain, cfg["warmup_hours"])

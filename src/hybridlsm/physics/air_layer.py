@@ -30,6 +30,16 @@ Discretisation (finite volumes: cell means, fluxes through faces):
 Boundaries (``boundary``): "periodic" (the grid wraps in both directions), or "open": two ghost
 cells beyond each edge hold the air above (T_f, q_f of the edge cell), so inflow brings the large-
 scale air in; at boundary faces the value is upwind (inflow: the ghost; outflow: the edge cell).
+
+Cells that are not columns (``active``: a mask over the grid's cells, e.g. outside a basin or a
+water cell of a land mask) are outside the layer, like the ghosts of an open boundary: the layer
+is not modelled there (nothing is estimated for them) and a face between an active and an
+inactive cell is a boundary face. Beyond it lies the air above the active cell (its T_f, q_f: the
+nearest active cell's, exactly as the open boundary's ghosts), its value is upwind (inflow brings
+that air in, outflow carries the active cell's air out), its wind and K_h are the active cell's,
+and what crosses it counts as boundary outflow. A QUICK stencil that reaches into an inactive cell
+takes the air above the cell upwind of the face instead. So the active cells' heat and water close
+to rounding, a uniform field stays uniform, and the values held in inactive cells never enter.
 """
 
 from __future__ import annotations
@@ -61,6 +71,41 @@ def transport_substeps(wind_u, wind_v, dt: float, dx: float, dy: float, kh_max: 
     courant = u * dt / dx + v * dt / dy
     diffusion = 2.0 * kh_max * dt * (1.0 / dx**2 + 1.0 / dy**2)
     return max(1, math.ceil(max(courant, diffusion) / MAX_COURANT))
+
+
+class CellMask:
+    """A static (hashable) boolean mask over a grid's N cells (C order), True where the cell is in
+    the air layer: equal masks compare and hash equal, so jit caches one program per mask."""
+
+    __slots__ = ("values", "_key")
+
+    def __init__(self, values):
+        values = np.asarray(values.values if isinstance(values, CellMask) else values, bool).reshape(-1)
+        values.setflags(write=False)
+        self.values = values
+        self._key = (values.size, np.packbits(values).tobytes())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, CellMask) and self._key == other._key
+
+    def __repr__(self):
+        return f"CellMask({int(self.values.sum())} of {self.values.size} cells active)"
+
+    @property
+    def n_active(self) -> int:
+        return int(self.values.sum())
+
+
+def cell_mask(active) -> CellMask | None:
+    """``active`` (None, an (N,) or (ny, nx) bool array, or a ``CellMask``) as the air layer holds
+    it: None where every cell is active (today's numerics, unchanged)."""
+    if active is None:
+        return None
+    mask = CellMask(active)
+    return None if mask.values.all() else mask
 
 
 def _pad(field: Array, axis: int, width: int, boundary: str, outside: Array | None) -> Array:
@@ -117,6 +162,39 @@ def _face_fluxes(phi, velocity, kh, axis, spacing, boundary, outside):
     return vel_face, vel_face * value - k_face * (right - left) / spacing
 
 
+def _masked_face_fluxes(phi, above, velocity, kh, active, axis, spacing, boundary):
+    """``_face_fluxes`` with inactive cells outside the layer (module docstring): faces between an
+    active and an inactive cell (the open boundary's edge faces among them: its ghosts are inactive)
+    are boundary faces; faces between two inactive cells carry nothing."""
+    n = phi.shape[axis]
+    p = _pad(phi, axis, 2, boundary, above)
+    a = _pad(above, axis, 2, boundary, above)
+    m = _pad(active, axis, 2, boundary, jnp.zeros_like(active))
+    vel = _pad(velocity, axis, 2, boundary, velocity)
+    k = _pad(kh, axis, 2, boundary, kh)
+    at = lambda x, i: _slice(x, axis, i, n + 1 + i)  # noqa: E731  i = 0..3: far left, left, right, far right
+    m_left, m_right = at(m, 1), at(m, 2)
+    # an inactive cell holds the air above the active cell next to it (the QUICK stencil's far cell:
+    # the air above the cell upwind of the face)
+    left = jnp.where(m_left, at(p, 1), at(a, 2))
+    right = jnp.where(m_right, at(p, 2), at(a, 1))
+    far_left = jnp.where(at(m, 0), at(p, 0), at(a, 1))
+    far_right = jnp.where(at(m, 3), at(p, 3), at(a, 2))
+    both, either = m_left & m_right, m_left | m_right
+    u_left, u_right, k_left, k_right = at(vel, 1), at(vel, 2), at(k, 1), at(k, 2)
+    k_sum = k_left + k_right
+    vel_face = jnp.where(both, 0.5 * (u_left + u_right), jnp.where(m_left, u_left, u_right))
+    vel_face = jnp.where(either, vel_face, 0.0)
+    k_face = jnp.where(both, 2.0 * k_left * k_right / jnp.where(k_sum > 0.0, k_sum, 1.0),
+                       jnp.where(m_left, k_left, k_right))
+    from_left = 0.75 * left + 0.375 * right - 0.125 * far_left  # QUICK, as quick_face_values
+    from_right = 0.75 * right + 0.375 * left - 0.125 * far_right
+    value = jnp.where(vel_face >= 0.0, from_left, from_right)
+    value = jnp.where(both, value, jnp.where(vel_face >= 0.0, left, right))  # boundary faces: upwind
+    flux = vel_face * value - k_face * (right - left) / spacing
+    return vel_face, jnp.where(either, flux, 0.0)
+
+
 class Transport(NamedTuple):
     """Lateral transport: the tendency of each cell [phi s-1], the net outflow through the
     boundary faces as a domain-mean rate [phi s-1], and each cell's exchange with the air above
@@ -127,7 +205,8 @@ class Transport(NamedTuple):
     vertical: Array
 
 
-def transport(phi, above, wind_u, wind_v, kh, dx: float, dy: float, depth: float, boundary: str) -> Transport:
+def transport(phi, above, wind_u, wind_v, kh, dx: float, dy: float, depth: float, boundary: str,
+              active=None) -> Transport:
     """d phi / dt of a (ny, nx) field (x along axis 1, y along axis 0) from advection and
     diffusion, with ``above`` the air above each cell.
 
@@ -135,7 +214,13 @@ def transport(phi, above, wind_u, wind_v, kh, dx: float, dy: float, depth: float
     through the top at w = -h div u, carrying the cell's value, and where it diverges air from
     above enters with ``above``'s: a uniform field stays uniform under any wind. Sums, exactly to
     rounding: sum(tendency) = -n_cells * outflow - sum(vertical).
+
+    ``active``: None (every cell in the layer) or a (ny, nx) bool array of the cells in it (module
+    docstring); tendency and vertical are 0 in the others, and the sums run over the active cells
+    (n_cells of them: ``outflow`` is per unit area of the active cells).
     """
+    if active is not None:
+        return _masked_transport(phi, above, wind_u, wind_v, kh, dx, dy, depth, boundary, active)
     ux, fx = _face_fluxes(phi, wind_u, kh, 1, dx, boundary, above)  # (ny, nx + 1)
     vy, fy = _face_fluxes(phi, wind_v, kh, 0, dy, boundary, above)  # (ny + 1, nx)
     w = -depth * ((ux[:, 1:] - ux[:, :-1]) / dx + (vy[1:, :] - vy[:-1, :]) / dy)
@@ -149,6 +234,17 @@ def transport(phi, above, wind_u, wind_v, kh, dx: float, dy: float, depth: float
     return Transport(tendency, outflow, vertical)
 
 
+def _masked_transport(phi, above, wind_u, wind_v, kh, dx, dy, depth, boundary, active) -> Transport:
+    ux, fx = _masked_face_fluxes(phi, above, wind_u, kh, active, 1, dx, boundary)
+    vy, fy = _masked_face_fluxes(phi, above, wind_v, kh, active, 0, dy, boundary)
+    w = -depth * ((ux[:, 1:] - ux[:, :-1]) / dx + (vy[1:, :] - vy[:-1, :]) / dy)
+    vertical = jnp.where(active, (jnp.maximum(w, 0.0) * phi - jnp.maximum(-w, 0.0) * above) / depth, 0.0)
+    divergence = jnp.where(active, (fx[:, 1:] - fx[:, :-1]) / dx + (fy[1:, :] - fy[:-1, :]) / dy, 0.0)
+    # what leaves the active cells laterally leaves through boundary faces (interior faces cancel)
+    outflow = jnp.sum(divergence) / jnp.maximum(jnp.sum(active), 1)
+    return Transport(-divergence - vertical, outflow, vertical)
+
+
 class AirLayer(eqx.Module):
     """The near-surface air layer's numerics and constants (module docstring).
 
@@ -160,6 +256,8 @@ class AirLayer(eqx.Module):
         top_resistance: r_top between the layer and the air above [s m-1]
         boundary: "periodic" or "open"
         n_substeps: lateral transport sub-steps per call of ``advance`` (``transport_substeps``)
+        active: the cells in the layer (module docstring): an (N,) or (ny, nx) bool array, held as a
+            ``CellMask``; None (default) or all True: every cell
     """
 
     shape: tuple[int, int] = eqx.field(static=True)
@@ -169,6 +267,7 @@ class AirLayer(eqx.Module):
     top_resistance: float = eqx.field(static=True, default=20.0)
     boundary: str = eqx.field(static=True, default="open")
     n_substeps: int = eqx.field(static=True, default=1)
+    active: CellMask | None = eqx.field(static=True, default=None, converter=cell_mask)
 
     def __check_init__(self):
         if self.boundary not in BOUNDARIES:
@@ -177,6 +276,23 @@ class AirLayer(eqx.Module):
             raise ValueError(f"air layer shape {self.shape}: expected (ny, nx) with ny, nx >= 1")
         if not (self.depth > 0 and self.top_resistance > 0 and self.dx > 0 and self.dy > 0):
             raise ValueError("air layer depth, top_resistance, dx and dy must be positive")
+        if self.active is not None and (self.active.values.size != self.shape[0] * self.shape[1]
+                                        or self.active.n_active == 0):
+            raise ValueError(f"air layer active mask: {self.active.n_active} of {self.active.values.size} cells; "
+                             f"expected {self.shape[0] * self.shape[1]} cells (the grid {self.shape}), some active")
+
+    @property
+    def n_active(self) -> int:
+        """The cells in the layer."""
+        return self.shape[0] * self.shape[1] if self.active is None else self.active.n_active
+
+    def domain_sum(self, a: Array) -> Array:
+        """Sum of an (N,) array over the active cells."""
+        return jnp.sum(a) if self.active is None else jnp.sum(jnp.where(self.active.values, a, 0.0))
+
+    def domain_mean(self, a: Array) -> Array:
+        """Mean of an (N,) array over the active cells."""
+        return jnp.mean(a) if self.active is None else self.domain_sum(a) / self.n_active
 
     def advance(self, temp: Float[Array, " N"], humidity: Float[Array, " N"], *, sensible, evaporation,
                 rho, temp_above, humidity_above, wind_u, wind_v, kh, dt: float) -> AirStep:
@@ -187,11 +303,19 @@ class AirLayer(eqx.Module):
         exactly). Order (operator splitting; each part conserves on its own): the surface fluxes
         enter, then ``n_substeps`` of lateral transport, then the implicit exchange with the air
         above.
+
+        Inactive cells (``active``) hold the air above (``temp_above``, ``humidity_above``, which must
+        be finite there) and exchange nothing: their surface fluxes do not enter, their top
+        exchange is 0 and the boundary terms are per unit area of the active cells.
         """
         grid = lambda a: jnp.reshape(a, self.shape)  # noqa: E731
         heat_capacity = rho * CP_AIR * self.depth  # [J m-2 K-1]
-        t = grid(temp + dt * sensible / heat_capacity)
-        q = grid(humidity + dt * evaporation / (rho * self.depth))
+        t = temp + dt * sensible / heat_capacity
+        q = humidity + dt * evaporation / (rho * self.depth)
+        if self.active is not None:
+            t = jnp.where(self.active.values, t, temp_above)
+            q = jnp.where(self.active.values, q, humidity_above)
+        t, q = grid(t), grid(q)
         u, v, k = grid(wind_u), grid(wind_v), grid(kh)
         t_out, q_out = grid(temp_above), grid(humidity_above)
         h = dt / self.n_substeps
@@ -199,7 +323,8 @@ class AirLayer(eqx.Module):
         # T and q go through the transport together (one stacked (2, ny, nx) field): half the
         # kernels of two separate passes
         phi0, above = jnp.stack([t, q]), jnp.stack([t_out, q_out])
-        rate = jax.vmap(lambda x, a: transport(x, a, u, v, k, self.dx, self.dy, self.depth, self.boundary))
+        active = None if self.active is None else jnp.asarray(grid(self.active.values))
+        rate = jax.vmap(lambda x, a: transport(x, a, u, v, k, self.dx, self.dy, self.depth, self.boundary, active))
 
         def substep(carry, _):  # SSP-RK3 (Shu & Osher 1988): stage weights 1/6, 1/6, 2/3
             phi, out, up = carry
@@ -221,11 +346,17 @@ class AirLayer(eqx.Module):
         a = dt / (self.depth * self.top_resistance)
         t_new = (t + a * temp_above) / (1.0 + a)
         q_new = (q + a * humidity_above) / (1.0 + a)
+        top_heat = heat_capacity * ((t - t_new) + up_t) / dt
+        top_moisture = rho * self.depth * ((q - q_new) + up_q) / dt
+        if self.active is not None:  # held at the air above, exactly; no exchange
+            inside = self.active.values
+            t_new, q_new = jnp.where(inside, t_new, temp_above), jnp.where(inside, q_new, humidity_above)
+            top_heat, top_moisture = jnp.where(inside, top_heat, 0.0), jnp.where(inside, top_moisture, 0.0)
         return AirStep(
             temp=t_new,
             humidity=q_new,
-            top_heat=heat_capacity * ((t - t_new) + up_t) / dt,
-            top_moisture=rho * self.depth * ((q - q_new) + up_q) / dt,
+            top_heat=top_heat,
+            top_moisture=top_moisture,
             boundary_heat=heat_capacity * out_t / dt,
             boundary_moisture=rho * self.depth * out_q / dt,
         )

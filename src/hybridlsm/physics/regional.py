@@ -31,6 +31,13 @@ the sub-steps and every state the end of the step's; ``n_substeps`` reports the 
 Energy: the columns' identity Rn - H - LE - Q_f = G holds per sub-step (LaD); the air layer's
 heat changes by exactly sum(H - Q_top) dt minus the open boundary's outflow (finite volumes), so
 ``air_energy_residual`` (the domain budget's misfit, W m-2) is rounding.
+
+Cells that are not columns (the air layer's ``active`` mask: outside a basin, a masked water cell)
+are not modelled: the air layer treats them as outside its open boundary (``physics/air_layer.py``)
+and the budget's sums run over the active cells. Their columns still need finite forcing (NaN would
+poison gradients through ``jnp.where``): the caller fills it (``models.regional.region_data``: the
+active cells' mean at each step); they run on it uncoupled, and whatever they output is not an
+estimate of anything (``predict_regional`` sets it to NaN).
 """
 
 from __future__ import annotations
@@ -154,7 +161,7 @@ class RegionalModel(AbstractLandModel):
         dt = col.time_step_s / n
         air = replace(self.air, n_substeps=max(1, math.ceil(self.air.n_substeps / n)))
         # one density for the layer through the step (Boussinesq: air_layer.AirLayer.advance)
-        rho = jnp.mean(air_density(state.air_temp, col.p_surf, state.air_humidity))
+        rho = air.domain_mean(air_density(state.air_temp, col.p_surf, state.air_humidity))
         heat_capacity = rho * CP_AIR * air.depth  # of the layer, per unit area [J m-2 K-1]
 
         def advance(t_a, q_a, sensible, evaporation, kh):
@@ -187,12 +194,15 @@ class RegionalModel(AbstractLandModel):
             # coupling residual: how far the column's H + LE are from what the mid-step air it
             # should have seen gives, to first order [W m-2]
             residual = g_heat * jnp.abs(miss_t) + latent_heat_vaporisation(t_mid) * g_water * jnp.abs(miss_q)
-            # the layer's domain heat budget: storage change = surface in - top out - boundary out
-            budget = (heat_capacity * jnp.sum(new.temp - t_a) / dt
-                      - jnp.sum(fluxes.sensible_heat - new.top_heat) + new.boundary_heat * t_a.size)
+            if air.active is not None:  # inactive cells are not coupled
+                residual = jnp.where(air.active.values, residual, 0.0)
+            # the layer's domain heat budget (over its active cells): storage change = surface in -
+            # top out - boundary out
+            budget = (heat_capacity * air.domain_sum(new.temp - t_a) / dt
+                      - air.domain_sum(fluxes.sensible_heat - new.top_heat) + new.boundary_heat * air.n_active)
             carry = (land, new.temp, new.humidity, fluxes.sensible_heat, fluxes.evaporation,
                      fluxes.exchange_coefficient)
-            return carry, (fluxes, new, residual, jnp.abs(budget) / t_a.size)
+            return carry, (fluxes, new, residual, jnp.abs(budget) / air.n_active)
 
         keys = None if key is None else jax.random.split(key, n)
         init = (state.land, state.air_temp, state.air_humidity, state.sensible, state.evaporation,
