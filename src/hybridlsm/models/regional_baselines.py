@@ -32,6 +32,7 @@ from .registry import TrainingContext, get_model, validate_options
 
 __all__ = [
     "ClassConstants", "build_class_constants", "with_parameteriser", "COLUMN_HYBRID", "COLUMN_OPTIONS",
+    "COLUMN_SPINUP_DAYS", "COLUMN_WINDOW_DAYS", "LAD_CLASS_OF",
     "column_domains", "train_column_hybrid", "predict_column_hybrid", "mc_dropout_regional", "MC_FIELDS",
 ]
 
@@ -45,6 +46,8 @@ LAD_CLASS_OF = {"WAT": "WET", "SNO": "BSV"}
 COLUMN_HYBRID = "hybrid_param"
 COLUMN_OPTIONS = {"stability_inputs": True, "static_inputs": ["igbp"], "physics_init": "default", "calibrate": [],
                   "targets": ["Qh", "Qle"]}
+#: the column hybrid's training windows [days]: the regional models' 12-hour warm-up and 48-hour windows
+COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS = 0.5, 2.0
 #: the fields ``mc_dropout_regional`` summarises
 MC_FIELDS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
 
@@ -122,7 +125,8 @@ def column_domains(ds: xr.Dataset, split: dict[str, np.ndarray]) -> tuple[Domain
 
 
 def train_column_hybrid(train: Domain, val: Domain, cfg: TrainConfig, options: dict | None = None,
-                        spinup_days: float = 0.5, window_days: float = 2.0, progress: bool = True):
+                        spinup_days: float = COLUMN_SPINUP_DAYS, window_days: float = COLUMN_WINDOW_DAYS,
+                        progress: bool = True):
     """The registry's column hybrid (:data:`COLUMN_HYBRID`, :data:`COLUMN_OPTIONS` updated by
     ``options``) trained on ``train``, early-stopped on ``val``; returns (model, options)."""
     spec = get_model(COLUMN_HYBRID)
