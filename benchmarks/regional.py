@@ -83,6 +83,8 @@ def main() -> None:
         return
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
+    if not models:
+        ap.error("--models names no model")
     if unknown:
         ap.error(f"unknown models {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     if args.quick:
@@ -102,9 +104,9 @@ def main() -> None:
     masks = surface_masks(ds, split["test"])
     grid = {"ny": args.ny, "nx": args.ny, "days": args.days, "forcing_site": ds.attrs["forcing_site"],
             "towers": int(ds["tower"].sum()), "test_steps": int(split["test"].sum())}
-    summary = _start_summary(grid, fresh=args.fresh or args.quick)
-    summary["truth_class_order_kh"] = _order(ds, masks["all"], "Kh_true")
-    summary["peak_mem_gb_128x128_month"] = _memory()
+    _start_summary(grid, fresh=args.fresh or args.quick)  # a grid other than the file's: refused now
+    common = {"truth_class_order_kh": _order(ds, masks["all"], "Kh_true"), "peak_mem_gb_128x128_month": _memory()}
+    finished, written = [], False
     t = ds.sizes["time"]
     kh_true = np.asarray(ds["Kh_true"].values).reshape(t, -1)
     geometry = _geometry(data)
@@ -135,21 +137,28 @@ def main() -> None:
                     date=datetime.datetime.now().isoformat(timespec="seconds"),
                     settings={"ny": args.ny, "days": args.days, "epochs1": args.epochs1, "epochs2": args.epochs2,
                               "lr": args.lr})
-        _merge(summary, name, records, rows, info,
-               class_parameters(out, ds, masks["all"], CLASS_NAMES) if "Kh" in out and "AvgSurfT" in out else None)
+        top = {"command": command}
         if name == "hybrid":
-            summary["energy_residual_wm2"] = rows["table3_ablations"][0]["energy_residual_wm2"]
-            summary["kh_field_corr"] = field_correlation(out["Kh"], kh_true, masks["all"])
-            summary["train_minutes"] = info["train_minutes"]
+            top.update(energy_residual_wm2=rows["table3_ablations"][0]["energy_residual_wm2"],
+                       kh_field_corr=field_correlation(out["Kh"], kh_true, masks["all"]),
+                       train_minutes=info["train_minutes"])
         if name == "fixed_kh":
-            summary["kh_field_corr_fixed_kh"] = field_correlation(out["Kh"], kh_true, masks["all"])
-        summary["command"] = command
+            top["kh_field_corr_fixed_kh"] = field_correlation(out["Kh"], kh_true, masks["all"])
+        params = class_parameters(out, ds, masks["all"], CLASS_NAMES) if "Kh" in out and "AvgSurfT" in out else None
+        finished.append((name, records, rows, info, params, top))
         for rec in records:
             print(rec)
         print(json.dumps(rows["table3_ablations"][0]), flush=True)
-        if not args.quick:  # after every model: a long run keeps what it finished
+        # the file as it is now (another sitting may have merged models since this one started), with
+        # every model this run finished; written after every model: a long run keeps what it finished
+        summary = {**_start_summary(grid, fresh=(args.fresh and not written) or args.quick), **common}
+        for name_, records_, rows_, info_, params_, top_ in finished:
+            _merge(summary, name_, records_, rows_, info_, params_)
+            summary.update(top_)
+        if not args.quick:
             RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
             write_docs(summary)
+            written = True
     if args.quick:
         print(_table(summary))
 
