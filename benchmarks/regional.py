@@ -225,7 +225,9 @@ def _start_summary(grid: dict, fresh: bool) -> dict:
     old = summary.get("command")
     summary.setdefault("models", {})
     for m in sorted({r["model"] for r in summary["records"]} - set(summary["models"])):
-        summary["models"][m] = {"command": old}  # records from before per-model provenance
+        # records from before per-model provenance: the file's command, epochs and the hybrid's minutes
+        summary["models"][m] = {"command": old, "epochs": summary.get("epochs", {}).get(m),
+                                "train_minutes": summary.get("train_minutes") if m == "hybrid" else None}
     for key in TABLES:
         summary.setdefault(key, [])
     return summary
@@ -356,7 +358,7 @@ def _table(s: dict) -> str:
                   "|---|---|---|---|---|"]
         for m, info in s["models"].items():
             lines.append(f"| {m} | `{info.get('command')}` | {_fmt(info.get('train_minutes'), 1)} | "
-                         f"{info.get('epochs', '–')} | {info.get('mc_samples', '–')} |")
+                         f"{info.get('epochs') or '–'} | {info.get('mc_samples') or '–'} |")
     if s.get("peak_mem_gb_128x128_month") is not None:
         lines += ["", f"A 128x128-cell month of the physics streamed from zarr peaks at "
                       f"{s['peak_mem_gb_128x128_month']:.2f} GB (`benchmarks/regional_memory.py`)."]
