@@ -276,6 +276,10 @@ def _fmt(v, digits=0):
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _sci(v):
+    return "–" if v is None else f"{v:.1e}"
+
+
 def _scores(r: dict) -> str:
     return (f"{_fmt(r['mse_h'])} | {_fmt(r['mse_le'])} | {_fmt(r['mae_h'], 1)} | {_fmt(r['mae_le'], 1)} | "
             f"{_fmt(r['r_h'], 2)} | {_fmt(r['r_le'], 2)}")
@@ -309,7 +313,7 @@ def _table(s: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(s["table1_scales"], key=lambda r: (r["scale"] != "daily", r["surface"])):
             lines.append(f"| {r['scale']} | {r['surface']} | {r['model']} | {_scores(r)} | "
-                         f"{_fmt(r['energy_residual_wm2'], 3)} | {r['n']} |")
+                         f"{_sci(r['energy_residual_wm2'])} | {r['n']} |")
     if s.get("table2_extremes"):
         lines += ["", "**Table 2 analogue**: the extremes (T > 35 °C, u > 8 m s-1) at the held-out cells over the "
                   "test blocks; degradation rate = (MSE extreme - MSE all) / MSE all, hourly, in %.", "",
@@ -329,7 +333,7 @@ def _table(s: dict) -> str:
                   "coverage H / LE % | CRPS H / LE |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         pct = lambda v: _fmt(None if v is None else 100.0 * v, 1)  # noqa: E731
         for r in s["table3_ablations"]:
-            lines.append(f"| {r['model']} | {_scores(r)} | {_fmt(r['energy_residual_wm2'], 3)} | "
+            lines.append(f"| {r['model']} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
                          f"{_fmt(r['kh_field_corr'], 2)} | {pct(r['coverage90_h'])} / {pct(r['coverage90_le'])} | "
                          f"{_fmt(r['crps_h'], 1)} / {_fmt(r['crps_le'], 1)} |")
     lines += ["", "**Table 4 analogue**: per land-cover class, K_h and r_s over the held-out cells and test steps.",
