@@ -1,16 +1,26 @@
-"""Scores of the regional models against a virtual region's truth (seed 000 §4 Tables 1, 2, 4).
+"""Scores of the regional models against a virtual region's truth (seed 000 §4 Tables 1-5).
 
 Every score is taken at the **held-out cells** (all cells without a tower: nothing was observed
 there) and the **test steps** of the blocked split, per surface type: ``all``, ``homogeneous``
 (interior farmland), ``heterogeneous`` (the fringe), and the extremes ``extreme_hot`` (Tair > 35 °C)
 and ``extreme_wind`` (wind > 8 m s-1). The accuracy degradation under an extreme is its MSE over
 the ``all`` MSE, minus one (H and LE averaged).
+
+The seed's tables: :func:`scale_rows` (Table 1: daily and weekly means, per surface type, with the
+energy residual), :func:`extreme_rows` (Table 2: the extremes with the degradation rate of H and LE),
+:func:`ablation_row` with :func:`uq_scores` (Table 3), :func:`class_parameters` (Table 4) and
+:func:`kh_law_rows` (Table 5: the learned K_h field fitted by the branched law and the other forms
+of ``evaluation.discovery``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import xarray as xr
+from scipy import stats
+
+from .discovery import DiscoveryError, compare_forms
+from .metrics import crps_gaussian
 
 SURFACES = ("all", "homogeneous", "heterogeneous", "extreme_hot", "extreme_wind")
 HOT_K = 308.15  # 35 °C
@@ -73,6 +83,11 @@ def field_correlation(learned: np.ndarray, true: np.ndarray, mask: np.ndarray) -
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r; None where either is constant (a K_h fixed per class)."""
+    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else None
+
+
 def class_parameters(out: dict, ds: xr.Dataset, mask: np.ndarray, class_names) -> list[dict]:
     """Seed Table 4: per land-cover class, learned and true K_h and r_s (mean, sd) and the
     correlation of the learned K_h with the wind and with the temperature gradient (surface minus
@@ -93,7 +108,7 @@ def class_parameters(out: dict, ds: xr.Dataset, mask: np.ndarray, class_names) -
             "class": name, "n": int(m.sum()),
             "kh_mean": float(kh.mean()), "kh_sd": float(kh.std()), "kh_true_mean": float(kh_t.mean()),
             "rs_mean": float(rs.mean()), "rs_sd": float(rs.std()), "rs_true_mean": float(rs_t.mean()),
-            "r_kh_wind": float(np.corrcoef(kh, wind[m])[0, 1]), "r_kh_dT": float(np.corrcoef(kh, grad[m])[0, 1]),
+            "r_kh_wind": _corr(kh, wind[m]), "r_kh_dT": _corr(kh, grad[m]),
         })
     return rows
 
@@ -166,3 +181,181 @@ def compare_reference_snapshot(out: dict, time, snapshot: xr.Dataset, fields: di
             "n": int(m.size),
         }
     return result
+
+
+# ------------------------------------------------------------------------------------------
+# Table 1: daily and weekly scales
+# ------------------------------------------------------------------------------------------
+
+#: Table 1's scales: name -> days per period
+SCALES = {"daily": 1, "weekly": 7}
+#: Table 1's surface types
+SCALE_SURFACES = ("all", "homogeneous", "heterogeneous")
+
+
+def aggregate(values: np.ndarray, mask: np.ndarray, period: int, min_steps: int) -> np.ndarray:
+    """(P, N) means of (T, N) ``values`` over the ``mask``ed steps of each period of ``period``
+    steps counted from the record's start (the last period may be shorter); NaN where a period has
+    fewer than ``min_steps`` masked steps of that cell."""
+    values, mask = np.asarray(values, np.float64), np.asarray(mask, bool)
+    t, n = values.shape
+    p = -(-t // period)
+    pad = p * period - t
+    v = np.pad(np.where(mask, values, 0.0), ((0, pad), (0, 0))).reshape(p, period, n)
+    m = np.pad(mask, ((0, pad), (0, 0))).reshape(p, period, n)
+    count = m.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = v.sum(axis=1) / count
+    return np.where(count >= max(min_steps, 1), means, np.nan)
+
+
+def energy_residual_field(out: dict) -> np.ndarray | None:
+    """(T, N) signed column energy residual Rnet - Qh - Qle - Qg - Qf [W m-2]; None for a model
+    without an energy budget (the CNN-LSTM)."""
+    if not all(k in out for k in ("Rnet", "Qh", "Qle", "Qg")):
+        return None
+    qf = np.asarray(out["Qf"]) if "Qf" in out else 0.0
+    return np.asarray(out["Rnet"]) - np.asarray(out["Qh"]) - np.asarray(out["Qle"]) - np.asarray(out["Qg"]) - qf
+
+
+def energy_residual(out: dict, mask: np.ndarray) -> float | None:
+    """The energy residual [W m-2] of a model over ``mask``: the mean |column residual|, or the
+    air layer's largest residual where that is larger (the figure issue 15 reports)."""
+    res = energy_residual_field(out)
+    if res is None:
+        return None
+    value = float(np.abs(res[mask]).mean())
+    if "air_energy_residual" in out:
+        value = max(value, float(np.max(out["air_energy_residual"])))
+    return value
+
+
+def scale_rows(model: str, out: dict, ds: xr.Dataset, masks: dict[str, np.ndarray],
+               steps_per_day: int = 24) -> list[dict]:
+    """Seed Table 1: per scale (daily, weekly) and surface type (all, homogeneous farmland,
+    heterogeneous fringe), MSE, MAE and r of H and LE between the period means of the prediction
+    and the truth over the scored steps of each cell (a period counts with at least one whole day of
+    scored steps), and the mean |energy residual| of the period means (None without a budget)."""
+    t = ds.sizes["time"]
+    res = energy_residual_field(out)
+    rows = []
+    for scale, days in SCALES.items():
+        period = days * steps_per_day
+        for surface in SCALE_SURFACES:
+            mask = masks[surface]
+            row = {"model": model, "scale": scale, "surface": surface}
+            for name, short in (("Qh", "h"), ("Qle", "le")):
+                pred = aggregate(np.asarray(out[name]), mask, period, steps_per_day)
+                truth = aggregate(np.asarray(ds[f"{name}_true"].values).reshape(t, -1), mask, period, steps_per_day)
+                s = _scores(pred, truth, np.isfinite(pred) & np.isfinite(truth))
+                row.update({f"mse_{short}": s["mse"], f"mae_{short}": s["mae"], f"r_{short}": s["r"], "n": s["n"]})
+            if res is None:
+                row["energy_residual_wm2"] = None
+            else:
+                agg = aggregate(res, mask, period, steps_per_day)
+                row["energy_residual_wm2"] = float(np.nanmean(np.abs(agg))) if np.isfinite(agg).any() else None
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Table 2: extremes
+# ------------------------------------------------------------------------------------------
+
+EXTREMES = ("extreme_hot", "extreme_wind")
+
+
+def degradation_rate(mse_extreme: float | None, mse_reference: float | None) -> float | None:
+    """(MSE_extreme - MSE_reference) / MSE_reference in %, seed Table 2's accuracy degradation rate
+    (negative: better under the extreme); None when either is missing."""
+    if mse_extreme is None or not mse_reference:
+        return None
+    return 100.0 * (mse_extreme - mse_reference) / mse_reference
+
+
+def extreme_rows(records: list[dict], model: str) -> list[dict]:
+    """Seed Table 2: per extreme subset the model's scores of H and LE, the number of scored
+    values, ``empty`` when the test blocks have none, and the degradation rate of H and LE [%]
+    against the model's MSE over all held-out values at the same (hourly) scale."""
+    by = {r["surface"]: r for r in records if r["model"] == model}
+    rows = []
+    for extreme in EXTREMES:
+        rec = by[extreme]
+        rows.append({
+            "model": model, "surface": extreme, "n": rec["n"], "empty": rec["n"] == 0,
+            **{k: rec[k] for k in ("mse_h", "mse_le", "mae_h", "mae_le", "r_h", "r_le")},
+            "degradation_h_pct": degradation_rate(rec["mse_h"], by["all"]["mse_h"]),
+            "degradation_le_pct": degradation_rate(rec["mse_le"], by["all"]["mse_le"]),
+        })
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# Table 3: ablations, MC-dropout uncertainty
+# ------------------------------------------------------------------------------------------
+
+
+def uq_scores(mean: np.ndarray, sd: np.ndarray, truth: np.ndarray, mask: np.ndarray,
+              level: float = 0.9) -> dict[str, float | None]:
+    """Coverage of the central ``level`` interval of N(mean, sd^2) (the fraction of the truth inside
+    mean +- z sd) and the mean Gaussian CRPS, over ``mask``; None where nothing is scored."""
+    m, s, y = (np.asarray(a, np.float64)[mask] for a in (mean, sd, truth))
+    if y.size == 0:
+        return {"coverage": None, "crps": None, "mean_sd": None}
+    z = float(stats.norm.ppf(0.5 + level / 2.0))
+    inside = np.abs(y - m) <= z * s
+    return {"coverage": float(inside.mean()), "crps": float(np.mean(crps_gaussian(y, m, s))), "mean_sd": float(s.mean())}
+
+
+def ablation_row(model: str, records: list[dict], out: dict, mask: np.ndarray, kh_true: np.ndarray | None,
+                 uq: dict | None = None) -> dict:
+    """Seed Table 3 for one model: the scores over all held-out values (``records``' ``all``), the
+    energy residual, the K_h field correlation (the parameter reasonability coefficient: learned vs
+    true log K_h) and, with ``uq`` ({"Qh": uq_scores, "Qle": uq_scores} of MC dropout), the
+    coverage and CRPS of H and LE."""
+    rec = next(r for r in records if r["model"] == model and r["surface"] == "all")
+    row = {"model": model, **{k: rec[k] for k in ("mse_h", "mse_le", "mae_h", "mae_le", "r_h", "r_le")},
+           "energy_residual_wm2": energy_residual(out, mask),
+           "kh_field_corr": field_correlation(np.asarray(out["Kh"]), kh_true, mask)
+           if "Kh" in out and kh_true is not None else None}
+    for name, short in (("Qh", "h"), ("Qle", "le")):
+        scores = (uq or {}).get(name) or {}
+        row[f"coverage90_{short}"] = scores.get("coverage")
+        row[f"crps_{short}"] = scores.get("crps")
+    return row
+
+
+# ------------------------------------------------------------------------------------------
+# Table 5: closed forms of the learned K_h field
+# ------------------------------------------------------------------------------------------
+
+
+def kh_law_rows(model: str, out: dict, ds: xr.Dataset, mask: np.ndarray, class_names,
+                geometry: dict[str, np.ndarray]) -> list[dict]:
+    """Seed Table 5: the learned K_h over ``mask`` fitted by each form of
+    ``evaluation.discovery.compare_forms`` (branched power law, Zhang-type law in |Ri|,
+    Businger-Dyer and Louis with a fitted scale): R², RMSE, AIC, ΔAIC and n, per land-cover class
+    (``class`` name) and pooled over all classes (``all``). ``geometry``: the (N,) ``igbp`` (LaD
+    class), ``canopy_height`` and ``measurement_height`` of each cell, for the schemes. A group
+    whose fit fails gives one row with ``error``."""
+    t = ds.sizes["time"]
+    cls = np.asarray(ds["surface_class"].values).reshape(-1)
+    wind = np.asarray(ds["Wind"].values).reshape(t, -1)
+    kh, ri = np.asarray(out["Kh"]), np.asarray(out["RiB"])
+    groups = [("all", np.ones_like(cls, bool))] + [(c, cls == i) for i, c in enumerate(class_names)]
+    rows = []
+    for group, cells in groups:
+        m = mask & cells[None, :]
+        if not m.any():
+            continue
+        site = {k: np.broadcast_to(np.asarray(v)[None, :], m.shape)[m] for k, v in geometry.items()}
+        try:
+            table, _ = compare_forms(kh[m], wind[m], ri[m], site)
+        except DiscoveryError as err:
+            rows.append({"model": model, "class": group, "error": str(err)})
+            continue
+        for r in table.to_dict("records"):
+            rows.append({"model": model, "class": group, "form": r["form"], "expression": r["expression"],
+                         "n": int(r["n"]), "k": int(r["k"]), "r2": float(r["r2"]), "rmse": float(r["rmse"]),
+                         "aic": float(r["aic"]), "delta_aic": float(r["delta_aic"])})
+    return rows

@@ -57,7 +57,7 @@ from .regional_loop import closed_loop
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "REGIONAL_FORCING", "TARGETS",
+    "train_regional", "predict_regional", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -562,3 +562,31 @@ def _not_modelled(out: dict, active: np.ndarray) -> dict:
         return np.where(active, v, np.asarray(np.nan, v.dtype))
 
     return {k: blank(v) if np.ndim(v) == 2 else v for k, v in out.items()}
+
+
+#: the fields whose MC-dropout spread a regional prediction reports
+MC_FIELDS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
+
+
+def mc_dropout_regional(model, data: RegionData, samples: int = 50, seed: int = 0, fields=MC_FIELDS, *,
+                        window: int = 48, warmup: int = 12) -> dict[str, dict[str, np.ndarray]]:
+    """``samples`` stochastic passes of ``predict_regional`` (dropout on, one key each):
+    {field: {"mean": (T, N), "sd": (T, N)}} for the ``fields`` a pass gives (None: every (T, N)
+    output; SD with ddof 1; Welford's running sums, so memory does not grow with ``samples``)."""
+    if samples < 2:
+        raise ValueError(f"mc_dropout_regional: needs at least 2 samples, got {samples}")
+    keys = jax.random.split(jax.random.key(seed), samples)
+    count, mean, m2 = 0, {}, {}
+    for key in keys:
+        out = predict_regional(model, data, window=window, warmup=warmup, key=key)
+        count += 1
+        for name in (fields if fields is not None else [k for k, v in out.items() if np.ndim(v) == 2]):
+            if name not in out:
+                continue
+            x = np.asarray(out[name], np.float64)
+            if name not in mean:
+                mean[name], m2[name] = np.zeros_like(x), np.zeros_like(x)
+            delta = x - mean[name]
+            mean[name] += delta / count
+            m2[name] += delta * (x - mean[name])
+    return {name: {"mean": mean[name], "sd": np.sqrt(m2[name] / (count - 1))} for name in mean}

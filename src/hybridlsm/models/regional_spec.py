@@ -24,7 +24,6 @@ from dataclasses import replace
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,9 +34,11 @@ from ..domain import Domain
 from ..neural import SpatiotemporalOptions
 from .regional import (
     CNNLSTM,
+    MC_FIELDS,
     TARGETS,
     RegionalHybrid,
     fixed_kh_model,
+    mc_dropout_regional,
     new_cnn_lstm,
     new_hybrid,
     predict_regional,
@@ -46,10 +47,8 @@ from .regional import (
 )
 from .registry import EquinoxSpec, TrainingContext, register_model
 
-__all__ = ["RegionalOptions", "RegionalRun", "UNCERTAIN_OUTPUTS"]
+__all__ = ["RegionalOptions", "RegionalRun"]
 
-#: outputs whose MC-dropout standard deviation a prediction gives (``<name>_sd``)
-UNCERTAIN_OUTPUTS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
 
 
 class RegionalOptions(BaseModel):
@@ -206,25 +205,11 @@ class RegionalSpec(EquinoxSpec):
 
 
 def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int) -> dict:
-    """Mean of ``samples`` MC-dropout predictions and the SD of :data:`UNCERTAIN_OUTPUTS` (one pass
-    over the samples: Welford's running mean and sum of squares, so memory does not grow with
-    ``samples``)."""
-    mean, m2 = {}, {}
-    for i, key in enumerate(jax.random.split(jax.random.key(seed), samples)):
-        out = predict_regional(net, data, window=window, warmup=warmup, key=key)
-        for k, v in out.items():
-            if np.ndim(v) < 2:  # the closed loop's totals
-                continue
-            v = np.asarray(v, np.float64)
-            if k not in mean:
-                mean[k], m2[k] = v.copy(), np.zeros_like(v) if k in UNCERTAIN_OUTPUTS else None
-                continue
-            delta = v - mean[k]
-            mean[k] += delta / (i + 1)
-            if m2[k] is not None:
-                m2[k] += delta * (v - mean[k])
-    sd = {f"{'rs' if k == 'rs_field' else k}_sd": np.sqrt(m2[k] / (samples - 1)) for k in UNCERTAIN_OUTPUTS if k in m2}
-    return {**mean, **sd}
+    """The mean of ``samples`` MC-dropout predictions of every output and the SDs ``<name>_sd`` of
+    :data:`~hybridlsm.models.regional.MC_FIELDS` (``rs_field``'s as ``rs_sd``)."""
+    mc = mc_dropout_regional(net, data, samples, seed, fields=None, window=window, warmup=warmup)
+    sd = {f"{'rs' if k == 'rs_field' else k}_sd": mc[k]["sd"] for k in MC_FIELDS if k in mc}
+    return {**{k: v["mean"] for k, v in mc.items()}, **sd}
 
 
 @register_model("regional_hybrid")
