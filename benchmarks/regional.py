@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -92,10 +91,6 @@ def main() -> None:
         args.ny, args.days, args.epochs1, args.epochs2 = 12, 10, 2, 1
         args.mc_samples = min(args.mc_samples, 3)
     command = "python benchmarks/regional.py " + " ".join(sys.argv[1:])
-    # predict_regional compiles its rollout afresh at every call; the persistent cache makes the
-    # MC-dropout passes after the first load it instead of compiling it again
-    jax.config.update("jax_compilation_cache_dir", "/tmp/hybridlsm_regional_jax_cache")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
     t0 = time.time()
     ds = virtual_region(args.ny, args.ny, days=args.days)

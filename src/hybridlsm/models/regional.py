@@ -518,19 +518,18 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     that are not columns (``data.active``) are NaN."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
-        _, out = jax.jit(lambda p, f: rollout(model, p, f, chunk=None))(data.params, data.forcing)
+        _, out = _physics_run(model, data.params, data.forcing)
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
         out = {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
         return _not_modelled(out, data.active)
     starts = window_starts(data.n_steps, window, warmup)
     cnn = isinstance(model, CNNLSTM)
     names = ("Qh", "Qle") if cnn else ("Kh", "rs")
-    net = eqx.filter_jit((lambda m, v, s: m.predict(v, s, key)) if cnn else
-                         (lambda m, v, s: dict(zip(names, m.fields(v, s, key)))))
+    net = _cnn_outputs if cnn else _hybrid_fields
     pieces = {k: np.zeros((data.n_steps, data.forcing.n_sites), data.variables.dtype) for k in names}
     done = 0
     for start in starts:
-        pred = net(model, jnp.asarray(data.variables[:, start : start + window]), jnp.asarray(data.static))
+        pred = net(model, jnp.asarray(data.variables[:, start : start + window]), jnp.asarray(data.static), key)
         for k in names:
             pieces[k][done : start + window] = np.asarray(pred[k])[done - start :]
         done = start + window
@@ -538,18 +537,26 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
         return _not_modelled(pieces, data.active)
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
     # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
-    # field). The record goes in as arguments: arrays a jitted function closes over become
-    # constants of the compiled program (slower to compile, held twice)
+    # field)
     physics = regional_physics(data)
     field = EXCHANGE_FIELDS[model.exchange]
-    run = jax.jit(lambda p, f, kh, rs: closed_loop(physics, p, f, kh, rs, exchange=field))
     kh, rs = jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"])
-    _, out, report = run(data.params, data.forcing, kh, rs)
+    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field)
     out = {k: np.asarray(v) for k, v in out.items()}
     given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
     out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
     out["closed_loop"] = report.summary()
     return _not_modelled(out, data.active)
+
+
+# compiled once per model structure and shape, so that repeated predictions (MC-dropout passes,
+# several grids) reuse the program; the record goes in as arguments (arrays a jitted function closes
+# over become constants of the compiled program: slower to compile, held twice)
+_physics_run = eqx.filter_jit(lambda model, params, forcing: rollout(model, params, forcing, chunk=None))
+_cnn_outputs = eqx.filter_jit(lambda model, variables, static, key: model.predict(variables, static, key))
+_hybrid_fields = eqx.filter_jit(lambda model, variables, static, key: dict(zip(("Kh", "rs"),
+                                                                                model.fields(variables, static, key))))
+_closed_loop = eqx.filter_jit(closed_loop)
 
 
 def _not_modelled(out: dict, active: np.ndarray) -> dict:
