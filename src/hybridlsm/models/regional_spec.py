@@ -61,8 +61,9 @@ class RegionalOptions(BaseModel):
     warmup_hours: float = Field(12.0, ge=0.0, description="first hours of a window that are not scored")
     boundary: Literal["open", "periodic"] = "open"
     exchange: Literal["field", "scale"] = Field(
-        "field", description="regional_hybrid: field: the network gives K_h itself (seed 000); scale: a multiplier "
-        "of the physics' own K_h (its stability scheme's wind and stability dependence kept)")
+        "scale", description="regional_hybrid: scale: a multiplier of the physics' own K_h (its stability scheme's "
+        "wind and stability dependence kept; the default, chosen on validation loss: benchmarks/regional.py, "
+        "hybrid_scale vs hybrid); field: the network gives K_h itself (seed 000)")
     classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(IGBP_CLASSES), min_length=1,
         description="land-cover classes of the one-hot inputs; a grid with another class is refused")
