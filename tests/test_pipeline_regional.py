@@ -187,3 +187,20 @@ def test_uncertainty_hotspots_by_class_and_distance_to_towers():
     assert table.loc["URB", "hotspots"] == 1 and table.loc["CRO", "hotspots"] == 0
     assert table.loc["URB", "share_of_hotspots"] == 1.0 and table.loc["URB", "share_of_grid"] == pytest.approx(0.6)
     assert table.loc["URB", "tower_distance_hotspots"] == 4.0 and table.loc["URB", "tower_distance_all"] == 3.0
+
+
+@pytest.mark.parametrize("name", ["regional_hybrid", "regional_cnn_lstm", "regional_fixed_kh"])
+def test_regional_models_save_load_and_predict_the_same(name, tmp_path):
+    from hybridlsm.models.registry import get_model, load_saved_model, validate_options
+
+    domain = domain_from_grid(_grid(t=8).assign(Wind_E=_grid(t=8)["Wind"] * 0.6, Wind_N=_grid(t=8)["Wind"] * 0.8))
+    spec = get_model(name)
+    small = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
+             "attention_size": 8, "window_hours": 6, "warmup_hours": 1}
+    opts = validate_options(name, small if name != "regional_fixed_kh" else {"window_hours": 6, "warmup_hours": 1})
+    model = spec.build(opts)
+    spec.save(model, opts, tmp_path / name)
+    _, _, again = load_saved_model(tmp_path / name)
+    before, after = spec.predict(model, domain), spec.predict(again, domain)
+    assert after["Qh"].shape == (8, 12) and np.isfinite(after["Qh"]).all()
+    np.testing.assert_allclose(after["Qh"], before["Qh"], rtol=1e-6, atol=1e-6)
