@@ -19,9 +19,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/hybridlsm run --default --resume
 
-# The whole suite (what CI runs).
+# The whole suite (what CI runs), in two processes: one process compiling every test's XLA programs
+# crashed in the compiler late in the run (a segfault in backend_compile, test_sweep/test_streaming)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(wildcard tests/test_[a-o]*.py)
+	$(BIN)/python -m pytest -q $(wildcard tests/test_[p-z]*.py)
 
 # Without the tests marked slow (real-site training, year-long rollouts, longer model training):
 # under 3 minutes on 2 cores.
