@@ -204,9 +204,9 @@ def test_only_models_with_an_aleatoric_head_accept_a_likelihood():
         return {"name": "t", "data": {"sites": [{"virtual": {"site_id": "V", "days": 20}}]},
                 "models": [{"name": name, "options": {"likelihood": "gaussian"}}]}
 
-    for name in ("post_correction", "lstm", "hybrid_param", "hybrid_lstm"):
+    for name in ("post_correction", "lstm", "hybrid_param", "hybrid_lstm", "hybrid_flux"):
         assert validate_run_config(cfg(name), check_paths=False).models[0].options["likelihood"] == "gaussian"
-    for name in ("hybrid_flux", "pretrain_then_finetune"):
+    for name in ("pretrain_then_finetune",):
         with pytest.raises(ConfigError, match=r"models\[0\]: options: unknown key 'likelihood'"):
             validate_run_config(cfg(name), check_paths=False)
 
@@ -230,10 +230,10 @@ def test_normalised_nll_by_hand():
     assert nll == pytest.approx(0.5 * mse + c, rel=1e-12)
 
 
-@pytest.fixture(scope="module", params=["hybrid_param", "hybrid_lstm"])
+@pytest.fixture(scope="module", params=["hybrid_param", "hybrid_lstm", "hybrid_flux"])
 def gaussian_hybrid_param(request):
-    """hybrid_param (and hybrid_lstm) with ``likelihood: gaussian`` trained briefly on a virtual site
-    with 25 W m-2 noise."""
+    """hybrid_param (and hybrid_lstm, hybrid_flux) with ``likelihood: gaussian`` trained briefly on a
+    virtual site with 25 W m-2 noise."""
     train, val, ctx = _virtual_split(days=16, train_days=12, noise=25.0, epochs=12, lr=2e-2)
     spec = get_model(request.param)
     opts = validate_options(request.param, {"likelihood": "gaussian", "width": 8, "hidden_size": 8,
@@ -257,7 +257,7 @@ def test_gaussian_hybrid_param_learns_the_noise_level(gaussian_hybrid_param, tmp
 
 
 @pytest.mark.slow  # kept out of make test-fast (a few seconds)
-@pytest.mark.parametrize("name", ["hybrid_param", "hybrid_lstm"])
+@pytest.mark.parametrize("name", ["hybrid_param", "hybrid_lstm", "hybrid_flux"])
 def test_gaussian_hybrid_param_with_dropout_splits_the_variance(name):
     spec = get_model(name)
     opts = validate_options(name, {"likelihood": "gaussian", "width": 8, "hidden_size": 8, "dropout": 0.2,

@@ -110,6 +110,11 @@ class LikelihoodOption(BaseModel):
         "SD per target and step, trained on the Gaussian negative log-likelihood")
 
 
+class HybridFluxOptions(HybridOptions, LikelihoodOption):
+    """``options`` of ``{name: hybrid_flux}``: the hybrids' options and the likelihood (the flux
+    network then also gives each target's aleatoric SD at every step)."""
+
+
 class HybridParamOptions(HybridOptions, LikelihoodOption):
     """``options`` of ``{name: hybrid_param}``: the hybrids' options, the likelihood and the derived
     stability inputs."""
@@ -181,19 +186,32 @@ class NetworkFluxClosure(Closure):
     logit space) of the bulk one, so an untrained network starts at the physics. Without ``energy_split`` it predicts H and LE freely
     (300 W m-2 x raw), linearised in T_s with the bulk derivatives. Either way H and LE enter the
     surface flux that drives the soil column, so the model's energy balance Rn = H + LE + G + dS/dt
-    closes exactly."""
+    closes exactly. With an ``aleatoric`` head (``likelihood: gaussian``) the network also gives each
+    target's aleatoric SD at the step, reported as ``<target>_sigma`` [W m-2] and trained on the
+    Gaussian NLL, as in hybrid_param."""
 
     mlp: MLP
     head: EnergySplitHead | None
     use_states: bool = eqx.field(static=True)
     static: bool = eqx.field(static=True, default=False)  # the column's static attributes as inputs
+    aleatoric: GaussianHead | None = None  # likelihood gaussian: the SD of each of aleatoric_targets
+    aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())
+
+    @property
+    def n_flux_outputs(self) -> int:
+        """Raw outputs that set H and LE (the aleatoric SDs' follow them)."""
+        return 2 if self.head is None else 3
 
     def __call__(self, c: SurfaceContext) -> TurbulentFluxes:
         bulk = BulkClosure()(c)
         lv = c.latent_heat
         raw = self.mlp(closure_inputs(c, self.use_states, self.static), key=c.key)
+        n = self.n_flux_outputs
+        sigma = {f"{t}{SIGMA_SUFFIX}": SIGMA_SCALE * self.aleatoric.std(raw[..., n + k])
+                 for k, t in enumerate(self.aleatoric_targets)}  # fmt: skip
         if self.head is None:
-            return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt)
+            return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt,
+                                   sigma)  # fmt: skip
         available = bulk.sensible_heat + lv * bulk.evaporation
         d_available = bulk.dsensible_dt + lv * bulk.devaporation_dt
         factor = 0.5 + 1.5 * jax.nn.sigmoid(raw[..., 2])
@@ -207,17 +225,31 @@ class NetworkFluxClosure(Closure):
         ef = jax.lax.stop_gradient(jnp.clip(ef, 0.0, 1.0))
         dh = factor * (1.0 - ef) * d_available
         de = factor * ef * d_available / lv
-        return TurbulentFluxes(h, le / lv, dh, de)
+        return TurbulentFluxes(h, le / lv, dh, de, sigma)
 
 
-def build_flux_closure(opts: HybridOptions) -> NetworkFluxClosure:
+def build_flux_closure(opts: HybridOptions, aleatoric: GaussianHead | None = None,
+                       targets: tuple[str, ...] = ()) -> NetworkFluxClosure:
+    """The flux network of ``opts``; with an ``aleatoric`` head (see ``_aleatoric``) it also gives
+    the SD of each of ``targets``."""
     head = EnergySplitHead(residual_scale=30.0) if opts.energy_split else None
-    n_out = 3 if opts.energy_split else 2
-    mlp = MLP(_n_inputs(opts.use_states, n_static_features(opts.static_inputs)), n_out, width_size=opts.width,
+    # start at the physics: bulk evaporative fraction (logit correction 0), factor 1 (sigmoid^-1(1/3))
+    bias = jnp.asarray([0.0, 0.0, -0.6931] if opts.energy_split else [0.0, 0.0])
+    if aleatoric is not None:  # and at an SD of SIGMA_SCALE
+        bias = jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))]
+    mlp = MLP(_n_inputs(opts.use_states, n_static_features(opts.static_inputs)), len(bias), width_size=opts.width,
               depth=opts.depth, dropout=opts.dropout, key=jax.random.key(opts.seed))  # fmt: skip
-    # start at the physics: evaporative fraction 1/2, factor 1 (sigmoid^-1(1/3))
-    mlp = _small_output_layer(mlp, jnp.asarray([0.0, 0.0, -0.6931][:n_out] if opts.energy_split else [0.0, 0.0]))
-    return NetworkFluxClosure(mlp, head, opts.use_states, bool(opts.static_inputs))
+    mlp = _small_output_layer(mlp, bias)
+    return NetworkFluxClosure(mlp, head, opts.use_states, bool(opts.static_inputs), aleatoric, targets)
+
+
+def flux_column_model(opts: HybridOptions, aleatoric: GaussianHead | None = None,
+                      targets: tuple[str, ...] = ()) -> ColumnModel:
+    """hybrid_flux's column: the LaD with the flux network as its closure."""
+    dtype = jnp.zeros(0).dtype
+    land = LaDModel(closure=build_flux_closure(opts, aleatoric, targets), stability=opts.stability)
+    return ColumnModel(land=land, deltas=_deltas(opts, dtype), delta_gain=DELTA_GAIN, mc_samples=opts.mc_samples,
+                       aleatoric_targets=targets, static_inputs=tuple(opts.static_inputs))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- hybrid_param
@@ -375,11 +407,10 @@ def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opt
 
 @register_model("hybrid_flux")
 class HybridFlux(_HybridSpec):
-    def build(self, options: HybridOptions) -> ColumnModel:
-        dtype = jnp.zeros(0).dtype
-        land = LaDModel(closure=build_flux_closure(options), stability=options.stability)
-        return ColumnModel(land=land, deltas=_deltas(options, dtype), delta_gain=DELTA_GAIN,
-                           mc_samples=options.mc_samples, static_inputs=tuple(options.static_inputs))
+    Options = HybridFluxOptions
+
+    def build(self, options: HybridFluxOptions) -> ColumnModel:
+        return flux_column_model(options, *_aleatoric(options))
 
 
 def _aleatoric(options) -> tuple[GaussianHead | None, tuple[str, ...]]:
@@ -450,7 +481,15 @@ class HybridLSTM(_HybridSpec):
 @register_model("pretrain_then_finetune")
 class PretrainThenFinetune(HybridFlux):
     """hybrid_flux trained first on the physics' own simulated Qh / Qle over the whole training
-    record (every step, no QC; the calibrated LaD it starts from), then on the observations."""
+    record (every step, no QC; the calibrated LaD it starts from), then on the observations.
+
+    No ``likelihood`` option: on the noise-free simulator the aleatoric SD would be driven to its
+    floor, where the softplus leaves it almost no gradient to recover on the observations."""
+
+    Options = HybridOptions
+
+    def build(self, options: HybridOptions) -> ColumnModel:
+        return flux_column_model(options)
 
     def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
         targets = options.targets

@@ -102,12 +102,15 @@ class TurbulentFluxes(eqx.Module):
         evaporation: E [kg m-2 s-1], positive upward (negative = dew/frost)
         dsensible_dt: dH/dT_s [W m-2 K-1]
         devaporation_dt: dE/dT_s [kg m-2 s-1 K-1]
+        diagnostics: extra outputs of a network closure (e.g. an aleatoric SD ``Qh_sigma``), which the
+            LaD step passes on in its fluxes' ``diagnostics`` and ``observe`` reports by name
     """
 
     sensible_heat: Float[Array, " N"]
     evaporation: Float[Array, " N"]
     dsensible_dt: Float[Array, " N"]
     devaporation_dt: Float[Array, " N"]
+    diagnostics: dict = eqx.field(default_factory=dict)
 
 
 class Closure(eqx.Module):
@@ -152,8 +155,9 @@ class AutodiffClosure(Closure):
     def __call__(self, context: SurfaceContext) -> TurbulentFluxes:
         def fluxes(t_surface):
             out = self.inner(context.at_surface_temperature(t_surface))
-            return out.sensible_heat, out.evaporation
+            return (out.sensible_heat, out.evaporation), out.diagnostics
 
         ts = context.t_surface
-        (h, e), (dh, de) = jax.jvp(fluxes, (ts,), (jnp.ones_like(ts),))
-        return TurbulentFluxes(sensible_heat=h, evaporation=e, dsensible_dt=dh, devaporation_dt=de)
+        (h, e), (dh, de), diagnostics = jax.jvp(fluxes, (ts,), (jnp.ones_like(ts),), has_aux=True)
+        return TurbulentFluxes(sensible_heat=h, evaporation=e, dsensible_dt=dh, devaporation_dt=de,
+                               diagnostics=diagnostics)

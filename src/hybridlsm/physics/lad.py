@@ -361,6 +361,7 @@ class LaDModel(AbstractLandModel):
             exchange_coefficient=zd / ra,
             richardson=ri,
             albedo=albedo,
+            diagnostics=turb.diagnostics,
         )
         return new_state, fluxes
 
