@@ -186,3 +186,55 @@ def test_bad_run_directories_are_clear_errors(tmp_path, validated):
     with pytest.raises(ValidationRunError, match="years must be positive"):
         validate_run(run, years=0)
     assert validation_html(tmp_path / "empty") == ""
+
+
+FALLBACK_CONFIG = f"""
+name: fallback
+data:
+  sites:
+    - {{virtual: {{site_id: TINY, days: {DAYS}, seed: 2, noise: 5.0}}}}
+  split: {{train: 0.5, val: 0.25, test: 0.25}}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {{name: physics, options: {{calibrate: []}}}}
+  - {{name: hybrid_param, label: hp, options: {{epochs: 1, width: 8, calibrate: [], physics_init: default,
+      dropout: 0.2, mc_samples: 3}}}}
+  - {{name: hybrid_param, label: hp_fallback, options: {{epochs: 1, width: 8, calibrate: [], physics_init: default,
+      dropout: 0.2, mc_samples: 3, fallback_threshold: 1.0e-9}}}}
+training: {{epochs: 1, batch_windows: 8}}
+output: {{run_dir: RUNS}}
+"""
+
+
+@pytest.mark.slow  # builds and validates a small run (~30 s)
+def test_validate_runs_the_epistemic_fallback_at_every_level(tmp_path):
+    """hybrid_param with a threshold so small that every multiplier falls back is the physics at
+    every level (to rounding), with a fallen-back fraction of 1; without a threshold it is the hybrid."""
+    from hybridlsm.pipeline import run_config_file
+
+    cfg = tmp_path / "fallback.yaml"
+    cfg.write_text(FALLBACK_CONFIG.replace("RUNS", str(tmp_path / "runs")))
+    run = run_config_file(cfg)
+    result = validate_run(run, years=1, progress=False)
+    physics, hp, fb = (result["models"][m]["sites"]["TINY"] for m in ("physics", "hp", "hp_fallback"))
+    for level in LEVELS:
+        assert fb[level]["fallback_fraction"] == 1.0, level
+        assert "fallback_fraction" not in hp[level] and "fallback_fraction" not in physics[level]
+    for level in ("offline", "partially_coupled"):
+        for flux in ("Qh", "Qle"):
+            for k in ("nse", "rmse", "bias"):
+                assert fb[level][flux][k] == pytest.approx(physics[level][flux][k], rel=1e-9, abs=1e-9), (level, flux, k)
+            assert fb[level][flux]["n"] == physics[level][flux]["n"] > 0
+            # the hybrid's own result is not the physics'
+            assert abs(hp[level][flux]["rmse"] - physics[level][flux]["rmse"]) > 0.05, (level, flux)
+    for k in ("energy_drift_w_m2", "water_drift_mm_yr"):
+        assert fb["online"][k] == pytest.approx(physics["online"][k], rel=1e-6, abs=1e-12)
+    assert fb["online"]["cycle_mean_water_mm"] == pytest.approx(physics["online"]["cycle_mean_water_mm"], rel=1e-12)
+    assert hp["online"]["cycle_mean_water_mm"] != pytest.approx(physics["online"]["cycle_mean_water_mm"], rel=1e-6)
+
+    table = pd.read_csv(run / "validation" / "levels.csv").query("quantity == 'fallen back'")
+    assert sorted(table["level"]) == sorted(LEVELS) and set(table["model"]) == {"hp_fallback"}
+    assert (table["value"] == 1.0).all()
+    page = validation_html(run)
+    assert "fallen back offline" in page and page.count("<td>1</td>") == 3

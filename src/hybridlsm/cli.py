@@ -270,7 +270,10 @@ def validate(
                     f"{on['energy_drift_w_m2']:.2g} W m-2, {on['water_drift_mm_yr']:.2g} mm/yr"
                     f"{'' if on['stable'] else ' [red]UNSTABLE[/red]'}; "
                     f"emergent {on['emergent_within_range']} in range")  # fmt: skip
-                Console().print(f"{label} at {site}: online {text}")
+                fallen = [f"{lv} {levels[lv]['fallback_fraction']:.0%}" for lv in levels
+                          if "fallback_fraction" in levels[lv]]  # fmt: skip
+                Console().print(f"{label} at {site}: online {text}"
+                                + (f"; fallen back: {', '.join(fallen)}" if fallen else ""))
     Console().print(f"validation: [green]{run_dir / 'validation'}[/green] (validation.json, levels.csv; in "
                     f"{run_dir / 'report.html'})")
 

@@ -3,7 +3,9 @@ model of a finished run (the levels, drifts and emergent statistics: ``evaluatio
 
 The run's sites are rebuilt from its ``config.yaml`` as ``hybridlsm run`` read them
 (``pipeline.read_site_spec``) and checked against its ``obs.nc``; each model is loaded from
-``RUN/models/<label>/<experiment>/``; ``RUN/validation/`` is written while the run's lock is held.
+``RUN/models/<label>/<experiment>/`` and run as ``predict`` runs it (``ModelSpec.as_predicted``:
+hybrid_param's epistemic fallback acts at every level); ``RUN/validation/`` is written while the
+run's lock is held.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
                     continue
                 pred = xr.load_dataset(pred_path)
                 spec, _, model = load_saved_model(_experiment(run_dir, label, pred, pred_path))
+                model = spec.as_predicted(model)  # e.g. hybrid_param's epistemic fallback on, as in predict
                 entry["type"] = spec.name
                 site = str(o.attrs.get("site_id", folder))
                 max_qc = int(o.attrs.get("max_qc", 1))

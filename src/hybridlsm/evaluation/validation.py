@@ -46,6 +46,12 @@ afterwards (the correction does not feed back: its storage drift is that of its 
 ``hybrid_lstm``'s LSTM restarts with each recycled cycle (its parameters come from the cycle's
 forcing alone).
 
+Every level runs the model as ``predict`` does (``ModelSpec.as_predicted``): hybrid_param with
+``fallback_threshold`` falls back to the physics where its network is unsure at the offline and
+online levels too, and each level reports ``fallback_fraction``, the mean fraction of its learned
+multipliers that fell back (offline and partially coupled: over the scored test steps; online: over
+every step of every cycle). Models without the fallback have no ``fallback_fraction``.
+
 ``hybridlsm.validate.validate_run`` writes ``RUN/validation/``: ``validation.json`` (everything, per model, site and
 level), ``levels.csv`` (one row per quantity), ``<label>_online.png`` (cycle-mean stored energy
 and water over the years) and ``<label>_emergent.png``, atomically with SHA-256 sidecars, holding
@@ -79,7 +85,7 @@ from hybridlsm.evaluation import plots
 from hybridlsm.evaluation.html_parts import img_html
 from hybridlsm.evaluation.metrics import bias, count_valid, nse, rmse
 from hybridlsm.models.column import ColumnModel, domain_inputs, run_jit
-from hybridlsm.models.hybrid import PostCorrection
+from hybridlsm.models.hybrid import FALLBACK_OUTPUT, PostCorrection
 from hybridlsm.physics import LaDState
 from hybridlsm.rundir import json_safe, write_checked
 
@@ -238,6 +244,12 @@ def _flags(emergent: dict) -> list[bool]:
 # ------------------------------------------------------------------------------- the levels
 
 
+def _fallback_fraction(fallback: np.ndarray, masks: dict) -> float:
+    """The mean fraction of fallen-back multipliers over the steps where a flux is scored."""
+    scored = np.any([masks[f] for f in FLUXES], axis=0)
+    return float(np.mean(np.ravel(fallback)[scored])) if scored.any() else float("nan")
+
+
 def _skill(sim: np.ndarray, obs: np.ndarray, mask: np.ndarray) -> dict:
     return {"nse": nse(sim, obs, mask), "rmse": rmse(sim, obs, mask), "bias": bias(sim, obs, mask),
             "n": count_valid(sim, obs, mask)}  # fmt: skip
@@ -273,7 +285,7 @@ def _one_step_fluxes(model: ColumnModel, states, forcing, params: dict, dynamic:
         state, f, dyn = xs
         new, fluxes = model.land.step(state, f, {**params, **dyn})
         out = model.land.observe(new, fluxes)
-        return {k: out[k] for k in ONLINE_OUTPUTS if k in out}
+        return {k: out[k] for k in (*ONLINE_OUTPUTS, FALLBACK_OUTPUT) if k in out}
 
     return jax.lax.map(one, (states, forcing, dynamic), batch_size=2048)
 
@@ -303,13 +315,18 @@ def offline(model: ColumnModel, correct: Correction | None, domain: Domain, obs:
     depth = obs["SoilTemp"].attrs.get("depth_m", "unknown")
     res = {"status": "ok", "surface_temperature_proxy": f"observed SoilTemp (shallowest tower layer, depth {depth} m)",
            "other_state": "the model's own trajectory (soil water, snow, groundwater, deeper layers)"}  # fmt: skip
+    if FALLBACK_OUTPUT in out:
+        res["fallback_fraction"] = _fallback_fraction(out[FALLBACK_OUTPUT], masks)
     return res | {f: _skill(out[f][:, 0], obs[f].values, masks[f]) for f in FLUXES}
 
 
 def partially_coupled(pred: xr.Dataset, obs: xr.Dataset, masks: dict, source: str) -> dict:
     """Level 2: the run's prediction on the test steps."""
     pred = pred.reindex(time=obs["time"])
-    return {"status": "ok", "source": source} | {
+    res = {"status": "ok", "source": source}
+    if FALLBACK_OUTPUT in pred:
+        res["fallback_fraction"] = _fallback_fraction(pred[FALLBACK_OUTPUT].values, masks)
+    return res | {
         f: _skill(np.ravel(pred[f].values), obs[f].values, masks[f]) if f in pred else not_applicable("not available", f"no {f}")
         for f in FLUXES}  # fmt: skip
 
@@ -317,7 +334,7 @@ def partially_coupled(pred: xr.Dataset, obs: xr.Dataset, masks: dict, source: st
 @eqx.filter_jit
 def _cycle_jit(model: ColumnModel, forcing, base, state0):
     state, out = model.run(forcing, base, state0)  # key None: deterministic networks, no MC dropout
-    return state, {k: out[k] for k in ONLINE_OUTPUTS}
+    return state, {k: out[k] for k in (*ONLINE_OUTPUTS, FALLBACK_OUTPUT) if k in out}
 
 
 def _cycle_domain(domain: Domain) -> Domain:
@@ -339,11 +356,14 @@ def online_run(model: ColumnModel, domain: Domain, *, years: float = 50.0, state
     nonfinite = dict.fromkeys(ONLINE_OUTPUTS, 0)
     energy, water, daily = [], [], {f: [] for f in FLUXES}
     first_bad = None
+    fallen = []  # each cycle's mean fallen-back fraction (models with the epistemic fallback)
     t0 = time.perf_counter()
     for c in track(range(n_cycles), description=f"online {label} {domain.name}: {n_cycles} cycles",
                    disable=not progress, console=Console(stderr=True)):  # fmt: skip
         state, out = _cycle_jit(model, forcing, base, state)
         out = {k: np.asarray(v) for k, v in out.items()}
+        if FALLBACK_OUTPUT in out:
+            fallen.append(float(np.mean(out.pop(FALLBACK_OUTPUT))))
         if correct is not None:
             out |= correct(out, cycle)
         for k, v in out.items():
@@ -355,13 +375,16 @@ def online_run(model: ColumnModel, domain: Domain, *, years: float = 50.0, state
         for f in FLUXES:
             days, means = daily_means(out[f][:, 0], cycle.time, cycle.time_step_s)
             daily[f].append(means)
-    return {"cycles": n_cycles, "cycle_days": cycle_s / 86400.0, "steps": n_cycles * cycle.n_steps,
-            "simulated_years": n_cycles * cycle_s / 86400.0 / YEAR_DAYS, "wall_s": round(time.perf_counter() - t0, 2),
-            "nonfinite": nonfinite, "first_nonfinite_cycle": first_bad,
-            "energy_drift_w_m2": cycle_drift(energy, cycle_s),
-            "water_drift_mm_yr": cycle_drift(water, cycle_s) * SECONDS_PER_YEAR,
-            "cycle_mean_energy_j_m2": energy, "cycle_mean_water_mm": water,
-            "days": days, "daily": {f: np.stack(v) for f, v in daily.items()}, "cycle": cycle}  # fmt: skip
+    res = {"cycles": n_cycles, "cycle_days": cycle_s / 86400.0, "steps": n_cycles * cycle.n_steps,
+           "simulated_years": n_cycles * cycle_s / 86400.0 / YEAR_DAYS, "wall_s": round(time.perf_counter() - t0, 2),
+           "nonfinite": nonfinite, "first_nonfinite_cycle": first_bad,
+           "energy_drift_w_m2": cycle_drift(energy, cycle_s),
+           "water_drift_mm_yr": cycle_drift(water, cycle_s) * SECONDS_PER_YEAR,
+           "cycle_mean_energy_j_m2": energy, "cycle_mean_water_mm": water,
+           "days": days, "daily": {f: np.stack(v) for f, v in daily.items()}, "cycle": cycle}  # fmt: skip
+    if fallen:  # every cycle has the same number of steps
+        res["fallback_fraction"] = float(np.mean(fallen))
+    return res
 
 
 def online(model: ColumnModel, correct: Correction | None, domain: Domain, obs: xr.Dataset, years: float,
@@ -401,6 +424,9 @@ def levels_table(result: dict) -> pd.DataFrame:
                 if r["status"] != "ok":
                     add(site, label, level, r["status"], note=r["reason"])
                     continue
+                if "fallback_fraction" in r:
+                    add(site, label, level, "ok", "fallen back", r["fallback_fraction"], unit="-",
+                        note="fraction of the learned multipliers replaced by the physics (epistemic fallback)")
                 if level != "online":
                     for f in FLUXES:
                         for k, unit in (("nse", "-"), ("rmse", "W m-2"), ("bias", "W m-2"), ("n", "steps")):
@@ -517,6 +543,11 @@ def validation_html(run_dir: Path) -> str:
     result = json.loads(path.read_text())
     head = ["site", "model", "offline NSE H", "offline NSE LE", "coupled NSE H", "coupled NSE LE", "online non-finite",
             "energy drift [W m-2]", "water drift [mm/yr]", "stable", "emergent in obs. range"]  # fmt: skip
+    # the epistemic fallback's share per level, where a model of the run has one
+    fallback = any("fallback_fraction" in r for e in result["models"].values() for lv in e["sites"].values()
+                   for r in lv.values())  # fmt: skip
+    if fallback:
+        head += ["fallen back offline", "fallen back coupled", "fallen back online"]
     rows, notes = [], []
     for label, entry in result["models"].items():
         for site, lv in entry["sites"].items():
@@ -534,6 +565,8 @@ def validation_html(run_dir: Path) -> str:
             else:
                 cells += [r["status"]] * 5
                 notes.append(f"{label} at {site}, online: {r['status']}: {r['reason']}")
+            if fallback:
+                cells += [lv[level].get("fallback_fraction") for level in LEVELS]
             rows.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
     h = ["<h2>Validation levels</h2>",
          f"<p class='note'>Offline: one step from the model's own state with T<sub>1</sub> set to the observed "
@@ -543,7 +576,9 @@ def validation_html(run_dir: Path) -> str:
          "and water "
          f"W + S + W<sub>g</sub>; stable: all outputs finite, |drift| &lt; {result['energy_drift_tol_w_m2']:g} W m-2 "
          f"and {result['water_drift_tol_mm_yr']:g} mm/yr. Emergent statistics (daily H and LE quantiles, seasonal "
-         "Bowen ratio, LE dry-down after rain) within the observed range: passed/evaluated. Details: "
+         "Bowen ratio, LE dry-down after rain) within the observed range: passed/evaluated. Every level runs a "
+         "model as it predicts; fallen back: the fraction of learned multipliers that the epistemic fallback "
+         "replaced by the physics (scored steps; online: every step). Details: "
          "<code>validation/validation.json</code>, <code>validation/levels.csv</code> "
          "(<code>hybridlsm.evaluation.validation</code>).</p>",
          "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>" + "".join(rows) + "</table>"]

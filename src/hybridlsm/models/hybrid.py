@@ -63,6 +63,8 @@ from .registry import EquinoxSpec, TrainingContext, register_model
 MULTIPLIED = ("ra_scale", "rs_scale")
 #: dropout passes per step that measure the network's spread for the epistemic fallback
 FALLBACK_SAMPLES = 10
+#: the output of a model with the epistemic fallback: the fraction of its multipliers that fell back
+FALLBACK_OUTPUT = "fallback"
 
 
 class HybridOptions(FitOptions):
@@ -319,7 +321,7 @@ class ParameterNetworkLand(AbstractLandModel):
         new_state, fluxes = self.lad.step(state, forcing, p, key_lad)
         diagnostics = {**fluxes.diagnostics, "ra_mult": m[..., 0], "rs_mult": m[..., 1]}
         if fallback is not None:
-            diagnostics["fallback"] = fallback
+            diagnostics[FALLBACK_OUTPUT] = fallback
         for k, target in enumerate(self.aleatoric_targets):  # the aleatoric SD [W m-2] of each target
             diagnostics[f"{target}{SIGMA_SUFFIX}"] = SIGMA_SCALE * self.aleatoric.std(raw[..., len(MULTIPLIED) + k])
         return new_state, replace(fluxes, diagnostics=diagnostics)
@@ -449,13 +451,18 @@ class HybridParam(_HybridSpec):
                            delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets,
                            static_inputs=tuple(options.static_inputs))  # fmt: skip
 
+    def as_predicted(self, model: ColumnModel) -> ColumnModel:
+        """With ``fallback_threshold``: the epistemic fallback active (it never acts in training)."""
+        if model.land.fallback_threshold is None:
+            return model
+        return replace(model, land=replace(model.land, fallback_active=True))
+
     def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
-        """With ``fallback_threshold`` the epistemic fallback acts (it never acts in training) and
-        the output ``fallback`` is the fraction of the multipliers that fell back at each step."""
+        """With ``fallback_threshold`` the epistemic fallback acts and the output ``fallback`` is
+        the fraction of the multipliers that fell back at each step."""
         if model.land.fallback_threshold is None:
             return predict_column_model(model, domain)
-        active = replace(model, land=replace(model.land, fallback_active=True))
-        return predict_column_model(active, domain, (*PREDICTION_OUTPUTS, "fallback"))
+        return predict_column_model(self.as_predicted(model), domain, (*PREDICTION_OUTPUTS, FALLBACK_OUTPUT))
 
 
 @register_model("hybrid_lstm")

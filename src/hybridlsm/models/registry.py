@@ -166,6 +166,11 @@ class ModelSpec(abc.ABC):
     @abc.abstractmethod
     def load(self, options: BaseModel, directory: Path) -> Any: ...
 
+    def as_predicted(self, model: Any) -> Any:
+        """The model as ``predict`` runs it, for code that runs its steps itself (``hybridlsm
+        validate``): prediction-only behaviour switched on. Default: the model itself."""
+        return model
+
     def needs_observations(self, options: BaseModel) -> bool:
         """Whether training learns from observations (False: a run of such models alone may have
         none, e.g. over a forcing-only grid). Default: yes."""
