@@ -212,8 +212,8 @@ class NetworkFluxClosure(Closure):
         sigma = {f"{t}{SIGMA_SUFFIX}": SIGMA_SCALE * self.aleatoric.std(raw[..., n + k])
                  for k, t in enumerate(self.aleatoric_targets)}  # fmt: skip
         if self.head is None:
-            return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt, bulk.devaporation_dt,
-                                   sigma)  # fmt: skip
+            return TurbulentFluxes(300.0 * raw[..., 0], 300.0 * raw[..., 1] / lv, bulk.dsensible_dt,
+                                   bulk.devaporation_dt, sigma)  # fmt: skip
         available = bulk.sensible_heat + lv * bulk.evaporation
         d_available = bulk.dsensible_dt + lv * bulk.devaporation_dt
         factor = 0.5 + 1.5 * jax.nn.sigmoid(raw[..., 2])
