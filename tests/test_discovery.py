@@ -263,3 +263,92 @@ def test_a_model_saved_with_another_law_shape_is_a_clear_error(tmp_path):
     spec.save(old, opts, tmp_path / "m")
     with pytest.raises(SavedModelError, match=r"model\.eqx: .*another version of hybridlsm.*--resume"):
         load_saved_model(tmp_path / "m")
+
+
+LOSO = """
+name: loso-tiny
+data:
+  sites:
+    - {virtual: {site_id: TA, days: 24, start: 2020-06-01, seed: 3, noise: 5.0, truth: kh_law}}
+    - {virtual: {site_id: TB, days: 24, start: 2020-06-01, seed: 4, noise: 5.0, truth: kh_law}}
+    - {virtual: {site_id: TC, days: 24, start: 2020-06-01, seed: 5, noise: 5.0, truth: kh_law}}
+  split: {leave_one_site_out: true, val: 0.25}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: physics, options: {calibrate: []}}
+  - {name: hybrid_param, options: {stability_inputs: true, physics_init: default, calibrate: [], epochs: 2}}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+@pytest.mark.slow  # a three-fold run (~1 min)
+def test_discover_fits_each_fold_of_a_leave_one_site_out_run(tmp_path, run_config):
+    import shutil
+
+    from hybridlsm.discover import discover
+    from hybridlsm.evaluation.discovery import fit_abs_ri_law
+    from hybridlsm.models.column import predict_column_model
+    from hybridlsm.models.registry import load_saved_model
+    from hybridlsm.predict import PredictError
+    from hybridlsm.validate import site_domains
+
+    run = run_config(LOSO, "loso-tiny")
+    result = CliRunner().invoke(app, ["discover", str(run)])
+    assert result.exit_code == 0, result.output
+    out = run / "discovery"
+    folds = pd.read_csv(out / "folds.csv")
+    assert list(folds["fold"]) == ["loso-TA", "loso-TB", "loso-TC"] and list(folds["held_out"]) == ["TA", "TB", "TC"]
+    assert list(folds["training_sites"]) == ["TB TC", "TA TC", "TA TB"]
+    meta = json.loads((out / "discovery.json").read_text())
+    entry = meta["models"]["hybrid_param"]
+
+    # each fold's fit is on the K_h its own model learned at its own training sites (train + val steps)
+    obs = {s: xr.load_dataset(run / f"predictions/{s}/obs.nc") for s in ("TA", "TB", "TC")}
+    domains = site_domains(run, obs)
+    _, _, model = load_saved_model(run / "models/hybrid_param/loso-TA")
+    series = [predict_column_model(model, domains[s]) for s in ("TB", "TC")]
+    kh, ri = (np.concatenate([o[k][:, 0] for o in series]) for k in ("Kh", "RiB"))
+    wind = np.concatenate([obs[s]["Wind"].values for s in ("TB", "TC")])
+    mine = fit_power_law(kh, wind, ri)
+    fit_ta = entry["folds"]["loso-TA"]["classes"]["GRA"]
+    for branch in ("stable", "unstable"):
+        for k in "abc":
+            assert fit_ta["fits"]["power_law"][branch][k] == pytest.approx(mine[branch][k], rel=1e-9)
+    assert fit_ta["fits"]["zhang_abs_ri"]["c"] == pytest.approx(fit_abs_ri_law(kh, wind, ri)["c"], rel=1e-9)
+    assert folds.loc[0, "n"] == mine["scores"]["n"] > 0  # every form is fitted on the same steps
+
+    # the summary is the spread of the folds' coefficients
+    summary = pd.read_csv(out / "fold_summary.csv")
+    assert len(summary) == 2 * 3  # (stable, unstable) x (a, b, c)
+    for branch in ("stable", "unstable"):
+        for k in "bc":
+            v = folds[f"{k}_{branch}"].to_numpy()
+            row = summary.query(f"branch == '{branch}' and coefficient == '{k}'").iloc[0]
+            assert row["folds"] == 3 and row["mean"] == pytest.approx(v.mean(), rel=1e-12)
+            assert row["sd"] == pytest.approx(v.std(ddof=1), rel=1e-9) and row["min"] == v.min() and row["max"] == v.max()
+    assert summary["sd"].max() > 0  # the folds learned on different sites
+
+    # each fold's law re-run at its held-out site: K_h is that law's, scored beside the hybrid and physics
+    skill = pd.read_csv(out / "skill.csv").query("scale == 'halfhourly'")
+    for fold, site in zip(folds["fold"], folds["held_out"]):
+        law = entry["folds"][fold]["classes"]["GRA"]["chosen_law"]
+        law_run = xr.load_dataset(out / f"predictions/{site}/hybrid_param_law.nc")
+        assert json.loads(law_run.attrs["law"]) == law
+        exchange = ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()})
+        np.testing.assert_allclose(law_run["Kh"].values, np.asarray(exchange(obs[site]["Wind"].values,
+                                                                             law_run["RiB"].values)), rtol=2e-4)
+        rows = skill[(skill["fold"] == fold) & (skill["site"] == site)]
+        assert set(rows["model"]) == {"hybrid_param", "physics", "hybrid_param_law"}
+        law_nse = rows.query("model == 'hybrid_param_law' and flux == 'Qh'")["nse"].item()
+        assert np.isfinite(law_nse) and folds.set_index("fold").loc[fold, "nse_Qh_law"] == pytest.approx(law_nse)
+    assert (out / "folds.csv.sha256").is_file() and "Leave-one-site-out folds" in (run / "report.html").read_text()
+
+    # still refused, clearly: a test_sites run (its training sites' K_h is not in the run)
+    other = tmp_path / "test-sites"
+    shutil.copytree(run, other)
+    cfg = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(cfg.replace("leave_one_site_out: true", "test_sites: [TA]"))
+    with pytest.raises(PredictError, match="a test_sites run predicts only its test sites"):
+        discover(other)

@@ -231,7 +231,8 @@ def discover(
 ) -> None:
     """Fit closed forms K_h = a u^b |Ri|^c (stable and unstable branches) and the Businger-Dyer, Louis and
     |Ri| forms to the learned exchange coefficient, search a term library with a sparse regression,
-    re-run the chosen law as physics and score it (RUN/discovery/, shown in the report)."""
+    re-run the chosen law as physics and score it (RUN/discovery/, shown in the report); on a
+    leave-one-site-out run, per fold, each law re-run at its fold's held-out site."""
     from .discover import discover as run_discovery
     from .evaluation.report import build_report
     from .predict import PredictError
@@ -241,7 +242,8 @@ def discover(
             out = run_discovery(run_dir, model, then=lambda: build_report(run_dir))
         except PredictError as err:
             _input_error(err)
-    Console().print(f"discovery: [green]{out}[/green] (forms.csv, skill.csv, discovery.json; in {run_dir / 'report.html'})")
+    files = "forms.csv, skill.csv, " + ("folds.csv, fold_summary.csv, " if (out / "folds.csv").is_file() else "")
+    Console().print(f"discovery: [green]{out}[/green] ({files}discovery.json; in {run_dir / 'report.html'})")
 
 
 @app.command()

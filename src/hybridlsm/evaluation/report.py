@@ -773,8 +773,15 @@ def _discovery_html(run_dir: Path) -> str:
          "fitted scale; R² and RMSE of K_h [m² s⁻¹], AIC on the log residuals (lower is better; k "
          "coefficients). The power-law form with the lower AIC is re-run as the physics' exchange closure and "
          "scored on the test steps.</p>"]
-    cols = [c for c in ("model", "class", "form", "expression", "n", "k", "r2", "rmse", "aic", "delta_aic") if c in forms]
+    cols = [c for c in ("model", "fold", "class", "form", "expression", "n", "k", "r2", "rmse", "aic", "delta_aic")
+            if c in forms]  # fmt: skip
     h.append(table_html(forms[cols]))
+    if (folder / "folds.csv").is_file():  # a leave-one-site-out run: one law per fold
+        h.append("<h3>Leave-one-site-out folds</h3><p class='note'>Each fold's model fitted on the K_h it "
+                 "learned at its own training sites; its law re-run at the held-out site (half-hourly test NSE of "
+                 "the law, the hybrid and the physics); below, the spread of the coefficients across folds.</p>")
+        h.append(table_html(pd.read_csv(folder / "folds.csv")))
+        h.append(table_html(pd.read_csv(folder / "fold_summary.csv")))
     rows = []
     for label, entry in meta.get("models", {}).items():
         if "co_trained_law" in entry:
