@@ -228,18 +228,23 @@ def discover(
     run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`"),
     model: Optional[list[str]] = typer.Option(None, "--model", help="label of a model with a learned K_h "
                                               "(repeatable; default: every such model of the run)"),
+    refit_epochs: int = typer.Option(300, "--refit-epochs", min=0, help="epochs of the online refit of the chosen "
+                                     "law's coefficients through the physics (0: re-run the offline fit as it is)"),
+    refit_lr: float = typer.Option(0.02, "--refit-lr", min=0.0, help="learning rate of the online refit"),
 ) -> None:
     """Fit closed forms K_h = a u^b |Ri|^c (stable and unstable branches) and the Businger-Dyer, Louis and
     |Ri| forms to the learned exchange coefficient, search a term library with a sparse regression,
-    re-run the chosen law as physics and score it (RUN/discovery/, shown in the report); on a
+    refit the chosen law's coefficients through the physics on the training steps (early stopping on
+    validation), re-run it as physics and score it (RUN/discovery/, shown in the report); on a
     leave-one-site-out run, per fold, each law re-run at its fold's held-out site."""
-    from .discover import discover as run_discovery
+    from .discover import Refit, discover as run_discovery
     from .evaluation.report import build_report
     from .predict import PredictError
 
     with user_errors():
         try:  # the report is rebuilt while the run's lock is still held
-            out = run_discovery(run_dir, model, then=lambda: build_report(run_dir))
+            out = run_discovery(run_dir, model, then=lambda: build_report(run_dir),
+                                refit=Refit(epochs=refit_epochs, lr=refit_lr), progress=True)
         except PredictError as err:
             _input_error(err)
     files = "forms.csv, skill.csv, " + ("folds.csv, fold_summary.csv, " if (out / "folds.csv").is_file() else "")

@@ -158,6 +158,9 @@ class VirtualSiteConfig(StrictModel):
         "jarvis", description="jarvis: Jarvis-type r_s and convective exchange; kh_law: Jarvis-type r_s and the "
         "known branched exchange law K_h = a u^b |Ri|^c (data.virtual.TWIN_LAW), for discovery twins")
     gap_fraction: float = Field(0.0, ge=0.0, le=0.9, description="fraction of Qh and Qle missing in tower-like blocks")
+    surface_temperature_noise: float | None = Field(
+        None, ge=0.0, description="also observe the radiometric surface temperature AvgSurfT (as a tower derives "
+        "it from LW_OUT) with this Gaussian noise [K]; null: not observed")
 
 
 class FileEntry(StrictModel):

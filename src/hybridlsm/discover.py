@@ -13,8 +13,13 @@ The offline -> symbolic -> online loop of seed 002, on a finished run directory:
 3. **Online**: the power-law form with the lower AIC replaces the hybrid's learned K_h
    (``ColumnModel.with_exchange_law``: the law becomes the LaD exchange closure, the networks' r_a
    multipliers and the calibrated ``ra_scale`` are dropped, the r_s network and the other parameters
-   are kept), runs over every site of the run and is scored on the test steps next to the hybrid
-   that produced it and the run's ``physics`` model.
+   are kept). Its coefficients are then refitted through the physics to the observed fluxes of the
+   training steps, early stopping on the validation steps, everything else fixed
+   (``models.column_fit.refit_exchange_law``; :class:`Refit`, ``epochs=0`` skips it): the offline
+   fit to a network's K_h keeps the shape of the scheme the network multiplies wherever the fluxes
+   constrain K_h weakly (at night), the refit only what the data say. Both laws are reported
+   (``offline_law``, ``online_law``); the online one runs over every site of the run and is scored
+   on the test steps next to the hybrid that produced it and the run's ``physics`` model.
 
 A leave-one-site-out run has one trained model per fold: each fold's model is run (as ``predict``
 runs it) over its own training sites, the forms are fitted to the K_h it learned on their training
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +56,20 @@ from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
 from .rundir import RunLockedError, atomic_write, json_safe, run_lock, write_checked
 
-__all__ = ["discover", "DISCOVERY_DIR"]
+__all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
 DISCOVERY_DIR = "discovery"
 RUNNABLE_FORMS = ("power_law", "zhang_abs_ri")  # the forms an ExchangeLaw runs
+
+
+@dataclass(frozen=True)
+class Refit:
+    """The online refit of the chosen law's coefficients (the run's training section otherwise;
+    ``epochs=0``: no refit, the offline law is re-run as fitted)."""
+
+    epochs: int = 300
+    lr: float = 0.02
+    patience: int = 60
 
 
 def learned_models(run_dir: Path, sites: dict[str, SiteData], per_fold: bool = False) -> list[str]:
@@ -163,6 +179,20 @@ def _with_law(model, law: dict, where: Path):
     return model.with_exchange_law(ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()}))
 
 
+def _online_law(law_model, options, cfg, train: Sequence, val: Sequence, refit: Refit, progress: bool):
+    """``law_model`` with its law refitted through the physics on ``train`` (early stopping on
+    ``val``; module docstring, step 3) and the refitted coefficients; unchanged when ``refit`` is off."""
+    from .models.column_fit import exchange_laws, refit_exchange_law
+    from .models.registry import TrainingContext
+
+    if refit.epochs > 0:
+        train_cfg = cfg.training.model_copy(update={"epochs": refit.epochs, "lr": refit.lr, "min_lr": min(
+            cfg.training.min_lr, refit.lr), "patience": refit.patience})  # fmt: skip
+        law_model = refit_exchange_law(law_model, train, val, TrainingContext.from_config(cfg, progress=progress),
+                                       targets=list(options.targets), train_cfg=train_cfg)  # fmt: skip
+    return law_model, exchange_laws(law_model)[0].coefficients()
+
+
 def _co_trained_law(model, cfg) -> dict | None:
     """The a, b, c of a law that phase 2 trained (None otherwise)."""
     from .models.column import ColumnModel
@@ -190,7 +220,7 @@ def _rerun(law_model, label: str, law: dict, sd: SiteData, domain, out: Path) ->
 
 
 def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
-             then: Callable[[], object] | None = None) -> Path:
+             then: Callable[[], object] | None = None, refit: Refit = Refit(), progress: bool = False) -> Path:
     """Run the loop of the module docstring for ``labels`` (default: every model with a learned K_h);
     returns ``RUN/discovery``. Holds the run's lock while it writes, and while ``then`` (e.g. the
     report's rebuild) runs."""
@@ -199,7 +229,7 @@ def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
         raise PredictError(f"{run_dir}: no such run directory")
     try:
         with run_lock(run_dir):
-            out = _discover(run_dir, labels, seed)
+            out = _discover(run_dir, labels, seed, refit, progress)
             if then is not None:
                 then()
             return out
@@ -207,7 +237,7 @@ def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
         raise PredictError(str(err)) from None
 
 
-def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
+def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Refit, progress: bool) -> Path:
     from .evaluation.validation import ValidationRunError
     from .validate import site_domains
 
@@ -240,7 +270,8 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
     except ValidationRunError as err:
         raise PredictError(str(err)) from None
     if per_fold:
-        result, form_rows, skill_frames = _discover_folds(run_dir, cfg, found, sites, list(rebuilt.values()), out, seed)
+        result, form_rows, skill_frames = _discover_folds(run_dir, cfg, found, sites, list(rebuilt.values()), out, seed,
+                                                          refit, progress)  # fmt: skip
     else:
         domains = {d.column_ids[0]: d for d in rebuilt.values()}
         result, form_rows, skill_frames = {"run": str(run_dir.resolve()), "models": {}}, [], []
@@ -251,13 +282,20 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int) -> Path:
             entry, rows = _fit_classes(label, fit_steps, test_steps, truth, out / "plots" / site_file_name(label),
                                        seed, str(run_dir))  # fmt: skip
             form_rows += rows
-            _, _, saved = load_saved_model(directory)
+            _, options, saved = load_saved_model(directory)
             co_trained = _co_trained_law(saved, cfg)
             if co_trained is not None:
                 entry["co_trained_law"] = co_trained
-            # online: the law of the pooled class (or of the only one) run at every site
-            law = entry["classes"][entry["law_from_class"]]["chosen_law"]
-            law_model = _with_law(saved, law, directory)
+            # online: the law of the pooled class (or of the only one), refitted on the sites' training
+            # steps, run at every site
+            entry["offline_law"] = entry["classes"][entry["law_from_class"]]["chosen_law"]
+            trained = [sid for sid, sd in sites.items() if sid in domains and label in sd.models]
+            split = {sid: sites[sid].obs["split"].values for sid in trained}
+            law_model, law = _online_law(_with_law(saved, entry["offline_law"], directory), options, cfg,
+                                         [domains[s].with_loss_mask(split[s] == TRAIN) for s in trained],
+                                         [domains[s].with_loss_mask(split[s] == VALIDATION) for s in trained],
+                                         refit, progress)  # fmt: skip
+            entry["online_law"] = law if refit.epochs > 0 else None
             skill_frames += [_rerun(law_model, label, law, sd, domains[sid], out) for sid, sd in sites.items()
                              if sid in domains and label in sd.models]  # fmt: skip
             result["models"][label] = entry
@@ -283,7 +321,7 @@ def _fold_learned_series(spec, model, train, val, sd: SiteData) -> pd.DataFrame:
 
 
 def _discover_folds(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, SiteData], site_list: list,
-                    out: Path, seed: int) -> tuple[dict, list[dict], list[pd.DataFrame]]:
+                    out: Path, seed: int, refit: Refit, progress: bool) -> tuple[dict, list[dict], list[pd.DataFrame]]:
     """Each fold's model fitted on the K_h it learned at its own training sites, its law re-run at
     its held-out site; ``folds.csv`` (one row per fold) and ``fold_summary.csv`` (the spread of
     the fitted a, b, c per branch across folds)."""
@@ -296,7 +334,7 @@ def _discover_folds(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, S
         folds = {}
         for exp in experiments(cfg, site_list):
             directory = saved_model_dir(run_dir, label, exp.name)
-            spec, _, model = load_saved_model(directory)
+            spec, options, model = load_saved_model(directory)
             held_out = [d.column_ids[0] for d in exp.test]
             training = [d.column_ids[0] for d in exp.train]
             fit_steps = pd.concat([_fold_learned_series(spec, model, tr, va, sites[sid])
@@ -311,9 +349,11 @@ def _discover_folds(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, S
             co_trained = _co_trained_law(model, cfg)
             if co_trained is not None:
                 entry["co_trained_law"] = co_trained
-            fit = entry["classes"][entry["law_from_class"]]
-            law_model = _with_law(model, fit["chosen_law"], directory)
-            skill = pd.concat([_rerun(law_model, label, fit["chosen_law"], sites[s], d, out)
+            entry["offline_law"] = entry["classes"][entry["law_from_class"]]["chosen_law"]
+            law_model, law = _online_law(_with_law(model, entry["offline_law"], directory), options, cfg, exp.train,
+                                         exp.val, refit, progress)  # fmt: skip
+            entry["online_law"] = law if refit.epochs > 0 else None
+            skill = pd.concat([_rerun(law_model, label, law, sites[s], d, out)
                                for s, d in zip(held_out, exp.test)], ignore_index=True)  # fmt: skip
             skill.insert(0, "fold", exp.name)
             skill_frames.append(skill)
@@ -330,14 +370,16 @@ def _discover_folds(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, S
 
 
 def _fold_row(label: str, fold: str, held_out, training, entry: dict, skill: pd.DataFrame) -> dict:
-    """One fold: its chosen law (a, b, c per branch), the fit's R² and n, and the held-out site's
-    half-hourly test NSE of the law, the hybrid and the physics."""
+    """One fold: its law as re-run (a, b, c per branch: online where refitted), the offline fit's R²
+    and n, and the held-out site's half-hourly test NSE of the law, the hybrid and the physics."""
     fit = entry["classes"][entry["law_from_class"]]
+    law = entry["online_law"] or entry["offline_law"]
     form = next(r for r in fit["forms"] if r["form"] == fit["chosen_form"])
     row = {"model": label, "fold": fold, "held_out": " ".join(held_out), "training_sites": " ".join(training),
-           "class": entry["law_from_class"], "form": fit["chosen_form"], "n": form["n"], "r2": form["r2"]}
+           "class": entry["law_from_class"], "form": fit["chosen_form"], "n": form["n"], "r2": form["r2"],
+           "refit": entry["online_law"] is not None}
     for branch in BRANCHES:
-        row |= {f"{k}_{branch}": fit["chosen_law"][branch][k] for k in "abc"}
+        row |= {f"{k}_{branch}": law[branch][k] for k in "abc"}
     half = skill[skill["scale"] == "halfhourly"]
     for m, name in ((f"{label}_law", "law"), (label, "hybrid"), ("physics", "physics")):
         for flux in sorted(set(half["flux"])):

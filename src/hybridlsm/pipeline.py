@@ -118,7 +118,7 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
     v = spec.virtual
     return virtual_site(site_id=v.site_id, igbp=v.igbp, days=v.days, time_step_s=v.time_step_s, start=v.start,
                         latitude=v.latitude, longitude=v.longitude, seed=v.seed, noise=v.noise, truth=v.truth,
-                        gap_fraction=v.gap_fraction)  # fmt: skip
+                        gap_fraction=v.gap_fraction, surface_temperature_noise=v.surface_temperature_noise)  # fmt: skip
 
 
 def read_grid_file(path: Path, fmt: str | None = None, options: dict | None = None) -> Domain:

@@ -215,11 +215,14 @@ def virtual_site(
     noise: float = 0.0,
     truth: str = "jarvis",
     gap_fraction: float = 0.0,
+    surface_temperature_noise: float | None = None,
 ) -> xr.Dataset:
     """A virtual flux-tower record: generated forcing and fluxes simulated by the LaD column with a
     hidden truth (spun up over the record), plus Gaussian observation noise [W m-2] on Qh, Qle, Qg
     and Rnet and, with ``gap_fraction``, blocks of missing Qh and Qle. SoilTemp (2.75 cm) and
-    SoilMoistVol (root zone) are the 'tower' soil data.
+    SoilMoistVol (root zone) are the 'tower' soil data. With ``surface_temperature_noise`` [K] the
+    record also has a radiometric surface temperature ``AvgSurfT`` (what a tower derives from its
+    upwelling longwave, LW_OUT) with that Gaussian noise and no gaps (a separate instrument).
 
     ``truth``: ``"jarvis"`` (Jarvis-type r_s, convective enhancement of the Louis exchange) or
     ``"kh_law"`` (Jarvis-type r_s and the known branched law :data:`TWIN_LAW` for K_h; the true K_h
@@ -247,6 +250,9 @@ def virtual_site(
         if name in ("Qh", "Qle"):
             values = np.where(gaps, np.nan, values)
         ds[name] = ("time", values, {"units": "W m-2", "source": "LaD with hidden closure + noise"})
+    if surface_temperature_noise is not None:
+        values = np.asarray(out["AvgSurfT"])[:, 0] + rng.normal(0.0, surface_temperature_noise, ds.sizes["time"])
+        ds["AvgSurfT"] = ("time", values, {"units": "K", "source": "LaD with hidden closure + noise (radiometric)"})
     ds["SoilTemp"] = ("time", np.asarray(out["SoilTemp"])[:, 0, 1], {"units": "K", "depth_m": 0.0275})
     depth = float(params["root_zone_capacity"][0]) / 132.0  # W_max = z_r x AWC (medium soil)
     ds["SoilMoistVol"] = ("time", np.asarray(out["SoilMoist"])[:, 0] / (1000.0 * depth) + 0.05,

@@ -771,8 +771,9 @@ def _discovery_html(run_dir: Path) -> str:
          "(<code>hybridlsm discover</code>): the branched power law K_h = a·u^b·|Ri|^c with separate stable and "
          "unstable branches, one power law in |Ri| for both signs, and the Businger–Dyer and Louis schemes with a "
          "fitted scale; R² and RMSE of K_h [m² s⁻¹], AIC on the log residuals (lower is better; k "
-         "coefficients). The power-law form with the lower AIC is re-run as the physics' exchange closure and "
-         "scored on the test steps.</p>"]
+         "coefficients). The power-law form with the lower AIC (offline) has its coefficients refitted through "
+         "the physics to the training steps' fluxes (online; early stopping on validation), is re-run as the "
+         "physics' exchange closure and scored on the test steps.</p>"]
     cols = [c for c in ("model", "fold", "class", "form", "expression", "n", "k", "r2", "rmse", "aic", "delta_aic")
             if c in forms]  # fmt: skip
     h.append(table_html(forms[cols]))
@@ -784,6 +785,9 @@ def _discovery_html(run_dir: Path) -> str:
         h.append(table_html(pd.read_csv(folder / "fold_summary.csv")))
     rows = []
     for label, entry in meta.get("models", {}).items():
+        for key, what in (("offline_law", "offline fit to the learned K_h"), ("online_law", "online refit, re-run")):
+            for branch, c in (entry.get(key) or {}).items():
+                rows.append({"model": label, "law": what, "branch": branch, **c})
         if "co_trained_law" in entry:
             for branch, c in entry["co_trained_law"].items():
                 rows.append({"model": label, "law": "co-trained in phase 2", "branch": branch, **c})

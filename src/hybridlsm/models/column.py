@@ -60,7 +60,7 @@ SPINUP_MAX_DAYS = 365.0
 #: The class whose LaD defaults a column with no land-cover class gets (said in the provenance).
 DEFAULT_IGBP = "GRA"
 #: What the column models (physics and hybrids) train on.
-COLUMN_TARGETS = ("Qle", "Qh")
+COLUMN_TARGETS = ("Qle", "Qh", "Qg", "Rnet", "AvgSurfT")
 #: Parameters a hybrid's networks set, whose MC-dropout spread is written (``<name>_sd``).
 LEARNED_PARAMETERS = ("Kh", "ra", "rs")
 #: A rollout output ``<target><SIGMA_SUFFIX>`` is the aleatoric SD [W m-2] a Gaussian model gives a target.

@@ -25,6 +25,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,7 +51,8 @@ from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_
 from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
-__all__ = ["FitOptions", "delta_sparsity", "make_loss", "records_of", "train_column_model", "training_config", "validation_fn"]
+__all__ = ["FitOptions", "delta_sparsity", "exchange_law_filter", "exchange_laws", "make_loss", "records_of",
+           "refit_exchange_law", "train_column_model", "training_config", "validation_fn"]
 
 
 def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingContext,
@@ -59,14 +62,15 @@ def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingC
             for d in domains for i in range(d.n_columns)]  # fmt: skip
 
 
-def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None):
+def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None,
+              deterministic: bool = False):
     """The loss of the column models: normalised MSE, or the normalised Gaussian NLL for a model
     with ``aleatoric_targets`` (+ phase-2 energy residual, sparsity and discovery terms,
-    weighted by the trainer's schedule)."""
+    weighted by the trainer's schedule). ``deterministic``: the networks run without dropout."""
     scale = jnp.asarray(scale)
 
     def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
-        _, out = model.run(batch["forcing"], batch["base"], batch["state0"], key)
+        _, out = model.run(batch["forcing"], batch["base"], batch["state0"], None if deterministic else key)
         sim = jnp.stack([out[t] for t in targets], axis=-1)
         if model.aleatoric_targets:  # the networks' aleatoric SD of each target, per step
             sigma = jnp.stack([out[f"{t}{SIGMA_SUFFIX}"] for t in targets], axis=-1)
@@ -165,9 +169,11 @@ def train_column_model(
     target_override: Callable[[SiteRecord], SiteRecord] | None = None,
     state_rounds: int = 3,
     fit_mode: str = "windows",
+    deterministic: bool = False,
 ) -> ColumnModel:
     """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
-    records (``"record"``); early stopping on the validation records (module docstring)."""
+    records (``"record"``); early stopping on the validation records (module docstring).
+    ``deterministic``: the networks run without dropout (for fits that train no network)."""
     if fit_mode not in ("windows", "record"):
         raise ValueError(f"fit_mode must be 'windows' or 'record', not {fit_mode!r}")
     train_recs = records_of(train, targets, ctx, model)
@@ -178,7 +184,7 @@ def train_column_model(
     spin, length = ctx.steps(ctx.spinup_days, dt), ctx.steps(ctx.window_days, dt)
     scale = target_scale(train_recs)
     train_weights, val_weights = site_loss_weights(train_recs, val_recs, scale, train_cfg.site_weighting)
-    loss_fn = make_loss(targets, scale, sparsity_fn)
+    loss_fn = make_loss(targets, scale, sparsity_fn, deterministic)
     # Rounds: each round restarts training and validation from the state the current model spins
     # up to, and takes the window initial states from its own continuous trajectory, so the slow
     # stores (soil water, groundwater) the loss sees match what the model produces when it runs
@@ -215,6 +221,38 @@ def train_column_model(
         if best is None or result.best_val < best_val:  # the best model over the rounds (same validation)
             best, best_val = model, result.best_val
     return best
+
+
+def exchange_law_filter(model) -> object:
+    """Filter spec that trains only the coefficients of the :class:`ExchangeLaw` closures in
+    ``model`` (not a co-trained law: a model fitting its law has ``law`` None)."""
+    def mark(node):
+        return jax.tree_util.tree_map(eqx.is_inexact_array, node) if isinstance(node, ExchangeLaw) else False
+
+    return jax.tree_util.tree_map(mark, model, is_leaf=lambda n: isinstance(n, ExchangeLaw))
+
+
+def exchange_laws(model) -> list[ExchangeLaw]:
+    """The :class:`ExchangeLaw` closures inside ``model``."""
+    return [n for n in jax.tree_util.tree_leaves(model, is_leaf=lambda n: isinstance(n, ExchangeLaw))
+            if isinstance(n, ExchangeLaw)]
+
+
+def refit_exchange_law(model: ColumnModel, train: Sequence[Domain], val: Sequence[Domain], ctx: TrainingContext,
+                       *, targets: Sequence[str], train_cfg: TrainConfig) -> ColumnModel:
+    """The online step of discovery (seed 002's offline -> symbolic -> online loop): ``model``, a
+    hybrid whose learned K_h a closed form replaced (``ColumnModel.with_exchange_law``), with the
+    law's coefficients refitted through the physics to the observations of ``train`` (windows,
+    early stopping on ``val``, ``train_cfg`` without its two phases), every other parameter and
+    network fixed and run without dropout. An offline fit to a network's K_h inherits the shape of
+    the physics scheme the network multiplies wherever the fluxes constrain K_h weakly (the
+    stable branch of a twin: Louis' Ri dependence shows through); the refit sees only the data."""
+    if len(exchange_laws(model)) != 1 or model.law is not None:
+        raise ValueError("refit_exchange_law: the model needs exactly one exchange law in place of its learned K_h "
+                         "(ColumnModel.with_exchange_law) and no co-trained law")  # fmt: skip
+    cfg = train_cfg.model_copy(update={"two_phase": train_cfg.two_phase.model_copy(update={"enabled": False})})
+    return train_column_model(model, train, val, ctx, targets=targets, train_cfg=cfg,
+                              filter_spec=exchange_law_filter(model), state_rounds=1, deterministic=True)
 
 
 class FitOptions(BaseModel):
