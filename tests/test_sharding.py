@@ -158,8 +158,12 @@ def test_two_processes_run_one_config_and_only_process_0_writes(tmp_path):
     rows = ref["n"] > 0
     assert rows.sum() >= 4 and np.isfinite(ref.loc[rows, numbers].to_numpy(float)).all()
     # the batch split over two processes reduces in another order: float32 rounding, nothing more
-    np.testing.assert_allclose(got[numbers].to_numpy(float), ref[numbers].to_numpy(float), rtol=1e-5, atol=1e-5,
+    # (measured: 4e-6 relative in rmse and bias; atol for the scores near 0, nse and kge, whose
+    # daily values over the two test days amplify it to 1e-4)
+    np.testing.assert_allclose(got[numbers].to_numpy(float), ref[numbers].to_numpy(float), rtol=1e-5, atol=1e-4,
                                equal_nan=True)  # fmt: skip
+    # ... but not bitwise: the processes really split the batch (each training alone would repeat the single run)
+    assert not np.array_equal(got["rmse"].to_numpy(float)[rows], ref["rmse"].to_numpy(float)[rows])
     assert (run_dirs[0] / "together" / "models" / "physics" / "all" / "model.json").is_file()
     assert not run_dirs[1].exists() and not any(cwd[1].iterdir())  # process 1 wrote nothing
     # process 0 refuses to replace the finished run: both processes fail, process 1 saying why it stops
