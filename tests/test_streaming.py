@@ -1,6 +1,8 @@
 """Grids beyond memory (issue 14): a column model streamed through a lazily read zarr forcing in
 row bands and time chunks equals the in-memory prediction of the same grid, writes NaN where a cell
-has no forcing, and refuses gaps, an existing store and a model that cannot be streamed."""
+has no forcing, and refuses gaps, an existing store and a model that cannot be streamed. A hybrid
+whose networks take static attributes gets each cell's from the grid (coordinates, fields, land
+cover, climate summaries of its own forcing) and streams to its in-memory prediction too."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import xarray as xr
 
 from hybridlsm.data import DataError
 from hybridlsm.data.virtual import virtual_grid
+from hybridlsm.domain import Domain
 from hybridlsm.domain import domain_from_grid
 from hybridlsm.models.column import predict_column_model
 from hybridlsm.models.registry import get_model, validate_options
@@ -66,6 +69,75 @@ def test_a_gap_an_existing_store_and_a_sequence_model_are_refused(grid_store, tm
     with pytest.raises(ValueError, match="sequence network"):
         stream_column_model(lstm, src, tmp_path / "lstm.zarr", progress=False)
     static = get_model("hybrid_param").build(validate_options("hybrid_param", {"static_inputs": ["latitude"]}))
-    with pytest.raises(ValueError, match="static attributes"):
-        stream_column_model(static, src, tmp_path / "static.zarr", progress=False)
+    with pytest.raises(DataError, match=r"static attribute 'latitude'.*expected a latitude coordinate"):
+        stream_column_model(static, src, tmp_path / "static.zarr", progress=False)  # the grid has y, x in metres
     assert not any(tmp_path.glob("*.zarr")) or sorted(p.name for p in tmp_path.glob("*.zarr")) == ["taken.zarr"]
+
+
+# ------------------------------------------------------------------------ static attributes
+
+#: every kind of source: a coordinate, a (y, x) field, the land cover, the climate summaries
+#: (two calendar months: temperature seasonality is defined), a height (the class default)
+STATIC = ["latitude", "elevation", "igbp", "canopy_height", "mean_annual_temperature", "aridity_index",
+          "temperature_seasonality"]
+SNY, SNX, SDAYS = 7, 4, 6
+
+
+@pytest.fixture(scope="module")
+def static_store(tmp_path_factory):
+    ds = virtual_grid(SNY, SNX, SDAYS, step_s=1800, chunks=(96, 3, SNX), seed=11, start="2021-01-28")
+    lat = 35.0 + 0.5 * np.arange(SNY)[:, None] + 0.1 * np.arange(SNX)[None, :]
+    ds = ds.assign_coords(lat=(("y", "x"), lat))
+    ds["Tair"] = ds["Tair"].where(~((ds.y == 3000.0) & (ds.x == 1000.0)))  # a sea cell
+    path = tmp_path_factory.mktemp("static") / "forcing.zarr"
+    ds.to_zarr(path, zarr_format=2)
+    return path
+
+
+def _static_hybrid():
+    import equinox as eqx
+    import jax
+
+    model = get_model("hybrid_param").build(validate_options("hybrid_param", {"static_inputs": STATIC, "width": 8}))
+    # larger random weights than the initialisation's (the matrices only: the (29,) input scalings
+    # stay), so that every static input moves the fluxes
+    leaves, tree = jax.tree_util.tree_flatten(model.land)
+    keys = iter(jax.random.split(jax.random.key(3), len(leaves)))
+    land = jax.tree_util.tree_unflatten(tree, [x + 0.3 * jax.random.normal(next(keys), x.shape, x.dtype)
+                                               if eqx.is_inexact_array(x) and x.ndim == 2 else x for x in leaves])
+    return eqx.tree_at(lambda m: m.land, model, land)
+
+
+@pytest.mark.slow  # two compiled hybrid rollouts of the grid (~20 s)
+def test_a_hybrid_with_static_inputs_streams_to_its_in_memory_prediction(static_store, tmp_path):
+    src = xr.open_zarr(static_store)
+    model = _static_hybrid()
+    out = stream_column_model(model, src, tmp_path / "out.zarr", time_chunk=100, cells_per_block=12,
+                              spinup_days=SDAYS, land_cover=src["land_cover"], progress=False)  # fmt: skip
+    streamed = xr.open_zarr(out)
+    assert streamed.attrs["rows_per_band"] == 3  # bands of 3, 3 and 1 rows: a short last band
+    domain = domain_from_grid(src.load())
+    assert domain.n_columns == SNY * SNX - 1
+    assert np.all(domain.static["climate_months"].values == 2)
+    ref = predict_column_model(model, domain, STREAM_OUTPUTS)
+    iy, ix = np.unravel_index(domain.layout.cell_index, (SNY, SNX))
+    for k in STREAM_OUTPUTS:
+        assert np.isfinite(ref[k]).all(), k
+        np.testing.assert_allclose(streamed[k].values[:, iy, ix], ref[k], rtol=1e-5, atol=1e-4, err_msg=k)
+    assert np.isnan(streamed["Qle"].values[:, 3, 1]).all()  # the sea cell
+    # the static inputs matter: the climate summary alone moved by 1 K moves Qle by far more than the tolerance
+    static = domain.static.assign(mean_annual_temperature=domain.static["mean_annual_temperature"] + 1.0)
+    moved = predict_column_model(model, Domain(domain.data, static, domain.layout, domain.name), ("Qle",))
+    assert np.max(np.abs(moved["Qle"] - ref["Qle"])) > 1.0
+
+
+def test_a_static_input_the_grid_does_not_give_is_refused_before_writing(static_store, tmp_path):
+    src = xr.open_zarr(static_store).drop_vars("elevation")
+    model = get_model("hybrid_param").build(validate_options("hybrid_param", {"static_inputs": ["elevation"]}))
+    with pytest.raises(DataError, match=r"forcing.zarr: .*static attribute 'elevation'.*a \(y, x\) variable "
+                                        r"'elevation' or attrs\['elevation'\]"):
+        stream_column_model(model, src, tmp_path / "out.zarr", progress=False)
+    igbp = get_model("hybrid_param").build(validate_options("hybrid_param", {"static_inputs": ["igbp"]}))
+    with pytest.raises(DataError, match=r"static attribute 'igbp'.*land-cover index field"):
+        stream_column_model(igbp, src, tmp_path / "out.zarr", progress=False)  # land_cover not given
+    assert not (tmp_path / "out.zarr").exists()

@@ -168,18 +168,41 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in its run directory"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="parent folder of the run (overrides output.run_dir)"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="train together with other processes "
+                                              "(jax.distributed): the coordinator's host:port, the same for every "
+                                              "process; process 0 writes the run directory"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="processes of the jax.distributed run"),
+    process_id: int = typer.Option(0, "--process-id", min=0, help="this process's index in the run (0 writes)"),
 ) -> None:
-    """Train every model the config names on the same data and split; write predictions, metrics and report."""
+    """Train every model the config names on the same data and split; write predictions, metrics and report.
+    With --coordinator, every process of a jax.distributed job runs this command with the same config
+    and its own --process-id; the batch is split over all their devices (training.devices: null)."""
     from .models.registry import load_run_config
+    from .pipeline import ProcessZeroFailed
     from .pipeline import run as run_pipeline
+    from .training.sharding import initialize_distributed
 
     if (config is None) == (not default):
         raise typer.BadParameter("give a CONFIG file or --default (not both)")
+    if process_id >= num_processes:
+        raise typer.BadParameter(f"--process-id {process_id} is not below --num-processes {num_processes}")
+    if coordinator is not None:  # before anything starts JAX's backend
+        initialize_distributed(coordinator, num_processes, process_id)
+    elif num_processes > 1:
+        raise typer.BadParameter("--num-processes > 1 needs --coordinator HOST:PORT (process 0's address)")
     path = DEFAULT_CONFIG if default else config
     with user_errors():
         cfg = _with_output(load_run_config(path), overwrite, run_dir)
     with user_errors():
-        out = run_pipeline(cfg, config_name=str(path if not default else "hybridlsm/configs/demo.yaml"), resume=resume)
+        try:
+            out = run_pipeline(cfg, config_name=str(path if not default else "hybridlsm/configs/demo.yaml"),
+                               resume=resume)  # fmt: skip
+        except ProcessZeroFailed as err:
+            Console(stderr=True, highlight=False).print(f"[red]error[/red]: {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    if process_id > 0:
+        Console().print(f"process {process_id}: the run has finished; process 0 wrote {out}")
+        return
     Console().print(f"run directory: [green]{out}[/green]  (open {out / 'report.html'})")
 
 

@@ -21,6 +21,13 @@ scored as sites (``predictions/<grid>_y<i>_x<j>/``). Trained models are saved un
 resumes: finished (model, experiment) predictions that verify against their checksums are kept (a
 damaged one is recomputed) and training restarts from the last good checkpoint. A run holds the
 lock of its run directory (``rundir.hold_run_lock``), so a second process on it is refused.
+
+Several processes (``jax.distributed``, ``hybridlsm run --coordinator``) train one run together:
+every process reads the data and trains the same models, each computing the shards of its own
+devices (``training.sharding``; ``training.devices`` spans the job's devices), and only process 0
+writes the run directory (its folder, checkpoints, saved models, predictions, report); the others
+write nothing and learn from process 0 whether preparing and finishing the run directory
+succeeded (``process_zero_writes``).
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import jax
 import numpy as np
 import xarray as xr
 from rich.console import Console
@@ -67,7 +76,7 @@ from .domain import (
 from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
 from .rundir import atomic_write, problem, run_lock
 from .training import TrainingError
-from .training.sharding import cell_mesh
+from .training.sharding import cell_mesh, on_this_process
 
 console = Console(stderr=True)
 
@@ -423,35 +432,87 @@ def finish_run_dir(work: Path, run_dir: Path) -> None:
 
 
 #: ``train_all(cfg, experiments, config_name, resume, run_dir) -> timings``: trains every model of
-#: every experiment into ``run_dir`` (``train_sequentially``; ``hybridlsm sweep`` gives a Dask one)
-TrainAll = Callable[[RunConfig, list[Experiment], str, bool, Path], dict]
+#: every experiment into ``run_dir`` (``train_sequentially``; ``hybridlsm sweep`` gives a Dask one);
+#: ``run_dir`` None: train without writing anything (a process other than 0 of a jax.distributed run)
+TrainAll = Callable[[RunConfig, list[Experiment], str, bool, Path | None], dict]
+
+
+class ProcessZeroFailed(RuntimeError):
+    """Process 0 of a ``jax.distributed`` run failed while writing the run directory; its own
+    output says why."""
+
+
+@contextmanager
+def process_zero_writes(what: str) -> Iterator[bool]:
+    """A block whose writes only process 0 does (it gets True, the others False and skip them),
+    after which every process learns whether process 0 succeeded: a collective
+    (``broadcast_one_to_all``), so every process enters the block at the same point of the run.
+    Process 0 raises its own error; the others raise ProcessZeroFailed naming ``what``."""
+    if jax.process_count() == 1:
+        yield True
+        return
+    from jax.experimental.multihost_utils import broadcast_one_to_all
+
+    try:
+        yield jax.process_index() == 0
+    except BaseException:
+        broadcast_one_to_all(np.int32(0))
+        raise
+    if not int(broadcast_one_to_all(np.int32(1))):
+        raise ProcessZeroFailed(f"process 0 of the jax.distributed run failed while {what} (its output says why); "
+                                f"process {jax.process_index()} stops too")  # fmt: skip
+
+
+def check_processes(cfg: RunConfig, resume: bool) -> None:
+    """ConfigError for what several processes (jax.distributed) cannot do: split the batch over fewer
+    than all the job's devices (a process without a device in the mesh), or resume (what is finished
+    is known to process 0 only)."""
+    if jax.process_count() == 1:
+        return
+    n = len(jax.devices())
+    if cfg.training.devices not in (None, n):
+        raise ConfigError(f"training.devices = {cfg.training.devices}, but the {jax.process_count()} processes of "
+                          f"this jax.distributed run have {n} devices, and every process trains on its own: set "
+                          f"training.devices: null (all of them) or {n}")  # fmt: skip
+    if resume:
+        raise ConfigError("--resume is not supported with several processes (only process 0 knows what is "
+                          "finished); resume the run with one process, or start it again with --overwrite")
 
 
 def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
         train_all: TrainAll | None = None) -> Path:
     """Train, save, predict and report; returns the run directory. ``train_all`` runs the training
-    (default ``train_sequentially``, in this process)."""
+    (default ``train_sequentially``, in this process). Under ``jax.distributed`` every process
+    calls ``run`` with the same config, and only process 0 writes (module docstring)."""
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
     cell_mesh(cfg.training.devices)  # ConfigError now, not after the first models have trained
+    check_processes(cfg, resume)
     for parent in (cfg.run_path, *cfg.run_path.parents):
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"output.run_dir: {parent} is a file, not a folder; give a folder for the runs")
-    with run_lock(cfg.run_path):  # a second process on the run directory is refused
-        work, final = prepare_run_dir(cfg, resume)
-        print_repairs(cfg, sites)
-        if work != final:
-            console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
-        timings = read_timings(work, resume)
-        for exp in exps:  # once, here: the tasks of a sweep then never write the same file
-            write_test_observations(cfg, exp, work)
+    writer = jax.process_index() == 0
+    work, final, timings = None, cfg.run_path, {}
+    with run_lock(cfg.run_path) if writer else nullcontext():  # a second run on the run directory is refused
+        with process_zero_writes("preparing the run directory") as writes:
+            if writes:
+                work, final = prepare_run_dir(cfg, resume)
+                print_repairs(cfg, sites)
+                if work != final:
+                    console.print(f"writing to [bold]{work}[/bold]; it becomes {final} when the run has finished")
+                timings = read_timings(work, resume)
+                for exp in exps:  # once, here: the tasks of a sweep then never write the same file
+                    write_test_observations(cfg, exp, work)
         timings.update((train_all or train_sequentially)(cfg, exps, config_name, resume, work))
-        return finish_run(cfg, config_name, timings, work, final)
+        with process_zero_writes("writing the report") as writes:
+            if writes:
+                finish_run(cfg, config_name, timings, work, final)
+        return final
 
 
 def train_sequentially(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool,
-                       run_dir: Path) -> dict:
+                       run_dir: Path | None) -> dict:
     """Every experiment in turn in this process, sharing one cache (``train_experiment``)."""
     cache: dict = {}  # this run's shared results (the calibrated physics the hybrids start from)
     timings: dict = {}
@@ -526,11 +587,13 @@ def write_predictions(run_dir: Path, d: Domain, outputs: dict, label: str, attrs
                            run_dir / "predictions", f"{label}.nc", attrs)
 
 
-def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path,
+def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: bool, run_dir: Path | None,
                      cache: dict | None = None, labels: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Train, save and predict every model (or the models ``labels``) of one experiment in
     ``run_dir`` (each model's folder, checkpoints and predictions; ``run`` has written the test
-    sites' observations); returns ``{"<experiment>/<label>": timings}``.
+    sites' observations); returns ``{"<experiment>/<label>": timings}``. ``run_dir`` None: train
+    only, writing nothing (a process other than 0 of a jax.distributed run: its part of each
+    training step is all process 0 needs from it).
     Experiments share nothing but ``cache`` (results that several models may reuse: the calibrated
     physics, spun-up states), so ``hybridlsm sweep`` runs them as independent tasks."""
     cache = {} if cache is None else cache
@@ -539,11 +602,15 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
         label = entry.label or entry.name
         if labels is not None and label not in labels:
             continue
-        targets = [p for d in exp.test for p in prediction_paths(run_dir, d, label, cfg.data.targets)]
         spec = get_model(entry.name)
         options = spec.Options.model_validate(entry.options)
         ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
-                                          checkpoint_dir=run_dir / "checkpoints" / label / exp.name)  # fmt: skip
+                                          checkpoint_dir=None if run_dir is None else
+                                          run_dir / "checkpoints" / label / exp.name)  # fmt: skip
+        if run_dir is None:
+            spec.train(spec.build(options), options, exp.train, exp.val, ctx)
+            continue
+        targets = [p for d in exp.test for p in prediction_paths(run_dir, d, label, cfg.data.targets)]
         damage = {p: problem(p) for p in targets} if resume else {}
         for p, why in damage.items():
             if why and p.exists():
@@ -566,6 +633,7 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
             raise TrainingError(f"{exp.name}/{label}: {err}; what finished is kept in {run_dir} "
                                 "(--resume continues it, --overwrite starts again)") from None
         t_train = time.perf_counter() - t0
+        model = on_this_process(model)  # saved and predicted here alone (under jax.distributed: process 0)
         spec.save(model, options, model_dir(run_dir, label, exp.name))
         for d in exp.test:
             prov = spec.provenance(model, d)

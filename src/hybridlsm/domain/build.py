@@ -20,10 +20,11 @@ from ..data.schema import IGBP_BY_INDEX, DataError
 from .climate import climate_summaries
 from .domain import SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
 
-__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "land_cover_codes", "static_attributes",
-           "IGBP_BY_INDEX"]
+__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "grid_static_fields", "land_cover_codes",
+           "static_attributes", "IGBP_BY_INDEX", "CLIMATE_INPUTS"]
 
-_CLIMATE_INPUTS = ("Tair", "Precip", "SWdown", "LWdown", "Psurf")
+#: the forcing the climate summaries come from, in ``climate_summaries``' argument order
+CLIMATE_INPUTS = ("Tair", "Precip", "SWdown", "LWdown", "Psurf")
 
 
 def _site_id(ds: xr.Dataset, i: int) -> str:
@@ -50,8 +51,8 @@ def static_attributes(columns: dict[str, np.ndarray], time: np.ndarray, forcing:
         else:
             values = np.asarray(values, float)
         out[name] = ("column", values, {"units": unit, "long_name": desc})
-    if forcing is not None and all(v in forcing for v in _CLIMATE_INPUTS):
-        summaries = climate_summaries(time, *(np.asarray(forcing[v], float) for v in _CLIMATE_INPUTS))
+    if forcing is not None and all(v in forcing for v in CLIMATE_INPUTS):
+        summaries = climate_summaries(time, *(np.asarray(forcing[v], float) for v in CLIMATE_INPUTS))
         for name, values in summaries.items():
             out[name] = ("column", values, out[name][2])
     missing = []
@@ -105,8 +106,8 @@ def domain_from_sites(datasets: Sequence[xr.Dataset], name: str | None = None) -
     columns = {k: np.asarray([ds.attrs.get(k, np.nan if k != "igbp" else "") for ds in datasets], dtype=object)
                for k in SITE_ATTRS}  # fmt: skip
     columns["site_name"] = np.asarray([str(ds.attrs.get("site_name", "")) for ds in datasets], object)
-    forcing = {v: dset[v].values for v in _CLIMATE_INPUTS if v in dset}
-    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(_CLIMATE_INPUTS) else None, ids)
+    forcing = {v: dset[v].values for v in CLIMATE_INPUTS if v in dset}
+    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(CLIMATE_INPUTS) else None, ids)
     static["site_name"] = ("column", columns["site_name"])
     return Domain(dset, static, SiteLayout(tuple(ids)), name or (ids[0] if n == 1 else "+".join(ids)))
 
@@ -155,10 +156,11 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
     ``land_cover``); by default the dataset's own ``land_cover`` field (y, x) where it has one (the
     gridded and WRF readers keep it as a coordinate), otherwise the class is unknown ('').
-    Elevation per column comes from an ``elevation`` field (y, x) where the dataset has one, else
-    from ``attrs['elevation']``; latitude/longitude from the grid's coordinates, else from
-    ``attrs['latitude']``/``['longitude']`` (one approximate point for the grid, e.g. Little
-    Washita), which the layout does not write as per-cell coordinates."""
+    Elevation, canopy and measurement height, sand and clay fraction per column come from a (y, x)
+    field of that name where the dataset has one, else from its attrs; latitude/longitude from the
+    grid's coordinates, else from ``attrs['latitude']``/``['longitude']`` (one approximate point for
+    the grid, e.g. Little Washita), which the layout does not write as per-cell coordinates
+    (``grid_static_fields``)."""
     dims = [d for d in ds.dims if d != "time"]
     if len(dims) != 2:
         raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: expected dims (time, y, x), got {tuple(ds.dims)}")
@@ -181,12 +183,8 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     iy, ix = np.unravel_index(cells, (ny, nx))
     ycoord = ds[ydim].values if ydim in ds.coords else np.arange(ny)
     xcoord = ds[xdim].values if xdim in ds.coords else np.arange(nx)
-    lat = _grid_coord(ds, ("lat", "latitude", "XLAT"), ny, nx, axis=0)
-    lon = _grid_coord(ds, ("lon", "longitude", "XLONG"), ny, nx, axis=1)
-    col_lat, col_lon = lat.copy(), lon.copy()
-    for values, key in ((col_lat, "latitude"), (col_lon, "longitude")):
-        if not np.isfinite(values).any():  # one point for the whole grid, not per-cell coordinates
-            values[...] = float(ds.attrs.get(key, np.nan))
+    lat = _grid_coord(ds, LATITUDE_NAMES, ny, nx, axis=0)
+    lon = _grid_coord(ds, LONGITUDE_NAMES, ny, nx, axis=1)
     ids = [f"y{a}_x{b}" for a, b in zip(iy, ix)]
     data = {}
     for v in ds.data_vars:
@@ -196,11 +194,7 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         data[v] = (("time", "column"), values, dict(ds[v].attrs))
     attrs = {k: v for k, v in ds.attrs.items() if k not in SITE_ATTRS + ("site_id", "site_name")}
     dset = xr.Dataset(data, coords={"time": ds["time"].values, "column": ids}, attrs=attrs)
-    columns = {"latitude": col_lat[iy, ix], "longitude": col_lon[iy, ix]}
-    for k in ("elevation", "canopy_height", "measurement_height", "utc_offset_h"):
-        columns[k] = np.full(len(cells), float(ds.attrs.get(k, np.nan)))
-    if "elevation" in ds.variables and set(ds["elevation"].dims) == {ydim, xdim}:
-        columns["elevation"] = np.asarray(ds["elevation"].transpose(ydim, xdim).values, float)[iy, ix]
+    columns = {k: v[iy, ix] for k, v in grid_static_fields(ds, ydim, xdim).items()}
     if land_cover is None and "land_cover" in ds.variables and set(ds["land_cover"].dims) == {ydim, xdim}:
         land_cover = ds["land_cover"]
     if land_cover is not None:
@@ -213,13 +207,41 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         columns["igbp"] = codes[iy, ix]
     else:
         columns["igbp"] = np.full(len(cells), str(ds.attrs.get("igbp", "") or ""), object)
-    forcing = {v: dset[v].values for v in _CLIMATE_INPUTS if v in dset}
-    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(_CLIMATE_INPUTS) else None, ids)
+    forcing = {v: dset[v].values for v in CLIMATE_INPUTS if v in dset}
+    static = static_attributes(columns, dset["time"].values, forcing if len(forcing) == len(CLIMATE_INPUTS) else None, ids)
     grid_name = name or re.sub(r"[^A-Za-z0-9._-]", "_", str(ds.attrs.get("site_id", "grid")))
     layout = GridLayout(y=np.asarray(ycoord), x=np.asarray(xcoord), cell_index=cells, lat=lat, lon=lon,
                         name=grid_name, y_attrs=dict(ds[ydim].attrs) if ydim in ds.coords else {},
                         x_attrs=dict(ds[xdim].attrs) if xdim in ds.coords else {})  # fmt: skip
     return Domain(dset, static, layout, grid_name)
+
+
+#: names of a grid's latitude and longitude coordinates (1-D or 2-D)
+LATITUDE_NAMES = ("lat", "latitude", "XLAT")
+LONGITUDE_NAMES = ("lon", "longitude", "XLONG")
+#: static attributes a grid may give per cell as a (y, x) field of that name, else one value in its attrs
+GRID_FIELDS = ("elevation", "canopy_height", "measurement_height", "sand_fraction", "clay_fraction", "utc_offset_h")
+
+
+def grid_static_fields(ds: xr.Dataset, ydim: str, xdim: str) -> dict[str, np.ndarray]:
+    """(ny, nx) static attributes of a grid's cells, NaN where unknown: latitude and longitude
+    from its coordinates (``LATITUDE_NAMES``, ``LONGITUDE_NAMES``), else the one point of
+    ``attrs['latitude']`` / ``['longitude']`` for every cell; each of ``GRID_FIELDS`` from a (y, x)
+    field of that name, else ``attrs[name]`` for every cell. Reads only (y, x) fields, never the
+    forcing, so it serves a lazily read grid too."""
+    ny, nx = ds.sizes[ydim], ds.sizes[xdim]
+    out = {}
+    for key, names, axis in (("latitude", LATITUDE_NAMES, 0), ("longitude", LONGITUDE_NAMES, 1)):
+        values = _grid_coord(ds, names, ny, nx, axis)
+        if not np.isfinite(values).any():  # one point for the whole grid, not per-cell coordinates
+            values[...] = float(ds.attrs.get(key, np.nan))
+        out[key] = values
+    for k in GRID_FIELDS:
+        if k in ds.variables and set(ds[k].dims) == {ydim, xdim}:
+            out[k] = np.asarray(ds[k].transpose(ydim, xdim).values, float)
+        else:
+            out[k] = np.full((ny, nx), float(ds.attrs.get(k, np.nan)))
+    return out
 
 
 def _grid_coord(ds: xr.Dataset, names: tuple[str, ...], ny: int, nx: int, axis: int) -> np.ndarray:

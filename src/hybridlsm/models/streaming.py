@@ -18,6 +18,15 @@ naming the variable, cell and time: forcing must be gap-free. Every band starts 
 model reaches by cycling the band's first ``spinup_days`` of forcing (``ColumnModel.spun_up_state``;
 ``predict`` cycles up to a year, which a grid beyond memory cannot hold at once).
 
+A model whose networks take static attributes (``ColumnModel.static_inputs``) gets each cell's
+from the grid as ``domain_from_grid`` gives them in memory: latitude from the grid's coordinates,
+elevation (and canopy / measurement height, sand / clay fraction) from a (y, x) field or the
+grid's attrs (``domain.build.grid_static_fields``), the IGBP class from ``land_cover``, and the
+climate summaries from the cell's own forcing over the whole record, gathered band by band in time
+chunks before the band runs (``domain.climate.ClimateAccumulator``: one more read of the band's
+Tair, Precip, SWdown, LWdown and Psurf). An attribute the grid does not give for any cell is a
+DataError naming it and where it was looked for, raised before anything is written.
+
 Bands are independent, so the store is written band by band; the output store is created (its
 metadata, no data) before the first band runs, and a store that already exists is never replaced:
 choose a new path. A run that fails part-way (a gap found in a later chunk, an interrupt) removes
@@ -39,9 +48,11 @@ import numpy as np
 import xarray as xr
 
 from ..data import DataError
-from ..domain.build import land_cover_codes
+from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
+from ..domain.climate import ClimateAccumulator
 from ..physics import FORCING_VARIABLES, RUN_TIME_OPTIONS, Forcing, default_params
 from .column import ColumnModel, column_igbp
+from .features import CLIMATE_SUMMARIES
 from .registry import StreamingUnsupported
 
 __all__ = ["STREAM_OUTPUTS", "open_grid", "stream_column_model"]
@@ -103,6 +114,53 @@ def _cell_codes(source: xr.Dataset, ydim: str, xdim: str, land_cover: xr.DataArr
     if land_cover is not None:
         return land_cover_codes(np.asarray(land_cover.transpose(ydim, xdim).values), dict(land_cover.attrs))
     return np.full((source.sizes[ydim], source.sizes[xdim]), str(source.attrs.get("igbp", "") or ""), object)
+
+
+#: where a streamed grid's static attributes are looked for (the refusal says so)
+STATIC_SOURCES = {
+    "latitude": "a latitude coordinate (lat, latitude or XLAT; 1-D or (y, x)) or attrs['latitude']",
+    "igbp": "a (y, x) land-cover index field (land_cover=...; `hybridlsm predict` takes the grid's own "
+            "land_cover variable) or attrs['igbp']",
+}  # fmt: skip
+
+
+def _static_fields(source: xr.Dataset, ydim: str, xdim: str, where: str, names: Sequence[str],
+                   codes: np.ndarray) -> dict[str, np.ndarray]:
+    """(ny, nx) fields of the static attributes ``names`` the model's networks take (climate
+    summaries excepted: they come from the forcing); a DataError names an attribute the grid gives
+    for no cell. Canopy and measurement heights always have one: the class defaults."""
+    fields = grid_static_fields(source, ydim, xdim)
+    for name in names:
+        if name in CLIMATE_SUMMARIES or name in ("canopy_height", "measurement_height"):
+            continue
+        given = codes != "" if name == "igbp" else np.isfinite(fields[name])
+        if not given.any():
+            expected = STATIC_SOURCES.get(name, f"a (y, x) variable {name!r} or attrs[{name!r}]")
+            raise DataError(f"{where}: the model's networks take the static attribute {name!r} (static_inputs), "
+                            f"which the grid does not give: expected {expected}; the grid has variables "
+                            f"{sorted(map(str, source.variables))}")  # fmt: skip
+    return fields
+
+
+def _band_climate(source: xr.Dataset, ydim: str, xdim: str, band: slice, used: np.ndarray,
+                  chunks: Sequence[slice], times: np.ndarray, step_s: float, where: str) -> dict[str, np.ndarray]:
+    """(columns,) climate summaries of the band's columns ``used`` over the whole record, read a
+    time chunk at a time."""
+    units = dict(FORCING_VARIABLES.values())
+    acc = ClimateAccumulator(used.size, step_s)
+    for steps in chunks:
+        arrays = _read_band(source, ydim, xdim, band, steps, CLIMATE_INPUTS)
+        for var in CLIMATE_INPUTS:
+            _refuse_gap(arrays[var][:, used], var, units[var], times[steps], where,
+                        lambda c: f"cell {int(used[c])} of rows {band.start}-{band.stop - 1} (flat within the band)",
+                        "the climate summaries (static_inputs) need gap-free forcing")  # fmt: skip
+        acc.add(times[steps], *(arrays[var][:, used] for var in CLIMATE_INPUTS))
+    return acc.summaries()
+
+
+def _per_cell(value, band: slice, cells: np.ndarray):
+    """A height for the band's columns: a (ny, nx) field's values at ``cells``, or the scalar as it is."""
+    return np.asarray(value)[band].ravel()[cells] if np.ndim(value) == 2 else value
 
 
 def _new_store(store: str | Path) -> Path:
@@ -194,7 +252,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         spinup_days: length of the forcing each band's spin-up cycles
         land_cover: (y, x) index field (IGBP numbering or CF flag_meanings); None: the class in
             ``source.attrs["igbp"]`` for every cell, or unknown (the LaD default class)
-        canopy_height, measurement_height: for every cell (None: the class defaults)
+        canopy_height, measurement_height: for every cell (None: the grid's (y, x) field or attrs of that
+            name, else the class defaults)
     """
     from rich.progress import Progress
 
@@ -202,10 +261,6 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         raise StreamingUnsupported("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
                          "record at once and cannot be streamed in time chunks; use `hybridlsm predict` on "
                          "files that fit in memory")  # fmt: skip
-    if model.static_inputs:
-        raise StreamingUnsupported(f"stream_column_model: the model's networks take static attributes "
-                                   f"{list(model.static_inputs)}, which a streamed grid does not provide yet; use "
-                                   "`hybridlsm predict` on a netCDF grid that fits in memory")  # fmt: skip
     store = _new_store(store)
     source = open_grid(source)
     where, ydim, xdim, step_s = _grid_setup(source, [v for v, _ in FORCING_VARIABLES.values()])
@@ -213,6 +268,11 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
     codes = _cell_codes(source, ydim, xdim, land_cover)
+    fields = _static_fields(source, ydim, xdim, where, model.static_inputs, codes)  # before the store is created
+    if canopy_height is None:  # the grid's own, as in memory (``domain_from_grid``); NaN: the class default
+        canopy_height = fields["canopy_height"]
+    if measurement_height is None:
+        measurement_height = fields["measurement_height"]
     dtype = jnp.zeros(0).dtype
     outputs = tuple(outputs)
     template = _template(source, ydim, xdim, outputs, time_chunk, rows)
@@ -233,9 +293,18 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
             return
         cells = np.resize(used, rows * nx)  # every band the same columns (repeats, not written): one compilation
         classes = [column_igbp(str(c), f"{where} cell {i}")[0] for i, c in enumerate(codes[band].ravel()[cells])]
-        params = default_params(classes, canopy_height=canopy_height, measurement_height=measurement_height)
+        params = default_params(classes, canopy_height=_per_cell(canopy_height, band, cells),
+                                measurement_height=_per_cell(measurement_height, band, cells))  # fmt: skip
         base = {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-        base, _ = model.with_site_weights(base, [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells], classes)
+        ids = [f"y{band.start + int(c) // nx}_x{int(c) % nx}" for c in cells]
+        base, _ = model.with_site_weights(base, ids, classes)
+        if model.static_inputs:
+            static = {k: v[band].ravel()[cells] for k, v in fields.items()}
+            static["igbp"] = codes[band].ravel()[cells]
+            if any(k in CLIMATE_SUMMARIES for k in model.static_inputs):
+                climate = _band_climate(source, ydim, xdim, band, used, chunks, times, step_s, where)
+                static.update({k: np.resize(v, cells.size) for k, v in climate.items()})  # as cells repeats used
+            base = model.with_static(base, static, [f"{where} cell {i}" for i in ids])
         state = model.spun_up_state(_band_forcing(spin, cells, times, band, step_s, dtype, where), base)
         for steps in chunks:
             forcing = _band_forcing(_read_band(source, ydim, xdim, band, steps), cells, times[steps], band, step_s,

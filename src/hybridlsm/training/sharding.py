@@ -26,8 +26,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hybridlsm.config import ConfigError
 
-__all__ = ["CELLS", "cell_mesh", "cell_sharding", "initialize_distributed", "pad_to_devices", "replicate",
-           "shard_columns"]
+__all__ = ["CELLS", "cell_mesh", "cell_sharding", "initialize_distributed", "on_this_process", "pad_to_devices",
+           "replicate", "shard_columns"]
 
 #: name of the mesh axis the columns are split over
 CELLS = "cells"
@@ -100,3 +100,19 @@ def initialize_distributed(coordinator_address: str, num_processes: int, process
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id, local_device_ids=local_device_ids)  # fmt: skip
+
+
+def on_this_process(tree):
+    """``tree`` with every array that spans several processes (the replicated parameters a
+    ``jax.distributed`` training returns) replaced by this process's copy of it, so that what
+    follows (saving, predicting) runs on this process alone, without the others."""
+
+    def local(leaf):
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            return leaf
+        if not leaf.is_fully_replicated:
+            raise ValueError(f"an array of shape {leaf.shape} split over processes ({leaf.sharding}) has no whole "
+                             "copy on this process; only replicated arrays (parameters) can be taken")
+        return jax.numpy.asarray(np.asarray(leaf.addressable_data(0)))
+
+    return jax.tree_util.tree_map(local, tree)
