@@ -251,9 +251,10 @@ def train_column_model(
     return best
 
 
-#: rough memory of one column-step of a training batch's rollout kept for the gradient (states,
-#: fluxes and network activations of a hybrid of width 32, float64): what ``training_bytes`` counts
-BYTES_PER_COLUMN_STEP = 16_384
+#: memory of one column-step of a training batch in float64, about twice what was measured for
+#: hybrid_param (width 32, dropout): XLA's scratch for the update ~140 B (the rollout
+#: rematerialises its chunks for the gradient), the batch's arrays ~120 B
+BYTES_PER_COLUMN_STEP = 512
 
 
 def training_bytes(train: Sequence[Domain], ctx: TrainingContext, train_cfg: TrainConfig, fit_mode: str) -> int:

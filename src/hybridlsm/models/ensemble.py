@@ -167,7 +167,7 @@ class EnsembleSpec(ModelSpec):
             return refusal
         need, free = options.size * spec.training_bytes(member, train, ctx), available_memory()
         if options.vmap == "auto" and need > free / 2:
-            return f"the stacked members need about {need / 2**30:.1f} GiB, more than half the {free / 2**30:.1f} GiB free"
+            return f"the stacked members need about {need / 2**30:.2g} GiB, more than half the {free / 2**30:.2g} GiB free"
         return None
 
     def train(self, model: Ensemble, options: EnsembleOptions, train: Sequence[Domain], val: Sequence[Domain],
