@@ -223,6 +223,39 @@ def test_stacked_members_train_as_each_would_alone():
             progress=False, members=2)
 
 
+def test_stacked_members_resume_as_if_uninterrupted(tmp_path):
+    """A members checkpoint keeps each member's key, counters and best (member 1 stops at epoch 3
+    on its scripted validation): resumed after epoch 2, the result equals the uninterrupted one."""
+    c = cfg(epochs=5, patience=2)
+    scores = [1.0, 0.9, 0.95, 0.99, 0.98]  # member 1: best at epoch 2, stops after epoch 4
+
+    def run(directory, resume=False, stop_after=None):
+        v1 = _scripted(scores[2:] if resume else scores)
+        epochs = iter(range(1, 10))
+
+        def val(m):
+            if next(epochs) == stop_after:
+                raise KeyboardInterrupt
+            return [val_fn(member_of(m, 0)), v1(member_of(m, 1))]
+
+        return fit(stack_members([make_model(), make_model()]), mse_loss,
+                   stack_batches([_in_key_order(BATCHES)] * 2), val, c, directory, progress=False, resume=resume,
+                   members=2)
+
+    full = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_after=3)
+    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert meta["epoch"] == 2 and meta["best_epoch"] == [2, 2] and np.shape(meta["rng"]) == (2, 2)
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.best_epoch == full.best_epoch and full.best_epoch[1] == 2
+    assert resumed.stopped_early == full.stopped_early == [False, True]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for k in range(2):
+        np.testing.assert_allclose(params_of(member_of(resumed.model, k)), params_of(member_of(full.model, k)),
+                                   rtol=0, atol=1e-12)
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     c = cfg(epochs=4)
     full = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path / "a", progress=False)
