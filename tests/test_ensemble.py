@@ -3,14 +3,21 @@ combines them by the law of total variance, members are saved and loaded by thei
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
+
+import equinox as eqx
+import jax
 import numpy as np
 import pytest
 import xarray as xr
 
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
+from hybridlsm.models import ensemble
 from hybridlsm.models.ensemble import bootstrap_days, combine_members
-from hybridlsm.models.registry import get_model, load_saved_model, validate_options
+from hybridlsm.models.registry import TrainingContext, get_model, load_saved_model, validate_options, validate_run_config
 
 
 def test_combine_members_by_the_law_of_total_variance():
@@ -91,6 +98,7 @@ def test_an_ensemble_run_predicts_with_spread_and_reloads(run_config):
         assert np.median(epi) > 0.0  # the members differ
     spec, opts, model = load_saved_model(saved)
     assert spec.name == "ensemble" and len(model.members) == 2
+    assert json.loads((run / "timings.json").read_text())["all/hybrid_param_ens"]["members"] == "vmapped"
     d = domain_from_site(virtual_site(site_id="ENS", days=16, seed=2, noise=5.0))
     again = spec.predict(model, d)
     np.testing.assert_allclose(again["Qh"], pred["Qh"].values[:, None], rtol=1e-5, atol=1e-3)
@@ -99,3 +107,83 @@ def test_an_ensemble_run_predicts_with_spread_and_reloads(run_config):
     with pytest.raises(Exception, match="member_1"):
         load_saved_model(saved)
     assert get_model("ensemble").targets
+
+
+# ------------------------------------------------------------------ vmapped members
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 14-day virtual site: days 1-9 train, days 10-13 validate; 3 epochs of 2-day windows."""
+    ds = virtual_site(site_id="V", days=14, seed=3, noise=5.0)
+    n = ds.sizes["time"]
+    train, val = ds.copy(), ds.copy()
+    train["loss_mask"] = ("time", np.r_[np.zeros(48, bool), np.ones(9 * 48, bool), np.zeros(n - 10 * 48, bool)])
+    val["loss_mask"] = ("time", np.r_[np.zeros(10 * 48, bool), np.ones(n - 10 * 48, bool)])
+    run = validate_run_config({"name": "t", "data": {"sites": [{"virtual": {"days": 14}}], "spinup_days": 1,
+                                                     "window_days": 2},
+                               "models": [{"name": "physics"}],
+                               "training": {"epochs": 3, "batch_windows": 2, "patience": 50}})  # fmt: skip
+    return [domain_from_site(train)], [domain_from_site(val)], TrainingContext.from_config(run, progress=False)
+
+
+def _ensemble_options(**kw):
+    members = {"width": 8, "depth": 1, "physics_init": "default", "calibrate": [], "dropout": 0.1, "mc_samples": 4,
+               "discovery": False}
+    return validate_options("ensemble", {"model": "hybrid_param", "size": 3, "options": members, **kw})
+
+
+def _leaves(model):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
+
+
+def test_vmapped_members_equal_the_sequential_ones(tiny):
+    """Three hybrid_param members with dropout trained together (one vmapped update) equal, member
+    by member, the members trained one after the other (same seeds, same batches) to rounding; the
+    ensemble's Qh_sd is combine_members of its members' predictions. Both trainings are timed."""
+    train, val, ctx = tiny
+    spec = get_model("ensemble")
+    trained, seconds = {}, {}
+    for vmap in (False, True):
+        opts = _ensemble_options(vmap=vmap)
+        t0 = time.perf_counter()
+        trained[vmap] = spec.train(spec.build(opts), opts, train, val, ctx)
+        seconds[vmap] = time.perf_counter() - t0
+    print(f"3 tiny hybrid_param members, 3 epochs: sequential {seconds[False]:.1f} s, vmapped {seconds[True]:.1f} s")
+    assert trained[True].trained == "vmapped" and trained[False].trained == "one after the other (vmap: false)"
+    init = _leaves(spec.build(_ensemble_options()).members[0])
+    for k in range(3):
+        for a, b in zip(_leaves(trained[True].members[k]), _leaves(trained[False].members[k])):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # the members trained, and differently (seeds, dropout keys)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(_leaves(trained[True].members[0]), init)) > 1e-3
+    assert max(np.max(np.abs(a - b)) for a, b in zip(*(_leaves(trained[True].members[k]) for k in (1, 2)))) > 1e-3
+    domain = val[0]
+    pred = {vmap: spec.predict(m, domain) for vmap, m in trained.items()}
+    member = get_model("hybrid_param")
+    combined = combine_members([member.predict(m, domain) for m in trained[True].members], ("Qh",))
+    np.testing.assert_allclose(pred[True]["Qh_sd"], combined["Qh_sd"], rtol=1e-12)
+    np.testing.assert_allclose(pred[True]["Qh_sd"], pred[False]["Qh_sd"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(pred[True]["Qh"], pred[False]["Qh"], rtol=1e-9, atol=1e-9)
+    assert np.median(pred[True]["Qh_sd"]) > 0.1  # W m-2: the members disagree
+
+
+def test_the_vmap_option_says_which_path_and_why(tiny, monkeypatch):
+    train, _, ctx = tiny
+    spec = get_model("ensemble")
+    assert spec.sequential_reason(_ensemble_options(), train, ctx) is None  # auto: vmapped
+    assert spec.sequential_reason(_ensemble_options(vmap=False), train, ctx) == "vmap: false"
+    with pytest.raises(ValueError, match="lstm's members cannot train together"):
+        validate_options("ensemble", {"model": "lstm", "vmap": True})
+    lstm = validate_options("ensemble", {"model": "lstm"})
+    assert spec.sequential_reason(lstm, train, ctx) == "lstm trains its members one after the other"
+    two_phase = replace(ctx, training=ctx.training.model_copy(update={"two_phase": ctx.training.two_phase.model_copy(
+        update={"enabled": True, "phase1_epochs": 2, "phase2_epochs": 1})}))
+    assert "two-phase" in spec.sequential_reason(_ensemble_options(), train, two_phase)
+    with pytest.raises(ValueError, match="vmap: true: two-phase"):
+        spec.sequential_reason(_ensemble_options(vmap=True), train, two_phase)
+    # 64 KiB free; needed: 3 members x 2 windows x 144 steps x 512 B (float64) = 432 KiB
+    monkeypatch.setattr(ensemble, "available_memory", lambda: 2**16)
+    assert spec.sequential_reason(_ensemble_options(), train, ctx) == (
+        "the stacked members need about 0.00041 GiB, more than half the 6.1e-05 GiB free")
+    assert spec.sequential_reason(_ensemble_options(vmap=True), train, ctx) is None  # true: not checked

@@ -17,6 +17,7 @@ from hybridlsm.models.registry import TrainingContext, UnknownModelError, availa
 from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.neural import Normaliser
 from hybridlsm.physics.exchange import ExchangeLaw
+from hybridlsm.training.members import member_of, stack_batches, stack_members
 from hybridlsm.training import (
     CheckpointError,
     TrainingError,
@@ -178,6 +179,81 @@ def test_training_that_cannot_recover_stops_with_a_message():
     # a finite loss whose validation is never finite also learned nothing that can be checked
     with pytest.raises(TrainingError, match="no epoch gave a finite validation loss in 3 epoch"):
         fit(make_model(), mse_loss, BATCHES, lambda m: float("nan"), cfg(epochs=3), progress=False)
+
+
+def _in_key_order(batches):
+    """``key -> batches`` in the order fit itself visits a sequence of batches."""
+    return lambda key: [batches[int(i)] for i in np.asarray(jax.random.permutation(key, len(batches)))]
+
+
+def _scripted(scores):
+    """A validation function giving these scores epoch after epoch."""
+    calls = iter(scores)
+    return lambda model: next(calls)
+
+
+def test_stacked_members_train_as_each_would_alone():
+    """fit(members=2) gives each member what its own fit (seed + k) gives: its own keys and batch
+    order, its own AdamW state and global-norm clip (member 0's targets are 1000 times larger: a
+    clip over both members would shrink member 1's steps), and its own early stopping (member 0's
+    scripted validation stops it after epoch 4 with its best at epoch 2; it takes no update after)."""
+    big = [{"x": b["x"], "y": 1000.0 * b["y"]} for b in BATCHES]
+    script0 = [3.0, 2.0, 2.5, 2.6] + [9.0] * 8
+    c = cfg(patience=2)
+    alone = [fit(make_model(), mse_loss, big, _scripted(script0), c, progress=False),
+             fit(make_model(), mse_loss, BATCHES, val_fn, c.model_copy(update={"seed": c.seed + 1}), progress=False)]
+    assert alone[0].stopped_early and alone[0].best_epoch == 2 and len(alone[0].history) == 4
+    val0 = _scripted(script0)
+    together = fit(stack_members([make_model(), make_model()]), mse_loss,
+                   stack_batches([_in_key_order(big), _in_key_order(BATCHES)]),
+                   lambda m: [val0(member_of(m, 0)), val_fn(member_of(m, 1))], c, progress=False, members=2)
+    assert together.best_epoch == [2, alone[1].best_epoch]
+    assert together.stopped_early == [True, alone[1].stopped_early]
+    assert len(together.history) == len(alone[1].history) and together.history[-1]["val_loss"][1] == pytest.approx(
+        alone[1].history[-1]["val_loss"], rel=1e-12)
+    for k in range(2):
+        np.testing.assert_allclose(params_of(member_of(together.model, k)), params_of(alone[k].model), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(params_of(member_of(together.final_model, k)), params_of(alone[k].final_model),
+                                   rtol=1e-12, atol=1e-14)
+    # member 1 learned the line (its steps were not shrunk by member 0's gradient)
+    np.testing.assert_allclose(params_of(member_of(together.model, 1)), [*TRUE_W, TRUE_B], atol=0.05)
+    with pytest.raises(ValueError, match="one phase on one device"):
+        fit(stack_members([make_model(), make_model()]), mse_loss, stack_batches([_in_key_order(BATCHES)] * 2),
+            lambda m: [0.0, 0.0], cfg(two_phase={"enabled": True, "phase1_epochs": 1, "phase2_epochs": 1}),
+            progress=False, members=2)
+
+
+def test_stacked_members_resume_as_if_uninterrupted(tmp_path):
+    """A members checkpoint keeps each member's key, counters and best (member 1 stops at epoch 3
+    on its scripted validation): resumed after epoch 2, the result equals the uninterrupted one."""
+    c = cfg(epochs=5, patience=2)
+    scores = [1.0, 0.9, 0.95, 0.99, 0.98]  # member 1: best at epoch 2, stops after epoch 4
+
+    def run(directory, resume=False, stop_after=None):
+        v1 = _scripted(scores[2:] if resume else scores)
+        epochs = iter(range(1, 10))
+
+        def val(m):
+            if next(epochs) == stop_after:
+                raise KeyboardInterrupt
+            return [val_fn(member_of(m, 0)), v1(member_of(m, 1))]
+
+        return fit(stack_members([make_model(), make_model()]), mse_loss,
+                   stack_batches([_in_key_order(BATCHES)] * 2), val, c, directory, progress=False, resume=resume,
+                   members=2)
+
+    full = run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", stop_after=3)
+    meta = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert meta["epoch"] == 2 and meta["best_epoch"] == [2, 2] and np.shape(meta["rng"]) == (2, 2)
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.best_epoch == full.best_epoch and full.best_epoch[1] == 2
+    assert resumed.stopped_early == full.stopped_early == [False, True]
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in full.history]
+    for k in range(2):
+        np.testing.assert_allclose(params_of(member_of(resumed.model, k)), params_of(member_of(full.model, k)),
+                                   rtol=0, atol=1e-12)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

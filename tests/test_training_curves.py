@@ -56,3 +56,22 @@ def test_the_training_section_says_how_each_training_stopped(tmp_path):
     table = pd.read_csv(tmp_path / "training.csv")
     assert list(table["epochs"]) == [5, 7, 4] and list(table["best_epoch"]) == [5, 3, 2]
     assert training_html(tmp_path / "empty", tmp_path / "plots") == ""
+
+
+def test_members_trained_together_are_one_training_each(tmp_path):
+    """A checkpoint of stacked members (per-member lists): member 0 stops early after epoch 2 (its best
+    epoch 1), member 1 runs to the cap of 3 with its best at epoch 3."""
+    hist = [{"epoch": 1, "train_loss": [1.0, 2.0], "val_loss": [0.5, 0.9], "terms": {"mse": [1.0, 2.0]}},
+            {"epoch": 2, "train_loss": [0.9, 1.5], "val_loss": [0.6, 0.8], "terms": {"mse": [0.9, 1.5]},
+             "event": "early_stop", "members_stopped": [0]},
+            {"epoch": 3, "train_loss": [0.9, 1.2], "val_loss": [0.6, 0.7], "terms": {"mse": [0.9, 1.2]}}]
+    d = tmp_path / "checkpoints" / "ens" / "all" / "members"
+    d.mkdir(parents=True)
+    (d / META_FILE).write_text(json.dumps({"history": hist, "best_epoch": [1, 3], "stopped_early": [True, False]}))
+    runs = {r["part"]: r for r in training_runs(tmp_path)}
+    assert set(runs) == {"members/member_0", "members/member_1"}
+    m0, m1 = runs["members/member_0"], runs["members/member_1"]
+    assert (m0["epochs"], m0["best_epoch"], m0["best_val_loss"], m0["stopped"]) == (2, 1, 0.5, "early stop (validation)")
+    assert (m1["epochs"], m1["best_epoch"], m1["best_val_loss"], m1["stopped"]) == (3, 3, 0.7, "epoch cap")
+    assert [r["train_loss"] for r in m1["history"]] == [2.0, 1.5, 1.2] and m1["history"][1]["terms"] == {"mse": 1.5}
+    assert training_html(tmp_path, tmp_path / "plots").count("<img") == 1  # the last stage of ens/all

@@ -640,9 +640,10 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
             write_predictions(run_dir, d, spec.predict(model, d), label,
                               {"model": label, "config": config_name, "experiment": exp.name,
                                "parameters_from": prov[0]}, cfg.data.targets)  # fmt: skip
+        summary = spec.training_summary(model)
         timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
-                                          "total_s": round(time.perf_counter() - t0, 2)}  # fmt: skip
-        console.print(f"  {label}: trained in {t_train:.1f} s")
+                                          "total_s": round(time.perf_counter() - t0, 2), **summary}  # fmt: skip
+        console.print(f"  {label}: trained in {t_train:.1f} s" + "".join(f"; {k}: {v}" for k, v in summary.items()))
     return timings
 
 

@@ -7,7 +7,9 @@ model trains in stages) the report gets one row: epochs run, the best epoch (the
 best validation loss, and how it stopped (``early stop`` on validation, or the ``epoch cap``) —
 the figure the multi-site issue asks for per leave-one-site-out fold. The curves plot the training
 and validation losses per epoch, and, where the validation is a mean over several sites, each
-site's own validation loss (``val_parts``). Written to ``RUN/training.csv`` as well.
+site's own validation loss (``val_parts``). Written to ``RUN/training.csv`` as well. Ensemble
+members trained together (one checkpoint, per-member lists) are one training per member
+(``members/member_<k>``), each history up to the epoch where that member stopped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from hybridlsm.training.checkpoint import META_FILE
 __all__ = ["training_html", "training_runs"]
 
 MAX_FIGURES = 24  # curves drawn (the last stage of each model and experiment); the table lists all
+#: the entries of a history record with one value per member when members train together
+MEMBER_ENTRIES = ("train_loss", "val_loss", "best_val", "improved", "lr", "lr_scale", "grad_norm", "val_parts")
 
 
 def _stopped(history: list[dict]) -> str:
@@ -33,6 +37,22 @@ def _stopped(history: list[dict]) -> str:
     if "phase1_early_stop" in events:
         return "epoch cap (phase 1 stopped early on validation)"
     return "epoch cap"
+
+
+def _member_history(history: list[dict], k: int) -> list[dict]:
+    """Member k's history from that of members trained together, up to the epoch it stopped."""
+    out = []
+    for r in history:
+        stopped = k in r.get("members_stopped", [])
+        rec = {key: v for key, v in r.items() if key not in ("event", "members_stopped")}
+        rec.update({key: r[key][k] for key in MEMBER_ENTRIES if key in r})
+        rec["terms"] = {name: v[k] for name, v in r.get("terms", {}).items()}
+        if stopped or (r.get("event") and r["event"] != "early_stop"):
+            rec["event"] = r["event"]
+        out.append(rec)
+        if stopped:
+            break
+    return out
 
 
 def training_runs(run_dir: Path) -> list[dict]:
@@ -51,13 +71,19 @@ def training_runs(run_dir: Path) -> list[dict]:
             continue
         if not history:
             continue
-        best = saved.get("best_epoch") or None  # the kept model's epoch (two-phase: phase 2's best)
-        runs.append({
-            "model": parts[0], "experiment": parts[1], "part": "/".join(parts[2:]),
-            "epochs": len(history), "best_epoch": best,
-            "best_val_loss": history[best - 1]["val_loss"] if best else float("nan"), "stopped": _stopped(history),
-            "history": history,
-        })  # fmt: skip
+        best = saved.get("best_epoch")  # the kept model's epoch (two-phase: phase 2's best); per member: a list
+        if isinstance(best, list):
+            trainings = [(f"member_{k}", b, _member_history(history, k)) for k, b in enumerate(best)]
+        else:
+            trainings = [("", best, history)]
+        for member, best, history in trainings:
+            best = best or None
+            runs.append({
+                "model": parts[0], "experiment": parts[1], "part": "/".join([*parts[2:], member] if member else parts[2:]),
+                "epochs": len(history), "best_epoch": best,
+                "best_val_loss": history[best - 1]["val_loss"] if best else float("nan"), "stopped": _stopped(history),
+                "history": history,
+            })  # fmt: skip
     return runs
 
 

@@ -12,6 +12,10 @@ Truncated back-propagation through time over windows:
 - validation rolls out each validation record continuously from the model's spun-up state, as
   prediction does.
 
+Ensemble members (``member_train``) train together: the members stacked on a leading axis
+(``training.members``), each with its own trajectories, windows, batch order and validation runs, as
+it would train alone; one vmapped update (``trainer.fit(..., members=M)``) advances all of them.
+
 ``fit="record"`` trains on whole records instead (the calibrated physics' default): one batch holds
 every training column's full record, rolled out continuously from the model's own spun-up state and
 preceded by one *differentiated* spin-up cycle, so parameters that act through months of storage
@@ -44,15 +48,16 @@ from ..training.losses import (
     total_loss,
 )
 from ..training.sharding import cell_mesh
+from ..training.members import member_of, select_members, stack_batches, unstack_members
 from ..training.trainer import ValidationScore, fit
-from ..training.windows import SiteRecord, batches_of, make_windows, record_windows
+from ..training.windows import SiteRecord, batches_of, make_windows, record_windows, top_up
 from ..physics import LaDState
 from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
 from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
 
 __all__ = ["FitOptions", "delta_sparsity", "exchange_law_filter", "exchange_laws", "make_loss", "records_of",
-           "refit_exchange_law", "train_column_model", "training_config", "validation_fn"]
+           "refit_exchange_law", "train_column_model", "training_bytes", "training_config", "validation_fn"]
 
 
 def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingContext,
@@ -169,22 +174,37 @@ def train_column_model(
     target_override: Callable[[SiteRecord], SiteRecord] | None = None,
     state_rounds: int = 3,
     fit_mode: str = "windows",
+    member_train: Sequence[Sequence[Domain]] | None = None,
     deterministic: bool = False,
 ) -> ColumnModel:
     """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
     records (``"record"``); early stopping on the validation records (module docstring).
-    ``deterministic``: the networks run without dropout (for fits that train no network)."""
+    ``deterministic``: the networks run without dropout (for fits that train no network).
+
+    With ``member_train`` (member k's training Domains: ``train`` itself, or a bootstrap resample's
+    loss masks) ``model`` is that many members stacked (``training.members.stack_members``) and
+    they train together, each as it would alone, except that the target scale and site weights are
+    ``train``'s for every member (a member trained alone on a resample takes its resample's), and a
+    member with fewer windows (a resample's) is topped up with masked windows so that every member
+    has as many batches."""
     if fit_mode not in ("windows", "record"):
         raise ValueError(f"fit_mode must be 'windows' or 'record', not {fit_mode!r}")
-    train_recs = records_of(train, targets, ctx, model)
-    if target_override is not None:
-        train_recs = [target_override(r) for r in train_recs]
-    val_recs = records_of(val, targets, ctx, model)
+    n_members = 0 if member_train is None else len(member_train)
+    members = unstack_members(model, n_members) if n_members else [model]
+
+    def records(domains, member):
+        recs = records_of(domains, targets, ctx, member)
+        return recs if target_override is None else [target_override(r) for r in recs]
+
+    train_recs = records(train, members[0])
+    member_recs = [records(t, m) for t, m in zip(member_train, members)] if n_members else [train_recs]
+    val_recs = records_of(val, targets, ctx, members[0])
     dt = train_recs[0].forcing.time_step_s
     spin, length = ctx.steps(ctx.spinup_days, dt), ctx.steps(ctx.window_days, dt)
     scale = target_scale(train_recs)
     train_weights, val_weights = site_loss_weights(train_recs, val_recs, scale, train_cfg.site_weighting)
     loss_fn = make_loss(targets, scale, sparsity_fn, deterministic)
+    mesh = cell_mesh(train_cfg.devices)
     # Rounds: each round restarts training and validation from the state the current model spins
     # up to, and takes the window initial states from its own continuous trajectory, so the slow
     # stores (soil water, groundwater) the loss sees match what the model produces when it runs
@@ -193,21 +213,31 @@ def train_column_model(
     per_round = -(-train_cfg.epochs // rounds)
     best, best_val = None, float("inf")
     for r in range(rounds):
-        val_fn = validation_fn([replace(rec, state0=model.spun_up_state(rec.forcing, rec.base)) for rec in val_recs],
-                               targets, scale, val_weights)  # fmt: skip
+        members = unstack_members(model, n_members) if n_members else [model]
+        val_fns = [validation_fn([replace(rec, state0=m.spun_up_state(rec.forcing, rec.base)) for rec in val_recs],
+                                 targets, scale, val_weights) for m in members]  # fmt: skip
         if fit_mode == "record":
-            windows = record_windows(train_recs, [model.spun_up_state(r.forcing, r.base) for r in train_recs],
-                                     [spinup_period(r.forcing) for r in train_recs], train_weights)  # fmt: skip
+            windows = [record_windows(recs, [m.spun_up_state(r.forcing, r.base) for r in recs],
+                                      [spinup_period(r.forcing) for r in recs], train_weights)
+                       for m, recs in zip(members, member_recs)]  # fmt: skip
             batch_size = len(train_recs)
         else:
-            train_recs = [with_model_trajectory(model, rec) for rec in train_recs]
-            windows = make_windows(train_recs, spin, length, LaDState, train_weights)
+            member_recs = [[with_model_trajectory(m, rec) for rec in recs] for m, recs in zip(members, member_recs)]
+            windows = [make_windows(recs, spin, length, LaDState, train_weights) for recs in member_recs]
             batch_size = train_cfg.batch_windows
+        if n_members:
+            most = max(w["obs"].shape[1] for w in windows)
+            batches = stack_batches([batches_of(top_up(w, most), batch_size) for w in windows])
+
+            def val_fn(stacked, val_fns=val_fns):  # one score per member
+                return [f(member_of(stacked, k)) for k, f in enumerate(val_fns)]
+        else:
+            batches, val_fn = batches_of(windows[0], batch_size, mesh), val_fns[0]
         ckpt = ctx.checkpoint_dir
         result = fit(
             model,
             loss_fn,
-            batches_of(windows, batch_size, cell_mesh(train_cfg.devices)),
+            batches,
             val_fn,
             train_cfg.model_copy(update={"epochs": per_round}) if rounds > 1 else train_cfg,
             checkpoint_dir=None if ckpt is None else (ckpt / f"round{r}" if rounds > 1 else ckpt),
@@ -216,10 +246,13 @@ def train_column_model(
             resume=ckpt is not None,
             validity_fn=validity_fn,
             on_phase2=None if model.law is None else law_warm_start(train_recs),
+            members=n_members,
         )
         model = result.model
-        if best is None or result.best_val < best_val:  # the best model over the rounds (same validation)
-            best, best_val = model, result.best_val
+        # the best model over the rounds (same validation), per member
+        better = np.asarray(result.best_val) < best_val
+        best = model if best is None else select_members(better, model, best)
+        best_val = np.where(better, result.best_val, best_val)
     return best
 
 
@@ -253,6 +286,23 @@ def refit_exchange_law(model: ColumnModel, train: Sequence[Domain], val: Sequenc
     cfg = train_cfg.model_copy(update={"two_phase": train_cfg.two_phase.model_copy(update={"enabled": False})})
     return train_column_model(model, train, val, ctx, targets=targets, train_cfg=cfg,
                               filter_spec=exchange_law_filter(model), state_rounds=1, deterministic=True)
+
+
+#: memory of one column-step of a training batch in float64, about twice what was measured for
+#: hybrid_param (width 32, dropout): XLA's scratch for the update ~140 B (the rollout
+#: rematerialises its chunks for the gradient), the batch's arrays ~120 B
+BYTES_PER_COLUMN_STEP = 512
+
+
+def training_bytes(train: Sequence[Domain], ctx: TrainingContext, train_cfg: TrainConfig, fit_mode: str) -> int:
+    """A rough estimate of the memory one column model's training step needs: the batch's
+    column-steps (``batch_windows`` windows of spin-up + window steps, or every training column's
+    record) times ``BYTES_PER_COLUMN_STEP``."""
+    if fit_mode == "record":
+        column_steps = sum(d.n_steps * d.n_columns for d in train)
+    else:
+        column_steps = train_cfg.batch_windows * ctx.steps(ctx.spinup_days + ctx.window_days, train[0].time_step_s)
+    return int(column_steps * BYTES_PER_COLUMN_STEP * jnp.zeros(0).dtype.itemsize / 8)
 
 
 class FitOptions(BaseModel):

@@ -4,11 +4,20 @@
       - {name: ensemble, label: hybrid_param_ens,
          options: {model: hybrid_param, size: 5, bootstrap: false, options: {likelihood: gaussian}}}
 
-``size`` members of the model ``model`` with the member options ``options`` are trained one after
-the other, member k with the model's ``seed`` option (where it has one) and the run's training seed
-both increased by k, so they differ in initialisation, dropout masks and batch order. With
-``bootstrap`` member k also trains on a bootstrap resample of the training days (days drawn with
-replacement, each drawn day used once: about 63 % of them), the variation of bagging.
+``size`` members of the model ``model`` with the member options ``options``, member k with the
+model's ``seed`` option (where it has one) and the run's training seed both increased by k, so they
+differ in initialisation, dropout masks and batch order. With ``bootstrap`` member k also trains on
+a bootstrap resample of the training days (days drawn with replacement, each drawn day used once:
+about 63 % of them), the variation of bagging.
+
+``vmap`` chooses how the members train: ``false`` one after the other (each through its model's own
+``train``); ``true`` together, stacked on a member axis with one vmapped update (a model that
+declares ``vmapped_members``: hybrid_param, hybrid_flux, hybrid_lstm; single-phase training on one
+device), each member as it would train alone (its own initialisation, keys, batch order, optimiser
+state, early stopping; a bootstrap member shares the full training record's target scale); ``auto``
+(the default) vmapped where the model allows it and the members' estimated training memory is at
+most half of what is free, otherwise one after the other. The run's log and ``timings.json`` say
+which (``members``).
 
 Prediction combines the members' predictions by the law of total variance: the mean of their
 means; the epistemic variance of a target is the variance of the member means (of the equal-weight
@@ -32,9 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import ALLOWED_TARGETS
 from ..domain import Domain
 from ..rundir import sha256_of
+from ..training.members import available_memory
 from .column import LEARNED_PARAMETERS
-from .registry import (MODEL_FILE, ModelSpec, TrainingContext, UnknownModelError, get_model, read_model_json,
-                       register_model, validate_options, write_model_json)
+from .registry import (MODEL_FILE, ModelSpec, TrainingContext, UnknownModelError, available_models, get_model,
+                       read_model_json, register_model, validate_options, write_model_json)
 
 __all__ = ["Ensemble", "EnsembleOptions", "combine_members"]
 
@@ -48,6 +58,9 @@ class EnsembleOptions(BaseModel):
     size: int = Field(5, ge=2, le=100, description="number of members")
     bootstrap: bool = Field(False, description="each member also trains on a bootstrap resample of the training days")
     options: dict[str, Any] = Field(default_factory=dict, description="the members' options (completed and checked)")
+    vmap: Literal["auto"] | bool = Field(
+        "auto", description="train the members together, vmapped (true), one after the other (false), or vmapped "
+        "where the model allows it and the stacked members fit in memory (auto)")
     targets: list[Literal[ALLOWED_TARGETS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -58,6 +71,10 @@ class EnsembleOptions(BaseModel):
             spec = get_model(self.model)
         except UnknownModelError as err:
             raise ValueError(str(err)) from None
+        if self.vmap is True and not spec.vmapped_members:
+            vmappable = ", ".join(n for n in available_models() if get_model(n).vmapped_members)
+            raise ValueError(f"vmap: true, but {self.model}'s members cannot train together (models that can: "
+                             f"{vmappable}); use vmap: auto or false")
         opts = dict(self.options)
         if self.targets is not None:
             opts.setdefault("targets", list(self.targets))
@@ -75,10 +92,12 @@ class EnsembleOptions(BaseModel):
 
 @dataclass(frozen=True)
 class Ensemble:
-    """The members' model name and the members (each that model's own object)."""
+    """The members' model name and the members (each that model's own object); ``trained``: how
+    they were trained (vmapped, or one after the other and why), '' for a loaded ensemble."""
 
     model: str
     members: tuple
+    trained: str = ""
 
 
 def _own_epistemic_var(pred: dict, t: str) -> np.ndarray | float:
@@ -136,18 +155,42 @@ class EnsembleSpec(ModelSpec):
         spec = self._spec(options)
         return Ensemble(options.model, tuple(spec.build(options.member(k)) for k in range(options.size)))
 
+    def sequential_reason(self, options: EnsembleOptions, train: Sequence[Domain], ctx: TrainingContext) -> str | None:
+        """Why the members train one after the other; None: they train together (vmapped)."""
+        if options.vmap is False:
+            return "vmap: false"
+        spec, member = self._spec(options), options.member(0)
+        refusal = spec.vmap_refusal(member, ctx.training)
+        if refusal is not None:
+            if options.vmap is True:
+                raise ValueError(f"ensemble of {options.model} with vmap: true: {refusal}; use vmap: auto or false")
+            return refusal
+        need, free = options.size * spec.training_bytes(member, train, ctx), available_memory()
+        if options.vmap == "auto" and need > free / 2:
+            return f"the stacked members need about {need / 2**30:.2g} GiB, more than half the {free / 2**30:.2g} GiB free"
+        return None
+
     def train(self, model: Ensemble, options: EnsembleOptions, train: Sequence[Domain], val: Sequence[Domain],
               ctx: TrainingContext) -> Ensemble:
         spec = self._spec(options)
+        def resample(k: int) -> list[Domain]:
+            rng = np.random.default_rng(ctx.training.seed + 1000 + k)
+            return [bootstrap_days(d, rng) for d in train]
+
+        member_train = [resample(k) if options.bootstrap else train for k in range(options.size)]
+        member_opts = [options.member(k) for k in range(options.size)]
+        reason = self.sequential_reason(options, train, ctx)
+        if reason is None:
+            members = spec.train_members(list(model.members), member_opts, train, val, ctx.sub("members"), member_train)
+            return Ensemble(options.model, tuple(members), trained="vmapped")
         members = []
         for k, member in enumerate(model.members):
             sub = replace(ctx.sub(f"member_{k}"), training=ctx.training.model_copy(update={"seed": ctx.training.seed + k}))
-            data = train
-            if options.bootstrap:
-                rng = np.random.default_rng(ctx.training.seed + 1000 + k)
-                data = [bootstrap_days(d, rng) for d in train]
-            members.append(spec.train(member, options.member(k), data, val, sub))
-        return Ensemble(options.model, tuple(members))
+            members.append(spec.train(member, member_opts[k], member_train[k], val, sub))
+        return Ensemble(options.model, tuple(members), trained=f"one after the other ({reason})")
+
+    def training_summary(self, model: Ensemble) -> dict[str, str]:
+        return {"members": model.trained} if model.trained else {}
 
     def predict(self, model: Ensemble, domain: Domain) -> dict[str, np.ndarray]:
         spec = get_model(model.model)

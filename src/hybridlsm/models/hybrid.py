@@ -36,6 +36,7 @@ from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.exchange import ExchangeLaw
 from ..training.losses import gaussian_nll, sparsity_l1
+from ..training.members import stack_members, unstack_members
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
@@ -52,7 +53,7 @@ from .column import (
     predict_column_model,
     run_jit,
 )
-from .column_fit import FitOptions, train_column_model, training_config
+from .column_fit import FitOptions, train_column_model, training_bytes, training_config
 from .column_spec import ColumnSpec
 from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, STATIC_INPUTS, STATIC_KEY,
                        n_static_features, forcing_features,
@@ -383,6 +384,29 @@ class _HybridSpec(ColumnSpec):
             sparsity_fn=self.sparsity_fn, filter_spec=filter_spec, fit_mode=options.fit,
         )  # fmt: skip
 
+    vmapped_members = True
+
+    def vmap_refusal(self, options: HybridOptions, training) -> str | None:
+        if not self.vmapped_members:
+            return super().vmap_refusal(options, training)
+        if training.two_phase.enabled:
+            return "two-phase training stops phase 1 at a different epoch for each member"
+        if training.devices != 1:
+            return "the columns of a batch are split over several devices"
+        return None
+
+    def train_members(self, models, options, train, val, ctx: TrainingContext, member_train):
+        starts = [start_from_physics(m, t, val, ctx, o) for m, o, t in zip(models, options, member_train)]
+        trained = train_column_model(
+            stack_members([s[0] for s in starts]), train, val, ctx, targets=options[0].targets,
+            train_cfg=training_config(ctx, options[0]), sparsity_fn=self.sparsity_fn, filter_spec=starts[0][1],
+            fit_mode=options[0].fit, member_train=member_train,
+        )  # fmt: skip
+        return unstack_members(trained, len(models))
+
+    def training_bytes(self, options: HybridOptions, train, ctx: TrainingContext) -> int:
+        return training_bytes(train, ctx, training_config(ctx, options), options.fit)
+
 
 def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opts: HybridOptions):
     """``model`` with the calibrated LaD's parameter offsets (``physics_init="calibrated"``), the
@@ -497,6 +521,8 @@ class PretrainThenFinetune(HybridFlux):
 
     def build(self, options: HybridOptions) -> ColumnModel:
         return flux_column_model(options)
+
+    vmapped_members = False  # two trainings in turn: an ensemble's members train one after the other
 
     def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
         targets = options.targets

@@ -149,6 +149,8 @@ class ModelSpec(abc.ABC):
     targets: ClassVar[tuple[str, ...]]
     #: physical parameters the model's networks set (what ``hybridlsm discover`` fits closed forms to)
     learned_parameters: ClassVar[tuple[str, ...]] = ()
+    #: an ensemble of this model can train its members together, vmapped (``train_members``)
+    vmapped_members: ClassVar[bool] = False
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
@@ -170,6 +172,27 @@ class ModelSpec(abc.ABC):
         """The model as ``predict`` runs it, for code that runs its steps itself (``hybridlsm
         validate``): prediction-only behaviour switched on. Default: the model itself."""
         return model
+
+    def train_members(self, models: Sequence[Any], options: Sequence[BaseModel], train: Sequence[Domain],
+                      val: Sequence[Domain], ctx: TrainingContext, member_train: Sequence[Sequence[Domain]]) -> list:
+        """Train ensemble members together (vmapped; ``vmapped_members``): ``models`` and
+        ``options`` one per member, member k trains on ``member_train[k]`` (``train``, or a bootstrap
+        resample of it) with the training seed ``ctx.training.seed + k``; returns the trained members."""
+        raise NotImplementedError(f"{self.name} cannot train ensemble members together")
+
+    def vmap_refusal(self, options: BaseModel, training: TrainConfig) -> str | None:
+        """Why members of this model cannot train together (vmapped) with these options and
+        training settings; None when they can."""
+        return None if self.vmapped_members else f"{self.name} trains its members one after the other"
+
+    def training_bytes(self, options: BaseModel, train: Sequence[Domain], ctx: TrainingContext) -> int:
+        """A rough estimate of the memory one training step takes (an ensemble compares its
+        members' total with the memory available before vmapping them)."""
+        return 0
+
+    def training_summary(self, model: Any) -> dict[str, str]:
+        """How the model was trained, for the run's log and timings (default: nothing to say)."""
+        return {}
 
     def needs_observations(self, options: BaseModel) -> bool:
         """Whether training learns from observations (False: a run of such models alone may have

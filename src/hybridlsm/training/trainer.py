@@ -21,7 +21,10 @@ normalisation statistics and bounds, stays fixed.
 - deterministic for a given ``cfg.seed``: all randomness comes from one threaded ``jax.random`` key;
 - one :class:`TrainState` (parameters, optimiser state, best model, PRNG key, counters, history)
   is checkpointed whole every epoch (``checkpoint.py``); ``resume=True`` continues from it and
-  gives the same result as an uninterrupted run.
+  gives the same result as an uninterrupted run;
+- ``members=M``: M models stacked on a leading axis (``members.stack_members``, an ensemble) train
+  together: the update vmaps the loss, gradient and optimiser over them, and each member keeps its
+  own counters above (rejections, learning-rate halvings, early stopping, best epoch) as (M,) arrays.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from hybridlsm.neural import trainable_filter
 from hybridlsm.training.checkpoint import CheckpointError, DamagedCheckpointError, read_checkpoint, write_checkpoint
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
+from hybridlsm.training.members import as_member_array, member_keys, select_members
 from hybridlsm.training.sharding import cell_mesh, replicate
 
 __all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "ValidationScore", "fit",
@@ -88,9 +92,9 @@ class FitResult:
 
     model: eqx.Module
     history: list[dict[str, Any]]
-    best_epoch: int  # 1-based epoch whose model is returned (0: no epoch ran)
-    stopped_early: bool
-    best_val: float = math.nan
+    best_epoch: int | list[int]  # 1-based epoch whose model is returned (0: no epoch ran); per member: a list
+    stopped_early: bool | list[bool]
+    best_val: float | list[float] = math.nan
     final_model: eqx.Module | None = field(default=None, repr=False)  # the model after the last epoch
 
 
@@ -100,7 +104,8 @@ class TrainState:
     (``to_checkpoint`` / ``from_checkpoint``), so a resumed run continues exactly where it stopped.
 
     ``params`` and ``best_params`` are the trainable part of the model (``eqx.partition`` with the
-    filter spec); the rest of the model is the static part ``fit`` holds.
+    filter spec); the rest of the model is the static part ``fit`` holds. With stacked members the
+    key and the ``_PER_MEMBER`` counters hold one entry per member.
     """
 
     params: Any
@@ -121,12 +126,13 @@ class TrainState:
 
     _SCALARS = ("epoch", "step", "best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row",
                 "stopped_early", "finished")
+    _PER_MEMBER = ("best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row", "stopped_early")
 
     def to_checkpoint(self, static: Any, config_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(trees, JSON metadata) for ``write_checkpoint``."""
         trees = {"model": eqx.combine(self.params, static), "opt_state": self.opt_state,
                  "best_model": eqx.combine(self.best_params, static)}  # fmt: skip
-        meta = {k: getattr(self, k) for k in self._SCALARS}
+        meta = {k: _plain(getattr(self, k)) for k in self._SCALARS}
         meta.update(history=self.history, rng=_key_to_ints(self.key), rng_impl=str(jax.random.key_impl(self.key)),
                     config_hash=config_hash)  # fmt: skip
         return trees, meta
@@ -137,7 +143,9 @@ class TrainState:
         params, static = eqx.partition(trees["model"], filter_spec)
         scalars = {k: meta[k] for k in cls._SCALARS if k in meta}
         scalars.setdefault("accepted", meta["step"])  # a checkpoint from before the count was kept
-        scalars["best_val"] = math.inf if meta["best_val"] is None else float(meta["best_val"])
+        best = meta["best_val"]  # JSON has null for infinity
+        scalars["best_val"] = ([math.inf if v is None else float(v) for v in best] if isinstance(best, list)
+                               else math.inf if best is None else float(best))
         state = cls(params=params, opt_state=trees["opt_state"], best_params=eqx.filter(trees["best_model"], filter_spec),
                     key=_key_from_ints(meta["rng"], meta["rng_impl"]), history=list(meta["history"]), **scalars)  # fmt: skip
         return state, static
@@ -196,8 +204,7 @@ def _optimizer(clip_norm: float, weight_decay: float) -> optax.GradientTransform
     )
 
 
-@eqx.filter_jit
-def _train_step(params, opt_state, static, batch, key, weights, lr, *, loss_fn, opt):
+def _update(params, opt_state, static, batch, key, weights, lr, *, loss_fn, opt):
     def loss_of(p):
         return loss_fn(eqx.combine(p, static), batch, key, weights)
 
@@ -208,6 +215,19 @@ def _train_step(params, opt_state, static, batch, key, weights, lr, *, loss_fn, 
     leaves = jax.tree_util.tree_leaves(new_params)
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
     return new_params, new_opt_state, loss, aux, optax.tree.norm(grads), finite
+
+
+_train_step = eqx.filter_jit(_update)
+
+
+@eqx.filter_jit
+def _members_step(params, opt_state, static, batch, key, weights, lr, *, loss_fn, opt):
+    """``_update`` of every stacked member at once: each its own loss, gradient, optimiser state
+    (so the global-norm clip is per member), key, batch and learning rate; the weights are shared."""
+    update = functools.partial(_update, loss_fn=loss_fn, opt=opt)
+    each = eqx.if_array(0)
+    return eqx.filter_vmap(update, in_axes=(each, each, each, each, each, None, each))(
+        params, opt_state, static, batch, key, weights, lr)
 
 
 # ------------------------------------------------------------------------------- progress
@@ -260,12 +280,29 @@ class _Progress:
 # ------------------------------------------------------------------------------------ fit
 
 
-def _key_to_ints(key: PRNGKeyArray) -> list[int]:
-    return [int(x) for x in np.asarray(jax.random.key_data(key)).ravel()]
+def _key_to_ints(key: PRNGKeyArray) -> list:
+    return np.asarray(jax.random.key_data(key)).tolist()  # one list per member for stacked keys
 
 
-def _key_from_ints(ints: Sequence[int], impl: str) -> PRNGKeyArray:
+def _key_from_ints(ints: Sequence, impl: str) -> PRNGKeyArray:
     return jax.random.wrap_key_data(jnp.asarray(ints, dtype=jnp.uint32), impl=impl)
+
+
+def _split(key: PRNGKeyArray, n: int) -> PRNGKeyArray:
+    """``n`` keys from one key, or from each member's key: (n,) or (n, M)."""
+    if key.ndim == 0:
+        return jax.random.split(key, n)
+    return jnp.swapaxes(jax.vmap(lambda k: jax.random.split(k, n))(key), 0, 1)
+
+
+def _plain(x):
+    """A counter as JSON-ready Python: a scalar, or a list with one entry per member."""
+    return np.asarray(x).tolist()
+
+
+def _fmt(x) -> str:
+    x = np.asarray(x)
+    return f"{x:.3g}" if x.ndim == 0 else "[" + ", ".join(f"{v:.3g}" for v in x) + "]"
 
 
 def _epoch_batches(train_batches: Any, key: PRNGKeyArray) -> list[Batch]:
@@ -292,6 +329,7 @@ def fit(
     resume: bool = False,
     validity_fn: ValidityFn | None = None,
     on_phase2: Callable[[eqx.Module], eqx.Module] | None = None,
+    members: int = 0,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` over ``train_batches``; early-stop on ``val_fn``.
 
@@ -315,19 +353,34 @@ def fit(
     - ``cfg.devices`` > 1: the trainable arrays and the optimiser state are replicated over the
       devices of ``sharding.cell_mesh``; the batches should come split over the same mesh
       (``windows.batches_of(..., mesh)``), and ``jax.jit`` partitions each update over the devices.
+    - ``members`` = M > 0: ``model`` is M members stacked on a leading axis
+      (``members.stack_members``). Member k's keys come from seed ``cfg.seed + k`` (a sequential
+      ensemble's member k); ``train_batches`` is a callable ``keys (M,) -> batches stacked on the
+      member axis`` (``members.stack_batches``); ``val_fn`` gives one score per member. Each member
+      has its own optimiser state, rejections, learning-rate halvings and early stopping: a member
+      whose patience has run out keeps its best epoch and takes no further update; training ends
+      when every member has stopped. The history's per-member entries are lists (an epoch in which
+      members stop lists them in ``members_stopped``); the result's ``best_epoch``, ``best_val`` and
+      ``stopped_early`` too. Single-phase training on one device
+      without ``validity_fn``.
     """
+    if members and (cfg.two_phase.enabled or (cfg.devices or 0) != 1 or validity_fn is not None):
+        raise ValueError("fit: stacked members train in one phase on one device, without validity_fn")
     if filter_spec is None:
         filter_spec = trainable_filter(model)
     params, static = eqx.partition(model, filter_spec)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("fit: the filter spec selects no trainable array")
     opt = _optimizer(float(cfg.clip_norm), float(cfg.weight_decay))
+    opt_init = jax.vmap(opt.init) if members else opt.init
+    step_fn = _members_step if members else _train_step
     total_epochs = int(cfg.epochs)
     config_hash = cfg.config_hash()
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
 
-    state = TrainState(params=params, opt_state=opt.init(params), best_params=params, key=jax.random.key(cfg.seed))
+    key = member_keys(cfg.seed, members) if members else jax.random.key(cfg.seed)
+    state = TrainState(params=params, opt_state=opt_init(params), best_params=params, key=key)
     if resume:
         if ckpt_dir is None:
             raise ValueError("fit: resume=True needs a checkpoint_dir")
@@ -346,6 +399,9 @@ def fit(
                 )
             # the saved model whole, non-trainable leaves (e.g. normalisation statistics) included
             state, static = TrainState.from_checkpoint(trees, meta, filter_spec)
+    if members:
+        for name in TrainState._PER_MEMBER:
+            setattr(state, name, as_member_array(getattr(state, name), members))
 
     mesh = cell_mesh(cfg.devices)
 
@@ -357,6 +413,9 @@ def fit(
     def save() -> None:
         if ckpt_dir is not None:
             write_checkpoint(ckpt_dir, state.epoch, *state.to_checkpoint(static, config_hash))
+
+    def who(mask) -> str:  # the members a per-member condition holds for, as words
+        return f" (member {', '.join(map(str, np.flatnonzero(mask)))})" if members else ""
 
     bar = _Progress(progress and not state.finished, total_epochs)
     try:
@@ -374,109 +433,118 @@ def fit(
                 event = "phase2_start"
             weights = loss_weights(cfg, state.epoch)
             weights_arr = {k: jnp.asarray(v, dtype=dtype) for k, v in weights.items()}
-            state.key, k_batches, k_steps = jax.random.split(state.key, 3)
+            state.key, k_batches, k_steps = _split(state.key, 3)
             batches = _epoch_batches(train_batches, k_batches)
-            step_keys = jax.random.split(k_steps, len(batches))
+            step_keys = _split(k_steps, len(batches))
             bar.epoch(state.epoch, len(batches))
             t0 = time.perf_counter()
-            losses: list[float] = []
-            norms: list[float] = []
-            term_sums: dict[str, float] = {}
+            losses: list = []
+            norms: list = []
+            term_sums: dict[str, Any] = {}
             rejections: list[dict[str, Any]] = []
+            active = ~np.asarray(state.stopped_early)  # members still training (one model: True)
             lr = math.nan
             for b, batch in enumerate(batches):
                 lr = learning_rate(cfg, state.epoch, b, len(batches), state.step) * state.lr_scale
-                new_params, new_opt_state, loss, aux, gnorm, finite = _train_step(
+                new_params, new_opt_state, loss, aux, gnorm, finite = step_fn(
                     state.params, state.opt_state, static, batch, step_keys[b], weights_arr,
                     jnp.asarray(lr, dtype=dtype), loss_fn=loss_fn, opt=opt,
                 )  # fmt: skip
                 state.step += 1
-                loss_f = float(loss)
-                ok, message = bool(finite), "non-finite loss or parameters"
-                if ok and validity_fn is not None:
-                    ok, message = validity_fn(eqx.combine(new_params, static))
-                    ok = bool(ok)
-                if ok:
-                    state.params, state.opt_state = new_params, new_opt_state
-                    state.accepted += 1
-                    state.rejected_in_a_row = 0
-                else:
-                    state.lr_scale *= 0.5
-                    state.rejected_in_a_row += 1
-                    rejections.append({"batch": b, "message": str(message), "lr_scale": state.lr_scale})
-                    if state.rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
+                loss_f = np.asarray(loss, float)
+                ok, message = np.asarray(finite), "non-finite loss or parameters"
+                if ok.all() and validity_fn is not None:
+                    valid, message = validity_fn(eqx.combine(new_params, static))
+                    ok = np.asarray(bool(valid))
+                accept, rejected = ok & active, ~ok & active
+                state.params, state.opt_state = select_members(accept, (new_params, new_opt_state), (state.params, state.opt_state))
+                state.accepted = state.accepted + accept
+                state.rejected_in_a_row = np.where(rejected, state.rejected_in_a_row + 1, 0)
+                state.lr_scale = np.where(rejected, state.lr_scale * 0.5, state.lr_scale)
+                if rejected.any():
+                    rejections.append({"batch": b, "message": str(message) + who(rejected),
+                                       "lr_scale": _plain(state.lr_scale)})
+                    stuck = state.rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS
+                    if stuck.any():
                         raise TrainingError(
-                            f"training cannot recover: {state.rejected_in_a_row} updates in a row rejected "
-                            f"(epoch {state.epoch + 1}, last: {message}; loss {loss_f:.4g}), the learning rate "
-                            f"halved to {state.lr_scale:.3g} of its setting; check the forcing and targets for "
-                            "impossible values, or lower the learning rate")
+                            f"training cannot recover{who(stuck)}: {np.max(state.rejected_in_a_row)} updates in a row "
+                            f"rejected (epoch {state.epoch + 1}, last: {message}; loss {np.max(loss_f):.4g}), the "
+                            f"learning rate halved to {np.min(state.lr_scale):.3g} of its setting; check the forcing "
+                            "and targets for impossible values, or lower the learning rate")
                 losses.append(loss_f)
-                norms.append(float(gnorm))
-                terms = {k: float(v) for k, v in aux.items()}
+                norms.append(np.asarray(gnorm, float))
+                terms = {k: np.asarray(v, float) for k, v in aux.items()}
                 for k, v in terms.items():
                     term_sums[k] = term_sums.get(k, 0.0) + v
-                bar.batch(loss_f, terms)
+                bar.batch(float(np.mean(loss_f)), {k: float(np.mean(v)) for k, v in terms.items()})
 
             score = val_fn(eqx.combine(state.params, static))
-            val = float(score)
-            bar.val(val)
-            improved = math.isfinite(val) and val < state.best_val - cfg.min_delta
-            if improved:
-                state.best_val, state.best_params, state.best_epoch, state.bad_epochs = val, state.params, state.epoch + 1, 0
-            else:
-                state.bad_epochs += 1
+            val = np.asarray(score, float)
+            bar.val(float(np.nanmean(val)) if np.isfinite(val).any() else math.nan)
+            improved = np.isfinite(val) & (val < np.asarray(state.best_val) - cfg.min_delta) & active
+            state.best_params = select_members(improved, state.params, state.best_params)
+            state.best_val = np.where(improved, val, state.best_val)
+            state.best_epoch = np.where(improved, state.epoch + 1, state.best_epoch)
+            state.bad_epochs = np.where(improved, 0, state.bad_epochs + 1)
             state.epoch += 1
             record = {
                 "epoch": state.epoch,
                 "phase": phase,
-                "train_loss": float(np.mean(losses)),
-                "val_loss": val,
-                "best_val": state.best_val,
-                "improved": improved,
-                "lr": lr,
-                "lr_scale": state.lr_scale,
-                "grad_norm": float(np.mean(norms)),
+                "train_loss": _plain(np.mean(losses, axis=0)),
+                "val_loss": _plain(val),
+                "best_val": _plain(state.best_val),
+                "improved": _plain(improved),
+                "lr": _plain(lr),
+                "lr_scale": _plain(state.lr_scale),
+                "grad_norm": _plain(np.mean(norms, axis=0)),
                 "weights": weights,
-                "terms": {k: v / len(batches) for k, v in term_sums.items()},
+                "terms": {k: _plain(v / len(batches)) for k, v in term_sums.items()},
                 "rejections": rejections,
                 "n_batches": len(batches),
                 "wall_s": time.perf_counter() - t0,
             }
             if isinstance(score, ValidationScore):
                 record["val_parts"] = score.parts
+            elif members and all(isinstance(v, ValidationScore) for v in score):
+                record["val_parts"] = [v.parts for v in score]
             if event is not None:
                 record["event"] = event
             if rejections:  # logged in the history too; said here so that a user sees it
                 warnings.warn(f"epoch {state.epoch}: {len(rejections)} of {len(batches)} update(s) rejected "
-                              f"(last: {rejections[-1]['message']}); learning rate now {state.lr_scale:.3g} of its "
-                              "setting", TrainingWarning, stacklevel=2)
-            if state.bad_epochs >= cfg.patience:
+                              f"(last: {rejections[-1]['message']}); learning rate now {_fmt(state.lr_scale)} of "
+                              "its setting", TrainingWarning, stacklevel=2)
+            out_of_patience = (state.bad_epochs >= cfg.patience) & active
+            if out_of_patience.any():
                 if phase == 1:
                     record["event"] = "phase1_early_stop"
                     state.epoch = cfg.two_phase.phase1_epochs  # jump to phase 2
                 else:
                     record["event"] = "early_stop"
-                    state.stopped_early = state.finished = True
+                    if members:
+                        record["members_stopped"] = np.flatnonzero(out_of_patience).tolist()
+                    state.stopped_early = state.stopped_early | out_of_patience
+                    state.finished = bool(np.all(state.stopped_early))
             if state.epoch >= total_epochs:
                 state.finished = True
             state.history.append(record)
             save()
     finally:
         bar.close()
-    if state.accepted == 0:
+    if np.any(np.asarray(state.accepted) == 0):
         last = next((r["rejections"][-1]["message"] for r in reversed(state.history) if r["rejections"]), "")
-        raise TrainingError(f"no update was accepted in {state.epoch} epoch(s) ({state.step} steps; last "
-                            f"rejection: {last}); the model learned nothing")
-    if state.best_epoch == 0:
-        raise TrainingError(f"no epoch gave a finite validation loss in {state.epoch} epoch(s) (last: "
-                            f"{state.history[-1]['val_loss'] if state.history else 'none'}); the model learned "
-                            "nothing that could be validated: check the validation period has usable observations")
+        raise TrainingError(f"no update was accepted{who(np.asarray(state.accepted) == 0)} in {state.epoch} epoch(s) "
+                            f"({state.step} steps; last rejection: {last}); the model learned nothing")
+    if np.any(np.asarray(state.best_epoch) == 0):
+        raise TrainingError(f"no epoch gave a finite validation loss{who(np.asarray(state.best_epoch) == 0)} in "
+                            f"{state.epoch} epoch(s) (last: {state.history[-1]['val_loss'] if state.history else 'none'}"
+                            "); the model learned nothing that could be validated: check the validation period has "
+                            "usable observations")
 
     return FitResult(
         model=eqx.combine(state.best_params, static),
         history=state.history,
-        best_epoch=state.best_epoch,
-        stopped_early=state.stopped_early,
-        best_val=state.best_val,
+        best_epoch=_plain(state.best_epoch),
+        stopped_early=_plain(state.stopped_early),
+        best_val=_plain(state.best_val),
         final_model=eqx.combine(state.params, static),
     )

@@ -20,7 +20,8 @@ from jax.sharding import Mesh
 
 from hybridlsm.training.sharding import pad_to_devices, shard_columns
 
-__all__ = ["COLUMN_AXIS", "SiteRecord", "batches_of", "concat_trees", "make_windows", "record_windows", "state_at"]
+__all__ = ["COLUMN_AXIS", "SiteRecord", "batches_of", "concat_trees", "make_windows", "record_windows", "state_at",
+           "top_up"]
 
 STATE_OUTPUTS = ("SoilTemp", "SoilMoist", "SWE", "GWS")
 
@@ -143,6 +144,18 @@ def record_windows(records: Sequence[SiteRecord], state0s: Sequence[Any], period
 #: the column axis of each array of a batch (``make_windows`` layout): what ``batches_of`` splits
 #: over devices
 COLUMN_AXIS = {"forcing": 1, "state0": 0, "base": 0, "obs": 1, "mask": 1, "rnet": 1, "qg": 1, "weight": 0}
+
+
+def top_up(windows: dict, n: int) -> dict:
+    """``windows`` topped up to ``n`` windows with repeated ones whose loss mask is cleared."""
+    have = windows["obs"].shape[1]
+    if have >= n:
+        return windows
+    idx = np.resize(np.arange(have), n)
+    out = {k: jax.tree_util.tree_map(lambda a, ax=COLUMN_AXIS[k]: np.take(np.asarray(a), idx, axis=ax), v)
+           for k, v in windows.items()}  # fmt: skip
+    out["mask"][:, have:] = False
+    return out
 
 
 def batches_of(windows: dict, batch_size: int, mesh: Mesh | None = None) -> Callable:
