@@ -412,3 +412,18 @@ def test_a_twin_can_observe_its_surface_temperature_and_a_hybrid_train_on_it():
         "name": "t", "data": {"sites": [{"virtual": {"surface_temperature_noise": 1.0}}], "targets": ["Qh", "AvgSurfT"]},
         "models": [{"name": "hybrid_param"}, {"name": "physics", "options": {"targets": ["Qh"]}}]})
     assert cfg.models[0].options["targets"] == ["Qh", "AvgSurfT"]
+    assert validate_run_config({"name": "t", "data": {"sites": [{"virtual": {}}]}, "models": [
+        {"name": "hybrid_param"}]}).models[0].options["targets"] == ["Qle", "Qh"]  # the default stays the fluxes
+    # a target the training sites never observe is refused by name, not trained on as NaN
+    from hybridlsm.config import TrainConfig
+    from hybridlsm.data import DataError, prepare_forcing
+    from hybridlsm.domain import domain_from_site
+    from hybridlsm.models.column import ColumnModel
+    from hybridlsm.models.column_fit import train_column_model
+    from hybridlsm.models.registry import TrainingContext
+
+    domain = domain_from_site(prepare_forcing(virtual_site(days=10, seed=3)))
+    ctx = TrainingContext(max_qc=1, spinup_days=2.0, window_days=4.0, progress=False, training=TrainConfig(epochs=1))
+    with pytest.raises(DataError, match=r"\['AvgSurfT'\] have no usable observation"):
+        train_column_model(ColumnModel(land=LaDModel(), deltas={}), [domain], [domain], ctx, targets=["Qh", "AvgSurfT"],
+                           train_cfg=ctx.training)

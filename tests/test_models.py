@@ -14,7 +14,6 @@ import pytest
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
 from hybridlsm.models import column, column_fit
-from hybridlsm.models.hybrid import HybridOptions, start_from_physics
 from hybridlsm.models.registry import TrainingContext, get_model, validate_options
 from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.physics import LaDState, from_unconstrained, to_unconstrained
@@ -88,7 +87,7 @@ def test_rollout_model_training_lowers_loss(name, site, cfg):
 def test_energy_conserving_hybrid_closes_energy_balance(site):
     """Rn - H - LE - Qf - dS_R/dt = 0 per step for the hybrid_flux closure with random weights."""
     train, _ = site
-    opts = HybridOptions(width=16, seed=5)
+    opts = validate_options("hybrid_flux", {"width": 16, "seed": 5})
     model = get_model("hybrid_flux").build(opts)
     # perturb the network so it is far from the physics
     model = jax.tree_util.tree_map(lambda a: a * 30.0 if eqx.is_inexact_array(a) and a.ndim == 2 else a, model)

@@ -46,7 +46,7 @@ from ..physics import (
 from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import STATIC_KEY, forcing_features, static_features
 
-__all__ = ["COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
+__all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
            "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
            "site_base_params"]  # fmt: skip
 
@@ -59,8 +59,11 @@ SITE_WEIGHTS = "site_weights"  # key of the (N, S) per-site offset weights in th
 SPINUP_MAX_DAYS = 365.0
 #: The class whose LaD defaults a column with no land-cover class gets (said in the provenance).
 DEFAULT_IGBP = "GRA"
-#: What the column models (physics and hybrids) train on.
+#: What the column models (physics and the hybrids) may train on: the turbulent fluxes, and the
+#: ground heat flux, net radiation and radiometric surface temperature where a site observes them.
 COLUMN_TARGETS = ("Qle", "Qh", "Qg", "Rnet", "AvgSurfT")
+#: What they train on unless their options say otherwise.
+DEFAULT_COLUMN_TARGETS = ("Qle", "Qh")
 #: Parameters a hybrid's networks set, whose MC-dropout spread is written (``<name>_sd``).
 LEARNED_PARAMETERS = ("Kh", "ra", "rs")
 #: A rollout output ``<target><SIGMA_SUFFIX>`` is the aleatoric SD [W m-2] a Gaussian model gives a target.

@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import TrainConfig
+from ..data import DataError
 from ..domain import Domain
 from ..training.losses import (
     discovery_loss,
@@ -197,6 +198,10 @@ def train_column_model(
         return recs if target_override is None else [target_override(r) for r in recs]
 
     train_recs = records(train, members[0])
+    unobserved = [t for t, n in zip(targets, sum(r.mask.sum(axis=0) for r in train_recs)) if n == 0]
+    if unobserved:
+        raise DataError(f"target(s) {unobserved} have no usable observation in the training data of "
+                        f"{sorted({r.site for r in train_recs})}; train on the targets the sites observe")
     member_recs = [records(t, m) for t, m in zip(member_train, members)] if n_members else [train_recs]
     val_recs = records_of(val, targets, ctx, members[0])
     dt = train_recs[0].forcing.time_step_s

@@ -41,6 +41,7 @@ from ..training.trainer import fit
 from ..training.windows import SiteRecord
 from .column import (
     COLUMN_TARGETS,
+    DEFAULT_COLUMN_TARGETS,
     LEARNED_PARAMETERS,
     PREDICTION_OUTPUTS,
     SIGMA_SCALE,
@@ -82,7 +83,7 @@ class HybridOptions(FitOptions):
                            "prediction (MC dropout; seed 000: 0.15); 0: deterministic")
     mc_samples: int = Field(MC_SAMPLES, ge=2, le=1000, description="MC-dropout runs of a prediction (with dropout)")
     stability: Literal["louis", "businger_dyer"] = "louis"
-    targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
+    targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law with stable and unstable branches "
                             "jointly (phase 2; physics.exchange)")
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED),

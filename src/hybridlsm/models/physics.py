@@ -18,7 +18,7 @@ from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
-from .column import COLUMN_TARGETS, ColumnModel, column_igbp
+from .column import COLUMN_TARGETS, DEFAULT_COLUMN_TARGETS, ColumnModel, column_igbp
 from .column_spec import ColumnSpec
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
 from .registry import TrainingContext, get_model, register_model
@@ -40,7 +40,7 @@ class PhysicsOptions(FitOptions):
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
         "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
     stability: Literal["louis", "businger_dyer"] = "louis"
-    targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
+    targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
     fit: Literal["record", "windows"] = Field(
         "record", description="record: whole records through a differentiated spin-up cycle, one step "
