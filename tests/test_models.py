@@ -14,6 +14,7 @@ import pytest
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
 from hybridlsm.models import column, column_fit
+from hybridlsm.models.hybrid import start_from_physics
 from hybridlsm.models.registry import TrainingContext, get_model, validate_options
 from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.physics import LaDState, from_unconstrained, to_unconstrained
