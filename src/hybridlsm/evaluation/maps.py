@@ -25,6 +25,7 @@ import xarray as xr
 from matplotlib import colors as mcolors
 
 from hybridlsm.evaluation.html_parts import img_html, table_html
+from hybridlsm.evaluation.metrics import point_scores
 from hybridlsm.evaluation.plots import new_figure, save_figure
 
 __all__ = ["load_maps", "grid_skill", "plot_grid_maps", "uncertainty_hotspots", "maps_html", "MAP_VARIABLES"]
@@ -61,17 +62,6 @@ def _test(obs: xr.Dataset) -> np.ndarray:
     return np.asarray(obs["split"].values) == TEST_SPLIT
 
 
-def _scores(pred: np.ndarray, ref: np.ndarray) -> dict:
-    ok = np.isfinite(pred) & np.isfinite(ref)
-    n = int(ok.sum())
-    if n < 2:
-        return {"mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan, "n": n}
-    p, o = pred[ok], ref[ok]
-    r = np.corrcoef(p, o)[0, 1] if p.std() > 0 and o.std() > 0 else np.nan
-    return {"mse": float(np.mean((p - o) ** 2)), "mae": float(np.mean(np.abs(p - o))), "r": float(r),
-            "bias": float(np.mean(p - o)), "n": n}
-
-
 def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
     """One row per model, variable and reference (``observed``: the grid's observations, where
     they exist; ``truth``: a twin's true field at every cell) over the test steps."""
@@ -86,7 +76,7 @@ def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
             for reference, name in (("observed", var), ("truth", TRUTH[var])):
                 if name in obs:
                     rows.append({"grid": grid, "model": label, "variable": var, "reference": reference,
-                                 **_scores(pred, obs[name].values[test])})
+                                 **point_scores(pred, obs[name].values[test])})
         if recomputed is not None:
             rows.append({"grid": grid, "model": label, "variable": "closed loop", "reference": "recomputed cell-steps",
                          "mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan,

@@ -38,6 +38,7 @@ from scipy import special, stats
 __all__ = [
     "valid_pairs",
     "count_valid",
+    "point_scores",
     "mse",
     "rmse",
     "mae",
@@ -124,6 +125,16 @@ def mse(sim, obs, mask=None) -> float:
     """Mean squared error  mean (s − o)²."""
     s, o = valid_pairs(sim, obs, mask)
     return float(np.mean((s - o) ** 2)) if s.size else _NAN
+
+
+def point_scores(sim, obs, mask=None, min_n: int = 2) -> dict[str, float]:
+    """``{mse, mae, r, bias, n}`` over the valid pairs (NaN scores with fewer than ``min_n``; r NaN
+    for a constant series)."""
+    s, o = valid_pairs(sim, obs, mask)
+    if s.size < min_n:
+        return {"mse": _NAN, "mae": _NAN, "r": _NAN, "bias": _NAN, "n": int(s.size)}
+    return {"mse": float(np.mean((s - o) ** 2)), "mae": float(np.mean(np.abs(s - o))), "r": _pearson(s, o),
+            "bias": float(np.mean(s - o)), "n": int(s.size)}
 
 
 def rmse(sim, obs, mask=None) -> float:

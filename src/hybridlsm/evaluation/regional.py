@@ -20,7 +20,7 @@ import xarray as xr
 from scipy import stats
 
 from .discovery import DiscoveryError, compare_forms
-from .metrics import crps_gaussian
+from .metrics import crps_gaussian, point_scores
 
 SURFACES = ("all", "homogeneous", "heterogeneous", "extreme_hot", "extreme_wind")
 HOT_K = 308.15  # 35 °C
@@ -45,11 +45,9 @@ def surface_masks(ds: xr.Dataset, test_steps: np.ndarray) -> dict[str, np.ndarra
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:
-    p, o = pred[mask], truth[mask]
-    if p.size < 2:
-        return {"mse": None, "mae": None, "r": None, "n": int(p.size)}
-    r = float(np.corrcoef(p, o)[0, 1]) if np.std(p) > 0 and np.std(o) > 0 else None
-    return {"mse": float(np.mean((p - o) ** 2)), "mae": float(np.mean(np.abs(p - o))), "r": r, "n": int(p.size)}
+    """``metrics.point_scores`` with None for a score that cannot be computed (JSON)."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+            for k, v in point_scores(pred, truth, mask).items()}
 
 
 def score_records(model: str, out: dict, ds: xr.Dataset, masks: dict[str, np.ndarray]) -> list[dict]:
