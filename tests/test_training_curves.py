@@ -75,3 +75,15 @@ def test_members_trained_together_are_one_training_each(tmp_path):
     assert (m1["epochs"], m1["best_epoch"], m1["best_val_loss"], m1["stopped"]) == (3, 3, 0.7, "epoch cap")
     assert [r["train_loss"] for r in m1["history"]] == [2.0, 1.5, 1.2] and m1["history"][1]["terms"] == {"mse": 1.5}
     assert training_html(tmp_path, tmp_path / "plots").count("<img") == 1  # the last stage of ens/all
+
+
+def test_a_history_that_skips_epochs_is_read_by_epoch_number(tmp_path):
+    """A history may skip epochs (the physics calibration logs none for a rejected update): the kept
+    epoch's loss is looked up by its number and the epochs run are the last one's."""
+    hist = [r for r in _history(8, 6, True) if r["epoch"] not in (2, 3)]
+    d = tmp_path / "checkpoints" / "physics" / "all"
+    d.mkdir(parents=True)
+    (d / META_FILE).write_text(json.dumps({"history": hist, "best_epoch": 6}))
+    (run,) = training_runs(tmp_path)
+    assert run["epochs"] == 8 and run["best_epoch"] == 6
+    assert run["best_val_loss"] == next(r["val_loss"] for r in hist if r["epoch"] == 6)

@@ -78,10 +78,12 @@ def training_runs(run_dir: Path) -> list[dict]:
             trainings = [("", best, history)]
         for member, best, history in trainings:
             best = best or None
+            # by epoch number: a history may skip epochs (a rejected update logs no epoch)
+            kept = next((r for r in history if r.get("epoch") == best), None)
             runs.append({
                 "model": parts[0], "experiment": parts[1], "part": "/".join([*parts[2:], member] if member else parts[2:]),
-                "epochs": len(history), "best_epoch": best,
-                "best_val_loss": history[best - 1]["val_loss"] if best else float("nan"), "stopped": _stopped(history),
+                "epochs": history[-1].get("epoch", len(history)), "best_epoch": best,
+                "best_val_loss": kept["val_loss"] if kept else float("nan"), "stopped": _stopped(history),
                 "history": history,
             })  # fmt: skip
     return runs
