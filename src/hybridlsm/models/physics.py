@@ -11,11 +11,12 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ..constants import CP_AIR
 from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
+from ..physics.parameters import OPTION_CALIBRATABLE
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.turbulence import neutral_aerodynamic_resistance
 from .column import COLUMN_TARGETS, DEFAULT_COLUMN_TARGETS, ColumnModel, column_igbp
@@ -40,6 +41,10 @@ class PhysicsOptions(FitOptions):
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
         "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
     stability: Literal["louis", "businger_dyer"] = "louis"
+    deep_water: Literal["none", "groundwater", "table"] = Field("none", description=(
+        "roots below LaD's root zone (fraction deep_root_fraction, Jackson et al. 1996; add it to "
+        "calibrate to fit it) draw on the groundwater store W_g or on a water table below the column "
+        "(physics.lad); none: LaD"))
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
     fit: Literal["record", "windows"] = Field(
@@ -52,13 +57,16 @@ class PhysicsOptions(FitOptions):
                            "time split (leave-one-site-out always shares one set: the test site has none)")
     patience: int | None = Field(None, ge=1)
 
-    @field_validator("calibrate")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(CALIBRATABLE))
+    @model_validator(mode="after")
+    def _known(self) -> PhysicsOptions:
+        allowed = list(CALIBRATABLE) + [name for name, (option, values) in OPTION_CALIBRATABLE.items()
+                                        if getattr(self, option) in values]  # fmt: skip
+        unknown = sorted(set(self.calibrate) - set(allowed))
         if unknown:
-            raise ValueError(f"not calibratable: {unknown}; allowed: {list(CALIBRATABLE)}")
-        return value
+            raise ValueError(f"not calibratable: {unknown}; allowed: {allowed}"
+                             + (" (deep_root_fraction needs deep_water: groundwater or table)"
+                                if "deep_root_fraction" in unknown else ""))  # fmt: skip
+        return self
 
 
 class NeutralExchangeClosure(Closure):
@@ -84,7 +92,7 @@ class PhysicsSpec(ColumnSpec):
     def build(self, options: PhysicsOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         closure = BulkClosure() if self.closure_cls is None else self.closure_cls()
-        land = LaDModel(closure=closure, stability=options.stability)
+        land = LaDModel(closure=closure, stability=options.stability, deep_water=options.deep_water)
         deltas = {name: jnp.zeros((), dtype) for name in options.calibrate if not (
             self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
         return ColumnModel(land=land, deltas=deltas)

@@ -17,6 +17,16 @@ water W, snow S and groundwater W_g. One step (backward Euler, step length from 
    the corrected evaporation; saturation excess drains (smoothly) to the groundwater reservoir,
    which is integrated exactly over the step and yields Qsb; snow above ``max_snow`` runs off as Qs.
    Delta W + Delta S + Delta W_g = (P - E - Qs - Qsb) dt exactly.
+
+Deep roots (``deep_water``, not in LaD; off by default): the fraction f_d of the roots below LaD's
+root zone (``deep_root_fraction``, Jackson et al. 1996) makes up part of the demand the root zone
+cannot meet, beta = beta_W + f_d (1 - beta_W) beta_d (compensatory uptake), and that share of the
+snow-free evaporation is taken from deeper water: ``"groundwater"`` from W_g (beta_d = W_g /
+(beta_threshold W_max), clipped; the limiter keeps W_g >= 0), ``"table"`` from below the column, a
+store larger than the record's uptake (beta_d = 1; deep-rooted forests drawing on water carried
+over from wetter years or on a water table: Fan et al. 2017, PNAS 114:10572; Miguez-Macho & Fan
+2012, JGR 117:D15114). ``"table"`` reports that supply as negative subsurface runoff (Qsb =
+groundwater runoff - deep supply), so the water identity above holds as written.
 """
 
 from __future__ import annotations
@@ -52,6 +62,9 @@ from .surface import melt_flux, net_radiation, surface_albedo
 from .exchange import ExchangeLaw
 from .turbulence import STABILITY_SCHEMES, aerodynamic_resistance, bulk_richardson
 from .water import (
+    DEEP_WATER_OPTIONS,
+    deep_uptake_fraction,
+    deep_water_stress,
     drainage,
     groundwater_update,
     limit_evaporation,
@@ -173,6 +186,8 @@ class LaDModel(AbstractLandModel):
             found by ``hybridlsm discover``) that replaces the stability scheme: r_a = (z - d) / K_h
         layer_thickness: soil layer thicknesses [m] (static; LaD default 0.005 ... 1.0)
         numerics: smoothing widths (static)
+        deep_water: "none" (LaD), "groundwater" or "table": where roots below the root zone draw
+            water (module docstring; static)
     """
 
     closure: Closure = eqx.field(default_factory=BulkClosure)
@@ -180,8 +195,13 @@ class LaDModel(AbstractLandModel):
     exchange_law: ExchangeLaw | None = None
     layer_thickness: tuple = eqx.field(static=True, default=LAYER_THICKNESS)
     numerics: Numerics = eqx.field(static=True, default_factory=Numerics)
+    deep_water: str = eqx.field(static=True, default="none")
 
     def __check_init__(self):
+        if self.deep_water not in DEEP_WATER_OPTIONS:
+            raise ValueError(
+                f"unknown deep_water {self.deep_water!r}; allowed: {', '.join(DEEP_WATER_OPTIONS)}"
+            )
         if self.stability not in STABILITY_SCHEMES:
             raise ValueError(
                 f"unknown stability scheme {self.stability!r}; allowed: {', '.join(STABILITY_SCHEMES)}"
@@ -219,7 +239,7 @@ class LaDModel(AbstractLandModel):
         theta_air = f.t_air + GRAVITY / CP_AIR * zd
         wind = jnp.sqrt(f.wind**2 + p["gustiness"] ** 2)
         snow_cover = snow_cover_fraction(state.snow, num.snow_presence_mass)
-        beta_soil = water_stress(state.soil_water, p["root_zone_capacity"], p["beta_threshold"], num.beta_scale)
+        beta_soil = self.soil_moisture_availability(state, p)[1]
         beta = snow_cover + (1.0 - snow_cover) * beta_soil
         q_sat = saturation_specific_humidity(ts, f.p_surf)
         q_surf = f.q_air + beta * (q_sat - f.q_air)
@@ -233,6 +253,19 @@ class LaDModel(AbstractLandModel):
         if PRESCRIBED_KH_SCALE in p and PRESCRIBED_KH not in p:
             ra = zd / jnp.clip(zd / ra * p[PRESCRIBED_KH_SCALE], *PRESCRIBED_KH_BOUNDS)
         return SurfaceLayer(zd, theta_air, wind, snow_cover, beta, q_sat, ri, ra)
+
+    def soil_moisture_availability(self, state: LaDState, params: dict):
+        """(beta_W, beta) of the snow-free surface: LaD's root-zone stress and, with deep roots,
+        beta_W + f_d (1 - beta_W) beta_d (module docstring); equal without them."""
+        p, num = params, self.numerics
+        beta_root = water_stress(state.soil_water, p["root_zone_capacity"], p["beta_threshold"], num.beta_scale)
+        if self.deep_water == "none":
+            return beta_root, beta_root
+        if self.deep_water == "groundwater":
+            beta_deep = water_stress(state.groundwater, p["root_zone_capacity"], p["beta_threshold"], num.beta_scale)
+        else:
+            beta_deep = jnp.ones_like(beta_root)
+        return beta_root, deep_water_stress(beta_root, p["deep_root_fraction"], beta_deep)
 
     # ------------------------------------------------------------------------------------
     def step(self, state: LaDState, forcing: Forcing, params: dict, key=None) -> tuple[LaDState, LaDFluxes]:
@@ -300,10 +333,17 @@ class LaDModel(AbstractLandModel):
             snow_cover * turb.evaporation, snow_cover * turb.devaporation_dt,
             state.snow + p_snow * dt, dt, num.cap_power,
         )
-        e_soil0, de_soil = limit_evaporation(
-            (1.0 - snow_cover) * turb.evaporation, (1.0 - snow_cover) * turb.devaporation_dt,
-            state.soil_water + p_rain * dt, dt, num.cap_power,
-        )
+        e_free, de_free = (1.0 - snow_cover) * turb.evaporation, (1.0 - snow_cover) * turb.devaporation_dt
+        e_deep0, de_deep = 0.0, 0.0
+        if self.deep_water != "none":  # deep roots supply their share of evaporation (dew: root zone)
+            deep = deep_uptake_fraction(*self.soil_moisture_availability(state, p))
+            deep = jnp.where(e_free > 0.0, deep, 0.0)
+            e_deep0, de_deep = deep * e_free, deep * de_free
+            e_free, de_free = e_free - e_deep0, de_free - de_deep
+            if self.deep_water == "groundwater":
+                e_deep0, de_deep = limit_evaporation(e_deep0, de_deep, state.groundwater, dt, num.cap_power)
+        e_root0, de_root = limit_evaporation(e_free, de_free, state.soil_water + p_rain * dt, dt, num.cap_power)
+        e_soil0, de_soil = e_root0 + e_deep0, de_root + de_deep
         le0 = lv * e_soil0 + ls * e_snow0
         dle = lv * de_soil + ls * de_snow
 
@@ -321,7 +361,9 @@ class LaDModel(AbstractLandModel):
         # fluxes corrected to the new surface temperature
         dts = ts_new - ts
         sensible = h0 + dh * dts
-        e_soil = e_soil0 + de_soil * dts
+        e_root = e_root0 + de_root * dts
+        e_deep = e_deep0 + de_deep * dts
+        e_soil = e_root + e_deep
         e_snow = e_snow0 + de_snow * dts
         latent = lv * e_soil + ls * e_snow
         rnet = rn0 + drn * dts
@@ -333,10 +375,15 @@ class LaDModel(AbstractLandModel):
         snow_new = snow_new + deficit
         calving = smooth_relu(snow_new - p["max_snow"], num.calving_scale)
         snow_new = snow_new - calving
-        water = state.soil_water + (p_rain - e_soil + melt) * dt - deficit
+        water = state.soil_water + (p_rain - e_root + melt) * dt - deficit
         drained = drainage(water, p["root_zone_capacity"], num.drainage_scale)
         water = water - drained
-        groundwater, qsb = groundwater_update(state.groundwater, drained, dt, p["tau_groundwater"])
+        groundwater = state.groundwater
+        if self.deep_water == "groundwater":  # root uptake from W_g, then LaD's linear reservoir
+            groundwater = groundwater - e_deep * dt
+        groundwater, qsb = groundwater_update(groundwater, drained, dt, p["tau_groundwater"])
+        if self.deep_water == "table":  # supply from below the column: negative subsurface runoff
+            qsb = qsb - e_deep
 
         new_state = LaDState(
             soil_temp=temp_new, soil_water=water, snow=snow_new, groundwater=groundwater

@@ -55,9 +55,28 @@ ROOT_DEPTH_MIN = 0.01
 
 def lad_root_zone_capacity(cover: str, awc: float = AWC_MEDIUM_SOIL) -> float:
     """W_max = z_r * AWC with z_r = zeta ln(M_r / (zeta rho_crit)) >= 0.01 m (LaD, [V])."""
+    return lad_root_depth(cover) * awc
+
+
+#: Jackson et al. (1996, Oecologia 108:389, Table 1) root-distribution coefficient beta_J per LaD
+#: cover (cumulative root fraction above depth d [cm] is 1 - beta_J^d) [V values; I mapping]:
+#: BE tropical evergreen forest, BD temperate deciduous, BN mean of temperate deciduous and
+#: coniferous, NE temperate coniferous, ND boreal forest, G temperate grassland, D desert,
+#: T tundra, A crops.
+JACKSON_ROOT_BETA = {"BE": 0.962, "BD": 0.966, "BN": 0.971, "NE": 0.976, "ND": 0.943, "G": 0.943,
+                     "D": 0.975, "T": 0.914, "A": 0.961}
+
+
+def lad_root_depth(cover: str) -> float:
+    """LaD rooting depth z_r = zeta ln(M_r / (zeta rho_crit)) >= 0.01 m [V]."""
     _, _, zeta, root_mass, _, _ = _LAD[cover]
-    z_root = max(zeta * math.log(root_mass / (zeta * CRITICAL_ROOT_DENSITY)), ROOT_DEPTH_MIN)
-    return z_root * awc
+    return max(zeta * math.log(root_mass / (zeta * CRITICAL_ROOT_DENSITY)), ROOT_DEPTH_MIN)
+
+
+def deep_root_fraction(cover: str) -> float:
+    """Fraction of the roots below LaD's rooting depth z_r: beta_J^(100 z_r) (Jackson et al. 1996);
+    NE (z_r 0.84 m): 0.13, G (0.98 m): 0.003."""
+    return JACKSON_ROOT_BETA[cover] ** (100.0 * lad_root_depth(cover))
 
 
 #: IGBP class -> LaD cover type [I: this package's mapping; LaD has no shrub or savanna class].
@@ -189,6 +208,10 @@ _SPECS = [
                   source=_LAD_SRC + " (z_r x AWC, medium soil AWC 132 kg m-3)"),
     ParameterSpec("beta_threshold", "-", "fraction of W_max below which evaporation is stressed",
                   0.05, 1.0, True, 0.75, source=_LAD_SRC),
+    ParameterSpec("deep_root_fraction", "-", "fraction of roots below the root zone (used only "
+                  "with LaDModel.deep_water; calibrated only then: OPTION_CALIBRATABLE)", 1e-4, 1.0, False,
+                  {c: deep_root_fraction(c) for c in LAD_COVER_TYPES}, per="cover", log_scale=True,
+                  source="Jackson et al. (1996) Oecologia 108:389, beta_J^(100 z_r) [V values, I use]"),
     ParameterSpec("tau_groundwater", "d", "groundwater (saturated zone) residence time", 0.5,
                   3000.0, True, 60.0, log_scale=True, source=_LAD_SRC + " geo_res_time"),
     ParameterSpec("max_snow", "kg m-2", "snow mass above which snow runs off (calving)", 10.0,
@@ -207,6 +230,12 @@ PARAMETERS: dict[str, ParameterSpec] = {spec.name: spec for spec in _SPECS}
 
 #: Names of the parameters calibration and networks may change.
 CALIBRATABLE: tuple[str, ...] = tuple(s.name for s in _SPECS if s.calibratable)
+
+#: Parameters that act only under a model option, calibratable when it is on: name -> (option of
+#: ``LaDModel``, the values that use the parameter).
+OPTION_CALIBRATABLE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "deep_root_fraction": ("deep_water", ("groundwater", "table")),
+}
 
 Params = dict  # dict[str, Array], each (N,)
 

@@ -24,6 +24,25 @@ def water_stress(soil_water, capacity, threshold, scale=0.01):
     return smooth_clip01(soil_water / (threshold * capacity), scale)
 
 
+#: ``LaDModel.deep_water`` options: where the roots below LaD's root zone draw water from.
+DEEP_WATER_OPTIONS = ("none", "groundwater", "table")
+
+
+def deep_water_stress(beta_root, deep_root_fraction, beta_deep):
+    """Moisture availability with deep roots [-]: beta = beta_W + f_d (1 - beta_W) beta_d.
+
+    Compensatory uptake (Jarvis 1989, J. Hydrol.; Feddes et al. 2001, BAMS): the fraction f_d of
+    the roots below the root zone makes up, from deeper water of availability beta_d, the part of the
+    demand the root zone cannot meet. f_d = 0 or beta_d = 0 gives LaD's beta_W unchanged.
+    """
+    return beta_root + deep_root_fraction * (1.0 - beta_root) * beta_deep
+
+
+def deep_uptake_fraction(beta_root, beta_total, floor=1e-6):
+    """Share of the snow-free evaporation the deep roots supply, (beta - beta_W) / beta [-]."""
+    return (beta_total - beta_root) / jnp.maximum(beta_total, floor)
+
+
 def snow_cover_fraction(snow, half_mass):
     """Smooth snow presence S / (S + half_mass) [-] (LaD switches on S > 0)."""
     s = jnp.maximum(snow, 0.0)
@@ -53,6 +72,7 @@ def groundwater_update(groundwater, drained, dt, tau_days):
 
     c0 = dt/tau, c1 = exp(-c0), c2 = (1 - c1)/c0:
     W_g' = c1 W_g + c2 D_acc,  R dt = (1 - c1) W_g + (1 - c2) D_acc  (so W_g' + R dt = W_g + D_acc).
+    (Root uptake from W_g, ``deep_water="groundwater"``, is taken from W_g before the call.)
 
     Returns (W_g', runoff R [kg m-2 s-1]).
     """
