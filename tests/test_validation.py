@@ -27,20 +27,21 @@ from hybridlsm.validate import validate_run
 from hybridlsm.rundir import lock_path, problem
 
 DAYS = 60
-CONFIG = f"""
-name: tiny
+#: the tiny runs' data section (the name line first)
+DATA = f"""
 data:
   sites:
     - {{virtual: {{site_id: TINY, days: {DAYS}, seed: 2, noise: 5.0}}}}
   split: {{train: 0.5, val: 0.25, test: 0.25}}
   spinup_days: 1
   window_days: 3
-models:
-  - {{name: physics, options: {{calibrate: []}}}}
-  - {{name: 1lin}}
-  - {{name: hybrid_flux, options: {{epochs: 1, width: 8, calibrate: []}}}}
-training: {{epochs: 1, batch_windows: 8}}
-output: {{run_dir: RUNS}}
+"""
+CONFIG = "name: tiny" + DATA + """models:
+  - {name: physics, options: {calibrate: []}}
+  - {name: 1lin}
+  - {name: hybrid_flux, options: {epochs: 1, width: 8, calibrate: []}}
+training: {epochs: 1, batch_windows: 8}
+output: {run_dir: RUNS}
 """
 
 
@@ -188,22 +189,14 @@ def test_bad_run_directories_are_clear_errors(tmp_path, validated):
     assert validation_html(tmp_path / "empty") == ""
 
 
-FALLBACK_CONFIG = f"""
-name: fallback
-data:
-  sites:
-    - {{virtual: {{site_id: TINY, days: {DAYS}, seed: 2, noise: 5.0}}}}
-  split: {{train: 0.5, val: 0.25, test: 0.25}}
-  spinup_days: 1
-  window_days: 3
-models:
-  - {{name: physics, options: {{calibrate: []}}}}
-  - {{name: hybrid_param, label: hp, options: {{epochs: 1, width: 8, calibrate: [], physics_init: default,
-      dropout: 0.2, mc_samples: 3}}}}
-  - {{name: hybrid_param, label: hp_fallback, options: {{epochs: 1, width: 8, calibrate: [], physics_init: default,
-      dropout: 0.2, mc_samples: 3, fallback_threshold: 1.0e-9}}}}
-training: {{epochs: 1, batch_windows: 8}}
-output: {{run_dir: RUNS}}
+FALLBACK_CONFIG = "name: fallback" + DATA + """models:
+  - {name: physics, options: {calibrate: []}}
+  - {name: hybrid_param, label: hp, options: {epochs: 1, width: 8, calibrate: [], physics_init: default,
+      dropout: 0.2, mc_samples: 3}}
+  - {name: hybrid_param, label: hp_fallback, options: {epochs: 1, width: 8, calibrate: [], physics_init: default,
+      dropout: 0.2, mc_samples: 3, fallback_threshold: 1.0e-9}}
+training: {epochs: 1, batch_windows: 8}
+output: {run_dir: RUNS}
 """
 
 
