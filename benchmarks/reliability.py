@@ -545,12 +545,12 @@ def _(tmp: Path) -> str:
                                targets=["Qle", "Qh", "SoilTemp"])
 
 
-@case("d4_targets_physics_cannot_train_on_qg", "bad_input", "clear_error", defect=4, needs_data=False)
+@case("d4_targets_physics_cannot_train_on_qh_cor", "bad_input", "clear_error", defect=4, needs_data=False)
 def _(tmp: Path) -> str:
     dummy = tmp / "x.csv"
     dummy.write_text("x")
-    return run_expecting_error(tmp, dummy, "models[0] (physics) cannot train on data.targets ['Qg']",
-                               models=[{"name": "physics"}], targets=["Qle", "Qh", "Qg"])
+    return run_expecting_error(tmp, dummy, "models[0] (physics) cannot train on data.targets ['Qh_cor']",
+                               models=[{"name": "physics"}], targets=["Qle", "Qh", "Qh_cor"])
 
 
 # ------------------------------------------- 5. impossible forcing, learned nothing, absurd skill

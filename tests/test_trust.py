@@ -22,13 +22,13 @@ def test_models_train_on_the_runs_targets():
 
 
 def test_a_target_a_model_cannot_train_on_is_refused():
-    with pytest.raises(ConfigError, match=r"models\[1\] \(physics\) cannot train on data.targets \['Qg'\]; "
-                                          r"it can train on \['Qle', 'Qh'\]"):
-        validate_run_config(_config(["Qle", "Qh", "Qg"], [{"name": "gbm"}, {"name": "physics"}]), check_paths=False)
+    with pytest.raises(ConfigError, match=r"models\[1\] \(physics\) cannot train on data.targets \['Qh_cor'\]; "
+                                          r"it can train on \['Qle', 'Qh', 'Qg', 'Rnet', 'AvgSurfT'\]"):
+        validate_run_config(_config(["Qle", "Qh", "Qh_cor"], [{"name": "gbm"}, {"name": "physics"}]), check_paths=False)
     # narrowing it explicitly is accepted: gbm trains on all three, physics on two
-    cfg = validate_run_config(_config(["Qle", "Qh", "Qg"], [{"name": "gbm"},
+    cfg = validate_run_config(_config(["Qle", "Qh", "Qh_cor"], [{"name": "gbm"},
                                       {"name": "physics", "options": {"targets": ["Qle", "Qh"]}}]), check_paths=False)
-    assert cfg.models[0].options["targets"] == ["Qle", "Qh", "Qg"]
+    assert cfg.models[0].options["targets"] == ["Qle", "Qh", "Qh_cor"]
 
 
 def test_soil_temperature_is_not_a_target():
