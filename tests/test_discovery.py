@@ -391,6 +391,11 @@ def test_online_refit_moves_a_perturbed_law_to_the_truth():
     same = eqx.filter(fitted.with_exchange_law(ExchangeLaw(start)), eqx.is_array)
     for x, y in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the start competes on validation: from the truth itself (noise-free data) any step is worse
+    truth = ColumnModel(land=_true_model("kh_law"), deltas={}).with_exchange_law(ExchangeLaw(TWIN_LAW))
+    kept = refit_exchange_law(truth, [train], [val], ctx, targets=["Qle", "Qh"],
+                              train_cfg=ctx.training.model_copy(update={"epochs": 3, "lr": 0.3}))
+    assert exchange_laws(kept)[0].coefficients() == exchange_laws(truth)[0].coefficients()
     with pytest.raises(ValueError, match="exactly one exchange law"):
         refit_exchange_law(ColumnModel(land=LaDModel(), deltas={}), [train], [val], ctx, targets=["Qh"],
                            train_cfg=ctx.training)

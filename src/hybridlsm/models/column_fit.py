@@ -177,10 +177,13 @@ def train_column_model(
     fit_mode: str = "windows",
     member_train: Sequence[Sequence[Domain]] | None = None,
     deterministic: bool = False,
+    start_is_candidate: bool = False,
 ) -> ColumnModel:
     """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
     records (``"record"``); early stopping on the validation records (module docstring).
-    ``deterministic``: the networks run without dropout (for fits that train no network).
+    ``deterministic``: the networks run without dropout (for fits that train no network);
+    ``start_is_candidate``: the model as given competes with the trained ones on validation (a refit
+    then never returns a model that validates worse than its start).
 
     With ``member_train`` (member k's training Domains: ``train`` itself, or a bootstrap resample's
     loss masks) ``model`` is that many members stacked (``training.members.stack_members``) and
@@ -217,6 +220,10 @@ def train_column_model(
     rounds = 1 if train_cfg.two_phase.enabled else max(1, min(state_rounds, train_cfg.epochs))
     per_round = -(-train_cfg.epochs // rounds)
     best, best_val = None, float("inf")
+    if start_is_candidate and not n_members:
+        best, best_val = model, float(validation_fn(
+            [replace(rec, state0=model.spun_up_state(rec.forcing, rec.base)) for rec in val_recs], targets, scale,
+            val_weights)(model))  # fmt: skip
     for r in range(rounds):
         members = unstack_members(model, n_members) if n_members else [model]
         val_fns = [validation_fn([replace(rec, state0=m.spun_up_state(rec.forcing, rec.base)) for rec in val_recs],
@@ -284,13 +291,15 @@ def refit_exchange_law(model: ColumnModel, train: Sequence[Domain], val: Sequenc
     early stopping on ``val``, ``train_cfg`` without its two phases), every other parameter and
     network fixed and run without dropout. An offline fit to a network's K_h inherits the shape of
     the physics scheme the network multiplies wherever the fluxes constrain K_h weakly (the
-    stable branch of a twin: Louis' Ri dependence shows through); the refit sees only the data."""
+    stable branch of a twin: Louis' Ri dependence shows through); the refit sees only the data. The
+    law as given competes on validation, so the refit never validates worse than its start."""
     if len(exchange_laws(model)) != 1 or model.law is not None:
         raise ValueError("refit_exchange_law: the model needs exactly one exchange law in place of its learned K_h "
                          "(ColumnModel.with_exchange_law) and no co-trained law")  # fmt: skip
     cfg = train_cfg.model_copy(update={"two_phase": train_cfg.two_phase.model_copy(update={"enabled": False})})
     return train_column_model(model, train, val, ctx, targets=targets, train_cfg=cfg,
-                              filter_spec=exchange_law_filter(model), state_rounds=1, deterministic=True)
+                              filter_spec=exchange_law_filter(model), state_rounds=1, deterministic=True,
+                              start_is_candidate=True)
 
 
 #: memory of one column-step of a training batch in float64, about twice what was measured for
