@@ -106,7 +106,6 @@ def test_a_run_on_impossible_forcing_fails_before_training(shared_data, tmp_path
 
 # ------------------------------------------------------------------ 7. repairs flagged, listed, not scored
 
-import json  # noqa: E402
 
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
