@@ -179,18 +179,24 @@ def _with_law(model, law: dict, where: Path):
     return model.with_exchange_law(ExchangeLaw({b: (c["a"], c["b"], c["c"]) for b, c in law.items()}))
 
 
-def _online_law(law_model, options, cfg, train: Sequence, val: Sequence, refit: Refit, progress: bool):
-    """``law_model`` with its law refitted through the physics on ``train`` (early stopping on
-    ``val``; module docstring, step 3) and the refitted coefficients; unchanged when ``refit`` is off."""
+def _online_law(model, entry: dict, where: Path, options, cfg, train: Sequence, val: Sequence, refit: Refit,
+                progress: bool):
+    """``model`` with its learned K_h replaced by ``entry``'s offline law and, unless ``refit`` is
+    off, that law refitted through the physics on ``train`` (early stopping on ``val``; module
+    docstring, step 3), recorded as ``entry["online_law"]`` (None without a refit); returns the
+    model and the law it runs."""
     from .models.column_fit import exchange_laws, refit_exchange_law
     from .models.registry import TrainingContext
 
+    law_model = _with_law(model, entry["offline_law"], where)
+    entry["online_law"] = None
     if refit.epochs > 0:
         train_cfg = cfg.training.model_copy(update={"epochs": refit.epochs, "lr": refit.lr, "min_lr": min(
             cfg.training.min_lr, refit.lr), "patience": refit.patience})  # fmt: skip
         law_model = refit_exchange_law(law_model, train, val, TrainingContext.from_config(cfg, progress=progress),
                                        targets=list(options.targets), train_cfg=train_cfg)  # fmt: skip
-    return law_model, exchange_laws(law_model)[0].coefficients()
+        entry["online_law"] = exchange_laws(law_model)[0].coefficients()
+    return law_model, entry["online_law"] or entry["offline_law"]
 
 
 def _co_trained_law(model, cfg) -> dict | None:
@@ -291,11 +297,10 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
             entry["offline_law"] = entry["classes"][entry["law_from_class"]]["chosen_law"]
             trained = [sid for sid, sd in sites.items() if sid in domains and label in sd.models]
             split = {sid: sites[sid].obs["split"].values for sid in trained}
-            law_model, law = _online_law(_with_law(saved, entry["offline_law"], directory), options, cfg,
+            law_model, law = _online_law(saved, entry, directory, options, cfg,
                                          [domains[s].with_loss_mask(split[s] == TRAIN) for s in trained],
                                          [domains[s].with_loss_mask(split[s] == VALIDATION) for s in trained],
                                          refit, progress)  # fmt: skip
-            entry["online_law"] = law if refit.epochs > 0 else None
             skill_frames += [_rerun(law_model, label, law, sd, domains[sid], out) for sid, sd in sites.items()
                              if sid in domains and label in sd.models]  # fmt: skip
             result["models"][label] = entry
@@ -350,9 +355,7 @@ def _discover_folds(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, S
             if co_trained is not None:
                 entry["co_trained_law"] = co_trained
             entry["offline_law"] = entry["classes"][entry["law_from_class"]]["chosen_law"]
-            law_model, law = _online_law(_with_law(model, entry["offline_law"], directory), options, cfg, exp.train,
-                                         exp.val, refit, progress)  # fmt: skip
-            entry["online_law"] = law if refit.epochs > 0 else None
+            law_model, law = _online_law(model, entry, directory, options, cfg, exp.train, exp.val, refit, progress)
             skill = pd.concat([_rerun(law_model, label, law, sites[s], d, out)
                                for s, d in zip(held_out, exp.test)], ignore_index=True)  # fmt: skip
             skill.insert(0, "fold", exp.name)

@@ -220,14 +220,12 @@ def train_column_model(
     rounds = 1 if train_cfg.two_phase.enabled else max(1, min(state_rounds, train_cfg.epochs))
     per_round = -(-train_cfg.epochs // rounds)
     best, best_val = None, float("inf")
-    if start_is_candidate and not n_members:
-        best, best_val = model, float(validation_fn(
-            [replace(rec, state0=model.spun_up_state(rec.forcing, rec.base)) for rec in val_recs], targets, scale,
-            val_weights)(model))  # fmt: skip
     for r in range(rounds):
         members = unstack_members(model, n_members) if n_members else [model]
         val_fns = [validation_fn([replace(rec, state0=m.spun_up_state(rec.forcing, rec.base)) for rec in val_recs],
                                  targets, scale, val_weights) for m in members]  # fmt: skip
+        if r == 0 and start_is_candidate and not n_members:  # scored by the first round's validation
+            best, best_val = model, float(val_fns[0](model))
         if fit_mode == "record":
             windows = [record_windows(recs, [m.spun_up_state(r.forcing, r.base) for r in recs],
                                       [spinup_period(r.forcing) for r in recs], train_weights)
