@@ -28,6 +28,7 @@ import xarray as xr
 
 from hybridlsm.data.splits import TRAIN, VALIDATION  # first: the package sets XLA flags
 from hybridlsm.data.virtual import TWIN_LAW
+from hybridlsm.evaluation import metrics
 from hybridlsm.models.column import domain_inputs, run_jit
 from hybridlsm.models.registry import load_saved_model
 from hybridlsm.physics.exchange import ExchangeLaw
@@ -54,8 +55,7 @@ def rmse_of(model, law: dict, domain, obs: xr.Dataset) -> dict:
     for flux in ("Qh", "Qle"):
         sim, o = np.asarray(out[flux])[:, 0], obs[flux].values
         for name, s in (("train", TRAIN), ("val", VALIDATION)):
-            ok = (split == s) & np.isfinite(o)
-            res[f"rmse_{flux.lower()}_{name}"] = float(np.sqrt(np.mean((sim[ok] - o[ok]) ** 2)))
+            res[f"rmse_{flux.lower()}_{name}"] = metrics.rmse(sim, o, split == s)
     return res
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hybridlsm.data.schema import DataError  # first: the package sets XLA flags
 from hybridlsm.data.wrf import read_wrf
+from hybridlsm.evaluation import metrics
 from hybridlsm.evaluation.regional import compare_reference_snapshot
 from hybridlsm.models.regional import fixed_kh_model, predict_regional, region_data
 
@@ -53,11 +54,8 @@ def score(path: Path) -> dict:
         snapshot = ds.isel(time=k)[list(FIELDS.values())]
         snapshot.attrs = {"source_file": str(path), "data_kind": ds.attrs.get("data_kind", "WRF model output")}
         cmp = compare_reference_snapshot(out, data.time, snapshot, FIELDS)
-        for name in FIELDS:  # RMSE over the same cells as the correlation
-            sim = np.asarray(out[name])[k].reshape(-1)
-            ref = snapshot[FIELDS[name]].values.reshape(-1)
-            both = np.isfinite(sim) & np.isfinite(ref)
-            cmp[name]["rmse"] = float(np.sqrt(np.mean((sim[both] - ref[both]) ** 2)))
+        for name in FIELDS:  # RMSE over the same cells as the correlation (both finite)
+            cmp[name]["rmse"] = metrics.rmse(np.asarray(out[name])[k].reshape(-1), snapshot[FIELDS[name]].values.reshape(-1))
         steps.append({"time": str(when)[:16], **{n: cmp[n] for n in FIELDS}})
     means = {n: {q: float(np.mean([s[n][q] for s in steps if s[n][q] is not None]))
                  for q in ("corr", "bias", "rmse", "mean_model", "mean_reference")} for n in FIELDS}  # fmt: skip
