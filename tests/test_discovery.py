@@ -432,3 +432,8 @@ def test_a_twin_can_observe_its_surface_temperature_and_a_hybrid_train_on_it():
     with pytest.raises(DataError, match=r"\['AvgSurfT'\] have no usable observation"):
         train_column_model(ColumnModel(land=LaDModel(), deltas={}), [domain], [domain], ctx, targets=["Qh", "AvgSurfT"],
                            train_cfg=ctx.training)
+
+
+def test_discover_refuses_a_refit_that_cannot_learn(tmp_path):
+    result = CliRunner().invoke(app, ["discover", str(tmp_path), "--refit-lr", "0"])
+    assert result.exit_code == 2 and "lr > 0" in result.output

@@ -265,9 +265,12 @@ def discover(
     from .predict import PredictError
 
     with user_errors():
+        try:
+            refit = Refit(epochs=refit_epochs, lr=refit_lr)
+        except ValueError as err:
+            _input_error(err)
         try:  # the report is rebuilt while the run's lock is still held
-            out = run_discovery(run_dir, model, then=lambda: build_report(run_dir),
-                                refit=Refit(epochs=refit_epochs, lr=refit_lr), progress=True)
+            out = run_discovery(run_dir, model, then=lambda: build_report(run_dir), refit=refit, progress=True)
         except PredictError as err:
             _input_error(err)
     files = "forms.csv, skill.csv, " + ("folds.csv, fold_summary.csv, " if (out / "folds.csv").is_file() else "")

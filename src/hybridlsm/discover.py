@@ -71,6 +71,11 @@ class Refit:
     lr: float = 0.02
     patience: int = 60
 
+    def __post_init__(self):
+        if self.epochs < 0 or not self.lr > 0 or self.patience < 1:
+            raise ValueError(f"refit: epochs must be >= 0, lr > 0 and patience >= 1; got epochs {self.epochs}, "
+                             f"lr {self.lr}, patience {self.patience}")
+
 
 def learned_models(run_dir: Path, sites: dict[str, SiteData], per_fold: bool = False) -> list[str]:
     """The run's models whose spec declares a learned K_h (hybrid_param, hybrid_lstm); ``per_fold``:
