@@ -77,7 +77,7 @@ def water_residual(run):
     store0 = np.asarray(s0.soil_water + s0.snow + s0.groundwater)
     change = np.diff(np.concatenate([store0[None], store]), axis=0)
     precip = np.asarray(run["forcing"].precip)
-    return change - (precip - out["Evap"] - out["Qs"] - out["Qsb"]) * run["dt"]
+    return change - (precip + out["Qirrig"] - out["Evap"] - out["Qs"] - out["Qsb"]) * run["dt"]
 
 
 # --------------------------------------------------------------------------------------------

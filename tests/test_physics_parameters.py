@@ -50,7 +50,11 @@ def test_every_allowed_class_has_defaults_inside_bounds():
     for name, spec in PARAMETERS.items():
         v = np.asarray(p[name])
         assert v.shape == (len(ALLOWED_IGBP),)
-        assert np.all((v > spec.lower) & (v < spec.upper)), name
+        if spec.calibratable:  # the sigmoid transform must reach it: inside the open bounds
+            assert np.all((v > spec.lower) & (v < spec.upper)), name
+        else:
+            assert np.all((v >= spec.lower) & (v <= spec.upper)), name
+    assert np.all(p["irrigated"] == 0.0)  # rain-fed unless the site metadata say otherwise
 
 
 def test_reference_height_rules():

@@ -720,6 +720,8 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
         attrs.update(site_metadata(table, file=path.name, site_id=site_id or info.get("site")))
     if metadata:
         attrs.update(metadata)
+    if "irrigated" in attrs:
+        attrs["irrigated"] = irrigated_fraction(attrs["irrigated"], f"{path}: metadata irrigated")
     if not attrs["site_id"]:
         attrs["site_id"] = path.stem
         warnings.warn(
@@ -730,6 +732,19 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
         )
     report_missing_metadata(attrs, file=str(path), stacklevel=4)
     return attrs
+
+
+def irrigated_fraction(value, where: str) -> float:
+    """The irrigated fraction of a site from metadata: true/false/yes/no or a number in [0, 1]."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "false", "no"):
+        return float(value.strip().lower() in ("true", "yes"))
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = np.nan
+    if not 0.0 <= out <= 1.0:
+        raise DataError(f"{where}: {value!r}; expected true/false or a fraction from 0 (rain-fed) to 1 (irrigated)")
+    return out
 
 
 def _check_expected_period(attrs, time, time_end, step_s, file) -> None:

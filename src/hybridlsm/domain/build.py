@@ -49,7 +49,15 @@ def static_attributes(columns: dict[str, np.ndarray], time: np.ndarray, forcing:
             values = np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip()
                                  for v in values], dtype=object)  # fmt: skip
         else:
-            values = np.asarray(values, float)
+            try:
+                values = np.asarray(values, float)
+            except (TypeError, ValueError):
+                raise DataError(f"static attribute {name!r} of columns {list(ids)[:5]}: {list(values)[:5]} is not a number "
+                                f"({unit}: {desc})") from None  # fmt: skip
+        if name == "irrigated" and np.any(bad := np.isfinite(values) & ((values < 0.0) | (values > 1.0))):
+            j = int(np.argmax(bad))
+            raise DataError(f"{ids[j]}: irrigated = {values[j]}; expected a fraction from 0 (rain-fed) to 1 "
+                            "(irrigated), or true/false")  # fmt: skip
         out[name] = ("column", values, {"units": unit, "long_name": desc})
     if forcing is not None and all(v in forcing for v in CLIMATE_INPUTS):
         summaries = climate_summaries(time, *(np.asarray(forcing[v], float) for v in CLIMATE_INPUTS))
@@ -57,7 +65,7 @@ def static_attributes(columns: dict[str, np.ndarray], time: np.ndarray, forcing:
             out[name] = ("column", values, out[name][2])
     missing = []
     for j in range(n):
-        gaps = [k for k in SITE_ATTRS if k != "utc_offset_h" and (
+        gaps = [k for k in SITE_ATTRS if k not in ("utc_offset_h", "irrigated") and (
             out[k][1][j] == "" if k == "igbp" else not np.isfinite(out[k][1][j]))]  # fmt: skip
         missing.append(" ".join(gaps))
     out["missing_metadata"] = ("column", np.asarray(missing, dtype=object),
@@ -220,7 +228,8 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
 LATITUDE_NAMES = ("lat", "latitude", "XLAT")
 LONGITUDE_NAMES = ("lon", "longitude", "XLONG")
 #: static attributes a grid may give per cell as a (y, x) field of that name, else one value in its attrs
-GRID_FIELDS = ("elevation", "canopy_height", "measurement_height", "sand_fraction", "clay_fraction", "utc_offset_h")
+GRID_FIELDS = ("elevation", "canopy_height", "measurement_height", "sand_fraction", "clay_fraction", "utc_offset_h",
+               "irrigated")
 
 
 def grid_static_fields(ds: xr.Dataset, ydim: str, xdim: str) -> dict[str, np.ndarray]:

@@ -38,6 +38,7 @@ STATIC_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "sand_fraction": ("1", "soil sand fraction"),
     "clay_fraction": ("1", "soil clay fraction"),
     "utc_offset_h": ("h", "offset of the time axis from UTC"),
+    "irrigated": ("1", "irrigated fraction (site metadata or a grid's field; not stated: 0, rain-fed)"),
     "mean_annual_temperature": ("degC", "mean air temperature over the record (monthly climatology)"),
     "mean_annual_precipitation": ("mm yr-1", "annual precipitation from the monthly climatology"),
     "aridity_index": ("1", "Priestley-Taylor potential evaporation / precipitation"),
@@ -47,7 +48,8 @@ STATIC_ATTRIBUTES: dict[str, tuple[str, str]] = {
 }
 
 #: Static attributes a site's canonical dataset carries as ``attrs`` (the rest are computed).
-SITE_ATTRS = ("latitude", "longitude", "elevation", "igbp", "canopy_height", "measurement_height", "utc_offset_h")
+SITE_ATTRS = ("latitude", "longitude", "elevation", "igbp", "canopy_height", "measurement_height", "utc_offset_h",
+              "irrigated")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ __all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_I
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (
     "Qh", "Qle", "Qg", "Rnet", "Evap", "Qs", "Qsb", "SoilTemp", "SoilMoist", "SWE", "GWS",
-    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf",
+    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf", "Qirrig",
 )  # fmt: skip
 SITE_WEIGHTS = "site_weights"  # key of the (N, S) per-site offset weights in the parameters
 SPINUP_MAX_DAYS = 365.0
@@ -259,7 +259,8 @@ def site_base_params(ds: xr.Dataset, overrides: dict | None = None) -> dict:
     """Default parameters (N = 1) of a canonical site dataset from its IGBP class and heights."""
     igbp, _ = column_igbp(str(ds.attrs.get("igbp", "")), site_label(ds))
     return default_params([igbp], canopy_height=ds.attrs.get("canopy_height"),
-                          measurement_height=ds.attrs.get("measurement_height"), overrides=overrides)  # fmt: skip
+                          measurement_height=ds.attrs.get("measurement_height"), overrides=overrides,
+                          irrigated=ds.attrs.get("irrigated"))  # fmt: skip
 
 
 def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], list[str]]:
@@ -270,7 +271,8 @@ def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], lis
         classes.append(c)
         notes.append(note)
     base = default_params(classes, canopy_height=domain.static_value("canopy_height").astype(float),
-                          measurement_height=domain.static_value("measurement_height").astype(float))  # fmt: skip
+                          measurement_height=domain.static_value("measurement_height").astype(float),
+                          irrigated=domain.static_value("irrigated").astype(float))  # fmt: skip
     return {k: jnp.asarray(v, dtype=dtype) for k, v in base.items()}, classes, notes
 
 

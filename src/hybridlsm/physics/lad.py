@@ -16,7 +16,12 @@ water W, snow S and groundwater W_g. One step (backward Euler, step length from 
 5. water: snow and root zone updated with precipitation (phase from a T_f +- 1 K ramp), melt and
    the corrected evaporation; saturation excess drains (smoothly) to the groundwater reservoir,
    which is integrated exactly over the step and yields Qsb; snow above ``max_snow`` runs off as Qs.
-   Delta W + Delta S + Delta W_g = (P - E - Qs - Qsb) dt exactly.
+   Delta W + Delta S + Delta W_g = (P + I - E - Qs - Qsb) dt exactly, I the irrigation (below).
+
+Irrigation (not in LaD; site metadata ``irrigated``, 0 by default): on the irrigated fraction the
+root zone is topped up to the onset of stress, beta_threshold W_max, at the end of each step while
+the air is above 5 degC and the ground snow-free (``water.demand_irrigation``), reported as
+``Qirrig`` [kg m-2 s-1].
 
 Deep roots (``deep_water``, not in LaD; off by default): the fraction f_d of the roots below LaD's
 root zone (``deep_root_fraction``, Jackson et al. 1996) makes up part of the demand the root zone
@@ -65,6 +70,7 @@ from .water import (
     DEEP_WATER_OPTIONS,
     deep_uptake_fraction,
     deep_water_stress,
+    demand_irrigation,
     drainage,
     groundwater_update,
     limit_evaporation,
@@ -74,10 +80,10 @@ from .water import (
 )
 
 #: ALMA names returned by ``LaDModel.observe`` (architecture §2 plus Qf, Qsm, SubSnow, Snowf, Rainf,
-#: Albedo).
+#: Albedo, and Qirrig, the irrigation water applied, which ALMA does not name).
 OUTPUT_NAMES = (
     "Qh", "Qle", "Qg", "Rnet", "Evap", "Qs", "Qsb", "SoilTemp", "SoilMoist", "SWE", "GWS",
-    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf", "Qsm", "SubSnow", "Snowf", "Rainf", "Albedo",
+    "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf", "Qsm", "SubSnow", "Snowf", "Rainf", "Qirrig", "Albedo",
 )
 
 
@@ -150,6 +156,7 @@ class LaDFluxes(eqx.Module):
     snowmelt: Array
     snowfall: Array
     rainfall: Array
+    irrigation: Array
     surface_runoff: Array
     subsurface_runoff: Array
     soil_heat_storage: Array
@@ -378,6 +385,9 @@ class LaDModel(AbstractLandModel):
         water = state.soil_water + (p_rain - e_root + melt) * dt - deficit
         drained = drainage(water, p["root_zone_capacity"], num.drainage_scale)
         water = water - drained
+        irrigation = demand_irrigation(water, p["beta_threshold"] * p["root_zone_capacity"], p["irrigated"],
+                                       f.t_air, snow_cover, dt, num.drainage_scale)  # fmt: skip
+        water = water + irrigation * dt
         groundwater = state.groundwater
         if self.deep_water == "groundwater":  # root uptake from W_g, then LaD's linear reservoir
             groundwater = groundwater - e_deep * dt
@@ -400,6 +410,7 @@ class LaDModel(AbstractLandModel):
             snowmelt=melt,
             snowfall=p_snow,
             rainfall=p_rain,
+            irrigation=irrigation,
             surface_runoff=calving / dt,
             subsurface_runoff=qsb,
             soil_heat_storage=soil_heat_storage(temp_new, capacity),
@@ -447,5 +458,6 @@ class LaDModel(AbstractLandModel):
             "SubSnow": fluxes.sublimation,
             "Snowf": fluxes.snowfall,
             "Rainf": fluxes.rainfall,
+            "Qirrig": fluxes.irrigation,
             "Albedo": fluxes.albedo,
         }

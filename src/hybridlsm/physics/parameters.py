@@ -155,8 +155,8 @@ class ParameterSpec:
         if self.log_scale and self.lower <= 0:
             raise ValueError(f"parameter {self.name!r}: log-scale bounds must be positive")
         values = self.default.values() if isinstance(self.default, Mapping) else [self.default]
-        for v in values:
-            if not self.lower < v < self.upper:
+        for v in values:  # inside the open bounds where the sigmoid transform must reach it
+            if not (self.lower < v < self.upper if self.calibratable else self.lower <= v <= self.upper):
                 raise ValueError(
                     f"parameter {self.name!r}: default {v} outside ({self.lower}, {self.upper})"
                 )
@@ -212,6 +212,10 @@ _SPECS = [
                   "with LaDModel.deep_water; calibrated only then: OPTION_CALIBRATABLE)", 1e-4, 1.0, False,
                   {c: deep_root_fraction(c) for c in LAD_COVER_TYPES}, per="cover", log_scale=True,
                   source="Jackson et al. (1996) Oecologia 108:389, beta_J^(100 z_r) [V values, I use]"),
+    ParameterSpec("irrigated", "-", "irrigated fraction of the column (site metadata ``irrigated``; 0: "
+                  "rain-fed, as LaD): irrigation keeps its root zone at beta_threshold W_max while the air is "
+                  "above the base temperature of growth", 0.0, 1.0, False, 0.0,
+                  source="[I] site metadata; demand irrigation as CLM's (Ozdogan et al. 2010, J. Hydrometeor. 11:171)"),
     ParameterSpec("tau_groundwater", "d", "groundwater (saturated zone) residence time", 0.5,
                   3000.0, True, 60.0, log_scale=True, source=_LAD_SRC + " geo_res_time"),
     ParameterSpec("max_snow", "kg m-2", "snow mass above which snow runs off (calving)", 10.0,
@@ -287,6 +291,7 @@ def default_params(
     measurement_height=None,
     overrides: Mapping[str, object] | None = None,
     dtype=None,
+    irrigated=None,
 ) -> Params:
     """Default parameters for N sites from their IGBP classes.
 
@@ -295,6 +300,7 @@ def default_params(
         canopy_height: None, a scalar or N values [m]; NaN entries fall back to the class default.
         measurement_height: None, a scalar or N values [m]; NaN/<=0 entries fall back to
             ``max(h + 2, 1.5 h)``.
+        irrigated: None, a scalar or N irrigated fractions in [0, 1]; NaN (not stated) is 0.
         overrides: name -> scalar or (N,) values replacing the defaults (checked against bounds).
         dtype: array dtype; default: JAX's default float (float64 when x64 is enabled).
 
@@ -313,6 +319,11 @@ def default_params(
         name: np.array([spec.default_for(c) for c in codes], dtype=float)
         for name, spec in PARAMETERS.items()
     }
+    irr = _per_site(irrigated, n, "irrigated")
+    if np.any(np.isfinite(irr) & ((irr < 0.0) | (irr > 1.0))):
+        i = int(np.argmax(np.isfinite(irr) & ((irr < 0.0) | (irr > 1.0))))
+        raise ValueError(f"site {i} ({codes[i]}): irrigated = {irr[i]}; expected 0 (rain-fed) .. 1 (irrigated)")
+    table["irrigated"] = np.where(np.isfinite(irr), irr, 0.0)  # not stated: rain-fed, as LaD
     h_site = _per_site(canopy_height, n, "canopy_height")
     table["canopy_height"] = np.where(np.isfinite(h_site) & (h_site > 0), h_site,
                                       table["canopy_height"])
@@ -322,7 +333,8 @@ def default_params(
     for name, value in (overrides or {}).items():
         spec = _spec(name)
         arr = _per_site(value, n, f"override {name!r}")
-        if np.any(~(arr > spec.lower) | ~(arr < spec.upper)):
+        inside = (arr > spec.lower) & (arr < spec.upper) if spec.calibratable else (arr >= spec.lower) & (arr <= spec.upper)
+        if not np.all(inside):
             raise ValueError(
                 f"override {name!r} = {arr.tolist()} outside its bounds ({spec.lower}, {spec.upper})"
             )

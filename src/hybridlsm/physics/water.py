@@ -62,6 +62,24 @@ def limit_evaporation(evaporation, devaporation_dt, available, dt, power=8.0):
     return limited, slope * devaporation_dt
 
 
+#: Base temperature of crop growth [K] (5 degC; alfalfa and temperate field crops): demand irrigation
+#: runs only while the air is warmer, so it stops over winter and never wets frozen ground.
+IRRIGATION_BASE_TEMPERATURE = T_FREEZE + 5.0
+
+
+def demand_irrigation(soil_water, target, irrigated, t_air, snow_cover, dt, scale=0.1, temp_scale=1.0):
+    """Irrigation [kg m-2 s-1] that tops the root zone up to ``target`` by the end of the step.
+
+    Demand irrigation as land models apply it to irrigated cropland (CLM: Ozdogan et al. 2010,
+    J. Hydrometeor. 11:171): water is added where the root zone has fallen below a target, here the
+    onset of water stress (beta_threshold W_max), on the ``irrigated`` fraction of the column while
+    the air is above :data:`IRRIGATION_BASE_TEMPERATURE` (a smooth ramp over ``temp_scale`` K) and
+    the ground is snow-free. The amount is a smooth max(target - W, 0) over ``scale`` [kg m-2].
+    """
+    growing = 0.5 * (1.0 + jnp.tanh((t_air - IRRIGATION_BASE_TEMPERATURE) / temp_scale))
+    return irrigated * growing * (1.0 - snow_cover) * smooth_relu(target - soil_water, scale) / dt
+
+
 def drainage(soil_water, capacity, scale=0.1):
     """Saturation excess [kg m-2] drained this step: smooth max(W - W_max, 0); W - drain < W_max."""
     return smooth_relu(soil_water - capacity, scale)
