@@ -59,7 +59,7 @@ from .column_spec import ColumnSpec
 from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURES, STATIC_INPUTS, STATIC_KEY,
                        n_static_features, forcing_features,
                        stability_features, state_features)
-from .physics import DEFAULT_CALIBRATED, PhysicsOptions, calibrate_physics, calibrated_offsets
+from .physics import DEFAULT_CALIBRATED, LandOptions, PhysicsOptions, calibrate_physics, calibrated_offsets
 from .registry import EquinoxSpec, TrainingContext, register_model
 
 MULTIPLIED = ("ra_scale", "rs_scale")
@@ -69,7 +69,7 @@ FALLBACK_SAMPLES = 10
 FALLBACK_OUTPUT = "fallback"
 
 
-class HybridOptions(FitOptions):
+class HybridOptions(FitOptions, LandOptions):
     """``options`` of the hybrid models."""
 
     model_config = ConfigDict(extra="forbid")
@@ -82,7 +82,6 @@ class HybridOptions(FitOptions):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate of every network, in training and at "
                            "prediction (MC dropout; seed 000: 0.15); 0: deterministic")
     mc_samples: int = Field(MC_SAMPLES, ge=2, le=1000, description="MC-dropout runs of a prediction (with dropout)")
-    stability: Literal["louis", "businger_dyer"] = "louis"
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     discovery: bool = Field(True, description="train a K_h = a u^b |Ri|^c law with stable and unstable branches "
                             "jointly (phase 2; physics.exchange)")
@@ -251,7 +250,7 @@ def flux_column_model(opts: HybridOptions, aleatoric: GaussianHead | None = None
                       targets: tuple[str, ...] = ()) -> ColumnModel:
     """hybrid_flux's column: the LaD with the flux network as its closure."""
     dtype = jnp.zeros(0).dtype
-    land = LaDModel(closure=build_flux_closure(opts, aleatoric, targets), stability=opts.stability)
+    land = opts.lad(build_flux_closure(opts, aleatoric, targets))
     return ColumnModel(land=land, deltas=_deltas(opts, dtype), delta_gain=DELTA_GAIN, mc_samples=opts.mc_samples,
                        aleatoric_targets=targets, static_inputs=tuple(opts.static_inputs))  # fmt: skip
 
@@ -418,10 +417,11 @@ def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opt
     (module ``column_fit``), so the network learns what calibrated physics misses; its multipliers
     and energy split start at the calibrated physics (multiplier 1, bulk split)."""
     if opts.physics_init == "default":
-        return model, None, ColumnModel(land=LaDModel(stability=opts.stability), deltas={})
+        return model, None, ColumnModel(land=opts.lad(), deltas={})
     physics = calibrate_physics(
         train, val, ctx.sub("physics_init"),
-        PhysicsOptions(calibrate=opts.calibrate, stability=opts.stability, targets=opts.targets),
+        PhysicsOptions(calibrate=opts.calibrate, stability=opts.stability, deep_water=opts.deep_water,
+                       targets=opts.targets),
     )  # fmt: skip
     deltas = {k: v / model.delta_gain for k, v in calibrated_offsets(physics).items()}
     model = replace(model, deltas=deltas, sites=physics.sites, site_classes=physics.site_classes,
@@ -469,7 +469,7 @@ class HybridParam(_HybridSpec):
         mlp = MLP(n_in, len(MULTIPLIED) + len(targets), width_size=options.width, depth=options.depth,
                   dropout=options.dropout, key=jax.random.key(options.seed))  # fmt: skip
         mlp = _small_output_layer(mlp, _start_bias(head, aleatoric, targets))
-        land = ParameterNetworkLand(LaDModel(stability=options.stability), mlp, head, options.use_states,
+        land = ParameterNetworkLand(options.lad(), mlp, head, options.use_states,
                                     options.stability_inputs, aleatoric=aleatoric, aleatoric_targets=targets,
                                     fallback_threshold=options.fallback_threshold, static=bool(options.static_inputs))
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
@@ -503,7 +503,7 @@ class HybridLSTM(_HybridSpec):
         net = LSTM(N_FORCING_FEATURES + n_static_features(options.static_inputs), len(MULTIPLIED) + len(targets),
                    hidden_size=options.hidden_size, dropout=options.dropout, key=jax.random.key(options.seed))
         net = eqx.tree_at(lambda n: n.head, net, _start_near(net.head, _start_bias(head, aleatoric, targets)))
-        return ColumnModel(land=LaDModel(stability=options.stability), deltas=_deltas(options, dtype, MULTIPLIED),
+        return ColumnModel(land=options.lad(), deltas=_deltas(options, dtype, MULTIPLIED),
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
                            law=self._law(options, dtype), delta_gain=DELTA_GAIN, mc_samples=options.mc_samples,
                            static_inputs=tuple(options.static_inputs), dynamic_aleatoric=aleatoric,
@@ -615,7 +615,7 @@ class PostCorrectionSpec(EquinoxSpec):
         # start at no correction (and an SD of one scale: the RMS of the physics' errors)
         bias = jnp.zeros(k) if head is None else jnp.r_[jnp.zeros(k), jnp.full(k, head.raw_for_std(1.0))]
         mlp = _small_output_layer(mlp, bias)
-        physics = ColumnModel(land=LaDModel(stability=options.stability), deltas={})
+        physics = ColumnModel(land=options.lad(), deltas={})
         return PostCorrection(physics, mlp, tuple(options.targets), (1.0,) * k, options.mc_samples, head)
 
     def structure(self, model: PostCorrection) -> dict:

@@ -11,7 +11,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..constants import CP_AIR
 from ..domain import Domain
@@ -33,18 +33,28 @@ DEFAULT_CALIBRATED = ("rs_scale", "ra_scale", "root_zone_capacity", "beta_thresh
 RECORD_EPOCHS = 60  # one Adam step per epoch over whole records
 
 
-class PhysicsOptions(FitOptions):
+class LandOptions(BaseModel):
+    """The options of the LaD column that the physics and the hybrids share (``lad`` builds it)."""
+
+    stability: Literal["louis", "businger_dyer"] = "louis"
+    deep_water: Literal["none", "groundwater", "table"] = Field("none", description=(
+        "roots below LaD's root zone (fraction deep_root_fraction, Jackson et al. 1996; add it to "
+        "calibrate to fit it) draw on the groundwater store W_g or on a water table below the column "
+        "(physics.lad); none: LaD"))
+
+    def lad(self, closure: Closure | None = None) -> LaDModel:
+        """The LaD column with these options and ``closure`` (the bulk closure by default)."""
+        return LaDModel(closure=BulkClosure() if closure is None else closure, stability=self.stability,
+                        deep_water=self.deep_water)  # fmt: skip
+
+
+class PhysicsOptions(FitOptions, LandOptions):
     """``options`` of ``{name: physics}`` / ``{name: fixed_kh}``."""
 
     model_config = ConfigDict(extra="forbid")
 
     calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
         "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
-    stability: Literal["louis", "businger_dyer"] = "louis"
-    deep_water: Literal["none", "groundwater", "table"] = Field("none", description=(
-        "roots below LaD's root zone (fraction deep_root_fraction, Jackson et al. 1996; add it to "
-        "calibrate to fit it) draw on the groundwater store W_g or on a water table below the column "
-        "(physics.lad); none: LaD"))
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
     fit: Literal["record", "windows"] = Field(
@@ -91,8 +101,7 @@ class PhysicsSpec(ColumnSpec):
 
     def build(self, options: PhysicsOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
-        closure = BulkClosure() if self.closure_cls is None else self.closure_cls()
-        land = LaDModel(closure=closure, stability=options.stability, deep_water=options.deep_water)
+        land = options.lad(None if self.closure_cls is None else self.closure_cls())
         deltas = {name: jnp.zeros((), dtype) for name in options.calibrate if not (
             self.closure_cls is not None and name == "ra_scale")}  # fmt: skip
         return ColumnModel(land=land, deltas=deltas)
