@@ -106,10 +106,13 @@ def main() -> None:
         "## One hybrid for every site: static attributes, no per-site parameters",
         "",
         f"Made on {dt.date.today().isoformat()} by `python benchmarks/generalisation.py` (`hybridlsm sweep {LOSO}`, "
-        f"`hybridlsm run {TEST_SITES}`; CPU). `hybrid_param_static`: hybrid_param whose network also takes "
-        "latitude, elevation, IGBP cover, canopy height and the climate summaries of each site (`static_inputs`), "
-        "from the LaD defaults with no calibrated or per-site parameter. Cells: half-hourly NSE (RMSE, W m-2) "
-        "on the whole record of the left-out site (leave-one-site-out) or of the never-seen site (test_sites).",
+        f"`hybridlsm run {TEST_SITES}`; CPU). `hybrid_param_static`, `hybrid_flux_static`, `hybrid_lstm_static`: "
+        "hybrid_param, hybrid_flux and hybrid_lstm whose networks also take latitude, elevation, IGBP cover, canopy "
+        "height and the climate summaries of each site (`static_inputs`), from the LaD defaults with deep roots "
+        "(`deep_water: table`) and no calibrated or per-site parameter; US-Bi1 is irrigated (site metadata; every "
+        "LaD-based model, `physics_default` included). Both choices were made on validation weeks "
+        "(`benchmarks/water.py`). Cells: half-hourly NSE (RMSE, W m-2) on the whole record of the left-out site "
+        "(leave-one-site-out) or of the never-seen site (test_sites).",
         "",
         "### Leave-one-site-out",
         "",
@@ -124,7 +127,7 @@ def main() -> None:
         "",
         *table(ts),
         "",
-        "### Where the static hybrid's training stopped",
+        "### Where the static hybrids' training stopped",
         "",
         *stops(loso_dir),
         *stops(ts_dir)[2:],
