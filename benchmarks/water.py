@@ -44,14 +44,18 @@ from hybridlsm.physics import default_params, from_unconstrained, to_unconstrain
 from hybridlsm.pipeline import experiments, load_domains  # noqa: E402
 
 SITES = {"us-me2-blocked": "configs/us-me2-blocked.yaml", "us-wkg-blocked": "configs/us-wkg-blocked.yaml"}
-VARIANTS = {  # label -> (options over the config's physics options, extra calibrated parameters)
-    "lad": ({}, []),
-    "groundwater": ({"deep_water": "groundwater"}, ["deep_root_fraction"]),
-    "table_jackson": ({"deep_water": "table"}, []),
-    "table": ({"deep_water": "table"}, ["deep_root_fraction"]),
-    "default": ({"calibrate": []}, []),
-    "default_table": ({"calibrate": [], "deep_water": "table"}, []),
+SITES_IRRIGATED = {"us-bi1-blocked": "configs/us-bi1-blocked.yaml"}  # judged with and without irrigation
+VARIANTS = {  # label -> (options over the config's physics options, extra calibrated parameters, irrigated)
+    "lad": ({}, [], False),
+    "groundwater": ({"deep_water": "groundwater"}, ["deep_root_fraction"], False),
+    "table_jackson": ({"deep_water": "table"}, [], False),
+    "table": ({"deep_water": "table"}, ["deep_root_fraction"], False),
+    "default": ({"calibrate": []}, [], False),
+    "default_table": ({"calibrate": [], "deep_water": "table"}, [], False),
+    "irrigated": ({}, [], True),
+    "default_irrigated": ({"calibrate": []}, [], True),
 }
+IRRIGATION_VARIANTS = ("lad", "irrigated", "default", "default_irrigated")
 JJA = (6, 7, 8)
 LATENT_HEAT_VAPORISATION = 2.45e6  # [J kg-1], for the observed ET of the budget
 
@@ -72,10 +76,21 @@ def usable(ds, name: str, max_qc: int) -> np.ndarray:
     return ok
 
 
+def with_irrigation(cfg, irrigated: bool):
+    """``cfg`` whose one site has the site metadata ``irrigated`` set to ``irrigated``."""
+    site = cfg.data.sites[0]
+    options = {**site.options, "metadata": {**site.options.get("metadata", {}), "irrigated": irrigated}}
+    data = cfg.data.model_copy(update={"sites": [site.model_copy(update={"options": options})]})
+    return cfg.model_copy(update={"data": data})
+
+
 def evaluate(cfg_path: str, variants: list[str]) -> dict:
     cfg = load_run_config(ROOT / cfg_path)
-    sites = load_domains(cfg)
-    exp = experiments(cfg, sites)[0]
+    runs = {}  # irrigated -> (config, experiment)
+    for irrigated in sorted({VARIANTS[v][2] for v in variants}):
+        c = with_irrigation(cfg, irrigated)
+        runs[irrigated] = (c, experiments(c, load_domains(c))[0])
+    cfg, exp = next(iter(runs.values()))
     domain = exp.test[0]
     labels = exp.labels[domain.column_ids[0]]
     ds = domain.data
@@ -93,7 +108,9 @@ def evaluate(cfg_path: str, variants: list[str]) -> dict:
            "validation_steps_qle": int((val & ok["Qle"]).sum()),
            "jja_validation_steps_qle": int((val & summer & ok["Qle"]).sum()), "variants": {}}
     for name in variants:
-        extra, add = VARIANTS[name]
+        extra, add, irrigated = VARIANTS[name]
+        cfg, exp = runs[irrigated]
+        domain = exp.test[0]
         opts = {**dict(entry.options), **extra}
         opts["calibrate"] = list(opts["calibrate"]) + add
         options = spec.Options.model_validate(opts)
@@ -113,9 +130,10 @@ def evaluate(cfg_path: str, variants: list[str]) -> dict:
         evap = np.asarray(pred["Evap"])[:, 0] * dt_s
         qsb = np.asarray(pred["Qsb"])[:, 0] * dt_s
         supply = -np.minimum(qsb, 0.0).sum() if options.deep_water == "table" else 0.0
+        irrigation = np.asarray(pred["Qirrig"])[:, 0] * dt_s
         le_ok = ok["Qle"] & year
         rec = {
-            "options": {"deep_water": options.deep_water, "calibrate": options.calibrate},
+            "options": {"deep_water": options.deep_water, "calibrate": options.calibrate, "irrigated": irrigated},
             "seconds": round(seconds, 1),
             "parameters": {k: round(v, 4) for k, v in sorted(params.items())},
             "jja_le_bias_pct": bias_pct(obs["Qle"][summer & le_ok], sim["Qle"][summer & le_ok]),
@@ -131,6 +149,7 @@ def evaluate(cfg_path: str, variants: list[str]) -> dict:
                 "et_model": float(evap[year].sum()),
                 "et_observed": float(np.mean(obs["Qle"][le_ok]) / LATENT_HEAT_VAPORISATION * dt_s * year.sum()),
                 "deep_supply": float(supply),
+                "irrigation": float(irrigation[year].sum()),
                 "groundwater_runoff": float(np.maximum(qsb[year], 0.0).sum()),
                 "root_zone_start_end": [float(np.asarray(pred["SoilMoist"])[0, 0]),
                                         float(np.asarray(pred["SoilMoist"])[-1, 0])],
@@ -147,15 +166,20 @@ def evaluate(cfg_path: str, variants: list[str]) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sites", nargs="+", default=list(SITES), choices=list(SITES))
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--sites", nargs="+", default=list(SITES) + list(SITES_IRRIGATED),
+                    choices=list(SITES) + list(SITES_IRRIGATED))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                    help=f"default: every variant but the irrigated ones at {', '.join(SITES)}; "
+                         f"{', '.join(IRRIGATION_VARIANTS)} at {', '.join(SITES_IRRIGATED)}")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "water.json")
     args = ap.parse_args(argv)
     result = {
         "what": "JJA LE bias and validation skill of the calibrated LaD with and without deep roots "
                 "(benchmarks/water.py; blocked splits, test weeks unused)",
         "date": dt.date.today().isoformat(),
-        "sites": {name: evaluate(SITES[name], args.variants) for name in args.sites},
+        "sites": {name: evaluate({**SITES, **SITES_IRRIGATED}[name], args.variants or (
+            list(IRRIGATION_VARIANTS) if name in SITES_IRRIGATED else [v for v in VARIANTS if not VARIANTS[v][2]]))
+            for name in args.sites},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
