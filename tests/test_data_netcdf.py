@@ -121,6 +121,17 @@ def test_plumber2_wrong_units_named(orig, tmp_path):
     src.close()
 
 
+def test_plumber2_irrigated_metadata_is_a_fraction_or_refused(orig):
+    path = orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        assert read_plumber2(path, find_partner=False, metadata={"irrigated": "yes"}).attrs["irrigated"] == 1.0
+        assert read_plumber2(path, find_partner=False, metadata={"irrigated": 0.25}).attrs["irrigated"] == 0.25
+        with pytest.raises(DataError, match=r"DK-Fou_2005-2005_FLUXNET2015_Met.nc: metadata irrigated: 'sometimes'; "
+                                            r"expected true/false or a fraction"):
+            read_plumber2(path, find_partner=False, metadata={"irrigated": "sometimes"})
+
+
 @pytest.fixture(scope="module")
 def livneh(shared_data):
     with pytest.warns(DataWarning, match="variable wind: units attribute 'mm s-1' is known to be wrong; read as 'm s-1'"):
