@@ -5,7 +5,9 @@ collect every run's skill.json into results/skill.json and write docs/results.md
     .venv/bin/python benchmarks/skill.py configs/us-wkg.yaml  # some of them
     .venv/bin/python benchmarks/skill.py --collect-only       # tables from existing runs
 
-Runs go to runs/<name>/ (see each config); an interrupted run resumes.
+Runs go to runs/<name>/ (see each config); an interrupted run resumes. With --collect-only, a config
+whose run directory is absent keeps its records from the existing results/skill.json (for the
+models it still lists), so one rerun config can be collected without rerunning the others.
 """
 
 from __future__ import annotations
@@ -24,17 +26,31 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/us-wkg.yaml", "configs/us-me2.yaml", "configs/multisite.yaml", "configs/loso.yaml",
            "configs/us-wkg-blocked.yaml", "configs/us-me2-blocked.yaml", "configs/test-sites.yaml",
-           "configs/loso-static.yaml", "configs/test-sites-static.yaml"]  # the static pair: benchmarks/generalisation.py
+           "configs/multisite-static.yaml", "configs/loso-static.yaml",
+           "configs/test-sites-static.yaml"]  # the static three: benchmarks/generalisation.py
 KEYS = ["site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "kge_form", "bias", "bias_pct", "r", "n",
         "suspect", "config"]
 
 
-def run_dir_of(config: str) -> Path:
+def load_config(config: str):
     sys.path.insert(0, str(ROOT / "src"))
-    from hybridlsm.models.registry import load_run_config as load_config
+    from hybridlsm.models.registry import load_run_config
 
-    cfg = load_config(ROOT / config)
+    return load_run_config(ROOT / config)
+
+
+def run_dir_of(config: str) -> Path:
+    cfg = load_config(config)
     return ROOT / cfg.output.run_dir / cfg.name
+
+
+def previous_records(config: str) -> list[dict]:
+    """``config``'s records in the existing results/skill.json, for the models it still lists."""
+    path = ROOT / "results" / "skill.json"
+    if not path.is_file():
+        return []
+    labels = {m.label for m in load_config(config).models}
+    return [r for r in json.loads(path.read_text()) if r.get("config") == config and r.get("model") in labels]
 
 
 def ensure_run(config: str) -> Path:
@@ -99,10 +115,12 @@ def main() -> None:
     for config in args.configs:
         run_dir = run_dir_of(config) if args.collect_only else ensure_run(config)
         path = run_dir / "skill.json"
-        if not path.exists():
-            print(f"skip {config}: no {path}", file=sys.stderr)
-            continue
         commands.append(f".venv/bin/hybridlsm run {config}")
+        if not path.exists():
+            kept = previous_records(config)
+            print(f"{config}: no {path}; {len(kept)} records kept from results/skill.json", file=sys.stderr)
+            records += kept
+            continue
         for rec in json.loads(path.read_text()):
             rec["config"] = config
             records.append({k: rec.get(k) for k in KEYS})
