@@ -221,7 +221,10 @@ class NetworkFluxClosure(Closure):
         # the network corrects the physics' evaporative fraction in logit space, so an untrained
         # network reproduces the bulk partition and training learns the closure's deviation
         s = self.head.smoothing
-        ef_bulk = jnp.clip(lv * bulk.evaporation / (s * jax.nn.softplus(available / s)), 0.02, 0.98)
+        # the positive part of A floored: softplus underflows to 0 in float32 for A < -1000 W m-2
+        # (a strong wind over a cold surface), and 0/0 in the derivative made the gradient NaN
+        positive = jnp.maximum(s * jax.nn.softplus(available / s), 1e-3)
+        ef_bulk = jnp.clip(lv * bulk.evaporation / positive, 0.02, 0.98)
         prior = jnp.log(ef_bulk) - jnp.log1p(-ef_bulk)
         h, le = self.head(jnp.stack([raw[..., 0] + prior, raw[..., 1]], axis=-1), factor * available)
         ef = le / jnp.where(jnp.abs(factor * available) > 1e-6, factor * available, 1.0)
