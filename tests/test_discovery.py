@@ -359,6 +359,7 @@ def test_discover_fits_each_fold_of_a_leave_one_site_out_run(tmp_path, run_confi
         discover(other)
 
 
+@pytest.mark.slow  # an online refit through the physics; in make test, not test-fast
 def test_online_refit_moves_a_perturbed_law_to_the_truth():
     """refit_exchange_law on noise-free twin data: the true LaD (Jarvis r_s, the twin's law) with the
     law's exponents of u off by 0.2; only the law trains, both exponents come at least halfway back

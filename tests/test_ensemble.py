@@ -137,6 +137,7 @@ def _leaves(model):
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
 
 
+@pytest.mark.slow  # vmapped and sequential ensemble training; in make test, not test-fast
 def test_vmapped_members_equal_the_sequential_ones(tiny):
     """Three hybrid_param members with dropout trained together (one vmapped update) equal, member
     by member, the members trained one after the other (same seeds, same batches) to rounding; the

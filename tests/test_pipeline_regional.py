@@ -189,6 +189,7 @@ def test_uncertainty_hotspots_by_class_and_distance_to_towers():
     assert table.loc["URB", "tower_distance_hotspots"] == 4.0 and table.loc["URB", "tower_distance_all"] == 3.0
 
 
+@pytest.mark.slow  # three regional trainings and predictions; in make test, not test-fast
 @pytest.mark.parametrize("name", ["regional_hybrid", "regional_cnn_lstm", "regional_fixed_kh"])
 def test_regional_models_save_load_and_predict_the_same(name, tmp_path):
     from hybridlsm.models.registry import get_model, load_saved_model, validate_options

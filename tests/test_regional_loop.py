@@ -43,6 +43,7 @@ def _fields(kh, rs=200.0):
     return jnp.broadcast_to(jnp.asarray(kh, float), (t, N)), jnp.broadcast_to(jnp.asarray(rs, float), (t, N))
 
 
+@pytest.mark.slow  # closed-loop rollouts with recomputations; in make test, not test-fast
 def test_a_stiff_kh_field_is_adjusted_until_every_step_is_within_10_wm2(grid):
     model, params, gf, loop, plain = grid
     kh, rs = _fields(10.0)  # inside the bounds, but 10-500 x the stability scheme's K_h at 3 m s-1
@@ -180,6 +181,7 @@ def test_sub_steps_do_not_cure_a_stiff_kh_but_the_physics_own_kh_does():
     assert float(np.max(own["coupling_residual"])) < 1.0
 
 
+@pytest.mark.slow  # two regional rollouts; in make test, not test-fast
 def test_a_kh_multiplier_of_one_is_the_physics_own_exchange():
     """exchange=Kh_scale: a multiplier field of 1 runs the stability scheme's K_h (the fixed-K_h
     physics, to rounding); the loop's Kh_field is the K_h it gave, exchange_field the multiplier."""

@@ -159,6 +159,7 @@ def _grid(ny=3, nx=4, t=6, seed=0) -> xr.Dataset:
     return ds
 
 
+@pytest.mark.slow  # regional data preparation of a masked grid; in make test, not test-fast
 def test_region_data_leaves_a_cell_without_forcing_out_and_refuses_partial_gaps():
     from hybridlsm.models.regional import fixed_kh_model, predict_regional, region_data
     from hybridlsm.models.regional_loop import roughness, smooth_field
