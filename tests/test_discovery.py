@@ -402,6 +402,7 @@ def test_online_refit_moves_a_perturbed_law_to_the_truth():
                            train_cfg=ctx.training)
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_a_twin_can_observe_its_surface_temperature_and_a_hybrid_train_on_it():
     """``surface_temperature_noise``: the twin's radiometric surface temperature with that noise (the
     other observations unchanged); AvgSurfT is a target the column models accept."""

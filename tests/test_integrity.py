@@ -146,6 +146,7 @@ def test_resume_recomputes_a_truncated_prediction(finished, tmp_path, capsys):
 # ---------------------------------------------------------------------------------- lock
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_a_second_process_is_refused_while_the_first_holds_the_run_lock(finished, tmp_path):
     cfg_file, run_dir = copy_run(finished, tmp_path)
     holder = subprocess.Popen(

@@ -70,6 +70,7 @@ SLOW_ROLLOUT = {"fixed_kh", "hybrid_flux", "hybrid_param", "hybrid_lstm"}  # phy
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_ROLLOUT else n
                                   for n in ROLLOUT_MODELS])  # fmt: skip
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_rollout_model_training_lowers_loss(name, site, cfg):
     train, val = site
     spec = get_model(name)

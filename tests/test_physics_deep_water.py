@@ -129,6 +129,7 @@ def test_dry_down_lasts_longer_with_deep_roots():
     assert table["out"]["Qsb"][-480:, 0].min() < 0.0
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_gradient_reaches_the_deep_root_fraction(year_forcing):
     forcing, params = year_forcing
     short = forcing.at(slice(0, 192))

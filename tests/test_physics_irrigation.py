@@ -76,6 +76,7 @@ def test_no_irrigation_in_the_cold_or_under_snow():
     assert got[3] == pytest.approx(20.0, abs=0.01)  # half the column irrigated
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_irrigation_gradient_is_finite_and_matches_finite_differences(dry_summer):
     forcing = dry_summer["forcing"].at((slice(0, 96), slice(1, 2)))
     base = {k: v[1:] for k, v in dry_summer["params"].items()}

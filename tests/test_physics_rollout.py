@@ -122,6 +122,7 @@ def test_streamed_gradient_memory_is_sublinear_in_steps():
     assert stacked_large > 3 * stacked_small  # the stacked outputs grow with T
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_simulate_matches_rollout_and_selects_outputs(case):
     model, params, forcing, _ = case
     _, ref = jax.jit(rollout, compiler_options=FAST_COMPILE)(model, params, forcing)

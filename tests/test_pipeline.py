@@ -32,6 +32,7 @@ output: {run_dir: RUNS}
 """
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_run_writes_run_directory_and_resumes(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
@@ -140,6 +141,7 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_has_finished(tmp_p
     assert sorted(p.name for p in run.parent.iterdir()) == ["tiny"]  # no temporary sibling left
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_resume_with_a_different_config_names_the_keys(tmp_path):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))

@@ -69,6 +69,7 @@ def test_a_stiff_kh_field_is_adjusted_until_every_step_is_within_10_wm2(grid):
     json.dumps(s)  # plain ints and floats
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_the_domain_energy_stays_conserved_through_recomputed_steps(grid):
     model, params, gf, loop, _ = grid
     kh, rs = _fields(10.0)
@@ -83,6 +84,7 @@ def test_the_domain_energy_stays_conserved_through_recomputed_steps(grid):
     np.testing.assert_allclose(g[1:], (sr[1:] - sr[:-1]) / 3600.0, atol=1e-7)
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_a_benign_field_is_not_recomputed_and_equals_the_plain_rollout(grid):
     model, params, gf, loop, plain = grid
     rng = np.random.default_rng(1)

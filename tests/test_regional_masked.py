@@ -47,6 +47,7 @@ def _case(active, fill=0.0, hours=(10, 16), seed=0):
     return GridForcing(f, u, v), params
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_transport_with_inactive_cells_conserves_and_keeps_uniform_air_uniform():
     rng = np.random.default_rng(2)
     active = jnp.asarray(_mask())

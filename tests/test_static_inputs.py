@@ -40,6 +40,7 @@ def test_a_site_without_a_needed_attribute_is_refused_by_name(values, message):
 
 @pytest.mark.parametrize("name", ["hybrid_param", pytest.param("hybrid_flux", marks=pytest.mark.slow),
                                   pytest.param("hybrid_lstm", marks=pytest.mark.slow)])  # ~7 s each
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_the_static_attributes_reach_the_network(name):
     model = get_model(name).build(validate_options(name, {"width": 8, "hidden_size": 4,
                                                           "static_inputs": ["latitude", "igbp"]}))  # fmt: skip

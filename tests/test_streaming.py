@@ -55,6 +55,7 @@ def test_streamed_grid_equals_the_in_memory_prediction(grid_store, tmp_path):
     assert np.std(streamed["Qle"].values[:, iy, ix].mean(axis=0)) > 0.5  # the cells differ
 
 
+@pytest.mark.slow  # a few seconds; in make test, not test-fast
 def test_a_gap_an_existing_store_and_a_sequence_model_are_refused(grid_store, tmp_path):
     src = xr.open_zarr(grid_store)
     gappy = src.copy()
