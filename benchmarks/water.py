@@ -76,6 +76,13 @@ def usable(ds, name: str, max_qc: int) -> np.ndarray:
     return ok
 
 
+def default_variants(site: str) -> list[str]:
+    """The irrigation variants at an irrigated site, every other variant elsewhere."""
+    if site in SITES_IRRIGATED:
+        return list(IRRIGATION_VARIANTS)
+    return [v for v, (_, _, irrigated) in VARIANTS.items() if not irrigated]
+
+
 def with_irrigation(cfg, irrigated: bool):
     """``cfg`` whose one site has the site metadata ``irrigated`` set to ``irrigated``."""
     site = cfg.data.sites[0]
@@ -177,9 +184,8 @@ def main(argv=None) -> None:
         "what": "JJA LE bias and validation skill of the calibrated LaD with and without deep roots "
                 "(benchmarks/water.py; blocked splits, test weeks unused)",
         "date": dt.date.today().isoformat(),
-        "sites": {name: evaluate({**SITES, **SITES_IRRIGATED}[name], args.variants or (
-            list(IRRIGATION_VARIANTS) if name in SITES_IRRIGATED else [v for v in VARIANTS if not VARIANTS[v][2]]))
-            for name in args.sites},
+        "sites": {name: evaluate({**SITES, **SITES_IRRIGATED}[name], args.variants or default_variants(name))
+                  for name in args.sites},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -718,10 +718,7 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
     table = sites_table_for(path, sites)
     if table is not None:
         attrs.update(site_metadata(table, file=path.name, site_id=site_id or info.get("site")))
-    if metadata:
-        attrs.update(metadata)
-    if "irrigated" in attrs:
-        attrs["irrigated"] = irrigated_fraction(attrs["irrigated"], f"{path}: metadata irrigated")
+    apply_metadata(attrs, metadata, str(path))
     if not attrs["site_id"]:
         attrs["site_id"] = path.stem
         warnings.warn(
@@ -732,6 +729,14 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
         )
     report_missing_metadata(attrs, file=str(path), stacklevel=4)
     return attrs
+
+
+def apply_metadata(attrs: dict, metadata: dict | None, file: str) -> None:
+    """Site attrs ``metadata`` overrides or completes (in place), each checked the same way for
+    every reader: ``irrigated`` becomes a fraction (:func:`irrigated_fraction`)."""
+    attrs.update(metadata or {})
+    if "irrigated" in attrs:
+        attrs["irrigated"] = irrigated_fraction(attrs["irrigated"], f"{file}: metadata irrigated")
 
 
 def irrigated_fraction(value, where: str) -> float:

@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from .checks import check_plausible, fmt_time, regularise_time, report_missing_metadata
-from .fluxnet import YEARS, irrigated_fraction, site_metadata, sites_table_for
+from .fluxnet import YEARS, apply_metadata, site_metadata, sites_table_for
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import QC_FLAG_MEANINGS, QC_MISSING, SITE_METADATA, VARIABLES, DataError, DataWarning
 from .units import conversion
@@ -222,10 +222,7 @@ def read_plumber2(
         repairs="\n".join(repairs),
         n_repairs=len(repairs),
     )
-    if metadata:
-        attrs.update(metadata)
-    if "irrigated" in attrs:
-        attrs["irrigated"] = irrigated_fraction(attrs["irrigated"], f"{attrs['source_file']}: metadata irrigated")
+    apply_metadata(attrs, metadata, attrs["source_file"])
     report_missing_metadata(attrs, file=attrs["source_file"], stacklevel=3)
     ds = xr.Dataset(data_vars, coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]"))},
                     attrs=attrs)
