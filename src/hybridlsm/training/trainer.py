@@ -6,7 +6,9 @@ normalisation statistics and bounds, stays fixed.
 
 - optimiser: AdamW (optax ``scale_by_adam`` + decoupled weight decay) after global-norm clipping;
 - learning rate: warm-up, then cosine decay ``lr -> min_lr`` (or constant); in two-phase training
-  constant in phase 1 and cosine over phase 2; multiplied by ``0.5**k`` after ``k`` rejected updates;
+  constant in phase 1 and cosine over phase 2; halved by each rejected update and doubled back
+  (up to its setting) after ``LR_RECOVERY_UPDATES`` accepted updates in a row, so that a rare bad
+  window costs a little speed, not the rest of the run;
 - early stopping on ``val_fn`` with ``patience``; the best model is kept and returned;
 - two-phase schedule: phase 1 supervised (physics weights 0); phase 2 starts from the best phase-1
   model with a fresh optimiser state and fresh early-stopping bookkeeping, and the physics weights
@@ -16,8 +18,10 @@ normalisation statistics and bounds, stays fixed.
   (or a non-finite loss or parameter) rolls the update back and halves the learning rate; every
   rejection is recorded in the epoch's history entry;
 - training that cannot recover or learned nothing raises :class:`TrainingError` (never returns the
-  untrained model as if trained): ``MAX_CONSECUTIVE_REJECTIONS`` rejected updates in a row, no
-  update accepted at all, or no epoch with a finite validation loss;
+  untrained model as if trained): ``MAX_CONSECUTIVE_REJECTIONS`` rejected updates in a row, a
+  learning rate that collapses below ``MIN_LR_SCALE`` of its setting (updates rejected faster than
+  it recovers: some windows give non-finite gradients at every step), no update accepted at all,
+  or no epoch with a finite validation loss;
 - deterministic for a given ``cfg.seed``: all randomness comes from one threaded ``jax.random`` key;
 - one :class:`TrainState` (parameters, optimiser state, best model, PRNG key, counters, history)
   is checkpointed whole every epoch (``checkpoint.py``); ``resume=True`` continues from it and
@@ -29,6 +33,7 @@ normalisation statistics and bounds, stays fixed.
 
 from __future__ import annotations
 
+import abc
 import functools
 import math
 import sys
@@ -53,11 +58,16 @@ from hybridlsm.training.losses import WEIGHT_NAMES
 from hybridlsm.training.members import as_member_array, member_keys, select_members
 from hybridlsm.training.sharding import cell_mesh, replicate
 
-__all__ = ["FitResult", "LossFn", "TrainState", "TrainingError", "TrainingWarning", "ValidationScore", "fit",
-           "learning_rate", "loss_weights", "phase_of_epoch"]
+__all__ = ["FitResult", "LossFn", "ModelBatches", "TrainState", "TrainingError", "TrainingWarning", "ValidationScore",
+           "fit", "learning_rate", "loss_weights", "phase_of_epoch"]
 
 #: Rejected updates in a row (each halving the learning rate) after which training stops.
 MAX_CONSECUTIVE_REJECTIONS = 20
+#: Accepted updates in a row after which a halved learning rate doubles back (never above its setting).
+LR_RECOVERY_UPDATES = 10
+#: Fraction of the set learning rate below which training stops with an error: the model no longer
+#: learns, though single updates still pass (2**-20, twenty halvings not won back).
+MIN_LR_SCALE = 2.0**-20
 
 
 class TrainingError(RuntimeError):
@@ -120,13 +130,15 @@ class TrainState:
     lr_scale: float = 1.0
     accepted: int = 0  # updates accepted so far
     rejected_in_a_row: int = 0
+    accepted_in_a_row: int = 0  # since the last rejection or learning-rate recovery
     stopped_early: bool = False
     finished: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
 
     _SCALARS = ("epoch", "step", "best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row",
-                "stopped_early", "finished")
-    _PER_MEMBER = ("best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row", "stopped_early")
+                "accepted_in_a_row", "stopped_early", "finished")
+    _PER_MEMBER = ("best_val", "best_epoch", "bad_epochs", "lr_scale", "accepted", "rejected_in_a_row",
+                   "accepted_in_a_row", "stopped_early")
 
     def to_checkpoint(self, static: Any, config_hash: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """(trees, JSON metadata) for ``write_checkpoint``."""
@@ -305,8 +317,21 @@ def _fmt(x) -> str:
     return f"{x:.3g}" if x.ndim == 0 else "[" + ", ".join(f"{v:.3g}" for v in x) + "]"
 
 
-def _epoch_batches(train_batches: Any, key: PRNGKeyArray) -> list[Batch]:
-    if callable(train_batches):
+class ModelBatches(abc.ABC):
+    """Training batches that depend on the model being trained, e.g. windows that start from the
+    states the model itself carries through the record (``models.regional``). :func:`fit` calls it
+    at the start of every epoch with the epoch's key and the model as it is then, so a resumed run
+    builds the same batches as an uninterrupted one."""
+
+    @abc.abstractmethod
+    def __call__(self, key: PRNGKeyArray, model: eqx.Module) -> Iterable[Batch]:
+        """The epoch's batches, in the order they are visited."""
+
+
+def _epoch_batches(train_batches: Any, key: PRNGKeyArray, model: Callable[[], eqx.Module]) -> list[Batch]:
+    if isinstance(train_batches, ModelBatches):
+        batches = list(train_batches(key, model()))
+    elif callable(train_batches):
         batches = list(train_batches(key))
     else:
         order = np.asarray(jax.random.permutation(key, len(train_batches)))
@@ -337,9 +362,10 @@ def fit(
       update (dropout, sampling); ``weights`` maps ``"energy"``, ``"sparsity"``, ``"discovery"`` to the
       scheduled physics-term weights (scalars; 0 outside phase 2); ``aux`` is a dict of scalar terms
       averaged into the history.
-    - ``train_batches``: a sequence of batches (PyTrees; visited in a new random order each epoch)
-      or a callable ``key -> iterable of batches`` building the epoch's batches itself. Keep batch
-      shapes fixed to avoid recompilation.
+    - ``train_batches``: a sequence of batches (PyTrees; visited in a new random order each epoch),
+      a callable ``key -> iterable of batches`` building the epoch's batches itself, or a
+      :class:`ModelBatches` (``(key, model) -> batches``, for batches that depend on the model). Keep
+      batch shapes fixed to avoid recompilation.
     - ``val_fn(model) -> float``: lower is better; NaN counts as no improvement. A
       :class:`ValidationScore` also gives its parts (per site), recorded as ``val_parts``.
     - ``filter_spec``: which leaves train (default :func:`hybridlsm.neural.trainable_filter`,
@@ -434,7 +460,7 @@ def fit(
             weights = loss_weights(cfg, state.epoch)
             weights_arr = {k: jnp.asarray(v, dtype=dtype) for k, v in weights.items()}
             state.key, k_batches, k_steps = _split(state.key, 3)
-            batches = _epoch_batches(train_batches, k_batches)
+            batches = _epoch_batches(train_batches, k_batches, lambda: eqx.combine(state.params, static))
             step_keys = _split(k_steps, len(batches))
             bar.epoch(state.epoch, len(batches))
             t0 = time.perf_counter()
@@ -461,6 +487,10 @@ def fit(
                 state.accepted = state.accepted + accept
                 state.rejected_in_a_row = np.where(rejected, state.rejected_in_a_row + 1, 0)
                 state.lr_scale = np.where(rejected, state.lr_scale * 0.5, state.lr_scale)
+                run = np.where(accept, state.accepted_in_a_row + 1, np.where(rejected, 0, state.accepted_in_a_row))
+                recover = (run >= LR_RECOVERY_UPDATES) & (state.lr_scale < 1.0)
+                state.lr_scale = np.where(recover, np.minimum(1.0, state.lr_scale * 2.0), state.lr_scale)
+                state.accepted_in_a_row = np.where(recover | (run >= LR_RECOVERY_UPDATES), 0, run)
                 if rejected.any():
                     rejections.append({"batch": b, "message": str(message) + who(rejected),
                                        "lr_scale": _plain(state.lr_scale)})
@@ -471,6 +501,16 @@ def fit(
                             f"rejected (epoch {state.epoch + 1}, last: {message}; loss {np.max(loss_f):.4g}), the "
                             f"learning rate halved to {np.min(state.lr_scale):.3g} of its setting; check the forcing "
                             "and targets for impossible values, or lower the learning rate")
+                    collapsed = state.lr_scale < MIN_LR_SCALE
+                    if collapsed.any():
+                        n_rej = sum(len(r["rejections"]) for r in state.history) + len(rejections)
+                        raise TrainingError(
+                            f"the learning rate collapsed{who(collapsed)} to {np.min(state.lr_scale):.3g} of its "
+                            f"setting in epoch {state.epoch + 1}: {n_rej} of {state.step} updates rejected, faster "
+                            f"than {LR_RECOVERY_UPDATES} accepted updates in a row win a halving back (last: "
+                            f"{message}), so the model stopped learning; some training windows give non-finite "
+                            "losses or gradients at every step: check their forcing (`hybridlsm data inspect`) and the "
+                            "model, or lower the learning rate")
                 losses.append(loss_f)
                 norms.append(np.asarray(gnorm, float))
                 terms = {k: np.asarray(v, float) for k, v in aux.items()}
