@@ -146,6 +146,13 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     obs = xr.load_dataset(maps / "obs.nc")
     assert hybrid["Qh"].shape == (144, 8, 8) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed"} <= set(hybrid.data_vars)
     assert float(hybrid["Qh_sd"].min()) >= 0.0 and float(hybrid["Qh_sd"].max()) > 0.0
+    # the predictive SD: MC dropout's and the validation steps' residual SD in quadrature
+    parts = {p: hybrid[f"Qle_sd_{p}"].values for p in ("epistemic", "aleatoric")}
+    np.testing.assert_allclose(hybrid["Qle_sd"].values, np.hypot(parts["epistemic"], parts["aleatoric"]), rtol=1e-5)
+    assert np.nanmin(parts["aleatoric"]) > 0.0
+    fixed = xr.load_dataset(maps / "regional_fixed_kh.nc")  # no dropout: the residual SD is the whole SD
+    np.testing.assert_allclose(fixed["Qh_sd"].values, fixed["Qh_sd_aleatoric"].values)
+    assert np.nanmin(fixed["Qh_sd"].values) > 0.0
     assert 1e-3 <= float(hybrid["Kh"].min()) and float(hybrid["Kh"].max()) <= 1e2
     assert set(np.unique(obs["split"].values)) == {1, 2, 3}
     towers = sorted(p.name for p in (run_dir / "predictions").iterdir())

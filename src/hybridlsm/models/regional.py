@@ -26,8 +26,9 @@ The models hold no grid: the physics (``regional_physics``) is built for each gr
 or predict, so a model trained on one region applies to another.
 
 Training windows (``window`` hours) cover the whole grid; each starts from the state that the
-fixed-K_h physics reaches there (carried through the record), and its first ``warmup`` hours are
-not scored.
+hybrid being trained carries there itself (its fields over the record and the physics run through
+them from the record's start, renewed every epoch: ``CarriedStates``), as when it predicts, and its
+first ``warmup`` hours are not scored.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
 from ..physics.regional import GridForcing, RegionalModel
+from ..training.trainer import ModelBatches
 from .regional_loop import closed_loop
 
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
+    "train_regional", "predict_regional", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -366,17 +368,66 @@ def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = Non
     return new_cnn_lstm(len(data.classes), options, seed, data.variables.dtype)
 
 
-def window_states(model: RegionalModel, data: RegionData, starts, params=None):
-    """The fixed-K_h physics' state at each window start (one rollout carried through the record)."""
+def window_states(model: RegionalModel, data: RegionData, starts, params=None, dynamic: dict | None = None):
+    """The physics' state at each window start: one rollout carried through the record from its
+    start (``init_state``), with the (T, N) ``dynamic`` fields prescribed (none: the fixed-K_h
+    physics)."""
     params = data.params if params is None else params
-    run = jax.jit(lambda s, p, f: rollout(model, p, f, s, chunk=None)[0])
+    dynamic = {} if dynamic is None else dynamic
     states, state, t = {}, model.init_state(params, data.forcing), 0
     for start in sorted(starts):
         if start > t:
-            state = run(state, params, data.forcing.at(slice(t, start)))
+            state = _carry(model, state, params, data.forcing.at(slice(t, start)),
+                           {k: v[t:start] for k, v in dynamic.items()})
             t = start
         states[start] = state
     return states
+
+
+_carry = eqx.filter_jit(lambda model, state, params, forcing, dynamic: rollout(
+    model, params, forcing, state, dynamic=dynamic or None, chunk=None)[0])
+
+
+class CarriedStates:
+    """``model -> {window start: state}``: the states a regional hybrid carries through the record
+    itself, i.e. its deterministic fields over the whole record (computed window by window, as
+    ``predict_regional`` does) and the physics run continuously through them from the record's
+    start. Training windows start from these, so that a window's soil water and temperature are
+    the ones the model would have there when it predicts; with states from another model (the
+    fixed-K_h physics, whose bare and urban columns evaporate at r_s ~ 0 and dry out) the fields
+    were fitted to the wrong soil water. The last model's states are kept: ``fit`` validates the
+    model of the end of an epoch and starts the next epoch from the same parameters."""
+
+    def __init__(self, physics: RegionalModel, data: RegionData, starts, window: int, warmup: int):
+        self.physics, self.data, self.starts = physics, data, sorted(starts)
+        self.window, self.warmup = window, warmup
+        self._leaves: list = []
+        self._states: dict | None = None
+
+    def __call__(self, model: RegionalHybrid) -> dict:
+        leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+        same = self._states is not None and len(leaves) == len(self._leaves) and \
+            all(a is b for a, b in zip(leaves, self._leaves))
+        if not same:
+            fields = record_fields(model, self.data, window=self.window, warmup=self.warmup)
+            dynamic = {EXCHANGE_FIELDS[model.exchange]: jnp.asarray(fields["Kh"]), PRESCRIBED_RS: jnp.asarray(fields["rs"])}
+            self._states = window_states(self.physics, self.data, self.starts, dynamic=dynamic)
+            self._leaves = leaves  # held, so that their ids stay theirs
+        return self._states
+
+
+class CarriedStateBatches(ModelBatches):
+    """The training windows of a regional hybrid, each starting from the state the model being
+    trained carries there (:class:`CarriedStates`), in a new random order every epoch."""
+
+    def __init__(self, states: CarriedStates, scored_steps: np.ndarray):
+        self.states, self.scored = states, np.asarray(scored_steps, bool)
+
+    def __call__(self, key, model):
+        d = self.states
+        batches = make_batches(d.data, self.scored, d.window, d.warmup, d(model))
+        order = np.asarray(jax.random.permutation(key, len(batches)))
+        return [batches[int(i)] for i in order]
 
 
 def masked_mse(pred, obs, mask):
@@ -436,8 +487,7 @@ def make_batches(data: RegionData, scored_steps: np.ndarray, window: int, warmup
     networks see the forcing of every step of a window (it is known at prediction too)."""
     batches = []
     for start in window_starts(data.n_steps, window, warmup):
-        scored = np.asarray(scored_steps[start : start + window]).copy()
-        scored[:warmup] = False
+        scored = _window_scored(scored_steps, start, window, warmup)
         if not scored.any():
             continue
         forcing, variables = data.window(start, window)
@@ -450,6 +500,13 @@ def make_batches(data: RegionData, scored_steps: np.ndarray, window: int, warmup
             batch["state"] = states[start]
         batches.append(batch)
     return batches
+
+
+def _window_scored(scored_steps: np.ndarray, start: int, window: int, warmup: int) -> np.ndarray:
+    """(window,) bool: the steps of the window at ``start`` that its loss scores."""
+    scored = np.asarray(scored_steps[start : start + window]).copy()
+    scored[:warmup] = False
+    return scored
 
 
 def window_starts(n_steps: int, window: int, warmup: int) -> list[int]:
@@ -476,12 +533,13 @@ def blocked_split(n_steps: int, steps_per_day: int = 24) -> dict[str, np.ndarray
 
 
 def _val_fn(loss_fn, batches):
-    """Mean data loss (no phase-2 terms, no dropout) over the validation windows."""
+    """Mean data loss (no phase-2 terms, no dropout) over the validation windows: ``batches`` a list,
+    or ``model -> list`` (windows from the model's own states)."""
     zero = {"energy": 0.0, "sparsity": 0.0, "discovery": 0.0}
     loss = eqx.filter_jit(lambda m, b: loss_fn(m, b, None, zero)[0])
 
     def val(model) -> float:
-        return float(np.mean([float(loss(model, b)) for b in batches]))
+        return float(np.mean([float(loss(model, b)) for b in (batches(model) if callable(batches) else batches)]))
 
     return val
 
@@ -491,18 +549,25 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
     """Train a :class:`RegionalHybrid` or :class:`CNNLSTM` on ``data``'s observations at the
     ``split["train"]`` steps, early-stopping on the ``split["val"]`` steps (``training.trainer.fit``:
     AdamW, clipping, the learning-rate schedule and two-phase weights of ``cfg``, a ``TrainConfig``).
+    A hybrid's windows start from the states it carries through the record itself
+    (:class:`CarriedStates`, renewed every epoch), as they are when it predicts.
     Returns ``fit``'s result (``.model``, ``.history``, ...)."""
     from ..training.trainer import fit
 
-    hybrid = isinstance(model, RegionalHybrid)
-    physics = regional_physics(data)
-    states = window_states(physics, data, window_starts(data.n_steps, window, warmup)) if hybrid else None
-    train_batches = make_batches(data, split["train"], window, warmup, states)
-    val_batches = make_batches(data, split["val"], window, warmup, states)
-    if not train_batches or not val_batches:
+    starts = window_starts(data.n_steps, window, warmup)
+    if not all(any(_window_scored(split[k], s, window, warmup).any() for s in starts) for k in ("train", "val")):
         raise ValueError(f"train_regional: {data.n_steps} steps give no training or no validation window of "
                          f"{window} steps")
-    loss_fn = partial(hybrid_loss, physics=physics) if hybrid else cnn_lstm_loss
+    if isinstance(model, RegionalHybrid):
+        physics = regional_physics(data)
+        states = CarriedStates(physics, data, starts, window, warmup)
+        loss_fn = partial(hybrid_loss, physics=physics)
+        train_batches = CarriedStateBatches(states, split["train"])
+        val_batches = lambda m: make_batches(data, split["val"], window, warmup, states(m))  # noqa: E731
+    else:
+        loss_fn = cnn_lstm_loss
+        train_batches = make_batches(data, split["train"], window, warmup, None)
+        val_batches = make_batches(data, split["val"], window, warmup, None)
     return fit(model, loss_fn, train_batches, _val_fn(loss_fn, val_batches), cfg, checkpoint_dir,
                progress=progress, resume=resume)
 
@@ -522,17 +587,8 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
         out = {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
         return _not_modelled(out, data.active)
-    starts = window_starts(data.n_steps, window, warmup)
     cnn = isinstance(model, CNNLSTM)
-    names = ("Qh", "Qle") if cnn else ("Kh", "rs")
-    net = _cnn_outputs if cnn else _hybrid_fields
-    pieces = {k: np.zeros((data.n_steps, data.forcing.n_sites), data.variables.dtype) for k in names}
-    done = 0
-    for start in starts:
-        pred = net(model, jnp.asarray(data.variables[:, start : start + window]), jnp.asarray(data.static), key)
-        for k in names:
-            pieces[k][done : start + window] = np.asarray(pred[k])[done - start :]
-        done = start + window
+    pieces = record_fields(model, data, window=window, warmup=warmup, key=key)
     if cnn:
         return _not_modelled(pieces, data.active)
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
@@ -547,6 +603,23 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
     out["closed_loop"] = report.summary()
     return _not_modelled(out, data.active)
+
+
+def record_fields(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict[str, np.ndarray]:
+    """A network's outputs over the whole record as (T, N) arrays, window by window (each window's
+    outputs kept after its warm-up, the first window's from its start): ``Kh`` (or its multiplier)
+    and ``rs`` of a :class:`RegionalHybrid`, ``Qh`` and ``Qle`` of a :class:`CNNLSTM`."""
+    cnn = isinstance(model, CNNLSTM)
+    names = ("Qh", "Qle") if cnn else ("Kh", "rs")
+    net = _cnn_outputs if cnn else _hybrid_fields
+    pieces = {k: np.zeros((data.n_steps, data.forcing.n_sites), data.variables.dtype) for k in names}
+    done = 0
+    for start in window_starts(data.n_steps, window, warmup):
+        pred = net(model, jnp.asarray(data.variables[:, start : start + window]), jnp.asarray(data.static), key)
+        for k in names:
+            pieces[k][done : start + window] = np.asarray(pred[k])[done - start :]
+        done = start + window
+    return pieces
 
 
 # compiled once per model structure and shape, so that repeated predictions (MC-dropout passes,
@@ -573,6 +646,53 @@ def _not_modelled(out: dict, active: np.ndarray) -> dict:
 
 #: the fields whose MC-dropout spread a regional prediction reports
 MC_FIELDS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
+#: downward shortwave above which a step counts as day for the residual SD [W m-2]
+DAY_SWDOWN = 1.0
+
+
+def residual_sd(out: dict, data: RegionData, steps: np.ndarray, targets=TARGETS) -> dict[str, dict]:
+    """The residual part of the predictive SD of each target, from a prediction's misfit to what is
+    observed at the ``steps`` (a (T,) mask: the validation steps, never the test's): the RMS of
+    observed minus predicted, by day and by night (``DAY_SWDOWN``), since midday errors are several
+    times the night's. It stands for what MC dropout does not see: observation noise and the
+    structural error of the physics with the learned fields (seed 002's aleatoric part, plus
+    model error). ``{name: {"day": sd, "night": sd, "n_day": n, "n_night": n}}`` for each target
+    observed there (a part with no observation takes the other's SD); targets not observed are left
+    out."""
+    day = np.asarray(data.forcing.column.sw_down) > DAY_SWDOWN
+    table = {}
+    for name in targets:
+        if name not in out or name not in data.observed:
+            continue
+        obs, pred = np.asarray(data.observed[name], np.float64), np.asarray(out[name], np.float64)
+        seen = np.isfinite(obs) & np.isfinite(pred) & np.asarray(steps, bool)[:, None] & data.active[None]
+        parts = {}
+        for part, where in (("day", seen & day), ("night", seen & ~day)):
+            parts[f"n_{part}"] = int(where.sum())
+            parts[part] = float(np.sqrt(np.mean((obs[where] - pred[where]) ** 2))) if where.any() else None
+        if parts["day"] is None and parts["night"] is None:
+            continue
+        parts["day"] = parts["night"] if parts["day"] is None else parts["day"]
+        parts["night"] = parts["day"] if parts["night"] is None else parts["night"]
+        table[name] = parts
+    return table
+
+
+def with_residual_sd(out: dict, table: dict, data: RegionData) -> dict:
+    """``out`` with the predictive SD of each target of ``table`` (``residual_sd``) and its parts:
+    ``<name>_sd_aleatoric`` the residual SD of the step's part of the day, ``<name>_sd_epistemic``
+    the MC-dropout SD (``<name>_sd`` of ``out`` where it has one, else 0), and ``<name>_sd`` the
+    total, their root sum of squares (law of total variance)."""
+    day = np.asarray(data.forcing.column.sw_down) > DAY_SWDOWN
+    out = dict(out)
+    for name, parts in table.items():
+        if name not in out:
+            continue
+        aleatoric = np.where(day, parts["day"], parts["night"]).astype(np.asarray(out[name]).dtype)
+        epistemic = np.asarray(out.get(f"{name}_sd", np.zeros_like(aleatoric)))
+        out[f"{name}_sd_aleatoric"], out[f"{name}_sd_epistemic"] = aleatoric, epistemic
+        out[f"{name}_sd"] = np.sqrt(epistemic**2 + aleatoric**2)
+    return _not_modelled(out, data.active)
 
 
 def mc_dropout_regional(model, data: RegionData, samples: int = 50, seed: int = 0, fields=MC_FIELDS, *,
