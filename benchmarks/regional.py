@@ -348,14 +348,20 @@ def _table(s: dict) -> str:
     if s.get("table3_ablations"):
         lines += ["", "**Table 3 analogue** (ablations and baselines): all held-out values; parameter reasonability "
                   "= r of learned vs true log K_h; coverage of the 90 % interval (mean ± 1.645 sd) and Gaussian "
-                  "CRPS [W m-2] of the MC-dropout passes (– without dropout).", "",
+                  "CRPS [W m-2] of the MC-dropout passes, whose sd is the MC sd plus the residual sd of the "
+                  "validation steps by day and night (– without dropout; MC dropout alone in brackets; "
+                  "`MC only` marks a model run before the residual sd was added).", "",
                   "| model | MSE H | MSE LE | MAE H | MAE LE | r H | r LE | energy residual | K_h r | "
                   "coverage H / LE % | CRPS H / LE |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         pct = lambda v: _fmt(None if v is None else 100.0 * v, 1)  # noqa: E731
         for r in s["table3_ablations"]:
+            mc = s["models"].get(r["model"], {}).get("uq_mc_dropout_only")
+            note = "" if r["coverage90_h"] is None else " (MC only)" if mc is None else \
+                f" ({pct(mc['Qh']['coverage'])} / {pct(mc['Qle']['coverage'])})"
+            crps = "" if not mc else f" ({_fmt(mc['Qh']['crps'], 1)} / {_fmt(mc['Qle']['crps'], 1)})"
             lines.append(f"| {r['model']} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
-                         f"{_fmt(r['kh_field_corr'], 2)} | {pct(r['coverage90_h'])} / {pct(r['coverage90_le'])} | "
-                         f"{_fmt(r['crps_h'], 1)} / {_fmt(r['crps_le'], 1)} |")
+                         f"{_fmt(r['kh_field_corr'], 2)} | {pct(r['coverage90_h'])} / {pct(r['coverage90_le'])}{note} | "
+                         f"{_fmt(r['crps_h'], 1)} / {_fmt(r['crps_le'], 1)}{crps} |")
     lines += ["", "**Table 4 analogue**: per land-cover class, K_h and r_s over the held-out cells and test steps.",
               "", "| model | class | K_h mean ± sd | true K_h | r_s mean ± sd | true r_s | r(K_h, u) | r(K_h, ΔT) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -378,10 +384,12 @@ def _table(s: dict) -> str:
             lines.append(f"| {r['model']} | {r['class']} | {r['form']} | {r['r2']:.3f} | {r['rmse']:.3g} | "
                          f"{r['aic']:.0f} | {r['delta_aic']:.0f} | {r['n']} | {r['expression']} |")
     if s.get("models"):
-        lines += ["", "Provenance of each model's figures:", "", "| model | command | train min | epochs | MC passes |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "Provenance of each model's figures (the regional hybrids' training windows start from the "
+                  "states the model carries itself since commit 343187f, from the fixed-K_h physics' before):", "",
+                  "| model | command | commit | date | train min | epochs | MC passes |", "|---|---|---|---|---|---|---|"]
         for m, info in s["models"].items():
-            lines.append(f"| {m} | `{info.get('command')}` | {_fmt(info.get('train_minutes'), 1)} | "
+            lines.append(f"| {m} | `{info.get('command')}` | {info.get('commit') or '–'} | "
+                         f"{(info.get('date') or '–')[:10]} | {_fmt(info.get('train_minutes'), 1)} | "
                          f"{info.get('epochs') or '–'} | {info.get('mc_samples') or '–'} |")
     if s.get("peak_mem_gb_128x128_month") is not None:
         lines += ["", f"A 128x128-cell month of the physics streamed from zarr peaks at "
