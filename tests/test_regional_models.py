@@ -1,6 +1,5 @@
 """The virtual region, the regional models' data path, training and scores (issue 15)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -148,7 +147,7 @@ def test_training_windows_start_from_the_states_the_model_carries(region):
     kh, rs = (np.full((t, data.forcing.n_sites), v, np.float32) for v in (0.1, 5000.0))
     direct = window_states(physics, data, [last], dynamic={"Kh": jnp.asarray(kh), "rs": jnp.asarray(rs)})[last]
     np.testing.assert_allclose(np.asarray(direct.land.soil_water), w_wet, rtol=1e-4)
-    batches = CarriedStateBatches(carried, blocked_split(t)["train"])(jax.random.key(0), wet)
+    batches = CarriedStateBatches(carried, blocked_split(t)["train"])(wet)
     carried_water = [np.asarray(states[s].land.soil_water) for s in starts]
     assert batches and all(any(np.array_equal(np.asarray(b["state"].land.soil_water), w) for w in carried_water)
                            for b in batches)

@@ -418,16 +418,14 @@ class CarriedStates:
 
 class CarriedStateBatches(ModelBatches):
     """The training windows of a regional hybrid, each starting from the state the model being
-    trained carries there (:class:`CarriedStates`), in a new random order every epoch."""
+    trained carries there (:class:`CarriedStates`); ``fit`` shuffles them every epoch."""
 
     def __init__(self, states: CarriedStates, scored_steps: np.ndarray):
         self.states, self.scored = states, np.asarray(scored_steps, bool)
 
-    def __call__(self, key, model):
+    def __call__(self, model):
         d = self.states
-        batches = make_batches(d.data, self.scored, d.window, d.warmup, d(model))
-        order = np.asarray(jax.random.permutation(key, len(batches)))
-        return [batches[int(i)] for i in order]
+        return make_batches(d.data, self.scored, d.window, d.warmup, d(model))
 
 
 def masked_mse(pred, obs, mask):
@@ -650,6 +648,11 @@ MC_FIELDS = ("Qh", "Qle", "AvgSurfT", "Kh", "rs_field")
 DAY_SWDOWN = 1.0
 
 
+def _daytime(data: RegionData) -> np.ndarray:
+    """(T, N) bool: the steps and cells of day (``DAY_SWDOWN``), as the residual SD splits them."""
+    return np.asarray(data.forcing.column.sw_down) > DAY_SWDOWN
+
+
 def residual_sd(out: dict, data: RegionData, steps: np.ndarray, targets=TARGETS) -> dict[str, dict]:
     """The residual part of the predictive SD of each target, from a prediction's misfit to what is
     observed at the ``steps`` (a (T,) mask: the validation steps, never the test's): the RMS of
@@ -659,7 +662,7 @@ def residual_sd(out: dict, data: RegionData, steps: np.ndarray, targets=TARGETS)
     model error). ``{name: {"day": sd, "night": sd, "n_day": n, "n_night": n}}`` for each target
     observed there (a part with no observation takes the other's SD); targets not observed are left
     out."""
-    day = np.asarray(data.forcing.column.sw_down) > DAY_SWDOWN
+    day = _daytime(data)
     table = {}
     for name in targets:
         if name not in out or name not in data.observed:
@@ -683,7 +686,7 @@ def with_residual_sd(out: dict, table: dict, data: RegionData) -> dict:
     ``<name>_sd_aleatoric`` the residual SD of the step's part of the day, ``<name>_sd_epistemic``
     the MC-dropout SD (``<name>_sd`` of ``out`` where it has one, else 0), and ``<name>_sd`` the
     total, their root sum of squares (law of total variance)."""
-    day = np.asarray(data.forcing.column.sw_down) > DAY_SWDOWN
+    day = _daytime(data)
     out = dict(out)
     for name, parts in table.items():
         if name not in out:

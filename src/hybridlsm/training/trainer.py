@@ -320,18 +320,18 @@ def _fmt(x) -> str:
 class ModelBatches(abc.ABC):
     """Training batches that depend on the model being trained, e.g. windows that start from the
     states the model itself carries through the record (``models.regional``). :func:`fit` calls it
-    at the start of every epoch with the epoch's key and the model as it is then, so a resumed run
-    builds the same batches as an uninterrupted one."""
+    at the start of every epoch with the model as it is then and visits the batches in a new random
+    order, as it does a sequence; so a resumed run builds the same batches as an uninterrupted one."""
 
     @abc.abstractmethod
-    def __call__(self, key: PRNGKeyArray, model: eqx.Module) -> Iterable[Batch]:
-        """The epoch's batches, in the order they are visited."""
+    def __call__(self, model: eqx.Module) -> Sequence[Batch]:
+        """The epoch's batches (in any order)."""
 
 
 def _epoch_batches(train_batches: Any, key: PRNGKeyArray, model: Callable[[], eqx.Module]) -> list[Batch]:
     if isinstance(train_batches, ModelBatches):
-        batches = list(train_batches(key, model()))
-    elif callable(train_batches):
+        train_batches = train_batches(model())
+    if callable(train_batches):
         batches = list(train_batches(key))
     else:
         order = np.asarray(jax.random.permutation(key, len(train_batches)))
@@ -364,7 +364,8 @@ def fit(
       averaged into the history.
     - ``train_batches``: a sequence of batches (PyTrees; visited in a new random order each epoch),
       a callable ``key -> iterable of batches`` building the epoch's batches itself, or a
-      :class:`ModelBatches` (``(key, model) -> batches``, for batches that depend on the model). Keep
+      :class:`ModelBatches` (``model -> batches``, shuffled like a sequence, for batches that depend on
+      the model). Keep
       batch shapes fixed to avoid recompilation.
     - ``val_fn(model) -> float``: lower is better; NaN counts as no improvement. A
       :class:`ValidationScore` also gives its parts (per site), recorded as ``val_parts``.
@@ -490,7 +491,7 @@ def fit(
                 run = np.where(accept, state.accepted_in_a_row + 1, np.where(rejected, 0, state.accepted_in_a_row))
                 recover = (run >= LR_RECOVERY_UPDATES) & (state.lr_scale < 1.0)
                 state.lr_scale = np.where(recover, np.minimum(1.0, state.lr_scale * 2.0), state.lr_scale)
-                state.accepted_in_a_row = np.where(recover | (run >= LR_RECOVERY_UPDATES), 0, run)
+                state.accepted_in_a_row = np.where(run >= LR_RECOVERY_UPDATES, 0, run)
                 if rejected.any():
                     rejections.append({"batch": b, "message": str(message) + who(rejected),
                                        "lr_scale": _plain(state.lr_scale)})
