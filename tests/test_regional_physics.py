@@ -8,7 +8,7 @@ import pytest
 
 from hybridlsm.constants import CP_AIR
 from hybridlsm.physics import default_params, rollout, synthetic_forcing
-from hybridlsm.physics.air_layer import AirLayer, quick_face_values, transport, transport_substeps
+from hybridlsm.physics.air_layer import AirLayer, quick_face_values, repeat_step, transport, transport_substeps
 from hybridlsm.physics.lad import LaDModel
 from hybridlsm.physics.regional import GridForcing, RegionalModel
 from hybridlsm.thermo import air_density
@@ -107,6 +107,37 @@ def test_float32_transport_of_absolute_temperatures_keeps_the_heat_budget():
     storage = rho * CP_AIR * depth * np.mean(f64(new.temp) - f64(t0)) / dt
     budget = storage - np.mean(f64(sensible) - f64(new.top_heat)) + float(new.boundary_heat)
     assert abs(budget) < 5e-4  # W m-2 (0.02 before; 1e-4 with anomalies)
+
+
+def test_repeat_step_gradient_equals_the_unrolled_loop_and_skips_the_slots_not_taken():
+    def step(c, args):
+        x, total = c
+        a, b = args
+        x = jnp.sin(a * x) + b * jnp.roll(x, 1)
+        return x, total + jnp.sum(x**2)
+
+    x0, args = jnp.linspace(0.1, 1.0, 5), (jnp.asarray(1.3), jnp.linspace(-0.5, 0.5, 5))
+
+    def unrolled(x0, args, n):
+        c = (x0, 0.0)
+        for _ in range(n):
+            c = step(c, args)
+        return c[1] + jnp.sum(c[0])
+
+    for n in (1, 3, 7):
+        looped = lambda x0, args: (lambda c: c[1] + jnp.sum(c[0]))(  # noqa: E731
+            repeat_step(step, 7, (x0, 0.0), args, jnp.asarray(n)))
+        assert float(looped(x0, args)) == pytest.approx(float(unrolled(x0, args, n)), rel=1e-12)
+        got = jax.jit(jax.grad(looped, argnums=(0, 1)))(x0, args)
+        want = jax.grad(unrolled, argnums=(0, 1))(x0, args, n)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-10, atol=1e-12)
+
+
+def test_a_calm_step_takes_fewer_transport_substeps_than_the_record_needs():
+    air = AirLayer((4, 5), dx=1000.0, dy=1000.0, n_substeps=40)
+    n = lambda u: int(air.substeps_needed(jnp.full(20, u), jnp.zeros(20), jnp.full(20, 1.0), 3600.0))  # noqa: E731
+    assert (n(2.0), n(8.0), n(100.0)) == (9, 36, 40)  # ceil(u 3.6 / 0.8), at most n_substeps
 
 
 def test_quick_ssp_rk3_stays_bounded_at_the_largest_courant_number_used():
