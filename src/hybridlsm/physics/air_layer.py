@@ -346,14 +346,16 @@ class AirLayer(eqx.Module):
         return jax.lax.stop_gradient(jnp.clip(n, 1, self.n_substeps).astype(jnp.int32))
 
     def advance(self, temp: Float[Array, " N"], humidity: Float[Array, " N"], *, sensible, evaporation,
-                rho, temp_above, humidity_above, wind_u, wind_v, kh, dt: float) -> AirStep:
+                rho, temp_above, humidity_above, wind_u, wind_v, kh, dt: float, substeps=None) -> AirStep:
         """One step of ``dt`` seconds; every argument is an (N,) array over the grid's cells.
 
         ``rho``: one air density for the whole layer [kg m-3] (the Boussinesq approximation: the
         layer's heat content is rho c_p h T in every cell, so moving T between cells moves heat
         exactly). Order (operator splitting; each part conserves on its own): the surface fluxes
         enter, then the sub-steps of lateral transport, then the implicit exchange with the air
-        above.
+        above. ``substeps``: the transport sub-steps to take (a traced integer, at most
+        ``n_substeps``); None: those this call's wind and K_h need (``substeps_needed``). Calls that
+        a solver compares (a predictor and its corrections) should take the same number.
 
         Inactive cells (``active``) hold the air above (``temp_above``, ``humidity_above``, which must
         be finite there) and exchange nothing: their surface fluxes do not enter, their top
@@ -374,7 +376,7 @@ class AirLayer(eqx.Module):
         t, q = grid(t), grid(q)
         u, v, k = grid(wind_u), grid(wind_v), grid(kh)
         t_out, q_out = grid(t_above), grid(humidity_above)
-        n = self.substeps_needed(wind_u, wind_v, kh, dt)
+        n = self.substeps_needed(wind_u, wind_v, kh, dt) if substeps is None else substeps
         h = dt / n
 
         # T and q go through the transport together (one stacked (2, ny, nx) field): half the

@@ -163,11 +163,15 @@ class RegionalModel(AbstractLandModel):
         # one density for the layer through the step (Boussinesq: air_layer.AirLayer.advance)
         rho = air.domain_mean(air_density(state.air_temp, col.p_surf, state.air_humidity))
         heat_capacity = rho * CP_AIR * air.depth  # of the layer, per unit area [J m-2 K-1]
+        # one transport sub-step count for the step's predictor and its corrections (from the step's
+        # wind and the K_h bound), so that the Newton pass compares air transported alike (a count
+        # from each call's own K_h could differ between them where diffusion sets it)
+        n_transport = air.substeps_needed(forcing.wind_u, forcing.wind_v, KH_MAX, dt)
 
         def advance(t_a, q_a, sensible, evaporation, kh):
             return air.advance(t_a, q_a, sensible=sensible, evaporation=evaporation, rho=rho,
                                temp_above=col.t_air, humidity_above=col.q_air, wind_u=forcing.wind_u,
-                               wind_v=forcing.wind_v, kh=kh, dt=dt)
+                               wind_v=forcing.wind_v, kh=kh, dt=dt, substeps=n_transport)
 
         a_top = dt / (air.depth * air.top_resistance)  # the implicit top exchange's factor
 
