@@ -109,7 +109,35 @@ def test_float32_transport_of_absolute_temperatures_keeps_the_heat_budget():
     assert abs(budget) < 5e-4  # W m-2 (0.02 before; 1e-4 with anomalies)
 
 
-def test_repeat_step_gradient_equals_the_unrolled_loop_and_skips_the_slots_not_taken():
+def test_heat_through_the_top_and_boundary_is_that_of_the_absolute_temperature():
+    # the layer steps anomalies from a reference; Qh_top and boundary_heat must still carry the
+    # enthalpy of the absolute air: warming all the air by 10 K adds rho c_p h 10 K times the
+    # steady exchange of a uniform field (divergent wind: air leaves through the top and the edges)
+    rng = np.random.default_rng(4)
+    ny, nx, n = 5, 6, 30
+    air = AirLayer((ny, nx), dx=1000.0, dy=1000.0, depth=300.0, boundary="open", n_substeps=8)
+    x = np.tile(np.arange(nx, dtype=float), ny)
+    wind = dict(wind_u=jnp.asarray(1.0 + 0.5 * x), wind_v=jnp.asarray(rng.normal(0, 1, n)))
+    kh = jnp.asarray(rng.uniform(1, 20, n))
+
+    def step(shift):
+        return air.advance(290.0 + shift + jnp.linspace(0, 1, n),
+                           jnp.full(n, 0.01), sensible=jnp.linspace(50, 150, n), evaporation=jnp.zeros(n), rho=1.2,
+                           temp_above=289.0 + shift + jnp.linspace(1, 0, n), humidity_above=jnp.full(n, 0.01),
+                           kh=kh, dt=3600.0, **wind)
+
+    base, warm = step(0.0), step(10.0)
+    steady = transport(jnp.ones((ny, nx)), jnp.ones((ny, nx)), wind["wind_u"].reshape(ny, nx),
+                       wind["wind_v"].reshape(ny, nx), kh.reshape(ny, nx), 1000.0, 1000.0, 300.0, "open")
+    c = 1.2 * CP_AIR * 300.0 * 10.0  # J m-2 of the 10 K
+    assert float(jnp.abs(steady.vertical).max()) > 1e-4  # the wind does diverge
+    np.testing.assert_allclose(np.asarray(warm.top_heat - base.top_heat), c * np.asarray(steady.vertical).ravel(),
+                               atol=1e-6)
+    np.testing.assert_allclose(float(warm.boundary_heat - base.boundary_heat), c * float(steady.outflow), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(warm.temp - base.temp), 10.0, atol=1e-9)
+
+
+def test_repeat_step_gradient_equals_the_unrolled_loop_for_each_count():
     def step(c, args):
         x, total = c
         a, b = args

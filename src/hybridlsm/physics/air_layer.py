@@ -79,15 +79,17 @@ def transport_substeps(wind_u, wind_v, dt: float, dx: float, dy: float, kh_max: 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def repeat_step(step, n_max: int, carry, args, n):
-    """``carry`` after ``n`` (a traced integer, 1 to ``n_max``) applications of
+    """``carry`` after ``n`` (a traced integer, clipped to 0 to ``n_max``) applications of
     ``step(carry, args) -> carry``. Reverse mode costs ``n`` steps too: the carries are kept (``n_max``
     slots) and the loop runs back through the ``n`` taken; a scan over ``n_max`` slots that skips
-    the rest with ``lax.cond`` still paid for most of the skipped slots in the gradient."""
-    return jax.lax.fori_loop(0, n, lambda i, c: step(c, args), carry)
+    the rest with ``lax.cond`` still paid for most of the skipped slots in the gradient. Reverse
+    mode only: forward-mode differentiation (``jax.jvp``, ``jacfwd``) is not defined through it."""
+    return jax.lax.fori_loop(0, jnp.clip(n, 0, n_max), lambda i, c: step(c, args), carry)
 
 
 def _repeat_step_fwd(step, n_max, carry, args, n):
-    slots = jax.tree_util.tree_map(lambda a: jnp.zeros((n_max,) + jnp.shape(a), jnp.result_type(a)), carry)
+    n = jnp.clip(n, 0, n_max)
+    slots = jax.tree_util.tree_map(lambda a: jnp.zeros((n_max,) + jnp.shape(a), jnp.asarray(a).dtype), carry)
 
     def body(i, state):
         c, kept = state
@@ -403,6 +405,12 @@ class AirLayer(eqx.Module):
 
         init = (phi0, jnp.zeros(2, t.dtype), jnp.zeros_like(phi0))
         phi, (out_t, out_q), (up_t, up_q) = repeat_step(rk3, self.n_substeps, init, (above, u, v, k, h), n)
+        # the reference's own share of the heat carried through the top and the boundary (a uniform
+        # field keeps its value, so its exchanges are steady): Qh_top and boundary_heat stay the
+        # heat of the absolute temperature, whichever cells set the reference
+        steady = transport(jnp.ones_like(t), jnp.ones_like(t), u, v, k, self.dx, self.dy, self.depth, self.boundary,
+                           active)
+        up_t, out_t = up_t + dt * ref * steady.vertical, out_t + dt * ref * steady.outflow
         t, q = phi[0], phi[1]
         up_t, up_q = jnp.reshape(up_t, (-1,)), jnp.reshape(up_q, (-1,))
         t, q = jnp.reshape(t, (-1,)), jnp.reshape(q, (-1,))

@@ -113,8 +113,8 @@ class RegionalModel(AbstractLandModel):
     """LaD columns (or any land model with LaD's fluxes) under a finite-volume air layer.
 
     Attributes:
-        air: the air layer (grid shape, cell size, depth, top resistance, boundary, transport
-            sub-steps for the whole step)
+        air: the air layer (grid shape, cell size, depth, top resistance, boundary, the most
+            transport sub-steps of a step; each step takes those its wind and the K_h bound need)
         land: the column model; its K_h and r_s may be prescribed per step (``Kh``, ``rs`` in the
             dynamic parameters: a parameteriser's fields)
         residual_tolerance: coupling residual [W m-2] above which a step is redone with twice the
