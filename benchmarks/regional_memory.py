@@ -107,7 +107,7 @@ def markdown(R: dict, cmd: str) -> str:
              f"{tuple(round(x, 1) for x in m['load_end'])}.", "",
              f"`stream_regional` over a virtual grid (1 km cells, hourly, float32) in time chunks of {R['time_chunk']} "
              "steps of the whole grid; peak memory is the process's high-water mark, wall time includes compilation.",
-             "", "| grid | steps | forcing [GB] | peak memory [GB] | wall [s] | cell-steps/s | transport sub-steps |",
+             "", "| grid | steps | forcing [GB] | peak memory [GB] | wall [s] | cell-steps/s | transport sub-steps, most per step |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for g in R["grids"]:
         lines.append(f"| {g['ny']}x{g['nx']} | {g['steps']} | {g['forcing_gb']:.3g} | {g['peak_mem_gb']:.2f} | "
