@@ -72,9 +72,13 @@ def transport_substeps(wind_u, wind_v, dt: float, dx: float, dy: float, kh_max: 
     number of ``kh_max`` stay at or below ``MAX_COURANT``."""
     u = float(np.max(np.abs(np.asarray(wind_u)))) if np.size(wind_u) else 0.0
     v = float(np.max(np.abs(np.asarray(wind_v)))) if np.size(wind_v) else 0.0
-    courant = u * dt / dx + v * dt / dy
-    diffusion = 2.0 * kh_max * dt * (1.0 / dx**2 + 1.0 / dy**2)
-    return max(1, math.ceil(max(courant, diffusion) / MAX_COURANT))
+    return max(1, math.ceil(max(*_stability_numbers(u, v, kh_max, dt, dx, dy)) / MAX_COURANT))
+
+
+def _stability_numbers(u_max, v_max, kh_max, dt: float, dx: float, dy: float):
+    """(Courant number, diffusion number) of a sub-step of ``dt`` with these largest |u|, |v|, K_h
+    (numbers or traced scalars); transport needs both at or below ``MAX_COURANT``."""
+    return u_max * dt / dx + v_max * dt / dy, 2.0 * kh_max * dt * (1.0 / dx**2 + 1.0 / dy**2)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -342,8 +346,8 @@ class AirLayer(eqx.Module):
         """The transport sub-steps a step of ``dt`` with these (N,) winds and K_h needs (as
         ``transport_substeps``, from the cells' values: a traced integer), 1 to ``n_substeps``."""
         largest = lambda a: jnp.max(a if self.active is None else jnp.where(self.active.values, a, 0.0))  # noqa: E731
-        courant = largest(jnp.abs(wind_u)) * dt / self.dx + largest(jnp.abs(wind_v)) * dt / self.dy
-        diffusion = 2.0 * largest(kh) * dt * (1.0 / self.dx**2 + 1.0 / self.dy**2)
+        courant, diffusion = _stability_numbers(largest(jnp.abs(wind_u)), largest(jnp.abs(wind_v)), largest(kh), dt,
+                                                self.dx, self.dy)
         n = jnp.ceil(jnp.maximum(courant, diffusion) / MAX_COURANT)
         return jax.lax.stop_gradient(jnp.clip(n, 1, self.n_substeps).astype(jnp.int32))
 
@@ -378,7 +382,8 @@ class AirLayer(eqx.Module):
         t, q = grid(t), grid(q)
         u, v, k = grid(wind_u), grid(wind_v), grid(kh)
         t_out, q_out = grid(t_above), grid(humidity_above)
-        n = self.substeps_needed(wind_u, wind_v, kh, dt) if substeps is None else substeps
+        # the count taken and the sub-step length agree (repeat_step takes at most n_substeps)
+        n = self.substeps_needed(wind_u, wind_v, kh, dt) if substeps is None else jnp.clip(substeps, 1, self.n_substeps)
         h = dt / n
 
         # T and q go through the transport together (one stacked (2, ny, nx) field): half the
