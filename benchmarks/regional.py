@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -293,7 +294,7 @@ def _order(ds, mask, name):
 
 
 def _fmt(v, digits=0):
-    return "–" if v is None else f"{v:.{digits}f}"
+    return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 def _sci(v):

@@ -156,3 +156,16 @@ def test_mc_dropout_mean_and_sd(monkeypatch):
     np.testing.assert_allclose(out["Kh"]["sd"], 10.0 * np.std([1, 2, 3, 4], ddof=1))
     with pytest.raises(ValueError):
         regional.mc_dropout_regional(None, None, samples=1)
+
+
+def test_class_correlation_none_for_a_constant_in_float32():
+    """A K_h fixed per class but computed in float32 varies by rounding only: its r with the wind is
+    None (it was nan or noise), where a K_h that follows the wind gives r = 1."""
+    from hybridlsm.evaluation.regional import _corr
+
+    wind = np.linspace(1.0, 9.0, 200)
+    rounding = (np.float32(0.876) * (1.0 + np.float32(1e-7) * np.sign(np.sin(np.arange(200))))).astype(np.float32)
+    assert np.std(rounding) > 0
+    assert _corr(rounding, wind) is None
+    assert _corr(np.full(200, 0.876, np.float32), wind) is None
+    assert _corr(0.1 * wind, wind) == pytest.approx(1.0)

@@ -82,8 +82,10 @@ def field_correlation(learned: np.ndarray, true: np.ndarray, mask: np.ndarray) -
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson r; None where either is constant (a K_h fixed per class)."""
-    return float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else None
+    """Pearson r; None where either is constant (a K_h fixed per class), also where it varies only
+    by float32 rounding (a relative spread below 1e-6), which gives nan or noise instead of r."""
+    varies = [np.std(x) > 1e-6 * np.abs(np.mean(x)) for x in (np.asarray(a, np.float64), np.asarray(b, np.float64))]
+    return float(np.corrcoef(a, b)[0, 1]) if all(varies) else None
 
 
 def class_parameters(out: dict, ds: xr.Dataset, mask: np.ndarray, class_names) -> list[dict]:
