@@ -58,6 +58,20 @@ def test_the_training_section_says_how_each_training_stopped(tmp_path):
     assert training_html(tmp_path / "empty", tmp_path / "plots") == ""
 
 
+def test_a_phase1_stop_that_passes_the_cap_is_an_early_stop(tmp_path):
+    """Phase 1 stopped by validation whose jump to phase 2 passes the epoch cap (a calibration of 60
+    epochs under a 200-epoch phase 1) stopped on validation; one that phase 2 followed to the cap did not."""
+    for path, at in (("physics/all", None), ("hybrid_param/all", 3)):
+        hist = _history(6, 2, False)
+        hist[-1 if at is None else at]["event"] = "phase1_early_stop"
+        d = tmp_path / "checkpoints" / path
+        d.mkdir(parents=True)
+        (d / META_FILE).write_text(json.dumps({"history": hist, "best_epoch": 2}))
+    runs = {r["model"]: r["stopped"] for r in training_runs(tmp_path)}
+    assert runs["physics"] == "early stop (validation, in phase 1; phase 2 starts past the epoch cap)"
+    assert runs["hybrid_param"] == "epoch cap (phase 1 stopped early on validation)"
+
+
 def test_members_trained_together_are_one_training_each(tmp_path):
     """A checkpoint of stacked members (per-member lists): member 0 stops early after epoch 2 (its best
     epoch 1), member 1 runs to the cap of 3 with its best at epoch 3."""

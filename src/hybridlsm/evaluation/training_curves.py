@@ -35,6 +35,8 @@ def _stopped(history: list[dict]) -> str:
     if "early_stop" in events:
         return "early stop (validation)"
     if "phase1_early_stop" in events:
+        if events[-1] == "phase1_early_stop":  # its jump to phase 2 passed the cap: nothing ran after it
+            return "early stop (validation, in phase 1; phase 2 starts past the epoch cap)"
         return "epoch cap (phase 1 stopped early on validation)"
     return "epoch cap"
 
