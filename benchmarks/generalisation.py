@@ -6,7 +6,9 @@ hybrids at US-Wkg and US-Me2 on the same test weeks.
     .venv/bin/python benchmarks/generalisation.py                  # run what is missing, then summarise
     .venv/bin/python benchmarks/generalisation.py --runs /tmp/r    # runs in another folder
 
-Runs ``configs/loso-static.yaml`` with ``hybridlsm sweep``, ``configs/test-sites-static.yaml`` and
+Runs ``configs/loso-static.yaml`` and ``configs/loso-static-prior.yaml`` (the same folds with a prior
+on the learned parameters; the weight chosen per coupling on the folds' validation loss) with
+``hybridlsm sweep``, ``configs/test-sites-static.yaml`` and
 ``configs/multisite-static.yaml`` with ``hybridlsm run`` into ``--runs`` (default ``runs/``) unless
 their run directories are complete; the per-site hybrids' scores are read from ``results/skill.json``
 (``configs/us-wkg.yaml``, ``configs/us-me2.yaml``; ``benchmarks/skill.py``). It
@@ -31,6 +33,7 @@ from docblock import replace_block  # benchmarks/docblock.py
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSO, TEST_SITES, MULTISITE = "configs/loso-static.yaml", "configs/test-sites-static.yaml", "configs/multisite-static.yaml"
+LOSO_PRIOR = "configs/loso-static-prior.yaml"  # the same folds with a prior on the learned multipliers
 PER_SITE = {"US-Wkg": "configs/us-wkg.yaml", "US-Me2": "configs/us-me2.yaml"}  # their per-site hybrids
 COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cross-site form of X
 EMPIRICAL = ("1lin", "2lin", "3km27", "gbm")
@@ -104,6 +107,40 @@ def in_site(multisite: pd.DataFrame) -> list[str]:
     return lines
 
 
+def prior_weights(run_dir: Path) -> dict[str, tuple[str, float]]:
+    """``label -> (coupling, prior_weight)`` of the static parameter-learning hybrids of a run."""
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return {m.get("label") or m["name"]: (m["name"], float((m.get("options") or {}).get("prior_weight", 0.0)))
+            for m in cfg["models"] if m["name"] in ("hybrid_param", "hybrid_lstm")}
+
+
+def prior_choice(run_dirs: list[Path]) -> pd.DataFrame:
+    """Per coupling and prior weight: the mean over folds of each fold's best validation loss (the
+    training sites' validation weeks; the best over a fold's rounds, as training keeps it), and
+    which weight has the lowest (``chosen``)."""
+    rows = []
+    for run_dir in run_dirs:
+        t = pd.read_csv(run_dir / "training.csv")
+        for label, (coupling, weight) in prior_weights(run_dir).items():
+            folds = t[t["model"] == label].groupby("experiment")["best_val_loss"].min()
+            rows.append({"coupling": coupling, "prior_weight": weight, "model": label,
+                         "mean_val_loss": float(folds.mean()), "folds": len(folds)})
+    df = pd.DataFrame(rows).sort_values(["coupling", "prior_weight"])
+    df["chosen"] = df["mean_val_loss"] == df.groupby("coupling")["mean_val_loss"].transform("min")
+    return df
+
+
+def prior_table(choice: pd.DataFrame) -> list[str]:
+    lines = ["| coupling | prior weight | model | mean validation loss over folds | folds | chosen on validation |",
+             "|---|---|---|---|---|---|"]
+    for r in choice.itertuples():
+        lines.append(f"| {r.coupling} | {r.prior_weight:g} | {r.model} | {r.mean_val_loss:.4f} | {r.folds} | "
+                     f"{'yes' if r.chosen else ''} |")
+    return lines
+
+
 def stops(run_dir: Path) -> list[str]:
     path = run_dir / "training.csv"
     if not path.is_file():
@@ -122,9 +159,13 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     args = ap.parse_args()
     loso_dir, ts_dir = ensure(LOSO, args.runs, sweep=True), ensure(TEST_SITES, args.runs, sweep=False)
+    prior_dir = ensure(LOSO_PRIOR, args.runs, sweep=True)
     ms_dir = ensure(MULTISITE, args.runs, sweep=False)
     loso, ts, ms = halfhourly(loso_dir), halfhourly(ts_dir), halfhourly(ms_dir)
-    result = summary(loso)
+    with_prior = pd.concat([loso[loso["model"].isin(prior_weights(loso_dir))], halfhourly(prior_dir)])
+    choice = prior_choice([loso_dir, prior_dir])
+    print(choice.to_string(index=False))
+    result = summary(pd.concat([loso, halfhourly(prior_dir)]))
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "generalisation.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
@@ -150,6 +191,22 @@ def main() -> None:
             f"empirical model at {v['sites_beating_best_empirical_qle']}, median NSE Qle {v['median_loso_nse_qle']:.2f}, "
             f"Qh {v['median_loso_nse_qh']:.2f}" for m, v in result.items()) + ".",
         "",
+        "### A prior on the learned parameters",
+        "",
+        f"`{LOSO_PRIOR}`: the same folds, with a Gaussian prior on the log multipliers of r_a and r_s centred on "
+        "the LaD defaults (`prior_weight`: the mean square log multiplier next to the variance-normalised MSE). The "
+        "weight is chosen per coupling by the mean over folds of the validation loss (the training sites' "
+        "validation weeks; the left-out sites unused):",
+        "",
+        *prior_table(choice),
+        "",
+        "Chosen on validation: " + ", ".join(f"{r.coupling} weight {r.prior_weight:g}"
+                                             for r in choice[choice["chosen"]].itertuples()) + ".",
+        "",
+        "Leave-one-site-out NSE (RMSE) of every weight:",
+        "",
+        *table(with_prior),
+        "",
         "### Test site (never seen)",
         "",
         *table(ts),
@@ -170,6 +227,7 @@ def main() -> None:
         "### Where the static hybrids' training stopped",
         "",
         *stops(loso_dir),
+        *stops(prior_dir)[2:],
         *stops(ts_dir)[2:],
         *stops(ms_dir)[2:],
         END,

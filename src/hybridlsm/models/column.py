@@ -190,12 +190,16 @@ class ColumnModel(eqx.Module):
     def dynamic(self, forcing: Forcing, params: dict, key=None, raw: jax.Array | None = None) -> dict | None:
         """Time-varying parameters ``{name: (T, N)}`` from the sequence network (its ``raw`` outputs
         when given), or None."""
+        return _scaled(params, self.dynamic_multipliers(forcing, params, key, raw))
+
+    def dynamic_multipliers(self, forcing: Forcing, params: dict, key=None, raw: jax.Array | None = None) -> dict | None:
+        """The sequence network's multipliers ``{name: (T, N)}`` of the parameters it sets (those a
+        law replaced left out), or None."""
         raw = self._sequence_outputs(forcing, params, key) if raw is None else raw
         if raw is None:
             return None
         mult = self.dynamic_head(raw[..., : len(self.dynamic_names)])
-        return {name: params[name][None, :] * mult[..., i] for i, name in enumerate(self.dynamic_names)
-                if name not in self.replaced}  # fmt: skip
+        return {name: mult[..., i] for i, name in enumerate(self.dynamic_names) if name not in self.replaced}
 
     def with_exchange_law(self, law) -> ColumnModel:
         """The model with its learned K_h replaced by the closed form ``law`` (the symbolic step of
@@ -216,8 +220,11 @@ class ColumnModel(eqx.Module):
             # without dropout in the land model its rollout stays the deterministic computation
             key_land = key_land if dropout_rate(self.land) > 0 else None
         raw = self._sequence_outputs(forcing, params, key_dynamic)
-        state, out = rollout(self.land, params, forcing, state0, self.dynamic(forcing, params, raw=raw), self.chunk,
-                             key=key_land)  # fmt: skip
+        mult = self.dynamic_multipliers(forcing, params, raw=raw)
+        state, out = rollout(self.land, params, forcing, state0, _scaled(params, mult), self.chunk, key=key_land)
+        if mult is not None:  # ra_mult, rs_mult as a parameter network's step reports them (1 where a law sets it)
+            ones = jnp.ones_like(out["Qh"])
+            out = {**out, **{f"{name.removesuffix('_scale')}_mult": mult.get(name, ones) for name in self.dynamic_names}}
         if self.dynamic_aleatoric is not None:  # the sequence network's aleatoric SD of each target
             n = len(self.dynamic_names)
             out = {**out, **{f"{t}{SIGMA_SUFFIX}": SIGMA_SCALE * self.dynamic_aleatoric.std(raw[..., n + k])
@@ -231,6 +238,11 @@ class ColumnModel(eqx.Module):
         state0, _ = spin_up(self.land, params, forcing, dynamic=self.dynamic(forcing, params),
                             period=spinup_period(forcing), max_cycles=5, tol_temp=0.05, tol_water=0.5)  # fmt: skip
         return state0
+
+
+def _scaled(params: dict, mult: dict | None) -> dict | None:
+    """The time-varying parameters ``params[name] * multiplier`` ((T, N)), or None."""
+    return None if mult is None else {name: params[name][None, :] * m for name, m in mult.items()}
 
 
 def spinup_period(forcing: Forcing) -> int:

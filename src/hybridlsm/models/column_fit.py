@@ -69,10 +69,12 @@ def records_of(domains: Sequence[Domain], targets: Sequence[str], ctx: TrainingC
 
 
 def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable | None = None,
-              deterministic: bool = False):
+              deterministic: bool = False, prior: tuple[Callable, float] | None = None):
     """The loss of the column models: normalised MSE, or the normalised Gaussian NLL for a model
     with ``aleatoric_targets`` (+ phase-2 energy residual, sparsity and discovery terms,
-    weighted by the trainer's schedule). ``deterministic``: the networks run without dropout."""
+    weighted by the trainer's schedule). ``deterministic``: the networks run without dropout.
+    ``prior``: ``(fn, weight)``, ``weight * fn(model, out)`` added in every epoch (a prior that keeps
+    the learned parameters near the defaults; logged as the term ``prior``)."""
     scale = jnp.asarray(scale)
 
     def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
@@ -89,7 +91,11 @@ def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable |
             terms["sparsity"] = sparsity_fn(model, out)
         if model.law is not None:
             terms["discovery"] = discovery_loss(model.law, out["Kh"], batch["forcing"].wind, out["RiB"], loss_mask)
-        return total_loss(mse, terms, weights)
+        if prior is None:
+            return total_loss(mse, terms, weights)
+        prior_term = prior[0](model, out)
+        loss, aux = total_loss(mse + prior[1] * prior_term, terms, weights)
+        return loss, {**aux, "mse": mse, "prior": prior_term}
 
     return loss_fn
 
@@ -178,12 +184,14 @@ def train_column_model(
     member_train: Sequence[Sequence[Domain]] | None = None,
     deterministic: bool = False,
     start_is_candidate: bool = False,
+    prior: tuple[Callable, float] | None = None,
 ) -> ColumnModel:
     """Fit a column model by truncated BPTT over windows (``fit_mode="windows"``) or over whole
     records (``"record"``); early stopping on the validation records (module docstring).
     ``deterministic``: the networks run without dropout (for fits that train no network);
     ``start_is_candidate``: the model as given competes with the trained ones on validation (a refit
-    then never returns a model that validates worse than its start).
+    then never returns a model that validates worse than its start); ``prior``: see
+    :func:`make_loss` (validation scores the data term alone).
 
     With ``member_train`` (member k's training Domains: ``train`` itself, or a bootstrap resample's
     loss masks) ``model`` is that many members stacked (``training.members.stack_members``) and
@@ -211,7 +219,7 @@ def train_column_model(
     spin, length = ctx.steps(ctx.spinup_days, dt), ctx.steps(ctx.window_days, dt)
     scale = target_scale(train_recs)
     train_weights, val_weights = site_loss_weights(train_recs, val_recs, scale, train_cfg.site_weighting)
-    loss_fn = make_loss(targets, scale, sparsity_fn, deterministic)
+    loss_fn = make_loss(targets, scale, sparsity_fn, deterministic, prior)
     mesh = cell_mesh(train_cfg.devices)
     # Rounds: each round restarts training and validation from the state the current model spins
     # up to, and takes the window initial states from its own continuous trajectory, so the slow

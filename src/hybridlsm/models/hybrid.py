@@ -35,7 +35,7 @@ from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, TARGET_STD_RANGE, BoundedHe
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.exchange import ExchangeLaw
-from ..training.losses import gaussian_nll, sparsity_l1
+from ..training.losses import gaussian_nll, log_multiplier_prior, sparsity_l1
 from ..training.members import stack_members, unstack_members
 from ..training.trainer import fit
 from ..training.windows import SiteRecord
@@ -113,12 +113,23 @@ class LikelihoodOption(BaseModel):
         "SD per target and step, trained on the Gaussian negative log-likelihood")
 
 
+class ParameterPriorOption(BaseModel):
+    """The ``prior_weight`` option of the hybrids whose networks set parameters (hybrid_param,
+    hybrid_lstm); the others refuse the key."""
+
+    prior_weight: float = Field(
+        0.0, ge=0.0, le=100.0, description="weight of a Gaussian prior on the learned log multipliers of r_a and "
+        "r_s, centred on the LaD defaults (multiplier 1), added to the loss in every epoch: the mean square log "
+        "multiplier next to the variance-normalised MSE (0: none). Parameter learning is then pulled toward the "
+        "published defaults unless the data say otherwise (issue 12: priors, not free offsets)")
+
+
 class HybridFluxOptions(HybridOptions, LikelihoodOption):
     """``options`` of ``{name: hybrid_flux}``: the hybrids' options and the likelihood (the flux
     network then also gives each target's aleatoric SD at every step)."""
 
 
-class HybridParamOptions(HybridOptions, LikelihoodOption):
+class HybridParamOptions(HybridOptions, LikelihoodOption, ParameterPriorOption):
     """``options`` of ``{name: hybrid_param}``: the hybrids' options, the likelihood and the derived
     stability inputs."""
 
@@ -135,7 +146,7 @@ class HybridParamOptions(HybridOptions, LikelihoodOption):
         return self
 
 
-class HybridLSTMOptions(HybridOptions, LikelihoodOption):
+class HybridLSTMOptions(HybridOptions, LikelihoodOption, ParameterPriorOption):
     """``options`` of ``{name: hybrid_lstm}``: the hybrids' options and the likelihood (the LSTM
     then also gives each target's aleatoric SD at every step)."""
 
@@ -354,6 +365,11 @@ def multiplier_sparsity(model: ColumnModel, out: dict):
     return sparsity_l1([jnp.log(out["ra_mult"]), jnp.log(out["rs_mult"])])
 
 
+def multiplier_prior(model: ColumnModel, out: dict):
+    """The Gaussian prior on the learned multipliers of r_a and r_s (``losses.log_multiplier_prior``)."""
+    return log_multiplier_prior([out["ra_mult"], out["rs_mult"]])
+
+
 def dynamic_sparsity(model: ColumnModel, out: dict):
     """L1 on the log of the LSTM's multipliers, recovered from the rollout's r_a."""
     return sparsity_l1(jnp.log(out["ra"] / jax.lax.stop_gradient(out["ra"].mean())))
@@ -380,11 +396,16 @@ class _HybridSpec(ColumnSpec):
     def provenance(self, model, domain):
         return [f"network shared by every column; physical parameters: {p}" for p in column_provenance(model, domain)]
 
+    def loss_prior(self, options: HybridOptions) -> tuple | None:
+        """``(fn, weight)`` of the prior term of the training loss (``column_fit.make_loss``), or None."""
+        return None
+
     def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
         model, filter_spec, _ = start_from_physics(model, train, val, ctx, options)
         return train_column_model(
             model, train, val, ctx, targets=options.targets, train_cfg=training_config(ctx, options),
             sparsity_fn=self.sparsity_fn, filter_spec=filter_spec, fit_mode=options.fit,
+            prior=self.loss_prior(options),
         )  # fmt: skip
 
     vmapped_members = True
@@ -403,7 +424,7 @@ class _HybridSpec(ColumnSpec):
         trained = train_column_model(
             stack_members([s[0] for s in starts]), train, val, ctx, targets=options[0].targets,
             train_cfg=training_config(ctx, options[0]), sparsity_fn=self.sparsity_fn, filter_spec=starts[0][1],
-            fit_mode=options[0].fit, member_train=member_train,
+            fit_mode=options[0].fit, member_train=member_train, prior=self.loss_prior(options[0]),
         )  # fmt: skip
         return unstack_members(trained, len(models))
 
@@ -457,8 +478,15 @@ def _start_bias(head: BoundedHead, aleatoric: GaussianHead | None, targets: tupl
     return bias if aleatoric is None else jnp.r_[bias, jnp.full(len(targets), aleatoric.raw_for_std(1.0))]
 
 
+class _LearnsMultipliers(_HybridSpec):
+    """A hybrid whose network sets the r_a and r_s multipliers (``prior_weight``)."""
+
+    def loss_prior(self, options: HybridParamOptions | HybridLSTMOptions) -> tuple | None:
+        return (multiplier_prior, options.prior_weight) if options.prior_weight > 0 else None
+
+
 @register_model("hybrid_param")
-class HybridParam(_HybridSpec):
+class HybridParam(_LearnsMultipliers):
     Options = HybridParamOptions
     learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(multiplier_sparsity)
@@ -494,7 +522,7 @@ class HybridParam(_HybridSpec):
 
 
 @register_model("hybrid_lstm")
-class HybridLSTM(_HybridSpec):
+class HybridLSTM(_LearnsMultipliers):
     Options = HybridLSTMOptions
     learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(dynamic_sparsity)
