@@ -132,6 +132,18 @@ def prior_choice(run_dirs: list[Path]) -> pd.DataFrame:
     return df
 
 
+def prior_cross_check(loso: pd.DataFrame, choice: pd.DataFrame) -> list[str]:
+    """A check of the validation choice with the left-out sites' own skill: for each site, the weight
+    whose models score best (mean of the Qle and Qh NSE) at the *other* left-out sites."""
+    nse = loso.pivot_table(index="site", columns=["model", "flux"], values="nse")
+    lines = ["| coupling | " + " | ".join(nse.index) + " |", "|---|" + "---|" * len(nse.index)]
+    for coupling, g in choice.groupby("coupling"):
+        skill = {r.prior_weight: (nse[(r.model, "Qle")] + nse[(r.model, "Qh")]) / 2 for r in g.itertuples()}
+        picks = [max(skill, key=lambda w: skill[w].drop(site).mean()) for site in nse.index]
+        lines.append(f"| {coupling} | " + " | ".join(f"{w:g}" for w in picks) + " |")
+    return lines
+
+
 def prior_table(choice: pd.DataFrame) -> list[str]:
     lines = ["| coupling | prior weight | model | mean validation loss over folds | folds | chosen on validation |",
              "|---|---|---|---|---|---|"]
@@ -202,6 +214,11 @@ def main() -> None:
         "",
         "Chosen on validation: " + ", ".join(f"{r.coupling} weight {r.prior_weight:g}"
                                              for r in choice[choice["chosen"]].itertuples()) + ".",
+        "",
+        "As a check, the weight each left-out site would get from the other left-out sites' skill (the mean "
+        "of their Qle and Qh NSE; the site's own scores unused):",
+        "",
+        *prior_cross_check(with_prior, choice),
         "",
         "Leave-one-site-out NSE (RMSE) of every weight:",
         "",
