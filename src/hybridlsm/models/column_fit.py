@@ -52,7 +52,7 @@ from ..training.sharding import cell_mesh
 from ..training.members import member_of, select_members, stack_batches, unstack_members
 from ..training.trainer import ValidationScore, fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows, top_up
-from ..physics import LaDState
+from ..physics import GRADIENT_CHUNK, LaDState
 from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
 from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
@@ -78,6 +78,7 @@ def make_loss(targets: Sequence[str], scale: np.ndarray, sparsity_fn: Callable |
     scale = jnp.asarray(scale)
 
     def loss_fn(model: ColumnModel, batch: dict, key, weights: dict):
+        model = replace(model, chunk=GRADIENT_CHUNK)  # differentiated: store each step's carry
         _, out = model.run(batch["forcing"], batch["base"], batch["state0"], None if deterministic else key)
         sim = jnp.stack([out[t] for t in targets], axis=-1)
         if model.aleatoric_targets:  # the networks' aleatoric SD of each target, per step

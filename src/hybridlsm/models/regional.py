@@ -48,7 +48,7 @@ from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import default_params, forcing_from_datasets, rollout
+from ..physics import GRADIENT_CHUNK, default_params, forcing_from_datasets, rollout
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
@@ -313,8 +313,9 @@ class RegionalHybrid(eqx.Module):
         return out[0].reshape(t, -1), out[1].reshape(t, -1)
 
     def run(self, physics: RegionalModel, params, forcing: GridForcing, variables, static, state0=None, key=None,
-            chunk=24):
-        """Rollout of ``physics`` with the predicted fields: (final state, outputs incl. Kh, rs, RiB)."""
+            chunk=GRADIENT_CHUNK):
+        """Rollout of ``physics`` with the predicted fields: (final state, outputs incl. Kh, rs, RiB);
+        ``chunk``: the rollout's (default: the training loss's, ``physics.GRADIENT_CHUNK``)."""
         kh, rs = self.fields(variables, static, key)
         dynamic = {EXCHANGE_FIELDS[self.exchange]: kh, PRESCRIBED_RS: rs}
         return rollout(physics, params, forcing, state0, dynamic=dynamic, chunk=chunk)

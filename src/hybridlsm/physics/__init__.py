@@ -33,6 +33,7 @@ from .parameters import (
 )
 from .rollout import (
     DEFAULT_CHUNK,
+    GRADIENT_CHUNK,
     LARGE_BATCH_CELLS,
     RUN_TIME_OPTIONS,
     chunk_length,
@@ -58,6 +59,7 @@ __all__ = [
     "CALIBRATABLE",
     "Closure",
     "DEFAULT_CHUNK",
+    "GRADIENT_CHUNK",
     "FORCING_VARIABLES",
     "Forcing",
     "IGBP_TO_LAD",

@@ -37,6 +37,13 @@ import numpy as np
 from .forcing import Forcing
 
 DEFAULT_CHUNK = 96  # two days of half-hourly steps; sqrt(17520) ~ 132
+#: ``chunk`` for a rollout differentiated through its stacked outputs (a training loss): every
+#: step's carry is stored and each (checkpointed) step recomputed once in reverse mode. The (T, N)
+#: outputs and their cotangents are O(T) anyway, so storing O(T) carries does not change the order
+#: of the memory, and it saves the recomputation of every chunk (one forward pass): the gradient is
+#: 10-30 % faster than with DEFAULT_CHUNK (docs/performance.md). A forward-only run keeps
+#: DEFAULT_CHUNK (faster for a few cells) and ``rollout_reduce`` its chunks (memory ~ sqrt(T)).
+GRADIENT_CHUNK = 1
 
 #: XLA compiler options for run-time-optimised executables (``jax.jit(f, compiler_options=...)``):
 #: XLA's CPU fusion emitters, off process-wide (``hybridlsm/__init__.py``) because they compile the
