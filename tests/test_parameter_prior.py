@@ -85,3 +85,20 @@ def test_a_strong_prior_keeps_the_learned_multipliers_nearer_the_defaults():
         spread[weight] = float(multiplier_prior(model, out))
     assert spread[0.0] > 1e-3  # the data moved the multipliers
     assert spread[10.0] < 0.5 * spread[0.0]
+
+
+@pytest.mark.slow  # an LSTM rollout, ~5 s
+def test_the_lstm_sparsity_term_measures_its_multipliers_not_the_variation_of_r_a():
+    # phase 2's sparsity of hybrid_lstm used to be the L1 of log(r_a / mean r_a), which the physics'
+    # own diurnal and stability cycle of r_a makes large with every multiplier at 1
+    options = validate_options("hybrid_lstm", {"hidden_size": 4, "discovery": False, "physics_init": "default",
+                                               "calibrate": []})
+    spec = get_model("hybrid_lstm")
+    model = spec.build(options)
+    batch = _batch(model, domain_from_site(virtual_site(site_id="P3", days=3, seed=3)))
+    _, out = model.run(batch["forcing"], batch["base"], batch["state0"])
+    assert float(np.mean(np.abs(np.log(out["ra"] / np.mean(out["ra"]))))) > 0.1  # r_a varies by itself
+    assert float(spec.sparsity_fn(model, out)) < 0.02  # the untrained LSTM's multipliers start near 1
+    shifted = eqx.tree_at(lambda m: m.dynamic_net.head.bias, model, model.dynamic_net.head.bias + 0.3)
+    _, out = shifted.run(batch["forcing"], batch["base"], batch["state0"])
+    assert float(spec.sparsity_fn(shifted, out)) > 0.05

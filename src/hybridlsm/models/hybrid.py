@@ -361,18 +361,14 @@ class ParameterNetworkLand(AbstractLandModel):
 
 
 def multiplier_sparsity(model: ColumnModel, out: dict):
-    """L1 on the log multipliers: learned parameters stay at the physics unless data say otherwise."""
+    """L1 on the log multipliers of r_a and r_s (the parameter network's or the LSTM's): learned
+    parameters stay at the physics unless data say otherwise."""
     return sparsity_l1([jnp.log(out["ra_mult"]), jnp.log(out["rs_mult"])])
 
 
 def multiplier_prior(model: ColumnModel, out: dict):
     """The Gaussian prior on the learned multipliers of r_a and r_s (``losses.log_multiplier_prior``)."""
     return log_multiplier_prior([out["ra_mult"], out["rs_mult"]])
-
-
-def dynamic_sparsity(model: ColumnModel, out: dict):
-    """L1 on the log of the LSTM's multipliers, recovered from the rollout's r_a."""
-    return sparsity_l1(jnp.log(out["ra"] / jax.lax.stop_gradient(out["ra"].mean())))
 
 
 # ------------------------------------------------------------------------------ registry
@@ -525,7 +521,7 @@ class HybridParam(_LearnsMultipliers):
 class HybridLSTM(_LearnsMultipliers):
     Options = HybridLSTMOptions
     learned_parameters = LEARNED_PARAMETERS
-    sparsity_fn = staticmethod(dynamic_sparsity)
+    sparsity_fn = staticmethod(multiplier_sparsity)  # the LSTM's multipliers, as ColumnModel.run reports them
 
     def build(self, options: HybridLSTMOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
