@@ -11,7 +11,7 @@ observation there is NaN. A term with no valid entry is 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -23,10 +23,10 @@ from ..physics.exchange import ExchangeLaw
 
 __all__ = [
     "WEIGHT_NAMES",
-    "log_multiplier_prior",
     "discovery_loss",
     "energy_residual_loss",
     "gaussian_nll",
+    "log_multiplier_prior",
     "masked_mean",
     "masked_mse",
     "normalised_mse",
@@ -111,16 +111,12 @@ def sparsity_l1(deviations: Any, mask: ArrayLike | None = None) -> Float[Array, 
     Pass deviations in comparable units, e.g. ``(theta - theta_default) / (upper - lower)``.
     With a PyTree, the mean runs over all elements of all leaves; ``mask`` applies to a single array.
     """
-    leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(deviations)]
-    if not leaves:
-        raise ValueError("sparsity_l1: no arrays given")
+    leaves = _leaves(deviations, "sparsity_l1")
     if mask is not None:
         if len(leaves) != 1:
             raise ValueError("sparsity_l1: mask is only supported for a single array")
         return masked_mean(jnp.abs(leaves[0]), mask)
-    total = sum(jnp.sum(jnp.abs(x)) for x in leaves)
-    count = sum(x.size for x in leaves)
-    return total / count
+    return _mean_over_leaves(jnp.abs, leaves)
 
 
 def log_multiplier_prior(multipliers: Any) -> Float[Array, ""]:
@@ -129,11 +125,19 @@ def log_multiplier_prior(multipliers: Any) -> Float[Array, ""]:
     constant, per value. A weight ``w`` on it next to a variance-normalised MSE acts as a prior of SD
     about ``sigma / sqrt(w)`` in log units, ``sigma`` the normalised error SD (about 0.4 for a model
     with NSE 0.8)."""
-    leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(multipliers)]
+    return _mean_over_leaves(lambda x: jnp.square(jnp.log(x)), _leaves(multipliers, "log_multiplier_prior"))
+
+
+def _leaves(tree: Any, who: str) -> list[Array]:
+    leaves = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
     if not leaves:
-        raise ValueError("log_multiplier_prior: no arrays given")
-    total = sum(jnp.sum(jnp.square(jnp.log(x))) for x in leaves)
-    return total / sum(x.size for x in leaves)
+        raise ValueError(f"{who}: no arrays given")
+    return leaves
+
+
+def _mean_over_leaves(fn: Callable, leaves: list[Array]) -> Float[Array, ""]:
+    """Mean of ``fn`` over every element of every leaf."""
+    return sum(jnp.sum(fn(x)) for x in leaves) / sum(x.size for x in leaves)
 
 
 def discovery_loss(
