@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30)
     ap.add_argument("--epochs1", type=int, default=12)
     ap.add_argument("--epochs2", type=int, default=6)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", default="3e-3", help="learning rate, or comma-separated rates: each model trained "
+                    "by train_regional trains at each and keeps the lowest validation loss")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--mc-samples", type=int, default=50, help="MC-dropout passes of the models with dropout "
                     "(0: none; each pass is one prediction over the record)")
@@ -94,6 +95,12 @@ def main() -> None:
         args.ny, args.days, args.epochs1, args.epochs2 = 12, 10, 2, 1
         args.mc_samples = min(args.mc_samples, 3)
     command = "python benchmarks/regional.py " + " ".join(sys.argv[1:])
+    try:
+        args.lrs = [float(v) for v in args.lr.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--lr {args.lr!r}: expected numbers separated by commas")
+    if not args.lrs or any(not (0.0 < v <= 1.0) for v in args.lrs):
+        ap.error(f"--lr {args.lr!r}: expected rates in (0, 1]")
 
     t0 = time.time()
     ds = virtual_region(args.ny, args.ny, days=args.days)
@@ -144,7 +151,7 @@ def main() -> None:
         info.update(command=command, commit=_commit(), wall_minutes=(time.time() - t0) / 60.0,
                     date=datetime.datetime.now().isoformat(timespec="seconds"),
                     settings={"ny": args.ny, "days": args.days, "epochs1": args.epochs1, "epochs2": args.epochs2,
-                              "lr": args.lr})
+                              "lr": info.get("lr"), "lr_candidates": args.lrs})
         top = {"command": command}
         if name == "hybrid":
             top.update(energy_residual_wm2=rows["table3_ablations"][0]["energy_residual_wm2"],
@@ -187,21 +194,46 @@ def _dropout(model) -> float:
 
 
 def run_model(name: str, data, ds, split, args):
-    """Train (or run) one model: (the trained regional model or None, its (T, N) outputs, info)."""
-    two_phase = {"enabled": True, "phase1_epochs": args.epochs1, "phase2_epochs": args.epochs2}
-    cfg = TrainConfig(lr=args.lr, min_lr=1e-5, patience=6, two_phase=two_phase)
+    """Train (or run) one model: (the trained regional model or None, its (T, N) outputs, info).
+    A model trained by ``train_regional`` trains once per learning rate of ``--lr`` and keeps the
+    one with the lowest validation loss (``info["lr_selection"]``: rate -> best validation loss);
+    the column hybrid trains at the first rate."""
     if name == "fixed_kh":
         return None, predict_regional(fixed_kh_model(data), data), {"train_minutes": 0.0}
-    t0 = time.time()
     if name == "column_hybrid":
+        t0 = time.time()
+        cfg = TrainConfig(lr=args.lrs[0], min_lr=1e-5, patience=6, two_phase=_two_phase(args))
         full, train, val = column_domains(ds, split)
         model, opts = train_column_hybrid(train, val, cfg)
         minutes = (time.time() - t0) / 60.0
         return None, predict_column_hybrid(model, full), {
-            "train_minutes": minutes, "options": opts.model_dump(mode="json"), "trained_on": "tower cells",
+            "train_minutes": minutes, "lr": cfg.lr, "options": opts.model_dump(mode="json"), "trained_on": "tower cells",
             "spinup_days": COLUMN_SPINUP_DAYS, "window_days": COLUMN_WINDOW_DAYS, "two_phase": cfg.two_phase.model_dump(mode="json")}
+    best, selection, total = None, {}, time.time()
+    for lr in args.lrs:
+        result, info = train_model(name, data, split, args, lr)
+        selection[f"{lr:g}"] = info["best_val"]
+        print(f"{name}, lr {lr:g}: best validation loss {info['best_val']:.4f} after {info['epochs']} epochs "
+              f"({info['train_minutes']:.1f} min)", flush=True)
+        if best is None or info["best_val"] < best[1]["best_val"]:  # NaN never wins
+            best = (result, info)
+    result, info = best
+    if len(args.lrs) > 1:
+        info.update(lr_selection=selection, selection_minutes=(time.time() - total) / 60.0)
+    return result.model, predict_regional(result.model, data), info
+
+
+def _two_phase(args) -> dict:
+    return {"enabled": True, "phase1_epochs": args.epochs1, "phase2_epochs": args.epochs2}
+
+
+def train_model(name: str, data, split, args, lr: float):
+    """One training of a regional model at learning rate ``lr``: (fit's result, info)."""
+    two_phase = _two_phase(args)
+    cfg = TrainConfig(lr=lr, min_lr=1e-5, patience=6, two_phase=two_phase)
+    t0 = time.time()
     if name == "cnn_lstm":
-        model, config = build_cnn_lstm(data), TrainConfig(lr=args.lr, min_lr=1e-5, patience=6,
+        model, config = build_cnn_lstm(data), TrainConfig(lr=lr, min_lr=1e-5, patience=6,
                                                           epochs=args.epochs1 + args.epochs2)
     elif name == "no_parameteriser":
         model, config = build_class_constants(data), cfg
@@ -211,19 +243,19 @@ def run_model(name: str, data, ds, split, args):
         model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0)), cfg
     elif name in ("no_physics_residual", "no_discovery"):
         weight = "lambda_energy" if name == "no_physics_residual" else "lambda_discovery"
-        model, config = build_hybrid(data), TrainConfig(lr=args.lr, min_lr=1e-5, patience=6,
+        model, config = build_hybrid(data), TrainConfig(lr=lr, min_lr=1e-5, patience=6,
                                                         two_phase={**two_phase, weight: 0.0})
     else:
         model, config = build_hybrid(data), cfg
     result = train_regional(model, data, config, split=split)
-    info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history),
+    info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history), "lr": lr,
             "best_val": float(result.best_val), "two_phase": config.two_phase.model_dump(mode="json")
             if config.two_phase.enabled else None, "dropout": _dropout(result.model)}
     if name == "no_parameteriser":
         values = result.model.net.values()
         info["class_constants"] = {c: {"Kh": float(values["Kh"][i]), "rs": float(values["rs"][i])}
                                    for i, c in enumerate(data.classes)}
-    return result.model, predict_regional(result.model, data), info
+    return result, info
 
 
 def _geometry(data) -> dict[str, np.ndarray]:
@@ -387,11 +419,15 @@ def _table(s: dict) -> str:
     if s.get("models"):
         lines += ["", "Provenance of each model's figures (the regional hybrids' training windows start from the "
                   "states the model carries itself since commit 343187f, from the fixed-K_h physics' before):", "",
-                  "| model | command | commit | date | train min | epochs | MC passes |", "|---|---|---|---|---|---|---|"]
+                  "| model | command | commit | date | train min | epochs | learning rate: best validation loss "
+                  "(kept: lowest) | MC passes |", "|---|---|---|---|---|---|---|---|"]
         for m, info in s["models"].items():
+            chosen = (info.get("settings") or {}).get("lr")
+            rates = ", ".join(f"{lr}: {v:.4f}" for lr, v in info["lr_selection"].items()) \
+                if info.get("lr_selection") else (f"{chosen:g}" if chosen is not None else "–")
             lines.append(f"| {m} | `{info.get('command')}` | {info.get('commit') or '–'} | "
                          f"{(info.get('date') or '–')[:10]} | {_fmt(info.get('train_minutes'), 1)} | "
-                         f"{info.get('epochs') or '–'} | {info.get('mc_samples') or '–'} |")
+                         f"{info.get('epochs') or '–'} | {rates} | {info.get('mc_samples') or '–'} |")
     if s.get("peak_mem_gb_128x128_month") is not None:
         lines += ["", f"A 128x128-cell month of the physics streamed from zarr peaks at "
                       f"{s['peak_mem_gb_128x128_month']:.2f} GB (`benchmarks/regional_memory.py`)."]

@@ -16,6 +16,7 @@ from hybridlsm.physics import (
     default_params,
     rollout,
     rollout_reduce,
+    run_time_jit,
     simulate,
     synthetic_forcing,
 )
@@ -133,3 +134,15 @@ def test_simulate_matches_rollout_and_selects_outputs(case):
     _, out = simulate(model, params, forcing)  # 2 cells: jax.jit(rollout), no emitters
     for name in ref:
         assert np.array_equal(np.asarray(out[name]), np.asarray(ref[name])), name
+
+
+@pytest.mark.slow  # two compilations; in make test, not test-fast
+def test_run_time_jit_compiles_both_ways_with_the_same_results(case):
+    model, params, forcing, _ = case
+    _, ref = jax.jit(rollout, compiler_options=FAST_COMPILE)(model, params, forcing)
+    run = run_time_jit(lambda m, p, f: rollout(m, p, f))
+    _, plain = run(model, params, forcing, run_time=False)  # the process-wide options: the same program
+    _, fast = run(model, params, forcing)  # the fusion emitters on the CPU
+    for name in ref:
+        assert np.array_equal(np.asarray(plain[name]), np.asarray(ref[name])), name
+        np.testing.assert_allclose(fast[name], ref[name], rtol=1e-10, atol=1e-9)

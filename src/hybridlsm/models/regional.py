@@ -48,7 +48,7 @@ from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import GRADIENT_CHUNK, default_params, forcing_from_datasets, rollout
+from ..physics import GRADIENT_CHUNK, default_params, forcing_from_datasets, rollout, run_time_jit
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
@@ -69,6 +69,12 @@ LAD_CLASS_OF = {"WAT": "WET", "SNO": "BSV"}
 #: loss scales: fluxes in 100 W m-2, surface temperature in 2 K
 SCALES = {"Qh": 100.0, "Qle": 100.0, "AvgSurfT": 2.0}
 TARGETS = ("Qh", "Qle", "AvgSurfT")
+
+
+#: grids of this many cells and more compile their physics and training step with XLA's CPU
+#: fusion emitters (``physics.run_time_jit``): a faster step for a slower compilation, which only
+#: pays on larger grids (a 12 x 12 test grid compiles more slowly than it gains)
+RUN_TIME_CELLS = 256
 
 
 @dataclass
@@ -120,6 +126,12 @@ class RegionData:
     def cell_size(self) -> float:
         """The cells' mean length [m] (the geometric mean of dx and dy)."""
         return float(np.sqrt(self.spacing[0] * self.spacing[1]))
+
+    @property
+    def run_time(self) -> bool:
+        """Whether the grid is large enough (``RUN_TIME_CELLS``) to compile its physics for run time
+        (``physics.run_time_jit``)."""
+        return self.shape[0] * self.shape[1] >= RUN_TIME_CELLS
 
     def window(self, start: int, length: int) -> tuple[GridForcing, np.ndarray]:
         return self.forcing.at(slice(start, start + length)), self.variables[:, start : start + length]
@@ -379,13 +391,13 @@ def window_states(model: RegionalModel, data: RegionData, starts, params=None, d
     for start in sorted(starts):
         if start > t:
             state = _carry(model, state, params, data.forcing.at(slice(t, start)),
-                           {k: v[t:start] for k, v in dynamic.items()})
+                           {k: v[t:start] for k, v in dynamic.items()}, run_time=data.run_time)
             t = start
         states[start] = state
     return states
 
 
-_carry = eqx.filter_jit(lambda model, state, params, forcing, dynamic: rollout(
+_carry = run_time_jit(lambda model, state, params, forcing, dynamic: rollout(
     model, params, forcing, state, dynamic=dynamic or None, chunk=None)[0])
 
 
@@ -531,14 +543,16 @@ def blocked_split(n_steps: int, steps_per_day: int = 24) -> dict[str, np.ndarray
     return {name: label == name for name in ("train", "val", "test")}
 
 
-def _val_fn(loss_fn, batches):
+def _val_fn(loss_fn, batches, run_time: bool = False):
     """Mean data loss (no phase-2 terms, no dropout) over the validation windows: ``batches`` a list,
-    or ``model -> list`` (windows from the model's own states)."""
+    or ``model -> list`` (windows from the model's own states); ``run_time``: compiled for run time
+    (``RegionData.run_time``)."""
     zero = {"energy": 0.0, "sparsity": 0.0, "discovery": 0.0}
-    loss = eqx.filter_jit(lambda m, b: loss_fn(m, b, None, zero)[0])
+    loss = run_time_jit(lambda m, b: loss_fn(m, b, None, zero)[0])
 
     def val(model) -> float:
-        return float(np.mean([float(loss(model, b)) for b in (batches(model) if callable(batches) else batches)]))
+        windows = batches(model) if callable(batches) else batches
+        return float(np.mean([float(loss(model, b, run_time=run_time)) for b in windows]))
 
     return val
 
@@ -567,8 +581,8 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
         loss_fn = cnn_lstm_loss
         train_batches = make_batches(data, split["train"], window, warmup, None)
         val_batches = make_batches(data, split["val"], window, warmup, None)
-    return fit(model, loss_fn, train_batches, _val_fn(loss_fn, val_batches), cfg, checkpoint_dir,
-               progress=progress, resume=resume)
+    return fit(model, loss_fn, train_batches, _val_fn(loss_fn, val_batches, data.run_time), cfg, checkpoint_dir,
+               progress=progress, resume=resume, run_time=data.run_time)
 
 
 def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict:
@@ -582,7 +596,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     that are not columns (``data.active``) are NaN."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
-        _, out = _physics_run(model, data.params, data.forcing)
+        _, out = _physics_run(model, data.params, data.forcing, run_time=data.run_time)
         rs = np.asarray(data.params["rs_min"] * data.params["rs_scale"])
         out = {**{k: np.asarray(v) for k, v in out.items()}, "rs_field": np.broadcast_to(rs, out["Qh"].shape)}
         return _not_modelled(out, data.active)
@@ -596,7 +610,7 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     physics = regional_physics(data)
     field = EXCHANGE_FIELDS[model.exchange]
     kh, rs = jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"])
-    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field)
+    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field, run_time=data.run_time)
     out = {k: np.asarray(v) for k, v in out.items()}
     given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
     out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
@@ -623,12 +637,13 @@ def record_fields(model, data: RegionData, *, window: int = 48, warmup: int = 12
 
 # compiled once per model structure and shape, so that repeated predictions (MC-dropout passes,
 # several grids) reuse the program; the record goes in as arguments (arrays a jitted function closes
-# over become constants of the compiled program: slower to compile, held twice)
-_physics_run = eqx.filter_jit(lambda model, params, forcing: rollout(model, params, forcing, chunk=None))
+# over become constants of the compiled program: slower to compile, held twice); the physics of a
+# grid for run time (XLA's CPU fusion emitters, ``physics.run_time_jit``)
+_physics_run = run_time_jit(lambda model, params, forcing: rollout(model, params, forcing, chunk=None))
 _cnn_outputs = eqx.filter_jit(lambda model, variables, static, key: model.predict(variables, static, key))
 _hybrid_fields = eqx.filter_jit(lambda model, variables, static, key: dict(zip(("Kh", "rs"),
                                                                                 model.fields(variables, static, key))))
-_closed_loop = eqx.filter_jit(closed_loop)
+_closed_loop = run_time_jit(closed_loop)
 
 
 def _not_modelled(out: dict, active: np.ndarray) -> dict:

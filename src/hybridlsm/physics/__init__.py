@@ -39,6 +39,7 @@ from .rollout import (
     chunk_length,
     rollout,
     rollout_reduce,
+    run_time_jit,
     simulate,
     spin_up,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "neutral_aerodynamic_resistance",
     "parameter_table",
     "reference_height",
+    "run_time_jit",
     "rollout",
     "rollout_reduce",
     "simulate",

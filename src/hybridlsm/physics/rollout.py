@@ -245,6 +245,24 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
     return state, total
 
 
+def run_time_jit(fun: Callable) -> Callable:
+    """``eqx.filter_jit(fun)``, called with an extra keyword ``run_time`` (default True): compiled
+    with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU, or with ``run_time=False``
+    with the process-wide options (faster to compile: for small problems). The backend is asked at
+    the first call, so that defining it does not start JAX. For functions of many cells (a grid),
+    where the emitters pay for their slower compilation."""
+    compiled: dict = {}
+
+    @functools.wraps(fun)
+    def call(*args, run_time: bool = True, **kwargs):
+        fast = bool(run_time) and jax.default_backend() == "cpu"
+        if fast not in compiled:
+            compiled[fast] = eqx.filter_jit(fun, compiler_options=RUN_TIME_OPTIONS if fast else None)
+        return compiled[fast](*args, **kwargs)
+
+    return call
+
+
 #: ``simulate`` compiles for throughput from this many cells up (measured: the fusion emitters
 #: and the plain scan gain from ~16 cells, and lose at one cell; docs/performance.md)
 LARGE_BATCH_CELLS = 16

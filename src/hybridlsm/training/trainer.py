@@ -52,6 +52,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from hybridlsm.neural import trainable_filter
+from hybridlsm.physics import run_time_jit
 from hybridlsm.training.checkpoint import CheckpointError, DamagedCheckpointError, read_checkpoint, write_checkpoint
 from hybridlsm.config import TrainConfig
 from hybridlsm.training.losses import WEIGHT_NAMES
@@ -230,6 +231,9 @@ def _update(params, opt_state, static, batch, key, weights, lr, *, loss_fn, opt)
 
 
 _train_step = eqx.filter_jit(_update)
+#: the same update compiled for run time (``physics.run_time_jit``: XLA's CPU fusion emitters;
+#: ``fit(run_time=True)``): a faster step for a grid's batch of columns (docs/performance.md)
+_train_step_run_time = run_time_jit(_update)
 
 
 @eqx.filter_jit
@@ -355,6 +359,7 @@ def fit(
     validity_fn: ValidityFn | None = None,
     on_phase2: Callable[[eqx.Module], eqx.Module] | None = None,
     members: int = 0,
+    run_time: bool = False,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` over ``train_batches``; early-stop on ``val_fn``.
 
@@ -390,6 +395,9 @@ def fit(
       members stop lists them in ``members_stopped``); the result's ``best_epoch``, ``best_val`` and
       ``stopped_early`` too. Single-phase training on one device
       without ``validity_fn``.
+    - ``run_time``: compile the update with XLA's CPU fusion emitters (``physics.run_time_jit``;
+      off process-wide for fast compilation; ignored off the CPU and with ``members``): worth it for
+      a large batch of columns, such as a regional grid's.
     """
     if members and (cfg.two_phase.enabled or (cfg.devices or 0) != 1 or validity_fn is not None):
         raise ValueError("fit: stacked members train in one phase on one device, without validity_fn")
@@ -401,6 +409,8 @@ def fit(
     opt = _optimizer(float(cfg.clip_norm), float(cfg.weight_decay))
     opt_init = jax.vmap(opt.init) if members else opt.init
     step_fn = _members_step if members else _train_step
+    if run_time and not members:
+        step_fn = _train_step_run_time  # run_time_jit's default: the fusion emitters on the CPU
     total_epochs = int(cfg.epochs)
     config_hash = cfg.config_hash()
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
