@@ -84,7 +84,9 @@ class RegionalOptions(BaseModel):
     dropout: float = Field(0.15, ge=0.0, lt=1.0, description="dropout of the network (seed 000: 0.15)")
     mc_samples: int = Field(0, ge=0, le=1000, description="MC-dropout runs of a prediction (0: one deterministic "
                             "run; >= 2: their mean and SD; needs dropout > 0)")
-    lr: float | None = Field(3e-3, gt=0.0, le=1.0, description="AdamW step (null: training.lr)")
+    lr: float | None = Field(3e-3, gt=0.0, le=1.0, description="AdamW step (null: training.lr); on the virtual "
+                             "region's validation blocks benchmarks/regional.py chose 1e-2 for the hybrids, 3e-3 "
+                             "for the CNN-LSTM")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
