@@ -41,8 +41,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -50,7 +48,7 @@ import xarray as xr
 from ..data import DataError
 from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
-from ..physics import FORCING_VARIABLES, RUN_TIME_OPTIONS, Forcing, default_params
+from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
 from .column import ColumnModel, column_igbp
 from .features import CLIMATE_SUMMARIES
 from .registry import StreamingUnsupported
@@ -64,14 +62,13 @@ STREAM_OUTPUTS = ("Qh", "Qle", "Qg", "Rnet", "AvgSurfT")
 def _chunk_runner(model: ColumnModel):
     """The compiled forward over one chunk, tuned for throughput as ``physics.simulate``: one plain
     scan (``chunk=None``: nothing is differentiated, so nothing needs checkpointing) compiled with
-    XLA's CPU fusion emitters (``RUN_TIME_OPTIONS``), once per band shape."""
-    options = RUN_TIME_OPTIONS if jax.default_backend() == "cpu" else None
+    XLA's CPU fusion emitters (``physics.run_time_jit``), once per band shape."""
 
     def run(m, forcing, base, state0, outputs):
         state, out = m.run(forcing, base, state0)
         return state, {k: out[k] for k in outputs}  # XLA skips the outputs not asked for
 
-    jitted = eqx.filter_jit(run, compiler_options=options)
+    jitted = run_time_jit(run)
     plain = replace(model, chunk=None)
     return lambda forcing, base, state0, outputs: jitted(plain, forcing, base, state0, outputs)
 

@@ -268,15 +268,14 @@ def run_time_jit(fun: Callable) -> Callable:
 LARGE_BATCH_CELLS = 16
 
 
-@functools.cache
-def _simulate_jit(large: bool):
-    def run(model, params, forcing, state0, dynamic, outputs, key):
-        chunk = None if large else DEFAULT_CHUNK
-        state, out = rollout(model, params, forcing, state0, dynamic, chunk=chunk, key=key)
-        return state, out if outputs is None else {k: out[k] for k in outputs}
+def _simulate_body(model, params, forcing, state0, dynamic, outputs, key, chunk):
+    state, out = rollout(model, params, forcing, state0, dynamic, chunk=chunk, key=key)
+    return state, out if outputs is None else {k: out[k] for k in outputs}
 
-    options = RUN_TIME_OPTIONS if large and jax.default_backend() == "cpu" else None
-    return eqx.filter_jit(run, compiler_options=options)
+
+#: ``simulate``'s executables: large batches with the fusion emitters (``run_time=True``), small
+#: ones with the process-wide options
+_simulate_run = run_time_jit(_simulate_body)
 
 
 def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | None = None,
@@ -306,7 +305,8 @@ def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict |
     if large is None:
         large = forcing.n_sites >= LARGE_BATCH_CELLS
     outputs = None if outputs is None else tuple(outputs)
-    return _simulate_jit(bool(large))(model, params, forcing, state0, dynamic, outputs, key)
+    chunk = None if large else DEFAULT_CHUNK
+    return _simulate_run(model, params, forcing, state0, dynamic, outputs, key, chunk, run_time=bool(large))
 
 
 @eqx.filter_jit
