@@ -109,6 +109,69 @@ def test_an_ensemble_run_predicts_with_spread_and_reloads(run_config):
     assert get_model("ensemble").targets
 
 
+def test_multi_model_options_check_every_member():
+    opts = validate_options("ensemble", {"members": [{"model": "hybrid_param", "options": {"width": 8}},
+                                                     {"model": "hybrid_flux"}], "targets": ["Qh"]})  # fmt: skip
+    assert opts.size == 2 and opts.targets == ["Qh"]
+    assert [opts.member_model(k) for k in range(2)] == ["hybrid_param", "hybrid_flux"]
+    assert opts.member(0).width == 8 and opts.member(1).targets == ["Qh"]
+    assert opts.member(0).seed == opts.member(1).seed == 0  # each as it would train alone
+    again = validate_options("ensemble", opts.model_dump(mode="json"))  # a saved model.json reloads
+    assert again == opts
+    for bad, match in ((({"model": "hybrid_param", "members": [{"model": "hybrid_flux"}] * 2}), "either model"),
+                       ({}, "either model"),
+                       ({"members": [{"model": "hybrid_flux"}]}, "at least 2"),
+                       ({"members": [{"model": "hybrid_flux"}, {"model": "nope"}]}, "unknown model"),
+                       ({"members": [{"model": "hybrid_flux"}, {"model": "ensemble"}]}, "cannot be ensembles"),
+                       ({"members": [{"model": "hybrid_flux"}] * 2, "options": {"width": 8}}, "under members"),
+                       ({"members": [{"model": "hybrid_flux"}] * 2, "size": 3}, "leave size out"),
+                       ({"members": [{"model": "hybrid_flux"}] * 2, "vmap": True}, "different models"),
+                       ({"members": [{"model": "hybrid_flux", "options": {"targets": ["Qh"]}},
+                                     {"model": "hybrid_param", "options": {"targets": ["Qle"]}}]}, "different targets")):
+        with pytest.raises(ValueError, match=match):
+            validate_options("ensemble", bad)
+
+
+MULTI = """
+name: multi
+data:
+  sites:
+    - {virtual: {site_id: MM, days: 16, seed: 2, noise: 5.0}}
+  split: {train: 0.6, val: 0.2, test: 0.2}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: hybrid_param, options: &p {width: 8, epochs: 2, physics_init: default, calibrate: []}}
+  - {name: hybrid_flux, options: &f {width: 8, epochs: 2, physics_init: default, calibrate: []}}
+  - name: ensemble
+    label: couplings
+    options: {members: [{model: hybrid_param, options: *p}, {model: hybrid_flux, options: *f}]}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+@pytest.mark.slow  # trains two small hybrids
+def test_a_multi_model_ensemble_takes_the_runs_trained_members(run_config):
+    """The ensemble of the run's hybrid_param and hybrid_flux is not trained again: its prediction is
+    the mean of theirs, its epistemic SD half their difference; it saves, reloads and predicts."""
+    run = run_config(MULTI, "multi")
+    timings = json.loads((run / "timings.json").read_text())
+    assert "taken from this run, already trained: hybrid_param, hybrid_flux" in timings["all/couplings"]["members"]
+    assert timings["all/couplings"]["train_s"] < 0.2 * timings["all/hybrid_param"]["train_s"]
+    pred = {m: xr.open_dataset(run / "predictions" / "MM" / f"{m}.nc") for m in ("hybrid_param", "hybrid_flux", "couplings")}
+    for t in ("Qh", "Qle"):
+        a, b, ens = (pred[m][t].values for m in ("hybrid_param", "hybrid_flux", "couplings"))
+        assert np.max(np.abs(a - b)) > 1.0  # the members differ
+        np.testing.assert_allclose(ens, (a + b) / 2, rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(pred["couplings"][f"{t}_sd"].values, np.abs(a - b) / 2, rtol=1e-5, atol=1e-4)
+    spec, opts, model = load_saved_model(run / "models" / "couplings" / "all")
+    assert model.models == ("hybrid_param", "hybrid_flux")
+    d = domain_from_site(virtual_site(site_id="MM", days=16, seed=2, noise=5.0))
+    np.testing.assert_allclose(spec.predict(model, d)["Qle"], pred["couplings"]["Qle"].values[:, None],
+                               rtol=1e-5, atol=1e-3)
+
+
 # ------------------------------------------------------------------ vmapped members
 
 

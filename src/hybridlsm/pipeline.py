@@ -73,7 +73,7 @@ from .domain import (
     write_netcdf,
     write_site_outputs,
 )
-from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config
+from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config, trained_key
 from .rundir import atomic_write, problem, run_lock
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
@@ -595,7 +595,9 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
     only, writing nothing (a process other than 0 of a jax.distributed run: its part of each
     training step is all process 0 needs from it).
     Experiments share nothing but ``cache`` (results that several models may reuse: the calibrated
-    physics, spun-up states), so ``hybridlsm sweep`` runs them as independent tasks."""
+    physics, spun-up states, and every trained model under ``registry.trained_key``, which a
+    multi-model ensemble takes its members from), so ``hybridlsm sweep`` runs them as independent
+    tasks."""
     cache = {} if cache is None else cache
     timings: dict[str, dict[str, float]] = {}
     for entry in cfg.models:
@@ -607,8 +609,9 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
         ctx = TrainingContext.from_config(cfg, shared_parameters=exp.shared_parameters, cache=cache,
                                           checkpoint_dir=None if run_dir is None else
                                           run_dir / "checkpoints" / label / exp.name)  # fmt: skip
+        key = trained_key(entry.name, options, exp.train, exp.val, ctx)  # offered to the models after it
         if run_dir is None:
-            spec.train(spec.build(options), options, exp.train, exp.val, ctx)
+            cache[key] = spec.train(spec.build(options), options, exp.train, exp.val, ctx)
             continue
         targets = [p for d in exp.test for p in prediction_paths(run_dir, d, label, cfg.data.targets)]
         damage = {p: problem(p) for p in targets} if resume else {}
@@ -619,7 +622,8 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
             saved = model_dir(run_dir, label, exp.name)
             try:
                 if (saved / "model.json").is_file():
-                    spec.reuse(spec.load(options, saved), options, exp.train, exp.val, ctx)
+                    cache[key] = spec.load(options, saved)
+                    spec.reuse(cache[key], options, exp.train, exp.val, ctx)
                 console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
                 continue
             except SavedModelError as err:
@@ -633,6 +637,7 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
             raise TrainingError(f"{exp.name}/{label}: {err}; what finished is kept in {run_dir} "
                                 "(--resume continues it, --overwrite starts again)") from None
         t_train = time.perf_counter() - t0
+        cache[key] = model
         model = on_this_process(model)  # saved and predicted here alone (under jax.distributed: process 0)
         spec.save(model, options, model_dir(run_dir, label, exp.name))
         for d in exp.test:

@@ -1,12 +1,24 @@
-"""``ensemble``: a deep ensemble of any registered model (Lakshminarayanan et al. 2017).
+"""``ensemble``: a deep ensemble of any registered model (Lakshminarayanan et al. 2017), or a
+multi-model ensemble of several.
 
     models:
       - {name: ensemble, label: hybrid_param_ens,
          options: {model: hybrid_param, size: 5, bootstrap: false, options: {likelihood: gaussian}}}
+      - {name: ensemble, label: hybrid_couplings,
+         options: {members: [{model: hybrid_param}, {model: hybrid_flux}, {model: hybrid_lstm}]}}
 
-``size`` members of the model ``model`` with the member options ``options``, member k with the
+A deep ensemble has ``size`` members of the model ``model`` with the member options ``options``, member k with the
 model's ``seed`` option (where it has one) and the run's training seed both increased by k, so they
-differ in initialisation, dropout masks and batch order. With ``bootstrap`` member k also trains on
+differ in initialisation, dropout masks and batch order.
+
+A **multi-model ensemble** (``members``: each a model name and its options) combines different
+models, e.g. the three couplings of a hybrid: their structural errors differ, so their mean is
+usually better than each and their spread is a measure of structural uncertainty. Every member
+trains as the model alone would (the run's training seed, one after the other). A member that the
+run has already trained as one of its own models, with the same options on the same data and
+training settings, is taken from the run (``trained_key``; ``pipeline.train_experiment`` offers
+every trained model) instead of being trained again: training is deterministic, so this is the
+same model, and the ensemble costs only its prediction. With ``bootstrap`` member k also trains on
 a bootstrap resample of the training days (days drawn with replacement, each drawn day used once:
 about 63 % of them), the variation of bagging.
 
@@ -44,18 +56,30 @@ from ..rundir import sha256_of
 from ..training.members import available_memory
 from .column import LEARNED_PARAMETERS
 from .registry import (MODEL_FILE, ModelSpec, TrainingContext, UnknownModelError, available_models, get_model,
-                       read_model_json, register_model, validate_options, write_model_json)
+                       read_model_json, register_model, trained_key, validate_options, write_model_json)
 
 __all__ = ["Ensemble", "EnsembleOptions", "combine_members"]
 
 
-class EnsembleOptions(BaseModel):
-    """``options`` of ``{name: ensemble}``."""
+class MemberOptions(BaseModel):
+    """One member of a multi-model ensemble: a registered model and its options."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., description="the members' registered model name")
-    size: int = Field(5, ge=2, le=100, description="number of members")
+    model: str = Field(..., description="the member's registered model name")
+    options: dict[str, Any] = Field(default_factory=dict, description="the member's options (completed and checked)")
+
+
+class EnsembleOptions(BaseModel):
+    """``options`` of ``{name: ensemble}``: ``model`` (and ``size``, ``options``) for a deep ensemble,
+    or ``members`` for a multi-model ensemble."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="the members' registered model name (a deep ensemble)")
+    size: int | None = Field(None, ge=2, le=100, description="number of members (default 5 for a deep ensemble)")
+    members: list[MemberOptions] | None = Field(
+        None, min_length=2, description="a multi-model ensemble: each member's model and options")
     bootstrap: bool = Field(False, description="each member also trains on a bootstrap resample of the training days")
     options: dict[str, Any] = Field(default_factory=dict, description="the members' options (completed and checked)")
     vmap: Literal["auto"] | bool = Field(
@@ -65,25 +89,63 @@ class EnsembleOptions(BaseModel):
 
     @model_validator(mode="after")
     def _members(self) -> EnsembleOptions:
-        if self.model == "ensemble":
-            raise ValueError("the members of an ensemble cannot be ensembles")
-        try:
-            spec = get_model(self.model)
-        except UnknownModelError as err:
-            raise ValueError(str(err)) from None
+        if (self.model is None) == (self.members is None):
+            raise ValueError("give either model (a deep ensemble of one model) or members (a multi-model ensemble)")
+        if self.members is not None:
+            return self._multi_model()
+        self.size = 5 if self.size is None else self.size
+        self._check_member_model(self.model)
+        spec = get_model(self.model)
         if self.vmap is True and not spec.vmapped_members:
             vmappable = ", ".join(n for n in available_models() if get_model(n).vmapped_members)
             raise ValueError(f"vmap: true, but {self.model}'s members cannot train together (models that can: "
                              f"{vmappable}); use vmap: auto or false")
-        opts = dict(self.options)
-        if self.targets is not None:
-            opts.setdefault("targets", list(self.targets))
-        self.options = validate_options(spec.name, opts).model_dump(mode="json")
+        self.options = self._complete(self.model, self.options)
         self.targets = list(self.options["targets"])
         return self
 
+    def _multi_model(self) -> EnsembleOptions:
+        if self.options:
+            raise ValueError("a multi-model ensemble takes each member's options under members, not options")
+        if self.size is not None and self.size != len(self.members):
+            raise ValueError(f"size {self.size} with {len(self.members)} members; leave size out")
+        if self.vmap is True:
+            raise ValueError("vmap: true, but the members of a multi-model ensemble are different models; "
+                             "they train one after the other")
+        for m in self.members:
+            self._check_member_model(m.model)
+            m.options = self._complete(m.model, m.options)
+        targets = {tuple(m.options["targets"]) for m in self.members}
+        if len(targets) > 1:
+            raise ValueError(f"the members train on different targets {sorted(targets)}; give the ensemble targets")
+        self.size = len(self.members)
+        self.targets = list(targets.pop())
+        return self
+
+    @staticmethod
+    def _check_member_model(name: str) -> None:
+        if name == "ensemble":
+            raise ValueError("the members of an ensemble cannot be ensembles")
+        try:
+            get_model(name)
+        except UnknownModelError as err:
+            raise ValueError(str(err)) from None
+
+    def _complete(self, name: str, options: dict) -> dict:
+        opts = dict(options)
+        if self.targets is not None:
+            opts.setdefault("targets", list(self.targets))
+        return validate_options(name, opts).model_dump(mode="json")
+
+    def member_model(self, k: int) -> str:
+        """Member k's registered model name."""
+        return self.model if self.members is None else self.members[k].model
+
     def member(self, k: int) -> BaseModel:
-        """Member k's options: the seed option, where the model has one, increased by k."""
+        """Member k's options: in a deep ensemble the seed option, where the model has one,
+        increased by k; in a multi-model ensemble the member's own."""
+        if self.members is not None:
+            return validate_options(self.members[k].model, self.members[k].options)
         opts = dict(self.options)
         if "seed" in opts:
             opts["seed"] = int(opts["seed"]) + k
@@ -92,10 +154,11 @@ class EnsembleOptions(BaseModel):
 
 @dataclass(frozen=True)
 class Ensemble:
-    """The members' model name and the members (each that model's own object); ``trained``: how
-    they were trained (vmapped, or one after the other and why), '' for a loaded ensemble."""
+    """The members' model names (one per member) and the members (each its model's own object);
+    ``trained``: how they were trained (vmapped, or one after the other and why), '' for a loaded
+    ensemble."""
 
-    model: str
+    models: tuple[str, ...]
     members: tuple
     trained: str = ""
 
@@ -146,20 +209,19 @@ def bootstrap_days(domain: Domain, rng: np.random.Generator) -> Domain:
 @register_model("ensemble")
 class EnsembleSpec(ModelSpec):
     Options = EnsembleOptions
-    targets = ALLOWED_TARGETS  # the members' model decides (its options are checked)
-
-    def _spec(self, options: EnsembleOptions) -> ModelSpec:
-        return get_model(options.model)
+    targets = ALLOWED_TARGETS  # the members' models decide (their options are checked)
 
     def build(self, options: EnsembleOptions) -> Ensemble:
-        spec = self._spec(options)
-        return Ensemble(options.model, tuple(spec.build(options.member(k)) for k in range(options.size)))
+        names = tuple(options.member_model(k) for k in range(options.size))
+        return Ensemble(names, tuple(get_model(n).build(options.member(k)) for k, n in enumerate(names)))
 
     def sequential_reason(self, options: EnsembleOptions, train: Sequence[Domain], ctx: TrainingContext) -> str | None:
         """Why the members train one after the other; None: they train together (vmapped)."""
+        if options.members is not None:
+            return "members of different models"
         if options.vmap is False:
             return "vmap: false"
-        spec, member = self._spec(options), options.member(0)
+        spec, member = get_model(options.model), options.member(0)
         refusal = spec.vmap_refusal(member, ctx.training)
         if refusal is not None:
             if options.vmap is True:
@@ -172,7 +234,6 @@ class EnsembleSpec(ModelSpec):
 
     def train(self, model: Ensemble, options: EnsembleOptions, train: Sequence[Domain], val: Sequence[Domain],
               ctx: TrainingContext) -> Ensemble:
-        spec = self._spec(options)
         def resample(k: int) -> list[Domain]:
             rng = np.random.default_rng(ctx.training.seed + 1000 + k)
             return [bootstrap_days(d, rng) for d in train]
@@ -181,41 +242,52 @@ class EnsembleSpec(ModelSpec):
         member_opts = [options.member(k) for k in range(options.size)]
         reason = self.sequential_reason(options, train, ctx)
         if reason is None:
+            spec = get_model(options.model)
             members = spec.train_members(list(model.members), member_opts, train, val, ctx.sub("members"), member_train)
-            return Ensemble(options.model, tuple(members), trained="vmapped")
-        members = []
-        for k, member in enumerate(model.members):
-            sub = replace(ctx.sub(f"member_{k}"), training=ctx.training.model_copy(update={"seed": ctx.training.seed + k}))
-            members.append(spec.train(member, member_opts[k], member_train[k], val, sub))
-        return Ensemble(options.model, tuple(members), trained=f"one after the other ({reason})")
+            return Ensemble(model.models, tuple(members), trained="vmapped")
+        members, reused = [], []
+        for k, (name, member) in enumerate(zip(model.models, model.members)):
+            # a deep ensemble's member k trains with the seed + k; a multi-model ensemble's with the run's
+            seed = ctx.training.seed + (k if options.members is None else 0)
+            sub = replace(ctx.sub(f"member_{k}"), training=ctx.training.model_copy(update={"seed": seed}))
+            key = trained_key(name, member_opts[k], member_train[k], val, sub)
+            if key in ctx.cache:  # the run trained this very model already (module docstring)
+                members.append(ctx.cache[key])
+                reused.append(name)
+                continue
+            members.append(get_model(name).train(member, member_opts[k], member_train[k], val, sub))
+        how = f"one after the other ({reason})"
+        if reused:
+            how += f"; taken from this run, already trained: {', '.join(reused)}"
+        return Ensemble(model.models, tuple(members), trained=how)
 
     def training_summary(self, model: Ensemble) -> dict[str, str]:
         return {"members": model.trained} if model.trained else {}
 
     def predict(self, model: Ensemble, domain: Domain) -> dict[str, np.ndarray]:
-        spec = get_model(model.model)
-        preds = [spec.predict(m, domain) for m in model.members]
+        preds = [get_model(n).predict(m, domain) for n, m in zip(model.models, model.members)]
         return combine_members(preds, (*ALLOWED_TARGETS, *LEARNED_PARAMETERS))
 
     def save(self, model: Ensemble, options: EnsembleOptions, directory: Path) -> None:
-        spec = self._spec(options)
         digests = {}
-        for k, member in enumerate(model.members):
+        for k, (name, member) in enumerate(zip(model.models, model.members)):
             sub = Path(directory) / f"member_{k}"
-            spec.save(member, options.member(k), sub)
+            get_model(name).save(member, options.member(k), sub)
             digests[f"member_{k}/{MODEL_FILE}"] = sha256_of(sub / MODEL_FILE)
         write_model_json(directory, self.name, options, {"size": options.size}, digests)
 
     def load(self, options: EnsembleOptions, directory: Path) -> Ensemble:
         read_model_json(directory)  # checks the members' model.json against their checksums
-        spec = self._spec(options)
-        return Ensemble(options.model, tuple(spec.load(options.member(k), Path(directory) / f"member_{k}")
-                                             for k in range(options.size)))
+        names = tuple(options.member_model(k) for k in range(options.size))
+        return Ensemble(names, tuple(get_model(n).load(options.member(k), Path(directory) / f"member_{k}")
+                                     for k, n in enumerate(names)))
 
     def provenance(self, model: Ensemble, domain: Domain) -> list[str]:
         # every member is trained on the same sites: the first says where the parameters come from
-        members = get_model(model.model).provenance(model.members[0], domain)
-        return [f"ensemble of {len(model.members)}: {p}" for p in members]
+        members = get_model(model.models[0]).provenance(model.members[0], domain)
+        kinds = "" if len(set(model.models)) == 1 else f" ({', '.join(model.models)})"
+        return [f"ensemble of {len(model.members)}{kinds}: {p}" for p in members]
 
     def required_inputs(self, options: EnsembleOptions) -> tuple[str, ...]:
-        return self._spec(options).required_inputs(options.member(0))
+        needed = [get_model(options.member_model(k)).required_inputs(options.member(k)) for k in range(options.size)]
+        return tuple(dict.fromkeys(v for n in needed for v in n))

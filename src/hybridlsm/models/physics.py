@@ -4,17 +4,14 @@ exchange coefficient, the "traditional PGML" baseline of the regional study)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..constants import CP_AIR
-from ..domain import Domain
 from ..physics import CALIBRATABLE, LaDModel
 from ..physics.parameters import OPTION_CALIBRATABLE
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
@@ -22,7 +19,7 @@ from ..physics.turbulence import neutral_aerodynamic_resistance
 from .column import COLUMN_TARGETS, DEFAULT_COLUMN_TARGETS, ColumnModel, column_igbp
 from .column_spec import ColumnSpec
 from .column_fit import FitOptions, delta_sparsity, train_column_model, training_config
-from .registry import TrainingContext, get_model, register_model
+from .registry import TrainingContext, data_key, get_model, register_model
 
 #: Parameters calibrated by default: the exchange and stomatal knobs, water capacity, albedo,
 #: roughness ratio and soil conductivity (those the fluxes are most sensitive to).
@@ -149,20 +146,10 @@ def _calibrate(model: ColumnModel, train, val, ctx: TrainingContext, options: Ph
     )  # fmt: skip
 
 
-def _data_key(domains: Sequence[Domain]) -> list:
-    """Columns, periods and loss masks (the split) of ``domains``, hashable."""
-    out = []
-    for d in domains:
-        mask = np.asarray(d.data["loss_mask"].values if "loss_mask" in d.data else [], bool)
-        out.append((tuple(d.column_ids), str(d.time[0]), d.n_steps,
-                    hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()))  # fmt: skip
-    return out
-
-
 def _calibration_key(train, val, ctx: TrainingContext, options: PhysicsOptions) -> str:
     """What a calibration depends on, as the key of ``ctx.cache`` (not the training seed: the
     calibration is a deterministic whole-record fit, shared by an ensemble's members)."""
-    return "calibrated:" + hashlib.sha256(repr((_data_key(train), _data_key(val), options.model_dump(),
+    return "calibrated:" + hashlib.sha256(repr((data_key(train), data_key(val), options.model_dump(),
                                                 ctx.max_qc, ctx.spinup_days, ctx.window_days, ctx.shared_parameters,
                                                 ctx.training.model_dump(mode="json", exclude={"seed"}),
                                                 str(jnp.zeros(0).dtype))).encode()).hexdigest()  # fmt: skip

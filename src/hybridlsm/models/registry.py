@@ -33,6 +33,7 @@ validate model entries without the config module importing any model code.
 from __future__ import annotations
 
 import abc
+import hashlib
 import importlib
 import json
 from collections.abc import Callable, Sequence
@@ -61,6 +62,8 @@ __all__ = [
     "TrainingContext",
     "UnknownModelError",
     "available_models",
+    "data_key",
+    "trained_key",
     "get_model",
     "load_run_config",
     "register_model",
@@ -138,6 +141,27 @@ class TrainingContext:
 
 class StreamingUnsupported(ValueError):
     """``ModelSpec.stream`` of a model that cannot run in time chunks over a lazily read grid."""
+
+
+def data_key(domains: Sequence[Domain]) -> list:
+    """Columns, periods and loss masks (the split) of ``domains``, hashable: what a trained model
+    depends on of its data, for the keys of ``TrainingContext.cache``."""
+    out = []
+    for d in domains:
+        mask = np.asarray(d.data["loss_mask"].values if "loss_mask" in d.data else [], bool)
+        out.append((tuple(d.column_ids), str(d.time[0]), d.n_steps,
+                    hashlib.sha256(np.packbits(mask).tobytes()).hexdigest()))  # fmt: skip
+    return out
+
+
+def trained_key(name: str, options: BaseModel, train: Sequence[Domain], val: Sequence[Domain],
+                ctx: TrainingContext) -> str:
+    """The key of ``ctx.cache`` under which the run keeps its trained model ``name``: everything its
+    training depends on (options, data and split, the training settings with the seed, the float
+    precision), so that an equal key means the same model (training is deterministic)."""
+    what = (name, options.model_dump(mode="json"), data_key(train), data_key(val), ctx.max_qc, ctx.spinup_days,
+            ctx.window_days, ctx.shared_parameters, ctx.training.model_dump(mode="json"), str(jnp.zeros(0).dtype))
+    return "trained:" + hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class ModelSpec(abc.ABC):
