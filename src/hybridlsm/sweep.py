@@ -10,7 +10,9 @@ finished and reported the same way, one skill table); only the training is sprea
   (from the config, a few kB sent to the worker), trains, and writes its models, checkpoints and
   predictions into the run's folder; the parent gathers the timings, builds the report;
 - tasks share nothing, so a hybrid task calibrates its own physics (the sequential run reuses one
-  calibration per experiment): the same figures, more compute;
+  calibration per experiment), and a multi-model ensemble in a task of its own trains its members
+  itself (in a task of a whole experiment it takes them from the models trained before it): the
+  same figures, more compute;
 - the engine is a ``distributed.LocalCluster`` of worker processes (one thread each) by default, or
   an existing cluster's scheduler (``--scheduler tcp://host:8786``), whose workers must see the run
   directory and data at the same paths (a shared file system);
