@@ -52,7 +52,7 @@ from ..training.sharding import cell_mesh
 from ..training.members import member_of, select_members, stack_batches, unstack_members
 from ..training.trainer import ValidationScore, fit
 from ..training.windows import SiteRecord, batches_of, make_windows, record_windows, top_up
-from ..physics import GRADIENT_CHUNK, LaDState
+from ..physics import GRADIENT_CHUNK, RUN_TIME_CELLS, LaDState
 from ..physics.exchange import ExchangeLaw, LawFitError, fit_branches, law_from_fit
 from .column import SIGMA_SUFFIX, ColumnModel, prepare_site, run_jit, spinup_period, with_model_trajectory
 from .registry import TrainingContext
@@ -266,6 +266,7 @@ def train_column_model(
             validity_fn=validity_fn,
             on_phase2=None if model.law is None else law_warm_start(train_recs),
             members=n_members,
+            run_time=batch_size >= RUN_TIME_CELLS,  # a batch of many windows: XLA's fusion emitters
         )
         model = result.model
         # the best model over the rounds (same validation), per member

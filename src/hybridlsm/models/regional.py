@@ -48,7 +48,7 @@ from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import GRADIENT_CHUNK, default_params, forcing_from_datasets, rollout, run_time_jit
+from ..physics import GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout, run_time_jit
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
@@ -69,12 +69,6 @@ LAD_CLASS_OF = {"WAT": "WET", "SNO": "BSV"}
 #: loss scales: fluxes in 100 W m-2, surface temperature in 2 K
 SCALES = {"Qh": 100.0, "Qle": 100.0, "AvgSurfT": 2.0}
 TARGETS = ("Qh", "Qle", "AvgSurfT")
-
-
-#: grids of this many cells and more compile their physics and training step with XLA's CPU
-#: fusion emitters (``physics.run_time_jit``): a faster step for a slower compilation, which only
-#: pays on larger grids (a 12 x 12 test grid compiles more slowly than it gains)
-RUN_TIME_CELLS = 256
 
 
 @dataclass

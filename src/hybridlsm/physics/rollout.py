@@ -50,6 +50,12 @@ GRADIENT_CHUNK = 1
 #: rollout 1.3-4x more slowly, make large batches 40-50 % faster (docs/performance.md).
 RUN_TIME_OPTIONS = {"xla_cpu_use_fusion_emitters": True}
 
+#: batches of this many cells (columns of a grid, windows of a training batch) and more compile
+#: their training step and runs with ``RUN_TIME_OPTIONS`` (``run_time_jit``): a faster step for a
+#: slower compilation, which pays only for large batches (a 12 x 12 test grid, or a batch of 16
+#: windows, compiles more slowly than it gains)
+RUN_TIME_CELLS = 256
+
 
 def _merge(params: dict, dynamic_t: dict | None) -> dict:
     if not dynamic_t:
