@@ -57,6 +57,10 @@ MODEL = "hybrid_param"
 #: a deep ensemble against one MC-dropout member, scored like the cases (docs table only)
 ENSEMBLE_CONFIG = "configs/us-wkg-ensemble.yaml"
 ENSEMBLE_MODELS = ("hybrid_param_ensemble", "hybrid_param_mc_dropout")
+#: the three couplings and their multi-model ensemble at US-Me2 (docs table only; validation CRPS
+#: is what one would choose among them on)
+COUPLINGS_CONFIG = "configs/us-me2-ensemble.yaml"
+COUPLINGS_MODELS = ("hybrid_param", "hybrid_flux", "hybrid_lstm", "hybrid_couplings")
 FLUXES = {"qh": "Qh", "qle": "Qle"}
 KEYS = ["case", *(f"{k}_true_{b}" for b in BRANCHES for k in "bc"), *(f"{k}_fit_{b}" for b in BRANCHES for k in "bca"),
         "r2_kh", "reasonability_kh", "reasonability_rs", "coverage90_qh", "coverage90_qle", "crps_qh", "crps_qle",
@@ -268,12 +272,25 @@ def _fmt(v, digits=3):
     return str(v)
 
 
-def ensemble_rows(run: Path) -> list[dict]:
-    """Half-hourly test coverage, CRPS and NSE of the ensemble and the MC-dropout model."""
+def validation_crps(run: Path, label: str) -> dict:
+    """Half-hourly CRPS of ``label``'s Gaussian predictive on the validation weeks (split 2)."""
+    out = {}
+    for sd in load_run(run).values():
+        ds, max_qc = sd.models[label], int(sd.obs.attrs.get("max_qc", 1))
+        for key, flux in FLUXES.items():
+            m = flux_mask(sd.obs, flux, max_qc) & (sd.obs["split"].values == VALIDATION)
+            out[f"crps_{key}_val"] = float(np.nanmean(metrics.crps_gaussian(
+                sd.obs[flux].values[m], ds[flux].values.ravel()[m], ds[f"{flux}_sd"].values.ravel()[m])))
+    return out
+
+
+def ensemble_rows(run: Path, labels=ENSEMBLE_MODELS, validation: bool = False) -> list[dict]:
+    """Half-hourly test coverage, CRPS and NSE of ``labels`` (and with ``validation`` their
+    validation CRPS)."""
     skill = pd.read_csv(run / "metrics.csv")
     rows = []
-    for label in ENSEMBLE_MODELS:
-        row = {"model": label, **probabilistic(run, label)}
+    for label in labels:
+        row = {"model": label, **probabilistic(run, label), **(validation_crps(run, label) if validation else {})}
         for key, flux in FLUXES.items():
             s = skill[(skill["model"] == label) & (skill["flux"] == flux) & (skill["scale"] == "halfhourly")]
             row[f"nse_{key}"] = _num(s["nse"].iloc[0]) if len(s) else None
@@ -282,7 +299,7 @@ def ensemble_rows(run: Path) -> list[dict]:
 
 
 def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], seconds: float,
-             ensemble: list[dict] | None = None) -> str:  # noqa: C901
+             ensemble: list[dict] | None = None, couplings: list[dict] | None = None) -> str:  # noqa: C901
     lines = ["<!-- discovery:begin (written by benchmarks/discovery.py; do not edit by hand) -->",
              "", f"`benchmarks/discovery.py` ({seconds / 60:.0f} min on 2 CPU cores, finished runs are reused when present); model: hybrid_param "
              "(stability inputs, Gaussian likelihood, MC dropout 0.15 × 50, two-phase). Figures on the test "
@@ -360,6 +377,24 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
                          f"{_fmt(r['crps_qh'])} ({_fmt(r['crps_climatology_qh'])}) | "
                          f"{_fmt(r['crps_qle'])} ({_fmt(r['crps_climatology_qle'])}) | {_fmt(r['nse_qh'])} | "
                          f"{_fmt(r['nse_qle'])} |")  # fmt: skip
+    if couplings:
+        lines += ["", f"The three couplings and their multi-model ensemble at US-Me2 ({COUPLINGS_CONFIG}: each with a "
+                  "Gaussian likelihood and MC dropout 0.15 × 50, two-phase; `hybrid_couplings` averages them and adds "
+                  "their spread to the epistemic variance). CRPS on the validation weeks (where a choice among them "
+                  "is made) and on the test weeks (climatology in brackets); half-hourly, W m⁻²:", "",
+                  "| model | CRPS H val. | CRPS LE val. | CRPS H test (clim.) | CRPS LE test (clim.) | CRPSS H / LE test "
+                  "| cov90 H | cov90 LE | NSE H | NSE LE |", "|" + "---|" * 10]  # fmt: skip
+        scale = {k: np.mean([r[f"crps_{k}_val"] for r in couplings]) for k in ("qh", "qle")}
+        best = min(couplings, key=lambda r: sum(r[f"crps_{k}_val"] / scale[k] for k in scale))
+        for r in couplings:
+            skill = [1.0 - r[f"crps_{k}"] / r[f"crps_climatology_{k}"] for k in ("qh", "qle")]
+            lines.append(f"| {r['model']}{' *' if r is best else ''} | {_fmt(r['crps_qh_val'])} | "
+                         f"{_fmt(r['crps_qle_val'])} | {_fmt(r['crps_qh'])} ({_fmt(r['crps_climatology_qh'])}) | "
+                         f"{_fmt(r['crps_qle'])} ({_fmt(r['crps_climatology_qle'])}) | {skill[0]:.1%} / {skill[1]:.1%} | "
+                         f"{_fmt(r['coverage90_qh'])} | {_fmt(r['coverage90_qle'])} | {_fmt(r['nse_qh'])} | "
+                         f"{_fmt(r['nse_qle'])} |")  # fmt: skip
+        lines += ["", "\\* lowest validation CRPS (the sum over H and LE of each CRPS over the models' mean "
+                  "validation CRPS of that flux)."]
     if ablation_rows:
         lines += ["", "Ablations on the twin (seed 000 Table 3; test weeks, half-hourly; r K_h against the true K_h; "
                   "energy residual: mean |Rn − G − H − LE − Q_f| of the model):", "",
@@ -397,7 +432,9 @@ def main() -> None:
     out = ROOT / "results" / "discovery.json"
     out.write_text(json.dumps(records, indent=1) + "\n")
     ensemble = None if args.no_ensemble else ensemble_rows(run_case(ROOT / ENSEMBLE_CONFIG))
-    text = markdown(records, extras, rows, time.perf_counter() - t0, ensemble)
+    couplings = None if args.no_ensemble else ensemble_rows(run_case(ROOT / COUPLINGS_CONFIG), COUPLINGS_MODELS,
+                                                            validation=True)
+    text = markdown(records, extras, rows, time.perf_counter() - t0, ensemble, couplings)
     doc = ROOT / "docs" / "results.md"
     replace_block(doc, "<!-- discovery:begin", "<!-- discovery:end -->", text,
                   heading="## Discovery and uncertainty (issue 13)\n\n")
