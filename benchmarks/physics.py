@@ -937,13 +937,16 @@ def render_markdown(R, cmd: str) -> str:
         "+-10 %, precipitation +-20 %); land cover cycles through "
         f"{', '.join(IGBP_CYCLE)}. Times are medians of repeated warm calls, `block_until_ready`.",
         "- Forward: *jit(rollout)* = `jax.jit(rollout)` with the default chunk and the "
-        "process-wide XLA options (fusion emitters off for fast compilation: the site-scale and "
-        "training path); *simulate* = `hybridlsm.physics.simulate`, the library's compiled "
+        "process-wide XLA options (fusion emitters off for fast compilation: site runs and "
+        "training batches of fewer than `RUN_TIME_CELLS` windows); *simulate* = `hybridlsm.physics.simulate`, the library's compiled "
         "forward: from `LARGE_BATCH_CELLS` = 16 cells up one plain scan without checkpointing, "
         "compiled with `RUN_TIME_OPTIONS` (XLA's CPU fusion emitters) for that executable only; "
         "for fewer cells the same as *jit(rollout)*. *all outputs* returns every output "
         "(23 ALMA variables, the way a forward run is used), *Qle+Qh* returns only those two "
-        "(XLA prunes the rest, as inside calibration and training).",
+        "(XLA prunes the rest, as inside calibration and training). *training path* (the "
+        "target): `jax.jit(rollout)` of Qle and Qh compiled as `column_fit` compiles a training "
+        f"batch of that many windows: with `RUN_TIME_OPTIONS` from `RUN_TIME_CELLS` = {RUN_TIME_CELLS} "
+        "up, with the process-wide options below.",
         "- Gradient = `jax.jit(jax.value_and_grad(loss))` with loss = MSE(Qle) + MSE(Qh) against a "
         "fixed target (the model with rs_scale x 1.5, ra_scale x 0.8, albedo x 1.1), w.r.t. "
         f"unconstrained offsets of all {len(CALIBRATABLE)} CALIBRATABLE parameters per cell; the "
