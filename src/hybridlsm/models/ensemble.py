@@ -117,7 +117,7 @@ class EnsembleOptions(BaseModel):
             m.options = self._complete(m.model, m.options)
         targets = {tuple(m.options["targets"]) for m in self.members}
         if len(targets) > 1:
-            raise ValueError(f"the members train on different targets {sorted(targets)}; give the ensemble targets")
+            raise ValueError(f"the members train on different targets {sorted(targets)}; give them the same targets")
         self.size = len(self.members)
         self.targets = list(targets.pop())
         return self
