@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from hybridlsm.cli import app
 from hybridlsm.models.registry import load_run_config
 from hybridlsm.pipeline import experiments, load_domains
-from hybridlsm.sweep import sweep_tasks
+from hybridlsm.sweep import entry_groups, sweep_tasks
 
 CONFIG = """
 name: NAME
@@ -48,6 +48,21 @@ def test_tasks_are_the_folds_or_the_model_entries_of_one_experiment(tmp_path):
                                                                   "{train: 0.6, val: 0.2, test: 0.2}")))
     tasks = sweep_tasks(one, experiments(one, load_domains(one)))
     assert [t.name for t in tasks] == ["all/physics", "all/1lin"]
+
+
+def test_a_multi_model_ensemble_shares_its_task_with_its_members(tmp_path):
+    """In a single-experiment sweep, the ensemble of two entries goes into their task (so it takes
+    them from the task's cache); an entry with other options, and the rest, stay alone."""
+    text = CONFIG.replace("{leave_one_site_out: true, val: 0.25}", "{train: 0.6, val: 0.2, test: 0.2}").replace(
+        "  - {name: 1lin}\n",
+        "  - {name: 1lin}\n"
+        "  - {name: hybrid_param, options: {width: 8}}\n"
+        "  - {name: hybrid_flux, label: flux_wide, options: {width: 16}}\n"
+        "  - {name: hybrid_flux, options: {width: 8}}\n"
+        "  - {name: ensemble, label: couplings, options: {members: [{model: hybrid_param, options: {width: 8}},\n"
+        "                                                         {model: hybrid_flux, options: {width: 8}}]}}\n")
+    cfg = load_run_config(_config(tmp_path, "g", text))
+    assert entry_groups(cfg) == [("physics",), ("1lin",), ("hybrid_param", "hybrid_flux", "couplings"), ("flux_wide",)]
 
 
 @pytest.mark.slow  # three folds twice: sequentially and on a two-worker LocalCluster

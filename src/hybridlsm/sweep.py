@@ -5,14 +5,13 @@ finished and reported the same way, one skill table); only the training is sprea
 
 - a task is one experiment (a leave-one-site-out fold) with all its models; a config with a single
   experiment (e.g. a hyper-parameter search or ablation: one model entry per setting, or an
-  ensemble's members as entries) is split into one task per model entry instead;
+  ensemble's members as entries) is split into one task per model entry instead, except that a
+  multi-model ensemble shares its task with the entries that are its members (``entry_groups``);
 - each task runs ``pipeline.train_experiment`` in a Dask worker process: it reads the sites itself
   (from the config, a few kB sent to the worker), trains, and writes its models, checkpoints and
   predictions into the run's folder; the parent gathers the timings, builds the report;
 - tasks share nothing, so a hybrid task calibrates its own physics (the sequential run reuses one
-  calibration per experiment), and a multi-model ensemble in a task of its own trains its members
-  itself (in a task of a whole experiment it takes them from the models trained before it): the
-  same figures, more compute;
+  calibration per experiment): the same figures, more compute;
 - the engine is a ``distributed.LocalCluster`` of worker processes (one thread each) by default, or
   an existing cluster's scheduler (``--scheduler tcp://host:8786``), whose workers must see the run
   directory and data at the same paths (a shared file system);
@@ -31,10 +30,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import RunConfig
+from .models.registry import get_model
 from .pipeline import Experiment, console, experiments, load_domains, run, train_experiment
 from .training import TrainingError
 
-__all__ = ["SweepTask", "sweep", "sweep_tasks"]
+__all__ = ["SweepTask", "entry_groups", "sweep", "sweep_tasks"]
 
 #: Dask's scratch folder inside the run's working folder (removed when the sweep ends)
 DASK_SPACE = ".dask-worker-space"
@@ -52,10 +52,32 @@ class SweepTask(NamedTuple):
 
 
 def sweep_tasks(cfg: RunConfig, exps: list[Experiment]) -> list[SweepTask]:
-    """One task per experiment; with a single experiment, one per model entry (module docstring)."""
+    """One task per experiment; with a single experiment, one per model entry, except that a
+    multi-model ensemble shares a task with the entries that are its members (module docstring)."""
     if len(exps) > 1:
         return [SweepTask(e.name, None) for e in exps]
-    return [SweepTask(exps[0].name, (m.label or m.name,)) for m in cfg.models]
+    return [SweepTask(exps[0].name, labels) for labels in entry_groups(cfg)]
+
+
+def entry_groups(cfg: RunConfig) -> list[tuple[str, ...]]:
+    """The labels of the model entries, each alone, except that a multi-model ensemble goes with
+    the entries equal to its members (same model and options), in config order: in one task
+    ``train_experiment`` trains them first and the ensemble takes them from the task's cache
+    instead of training them again."""
+    labels = [m.label or m.name for m in cfg.models]
+    group = dict(zip(labels, range(len(labels))))
+    entries = {label: (m.name, get_model(m.name).Options.model_validate(m.options).model_dump(mode="json"))
+               for label, m in zip(labels, cfg.models)}  # fmt: skip
+    for label, m in zip(labels, cfg.models):
+        options = get_model(m.name).Options.model_validate(m.options)
+        if m.name != "ensemble" or options.members is None:
+            continue
+        members = [(options.member_model(k), options.member(k).model_dump(mode="json")) for k in range(options.size)]
+        for other, entry in entries.items():
+            if entry in members:  # merge the other's group into the ensemble's
+                merged = group[other]
+                group = {lab: group[label] if g == merged else g for lab, g in group.items()}
+    return [tuple(lab for lab in labels if group[lab] == g) for g in dict.fromkeys(group[lab] for lab in labels)]
 
 
 def _run_task(config: dict, task: tuple, config_name: str, resume: bool, run_dir: str, x64: bool) -> dict:
