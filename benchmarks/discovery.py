@@ -272,10 +272,11 @@ def _fmt(v, digits=3):
     return str(v)
 
 
-def validation_crps(run: Path, label: str) -> dict:
-    """Half-hourly CRPS of ``label``'s Gaussian predictive on the validation weeks (split 2)."""
+def validation_crps(sites: dict, label: str) -> dict:
+    """Half-hourly CRPS of ``label``'s Gaussian predictive on the validation weeks (split 2) of the
+    run's ``sites`` (``load_run``)."""
     out = {}
-    for sd in load_run(run).values():
+    for sd in sites.values():
         ds, max_qc = sd.models[label], int(sd.obs.attrs.get("max_qc", 1))
         for key, flux in FLUXES.items():
             m = flux_mask(sd.obs, flux, max_qc) & (sd.obs["split"].values == VALIDATION)
@@ -288,9 +289,10 @@ def ensemble_rows(run: Path, labels=ENSEMBLE_MODELS, validation: bool = False) -
     """Half-hourly test coverage, CRPS and NSE of ``labels`` (and with ``validation`` their
     validation CRPS)."""
     skill = pd.read_csv(run / "metrics.csv")
+    sites = load_run(run) if validation else None
     rows = []
     for label in labels:
-        row = {"model": label, **probabilistic(run, label), **(validation_crps(run, label) if validation else {})}
+        row = {"model": label, **probabilistic(run, label), **(validation_crps(sites, label) if validation else {})}
         for key, flux in FLUXES.items():
             s = skill[(skill["model"] == label) & (skill["flux"] == flux) & (skill["scale"] == "halfhourly")]
             row[f"nse_{key}"] = _num(s["nse"].iloc[0]) if len(s) else None

@@ -222,13 +222,17 @@ def run(args) -> dict:
     quick = args.quick
     sites = SITES[:3] if quick else SITES
     repeats = 2 if quick else 5
+    details = ROOT / "results" / "scaling_details.json"
+    if args.sites_only and not details.is_file():
+        raise SystemExit(f"--sites-only keeps the other figures of {details}, which does not exist: run the full "
+                         "benchmark first (python benchmarks/scaling.py)")
     R: dict = {"machine": machine(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     R["by_sites"] = []
     for n in sites:
         log(f"training step on {n} site(s)")
         R["by_sites"].append(spawn("train_step", n, repeats))
     if args.sites_only:  # the rest as the last full run left it
-        old = json.loads((ROOT / "results" / "scaling_details.json").read_text())
+        old = json.loads(details.read_text())
         R = {**old, "by_sites": R["by_sites"], "by_sites_run": {"machine": R["machine"], "started": R["started"]}}
         return R
     R["by_devices"] = []

@@ -66,13 +66,13 @@ def entry_groups(cfg: RunConfig) -> list[tuple[str, ...]]:
     instead of training them again."""
     labels = [m.label or m.name for m in cfg.models]
     group = dict(zip(labels, range(len(labels))))
-    entries = {label: (m.name, get_model(m.name).Options.model_validate(m.options).model_dump(mode="json"))
-               for label, m in zip(labels, cfg.models)}  # fmt: skip
+    options = {label: get_model(m.name).Options.model_validate(m.options) for label, m in zip(labels, cfg.models)}
+    entries = {label: (m.name, options[label].model_dump(mode="json")) for label, m in zip(labels, cfg.models)}
     for label, m in zip(labels, cfg.models):
-        options = get_model(m.name).Options.model_validate(m.options)
-        if m.name != "ensemble" or options.members is None:
+        if m.name != "ensemble" or options[label].members is None:
             continue
-        members = [(options.member_model(k), options.member(k).model_dump(mode="json")) for k in range(options.size)]
+        ens = options[label]
+        members = [(ens.member_model(k), ens.member(k).model_dump(mode="json")) for k in range(ens.size)]
         for other, entry in entries.items():
             if entry in members:  # merge the other's group into the ensemble's
                 merged = group[other]
