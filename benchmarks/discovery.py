@@ -57,11 +57,14 @@ MODEL = "hybrid_param"
 #: a deep ensemble against one MC-dropout member, scored like the cases (docs table only)
 ENSEMBLE_CONFIG = "configs/us-wkg-ensemble.yaml"
 ENSEMBLE_MODELS = ("hybrid_param_ensemble", "hybrid_param_mc_dropout")
-#: the three couplings and their multi-model ensemble at US-Me2 (docs table only; validation CRPS
+#: the three couplings, their multi-model ensemble and two deep ensembles at US-Me2 (docs table only; validation CRPS
 #: is what one would choose among them on)
 COUPLINGS_CONFIG = "configs/us-me2-ensemble.yaml"
-COUPLINGS_MODELS = ("hybrid_param", "hybrid_flux", "hybrid_lstm", "hybrid_couplings")
+COUPLINGS_MODELS = ("hybrid_param", "hybrid_flux", "hybrid_lstm", "hybrid_couplings", "hybrid_lstm_ensemble",
+                    "hybrid_param_ensemble")
 FLUXES = {"qh": "Qh", "qle": "Qle"}
+#: the twin's NSE target (issue 13)
+NSE_TARGET = 0.95
 KEYS = ["case", *(f"{k}_true_{b}" for b in BRANCHES for k in "bc"), *(f"{k}_fit_{b}" for b in BRANCHES for k in "bca"),
         "r2_kh", "reasonability_kh", "reasonability_rs", "coverage90_qh", "coverage90_qle", "crps_qh", "crps_qle",
         "crps_climatology_qh", "crps_climatology_qle", "nse_qh", "nse_qle", "drift_energy_wm2", "drift_water_mm_yr"]
@@ -145,9 +148,12 @@ def reasonability(run: Path, label: str) -> dict:
             "reasonability_rs": _num(row["r rs"].iloc[0]) if len(row) else None}  # fmt: skip
 
 
-def noise_ceiling(run: Path) -> dict[str, float]:
+def noise_ceiling(run: Path) -> dict[str, dict[str, float]]:
     """The twin's attainable test NSE: its noise-free truth (the same virtual site with noise and
-    gaps 0) scored against the noisy test observations the hybrid is scored against."""
+    gaps 0) scored against the noisy test observations the hybrid is scored against; beside it
+    ``MODEL``'s RMSE against that truth and the RMSE against the truth at which its NSE against
+    the observations would reach ``NSE_TARGET`` (the errors against the truth and the noise being
+    independent, the squared errors add)."""
     import yaml
 
     from hybridlsm.data.splits import TEST
@@ -160,7 +166,12 @@ def noise_ceiling(run: Path) -> dict[str, float]:
     out = {}
     for key, flux in FLUXES.items():
         mask = flux_mask(sd.obs, flux, int(cfg["data"]["max_qc"])) & (sd.obs["split"].values == TEST)
-        out[key] = metrics.nse(truth[flux].values.ravel(), sd.obs[flux].values, mask)
+        y, true = sd.obs[flux].values[mask], truth[flux].values.ravel()[mask]
+        model = sd.models[MODEL][flux].values.ravel()[mask]
+        var = float(np.var(y))
+        noise_ms = float(np.mean((true - y) ** 2))
+        out[key] = {"nse": metrics.nse(true, y), "rmse_truth": float(np.sqrt(np.mean((model - true) ** 2))),
+                    "rmse_truth_needed": math.sqrt(max((1.0 - NSE_TARGET) * var - noise_ms, 0.0))}
     return out
 
 
@@ -323,8 +334,12 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
     for case, ex in extras.items():
         if ex.get("noise_ceiling_nse"):
             c = ex["noise_ceiling_nse"]
-            lines += ["", f"The {case}'s observations carry noise: its noise-free truth scores NSE H {_fmt(c['qh'])} and "
-                      f"LE {_fmt(c['qle'])} against the same noisy test observations (the attainable NSE)."]
+            lines += ["", f"The {case}'s observations carry noise: its noise-free truth scores NSE H "
+                      f"{_fmt(c['qh']['nse'])} and LE {_fmt(c['qle']['nse'])} against the same noisy test observations "
+                      f"(the attainable NSE). {MODEL}'s RMSE against the truth is {_fmt(c['qh']['rmse_truth'])} (H) and "
+                      f"{_fmt(c['qle']['rmse_truth'])} W m⁻² (LE); an NSE of {NSE_TARGET} against the observations "
+                      f"needs at most {_fmt(c['qh']['rmse_truth_needed'])} and {_fmt(c['qle']['rmse_truth_needed'])} "
+                      "W m⁻²."]
     lines += ["", "The branched law offline (OLS on the learned K_h) and online (its coefficients refitted through the "
               "physics to the training fluxes, early stopping on validation; the law of the first table):", "",
               "| case | law | a stable | b stable | c stable | a unstable | b unstable | c unstable |",
@@ -382,7 +397,8 @@ def markdown(records: list[dict], extras: dict, ablation_rows: list[dict], secon
     if couplings:
         lines += ["", f"The three couplings and their multi-model ensemble at US-Me2 ({COUPLINGS_CONFIG}: each with a "
                   "Gaussian likelihood and MC dropout 0.15 × 50, two-phase; `hybrid_couplings` averages them and adds "
-                  "their spread to the epistemic variance). CRPS on the validation weeks (where a choice among them "
+                  "their spread to the epistemic variance; `hybrid_lstm_ensemble` and `hybrid_param_ensemble` are deep "
+                  "ensembles of 5 seeds of one coupling, combined the same way). CRPS on the validation weeks (where a choice among them "
                   "is made) and on the test weeks (climatology in brackets); half-hourly, W m⁻²:", "",
                   "| model | CRPS H val. | CRPS LE val. | CRPS H test (clim.) | CRPS LE test (clim.) | CRPSS H / LE test "
                   "| cov90 H | cov90 LE | NSE H | NSE LE |", "|" + "---|" * 10]  # fmt: skip
