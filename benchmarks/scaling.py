@@ -31,6 +31,8 @@ from pathlib import Path
 from docblock import replace_block  # benchmarks/docblock.py
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the full figures; ``--sites-only`` keeps all but the throughput against the number of sites
+DETAILS = ROOT / "results" / "scaling_details.json"
 GB = 1024.0**3
 SITES = (1, 8, 64, 512)
 WINDOW_DAYS = 10  # one training window, half-hourly (the configs' window_days)
@@ -222,9 +224,8 @@ def run(args) -> dict:
     quick = args.quick
     sites = SITES[:3] if quick else SITES
     repeats = 2 if quick else 5
-    details = ROOT / "results" / "scaling_details.json"
-    if args.sites_only and not details.is_file():
-        raise SystemExit(f"--sites-only keeps the other figures of {details}, which does not exist: run the full "
+    if args.sites_only and not DETAILS.is_file():
+        raise SystemExit(f"--sites-only keeps the other figures of {DETAILS}, which does not exist: run the full "
                          "benchmark first (python benchmarks/scaling.py)")
     R: dict = {"machine": machine(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     R["by_sites"] = []
@@ -232,7 +233,7 @@ def run(args) -> dict:
         log(f"training step on {n} site(s)")
         R["by_sites"].append(spawn("train_step", n, repeats))
     if args.sites_only:  # the rest as the last full run left it
-        old = json.loads(details.read_text())
+        old = json.loads(DETAILS.read_text())
         R = {**old, "by_sites": R["by_sites"], "by_sites_run": {"machine": R["machine"], "started": R["started"]}}
         return R
     R["by_devices"] = []
@@ -357,7 +358,7 @@ def main(argv=None) -> None:
     cmd = "python benchmarks/scaling.py" + (" --quick" if args.quick else "")
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "scaling.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (ROOT / "results" / "scaling_details.json").write_text(json.dumps(R, indent=1) + "\n")
+    DETAILS.write_text(json.dumps(R, indent=1) + "\n")
     replace_block(ROOT / "docs" / "performance.md", BEGIN, END, markdown(R, cmd))
     log("wrote results/scaling.json, results/scaling_details.json and the scaling block of docs/performance.md")
 
