@@ -172,6 +172,39 @@ def test_a_multi_model_ensemble_takes_the_runs_trained_members(run_config):
                                rtol=1e-5, atol=1e-3)
 
 
+DEEP = """
+name: deep
+data:
+  sites:
+    - {virtual: {site_id: DD, days: 12, seed: 3, noise: 5.0}}
+  split: {train: 0.6, val: 0.2, test: 0.2}
+  spinup_days: 1
+  window_days: 3
+models:
+  - {name: ensemble, label: ens2, options: {model: hybrid_flux, size: 2, vmap: false, options: &f {width: 8, epochs: 2, physics_init: default, calibrate: []}}}
+  - {name: ensemble, label: ens3, options: {model: hybrid_flux, size: 3, vmap: false, options: *f}}
+training: {epochs: 2, batch_windows: 8}
+output: {run_dir: RUNS}
+"""
+
+
+@pytest.mark.slow  # trains three small hybrids
+def test_a_larger_deep_ensemble_takes_the_members_a_smaller_one_trained(run_config):
+    """Deep ensembles of 2 and 3 seeds of one model: the second trains only its third member; its
+    first two are the first ensemble's (same saved weights), the third differs."""
+    run = run_config(DEEP, "deep")
+    timings = json.loads((run / "timings.json").read_text())
+    assert "already trained" not in timings["all/ens2"]["members"]
+    assert timings["all/ens3"]["members"].endswith("taken from this run, already trained: hybrid_flux, hybrid_flux")
+    _, _, two = load_saved_model(run / "models" / "ens2" / "all")
+    _, _, three = load_saved_model(run / "models" / "ens3" / "all")
+    leaves = lambda m: [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]  # noqa: E731
+    for k in range(2):
+        for a, b in zip(leaves(two.members[k]), leaves(three.members[k]), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(three.members[1]), leaves(three.members[2]))) > 1e-3
+
+
 # ------------------------------------------------------------------ vmapped members
 
 

@@ -17,8 +17,9 @@ usually better than each and their spread is a measure of structural uncertainty
 trains as the model alone would (the run's training seed, one after the other). A member that the
 run has already trained as one of its own models, with the same options on the same data and
 training settings, is taken from the run (``trained_key``; ``pipeline.train_experiment`` offers
-every trained model) instead of being trained again: training is deterministic, so this is the
-same model, and the ensemble costs only its prediction. With ``bootstrap`` member k also trains on
+every trained model, and each ensemble trained one after the other offers its members) instead of
+being trained again: training is deterministic, so this is the same model, and the ensemble costs
+only its prediction. So a deep ensemble of 10 after one of 5 of the same model trains 5 members. With ``bootstrap`` member k also trains on
 a bootstrap resample of the training days (days drawn with replacement, each drawn day used once:
 about 63 % of them), the variation of bagging.
 
@@ -256,6 +257,7 @@ class EnsembleSpec(ModelSpec):
                 reused.append(name)
                 continue
             members.append(get_model(name).train(member, member_opts[k], member_train[k], val, sub))
+            ctx.cache[key] = members[-1]  # offered to later ensembles with this member (a larger size)
         how = f"one after the other ({reason})"
         if reused:
             how += f"; taken from this run, already trained: {', '.join(reused)}"
