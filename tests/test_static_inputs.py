@@ -76,6 +76,9 @@ models:
   - {name: physics, label: physics_default, options: {calibrate: []}}
   - {name: hybrid_param, options: {width: 16, physics_init: default, calibrate: [], discovery: false, epochs: 12,
                                    static_inputs: [latitude, elevation, canopy_height, igbp]}}
+  - {name: hybrid_param, label: hybrid_param_dpl, options: {width: 16, physics_init: default, calibrate: [],
+                                   discovery: false, epochs: 12, static_inputs: [latitude, elevation, canopy_height, igbp],
+                                   static_parameters: [albedo, kB_inv, soil_thermal_conductivity]}}
 training: {epochs: 12, batch_windows: 8, patience: 12}
 output: {run_dir: RUNS}
 """
@@ -95,3 +98,86 @@ def test_one_hybrid_trained_on_two_sites_predicts_a_third_without_per_site_param
     rmse = {k: float(np.sqrt(np.mean((ds["Qle"].values[ok] - obs["Qle"].values[ok]) ** 2)))
             for k, ds in (("hybrid", pred), ("default", default))}  # fmt: skip
     assert rmse["hybrid"] < rmse["default"], rmse  # out of sample, better than the LaD defaults
+    # with learned static parameters: still no per-site parameter; the network moved them off the defaults
+    _, _, dpl = load_saved_model(run / "models" / "hybrid_param_dpl" / "test_sites")
+    assert dpl.sites == () and dpl.deltas == {}
+    assert dpl.static_parameters == ("albedo", "kB_inv", "soil_thermal_conductivity")
+    pred = xr.open_dataset(run / "predictions" / "ST-C" / "hybrid_param_dpl.nc")
+    assert "albedo, kB_inv, soil_thermal_conductivity set from its static attributes" in pred.attrs["parameters_from"]
+    assert np.isfinite(pred["Qle"].values).all() and np.isfinite(pred["Qh"].values).all()
+    from hybridlsm.models.column import domain_inputs
+
+    _, base = domain_inputs(dpl, domain_from_site(virtual_site(site_id="ST-C", igbp="GRA", days=24, start="2020-07-10",
+                                                               seed=3, noise=5.0, latitude=36.0)))
+    assert float(np.max(np.abs(np.asarray(dpl.static_offsets(base))))) > 1e-3
+
+
+# ------------------------------------------------------------------ static parameters (parameter learning)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"static_parameters": ["albedo"]}, "need static_inputs"),
+    ({"static_inputs": ["latitude"], "static_parameters": ["albedo", "nope"]}, r"not learnable: \['nope'\]"),
+    ({"static_inputs": ["latitude"], "static_parameters": ["albedo"], "calibrate": ["albedo", "kB_inv"]},
+     r"\['albedo'\] both calibrated and in static_parameters"),
+    ({"static_inputs": ["latitude"], "static_parameters": ["deep_root_fraction"], "calibrate": []}, "not learnable"),
+    ({"static_inputs": ["latitude"], "static_parameters": ["albedo", "albedo"], "calibrate": []}, "repeats"),
+])
+def test_static_parameters_options_are_checked(options, message):
+    with pytest.raises(ValueError, match=message):
+        validate_options("hybrid_param", options)
+    # the same parameter may be learned when the physics starts from the defaults (nothing calibrated)
+    validate_options("hybrid_lstm", {"static_inputs": ["latitude"], "static_parameters": ["albedo"],
+                                     "calibrate": ["albedo"], "physics_init": "default"})
+
+
+@pytest.mark.slow  # two short rollouts and their gradient (~10 s)
+def test_the_parameter_network_sets_each_columns_parameters_from_its_attributes():
+    """Offsets start near 0 (the defaults); a network with bias b and no weights gives the parameter
+    from_unconstrained(to_unconstrained(default) + b); two sites with different attributes get
+    different albedos; the loss's gradient with respect to the bias matches central differences."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from hybridlsm.models.column import STATIC_OFFSETS, column_provenance, domain_inputs
+    from hybridlsm.physics import from_unconstrained, to_unconstrained
+
+    options = validate_options("hybrid_param", {"width": 8, "static_inputs": ["latitude"], "calibrate": [],
+                                                "physics_init": "default", "static_parameters": ["albedo", "kB_inv"]})
+    model = get_model("hybrid_param").build(options)
+    assert model.static_parameters == ("albedo", "kB_inv") and model.deltas == {}
+    d = domain_from_site(virtual_site(site_id="SP", days=2, seed=1, latitude=40.0))
+    forcing, base = domain_inputs(model, d)
+    assert float(jnp.max(jnp.abs(model.static_offsets(base)))) < 0.05
+    assert "albedo, kB_inv set from its static attributes" in column_provenance(model, d)[0]
+
+    def with_bias(m, bias, weight_scale=0.0):
+        last = lambda n: n.parameter_net.layers[-1]  # noqa: E731
+        m = eqx.tree_at(lambda n: last(n).weight, m, last(m).weight * weight_scale)
+        return eqx.tree_at(lambda n: last(n).bias, m, jnp.asarray(bias, last(m).bias.dtype))
+
+    set_ = with_bias(model, [0.5, -0.3])
+    params = set_.site_params(base)
+    for name, b in (("albedo", 0.5), ("kB_inv", -0.3)):
+        expect = from_unconstrained(name, to_unconstrained(name, base[name]) + b)
+        np.testing.assert_allclose(np.asarray(params[name]), np.asarray(expect), rtol=1e-12)
+    assert float(params["albedo"][0]) > float(base["albedo"][0])  # a positive offset raises it
+    # one network, two sites: the latitude input gives them different parameters
+    two = {**base, STATIC_KEY: jnp.asarray([[0.2], [0.8]], base[STATIC_KEY].dtype),
+           **{k: jnp.repeat(v, 2) for k, v in base.items() if k != STATIC_KEY}}
+    albedo = np.asarray(with_bias(model, [0.5, -0.3], weight_scale=100.0).site_params(two)["albedo"])
+    assert abs(albedo[0] - albedo[1]) > 1e-3
+
+    state0 = model.land.init_state(params, forcing)
+
+    def mean_qh(bias):
+        _, out = with_bias(model, bias).run(forcing, base, state0)
+        assert out[STATIC_OFFSETS].shape == (1, 2)
+        return out["Qh"].mean()
+
+    b0 = jnp.asarray([0.5, -0.3])
+    grad = np.asarray(jax.grad(mean_qh)(b0))
+    eps = 1e-4
+    fd = [(float(mean_qh(b0.at[i].add(eps))) - float(mean_qh(b0.at[i].add(-eps)))) / (2 * eps) for i in range(2)]
+    np.testing.assert_allclose(grad, fd, rtol=1e-3)
+    assert grad[0] < 0.0  # a higher albedo absorbs less: less sensible heat

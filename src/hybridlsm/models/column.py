@@ -46,7 +46,8 @@ from ..physics import (
 from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import STATIC_KEY, forcing_features, static_features
 
-__all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "column_igbp",
+__all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "STATIC_OFFSETS",
+           "column_igbp",
            "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
            "site_base_params"]  # fmt: skip
 
@@ -56,6 +57,8 @@ PREDICTION_OUTPUTS = (
     "AvgSurfT", "SR", "Kh", "ra", "rs", "RiB", "Qf", "Qirrig",
 )  # fmt: skip
 SITE_WEIGHTS = "site_weights"  # key of the (N, S) per-site offset weights in the parameters
+#: output of ``ColumnModel.run`` with a parameter network: the (N, P) offsets it gave the columns
+STATIC_OFFSETS = "static_offsets"
 SPINUP_MAX_DAYS = 365.0
 #: The class whose LaD defaults a column with no land-cover class gets (said in the provenance).
 DEFAULT_IGBP = "GRA"
@@ -97,6 +100,10 @@ class ColumnModel(eqx.Module):
         static_inputs: static attributes of each column (``features.STATIC_INPUTS``) that the
             networks take besides the forcing and states, as ``params[STATIC_KEY]`` (N, S): what lets
             one network set different parameters at different sites without per-site parameters
+        parameter_net: optional network ``static attributes (S,) -> (P,)`` giving each column
+            unconstrained offsets of ``static_parameters`` from its defaults (differentiable
+            parameter learning, Tsai et al. 2021: one network for every site, so a new site gets
+            its parameters from its attributes); the offsets are the output ``STATIC_OFFSETS``
     """
 
     land: AbstractLandModel
@@ -115,6 +122,8 @@ class ColumnModel(eqx.Module):
     aleatoric_targets: tuple[str, ...] = eqx.field(static=True, default=())  # Gaussian: rollout gives <t>_sigma
     static_inputs: tuple[str, ...] = eqx.field(static=True, default=())  # static attributes the networks take
     dynamic_aleatoric: eqx.Module | None = None  # hybrid_lstm, likelihood gaussian: the SDs' GaussianHead
+    parameter_net: eqx.Module | None = None  # static attributes -> offsets of static_parameters
+    static_parameters: tuple[str, ...] = eqx.field(static=True, default=())
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -124,7 +133,16 @@ class ColumnModel(eqx.Module):
             if self.sites:
                 delta = base[SITE_WEIGHTS] @ delta
             out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + self.delta_gain * delta)
+        if self.parameter_net is not None:
+            offsets = self.static_offsets(base)
+            for i, name in enumerate(self.static_parameters):
+                out[name] = from_unconstrained(name, to_unconstrained(name, out[name]) + offsets[:, i])
         return out
+
+    def static_offsets(self, base: dict) -> jax.Array:
+        """(N, P) unconstrained offsets of ``static_parameters`` that ``parameter_net`` gives each
+        column from its static attributes ``base[STATIC_KEY]``."""
+        return jax.vmap(self.parameter_net)(base[STATIC_KEY])
 
     def per_site(self, sites: Sequence[str], classes: Sequence[str]) -> ColumnModel:
         """A copy whose offsets are one per site (all starting from the shared values)."""
@@ -149,6 +167,8 @@ class ColumnModel(eqx.Module):
 
     def with_site_weights(self, base: dict, sites: Sequence[str], classes: Sequence[str]) -> tuple[dict, list[str]]:
         """``base`` with the per-site offset weights of these columns, and their provenance."""
+        learned = (f"; {', '.join(self.static_parameters)} set from its static attributes by the parameter network"
+                   if self.parameter_net is not None else "")
         if not self.sites:
             if not self.deltas:
                 where = "parameter-table defaults of its IGBP class"
@@ -156,10 +176,11 @@ class ColumnModel(eqx.Module):
                 where = f"shared offsets calibrated at {', '.join(self.calibrated_on)}"
             else:
                 where = "shared offsets"
-            return base, [where] * len(sites)
+            return base, [where + learned] * len(sites)
         rows = [self.transfer(s, c) for s, c in zip(sites, classes)]
         dtype = jnp.asarray(base["albedo"]).dtype
-        return {**base, SITE_WEIGHTS: jnp.asarray(np.stack([r[0] for r in rows]), dtype)}, [r[1] for r in rows]
+        return ({**base, SITE_WEIGHTS: jnp.asarray(np.stack([r[0] for r in rows]), dtype)},
+                [r[1] + learned for r in rows])
 
     def with_static(self, base: dict, static: Mapping, where: Sequence[str]) -> dict:
         """``base`` with the scaled static attributes the networks take (``static_inputs``; name ->
@@ -222,6 +243,8 @@ class ColumnModel(eqx.Module):
         raw = self._sequence_outputs(forcing, params, key_dynamic)
         mult = self.dynamic_multipliers(forcing, params, raw=raw)
         state, out = rollout(self.land, params, forcing, state0, _scaled(params, mult), self.chunk, key=key_land)
+        if self.parameter_net is not None:  # (N, P): what the prior on the learned static parameters sees
+            out = {**out, STATIC_OFFSETS: self.static_offsets(base)}
         if mult is not None:  # ra_mult, rs_mult as a parameter network's step reports them (1 where a law sets it)
             ones = jnp.ones_like(out["Qh"])
             out = {**out, **{f"{name.removesuffix('_scale')}_mult": mult.get(name, ones) for name in self.dynamic_names}}

@@ -46,6 +46,7 @@ from .column import (
     PREDICTION_OUTPUTS,
     SIGMA_SCALE,
     SIGMA_SUFFIX,
+    STATIC_OFFSETS,
     ColumnModel,
     column_provenance,
     column_skeleton,
@@ -103,6 +104,33 @@ class HybridOptions(FitOptions, LandOptions):
         default_factory=list, description="static attributes of each site or cell the networks also take "
         "(latitude, elevation, canopy_height, measurement_height, sand_fraction, clay_fraction, the climate "
         "summaries, igbp): one network for every site, no per-site parameters; a site without one is refused")
+    static_parameters: list[str] = Field(
+        default_factory=list, description="physical parameters (e.g. albedo, kB_inv, soil_thermal_conductivity) "
+        "that a network sets for every column from its static attributes, as offsets from the LaD defaults that "
+        "start near 0 (differentiable parameter learning, Tsai et al. 2021): one network for every site, so a new "
+        "site gets its parameters from its attributes; needs static_inputs")
+    static_prior_weight: float = Field(
+        0.1, ge=0.0, le=100.0, description="weight of a Gaussian prior on the static_parameters' unconstrained "
+        "offsets (their mean square, added to the loss): learned parameters stay near the published defaults "
+        "unless the data say otherwise")
+
+    @model_validator(mode="after")
+    def _static_parameters(self):
+        if not self.static_parameters:
+            return self
+        if not self.static_inputs:
+            raise ValueError(f"static_parameters {self.static_parameters} need static_inputs: the network sets each "
+                             "column's parameters from its static attributes")
+        unknown = sorted(set(self.static_parameters) - set(self.calibratable()))
+        if unknown:
+            raise ValueError(f"static_parameters: not learnable: {unknown}; allowed: {self.calibratable()}")
+        both = sorted(set(self.static_parameters) & set(self.calibrate)) if self.physics_init == "calibrated" else []
+        if both:
+            raise ValueError(f"{both} both calibrated and in static_parameters: take each parameter one way "
+                             "(leave it out of calibrate, or set physics_init: default)")
+        if len(set(self.static_parameters)) < len(self.static_parameters):
+            raise ValueError(f"static_parameters: a name repeats in {self.static_parameters}")
+        return self
 
 
 class LikelihoodOption(BaseModel):
@@ -266,7 +294,8 @@ def flux_column_model(opts: HybridOptions, aleatoric: GaussianHead | None = None
     dtype = jnp.zeros(0).dtype
     land = opts.lad(build_flux_closure(opts, aleatoric, targets))
     return ColumnModel(land=land, deltas=_deltas(opts, dtype), delta_gain=DELTA_GAIN, mc_samples=opts.mc_samples,
-                       aleatoric_targets=targets, static_inputs=tuple(opts.static_inputs))  # fmt: skip
+                       aleatoric_targets=targets, static_inputs=tuple(opts.static_inputs),
+                       **parameter_network(opts, dtype))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- hybrid_param
@@ -371,6 +400,24 @@ def multiplier_prior(model: ColumnModel, out: dict):
     return log_multiplier_prior([out["ra_mult"], out["rs_mult"]])
 
 
+def static_parameter_prior(model: ColumnModel, out: dict):
+    """A Gaussian prior on the learned static parameters, centred on the defaults: the mean square
+    of the parameter network's unconstrained offsets (``STATIC_OFFSETS``)."""
+    return jnp.mean(out[STATIC_OFFSETS] ** 2)
+
+
+def parameter_network(opts: HybridOptions, dtype) -> dict:
+    """The ColumnModel fields of the static-parameter network (``static_parameters``), or none: an
+    MLP from the static attributes to one offset per parameter, starting near 0 (the defaults)."""
+    if not opts.static_parameters:
+        return {}
+    n = len(opts.static_parameters)
+    mlp = MLP(n_static_features(opts.static_inputs), n, width_size=opts.width, depth=1, dtype=dtype,
+              key=jax.random.key(opts.seed + 1))  # fmt: skip
+    return {"parameter_net": _small_output_layer(mlp, jnp.zeros(n, dtype)),
+            "static_parameters": tuple(opts.static_parameters)}
+
+
 # ------------------------------------------------------------------------------ registry
 
 
@@ -392,9 +439,18 @@ class _HybridSpec(ColumnSpec):
     def provenance(self, model, domain):
         return [f"network shared by every column; physical parameters: {p}" for p in column_provenance(model, domain)]
 
+    def priors(self, options: HybridOptions) -> list[tuple]:
+        """``(fn, weight)`` of each prior on what the networks learn."""
+        return [(static_parameter_prior, options.static_prior_weight)] if options.static_parameters else []
+
     def loss_prior(self, options: HybridOptions) -> tuple | None:
         """``(fn, weight)`` of the prior term of the training loss (``column_fit.make_loss``), or None."""
-        return None
+        priors = [(fn, w) for fn, w in self.priors(options) if w > 0]
+        if not priors:
+            return None
+        if len(priors) == 1:
+            return priors[0]
+        return (lambda model, out: sum(w * fn(model, out) for fn, w in priors)), 1.0
 
     def train(self, model, options: HybridOptions, train, val, ctx: TrainingContext):
         model, filter_spec, _ = start_from_physics(model, train, val, ctx, options)
@@ -477,8 +533,8 @@ def _start_bias(head: BoundedHead, aleatoric: GaussianHead | None, targets: tupl
 class _LearnsMultipliers(_HybridSpec):
     """A hybrid whose network sets the r_a and r_s multipliers (``prior_weight``)."""
 
-    def loss_prior(self, options: HybridParamOptions | HybridLSTMOptions) -> tuple | None:
-        return (multiplier_prior, options.prior_weight) if options.prior_weight > 0 else None
+    def priors(self, options: HybridParamOptions | HybridLSTMOptions) -> list[tuple]:
+        return [(multiplier_prior, options.prior_weight), *super().priors(options)]
 
 
 @register_model("hybrid_param")
@@ -501,7 +557,7 @@ class HybridParam(_LearnsMultipliers):
                                     fallback_threshold=options.fallback_threshold, static=bool(options.static_inputs))
         return ColumnModel(land=land, deltas=_deltas(options, dtype, MULTIPLIED), law=self._law(options, dtype),
                            delta_gain=DELTA_GAIN, mc_samples=options.mc_samples, aleatoric_targets=targets,
-                           static_inputs=tuple(options.static_inputs))  # fmt: skip
+                           static_inputs=tuple(options.static_inputs), **parameter_network(options, dtype))  # fmt: skip
 
     def as_predicted(self, model: ColumnModel) -> ColumnModel:
         """With ``fallback_threshold``: the epistemic fallback active (it never acts in training)."""
@@ -534,7 +590,7 @@ class HybridLSTM(_LearnsMultipliers):
                            dynamic_net=net, dynamic_head=head, dynamic_names=MULTIPLIED,
                            law=self._law(options, dtype), delta_gain=DELTA_GAIN, mc_samples=options.mc_samples,
                            static_inputs=tuple(options.static_inputs), dynamic_aleatoric=aleatoric,
-                           aleatoric_targets=targets)  # fmt: skip
+                           aleatoric_targets=targets, **parameter_network(options, dtype))  # fmt: skip
 
 
 @register_model("pretrain_then_finetune")

@@ -39,6 +39,11 @@ class LandOptions(BaseModel):
         "calibrate to fit it) draw on the groundwater store W_g or on a water table below the column "
         "(physics.lad); none: LaD"))
 
+    def calibratable(self) -> list[str]:
+        """The parameters that can be fitted (or learned) with these options."""
+        return list(CALIBRATABLE) + [name for name, (option, values) in OPTION_CALIBRATABLE.items()
+                                     if getattr(self, option) in values]  # fmt: skip
+
     def lad(self, closure: Closure | None = None) -> LaDModel:
         """The LaD column with these options and ``closure`` (the bulk closure by default)."""
         return LaDModel(closure=BulkClosure() if closure is None else closure, stability=self.stability,
@@ -66,8 +71,7 @@ class PhysicsOptions(FitOptions, LandOptions):
 
     @model_validator(mode="after")
     def _known(self) -> PhysicsOptions:
-        allowed = list(CALIBRATABLE) + [name for name, (option, values) in OPTION_CALIBRATABLE.items()
-                                        if getattr(self, option) in values]  # fmt: skip
+        allowed = self.calibratable()
         unknown = sorted(set(self.calibrate) - set(allowed))
         if unknown:
             raise ValueError(f"not calibratable: {unknown}; allowed: {allowed}"
