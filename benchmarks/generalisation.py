@@ -37,6 +37,11 @@ LOSO_PRIOR = "configs/loso-static-prior.yaml"  # the same folds with a prior on 
 PER_SITE = {"US-Wkg": "configs/us-wkg.yaml", "US-Me2": "configs/us-me2.yaml"}  # their per-site hybrids
 COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cross-site form of X
 ENSEMBLE = "hybrid_ensemble_static"  # the three static couplings' mean (a multi-model ensemble)
+#: label suffixes of the cross-site variants in MULTISITE: "" attributes as inputs; "_dpl" the networks also
+#: set six LaD parameters per site from its attributes (``static_parameters``)
+VARIANTS = {"": "static attributes as inputs", "_dpl": "static attributes as inputs, and six LaD parameters set "
+            "from them (`static_parameters`: albedo, kB_inv, soil_thermal_conductivity, root_zone_capacity, "
+            "beta_threshold, deep_root_fraction)"}
 EMPIRICAL = ("1lin", "2lin", "3km27", "gbm")
 BEGIN, END = "<!-- generalisation:begin -->", "<!-- generalisation:end -->"
 
@@ -110,8 +115,9 @@ def table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def in_site(multisite: pd.DataFrame) -> list[str]:
-    """The cross-site static hybrids against the per-site hybrids of the same coupling, same test weeks."""
+def in_site(multisite: pd.DataFrame, variant: str = "") -> list[str]:
+    """The cross-site static hybrids (labels ``<coupling>_static<variant>``) against the per-site
+    hybrids of the same coupling, same test weeks."""
     per_site = pd.DataFrame(json.loads((ROOT / "results" / "skill.json").read_text()))
     per_site = per_site[(per_site["scale"] == "halfhourly") & (per_site["split"] == "test")]
     lines = ["| site | flux | coupling | per-site RMSE (NSE) | cross-site RMSE (NSE) | RMSE ratio |",
@@ -121,7 +127,7 @@ def in_site(multisite: pd.DataFrame) -> list[str]:
             for coupling in COUPLINGS:
                 ref = per_site[(per_site["config"] == config) & (per_site["site"] == site)
                                & (per_site["model"] == coupling) & (per_site["flux"] == flux)]
-                new = multisite[(multisite["site"] == site) & (multisite["model"] == f"{coupling}_static")
+                new = multisite[(multisite["site"] == site) & (multisite["model"] == f"{coupling}_static{variant}")
                                 & (multisite["flux"] == flux)]
                 if ref.empty or new.empty:
                     continue
@@ -131,7 +137,8 @@ def in_site(multisite: pd.DataFrame) -> list[str]:
             # the ensemble of the couplings against the best per-site coupling at this site and flux
             ref = per_site[(per_site["config"] == config) & (per_site["site"] == site)
                            & per_site["model"].isin(COUPLINGS) & (per_site["flux"] == flux)]
-            new = multisite[(multisite["site"] == site) & (multisite["model"] == ENSEMBLE) & (multisite["flux"] == flux)]
+            new = multisite[(multisite["site"] == site) & (multisite["model"] == ENSEMBLE + variant)
+                            & (multisite["flux"] == flux)]
             if ref.empty or new.empty:
                 continue
             a, b = ref.loc[ref["rmse"].idxmin()], new.iloc[0]
@@ -141,13 +148,24 @@ def in_site(multisite: pd.DataFrame) -> list[str]:
     return lines
 
 
+def in_site_tables(multisite: pd.DataFrame) -> list[str]:
+    """``in_site`` of every variant the multi-site run has, each under its description."""
+    lines = []
+    for variant, what in VARIANTS.items():
+        if (multisite["model"] == f"{COUPLINGS[0]}_static{variant}").any():
+            lines += ["", f"Cross-site models `*_static{variant}`: {what}.", "", *in_site(multisite, variant)]
+    return lines[1:]
+
+
 def prior_weights(run_dir: Path) -> dict[str, tuple[str, float]]:
-    """``label -> (coupling, prior_weight)`` of the static parameter-learning hybrids of a run."""
+    """``label -> (coupling, prior_weight)`` of the static parameter-learning hybrids of a run (those
+    whose networks set only the r_a and r_s multipliers: the ``_dpl`` variants are another design)."""
     import yaml
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     return {m.get("label") or m["name"]: (m["name"], float((m.get("options") or {}).get("prior_weight", 0.0)))
-            for m in cfg["models"] if m["name"] in ("hybrid_param", "hybrid_lstm")}
+            for m in cfg["models"]
+            if m["name"] in ("hybrid_param", "hybrid_lstm") and not (m.get("options") or {}).get("static_parameters")}
 
 
 def prior_choice(run_dirs: list[Path]) -> pd.DataFrame:
@@ -203,7 +221,13 @@ def stops(run_dir: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
+    ap.add_argument("--in-site", type=Path, metavar="RUN_DIR", help=f"only print the in-site tables of a finished "
+                    f"run of {MULTISITE} (writes nothing; the other runs are not needed)")
     args = ap.parse_args()
+    if args.in_site is not None:
+        ms = halfhourly(args.in_site)
+        print("\n".join([*in_site_tables(ms), "", "All sites in-site, NSE (RMSE):", "", *table(ms)]))
+        return
     loso_dir, ts_dir = ensure(LOSO, args.runs, sweep=True), ensure(TEST_SITES, args.runs, sweep=False)
     prior_dir = ensure(LOSO_PRIOR, args.runs, sweep=True)
     ms_dir = ensure(MULTISITE, args.runs, sweep=False)
@@ -228,7 +252,9 @@ def main() -> None:
         "(`benchmarks/water.py`). Cells: half-hourly NSE (RMSE, W m-2) on the whole record of the left-out site "
         "(leave-one-site-out) or of the never-seen site (test_sites). `hybrid_ensemble_static`: the mean of the "
         "three static couplings (a multi-model ensemble, `{name: ensemble, options: {members: ...}}`, whose members "
-        "are the three models of the same run, not trained again; its spread is its SD).",
+        "are the three models of the same run, not trained again; its spread is its SD). `*_static_dpl` (where a "
+        "run has them): the same, whose networks also set six LaD parameters of every site from its attributes "
+        "(`static_parameters`: " + VARIANTS["_dpl"].split("`static_parameters`: ")[1] + ".",
         "",
         "### Leave-one-site-out",
         "",
@@ -275,7 +301,7 @@ def main() -> None:
         "same weeks in `configs/us-wkg.yaml` and `configs/us-me2.yaml` (`results/skill.json`). Ratio < 1.05: within "
         "5 % of the per-site RMSE.",
         "",
-        *in_site(ms),
+        *in_site_tables(ms),
         "",
         f"All sites in-site (`{MULTISITE}`):",
         "",
