@@ -637,9 +637,11 @@ def run(args) -> dict:
         for ch, streamed, grad_ch in ((chunk, False, chunk), (alt_chunk, False, alt_chunk), (chunk, True, chunk),
                                       (chunk, False, GRADIENT_CHUNK)):
             loss, delta0 = make_loss(model, params, forcing, ch, streamed)
-            f_loss = jax.jit(loss)
+            # the training path also compiles as training compiles a batch of n windows (both calls)
+            options = training_options(n) if grad_ch == GRADIENT_CHUNK else None
+            f_loss = jax.jit(loss, compiler_options=options)
             grad_loss = loss if grad_ch == ch else make_loss(model, params, forcing, grad_ch, streamed)[0]
-            f_grad = jax.jit(jax.value_and_grad(grad_loss))
+            f_grad = jax.jit(jax.value_and_grad(grad_loss), compiler_options=options)
             reps = rep_small if n == 1 else rep_big
             st = pair_stats(timed_pair(f_loss, f_grad, delta0, forcing, repeats=reps))
             value, g = f_grad(delta0, forcing)
@@ -649,7 +651,7 @@ def run(args) -> dict:
                 key = "loop_kernels_grad" + ("_streamed" if streamed else "")
                 R[key] = loop_kernels(f_grad.lower(delta0, forcing).compile())
             row = {"n_cells": n, "chunk": ch, "chunk_used": chunk_length(year, ch), "grad_chunk": grad_ch,
-                   "streamed": streamed, **st,
+                   "streamed": streamed, "emitters": options is not None, **st,
                    "loss": float(value), "grad_norm": gnorm, "grad_finite": finite}
             log(f"  N={n:4d} chunk={ch:4d} grad chunk={grad_ch:4d} {'streamed' if streamed else 'stacked '}: loss fwd "
                 f"{st['forward_s']:.3f} s, value_and_grad {st['grad_s']:.3f} s, ratio "
@@ -798,7 +800,9 @@ def target_rows(R) -> list[tuple[str, str, str, str]]:
         ("site_year_forward_s", "one site-year forward after compilation [s]: `jax.jit(rollout)`, "
          "all outputs", "site_year_forward_s"),
         ("grad_fwd_ratio_256", f"{ratio}: stacked loss (`rollout`), differentiated as training does "
-         f"(chunk {GRADIENT_CHUNK}: every step's carry stored)", f"grad_fwd_ratio_{grad_n}"),
+         f"(chunk {GRADIENT_CHUNK}: every step's carry stored; loss and gradient compiled as a training batch "
+         f"of that many windows: fusion emitters from `RUN_TIME_CELLS` = {RUN_TIME_CELLS} up)",
+         f"grad_fwd_ratio_{grad_n}"),
         ("grad_fwd_ratio_256", f"{ratio}: stacked loss (`rollout`), differentiated with the default chunks",
          f"grad_fwd_ratio_{grad_n}_chunked"),
         ("grad_fwd_ratio_256", f"{ratio}: streamed loss (`rollout_reduce`)",
@@ -871,7 +875,8 @@ def detail_rows(R):
     for r in R["gradient"]:
         rows.append((f"gradient N={r['n_cells']}, chunk={r['chunk']} (uses {r['chunk_used']}), "
                      f"{'' if r.get('grad_chunk', r['chunk']) == r['chunk'] else 'gradient chunk %d, ' % r['grad_chunk']}"
-                     f"{'streamed' if r['streamed'] else 'stacked'}: loss fwd s / value_and_grad s"
+                     f"{'streamed' if r['streamed'] else 'stacked'}{' (fusion emitters)' if r.get('emitters') else ''}: "
+                     "loss fwd s / value_and_grad s"
                      " / ratio (ratio of CPU times)",
                      f"{fmt(r['forward_s'])} / {fmt(r['grad_s'])} / {fmt(r['ratio'])} "
                      f"({fmt(r['ratio_cpu'])})"))
@@ -959,7 +964,9 @@ def render_markdown(R, cmd: str) -> str:
         "squared errors are summed step by step in the scan carry by `rollout_reduce` (no (T, N) "
         "outputs or cotangents). The training path differentiates its stacked loss with "
         f"`GRADIENT_CHUNK` = {GRADIENT_CHUNK} (every step's carry stored, each step recomputed once: no "
-        "chunk recomputation), its forward keeps the default chunk; the target row uses that pair.",
+        "chunk recomputation), its forward keeps the default chunk, and both are compiled as training "
+        f"compiles a batch of that many windows (XLA's fusion emitters from `RUN_TIME_CELLS` = {RUN_TIME_CELLS} "
+        "up, process-wide options below); the target row uses that pair.",
         "- Training step: the trainer's `_train_step` (value_and_grad of `column_fit.make_loss`, "
         "MSE of Qle and Qh plus the energy and sparsity terms, through `ColumnModel.run` and "
         "`rollout`, then the AdamW update) for `hybrid_param` with its default options on "
