@@ -119,16 +119,19 @@ def test_one_hybrid_trained_on_two_sites_predicts_a_third_without_per_site_param
     ({"static_parameters": ["albedo"]}, "need static_inputs"),
     ({"static_inputs": ["latitude"], "static_parameters": ["albedo", "nope"]}, r"not learnable: \['nope'\]"),
     ({"static_inputs": ["latitude"], "static_parameters": ["albedo"], "calibrate": ["albedo", "kB_inv"]},
-     r"\['albedo'\] both calibrated and in static_parameters"),
+     r"\['albedo'\] both in calibrate and in static_parameters"),
     ({"static_inputs": ["latitude"], "static_parameters": ["deep_root_fraction"], "calibrate": []}, "not learnable"),
     ({"static_inputs": ["latitude"], "static_parameters": ["albedo", "albedo"], "calibrate": []}, "repeats"),
 ])
 def test_static_parameters_options_are_checked(options, message):
     with pytest.raises(ValueError, match=message):
         validate_options("hybrid_param", options)
-    # the same parameter may be learned when the physics starts from the defaults (nothing calibrated)
-    validate_options("hybrid_lstm", {"static_inputs": ["latitude"], "static_parameters": ["albedo"],
-                                     "calibrate": ["albedo"], "physics_init": "default"})
+    with pytest.raises(ValueError, match="both in calibrate"):  # from the defaults calibrate is a shared offset
+        validate_options("hybrid_lstm", {"static_inputs": ["latitude"], "static_parameters": ["albedo"],
+                                         "calibrate": ["albedo"], "physics_init": "default"})
+    opts = validate_options("hybrid_flux", {"static_inputs": ["latitude"], "static_parameters": ["albedo"],
+                                            "calibrate": ["kB_inv"]})
+    assert opts.static_parameters == ["albedo"] and opts.static_prior_weight == 0.1
 
 
 @pytest.mark.slow  # two short rollouts and their gradient (~10 s)

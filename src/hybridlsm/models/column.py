@@ -46,10 +46,9 @@ from ..physics import (
 from ..training.windows import STATE_OUTPUTS, SiteRecord
 from .features import STATIC_KEY, forcing_features, static_features
 
-__all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS", "STATIC_OFFSETS",
-           "column_igbp",
-           "domain_base_params", "domain_inputs", "predict_column_model", "prepare_site", "sample_column_model",
-           "site_base_params"]  # fmt: skip
+__all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS",
+           "STATIC_OFFSETS", "column_igbp", "domain_base_params", "domain_inputs", "predict_column_model",
+           "prepare_site", "sample_column_model", "site_base_params"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (

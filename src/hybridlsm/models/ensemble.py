@@ -19,9 +19,9 @@ run has already trained as one of its own models, with the same options on the s
 training settings, is taken from the run (``trained_key``; ``pipeline.train_experiment`` offers
 every trained model, and each ensemble trained one after the other offers its members) instead of
 being trained again: training is deterministic, so this is the same model, and the ensemble costs
-only its prediction. So a deep ensemble of 10 after one of 5 of the same model trains 5 members. With ``bootstrap`` member k also trains on
-a bootstrap resample of the training days (days drawn with replacement, each drawn day used once:
-about 63 % of them), the variation of bagging.
+only its prediction (a deep ensemble of 10 after one of 5 of the same model trains 5 members). With
+``bootstrap`` member k also trains on a bootstrap resample of the training days (days drawn with
+replacement, each drawn day used once: about 63 % of them), the variation of bagging.
 
 ``vmap`` chooses how the members train: ``false`` one after the other (each through its model's own
 ``train``); ``true`` together, stacked on a member axis with one vmapped update (a model that

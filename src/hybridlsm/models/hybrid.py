@@ -124,10 +124,10 @@ class HybridOptions(FitOptions, LandOptions):
         unknown = sorted(set(self.static_parameters) - set(self.calibratable()))
         if unknown:
             raise ValueError(f"static_parameters: not learnable: {unknown}; allowed: {self.calibratable()}")
-        both = sorted(set(self.static_parameters) & set(self.calibrate)) if self.physics_init == "calibrated" else []
-        if both:
-            raise ValueError(f"{both} both calibrated and in static_parameters: take each parameter one way "
-                             "(leave it out of calibrate, or set physics_init: default)")
+        both = sorted(set(self.static_parameters) & set(self.calibrate))
+        if both:  # calibrated (or, from the defaults, trained as a shared offset) and learned: one way only
+            raise ValueError(f"{both} both in calibrate and in static_parameters: take each parameter one way "
+                             "(leave it out of calibrate)")
         if len(set(self.static_parameters)) < len(self.static_parameters):
             raise ValueError(f"static_parameters: a name repeats in {self.static_parameters}")
         return self
