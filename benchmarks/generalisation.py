@@ -39,9 +39,10 @@ COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cr
 ENSEMBLE = "hybrid_ensemble_static"  # the three static couplings' mean (a multi-model ensemble)
 #: label suffixes of the cross-site variants in MULTISITE: "" attributes as inputs; "_dpl" the networks also
 #: set six LaD parameters per site from its attributes (``static_parameters``)
-VARIANTS = {"": "static attributes as inputs", "_dpl": "static attributes as inputs, and six LaD parameters set "
-            "from them (`static_parameters`: albedo, kB_inv, soil_thermal_conductivity, root_zone_capacity, "
-            "beta_threshold, deep_root_fraction)"}
+DPL_PARAMETERS = "albedo, kB_inv, soil_thermal_conductivity, root_zone_capacity, beta_threshold, deep_root_fraction"
+VARIANTS = {"": "static attributes as inputs",
+            "_dpl": f"static attributes as inputs, and six LaD parameters set from them (`static_parameters`: "
+                    f"{DPL_PARAMETERS})"}
 EMPIRICAL = ("1lin", "2lin", "3km27", "gbm")
 BEGIN, END = "<!-- generalisation:begin -->", "<!-- generalisation:end -->"
 
@@ -254,7 +255,7 @@ def main() -> None:
         "three static couplings (a multi-model ensemble, `{name: ensemble, options: {members: ...}}`, whose members "
         "are the three models of the same run, not trained again; its spread is its SD). `*_static_dpl` (where a "
         "run has them): the same, whose networks also set six LaD parameters of every site from its attributes "
-        "(`static_parameters`: " + VARIANTS["_dpl"].split("`static_parameters`: ")[1] + ".",
+        f"(`static_parameters`: {DPL_PARAMETERS}).",
         "",
         "### Leave-one-site-out",
         "",

@@ -126,17 +126,22 @@ class ColumnModel(eqx.Module):
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
-        """Parameters of each column: defaults with the calibrated offsets applied."""
+        """Parameters of each column: defaults with the calibrated and learned offsets applied."""
+        return self._params_and_offsets(base)[0]
+
+    def _params_and_offsets(self, base: dict) -> tuple[dict, jax.Array | None]:
+        """``site_params`` and the parameter network's offsets (``static_offsets``; None without one)."""
         out = {k: v for k, v in base.items() if k != SITE_WEIGHTS}
         for name, delta in self.deltas.items():
             if self.sites:
                 delta = base[SITE_WEIGHTS] @ delta
             out[name] = from_unconstrained(name, to_unconstrained(name, base[name]) + self.delta_gain * delta)
-        if self.parameter_net is not None:
-            offsets = self.static_offsets(base)
-            for i, name in enumerate(self.static_parameters):
-                out[name] = from_unconstrained(name, to_unconstrained(name, out[name]) + offsets[:, i])
-        return out
+        if self.parameter_net is None:
+            return out, None
+        offsets = self.static_offsets(base)
+        for i, name in enumerate(self.static_parameters):
+            out[name] = from_unconstrained(name, to_unconstrained(name, out[name]) + offsets[:, i])
+        return out, offsets
 
     def static_offsets(self, base: dict) -> jax.Array:
         """(N, P) unconstrained offsets of ``static_parameters`` that ``parameter_net`` gives each
@@ -233,7 +238,7 @@ class ColumnModel(eqx.Module):
     def run(self, forcing: Forcing, base: dict, state0, key=None):
         """Roll out from ``state0``; ``key`` (training, MC dropout) draws the dropout masks of every
         network, None runs the deterministic networks."""
-        params = self.site_params(base)
+        params, offsets = self._params_and_offsets(base)
         key_dynamic = key_land = None
         if key is not None:
             key_dynamic, key_land = jax.random.split(key)
@@ -242,8 +247,8 @@ class ColumnModel(eqx.Module):
         raw = self._sequence_outputs(forcing, params, key_dynamic)
         mult = self.dynamic_multipliers(forcing, params, raw=raw)
         state, out = rollout(self.land, params, forcing, state0, _scaled(params, mult), self.chunk, key=key_land)
-        if self.parameter_net is not None:  # (N, P): what the prior on the learned static parameters sees
-            out = {**out, STATIC_OFFSETS: self.static_offsets(base)}
+        if offsets is not None:  # (N, P): what the prior on the learned static parameters sees
+            out = {**out, STATIC_OFFSETS: offsets}
         if mult is not None:  # ra_mult, rs_mult as a parameter network's step reports them (1 where a law sets it)
             ones = jnp.ones_like(out["Qh"])
             out = {**out, **{f"{name.removesuffix('_scale')}_mult": mult.get(name, ones) for name in self.dynamic_names}}
