@@ -5,9 +5,11 @@ hybrids at US-Wkg and US-Me2 on the same test weeks.
 
     .venv/bin/python benchmarks/generalisation.py                  # run what is missing, then summarise
     .venv/bin/python benchmarks/generalisation.py --runs /tmp/r    # runs in another folder
+    .venv/bin/python benchmarks/generalisation.py --loso runs/loso-static-dpl   # print one LOSO run's tables
 
-Runs ``configs/loso-static.yaml`` and ``configs/loso-static-prior.yaml`` (the same folds with a prior
-on the learned parameters; the weight chosen per coupling on the folds' validation loss) with
+Runs ``configs/loso-static.yaml``, ``configs/loso-static-dpl.yaml`` (the same folds for the hybrids that
+also learn six LaD parameters from the attributes) and ``configs/loso-static-prior.yaml`` (the same folds
+with a prior on the learned parameters; the weight chosen per coupling on the folds' validation loss) with
 ``hybridlsm sweep``, ``configs/test-sites-static.yaml`` and
 ``configs/multisite-static.yaml`` with ``hybridlsm run`` into ``--runs`` (default ``runs/``) unless
 their run directories are complete; the per-site hybrids' scores are read from ``results/skill.json``
@@ -34,6 +36,7 @@ from docblock import replace_block  # benchmarks/docblock.py
 ROOT = Path(__file__).resolve().parents[1]
 LOSO, TEST_SITES, MULTISITE = "configs/loso-static.yaml", "configs/test-sites-static.yaml", "configs/multisite-static.yaml"
 LOSO_PRIOR = "configs/loso-static-prior.yaml"  # the same folds with a prior on the learned multipliers
+LOSO_DPL = "configs/loso-static-dpl.yaml"  # the same folds for the `_dpl` variants (VARIANTS)
 PER_SITE = {"US-Wkg": "configs/us-wkg.yaml", "US-Me2": "configs/us-me2.yaml"}  # their per-site hybrids
 COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cross-site form of X
 ENSEMBLE = "hybrid_ensemble_static"  # the three static couplings' mean (a multi-model ensemble)
@@ -64,6 +67,17 @@ def ensure(config: str, runs: Path, sweep: bool) -> Path:
 def halfhourly(run_dir: Path) -> pd.DataFrame:
     m = pd.read_csv(run_dir / "metrics.csv")
     return m[m["scale"] == "halfhourly"]
+
+
+def merge_runs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Metrics of several runs over the same folds, each model once (the first run that has it: the
+    reference models, trained identically in each, are not repeated)."""
+    seen: set = set()
+    out = []
+    for df in frames:
+        out.append(df[~df["model"].isin(seen)])
+        seen |= set(df["model"])
+    return pd.concat(out, ignore_index=True)
 
 
 def site_nse(loso: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
@@ -224,19 +238,26 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=ROOT / "runs")
     ap.add_argument("--in-site", type=Path, metavar="RUN_DIR", help=f"only print the in-site tables of a finished "
                     f"run of {MULTISITE} (writes nothing; the other runs are not needed)")
+    ap.add_argument("--loso", type=Path, nargs="+", metavar="RUN_DIR", help="only print the leave-one-site-out "
+                    "table and the targets of finished LOSO runs (merged; writes nothing)")
     args = ap.parse_args()
+    if args.loso is not None:
+        loso = merge_runs([halfhourly(d) for d in args.loso])
+        print("\n".join([*table(loso), "", *targets(loso), "", json.dumps(summary(loso), indent=1)]))
+        return
     if args.in_site is not None:
         ms = halfhourly(args.in_site)
         print("\n".join([*in_site_tables(ms), "", "All sites in-site, NSE (RMSE):", "", *table(ms)]))
         return
     loso_dir, ts_dir = ensure(LOSO, args.runs, sweep=True), ensure(TEST_SITES, args.runs, sweep=False)
+    dpl_dir = ensure(LOSO_DPL, args.runs, sweep=True)
     prior_dir = ensure(LOSO_PRIOR, args.runs, sweep=True)
     ms_dir = ensure(MULTISITE, args.runs, sweep=False)
-    loso, ts, ms = halfhourly(loso_dir), halfhourly(ts_dir), halfhourly(ms_dir)
+    loso, ts, ms = merge_runs([halfhourly(loso_dir), halfhourly(dpl_dir)]), halfhourly(ts_dir), halfhourly(ms_dir)
     with_prior = pd.concat([loso[loso["model"].isin(prior_weights(loso_dir))], halfhourly(prior_dir)])
     choice = prior_choice([loso_dir, prior_dir])
     print(choice.to_string(index=False))
-    result = summary(pd.concat([loso, halfhourly(prior_dir)]))
+    result = summary(merge_runs([loso, halfhourly(prior_dir)]))
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / "generalisation.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
@@ -245,6 +266,7 @@ def main() -> None:
         "## One hybrid for every site: static attributes, no per-site parameters",
         "",
         f"Made on {dt.date.today().isoformat()} by `python benchmarks/generalisation.py` (`hybridlsm sweep {LOSO}`, "
+        f"`hybridlsm sweep {LOSO_DPL}`, "
         f"`hybridlsm run {TEST_SITES}`, `hybridlsm run {MULTISITE}`; CPU). `hybrid_param_static`, `hybrid_flux_static`, `hybrid_lstm_static`: "
         "hybrid_param, hybrid_flux and hybrid_lstm whose networks also take latitude, elevation, IGBP cover, canopy "
         "height and the climate summaries of each site (`static_inputs`), from the LaD defaults with deep roots "
@@ -311,6 +333,7 @@ def main() -> None:
         "### Where the static hybrids' training stopped",
         "",
         *stops(loso_dir),
+        *stops(dpl_dir)[2:],
         *stops(prior_dir)[2:],
         *stops(ts_dir)[2:],
         *stops(ms_dir)[2:],

@@ -26,8 +26,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["configs/us-wkg.yaml", "configs/us-me2.yaml", "configs/multisite.yaml", "configs/loso.yaml",
            "configs/us-wkg-blocked.yaml", "configs/us-me2-blocked.yaml", "configs/test-sites.yaml",
-           "configs/multisite-static.yaml", "configs/loso-static.yaml", "configs/loso-static-prior.yaml",
-           "configs/test-sites-static.yaml"]  # the static three: benchmarks/generalisation.py
+           "configs/multisite-static.yaml", "configs/loso-static.yaml", "configs/loso-static-dpl.yaml",
+           "configs/loso-static-prior.yaml", "configs/test-sites-static.yaml"]  # the *-static: benchmarks/generalisation.py
 KEYS = ["site", "model", "flux", "scale", "split", "rmse", "nse", "kge", "kge_form", "bias", "bias_pct", "r", "n",
         "suspect", "config"]
 
