@@ -6,6 +6,7 @@ hybrids at US-Wkg and US-Me2 on the same test weeks.
     .venv/bin/python benchmarks/generalisation.py                  # run what is missing, then summarise
     .venv/bin/python benchmarks/generalisation.py --runs /tmp/r    # runs in another folder
     .venv/bin/python benchmarks/generalisation.py --loso runs/loso-static-dpl   # print one LOSO run's tables
+    .venv/bin/python benchmarks/generalisation.py --loso runs/loso-static-dpl --merge  # ... and its summary
 
 Runs ``configs/loso-static.yaml``, ``configs/loso-static-dpl.yaml`` (the same folds for the hybrids that
 also learn six LaD parameters from the attributes) and ``configs/loso-static-prior.yaml`` (the same folds
@@ -239,11 +240,19 @@ def main() -> None:
     ap.add_argument("--in-site", type=Path, metavar="RUN_DIR", help=f"only print the in-site tables of a finished "
                     f"run of {MULTISITE} (writes nothing; the other runs are not needed)")
     ap.add_argument("--loso", type=Path, nargs="+", metavar="RUN_DIR", help="only print the leave-one-site-out "
-                    "table and the targets of finished LOSO runs (merged; writes nothing)")
+                    "table and the targets of finished LOSO runs (merged; writes nothing unless --merge)")
+    ap.add_argument("--merge", action="store_true", help="with --loso: also write those runs' models into "
+                    "results/generalisation.json (the other models' entries kept)")
     args = ap.parse_args()
     if args.loso is not None:
         loso = merge_runs([halfhourly(d) for d in args.loso])
-        print("\n".join([*table(loso), "", *targets(loso), "", json.dumps(summary(loso), indent=1)]))
+        result = summary(loso)
+        print("\n".join([*table(loso), "", *targets(loso), "", json.dumps(result, indent=1)]))
+        if args.merge:
+            path = ROOT / "results" / "generalisation.json"
+            merged = {**json.loads(path.read_text()), **result}
+            path.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
+            print(f"wrote {', '.join(result)} into {path.relative_to(ROOT)}")
         return
     if args.in_site is not None:
         ms = halfhourly(args.in_site)
