@@ -324,3 +324,25 @@ def test_skill_html_near_zero_mean_note():
     assert f"<td class='best'>{kge_b:.3f}″</td>" in out  # b: best KGE″ and best bias (1 W m-2)
     assert "<td class='best'>1.000</td><td>–</td>" in out  # bias %: withheld, not best
     assert "KGE″ (marked ″) and no bias %: XX-Nit: observed mean near zero: μo = 0.25 ≤ 0.1·σo = 2.27 W m-2." in out
+
+
+def test_the_report_names_what_was_scored_by_the_runs_split(run_dir, tmp_path):
+    """The headings and the note say which steps were scored: a plain run's test split, and for a
+    leave-one-site-out run each site's whole record from the fold that left it out."""
+    from hybridlsm.evaluation.report import split_words
+
+    text = (run_dir / "report.html").read_text()
+    assert "All scores on the steps of split = 3: the test split." in text
+    assert "<h3>Qle (LE), halfhourly, test split</h3>" in text
+    root = tmp_path / "loso"
+    _write_site(root, "XX-Ddd", 3)
+    obs_path = root / "predictions" / "XX-Ddd" / "obs.nc"
+    obs = xr.load_dataset(obs_path)
+    obs.attrs["split_kind"] = "loso"
+    obs.to_netcdf(obs_path)
+    text = build_report(root).read_text()
+    assert "the whole record of each site, from the leave-one-site-out fold trained without it" in text
+    assert "<h3>Qh (H), daily, left-out site, whole record</h3>" in text and ", test split</h3>" not in text
+    assert set(pd.read_csv(root / "metrics.csv")["split"]) == {"loso"}
+    assert split_words(["blocked", "blocked", "loso"]) == "test weeks of the blocked split; left-out site, whole record"
+    assert split_words(["custom"], sentence=True) == "the custom split"

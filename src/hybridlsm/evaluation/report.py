@@ -102,6 +102,25 @@ __all__ = [
 
 FLUXES = ("Qle", "Qh")
 TEST_SPLIT = 3
+
+#: what the scored steps (split == 3) of a site are, by its obs' ``split_kind`` (the run's split):
+#: (a table heading's words, the report's sentence)
+SPLIT_WORDS = {
+    "test": ("test split", "the test split"),
+    "blocked": ("test weeks of the blocked split",
+                "the test weeks of the blocked split (every n-th block of the record)"),
+    "test_sites": ("never-seen site, whole record",
+                   "the whole record of each never-seen site (test_sites), from models trained on the others"),
+    "loso": ("left-out site, whole record",
+             "the whole record of each site, from the leave-one-site-out fold trained without it"),
+}
+
+
+def split_words(kinds, sentence: bool = False) -> str:
+    """How the report names the scored steps of ``kinds`` (split_kind values): in a table heading, or
+    (``sentence``) in its note on what was scored."""
+    return "; ".join(SPLIT_WORDS.get(k, (f"{k} split", f"the {k} split"))[int(sentence)]
+                     for k in dict.fromkeys(str(k) for k in kinds))
 PARAMETER_VARS = {"Kh": "[m2 s-1]", "rs": "[s m-1]"}
 _VOLUMETRIC_UNITS = {"m3m-3", "m3/m3", "m^3m^-3", "m3.m-3", "1", "-", "fraction"}
 _MASS_UNITS = {"kgm-2", "kg/m2", "kgm^-2", "mm"}
@@ -587,7 +606,7 @@ def _skill_html(df: pd.DataFrame) -> str:
             if sub.empty:
                 continue
             name = {"Qle": "LE", "Qh": "H", "Qg": "G"}.get(flux, flux)
-            parts.append(f"<h3>{flux} ({name}), {scale}, test split</h3>")
+            parts.append(f"<h3>{flux} ({name}), {scale}, {html.escape(split_words(sub.split))}</h3>")
             parts.append("<table><tr><th>site</th><th>model</th><th>RMSE [W m-2]</th><th>NSE</th>"
                          "<th>KGE</th><th>bias [W m-2]</th><th>bias %</th><th>r</th><th>n</th></tr>")
             for idx, row in sub.iterrows():
@@ -741,7 +760,7 @@ def _predictive_uncertainty_html(
             sub = table[(table.flux == flux) & (table.scale == scale)]
             if sub.empty:
                 continue
-            h.append(f"<h3>{html.escape(flux)}, {scale}, test split</h3>")
+            h.append(f"<h3>{html.escape(flux)}, {scale}, {html.escape(split_words(sub.split))}</h3>")
             h.append(table_html(sub[["site", "model", *names, "n"]].rename(columns=names)))
     for site, (_, curves, _) in results.items():
         if not curves:
@@ -857,7 +876,8 @@ def build_report(
         f"<p>Run directory <code>{html.escape(str(run_dir))}</code>; generated {now}.<br>"
         f"Sites: {', '.join(html.escape(s) for s in sites)}.<br>"
         f"Models: {', '.join(html.escape(m) for m in models)}.</p>",
-        "<p class='note'>All scores on the test split (split = 3). Observed fluxes count where finite and "
+        f"<p class='note'>All scores on the steps of split = 3: "
+        f"{html.escape(split_words(skill.split, sentence=True))}. Observed fluxes count where finite and "
         f"0 ≤ QC ≤ {max_qc}. Daily and weekly (ISO week) means use the same half-hours for obs and model; a "
         f"period counts when ≥ {min_valid_fraction:.0%} of its steps are valid. Bias = mean(s − o) [W m-2]; "
         "bias % = 100·Σ(s − o)/Σo; KGE is the 2009 form (Gupta et al. 2009). Where the observed mean is near zero, "
