@@ -1,5 +1,5 @@
 """Shared test setup: float64 for conservation and gradient checks; a compilation cache per test
-process; the location of ../shared/data."""
+run; the location of ../shared/data."""
 
 import os
 import shutil
@@ -22,7 +22,11 @@ jax.config.update("jax_enable_x64", True)
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"main-{os.getpid()}"
 COMPILATION_CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation" / _RUN
 for old in COMPILATION_CACHE.parent.glob("*"):
-    if old != COMPILATION_CACHE and time.time() - old.stat().st_mtime > 6 * 3600:
+    try:
+        stale = old != COMPILATION_CACHE and time.time() - old.stat().st_mtime > 6 * 3600
+    except OSError:  # removed meanwhile by another run's process
+        continue
+    if stale:
         shutil.rmtree(old, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -102,6 +102,9 @@ __all__ = [
 
 FLUXES = ("Qle", "Qh")
 TEST_SPLIT = 3
+PARAMETER_VARS = {"Kh": "[m2 s-1]", "rs": "[s m-1]"}
+_VOLUMETRIC_UNITS = {"m3m-3", "m3/m3", "m^3m^-3", "m3.m-3", "1", "-", "fraction"}
+_MASS_UNITS = {"kgm-2", "kg/m2", "kgm^-2", "mm"}
 
 #: what the scored steps (split == 3) of a site are, by its obs' ``split_kind`` (the run's split):
 #: (a table heading's words, the report's sentence)
@@ -121,9 +124,6 @@ def split_words(kinds, sentence: bool = False) -> str:
     (``sentence``) in its note on what was scored."""
     return "; ".join(SPLIT_WORDS.get(k, (f"{k} split", f"the {k} split"))[int(sentence)]
                      for k in dict.fromkeys(str(k) for k in kinds))
-PARAMETER_VARS = {"Kh": "[m2 s-1]", "rs": "[s m-1]"}
-_VOLUMETRIC_UNITS = {"m3m-3", "m3/m3", "m^3m^-3", "m3.m-3", "1", "-", "fraction"}
-_MASS_UNITS = {"kgm-2", "kg/m2", "kgm^-2", "mm"}
 
 
 # --------------------------------------------------------------------------------------------
