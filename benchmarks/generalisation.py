@@ -66,6 +66,8 @@ def ensure(config: str, runs: Path, sweep: bool) -> Path:
 
 
 def halfhourly(run_dir: Path) -> pd.DataFrame:
+    if not (run_dir / "metrics.csv").is_file():
+        raise SystemExit(f"{run_dir}: no metrics.csv; expected a finished run directory (hybridlsm run/sweep)")
     m = pd.read_csv(run_dir / "metrics.csv")
     return m[m["scale"] == "halfhourly"]
 
@@ -244,13 +246,15 @@ def main() -> None:
     ap.add_argument("--merge", action="store_true", help="with --loso: also write those runs' models into "
                     "results/generalisation.json (the other models' entries kept)")
     args = ap.parse_args()
+    if args.merge and args.loso is None:
+        ap.error("--merge writes the models of the runs given with --loso: give --loso RUN_DIR ...")
     if args.loso is not None:
         loso = merge_runs([halfhourly(d) for d in args.loso])
         result = summary(loso)
         print("\n".join([*table(loso), "", *targets(loso), "", json.dumps(result, indent=1)]))
         if args.merge:
             path = ROOT / "results" / "generalisation.json"
-            merged = {**json.loads(path.read_text()), **result}
+            merged = {**(json.loads(path.read_text()) if path.is_file() else {}), **result}
             path.write_text(json.dumps(dict(sorted(merged.items())), indent=1) + "\n")
             print(f"wrote {', '.join(result)} into {path.relative_to(ROOT)}")
         return
