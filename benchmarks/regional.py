@@ -18,6 +18,12 @@ for Table 3's coverage and CRPS, whose predictive SD is the MC SD plus the resid
 validation steps by day and night (``models.regional.residual_sd``; the MC-only scores are kept as
 the model's ``uq_mc_dropout_only``).
 
+Variants of the experiment (``--seed``: another training seed of the networks; ``--towers every-class``:
+also a tower in each class the default four leave unobserved, water and bare soil) are written to the
+file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrid and
+the baselines of several such files beside the default experiment's (the block between
+``<!-- regional-variants:begin -->`` and ``<!-- regional-variants:end -->`` in docs/results.md).
+
 Writes results/regional.json (the keys issue 15 names; ``peak_mem_gb_128x128_month`` is read from
 results/regional_memory.json, written by benchmarks/regional_memory.py) after every model, and the
 block between ``<!-- regional:begin -->`` and ``<!-- regional:end -->`` in docs/results.md.
@@ -38,7 +44,7 @@ import numpy as np
 
 import hybridlsm  # noqa: F401  (XLA flags before jax starts)
 from hybridlsm.config import TrainConfig
-from hybridlsm.data.virtual_region import CLASS_NAMES, virtual_region
+from hybridlsm.data.virtual_region import CLASS_NAMES, every_class_towers, virtual_region
 from hybridlsm.evaluation.regional import (ablation_row, class_parameters, degradation, extreme_rows, field_correlation,
                                            kh_law_rows, scale_rows, score_records, surface_masks, uq_scores)
 from hybridlsm.models.regional import (
@@ -56,6 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "regional.json"
 BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by hand) -->"
 END = "<!-- regional:end -->"
+VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
+VARIANTS_END = "<!-- regional-variants:end -->"
 MODELS = ("hybrid", "hybrid_scale", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
           "no_physics_residual", "no_discovery", "no_uq")
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
@@ -73,12 +81,37 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--mc-samples", type=int, default=50, help="MC-dropout passes of the models with dropout "
                     "(0: none; each pass is one prediction over the record)")
-    ap.add_argument("--fresh", action="store_true", help="start a new results/regional.json instead of merging")
+    ap.add_argument("--seed", type=int, default=0, help="training seed: the networks' initialisation, the order "
+                    "of the training windows and the dropout masks (the region itself is always seed 0's)")
+    ap.add_argument("--towers", choices=("default", "every-class"), default="default",
+                    help="tower cells: the default four (farmland, fringe, forest, urban), or also one in each "
+                    "class without one (water, bare soil)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results file; a variant (--seed other than 0, "
+                    "--towers every-class) needs one of its own")
+    ap.add_argument("--compare", type=Path, nargs="+", metavar="FILE",
+                    help="tabulate the variants' results files beside results/regional.json (and write the "
+                    "docs block); trains nothing")
+    ap.add_argument("--fresh", action="store_true", help="start a new results file instead of merging")
     ap.add_argument("--quick", action="store_true", help="a 12x12, 10-day smoke run; writes nothing")
     ap.add_argument("--docs-only", action="store_true",
                     help="rewrite the docs block from results/regional.json (and its memory figure from "
                          "results/regional_memory.json)")
     args = ap.parse_args()
+    if args.compare:
+        missing = [str(f) for f in args.compare if not f.is_file()]
+        if missing:
+            ap.error(f"--compare: no results file {', '.join(missing)}")
+        table = compare(args.compare)
+        print(table)
+        replace_block(ROOT / "docs" / "results.md", VARIANTS_BEGIN, VARIANTS_END,
+                      f"{VARIANTS_BEGIN}\n{table}\n{VARIANTS_END}", heading="### Variants of the experiment\n\n")
+        return
+    variant = args.seed != 0 or args.towers != "default"
+    if variant and args.out.resolve() == RESULTS.resolve():
+        ap.error("a variant (--seed other than 0 or --towers every-class) is not the experiment of "
+                 "results/regional.json: give it a file of its own with --out")
+    if args.seed < 0:
+        ap.error(f"--seed {args.seed}: expected a seed >= 0")
     if args.docs_only:  # also takes the latest streaming figure of benchmarks/regional_memory.py
         summary = json.loads(RESULTS.read_text())
         summary["peak_mem_gb_128x128_month"] = _memory()
@@ -103,14 +136,17 @@ def main() -> None:
         ap.error(f"--lr {args.lr!r}: expected rates in (0, 1]")
 
     t0 = time.time()
-    ds = virtual_region(args.ny, args.ny, days=args.days)
+    towers = every_class_towers(args.ny, args.ny) if args.towers == "every-class" else None
+    ds = virtual_region(args.ny, args.ny, days=args.days, towers=towers)
     print(f"virtual region {args.ny}x{args.ny}, {args.days} days: {time.time() - t0:.0f} s", flush=True)
     data = region_data(ds, jnp.float32)
     split = blocked_split(data.n_steps)
     masks = surface_masks(ds, split["test"])
     grid = {"ny": args.ny, "nx": args.ny, "days": args.days, "forcing_site": ds.attrs["forcing_site"],
             "towers": int(ds["tower"].sum()), "test_steps": int(split["test"].sum())}
-    _start_summary(grid, fresh=args.fresh or args.quick)  # a grid other than the file's: refused now
+    if variant:  # the default experiment's grid has neither key
+        grid.update(seed=args.seed, tower_layout=args.towers)
+    _start_summary(grid, args.out, fresh=args.fresh or args.quick)  # a grid other than the file's: refused now
     common = {"truth_class_order_kh": _order(ds, masks["all"], "Kh_true"), "peak_mem_gb_128x128_month": _memory()}
     finished, written = [], False
     t = ds.sizes["time"]
@@ -166,16 +202,57 @@ def main() -> None:
         print(json.dumps(rows["table3_ablations"][0]), flush=True)
         # the file as it is now (another sitting may have merged models since this one started), with
         # every model this run finished; written after every model: a long run keeps what it finished
-        summary = {**_start_summary(grid, fresh=(args.fresh and not written) or args.quick), **common}
+        summary = {**_start_summary(grid, args.out, fresh=(args.fresh and not written) or args.quick), **common}
         for name_, records_, rows_, info_, params_, top_ in finished:
             _merge(summary, name_, records_, rows_, info_, params_)
             summary.update(top_)
         if not args.quick:
-            RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
-            write_docs(summary)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(summary, indent=1) + "\n")
+            if not variant:
+                write_docs(summary)
             written = True
     if args.quick:
         print(_table(summary))
+
+
+def _class_order(rows: list[dict], key: str) -> str:
+    """Classes from the largest to the smallest class mean ``key`` (Table 4 rows)."""
+    return " > ".join(r["class"] for r in sorted(rows, key=lambda r: -r[key]))
+
+
+def compare(paths: list[Path]) -> str:
+    """Markdown: the models of results/regional.json and of each variant file side by side (all held-out
+    values, the extreme-heat subset, the degradation, the K_h field correlation and the class orders)."""
+    files = [RESULTS] + [p.resolve() for p in paths if p.resolve() != RESULTS.resolve()]
+    lines = ["Each row is one training run (the held-out cells over the test blocks; MSE in W2 m-4; degradation = "
+             "MSE extreme / MSE all - 1, hourly, mean of H and LE). Class orders: largest mean first.", "",
+             "| experiment | model | MSE H | MSE LE | hot MSE H | hot MSE LE | degradation hot | K_h r | "
+             "K_h class order | r_s class order | validation loss | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    truth = None
+    for path in files:
+        s = json.loads(path.read_text())
+        grid = s["grid"]
+        label = (f"seed {grid.get('seed', 0)}, towers: {grid.get('tower_layout', 'default')} "
+                 f"({grid['towers']})")
+        by = {(r["model"], r["surface"]): r for r in s["records"]}
+        kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
+        for model in [m for m in ("hybrid", "fixed_kh", "cnn_lstm") if (m, "all") in by]:
+            rows = s.get("class_parameters", {}).get(model) or []
+            if rows and truth is None:
+                truth = (_class_order(rows, "kh_true_mean"), _class_order(rows, "rs_true_mean"))
+            all_, hot = by[(model, "all")], by.get((model, "extreme_hot"), {})
+            deg = (s.get("degradation", {}).get(model) or {}).get("extreme_hot")
+            best = (s.get("models", {}).get(model) or {}).get("best_val")
+            lines.append(f"| {label} | {model} | {_fmt(all_['mse_h'])} | {_fmt(all_['mse_le'])} | "
+                         f"{_fmt(hot.get('mse_h'))} | {_fmt(hot.get('mse_le'))} | {_fmt(deg, 2)} | "
+                         f"{_fmt(kh_r.get(model), 3)} | {_class_order(rows, 'kh_mean') if rows else '–'} | "
+                         f"{_class_order(rows, 'rs_mean') if rows and model != 'fixed_kh' else '–'} | "
+                         f"{_fmt(best, 3)} | {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} |")
+    if truth:
+        lines += ["", f"Truth: K_h {truth[0]}; r_s {truth[1]}."]
+    return "\n".join(lines)
 
 
 def _commit() -> str | None:
@@ -202,7 +279,7 @@ def run_model(name: str, data, ds, split, args):
         return None, predict_regional(fixed_kh_model(data), data), {"train_minutes": 0.0}
     if name == "column_hybrid":
         t0 = time.time()
-        cfg = TrainConfig(lr=args.lrs[0], min_lr=1e-5, patience=6, two_phase=_two_phase(args))
+        cfg = TrainConfig(lr=args.lrs[0], min_lr=1e-5, patience=6, two_phase=_two_phase(args), seed=args.seed)
         full, train, val = column_domains(ds, split)
         model, opts = train_column_hybrid(train, val, cfg)
         minutes = (time.time() - t0) / 60.0
@@ -230,23 +307,24 @@ def _two_phase(args) -> dict:
 def train_model(name: str, data, split, args, lr: float):
     """One training of a regional model at learning rate ``lr``: (fit's result, info)."""
     two_phase = _two_phase(args)
-    cfg = TrainConfig(lr=lr, min_lr=1e-5, patience=6, two_phase=two_phase)
+    seed = args.seed
+    cfg = TrainConfig(lr=lr, min_lr=1e-5, patience=6, two_phase=two_phase, seed=seed)
     t0 = time.time()
     if name == "cnn_lstm":
-        model, config = build_cnn_lstm(data), TrainConfig(lr=lr, min_lr=1e-5, patience=6,
-                                                          epochs=args.epochs1 + args.epochs2)
+        model, config = build_cnn_lstm(data, seed=seed), TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed,
+                                                                     epochs=args.epochs1 + args.epochs2)
     elif name == "no_parameteriser":
-        model, config = build_class_constants(data), cfg
+        model, config = build_class_constants(data, seed=seed), cfg
     elif name == "hybrid_scale":  # the network gives a multiplier of the physics' own K_h
-        model, config = build_hybrid(data, exchange="scale"), cfg
+        model, config = build_hybrid(data, seed=seed, exchange="scale"), cfg
     elif name == "no_uq":
-        model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0)), cfg
+        model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0), seed=seed), cfg
     elif name in ("no_physics_residual", "no_discovery"):
         weight = "lambda_energy" if name == "no_physics_residual" else "lambda_discovery"
-        model, config = build_hybrid(data), TrainConfig(lr=lr, min_lr=1e-5, patience=6,
-                                                        two_phase={**two_phase, weight: 0.0})
+        model, config = build_hybrid(data, seed=seed), TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed,
+                                                                   two_phase={**two_phase, weight: 0.0})
     else:
-        model, config = build_hybrid(data), cfg
+        model, config = build_hybrid(data, seed=seed), cfg
     result = train_regional(model, data, config, split=split)
     info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history), "lr": lr,
             "best_val": float(result.best_val), "two_phase": config.two_phase.model_dump(mode="json")
@@ -265,15 +343,15 @@ def _geometry(data) -> dict[str, np.ndarray]:
             "measurement_height": np.asarray(data.params["reference_height"], float)}
 
 
-def _start_summary(grid: dict, fresh: bool) -> dict:
-    """The results to merge into: the existing file when its grid is this run's, else a refusal
-    (a new file with ``fresh``)."""
-    if fresh or not RESULTS.exists():
+def _start_summary(grid: dict, path: Path, fresh: bool) -> dict:
+    """The results to merge into: the existing file at ``path`` when its grid is this run's, else a
+    refusal (a new file with ``fresh``)."""
+    if fresh or not path.exists():
         return {"grid": grid, "records": [], "models": {}, "degradation": {}, "class_parameters": {},
                 **{k: [] for k in TABLES}}
-    summary = json.loads(RESULTS.read_text())
+    summary = json.loads(path.read_text())
     if summary.get("grid") != grid:
-        sys.exit(f"results/regional.json holds the grid {summary.get('grid')}, this run {grid}: run every model "
+        sys.exit(f"{path} holds the grid {summary.get('grid')}, this run {grid}: run every model "
                  "on that grid, or start a new file with --fresh")
     old = summary.get("command")
     summary.setdefault("models", {})

@@ -30,6 +30,10 @@ for old in COMPILATION_CACHE.parent.glob("*"):
         shutil.rmtree(old, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", str(COMPILATION_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+# ... and in the processes the tests start (`hybridlsm run` and `devices --check` subprocesses, Dask
+# workers), which JAX configures from these variables
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(COMPILATION_CACHE)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLUXNET_DIR = SHARED_DATA / "fluxnet"

@@ -124,6 +124,11 @@ def test_grid_skill_pools_test_cells_and_steps():
     assert table.loc[("closed loop", "recomputed cell-steps")]["n"] == 1
 
 
+#: the virtual region of tests/test_regional_models.py's fixture (12 x 12 cells, 6 days, 1 spin-up day): the
+#: test that builds it second reads its truth's compiled programs from the test run's compilation cache
+NY = 12
+
+
 @pytest.mark.slow  # trains a tiny hybrid and predicts two real grids (~3 min on 2 cores)
 @pytest.mark.skipif(not US_CRT.is_file(), reason=f"{US_CRT} (the virtual region's forcing) is absent")
 def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_grids(tmp_path):
@@ -134,7 +139,7 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
            "attention_size": 8}
     cfg = validate_run_config({
         "name": "regional", "output": {"run_dir": str(tmp_path)},
-        "data": {"grid": {"virtual_region": {"ny": 8, "nx": 8, "days": 6, "spin_up_days": 1}},
+        "data": {"grid": {"virtual_region": {"ny": NY, "nx": NY, "days": 6, "spin_up_days": 1}},
                  "targets": ["Qh", "Qle", "AvgSurfT"], "spinup_days": 0,
                  "split": {"blocked": {"block": "2 d", "test_every": 3, "val_every": 3, "gap": 0}}},
         "models": [{"name": "regional_fixed_kh"},
@@ -144,7 +149,7 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     maps = run_dir / "maps" / "virtual_region"
     hybrid = xr.load_dataset(maps / "regional_hybrid.nc")
     obs = xr.load_dataset(maps / "obs.nc")
-    assert hybrid["Qh"].shape == (144, 8, 8) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed"} <= set(hybrid.data_vars)
+    assert hybrid["Qh"].shape == (144, NY, NY) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed"} <= set(hybrid.data_vars)
     assert float(hybrid["Qh_sd"].min()) >= 0.0 and float(hybrid["Qh_sd"].max()) > 0.0
     # the predictive SD: MC dropout's and the validation steps' residual SD in quadrature
     parts = {p: hybrid[f"Qle_sd_{p}"].values for p in ("epistemic", "aleatoric")}
@@ -162,7 +167,7 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     np.testing.assert_allclose(site["Qh"].values, hybrid["Qh"].values[:, iy, ix])
     skill = pd.read_csv(run_dir / "grid_metrics.csv")
     truth = skill[(skill.model == "regional_fixed_kh") & (skill.variable == "Qh") & (skill.reference == "truth")]
-    assert int(truth["n"].iloc[0]) == int((obs["split"].values == 3).sum()) * 64
+    assert int(truth["n"].iloc[0]) == int((obs["split"].values == 3).sum()) * NY * NY
     assert "<h2>Maps</h2>" in (run_dir / "report.html").read_text()
 
     if LITTLE_WASHITA.is_file():  # the trained hybrid applied to a real grid it never saw

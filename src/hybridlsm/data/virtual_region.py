@@ -313,18 +313,36 @@ def _static_fields(ds: xr.Dataset, codes: np.ndarray, cls: np.ndarray, class_nam
     ds["tower"] = (("y", "x"), tower)
 
 
+def _central_cell(mask: np.ndarray) -> tuple[int, int] | None:
+    """The cell of ``mask`` nearest its centroid (the first in row-major order on a tie); None
+    when the mask is empty."""
+    cells = np.argwhere(mask)
+    if len(cells) == 0:
+        return None
+    r, c = cells[np.argmin(np.hypot(*(cells - cells.mean(axis=0)).T))]
+    return int(r), int(c)
+
+
 def _default_towers(cls, fringe, homogeneous) -> list[tuple[int, int]]:
     """One tower each in homogeneous farmland, the fringe, the forest and the urban core (the
-    first such cell in a fixed scan from the class's centroid)."""
-    towers = []
-    for mask in (homogeneous, fringe & (cls == CLASS_NAMES.index("farmland")),
-                 cls == CLASS_NAMES.index("forest"), (cls == CLASS_NAMES.index("urban")) & ~fringe):
-        cells = np.argwhere(mask)
-        if len(cells) == 0:
+    cell nearest each one's centroid)."""
+    masks = (homogeneous, fringe & (cls == CLASS_NAMES.index("farmland")), cls == CLASS_NAMES.index("forest"),
+             (cls == CLASS_NAMES.index("urban")) & ~fringe)
+    return [cell for cell in map(_central_cell, masks) if cell is not None]
+
+
+def every_class_towers(ny: int = 32, nx: int = 32, seed: int = 0) -> list[tuple[int, int]]:
+    """The default towers of :func:`virtual_region` and one more in each class they leave
+    unobserved (on the default map: the lake and the bare patch), at the cell nearest the centroid
+    of the class's cells outside the fringe (of all its cells when every one is in the fringe)."""
+    cls, fringe, homogeneous = class_map(ny, nx, seed)
+    towers = _default_towers(cls, fringe, homogeneous)
+    observed = {int(cls[r, c]) for r, c in towers}
+    for i in range(len(CLASS_NAMES)):
+        if i in observed or not (cls == i).any():
             continue
-        centre = cells.mean(axis=0)
-        r, c = cells[np.argmin(np.hypot(*(cells - centre).T))]
-        towers.append((int(r), int(c)))
+        core = (cls == i) & ~fringe
+        towers.append(_central_cell(core if core.any() else cls == i))
     return towers
 
 
