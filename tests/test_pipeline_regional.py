@@ -108,6 +108,21 @@ def test_region_data_without_wind_direction_runs_without_advection_and_names_unk
         region_data(_grid().assign(Wind_E=_grid()["Wind"]))
 
 
+def test_water_cells_are_open_water_columns_and_the_other_cells_keep_their_class_defaults():
+    from hybridlsm.physics import OPEN_WATER_PARAMETERS, default_params
+
+    ds = _grid()
+    ds["land_cover"] = ds["land_cover"].where(np.arange(12).reshape(3, 4) % 3 != 0, 17)  # every third cell WAT
+    data = region_data(ds, np.float64, classes=("GRA", "CRO", "WAT"))
+    water = np.arange(12) % 3 == 0
+    np.testing.assert_array_equal(data.static[2].reshape(-1), water)
+    codes = np.where(water, "WET", np.where(np.arange(12) % 2 == 0, "GRA", "CRO"))
+    table = default_params(list(codes), dtype=np.float64)
+    for name, value in OPEN_WATER_PARAMETERS.items():
+        np.testing.assert_array_equal(np.asarray(data.params[name]), np.where(water, value, np.asarray(table[name])))
+    np.testing.assert_array_equal(np.asarray(data.params["albedo"]), np.asarray(table["albedo"]))  # the rest: WET's
+
+
 def test_grid_skill_pools_test_cells_and_steps():
     time = np.arange(4)
     obs = xr.Dataset({"Qh": (("time", "y", "x"), np.array([[[1.0, np.nan]], [[2.0, 4.0]], [[0.0, 0.0]], [[9, 9]]])),

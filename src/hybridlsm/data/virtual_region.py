@@ -46,9 +46,6 @@ REGION_CLASSES = {
 }
 CLASS_NAMES = tuple(REGION_CLASSES)
 
-#: water columns: LaD has no lake, so a permanently wet column with water's heat capacity and a
-#: well-mixed (highly conducting) upper layer
-WATER_OVERRIDES = {"soil_heat_capacity": 4.18e6, "soil_thermal_conductivity": 4.9, "root_zone_capacity": 1999.0}
 
 #: r_s of every class rises with the vapour-pressure deficit: r_s (1 + RS_VPD_GAIN VPD[kPa])
 RS_VPD_GAIN = 0.5
@@ -212,7 +209,8 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     of ``ds`` (time, y, x; Tair, Qair, Psurf, Wind, Wind_E, Wind_N, SWdown, LWdown, Precip), every
     cell with the K_h law, r_s (times the VPD response, bounded to RS_BOUNDS), albedo and LaD
     defaults of its class. ``cover``: (ny, nx) index into ``specs``, tuples laid out as
-    REGION_CLASSES' values; water columns (map code WAT) get WATER_OVERRIDES. The state starts
+    REGION_CLASSES' values; water columns (map code WAT) get ``physics.OPEN_WATER_PARAMETERS``, as
+    in the regional models (``models.regional.region_data``). The state starts
     from ``spin_up`` cycling the first ``spin`` steps (at most ``spin_cycles`` times; none when
     ``spin`` is 0) and the outputs cover the steps after them.
 
@@ -222,7 +220,7 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     import jax
     import jax.numpy as jnp
 
-    from ..physics import default_params, forcing_from_datasets, rollout, spin_up
+    from ..physics import default_params, forcing_from_datasets, open_water_overrides, rollout, spin_up
     from ..physics.air_layer import AirLayer
     from ..physics.exchange import ClassExchangeLaw, ExchangeLaw
     from ..physics.lad import LaDModel
@@ -233,12 +231,8 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     flat = np.asarray(cover).reshape(-1)
     spec = [specs[c] for c in flat]
     lad_codes = [s[1] for s in spec]
-    overrides = {"albedo": np.array([s[2] for s in spec])}
     water = np.array([s[0] == "WAT" for s in spec])
-    if water.any():
-        defaults = default_params(lad_codes)
-        for name, value in WATER_OVERRIDES.items():
-            overrides[name] = np.where(water, value, np.asarray(defaults[name]))
+    overrides = open_water_overrides(lad_codes, water, {"albedo": np.array([s[2] for s in spec])})
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     params = default_params(lad_codes, overrides=overrides, dtype=dtype)
     grid = ds[list(FORCING_NAMES)].stack(column=("y", "x")).transpose("time", "column")

@@ -351,6 +351,24 @@ def default_params(
     return {name: jnp.asarray(v, dtype=dtype) for name, v in table.items()}
 
 
+#: open water (land-cover code WAT, run as LaD's wetland class WET): LaD has no lake, so a water cell is a
+#: column that never dries, with water's heat capacity and a well-mixed (highly conducting) upper layer
+OPEN_WATER_PARAMETERS = {"soil_heat_capacity": 4.18e6, "soil_thermal_conductivity": 4.9, "root_zone_capacity": 1999.0}
+
+
+def open_water_overrides(igbp_list: Sequence[str], water, overrides: Mapping[str, object] | None = None) -> dict:
+    """``default_params`` overrides for N columns of classes ``igbp_list``: the columns where ``water``
+    (N booleans) is True get :data:`OPEN_WATER_PARAMETERS`, the others their class defaults (or their
+    value in ``overrides``, which the result extends)."""
+    water = np.asarray(water, bool)
+    out = dict(overrides or {})
+    if water.any():
+        defaults = default_params(igbp_list, overrides=overrides)
+        for name, value in OPEN_WATER_PARAMETERS.items():
+            out[name] = np.where(water, value, np.asarray(defaults[name]))
+    return out
+
+
 def to_unconstrained(name: str, value):
     """Map a value inside the bounds of ``name`` to the real line (inverse of from_unconstrained)."""
     spec = _spec(name)
