@@ -128,6 +128,7 @@ def main() -> None:
         args.ny, args.days, args.epochs1, args.epochs2 = 12, 10, 2, 1
         args.mc_samples = min(args.mc_samples, 3)
     command = "python benchmarks/regional.py " + " ".join(sys.argv[1:])
+    commit = _commit()  # the code this run imports now (the checkout may move on while it trains)
     try:
         args.lrs = [float(v) for v in args.lr.split(",") if v.strip()]
     except ValueError:
@@ -184,7 +185,7 @@ def main() -> None:
         }
         if isinstance(out.get("closed_loop"), dict):  # the hybrids' prediction: steps recomputed, residuals
             info["closed_loop"] = out["closed_loop"]
-        info.update(command=command, commit=_commit(), wall_minutes=(time.time() - t0) / 60.0,
+        info.update(command=command, commit=commit, wall_minutes=(time.time() - t0) / 60.0,
                     date=datetime.datetime.now().isoformat(timespec="seconds"),
                     settings={"ny": args.ny, "days": args.days, "epochs1": args.epochs1, "epochs2": args.epochs2,
                               "lr": info.get("lr"), "lr_candidates": args.lrs})
@@ -209,7 +210,7 @@ def main() -> None:
         if not args.quick:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(summary, indent=1) + "\n")
-            if not variant:
+            if args.out.resolve() == RESULTS.resolve():  # the docs show the default experiment only
                 write_docs(summary)
             written = True
     if args.quick:
@@ -228,8 +229,8 @@ def compare(paths: list[Path]) -> str:
     lines = ["Each row is one training run (the held-out cells over the test blocks; MSE in W2 m-4; degradation = "
              "MSE extreme / MSE all - 1, hourly, mean of H and LE). Class orders: largest mean first.", "",
              "| experiment | model | MSE H | MSE LE | hot MSE H | hot MSE LE | degradation hot | K_h r | "
-             "K_h class order | r_s class order | validation loss | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "K_h class order | r_s class order | validation loss | commit | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     truth = None
     for path in files:
         s = json.loads(path.read_text())
@@ -244,24 +245,29 @@ def compare(paths: list[Path]) -> str:
                 truth = (_class_order(rows, "kh_true_mean"), _class_order(rows, "rs_true_mean"))
             all_, hot = by[(model, "all")], by.get((model, "extreme_hot"), {})
             deg = (s.get("degradation", {}).get(model) or {}).get("extreme_hot")
-            best = (s.get("models", {}).get(model) or {}).get("best_val")
+            info = s.get("models", {}).get(model) or {}
+            best = info.get("best_val")
             lines.append(f"| {label} | {model} | {_fmt(all_['mse_h'])} | {_fmt(all_['mse_le'])} | "
                          f"{_fmt(hot.get('mse_h'))} | {_fmt(hot.get('mse_le'))} | {_fmt(deg, 2)} | "
                          f"{_fmt(kh_r.get(model), 3)} | {_class_order(rows, 'kh_mean') if rows else '–'} | "
                          f"{_class_order(rows, 'rs_mean') if rows and model != 'fixed_kh' else '–'} | "
-                         f"{_fmt(best, 3)} | {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} |")
+                         f"{_fmt(best, 3)} | {info.get('commit') or '–'} | "
+                         f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} |")
     if truth:
         lines += ["", f"Truth: K_h {truth[0]}; r_s {truth[1]}."]
     return "\n".join(lines)
 
 
 def _commit() -> str | None:
-    """The repository's commit (the code a model's figures came from)."""
+    """The repository's commit (the code a model's figures came from), with ``+`` when the code
+    (src/, benchmarks/) differs from it in the working tree."""
     import subprocess
 
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
