@@ -232,7 +232,7 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     spec = [specs[c] for c in flat]
     lad_codes = [s[1] for s in spec]
     water = np.array([s[0] == "WAT" for s in spec])
-    overrides = open_water_overrides(lad_codes, water, {"albedo": np.array([s[2] for s in spec])})
+    overrides = {"albedo": np.array([s[2] for s in spec]), **open_water_overrides(lad_codes, water)}
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     params = default_params(lad_codes, overrides=overrides, dtype=dtype)
     grid = ds[list(FORCING_NAMES)].stack(column=("y", "x")).transpose("time", "column")

@@ -356,17 +356,16 @@ def default_params(
 OPEN_WATER_PARAMETERS = {"soil_heat_capacity": 4.18e6, "soil_thermal_conductivity": 4.9, "root_zone_capacity": 1999.0}
 
 
-def open_water_overrides(igbp_list: Sequence[str], water, overrides: Mapping[str, object] | None = None) -> dict:
+def open_water_overrides(igbp_list: Sequence[str], water) -> dict[str, np.ndarray]:
     """``default_params`` overrides for N columns of classes ``igbp_list``: the columns where ``water``
-    (N booleans) is True get :data:`OPEN_WATER_PARAMETERS`, the others their class defaults (or their
-    value in ``overrides``, which the result extends)."""
+    (N booleans) is True get :data:`OPEN_WATER_PARAMETERS`, the others their class defaults; empty
+    when no column is water."""
     water = np.asarray(water, bool)
-    out = dict(overrides or {})
-    if water.any():
-        defaults = default_params(igbp_list, overrides=overrides)
-        for name, value in OPEN_WATER_PARAMETERS.items():
-            out[name] = np.where(water, value, np.asarray(defaults[name]))
-    return out
+    if not water.any():
+        return {}
+    codes = [check_igbp(c) for c in igbp_list]
+    return {name: np.where(water, value, [PARAMETERS[name].default_for(c) for c in codes])
+            for name, value in OPEN_WATER_PARAMETERS.items()}
 
 
 def to_unconstrained(name: str, value):
