@@ -10,7 +10,12 @@ Models (``--models``, default all): ``hybrid``, ``fixed_kh``, ``cnn_lstm``, ``co
 registry's hybrid_param trained on the tower cells and run on every cell as independent columns
 under the forcing's air), and the ablations ``no_parameteriser`` (one learned K_h and r_s per
 land-cover class instead of the network), ``no_physics_residual`` (lambda_energy 0),
-``no_discovery`` (lambda_discovery 0), ``no_uq`` (dropout 0). A run of some models merges their
+``no_discovery`` (lambda_discovery 0), ``no_uq`` (dropout 0), and ``hybrid_ensemble``: a deep ensemble
+(Lakshminarayanan et al. 2017) of ``--members`` hybrids, member 0 the hybrid itself (taken from this run
+when it trains the hybrid too), member k trained from seed + k at the learning rate the hybrid chose on
+validation; its prediction is the members' mean (fields and fluxes), its epistemic SD that of the
+members' spread and their own MC dropout (``models.ensemble.combine_members``), and each member's
+scores are kept (``models.hybrid_ensemble.members``). A run of some models merges their
 records and table rows into results/regional.json (replacing those models' own, keeping the others,
 and recording per model the command and settings it came from); the grid must be the one already
 there (``--fresh`` starts a new file). Models with dropout get ``--mc-samples`` MC-dropout passes
@@ -50,6 +55,7 @@ from hybridlsm.evaluation.regional import (ablation_row, class_parameters, degra
 from hybridlsm.models.regional import (
     blocked_split, build_cnn_lstm, build_hybrid, fixed_kh_model, predict_regional, region_data, train_regional,
 )
+from hybridlsm.models.ensemble import combine_members
 from hybridlsm.models.regional import mc_dropout_regional, residual_sd, with_residual_sd
 from hybridlsm.models.regional_baselines import (COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS, LAD_CLASS_OF, build_class_constants,
                                                  column_domains, predict_column_hybrid, train_column_hybrid)
@@ -64,7 +70,7 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
-MODELS = ("hybrid", "hybrid_scale", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
+MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
           "no_physics_residual", "no_discovery", "no_uq")
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
 TABLES = ("table1_scales", "table2_extremes", "table3_ablations", "table5_kh_laws")
@@ -81,6 +87,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--mc-samples", type=int, default=50, help="MC-dropout passes of the models with dropout "
                     "(0: none; each pass is one prediction over the record)")
+    ap.add_argument("--members", type=int, default=3, help="hybrid_ensemble: number of members (>= 2)")
     ap.add_argument("--seed", type=int, default=0, help="training seed: the networks' initialisation, the order "
                     "of the training windows and the dropout masks (the region itself is always seed 0's)")
     ap.add_argument("--towers", choices=("default", "every-class"), default="default",
@@ -112,6 +119,8 @@ def main() -> None:
                  "results/regional.json: give it a file of its own with --out")
     if args.seed < 0:
         ap.error(f"--seed {args.seed}: expected a seed >= 0")
+    if args.members < 2:
+        ap.error(f"--members {args.members}: an ensemble needs at least 2 members")
     if args.docs_only:  # also takes the latest streaming figure of benchmarks/regional_memory.py
         summary = json.loads(RESULTS.read_text())
         summary["peak_mem_gb_128x128_month"] = _memory()
@@ -154,14 +163,21 @@ def main() -> None:
     kh_true = np.asarray(ds["Kh_true"].values).reshape(t, -1)
     geometry = _geometry(data)
 
+    trained = {}  # the hybrid of this run, for the ensemble's member 0 (and the other way round)
     for name in models:
         t0 = time.time()
-        model, out, info = run_model(name, data, ds, split, args)
+        if name == "hybrid_ensemble":
+            members, out, info = run_ensemble(data, ds, split, args, trained, masks, kh_true)
+        else:
+            if name not in trained:
+                trained[name] = run_model(name, data, ds, split, args)
+            model, out, info = trained[name]
+            members = [] if model is None else [model]
         print(f"{name}: {info}", flush=True)
         uq = None
-        if model is not None and args.mc_samples >= 2 and _dropout(model) > 0:
+        if members and args.mc_samples >= 2 and _dropout(members[0]) > 0:
             t1 = time.time()
-            mc = mc_dropout_regional(model, data, samples=args.mc_samples)
+            mc = _mc_members(members, data, args)
             # the predictive SD: MC dropout's plus the residual SD of the validation steps (day, night)
             table = residual_sd(out, data, split["val"])
             total = with_residual_sd({**{k: v["mean"] for k, v in mc.items()},
@@ -239,7 +255,7 @@ def compare(paths: list[Path]) -> str:
                  f"({grid['towers']})")
         by = {(r["model"], r["surface"]): r for r in s["records"]}
         kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
-        for model in [m for m in ("hybrid", "fixed_kh", "cnn_lstm") if (m, "all") in by]:
+        for model in [m for m in ("hybrid", "hybrid_ensemble", "fixed_kh", "cnn_lstm") if (m, "all") in by]:
             rows = s.get("class_parameters", {}).get(model) or []
             if rows and truth is None:
                 truth = (_class_order(rows, "kh_true_mean"), _class_order(rows, "rs_true_mean"))
@@ -270,6 +286,48 @@ def _commit() -> str | None:
         return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def run_ensemble(data, ds, split, args, trained: dict, masks: dict, kh_true: np.ndarray):
+    """``hybrid_ensemble`` (module docstring): (the members, the ensemble's outputs, info with each
+    member's seed, validation loss, training minutes and scores)."""
+    if "hybrid" not in trained:
+        trained["hybrid"] = run_model("hybrid", data, ds, split, args)
+    first, out0, info0 = trained["hybrid"]
+    lr = info0["lr"]
+    members, outs, infos = [first], [out0], [info0]
+    for k in range(1, args.members):
+        member_args = argparse.Namespace(**{**vars(args), "seed": args.seed + k})
+        result, info = train_model("hybrid", data, split, member_args, lr)
+        print(f"hybrid_ensemble member {k} (seed {args.seed + k}): best validation loss {info['best_val']:.4f} "
+              f"after {info['epochs']} epochs ({info['train_minutes']:.1f} min)", flush=True)
+        members.append(result.model)
+        outs.append(predict_regional(result.model, data))
+        infos.append(info)
+    out = combine_members([{k: v for k, v in o.items() if np.ndim(v) == 2} for o in outs], spread=())
+    out["closed_loop"] = {"members": [o["closed_loop"] for o in outs]}
+    rows = []
+    for k, (o, i) in enumerate(zip(outs, infos)):
+        rec = next(r for r in score_records("hybrid", o, ds, masks) if r["surface"] == "all")
+        rows.append({"seed": args.seed + k, "best_val": i["best_val"], "epochs": i["epochs"],
+                     "train_minutes": i["train_minutes"], "mse_h": rec["mse_h"], "mse_le": rec["mse_le"],
+                     "kh_field_corr": field_correlation(o["Kh"], kh_true, masks["all"])})
+    info = {"train_minutes": sum(i["train_minutes"] for i in infos), "epochs": [i["epochs"] for i in infos],
+            "lr": lr, "best_val": None, "two_phase": info0["two_phase"], "dropout": info0["dropout"],
+            "members": rows}
+    return members, out, info
+
+
+def _mc_members(members: list, data, args) -> dict[str, dict[str, np.ndarray]]:
+    """MC dropout of one model, or of an ensemble's members combined by the law of total variance
+    (``models.ensemble.combine_members``): {field: {"mean", "sd"}} as ``mc_dropout_regional``."""
+    per = [mc_dropout_regional(m, data, samples=args.mc_samples, seed=args.seed + k) for k, m in enumerate(members)]
+    if len(per) == 1:
+        return per[0]
+    fields = list(per[0])
+    out = combine_members([{**{f: mc[f]["mean"] for f in fields}, **{f"{f}_sd_epistemic": mc[f]["sd"] for f in fields}}
+                           for mc in per], spread=fields)
+    return {f: {"mean": out[f], "sd": out[f"{f}_sd"]} for f in fields}
 
 
 def _dropout(model) -> float:
@@ -413,6 +471,11 @@ def _fmt(v, digits=0):
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _epochs(v) -> str:
+    """Epochs trained: one count, or one per ensemble member."""
+    return "/".join(map(str, v)) if isinstance(v, list) else str(v or "–")
+
+
 def _sci(v):
     return "–" if v is None else f"{v:.1e}"
 
@@ -511,7 +574,14 @@ def _table(s: dict) -> str:
                 if info.get("lr_selection") else (f"{chosen:g}" if chosen is not None else "–")
             lines.append(f"| {m} | `{info.get('command')}` | {info.get('commit') or '–'} | "
                          f"{(info.get('date') or '–')[:10]} | {_fmt(info.get('train_minutes'), 1)} | "
-                         f"{info.get('epochs') or '–'} | {rates} | {info.get('mc_samples') or '–'} |")
+                         f"{_epochs(info.get('epochs'))} | {rates} | {info.get('mc_samples') or '–'} |")
+    members = (s.get("models", {}).get("hybrid_ensemble") or {}).get("members")
+    if members:
+        lines += ["", "The members of hybrid_ensemble, each scored alone (all held-out values):", "",
+                  "| seed | MSE H | MSE LE | K_h r | best validation loss | epochs | train min |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['seed']} | {_fmt(m['mse_h'])} | {_fmt(m['mse_le'])} | {_fmt(m['kh_field_corr'], 3)} | "
+                  f"{_fmt(m['best_val'], 4)} | {m['epochs']} | {_fmt(m['train_minutes'], 1)} |" for m in members]
     if s.get("peak_mem_gb_128x128_month") is not None:
         lines += ["", f"A 128x128-cell month of the physics streamed from zarr peaks at "
                       f"{s['peak_mem_gb_128x128_month']:.2f} GB (`benchmarks/regional_memory.py`)."]
