@@ -108,6 +108,14 @@ def main() -> None:
         missing = [str(f) for f in args.compare if not f.is_file()]
         if missing:
             ap.error(f"--compare: no results file {', '.join(missing)}")
+        for f in args.compare:
+            try:
+                held = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                ap.error(f"--compare: {f} is not a JSON file: {e}")
+            lacking = [k for k in ("grid", "records") if not isinstance(held, dict) or k not in held]
+            if lacking:
+                ap.error(f"--compare: {f} is not a results file of this benchmark (no key {', '.join(lacking)})")
         table = compare(args.compare)
         print(table)
         replace_block(ROOT / "docs" / "results.md", VARIANTS_BEGIN, VARIANTS_END,
