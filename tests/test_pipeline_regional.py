@@ -232,3 +232,30 @@ def test_regional_models_save_load_and_predict_the_same(name, tmp_path):
     before, after = spec.predict(model, domain), spec.predict(again, domain)
     assert after["Qh"].shape == (8, 12) and np.isfinite(after["Qh"]).all()
     np.testing.assert_allclose(after["Qh"], before["Qh"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # two regional hybrids' predictions and a save/load; in make test, not test-fast
+def test_a_deep_ensemble_of_regional_hybrids_is_its_members_mean_with_their_spread_on_a_grid(tmp_path):
+    """``{name: ensemble, options: {model: regional_hybrid}}``: member k from seed + k, the prediction
+    the members' mean, the epistemic SD their spread (law of total variance), saved and loaded whole."""
+    from hybridlsm.models.registry import get_model, load_saved_model, validate_options
+
+    domain = domain_from_grid(_grid(t=8).assign(Wind_E=_grid(t=8)["Wind"] * 0.6, Wind_N=_grid(t=8)["Wind"] * 0.8))
+    small = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
+             "attention_size": 8, "window_hours": 6, "warmup_hours": 1}
+    opts = validate_options("ensemble", {"model": "regional_hybrid", "size": 2, "options": small})
+    spec, member = get_model("ensemble"), get_model("regional_hybrid")
+    model = spec.build(opts)
+    assert [opts.member(k).seed for k in range(2)] == [0, 1]
+    pred = spec.predict(model, domain)
+    alone = [member.predict(m, domain) for m in model.members]
+    assert not np.allclose(alone[0]["Kh"], alone[1]["Kh"])  # different initialisations
+    for name in ("Qh", "Qle", "Kh"):
+        np.testing.assert_allclose(pred[name], (alone[0][name] + alone[1][name]) / 2.0, rtol=1e-5, atol=1e-6)
+    # no MC dropout (mc_samples 0): the epistemic SD is the members' spread, |a - b| / 2 for two
+    np.testing.assert_allclose(pred["Qh_sd_epistemic"], np.abs(alone[0]["Qh"] - alone[1]["Qh"]) / 2.0,
+                               rtol=1e-4, atol=1e-4)
+    assert float(np.max(pred["Qh_sd_epistemic"])) > 0.0
+    spec.save(model, opts, tmp_path / "ens")
+    _, _, again = load_saved_model(tmp_path / "ens")
+    np.testing.assert_allclose(spec.predict(again, domain)["Qh"], pred["Qh"], rtol=1e-6, atol=1e-6)
