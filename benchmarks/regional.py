@@ -25,8 +25,8 @@ the model's ``uq_mc_dropout_only``).
 
 Variants of the experiment (``--seed``: another training seed of the networks; ``--towers every-class``:
 also a tower in each class the default four leave unobserved, water and bare soil) are written to the
-file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrid and
-the baselines of several such files beside the default experiment's (the block between
+file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrids
+(hybrid, hybrid_ensemble, hybrid_scale), no_parameteriser and the baselines of several such files beside the default experiment's (the block between
 ``<!-- regional-variants:begin -->`` and ``<!-- regional-variants:end -->`` in docs/results.md).
 
 Writes results/regional.json (the keys issue 15 names; ``peak_mem_gb_128x128_month`` is read from
@@ -263,7 +263,8 @@ def compare(paths: list[Path]) -> str:
                  f"({grid['towers']})")
         by = {(r["model"], r["surface"]): r for r in s["records"]}
         kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
-        for model in [m for m in ("hybrid", "hybrid_ensemble", "fixed_kh", "cnn_lstm") if (m, "all") in by]:
+        for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "no_parameteriser", "fixed_kh", "cnn_lstm")
+                      if (m, "all") in by]:
             rows = s.get("class_parameters", {}).get(model) or []
             if rows and truth is None:
                 truth = (_class_order(rows, "kh_true_mean"), _class_order(rows, "rs_true_mean"))
