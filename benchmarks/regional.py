@@ -26,8 +26,9 @@ the model's ``uq_mc_dropout_only``).
 Variants of the experiment (``--seed``: another training seed of the networks; ``--towers every-class``:
 also a tower in each class the default four leave unobserved, water and bare soil) are written to the
 file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrids
-(hybrid, hybrid_ensemble, hybrid_scale), no_parameteriser and the baselines of several such files beside the default experiment's (the block between
-``<!-- regional-variants:begin -->`` and ``<!-- regional-variants:end -->`` in docs/results.md).
+(hybrid, hybrid_ensemble, hybrid_scale), no_parameteriser and the baselines of several such files beside
+the default experiment's (the block between ``<!-- regional-variants:begin -->`` and
+``<!-- regional-variants:end -->`` in docs/results.md).
 
 Writes results/regional.json (the keys issue 15 names; ``peak_mem_gb_128x128_month`` is read from
 results/regional_memory.json, written by benchmarks/regional_memory.py) after every model, and the
@@ -171,15 +172,15 @@ def main() -> None:
     kh_true = np.asarray(ds["Kh_true"].values).reshape(t, -1)
     geometry = _geometry(data)
 
-    trained = {}  # the hybrid of this run, for the ensemble's member 0 (and the other way round)
+    trained = {}  # the hybrid of this run: the ensemble's member 0 (or, ensemble first, the hybrid itself)
     for name in models:
         t0 = time.time()
         if name == "hybrid_ensemble":
             members, out, info = run_ensemble(data, ds, split, args, trained, masks, kh_true)
         else:
-            if name not in trained:
-                trained[name] = run_model(name, data, ds, split, args)
-            model, out, info = trained[name]
+            model, out, info = trained.get(name) or run_model(name, data, ds, split, args)
+            if name == "hybrid":
+                trained[name] = (model, out, info)
             members = [] if model is None else [model]
         print(f"{name}: {info}", flush=True)
         uq = None
