@@ -71,7 +71,7 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
-MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
+MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
           "no_physics_residual", "no_discovery", "no_uq")
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
 TABLES = ("table1_scales", "table2_extremes", "table3_ablations", "table5_kh_laws")
@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--mc-samples", type=int, default=50, help="MC-dropout passes of the models with dropout "
                     "(0: none; each pass is one prediction over the record)")
+    ap.add_argument("--class-pooling", default="0.1,1", help="hybrid_pooled: weight(s) of the class-pooling prior, "
+                    "comma-separated: it trains at each (and each --lr) and keeps the lowest validation loss")
     ap.add_argument("--members", type=int, default=3, help="hybrid_ensemble: number of members (>= 2)")
     ap.add_argument("--seed", type=int, default=0, help="training seed: the networks' initialisation, the order "
                     "of the training windows and the dropout masks (the region itself is always seed 0's)")
@@ -153,6 +155,12 @@ def main() -> None:
         ap.error(f"--lr {args.lr!r}: expected numbers separated by commas")
     if not args.lrs or any(not (0.0 < v <= 1.0) for v in args.lrs):
         ap.error(f"--lr {args.lr!r}: expected rates in (0, 1]")
+    try:
+        args.class_pooling = [float(v) for v in args.class_pooling.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--class-pooling {args.class_pooling!r}: expected numbers separated by commas")
+    if not args.class_pooling or any(not (0.0 <= v < math.inf) for v in args.class_pooling):
+        ap.error(f"--class-pooling {args.class_pooling!r}: expected finite weights >= 0")
 
     t0 = time.time()
     towers = every_class_towers(args.ny, args.ny) if args.towers == "every-class" else None
@@ -361,15 +369,17 @@ def run_model(name: str, data, ds, split, args):
             "train_minutes": minutes, "lr": cfg.lr, "options": opts.model_dump(mode="json"), "trained_on": "tower cells",
             "spinup_days": COLUMN_SPINUP_DAYS, "window_days": COLUMN_WINDOW_DAYS, "two_phase": cfg.two_phase.model_dump(mode="json")}
     best, selection, total = None, {}, time.time()
-    for lr in args.lrs:
-        result, info = train_model(name, data, split, args, lr)
-        selection[f"{lr:g}"] = info["best_val"]
-        print(f"{name}, lr {lr:g}: best validation loss {info['best_val']:.4f} after {info['epochs']} epochs "
+    poolings = args.class_pooling if name == "hybrid_pooled" else [None]
+    for lr, pooling in [(lr, w) for lr in args.lrs for w in poolings]:
+        result, info = train_model(name, data, split, args, lr, pooling)
+        what = f"lr {lr:g}" + ("" if pooling is None else f", class pooling {pooling:g}")
+        selection[what] = info["best_val"]
+        print(f"{name}, {what}: best validation loss {info['best_val']:.4f} after {info['epochs']} epochs "
               f"({info['train_minutes']:.1f} min)", flush=True)
         if best is None or info["best_val"] < best[1]["best_val"]:  # NaN never wins
             best = (result, info)
     result, info = best
-    if len(args.lrs) > 1:
+    if len(selection) > 1:
         info.update(lr_selection=selection, selection_minutes=(time.time() - total) / 60.0)
     return result.model, predict_regional(result.model, data), info
 
@@ -378,8 +388,9 @@ def _two_phase(args) -> dict:
     return {"enabled": True, "phase1_epochs": args.epochs1, "phase2_epochs": args.epochs2}
 
 
-def train_model(name: str, data, split, args, lr: float):
-    """One training of a regional model at learning rate ``lr``: (fit's result, info)."""
+def train_model(name: str, data, split, args, lr: float, pooling: float | None = None):
+    """One training of a regional model at learning rate ``lr`` (``hybrid_pooled``: with the class-pooling
+    weight ``pooling``): (fit's result, info)."""
     two_phase = _two_phase(args)
     seed = args.seed
     cfg = TrainConfig(lr=lr, min_lr=1e-5, patience=6, two_phase=two_phase, seed=seed)
@@ -391,6 +402,8 @@ def train_model(name: str, data, split, args, lr: float):
         model, config = build_class_constants(data, seed=seed), cfg
     elif name == "hybrid_scale":  # the network gives a multiplier of the physics' own K_h
         model, config = build_hybrid(data, seed=seed, exchange="scale"), cfg
+    elif name == "hybrid_pooled":  # the hybrid with the class-pooling prior on its fields
+        model, config = build_hybrid(data, seed=seed, class_pooling=pooling), cfg
     elif name == "no_uq":
         model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0), seed=seed), cfg
     elif name in ("no_physics_residual", "no_discovery"):
@@ -401,7 +414,7 @@ def train_model(name: str, data, split, args, lr: float):
         model, config = build_hybrid(data, seed=seed), cfg
     result = train_regional(model, data, config, split=split)
     info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history), "lr": lr,
-            "best_val": float(result.best_val), "two_phase": config.two_phase.model_dump(mode="json")
+            "best_val": float(result.best_val), **({} if pooling is None else {"class_pooling": pooling}), "two_phase": config.two_phase.model_dump(mode="json")
             if config.two_phase.enabled else None, "dropout": _dropout(result.model)}
     if name == "no_parameteriser":
         values = result.model.net.values()

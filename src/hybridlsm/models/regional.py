@@ -33,6 +33,7 @@ first ``warmup`` hours are not scored.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -311,10 +312,16 @@ class RegionalHybrid(eqx.Module):
     net: eqx.Module
     law: ExchangeLaw
     exchange: str = eqx.field(static=True, default="field")
+    #: weight of the class-pooling prior in the training loss (:func:`class_spread`): cells of one
+    #: land-cover class under the same weather should share their parameters, so the spread of each
+    #: log field about its class mean at the same step is penalised (0: off, the seed's hybrid)
+    class_pooling: float = eqx.field(static=True, default=0.0)
 
     def __check_init__(self):
         if self.exchange not in EXCHANGE_FIELDS:
             raise ValueError(f"RegionalHybrid exchange {self.exchange!r}: expected one of {tuple(EXCHANGE_FIELDS)}")
+        if not (self.class_pooling >= 0.0 and math.isfinite(self.class_pooling)):
+            raise ValueError(f"RegionalHybrid class_pooling {self.class_pooling!r}: expected a finite weight >= 0")
 
     def fields(self, variables, static, key=None) -> tuple[jax.Array, jax.Array]:
         """(K_h or its multiplier, r_s) as (T, N) from (V, T, ny, nx) inputs."""
@@ -323,10 +330,11 @@ class RegionalHybrid(eqx.Module):
         return out[0].reshape(t, -1), out[1].reshape(t, -1)
 
     def run(self, physics: RegionalModel, params, forcing: GridForcing, variables, static, state0=None, key=None,
-            chunk=GRADIENT_CHUNK):
+            chunk=GRADIENT_CHUNK, fields=None):
         """Rollout of ``physics`` with the predicted fields: (final state, outputs incl. Kh, rs, RiB);
-        ``chunk``: the rollout's (default: the training loss's, ``physics.GRADIENT_CHUNK``)."""
-        kh, rs = self.fields(variables, static, key)
+        ``chunk``: the rollout's (default: the training loss's, ``physics.GRADIENT_CHUNK``); ``fields``:
+        ``self.fields(variables, static, key)`` when the caller has them already."""
+        kh, rs = self.fields(variables, static, key) if fields is None else fields
         dynamic = {EXCHANGE_FIELDS[self.exchange]: kh, PRESCRIBED_RS: rs}
         return rollout(physics, params, forcing, state0, dynamic=dynamic, chunk=chunk)
 
@@ -351,14 +359,15 @@ N_VARIABLES = len(REGIONAL_FORCING) + 3
 
 
 def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
-               dtype=None, exchange: str = "field") -> RegionalHybrid:
+               dtype=None, exchange: str = "field", class_pooling: float = 0.0) -> RegionalHybrid:
     """An untrained hybrid for land-cover one-hots of ``n_classes`` classes (static inputs: those
-    and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`."""
+    and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`; ``class_pooling``: the weight of
+    the class-pooling prior (:class:`RegionalHybrid`)."""
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
     names = ("Kh_scale" if exchange == "scale" else "Kh", "rs")
     net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=names, options=options, dtype=dtype,
                                       key=jax.random.key(seed))
-    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange)
+    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange, class_pooling)
 
 
 def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
@@ -370,9 +379,9 @@ def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, s
 
 
 def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0,
-                 exchange: str = "field") -> RegionalHybrid:
+                 exchange: str = "field", class_pooling: float = 0.0) -> RegionalHybrid:
     """An untrained hybrid for ``data``'s classes."""
-    return new_hybrid(len(data.classes), options, seed, data.variables.dtype, exchange)
+    return new_hybrid(len(data.classes), options, seed, data.variables.dtype, exchange, class_pooling)
 
 
 def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
@@ -452,10 +461,23 @@ def _column_mean(active, a):
     return jnp.sum(jnp.where(active.values, a, 0.0)) / (a.shape[0] * active.n_active)
 
 
+def class_spread(field, membership):
+    """Mean over the cells and steps of sum_c w_cn |log f_tn - m_tc|, the spread of a positive (T, N)
+    field about its class means m_tc (the w-weighted mean of log f over the cells at step t), for
+    (C, N) class memberships w (one-hots or fractions; 0 for cells that are not columns)."""
+    log_f = jnp.log(field)
+    weight = jnp.sum(membership, axis=1)  # (C,)
+    means = (log_f @ membership.T) / jnp.maximum(weight, 1e-6)  # (T, C)
+    spread = jnp.sum(membership[None] * jnp.abs(log_f[:, None, :] - means[:, :, None]), axis=1)  # (T, N)
+    return jnp.sum(spread) / (field.shape[0] * jnp.maximum(jnp.sum(membership), 1.0))
+
+
 def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: RegionalModel):
-    """Scaled MSE of the observed targets after the warm-up, plus the phase-2 terms."""
+    """Scaled MSE of the observed targets after the warm-up, plus the phase-2 terms and, with
+    ``model.class_pooling``, the class-pooling prior (both phases)."""
+    fields = model.fields(batch["variables"], batch["static"], key)
     _, out = model.run(physics, batch["params"], batch["forcing"], batch["variables"], batch["static"],
-                       batch["state"], key)
+                       batch["state"], key, fields=fields)
     terms = {}
     data_loss = 0.0
     for name in TARGETS:
@@ -476,6 +498,11 @@ def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: Regional
     terms.update(energy=energy, sparsity=sparsity, discovery=discovery)
     loss = data_loss + weights["energy"] * energy / SCALES["Qh"] + weights["sparsity"] * sparsity \
         + weights["discovery"] * discovery
+    if model.class_pooling > 0.0:
+        # the land-cover memberships are the static inputs before the elevation (``region_data``)
+        membership = batch["static"][:-1].reshape(batch["static"].shape[0] - 1, -1)
+        terms["class_spread"] = sum(class_spread(f, membership) for f in fields)
+        loss = loss + model.class_pooling * terms["class_spread"]
     return loss, terms
 
 
