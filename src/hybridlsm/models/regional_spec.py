@@ -74,6 +74,10 @@ class RegionalOptions(BaseModel):
         "wind and stability dependence kept; the default, chosen on validation loss: benchmarks/regional.py, "
         "hybrid_scale vs hybrid, 0.227 against 0.307; with open water the two are level, 0.210 against 0.209); "
         "field: the network gives K_h itself (seed 000)")
+    class_pooling: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False, description="regional_hybrid: weight of the class-pooling prior (the spread "
+        "of each log field about its land-cover class mean at the same step, added to the training loss; "
+        "models.regional.class_spread); 0: off")
     classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(IGBP_CLASSES), min_length=1,
         description="land-cover classes of the one-hot inputs; a grid with another class is refused")
@@ -244,7 +248,8 @@ class RegionalHybridSpec(RegionalSpec):
     learned_parameters = ("Kh", "rs")
 
     def build(self, options: RegionalOptions) -> RegionalRun:
-        net = new_hybrid(len(options.classes), options.network(), options.seed, exchange=options.exchange)
+        net = new_hybrid(len(options.classes), options.network(), options.seed, exchange=options.exchange,
+                         class_pooling=options.class_pooling)
         return RegionalRun(net, tuple(options.classes), settings=settings(options))
 
 
