@@ -272,7 +272,8 @@ def compare(paths: list[Path]) -> str:
                  f"({grid['towers']})")
         by = {(r["model"], r["surface"]): r for r in s["records"]}
         kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
-        for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "no_parameteriser", "fixed_kh", "cnn_lstm")
+        for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "no_parameteriser", "fixed_kh",
+                                  "cnn_lstm")
                       if (m, "all") in by]:
             rows = s.get("class_parameters", {}).get(model) or []
             if rows and truth is None:
