@@ -248,8 +248,8 @@ def test_a_column_without_land_cover_class_gets_named_defaults(site):
     ds.attrs["igbp"] = "GRA"
     np.testing.assert_allclose(out["Qle"], spec.predict(model, domain_from_site(ds))["Qle"], rtol=1e-12)
     assert spec.provenance(model, unknown) == ["parameter-table defaults of its IGBP class; IGBP class unknown: GRA defaults"]
-    ds.attrs["igbp"] = "WAT"
-    with pytest.raises(Exception, match="T-GRA: IGBP class 'WAT' has no LaD parameters"):
+    ds.attrs["igbp"] = "SNO"
+    with pytest.raises(Exception, match="T-GRA: IGBP class 'SNO' has no LaD parameters"):
         spec.predict(model, domain_from_site(ds))
 
 

@@ -45,6 +45,23 @@ def test_lad_defaults_for_us_me2_and_us_wkg_classes():
     assert p["rs_min"].shape == (2,)
 
 
+def test_open_water_is_wetland_cover_that_never_dries_with_water_heat_capacity():
+    """WAT (LaD has no lake): WET's defaults but for physics.OPEN_WATER_PARAMETERS, wherever a column
+    comes from (a site, a grid's land cover, the virtual regions' truth)."""
+    from hybridlsm.models.column import column_igbp
+    from hybridlsm.physics import OPEN_WATER_PARAMETERS
+
+    p = default_params(["WAT", "WET", "WAT"])
+    for name in PARAMETERS:
+        if name in OPEN_WATER_PARAMETERS:
+            np.testing.assert_allclose(p[name], [OPEN_WATER_PARAMETERS[name], p[name][1], OPEN_WATER_PARAMETERS[name]])
+        else:
+            np.testing.assert_allclose(p[name], p[name][1], err_msg=name)
+    np.testing.assert_allclose(p["soil_heat_capacity"], [4.18e6, 2.0e6, 4.18e6])
+    assert column_igbp("WAT", "lake")[1].startswith("open water")
+    assert column_igbp("GRA", "meadow") == ("GRA", "")
+
+
 def test_every_allowed_class_has_defaults_inside_bounds():
     p = default_params(list(ALLOWED_IGBP))
     for name, spec in PARAMETERS.items():

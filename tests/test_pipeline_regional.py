@@ -116,11 +116,15 @@ def test_water_cells_are_open_water_columns_and_the_other_cells_keep_their_class
     data = region_data(ds, np.float64, classes=("GRA", "CRO", "WAT"))
     water = np.arange(12) % 3 == 0
     np.testing.assert_array_equal(data.static[2].reshape(-1), water)
-    codes = np.where(water, "WET", np.where(np.arange(12) % 2 == 0, "GRA", "CRO"))
-    table = default_params(list(codes), dtype=np.float64)
+    land = np.where(np.arange(12) % 2 == 0, "GRA", "CRO")
+    table = default_params(list(np.where(water, "WET", land)), dtype=np.float64)
     for name, value in OPEN_WATER_PARAMETERS.items():
         np.testing.assert_array_equal(np.asarray(data.params[name]), np.where(water, value, np.asarray(table[name])))
     np.testing.assert_array_equal(np.asarray(data.params["albedo"]), np.asarray(table["albedo"]))  # the rest: WET's
+    # the same parameters as a site's or any domain's WAT column (physics.default_params)
+    same = default_params(list(np.where(water, "WAT", land)), dtype=np.float64)
+    for name in table:
+        np.testing.assert_array_equal(np.asarray(data.params[name]), np.asarray(same[name]), err_msg=name)
 
 
 def test_grid_skill_pools_test_cells_and_steps():

@@ -140,15 +140,15 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     (["--model", "physics", "NOSW"], "SWdown"),
     (["--model", "physics", "SITE", "--start", "junk"], "start 'junk' is not a date"),
     (["--model", "physics", "SITE", "SITE"], "map to the same folder name"),
-    (["--model", "physics", "WATER"], "IGBP class 'WAT' has no LaD parameters"),
+    (["--model", "physics", "ICE"], "IGBP class 'SNO' has no LaD parameters"),
 ])
 def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
-    water = run_dir / "water.nc"  # a corner of the Little Washita grid with one water cell
-    if not water.exists():
+    ice = run_dir / "ice.nc"  # a corner of the Little Washita grid with one cell of permanent snow and ice
+    if not ice.exists():
         grid = xr.load_dataset(shared_data / "gridded" / GRID).isel(y=slice(0, 3), x=slice(0, 3))
-        grid["land_cover"][0, 0] = 17
-        grid.to_netcdf(water)
-    files = {"SITE": str(shared_data / "fluxnet" / US_CRT), "WATER": str(water),
+        grid["land_cover"][0, 0] = 15
+        grid.to_netcdf(ice)
+    files = {"SITE": str(shared_data / "fluxnet" / US_CRT), "ICE": str(ice),
              "NOSW": str(shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv")}  # bigleaf month: no SWdown
     result = _cli("predict", str(run_dir), *[files.get(a, a) for a in args], "--out", str(run_dir / "bad"))
     assert result.returncode == 2, result.stderr[-2000:]

@@ -38,7 +38,7 @@ from .schema import IGBP_BY_INDEX, DataError
 #: stable (a, b, c), unstable (a, b, c)). Rougher classes exchange more (forest > urban > farmland >
 #: bare > water); r_s ranks bare > urban > forest > farmland > water.
 REGION_CLASSES = {
-    "water": ("WAT", "WET", 0.07, 100.0, (0.002, 1.1, -0.30), (0.03, 0.9, 0.20)),
+    "water": ("WAT", "WAT", 0.07, 100.0, (0.002, 1.1, -0.30), (0.03, 0.9, 0.20)),
     "bare": ("BSV", "BSV", 0.30, 2500.0, (0.003, 1.2, -0.30), (0.05, 0.9, 0.25)),
     "forest": ("DBF", "DBF", 0.14, 180.0, (0.03, 1.1, -0.25), (0.4, 0.85, 0.20)),
     "farmland": ("CRO", "CRO", 0.20, 120.0, (0.005, 1.23, -0.32), (0.1, 0.9, 0.25)),
@@ -209,8 +209,8 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     of ``ds`` (time, y, x; Tair, Qair, Psurf, Wind, Wind_E, Wind_N, SWdown, LWdown, Precip), every
     cell with the K_h law, r_s (times the VPD response, bounded to RS_BOUNDS), albedo and LaD
     defaults of its class. ``cover``: (ny, nx) index into ``specs``, tuples laid out as
-    REGION_CLASSES' values; water columns (map code WAT) get ``physics.OPEN_WATER_PARAMETERS``, as
-    in the regional models (``models.regional.region_data``). The state starts
+    REGION_CLASSES' values; water columns (WAT) are open water (``physics.OPEN_WATER_PARAMETERS``, given by
+    ``default_params``), as in the regional models. The state starts
     from ``spin_up`` cycling the first ``spin`` steps (at most ``spin_cycles`` times; none when
     ``spin`` is 0) and the outputs cover the steps after them.
 
@@ -220,7 +220,7 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     import jax
     import jax.numpy as jnp
 
-    from ..physics import default_params, forcing_from_datasets, open_water_overrides, rollout, spin_up
+    from ..physics import default_params, forcing_from_datasets, rollout, spin_up
     from ..physics.air_layer import AirLayer
     from ..physics.exchange import ClassExchangeLaw, ExchangeLaw
     from ..physics.lad import LaDModel
@@ -231,8 +231,7 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     flat = np.asarray(cover).reshape(-1)
     spec = [specs[c] for c in flat]
     lad_codes = [s[1] for s in spec]
-    water = np.array([s[0] == "WAT" for s in spec])
-    overrides = {"albedo": np.array([s[2] for s in spec]), **open_water_overrides(lad_codes, water)}
+    overrides = {"albedo": np.array([s[2] for s in spec])}  # WAT columns: open water (default_params)
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
     params = default_params(lad_codes, overrides=overrides, dtype=dtype)
     grid = ds[list(FORCING_NAMES)].stack(column=("y", "x")).transpose("time", "column")

@@ -291,6 +291,8 @@ def column_igbp(igbp: str, where: str) -> tuple[str, str]:
         return DEFAULT_IGBP, f"IGBP class unknown: {DEFAULT_IGBP} defaults"
     if igbp not in ALLOWED_IGBP:
         raise DataError(f"{where}: IGBP class {igbp!r} has no LaD parameters; allowed: {', '.join(ALLOWED_IGBP)}")
+    if igbp == "WAT":
+        return igbp, "open water: LaD has no lake; a column that never dries, with water's heat capacity"
     return igbp, ""
 
 

@@ -49,7 +49,7 @@ from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, open_water_overrides, rollout,
+from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
@@ -66,9 +66,8 @@ __all__ = [
 
 #: the dynamic inputs of the networks, in order (ALMA names)
 REGIONAL_FORCING = ("Tair", "Qair", "Psurf", "Wind_E", "Wind_N", "SWdown", "LWdown", "Precip")
-#: LaD defaults for classes LaD does not have (the land cover of a region may have water: a WET column
-#: with physics.OPEN_WATER_PARAMETERS, see region_data)
-LAD_CLASS_OF = {"WAT": "WET", "SNO": "BSV"}
+#: LaD defaults for classes LaD does not have (water, WAT, has its own: open water, physics.OPEN_WATER_PARAMETERS)
+LAD_CLASS_OF = {"SNO": "BSV"}
 #: loss scales: fluxes in 100 W m-2, surface temperature in 2 K
 SCALES = {"Qh": 100.0, "Qle": 100.0, "AvgSurfT": 2.0}
 TARGETS = ("Qh", "Qle", "AvgSurfT")
@@ -257,9 +256,8 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
 
     cell_class = np.array([classes.index(c) for c in codes])
     onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx) & active
-    lad_codes = [LAD_CLASS_OF.get(c, c) for c in codes]
-    water = np.array([c == "WAT" for c in codes])  # a lake, not a wetland soil (as the virtual regions' truth)
-    params = default_params(lad_codes, overrides=open_water_overrides(lad_codes, water), dtype=dtype)
+    lad_codes = [LAD_CLASS_OF.get(c, c) for c in codes]  # WAT: open water (physics.OPEN_WATER_PARAMETERS)
+    params = default_params(lad_codes, dtype=dtype)
 
     normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
     height = np.asarray(params["reference_height"]).reshape(ny, nx)

@@ -96,6 +96,7 @@ IGBP_TO_LAD = {
     "CVM": "A",  # cropland / natural vegetation mosaic
     "BSV": "D",  # barren / sparsely vegetated
     "URB": "D",  # urban (treated as bare)
+    "WAT": "G",  # open water: LaD has no lake; wetland's cover with OPEN_WATER_PARAMETERS (default_params)
 }
 
 #: Typical canopy height (m) when the site does not give one [I].
@@ -115,6 +116,7 @@ CANOPY_HEIGHT_BY_IGBP = {
     "CVM": 2.0,
     "BSV": 0.1,
     "URB": 10.0,
+    "WAT": 0.5,  # as WET (its cover's roughness)
 }
 
 ALLOWED_IGBP = tuple(IGBP_TO_LAD)
@@ -285,6 +287,12 @@ def _per_site(values, n: int, what: str) -> np.ndarray:
     return arr
 
 
+#: open water (IGBP class WAT): LaD has no lake, so a water column is wetland's cover (G) that never dries,
+#: with water's heat capacity and a well-mixed (highly conducting) upper layer; ``default_params`` gives
+#: these to every WAT column (the virtual regions' truth and the regional models alike)
+OPEN_WATER_PARAMETERS = {"soil_heat_capacity": 4.18e6, "soil_thermal_conductivity": 4.9, "root_zone_capacity": 1999.0}
+
+
 def default_params(
     igbp_list: Sequence[str],
     canopy_height=None,
@@ -296,7 +304,8 @@ def default_params(
     """Default parameters for N sites from their IGBP classes.
 
     Args:
-        igbp_list: N IGBP codes (e.g. ``["ENF", "GRA"]``).
+        igbp_list: N IGBP codes (e.g. ``["ENF", "GRA"]``); WAT columns are open water
+            (:data:`OPEN_WATER_PARAMETERS`).
         canopy_height: None, a scalar or N values [m]; NaN entries fall back to the class default.
         measurement_height: None, a scalar or N values [m]; NaN/<=0 entries fall back to
             ``max(h + 2, 1.5 h)``.
@@ -319,6 +328,9 @@ def default_params(
         name: np.array([spec.default_for(c) for c in codes], dtype=float)
         for name, spec in PARAMETERS.items()
     }
+    water = np.array([c == "WAT" for c in codes], bool)
+    for name, value in OPEN_WATER_PARAMETERS.items():
+        table[name] = np.where(water, value, table[name])
     irr = _per_site(irrigated, n, "irrigated")
     if np.any(np.isfinite(irr) & ((irr < 0.0) | (irr > 1.0))):
         i = int(np.argmax(np.isfinite(irr) & ((irr < 0.0) | (irr > 1.0))))
@@ -349,23 +361,6 @@ def default_params(
             "the canopy or a smaller canopy_height"
         )
     return {name: jnp.asarray(v, dtype=dtype) for name, v in table.items()}
-
-
-#: open water (land-cover code WAT, run as LaD's wetland class WET): LaD has no lake, so a water cell is a
-#: column that never dries, with water's heat capacity and a well-mixed (highly conducting) upper layer
-OPEN_WATER_PARAMETERS = {"soil_heat_capacity": 4.18e6, "soil_thermal_conductivity": 4.9, "root_zone_capacity": 1999.0}
-
-
-def open_water_overrides(igbp_list: Sequence[str], water) -> dict[str, np.ndarray]:
-    """``default_params`` overrides for N columns of classes ``igbp_list``: the columns where ``water``
-    (N booleans) is True get :data:`OPEN_WATER_PARAMETERS`, the others their class defaults; empty
-    when no column is water."""
-    water = np.asarray(water, bool)
-    if not water.any():
-        return {}
-    codes = [check_igbp(c) for c in igbp_list]
-    return {name: np.where(water, value, [PARAMETERS[name].default_for(c) for c in codes])
-            for name, value in OPEN_WATER_PARAMETERS.items()}
 
 
 def to_unconstrained(name: str, value):
