@@ -16,7 +16,7 @@ import xarray as xr
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
 from hybridlsm.models import ensemble
-from hybridlsm.models.ensemble import bootstrap_days, combine_members
+from hybridlsm.models.ensemble import bootstrap_days, combine_members, stacking_weights
 from hybridlsm.models.registry import TrainingContext, get_model, load_saved_model, validate_options, validate_run_config
 
 
@@ -40,6 +40,53 @@ def test_combine_members_by_the_law_of_total_variance():
     out = combine_members([c, d], ("Qh",))
     np.testing.assert_allclose(out["Qh_sd"], np.sqrt([1.0 + 2.0]))
     assert "Qh_sd_aleatoric" not in out
+
+
+
+def test_weighted_members_combine_as_their_weighted_mixture():
+    a = {"Qh": np.array([1.0, 2.0]), "Qh_sd": np.array([0.5, 0.5]), "Qh_sd_aleatoric": np.array([0.5, 0.5]),
+         "Qh_sd_epistemic": np.array([0.0, 0.0]), "Rnet": np.array([10.0, 20.0])}
+    b = {"Qh": np.array([3.0, 2.0]), "Qh_sd": np.array([1.5, 1.5]), "Qh_sd_aleatoric": np.array([1.5, 1.5]),
+         "Qh_sd_epistemic": np.array([0.0, 0.0]), "Rnet": np.array([30.0, 20.0])}
+    out = combine_members([a, b], ("Qh",), weights=(0.75, 0.25))
+    np.testing.assert_allclose(out["Qh"], [1.5, 2.0])
+    np.testing.assert_allclose(out["Rnet"], [15.0, 20.0])  # every output with the same weights
+    # epistemic: 0.75 (1 - 1.5)^2 + 0.25 (3 - 1.5)^2 = 0.75; aleatoric: 0.75 * 0.25 + 0.25 * 2.25 = 0.75
+    np.testing.assert_allclose(out["Qh_sd_epistemic"], np.sqrt([0.75, 0.0]))
+    np.testing.assert_allclose(out["Qh_sd_aleatoric"], np.sqrt([0.75, 0.75]))
+    np.testing.assert_allclose(out["Qh_sd"], np.sqrt([1.5, 0.75]))
+    equal = combine_members([a, b], ("Qh",))
+    for k, v in combine_members([a, b], ("Qh",), weights=(0.5, 0.5)).items():
+        np.testing.assert_allclose(v, equal[k], rtol=1e-12)
+    for bad in ((0.5, 0.6), (1.2, -0.2), (1.0,)):
+        with pytest.raises(ValueError, match="weights"):
+            combine_members([a, b], ("Qh",), weights=bad)
+
+
+def test_stacking_weights_minimise_the_validation_error_on_the_simplex():
+    rng = np.random.default_rng(0)
+    y = rng.normal(100.0, 30.0, 400)
+    p1, p2 = y + rng.normal(5.0, 10.0, 400), y + rng.normal(-2.0, 20.0, 400)
+    # two members, one target: the best w of w p1 + (1 - w) p2 in closed form
+    d = p1 - p2
+    w_hand = float(np.sum((y - p2) * d) / np.sum(d * d))
+    assert 0.0 < w_hand < 1.0
+    w = stacking_weights(np.stack([p1, p2])[:, None], y[None], np.ones((1, 400), bool))
+    np.testing.assert_allclose(w, [w_hand, 1.0 - w_hand], atol=1e-4)
+    # only usable values count: a member perfect there gets all the weight, whatever it does elsewhere
+    usable = np.arange(400) < 200
+    p3 = np.where(usable, y, y + 500.0)
+    w = stacking_weights(np.stack([p1, p3])[:, None], y[None], usable[None])
+    np.testing.assert_allclose(w, [0.0, 1.0], atol=1e-4)
+    # an unhelpful member gets none (the optimum is on the simplex's edge), weights sum to 1
+    w = stacking_weights(np.stack([p1, p2, y + 1000.0])[:, None], y[None], np.ones((1, 400), bool))
+    assert w[2] < 1e-6 and w.sum() == pytest.approx(1.0) and np.all(w >= 0.0)
+    # each target is scaled by its observations' SD: a target in other units moves nothing
+    two = stacking_weights(np.stack([np.stack([p1, 1e3 * p1]), np.stack([p2, 1e3 * p2])]),
+                           np.stack([y, 1e3 * y]), np.ones((2, 400), bool))
+    np.testing.assert_allclose(two, [w_hand, 1.0 - w_hand], atol=1e-4)
+    with pytest.raises(ValueError, match="no target has usable"):
+        stacking_weights(np.stack([p1, p2])[:, None], y[None], np.zeros((1, 400), bool))
 
 
 def test_options_check_the_members_and_give_each_its_seed():
@@ -146,6 +193,9 @@ models:
   - name: ensemble
     label: couplings
     options: {members: [{model: hybrid_param, options: *p}, {model: hybrid_flux, options: *f}]}
+  - name: ensemble
+    label: stacked
+    options: {members: [{model: hybrid_param, options: *p}, {model: hybrid_flux, options: *f}], weights: validation}
 training: {epochs: 2, batch_windows: 8}
 output: {run_dir: RUNS}
 """
@@ -170,6 +220,20 @@ def test_a_multi_model_ensemble_takes_the_runs_trained_members(run_config):
     d = domain_from_site(virtual_site(site_id="MM", days=16, seed=2, noise=5.0))
     np.testing.assert_allclose(spec.predict(model, d)["Qle"], pred["couplings"]["Qle"].values[:, None],
                                rtol=1e-5, atol=1e-3)
+    # the stacked ensemble: the same members, weights chosen on validation, every output weighted alike
+    assert "weights chosen on validation: hybrid_param" in timings["all/stacked"]["members"]
+    _, _, stacked = load_saved_model(run / "models" / "stacked" / "all")
+    w = np.asarray(stacked.weights)
+    assert w.shape == (2,) and np.all(w >= 0.0) and w.sum() == pytest.approx(1.0)
+    stack = xr.open_dataset(run / "predictions" / "MM" / "stacked.nc")
+    for t in ("Qh", "Qle", "Rnet", "Qg"):
+        a, b = (pred[m][t].values for m in ("hybrid_param", "hybrid_flux"))
+        np.testing.assert_allclose(stack[t].values, w[0] * a + w[1] * b, rtol=1e-5, atol=1e-3)
+    # its energy balance closes as its members' do
+    members_residual = max(float(np.nanmax(np.abs(pred[m]["Rnet"] - pred[m]["Qh"] - pred[m]["Qle"] - pred[m]["Qg"])))
+                           for m in ("hybrid_param", "hybrid_flux"))
+    residual = np.abs(stack["Rnet"] - stack["Qh"] - stack["Qle"] - stack["Qg"]).values
+    assert np.nanmax(residual) <= members_residual + 1e-3
 
 
 DEEP = """

@@ -36,7 +36,13 @@ Prediction combines the members' predictions by the law of total variance: the m
 means; the epistemic variance of a target is the variance of the member means (of the equal-weight
 mixture: ddof 0) plus the
 mean of the members' own epistemic variances (MC dropout), the aleatoric variance the mean of
-theirs; ``<t>_sd`` is the total. The learned parameters (Kh, ra, rs) get the spread over the
+theirs; ``<t>_sd`` is the total. With ``weights: validation`` the mixture is weighted (stacking,
+Breiman 1996 "Stacked regressions"): after training, one weight per member (>= 0, summing to 1) is
+chosen to minimise the validation MSE of the weighted mean, summed over the targets each scaled by the
+variance of its observations (:func:`stacking_weights`; only observed, usable values of the validation
+steps). The same weights combine every output, so the linear balances the members close (Rn - H - LE -
+G) still close; means, variances and parameters are the weighted ones, and the weights are saved with
+the ensemble and reported in its training summary. The learned parameters (Kh, ra, rs) get the spread over the
 members too. Each member is saved by its own model in ``member_<k>/``; the ensemble's
 ``model.json`` records their checksums.
 """
@@ -52,14 +58,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import ALLOWED_TARGETS
+from ..data.splits import usable_targets
 from ..domain import Domain
 from ..rundir import sha256_of
 from ..training.members import available_memory
 from .column import LEARNED_PARAMETERS
-from .registry import (MODEL_FILE, ModelSpec, TrainingContext, UnknownModelError, available_models, get_model,
-                       read_model_json, register_model, trained_key, validate_options, write_model_json)
+from .registry import (MODEL_FILE, ModelSpec, SavedModelError, TrainingContext, UnknownModelError, available_models,
+                       get_model, read_model_json, register_model, trained_key, validate_options, write_model_json)
 
-__all__ = ["Ensemble", "EnsembleOptions", "combine_members"]
+__all__ = ["Ensemble", "EnsembleOptions", "combine_members", "stacking_weights"]
 
 
 class MemberOptions(BaseModel):
@@ -87,6 +94,10 @@ class EnsembleOptions(BaseModel):
         "auto", description="train the members together, vmapped (true), one after the other (false), or vmapped "
         "where the model allows it and the stacked members fit in memory (auto)")
     targets: list[Literal[ALLOWED_TARGETS]] | None = Field(None, min_length=1)  # type: ignore[valid-type]
+    weights: Literal["equal", "validation"] = Field(
+        "equal", description="how the members are combined: equal weights, or one weight per member chosen on the "
+        "validation data (stacking: the weighted mean with the lowest validation MSE, the same weights for "
+        "every output)")
 
     @model_validator(mode="after")
     def _members(self) -> EnsembleOptions:
@@ -162,6 +173,8 @@ class Ensemble:
     models: tuple[str, ...]
     members: tuple
     trained: str = ""
+    #: one weight per member (sum 1; ``weights: validation``), None: equal weights
+    weights: tuple[float, ...] | None = None
 
 
 def _own_epistemic_var(pred: dict, t: str) -> np.ndarray | float:
@@ -174,26 +187,70 @@ def _own_epistemic_var(pred: dict, t: str) -> np.ndarray | float:
     return 0.0
 
 
-def combine_members(preds: Sequence[dict[str, np.ndarray]], spread: Sequence[str]) -> dict[str, np.ndarray]:
-    """The ensemble's prediction from its members' (module docstring): means of every output the
-    members share, and for ``spread`` the total, epistemic and (where the members have one)
-    aleatoric SDs."""
+def combine_members(preds: Sequence[dict[str, np.ndarray]], spread: Sequence[str],
+                    weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """The ensemble's prediction from its members' (module docstring): (weighted) means of every
+    output the members share, and for ``spread`` the total, epistemic and (where the members have
+    one) aleatoric SDs. ``weights``: one per member, >= 0, summing to 1 (None: equal)."""
+    w = np.full(len(preds), 1.0 / len(preds)) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (len(preds),) or np.any(w < 0.0) or abs(w.sum() - 1.0) > 1e-6:
+        raise ValueError(f"combine_members: weights {w.tolist()} for {len(preds)} members; expected one each, "
+                         ">= 0, summing to 1")
+
+    def mean(values):
+        return np.tensordot(w, np.stack([np.asarray(v, np.float64) for v in values]), axes=1)
+
     names = [k for k in preds[0] if all(k in p for p in preds) and "_sd" not in k]
-    out = {k: np.mean([np.asarray(p[k], np.float64) for p in preds], axis=0) for k in names}
+    out = {k: mean([p[k] for p in preds]) for k in names}
     for t in spread:
         if t not in out:
             continue
-        means = np.stack([np.asarray(p[t], np.float64) for p in preds])
-        # the equal-weight mixture of the members: Var = Var_m(mean_m) (ddof 0) + E_m[var_m]
-        epistemic = means.var(axis=0) + np.mean([_own_epistemic_var(p, t) for p in preds], axis=0)
+        # the mixture of the members: Var = sum_m w_m (mean_m - mean)^2 + sum_m w_m var_m
+        spread_of_means = mean([(np.asarray(p[t], np.float64) - out[t]) ** 2 for p in preds])
+        epistemic = spread_of_means + mean([np.broadcast_to(_own_epistemic_var(p, t), out[t].shape) for p in preds])
         out[f"{t}_sd_epistemic"] = np.sqrt(epistemic)
         if all(f"{t}_sd_aleatoric" in p for p in preds):
-            aleatoric = np.mean([np.asarray(p[f"{t}_sd_aleatoric"], np.float64) ** 2 for p in preds], axis=0)
+            aleatoric = mean([np.asarray(p[f"{t}_sd_aleatoric"], np.float64) ** 2 for p in preds])
             out[f"{t}_sd_aleatoric"] = np.sqrt(aleatoric)
             out[f"{t}_sd"] = np.sqrt(epistemic + aleatoric)
         else:
             out[f"{t}_sd"] = np.sqrt(epistemic)
     return out
+
+
+def stacking_weights(predictions: np.ndarray, observed: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Member weights (>= 0, summing to 1) whose weighted mean has the lowest squared error, summed
+    over the targets each divided by the variance of its observations.
+
+    Args:
+        predictions: (M, K, n) the M members' predictions of K targets at n samples
+        observed: (K, n) the observations
+        usable: (K, n) which observations count (observed, usable, validation steps)
+
+    Raises:
+        ValueError: no target has two usable observations with a spread
+    """
+    from scipy.optimize import minimize
+
+    m = predictions.shape[0]
+    q, c, used = np.zeros((m, m)), np.zeros(m), 0
+    for k in range(observed.shape[0]):
+        ok = usable[k] & np.all(np.isfinite(predictions[:, k]), axis=0)
+        y = observed[k, ok]
+        if y.size < 2 or not np.std(y) > 0.0:
+            continue
+        p = predictions[:, k, ok] / np.std(y)
+        q += p @ p.T
+        c += p @ (y / np.std(y))
+        used += 1
+    if not used:
+        raise ValueError("stacking weights: no target has usable validation observations")
+    scale = max(float(np.trace(q)), 1e-300)  # the optimiser's tolerances are absolute
+    result = minimize(lambda w: (w @ q @ w - 2.0 * c @ w) / scale, np.full(m, 1.0 / m),
+                      jac=lambda w: (2.0 * q @ w - 2.0 * c) / scale, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                      constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(m)},))
+    w = np.clip(result.x, 0.0, None)
+    return w / w.sum()
 
 
 def bootstrap_days(domain: Domain, rng: np.random.Generator) -> Domain:
@@ -245,7 +302,7 @@ class EnsembleSpec(ModelSpec):
         if reason is None:
             spec = get_model(options.model)
             members = spec.train_members(list(model.members), member_opts, train, val, ctx.sub("members"), member_train)
-            return Ensemble(model.models, tuple(members), trained="vmapped")
+            return self._weighted(Ensemble(model.models, tuple(members), trained="vmapped"), options, val, ctx)
         members, reused = [], []
         for k, (name, member) in enumerate(zip(model.models, model.members)):
             # a deep ensemble's member k trains with the seed + k; a multi-model ensemble's with the run's
@@ -261,14 +318,40 @@ class EnsembleSpec(ModelSpec):
         how = f"one after the other ({reason})"
         if reused:
             how += f"; taken from this run, already trained: {', '.join(reused)}"
-        return Ensemble(model.models, tuple(members), trained=how)
+        trained = Ensemble(model.models, tuple(members), trained=how)
+        return self._weighted(trained, options, val, ctx)
+
+    def _weighted(self, model: Ensemble, options: EnsembleOptions, val: Sequence[Domain],
+                  ctx: TrainingContext) -> Ensemble:
+        """``model`` with its stacking weights when ``options.weights`` is ``validation`` (module
+        docstring): the members predict every validation domain, scored at the usable observations
+        of the validation steps."""
+        if options.weights == "equal":
+            return model
+        outputs = [t.removesuffix("_cor") for t in options.targets]  # a corrected flux is the model's flux
+        preds, observed, usable = [[] for _ in model.members], [], []
+        for domain in val:
+            member_out = [get_model(n).predict(m, domain) for n, m in zip(model.models, model.members)]
+            for i, ds in enumerate(domain.columns()):
+                y, ok = usable_targets(ds, options.targets, ctx.max_qc)  # (T, K)
+                observed.append(y.T)
+                usable.append(ok.T)
+                for k, out in enumerate(member_out):
+                    preds[k].append(np.stack([np.asarray(out[o], np.float64)[:, i] for o in outputs]))
+        if not observed:
+            raise ValueError("ensemble weights: validation needs validation data; this run has none")
+        weights = stacking_weights(np.stack([np.concatenate(p, axis=1) for p in preds]),
+                                   np.concatenate(observed, axis=1), np.concatenate(usable, axis=1))
+        share = ", ".join(f"{n} {w:.3f}" for n, w in zip(model.models, weights))
+        return replace(model, weights=tuple(float(w) for w in weights),
+                       trained=f"{model.trained}; weights chosen on validation: {share}")
 
     def training_summary(self, model: Ensemble) -> dict[str, str]:
         return {"members": model.trained} if model.trained else {}
 
     def predict(self, model: Ensemble, domain: Domain) -> dict[str, np.ndarray]:
         preds = [get_model(n).predict(m, domain) for n, m in zip(model.models, model.members)]
-        return combine_members(preds, (*ALLOWED_TARGETS, *LEARNED_PARAMETERS))
+        return combine_members(preds, (*ALLOWED_TARGETS, *LEARNED_PARAMETERS), model.weights)
 
     def save(self, model: Ensemble, options: EnsembleOptions, directory: Path) -> None:
         digests = {}
@@ -276,13 +359,18 @@ class EnsembleSpec(ModelSpec):
             sub = Path(directory) / f"member_{k}"
             get_model(name).save(member, options.member(k), sub)
             digests[f"member_{k}/{MODEL_FILE}"] = sha256_of(sub / MODEL_FILE)
-        write_model_json(directory, self.name, options, {"size": options.size}, digests)
+        extra = {"size": options.size, **({} if model.weights is None else {"weights": list(model.weights)})}
+        write_model_json(directory, self.name, options, extra, digests)
 
     def load(self, options: EnsembleOptions, directory: Path) -> Ensemble:
-        read_model_json(directory)  # checks the members' model.json against their checksums
+        meta = read_model_json(directory)  # checks the members' model.json against their checksums
         names = tuple(options.member_model(k) for k in range(options.size))
+        weights = meta.get("weights")
+        if (weights is None) != (options.weights == "equal") or (weights is not None and len(weights) != len(names)):
+            raise SavedModelError(f"{Path(directory) / MODEL_FILE}: weights {weights} do not fit the options "
+                                  f"(weights: {options.weights}, {len(names)} members); retrain the ensemble")
         return Ensemble(names, tuple(get_model(n).load(options.member(k), Path(directory) / f"member_{k}")
-                                     for k, n in enumerate(names)))
+                                     for k, n in enumerate(names)), weights=None if weights is None else tuple(weights))
 
     def provenance(self, model: Ensemble, domain: Domain) -> list[str]:
         # every member is trained on the same sites: the first says where the parameters come from
