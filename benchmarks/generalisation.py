@@ -41,6 +41,9 @@ LOSO_DPL = "configs/loso-static-dpl.yaml"  # the same folds for the `_dpl` varia
 PER_SITE = {"US-Wkg": "configs/us-wkg.yaml", "US-Me2": "configs/us-me2.yaml"}  # their per-site hybrids
 COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cross-site form of X
 ENSEMBLE = "hybrid_ensemble_static"  # the three static couplings' mean (a multi-model ensemble)
+#: the multi-model ensembles of the in-site table: label (before the variant suffix) -> row name
+ENSEMBLES = {ENSEMBLE: "ensemble of the three",
+             "hybrid_stacked_static": "the three stacked on validation (weights: validation)"}
 #: label suffixes of the cross-site variants in MULTISITE: "" attributes as inputs; "_dpl" the networks also
 #: set six LaD parameters per site from its attributes (``static_parameters``)
 DPL_PARAMETERS = "albedo, kB_inv, soil_thermal_conductivity, root_zone_capacity, beta_threshold, deep_root_fraction"
@@ -152,17 +155,18 @@ def in_site(multisite: pd.DataFrame, variant: str = "") -> list[str]:
                 a, b = ref.iloc[0], new.iloc[0]
                 lines.append(f"| {site} | {flux} | {coupling} | {a['rmse']:.1f} ({a['nse']:.2f}) | "
                              f"{b['rmse']:.1f} ({b['nse']:.2f}) | {b['rmse'] / a['rmse']:.3f} |")
-            # the ensemble of the couplings against the best per-site coupling at this site and flux
+            # the ensembles of the couplings against the best per-site coupling at this site and flux
             ref = per_site[(per_site["config"] == config) & (per_site["site"] == site)
                            & per_site["model"].isin(COUPLINGS) & (per_site["flux"] == flux)]
-            new = multisite[(multisite["site"] == site) & (multisite["model"] == ENSEMBLE + variant)
-                            & (multisite["flux"] == flux)]
-            if ref.empty or new.empty:
-                continue
-            a, b = ref.loc[ref["rmse"].idxmin()], new.iloc[0]
-            lines.append(f"| {site} | {flux} | ensemble of the three (against the best per-site: {a['model']}) | "
-                         f"{a['rmse']:.1f} ({a['nse']:.2f}) | {b['rmse']:.1f} ({b['nse']:.2f}) | "
-                         f"{b['rmse'] / a['rmse']:.3f} |")
+            for label, what in ENSEMBLES.items():
+                new = multisite[(multisite["site"] == site) & (multisite["model"] == label + variant)
+                                & (multisite["flux"] == flux)]
+                if ref.empty or new.empty:
+                    continue
+                a, b = ref.loc[ref["rmse"].idxmin()], new.iloc[0]
+                lines.append(f"| {site} | {flux} | {what} (against the best per-site: {a['model']}) | "
+                             f"{a['rmse']:.1f} ({a['nse']:.2f}) | {b['rmse']:.1f} ({b['nse']:.2f}) | "
+                             f"{b['rmse'] / a['rmse']:.3f} |")
     return lines
 
 
