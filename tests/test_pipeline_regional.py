@@ -127,6 +127,27 @@ def test_water_cells_are_open_water_columns_and_the_other_cells_keep_their_class
         np.testing.assert_array_equal(np.asarray(data.params[name]), np.asarray(same[name]), err_msg=name)
 
 
+def test_a_grids_albedo_product_replaces_the_class_albedo_and_a_bad_value_names_its_cell():
+    from hybridlsm.physics import default_params
+
+    ds = _grid()
+    plain = region_data(ds, np.float64)
+    table = default_params(list(np.where(np.arange(12) % 2 == 0, "GRA", "CRO")), dtype=np.float64)
+    np.testing.assert_array_equal(np.asarray(plain.params["albedo"]), np.asarray(table["albedo"]))
+    product = np.linspace(0.1, 0.4, 12).reshape(3, 4)
+    data = region_data(ds.assign(Albedo=(("y", "x"), product)), np.float64)
+    np.testing.assert_allclose(np.asarray(data.params["albedo"]), product.reshape(-1))
+    for name in table:  # nothing else moves
+        if name != "albedo":
+            np.testing.assert_array_equal(np.asarray(data.params[name]), np.asarray(plain.params[name]), err_msg=name)
+    bad = product.copy()
+    bad[1, 2] = 0.9
+    with pytest.raises(DataError, match=r"Albedo is 0.9 at cell \(y=1, x=2\)"):
+        region_data(ds.assign(Albedo=(("y", "x"), bad)), np.float64)
+    with pytest.raises(DataError, match="one albedo per cell"):
+        region_data(ds.assign(Albedo=(("time", "y", "x"), np.broadcast_to(product, (5, 3, 4)))), np.float64)
+
+
 def test_grid_skill_pools_test_cells_and_steps():
     time = np.arange(4)
     obs = xr.Dataset({"Qh": (("time", "y", "x"), np.array([[[1.0, np.nan]], [[2.0, 4.0]], [[0.0, 0.0]], [[9, 9]]])),

@@ -122,7 +122,8 @@ def _wind_direction(n_steps: int, seed: int) -> np.ndarray:
 def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | str | None = None,
                    start: str = "2011-06-01", spin_up_days: int = 5, seed: int = 0, towers=None,
                    flux_noise: float = 10.0, flux_gap_fraction: float = 0.1, lst_noise: float = 0.5,
-                   cloud_fraction: float = 0.3, cell_size: float = 1000.0) -> xr.Dataset:
+                   cloud_fraction: float = 0.3, cell_size: float = 1000.0,
+                   albedo_noise: float | None = None) -> xr.Dataset:
     """The virtual region (module docstring) as a gridded canonical dataset on (time, y, x).
 
     Forcing: Tair, Qair, Psurf, Wind, Wind_E, Wind_N, SWdown, LWdown, Precip. Static: land_cover
@@ -131,6 +132,9 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     AvgSurfT (overpass hours, cloud gaps). Truth: Qh_true, Qle_true, AvgSurfT_true, Kh_true,
     rs_true, Tair_layer_true and the columns' Rnet_true, Qg_true, Qf_true (Rn = H + LE + G + Q_f).
     ``spin_up`` (time): all False (the spin-up days are run before the record and dropped).
+    With ``albedo_noise`` (an SD, e.g. 0.02) also ``Albedo`` (y, x): a satellite-like surface albedo
+    product, the truth's class albedo plus Gaussian noise of that SD, within [0.03, 0.6] (the
+    regional models then run it instead of LaD's class default, ``models.regional.region_data``).
 
     ``site``: a FLUXNET-style CSV with forcing (default: US-CRT 2011 cropland in
     ``../shared/data/fluxnet``); a DataError names it when absent. ``towers``: (row, col) cells
@@ -182,6 +186,14 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     codes = np.array([IGBP_BY_INDEX.index(REGION_CLASSES[CLASS_NAMES[c]][0]) + 1 for c in cls.reshape(-1)])
     _static_fields(ds, codes.reshape(ny, nx), cls, CLASS_NAMES, fringe, homogeneous, tower)
     ds["elevation"] = (("y", "x"), elevation, {"units": "m"})
+    if albedo_noise is not None:
+        if not (albedo_noise >= 0.0 and np.isfinite(albedo_noise)):
+            raise ValueError(f"virtual region: albedo_noise {albedo_noise!r}; expected an SD >= 0")
+        true = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in cls.reshape(-1)]).reshape(ny, nx)
+        noisy = true + np.random.default_rng(seed + 13).normal(0.0, albedo_noise, true.shape)
+        ds["Albedo"] = (("y", "x"), np.clip(noisy, 0.03, 0.6), {
+            "units": "1", "long_name": "surface albedo product",
+            "comment": f"the truth's class albedo plus Gaussian noise of SD {albedo_noise:g}, within [0.03, 0.6]"})
     ds["spin_up"] = (("time",), np.zeros(ds.sizes["time"], bool), {
         "long_name": "spin-up step (not to be scored)",
         "comment": f"none here: the {spin_up_days} spin-up days before the record are run and dropped"})

@@ -191,6 +191,25 @@ def active_cells(ds: xr.Dataset) -> np.ndarray:
     return given
 
 
+def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"albedo": (N,)}`` from the grid's ``Albedo`` field (y, x) when it has one (a satellite
+    product: the columns run it instead of LaD's class default; cells that are not columns get 0.2),
+    else nothing. A value outside (0.03, 0.6) or missing at a column is a DataError naming the cell."""
+    if "Albedo" not in ds:
+        return {}
+    file = ds.attrs.get("source_file", "the grid")
+    albedo = ds["Albedo"]
+    if albedo.dims != ("y", "x"):
+        raise DataError(f"{file}: variable Albedo has dims {albedo.dims}; expected ('y', 'x') (one albedo per cell)")
+    values = np.asarray(albedo.values, float).reshape(-1)
+    bad = np.flatnonzero(active.reshape(-1) & ~((values > 0.03) & (values < 0.6)))
+    if bad.size:
+        y, x = divmod(int(bad[0]), ds.sizes["x"])
+        raise DataError(f"{file}: variable Albedo is {values[bad[0]]} at cell (y={y}, x={x}) ({bad.size} such "
+                        "columns); expected a surface albedo in (0.03, 0.6)")
+    return {"albedo": np.where(active.reshape(-1), values, 0.2)}
+
+
 def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
                 constants: dict | None = None) -> RegionData:
     """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
@@ -257,7 +276,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     cell_class = np.array([classes.index(c) for c in codes])
     onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx) & active
     lad_codes = [LAD_CLASS_OF.get(c, c) for c in codes]  # WAT: open water (physics.OPEN_WATER_PARAMETERS)
-    params = default_params(lad_codes, dtype=dtype)
+    params = default_params(lad_codes, overrides=_albedo_product(ds, active), dtype=dtype)
 
     normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
     height = np.asarray(params["reference_height"]).reshape(ny, nx)
