@@ -50,6 +50,8 @@ CLASS_NAMES = tuple(REGION_CLASSES)
 #: r_s of every class rises with the vapour-pressure deficit: r_s (1 + RS_VPD_GAIN VPD[kPa])
 RS_VPD_GAIN = 0.5
 RS_BOUNDS = (1e2, 1e4)  # the range of seed 000's bounded head
+#: the albedo product's range: inside the open bounds (0.03, 0.6) of LaD's albedo parameter
+ALBEDO_PRODUCT_RANGE = (0.035, 0.595)
 LAPSE_RATE = 0.0065  # K m-1
 OVERPASS_HOURS = (1, 10, 13, 22)  # local: night and day overpasses of two polar orbiters
 DEFAULT_SITE = "US-CRT_201101-201112_HH.csv"
@@ -133,7 +135,7 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     rs_true, Tair_layer_true and the columns' Rnet_true, Qg_true, Qf_true (Rn = H + LE + G + Q_f).
     ``spin_up`` (time): all False (the spin-up days are run before the record and dropped).
     With ``albedo_noise`` (an SD, e.g. 0.02) also ``Albedo`` (y, x): a satellite-like surface albedo
-    product, the truth's class albedo plus Gaussian noise of that SD, within [0.03, 0.6] (the
+    product, the truth's class albedo plus Gaussian noise of that SD, within ALBEDO_PRODUCT_RANGE (the
     regional models then run it instead of LaD's class default, ``models.regional.region_data``).
 
     ``site``: a FLUXNET-style CSV with forcing (default: US-CRT 2011 cropland in
@@ -191,9 +193,10 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
             raise ValueError(f"virtual region: albedo_noise {albedo_noise!r}; expected an SD >= 0")
         true = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in cls.reshape(-1)]).reshape(ny, nx)
         noisy = true + np.random.default_rng(seed + 13).normal(0.0, albedo_noise, true.shape)
-        ds["Albedo"] = (("y", "x"), np.clip(noisy, 0.03, 0.6), {
+        ds["Albedo"] = (("y", "x"), np.clip(noisy, *ALBEDO_PRODUCT_RANGE), {
             "units": "1", "long_name": "surface albedo product",
-            "comment": f"the truth's class albedo plus Gaussian noise of SD {albedo_noise:g}, within [0.03, 0.6]"})
+            "comment": f"the truth's class albedo plus Gaussian noise of SD {albedo_noise:g}, within "
+                       f"[{ALBEDO_PRODUCT_RANGE[0]:g}, {ALBEDO_PRODUCT_RANGE[1]:g}]"})
     ds["spin_up"] = (("time",), np.zeros(ds.sizes["time"], bool), {
         "long_name": "spin-up step (not to be scored)",
         "comment": f"none here: the {spin_up_days} spin-up days before the record are run and dropped"})
