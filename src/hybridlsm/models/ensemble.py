@@ -228,7 +228,7 @@ def stacking_weights(predictions: np.ndarray, observed: np.ndarray, usable: np.n
         usable: (K, n) which observations count (observed, usable, validation steps)
 
     Raises:
-        ValueError: no target has two usable observations with a spread
+        ValueError: no target has two usable observations with a spread, or the optimiser failed
     """
     from scipy.optimize import minimize
 
@@ -249,6 +249,8 @@ def stacking_weights(predictions: np.ndarray, observed: np.ndarray, usable: np.n
     result = minimize(lambda w: (w @ q @ w - 2.0 * c @ w) / scale, np.full(m, 1.0 / m),
                       jac=lambda w: (2.0 * q @ w - 2.0 * c) / scale, method="SLSQP", bounds=[(0.0, 1.0)] * m,
                       constraints=({"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(m)},))
+    if not result.success:  # a convex problem on the simplex: not expected, but never silent
+        raise ValueError(f"stacking weights: the optimiser did not converge ({result.message})")
     w = np.clip(result.x, 0.0, None)
     return w / w.sum()
 
