@@ -101,7 +101,7 @@ def main() -> None:
                     help="tower cells: the default four (farmland, fringe, forest, urban), or also one in each "
                     "class without one (water, bare soil)")
     ap.add_argument("--albedo-product", action="store_true", help="the region also has a surface albedo product "
-                    "(the truth's class albedo with noise of SD 0.02) and the regional models run it instead of "
+                    f"(the truth's class albedo with noise of SD {ALBEDO_NOISE:g}) and the regional models run it instead of "
                     "LaD's class defaults (a variant)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file; a variant (--seed other than 0, "
                     "--towers every-class, --albedo-product) needs one of its own")

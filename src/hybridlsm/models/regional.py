@@ -49,7 +49,7 @@ from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
+from ..physics import (GRADIENT_CHUNK, PARAMETERS, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
@@ -194,7 +194,8 @@ def active_cells(ds: xr.Dataset) -> np.ndarray:
 def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> dict[str, np.ndarray]:
     """``{"albedo": (N,)}`` from the grid's ``Albedo`` field (y, x) when it has one (a satellite
     product: the columns run it instead of LaD's class default; cells that are not columns get 0.2),
-    else nothing. A value outside (0.03, 0.6) or missing at a column is a DataError naming the cell."""
+    else nothing. A value outside the albedo parameter's bounds (0.03, 0.6) or missing at a column is a
+    DataError naming the cell."""
     if "Albedo" not in ds:
         return {}
     file = ds.attrs.get("source_file", "the grid")
@@ -202,11 +203,12 @@ def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> dict[str, np.ndarray]
     if albedo.dims != ("y", "x"):
         raise DataError(f"{file}: variable Albedo has dims {albedo.dims}; expected ('y', 'x') (one albedo per cell)")
     values = np.asarray(albedo.values, float).reshape(-1)
-    bad = np.flatnonzero(active.reshape(-1) & ~((values > 0.03) & (values < 0.6)))
+    lower, upper = PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper  # LaD's albedo parameter's bounds
+    bad = np.flatnonzero(active.reshape(-1) & ~((values > lower) & (values < upper)))
     if bad.size:
         y, x = divmod(int(bad[0]), ds.sizes["x"])
         raise DataError(f"{file}: variable Albedo is {values[bad[0]]} at cell (y={y}, x={x}) ({bad.size} such "
-                        "columns); expected a surface albedo in (0.03, 0.6)")
+                        f"columns); expected a surface albedo in ({lower:g}, {upper:g})")
     return {"albedo": np.where(active.reshape(-1), values, 0.2)}
 
 
