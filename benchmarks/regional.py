@@ -23,10 +23,11 @@ for Table 3's coverage and CRPS, whose predictive SD is the MC SD plus the resid
 validation steps by day and night (``models.regional.residual_sd``; the MC-only scores are kept as
 the model's ``uq_mc_dropout_only``).
 
+The region has a surface albedo product (the truth's class albedo with noise,
+``data.virtual_region.ALBEDO_NOISE``), which every model with physics runs instead of LaD's class albedo.
 Variants of the experiment (``--seed``: another training seed of the networks; ``--towers every-class``:
-also a tower in each class the default four leave unobserved, water and bare soil; ``--albedo-product``: the
-region also has a surface albedo product, the truth's class albedo with noise, which the regional models run
-instead of LaD's class albedo) are written to the
+also a tower in each class the default four leave unobserved, water and bare soil; ``--lad-albedo``: no
+albedo product, the models run LaD's class albedo, which is not the truth's) are written to the
 file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrids
 (hybrid, hybrid_ensemble, hybrid_scale), no_parameteriser and the baselines of several such files beside
 the default experiment's (the block between ``<!-- regional-variants:begin -->`` and
@@ -52,7 +53,7 @@ import numpy as np
 
 import hybridlsm  # noqa: F401  (XLA flags before jax starts)
 from hybridlsm.config import TrainConfig
-from hybridlsm.data.virtual_region import CLASS_NAMES, every_class_towers, virtual_region
+from hybridlsm.data.virtual_region import ALBEDO_NOISE, CLASS_NAMES, every_class_towers, virtual_region
 from hybridlsm.evaluation.regional import (ablation_row, class_parameters, degradation, extreme_rows, field_correlation,
                                            kh_law_rows, scale_rows, score_records, surface_masks, uq_scores)
 from hybridlsm.models.regional import (
@@ -73,8 +74,6 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
-#: SD of the albedo product of ``--albedo-product``
-ALBEDO_NOISE = 0.02
 MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
           "no_physics_residual", "no_discovery", "no_uq")
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
@@ -100,11 +99,11 @@ def main() -> None:
     ap.add_argument("--towers", choices=("default", "every-class"), default="default",
                     help="tower cells: the default four (farmland, fringe, forest, urban), or also one in each "
                     "class without one (water, bare soil)")
-    ap.add_argument("--albedo-product", action="store_true", help="the region also has a surface albedo product "
-                    f"(the truth's class albedo with noise of SD {ALBEDO_NOISE:g}) and the regional models run it instead of "
-                    "LaD's class defaults (a variant)")
+    ap.add_argument("--lad-albedo", action="store_true", help="the region has no surface albedo product (by default "
+                    f"it has one: the truth's class albedo with noise of SD {ALBEDO_NOISE:g}) and the models run LaD's "
+                    "class albedo, not the truth's (a variant)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file; a variant (--seed other than 0, "
-                    "--towers every-class, --albedo-product) needs one of its own")
+                    "--towers every-class, --lad-albedo) needs one of its own")
     ap.add_argument("--compare", type=Path, nargs="+", metavar="FILE",
                     help="tabulate the variants' results files beside results/regional.json (and write the "
                     "docs block); trains nothing")
@@ -131,9 +130,9 @@ def main() -> None:
         replace_block(ROOT / "docs" / "results.md", VARIANTS_BEGIN, VARIANTS_END,
                       f"{VARIANTS_BEGIN}\n{table}\n{VARIANTS_END}", heading="### Variants of the experiment\n\n")
         return
-    variant = args.seed != 0 or args.towers != "default" or args.albedo_product
+    variant = args.seed != 0 or args.towers != "default" or args.lad_albedo
     if variant and args.out.resolve() == RESULTS.resolve():
-        ap.error("a variant (--seed other than 0, --towers every-class or --albedo-product) is not the experiment of "
+        ap.error("a variant (--seed other than 0, --towers every-class or --lad-albedo) is not the experiment of "
                  "results/regional.json: give it a file of its own with --out")
     if args.seed < 0:
         ap.error(f"--seed {args.seed}: expected a seed >= 0")
@@ -172,17 +171,16 @@ def main() -> None:
     t0 = time.time()
     towers = every_class_towers(args.ny, args.ny) if args.towers == "every-class" else None
     ds = virtual_region(args.ny, args.ny, days=args.days, towers=towers,
-                        albedo_noise=ALBEDO_NOISE if args.albedo_product else None)
+                        albedo_noise=None if args.lad_albedo else ALBEDO_NOISE)
     print(f"virtual region {args.ny}x{args.ny}, {args.days} days: {time.time() - t0:.0f} s", flush=True)
     data = region_data(ds, jnp.float32)
     split = blocked_split(data.n_steps)
     masks = surface_masks(ds, split["test"])
     grid = {"ny": args.ny, "nx": args.ny, "days": args.days, "forcing_site": ds.attrs["forcing_site"],
-            "towers": int(ds["tower"].sum()), "test_steps": int(split["test"].sum())}
+            "towers": int(ds["tower"].sum()), "test_steps": int(split["test"].sum()),
+            "albedo": "lad" if args.lad_albedo else "product"}
     if variant:  # the default experiment's grid has neither key
         grid.update(seed=args.seed, tower_layout=args.towers)
-        if args.albedo_product:
-            grid["albedo"] = "product"
     _start_summary(grid, args.out, fresh=args.fresh or args.quick)  # a grid other than the file's: refused now
     common = {"truth_class_order_kh": _order(ds, masks["all"], "Kh_true"), "peak_mem_gb_128x128_month": _memory()}
     finished, written = [], False
@@ -279,7 +277,7 @@ def compare(paths: list[Path]) -> str:
         s = json.loads(path.read_text())
         grid = s["grid"]
         label = (f"seed {grid.get('seed', 0)}, towers: {grid.get('tower_layout', 'default')} "
-                 f"({grid['towers']})" + (", albedo product" if grid.get("albedo") == "product" else ""))
+                 f"({grid['towers']})" + (", albedo product" if grid.get("albedo") == "product" else ", LaD albedo"))
         by = {(r["model"], r["surface"]): r for r in s["records"]}
         kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
         for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "no_parameteriser", "fixed_kh",

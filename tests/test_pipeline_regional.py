@@ -142,7 +142,7 @@ def test_a_grids_albedo_product_replaces_the_class_albedo_and_a_bad_value_names_
             np.testing.assert_array_equal(np.asarray(data.params[name]), np.asarray(plain.params[name]), err_msg=name)
     bad = product.copy()
     bad[1, 2] = 0.9
-    with pytest.raises(DataError, match=r"Albedo is 0.9 at cell \(y=1, x=2\)"):
+    with pytest.raises(DataError, match=r"albedo is 0.9 at cell \(y=1, x=2\)"):
         region_data(ds.assign(Albedo=(("y", "x"), bad)), np.float64)
     with pytest.raises(DataError, match="one albedo per cell"):
         region_data(ds.assign(Albedo=(("time", "y", "x"), np.broadcast_to(product, (5, 3, 4)))), np.float64)
@@ -284,3 +284,46 @@ def test_a_deep_ensemble_of_regional_hybrids_is_its_members_mean_with_their_spre
     spec.save(model, opts, tmp_path / "ens")
     _, _, again = load_saved_model(tmp_path / "ens")
     np.testing.assert_allclose(spec.predict(again, domain)["Qh"], pred["Qh"], rtol=1e-6, atol=1e-6)
+
+
+def test_an_albedo_product_reaches_every_column_model_through_the_domain_and_a_bad_one_names_its_column():
+    from hybridlsm.models.column import domain_base_params, site_base_params
+    from hybridlsm.physics import default_params
+
+    ds = _grid()
+    product = np.linspace(0.1, 0.4, 12).reshape(3, 4)
+    product[0, 1] = np.nan  # a partial product: that column keeps its class default, and its note says so
+    domain = domain_from_grid(ds.assign(Albedo=(("y", "x"), product)))
+    np.testing.assert_array_equal(domain.static_value("albedo"), product.reshape(-1))
+    base, classes, notes = domain_base_params(domain, np.float64)
+    table = default_params(classes, dtype=np.float64)
+    expected = np.where(np.isfinite(product.reshape(-1)), product.reshape(-1), np.asarray(table["albedo"]))
+    np.testing.assert_allclose(np.asarray(base["albedo"]), expected)
+    assert notes[0] == "albedo 0.100 of the product" and notes[1] == "albedo: the class default (the product has none here)"
+    for name in table:  # nothing else moves
+        if name != "albedo":
+            np.testing.assert_array_equal(np.asarray(base[name]), np.asarray(table[name]), err_msg=name)
+    # back on its grid, the regional models read the same product from the static attribute
+    full = domain_from_grid(ds.assign(Albedo=(("y", "x"), np.linspace(0.1, 0.4, 12).reshape(3, 4))))
+    np.testing.assert_allclose(np.asarray(region_data(full.grid_dataset(), np.float64).params["albedo"]),
+                               np.linspace(0.1, 0.4, 12))
+    assert "albedo" not in domain_base_params(domain_from_grid(ds))[2][0]  # no product: no note, class defaults
+    bad = product.copy()
+    bad[2, 3] = 0.7
+    with pytest.raises(DataError, match=r"albedo is 0.7 at column y2_x3 \(1 such columns\)"):
+        domain_base_params(domain_from_grid(ds.assign(Albedo=(("y", "x"), bad))))
+    # a site's attrs
+    site = ds.isel(y=0, x=0).assign_attrs(igbp="GRA", albedo=0.21, site_id="S1")
+    assert float(site_base_params(site)["albedo"][0]) == pytest.approx(0.21)
+    with pytest.raises(DataError, match=r"albedo is 1.2 at S1"):
+        site_base_params(site.assign_attrs(albedo=1.2))
+
+
+def test_default_params_take_an_albedo_per_site_with_nan_as_the_class_default():
+    from hybridlsm.physics import default_params
+
+    table = default_params(["GRA", "ENF"])
+    given = default_params(["GRA", "ENF"], albedo=[np.nan, 0.12])
+    assert float(given["albedo"][0]) == float(table["albedo"][0]) and float(given["albedo"][1]) == pytest.approx(0.12)
+    with pytest.raises(ValueError, match=r"site 1 \(ENF\): albedo = 0.01"):
+        default_params(["GRA", "ENF"], albedo=[0.2, 0.01])

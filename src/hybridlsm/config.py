@@ -252,6 +252,9 @@ class VirtualRegionConfig(StrictModel):
     start: date = date(2011, 6, 1)
     spin_up_days: int = Field(5, ge=0, le=60)
     seed: int = Field(0, ge=0)
+    albedo_noise: float | None = Field(0.02, ge=0.0, le=0.2, description="SD of the surface albedo product's "
+                                       "noise about the truth's class albedo; null: no product (the models run "
+                                       "LaD's class albedo)")
 
     @field_validator("site", mode="before")
     @classmethod

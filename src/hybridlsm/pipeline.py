@@ -149,7 +149,7 @@ def read_grid_spec(spec: GridSpec) -> Domain:
     if spec.virtual_region is not None:
         v = spec.virtual_region
         ds = virtual_region(v.ny, v.nx, v.days, site=v.site, start=str(v.start), spin_up_days=v.spin_up_days,
-                            seed=v.seed)
+                            seed=v.seed, albedo_noise=v.albedo_noise)
         domain = domain_from_grid(ds, name="virtual_region")
     else:
         domain = read_grid_file(spec.path, spec.format, spec.options)

@@ -229,6 +229,23 @@ def runs_of_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - starts
 
 
+def check_albedo_product(values, names, *, file: str, bounds: tuple[float, float], required=None) -> np.ndarray:
+    """(N,) surface albedo of a product (a site's attrs, a grid's ``Albedo`` field) as floats, NaN
+    where it gives none; ``names`` names the N columns (a site, a cell). A value outside the open
+    ``bounds`` (LaD's albedo parameter's), or a NaN where ``required`` (N,) is true, is a DataError
+    naming the first such column and the count."""
+    values = np.asarray(values, float).reshape(-1)
+    lower, upper = bounds
+    bad = np.isfinite(values) & ~((values > lower) & (values < upper))
+    if required is not None:
+        bad |= ~np.isfinite(values) & np.asarray(required, bool).reshape(-1)
+    if bad.any():
+        i = np.flatnonzero(bad)
+        raise DataError(f"{file}: albedo is {values[i[0]]} at {names[i[0]]} ({i.size} such columns); expected a "
+                        f"snow-free surface albedo in ({lower:g}, {upper:g})")
+    return values
+
+
 def report_missing_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[str]:
     """Record the :data:`~hybridlsm.data.schema.SITE_METADATA` fields that are missing (NaN, empty
     or absent) in ``attrs["missing_metadata"]`` (space-separated, "" when none) and warn once,

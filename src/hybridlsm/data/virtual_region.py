@@ -52,6 +52,8 @@ RS_VPD_GAIN = 0.5
 RS_BOUNDS = (1e2, 1e4)  # the range of seed 000's bounded head
 #: the albedo product's range: inside the open bounds (0.03, 0.6) of LaD's albedo parameter
 ALBEDO_PRODUCT_RANGE = (0.035, 0.595)
+#: SD of the default albedo product's noise about the truth's class albedo (``virtual_region``)
+ALBEDO_NOISE = 0.02
 LAPSE_RATE = 0.0065  # K m-1
 OVERPASS_HOURS = (1, 10, 13, 22)  # local: night and day overpasses of two polar orbiters
 DEFAULT_SITE = "US-CRT_201101-201112_HH.csv"
@@ -125,7 +127,7 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
                    start: str = "2011-06-01", spin_up_days: int = 5, seed: int = 0, towers=None,
                    flux_noise: float = 10.0, flux_gap_fraction: float = 0.1, lst_noise: float = 0.5,
                    cloud_fraction: float = 0.3, cell_size: float = 1000.0,
-                   albedo_noise: float | None = None) -> xr.Dataset:
+                   albedo_noise: float | None = ALBEDO_NOISE) -> xr.Dataset:
     """The virtual region (module docstring) as a gridded canonical dataset on (time, y, x).
 
     Forcing: Tair, Qair, Psurf, Wind, Wind_E, Wind_N, SWdown, LWdown, Precip. Static: land_cover
@@ -134,9 +136,11 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     AvgSurfT (overpass hours, cloud gaps). Truth: Qh_true, Qle_true, AvgSurfT_true, Kh_true,
     rs_true, Tair_layer_true and the columns' Rnet_true, Qg_true, Qf_true (Rn = H + LE + G + Q_f).
     ``spin_up`` (time): all False (the spin-up days are run before the record and dropped).
-    With ``albedo_noise`` (an SD, e.g. 0.02) also ``Albedo`` (y, x): a satellite-like surface albedo
-    product, the truth's class albedo plus Gaussian noise of that SD, within ALBEDO_PRODUCT_RANGE (the
-    regional models then run it instead of LaD's class default, ``models.regional.region_data``).
+    ``Albedo`` (y, x): a satellite-like surface albedo product (as MODIS gives a real region), the
+    truth's class albedo plus Gaussian noise of SD ``albedo_noise`` (ALBEDO_NOISE), within
+    ALBEDO_PRODUCT_RANGE; the models run it instead of LaD's class default (``models.regional.region_data``,
+    a Domain's static ``albedo``). ``albedo_noise=None``: no product (the models run LaD's class albedo,
+    which differs from the truth's: a structural error left for them to absorb).
 
     ``site``: a FLUXNET-style CSV with forcing (default: US-CRT 2011 cropland in
     ``../shared/data/fluxnet``); a DataError names it when absent. ``towers``: (row, col) cells

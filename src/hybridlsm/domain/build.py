@@ -18,7 +18,7 @@ import xarray as xr
 
 from ..data.schema import IGBP_BY_INDEX, DataError
 from .climate import climate_summaries
-from .domain import SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
+from .domain import OPTIONAL_SITE_ATTRS, SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
 
 __all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "grid_static_fields", "land_cover_codes",
            "static_attributes", "IGBP_BY_INDEX", "CLIMATE_INPUTS"]
@@ -65,7 +65,7 @@ def static_attributes(columns: dict[str, np.ndarray], time: np.ndarray, forcing:
             out[name] = ("column", values, out[name][2])
     missing = []
     for j in range(n):
-        gaps = [k for k in SITE_ATTRS if k not in ("utc_offset_h", "irrigated") and (
+        gaps = [k for k in SITE_ATTRS if k not in OPTIONAL_SITE_ATTRS and (
             out[k][1][j] == "" if k == "igbp" else not np.isfinite(out[k][1][j]))]  # fmt: skip
         missing.append(" ".join(gaps))
     out["missing_metadata"] = ("column", np.asarray(missing, dtype=object),
@@ -227,16 +227,17 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
 #: names of a grid's latitude and longitude coordinates (1-D or 2-D)
 LATITUDE_NAMES = ("lat", "latitude", "XLAT")
 LONGITUDE_NAMES = ("lon", "longitude", "XLONG")
-#: static attributes a grid may give per cell as a (y, x) field of that name, else one value in its attrs
-GRID_FIELDS = ("elevation", "canopy_height", "measurement_height", "sand_fraction", "clay_fraction", "utc_offset_h",
-               "irrigated")
+#: static attribute -> the (y, x) field a grid may give it in per cell (else one value in its attrs,
+#: under the attribute's name); albedo: the ALMA name of a surface albedo product
+GRID_FIELDS = {**{k: k for k in ("elevation", "canopy_height", "measurement_height", "sand_fraction", "clay_fraction",
+                                 "utc_offset_h", "irrigated")}, "albedo": "Albedo"}
 
 
 def grid_static_fields(ds: xr.Dataset, ydim: str, xdim: str) -> dict[str, np.ndarray]:
     """(ny, nx) static attributes of a grid's cells, NaN where unknown: latitude and longitude
     from its coordinates (``LATITUDE_NAMES``, ``LONGITUDE_NAMES``), else the one point of
-    ``attrs['latitude']`` / ``['longitude']`` for every cell; each of ``GRID_FIELDS`` from a (y, x)
-    field of that name, else ``attrs[name]`` for every cell. Reads only (y, x) fields, never the
+    ``attrs['latitude']`` / ``['longitude']`` for every cell; each of ``GRID_FIELDS`` from its (y, x)
+    field, else ``attrs[name]`` for every cell. Reads only (y, x) fields, never the
     forcing, so it serves a lazily read grid too."""
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     out = {}
@@ -245,9 +246,9 @@ def grid_static_fields(ds: xr.Dataset, ydim: str, xdim: str) -> dict[str, np.nda
         if not np.isfinite(values).any():  # one point for the whole grid, not per-cell coordinates
             values[...] = float(ds.attrs.get(key, np.nan))
         out[key] = values
-    for k in GRID_FIELDS:
-        if k in ds.variables and set(ds[k].dims) == {ydim, xdim}:
-            out[k] = np.asarray(ds[k].transpose(ydim, xdim).values, float)
+    for k, field in GRID_FIELDS.items():
+        if field in ds.variables and set(ds[field].dims) == {ydim, xdim}:
+            out[k] = np.asarray(ds[field].transpose(ydim, xdim).values, float)
         else:
             out[k] = np.full((ny, nx), float(ds.attrs.get(k, np.nan)))
     return out

@@ -39,6 +39,8 @@ STATIC_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "clay_fraction": ("1", "soil clay fraction"),
     "utc_offset_h": ("h", "offset of the time axis from UTC"),
     "irrigated": ("1", "irrigated fraction (site metadata or a grid's field; not stated: 0, rain-fed)"),
+    "albedo": ("1", "snow-free surface albedo of a product (a site's attrs or a grid's Albedo field, e.g. MODIS); "
+                    "not stated: the land-cover class default"),
     "mean_annual_temperature": ("degC", "mean air temperature over the record (monthly climatology)"),
     "mean_annual_precipitation": ("mm yr-1", "annual precipitation from the monthly climatology"),
     "aridity_index": ("1", "Priestley-Taylor potential evaporation / precipitation"),
@@ -49,7 +51,9 @@ STATIC_ATTRIBUTES: dict[str, tuple[str, str]] = {
 
 #: Static attributes a site's canonical dataset carries as ``attrs`` (the rest are computed).
 SITE_ATTRS = ("latitude", "longitude", "elevation", "igbp", "canopy_height", "measurement_height", "utc_offset_h",
-              "irrigated")
+              "irrigated", "albedo")
+#: site attributes that are not metadata a site lacks when it does not give them (``missing_metadata``)
+OPTIONAL_SITE_ATTRS = ("utc_offset_h", "irrigated", "albedo")
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ import numpy as np
 import xarray as xr
 
 from ..data import loss_steps, usable_targets
+from ..data.checks import check_albedo_product
 from ..data.schema import DataError, site_label
 from ..domain import Domain
 from ..neural import MC_KEY, MC_SAMPLES, dropout_rate, mc_batch_size, mc_dropout
 from ..physics import (
     ALLOWED_IGBP,
+    PARAMETERS,
     AbstractLandModel,
     Forcing,
     default_params,
@@ -297,24 +299,42 @@ def column_igbp(igbp: str, where: str) -> tuple[str, str]:
 
 
 def site_base_params(ds: xr.Dataset, overrides: dict | None = None) -> dict:
-    """Default parameters (N = 1) of a canonical site dataset from its IGBP class and heights."""
+    """Default parameters (N = 1) of a canonical site dataset from its IGBP class and heights (and
+    its ``albedo`` attr, a product's, where it gives one)."""
     igbp, _ = column_igbp(str(ds.attrs.get("igbp", "")), site_label(ds))
+    albedo = _product_albedo([ds.attrs.get("albedo", np.nan)], [site_label(ds)], ds.attrs.get("source_file", site_label(ds)))
     return default_params([igbp], canopy_height=ds.attrs.get("canopy_height"),
                           measurement_height=ds.attrs.get("measurement_height"), overrides=overrides,
-                          irrigated=ds.attrs.get("irrigated"))  # fmt: skip
+                          irrigated=ds.attrs.get("irrigated"), albedo=albedo)  # fmt: skip
 
 
 def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], list[str]]:
-    """(N,) default parameters of every column, the classes used and a note per column."""
+    """(N,) default parameters of every column, the classes used and a note per column. A column
+    whose static ``albedo`` is given (a product's) runs it instead of its class default; the note
+    says so, and says where a partial product leaves a column the class default."""
     classes, notes = [], []
     for cid, igbp in zip(domain.column_ids, domain.static_value("igbp")):
         c, note = column_igbp(str(igbp), f"{domain.name}/{cid}")
         classes.append(c)
         notes.append(note)
+    # a domain written before albedo was a static attribute has none
+    given = domain.static_value("albedo") if "albedo" in domain.static else np.full(len(classes), np.nan)
+    albedo = _product_albedo(given, [f"column {c}" for c in domain.column_ids], domain.name)
+    if np.isfinite(albedo).any():
+        notes = [n + ("; " if n else "") + (f"albedo {a:.3f} of the product" if np.isfinite(a)
+                                            else "albedo: the class default (the product has none here)")
+                 for n, a in zip(notes, albedo)]
     base = default_params(classes, canopy_height=domain.static_value("canopy_height").astype(float),
                           measurement_height=domain.static_value("measurement_height").astype(float),
-                          irrigated=domain.static_value("irrigated").astype(float))  # fmt: skip
+                          irrigated=domain.static_value("irrigated").astype(float), albedo=albedo)  # fmt: skip
     return {k: jnp.asarray(v, dtype=dtype) for k, v in base.items()}, classes, notes
+
+
+def _product_albedo(values, names: Sequence[str], source: str) -> np.ndarray:
+    """A product's albedo per column (NaN: none), checked against LaD's albedo bounds (DataError
+    naming the column)."""
+    return check_albedo_product(np.asarray(values, float), list(names), file=source,
+                                bounds=(PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper))
 
 
 # ------------------------------------------------------------------------------ records

@@ -44,6 +44,7 @@ import numpy as np
 import xarray as xr
 
 from ..constants import STEFAN_BOLTZMANN
+from ..data.checks import check_albedo_product
 from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError
@@ -191,25 +192,25 @@ def active_cells(ds: xr.Dataset) -> np.ndarray:
     return given
 
 
-def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> dict[str, np.ndarray]:
-    """``{"albedo": (N,)}`` from the grid's ``Albedo`` field (y, x) when it has one (a satellite
-    product: the columns run it instead of LaD's class default; cells that are not columns get 0.2),
-    else nothing. A value outside the albedo parameter's bounds (0.03, 0.6) or missing at a column is a
-    DataError naming the cell."""
-    if "Albedo" not in ds:
-        return {}
+def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> np.ndarray | None:
+    """(N,) albedo of the grid's surface albedo product (a satellite product: the columns run it
+    instead of LaD's class default; cells that are not columns get 0.2), else None: its ``Albedo``
+    field (y, x) (ALMA, a file's), or a Domain's static ``albedo`` (``Domain.grid_dataset``; all NaN:
+    the domain has no product). A value outside the albedo parameter's bounds (0.03, 0.6) or missing
+    at a column is a DataError naming the cell."""
+    name = next((v for v in ("Albedo", "albedo") if v in ds), None)
     file = ds.attrs.get("source_file", "the grid")
-    albedo = ds["Albedo"]
+    if name is None:
+        return None
+    albedo = ds[name]
     if albedo.dims != ("y", "x"):
-        raise DataError(f"{file}: variable Albedo has dims {albedo.dims}; expected ('y', 'x') (one albedo per cell)")
-    values = np.asarray(albedo.values, float).reshape(-1)
-    lower, upper = PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper  # LaD's albedo parameter's bounds
-    bad = np.flatnonzero(active.reshape(-1) & ~((values > lower) & (values < upper)))
-    if bad.size:
-        y, x = divmod(int(bad[0]), ds.sizes["x"])
-        raise DataError(f"{file}: variable Albedo is {values[bad[0]]} at cell (y={y}, x={x}) ({bad.size} such "
-                        f"columns); expected a surface albedo in ({lower:g}, {upper:g})")
-    return {"albedo": np.where(active.reshape(-1), values, 0.2)}
+        raise DataError(f"{file}: variable {name} has dims {albedo.dims}; expected ('y', 'x') (one albedo per cell)")
+    if name == "albedo" and not np.isfinite(np.asarray(albedo.values, float)).any():
+        return None
+    nx = ds.sizes["x"]
+    names = [f"cell (y={i // nx}, x={i % nx})" for i in range(albedo.size)]
+    return check_albedo_product(np.where(active, albedo.values, 0.2), names, file=file, required=active,
+                                bounds=(PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper))
 
 
 def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
@@ -278,7 +279,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     cell_class = np.array([classes.index(c) for c in codes])
     onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx) & active
     lad_codes = [LAD_CLASS_OF.get(c, c) for c in codes]  # WAT: open water (physics.OPEN_WATER_PARAMETERS)
-    params = default_params(lad_codes, overrides=_albedo_product(ds, active), dtype=dtype)
+    params = default_params(lad_codes, albedo=_albedo_product(ds, active), dtype=dtype)
 
     normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
     height = np.asarray(params["reference_height"]).reshape(ny, nx)

@@ -104,13 +104,15 @@ def build_class_constants(data: RegionData, seed: int = 0):
 def column_domains(ds: xr.Dataset, split: dict[str, np.ndarray]) -> tuple[Domain, Domain, Domain]:
     """(every cell, the tower cells with the training steps as loss mask, the tower cells with the
     validation steps) from a virtual region. The truth (``*_true``) and the surface-temperature
-    product are left out: the column hybrid sees the forcing and trains on the towers' Qh and Qle."""
+    product are left out: the column hybrid sees the forcing (and the albedo product where the region
+    has one) and trains on the towers' Qh and Qle."""
     keep = [v for v in ds.data_vars if not v.endswith("_true") and v != "AvgSurfT"
             and ds[v].dims == ("time", "y", "x")]
     codes = np.asarray(ds["land_cover"].values)
     lad = np.vectorize(lambda c: IGBP_BY_INDEX.index(LAD_CLASS_OF.get(IGBP_BY_INDEX[c - 1], IGBP_BY_INDEX[c - 1])) + 1)
     land_cover = xr.DataArray(lad(codes).astype(np.int16), dims=("y", "x"))
-    grid = ds[keep].assign_coords(elevation=ds["elevation"]) if "elevation" in ds else ds[keep]
+    # the per-cell static fields the columns take (an albedo product: the columns run it, as the regional models do)
+    grid = ds[keep].assign_coords({k: ds[k] for k in ("elevation", "Albedo") if k in ds})
     full = domain_from_grid(grid, land_cover=land_cover, name="virtual_region")
     if full.n_columns != ds.sizes["y"] * ds.sizes["x"]:
         raise ValueError(f"column_domains: {full.n_columns} complete cells of {ds.sizes['y'] * ds.sizes['x']}")

@@ -300,6 +300,7 @@ def default_params(
     overrides: Mapping[str, object] | None = None,
     dtype=None,
     irrigated=None,
+    albedo=None,
 ) -> Params:
     """Default parameters for N sites from their IGBP classes.
 
@@ -310,6 +311,8 @@ def default_params(
         measurement_height: None, a scalar or N values [m]; NaN/<=0 entries fall back to
             ``max(h + 2, 1.5 h)``.
         irrigated: None, a scalar or N irrigated fractions in [0, 1]; NaN (not stated) is 0.
+        albedo: None, a scalar or N snow-free albedos of a product (e.g. MODIS), inside the albedo
+            parameter's bounds; NaN entries fall back to the class default.
         overrides: name -> scalar or (N,) values replacing the defaults (checked against bounds).
         dtype: array dtype; default: JAX's default float (float64 when x64 is enabled).
 
@@ -339,6 +342,13 @@ def default_params(
     h_site = _per_site(canopy_height, n, "canopy_height")
     table["canopy_height"] = np.where(np.isfinite(h_site) & (h_site > 0), h_site,
                                       table["canopy_height"])
+    product = _per_site(albedo, n, "albedo")
+    inside = ~np.isfinite(product) | ((product > PARAMETERS["albedo"].lower) & (product < PARAMETERS["albedo"].upper))
+    if not np.all(inside):
+        i = int(np.argmin(inside))
+        raise ValueError(f"site {i} ({codes[i]}): albedo = {product[i]}; expected a snow-free surface albedo in "
+                         f"({PARAMETERS['albedo'].lower}, {PARAMETERS['albedo'].upper})")
+    table["albedo"] = np.where(np.isfinite(product), product, table["albedo"])
     table["reference_height"] = reference_height(
         table["canopy_height"], _per_site(measurement_height, n, "measurement_height")
     )
