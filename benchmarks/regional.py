@@ -521,7 +521,10 @@ def _table(s: dict) -> str:
     g = s["grid"]
     lines = [
         f"Virtual region {g['ny']}x{g['nx']} km, {g['days']} days hourly (forcing {g['forcing_site']}), "
-        f"{g['towers']} tower cells; scored at the held-out cells over the test blocks ({g['test_steps']} steps) "
+        f"{g['towers']} tower cells, "
+        + ("a surface albedo product (the models run it instead of LaD's class albedo)" if g.get("albedo") == "product"
+           else "no albedo product (the models run LaD's class albedo)")
+        + f"; scored at the held-out cells over the test blocks ({g['test_steps']} steps) "
         "against the truth. Each model's figures come from the command in the last table of this block "
         "(`benchmarks/regional.py --models ...` merges models into results/regional.json).",
         "",
