@@ -158,12 +158,15 @@ def in_site(multisite: pd.DataFrame, variant: str = "") -> list[str]:
             # the ensembles of the couplings against the best per-site coupling at this site and flux
             ref = per_site[(per_site["config"] == config) & (per_site["site"] == site)
                            & per_site["model"].isin(COUPLINGS) & (per_site["flux"] == flux)]
+            if ref.empty:
+                continue
+            a = ref.loc[ref["rmse"].idxmin()]
             for label, what in ENSEMBLES.items():
                 new = multisite[(multisite["site"] == site) & (multisite["model"] == label + variant)
                                 & (multisite["flux"] == flux)]
-                if ref.empty or new.empty:
+                if new.empty:
                     continue
-                a, b = ref.loc[ref["rmse"].idxmin()], new.iloc[0]
+                b = new.iloc[0]
                 lines.append(f"| {site} | {flux} | {what} (against the best per-site: {a['model']}) | "
                              f"{a['rmse']:.1f} ({a['nse']:.2f}) | {b['rmse']:.1f} ({b['nse']:.2f}) | "
                              f"{b['rmse'] / a['rmse']:.3f} |")

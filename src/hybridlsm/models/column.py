@@ -50,7 +50,7 @@ from .features import STATIC_KEY, forcing_features, static_features
 
 __all__ = ["COLUMN_TARGETS", "DEFAULT_COLUMN_TARGETS", "ColumnModel", "DEFAULT_IGBP", "PREDICTION_OUTPUTS",
            "STATIC_OFFSETS", "column_igbp", "domain_base_params", "domain_inputs", "predict_column_model",
-           "prepare_site", "sample_column_model", "site_base_params"]  # fmt: skip
+           "prepare_site", "product_albedo", "sample_column_model", "site_base_params"]  # fmt: skip
 
 #: ALMA outputs written to the predictions files (SoilTemp keeps its layer axis).
 PREDICTION_OUTPUTS = (
@@ -302,7 +302,7 @@ def site_base_params(ds: xr.Dataset, overrides: dict | None = None) -> dict:
     """Default parameters (N = 1) of a canonical site dataset from its IGBP class and heights (and
     its ``albedo`` attr, a product's, where it gives one)."""
     igbp, _ = column_igbp(str(ds.attrs.get("igbp", "")), site_label(ds))
-    albedo = _product_albedo([ds.attrs.get("albedo", np.nan)], [site_label(ds)], ds.attrs.get("source_file", site_label(ds)))
+    albedo = product_albedo([ds.attrs.get("albedo", np.nan)], [site_label(ds)], ds.attrs.get("source_file", site_label(ds)))
     return default_params([igbp], canopy_height=ds.attrs.get("canopy_height"),
                           measurement_height=ds.attrs.get("measurement_height"), overrides=overrides,
                           irrigated=ds.attrs.get("irrigated"), albedo=albedo)  # fmt: skip
@@ -319,7 +319,7 @@ def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], lis
         notes.append(note)
     # a domain written before albedo was a static attribute has none
     given = domain.static_value("albedo") if "albedo" in domain.static else np.full(len(classes), np.nan)
-    albedo = _product_albedo(given, [f"column {c}" for c in domain.column_ids], domain.name)
+    albedo = product_albedo(given, [f"column {c}" for c in domain.column_ids], domain.name)
     if np.isfinite(albedo).any():
         notes = [n + ("; " if n else "") + (f"albedo {a:.3f} of the product" if np.isfinite(a)
                                             else "albedo: the class default (the product has none here)")
@@ -330,10 +330,10 @@ def domain_base_params(domain: Domain, dtype=None) -> tuple[dict, list[str], lis
     return {k: jnp.asarray(v, dtype=dtype) for k, v in base.items()}, classes, notes
 
 
-def _product_albedo(values, names: Sequence[str], source: str) -> np.ndarray:
+def product_albedo(values, names: Sequence[str], source: str, required=None) -> np.ndarray:
     """A product's albedo per column (NaN: none), checked against LaD's albedo bounds (DataError
-    naming the column)."""
-    return check_albedo_product(np.asarray(values, float), list(names), file=source,
+    naming the column; ``required`` (N,): columns where a NaN is an error too)."""
+    return check_albedo_product(np.asarray(values, float), list(names), file=source, required=required,
                                 bounds=(PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper))
 
 

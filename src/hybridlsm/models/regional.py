@@ -44,19 +44,19 @@ import numpy as np
 import xarray as xr
 
 from ..constants import STEFAN_BOLTZMANN
-from ..data.checks import check_albedo_product
 from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
 from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
-from ..physics import (GRADIENT_CHUNK, PARAMETERS, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
+from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
 from ..physics.air_layer import AirLayer
 from ..physics.exchange import ExchangeLaw
 from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaDModel
 from ..physics.regional import GridForcing, RegionalModel
 from ..training.trainer import ModelBatches
+from .column import product_albedo
 from .regional_loop import closed_loop
 
 __all__ = [
@@ -209,8 +209,7 @@ def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> np.ndarray | None:
         return None
     nx = ds.sizes["x"]
     names = [f"cell (y={i // nx}, x={i % nx})" for i in range(albedo.size)]
-    return check_albedo_product(np.where(active, albedo.values, 0.2), names, file=file, required=active,
-                                bounds=(PARAMETERS["albedo"].lower, PARAMETERS["albedo"].upper))
+    return product_albedo(np.where(active, albedo.values, 0.2), names, file, required=active.reshape(-1))
 
 
 def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
