@@ -80,6 +80,7 @@ from hybridlsm.physics import (  # noqa: E402
     from_unconstrained,
     rollout,
     rollout_reduce,
+    run_time_code,
     simulate,
     synthetic_forcing,
     to_unconstrained,
@@ -215,8 +216,20 @@ def forward_fns(model, chunk, compiler_options=None):
         _, out = rollout(model, params, forcing, chunk=chunk)
         return out["Qle"], out["Qh"]
 
-    return (jax.jit(fwd_all, compiler_options=compiler_options),
-            jax.jit(fwd_qle_qh, compiler_options=compiler_options))
+    return jit_for(fwd_all, compiler_options), jit_for(fwd_qle_qh, compiler_options)
+
+
+def jit_for(fn, compiler_options=None):
+    """``jax.jit(fn)`` as the library compiles it: with compiler options (``RUN_TIME_OPTIONS``)
+    also traced inside ``run_time_code``, as ``physics.run_time_jit`` does."""
+    if compiler_options is None:
+        return jax.jit(fn)
+
+    def traced(*args):
+        with run_time_code():
+            return fn(*args)
+
+    return jax.jit(traced, compiler_options=compiler_options)
 
 
 def training_options(n_cells: int):
@@ -450,8 +463,7 @@ def worker_train_step(n_windows: int, n_days: int, compiler_options: str) -> dic
     lr = jnp.asarray(1e-3, DTYPE)
     key = jax.random.key(0)
     options = RUN_TIME_OPTIONS if compiler_options == "emitters" else None
-    step = (trainer._train_step if options is None else eqx.filter_jit(
-        trainer._train_step.__wrapped__, compiler_options=options))
+    step = trainer._train_step if options is None else trainer._train_step_run_time  # as `fit(run_time=True)`
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -639,9 +651,9 @@ def run(args) -> dict:
             loss, delta0 = make_loss(model, params, forcing, ch, streamed)
             # the training path also compiles as training compiles a batch of n windows (both calls)
             options = training_options(n) if grad_ch == GRADIENT_CHUNK else None
-            f_loss = jax.jit(loss, compiler_options=options)
+            f_loss = jit_for(loss, options)
             grad_loss = loss if grad_ch == ch else make_loss(model, params, forcing, grad_ch, streamed)[0]
-            f_grad = jax.jit(jax.value_and_grad(grad_loss), compiler_options=options)
+            f_grad = jit_for(jax.value_and_grad(grad_loss), options)
             reps = rep_small if n == 1 else rep_big
             st = pair_stats(timed_pair(f_loss, f_grad, delta0, forcing, repeats=reps))
             value, g = f_grad(delta0, forcing)

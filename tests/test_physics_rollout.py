@@ -146,3 +146,53 @@ def test_run_time_jit_compiles_both_ways_with_the_same_results(case):
     for name in ref:
         assert np.array_equal(np.asarray(plain[name]), np.asarray(ref[name])), name
         np.testing.assert_allclose(fast[name], ref[name], rtol=1e-10, atol=1e-9)
+
+
+def test_run_time_jit_traces_each_mode_once_and_only_its_fast_one_for_run_time():
+    """The executable compiled with the fusion emitters is traced inside ``run_time_code`` (the
+    forms the emitters run fastest), the other outside it, whichever is called first; each mode is
+    a function of its own, so JAX's trace cache never hands one mode the other's trace."""
+    from hybridlsm.physics.smooth import _RUN_TIME_CODE
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("run_time_jit compiles for run time on the CPU only")
+    for order in ((False, True), (True, False)):
+        seen = []
+
+        def f(x):
+            seen.append(_RUN_TIME_CODE.get())
+            return x + 1.0
+
+        run = run_time_jit(f)
+        for mode in order + order:
+            assert float(run(jnp.asarray(1.0), run_time=mode)) == 2.0
+        assert seen == list(order)  # traced once per mode, in its own mode
+    assert _RUN_TIME_CODE.get() is False  # nothing leaks out of the traces
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_is_accurate_to_rounding_in_both_modes(dtype):
+    """``smooth.softplus`` traced for run time (Goldberg's log1p) and not (``jnp.log1p``): within a
+    few ulps of the exact value over the whole range, positive in the far tail, and both modes
+    within a few ulps of each other, with the same derivative."""
+    from hybridlsm.physics import run_time_code
+    from hybridlsm.physics.smooth import log1p_unit, softplus
+
+    x = np.concatenate([np.linspace(-60.0, 60.0, 24001), -np.logspace(-9, 1.7, 2000), np.logspace(-9, 1.7, 2000),
+                        [0.0, -700.0 if dtype == np.float64 else -87.0]]).astype(dtype)
+    xl = x.astype(np.longdouble)
+    exact = np.maximum(xl, 0) + np.log1p(np.exp(-np.abs(xl)))
+    ulp = np.finfo(dtype).eps
+    values, slopes = {}, {}
+    for mode in (False, True):
+        with run_time_code(mode):
+            values[mode] = np.asarray(jax.jit(softplus)(x))
+            slopes[mode] = np.asarray(jax.jit(jax.vmap(jax.grad(softplus)))(x))
+        rel = np.abs(values[mode].astype(np.longdouble) - exact) / exact
+        assert values[mode].dtype == dtype and float(rel.max()) < 4 * ulp, (mode, float(rel.max()), x[rel.argmax()])
+        assert (values[mode] > 0).all()
+    np.testing.assert_allclose(values[True], values[False], rtol=4 * ulp, atol=0)
+    np.testing.assert_array_equal(slopes[True], slopes[False])  # the derivative does not use log1p
+    with run_time_code():  # e where 1 + e rounds to 1, and log 2 at e = 1
+        e = np.array([0.0, ulp / 4, ulp / 2, 1.0], dtype)
+        np.testing.assert_allclose(np.asarray(jax.jit(log1p_unit)(e)), np.log1p(e.astype(np.float64)), rtol=2 * ulp)

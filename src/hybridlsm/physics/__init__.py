@@ -45,6 +45,7 @@ from .rollout import (
     simulate,
     spin_up,
 )
+from .smooth import run_time_code
 from .soil import LAYER_THICKNESS, implicit_heat_step, layer_centres, soil_heat_storage
 from .synthetic import synthetic_forcing
 from .turbulence import (
@@ -95,6 +96,7 @@ __all__ = [
     "reference_height",
     "rollout",
     "rollout_reduce",
+    "run_time_code",
     "run_time_jit",
     "simulate",
     "soil_heat_storage",

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .forcing import Forcing
+from .smooth import run_time_code
 
 DEFAULT_CHUNK = 96  # two days of half-hourly steps; sqrt(17520) ~ 132
 #: ``chunk`` for a rollout differentiated through its stacked outputs (a training loss): every
@@ -251,9 +252,21 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
     return state, total
 
 
+def _traced_for(fun: Callable, run_time: bool) -> Callable:
+    """``fun`` traced inside ``run_time_code(run_time)``: a function object of its own for each
+    mode, so that JAX's trace caches (keyed by the function) never hand one mode the other's trace."""
+    @functools.wraps(fun)
+    def traced(*args, **kwargs):
+        with run_time_code(run_time):
+            return fun(*args, **kwargs)
+
+    return traced
+
+
 def run_time_jit(fun: Callable) -> Callable:
     """``eqx.filter_jit(fun)``, called with an extra keyword ``run_time`` (default True): compiled
-    with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU, or with ``run_time=False``
+    with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU and traced inside
+    ``run_time_code`` (``smooth.log1p_unit``), or with ``run_time=False``
     with the process-wide options (faster to compile: for small problems). The backend is asked at
     the first call, so that defining it does not start JAX. For functions of many cells (a grid),
     where the emitters pay for their slower compilation."""
@@ -263,7 +276,7 @@ def run_time_jit(fun: Callable) -> Callable:
     def call(*args, run_time: bool = True, **kwargs):
         fast = bool(run_time) and jax.default_backend() == "cpu"
         if fast not in compiled:
-            compiled[fast] = eqx.filter_jit(fun, compiler_options=RUN_TIME_OPTIONS if fast else None)
+            compiled[fast] = eqx.filter_jit(_traced_for(fun, fast), compiler_options=RUN_TIME_OPTIONS if fast else None)
         return compiled[fast](*args, **kwargs)
 
     return call
