@@ -20,7 +20,10 @@ _RUN_TIME_CODE = contextvars.ContextVar("hybridlsm_run_time_code", default=False
 def run_time_code(on: bool = True):
     """Trace for run-time code generation: functions traced inside (``physics.run_time_jit`` does
     it for the executables it compiles with ``RUN_TIME_OPTIONS``) choose the forms that XLA's CPU
-    fusion emitters run fastest; see ``log1p_unit``. Results agree to float rounding either way."""
+    fusion emitters run fastest; see ``log1p_unit``. Results agree to float rounding either way.
+    JAX caches a trace by its function: trace each mode through a function of its own (as
+    ``run_time_jit`` does); a function jitted on its own and called inside keeps the trace of its
+    first call, whichever the mode (the same results; only the speed differs)."""
     token = _RUN_TIME_CODE.set(bool(on))
     try:
         yield
@@ -29,11 +32,11 @@ def run_time_code(on: bool = True):
 
 
 def log1p_unit(e):
-    """log(1 + e) for e in [0, 1], to float rounding (within 1 ulp of ``jnp.log1p``).
+    """log(1 + e) for e in [0, 1], to float rounding (a few ulps, as ``jnp.log1p``).
 
     Traced for run time (``run_time_code``) it is Goldberg's form log(u) * e / (u - 1) with
     u = 1 + e rounded (e itself where u rounds to 1): XLA's CPU fusion emitters run the LaD step
-    ~45 % faster at 1024 cells with it than with ``log1p`` (17 per cell and step, in ``softplus``).
+    40-50 % faster at 1024 cells with it than with ``log1p`` (17 per cell and step, in ``softplus``).
     It splits the step into more kernels (104 against 77 per step for one site), which costs more
     than it gains for a few cells (a site's training step took 0.031 s against 0.018 s), so it is
     used only for run time (docs/performance.md)."""
