@@ -307,8 +307,10 @@ def simulate(model, params: dict, forcing: Forcing, state0=None, dynamic: dict |
     - one plain scan, no chunked checkpointing (``chunk=None``): a forward-only run does not need
       it, and the nested chunk loop cost ~20 % at 1024 cells with every output; do not
       differentiate ``simulate`` (reverse mode would store every step's residuals);
-    - compiled with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU: 40-80 % faster
-      at 1024 cells, for a compilation 1.3-4x slower.
+    - compiled with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU and traced for
+      run time (``run_time_code``): with the plain scan 1.9x (every output) to 2.7x (Qle and Qh)
+      the throughput of ``jax.jit(rollout)`` at 1024 cells (docs/performance.md), for a
+      compilation 1.3-4x slower.
 
     For fewer cells both lose (a long plain scan was 4x slower at one cell), so it is
     ``jax.jit(rollout)`` with the default chunk and the process-wide options.
