@@ -224,12 +224,7 @@ def jit_for(fn, compiler_options=None):
     also traced inside ``run_time_code``, as ``physics.run_time_jit`` does."""
     if compiler_options is None:
         return jax.jit(fn)
-
-    def traced(*args):
-        with run_time_code():
-            return fn(*args)
-
-    return jax.jit(traced, compiler_options=compiler_options)
+    return jax.jit(run_time_code()(fn), compiler_options=compiler_options)
 
 
 def training_options(n_cells: int):

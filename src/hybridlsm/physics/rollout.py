@@ -252,17 +252,6 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
     return state, total
 
 
-def _traced_for(fun: Callable, run_time: bool) -> Callable:
-    """``fun`` traced inside ``run_time_code(run_time)``: a function object of its own for each
-    mode, so that JAX's trace caches (keyed by the function) never hand one mode the other's trace."""
-    @functools.wraps(fun)
-    def traced(*args, **kwargs):
-        with run_time_code(run_time):
-            return fun(*args, **kwargs)
-
-    return traced
-
-
 def run_time_jit(fun: Callable) -> Callable:
     """``eqx.filter_jit(fun)``, called with an extra keyword ``run_time`` (default True): compiled
     with ``RUN_TIME_OPTIONS`` (XLA's CPU fusion emitters) on the CPU and traced inside
@@ -276,7 +265,10 @@ def run_time_jit(fun: Callable) -> Callable:
     def call(*args, run_time: bool = True, **kwargs):
         fast = bool(run_time) and jax.default_backend() == "cpu"
         if fast not in compiled:
-            compiled[fast] = eqx.filter_jit(_traced_for(fun, fast), compiler_options=RUN_TIME_OPTIONS if fast else None)
+            # run_time_code as a decorator: a function object of its own for each mode, so that
+            # JAX's trace caches (keyed by the function) never hand one mode the other's trace
+            traced = run_time_code(fast)(fun)
+            compiled[fast] = eqx.filter_jit(traced, compiler_options=RUN_TIME_OPTIONS if fast else None)
         return compiled[fast](*args, **kwargs)
 
     return call

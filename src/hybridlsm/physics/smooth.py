@@ -21,9 +21,10 @@ def run_time_code(on: bool = True):
     """Trace for run-time code generation: functions traced inside (``physics.run_time_jit`` does
     it for the executables it compiles with ``RUN_TIME_OPTIONS``) choose the forms that XLA's CPU
     fusion emitters run fastest; see ``log1p_unit``. Results agree to float rounding either way.
-    JAX caches a trace by its function: trace each mode through a function of its own (as
-    ``run_time_jit`` does); a function jitted on its own and called inside keeps the trace of its
-    first call, whichever the mode (the same results; only the speed differs)."""
+    JAX caches a trace by its function: trace each mode through a function of its own, as the
+    decorator form ``run_time_code(on)(fun)`` gives (a new function each time; ``run_time_jit``
+    uses it); a function jitted on its own and called inside keeps the trace of its first call,
+    whichever the mode (the same results; only the speed differs)."""
     token = _RUN_TIME_CODE.set(bool(on))
     try:
         yield
