@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hybridlsm.evaluation.regional import (ablation_row, aggregate, degradation_rate, energy_residual,
-                                           energy_residual_field, extreme_rows, scale_rows, uq_scores)
+from hybridlsm.evaluation.regional import (ablation_row, aggregate, daily_extreme_scores, degradation_daily,
+                                           degradation_rate, energy_residual, energy_residual_field, extreme_rows,
+                                           scale_rows, uq_scores)
 from hybridlsm.models.regional_baselines import ClassConstants
 
 
@@ -47,6 +48,39 @@ def test_extreme_rows_rates_and_empty_subsets():
     assert hot["degradation_h_pct"] == pytest.approx(30.0)
     assert hot["degradation_le_pct"] == pytest.approx(-25.0)
     assert wind["empty"] and wind["degradation_h_pct"] is None and wind["mse_h"] is None
+
+
+def test_daily_degradation_rate_as_the_seed_defines_it():
+    # 2 days x 3 cells, truth 100 (H) and 150 (LE); cells 0 and 1 are homogeneous farmland, cell 2 is
+    # not; day 2 is hot in every cell at one hour each (a hot day: any hour above 35 degC); no windy hour
+    t, n = 48, 3
+    ds = _tiny_region(t, n)
+    err_h, err_le = np.zeros((t, n)), np.zeros((t, n))
+    err_h[:24, 0] = 2.0
+    err_h[24:, 0] = np.tile([-2.0, -6.0], 12)  # daily mean -4: the daily error, not the hourly ones
+    err_h[24:, 1] = 6.0
+    err_le[:24, 0], err_le[24:, 0], err_le[:24, 1], err_le[24:, 1] = 3.0, 1.0, 1.0, 3.0
+    err_h[24:, 2] = err_le[24:, 2] = 50.0  # not farmland: in neither the reference nor the extreme
+    out = {"Qh": 100.0 + err_h, "Qle": 150.0 + err_le}
+    every = np.ones((t, n), bool)
+    hot = np.zeros((t, n), bool)
+    hot[30, 0] = hot[40, 1] = hot[30, 2] = True
+    masks = {"all": every, "homogeneous": every & np.array([True, True, False]), "extreme_hot": hot,
+             "extreme_wind": np.zeros((t, n), bool)}
+    daily = daily_extreme_scores(out, ds, masks)
+    # reference: the farmland's four cell-days, errors 2, -4, 0, 6 (H) and 3, 1, 1, 3 (LE)
+    assert daily["homogeneous"] == {"mse_h": pytest.approx(14.0), "mse_le": pytest.approx(5.0), "n": 4}
+    # its hot cell-days: day 2 of cells 0 and 1, errors -4 and 6 (H), 1 and 3 (LE)
+    assert daily["extreme_hot"] == {"mse_h": pytest.approx(26.0), "mse_le": pytest.approx(5.0), "n": 2}
+    assert daily["extreme_wind"]["n"] == 0 and daily["extreme_wind"]["mse_h"] is None
+    hot_row, wind_row = extreme_rows(_records(), "m", daily=daily)
+    assert hot_row["degradation_daily_h_pct"] == pytest.approx(100.0 * 12.0 / 14.0)  # (26 - 14) / 14
+    assert hot_row["degradation_daily_le_pct"] == pytest.approx(0.0)
+    assert (hot_row["daily_mse_h"], hot_row["daily_n"]) == (pytest.approx(26.0), 2)
+    assert hot_row["degradation_h_pct"] == pytest.approx(30.0)  # the hourly rate is kept beside it
+    assert wind_row["degradation_daily_h_pct"] is None
+    assert degradation_daily([hot_row, wind_row]) == {"extreme_hot": pytest.approx(6.0 / 14.0), "extreme_wind": None}
+    assert "daily_mse_h" not in extreme_rows(_records(), "m")[0]  # without daily scores: the hourly rows only
 
 
 def test_uq_scores_coverage_and_crps():
