@@ -468,11 +468,7 @@ def _merge(summary: dict, name: str, records: list, rows: dict, info: dict, para
         summary[key] = [r for r in summary[key] if r["model"] != name] + new
     summary["models"][name] = info
     summary["degradation"][name] = degradation(records, name)
-    daily = degradation_daily(rows["table2_extremes"])
-    if any(r.get("daily_n") is not None for r in rows["table2_extremes"]):
-        summary.setdefault("degradation_daily", {})[name] = daily
-    else:  # a model scored before the daily rate: its old entry goes with its old rows
-        summary.setdefault("degradation_daily", {}).pop(name, None)
+    summary.setdefault("degradation_daily", {})[name] = degradation_daily(rows["table2_extremes"])
     if params is None:
         summary["class_parameters"].pop(name, None)
     else:

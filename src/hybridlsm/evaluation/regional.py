@@ -8,14 +8,15 @@ hourly, its MSE over the ``all`` MSE, minus one (H and LE averaged: :func:`degra
 000 Table 2 defines it, at the daily scale: the MSE of the daily means over the cell-days on which the
 extreme occurs against the daily MSE of all days, both over the homogeneous farmland, the seed's
 reference surface, so that the rate measures the extreme and not a change of surface type
-(:func:`daily_extreme_scores`, :func:`degradation_daily`). Hourly, the extremes (hot middays) are compared with a mix of day and
-night, whose night errors are small for any model that gets the night right, so the hourly rate
-rewards a model that is poor everywhere; the daily rate compares days with days.
+(:func:`daily_extreme_scores`, :func:`degradation_daily`). Hourly, the extremes (hot middays) are
+compared with a mix of day and night, whose night errors are small for any model that gets the
+night right, so the hourly rate favours a model that is poor everywhere; the daily rate compares
+days with days.
 
 The seed's tables: :func:`scale_rows` (Table 1: daily and weekly means, per surface type, with the
-energy residual), :func:`extreme_rows` (Table 2: the extremes with the degradation rate of H and LE, hourly and, with
-:func:`daily_extreme_scores`, daily as the seed defines it),
-:func:`ablation_row` with :func:`uq_scores` (Table 3), :func:`class_parameters` (Table 4) and
+energy residual), :func:`extreme_rows` (Table 2: the extremes with the degradation rate of H and LE,
+hourly and, with :func:`daily_extreme_scores`, daily as the seed defines it), :func:`ablation_row`
+with :func:`uq_scores` (Table 3), :func:`class_parameters` (Table 4) and
 :func:`kh_law_rows` (Table 5: the learned K_h field fitted by the branched law and the other forms
 of ``evaluation.discovery``).
 """
