@@ -217,6 +217,14 @@ def aggregate(values: np.ndarray, mask: np.ndarray, period: int, min_steps: int)
     return np.where(count >= max(min_steps, 1), means, np.nan)
 
 
+def _period_scores(out: dict, ds: xr.Dataset, name: str, mask: np.ndarray, period: int, min_steps: int) -> dict:
+    """``_scores`` of the period means (``aggregate``) of output ``name`` against those of the truth
+    ``<name>_true`` over ``mask``, where both have a mean."""
+    pred = aggregate(np.asarray(out[name]), mask, period, min_steps)
+    truth = aggregate(np.asarray(ds[f"{name}_true"].values).reshape(ds.sizes["time"], -1), mask, period, min_steps)
+    return _scores(pred, truth, np.isfinite(pred) & np.isfinite(truth))
+
+
 def energy_residual_field(out: dict) -> np.ndarray | None:
     """(T, N) signed column energy residual Rnet - Qh - Qle - Qg - Qf [W m-2]; None for a model
     without an energy budget (the CNN-LSTM)."""
@@ -244,7 +252,6 @@ def scale_rows(model: str, out: dict, ds: xr.Dataset, masks: dict[str, np.ndarra
     heterogeneous fringe), MSE, MAE and r of H and LE between the period means of the prediction
     and the truth over the scored steps of each cell (a period counts with at least one whole day of
     scored steps), and the mean |energy residual| of the period means (None without a budget)."""
-    t = ds.sizes["time"]
     res = energy_residual_field(out)
     rows = []
     for scale, days in SCALES.items():
@@ -253,9 +260,7 @@ def scale_rows(model: str, out: dict, ds: xr.Dataset, masks: dict[str, np.ndarra
             mask = masks[surface]
             row = {"model": model, "scale": scale, "surface": surface}
             for name, short in (("Qh", "h"), ("Qle", "le")):
-                pred = aggregate(np.asarray(out[name]), mask, period, steps_per_day)
-                truth = aggregate(np.asarray(ds[f"{name}_true"].values).reshape(t, -1), mask, period, steps_per_day)
-                s = _scores(pred, truth, np.isfinite(pred) & np.isfinite(truth))
+                s = _period_scores(out, ds, name, mask, period, steps_per_day)
                 row.update({f"mse_{short}": s["mse"], f"mae_{short}": s["mae"], f"r_{short}": s["r"], "n": s["n"]})
             if res is None:
                 row["energy_residual_wm2"] = None
@@ -306,9 +311,7 @@ def daily_extreme_scores(out: dict, ds: xr.Dataset, masks: dict[str, np.ndarray]
     for subset, mask in subsets.items():
         rec = {}
         for name, short in (("Qh", "h"), ("Qle", "le")):
-            pred = aggregate(np.asarray(out[name]), mask, steps_per_day, steps_per_day)
-            truth = aggregate(np.asarray(ds[f"{name}_true"].values).reshape(t, -1), mask, steps_per_day, steps_per_day)
-            s = _scores(pred, truth, np.isfinite(pred) & np.isfinite(truth))
+            s = _period_scores(out, ds, name, mask, steps_per_day, steps_per_day)
             rec[f"mse_{short}"], rec["n"] = s["mse"], s["n"]
         result[subset] = rec
     return result
