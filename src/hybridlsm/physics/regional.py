@@ -180,8 +180,9 @@ class RegionalModel(AbstractLandModel):
             # predictor: the air at the end of the sub-step under the previous sub-step's surface
             # fluxes; the column sees the mean of the start and this prediction (mid-step air)
             guess = advance(t_a, q_a, h_prev, e_prev, kh_prev)
-            t_mid, q_mid = 0.5 * (t_a + guess.temp), 0.5 * (q_a + guess.humidity)
-            for iteration in range(self.coupling_iterations):
+
+            def coupling_pass(mid, _):
+                t_mid, q_mid = mid
                 land, fluxes = self.land.step(land0, replace(col, t_air=t_mid, q_air=q_mid, time_step_s=dt),
                                               params, key_k)
                 new = advance(t_a, q_a, fluxes.sensible_heat, fluxes.evaporation, fluxes.exchange_coefficient)
@@ -190,11 +191,19 @@ class RegionalModel(AbstractLandModel):
                 rho_cell = air_density(t_mid, col.p_surf, q_mid)
                 g_heat = rho_cell * CP_AIR / fluxes.aerodynamic_resistance  # dH/dT_a [W m-2 K-1], T_s held
                 g_water = rho_cell / (fluxes.aerodynamic_resistance + fluxes.surface_resistance)  # -dE/dq_a
-                if iteration + 1 < self.coupling_iterations:
-                    # Newton step on the mid-step air with the local coupling's Jacobian: the air's
-                    # response to a change of the column's flux is dt / (C (1 + a_top)) per unit flux
-                    t_mid = t_mid + miss_t / (1.0 + 0.5 * dt * g_heat / (heat_capacity * (1.0 + a_top)))
-                    q_mid = q_mid + miss_q / (1.0 + 0.5 * dt * g_water / (rho * air.depth * (1.0 + a_top)))
+                # Newton step on the mid-step air with the local coupling's Jacobian, for the next
+                # pass (the last pass's is unused): the air's response to a change of the column's
+                # flux is dt / (C (1 + a_top)) per unit flux
+                t_next = t_mid + miss_t / (1.0 + 0.5 * dt * g_heat / (heat_capacity * (1.0 + a_top)))
+                q_next = q_mid + miss_q / (1.0 + 0.5 * dt * g_water / (rho * air.depth * (1.0 + a_top)))
+                return (t_next, q_next), (land, fluxes, new, miss_t, miss_q, g_heat, g_water, t_mid)
+
+            # the passes as a loop, not unrolled: one compiled copy of the column step, however many
+            # passes (unrolled, each pass was one more copy: compile time grew with them)
+            mid = (0.5 * (t_a + guess.temp), 0.5 * (q_a + guess.humidity))
+            _, passes = jax.lax.scan(coupling_pass, mid, None, length=self.coupling_iterations)
+            land, fluxes, new, miss_t, miss_q, g_heat, g_water, t_mid = jax.tree_util.tree_map(
+                lambda a: a[-1], passes)
             # coupling residual: how far the column's H + LE are from what the mid-step air it
             # should have seen gives, to first order [W m-2]
             residual = g_heat * jnp.abs(miss_t) + latent_heat_vaporisation(t_mid) * g_water * jnp.abs(miss_q)
