@@ -48,7 +48,7 @@ from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError
 from ..domain.build import land_cover_codes
-from ..neural import PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
+from ..neural import MC_KEY, PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
 from ..physics.air_layer import AirLayer
@@ -57,12 +57,13 @@ from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS, LaD
 from ..physics.regional import GridForcing, RegionalModel
 from ..training.trainer import ModelBatches
 from .column import product_albedo
+from .hybrid import FALLBACK_OUTPUT, FALLBACK_SAMPLES
 from .regional_loop import closed_loop
 
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
+    "train_regional", "predict_regional", "epistemic_fallback", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -629,7 +630,8 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
                progress=progress, resume=resume, run_time=data.run_time)
 
 
-def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict:
+def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None,
+                     fallback: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Outputs over the whole record ((T, N) arrays; ``rs_field``: the r_s prescribed or set by the
     parameters, where the output ``rs`` is the effective resistance with water stress). Physics
     models run continuously; the hybrid's fields are computed window by window (each window's
@@ -637,7 +639,9 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     them continuously in the closed loop (``models.regional_loop``: ``Kh_field``, ``rs_field`` are
     the fields used, ``recomputed`` marks the cells of steps recomputed with adjusted fields,
     ``closed_loop`` the loop's totals); the CNN-LSTM predicts window by window the same way. Cells
-    that are not columns (``data.active``) are NaN."""
+    that are not columns (``data.active``) are NaN. ``fallback``: a hybrid's epistemic fallback
+    masks (``epistemic_fallback``), passed to the closed loop; the output ``fallback`` is then the
+    fraction of the two fields (K_h, r_s) that fell back at each cell and step."""
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
         _, out = _physics_run(model, data.params, data.forcing, run_time=data.run_time)
@@ -654,12 +658,35 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     physics = regional_physics(data)
     field = EXCHANGE_FIELDS[model.exchange]
     kh, rs = jnp.asarray(pieces["Kh"]), jnp.asarray(pieces["rs"])
-    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field, run_time=data.run_time)
+    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field, run_time=data.run_time,
+                                  fallback=fallback)
     out = {k: np.asarray(v) for k, v in out.items()}
+    if fallback is not None:
+        out[FALLBACK_OUTPUT] = (np.mean(np.stack(fallback), axis=0)).astype(out["Qh"].dtype)
     given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
     out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
     out["closed_loop"] = report.summary()
     return _not_modelled(out, data.active)
+
+
+def epistemic_fallback(model: RegionalHybrid, data: RegionData, threshold: float, *, window: int = 48,
+                       warmup: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Where a hybrid's network is unsure, as the column hybrids' fallback (``models.hybrid``):
+    (K_h mask, r_s mask), (T, N) bool, True where the SD of the log field (K_h or its multiplier;
+    r_s) over ``FALLBACK_SAMPLES`` dropout passes of the network exceeds ``threshold``. The passes
+    run the network only (no physics), once per prediction: every MC-dropout run of that prediction
+    falls back in the same cell-steps. ``predict_regional(..., fallback=...)`` then runs the
+    physics' own fields there."""
+    if not threshold > 0:
+        raise ValueError(f"epistemic_fallback: threshold {threshold!r}; expected > 0 (an SD of a log field)")
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(MC_KEY), seed), FALLBACK_SAMPLES)
+    logs = {"Kh": [], "rs": []}
+    for key in keys:
+        fields = record_fields(model, data, window=window, warmup=warmup, key=key)
+        for name in logs:
+            logs[name].append(np.log(np.asarray(fields[name], np.float64)))
+    kh, rs = (np.std(np.stack(logs[name]), axis=0, ddof=1) > threshold for name in ("Kh", "rs"))
+    return kh & data.active[None], rs & data.active[None]
 
 
 def record_fields(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict[str, np.ndarray]:
@@ -759,8 +786,9 @@ def with_residual_sd(out: dict, table: dict, data: RegionData) -> dict:
 
 
 def mc_dropout_regional(model, data: RegionData, samples: int = 50, seed: int = 0, fields=MC_FIELDS, *,
-                        window: int = 48, warmup: int = 12) -> dict[str, dict[str, np.ndarray]]:
-    """``samples`` stochastic passes of ``predict_regional`` (dropout on, one key each):
+                        window: int = 48, warmup: int = 12, fallback=None) -> dict[str, dict[str, np.ndarray]]:
+    """``samples`` stochastic passes of ``predict_regional`` (dropout on, one key each; ``fallback``
+    passed to each):
     {field: {"mean": (T, N), "sd": (T, N)}} for the ``fields`` a pass gives (None: every (T, N)
     output; SD with ddof 1; Welford's running sums, so memory does not grow with ``samples``)."""
     if samples < 2:
@@ -768,7 +796,7 @@ def mc_dropout_regional(model, data: RegionData, samples: int = 50, seed: int = 
     keys = jax.random.split(jax.random.key(seed), samples)
     count, mean, m2 = 0, {}, {}
     for key in keys:
-        out = predict_regional(model, data, window=window, warmup=warmup, key=key)
+        out = predict_regional(model, data, window=window, warmup=warmup, key=key, fallback=fallback)
         count += 1
         for name in (fields if fields is not None else [k for k, v in out.items() if np.ndim(v) == 2]):
             if name not in out:

@@ -40,6 +40,11 @@ uniformly stiff field; on rough fields it lets the pull succeed with fewer recom
 in steps changes the parameteriser's field no more than the residual requires. Sub-step
 refinement is kept as the model has it inside every attempt.
 
+**Epistemic fallback** (``fallback``: two (T, N) bool masks, for K_h and r_s): where a mask is
+set, the step's field is the physics' own before anything else (K_h as above, or a multiplier of
+1; r_s = rs_min * rs_scale), as the column hybrids fall back where their dropout passes disagree
+(``models.hybrid``); ``models.regional.epistemic_fallback`` makes the masks.
+
 Checks per step, on the parameteriser's fields as given: values outside ``PARAMETER_BOUNDS``
 (K_h in [1e-3, 1e2] m2 s-1, r_s in [1e2, 1e4] s m-1) are clipped and counted (a non-finite value
 is replaced by the physics' own value and counted); smoothness as the roughness, the mean
@@ -189,7 +194,7 @@ def _clip(field, reference, bounds, active=None):
 def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, rs, state0=None, *,
                 tolerance: float = 10.0, max_adjustments: int = MAX_ADJUSTMENTS,
                 roughness_limit: float = ROUGHNESS_LIMIT, outputs: Sequence[str] | None = None,
-                exchange: str = PRESCRIBED_KH):
+                exchange: str = PRESCRIBED_KH, fallback=None):
     """Autoregressive prediction through the fields ``kh``, ``rs`` (T, N), recomputing every step
     whose residual exceeds ``tolerance`` with adjusted fields (module docstring).
 
@@ -206,12 +211,20 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         exchange: what ``kh`` is: ``PRESCRIBED_KH`` (K_h itself) or ``PRESCRIBED_KH_SCALE`` (a
             multiplier of the physics' own K_h: it is then pulled toward 1, its bounds are
             ``PARAMETER_BOUNDS["Kh_scale"]``)
+        fallback: None, or (K_h mask, r_s mask), (T, N) bool each: the cell-steps whose field is
+            replaced by the physics' own (module docstring)
 
     Returns:
         (final state, outputs dict of (T, N) arrays, ``LoopReport``).
     """
     n_steps, n_cells = forcing.n_steps, forcing.n_sites
-    for name, field in (("kh", kh), ("rs", rs)):
+    fields_in = [("kh", kh), ("rs", rs)]
+    if fallback is not None:
+        if len(fallback) != 2:
+            raise ValueError(f"closed_loop: fallback is {len(fallback)} masks; expected 2 (K_h, r_s)")
+        fallback = tuple(jnp.asarray(m, bool) for m in fallback)
+        fields_in += [("fallback K_h mask", fallback[0]), ("fallback r_s mask", fallback[1])]
+    for name, field in fields_in:
         if jnp.shape(field) != (n_steps, n_cells):
             raise ValueError(f"closed_loop: {name} has shape {jnp.shape(field)}; expected (T, N) = "
                              f"({n_steps}, {n_cells}) like the forcing")
@@ -248,10 +261,12 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
 
     def one_step(carry, xs):
         state, storage0 = carry
-        forcing_t, kh_t, rs_t = xs
+        forcing_t, kh_t, rs_t, fallback_t = xs
         kh_phys, rs_phys = reference_fields(physics, state, forcing_t, params)
         if scale is not None:  # the physics' own K_h is a multiplier of 1
             kh_phys = jnp.ones_like(kh_phys)
+        if fallback_t is not None:
+            kh_t, rs_t = jnp.where(fallback_t[0], kh_phys, kh_t), jnp.where(fallback_t[1], rs_phys, rs_t)
         kh_t, clipped_kh = _clip(kh_t, kh_phys, bounds, active)
         rs_t, clipped_rs = _clip(rs_t, rs_phys, PARAMETER_BOUNDS["rs"], active)
         log_kh, log_rs = jnp.log(kh_t), jnp.log(rs_t)
@@ -298,7 +313,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         return (new, storage), (out, check)
 
     storage0 = _soil_storage(physics, state0, params)
-    (state, _), (out, check) = jax.lax.scan(one_step, (state0, storage0), (forcing, kh, rs))
+    (state, _), (out, check) = jax.lax.scan(one_step, (state0, storage0), (forcing, kh, rs, fallback))
     report = LoopReport(check["recomputations"], check["residual_before"], check["residual_after"],
                         check["cells_clipped"], check["roughness"], check["roughness"] > roughness_limit,
                         tolerance=float(tolerance))

@@ -33,7 +33,7 @@ from typing import Literal
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError, DataWarning
@@ -45,6 +45,7 @@ from .regional import (
     TARGETS,
     RegionalHybrid,
     fixed_kh_model,
+    epistemic_fallback,
     mc_dropout_regional,
     new_cnn_lstm,
     new_hybrid,
@@ -92,12 +93,22 @@ class RegionalOptions(BaseModel):
     dropout: float = Field(0.15, ge=0.0, lt=1.0, description="dropout of the network (seed 000: 0.15)")
     mc_samples: int = Field(0, ge=0, le=1000, description="MC-dropout runs of a prediction (0: one deterministic "
                             "run; >= 2: their mean and SD; needs dropout > 0)")
+    fallback_threshold: float | None = Field(
+        None, gt=0.0, description="regional_hybrid: at prediction, the physics' own K_h (or a multiplier of 1) and "
+        "r_s wherever the SD of that log field over 10 dropout passes of the network exceeds this (epistemic "
+        "fallback, as the column hybrids'; needs dropout > 0)")
     lr: float | None = Field(3e-3, gt=0.0, le=1.0, description="AdamW step (null: training.lr); on the virtual "
                              "region's validation blocks benchmarks/regional.py chose 1e-2 for the hybrids, 3e-3 "
                              "for the CNN-LSTM")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fallback_needs_dropout(self):
+        if self.fallback_threshold is not None and self.dropout == 0:
+            raise ValueError("fallback_threshold needs dropout > 0: the spread it compares comes from dropout passes")
+        return self
 
     def network(self) -> SpatiotemporalOptions:
         return SpatiotemporalOptions(
@@ -128,8 +139,9 @@ class RegionalRun(eqx.Module):
 def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
     """What a prediction needs of the options (the registry's ``predict`` takes none)."""
     mc = options.mc_samples if options.dropout > 0 else 0
+    fallback = () if options.fallback_threshold is None else (("fallback_threshold", options.fallback_threshold),)
     return (("window_hours", options.window_hours), ("warmup_hours", options.warmup_hours),
-            ("mc_samples", mc), ("seed", options.seed))
+            ("mc_samples", mc), ("seed", options.seed), *fallback)
 
 
 def _grid(domains: Sequence[Domain], part: str) -> Domain:
@@ -200,7 +212,9 @@ class RegionalSpec(EquinoxSpec):
                                     resume=ctx.checkpoint_dir is not None)
             model = replace(model, model=result.model)
         net = model.model if model.model is not None else fixed_kh_model(data)
-        table = residual_sd(predict_regional(net, data, window=window, warmup=warmup), data, split["val"])
+        fallback = _fallback(model, net, data, window, warmup)
+        table = residual_sd(predict_regional(net, data, window=window, warmup=warmup, fallback=fallback), data,
+                            split["val"])
         return replace(model, residual=tuple((n, p["day"], p["night"]) for n, p in sorted(table.items())))
 
     def provenance(self, model: RegionalRun, domain: Domain) -> list[str]:
@@ -224,19 +238,30 @@ class RegionalSpec(EquinoxSpec):
         window, warmup = _steps(domain, cfg["window_hours"]), _steps(domain, cfg["warmup_hours"])
         net = model.model if model.model is not None else fixed_kh_model(data)
         samples = int(cfg["mc_samples"]) if model.model is not None else 0
+        fallback = _fallback(model, net, data, window, warmup)
         if samples < 2:
-            out = predict_regional(net, data, window=window, warmup=warmup)
+            out = predict_regional(net, data, window=window, warmup=warmup, fallback=fallback)
         else:
-            out = _mc_prediction(net, data, samples, int(cfg["seed"]), window, warmup)
+            out = _mc_prediction(net, data, samples, int(cfg["seed"]), window, warmup, fallback)
         out = with_residual_sd(out, model.residual_table(), data)
         order = np.asarray(domain.layout.cell_index)
         return {k: np.asarray(v)[:, order] for k, v in out.items() if np.ndim(v) >= 2}
 
 
-def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int) -> dict:
+def _fallback(model: RegionalRun, net, data, window: int, warmup: int):
+    """The epistemic fallback masks of a hybrid with ``fallback_threshold`` (``epistemic_fallback``),
+    else None."""
+    cfg = dict(model.settings)
+    if cfg.get("fallback_threshold") is None or not isinstance(net, RegionalHybrid):
+        return None
+    return epistemic_fallback(net, data, float(cfg["fallback_threshold"]), window=window, warmup=warmup,
+                              seed=int(cfg["seed"]))
+
+
+def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int, fallback=None) -> dict:
     """The mean of ``samples`` MC-dropout predictions of every output and the SDs ``<name>_sd`` of
     :data:`~hybridlsm.models.regional.MC_FIELDS` (``rs_field``'s as ``rs_sd``)."""
-    mc = mc_dropout_regional(net, data, samples, seed, fields=None, window=window, warmup=warmup)
+    mc = mc_dropout_regional(net, data, samples, seed, fields=None, window=window, warmup=warmup, fallback=fallback)
     sd = {f"{'rs' if k == 'rs_field' else k}_sd": mc[k]["sd"] for k in MC_FIELDS if k in mc}
     return {**{k: v["mean"] for k, v in mc.items()}, **sd}
 

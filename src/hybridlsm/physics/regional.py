@@ -196,7 +196,10 @@ class RegionalModel(AbstractLandModel):
                 # flux is dt / (C (1 + a_top)) per unit flux
                 t_next = t_mid + miss_t / (1.0 + 0.5 * dt * g_heat / (heat_capacity * (1.0 + a_top)))
                 q_next = q_mid + miss_q / (1.0 + 0.5 * dt * g_water / (rho * air.depth * (1.0 + a_top)))
-                return (t_next, q_next), (land, fluxes, new, miss_t, miss_q, g_heat, g_water, t_mid)
+                # (the air's dtype: a field of another, e.g. float64 K_h under float32 air, must not
+                # change the loop's carry)
+                return (t_next.astype(t_mid.dtype), q_next.astype(q_mid.dtype)), (land, fluxes, new, miss_t, miss_q,
+                                                                                   g_heat, g_water, t_mid)
 
             # the passes as a loop, not unrolled: one compiled copy of the column step, however many
             # passes (unrolled, each pass was one more copy: compile time grew with them)
