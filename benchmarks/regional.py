@@ -15,7 +15,11 @@ land-cover class instead of the network), ``no_physics_residual`` (lambda_energy
 when it trains the hybrid too), member k trained from seed + k at the learning rate the hybrid chose on
 validation; its prediction is the members' mean (fields and fluxes), its epistemic SD that of the
 members' spread and their own MC dropout (``models.ensemble.combine_members``), and each member's
-scores are kept (``models.hybrid_ensemble.members``). A run of some models merges their
+scores are kept (``models.hybrid_ensemble.members``); ``hybrid_scale_fallback``: hybrid_scale (taken
+from this run when it trains it too) with the epistemic fallback (``models.regional.epistemic_fallback``:
+the physics' own K_h multiplier of 1 and r_s wherever the SD of the log field over 10 dropout passes
+exceeds the threshold), its threshold chosen among ``FALLBACK_THRESHOLDS`` and none by the MSE of H and
+LE at the towers over the validation steps. A run of some models merges their
 records and table rows into results/regional.json (replacing those models' own, keeping the others,
 and recording per model the command and settings it came from); the grid must be the one already
 there (``--fresh`` starts a new file). Models with dropout get ``--mc-samples`` MC-dropout passes
@@ -61,7 +65,8 @@ from hybridlsm.models.regional import (
     blocked_split, build_cnn_lstm, build_hybrid, fixed_kh_model, predict_regional, region_data, train_regional,
 )
 from hybridlsm.models.ensemble import combine_members
-from hybridlsm.models.regional import mc_dropout_regional, residual_sd, with_residual_sd
+from hybridlsm.models.regional import (epistemic_fallback, field_spread, mc_dropout_regional, residual_sd,
+                                       with_residual_sd)
 from hybridlsm.models.regional_baselines import (COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS, LAD_CLASS_OF, build_class_constants,
                                                  column_domains, predict_column_hybrid, train_column_hybrid)
 from hybridlsm.neural import SpatiotemporalOptions
@@ -75,8 +80,11 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
-MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
+MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_pooled", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
           "no_physics_residual", "no_discovery", "no_uq")
+#: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
+#: benchmarks/discovery.py)
+FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
 TABLES = ("table1_scales", "table2_extremes", "table3_ablations", "table5_kh_laws")
 
@@ -192,18 +200,24 @@ def main() -> None:
     trained = {}  # the hybrid of this run: the ensemble's member 0 (or, ensemble first, the hybrid itself)
     for name in models:
         t0 = time.time()
+        fallback = None
         if name == "hybrid_ensemble":
             members, out, info = run_ensemble(data, ds, split, args, trained, masks, kh_true)
+        elif name == "hybrid_scale_fallback":
+            if "hybrid_scale" not in trained:
+                trained["hybrid_scale"] = run_model("hybrid_scale", data, ds, split, args)
+            model, out, info, fallback = run_fallback(trained["hybrid_scale"], data, split, masks)
+            members = [model]
         else:
             model, out, info = trained.get(name) or run_model(name, data, ds, split, args)
-            if name == "hybrid":
+            if name in ("hybrid", "hybrid_scale"):
                 trained[name] = (model, out, info)
             members = [] if model is None else [model]
         print(f"{name}: {info}", flush=True)
         uq = None
         if members and args.mc_samples >= 2 and _dropout(members[0]) > 0:
             t1 = time.time()
-            mc = _mc_members(members, data, args)
+            mc = _mc_members(members, data, args, fallback)
             # the predictive SD: MC dropout's plus the residual SD of the validation steps (day, night)
             table = residual_sd(out, data, split["val"])
             total = with_residual_sd({**{k: v["mean"] for k, v in mc.items()},
@@ -346,10 +360,12 @@ def run_ensemble(data, ds, split, args, trained: dict, masks: dict, kh_true: np.
     return members, out, info
 
 
-def _mc_members(members: list, data, args) -> dict[str, dict[str, np.ndarray]]:
-    """MC dropout of one model, or of an ensemble's members combined by the law of total variance
-    (``models.ensemble.combine_members``): {field: {"mean", "sd"}} as ``mc_dropout_regional``."""
-    per = [mc_dropout_regional(m, data, samples=args.mc_samples, seed=args.seed + k) for k, m in enumerate(members)]
+def _mc_members(members: list, data, args, fallback=None) -> dict[str, dict[str, np.ndarray]]:
+    """MC dropout of one model (with its epistemic ``fallback`` masks), or of an ensemble's members
+    combined by the law of total variance (``models.ensemble.combine_members``): {field: {"mean",
+    "sd"}} as ``mc_dropout_regional``."""
+    per = [mc_dropout_regional(m, data, samples=args.mc_samples, seed=args.seed + k, fallback=fallback)
+           for k, m in enumerate(members)]
     if len(per) == 1:
         return per[0]
     fields = list(per[0])
@@ -360,6 +376,42 @@ def _mc_members(members: list, data, args) -> dict[str, dict[str, np.ndarray]]:
 
 def _dropout(model) -> float:
     return float(getattr(getattr(model, "net", None), "dropout", 0.0) or 0.0)
+
+
+def run_fallback(trained, data, split, masks):
+    """``hybrid_scale_fallback`` (module docstring) from hybrid_scale's (model, outputs, info): (the
+    model, its outputs with the chosen threshold, info with the validation MSE of each candidate and
+    the fraction of the test cell-steps' fields that fell back, the fallback masks or None)."""
+    model, plain, info = trained
+    t0 = time.time()
+    spread = field_spread(model, data)
+    val = np.asarray(split["val"], bool)[:, None] & data.active[None]
+
+    def val_mse(out) -> float:  # mean over H and LE of the MSE at the observed tower values of the validation steps
+        errors = []
+        for k in ("Qh", "Qle"):
+            obs = np.asarray(data.observed[k], np.float64)
+            seen = val & np.isfinite(obs)
+            errors.append(float(np.mean((np.asarray(out[k], np.float64)[seen] - obs[seen]) ** 2)))
+        return float(np.mean(errors))
+
+    candidates = {"none": (plain, None, val_mse(plain))}
+    for threshold in FALLBACK_THRESHOLDS:
+        masks_ = epistemic_fallback(model, data, threshold, spread=spread)
+        out = predict_regional(model, data, fallback=masks_)
+        candidates[f"{threshold:g}"] = (out, masks_, val_mse(out))
+    chosen = min(candidates, key=lambda k: candidates[k][2])
+    out, fallback, _ = candidates[chosen]
+    info = {**info, "fallback_selection": {k: v[2] for k, v in candidates.items()}, "fallback_threshold": chosen,
+            "fallback_minutes": (time.time() - t0) / 60.0}
+    for part in ("all", "extreme_hot"):  # the share of the two fields that fell back at the held-out test cells
+        info[f"fallback_fraction_{part}"] = {
+            k: 0.0 if v[1] is None or not masks[part].any() else float(np.mean(np.stack(v[1]), axis=0)[masks[part]].mean())
+            for k, v in candidates.items()}
+    print(f"hybrid_scale_fallback: validation MSE by threshold {info['fallback_selection']}; chosen {chosen}; "
+          f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}, on the hot ones "
+          f"{info['fallback_fraction_extreme_hot']}", flush=True)
+    return model, out, info, fallback
 
 
 def run_model(name: str, data, ds, split, args):

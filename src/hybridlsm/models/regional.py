@@ -63,7 +63,7 @@ from .regional_loop import closed_loop
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "epistemic_fallback", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
+    "train_regional", "predict_regional", "epistemic_fallback", "field_spread", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -669,24 +669,32 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     return _not_modelled(out, data.active)
 
 
-def epistemic_fallback(model: RegionalHybrid, data: RegionData, threshold: float, *, window: int = 48,
-                       warmup: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Where a hybrid's network is unsure, as the column hybrids' fallback (``models.hybrid``):
-    (K_h mask, r_s mask), (T, N) bool, True where the SD of the log field (K_h or its multiplier;
-    r_s) over ``FALLBACK_SAMPLES`` dropout passes of the network exceeds ``threshold``. The passes
-    run the network only (no physics), once per prediction: every MC-dropout run of that prediction
-    falls back in the same cell-steps. ``predict_regional(..., fallback=...)`` then runs the
-    physics' own fields there."""
-    if not threshold > 0:
-        raise ValueError(f"epistemic_fallback: threshold {threshold!r}; expected > 0 (an SD of a log field)")
+def field_spread(model: RegionalHybrid, data: RegionData, *, window: int = 48, warmup: int = 12,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The network's epistemic spread of its fields: the SD of log K_h (or of its multiplier) and
+    of log r_s over ``FALLBACK_SAMPLES`` dropout passes of the network alone (no physics), (T, N)
+    each; the same passes for a given ``seed``."""
     keys = jax.random.split(jax.random.fold_in(jax.random.key(MC_KEY), seed), FALLBACK_SAMPLES)
     logs = {"Kh": [], "rs": []}
     for key in keys:
         fields = record_fields(model, data, window=window, warmup=warmup, key=key)
         for name in logs:
             logs[name].append(np.log(np.asarray(fields[name], np.float64)))
-    kh, rs = (np.std(np.stack(logs[name]), axis=0, ddof=1) > threshold for name in ("Kh", "rs"))
-    return kh & data.active[None], rs & data.active[None]
+    return tuple(np.std(np.stack(logs[name]), axis=0, ddof=1) for name in ("Kh", "rs"))
+
+
+def epistemic_fallback(model: RegionalHybrid, data: RegionData, threshold: float, *, window: int = 48,
+                       warmup: int = 12, seed: int = 0, spread=None) -> tuple[np.ndarray, np.ndarray]:
+    """Where a hybrid's network is unsure, as the column hybrids' fallback (``models.hybrid``):
+    (K_h mask, r_s mask), (T, N) bool, True in the modelled cells where the field's spread
+    (``field_spread``, or ``spread`` when the caller has it) exceeds ``threshold``. Computed once
+    per prediction: every MC-dropout run of that prediction falls back in the same cell-steps.
+    ``predict_regional(..., fallback=...)`` then runs the physics' own fields there."""
+    if not threshold > 0:
+        raise ValueError(f"epistemic_fallback: threshold {threshold!r}; expected > 0 (an SD of a log field)")
+    if spread is None:
+        spread = field_spread(model, data, window=window, warmup=warmup, seed=seed)
+    return tuple((sd > threshold) & data.active[None] for sd in spread)
 
 
 def record_fields(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict[str, np.ndarray]:
