@@ -21,6 +21,9 @@ steps (``models.regional.residual_sd``); a prediction adds it to the MC SD of th
 and 11 % (LE) of the virtual region's true fluxes at the held-out cells, with the residual SD 89 % and
 71 % (benchmarks/regional.py, hybrid_scale); a deep ensemble of three (``{name: ensemble, options:
 {model: regional_hybrid, size: 3}}``) adds the members' spread, which widened them little there.
+With ``fallback_threshold`` a hybrid's prediction (and the validation residual SD it keeps) runs the
+physics' own K_h and r_s wherever the network's dropout passes disagree by more than it
+(``models.regional.epistemic_fallback``).
 """
 
 from __future__ import annotations
