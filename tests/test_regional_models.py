@@ -278,5 +278,7 @@ def test_the_epistemic_fallback_runs_the_physics_own_fields_where_the_network_is
     assert ("fallback_threshold", 0.2) in settings(RegionalOptions(fallback_threshold=0.2))
     assert "fallback_threshold" not in dict(settings(RegionalOptions()))
 
+    with pytest.raises(ValueError, match="only a RegionalHybrid"):  # the physics has no fields to fall back from
+        predict_regional(fixed_kh_model(data), data, fallback=(kh_mask, rs_mask))
     with pytest.raises(ValueError, match="fallback_threshold needs dropout"):
         RegionalOptions(dropout=0.0, fallback_threshold=0.1)

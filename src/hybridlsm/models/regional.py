@@ -642,6 +642,9 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     that are not columns (``data.active``) are NaN. ``fallback``: a hybrid's epistemic fallback
     masks (``epistemic_fallback``), passed to the closed loop; the output ``fallback`` is then the
     fraction of the two fields (K_h, r_s) that fell back at each cell and step."""
+    if fallback is not None and not isinstance(model, RegionalHybrid):
+        raise ValueError(f"predict_regional: an epistemic fallback for a {type(model).__name__}; only a "
+                         "RegionalHybrid has fields to fall back from")
     if isinstance(model, RegionalModel):
         model = replace(model, max_refinements=PREDICT_REFINEMENTS)
         _, out = _physics_run(model, data.params, data.forcing, run_time=data.run_time)
