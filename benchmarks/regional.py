@@ -58,6 +58,7 @@ import numpy as np
 import hybridlsm  # noqa: F401  (XLA flags before jax starts)
 from hybridlsm.config import TrainConfig
 from hybridlsm.data.virtual_region import ALBEDO_NOISE, CLASS_NAMES, every_class_towers, virtual_region
+from hybridlsm.evaluation.metrics import mse
 from hybridlsm.evaluation.regional import (ablation_row, class_parameters, daily_extreme_scores, degradation,
                                            degradation_daily, extreme_rows, field_correlation, kh_law_rows, scale_rows,
                                            score_records, surface_masks, uq_scores)
@@ -388,12 +389,7 @@ def run_fallback(trained, data, split, masks):
     val = np.asarray(split["val"], bool)[:, None] & data.active[None]
 
     def val_mse(out) -> float:  # mean over H and LE of the MSE at the observed tower values of the validation steps
-        errors = []
-        for k in ("Qh", "Qle"):
-            obs = np.asarray(data.observed[k], np.float64)
-            seen = val & np.isfinite(obs)
-            errors.append(float(np.mean((np.asarray(out[k], np.float64)[seen] - obs[seen]) ** 2)))
-        return float(np.mean(errors))
+        return float(np.mean([mse(out[k], data.observed[k], val) for k in ("Qh", "Qle")]))
 
     candidates = {"none": (plain, None, val_mse(plain))}
     for threshold in FALLBACK_THRESHOLDS:
