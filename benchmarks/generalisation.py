@@ -43,7 +43,8 @@ COUPLINGS = ("hybrid_param", "hybrid_flux", "hybrid_lstm")  # X_static is the cr
 ENSEMBLE = "hybrid_ensemble_static"  # the three static couplings' mean (a multi-model ensemble)
 #: the multi-model ensembles of the in-site table: label (before the variant suffix) -> row name
 ENSEMBLES = {ENSEMBLE: "ensemble of the three",
-             "hybrid_stacked_static": "the three stacked on validation (weights: validation)"}
+             "hybrid_stacked_static": "the three stacked on validation (weights: validation)",
+             "hybrid_seeds_static": "the three, three initialisations each (9 members, equal weights)"}
 #: label suffixes of the cross-site variants in MULTISITE: "" attributes as inputs; "_dpl" the networks also
 #: set six LaD parameters per site from its attributes (``static_parameters``)
 DPL_PARAMETERS = "albedo, kB_inv, soil_thermal_conductivity, root_zone_capacity, beta_threshold, deep_root_fraction"
