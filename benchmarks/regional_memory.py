@@ -33,9 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from docblock import replace_block  # benchmarks/docblock.py
-from scaling import GB, _hwm_gb, log, machine  # benchmarks/scaling.py
+from scaling import _hwm_gb, log, machine  # benchmarks/scaling.py
 from scaling import grid_case as scaling_grid_case
-from scaling import serve_worker
+from scaling import serve_worker, write_virtual_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID_SIZES = ((32, 32), (64, 64), (128, 128))
@@ -47,13 +47,7 @@ BEGIN, END = "<!-- regional-memory:begin -->", "<!-- regional-memory:end -->"
 
 
 def worker_write_grid(ny: int, nx: int, steps: int, store: str) -> dict:
-    from hybridlsm.data.virtual import virtual_grid
-
-    t0 = time.perf_counter()
-    ds = virtual_grid(ny, nx, -(-steps // 24), step_s=3600, chunks=(TIME_CHUNK, ny, nx)).isel(time=slice(0, steps))
-    ds.to_zarr(store, zarr_format=2)
-    size = sum(p.stat().st_size for p in Path(store).rglob("*") if p.is_file())
-    return {"write_s": time.perf_counter() - t0, "store_gb": size / GB}
+    return write_virtual_grid(ny, nx, steps, store, rows=ny, time_chunk=TIME_CHUNK)  # whole-grid chunks
 
 
 def worker_stream(store: str, out: str) -> dict:
@@ -95,7 +89,7 @@ WORKERS = {"write_grid": worker_write_grid, "stream": worker_stream}
 
 def grid_case(ny: int, nx: int, steps: int, scratch: Path) -> dict:
     # nine forcing variables: the column forcing and the two wind components
-    return scaling_grid_case(ny, nx, steps, scratch, script=__file__, stream="stream", n_variables=9)
+    return scaling_grid_case(ny, nx, steps, scratch, script=__file__, stream="stream")
 
 
 def markdown(R: dict, cmd: str) -> str:
