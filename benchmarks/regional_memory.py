@@ -88,7 +88,6 @@ WORKERS = {"write_grid": worker_write_grid, "stream": worker_stream}
 
 
 def grid_case(ny: int, nx: int, steps: int, scratch: Path) -> dict:
-    # nine forcing variables: the column forcing and the two wind components
     return scaling_grid_case(ny, nx, steps, scratch, script=__file__, stream="stream")
 
 
