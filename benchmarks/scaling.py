@@ -188,7 +188,8 @@ def spawn(name: str, *args, devices: int | None = None, timeout: float = 7200, s
 # ------------------------------------------------------------------------------ parts
 
 
-def grid_case(ny: int, nx: int, steps: int, scratch: Path, *, script: str = __file__, stream: str = "stream_grid") -> dict:
+def grid_case(ny: int, nx: int, steps: int, scratch: Path, *, script: str = __file__,
+              stream: str = "stream_grid") -> dict:
     """Write a ``virtual_grid`` forcing with the ``write_grid`` worker of ``script``, stream it with
     its ``stream`` worker, each in its own process; remove both stores."""
     store, out = scratch / f"forcing_{ny}x{nx}_{steps}.zarr", scratch / f"out_{ny}x{nx}_{steps}.zarr"
