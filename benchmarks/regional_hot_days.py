@@ -5,13 +5,15 @@ Every learned regional model degrades on the hot days of the virtual region by a
 others (seed 000 Table 2's daily rate, docs/results.md), no_parameteriser (one constant K_h and
 r_s per land-cover class, no network) included. This script separates the two fields. For each
 model it runs the gridded physics (``models.regional.run_fields``, the closed loop a hybrid
-predicts with) through four pairs of fields:
+predicts with) through three pairs of fields:
 
 * ``model``: the model's own K_h and r_s (its prediction, up to the closed loop's recomputations);
 * ``true_kh``: the truth's K_h with the model's r_s;
 * ``true_rs``: the model's K_h with the truth's r_s;
-* ``truth``: both of the truth's (what is left: the albedo product's noise and the loop's
-  recomputations; the same for every model),
+
+and, once for all models, ``truth``: both of the truth's fields (what is left: the albedo product's
+noise, the closed loop's recomputations), and ``truth_albedo``: the truth's fields with the truth's
+class albedo instead of the product;
 
 and scores each at the held-out cells over the test blocks as benchmarks/regional.py does: the MSE
 of H and LE over all values and on the hot steps (Tair > 35 °C), and the seed's daily degradation
@@ -46,7 +48,7 @@ from docblock import replace_block  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 
-from hybridlsm.data.virtual_region import virtual_region  # noqa: E402
+from hybridlsm.data.virtual_region import CLASS_NAMES, REGION_CLASSES, virtual_region  # noqa: E402
 from hybridlsm.evaluation.regional import (daily_extreme_scores, extreme_rows, score_records,  # noqa: E402
                                            surface_masks)
 from hybridlsm.models.regional import blocked_split, region_data, run_fields  # noqa: E402
@@ -82,6 +84,28 @@ def field_ratios(kh, rs, kh_true, rs_true, day: np.ndarray, hot: np.ndarray) -> 
     """Median ratio of each field to the truth's over the daytime and over the hot steps of ``day``."""
     ratio = {"kh": kh / kh_true, "rs": rs / rs_true}
     return {f"{k}_ratio_{w}": float(np.median(v[m])) for k, v in ratio.items() for w, m in (("day", day), ("hot", hot))}
+
+
+def score_pair(name: str, pair: str, out: dict, kh, rs, ds, masks, truth, day, hot) -> dict:
+    """One record of the table: the run of ``name``'s ``pair`` of fields scored as benchmarks/regional.py
+    scores a model (printed as it comes)."""
+    records = score_records(name, out, ds, masks)
+    by = {r["surface"]: r for r in records}
+    hot_row = {r["surface"]: r for r in extreme_rows(records, name, daily=daily_extreme_scores(out, ds, masks))}["extreme_hot"]
+    rec = {"model": name, "fields": pair,
+           **{f"{k}_all": by["all"][k] for k in ("mse_h", "mse_le")},
+           **{f"{k}_hot": by["extreme_hot"][k] for k in ("mse_h", "mse_le")},
+           "degradation_daily_h_pct": hot_row["degradation_daily_h_pct"],
+           "degradation_daily_le_pct": hot_row["degradation_daily_le_pct"],
+           "hot_days_n": hot_row["daily_n"],
+           "recomputed_steps": out["closed_loop"]["recomputed_steps"],
+           **field_ratios(kh, rs, truth["Kh"], truth["rs"], day, hot)}
+    print(f"{name} {pair}: MSE H / LE all {rec['mse_h_all']:.0f} / {rec['mse_le_all']:.0f}, hot "
+          f"{rec['mse_h_hot']:.0f} / {rec['mse_le_hot']:.0f}; daily hot-day rate H / LE "
+          f"{rec['degradation_daily_h_pct']:+.0f} / {rec['degradation_daily_le_pct']:+.0f} %; r_s / true "
+          f"day {rec['rs_ratio_day']:.2f}, hot {rec['rs_ratio_hot']:.2f}; K_h / true day "
+          f"{rec['kh_ratio_day']:.2f}, hot {rec['kh_ratio_hot']:.2f}", flush=True)
+    return rec
 
 
 def main() -> None:
@@ -121,28 +145,17 @@ def main() -> None:
     for name in models:
         kh_m, rs_m, info = model_fields(name, data, ds, split, args)
         summary["models"][name] = info
-        pairs = {"model": (kh_m, rs_m), "true_kh": (truth["Kh"], rs_m), "true_rs": (kh_m, truth["rs"]),
-                 "truth": (truth["Kh"], truth["rs"])}
+        pairs = {"model": (kh_m, rs_m), "true_kh": (truth["Kh"], rs_m), "true_rs": (kh_m, truth["rs"])}
         for pair, (kh, rs) in pairs.items():
-            out = run_fields(data, kh, rs)
-            records = score_records(name, out, ds, masks)
-            by = {r["surface"]: r for r in records}
-            rows = {r["surface"]: r for r in extreme_rows(records, name, daily=daily_extreme_scores(out, ds, masks))}
-            hot_row = rows["extreme_hot"]
-            rec = {"model": name, "fields": pair,
-                   **{f"{k}_all": by["all"][k] for k in ("mse_h", "mse_le")},
-                   **{f"{k}_hot": by["extreme_hot"][k] for k in ("mse_h", "mse_le")},
-                   "degradation_daily_h_pct": hot_row["degradation_daily_h_pct"],
-                   "degradation_daily_le_pct": hot_row["degradation_daily_le_pct"],
-                   "hot_days_n": hot_row["daily_n"],
-                   "recomputed_steps": out["closed_loop"]["recomputed_steps"],
-                   **field_ratios(kh, rs, truth["Kh"], truth["rs"], day, hot)}
-            summary["records"].append(rec)
-            print(f"{name} {pair}: MSE H / LE all {rec['mse_h_all']:.0f} / {rec['mse_le_all']:.0f}, hot "
-                  f"{rec['mse_h_hot']:.0f} / {rec['mse_le_hot']:.0f}; daily hot-day rate H / LE "
-                  f"{rec['degradation_daily_h_pct']:+.0f} / {rec['degradation_daily_le_pct']:+.0f} %; r_s / true "
-                  f"day {rec['rs_ratio_day']:.2f}, hot {rec['rs_ratio_hot']:.2f}; K_h / true day "
-                  f"{rec['kh_ratio_day']:.2f}, hot {rec['kh_ratio_hot']:.2f}", flush=True)
+            summary["records"].append(score_pair(name, pair, run_fields(data, kh, rs), kh, rs, ds, masks, truth, day,
+                                                 hot))
+    # the floor: the truth's fields, with the albedo product and with the truth's albedo
+    summary["records"].append(score_pair("truth", "truth", run_fields(data, truth["Kh"], truth["rs"]), truth["Kh"],
+                                         truth["rs"], ds, masks, truth, day, hot))
+    true_albedo = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in np.asarray(ds["surface_class"].values).reshape(-1)])
+    exact = region_data(ds.assign(Albedo=(("y", "x"), true_albedo.reshape(args.ny, args.ny))), jnp.float32)
+    summary["records"].append(score_pair("truth", "truth_albedo", run_fields(exact, truth["Kh"], truth["rs"]),
+                                         truth["Kh"], truth["rs"], ds, masks, truth, day, hot))
     summary["wall_minutes"] = (time.time() - t0) / 60.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
@@ -165,7 +178,7 @@ def table(s: dict) -> str:
              "K_h / true day, hot | r_s / true day, hot | recomputed steps |",
              "|---|---|---|---|---|---|---|---|"]
     words = {"model": "model's, model's", "true_kh": "**true**, model's", "true_rs": "model's, **true**",
-             "truth": "true, true"}
+             "truth": "true, true", "truth_albedo": "true, true; and the true albedo"}
     for r in s["records"]:
         lines.append(f"| {r['model']} | {words[r['fields']]} | {f(r['mse_h_all'])} / {f(r['mse_h_hot'])} | "
                      f"{f(r['mse_le_all'])} / {f(r['mse_le_hot'])} | {f(r['degradation_daily_h_pct'])} / "
