@@ -658,20 +658,21 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     return run_fields(data, pieces["Kh"], pieces["rs"], exchange=model.exchange, fallback=fallback)
 
 
-def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=None) -> dict:
+def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=None, state0=None) -> dict:
     """The gridded physics of ``data`` run through given (T, N) fields in the closed loop, as a
     hybrid predicts with its network's fields (``predict_regional``; any fields: a truth's, or one
     model's K_h with another's r_s). ``kh``: K_h [m2 s-1] (``exchange="field"``) or a multiplier
-    of the physics' own K_h (``"scale"``); ``rs``: r_s [s m-1]. The outputs as ``predict_regional``'s
-    (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
+    of the physics' own K_h (``"scale"``); ``rs``: r_s [s m-1]. ``state0``: the state at the record's
+    start (default the physics' initial state, as ``predict_regional`` starts). The outputs as
+    ``predict_regional``'s (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
     # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
     # field)
     physics = regional_physics(data)
     field = EXCHANGE_FIELDS[exchange]
     kh, rs = jnp.asarray(kh, data.variables.dtype), jnp.asarray(rs, data.variables.dtype)
-    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, exchange=field, run_time=data.run_time,
-                                  fallback=fallback)
+    _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, state0, exchange=field,
+                                  run_time=data.run_time, fallback=fallback)
     out = {k: np.asarray(v) for k, v in out.items()}
     if fallback is not None:
         out[FALLBACK_OUTPUT] = (np.mean(np.stack(fallback), axis=0)).astype(out["Qh"].dtype)
