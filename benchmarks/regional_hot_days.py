@@ -129,7 +129,7 @@ def main() -> None:
         ap.error(f"--models {args.models!r}: choose from {', '.join(MODELS)}")
     # what benchmarks/regional.py's run_model reads
     args.lrs, args.class_pooling, args.seed = [args.lr], [None], 0
-    command = "python benchmarks/regional_hot_days.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python benchmarks/regional_hot_days.py", *sys.argv[1:]])
     commit = bench._commit()
 
     t0 = time.time()
