@@ -83,13 +83,15 @@ def model_fields(name: str, data, ds, split, args) -> tuple[np.ndarray, np.ndarr
         return (np.broadcast_to(kh, shape), np.broadcast_to(rs, shape),
                 {"source": f"class constants of {bench.RESULTS.name} (commit {entry.get('commit')})"})
     _, out, info = bench.run_model(name, data, ds, split, args)
-    return np.asarray(out["Kh"]), np.asarray(out["rs_field"]), {k: info[k] for k in ("train_minutes", "epochs", "lr", "best_val")}
+    kept = {k: info[k] for k in ("train_minutes", "epochs", "lr", "best_val")}
+    return np.asarray(out["Kh"]), np.asarray(out["rs_field"]), kept
 
 
 def field_ratios(kh, rs, kh_true, rs_true, day: np.ndarray, hot: np.ndarray) -> dict:
-    """Median ratio of each field to the truth's over the daytime and over the hot steps of ``day``."""
+    """Median ratio of each field to the truth's over the (T, N) masks ``day`` and ``hot``."""
     ratio = {"kh": kh / kh_true, "rs": rs / rs_true}
-    return {f"{k}_ratio_{w}": float(np.median(v[m])) for k, v in ratio.items() for w, m in (("day", day), ("hot", hot))}
+    return {f"{k}_ratio_{w}": float(np.median(v[m])) for k, v in ratio.items()
+            for w, m in (("day", day), ("hot", hot))}
 
 
 def score_pair(name: str, pair: str, out: dict, kh, rs, ds, masks, truth, day, hot) -> dict:
@@ -97,7 +99,8 @@ def score_pair(name: str, pair: str, out: dict, kh, rs, ds, masks, truth, day, h
     scores a model (printed as it comes)."""
     records = score_records(name, out, ds, masks)
     by = {r["surface"]: r for r in records}
-    hot_row = {r["surface"]: r for r in extreme_rows(records, name, daily=daily_extreme_scores(out, ds, masks))}["extreme_hot"]
+    rows = extreme_rows(records, name, daily=daily_extreme_scores(out, ds, masks))
+    hot_row = next(r for r in rows if r["surface"] == "extreme_hot")
     rec = {"model": name, "fields": pair,
            **{f"{k}_all": by["all"][k] for k in ("mse_h", "mse_le")},
            **{f"{k}_hot": by["extreme_hot"][k] for k in ("mse_h", "mse_le")},
@@ -158,7 +161,8 @@ def main() -> None:
     # the floor: the truth's fields, with the albedo product and with the truth's albedo
     summary["records"].append(score_pair("truth", "truth", run_fields(data, truth["Kh"], truth["rs"]), truth["Kh"],
                                          truth["rs"], ds, masks, truth, day, hot))
-    true_albedo = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in np.asarray(ds["surface_class"].values).reshape(-1)])
+    cells = np.asarray(ds["surface_class"].values).reshape(-1)
+    true_albedo = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in cells])
     exact = region_data(ds.assign(Albedo=(("y", "x"), true_albedo.reshape(args.ny, args.ny))), jnp.float32)
     summary["records"].append(score_pair("truth", "truth_albedo", run_fields(exact, truth["Kh"], truth["rs"]),
                                          truth["Kh"], truth["rs"], ds, masks, truth, day, hot))

@@ -111,7 +111,10 @@ def test_the_physics_through_the_truths_fields_comes_near_the_truth(region):
     data = region_data(region, jnp.float32)
     t = region.sizes["time"]
     kh, rs = (np.asarray(region[f"{k}_true"].values).reshape(t, -1) for k in ("Kh", "rs"))
-    rmse = lambda out, name: float(np.sqrt(np.mean((out[name] - region[f"{name}_true"].values.reshape(t, -1)) ** 2)))  # noqa: E731
+
+    def rmse(out, name):
+        return float(np.sqrt(np.mean((out[name] - region[f"{name}_true"].values.reshape(t, -1)) ** 2)))
+
     through_truth = run_fields(data, kh, rs)
     fixed = predict_regional(fixed_kh_model(data), data)
     for name in ("Qh", "Qle"):
