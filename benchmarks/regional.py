@@ -19,7 +19,9 @@ scores are kept (``models.hybrid_ensemble.members``); ``hybrid_scale_fallback``:
 from this run when it trains it too) with the epistemic fallback (``models.regional.epistemic_fallback``:
 the physics' own K_h multiplier of 1 and r_s wherever the SD of the log field over 10 dropout passes
 exceeds the threshold), its threshold chosen among ``FALLBACK_THRESHOLDS`` and none by the MSE of H and
-LE at the towers over the validation steps. A run of some models merges their
+LE at the towers over the validation steps; ``hybrid_scale_vpd``: hybrid_scale whose network gives r_s at
+a vapour-pressure deficit of 0, raised by the physics in drier air, r_s (1 + D / D0) with Leuning's D0 of
+``physics.lad.RS_VPD_D0`` (``RegionalHybrid.rs_vpd_d0``). A run of some models merges their
 records and table rows into results/regional.json (replacing those models' own, keeping the others,
 and recording per model the command and settings it came from); the grid must be the one already
 there (``--fresh`` starts a new file). Models with dropout get ``--mc-samples`` MC-dropout passes
@@ -71,6 +73,7 @@ from hybridlsm.models.regional import (epistemic_fallback, field_spread, mc_drop
 from hybridlsm.models.regional_baselines import (COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS, LAD_CLASS_OF, build_class_constants,
                                                  column_domains, predict_column_hybrid, train_column_hybrid)
 from hybridlsm.neural import SpatiotemporalOptions
+from hybridlsm.physics.lad import RS_VPD_D0
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docblock import replace_block  # noqa: E402
@@ -81,8 +84,8 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
-MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_pooled", "fixed_kh", "cnn_lstm", "column_hybrid", "no_parameteriser",
-          "no_physics_residual", "no_discovery", "no_uq")
+MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
+          "cnn_lstm", "column_hybrid", "no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 #: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
 #: benchmarks/discovery.py)
 FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
@@ -460,6 +463,8 @@ def train_model(name: str, data, split, args, lr: float, pooling: float | None =
         model, config = build_class_constants(data, seed=seed), cfg
     elif name == "hybrid_scale":  # the network gives a multiplier of the physics' own K_h
         model, config = build_hybrid(data, seed=seed, exchange="scale"), cfg
+    elif name == "hybrid_scale_vpd":  # ... and r_s at D = 0, which the physics raises with the VPD (Leuning)
+        model, config = build_hybrid(data, seed=seed, exchange="scale", rs_vpd_d0=RS_VPD_D0), cfg
     elif name == "hybrid_pooled":  # the hybrid with the class-pooling prior on its fields
         model, config = build_hybrid(data, seed=seed, class_pooling=pooling), cfg
     elif name == "no_uq":

@@ -319,3 +319,34 @@ def test_autodiff_closure_reproduces_the_analytic_bulk_derivatives():
             return TurbulentFluxes(h, 0.0 * h, 0.0 * h, 0.0 * h)
 
     np.testing.assert_allclose(AutodiffClosure(StateClosure())(context).dsensible_dt, 20.0, rtol=1e-12)
+
+
+def test_vpd_response_by_hand_and_in_the_column(short):
+    """Leuning's r_s (1 + D / D0): by hand at 30 °C and 40 % relative humidity; in the column it
+    multiplies r_s by that factor at every step, lowers evaporation, and the energy still closes."""
+    from hybridlsm.physics.lad import RS_VPD_D0, vpd_response
+    from hybridlsm.thermo import saturation_vapour_pressure, specific_humidity_from_vapour_pressure
+
+    t, p = 303.15, 101325.0
+    e_sat = 611.2 * np.exp(17.62 * 30.0 / (243.12 + 30.0))  # Magnus (Sonntag 1990) [Pa]
+    q = specific_humidity_from_vapour_pressure(0.4 * e_sat, p)
+    assert vpd_response(t, q, p, 2.0) == pytest.approx(1.0 + 0.6 * e_sat / 2000.0, rel=1e-9)
+    assert vpd_response(t, specific_humidity_from_vapour_pressure(1.1 * saturation_vapour_pressure(t), p), p, 2.0) == 1.0
+    with pytest.raises(ValueError, match="rs_vpd_d0"):
+        LaDModel(rs_vpd_d0=0.0)
+
+    model, params, forcing = short
+    _, plain = run_jit(model, params, forcing)
+    _, dry = run_jit(LaDModel(rs_vpd_d0=RS_VPD_D0), params, forcing)
+    plain, dry = _as_numpy(plain), _as_numpy(dry)
+    factor = np.asarray(vpd_response(forcing.t_air, forcing.q_air, forcing.p_surf, RS_VPD_D0))
+    assert factor.max() > 1.2  # the synthetic days are dry enough to matter
+    # the same as LaD's r_s times the factor, prescribed step by step ...
+    rs = jnp.asarray(factor) * (params["rs_min"] * params["rs_scale"])[None]
+    _, prescribed = run_jit(model, params, forcing, dynamic={"rs": rs})
+    for name in ("Qle", "Qh", "rs", "SoilMoist"):
+        np.testing.assert_allclose(dry[name], np.asarray(prescribed[name]), rtol=1e-10, atol=1e-10)
+    # ... and over the days it evaporates less
+    assert dry["Qle"].sum() < 0.95 * plain["Qle"].sum()
+    residual = dry["Rnet"] - dry["Qh"] - dry["Qle"] - dry["Qg"] - dry["Qf"]
+    assert np.abs(residual).max() < 1e-8

@@ -64,6 +64,7 @@ __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
     "train_regional", "predict_regional", "epistemic_fallback", "field_spread", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
+    "hybrid_physics", "run_fields",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -327,7 +328,7 @@ class RegionalHybrid(eqx.Module):
     """The parameteriser and the co-trained discovery law. ``net(variables, static, key=None)``
     gives (2, T, ny, nx): K_h (or its multiplier, ``exchange="scale"``), then r_s (the
     spatiotemporal network, or any module with that call, e.g. an ablation's per-class constants).
-    The physics is the grid's (``regional_physics``)."""
+    The physics is the grid's (``hybrid_physics``)."""
 
     net: eqx.Module
     law: ExchangeLaw
@@ -336,6 +337,10 @@ class RegionalHybrid(eqx.Module):
     #: land-cover class under the same weather should share their parameters, so the spread of each
     #: log field about its class mean at the same step is penalised (0: off, the seed's hybrid)
     class_pooling: float = eqx.field(static=True, default=0.0)
+    #: None: the network's r_s is the surface resistance; D0 [kPa]: the physics raises it with the
+    #: vapour-pressure deficit, r_s (1 + D / D0) (``physics.lad.vpd_response``), so the network gives
+    #: the resistance at D = 0 and the response extrapolates to drier air than training saw
+    rs_vpd_d0: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.exchange not in EXCHANGE_FIELDS:
@@ -379,15 +384,16 @@ N_VARIABLES = len(REGIONAL_FORCING) + 3
 
 
 def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
-               dtype=None, exchange: str = "field", class_pooling: float = 0.0) -> RegionalHybrid:
+               dtype=None, exchange: str = "field", class_pooling: float = 0.0,
+               rs_vpd_d0: float | None = None) -> RegionalHybrid:
     """An untrained hybrid for land-cover one-hots of ``n_classes`` classes (static inputs: those
-    and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`; ``class_pooling``: the weight of
-    the class-pooling prior (:class:`RegionalHybrid`)."""
+    and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`; ``class_pooling`` and
+    ``rs_vpd_d0``: see :class:`RegionalHybrid`."""
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
     names = ("Kh_scale" if exchange == "scale" else "Kh", "rs")
     net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=names, options=options, dtype=dtype,
                                       key=jax.random.key(seed))
-    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange, class_pooling)
+    return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange, class_pooling, rs_vpd_d0)
 
 
 def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
@@ -399,9 +405,16 @@ def new_cnn_lstm(n_classes: int, options: SpatiotemporalOptions | None = None, s
 
 
 def build_hybrid(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0,
-                 exchange: str = "field", class_pooling: float = 0.0) -> RegionalHybrid:
+                 exchange: str = "field", class_pooling: float = 0.0,
+                 rs_vpd_d0: float | None = None) -> RegionalHybrid:
     """An untrained hybrid for ``data``'s classes."""
-    return new_hybrid(len(data.classes), options, seed, data.variables.dtype, exchange, class_pooling)
+    return new_hybrid(len(data.classes), options, seed, data.variables.dtype, exchange, class_pooling, rs_vpd_d0)
+
+
+def hybrid_physics(data: RegionData, model: RegionalHybrid) -> RegionalModel:
+    """The gridded physics a hybrid trains and predicts with: ``regional_physics`` with the hybrid's
+    response of r_s to the vapour-pressure deficit, if it has one."""
+    return regional_physics(data, land=LaDModel(rs_vpd_d0=model.rs_vpd_d0))
 
 
 def build_cnn_lstm(data: RegionData, options: SpatiotemporalOptions | None = None, seed: int = 0) -> CNNLSTM:
@@ -617,7 +630,7 @@ def train_regional(model, data: RegionData, cfg, *, split: dict[str, np.ndarray]
         raise ValueError(f"train_regional: {data.n_steps} steps give no training or no validation window of "
                          f"{window} steps")
     if isinstance(model, RegionalHybrid):
-        physics = regional_physics(data)
+        physics = hybrid_physics(data, model)
         states = CarriedStates(physics, data, starts, window, warmup)
         loss_fn = partial(hybrid_loss, physics=physics)
         train_batches = CarriedStateBatches(states, split["train"])
@@ -655,20 +668,23 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     pieces = record_fields(model, data, window=window, warmup=warmup, key=key)
     if cnn:
         return _not_modelled(pieces, data.active)
-    return run_fields(data, pieces["Kh"], pieces["rs"], exchange=model.exchange, fallback=fallback)
+    return run_fields(data, pieces["Kh"], pieces["rs"], exchange=model.exchange, fallback=fallback,
+                      rs_vpd_d0=model.rs_vpd_d0)
 
 
-def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=None, state0=None) -> dict:
+def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=None, state0=None,
+               rs_vpd_d0: float | None = None) -> dict:
     """The gridded physics of ``data`` run through given (T, N) fields in the closed loop, as a
     hybrid predicts with its network's fields (``predict_regional``; any fields: a truth's, or one
     model's K_h with another's r_s). ``kh``: K_h [m2 s-1] (``exchange="field"``) or a multiplier
-    of the physics' own K_h (``"scale"``); ``rs``: r_s [s m-1]. ``state0``: the state at the record's
-    start (default the physics' initial state, as ``predict_regional`` starts). The outputs as
+    of the physics' own K_h (``"scale"``); ``rs``: r_s [s m-1], raised by the physics with the
+    vapour-pressure deficit when ``rs_vpd_d0`` is given (:class:`RegionalHybrid`). ``state0``: the
+    state at the record's start (default the physics' initial state, as ``predict_regional`` starts). The outputs as
     ``predict_regional``'s (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
     # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
     # field)
-    physics = regional_physics(data)
+    physics = regional_physics(data, land=LaDModel(rs_vpd_d0=rs_vpd_d0))
     field = EXCHANGE_FIELDS[exchange]
     kh, rs = jnp.asarray(kh, data.variables.dtype), jnp.asarray(rs, data.variables.dtype)
     _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, state0, exchange=field,

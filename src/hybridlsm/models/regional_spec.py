@@ -83,6 +83,11 @@ class RegionalOptions(BaseModel):
         "of each log field about its land-cover class mean at the same step, added to the training loss; "
         "models.regional.class_spread); 0: off, the default (benchmarks/regional.py hybrid_pooled: 0.1, chosen on "
         "validation over 1, was no better at the held-out cells than the hybrid without it)")
+    rs_vpd_d0: float | None = Field(
+        None, gt=0.0, allow_inf_nan=False, description="regional_hybrid: D0 [kPa] of a response of r_s to the "
+        "vapour-pressure deficit D, r_s (1 + D / D0) (Leuning 1995; physics.lad.RS_VPD_D0 = 3 is a common "
+        "default): the network gives r_s at D = 0 and the physics raises it in drier air; None (default): the "
+        "network's r_s is the surface resistance")
     classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(IGBP_CLASSES), min_length=1,
         description="land-cover classes of the one-hot inputs; a grid with another class is refused")
@@ -278,7 +283,7 @@ class RegionalHybridSpec(RegionalSpec):
 
     def build(self, options: RegionalOptions) -> RegionalRun:
         net = new_hybrid(len(options.classes), options.network(), options.seed, exchange=options.exchange,
-                         class_pooling=options.class_pooling)
+                         class_pooling=options.class_pooling, rs_vpd_d0=options.rs_vpd_d0)
         return RegionalRun(net, tuple(options.classes), settings=settings(options))
 
 

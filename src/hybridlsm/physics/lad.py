@@ -49,6 +49,8 @@ from ..thermo import (
     latent_heat_vaporisation,
     saturation_specific_humidity,
     saturation_specific_humidity_slope,
+    saturation_vapour_pressure,
+    vapour_pressure_from_specific_humidity,
 )
 from .closure import BulkClosure, Closure, SurfaceContext
 from .interface import AbstractLandModel
@@ -96,6 +98,18 @@ PRESCRIBED_KH, PRESCRIBED_RS = "Kh", "rs"
 #: result bounded to PRESCRIBED_KH_BOUNDS [m2 s-1] (seed 000's range of K_h)
 PRESCRIBED_KH_SCALE = "Kh_scale"
 PRESCRIBED_KH_BOUNDS = (1e-3, 1e2)
+#: D0 [kPa] of the surface resistance's optional response to the vapour-pressure deficit D of the
+#: air, r_s (1 + D / D0) (Leuning 1995: g_s proportional to 1 / (1 + D / D0)); 3 kPa is a common
+#: default for D0 (e.g. FETCH3's Leuning conductance)
+RS_VPD_D0 = 3.0
+
+
+def vpd_response(t_air, q_air, p_surf, d0: float):
+    """1 + D / D0: the factor by which the vapour-pressure deficit D [kPa] of air at ``t_air`` [K],
+    ``q_air`` [kg kg-1], ``p_surf`` [Pa] raises the surface resistance (Leuning 1995); D below 0
+    (supersaturated air) counts as 0. NumPy or JAX arrays."""
+    deficit = saturation_vapour_pressure(t_air) - vapour_pressure_from_specific_humidity(q_air, p_surf)
+    return 1.0 + (deficit + abs(deficit)) / 2.0 / (1000.0 * d0)
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,9 @@ class LaDModel(AbstractLandModel):
         numerics: smoothing widths (static)
         deep_water: "none" (LaD), "groundwater" or "table": where roots below the root zone draw
             water (module docstring; static)
+        rs_vpd_d0: None (LaD: r_s does not depend on the air's humidity), or D0 [kPa] of the
+            response r_s (1 + D / D0) to the vapour-pressure deficit D (``vpd_response``; static),
+            applied to r_s from the parameters or prescribed
     """
 
     closure: Closure = eqx.field(default_factory=BulkClosure)
@@ -203,8 +220,11 @@ class LaDModel(AbstractLandModel):
     layer_thickness: tuple = eqx.field(static=True, default=LAYER_THICKNESS)
     numerics: Numerics = eqx.field(static=True, default_factory=Numerics)
     deep_water: str = eqx.field(static=True, default="none")
+    rs_vpd_d0: float | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
+        if self.rs_vpd_d0 is not None and not (self.rs_vpd_d0 > 0.0 and self.rs_vpd_d0 < float("inf")):
+            raise ValueError(f"rs_vpd_d0 {self.rs_vpd_d0!r}: expected D0 > 0 [kPa], or None (no VPD response)")
         if self.deep_water not in DEEP_WATER_OPTIONS:
             raise ValueError(
                 f"unknown deep_water {self.deep_water!r}; allowed: {', '.join(DEEP_WATER_OPTIONS)}"
@@ -304,6 +324,8 @@ class LaDModel(AbstractLandModel):
         lv = latent_heat_vaporisation(f.t_air)
         ls = lv + lf
         rs = p.get(PRESCRIBED_RS, p["rs_min"] * p["rs_scale"]) * (1.0 - snow_cover)
+        if self.rs_vpd_d0 is not None:
+            rs = rs * vpd_response(f.t_air, f.q_air, f.p_surf, self.rs_vpd_d0)
         dq_sat = saturation_specific_humidity_slope(ts, f.p_surf)
 
         # radiation
