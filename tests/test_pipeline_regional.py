@@ -327,3 +327,20 @@ def test_default_params_take_an_albedo_per_site_with_nan_as_the_class_default():
     assert float(given["albedo"][0]) == float(table["albedo"][0]) and float(given["albedo"][1]) == pytest.approx(0.12)
     with pytest.raises(ValueError, match=r"site 1 \(ENF\): albedo = 0.01"):
         default_params(["GRA", "ENF"], albedo=[0.2, 0.01])
+
+
+def test_the_regional_hybrids_vpd_option_builds_its_physics_with_the_response():
+    from hybridlsm.models.regional import hybrid_physics, region_data
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("regional_hybrid")
+    small = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
+             "attention_size": 8}
+    net = spec.build(validate_options("regional_hybrid", {**small, "rs_vpd_d0": 2.5})).model
+    plain = spec.build(validate_options("regional_hybrid", small)).model
+    assert net.rs_vpd_d0 == 2.5 and plain.rs_vpd_d0 is None  # LaD's r_s by default
+    grid = _grid()
+    data = region_data(grid.assign(Wind_E=grid["Wind"] * 0.6, Wind_N=grid["Wind"] * 0.8))
+    assert hybrid_physics(data, net).land.rs_vpd_d0 == 2.5 and hybrid_physics(data, plain).land.rs_vpd_d0 is None
+    with pytest.raises(ValueError, match="rs_vpd_d0"):
+        validate_options("regional_hybrid", {"rs_vpd_d0": 0.0})

@@ -679,8 +679,8 @@ def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=No
     model's K_h with another's r_s). ``kh``: K_h [m2 s-1] (``exchange="field"``) or a multiplier
     of the physics' own K_h (``"scale"``); ``rs``: r_s [s m-1], raised by the physics with the
     vapour-pressure deficit when ``rs_vpd_d0`` is given (:class:`RegionalHybrid`). ``state0``: the
-    state at the record's start (default the physics' initial state, as ``predict_regional`` starts). The outputs as
-    ``predict_regional``'s (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
+    state at the record's start (default the physics' initial state, as ``predict_regional`` starts).
+    The outputs as ``predict_regional``'s (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
     # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
     # field)
