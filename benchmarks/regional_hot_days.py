@@ -51,10 +51,11 @@ from docblock import replace_block  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 
-from hybridlsm.data.virtual_region import CLASS_NAMES, REGION_CLASSES, virtual_region  # noqa: E402
+from hybridlsm.data.virtual_region import class_albedo, virtual_region  # noqa: E402
 from hybridlsm.evaluation.regional import (daily_extreme_scores, extreme_rows, score_records,  # noqa: E402
                                            surface_masks)
-from hybridlsm.models.regional import blocked_split, region_data, regional_physics, run_fields  # noqa: E402
+from hybridlsm.models.regional import (DAY_SWDOWN, blocked_split, region_data, regional_physics,  # noqa: E402
+                                       run_fields)
 from hybridlsm.physics import spin_up  # noqa: E402
 from hybridlsm.physics.lad import PRESCRIBED_KH, PRESCRIBED_RS  # noqa: E402
 
@@ -70,6 +71,9 @@ SPIN_UP_DAYS, SPIN_UP_CYCLES = 5, 2
 def model_fields(name: str, data, ds, split, args) -> tuple[np.ndarray, np.ndarray, dict]:
     """(K_h, r_s, info): a model's (T, N) fields over the record."""
     if name == "no_parameteriser":
+        if not bench.RESULTS.is_file():
+            raise SystemExit(f"{bench.RESULTS} does not exist: run benchmarks/regional.py --models no_parameteriser "
+                             "first (its class constants are read from there)")
         held = json.loads(bench.RESULTS.read_text())
         entry = held["models"].get("no_parameteriser")
         if held["grid"]["ny"] != args.ny or held["grid"]["days"] != args.days or not entry:
@@ -143,7 +147,7 @@ def main() -> None:
     t = ds.sizes["time"]
     truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Kh", "rs")}
     sw = np.asarray(ds["SWdown"].values).reshape(t, -1)
-    day = masks["homogeneous"] & (sw > 1.0)
+    day = masks["homogeneous"] & (sw > DAY_SWDOWN)
     hot = masks["homogeneous"] & masks["extreme_hot"]
     print(f"virtual region {args.ny}x{args.ny}, {args.days} days: {time.time() - t0:.0f} s", flush=True)
 
@@ -158,24 +162,18 @@ def main() -> None:
         for pair, (kh, rs) in pairs.items():
             summary["records"].append(score_pair(name, pair, run_fields(data, kh, rs), kh, rs, ds, masks, truth, day,
                                                  hot))
-    # the floor: the truth's fields, with the albedo product and with the truth's albedo
-    summary["records"].append(score_pair("truth", "truth", run_fields(data, truth["Kh"], truth["rs"]), truth["Kh"],
-                                         truth["rs"], ds, masks, truth, day, hot))
-    cells = np.asarray(ds["surface_class"].values).reshape(-1)
-    true_albedo = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in cells])
-    exact = region_data(ds.assign(Albedo=(("y", "x"), true_albedo.reshape(args.ny, args.ny))), jnp.float32)
-    summary["records"].append(score_pair("truth", "truth_albedo", run_fields(exact, truth["Kh"], truth["rs"]),
-                                         truth["Kh"], truth["rs"], ds, masks, truth, day, hot))
-    # ... and from a spun-up state: the truth's fields over the record's first SPIN_UP_DAYS repeated
-    # SPIN_UP_CYCLES times, as the truth was spun up before the record (every model starts cold)
+    # the floor, the truth's fields: with the albedo product, with the truth's albedo, and from a state
+    # spun up over the record's first SPIN_UP_DAYS repeated SPIN_UP_CYCLES times, as the truth was
+    # spun up before the record (every model starts cold)
+    exact = region_data(ds.assign(Albedo=(("y", "x"), class_albedo(ds["surface_class"].values))), jnp.float32)
     n = SPIN_UP_DAYS * 24
-    physics = regional_physics(data)
-    state0, _ = spin_up(physics, data.params, data.forcing.at(slice(0, n)), max_cycles=SPIN_UP_CYCLES,
+    state0, _ = spin_up(regional_physics(data), data.params, data.forcing.at(slice(0, n)), max_cycles=SPIN_UP_CYCLES,
                         dynamic={PRESCRIBED_KH: jnp.asarray(truth["Kh"][:n], jnp.float32),
                                  PRESCRIBED_RS: jnp.asarray(truth["rs"][:n], jnp.float32)})
-    summary["records"].append(score_pair("truth", "truth_spun_up", run_fields(data, truth["Kh"], truth["rs"],
-                                                                               state0=state0),
-                                         truth["Kh"], truth["rs"], ds, masks, truth, day, hot))
+    floors = {"truth": (data, None), "truth_albedo": (exact, None), "truth_spun_up": (data, state0)}
+    for pair, (grid, start) in floors.items():
+        out = run_fields(grid, truth["Kh"], truth["rs"], state0=start)
+        summary["records"].append(score_pair("truth", pair, out, truth["Kh"], truth["rs"], ds, masks, truth, day, hot))
     summary["wall_minutes"] = (time.time() - t0) / 60.0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")

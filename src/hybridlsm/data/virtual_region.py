@@ -86,6 +86,12 @@ def class_map(ny: int = 32, nx: int = 32, seed: int = 0) -> tuple[np.ndarray, np
     return cls, fringe, window & ~fringe
 
 
+def class_albedo(cls: np.ndarray) -> np.ndarray:
+    """The truth's albedo of each cell: its class's (REGION_CLASSES), for an array of class indices."""
+    table = np.array([REGION_CLASSES[name][2] for name in CLASS_NAMES])
+    return table[np.asarray(cls)]
+
+
 def elevation_field(ny: int, nx: int, seed: int = 0) -> np.ndarray:
     """Elevation [m]: 150 m plain rising to ~400 m hills in the north-west, with smooth relief."""
     rng = np.random.default_rng(seed + 7)
@@ -195,7 +201,7 @@ def virtual_region(ny: int = 32, nx: int = 32, days: int = 30, *, site: Path | s
     if albedo_noise is not None:
         if not (albedo_noise >= 0.0 and np.isfinite(albedo_noise)):
             raise ValueError(f"virtual region: albedo_noise {albedo_noise!r}; expected an SD >= 0")
-        true = np.array([REGION_CLASSES[CLASS_NAMES[c]][2] for c in cls.reshape(-1)]).reshape(ny, nx)
+        true = class_albedo(cls)
         noisy = true + np.random.default_rng(seed + 13).normal(0.0, albedo_noise, true.shape)
         ds["Albedo"] = (("y", "x"), np.clip(noisy, *ALBEDO_PRODUCT_RANGE), {
             "units": "1", "long_name": "surface albedo product",
