@@ -599,6 +599,9 @@ def _table(s: dict) -> str:
                           "days over the MSE of all days, minus one, H and LE averaged): "
                           + "; ".join(f"{m} hot {_fmt(d.get('extreme_hot'), 2)}, wind {_fmt(d.get('extreme_wind'), 2)}"
                                       for m, d in s["degradation_daily"].items()) + ".")
+        if not any(r["n"] for r in s["records"] if r["surface"] == "extreme_wind"):
+            lines[-1] += (" No test step has wind above 8 m s-1 (wind –): benchmarks/regional_periods.py scores "
+                          "the windy steps of another month of the region (results/regional_periods.json).")
     if s.get("table1_scales"):
         lines += ["", "**Table 1 analogue** (seed 000): period means of the scored steps of each held-out cell "
                   "(daily; weekly = calendar weeks from the record's start, so with 3-day test blocks a week's "
