@@ -350,4 +350,3 @@ def test_vpd_response_by_hand_and_in_the_column(short):
     assert dry["Qle"].sum() < 0.95 * plain["Qle"].sum()
     residual = dry["Rnet"] - dry["Qh"] - dry["Qle"] - dry["Qg"] - dry["Qf"]
     assert np.abs(residual).max() < 1e-8
-

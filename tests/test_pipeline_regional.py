@@ -204,7 +204,7 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     np.testing.assert_allclose(fixed["Qh_sd"].values, fixed["Qh_sd_aleatoric"].values)
     assert np.nanmin(fixed["Qh_sd"].values) > 0.0
     assert 1e-3 <= float(hybrid["Kh"].min()) and float(hybrid["Kh"].max()) <= 1e2  # the bounded heads
-    assert 1e2 <= float(hybrid["rs"].min()) and float(hybrid["rs"].max()) <= 1e4
+    assert 1e2 <= float(hybrid["rs_field"].min()) and float(hybrid["rs_field"].max()) <= 1e4
     assert set(np.unique(obs["split"].values)) == {1, 2, 3}
     towers = sorted(p.name for p in (run_dir / "predictions").iterdir())
     assert towers and all(t.startswith("virtual_region_y") for t in towers)
