@@ -51,11 +51,9 @@ from docblock import replace_block  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 
-from hybridlsm.data.virtual_region import class_albedo, virtual_region  # noqa: E402
-from hybridlsm.evaluation.regional import (daily_extreme_scores, extreme_rows, score_records,  # noqa: E402
-                                           surface_masks)
-from hybridlsm.models.regional import (DAY_SWDOWN, blocked_split, region_data, regional_physics,  # noqa: E402
-                                       run_fields)
+from hybridlsm.data.virtual_region import class_albedo  # noqa: E402
+from hybridlsm.evaluation.regional import daily_extreme_scores, extreme_rows, score_records  # noqa: E402
+from hybridlsm.models.regional import DAY_SWDOWN, region_data, regional_physics, run_fields  # noqa: E402
 from hybridlsm.physics import spin_up  # noqa: E402
 from hybridlsm.physics.lad import PRESCRIBED_KH, PRESCRIBED_RS  # noqa: E402
 
@@ -140,16 +138,12 @@ def main() -> None:
     commit = bench._commit()
 
     t0 = time.time()
-    ds = virtual_region(args.ny, args.ny, days=args.days)
-    data = region_data(ds, jnp.float32)
-    split = blocked_split(data.n_steps)
-    masks = surface_masks(ds, split["test"])
+    ds, data, split, masks = bench.experiment_region(args.ny, args.days)
     t = ds.sizes["time"]
     truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Kh", "rs")}
     sw = np.asarray(ds["SWdown"].values).reshape(t, -1)
     day = masks["homogeneous"] & (sw > DAY_SWDOWN)
     hot = masks["homogeneous"] & masks["extreme_hot"]
-    print(f"virtual region {args.ny}x{args.ny}, {args.days} days: {time.time() - t0:.0f} s", flush=True)
 
     summary = {"grid": {"ny": args.ny, "nx": args.ny, "days": args.days, "forcing_site": ds.attrs["forcing_site"],
                         "test_steps": int(split["test"].sum())},

@@ -50,10 +50,11 @@ from docblock import replace_block  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 
+from hybridlsm.data import DataError  # noqa: E402
 from hybridlsm.data.virtual_region import virtual_region  # noqa: E402
 from hybridlsm.evaluation.regional import (HOT_K, WINDY, daily_extreme_scores, extreme_rows,  # noqa: E402
                                            score_records, surface_masks)
-from hybridlsm.models.regional import blocked_split, fixed_kh_model, predict_regional, region_data, run_fields  # noqa: E402
+from hybridlsm.models.regional import fixed_kh_model, predict_regional, region_data, run_fields  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "regional_periods.json"
@@ -145,13 +146,16 @@ def main() -> None:
     commit = bench._commit()
 
     t0 = time.time()
-    ds = virtual_region(args.ny, args.ny, days=args.days)
-    data = region_data(ds, jnp.float32)
-    split = blocked_split(data.n_steps)
-    training_start = str(ds.time.values[0])[:10]
-    grids = {training_start: (ds, data, surface_masks(ds, split["test"]))}  # the June record's test blocks
+    regions = {}  # the periods first: one outside the forcing's record stops the script before any training
     for start, days in periods:
-        ds_p = virtual_region(args.ny, args.ny, days=days, start=start)
+        try:
+            regions[start] = virtual_region(args.ny, args.ny, days=days, start=start)
+        except DataError as e:
+            raise SystemExit(f"--periods {start}:{days}: {e}") from None
+    ds, data, split, masks = bench.experiment_region(args.ny, args.days)
+    training_start = str(ds.time.values[0])[:10]
+    grids = {training_start: (ds, data, masks)}  # the June record's test blocks
+    for start, ds_p in regions.items():
         # the trained models' classes and normalisation, as hybridlsm predict applies a model to another grid
         data_p = region_data(ds_p, jnp.float32, classes=data.classes, constants=data.constants)
         scored = np.arange(ds_p.sizes["time"]) >= SKIP_DAYS * 24
