@@ -63,3 +63,15 @@ def run_config(tmp_path):
         return tmp_path / "runs" / name
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture run in one xdist worker (``--dist loadgroup``), so that
+    the fixture (often a trained run or a spun-up region) is built once per test run, not once in
+    each worker that draws one of its tests; the other tests are spread one by one."""
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        defs = item._fixtureinfo.name2fixturedefs.values()  # the fixtures the test requests, transitively
+        if any(d.scope == "module" for chain in defs for d in chain):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
