@@ -5,6 +5,7 @@ it; a single-experiment config sweeps over its model entries."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pandas as pd
 import pytest
@@ -71,8 +72,14 @@ def test_a_loso_sweep_on_a_local_cluster_matches_the_sequential_run(tmp_path, mo
     runner = CliRunner()
     seq = runner.invoke(app, ["run", str(_config(tmp_path, "seq"))])
     assert seq.exit_code == 0, seq.output
+    # the system's temporary folder, as Dask finds it in this process and in the workers it starts
+    systemp = tmp_path.parent / f"{tmp_path.name}-systemp"
+    systemp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systemp))
+    monkeypatch.setenv("TMPDIR", str(systemp))
     swp = runner.invoke(app, ["sweep", str(_config(tmp_path, "swp")), "--workers", "2"])
     assert swp.exit_code == 0, swp.output
+    assert not any(systemp.iterdir()), sorted(p.name for p in systemp.rglob("*"))  # no dask-scratch-space there
     assert "3 task(s) on a Dask LocalCluster of 2 worker process(es)" in swp.output
     a = pd.read_csv(tmp_path / "runs" / "seq" / "metrics.csv")
     b = pd.read_csv(tmp_path / "runs" / "swp" / "metrics.csv")
@@ -91,10 +98,20 @@ def test_a_loso_sweep_on_a_local_cluster_matches_the_sequential_run(tmp_path, mo
 
 
 @pytest.mark.slow  # two small models as two tasks
-def test_a_single_experiment_sweeps_its_models_as_tasks_that_share_the_test_sites(tmp_path):
+def test_a_single_experiment_sweeps_its_models_as_tasks_on_a_running_scheduler(tmp_path):
+    """The tasks go to a cluster the user started (``--scheduler ADDRESS``, as on a real cluster):
+    here one of two worker threads in this process, so the tasks reuse its compiled programs."""
+    import dask
+    from distributed import LocalCluster
+
     text = CONFIG.replace("{leave_one_site_out: true, val: 0.25}", "{train: 0.6, val: 0.2, test: 0.2}")
-    result = CliRunner().invoke(app, ["sweep", str(_config(tmp_path, "one", text)), "--workers", "2"])
+    scratch = str(tmp_path / "dask")  # the test's own cluster keeps its files in its folder too
+    with dask.config.set({"temporary-directory": scratch}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                          scheduler_port=0, protocol="tcp://", local_directory=scratch) as cluster:
+            result = CliRunner().invoke(app, ["sweep", str(_config(tmp_path, "one", text)), "--scheduler",
+                                              cluster.scheduler_address])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "2 task(s)" in result.output
+    assert f"2 task(s) on the Dask scheduler at {cluster.scheduler_address}" in " ".join(result.output.split())
     metrics = pd.read_csv(tmp_path / "runs" / "one" / "metrics.csv")
     assert set(metrics["model"]) == {"physics", "1lin"} and set(metrics["site"]) == {"SW-A", "SW-B", "SW-C"}

@@ -19,7 +19,9 @@ finished and reported the same way, one skill table); only the training is sprea
   workers compute in the parent's precision (``jax_enable_x64``).
 
 The LocalCluster keeps its scratch space inside the run's folder and removes it at the end, so
-nothing is written outside the run directory.
+nothing is written outside the run directory: its workers' ``local_directory`` and Dask's
+``temporary-directory`` (where Dask otherwise creates ``dask-scratch-space`` and its lock files in
+the system's temporary folder, whatever ``local_directory`` says).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
     """``pipeline.TrainAll`` that submits ``sweep_tasks`` to Dask and shows their progress."""
 
     def train_all(cfg: RunConfig, exps: list[Experiment], config_name: str, resume: bool, run_dir: Path) -> dict:
+        import dask
         import jax
         from distributed import Client, LocalCluster, as_completed
         from distributed.scheduler import KilledWorker
@@ -107,41 +110,43 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
         tasks = sweep_tasks(cfg, exps)
         config = cfg.model_dump(mode="json")
         space = run_dir / DASK_SPACE
-        cluster = None
-        if scheduler is None:
-            n = workers or min(len(tasks), os.cpu_count() or 1)
-            # every worker is a JAX process: on a GPU none may take the memory up front, and Dask's
-            # per-worker memory limit (which kills a worker above it) knows nothing of JAX's arrays
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   local_directory=str(space), memory_limit=0,
-                                   env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # fmt: skip
-            where = f"a Dask LocalCluster of {n} worker process(es)"
-        else:
-            where = f"the Dask scheduler at {scheduler}"
-        console.print(f"sweep: {len(tasks)} task(s) on {where}: {', '.join(t.name for t in tasks)}")
-        timings: dict = {}
-        try:
-            with Client(cluster if cluster is not None else scheduler) as client:
-                x64 = bool(jax.config.jax_enable_x64)
-                futures = {client.submit(_run_task, config, tuple(t), config_name, resume, str(run_dir), x64,
-                                         key=f"hybridlsm-{t.name}", pure=False): t for t in tasks}  # fmt: skip
-                columns = (TextColumn("[bold]sweep"), BarColumn(bar_width=30), MofNCompleteColumn(),
-                           TextColumn("{task.fields[last]}"), TimeElapsedColumn())  # fmt: skip
-                with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-                    job = bar.add_task("sweep", total=len(tasks), last="")
-                    for future in as_completed(futures):
-                        try:
-                            timings.update(future.result())  # a failed task raises its own error here
-                        except KilledWorker as err:
-                            raise TrainingError(f"sweep task {futures[future].name}: its worker process died "
-                                                f"({err}); out of memory? fewer --workers") from None
-                        bar.update(job, advance=1, last=f"finished {futures[future].name}")
-                        if not console.is_terminal:
-                            console.print(f"sweep: finished {futures[future].name}")
-        finally:
-            if cluster is not None:
-                cluster.close()
-            shutil.rmtree(space, ignore_errors=True)
+        # Dask's own scratch files (dask-scratch-space) go to the run's folder too, not the system's temp
+        with dask.config.set({"temporary-directory": str(space)}):
+            cluster = None
+            if scheduler is None:
+                n = workers or min(len(tasks), os.cpu_count() or 1)
+                # every worker is a JAX process: on a GPU none may take the memory up front, and Dask's
+                # per-worker memory limit (which kills a worker above it) knows nothing of JAX's arrays
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       local_directory=str(space), memory_limit=0,
+                                       env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # fmt: skip
+                where = f"a Dask LocalCluster of {n} worker process(es)"
+            else:
+                where = f"the Dask scheduler at {scheduler}"
+            console.print(f"sweep: {len(tasks)} task(s) on {where}: {', '.join(t.name for t in tasks)}")
+            timings: dict = {}
+            try:
+                with Client(cluster if cluster is not None else scheduler) as client:
+                    x64 = bool(jax.config.jax_enable_x64)
+                    futures = {client.submit(_run_task, config, tuple(t), config_name, resume, str(run_dir), x64,
+                                             key=f"hybridlsm-{t.name}", pure=False): t for t in tasks}  # fmt: skip
+                    columns = (TextColumn("[bold]sweep"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                               TextColumn("{task.fields[last]}"), TimeElapsedColumn())  # fmt: skip
+                    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+                        job = bar.add_task("sweep", total=len(tasks), last="")
+                        for future in as_completed(futures):
+                            try:
+                                timings.update(future.result())  # a failed task raises its own error here
+                            except KilledWorker as err:
+                                raise TrainingError(f"sweep task {futures[future].name}: its worker process died "
+                                                    f"({err}); out of memory? fewer --workers") from None
+                            bar.update(job, advance=1, last=f"finished {futures[future].name}")
+                            if not console.is_terminal:
+                                console.print(f"sweep: finished {futures[future].name}")
+            finally:
+                if cluster is not None:
+                    cluster.close()
+                shutil.rmtree(space, ignore_errors=True)
         return timings
 
     return train_all
