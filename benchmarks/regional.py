@@ -8,9 +8,12 @@ against the truth, with the seed's Tables 1-5.
 
 Models (``--models``, default all): ``hybrid``, ``fixed_kh``, ``cnn_lstm``, ``column_hybrid`` (the
 registry's hybrid_param trained on the tower cells and run on every cell as independent columns
-under the forcing's air), and the ablations ``no_parameteriser`` (one learned K_h and r_s per
-land-cover class instead of the network), ``no_physics_residual`` (lambda_energy 0),
-``no_discovery`` (lambda_discovery 0), ``no_uq`` (dropout 0), and ``hybrid_ensemble``: a deep ensemble
+under the forcing's air), and the ablations of seed 000 Table 3, each of the hybrid ``--ablation-base``
+(default ``hybrid_scale_vpd``, the one validation chose; records without ``ablation_of`` predate the
+option and are of ``hybrid``):
+``no_parameteriser`` (one learned pair of its fields per land-cover class instead of the network),
+``no_physics_residual`` (lambda_energy 0), ``no_discovery`` (lambda_discovery 0), ``no_uq`` (dropout 0),
+and ``hybrid_ensemble``: a deep ensemble
 (Lakshminarayanan et al. 2017) of ``--members`` hybrids, member 0 the hybrid itself (taken from this run
 when it trains the hybrid too), member k trained from seed + k at the learning rate the hybrid chose on
 validation; its prediction is the members' mean (fields and fluxes), its epistemic SD that of the
@@ -84,6 +87,11 @@ BEGIN = "<!-- regional:begin (written by benchmarks/regional.py; do not edit by 
 END = "<!-- regional:end -->"
 VARIANTS_BEGIN = "<!-- regional-variants:begin (written by benchmarks/regional.py --compare; do not edit by hand) -->"
 VARIANTS_END = "<!-- regional-variants:end -->"
+#: the regional hybrids this benchmark trains, as ``build_hybrid``'s options
+HYBRIDS = {"hybrid": {}, "hybrid_scale": {"exchange": "scale"},
+           "hybrid_scale_vpd": {"exchange": "scale", "rs_vpd_d0": RS_VPD_D0}}
+#: the ablations of seed 000 Table 3, each of the hybrid ``--ablation-base``
+ABLATIONS = ("no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
           "cnn_lstm", "column_hybrid", "no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 #: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
@@ -106,6 +114,8 @@ def main() -> None:
                     "(0: none; each pass is one prediction over the record)")
     ap.add_argument("--class-pooling", default="0.1,1", help="hybrid_pooled: weight(s) of the class-pooling prior, "
                     "comma-separated: it trains at each (and each --lr) and keeps the lowest validation loss")
+    ap.add_argument("--ablation-base", choices=tuple(HYBRIDS), default="hybrid_scale_vpd",
+                    help="the hybrid whose parts the ablations (no_*) remove: the one validation chose (default)")
     ap.add_argument("--members", type=int, default=3, help="hybrid_ensemble: number of members (>= 2)")
     ap.add_argument("--seed", type=int, default=0, help="training seed: the networks' initialisation, the order "
                     "of the training windows and the dropout masks (the region itself is always seed 0's)")
@@ -467,30 +477,30 @@ def train_model(name: str, data, split, args, lr: float, pooling: float | None =
     if name == "cnn_lstm":
         model, config = build_cnn_lstm(data, seed=seed), TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed,
                                                                      epochs=args.epochs1 + args.epochs2)
-    elif name == "no_parameteriser":
-        model, config = build_class_constants(data, seed=seed), cfg
-    elif name == "hybrid_scale":  # the network gives a multiplier of the physics' own K_h
-        model, config = build_hybrid(data, seed=seed, exchange="scale"), cfg
-    elif name == "hybrid_scale_vpd":  # ... and r_s at D = 0, which the physics raises with the VPD (Leuning)
-        model, config = build_hybrid(data, seed=seed, exchange="scale", rs_vpd_d0=RS_VPD_D0), cfg
+    elif name in HYBRIDS:  # hybrid_scale: K_h a multiplier of the physics' own; _vpd: r_s raised with the VPD (Leuning)
+        model, config = build_hybrid(data, seed=seed, **HYBRIDS[name]), cfg
     elif name == "hybrid_pooled":  # the hybrid with the class-pooling prior on its fields
         model, config = build_hybrid(data, seed=seed, class_pooling=pooling), cfg
+    elif name == "no_parameteriser":
+        model, config = build_class_constants(data, seed=seed, **HYBRIDS[args.ablation_base]), cfg
     elif name == "no_uq":
-        model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0), seed=seed), cfg
+        model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0), seed=seed,
+                                     **HYBRIDS[args.ablation_base]), cfg
     elif name in ("no_physics_residual", "no_discovery"):
         weight = "lambda_energy" if name == "no_physics_residual" else "lambda_discovery"
-        model, config = build_hybrid(data, seed=seed), TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed,
-                                                                   two_phase={**two_phase, weight: 0.0})
+        model, config = (build_hybrid(data, seed=seed, **HYBRIDS[args.ablation_base]),
+                         TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed, two_phase={**two_phase, weight: 0.0}))
     else:
-        model, config = build_hybrid(data, seed=seed), cfg
+        raise ValueError(f"train_model: no regional model {name!r}")
     result = train_regional(model, data, config, split=split)
     info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history), "lr": lr,
             "best_val": float(result.best_val), **({} if pooling is None else {"class_pooling": pooling}), "two_phase": config.two_phase.model_dump(mode="json")
             if config.two_phase.enabled else None, "dropout": _dropout(result.model)}
+    if name in ABLATIONS:
+        info["ablation_of"] = args.ablation_base
     if name == "no_parameteriser":
         values = result.model.net.values()
-        info["class_constants"] = {c: {"Kh": float(values["Kh"][i]), "rs": float(values["rs"][i])}
-                                   for i, c in enumerate(data.classes)}
+        info["class_constants"] = {c: {k: float(v[i]) for k, v in values.items()} for i, c in enumerate(data.classes)}
     return result, info
 
 
@@ -647,11 +657,14 @@ def _table(s: dict) -> str:
                   "coverage H / LE % | CRPS H / LE |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         pct = lambda v: _fmt(None if v is None else 100.0 * v, 1)  # noqa: E731
         for r in s["table3_ablations"]:
-            mc = s["models"].get(r["model"], {}).get("uq_mc_dropout_only")
+            info = s["models"].get(r["model"], {})
+            mc = info.get("uq_mc_dropout_only")
+            # an ablation without a recorded base was run before --ablation-base: of hybrid
+            label = f"{r['model']} (of {info.get('ablation_of', 'hybrid')})" if r["model"] in ABLATIONS else r["model"]
             note = "" if r["coverage90_h"] is None else " (MC only)" if mc is None else \
                 f" ({pct(mc['Qh']['coverage'])} / {pct(mc['Qle']['coverage'])})"
             crps = "" if not mc else f" ({_fmt(mc['Qh']['crps'], 1)} / {_fmt(mc['Qle']['crps'], 1)})"
-            lines.append(f"| {r['model']} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
+            lines.append(f"| {label} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
                          f"{_fmt(r['kh_field_corr'], 2)} | {pct(r['coverage90_h'])} / {pct(r['coverage90_le'])}{note} | "
                          f"{_fmt(r['crps_h'], 1)} / {_fmt(r['crps_le'], 1)}{crps} |")
     lines += ["", "**Table 4 analogue**: per land-cover class, K_h and r_s over the held-out cells and test steps.",

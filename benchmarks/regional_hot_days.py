@@ -23,8 +23,9 @@ of H and LE over all values and on the hot steps (Tair > 35 °C), and the seed's
 rate of the hot days against the homogeneous farmland's daily MSE. It also gives, over the
 homogeneous farmland's test steps, the ratio of each field to the truth's by day and on hot days.
 
-Models (``--models``): ``no_parameteriser``, its class constants taken from results/regional.json
-(trained there; the same region, seed 0), and ``hybrid_scale``, trained here as
+Models (``--models``): ``no_parameteriser`` of ``hybrid`` (a constant K_h and r_s per class), its class
+constants taken from results/regional.json (trained there; the same region, seed 0) where that file
+holds this grid's no_parameteriser of ``hybrid``, else trained here as benchmarks/regional.py trains it, and ``hybrid_scale``, trained here as
 benchmarks/regional.py trains it (``--epochs1``, ``--epochs2``, ``--lr``; its realised K_h, the
 multiplier times the physics' own, is the field swapped).
 
@@ -68,15 +69,11 @@ SPIN_UP_DAYS, SPIN_UP_CYCLES = 5, 2
 
 def model_fields(name: str, data, ds, split, args) -> tuple[np.ndarray, np.ndarray, dict]:
     """(K_h, r_s, info): a model's (T, N) fields over the record."""
-    if name == "no_parameteriser":
-        if not bench.RESULTS.is_file():
-            raise SystemExit(f"{bench.RESULTS} does not exist: run benchmarks/regional.py --models no_parameteriser "
-                             "first (its class constants are read from there)")
-        held = json.loads(bench.RESULTS.read_text())
-        entry = held["models"].get("no_parameteriser")
-        if held["grid"]["ny"] != args.ny or held["grid"]["days"] != args.days or not entry:
-            raise SystemExit(f"{bench.RESULTS} holds no no_parameteriser of a {args.ny}x{args.ny}, {args.days}-day "
-                             "region: run benchmarks/regional.py --models no_parameteriser on it first")
+    held = json.loads(bench.RESULTS.read_text()) if bench.RESULTS.is_file() else {}
+    entry = held.get("models", {}).get(name)
+    same_grid = held.get("grid", {}).get("ny") == args.ny and held.get("grid", {}).get("days") == args.days
+    # a no_parameteriser of another hybrid (ablation_of) holds a K_h multiplier, not K_h: trained below
+    if name == "no_parameteriser" and entry and same_grid and entry.get("ablation_of", "hybrid") == "hybrid":
         constants = entry["class_constants"]
         cls = [data.classes[i] for i in data.cell_class]
         kh = np.array([constants[c]["Kh"] for c in cls])
@@ -133,7 +130,7 @@ def main() -> None:
     if not models or set(models) - set(MODELS):
         ap.error(f"--models {args.models!r}: choose from {', '.join(MODELS)}")
     # what benchmarks/regional.py's run_model reads
-    args.lrs, args.class_pooling, args.seed = [args.lr], [None], 0
+    args.lrs, args.class_pooling, args.seed, args.ablation_base = [args.lr], [None], 0, "hybrid"
     command = " ".join(["python benchmarks/regional_hot_days.py", *sys.argv[1:]])
     commit = bench._commit()
 

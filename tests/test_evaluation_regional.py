@@ -171,6 +171,26 @@ def test_class_constants_fields_per_class():
     np.testing.assert_allclose(net.values()["Kh"], [0.1, 10.0], rtol=1e-4)
 
 
+
+def test_class_constants_of_a_hybrid_with_a_kh_multiplier():
+    """no_parameteriser of hybrid_scale_vpd: constants of the fields that hybrid's network gives (a K_h
+    multiplier, prior 1, bounds [1e-2, 1e2]; r_s), inside a hybrid with the same exchange and VPD response."""
+    from types import SimpleNamespace
+
+    from hybridlsm.models.regional_baselines import build_class_constants
+
+    data = SimpleNamespace(classes=("forest", "farmland"), variables=jnp.zeros((1,), jnp.float32))
+    model = build_class_constants(data, exchange="scale", rs_vpd_d0=3.0)
+    assert (model.exchange, model.rs_vpd_d0, model.net.names) == ("scale", 3.0, ("Kh_scale", "rs"))
+    static = jnp.stack([jnp.ones((1, 2)), jnp.zeros((1, 2)), jnp.zeros((1, 2))])
+    np.testing.assert_allclose(model.net(jnp.zeros((4, 3, 1, 2)), static)[0], 1.0, rtol=1e-4)
+    top = eqx.tree_at(lambda m: m.raw, model.net, jnp.full((2, 2), 50.0))  # far beyond the heads' range
+    assert set(top.values()) == {"Kh_scale", "rs"}
+    np.testing.assert_allclose(top.values()["Kh_scale"], 1e2, rtol=1e-4)
+    np.testing.assert_allclose(top.values()["rs"], 1e4, rtol=1e-4)
+    plain = build_class_constants(data)
+    assert (plain.exchange, plain.rs_vpd_d0, plain.net.names) == ("field", None, ("Kh", "rs"))
+
 def test_mc_dropout_mean_and_sd(monkeypatch):
     from hybridlsm.models import regional
 

@@ -64,7 +64,7 @@ __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
     "train_regional", "predict_regional", "epistemic_fallback", "field_spread", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
-    "hybrid_physics", "run_fields",
+    "hybrid_physics", "run_fields", "network_fields",
 ]
 
 #: the dynamic inputs of the networks, in order (ALMA names)
@@ -383,6 +383,12 @@ FLUX_BOUNDS = {"Qh": (-300.0, 900.0), "Qle": (-300.0, 900.0)}
 N_VARIABLES = len(REGIONAL_FORCING) + 3
 
 
+def network_fields(exchange: str) -> tuple[str, str]:
+    """The two fields a hybrid's parameteriser gives for ``exchange`` (:data:`EXCHANGE_FIELDS`): K_h or
+    its multiplier, then r_s."""
+    return ("Kh_scale" if exchange == "scale" else "Kh", "rs")
+
+
 def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, seed: int = 0,
                dtype=None, exchange: str = "field", class_pooling: float = 0.0,
                rs_vpd_d0: float | None = None) -> RegionalHybrid:
@@ -390,8 +396,7 @@ def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, see
     and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`; ``class_pooling`` and
     ``rs_vpd_d0``: see :class:`RegionalHybrid`."""
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
-    names = ("Kh_scale" if exchange == "scale" else "Kh", "rs")
-    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=names, options=options, dtype=dtype,
+    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=network_fields(exchange), options=options, dtype=dtype,
                                       key=jax.random.key(seed))
     return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange, class_pooling, rs_vpd_d0)
 

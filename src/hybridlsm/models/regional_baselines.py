@@ -28,7 +28,7 @@ from ..domain import Domain, SiteLayout, domain_from_grid
 from ..neural import BoundedHead
 from ..neural import PARAMETER_BOUNDS
 from ..neural._spatiotemporal import PARAMETER_PRIOR
-from .regional import LAD_CLASS_OF, RegionData, build_hybrid
+from .regional import LAD_CLASS_OF, RegionData, build_hybrid, network_fields
 from .registry import TrainingContext, get_model, validate_options
 
 __all__ = [
@@ -52,15 +52,19 @@ class ClassConstants(eqx.Module):
     """K_h and r_s constant in time, one pair per land-cover class: ``raw`` (C, 2) through the
     log-space bounded head of the network's ranges (K_h [1e-3, 1e2], r_s [1e2, 1e4]). A cell's
     field is the class values' geometric mean weighted by its class fractions
-    ``static[:n_classes]`` (one-hot: the class's value)."""
+    ``static[:n_classes]`` (one-hot: the class's value). ``names``: the two fields, as the
+    hybrid's network names them (``("Kh_scale", "rs")`` for a hybrid whose K_h is a multiplier
+    of the physics' own)."""
 
     raw: jax.Array
     head: BoundedHead
     n_classes: int = eqx.field(static=True)
+    names: tuple[str, str] = eqx.field(static=True)
 
-    def __init__(self, n_classes: int, dtype=jnp.float32, prior: dict | None = None):
+    def __init__(self, n_classes: int, dtype=jnp.float32, prior: dict | None = None,
+                 names: tuple[str, str] = ("Kh", "rs")):
         prior = PARAMETER_PRIOR if prior is None else prior
-        names = ("Kh", "rs")
+        self.names = names
         self.head = BoundedHead([PARAMETER_BOUNDS[n][0] for n in names], [PARAMETER_BOUNDS[n][1] for n in names],
                                 log_space=True, dtype=dtype)
         start = self.head.inverse(jnp.asarray([prior[n] for n in names], dtype))
@@ -78,22 +82,25 @@ class ClassConstants(eqx.Module):
         return jnp.broadcast_to(fields[:, None], (2, t, *fields.shape[1:]))
 
     def values(self) -> dict[str, np.ndarray]:
-        """The learned constants: {"Kh": (C,), "rs": (C,)}."""
+        """The learned constants, by ``names``: e.g. {"Kh": (C,), "rs": (C,)}."""
         v = np.asarray(self.head(self.raw))
-        return {"Kh": v[:, 0], "rs": v[:, 1]}
+        return {n: v[:, i] for i, n in enumerate(self.names)}
 
 
-def with_parameteriser(data: RegionData, net: eqx.Module, seed: int = 0):
-    """``build_hybrid(data)`` with ``net`` as its parameteriser (same co-trained law and physics).
+def with_parameteriser(data: RegionData, net: eqx.Module, seed: int = 0, **hybrid):
+    """``build_hybrid(data, **hybrid)`` with ``net`` as its parameteriser (same co-trained law and
+    physics).
 
     The regional hybrid is assembled by ``build_hybrid`` and only its ``net`` is swapped, so this
     helper is the one place to change if ``RegionalHybrid`` stops having a ``net`` field."""
-    return eqx.tree_at(lambda m: m.net, build_hybrid(data, seed=seed), net)
+    return eqx.tree_at(lambda m: m.net, build_hybrid(data, seed=seed, **hybrid), net)
 
 
-def build_class_constants(data: RegionData, seed: int = 0):
-    """The ``no_parameteriser`` ablation: the regional hybrid with :class:`ClassConstants`."""
-    return with_parameteriser(data, ClassConstants(len(data.classes), dtype=data.variables.dtype), seed=seed)
+def build_class_constants(data: RegionData, seed: int = 0, exchange: str = "field", **hybrid):
+    """The ``no_parameteriser`` ablation of the hybrid ``build_hybrid(data, exchange=exchange,
+    **hybrid)``: that hybrid with :class:`ClassConstants` of the fields its network gives."""
+    net = ClassConstants(len(data.classes), dtype=data.variables.dtype, names=network_fields(exchange))
+    return with_parameteriser(data, net, seed=seed, exchange=exchange, **hybrid)
 
 
 # ------------------------------------------------------------------------------------------
