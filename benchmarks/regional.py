@@ -38,7 +38,7 @@ Variants of the experiment (``--seed``: another training seed of the networks; `
 also a tower in each class the default four leave unobserved, water and bare soil; ``--lad-albedo``: no
 albedo product, the models run LaD's class albedo, which is not the truth's) are written to the
 file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrids
-(hybrid, hybrid_ensemble, hybrid_scale), no_parameteriser and the baselines of several such files beside
+(hybrid, hybrid_ensemble, hybrid_scale, hybrid_scale_vpd, hybrid_pooled), no_parameteriser and the baselines of several such files beside
 the default experiment's (the block between ``<!-- regional-variants:begin -->`` and
 ``<!-- regional-variants:end -->`` in docs/results.md).
 
@@ -317,8 +317,8 @@ def compare(paths: list[Path]) -> str:
                  f"({grid['towers']})" + (", albedo product" if grid.get("albedo") == "product" else ", LaD albedo"))
         by = {(r["model"], r["surface"]): r for r in s["records"]}
         kh_r = {r["model"]: r.get("kh_field_corr") for r in s.get("table3_ablations", [])}
-        for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_pooled", "no_parameteriser", "fixed_kh",
-                                  "cnn_lstm")
+        for model in [m for m in ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_vpd", "hybrid_pooled",
+                                  "no_parameteriser", "fixed_kh", "cnn_lstm")
                       if (m, "all") in by]:
             rows = s.get("class_parameters", {}).get(model) or []
             if rows and truth is None:
@@ -327,7 +327,7 @@ def compare(paths: list[Path]) -> str:
             deg = (s.get("degradation", {}).get(model) or {}).get("extreme_hot")
             info = s.get("models", {}).get(model) or {}
             best = info.get("best_val")
-            lines.append(f"| {label} | {model} | {_fmt(all_['mse_h'])} | {_fmt(all_['mse_le'])} | "
+            lines.append(f"| {label} | {_label(model, info)} | {_fmt(all_['mse_h'])} | {_fmt(all_['mse_le'])} | "
                          f"{_fmt(hot.get('mse_h'))} | {_fmt(hot.get('mse_le'))} | {_fmt(deg, 2)} | "
                          f"{_fmt(kh_r.get(model), 3)} | {_class_order(rows, 'kh_mean') if rows else '–'} | "
                          f"{_class_order(rows, 'rs_mean') if rows and model != 'fixed_kh' else '–'} | "
@@ -572,6 +572,12 @@ def _order(ds, mask, name):
     return sorted(means, key=means.get, reverse=True)
 
 
+def _label(model: str, info: dict) -> str:
+    """A model's name in the tables; an ablation's with the hybrid it ablates (one without a recorded
+    base was run before ``--ablation-base``: of hybrid)."""
+    return f"{model} (of {info.get('ablation_of', 'hybrid')})" if model in ABLATIONS else model
+
+
 def _fmt(v, digits=0):
     return "–" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
@@ -592,6 +598,7 @@ def _scores(r: dict) -> str:
 
 def _table(s: dict) -> str:
     g = s["grid"]
+    name = lambda m: _label(m, s.get("models", {}).get(m) or {})  # noqa: E731
     lines = [
         f"Virtual region {g['ny']}x{g['nx']} km, {g['days']} days hourly (forcing {g['forcing_site']}), "
         f"{g['towers']} tower cells, "
@@ -605,7 +612,7 @@ def _table(s: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in s["records"]:
-        lines.append(f"| {r['model']} | {r['surface']} | {_scores(r)} | {r['n']} |")
+        lines.append(f"| {name(r['model'])} | {r['surface']} | {_scores(r)} | {r['n']} |")
     if "kh_field_corr" in s:
         lines += ["", f"Hybrid: energy residual {s['energy_residual_wm2']:.2e} W m-2; learned vs true log K_h r = "
                   f"{s['kh_field_corr']:.2f} (fixed K_h: {_fmt(s.get('kh_field_corr_fixed_kh'), 2)}); training "
@@ -628,7 +635,7 @@ def _table(s: dict) -> str:
                   "| scale | surface | model | MSE H | MSE LE | MAE H | MAE LE | r H | r LE | energy residual | n |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(s["table1_scales"], key=lambda r: (r["scale"] != "daily", r["surface"])):
-            lines.append(f"| {r['scale']} | {r['surface']} | {r['model']} | {_scores(r)} | "
+            lines.append(f"| {r['scale']} | {r['surface']} | {name(r['model'])} | {_scores(r)} | "
                          f"{_sci(r['energy_residual_wm2'])} | {r['n']} |")
     if s.get("table2_extremes"):
         lines += ["", "**Table 2 analogue**: the extremes (T > 35 °C, u > 8 m s-1) at the held-out cells over the "
@@ -641,7 +648,7 @@ def _table(s: dict) -> str:
                   "degradation H / LE %, daily (seed) | n hours / cell-days |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(s["table2_extremes"], key=lambda r: r["surface"]):
-            lines.append(f"| {r['surface']} | {r['model']} | {_scores(r)} | {_fmt(r['degradation_h_pct'], 1)} / "
+            lines.append(f"| {r['surface']} | {name(r['model'])} | {_scores(r)} | {_fmt(r['degradation_h_pct'], 1)} / "
                          f"{_fmt(r['degradation_le_pct'], 1)} | {_fmt(r.get('degradation_daily_h_pct'), 1)} / "
                          f"{_fmt(r.get('degradation_daily_le_pct'), 1)} | {r['n']} / {r.get('daily_n', '–')} |")
         empty = sorted({r["surface"] for r in s["table2_extremes"] if r["empty"]})
@@ -659,12 +666,10 @@ def _table(s: dict) -> str:
         for r in s["table3_ablations"]:
             info = s["models"].get(r["model"], {})
             mc = info.get("uq_mc_dropout_only")
-            # an ablation without a recorded base was run before --ablation-base: of hybrid
-            label = f"{r['model']} (of {info.get('ablation_of', 'hybrid')})" if r["model"] in ABLATIONS else r["model"]
             note = "" if r["coverage90_h"] is None else " (MC only)" if mc is None else \
                 f" ({pct(mc['Qh']['coverage'])} / {pct(mc['Qle']['coverage'])})"
             crps = "" if not mc else f" ({_fmt(mc['Qh']['crps'], 1)} / {_fmt(mc['Qle']['crps'], 1)})"
-            lines.append(f"| {label} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
+            lines.append(f"| {name(r['model'])} | {_scores(r)} | {_sci(r['energy_residual_wm2'])} | "
                          f"{_fmt(r['kh_field_corr'], 2)} | {pct(r['coverage90_h'])} / {pct(r['coverage90_le'])}{note} | "
                          f"{_fmt(r['crps_h'], 1)} / {_fmt(r['crps_le'], 1)}{crps} |")
     lines += ["", "**Table 4 analogue**: per land-cover class, K_h and r_s over the held-out cells and test steps.",
@@ -672,7 +677,7 @@ def _table(s: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
     for m, rows in s["class_parameters"].items():
         for r in rows:
-            lines.append(f"| {m} | {r['class']} | {r['kh_mean']:.3f} ± {r['kh_sd']:.3f} | {r['kh_true_mean']:.3f} | "
+            lines.append(f"| {name(m)} | {r['class']} | {r['kh_mean']:.3f} ± {r['kh_sd']:.3f} | {r['kh_true_mean']:.3f} | "
                          f"{r['rs_mean']:.0f} ± {r['rs_sd']:.0f} | {r['rs_true_mean']:.0f} | {_fmt(r['r_kh_wind'], 2)} | "
                          f"{_fmt(r['r_kh_dT'], 2)} |")
     lines += ["", f"True K_h order of the classes: {', '.join(s['truth_class_order_kh'])}."]
@@ -684,9 +689,9 @@ def _table(s: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in s["table5_kh_laws"]:
             if "error" in r:
-                lines.append(f"| {r['model']} | {r['class']} | – | – | – | – | – | – | {r['error']} |")
+                lines.append(f"| {name(r['model'])} | {r['class']} | – | – | – | – | – | – | {r['error']} |")
                 continue
-            lines.append(f"| {r['model']} | {r['class']} | {r['form']} | {r['r2']:.3f} | {r['rmse']:.3g} | "
+            lines.append(f"| {name(r['model'])} | {r['class']} | {r['form']} | {r['r2']:.3f} | {r['rmse']:.3g} | "
                          f"{r['aic']:.0f} | {r['delta_aic']:.0f} | {r['n']} | {r['expression']} |")
     if s.get("models"):
         lines += ["", "Provenance of each model's figures (the regional hybrids' training windows start from the "
@@ -697,7 +702,7 @@ def _table(s: dict) -> str:
             chosen = (info.get("settings") or {}).get("lr")
             rates = ", ".join(f"{lr}: {v:.4f}" for lr, v in info["lr_selection"].items()) \
                 if info.get("lr_selection") else (f"{chosen:g}" if chosen is not None else "–")
-            lines.append(f"| {m} | `{info.get('command')}` | {info.get('commit') or '–'} | "
+            lines.append(f"| {name(m)} | `{info.get('command')}` | {info.get('commit') or '–'} | "
                          f"{(info.get('date') or '–')[:10]} | {_fmt(info.get('train_minutes'), 1)} | "
                          f"{_epochs(info.get('epochs'))} | {rates} | {info.get('mc_samples') or '–'} |")
     members = (s.get("models", {}).get("hybrid_ensemble") or {}).get("members")
