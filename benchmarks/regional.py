@@ -38,8 +38,8 @@ Variants of the experiment (``--seed``: another training seed of the networks; `
 also a tower in each class the default four leave unobserved, water and bare soil; ``--lad-albedo``: no
 albedo product, the models run LaD's class albedo, which is not the truth's) are written to the
 file of ``--out``, never into results/regional.json, and ``--compare FILE...`` tabulates the hybrids
-(hybrid, hybrid_ensemble, hybrid_scale, hybrid_scale_vpd, hybrid_pooled), no_parameteriser and the baselines of several such files beside
-the default experiment's (the block between ``<!-- regional-variants:begin -->`` and
+(hybrid, hybrid_ensemble, hybrid_scale, hybrid_scale_vpd, hybrid_pooled), no_parameteriser and the
+baselines of several such files beside the default experiment's (the block between ``<!-- regional-variants:begin -->`` and
 ``<!-- regional-variants:end -->`` in docs/results.md).
 
 Writes results/regional.json (the keys issue 15 names; ``peak_mem_gb_128x128_month`` is read from

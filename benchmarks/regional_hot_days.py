@@ -25,9 +25,9 @@ homogeneous farmland's test steps, the ratio of each field to the truth's by day
 
 Models (``--models``): ``no_parameteriser`` of ``hybrid`` (a constant K_h and r_s per class), its class
 constants taken from results/regional.json (trained there; the same region, seed 0) where that file
-holds this grid's no_parameteriser of ``hybrid``, else trained here as benchmarks/regional.py trains it, and ``hybrid_scale``, trained here as
-benchmarks/regional.py trains it (``--epochs1``, ``--epochs2``, ``--lr``; its realised K_h, the
-multiplier times the physics' own, is the field swapped).
+holds this grid's no_parameteriser of ``hybrid``, else trained here, and ``hybrid_scale``, trained here;
+both as benchmarks/regional.py trains them (``--epochs1``, ``--epochs2``, ``--lr``). hybrid_scale's K_h
+field is its realised K_h, the multiplier times the physics' own.
 
     python benchmarks/regional_hot_days.py [--ny 32 --days 21] [--models no_parameteriser,hybrid_scale]
 

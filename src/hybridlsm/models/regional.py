@@ -396,8 +396,8 @@ def new_hybrid(n_classes: int, options: SpatiotemporalOptions | None = None, see
     and the elevation); ``exchange``: see :data:`EXCHANGE_FIELDS`; ``class_pooling`` and
     ``rs_vpd_d0``: see :class:`RegionalHybrid`."""
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
-    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=network_fields(exchange), options=options, dtype=dtype,
-                                      key=jax.random.key(seed))
+    net = SpatiotemporalParameteriser(N_VARIABLES, n_classes + 1, names=network_fields(exchange), options=options,
+                                      dtype=dtype, key=jax.random.key(seed))
     return RegionalHybrid(net, ExchangeLaw.neutral(dtype=dtype), exchange, class_pooling, rs_vpd_d0)
 
 
