@@ -93,7 +93,7 @@ HYBRIDS = {"hybrid": {}, "hybrid_scale": {"exchange": "scale"},
 #: the ablations of seed 000 Table 3, each of the hybrid ``--ablation-base``
 ABLATIONS = ("no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
-          "cnn_lstm", "column_hybrid", "no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
+          "cnn_lstm", "column_hybrid", *ABLATIONS)
 #: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
 #: benchmarks/discovery.py)
 FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
@@ -572,10 +572,15 @@ def _order(ds, mask, name):
     return sorted(means, key=means.get, reverse=True)
 
 
+def ablation_of(info: dict) -> str:
+    """The hybrid an ablation's record (``summary["models"][name]``) removes a part of: one without a
+    recorded base was run before ``--ablation-base``, of hybrid."""
+    return info.get("ablation_of", "hybrid")
+
+
 def _label(model: str, info: dict) -> str:
-    """A model's name in the tables; an ablation's with the hybrid it ablates (one without a recorded
-    base was run before ``--ablation-base``: of hybrid)."""
-    return f"{model} (of {info.get('ablation_of', 'hybrid')})" if model in ABLATIONS else model
+    """A model's name in the tables; an ablation's with the hybrid it ablates."""
+    return f"{model} (of {ablation_of(info)})" if model in ABLATIONS else model
 
 
 def _fmt(v, digits=0):

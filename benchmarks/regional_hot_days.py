@@ -73,7 +73,7 @@ def model_fields(name: str, data, ds, split, args) -> tuple[np.ndarray, np.ndarr
     entry = held.get("models", {}).get(name)
     same_grid = held.get("grid", {}).get("ny") == args.ny and held.get("grid", {}).get("days") == args.days
     # a no_parameteriser of another hybrid (ablation_of) holds a K_h multiplier, not K_h: trained below
-    if name == "no_parameteriser" and entry and same_grid and entry.get("ablation_of", "hybrid") == "hybrid":
+    if name == "no_parameteriser" and entry and same_grid and bench.ablation_of(entry) == "hybrid":
         constants = entry["class_constants"]
         cls = [data.classes[i] for i in data.cell_class]
         kh = np.array([constants[c]["Kh"] for c in cls])

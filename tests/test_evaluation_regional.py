@@ -171,7 +171,6 @@ def test_class_constants_fields_per_class():
     np.testing.assert_allclose(net.values()["Kh"], [0.1, 10.0], rtol=1e-4)
 
 
-
 def test_class_constants_of_a_hybrid_with_a_kh_multiplier():
     """no_parameteriser of hybrid_scale_vpd: constants of the fields that hybrid's network gives (a K_h
     multiplier, prior 1, bounds [1e-2, 1e2]; r_s), inside a hybrid with the same exchange and VPD response."""
@@ -190,6 +189,7 @@ def test_class_constants_of_a_hybrid_with_a_kh_multiplier():
     np.testing.assert_allclose(top.values()["rs"], 1e4, rtol=1e-4)
     plain = build_class_constants(data)
     assert (plain.exchange, plain.rs_vpd_d0, plain.net.names) == ("field", None, ("Kh", "rs"))
+
 
 def test_mc_dropout_mean_and_sd(monkeypatch):
     from hybridlsm.models import regional
