@@ -8,14 +8,14 @@ against the truth, with the seed's Tables 1-5.
 
 Models (``--models``, default all): ``hybrid``, ``fixed_kh``, ``cnn_lstm``, ``column_hybrid`` (the
 registry's hybrid_param trained on the tower cells and run on every cell as independent columns
-under the forcing's air), and the ablations of seed 000 Table 3, each of the hybrid ``--ablation-base``
-(default ``hybrid_scale_vpd``, the one validation chose; records without ``ablation_of`` predate the
-option and are of ``hybrid``):
+under the forcing's air), and the ablations of seed 000 Table 3, each of the hybrid ``--base``
+(default ``hybrid_scale_vpd``, the one validation chose; a model's record holds its ``base``, and records
+without one predate the option and are of ``hybrid``):
 ``no_parameteriser`` (one learned pair of its fields per land-cover class instead of the network),
 ``no_physics_residual`` (lambda_energy 0), ``no_discovery`` (lambda_discovery 0), ``no_uq`` (dropout 0),
 and ``hybrid_ensemble``: a deep ensemble
-(Lakshminarayanan et al. 2017) of ``--members`` hybrids, member 0 the hybrid itself (taken from this run
-when it trains the hybrid too), member k trained from seed + k at the learning rate the hybrid chose on
+(Lakshminarayanan et al. 2017) of ``--members`` hybrids ``--base``, member 0 that hybrid itself (taken from
+this run when it trains it too), member k trained from seed + k at the learning rate the hybrid chose on
 validation; its prediction is the members' mean (fields and fluxes), its epistemic SD that of the
 members' spread and their own MC dropout (``models.ensemble.combine_members``), and each member's
 scores are kept (``models.hybrid_ensemble.members``); ``hybrid_scale_fallback``: hybrid_scale (taken
@@ -90,8 +90,10 @@ VARIANTS_END = "<!-- regional-variants:end -->"
 #: the regional hybrids this benchmark trains, as ``build_hybrid``'s options
 HYBRIDS = {"hybrid": {}, "hybrid_scale": {"exchange": "scale"},
            "hybrid_scale_vpd": {"exchange": "scale", "rs_vpd_d0": RS_VPD_D0}}
-#: the ablations of seed 000 Table 3, each of the hybrid ``--ablation-base``
+#: the ablations of seed 000 Table 3, each of the hybrid ``--base``
 ABLATIONS = ("no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
+#: the models built on the hybrid ``--base`` (their records name it: ``base_of``)
+ON_BASE = ("hybrid_ensemble", "hybrid_pooled", *ABLATIONS)
 MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
           "cnn_lstm", "column_hybrid", *ABLATIONS)
 #: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
@@ -112,10 +114,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     ap.add_argument("--mc-samples", type=int, default=50, help="MC-dropout passes of the models with dropout "
                     "(0: none; each pass is one prediction over the record)")
-    ap.add_argument("--class-pooling", default="0.1,1", help="hybrid_pooled: weight(s) of the class-pooling prior, "
+    ap.add_argument("--class-pooling", default="0.1,1", help="hybrid_pooled (--base with the class-pooling prior): "
+                    "weight(s) of the prior, "
                     "comma-separated: it trains at each (and each --lr) and keeps the lowest validation loss")
-    ap.add_argument("--ablation-base", choices=tuple(HYBRIDS), default="hybrid_scale_vpd",
-                    help="the hybrid whose parts the ablations (no_*) remove: the one validation chose (default)")
+    ap.add_argument("--base", "--ablation-base", choices=tuple(HYBRIDS), default="hybrid_scale_vpd",
+                    help="the hybrid that hybrid_ensemble's members and hybrid_pooled are, and whose parts the "
+                    "ablations (no_*) remove: the one validation chose (default)")
     ap.add_argument("--members", type=int, default=3, help="hybrid_ensemble: number of members (>= 2)")
     ap.add_argument("--seed", type=int, default=0, help="training seed: the networks' initialisation, the order "
                     "of the training windows and the dropout masks (the region itself is always seed 0's)")
@@ -206,7 +210,7 @@ def main() -> None:
     kh_true = np.asarray(ds["Kh_true"].values).reshape(t, -1)
     geometry = _geometry(data)
 
-    trained = {}  # the hybrid of this run: the ensemble's member 0 (or, ensemble first, the hybrid itself)
+    trained = {}  # the hybrids of this run: the ensemble's member 0 (or, ensemble first, the base itself)
     for name in models:
         t0 = time.time()
         fallback = None
@@ -219,7 +223,7 @@ def main() -> None:
             members = [model]
         else:
             model, out, info = trained.get(name) or run_model(name, data, ds, split, args)
-            if name in ("hybrid", "hybrid_scale"):
+            if name in HYBRIDS:  # hybrid_ensemble's member 0, hybrid_scale_fallback's model
                 trained[name] = (model, out, info)
             members = [] if model is None else [model]
         print(f"{name}: {info}", flush=True)
@@ -355,14 +359,14 @@ def _commit() -> str | None:
 def run_ensemble(data, ds, split, args, trained: dict, masks: dict, kh_true: np.ndarray):
     """``hybrid_ensemble`` (module docstring): (the members, the ensemble's outputs, info with each
     member's seed, validation loss, training minutes and scores)."""
-    if "hybrid" not in trained:
-        trained["hybrid"] = run_model("hybrid", data, ds, split, args)
-    first, out0, info0 = trained["hybrid"]
+    if args.base not in trained:
+        trained[args.base] = run_model(args.base, data, ds, split, args)
+    first, out0, info0 = trained[args.base]
     lr = info0["lr"]
     members, outs, infos = [first], [out0], [info0]
     for k in range(1, args.members):
         member_args = argparse.Namespace(**{**vars(args), "seed": args.seed + k})
-        result, info = train_model("hybrid", data, split, member_args, lr)
+        result, info = train_model(args.base, data, split, member_args, lr)
         print(f"hybrid_ensemble member {k} (seed {args.seed + k}): best validation loss {info['best_val']:.4f} "
               f"after {info['epochs']} epochs ({info['train_minutes']:.1f} min)", flush=True)
         members.append(result.model)
@@ -372,13 +376,13 @@ def run_ensemble(data, ds, split, args, trained: dict, masks: dict, kh_true: np.
     out["closed_loop"] = {"members": [o["closed_loop"] for o in outs]}
     rows = []
     for k, (o, i) in enumerate(zip(outs, infos)):
-        rec = next(r for r in score_records("hybrid", o, ds, masks) if r["surface"] == "all")
+        rec = next(r for r in score_records(args.base, o, ds, masks) if r["surface"] == "all")
         rows.append({"seed": args.seed + k, "best_val": i["best_val"], "epochs": i["epochs"],
                      "train_minutes": i["train_minutes"], "mse_h": rec["mse_h"], "mse_le": rec["mse_le"],
                      "kh_field_corr": field_correlation(o["Kh"], kh_true, masks["all"])})
     info = {"train_minutes": sum(i["train_minutes"] for i in infos), "epochs": [i["epochs"] for i in infos],
             "lr": lr, "best_val": None, "two_phase": info0["two_phase"], "dropout": info0["dropout"],
-            "members": rows}
+            "members": rows, "base": args.base}
     return members, out, info
 
 
@@ -479,16 +483,16 @@ def train_model(name: str, data, split, args, lr: float, pooling: float | None =
                                                                      epochs=args.epochs1 + args.epochs2)
     elif name in HYBRIDS:  # hybrid_scale: K_h a multiplier of the physics' own; _vpd: r_s raised with the VPD (Leuning)
         model, config = build_hybrid(data, seed=seed, **HYBRIDS[name]), cfg
-    elif name == "hybrid_pooled":  # the hybrid with the class-pooling prior on its fields
-        model, config = build_hybrid(data, seed=seed, class_pooling=pooling), cfg
+    elif name == "hybrid_pooled":  # the base with the class-pooling prior on its fields
+        model, config = build_hybrid(data, seed=seed, class_pooling=pooling, **HYBRIDS[args.base]), cfg
     elif name == "no_parameteriser":
-        model, config = build_class_constants(data, seed=seed, **HYBRIDS[args.ablation_base]), cfg
+        model, config = build_class_constants(data, seed=seed, **HYBRIDS[args.base]), cfg
     elif name == "no_uq":
         model, config = build_hybrid(data, options=SpatiotemporalOptions(dropout=0.0), seed=seed,
-                                     **HYBRIDS[args.ablation_base]), cfg
+                                     **HYBRIDS[args.base]), cfg
     elif name in ("no_physics_residual", "no_discovery"):
         weight = "lambda_energy" if name == "no_physics_residual" else "lambda_discovery"
-        model, config = (build_hybrid(data, seed=seed, **HYBRIDS[args.ablation_base]),
+        model, config = (build_hybrid(data, seed=seed, **HYBRIDS[args.base]),
                          TrainConfig(lr=lr, min_lr=1e-5, patience=6, seed=seed, two_phase={**two_phase, weight: 0.0}))
     else:
         raise ValueError(f"train_model: no regional model {name!r}")
@@ -496,8 +500,8 @@ def train_model(name: str, data, split, args, lr: float, pooling: float | None =
     info = {"train_minutes": (time.time() - t0) / 60.0, "epochs": len(result.history), "lr": lr,
             "best_val": float(result.best_val), **({} if pooling is None else {"class_pooling": pooling}), "two_phase": config.two_phase.model_dump(mode="json")
             if config.two_phase.enabled else None, "dropout": _dropout(result.model)}
-    if name in ABLATIONS:
-        info["ablation_of"] = args.ablation_base
+    if name in ON_BASE:
+        info["base"] = args.base
     if name == "no_parameteriser":
         values = result.model.net.values()
         info["class_constants"] = {c: {k: float(v[i]) for k, v in values.items()} for i, c in enumerate(data.classes)}
@@ -572,15 +576,15 @@ def _order(ds, mask, name):
     return sorted(means, key=means.get, reverse=True)
 
 
-def ablation_of(info: dict) -> str:
-    """The hybrid an ablation's record (``summary["models"][name]``) removes a part of: one without a
-    recorded base was run before ``--ablation-base``, of hybrid."""
-    return info.get("ablation_of", "hybrid")
+def base_of(info: dict) -> str:
+    """The hybrid a record (``summary["models"][name]``) of one of ``ON_BASE`` is built on: one without
+    a recorded base was run before ``--base``, on hybrid."""
+    return info.get("base", "hybrid")
 
 
 def _label(model: str, info: dict) -> str:
-    """A model's name in the tables; an ablation's with the hybrid it ablates."""
-    return f"{model} (of {ablation_of(info)})" if model in ABLATIONS else model
+    """A model's name in the tables; one built on a base hybrid with that hybrid."""
+    return f"{model} (of {base_of(info)})" if model in ON_BASE else model
 
 
 def _fmt(v, digits=0):

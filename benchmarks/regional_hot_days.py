@@ -72,8 +72,8 @@ def model_fields(name: str, data, ds, split, args) -> tuple[np.ndarray, np.ndarr
     held = json.loads(bench.RESULTS.read_text()) if bench.RESULTS.is_file() else {}
     entry = held.get("models", {}).get(name)
     same_grid = held.get("grid", {}).get("ny") == args.ny and held.get("grid", {}).get("days") == args.days
-    # a no_parameteriser of another hybrid (ablation_of) holds a K_h multiplier, not K_h: trained below
-    if name == "no_parameteriser" and entry and same_grid and bench.ablation_of(entry) == "hybrid":
+    # a no_parameteriser of another hybrid (its base) holds a K_h multiplier, not K_h: trained below
+    if name == "no_parameteriser" and entry and same_grid and bench.base_of(entry) == "hybrid":
         constants = entry["class_constants"]
         cls = [data.classes[i] for i in data.cell_class]
         kh = np.array([constants[c]["Kh"] for c in cls])
@@ -130,7 +130,7 @@ def main() -> None:
     if not models or set(models) - set(MODELS):
         ap.error(f"--models {args.models!r}: choose from {', '.join(MODELS)}")
     # what benchmarks/regional.py's run_model reads
-    args.lrs, args.class_pooling, args.seed, args.ablation_base = [args.lr], [None], 0, "hybrid"
+    args.lrs, args.class_pooling, args.seed, args.base = [args.lr], [None], 0, "hybrid"
     command = " ".join(["python benchmarks/regional_hot_days.py", *sys.argv[1:]])
     commit = bench._commit()
 
