@@ -27,10 +27,13 @@ TEST_WORKERS ?= 2
 XDIST := -n $(TEST_WORKERS) --dist loadgroup
 
 # The whole suite (what CI runs), in two sessions: one process compiling every test's XLA programs
-# crashed in the compiler late in the run (a segfault in backend_compile, test_sweep/test_streaming)
+# crashed in the compiler late in the run (a segfault in backend_compile, test_sweep/test_streaming).
+# Both sessions share one test-run id, so the second reads the programs the first compiled from the
+# same compilation cache (tests/conftest.py) instead of compiling them again.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(XDIST) $(wildcard tests/test_[a-o]*.py)
-	$(BIN)/python -m pytest -q $(XDIST) $(wildcard tests/test_[p-z]*.py)
+	run=make-test-$$(date +%s)-$$$$; \
+	$(BIN)/python -m pytest -q $(XDIST) --testrunuid $$run $(wildcard tests/test_[a-o]*.py) && \
+	$(BIN)/python -m pytest -q $(XDIST) --testrunuid $$run $(wildcard tests/test_[p-z]*.py)
 
 # Without the tests marked slow (real-site training, year-long rollouts, longer model training):
 # under 3 minutes on 2 cores.

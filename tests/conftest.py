@@ -16,7 +16,8 @@ jax.config.update("jax_enable_x64", True)
 # again (every model's training step in several tests, the same fixtures' rollouts), in each xdist
 # worker: JAX's persistent compilation cache turns a repeat into a read (tests/test_models.py and
 # test_ensemble.py: 2:51 -> 2:19 min on 2 workers). One directory per test run
-# (PYTEST_XDIST_TESTRUNUID, shared by its workers); directories of runs over 6 hours old are removed.
+# (PYTEST_XDIST_TESTRUNUID, shared by its workers; `make test` gives its two pytest sessions one id
+# with --testrunuid); directories of runs over 6 hours old are removed.
 # Entries are compressed, so a worker that reads one while another writes it fails to decompress it
 # and compiles (JAX warns; jax_raise_persistent_cache_errors is off).
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"main-{os.getpid()}"
