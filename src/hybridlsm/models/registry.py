@@ -15,7 +15,8 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   ``train``.
 - ``train(model, options, train, val, ctx) -> model``: fit on the training Domains, early-stop on
   the validation Domains (each with a ``loss_mask``); ``ctx`` is the narrow
-  :class:`TrainingContext` (targets, QC limit, step counts, training settings, checkpoints).
+  :class:`TrainingContext` (QC limit, step counts, training settings, checkpoints; the
+  targets are the model's ``options.targets``).
 - ``predict(model, domain) -> {name: (T, N) or (T, N, L)}`` over the whole domain.
 - ``save(model, options, directory)`` / ``load(options, directory)``: the trained model on disk (Equinox
   leaves + JSON by default, no pickle; ``model.json`` records every file's SHA-256, checked on
