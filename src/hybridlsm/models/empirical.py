@@ -30,9 +30,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import xarray as xr
-import skops.io as sio
-from sklearn.cluster import KMeans
-from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -208,6 +205,8 @@ class EmpiricalModel:
         return len(self.inputs) + 1
 
     # -- persistence (no pickle: arrays as .npz, scikit-learn estimators with skops) ------------
+    # scikit-learn and skops are imported where they are used: skops's import enumerates every
+    # scikit-learn estimator (1.7-3 s), which every ``hybridlsm`` command would pay at start-up
     #: fitted NumPy attributes saved as arrays; the scikit-learn estimator attribute, if any
     fitted_arrays: ClassVar[tuple[str, ...]] = ()
     estimator_attr: ClassVar[str | None] = None
@@ -225,6 +224,8 @@ class EmpiricalModel:
 
         digests = {f"{prefix}.npz": atomic_write(Path(directory) / f"{prefix}.npz", savez)}
         if self.estimator_attr is not None:
+            import skops.io as sio
+
             est = getattr(self, self.estimator_attr)
             digests[f"{prefix}.skops"] = atomic_write(Path(directory) / f"{prefix}.skops", lambda p: sio.dump(est, p))
         return digests
@@ -237,6 +238,8 @@ class EmpiricalModel:
                 setattr(self, k, data[k])
             self.n_train = int(data["n_train"])
         if self.estimator_attr is not None:
+            import skops.io as sio
+
             est_path = Path(directory) / f"{prefix}.skops"
             untrusted = sio.get_untrusted_types(file=est_path)
             foreign = [t for t in untrusted if not t.startswith("sklearn.")]
@@ -313,6 +316,8 @@ class KMeansRegression(EmpiricalModel):
         sd = X.std(axis=0)
         self.scale_ = np.where(sd > 0, sd, 1.0)
         Z = (X - self.mean_) / self.scale_
+        from sklearn.cluster import KMeans
+
         self.kmeans_ = KMeans(
             n_clusters=self.n_clusters, n_init=self.n_init, max_iter=self.max_iter, random_state=self.seed
         ).fit(Z)
@@ -393,6 +398,8 @@ class GradientBoosting(EmpiricalModel):
             names = [n for n, u in zip(self.feature_names, self.unused_features_) if u]
             warnings.warn(f"gbm ({self.target}): feature(s) {names} have no value in the training rows and "
                           "are not used", DataWarning, stacklevel=3)  # fmt: skip
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
         self.regressor_ = HistGradientBoostingRegressor(
             max_iter=self.max_iter,
             learning_rate=self.learning_rate,
