@@ -18,7 +18,7 @@ and ``hybrid_ensemble``: a deep ensemble
 this run when it trains it too), member k trained from seed + k at the learning rate the hybrid chose on
 validation; its prediction is the members' mean (fields and fluxes), its epistemic SD that of the
 members' spread and their own MC dropout (``models.ensemble.combine_members``), and each member's
-scores are kept (``models.hybrid_ensemble.members``); ``hybrid_scale_fallback``: hybrid_scale (taken
+scores are kept (``models.hybrid_ensemble.members``); ``hybrid_fallback``: the hybrid ``--base`` (taken
 from this run when it trains it too) with the epistemic fallback (``models.regional.epistemic_fallback``:
 the physics' own K_h multiplier of 1 and r_s wherever the SD of the log field over 10 dropout passes
 exceeds the threshold), its threshold chosen among ``FALLBACK_THRESHOLDS`` and none by the MSE of H and
@@ -93,10 +93,10 @@ HYBRIDS = {"hybrid": {}, "hybrid_scale": {"exchange": "scale"},
 #: the ablations of seed 000 Table 3, each of the hybrid ``--base``
 ABLATIONS = ("no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 #: the models built on the hybrid ``--base`` (their records name it: ``base_of``)
-ON_BASE = ("hybrid_ensemble", "hybrid_pooled", *ABLATIONS)
-MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_scale_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
+ON_BASE = ("hybrid_ensemble", "hybrid_fallback", "hybrid_pooled", *ABLATIONS)
+MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
           "cnn_lstm", "column_hybrid", *ABLATIONS)
-#: hybrid_scale_fallback's candidate thresholds (SD of a log field; the column hybrids' in
+#: hybrid_fallback's candidate thresholds (SD of a log field; the column hybrids' in
 #: benchmarks/discovery.py)
 FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 #: the per-model row lists of the seed's tables (each row has ``model``); Table 4 is ``class_parameters``
@@ -216,14 +216,15 @@ def main() -> None:
         fallback = None
         if name == "hybrid_ensemble":
             members, out, info = run_ensemble(data, ds, split, args, trained, masks, kh_true)
-        elif name == "hybrid_scale_fallback":
-            if "hybrid_scale" not in trained:
-                trained["hybrid_scale"] = run_model("hybrid_scale", data, ds, split, args)
-            model, out, info, fallback = run_fallback(trained["hybrid_scale"], data, split, masks)
+        elif name == "hybrid_fallback":
+            if args.base not in trained:
+                trained[args.base] = run_model(args.base, data, ds, split, args)
+            model, out, info, fallback = run_fallback(trained[args.base], data, split, masks)
+            info["base"] = args.base
             members = [model]
         else:
             model, out, info = trained.get(name) or run_model(name, data, ds, split, args)
-            if name in HYBRIDS:  # hybrid_ensemble's member 0, hybrid_scale_fallback's model
+            if name in HYBRIDS:  # hybrid_ensemble's member 0, hybrid_fallback's model
                 trained[name] = (model, out, info)
             members = [] if model is None else [model]
         print(f"{name}: {info}", flush=True)
@@ -405,7 +406,7 @@ def _dropout(model) -> float:
 
 
 def run_fallback(trained, data, split, masks):
-    """``hybrid_scale_fallback`` (module docstring) from hybrid_scale's (model, outputs, info): (the
+    """``hybrid_fallback`` (module docstring) from its base hybrid's (model, outputs, info): (the
     model, its outputs with the chosen threshold, info with the validation MSE of each candidate and
     the fraction of the test cell-steps' fields that fell back, the fallback masks or None)."""
     model, plain, info = trained
@@ -429,7 +430,7 @@ def run_fallback(trained, data, split, masks):
         info[f"fallback_fraction_{part}"] = {
             k: 0.0 if v[1] is None or not masks[part].any() else float(np.mean(np.stack(v[1]), axis=0)[masks[part]].mean())
             for k, v in candidates.items()}
-    print(f"hybrid_scale_fallback: validation MSE by threshold {info['fallback_selection']}; chosen {chosen}; "
+    print(f"hybrid_fallback: validation MSE by threshold {info['fallback_selection']}; chosen {chosen}; "
           f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}, on the hot ones "
           f"{info['fallback_fraction_extreme_hot']}", flush=True)
     return model, out, info, fallback
