@@ -219,7 +219,7 @@ def main() -> None:
         elif name == "hybrid_fallback":
             if args.base not in trained:
                 trained[args.base] = run_model(args.base, data, ds, split, args)
-            model, out, info, fallback = run_fallback(trained[args.base], data, split, masks)
+            model, out, info, fallback = run_fallback(trained[args.base], data, ds, split, masks)
             info["base"] = args.base
             members = [model]
         else:
@@ -405,10 +405,12 @@ def _dropout(model) -> float:
     return float(getattr(getattr(model, "net", None), "dropout", 0.0) or 0.0)
 
 
-def run_fallback(trained, data, split, masks):
+def run_fallback(trained, data, ds, split, masks):
     """``hybrid_fallback`` (module docstring) from its base hybrid's (model, outputs, info): (the
-    model, its outputs with the chosen threshold, info with the validation MSE of each candidate and
-    the fraction of the test cell-steps' fields that fell back, the fallback masks or None)."""
+    model, its outputs with the chosen threshold, info with the validation MSE of each candidate, the
+    fraction of the test cell-steps' fields that fell back and, for the reader only (the choice is made
+    on validation), each candidate's MSE of H and LE at the held-out test cells; the fallback masks or
+    None)."""
     model, plain, info = trained
     t0 = time.time()
     spread = field_spread(model, data)
@@ -424,15 +426,21 @@ def run_fallback(trained, data, split, masks):
         candidates[f"{threshold:g}"] = (out, masks_, val_mse(out))
     chosen = min(candidates, key=lambda k: candidates[k][2])
     out, fallback, _ = candidates[chosen]
+    t = ds.sizes["time"]
+    truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Qh", "Qle")}
     info = {**info, "fallback_selection": {k: v[2] for k, v in candidates.items()}, "fallback_threshold": chosen,
-            "fallback_minutes": (time.time() - t0) / 60.0}
+            "fallback_minutes": (time.time() - t0) / 60.0,
+            "fallback_heldout_mse": {k: {"h": mse(v[0]["Qh"], truth["Qh"], masks["all"]),
+                                         "le": mse(v[0]["Qle"], truth["Qle"], masks["all"])}
+                                     for k, v in candidates.items()}}
     for part in ("all", "extreme_hot"):  # the share of the two fields that fell back at the held-out test cells
         info[f"fallback_fraction_{part}"] = {
             k: 0.0 if v[1] is None or not masks[part].any() else float(np.mean(np.stack(v[1]), axis=0)[masks[part]].mean())
             for k, v in candidates.items()}
     print(f"hybrid_fallback: validation MSE by threshold {info['fallback_selection']}; chosen {chosen}; "
           f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}, on the hot ones "
-          f"{info['fallback_fraction_extreme_hot']}", flush=True)
+          f"{info['fallback_fraction_extreme_hot']}; held-out MSE H / LE by threshold (not used to choose) "
+          f"{info['fallback_heldout_mse']}", flush=True)
     return model, out, info, fallback
 
 
