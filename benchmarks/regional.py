@@ -208,6 +208,7 @@ def main() -> None:
     finished, written = [], False
     t = ds.sizes["time"]
     kh_true = np.asarray(ds["Kh_true"].values).reshape(t, -1)
+    truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Qh", "Qle")}
     geometry = _geometry(data)
 
     trained = {}  # the hybrids of this run: the ensemble's member 0 (or, ensemble first, the base itself)
@@ -219,7 +220,7 @@ def main() -> None:
         elif name == "hybrid_fallback":
             if args.base not in trained:
                 trained[args.base] = run_model(args.base, data, ds, split, args)
-            model, out, info, fallback = run_fallback(trained[args.base], data, ds, split, masks)
+            model, out, info, fallback = run_fallback(trained[args.base], data, truth, split, masks)
             info["base"] = args.base
             members = [model]
         else:
@@ -236,7 +237,6 @@ def main() -> None:
             table = residual_sd(out, data, split["val"])
             total = with_residual_sd({**{k: v["mean"] for k, v in mc.items()},
                                       **{f"{k}_sd": v["sd"] for k, v in mc.items()}}, table, data)
-            truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Qh", "Qle")}
             uq = {k: uq_scores(total[k], total[f"{k}_sd"], truth[k], masks["all"]) for k in ("Qh", "Qle")}
             uq["mean_sd"] = {k: float(v["sd"][masks["all"]].mean()) for k, v in mc.items()}
             info["residual_sd"] = table
@@ -405,12 +405,12 @@ def _dropout(model) -> float:
     return float(getattr(getattr(model, "net", None), "dropout", 0.0) or 0.0)
 
 
-def run_fallback(trained, data, ds, split, masks):
-    """``hybrid_fallback`` (module docstring) from its base hybrid's (model, outputs, info): (the
-    model, its outputs with the chosen threshold, info with the validation MSE of each candidate, the
-    fraction of the test cell-steps' fields that fell back and, for the reader only (the choice is made
-    on validation), each candidate's MSE of H and LE at the held-out test cells; the fallback masks or
-    None)."""
+def run_fallback(trained, data, truth, split, masks):
+    """``hybrid_fallback`` (module docstring) from its base hybrid's (model, outputs, info) and the
+    region's (T, N) true Qh and Qle: (the model, its outputs with the chosen threshold, info with the
+    validation MSE of each candidate, the fraction of the test cell-steps' fields that fell back and, for
+    the reader only (the choice is made on validation), each candidate's MSE of H and LE at the held-out
+    test cells; the fallback masks or None)."""
     model, plain, info = trained
     t0 = time.time()
     spread = field_spread(model, data)
@@ -426,8 +426,6 @@ def run_fallback(trained, data, ds, split, masks):
         candidates[f"{threshold:g}"] = (out, masks_, val_mse(out))
     chosen = min(candidates, key=lambda k: candidates[k][2])
     out, fallback, _ = candidates[chosen]
-    t = ds.sizes["time"]
-    truth = {k: np.asarray(ds[f"{k}_true"].values).reshape(t, -1) for k in ("Qh", "Qle")}
     info = {**info, "fallback_selection": {k: v[2] for k, v in candidates.items()}, "fallback_threshold": chosen,
             "fallback_minutes": (time.time() - t0) / 60.0,
             "fallback_heldout_mse": {k: {"h": mse(v[0]["Qh"], truth["Qh"], masks["all"]),
