@@ -9,7 +9,8 @@ everywhere::
     outputs = model.observe(state, fluxes)                  # {ALMA name: (N,) array}
 
 and one concrete one, ``state_change(old, new)``, which spin-up uses to decide convergence (no
-probing of the state's fields). ``step`` returns typed fluxes (``LaDFluxes``): a wrapper that
+probing of the state's fields). The class attribute ``checkpoint_each_step`` tells the rollout how to
+differentiate the step. ``step`` returns typed fluxes (``LaDFluxes``): a wrapper that
 computes extra diagnostics puts them in ``fluxes.diagnostics`` and ``observe`` reports them under
 their names. The rollout functions (``rollout``, ``rollout_reduce``, ``simulate``, ``spin_up``)
 take any ``AbstractLandModel``; NeuralGCM's encode / advance / decode separation maps to
@@ -19,7 +20,7 @@ take any ``AbstractLandModel``; NeuralGCM's encode / advance / decode separation
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -30,6 +31,12 @@ __all__ = ["AbstractLandModel"]
 
 class AbstractLandModel(eqx.Module):
     """A land model: ``init_state``, ``step``, ``observe`` (abstract) and ``state_change``."""
+
+    #: reverse mode through ``physics.rollout`` stores the carry of every step and recomputes the step
+    #: instead of storing its residual arrays (LaD: ~700 operations and 342 residuals per step, whose
+    #: memory traffic costs more than the recomputation: docs/performance.md); a model whose step is a
+    #: few operations, with residuals no larger than its carry, sets False
+    checkpoint_each_step: ClassVar[bool] = True
 
     @abc.abstractmethod
     def init_state(self, params: dict, forcing: Any) -> Any:

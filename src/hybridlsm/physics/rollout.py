@@ -91,46 +91,15 @@ def chunk_length(n_steps: int, chunk: int | None) -> int:
     return min(divisors, key=lambda d: (abs(math.log(d / chunk)), -d))
 
 
-#: ``rollout`` checkpoints each step of a chunk when the step has more than this many primitive
-#: operations (LaD: ~700; a toy model with a handful keeps the plain chunked checkpointing)
-STEP_REMAT_MIN_EQUATIONS = 64
-
-
-def _count_equations(jaxpr) -> int:
-    n = 0
-    for eqn in jaxpr.eqns:
-        n += 1
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", None)
-                inner = getattr(inner, "jaxpr", inner)
-                if inner is not None and hasattr(inner, "eqns"):
-                    n += _count_equations(inner)
-    return n
-
-
-def _step_equations(body, carry, xs) -> int:
-    """Primitive operations in one step of ``body`` (traced abstractly, nested calls included)."""
-    def spec(a, drop=0):
-        return jax.ShapeDtypeStruct(jnp.shape(a)[drop:], a.dtype)
-
-    tree_map = jax.tree_util.tree_map
-    jaxpr = jax.make_jaxpr(body)(tree_map(spec, carry), tree_map(lambda a: spec(a, 1), xs))
-    return _count_equations(jaxpr.jaxpr)
-
-
-def _chunked_scan(body, carry, xs, n_steps: int, chunk: int | None):
+def _chunked_scan(body, carry, xs, n_steps: int, chunk: int | None, checkpoint_each_step: bool):
     """``lax.scan(body, carry, xs)`` over ``n_steps`` steps as checkpointed chunks (see module
     docstring); ``chunk`` None: one plain scan, no rematerialisation. Returns (carry, ys)."""
     if chunk is None:
         return jax.lax.scan(body, carry, xs, length=n_steps)
     chunk = chunk_length(n_steps, chunk)
-    if _step_equations(body, carry, xs) > STEP_REMAT_MIN_EQUATIONS:
-        # a large step is checkpointed too: reverse mode then stores only the carry of every step
-        # of the chunk being differentiated and recomputes the step inside the backward loop,
-        # instead of writing its residuals (342 arrays per step for LaD, at the JAX level) to
-        # memory and reading them back (docs/performance.md); a small step's residuals are no
-        # larger than its carry
+    if checkpoint_each_step:  # the land model's choice (AbstractLandModel.checkpoint_each_step)
+        # reverse mode then stores only the carry of every step of the chunk being differentiated
+        # and recomputes the step inside the backward loop
         body = jax.checkpoint(body, prevent_cse=False,
                               policy=jax.checkpoint_policies.nothing_saveable)
 
@@ -189,7 +158,8 @@ def rollout(model, params: dict, forcing: Forcing, state0=None, dynamic: dict | 
     def one_step(state, xs):
         return _observe_step(model, params, state, *xs)
 
-    return _chunked_scan(one_step, state0, (forcing, dynamic, keys), forcing.n_steps, chunk)
+    return _chunked_scan(one_step, state0, (forcing, dynamic, keys), forcing.n_steps, chunk,
+                         model.checkpoint_each_step)
 
 
 def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=None, *,
@@ -247,7 +217,7 @@ def rollout_reduce(model, params: dict, forcing: Forcing, fn: Callable, extra=No
         return (new_state, jax.tree_util.tree_map(jnp.add, total, value)), None
 
     (state, total), _ = _chunked_scan(
-        one_step, (state0, total0), (forcing, dynamic, keys, extra), n_steps, chunk
+        one_step, (state0, total0), (forcing, dynamic, keys, extra), n_steps, chunk, model.checkpoint_each_step
     )
     return state, total
 
