@@ -49,6 +49,9 @@ jax.config.update("jax_disable_most_optimizations",
 #: per-executable compiler options (``jax.jit(f, compiler_options=...)``) that restore XLA's shipped
 #: optimisation under the setting above: such a program's results are bitwise those outside the tests
 SHIPPED_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+#: XLA:CPU compiles the LaD's large loop bodies ~2x faster without the fusion emitters (same math);
+#: `hybridlsm` turns them off process-wide unless XLA_FLAGS turns them on, these options for any case
+FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLUXNET_DIR = SHARED_DATA / "fluxnet"

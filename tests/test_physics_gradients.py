@@ -19,8 +19,8 @@ import pytest
 
 from hybridlsm.physics import CALIBRATABLE, LaDModel, LaDState, default_params, rollout, synthetic_forcing
 
-# XLA:CPU compiles these large loop bodies ~2x faster without the new fusion emitters (same math)
-FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
+from conftest import FAST_COMPILE
+
 REL_STEP = 1e-5
 N_WINDOW = 96  # 2 days of half-hourly steps
 MODEL = LaDModel()

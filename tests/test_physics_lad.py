@@ -28,11 +28,9 @@ from hybridlsm.physics import (
 )
 from hybridlsm.physics.soil import layer_heat_capacity, soil_heat_storage
 
-from conftest import SHIPPED_OPTIMISATION
+from conftest import FAST_COMPILE, SHIPPED_OPTIMISATION
 
 SITES = ["GRA", "ENF", "DBF"]
-# XLA:CPU compiles these large loop bodies ~2x faster without the new fusion emitters (same math)
-FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
 run_jit = jax.jit(rollout, static_argnames=("chunk",), compiler_options=FAST_COMPILE)
 #: for results compared to rounding (1e-12) across layouts: compiled as `hybridlsm` compiles (conftest)
 shipped_jit = jax.jit(rollout, static_argnames=("chunk",), compiler_options={**(FAST_COMPILE or {}), **SHIPPED_OPTIMISATION})

@@ -21,9 +21,7 @@ from hybridlsm.physics import (
     synthetic_forcing,
 )
 
-from conftest import SHIPPED_OPTIMISATION
-
-FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
+from conftest import FAST_COMPILE, SHIPPED_OPTIMISATION
 N_STEPS = 193  # prime: no divisor near any chunk, so chunk 7 runs 27 chunks and a 4-step remainder
 
 
