@@ -87,6 +87,15 @@ def new_figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.0, 
     return fig, axes
 
 
+def room_below(fig: Figure, inches: float) -> None:
+    """Make ``fig`` taller by ``inches`` below its axes (for a figure legend under the x labels),
+    keeping the axes' size and the other margins."""
+    w, h = fig.get_size_inches()
+    p = fig.subplotpars
+    fig.set_size_inches(w, h + inches)
+    fig.subplots_adjust(bottom=(p.bottom * h + inches) / (h + inches), top=1 - (1 - p.top) * h / (h + inches))
+
+
 def save_figure(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,9 @@ def plot_diurnal_cycles(
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+        ncol = min(len(labels), 6)
+        room_below(fig, 0.2 * -(-len(labels) // ncol))  # one line of legend per 6 labels
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title)
     return save_figure(fig, path)
 
