@@ -50,7 +50,7 @@ jax.config.update("jax_disable_most_optimizations",
 #: optimisation under the setting above: such a program's results are bitwise those outside the tests
 SHIPPED_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 #: XLA:CPU compiles the LaD's large loop bodies ~2x faster without the fusion emitters (same math);
-#: `hybridlsm` turns them off process-wide unless XLA_FLAGS turns them on, these options for any case
+#: `hybridlsm` turns them off process-wide unless XLA_FLAGS turns them on; these options keep them off
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

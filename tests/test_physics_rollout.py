@@ -22,6 +22,7 @@ from hybridlsm.physics import (
 )
 
 from conftest import FAST_COMPILE, SHIPPED_OPTIMISATION
+
 N_STEPS = 193  # prime: no divisor near any chunk, so chunk 7 runs 27 chunks and a 4-step remainder
 
 
