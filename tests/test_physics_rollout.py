@@ -174,6 +174,43 @@ def test_run_time_jit_traces_each_mode_once_and_only_its_fast_one_for_run_time()
     assert _RUN_TIME_CODE.get() is False  # nothing leaks out of the traces
 
 
+def test_cap_derivatives_are_those_of_their_closed_forms():
+    """``soft_cap`` and ``limit_positive_slope`` carry written-out derivatives (``_cap_terms``):
+    values and both partial derivatives equal those of autodiff through the closed forms
+    r / (1 + r^p)^(1/p) and (1 + r^p)^(-1 - 1/p) to rounding, over amount << cap, ~ cap and >> cap
+    (1e-30 to 1e30), and are exactly 0 (soft_cap, the slope's derivative) where amount <= 0 or
+    cap <= 0, with the slope 1 for amount <= 0 and 0 for cap <= 0 < amount."""
+    from hybridlsm.physics.smooth import limit_positive_slope, soft_cap
+
+    def closed_cap(a, c, p=8.0):
+        ok = (a > 0) & (c > 0)
+        r = jnp.where(ok, a, 1.0) / jnp.where(ok, c, 1.0)
+        return jnp.where(ok, jnp.where(ok, c, 1.0) * r / (1.0 + r**p) ** (1.0 / p), 0.0)
+
+    def closed_slope(a, c, p=8.0):
+        ok = (a > 0) & (c > 0)
+        r = jnp.where(ok, a, 1.0) / jnp.where(ok, c, 1.0)
+        return jnp.where(a > 0, jnp.where(c > 0, (1.0 + r**p) ** (-1.0 - 1.0 / p), 0.0), 1.0)
+
+    rng = np.random.default_rng(7)
+    cap = rng.uniform(0.1, 5.0, 400)
+    a = np.concatenate([cap * 10.0 ** rng.uniform(-3, 3, 400), [1e-30, 1e30, 2.0, -1.0, 0.0, 1.0, 1.0]])
+    c = np.concatenate([cap, [1.0, 1.0, 2.0, 1.0, 1.0, 0.0, -1.0]])
+    a, c = jnp.asarray(a, jnp.float64), jnp.asarray(c, jnp.float64)
+    moderate = jnp.abs(jnp.log(a / jnp.abs(c))) < 10.0  # r^p finite in the closed forms
+    for fn, closed in ((soft_cap, closed_cap), (limit_positive_slope, closed_slope)):
+        value = jax.jit(fn)(a, c)
+        grads = [jax.jit(jax.vmap(jax.grad(fn, i)))(a, c) for i in (0, 1)]
+        ref_grads = [jax.vmap(jax.grad(closed, i))(a, c) for i in (0, 1)]
+        np.testing.assert_allclose(value[moderate], closed(a, c)[moderate], rtol=1e-13, atol=1e-300)
+        for g, ref in zip(grads, ref_grads):
+            assert bool(jnp.all(jnp.isfinite(g)))
+            np.testing.assert_allclose(g[moderate], ref[moderate], rtol=1e-11, atol=1e-14)
+            np.testing.assert_array_equal(g[-4:], 0.0)  # amount <= 0 or cap <= 0
+    np.testing.assert_allclose(soft_cap(a, c)[-7:-5], [1e-30, 1.0], rtol=1e-14)  # identity / cap in the tails
+    np.testing.assert_array_equal(limit_positive_slope(a, c)[-4:], [1.0, 1.0, 0.0, 0.0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softplus_is_accurate_to_rounding_in_both_modes(dtype):
     """``smooth.softplus`` traced for run time (Goldberg's log1p, no ``log1p`` in its jaxpr) and not

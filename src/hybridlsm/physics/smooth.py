@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 _RUN_TIME_CODE = contextvars.ContextVar("hybridlsm_run_time_code", default=False)
 
@@ -86,30 +88,65 @@ def smooth_clip01(x, scale):
     return smooth_relu(x, scale) - smooth_relu(x - 1.0, scale)
 
 
+def _cap_terms(amount, cap, power):
+    """The shared terms of ``soft_cap`` and ``limit_positive_slope`` at r = amount / cap, evaluated
+    in log space (no overflow for amount >> cap): (positive, amount, cap, w, q, 1 - q) with
+    w = (1 + r^p)^(-1/p) and q = 1 / (1 + r^p), all from one exp(-|x|), x = p log r (1 - q not as a
+    difference, which would lose it for r << 1); amount and cap are replaced by 1 where either is
+    <= 0 (the callers select 0 or 1 there)."""
+    positive = (amount > 0) & (cap > 0)
+    safe_amount = jnp.where(positive, amount, 1.0)
+    safe_cap = jnp.where(positive, cap, 1.0)
+    x = power * (jnp.log(safe_amount) - jnp.log(safe_cap))
+    e = jnp.exp(-jnp.abs(x))
+    w = jnp.exp(-(jnp.maximum(x, 0.0) + log1p_unit(e)) / power)  # exp(-softplus(x) / p)
+    q = jnp.where(x >= 0, e, 1.0) / (1.0 + e)  # sigmoid(-x)
+    q_complement = jnp.where(x >= 0, 1.0, e) / (1.0 + e)  # sigmoid(x)
+    return positive, safe_amount, safe_cap, w, q, q_complement
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def soft_cap(amount, cap, power: float = 8.0):
     """min(amount, cap) for amount >= 0, cap >= 0, smoothed so that the result never exceeds either.
 
     cap * g(amount / cap) with g(r) = r / (1 + r^p)^(1/p): g(r) = r - r^(p+1)/p + ... for small r
     (the identity to order p), g -> 1 for r -> infinity, g(1) = 2^(-1/p) (0.917 for p = 8).
     Evaluated in log space, so no overflow for amount >> cap; exactly 0 when amount <= 0 or
-    cap <= 0.
+    cap <= 0. Its derivative is written out (g'(r) = w q, ``_cap_terms``): differentiated through
+    its logs and softplus it cost the gradient of the LaD step ~400 operations per cell
+    (docs/performance.md).
     """
-    positive = (amount > 0) & (cap > 0)
-    safe_amount = jnp.where(positive, amount, 1.0)
-    safe_cap = jnp.where(positive, cap, 1.0)
-    log_ratio = jnp.log(safe_amount) - jnp.log(safe_cap)
-    capped = safe_amount * jnp.exp(-softplus(power * log_ratio) / power)
-    return jnp.where(positive, capped, 0.0)
+    positive, safe_amount, _, w, _, _ = _cap_terms(amount, cap, power)
+    return jnp.where(positive, safe_amount * w, 0.0)
 
 
+@soft_cap.defjvp
+def _soft_cap_jvp(power, primals, tangents):
+    (amount, cap), (d_amount, d_cap) = primals, tangents
+    positive, safe_amount, safe_cap, w, q, q_complement = _cap_terms(amount, cap, power)
+    y = safe_amount * w
+    # dy/da = g'(r) = w q; dy/dc = g(r) - r g'(r) = r w (1 - q)
+    dy = w * q * d_amount + (y / safe_cap) * q_complement * d_cap
+    return jnp.where(positive, y, 0.0), jnp.where(positive, dy, 0.0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def limit_positive_slope(amount, cap, power: float = 8.0):
-    """d limit_positive(amount, cap) / d amount: 1 for amount <= 0, g'(amount/cap) above."""
-    positive = (amount > 0) & (cap > 0)
-    safe_amount = jnp.where(positive, amount, 1.0)
-    safe_cap = jnp.where(positive, cap, 1.0)
-    log_ratio = jnp.log(safe_amount) - jnp.log(safe_cap)
-    slope = jnp.exp(-(1.0 + 1.0 / power) * softplus(power * log_ratio))
-    return jnp.where(amount > 0, jnp.where(cap > 0, slope, 0.0), 1.0)
+    """d limit_positive(amount, cap) / d amount: 1 for amount <= 0, g'(amount/cap) above
+    (= (1 + r^p)^(-1 - 1/p) = w q, ``_cap_terms``; derivative written out as ``soft_cap``'s)."""
+    positive, _, _, w, q, _ = _cap_terms(amount, cap, power)
+    return jnp.where(amount > 0, jnp.where(positive, w * q, 0.0), 1.0)
+
+
+@limit_positive_slope.defjvp
+def _limit_positive_slope_jvp(power, primals, tangents):
+    (amount, cap), (d_amount, d_cap) = primals, tangents
+    positive, safe_amount, safe_cap, w, q, q_complement = _cap_terms(amount, cap, power)
+    slope = w * q
+    # d log g' = -(p + 1) (1 - q) d log r, d log r = da / a - dc / c
+    d_slope = -(power + 1.0) * slope * q_complement * (d_amount / safe_amount - d_cap / safe_cap)
+    return (jnp.where(amount > 0, jnp.where(positive, slope, 0.0), 1.0),
+            jnp.where(positive, d_slope, 0.0))
 
 
 def limit_positive(amount, cap, power: float = 8.0):
