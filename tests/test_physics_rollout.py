@@ -203,6 +203,8 @@ def test_cap_derivatives_are_those_of_their_closed_forms():
         grads = [jax.jit(jax.vmap(jax.grad(fn, i)))(a, c) for i in (0, 1)]
         ref_grads = [jax.vmap(jax.grad(closed, i))(a, c) for i in (0, 1)]
         np.testing.assert_allclose(value[moderate], closed(a, c)[moderate], rtol=1e-13, atol=1e-300)
+        in_rule = jax.jvp(fn, (a, c), (jnp.ones_like(a), jnp.ones_like(c)))[0]  # the value the rule returns
+        np.testing.assert_allclose(in_rule, value, rtol=1e-12, atol=0)  # exp(-(1 + 1/p) s) against w q
         for g, ref in zip(grads, ref_grads):
             assert bool(jnp.all(jnp.isfinite(g)))
             np.testing.assert_allclose(g[moderate], ref[moderate], rtol=1e-11, atol=1e-14)

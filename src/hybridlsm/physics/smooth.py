@@ -89,22 +89,29 @@ def smooth_clip01(x, scale):
 
 
 def _cap_terms(amount, cap, power):
-    """The shared terms of ``soft_cap`` and ``limit_positive_slope`` at r = amount / cap, evaluated
-    in log space (no overflow for amount >> cap): (positive, amount, cap, w, q, 1 - q) with
-    w = (1 + r^p)^(-1/p) and q = 1 / (1 + r^p), all from one exp(-|x|), x = p log r (1 - q not as a
-    difference, which would lose it for r << 1); amount and cap are replaced by 1 where either is
-    <= 0 (the callers select 0 or 1 there)."""
+    """The terms of ``soft_cap`` and ``limit_positive_slope`` at r = amount / cap, in log space (no
+    overflow for amount >> cap): (positive, amount, cap, x, e, s) with x = p log r, e = exp(-|x|)
+    and s = softplus(x) = log(1 + r^p); amount and cap are replaced by 1 where either is <= 0 (the
+    callers select 0 or 1 there)."""
     positive = (amount > 0) & (cap > 0)
     safe_amount = jnp.where(positive, amount, 1.0)
     safe_cap = jnp.where(positive, cap, 1.0)
     x = power * (jnp.log(safe_amount) - jnp.log(safe_cap))
     e = jnp.exp(-jnp.abs(x))
-    w = jnp.exp(-(jnp.maximum(x, 0.0) + log1p_unit(e)) / power)  # exp(-softplus(x) / p)
-    q = jnp.where(x >= 0, e, 1.0) / (1.0 + e)  # sigmoid(-x)
-    q_complement = jnp.where(x >= 0, 1.0, e) / (1.0 + e)  # sigmoid(x)
-    return positive, safe_amount, safe_cap, w, q, q_complement
+    return positive, safe_amount, safe_cap, x, e, jnp.maximum(x, 0.0) + log1p_unit(e)
 
 
+def _sigmoids(x, e):
+    """(1 / (1 + r^p), r^p / (1 + r^p)) = (sigmoid(-x), sigmoid(x)) from e = exp(-|x|), each
+    without a difference (1 - q would lose r^p / (1 + r^p) for r << 1)."""
+    return jnp.where(x >= 0, e, 1.0) / (1.0 + e), jnp.where(x >= 0, 1.0, e) / (1.0 + e)
+
+
+# soft_cap and limit_positive_slope carry written-out derivatives: differentiated through their logs
+# and softplus they made the LaD step's gradient 15-25 % slower (docs/performance.md). Their values
+# keep the forms the forward pass runs fastest (the slope as the product w q slowed XLA's forward at
+# 1024 cells by half); the rules use whichever form the gradient runs fastest (the same values to
+# rounding).
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def soft_cap(amount, cap, power: float = 8.0):
     """min(amount, cap) for amount >= 0, cap >= 0, smoothed so that the result never exceeds either.
@@ -112,18 +119,18 @@ def soft_cap(amount, cap, power: float = 8.0):
     cap * g(amount / cap) with g(r) = r / (1 + r^p)^(1/p): g(r) = r - r^(p+1)/p + ... for small r
     (the identity to order p), g -> 1 for r -> infinity, g(1) = 2^(-1/p) (0.917 for p = 8).
     Evaluated in log space, so no overflow for amount >> cap; exactly 0 when amount <= 0 or
-    cap <= 0. Its derivative is written out (g'(r) = w q, ``_cap_terms``): differentiated through
-    its logs and softplus it cost the gradient of the LaD step ~400 operations per cell
-    (docs/performance.md).
+    cap <= 0.
     """
-    positive, safe_amount, _, w, _, _ = _cap_terms(amount, cap, power)
-    return jnp.where(positive, safe_amount * w, 0.0)
+    positive, safe_amount, _, _, _, s = _cap_terms(amount, cap, power)
+    return jnp.where(positive, safe_amount * jnp.exp(-s / power), 0.0)
 
 
 @soft_cap.defjvp
 def _soft_cap_jvp(power, primals, tangents):
     (amount, cap), (d_amount, d_cap) = primals, tangents
-    positive, safe_amount, safe_cap, w, q, q_complement = _cap_terms(amount, cap, power)
+    positive, safe_amount, safe_cap, x, e, s = _cap_terms(amount, cap, power)
+    w = jnp.exp(-s / power)  # g(r) / r
+    q, q_complement = _sigmoids(x, e)
     y = safe_amount * w
     # dy/da = g'(r) = w q; dy/dc = g(r) - r g'(r) = r w (1 - q)
     dy = w * q * d_amount + (y / safe_cap) * q_complement * d_cap
@@ -132,17 +139,19 @@ def _soft_cap_jvp(power, primals, tangents):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def limit_positive_slope(amount, cap, power: float = 8.0):
-    """d limit_positive(amount, cap) / d amount: 1 for amount <= 0, g'(amount/cap) above
-    (= (1 + r^p)^(-1 - 1/p) = w q, ``_cap_terms``; derivative written out as ``soft_cap``'s)."""
-    positive, _, _, w, q, _ = _cap_terms(amount, cap, power)
-    return jnp.where(amount > 0, jnp.where(positive, w * q, 0.0), 1.0)
+    """d limit_positive(amount, cap) / d amount: 1 for amount <= 0, g'(amount/cap) =
+    (1 + r^p)^(-1 - 1/p) above (0 where cap <= 0)."""
+    positive, _, _, _, _, s = _cap_terms(amount, cap, power)
+    return jnp.where(amount > 0, jnp.where(positive, jnp.exp(-(1.0 + 1.0 / power) * s), 0.0), 1.0)
 
 
 @limit_positive_slope.defjvp
 def _limit_positive_slope_jvp(power, primals, tangents):
     (amount, cap), (d_amount, d_cap) = primals, tangents
-    positive, safe_amount, safe_cap, w, q, q_complement = _cap_terms(amount, cap, power)
-    slope = w * q
+    positive, safe_amount, safe_cap, x, e, s = _cap_terms(amount, cap, power)
+    q, q_complement = _sigmoids(x, e)
+    slope = jnp.exp(-s / power) * q  # = the function's value to rounding; exp(-(1 + 1/p) s) here
+    # made the gradient 20 % slower
     # d log g' = -(p + 1) (1 - q) d log r, d log r = da / a - dc / c
     d_slope = -(power + 1.0) * slope * q_complement * (d_amount / safe_amount - d_cap / safe_cap)
     return (jnp.where(amount > 0, jnp.where(positive, slope, 0.0), 1.0),
