@@ -109,8 +109,8 @@ def _sigmoids(x, e):
 
 # soft_cap and limit_positive_slope carry written-out derivatives: differentiated through their logs
 # and softplus they made the LaD step's gradient 15-25 % slower (docs/performance.md). Their values
-# keep the forms the forward pass runs fastest (the slope as the product w q slowed XLA's forward at
-# 1024 cells by half); the rules use whichever form the gradient runs fastest (the same values to
+# keep the forms the forward pass runs fastest (the slope as the product w q made XLA's forward at
+# 1024 cells 50 % slower); the rules use whichever form the gradient runs fastest (the same values to
 # rounding).
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def soft_cap(amount, cap, power: float = 8.0):
