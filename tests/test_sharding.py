@@ -157,10 +157,11 @@ def test_two_processes_run_one_config_and_only_process_0_writes(tmp_path):
     pd.testing.assert_frame_equal(got.drop(columns=numbers), ref.drop(columns=numbers))
     rows = ref["n"] > 0
     assert rows.sum() >= 4 and np.isfinite(ref.loc[rows, numbers].to_numpy(float)).all()
-    # the batch split over two processes reduces in another order: float32 rounding, nothing more
-    # (measured: 4e-6 relative in rmse and bias; atol for the scores near 0, nse and kge, whose
-    # daily values over the two test days amplify it to 1e-4)
-    np.testing.assert_allclose(got[numbers].to_numpy(float), ref[numbers].to_numpy(float), rtol=1e-5, atol=1e-4,
+    # the batch split over two processes reduces in another order: float32 rounding, amplified by
+    # 60 Adam steps, nothing more (measured: best validation losses 1e-6 relative apart; rmse and
+    # bias 2e-5 (4e-6 before the caps' written-out derivatives in physics/smooth.py changed the
+    # gradient's rounding), the daily H's nse 6e-5; atol for the scores near 0, nse and kge)
+    np.testing.assert_allclose(got[numbers].to_numpy(float), ref[numbers].to_numpy(float), rtol=1e-4, atol=1e-4,
                                equal_nan=True)  # fmt: skip
     # ... but not bitwise: the processes really split the batch (each training alone would repeat the single run)
     assert not np.array_equal(got["rmse"].to_numpy(float)[rows], ref["rmse"].to_numpy(float)[rows])
