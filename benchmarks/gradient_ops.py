@@ -20,7 +20,7 @@ how much; this script says why, from the compiled programs themselves (op counts
 
 Writes ``results/gradient_ops.json`` and the block ``gradient-ops`` of ``docs/performance.md``.
 
-    .venv/bin/python benchmarks/gradient_ops.py     # ~1 min on 2 cores
+    .venv/bin/python benchmarks/gradient_ops.py     # ~10 s on 2 cores
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -40,97 +39,17 @@ import jax  # noqa: E402
 
 import physics as bench  # noqa: E402  (benchmarks/physics.py: the loss and how training compiles it)
 from docblock import replace_block  # noqa: E402
+from hlo_text import HloText  # noqa: E402
 
 N_CELLS = 256
 N_STEPS = 960  # 20 days: the counts are per step and do not depend on the length
-NOT_COMPUTE = {"parameter", "constant", "bitcast", "broadcast", "get-tuple-element", "tuple", "copy",
-               "fusion", "while", "call", "custom-call", "after-all", "opt-barrier"}
 TRANSCENDENTAL = ("exponential", "log", "log-plus-one", "power", "tanh", "sqrt", "rsqrt")
 BEGIN, END = "<!-- gradient-ops:begin (written by benchmarks/gradient_ops.py; do not edit by hand) -->", \
     "<!-- gradient-ops:end -->"
 
 
-class HloText:
-    """The computations of an HLO module's text and the source locations of its operations."""
-
-    # "%name = SHAPE opcode(" where SHAPE is one token or a parenthesised tuple of shapes
-    _OP = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = (?:\(.*?\)|\S+) ([a-z][\w\-]*)\(")
-
-    def __init__(self, text: str):
-        self.computations: dict[str, list[str]] = {}
-        current = None
-        for line in text.split("\n"):
-            head = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-            if head and not line.startswith(" "):
-                current = head.group(1)
-                self.computations[current] = []
-            elif current is not None:
-                self.computations[current].append(line)
-        self.frames = self._frames(text)
-
-    @staticmethod
-    def _frames(text: str) -> dict[int, str]:
-        """stack_frame_id -> "file:function" of that frame (the tables XLA prints before the module)."""
-        tables: dict[str, dict[int, str]] = collections.defaultdict(dict)
-        section = None
-        for line in text.split("\n"):
-            if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
-                section = line
-            elif section and re.match(r"^\d+ ", line):
-                key, value = line.split(" ", 1)
-                tables[section][int(key)] = value
-            elif line.strip():
-                section = None
-        files = {k: Path(v.strip('"')).name for k, v in tables["FileNames"].items()}
-        functions = {k: v.strip('"') for k, v in tables["FunctionNames"].items()}
-        locations = {}
-        for k, v in tables["FileLocations"].items():
-            m = re.search(r"file_name_id=(\d+) function_name_id=(\d+)", v)
-            if m:
-                locations[k] = f"{files.get(int(m.group(1)), '?')}:{functions.get(int(m.group(2)), '?')}"
-        return {k: locations.get(int(m.group(1)), "?") for k, v in tables["StackFrames"].items()
-                if (m := re.search(r"file_location_id=(\d+)", v))}
-
-    def innermost_loops(self) -> list[str]:
-        """Bodies of the while loops that contain no loop themselves, in the order of the text."""
-        bodies = []
-        for lines in self.computations.values():
-            for line in lines:
-                if " while(" in line:
-                    b = re.search(r"body=%?([\w.\-]+)", line)
-                    if b and b.group(1) in self.computations and b.group(1) not in bodies:
-                        bodies.append(b.group(1))
-        return [b for b in bodies if not any(" while(" in line for line in self.computations[b])]
-
-    def count(self, name: str, by_function: bool = False) -> collections.Counter:
-        """Elementwise operations of computation ``name``, fused computations included (each
-        fusion counts the operations it executes): by opcode, or by (opcode, source function)."""
-        counts: collections.Counter = collections.Counter()
-        for line in self.computations[name]:
-            m = self._OP.match(line)
-            if not m:
-                continue
-            op = m.group(1)
-            if op == "fusion":
-                counts["kernel"] += 0 if by_function else 1
-                for callee in re.findall(r"calls=%?([\w.\-]+)", line):
-                    counts.update(self.count(callee, by_function))
-                continue
-            if op in ("copy", "custom-call") and not by_function:
-                counts["kernel"] += 1
-            if op in NOT_COMPUTE:
-                continue
-            if by_function:
-                frame = re.search(r"stack_frame_id=(\d+)", line)
-                counts[self.frames.get(int(frame.group(1)), "?") if frame else "?"] += 1
-            else:
-                counts[op] += 1
-        return counts
-
-
 def summary(counts: collections.Counter) -> dict:
-    ops = sum(v for k, v in counts.items() if k != "kernel")
-    return {"elementwise_ops": ops, "transcendental": sum(counts[k] for k in TRANSCENDENTAL),
+    return {"elementwise_ops": sum(counts.values()), "transcendental": sum(counts[k] for k in TRANSCENDENTAL),
             "divide": counts["divide"], "multiply_add_subtract": counts["multiply"] + counts["add"] + counts["subtract"],
             "select_compare": counts["select"] + counts["compare"]}
 
@@ -158,7 +77,7 @@ def measure(fn, args, dump_dir: Path) -> dict:
     out = []
     for b, a in zip(loops_before, loops_after):
         cb, ca = before.count(b), after.count(a)
-        out.append({"before_fusion": summary(cb), "executed": summary(ca), "kernels_per_step": ca["kernel"],
+        out.append({"before_fusion": summary(cb), "executed": summary(ca), "kernels_per_step": after.kernels(a),
                     "by_function_before": dict(before.count(b, by_function=True)),
                     "by_function_executed": dict(after.count(a, by_function=True))})
     return out

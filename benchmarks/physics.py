@@ -46,12 +46,10 @@ Prints a table target / measured / met and (full run, or ``--write``) writes
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime as _dt
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -66,6 +64,7 @@ import numpy as np  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from hlo_text import KERNELS, HloText  # noqa: E402  (benchmarks/hlo_text.py)
 
 from hybridlsm.physics import (  # noqa: E402
     CALIBRATABLE,
@@ -280,33 +279,10 @@ def make_loss(model, params0, forcing, chunk, streamed=False):
 def loop_kernels(compiled) -> dict:
     """Kernels executed per time step by the innermost while loops of a compiled CPU module (each
     fusion / copy / custom call is one kernel launch, a thunk, in XLA's CPU runtime)."""
-    txt = compiled.as_text()
-    comps, cur = {}, None
-    for line in txt.split("\n"):
-        m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if m and not line.startswith(" "):
-            cur = m.group(1)
-            comps[cur] = []
-        elif cur is not None:
-            comps[cur].append(line)
-    bodies = []
-    for lines in comps.values():
-        for line in lines:
-            if " while(" in line:
-                b = re.search(r"body=%?([\w.\-]+)", line)
-                if b and b.group(1) in comps:
-                    bodies.append(b.group(1))
+    hlo = HloText(compiled.as_text())
     # innermost loops (bodies without a while of their own) run once per time step each: the
     # forward has one, the gradient three (forward, chunk recomputation with residuals, backward)
-    inner = [b for b in bodies if not any(" while(" in line for line in comps[b])]
-    per_loop = []
-    for b in inner:
-        ops = collections.Counter()
-        for line in comps[b]:
-            m = re.search(r"=\s+\S.*?\s([a-z][\w\-]*)\(", line)
-            if m:
-                ops[m.group(1)] += 1
-        per_loop.append({k: ops[k] for k in ("fusion", "copy", "custom-call")})
+    per_loop = [{k: ops[k] for k in KERNELS} for ops in map(hlo.opcodes, hlo.innermost_loops())]
     return {"kernels_per_step": sum(sum(d.values()) for d in per_loop), "loops": per_loop}
 
 
