@@ -20,9 +20,13 @@ validation; its prediction is the members' mean (fields and fluxes), its epistem
 members' spread and their own MC dropout (``models.ensemble.combine_members``), and each member's
 scores are kept (``models.hybrid_ensemble.members``); ``hybrid_fallback``: the hybrid ``--base`` (taken
 from this run when it trains it too) with the epistemic fallback (``models.regional.epistemic_fallback``:
-the physics' own K_h multiplier of 1 and r_s wherever the SD of the log field over 10 dropout passes
-exceeds the threshold), its threshold chosen among ``FALLBACK_THRESHOLDS`` and none by the MSE of H and
-LE at the towers over the validation steps; ``hybrid_scale_vpd``: hybrid_scale whose network gives r_s at
+wherever the SD of the log field over 10 dropout passes exceeds the threshold, the field falls back to
+its reference: ``class_mean``, the hybrid's own geometric mean of the field over each class's cells and
+the training steps (``models.regional.class_reference``), or ``physics``, the physics' own K_h
+multiplier of 1 and LaD's class r_s), the reference and threshold chosen among those and
+``FALLBACK_THRESHOLDS``, or none, by the data terms of the validation loss (the scaled MSE of H and LE
+at the towers and of the surface-temperature product over the grid, as training scores the validation
+steps; the MSE of H and LE at the towers alone, the criterion before, is recorded beside it); ``hybrid_scale_vpd``: hybrid_scale whose network gives r_s at
 a vapour-pressure deficit of 0, raised by the physics in drier air, r_s (1 + D / D0) with Leuning's D0 of
 ``physics.lad.RS_VPD_D0`` (``RegionalHybrid.rs_vpd_d0``). A run of some models merges their
 records and table rows into results/regional.json (replacing those models' own, keeping the others,
@@ -71,8 +75,8 @@ from hybridlsm.models.regional import (
     blocked_split, build_cnn_lstm, build_hybrid, fixed_kh_model, predict_regional, region_data, train_regional,
 )
 from hybridlsm.models.ensemble import combine_members
-from hybridlsm.models.regional import (epistemic_fallback, field_spread, mc_dropout_regional, residual_sd,
-                                       with_residual_sd)
+from hybridlsm.models.regional import (SCALES, TARGETS, class_reference, epistemic_fallback, field_spread,
+                                       mc_dropout_regional, network_fields, residual_sd, with_residual_sd)
 from hybridlsm.models.regional_baselines import (COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS, LAD_CLASS_OF, build_class_constants,
                                                  column_domains, predict_column_hybrid, train_column_hybrid)
 from hybridlsm.neural import SpatiotemporalOptions
@@ -96,6 +100,9 @@ ABLATIONS = ("no_parameteriser", "no_physics_residual", "no_discovery", "no_uq")
 ON_BASE = ("hybrid_ensemble", "hybrid_fallback", "hybrid_pooled", *ABLATIONS)
 MODELS = ("hybrid", "hybrid_ensemble", "hybrid_scale", "hybrid_fallback", "hybrid_scale_vpd", "hybrid_pooled", "fixed_kh",
           "cnn_lstm", "column_hybrid", *ABLATIONS)
+#: hybrid_fallback's candidate references: whether the fallback is to the class reference
+#: (``models.regional.class_reference``) or to the physics' own fields
+FALLBACK_REFERENCES = {"class_mean": True, "physics": False}
 #: hybrid_fallback's candidate thresholds (SD of a log field; the column hybrids' in
 #: benchmarks/discovery.py)
 FALLBACK_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
@@ -407,38 +414,45 @@ def _dropout(model) -> float:
 
 def run_fallback(trained, data, truth, split, masks):
     """``hybrid_fallback`` (module docstring) from its base hybrid's (model, outputs, info) and the
-    region's (T, N) true Qh and Qle: (the model, its outputs with the chosen threshold, info with the
-    validation MSE of each candidate, the fraction of the test cell-steps' fields that fell back and, for
-    the reader only (the choice is made on validation), each candidate's MSE of H and LE at the held-out
-    test cells; the fallback masks or None)."""
+    region's (T, N) true Qh and Qle: (the model, its outputs with the chosen reference and threshold,
+    info with each candidate's validation loss (``fallback_selection``; the towers' H and LE MSE in
+    ``fallback_selection_towers``), the class reference, the fraction of the test cell-steps' fields
+    that fell back and, for the reader only (the choice is made on validation), each candidate's MSE of
+    H and LE at the held-out test cells; the chosen ``Fallback`` or None)."""
     model, plain, info = trained
     t0 = time.time()
     spread = field_spread(model, data)
+    reference = class_reference(model, data, split["train"])
     val = np.asarray(split["val"], bool)[:, None] & data.active[None]
 
-    def val_mse(out) -> float:  # mean over H and LE of the MSE at the observed tower values of the validation steps
+    def val_loss(out) -> float:  # the validation loss's data terms: each target's MSE over its scale squared
+        return float(sum(mse(out[k], data.observed[k], val) / SCALES[k] ** 2 for k in TARGETS if k in data.observed))
+
+    def towers(out) -> float:  # mean over H and LE of the MSE at the towers' validation steps (the criterion before)
         return float(np.mean([mse(out[k], data.observed[k], val) for k in ("Qh", "Qle")]))
 
-    candidates = {"none": (plain, None, val_mse(plain))}
-    for threshold in FALLBACK_THRESHOLDS:
-        masks_ = epistemic_fallback(model, data, threshold, spread=spread)
-        out = predict_regional(model, data, fallback=masks_)
-        candidates[f"{threshold:g}"] = (out, masks_, val_mse(out))
-    chosen = min(candidates, key=lambda k: candidates[k][2])
-    out, fallback, _ = candidates[chosen]
-    info = {**info, "fallback_selection": {k: v[2] for k, v in candidates.items()}, "fallback_threshold": chosen,
+    candidates = {"none": (plain, None)}
+    for to, ref in FALLBACK_REFERENCES.items():
+        for threshold in FALLBACK_THRESHOLDS:
+            fallback = epistemic_fallback(model, data, threshold, spread=spread, reference=reference if ref else None)
+            candidates[f"{to} {threshold:g}"] = (predict_regional(model, data, fallback=fallback), fallback)
+    selection = {k: val_loss(v[0]) for k, v in candidates.items()}
+    chosen = min(selection, key=selection.get)
+    out, fallback = candidates[chosen]
+    info = {**info, "fallback_selection": selection, "fallback_selection_towers": {k: towers(v[0]) for k, v in candidates.items()},
+            "fallback_threshold": chosen, "fallback_reference": {c: dict(zip(network_fields(model.exchange), v)) for c, v in reference.items()},
             "fallback_minutes": (time.time() - t0) / 60.0,
             "fallback_heldout_mse": {k: {"h": mse(v[0]["Qh"], truth["Qh"], masks["all"]),
                                          "le": mse(v[0]["Qle"], truth["Qle"], masks["all"])}
                                      for k, v in candidates.items()}}
-    for part in ("all", "extreme_hot"):  # the share of the two fields that fell back at the held-out test cells
+    for part in ("all", "heterogeneous", "extreme_hot"):  # the share of the two fields fallen back at the held-out test cells
         info[f"fallback_fraction_{part}"] = {
-            k: 0.0 if v[1] is None or not masks[part].any() else float(np.mean(np.stack(v[1]), axis=0)[masks[part]].mean())
+            k: 0.0 if v[1] is None or not masks[part].any()
+            else float(np.mean([np.asarray(v[1].kh_mask), np.asarray(v[1].rs_mask)], axis=0)[masks[part]].mean())
             for k, v in candidates.items()}
-    print(f"hybrid_fallback: validation MSE by threshold {info['fallback_selection']}; chosen {chosen}; "
-          f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}, on the hot ones "
-          f"{info['fallback_fraction_extreme_hot']}; held-out MSE H / LE by threshold (not used to choose) "
-          f"{info['fallback_heldout_mse']}", flush=True)
+    print(f"hybrid_fallback: validation loss by candidate {selection}; chosen {chosen}; class reference {reference}; "
+          f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}; held-out MSE H / LE "
+          f"(not used to choose) {info['fallback_heldout_mse']}", flush=True)
     return model, out, info, fallback
 
 
@@ -721,6 +735,9 @@ def _table(s: dict) -> str:
             lines.append(f"| {name(m)} | `{info.get('command')}` | {info.get('commit') or '–'} | "
                          f"{(info.get('date') or '–')[:10]} | {_fmt(info.get('train_minutes'), 1)} | "
                          f"{_epochs(info.get('epochs'))} | {rates} | {info.get('mc_samples') or '–'} |")
+    fallback = s.get("models", {}).get("hybrid_fallback") or {}
+    if "fallback_selection_towers" in fallback:  # recorded since the class reference (a run before has neither)
+        lines += _fallback_table(fallback)
     members = (s.get("models", {}).get("hybrid_ensemble") or {}).get("members")
     if members:
         lines += ["", "The members of hybrid_ensemble, each scored alone (all held-out values):", "",
@@ -732,6 +749,25 @@ def _table(s: dict) -> str:
         lines += ["", f"A 128x128-cell month of the physics streamed from zarr peaks at "
                       f"{s['peak_mem_gb_128x128_month']:.2f} GB (`benchmarks/regional_memory.py`)."]
     return "\n".join(lines)
+
+
+def _fallback_table(info: dict) -> list[str]:
+    """hybrid_fallback's candidates: reference and threshold, validation figures, and the held-out
+    figures that were not used to choose."""
+    lines = ["", f"hybrid_fallback (of {base_of(info)}): the epistemic fallback's candidates, chosen by the validation "
+             "loss's data terms (each target's MSE over its scale squared: H and LE at the towers, the surface-"
+             "temperature product over the grid); the towers' mean MSE of H and LE, and everything at the held-out "
+             "cells, for the reader (not used to choose):", "",
+             "| candidate | validation loss | towers' MSE H, LE | held-out MSE H / LE | fallen back: all / "
+             "heterogeneous / hot |", "|---|---|---|---|---|"]
+    for k, v in info["fallback_selection"].items():
+        held = info["fallback_heldout_mse"][k]
+        share = " / ".join(f"{100.0 * info[f'fallback_fraction_{p}'][k]:.1f} %" for p in ("all", "heterogeneous", "extreme_hot"))
+        mark = " (chosen)" if k == info["fallback_threshold"] else ""
+        lines.append(f"| {k}{mark} | {v:.5f} | {info['fallback_selection_towers'][k]:.2f} | {_fmt(held['h'])} / "
+                     f"{_fmt(held['le'])} | {share} |")
+    ref = "; ".join(f"{c} " + ", ".join(f"{n} {x:.3g}" for n, x in v.items()) for c, v in info["fallback_reference"].items())
+    return lines + ["", f"Class reference (geometric means of the hybrid's fields over the training steps): {ref}."]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ maps in the run directory and the report, and ``hybridlsm predict`` onto other g
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,8 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
                  "targets": ["Qh", "Qle", "AvgSurfT"], "spinup_days": 0,
                  "split": {"blocked": {"block": "2 d", "test_every": 3, "val_every": 3, "gap": 0}}},
         "models": [{"name": "regional_fixed_kh"},
-                   {"name": "regional_hybrid", "options": {**net, "epochs": 4, "patience": 4, "lr": 1e-2, "mc_samples": 2}}],
+                   {"name": "regional_hybrid", "options": {**net, "epochs": 4, "patience": 4, "lr": 1e-2, "mc_samples": 2,
+                                                           "fallback_threshold": 0.3}}],
     })
     run_dir = run(cfg, "regional.yaml")
     # a tiny region trains and its loss falls (issue 15's test; here, where the programs are compiled anyway)
@@ -194,7 +196,14 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     maps = run_dir / "maps" / "virtual_region"
     hybrid = xr.load_dataset(maps / "regional_hybrid.nc")
     obs = xr.load_dataset(maps / "obs.nc")
-    assert hybrid["Qh"].shape == (144, NY, NY) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed"} <= set(hybrid.data_vars)
+    assert hybrid["Qh"].shape == (144, NY, NY) and {"Qh_sd", "Kh_sd", "rs_sd", "recomputed", "fallback"} <= set(hybrid.data_vars)
+    # the epistemic fallback's class reference (fallback_to: class_mean) is kept with the model: one
+    # (K_h multiplier, r_s) per class of the grid, inside the fields' bounds
+    structure = json.loads((run_dir / "models" / "regional_hybrid" / "all" / "model.json").read_text())["structure"]
+    reference = structure["fallback_reference"]
+    assert len(reference) >= 3  # the virtual region's classes (it has five; a small one may lack some)
+    assert all(1e-3 <= kh <= 1e2 and 1e2 <= rs <= 1e4 for kh, rs in reference.values())
+    assert 0.0 <= float(hybrid["fallback"].min()) and float(hybrid["fallback"].max()) <= 1.0
     assert float(hybrid["Qh_sd"].min()) >= 0.0 and float(hybrid["Qh_sd"].max()) > 0.0
     # the predictive SD: MC dropout's and the validation steps' residual SD in quadrature
     parts = {p: hybrid[f"Qle_sd_{p}"].values for p in ("epistemic", "aleatoric")}
@@ -221,6 +230,9 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
                       out=tmp_path / "lw")
         lw = xr.load_dataset(out / f"{LITTLE_WASHITA.stem}_regional_hybrid.nc")
         assert lw["Qh"].shape == (24, 41, 41) and np.isfinite(lw["Qh"].values).all()
+        # one day is shorter than the 48-hour window: one window of the day, not zero fields clipped
+        # to the multiplier's lower bound (1e-2), as before
+        assert float(lw["exchange_field"].min()) > 0.05 and float(lw["rs_field"].min()) > 100.0
     if WRF.is_file():  # one water cell is not a column: it is not modelled, the 79 land cells are
         out = predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
         wrf = xr.load_dataset(next(out.glob("*regional_fixed_kh.nc")))

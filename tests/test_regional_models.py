@@ -267,9 +267,11 @@ def test_the_epistemic_fallback_runs_the_physics_own_fields_where_the_network_is
                                   attention_size=8, dropout=0.15)
     model = build_hybrid(data, small, exchange="scale")
     t, n = data.n_steps, data.forcing.n_sites
-    kh_mask, rs_mask = epistemic_fallback(model, data, 1e-12, window=24, warmup=6)
+    everywhere = epistemic_fallback(model, data, 1e-12, window=24, warmup=6)
+    kh_mask, rs_mask = everywhere.kh_mask, everywhere.rs_mask
     assert kh_mask.shape == rs_mask.shape == (t, n) and kh_mask.all() and rs_mask.all()
-    out = predict_regional(model, data, window=24, warmup=6, fallback=(kh_mask, rs_mask))
+    assert everywhere.kh_value is None and everywhere.rs_value is None  # no reference: the physics' own
+    out = predict_regional(model, data, window=24, warmup=6, fallback=everywhere)
     assert out["fallback"].shape == (t, n) and (out["fallback"] == 1.0).all()
     rs_own = jnp.broadcast_to(data.params["rs_min"] * data.params["rs_scale"], (t, n))
     _, own, _ = closed_loop(regional_physics(data), data.params, data.forcing, jnp.ones((t, n), jnp.float32), rs_own,
@@ -280,17 +282,113 @@ def test_the_epistemic_fallback_runs_the_physics_own_fields_where_the_network_is
     np.testing.assert_allclose(out["exchange_field"], 1.0)
 
     spread_masks = epistemic_fallback(model, data, 1e9, window=24, warmup=6)
-    assert not spread_masks[0].any() and not spread_masks[1].any()
+    assert not spread_masks.kh_mask.any() and not spread_masks.rs_mask.any()
     unsure = predict_regional(model, data, window=24, warmup=6, fallback=spread_masks)
     plain = predict_regional(model, data, window=24, warmup=6)
     assert (unsure["fallback"] == 0.0).all() and "fallback" not in plain
     np.testing.assert_allclose(unsure["Qh"], plain["Qh"], rtol=1e-6, atol=5e-2)  # 1e-4 as shipped, 0.019 here
     assert np.abs(plain["Qh"] - out["Qh"]).max() > 1.0  # the hybrid is not the physics
     # a trained model keeps the threshold among its prediction settings (regional_spec.settings)
-    assert ("fallback_threshold", 0.2) in settings(RegionalOptions(fallback_threshold=0.2))
+    assert {("fallback_threshold", 0.2), ("fallback_to", "class_mean")} <= set(settings(RegionalOptions(fallback_threshold=0.2)))
     assert "fallback_threshold" not in dict(settings(RegionalOptions()))
 
     with pytest.raises(ValueError, match="only a RegionalHybrid"):  # the physics has no fields to fall back from
-        predict_regional(fixed_kh_model(data), data, fallback=(kh_mask, rs_mask))
+        predict_regional(fixed_kh_model(data), data, fallback=everywhere)
     with pytest.raises(ValueError, match="fallback_threshold needs dropout"):
         RegionalOptions(dropout=0.0, fallback_threshold=0.1)
+
+
+@pytest.mark.slow  # the region fixture; 10 network passes for the spread, 3 closed loops
+def test_the_epistemic_fallback_to_the_hybrids_class_means(region):
+    """``fallback_to: class_mean``: the reference is each class's geometric mean of the network's
+    own fields over the given steps (checked against the fields by hand); where the fallback acts
+    the closed loop runs those values (the multiplier and r_s of each cell's class, wherever the
+    loop did not adjust the step); a NaN value means the physics' own in that cell; a class the
+    reference lacks falls back to the physics with a warning; a trained run keeps the reference
+    through saving and loading (the spec's structure)."""
+    from dataclasses import replace
+
+    import jax
+
+    from hybridlsm.data.schema import DataWarning
+    from hybridlsm.models.regional import (Fallback, class_reference, epistemic_fallback, record_fields,
+                                           reference_values, regional_physics)
+    from hybridlsm.models.regional_loop import closed_loop
+    from hybridlsm.models.registry import get_model
+    from hybridlsm.models.regional_spec import RegionalOptions, RegionalRun
+    from hybridlsm.neural import SpatiotemporalOptions
+    from hybridlsm.physics.lad import PRESCRIBED_KH_SCALE
+
+    data = region_data(region, jnp.float32)
+    small = SpatiotemporalOptions(embed_size=4, encoder_channels=(4, 4, 4), decoder_channels=(4, 4, 4), gru_hidden=4,
+                                  attention_size=8, dropout=0.15)
+    model = build_hybrid(data, small, exchange="scale")
+    t, n = data.n_steps, data.forcing.n_sites
+    steps = np.zeros(t, bool)
+    steps[: t // 2] = True
+    reference = class_reference(model, data, steps, window=24, warmup=6)
+    fields = record_fields(model, data, window=24, warmup=6)
+    names = np.asarray(data.classes)[data.cell_class]
+    assert set(reference) == set(names[data.active]) and len(reference) >= 3
+    for c, (kh, rs) in reference.items():
+        cells = (names == c) & data.active
+        assert kh == pytest.approx(float(np.exp(np.log(fields["Kh"][: t // 2, cells].astype(float)).mean())), rel=1e-6)
+        assert rs == pytest.approx(float(np.exp(np.log(fields["rs"][: t // 2, cells].astype(float)).mean())), rel=1e-6)
+    # a record shorter than the window is one window (it used to get no fields: zeros)
+    short = replace(data, forcing=jax.tree_util.tree_map(lambda a: a[:20] if np.ndim(a) == 2 else a, data.forcing),
+                    variables=data.variables[:, :20], time=data.time[:20])
+    assert short.n_steps == 20
+    whole = record_fields(model, short, window=48, warmup=12)
+    np.testing.assert_allclose(whole["Kh"], record_fields(model, short, window=20, warmup=6)["Kh"], rtol=1e-6)
+    assert whole["Kh"].min() > 0.0 and whole["rs"].min() >= 100.0
+    # the untrained network gives every class nearly its prior: distinct values per class, so that
+    # the cells' mapping to their class is checked below
+    reference = {c: (kh * (1.0 + 0.5 * i), rs * (1.0 + i)) for i, (c, (kh, rs)) in enumerate(sorted(reference.items()))}
+
+    everywhere = epistemic_fallback(model, data, 1e-12, window=24, warmup=6, reference=reference)
+    kh_value, rs_value = everywhere.kh_value, everywhere.rs_value
+    assert kh_value.shape == rs_value.shape == (n,)
+    for c, (kh, rs) in reference.items():
+        cells = (names == c) & data.active
+        np.testing.assert_allclose(kh_value[cells], kh, rtol=1e-6)
+        np.testing.assert_allclose(rs_value[cells], rs, rtol=1e-6)
+    out = predict_regional(model, data, window=24, warmup=6, fallback=everywhere)
+    kept = out["recomputed"] == 0
+    assert kept.mean() > 0.9 and (out["fallback"] == 1.0).all()
+    np.testing.assert_allclose(out["exchange_field"][kept], np.broadcast_to(kh_value, (t, n))[kept], rtol=1e-6)
+    np.testing.assert_allclose(out["rs_field"][kept], np.broadcast_to(rs_value, (t, n))[kept], rtol=1e-6)
+    plain = predict_regional(model, data, window=24, warmup=6)
+    assert np.abs(plain["Qle"] - out["Qle"]).max() > 1.0  # not the hybrid's own fields
+
+    # a NaN value is the physics' own there (a multiplier of 1, LaD's class r_s): the whole field NaN
+    # is the physics' fallback
+    nan = np.full(n, np.nan, np.float32)
+    physics = regional_physics(data)
+    args = (physics, data.params, data.forcing, jnp.asarray(fields["Kh"]), jnp.asarray(fields["rs"]))
+    _, own, _ = closed_loop(*args, exchange=PRESCRIBED_KH_SCALE, fallback=Fallback(everywhere.kh_mask, everywhere.rs_mask))
+    _, as_nan, _ = closed_loop(*args, exchange=PRESCRIBED_KH_SCALE,
+                               fallback=Fallback(everywhere.kh_mask, everywhere.rs_mask, nan, nan))
+    for name in ("exchange_field", "rs_field"):
+        np.testing.assert_allclose(np.asarray(as_nan[name]), np.asarray(own[name]), rtol=1e-5)
+    for name in ("Qh", "Qle"):  # two float32 programs: 0.02 W m-2 as the suite compiles them (conftest)
+        np.testing.assert_allclose(np.asarray(as_nan[name]), np.asarray(own[name]), rtol=1e-5, atol=5e-2)
+    with pytest.raises(TypeError, match="expected a Fallback"):
+        closed_loop(*args, exchange=PRESCRIBED_KH_SCALE, fallback=(everywhere.kh_mask, everywhere.rs_mask))
+    with pytest.raises(ValueError, match=r"values have shape \(3,\)"):
+        closed_loop(*args, exchange=PRESCRIBED_KH_SCALE,
+                    fallback=Fallback(everywhere.kh_mask, everywhere.rs_mask, np.ones(3, np.float32), None))
+
+    # a class the reference lacks: those cells fall back to the physics' own (NaN), with a warning
+    lacking = {c: v for c, v in reference.items() if c != names[0]}
+    with pytest.warns(DataWarning, match=f"cells of \\['{names[0]}'\\] fall back to the physics"):
+        kh_part, rs_part = reference_values(lacking, data)
+    assert np.isnan(kh_part[names == names[0]]).all() and np.isfinite(kh_part[names != names[0]]).all()
+    with pytest.raises(ValueError, match="expected \\(\\d+,\\) bool with at least one step"):
+        class_reference(model, data, np.zeros(t, bool))
+
+    # the run keeps the reference through saving (structure) and loading (skeleton)
+    spec, options = get_model("regional_hybrid"), RegionalOptions(fallback_threshold=0.2)
+    run = RegionalRun(None, tuple(options.classes), reference=tuple((c, kh, rs) for c, (kh, rs) in reference.items()))
+    again = spec.skeleton(options, spec.structure(run))
+    assert again.reference_table() == reference  # JSON keeps a float64 exactly
+    assert RegionalRun(None, ("CRO",)).reference_table() is None

@@ -34,6 +34,7 @@ first ``warmup`` hours are not scored.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -46,9 +47,9 @@ import xarray as xr
 from ..constants import STEFAN_BOLTZMANN
 from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
-from ..data.schema import DataError
+from ..data.schema import DataError, DataWarning
 from ..domain.build import land_cover_codes
-from ..neural import MC_KEY, PARAMETER_BOUNDS, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
+from ..neural import MC_KEY, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
 from ..physics.air_layer import AirLayer
@@ -58,12 +59,12 @@ from ..physics.regional import GridForcing, RegionalModel
 from ..training.trainer import ModelBatches
 from .column import product_albedo
 from .hybrid import FALLBACK_OUTPUT, FALLBACK_SAMPLES
-from .regional_loop import closed_loop
+from .regional_loop import Fallback, closed_loop
 
 __all__ = [
     "RegionData", "region_data", "RegionalHybrid", "new_hybrid", "new_cnn_lstm", "N_VARIABLES", "CNNLSTM", "fixed_kh_model", "regional_physics", "build_hybrid",
     "build_cnn_lstm", "hybrid_loss", "cnn_lstm_loss", "make_batches", "blocked_split", "window_states", "window_starts",
-    "train_regional", "predict_regional", "epistemic_fallback", "field_spread", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
+    "train_regional", "predict_regional", "epistemic_fallback", "class_reference", "reference_values", "Fallback", "field_spread", "record_fields", "residual_sd", "with_residual_sd", "CarriedStates", "CarriedStateBatches", "mc_dropout_regional", "MC_FIELDS", "REGIONAL_FORCING", "TARGETS",
     "hybrid_physics", "run_fields", "network_fields",
 ]
 
@@ -696,9 +697,8 @@ def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=No
                                   run_time=data.run_time, fallback=fallback)
     out = {k: np.asarray(v) for k, v in out.items()}
     if fallback is not None:
-        out[FALLBACK_OUTPUT] = (np.mean(np.stack(fallback), axis=0)).astype(out["Qh"].dtype)
-    given = np.clip(np.nan_to_num(np.asarray(kh), nan=-1.0), *PARAMETER_BOUNDS[field])
-    out["recomputed"] = (np.abs(np.log(out["exchange_field"]) - np.log(given)) > 1e-6).astype(np.float32)
+        masks = np.stack([np.asarray(fallback.kh_mask), np.asarray(fallback.rs_mask)])
+        out[FALLBACK_OUTPUT] = np.mean(masks, axis=0).astype(out["Qh"].dtype)
     out["closed_loop"] = report.summary()
     return _not_modelled(out, data.active)
 
@@ -718,29 +718,74 @@ def field_spread(model: RegionalHybrid, data: RegionData, *, window: int = 48, w
 
 
 def epistemic_fallback(model: RegionalHybrid, data: RegionData, threshold: float, *, window: int = 48,
-                       warmup: int = 12, seed: int = 0, spread=None) -> tuple[np.ndarray, np.ndarray]:
-    """Where a hybrid's network is unsure, as the column hybrids' fallback (``models.hybrid``):
-    (K_h mask, r_s mask), (T, N) bool, True in the modelled cells where the field's spread
-    (``field_spread``, or ``spread`` when the caller has it) exceeds ``threshold``. Computed once
-    per prediction: every MC-dropout run of that prediction falls back in the same cell-steps.
-    ``predict_regional(..., fallback=...)`` then runs the physics' own fields there."""
+                       warmup: int = 12, seed: int = 0, spread=None, reference: dict | None = None) -> Fallback:
+    """Where a hybrid's network is unsure, as the column hybrids' fallback (``models.hybrid``): a
+    ``Fallback`` whose (T, N) masks are True in the modelled cells where the field's spread
+    (``field_spread``, or ``spread`` when the caller has it) exceeds ``threshold``, and whose values
+    are the physics' own (``reference`` None) or each cell's class values of ``reference``
+    (``class_reference``). Computed once per prediction: every MC-dropout run of that prediction
+    falls back in the same cell-steps. ``predict_regional(..., fallback=...)`` runs it."""
     if not threshold > 0:
         raise ValueError(f"epistemic_fallback: threshold {threshold!r}; expected > 0 (an SD of a log field)")
     if spread is None:
         spread = field_spread(model, data, window=window, warmup=warmup, seed=seed)
-    return tuple((sd > threshold) & data.active[None] for sd in spread)
+    kh_mask, rs_mask = ((sd > threshold) & data.active[None] for sd in spread)
+    if reference is None:
+        return Fallback(kh_mask, rs_mask)
+    return Fallback(kh_mask, rs_mask, *reference_values(reference, data))
+
+
+def class_reference(model: RegionalHybrid, data: RegionData, steps, *, window: int = 48,
+                    warmup: int = 12) -> dict[str, tuple[float, float]]:
+    """The calibrated physics a hybrid can fall back to: for each land-cover class of ``data``'s
+    modelled cells, the geometric means of the network's two fields (K_h or its multiplier, r_s;
+    deterministic, ``record_fields``) over the class's cells and the ``steps`` ((T,) bool, the
+    training steps): {class: (K_h, r_s)}. The physics' K_h law times a constant per class and one
+    r_s per class, both learned by the hybrid itself, where the physics' own defaults may be far
+    from what the data say (docs/results.md, the regional fallback)."""
+    steps = np.asarray(steps, bool)
+    if steps.shape != (data.n_steps,) or not steps.any():
+        raise ValueError(f"class_reference: steps of shape {steps.shape} with {int(steps.sum())} set; expected "
+                         f"({data.n_steps},) bool with at least one step")
+    fields = record_fields(model, data, window=window, warmup=warmup)
+    logs = {name: np.log(np.asarray(fields[name], np.float64)[steps]) for name in ("Kh", "rs")}
+    reference = {}
+    for index in np.unique(data.cell_class[data.active]):
+        cells = (data.cell_class == index) & data.active
+        reference[data.classes[index]] = tuple(float(np.exp(np.mean(logs[name][:, cells]))) for name in ("Kh", "rs"))
+    return reference
+
+
+def reference_values(reference: dict[str, tuple[float, float]], data: RegionData) -> tuple[np.ndarray, np.ndarray]:
+    """(K_h, r_s), (N,) each: every cell's class values of a ``class_reference``, so that the
+    reference of a trained model applies to any grid. A modelled cell of a class the reference
+    lacks (the model trained on a grid without it) gets NaN, which the closed loop reads as the
+    physics' own value (``Fallback``), with a ``DataWarning`` naming the classes."""
+    modelled = sorted({data.classes[i] for i in np.unique(data.cell_class[data.active])})
+    missing = [c for c in modelled if c not in reference]
+    if missing:
+        warnings.warn(f"the epistemic fallback's class reference holds {sorted(reference)}; cells of {missing} fall "
+                      "back to the physics' own fields instead (the model's training grid had none of them)",
+                      DataWarning, stacklevel=3)
+    table = np.array([reference.get(c, (np.nan, np.nan)) for c in data.classes], np.float64).reshape(-1, 2)
+    values = table[data.cell_class]
+    dtype = data.variables.dtype
+    return values[:, 0].astype(dtype), values[:, 1].astype(dtype)
 
 
 def record_fields(model, data: RegionData, *, window: int = 48, warmup: int = 12, key=None) -> dict[str, np.ndarray]:
     """A network's outputs over the whole record as (T, N) arrays, window by window (each window's
-    outputs kept after its warm-up, the first window's from its start): ``Kh`` (or its multiplier)
-    and ``rs`` of a :class:`RegionalHybrid`, ``Qh`` and ``Qle`` of a :class:`CNNLSTM`."""
+    outputs kept after its warm-up, the first window's from its start; a record shorter than
+    ``window`` is one window): ``Kh`` (or its multiplier) and ``rs`` of a :class:`RegionalHybrid`,
+    ``Qh`` and ``Qle`` of a :class:`CNNLSTM`."""
     cnn = isinstance(model, CNNLSTM)
     names = ("Qh", "Qle") if cnn else ("Kh", "rs")
     net = _cnn_outputs if cnn else _hybrid_fields
     pieces = {k: np.zeros((data.n_steps, data.forcing.n_sites), data.variables.dtype) for k in names}
     done = 0
-    for start in window_starts(data.n_steps, window, warmup):
+    # a record shorter than the window has no window of that length: before, it got no outputs
+    # (zero fields, which the closed loop clipped to their bounds)
+    for start in window_starts(data.n_steps, window, warmup) or [0]:
         pred = net(model, jnp.asarray(data.variables[:, start : start + window]), jnp.asarray(data.static), key)
         for k in names:
             pieces[k][done : start + window] = np.asarray(pred[k])[done - start :]

@@ -40,10 +40,14 @@ uniformly stiff field; on rough fields it lets the pull succeed with fewer recom
 in steps changes the parameteriser's field no more than the residual requires. Sub-step
 refinement is kept as the model has it inside every attempt.
 
-**Epistemic fallback** (``fallback``: two (T, N) bool masks, for K_h and r_s): where a mask is
-set, the step's field is the physics' own before anything else (K_h as above, or a multiplier of
-1; r_s = rs_min * rs_scale), as the column hybrids fall back where their dropout passes disagree
-(``models.hybrid``); ``models.regional.epistemic_fallback`` makes the masks.
+**Epistemic fallback** (``fallback``: a :class:`Fallback`, two (T, N) bool masks, for K_h and r_s,
+and optionally the (N,) values to fall back to): where a mask is set, the step's field is replaced
+before anything else, as the column hybrids fall back where their dropout passes disagree
+(``models.hybrid``). Without values it is the physics' own (K_h as above, or a multiplier of 1;
+r_s = rs_min * rs_scale); with them, those values: ``models.regional.class_reference`` gives each
+cell its class's geometric mean of the network's own fields over the training steps (a
+calibrated physics: the physics' K_h law times a constant per class, one r_s per class).
+``models.regional.epistemic_fallback`` makes the masks.
 
 Checks per step, on the parameteriser's fields as given: values outside ``PARAMETER_BOUNDS``
 (K_h in [1e-3, 1e2] m2 s-1, r_s in [1e2, 1e4] s m-1) are clipped and counted (a non-finite value
@@ -60,6 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -72,17 +77,31 @@ from ..physics.lad import PRESCRIBED_KH, PRESCRIBED_KH_SCALE, PRESCRIBED_RS
 from ..physics.regional import GridForcing, RegionalModel, RegionalState
 from ..physics.soil import layer_heat_capacity, soil_heat_storage
 
-__all__ = ["closed_loop", "LoopReport", "reference_fields", "roughness", "smooth_field", "LOOP_OUTPUTS",
+__all__ = ["closed_loop", "Fallback", "LoopReport", "reference_fields", "roughness", "smooth_field", "LOOP_OUTPUTS",
            "MAX_ADJUSTMENTS", "ROUGHNESS_LIMIT"]
 
 #: recomputations of a step at most (attempt k of K blends k/K of the way to the physics' K_h)
 MAX_ADJUSTMENTS = 4
 #: mean |Delta log K_h| between neighbouring cells above which a step's field is flagged rough
 ROUGHNESS_LIMIT = 1.0
-#: what ``closed_loop`` adds to the model's outputs: the fields used (after clipping and
-#: adjustment: ``exchange_field`` as given, K_h or its multiplier; ``Kh_field`` the K_h it gave) and
-#: each cell's column energy residual [W m-2]
-LOOP_OUTPUTS = ("exchange_field", "Kh_field", "rs_field", "energy_residual")
+#: what ``closed_loop`` adds to the model's outputs: the fields used (after the fallback, clipping and
+#: adjustment: ``exchange_field`` as given, K_h or its multiplier; ``Kh_field`` the K_h it gave),
+#: each cell's column energy residual [W m-2] and ``recomputed``, 1 where the cell's fields were
+#: adjusted in a recomputation of the step
+LOOP_OUTPUTS = ("exchange_field", "Kh_field", "rs_field", "energy_residual", "recomputed")
+
+
+class Fallback(NamedTuple):
+    """Where and to what the closed loop falls back (module docstring): ``kh_mask``, ``rs_mask``
+    (T, N) bool, the cell-steps whose K_h (or multiplier) and r_s are replaced; ``kh_value``,
+    ``rs_value`` (N,) the values they take there, in the units the loop is given (a multiplier
+    when the exchange is ``PRESCRIBED_KH_SCALE``), or None for the physics' own everywhere (a NaN
+    value: the physics' own in that cell)."""
+
+    kh_mask: Array
+    rs_mask: Array
+    kh_value: Array | None = None
+    rs_value: Array | None = None
 
 
 class LoopReport(eqx.Module):
@@ -211,23 +230,30 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         exchange: what ``kh`` is: ``PRESCRIBED_KH`` (K_h itself) or ``PRESCRIBED_KH_SCALE`` (a
             multiplier of the physics' own K_h: it is then pulled toward 1, its bounds are
             ``PARAMETER_BOUNDS["Kh_scale"]``)
-        fallback: None, or (K_h mask, r_s mask), (T, N) bool each: the cell-steps whose field is
-            replaced by the physics' own (module docstring)
+        fallback: None, or a :class:`Fallback`: the cell-steps whose field is replaced by the
+            physics' own or by given values (module docstring)
 
     Returns:
         (final state, outputs dict of (T, N) arrays, ``LoopReport``).
     """
     n_steps, n_cells = forcing.n_steps, forcing.n_sites
     fields_in = [("kh", kh), ("rs", rs)]
+    masks, values = None, (None, None)
     if fallback is not None:
-        if len(fallback) != 2:
-            raise ValueError(f"closed_loop: fallback is {len(fallback)} masks; expected 2 (K_h, r_s)")
-        fallback = tuple(jnp.asarray(m, bool) for m in fallback)
-        fields_in += [("fallback K_h mask", fallback[0]), ("fallback r_s mask", fallback[1])]
+        if not isinstance(fallback, Fallback):
+            raise TypeError(f"closed_loop: fallback is a {type(fallback).__name__}; expected a Fallback")
+        masks = (jnp.asarray(fallback.kh_mask, bool), jnp.asarray(fallback.rs_mask, bool))
+        fields_in += [("fallback K_h mask", masks[0]), ("fallback r_s mask", masks[1])]
+        values = tuple(None if v is None else jnp.asarray(v, jnp.result_type(kh))
+                       for v in (fallback.kh_value, fallback.rs_value))
     for name, field in fields_in:
         if jnp.shape(field) != (n_steps, n_cells):
             raise ValueError(f"closed_loop: {name} has shape {jnp.shape(field)}; expected (T, N) = "
                              f"({n_steps}, {n_cells}) like the forcing")
+    for name, value in zip(("K_h", "r_s"), values):
+        if value is not None and jnp.shape(value) != (n_cells,):
+            raise ValueError(f"closed_loop: the fallback {name} values have shape {jnp.shape(value)}; expected "
+                             f"(N,) = ({n_cells},), one per cell")
     if physics.air.shape[0] * physics.air.shape[1] != n_cells:
         raise ValueError(f"closed_loop: the air layer's grid {physics.air.shape} does not hold the forcing's "
                          f"{n_cells} cells")
@@ -261,12 +287,14 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
 
     def one_step(carry, xs):
         state, storage0 = carry
-        forcing_t, kh_t, rs_t, fallback_t = xs
+        forcing_t, kh_t, rs_t, masks_t = xs
         kh_phys, rs_phys = reference_fields(physics, state, forcing_t, params)
         if scale is not None:  # the physics' own K_h is a multiplier of 1
             kh_phys = jnp.ones_like(kh_phys)
-        if fallback_t is not None:
-            kh_t, rs_t = jnp.where(fallback_t[0], kh_phys, kh_t), jnp.where(fallback_t[1], rs_phys, rs_t)
+        if masks_t is not None:
+            kh_fb = kh_phys if values[0] is None else jnp.where(jnp.isnan(values[0]), kh_phys, values[0])
+            rs_fb = rs_phys if values[1] is None else jnp.where(jnp.isnan(values[1]), rs_phys, values[1])
+            kh_t, rs_t = jnp.where(masks_t[0], kh_fb, kh_t), jnp.where(masks_t[1], rs_fb, rs_t)
         kh_t, clipped_kh = _clip(kh_t, kh_phys, bounds, active)
         rs_t, clipped_rs = _clip(rs_t, rs_phys, PARAMETER_BOUNDS["rs"], active)
         log_kh, log_rs = jnp.log(kh_t), jnp.log(rs_t)
@@ -302,7 +330,8 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
             residual = jnp.where(jnp.isnan(residual), jnp.inf, residual)
             return k, flagged, result, residual, jnp.where(k == 0, residual, before)
 
-        k, _, (new, out, storage, _), residual, before = jax.lax.while_loop(cond, body, init)
+        k, flagged, (new, out, storage, _), residual, before = jax.lax.while_loop(cond, body, init)
+        out = {**out, "recomputed": flagged.astype(dtype)}  # flagged stays empty when k == 0
         check = {"recomputations": k, "residual_before": before, "residual_after": residual,
                  "cells_clipped": clipped_kh + clipped_rs, "roughness": roughness(log_kh, shape, active).astype(dtype)}
         if outputs is not None:
@@ -313,7 +342,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
         return (new, storage), (out, check)
 
     storage0 = _soil_storage(physics, state0, params)
-    (state, _), (out, check) = jax.lax.scan(one_step, (state0, storage0), (forcing, kh, rs, fallback))
+    (state, _), (out, check) = jax.lax.scan(one_step, (state0, storage0), (forcing, kh, rs, masks))
     report = LoopReport(check["recomputations"], check["residual_before"], check["residual_after"],
                         check["cells_clipped"], check["roughness"], check["roughness"] > roughness_limit,
                         tolerance=float(tolerance))

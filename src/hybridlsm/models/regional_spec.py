@@ -21,9 +21,11 @@ steps (``models.regional.residual_sd``); a prediction adds it to the MC SD of th
 and 11 % (LE) of the virtual region's true fluxes at the held-out cells, with the residual SD 89 % and
 71 % (benchmarks/regional.py, hybrid_scale); a deep ensemble of three (``{name: ensemble, options:
 {model: regional_hybrid, size: 3}}``) adds the members' spread, which widened them little there.
-With ``fallback_threshold`` a hybrid's prediction (and the validation residual SD it keeps) runs the
-physics' own K_h and r_s wherever the network's dropout passes disagree by more than it
-(``models.regional.epistemic_fallback``).
+With ``fallback_threshold`` a hybrid's prediction (and the validation residual SD it keeps) falls back
+wherever the network's dropout passes disagree by more than it (``models.regional.epistemic_fallback``):
+to the physics' own K_h and r_s (``fallback_to: physics``), or to the hybrid's own class means over
+its training steps (``class_mean``: ``models.regional.class_reference``, kept with the model so that
+it applies to other grids).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .regional import (
     MC_FIELDS,
     TARGETS,
     RegionalHybrid,
+    class_reference,
     epistemic_fallback,
     fixed_kh_model,
     mc_dropout_regional,
@@ -105,6 +108,12 @@ class RegionalOptions(BaseModel):
         None, gt=0.0, description="regional_hybrid: at prediction, the physics' own K_h (or a multiplier of 1) and "
         "r_s wherever the SD of that log field over 10 dropout passes of the network exceeds this (epistemic "
         "fallback, as the column hybrids'; needs dropout > 0)")
+    fallback_to: Literal["physics", "class_mean"] = Field(
+        "class_mean", description="regional_hybrid, with fallback_threshold: what the unsure fields fall back to: "
+        "class_mean, each land-cover class's geometric mean of the network's own field over the training steps "
+        "(the physics' K_h law times a constant per class, one r_s per class), or physics, the physics' own K_h "
+        "(a multiplier of 1) and LaD's class r_s, which raised the virtual region's held-out MSE 6-9 fold at "
+        "the threshold the towers' validation chose (docs/results.md)")
     lr: float | None = Field(3e-3, gt=0.0, le=1.0, description="AdamW step (null: training.lr); on the virtual "
                              "region's validation blocks benchmarks/regional.py chose 1e-2 for the hybrids, 3e-3 "
                              "for the CNN-LSTM")
@@ -132,22 +141,30 @@ class RegionalRun(eqx.Module):
     (empty before training: each grid is then normalised by its own), the prediction ``settings``
     (window and warm-up hours, MC samples, seed; ``settings``) and the ``residual`` SD of each
     target, (name, day, night), from the validation steps' misfit (``models.regional.residual_sd``;
-    added to the MC-dropout SD at prediction)."""
+    added to the MC-dropout SD at prediction); with ``fallback_to: class_mean`` the fallback's
+    class ``reference``, (class, K_h or its multiplier, r_s) from the training steps."""
 
     model: RegionalHybrid | CNNLSTM | None
     classes: tuple[str, ...] = eqx.field(static=True)
     constants: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
     settings: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
     residual: tuple[tuple[str, float, float], ...] = eqx.field(static=True, default=())
+    reference: tuple[tuple[str, float, float], ...] = eqx.field(static=True, default=())
 
     def residual_table(self) -> dict:
         return {name: {"day": day, "night": night} for name, day, night in self.residual}
+
+    def reference_table(self) -> dict[str, tuple[float, float]] | None:
+        """The epistemic fallback's class reference, {class: (K_h or its multiplier, r_s)}
+        (``models.regional.class_reference``), or None: the fallback is to the physics' own."""
+        return {c: (kh, rs) for c, kh, rs in self.reference} or None
 
 
 def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
     """What a prediction needs of the options (the registry's ``predict`` takes none)."""
     mc = options.mc_samples if options.dropout > 0 else 0
-    fallback = () if options.fallback_threshold is None else (("fallback_threshold", options.fallback_threshold),)
+    fallback = () if options.fallback_threshold is None else (("fallback_threshold", options.fallback_threshold),
+                                                              ("fallback_to", options.fallback_to))
     return (("window_hours", options.window_hours), ("warmup_hours", options.warmup_hours),
             ("mc_samples", mc), ("seed", options.seed), *fallback)
 
@@ -185,12 +202,15 @@ class RegionalSpec(EquinoxSpec):
         return RegionalRun(None, tuple(options.classes), settings=settings(options))
 
     def structure(self, model: RegionalRun) -> dict:
-        return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual}}
+        return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual},
+                "fallback_reference": {c: [kh, rs] for c, kh, rs in model.reference}}
 
     def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
         run = self.build(options)
         residual = tuple((n, float(d), float(e)) for n, (d, e) in sorted(structure.get("residual_sd", {}).items()))
-        return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())), residual=residual)
+        reference = tuple((c, float(kh), float(rs)) for c, (kh, rs) in sorted(structure.get("fallback_reference", {}).items()))
+        return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())), residual=residual,
+                       reference=reference)
 
     def required_inputs(self, options: RegionalOptions) -> tuple[str, ...]:
         return ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip")
@@ -220,6 +240,9 @@ class RegionalSpec(EquinoxSpec):
                                     resume=ctx.checkpoint_dir is not None)
             model = replace(model, model=result.model)
         net = model.model if model.model is not None else fixed_kh_model(data)
+        if options.fallback_threshold is not None and options.fallback_to == "class_mean" and model.model is not None:
+            reference = class_reference(net, data, split["train"], window=window, warmup=warmup)
+            model = replace(model, reference=tuple((c, kh, rs) for c, (kh, rs) in sorted(reference.items())))
         fallback = _fallback(model, net, data, window, warmup)
         table = residual_sd(predict_regional(net, data, window=window, warmup=warmup, fallback=fallback), data,
                             split["val"])
@@ -257,13 +280,13 @@ class RegionalSpec(EquinoxSpec):
 
 
 def _fallback(model: RegionalRun, net, data, window: int, warmup: int):
-    """The epistemic fallback masks of a hybrid with ``fallback_threshold`` (``epistemic_fallback``),
-    else None."""
+    """The epistemic fallback of a hybrid with ``fallback_threshold`` (``epistemic_fallback``, to its
+    class reference where it keeps one), else None."""
     cfg = dict(model.settings)
     if cfg.get("fallback_threshold") is None or not isinstance(net, RegionalHybrid):
         return None
     return epistemic_fallback(net, data, float(cfg["fallback_threshold"]), window=window, warmup=warmup,
-                              seed=int(cfg["seed"]))
+                              seed=int(cfg["seed"]), reference=model.reference_table())
 
 
 def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int, fallback=None) -> dict:
