@@ -756,9 +756,9 @@ def _fallback_table(info: dict) -> list[str]:
     figures that were not used to choose."""
     lines = ["", f"hybrid_fallback (of {base_of(info)}): the epistemic fallback's candidates, chosen by the validation "
              "loss's data terms (each target's MSE over its scale squared: H and LE at the towers, the surface-"
-             "temperature product over the grid); the towers' mean MSE of H and LE, and everything at the held-out "
-             "cells, for the reader (not used to choose):", "",
-             "| candidate | validation loss | towers' MSE H, LE | held-out MSE H / LE | fallen back: all / "
+             "temperature product over the grid); the towers' MSE (the mean of H's and LE's, the criterion before), "
+             "and everything at the held-out cells, for the reader (not used to choose):", "",
+             "| candidate | validation loss | towers' MSE | held-out MSE H / LE | fallen back: all / "
              "heterogeneous / hot |", "|---|---|---|---|---|"]
     for k, v in info["fallback_selection"].items():
         held = info["fallback_heldout_mse"][k]
