@@ -198,3 +198,30 @@ def test_a_kh_multiplier_of_one_is_the_physics_own_exchange():
     np.testing.assert_allclose(np.asarray(out["Kh_field"]), np.asarray(plain["Kh"]), rtol=1e-9)
     np.testing.assert_array_equal(np.asarray(out["exchange_field"]), 1.0)
     assert int(np.sum(report.cells_clipped)) == 0
+
+
+@pytest.mark.slow  # two closed-loop rollouts, each attempting every step five times (~10 s)
+def test_the_attempt_with_the_lowest_residual_is_kept(grid):
+    """Pulling a K_h below the stability scheme's up toward it couples more stiffly: with a tolerance
+    every step misses (1e-4 W m-2), every step is recomputed four times, and the loop keeps whichever attempt had
+    the lowest residual, never one above the fields as given; where that is the first attempt, the
+    step is the plain run's and no cell counts as recomputed."""
+    model, params, gf, _, _ = grid
+    kh, rs = _fields(0.1)  # within the scheme's K_h at 3 m s-1 (~0.02-1): the pull raises it at some steps
+    strict = jax.jit(lambda p, f, kh, rs, k: closed_loop(model, p, f, kh, rs, tolerance=1e-4, max_adjustments=k),
+                     static_argnums=4)
+    _, out, report = strict(params, gf, kh, rs, 4)
+    _, _, once = strict(params, gf, kh, rs, 0)
+    before, after = np.asarray(report.residual_before), np.asarray(report.residual_after)
+    assert (np.asarray(report.recomputations) == 4).all()
+    assert before[0] == pytest.approx(float(once.residual_after[0]), rel=1e-12)  # the same start state
+    assert (after <= before).all() and (after < before).any()  # some adjustment helped, none was kept worse
+    kept_first = after == before
+    assert kept_first.any(), "expected steps where every adjustment raised the residual"
+    # there the fields are the ones given, and no cell counts as recomputed
+    np.testing.assert_array_equal(np.asarray(out["recomputed"])[kept_first], 0.0)
+    np.testing.assert_array_equal(np.asarray(out["exchange_field"])[kept_first], np.asarray(kh)[kept_first])
+    assert np.asarray(out["recomputed"])[~kept_first].any(axis=1).all()
+    # the report's residual is the kept attempt's outputs' residual
+    kept = np.maximum(np.asarray(out["coupling_residual"]), np.asarray(out["energy_residual"])).max(axis=1)
+    np.testing.assert_allclose(after, kept, rtol=1e-12)

@@ -256,7 +256,9 @@ def test_the_epistemic_fallback_runs_the_physics_own_fields_where_the_network_is
     and r_s wherever the SD of the log field over 10 dropout passes exceeds the threshold: with a
     threshold below every spread it is the closed loop through the physics' fields (fallback 1
     everywhere), above every spread it is the hybrid (fallback 0)."""
-    from hybridlsm.models.regional import epistemic_fallback, regional_physics
+    from dataclasses import replace
+
+    from hybridlsm.models.regional import PREDICT_REFINEMENTS, epistemic_fallback, regional_physics
     from hybridlsm.models.regional_loop import closed_loop
     from hybridlsm.models.regional_spec import RegionalOptions, settings
     from hybridlsm.neural import SpatiotemporalOptions
@@ -274,7 +276,8 @@ def test_the_epistemic_fallback_runs_the_physics_own_fields_where_the_network_is
     out = predict_regional(model, data, window=24, warmup=6, fallback=everywhere)
     assert out["fallback"].shape == (t, n) and (out["fallback"] == 1.0).all()
     rs_own = jnp.broadcast_to(data.params["rs_min"] * data.params["rs_scale"], (t, n))
-    _, own, _ = closed_loop(regional_physics(data), data.params, data.forcing, jnp.ones((t, n), jnp.float32), rs_own,
+    physics = replace(regional_physics(data), max_refinements=PREDICT_REFINEMENTS)  # as predict_regional runs it
+    _, own, _ = closed_loop(physics, data.params, data.forcing, jnp.ones((t, n), jnp.float32), rs_own,
                             exchange=PRESCRIBED_KH_SCALE)
     for name in ("Qh", "Qle", "AvgSurfT"):  # two programs, float32: 1e-3 as `hybridlsm` compiles them, 0.012
         # W m-2 as the suite compiles them (conftest); a field from the wrong model is off by tens

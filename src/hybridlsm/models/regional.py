@@ -688,9 +688,10 @@ def run_fields(data: RegionData, kh, rs, *, exchange: str = "field", fallback=No
     state at the record's start (default the physics' initial state, as ``predict_regional`` starts).
     The outputs as ``predict_regional``'s (``recomputed``, ``closed_loop``; ``fallback`` as there)."""
     # the closed loop (models.regional_loop): a step above the 10 W m-2 residual is recomputed with
-    # the fields pulled toward the physics' own K_h; no sub-step refinement (it does not cure a stiff
-    # field)
-    physics = regional_physics(data, land=LaDModel(rs_vpd_d0=rs_vpd_d0))
+    # the fields pulled toward the physics' own K_h; inside every attempt the step refines its
+    # sub-steps as physics models predict (PREDICT_REFINEMENTS): without it, 5 steps of the virtual
+    # region stayed above 10 W m-2 at high wind, which the pull made worse (docs/results.md)
+    physics = replace(regional_physics(data, land=LaDModel(rs_vpd_d0=rs_vpd_d0)), max_refinements=PREDICT_REFINEMENTS)
     field = EXCHANGE_FIELDS[exchange]
     kh, rs = jnp.asarray(kh, data.variables.dtype), jnp.asarray(rs, data.variables.dtype)
     _, out, report = _closed_loop(physics, data.params, data.forcing, kh, rs, state0, exchange=field,
