@@ -69,6 +69,19 @@ def test_a_config_has_sites_or_one_grid_split_in_time(tmp_path):
                                                         "igbp": "CRO"}
 
 
+def test_a_cell_without_forcing_is_not_a_column_and_a_gap_is_refused_naming_its_cell():
+    ds = _grid()
+    for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip"):
+        ds[v][:, 0, 1] = np.nan  # outside a basin: no forcing at all
+    assert domain_from_grid(ds).n_columns == 11
+    ds["SWdown"][3, 2, 2] = np.nan  # one missing value: a gap, which used to drop the cell silently
+    with pytest.raises(DataError, match=r"1 cell\(s\) have gaps in their forcing, e.g. SWdown at cell \(y=2, x=2\), "
+                       r"time 2020-06-01T03:00.* \(step 3\)"):
+        domain_from_grid(ds)
+    ds.coords["mask"] = (("y", "x"), np.where(np.arange(12).reshape(3, 4) == 10, 0, 1))  # the gappy cell masked
+    assert domain_from_grid(ds).n_columns == 10
+
+
 def test_grid_dataset_restores_the_grid_and_tower_columns_become_sites():
     ds = _grid()
     ds["Tair"][:, 1, 2] = np.nan  # not a column: its forcing is missing

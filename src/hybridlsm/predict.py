@@ -7,12 +7,17 @@ retraining) and run on Domains built from the given files:
   ``OUT/predictions/<site>/<label>.nc``; where a file has observed Qh and Qle they go beside it
   as ``obs.nc`` (every step labelled test), and when every site has them, ``OUT`` gets the skill
   table and HTML report of ``hybridlsm report``;
-- a gridded file becomes the Domain of its cells with complete forcing (its land-cover field, if
-  any, gives each cell's IGBP class); outputs go to ``OUT/<grid>_<label>.nc`` on ``(time, y, x)``;
+- a gridded file becomes the Domain of its cells with forcing (a cell without any is not modelled;
+  one with a gap is refused, naming it; its land-cover field, if any, gives each cell's IGBP class); outputs go to ``OUT/<grid>_<label>.nc`` on ``(time, y, x)``;
 - a zarr store (a grid in the canonical form on ``(time, y, x)``, e.g. one too large for memory) is
   read lazily and the model streamed through it in row bands and time chunks
   (``ModelSpec.stream``, ``models.streaming``): outputs go to ``OUT/<grid>_<label>.zarr`` as they
   are produced.
+
+With ``--start``/``--end`` the model still runs from the file's start (its spin-up cycles the
+file's first days, and the record before ``--start`` sets the states, the LSTMs' memory and the
+empirical models' antecedent rain, as in training) up to ``--end``; only the period's outputs are
+written and scored. A zarr store is cut to the period before streaming.
 
 ``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
 unless asked. Which parameters each column used (a trained site's own, or what transfers to a
@@ -131,6 +136,16 @@ def _open_store(path: Path, spec, options, label: str, start: str | None, end: s
     return path, source, store
 
 
+def _cut(outputs: dict, lead_in: Domain, period: Domain) -> dict:
+    """The outputs of a prediction over ``lead_in`` (the file from its start) at the steps of
+    ``period`` (its last steps: ``select_time(start, end)`` of the same file)."""
+    first = lead_in.n_steps - period.n_steps
+    if first < 0 or not np.array_equal(lead_in.time[first:], period.time):
+        raise PredictError(f"{period.name}: the period's steps are not the last steps of the record before it "
+                           "(internal: the lead-in and the period were cut differently)")
+    return {k: v[first:] if np.ndim(v) >= 1 and np.shape(v)[0] == lead_in.n_steps else v for k, v in outputs.items()}
+
+
 def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], start: str | None, end: str | None,
            out: Path) -> Path:
     from .evaluation.report import FLUXES, build_report
@@ -152,8 +167,14 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     for f in files:
         try:
             d = domain_from_file(Path(f), out_of_range=policy)
+            lead_in = None
             if start is not None or end is not None:
+                # the model runs from the file's start (its spin-up, the states and the antecedent
+                # features that the record before --start sets) and its outputs are cut to the period
+                lead_in = d.select_time(None, end)
                 d = d.select_time(start, end)
+                if d.n_steps < 2:  # the skill table and the outputs' time axis need a time step
+                    raise PredictError(f"the period {start} .. {end} holds {d.n_steps} step; give at least two")
             missing = [v for v in spec.required_inputs(options) if v not in d.data]
             if missing:
                 have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
@@ -163,9 +184,9 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
         except ValueError as err:  # DataError, PredictError, and the forcing checks' ValueError
             message = str(err)
             raise PredictError(message if str(f) in message else f"{f}: {message}") from None
-        domains.append((Path(f), d, where))
+        domains.append((Path(f), d, where, lead_in))
     try:
-        check_site_folders([d.name for _, d, _ in domains])
+        check_site_folders([d.name for _, d, _, _ in domains])
     except DataError as err:
         raise PredictError(f"{err} (e.g. two periods of one site: predict them into separate --out folders)") from None
     provenance: dict[str, dict[str, str]] = {}
@@ -182,8 +203,8 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
         provenance[path.stem] = {"store": str(store), "parameters": "per cell: the defaults of its land-cover class "
                                  "with the model's offsets (shared, or the mean of its class's training sites)"}
     observed = []  # per site: whether it has observed fluxes to score
-    for f, d, where in domains:
-        outputs = spec.predict(model, d)
+    for f, d, where, lead_in in domains:
+        outputs = spec.predict(model, d) if lead_in is None else _cut(spec.predict(model, lead_in), lead_in, d)
         provenance[d.name] = dict(zip(d.column_ids, where))
         attrs = attrs_of(f)
         if d.kind == "grid":

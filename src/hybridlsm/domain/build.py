@@ -180,11 +180,24 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     ds = ds.transpose("time", ydim, xdim)
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     forcing_vars = [v for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip") if v in ds]
-    valid = np.ones((ny, nx), bool)
+    valid, empty = np.ones((ny, nx), bool), np.ones((ny, nx), bool)
     for v in forcing_vars:
-        valid &= np.isfinite(np.asarray(ds[v].values)).all(axis=0)
-    if "mask" in ds.coords:
-        valid &= np.asarray(ds["mask"].values) > 0
+        finite = np.isfinite(np.asarray(ds[v].values))
+        valid &= finite.all(axis=0)
+        empty &= ~finite.any(axis=0)
+    masked = np.asarray(ds["mask"].values) <= 0 if "mask" in ds.coords else np.zeros((ny, nx), bool)
+    # a cell without any forcing (outside a basin) or masked is not a column; one with a gap is an
+    # error, never a cell silently left out
+    gappy = ~valid & ~empty & ~masked
+    if gappy.any():
+        y0, x0 = (int(i[0]) for i in np.nonzero(gappy))
+        var = next(v for v in forcing_vars if not np.isfinite(np.asarray(ds[v].values[:, y0, x0])).all())
+        step = int(np.flatnonzero(~np.isfinite(np.asarray(ds[var].values[:, y0, x0])))[0])
+        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {int(gappy.sum())} cell(s) have gaps in their "
+                        f"forcing, e.g. {var} at cell ({ydim}={y0}, {xdim}={x0}), time {ds['time'].values[step]} "
+                        f"(step {step}); every modelled cell needs gap-free forcing (fill the gaps, or mask the "
+                        "cells with a 'mask' coordinate)")
+    valid &= ~masked
     if not valid.any():
         raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: no cell has complete forcing")
     cells = np.flatnonzero(valid.ravel())

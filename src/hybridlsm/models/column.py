@@ -19,6 +19,7 @@ the rollout, which gives every step its own key (``physics.rollout``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -30,7 +31,7 @@ import xarray as xr
 
 from ..data import loss_steps, usable_targets
 from ..data.checks import check_albedo_product
-from ..data.schema import DataError, site_label
+from ..data.schema import DataError, DataWarning, site_label
 from ..domain import Domain
 from ..neural import MC_KEY, MC_SAMPLES, dropout_rate, mc_batch_size, mc_dropout
 from ..physics import (
@@ -260,18 +261,34 @@ class ColumnModel(eqx.Module):
                              for k, t in enumerate(self.aleatoric_targets)}}  # fmt: skip
         return state, out
 
-    def spun_up_state(self, forcing: Forcing, base: dict):
+    def spun_up_state(self, forcing: Forcing, base: dict, *, warn_for: str | None = None):
         """The state reached by cycling the first year (at most) of ``forcing`` (prediction's
-        initial state)."""
+        initial state). ``warn_for`` (a prediction: the domain's name): a ``DataWarning`` when
+        the cycles did not converge, so that the prediction starts from a state still drifting
+        (e.g. a record of a few days, whose cycles cannot dry or fill a soil)."""
         params = self.site_params(base)
-        state0, _ = spin_up(self.land, params, forcing, dynamic=self.dynamic(forcing, params),
-                            period=spinup_period(forcing), max_cycles=5, tol_temp=0.05, tol_water=0.5)  # fmt: skip
+        period = spinup_period(forcing)
+        state0, info = spin_up(self.land, params, forcing, dynamic=self.dynamic(forcing, params),
+                               period=period, max_cycles=SPINUP_CYCLES, tol_temp=SPINUP_TOL_TEMP,
+                               tol_water=SPINUP_TOL_WATER)  # fmt: skip
+        if warn_for is not None and not info["converged"]:
+            days = period * forcing.time_step_s / 86400.0
+            warnings.warn(f"{warn_for}: the spin-up ({info['cycles']} cycles of the record's first {days:g} days) did "
+                          f"not converge (last change of the stores {info['max_water_change']:.3g} kg m-2, of the "
+                          f"temperatures {info['max_temp_change']:.3g} K; tolerances {SPINUP_TOL_WATER:g}, "
+                          f"{SPINUP_TOL_TEMP:g}): the prediction starts from a state that still drifts; a longer "
+                          "record before the period of interest gives a settled one", DataWarning, stacklevel=2)
         return state0
 
 
 def _scaled(params: dict, mult: dict | None) -> dict | None:
     """The time-varying parameters ``params[name] * multiplier`` ((T, N)), or None."""
     return None if mult is None else {name: params[name][None, :] * m for name, m in mult.items()}
+
+
+#: prediction's spin-up: at most this many cycles, until no temperature changes by more than
+#: SPINUP_TOL_TEMP [K] and no store by more than SPINUP_TOL_WATER [kg m-2] between cycle ends
+SPINUP_CYCLES, SPINUP_TOL_TEMP, SPINUP_TOL_WATER = 5, 0.05, 0.5
 
 
 def spinup_period(forcing: Forcing) -> int:
@@ -407,7 +424,7 @@ def _sampler(model: ColumnModel, domain: Domain, outputs: Sequence[str]):
     """``keys (B,) -> {name: (B, T, N[, L])}``: rollouts with dropout on from the state spun up with
     the deterministic model (the mean network)."""
     forcing, base = domain_inputs(model, domain)
-    state0 = model.spun_up_state(forcing, base)
+    state0 = model.spun_up_state(forcing, base, warn_for=domain.name)
     return lambda keys: _samples_jit(model, forcing, base, state0, keys, tuple(outputs), model.aleatoric_targets)
 
 
@@ -431,7 +448,7 @@ def predict_column_model(model: ColumnModel, domain: Domain, outputs: Sequence[s
     (the root of the mean aleatoric variance over the samples) to the total ``<target>_sd``."""
     if dropout_rate(model) == 0:
         forcing, base = domain_inputs(model, domain)
-        _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base))
+        _, out = run_jit(model, forcing, base, model.spun_up_state(forcing, base, warn_for=domain.name))
         res = {k: np.asarray(out[k]) for k in outputs}
         for t in model.aleatoric_targets:  # the total is the aleatoric SD without dropout
             res[f"{t}_sd_aleatoric"] = res[f"{t}_sd"] = np.asarray(out[f"{t}{SIGMA_SUFFIX}"], np.float64)
