@@ -393,5 +393,10 @@ def test_the_epistemic_fallback_to_the_hybrids_class_means(region):
     spec, options = get_model("regional_hybrid"), RegionalOptions(fallback_threshold=0.2)
     run = RegionalRun(None, tuple(options.classes), reference=tuple((c, kh, rs) for c, (kh, rs) in reference.items()))
     again = spec.skeleton(options, spec.structure(run))
-    assert again.reference_table() == reference  # JSON keeps a float64 exactly
+    assert again.reference_table() == reference  # the saved structure is JSON, which keeps a float64 exactly
     assert RegionalRun(None, ("CRO",)).reference_table() is None
+    # a run saved before the class reference existed: its fallback is the physics', and it says so
+    from hybridlsm.models.regional_spec import _fallback, settings
+    old = RegionalRun(model, tuple(options.classes), settings=settings(options))
+    with pytest.warns(DataWarning, match="saved without the class reference"):
+        assert _fallback(old, model, data, 24, 6).kh_value is None

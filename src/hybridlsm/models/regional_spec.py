@@ -285,6 +285,9 @@ def _fallback(model: RegionalRun, net, data, window: int, warmup: int):
     cfg = dict(model.settings)
     if cfg.get("fallback_threshold") is None or not isinstance(net, RegionalHybrid):
         return None
+    if cfg.get("fallback_to") == "class_mean" and model.reference_table() is None:
+        warnings.warn("this regional hybrid was saved without the class reference of fallback_to: class_mean (by an "
+                      "older hybridlsm); its epistemic fallback runs the physics' own fields", DataWarning, stacklevel=3)
     return epistemic_fallback(net, data, float(cfg["fallback_threshold"]), window=window, warmup=warmup,
                               seed=int(cfg["seed"]), reference=model.reference_table())
 
