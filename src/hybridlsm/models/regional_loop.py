@@ -336,7 +336,7 @@ def closed_loop(physics: RegionalModel, params: dict, forcing: GridForcing, kh, 
             residual = jnp.where(jnp.isnan(residual), jnp.inf, residual)
             # the attempt kept is the one with the lowest residual (the first at a tie): an adjustment
             # can raise it (a network K_h below the physics' own, pulled up toward it, couples more stiffly)
-            better = residual < best[1]
+            better = (residual < best[1]) | (k == 0)  # the first attempt is kept even when non-finite
             best = (jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), result, best[0]),
                     jnp.where(better, residual, best[1]), jnp.where(better, flagged, best[2]))
             return k, flagged, result, residual, jnp.where(k == 0, residual, before), best
