@@ -196,7 +196,7 @@ def test_missing_site_metadata_is_listed_and_stays_missing():
 # ------------------------------------------------------------------------ domains from grids
 
 NY, NX, NT = 3, 4, 48
-NAN_CELL = (1, 2)  # (iy, ix) of the cell with a gap in its forcing
+NAN_CELL = (1, 2)  # (iy, ix) of the cell without forcing (outside a basin; a gap is refused: test_pipeline_regional)
 
 
 def _grid(coords_first: bool = False) -> xr.Dataset:
@@ -209,8 +209,7 @@ def _grid(coords_first: bool = False) -> xr.Dataset:
     data = {}
     for name, value in base.items():
         values = value * (1.0 + 0.01 * rng.standard_normal((NT, NY, NX)))
-        if name == "Tair":
-            values[5, NAN_CELL[0], NAN_CELL[1]] = np.nan
+        values[:, NAN_CELL[0], NAN_CELL[1]] = np.nan
         data[name] = (("time", "y", "x"), values, {"units": "x"})
     coords = {"time": time, "y": ("y", y, {"units": "m"}), "x": ("x", x, {"units": "m"})}
     if coords_first:  # x declared before y: Dataset.dims lists x first
