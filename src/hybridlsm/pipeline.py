@@ -131,8 +131,8 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
 
 
 def read_grid_file(path: Path, fmt: str | None = None, options: dict | None = None) -> Domain:
-    """A gridded file (a reader of :data:`GRID_FORMATS`) as the Domain of its cells with complete
-    forcing, humidity in every form; its land cover where it has one."""
+    """A gridded file (a reader of :data:`GRID_FORMATS`) as the Domain of its cells with forcing
+    (``domain_from_grid``: a gap is refused), humidity in every form; its land cover where it has one."""
     fmt = fmt or detect_format(path)
     if fmt not in GRID_FORMATS:
         raise ConfigError(f"{path}: format {fmt!r} is not a gridded format; expected one of {GRID_FORMATS}")

@@ -159,8 +159,10 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
     """The cells of a gridded canonical dataset ``(time, y, x)`` (``read_gridded``) as a Domain.
 
-    Cells whose forcing is missing at any step (sea, outside the mask) are not columns; the layout
-    keeps their place so the writers restore the full grid. ``land_cover``: an index field (y, x)
+    Cells without any forcing (sea, outside a basin) or masked (a ``mask`` coordinate <= 0) are not
+    columns; the layout keeps their place so the writers restore the full grid. A cell with a gap
+    in its forcing is a DataError naming the variable, cell and time (never a cell silently left
+    out). ``land_cover``: an index field (y, x)
     in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
     ``land_cover``); by default the dataset's own ``land_cover`` field (y, x) where it has one (the
     gridded and WRF readers keep it as a coordinate), otherwise the class is unknown ('').
