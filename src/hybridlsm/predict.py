@@ -171,8 +171,9 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
             if start is not None or end is not None:
                 # the model runs from the file's start (its spin-up, the states and the antecedent
                 # features that the record before --start sets) and its outputs are cut to the period
+                period = d.select_time(start, end)  # the period's own errors first (outside the record, ...)
                 lead_in = d.select_time(None, end)
-                d = d.select_time(start, end)
+                d = period
                 if d.n_steps < 2:  # the skill table and the outputs' time axis need a time step
                     raise PredictError(f"the period {start} .. {end} holds {d.n_steps} step; give at least two")
             missing = [v for v in spec.required_inputs(options) if v not in d.data]
