@@ -159,8 +159,8 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
     """The cells of a gridded canonical dataset ``(time, y, x)`` (``read_gridded``) as a Domain.
 
-    Cells without any forcing (sea, outside a basin) or masked (a ``mask`` coordinate <= 0) are not
-    columns; the layout keeps their place so the writers restore the full grid. A cell with a gap
+    Cells where a forcing variable is missing at every step (sea, outside a basin) or masked (a
+    ``mask`` coordinate <= 0) are not columns; the layout keeps their place so the writers restore the full grid. A cell with a gap
     in its forcing is a DataError naming the variable, cell and time (never a cell silently left
     out). ``land_cover``: an index field (y, x)
     in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
@@ -182,15 +182,17 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     ds = ds.transpose("time", ydim, xdim)
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     forcing_vars = [v for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip") if v in ds]
-    valid, empty = np.ones((ny, nx), bool), np.ones((ny, nx), bool)
+    absent, partial = np.zeros((ny, nx), bool), np.zeros((ny, nx), bool)
     for v in forcing_vars:
         finite = np.isfinite(np.asarray(ds[v].values))
-        valid &= finite.all(axis=0)
-        empty &= ~finite.any(axis=0)
+        absent |= ~finite.any(axis=0)
+        partial |= finite.any(axis=0) & ~finite.all(axis=0)
     masked = np.asarray(ds["mask"].values) <= 0 if "mask" in ds.coords else np.zeros((ny, nx), bool)
-    # a cell without any forcing (outside a basin) or masked is not a column; one with a gap is an
-    # error, never a cell silently left out
-    gappy = ~valid & ~empty & ~masked
+    # a cell where a forcing variable is missing at every step (sea, outside a basin) or masked is
+    # not a column; one with a gap (missing at some steps only) is an error, never a cell silently
+    # left out
+    valid = ~absent & ~partial
+    gappy = partial & ~absent & ~masked
     if gappy.any():
         y0, x0 = (int(i[0]) for i in np.nonzero(gappy))
         var = next(v for v in forcing_vars if not np.isfinite(np.asarray(ds[v].values[:, y0, x0])).all())
