@@ -75,6 +75,7 @@ from hybridlsm.models.regional import (
     blocked_split, build_cnn_lstm, build_hybrid, fixed_kh_model, predict_regional, region_data, train_regional,
 )
 from hybridlsm.models.ensemble import combine_members
+from hybridlsm.models.hybrid import FALLBACK_OUTPUT
 from hybridlsm.models.regional import (SCALES, TARGETS, class_reference, epistemic_fallback, field_spread,
                                        mc_dropout_regional, network_fields, residual_sd, with_residual_sd)
 from hybridlsm.models.regional_baselines import (COLUMN_SPINUP_DAYS, COLUMN_WINDOW_DAYS, LAD_CLASS_OF, build_class_constants,
@@ -448,7 +449,7 @@ def run_fallback(trained, data, truth, split, masks):
     for part in ("all", "heterogeneous", "extreme_hot"):  # the share of the two fields fallen back at the held-out test cells
         info[f"fallback_fraction_{part}"] = {
             k: 0.0 if v[1] is None or not masks[part].any()
-            else float(np.mean([np.asarray(v[1].kh_mask), np.asarray(v[1].rs_mask)], axis=0)[masks[part]].mean())
+            else float(np.mean(v[0][FALLBACK_OUTPUT][masks[part]], dtype=np.float64))  # the output: the share per cell-step
             for k, v in candidates.items()}
     print(f"hybrid_fallback: validation loss by candidate {selection}; chosen {chosen}; class reference {reference}; "
           f"fraction fallen back at the held-out test cells {info['fallback_fraction_all']}; held-out MSE H / LE "

@@ -286,7 +286,7 @@ def _scaled(params: dict, mult: dict | None) -> dict | None:
     return None if mult is None else {name: params[name][None, :] * m for name, m in mult.items()}
 
 
-#: prediction's spin-up: at most this many cycles, until no temperature changes by more than
+#: the spin-up of a site record and of a prediction: at most this many cycles, until no temperature changes by more than
 #: SPINUP_TOL_TEMP [K] and no store by more than SPINUP_TOL_WATER [kg m-2] between cycle ends
 SPINUP_CYCLES, SPINUP_TOL_TEMP, SPINUP_TOL_WATER = 5, 0.05, 0.5
 
@@ -380,8 +380,8 @@ def prepare_site(ds: xr.Dataset, targets: Sequence[str], max_qc: int, *, model: 
     if key not in cache:
         land = LaDModel()
         plain = {k: v for k, v in base.items() if k != SITE_WEIGHTS}
-        cache[key], _ = spin_up(land, plain, forcing, period=spinup_period(forcing), max_cycles=5, tol_temp=0.05,
-                                tol_water=0.5)  # fmt: skip
+        cache[key], _ = spin_up(land, plain, forcing, period=spinup_period(forcing), max_cycles=SPINUP_CYCLES,
+                                tol_temp=SPINUP_TOL_TEMP, tol_water=SPINUP_TOL_WATER)  # fmt: skip
     obs, mask = usable_targets(ds, targets, max_qc)
     split = loss_steps(ds)
     return SiteRecord(site, forcing, base, cache[key], obs, mask, _optional(ds, "Rnet"), _optional(ds, "Qg"),
