@@ -272,6 +272,22 @@ def test_prepare_forcing_estimates_missing_lwdown(tha):
     assert json.loads(out.attrs["fill_report"])["LWdown"]["absent_from_source"] is True
 
 
+def test_prepare_forcing_derives_the_gaps_of_the_other_humidity_variable(tha):
+    """FLUXNET's RH is not gap-filled: its 61 missing steps at DE-Tha 2010 are derived from the
+    filled VPD and Tair (RH = 100 (1 - VPD / e_s(T))), flagged, reported; observed RH is kept."""
+    gap = tha["RH"].isnull().values
+    assert int(gap.sum()) == 61
+    out = prepare_forcing(tha)
+    assert out["RH"].notnull().all() and int(out["RH_filled"].sum()) == 61 and out["RH_filled"].values[gap].all()
+    np.testing.assert_array_equal(out["RH"].values[~gap], tha["RH"].values[~gap])
+    i = int(np.argmax(gap))
+    e_s = 611.2 * np.exp(17.62 * (out["Tair"].values[i] - 273.15) / (out["Tair"].values[i] - 273.15 + 243.12))
+    assert out["RH"].values[i] == pytest.approx(100.0 * (1.0 - 100.0 * out["VPD"].values[i] / e_s), rel=1e-6)
+    report = json.loads(out.attrs["fill_report"])["RH"]
+    assert (report["n_derived"], report["derived_from"]) == (61, "VPD, Tair, Psurf")
+    assert "RH: 61 missing steps derived from VPD, Tair, Psurf" in pp.repair_summary(out)
+
+
 @pytest.mark.parametrize("name", ["AT-Neu_201007-201007_HH.csv", "DE-Tha_201406-201406_HH.csv", "FR-Pue_201205-201205_HH.csv"])
 def test_prepare_forcing_without_swdown_is_an_error(shared_data, name):
     ds = _read(shared_data / "fluxnet" / name)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from hybridlsm.data.schema import DataWarning
 from hybridlsm.evaluation.metrics import rmse
 from hybridlsm.models.empirical import (
     EMPIRICAL_MODELS,
@@ -86,10 +87,12 @@ def test_1lin_2lin_recover_exact_coefficients_and_respect_mask(sites):
     m2 = TwoLin().fit(train, "Qle")
     assert m2.intercept_ == pytest.approx(-300.0, abs=1e-7)
     np.testing.assert_allclose(m2.coef_, [0.4, 1.1], rtol=1e-10)
-    # a missing input value gives a NaN prediction at that step only
+    # a missing input value gives a NaN prediction at that step only, and says so
     test = sites[2].copy()
     test["Tair"] = test.Tair.where(np.arange(test.sizes["time"]) != 10)
-    p = m2.predict(test)
+    with pytest.warns(DataWarning, match=rf"2lin \(Qle\): site XX-S2: 1 of {test.sizes['time']} steps lack an input "
+                      r"\(Tair\); no prediction there"):
+        p = m2.predict(test)
     assert np.isnan(p[10]) and np.isfinite(np.delete(p, 10)).all()
 
 

@@ -436,7 +436,8 @@ def prepare_forcing(
       longer ones (and gaps at the ends) with the mean diurnal cycle of the surrounding
       ``+- diurnal_window_days`` days; each filled value is flagged in ``<var>_filled``.
     - Qair is derived from VPD (or RH) with Tair and Psurf where absent; its ``Qair_filled`` marks
-      values computed from filled inputs.
+      values computed from filled inputs. The other humidity variables the file gives (RH, VPD) get
+      their gaps derived from the filled one with Tair and Psurf, flagged in ``<var>_filled``.
     - LWdown is estimated where missing or absent (:func:`estimate_lwdown`), flagged in
       ``LWdown_estimated`` (and ``LWdown_filled``).
     - The report (per variable: missing, interpolated, diurnal-cycle, estimated, gaps longer than
@@ -502,6 +503,8 @@ def prepare_forcing(
         report["Qair"] = {"n_missing": 0, "n_interpolated": 0, "n_diurnal_cycle": 0, "n_estimated": 0,
                           "derived_from": ", ".join(srcs), "n_from_filled_inputs": int(flag.sum()),
                           "gaps_over_1d": []}
+    for v in (h for h in _HUMIDITY if h not in (hum, "Qair") and h in work):
+        report[v] = _derive_gaps(work, v, hum)
     lw_gaps = find_gaps(work, "LWdown") if "LWdown" in work else None
     lw_in = work[[v for v in ("Tair", "Qair", "Psurf", "SWdown", "LWdown") if v in work]]
     lw_out = fill_lwdown(lw_in, method=lw_method)
@@ -542,6 +545,23 @@ def prepare_forcing(
                  "forcing_max_interp_hours": max_interp_hours,
                  "forcing_diurnal_window_days": -1 if diurnal_window_days is None else diurnal_window_days}
     return out
+
+
+def _derive_gaps(work: xr.Dataset, v: str, hum: str) -> dict:
+    """Fill the gaps of the humidity variable ``v`` (RH or VPD) that the forcing does not use with its
+    value derived from the gap-free ``hum``, Tair and Psurf (exact: the same vapour pressure), flagged
+    in ``<v>_filled``; its fill-report entry. FLUXNET's RH is not gap-filled, and the models that take
+    it (3km27, gbm, an lstm with RH) would otherwise predict nothing at steps every other model has."""
+    gaps = find_gaps(work, v)
+    gap = ~np.isfinite(work[v].values)
+    derived = add_derived(work[[hum, "Tair", "Psurf"]], variables=(v,))[v].values
+    attrs = {**work[v].attrs, "gaps_derived_from": f"{hum}, Tair, Psurf"}
+    work[v] = (work[v].dims, np.where(gap, derived, work[v].values), attrs)
+    work[f"{v}_filled"] = (work[v].dims, gap, {"long_name": f"{v} derived from {hum}, Tair and Psurf where the "
+                                                            "source has none"})
+    return {"n_missing": int(gap.sum()), "n_interpolated": 0, "n_diurnal_cycle": 0, "n_estimated": 0,
+            "n_derived": int(gap.sum()), "derived_from": f"{hum}, Tair, Psurf", "n_gaps": int(len(gaps)),
+            "gaps_over_1d": _long_gaps(gaps)}
 
 
 def _long_gaps(gaps: pd.DataFrame) -> list[dict]:
@@ -600,6 +620,8 @@ def repair_summary(ds: xr.Dataset, targets=()) -> list[str]:
             long = len(r.get("gaps_over_1d", []))
             lines.append(f"{var}: {r['n_interpolated']} steps interpolated, {r['n_diurnal_cycle']} filled from the "
                          f"mean diurnal cycle" + (f" ({long} gap(s) longer than a day)" if long else ""))
+        if r.get("n_derived"):
+            lines.append(f"{var}: {r['n_derived']} missing steps derived from {r['derived_from']}")
         if r.get("n_estimated"):
             why = "the file has none" if r.get("absent_from_source") else "gaps in the measured record"
             lines.append(f"{var}: estimated ({r.get('method') or 'model'}) at {r['n_estimated']} of {n} steps ({why})")

@@ -197,6 +197,10 @@ class EmpiricalModel:
         X = self.features(ds)
         out = np.full(X.shape[0], np.nan)
         ok = self._rows_required_finite(X)
+        if not ok.all():  # never silent: the steps without a prediction are not scored
+            lacking = [v for v in self.inputs if not np.isfinite(_variable(ds, v, self.name)).all()]
+            warnings.warn(f"{self.name} ({self.target}): site {_site(ds)}: {int((~ok).sum())} of {ok.size} steps "
+                          f"lack an input ({', '.join(lacking)}); no prediction there", DataWarning, stacklevel=3)
         if ok.any():
             out[ok] = self._predict(X[ok])
         return out
