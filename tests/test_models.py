@@ -261,7 +261,11 @@ def test_every_model_saves_loads_and_predicts_the_same(site, cfg, tmp_path):
 
     from hybridlsm.models.registry import available_models, load_saved_model
 
+    from hybridlsm.data.schema import DataError
+
     train, val = site
+    hourly = val.column(0).isel(time=slice(None, None, 2))
+    hourly = domain_from_site(hourly.assign_attrs(time_step_s=3600.0))
     ctx = dc_replace(cfg, cache={})
     small = {"lstm": {"hidden_size": 4}, "physics": {"epochs": 2, "calibrate": ["rs_scale", "ra_scale", "albedo"]},
              "ensemble": {"model": "1lin", "size": 2}}
@@ -279,3 +283,11 @@ def test_every_model_saves_loads_and_predicts_the_same(site, cfg, tmp_path):
         for flux in ("Qle", "Qh"):
             assert after[flux].shape == (val.n_steps, 1), name
             np.testing.assert_allclose(after[flux], before[flux], rtol=1e-10, atol=1e-8, err_msg=name)
+        # a network with memory (an LSTM) learned it at the training step: an hourly forcing is refused
+        if name in ("lstm", "hybrid_lstm"):
+            assert again.time_steps == (1800.0,), name
+            with pytest.raises(DataError, match=rf"T-GRA: {name} was trained on 1800 s time steps and this "
+                                                "forcing has 3600 s steps"):
+                spec.predict(again, hourly)
+        else:  # per-step networks, the physics and the regressions run at any step
+            spec.check_domain(again, hourly)

@@ -13,6 +13,7 @@ import xarray as xr
 
 from hybridlsm.config import ConfigError
 from hybridlsm.data import DataError
+from hybridlsm.data.schema import DataWarning
 from hybridlsm.domain import domain_from_grid
 from hybridlsm.evaluation.maps import grid_skill
 from hybridlsm.evaluation.training_curves import training_runs
@@ -239,13 +240,23 @@ def test_a_regional_run_writes_maps_towers_and_a_report_and_applies_to_other_gri
     assert "<h2>Maps</h2>" in (run_dir / "report.html").read_text()
 
     if LITTLE_WASHITA.is_file():  # the trained hybrid applied to a real grid it never saw
-        out = predict(run_dir, "regional_hybrid", [LITTLE_WASHITA], start="1998-10-01", end="1998-10-01",
-                      out=tmp_path / "lw")
+        # of its classes, the virtual region has cropland only: the network sets the fields there, the
+        # physics' own run elsewhere
+        with pytest.warns(DataWarning, match=r"1515 cells of land cover \['DNF', 'GRA', 'SAV'\], which the network "
+                                             r"never saw in training \(its grid had .*CRO"):
+            out = predict(run_dir, "regional_hybrid", [LITTLE_WASHITA], start="1998-10-01", end="1998-10-01",
+                          out=tmp_path / "lw")
         lw = xr.load_dataset(out / f"{LITTLE_WASHITA.stem}_regional_hybrid.nc")
         assert lw["Qh"].shape == (24, 41, 41) and np.isfinite(lw["Qh"].values).all()
+        cro = lw["igbp"].values == "CRO"
+        assert int(cro.sum()) == 166
+        np.testing.assert_array_equal(lw["fallback"].values[:, ~cro], 1.0)
+        prov = json.loads((out / "provenance.json").read_text())["columns"][LITTLE_WASHITA.stem]
+        assert sum(w == "class GRA not in the training grid: the physics' own K_h and r_s" for w in prov.values()) == 1098
         # one day is shorter than the 48-hour window: one window of the day, not zero fields clipped
         # to the multiplier's lower bound (1e-2), as before
-        assert float(lw["exchange_field"].min()) > 0.05 and float(lw["rs_field"].min()) > 100.0
+        assert float(lw["exchange_field"].values[:, cro].min()) > 0.05
+        assert float(lw["rs_field"].values[:, cro].min()) > 100.0
     if WRF.is_file():  # one water cell is not a column: it is not modelled, the 79 land cells are
         out = predict(run_dir, "regional_fixed_kh", [WRF], out=tmp_path / "wrf")
         wrf = xr.load_dataset(next(out.glob("*regional_fixed_kh.nc")))
@@ -288,6 +299,51 @@ def test_regional_models_save_load_and_predict_the_same(name, tmp_path):
     before, after = spec.predict(model, domain), spec.predict(again, domain)
     assert after["Qh"].shape == (8, 12) and np.isfinite(after["Qh"]).all()
     np.testing.assert_allclose(after["Qh"], before["Qh"], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # two tiny regional predictions
+def test_a_regional_network_refuses_another_time_step_and_the_hybrid_runs_the_physics_for_unseen_classes(tmp_path):
+    """What the training grid had is kept with the model: at another time step the networks are
+    refused; cells of a class the network never saw run the physics' own fields (the hybrid, with a
+    warning and their provenance), or are refused (the pure network, which has no physics)."""
+    from dataclasses import replace
+
+    from hybridlsm.models.registry import get_model, load_saved_model, validate_options
+
+    domain = domain_from_grid(_grid(t=8))  # GRA and CRO cells, hourly
+    small = {"embed_size": 4, "encoder_channels": [4, 4, 4], "decoder_channels": [4, 4, 4], "gru_hidden": 4,
+             "attention_size": 8, "window_hours": 6, "warmup_hours": 1, "dropout": 0.0}
+    spec = get_model("regional_hybrid")
+    opts = validate_options("regional_hybrid", small)
+    model = replace(spec.build(opts), trained_classes=("CRO",), time_steps=(3600.0,))
+    spec.save(model, opts, tmp_path / "hybrid")
+    _, _, again = load_saved_model(tmp_path / "hybrid")
+    assert (again.trained_classes, again.time_steps) == (("CRO",), (3600.0,))
+    gra = domain.static_value("igbp").astype(str) == "GRA"
+    assert int(gra.sum()) == 6
+    with pytest.warns(DataWarning, match=r"toy: 6 cells of land cover \['GRA'\], which the network never saw in "
+                                         r"training \(its grid had CRO\), run the physics' own K_h and r_s"):
+        out = spec.predict(again, domain)
+    np.testing.assert_array_equal(out["fallback"][:, gra], 1.0)
+    np.testing.assert_array_equal(out["fallback"][:, ~gra], 0.0)
+    physics = get_model("regional_fixed_kh")
+    fixed = physics.predict(physics.build(validate_options("regional_fixed_kh", {"window_hours": 6,
+                                                                                 "warmup_hours": 1})), domain)
+    # the physics' own fields there (its K_h law, LaD's r_s of the class, inside the hybrid's r_s bounds);
+    # the untrained network's r_s elsewhere
+    np.testing.assert_allclose(out["exchange_field"][:, gra], 1.0)
+    np.testing.assert_allclose(out["rs_field"][:, gra], np.clip(fixed["rs_field"][:, gra], 1e2, 1e4), rtol=1e-5)
+    assert np.abs(out["rs_field"][:, ~gra] - np.clip(fixed["rs_field"][:, ~gra], 1e2, 1e4)).min() > 50.0
+    where = spec.provenance(again, domain)
+    assert where.count("class GRA not in the training grid: the physics' own K_h and r_s") == 6
+    with pytest.raises(DataError, match=r"toy: regional_hybrid was trained on 1800 s time steps and this forcing "
+                                        r"has 3600 s steps"):
+        spec.predict(replace(again, time_steps=(1800.0,)), domain)
+    cnn = get_model("regional_cnn_lstm")
+    net = replace(cnn.build(validate_options("regional_cnn_lstm", small)), trained_classes=("CRO",))
+    with pytest.raises(DataError, match=r"toy: 6 cells of land cover \['GRA'\], which regional_cnn_lstm never saw "
+                                        r"in training .* no physics to fall back to"):
+        cnn.predict(net, domain)
 
 
 @pytest.mark.slow  # two regional hybrids' predictions and a save/load; in make test, not test-fast

@@ -158,6 +158,7 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
      "holds 1 step; give at least two"),
     (["--model", "physics", "SITE", "SITE"], "map to the same folder name"),
     (["--model", "physics", "ICE"], "IGBP class 'SNO' has no LaD parameters"),
+    (["--model", "lstm", "GRID"], "lstm was trained on 1800 s time steps and this forcing has 3600 s steps"),
 ])
 def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
     ice = run_dir / "ice.nc"  # a corner of the Little Washita grid with one cell of permanent snow and ice
@@ -166,7 +167,8 @@ def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
         grid["land_cover"][0, 0] = 15
         grid.to_netcdf(ice)
     files = {"SITE": str(shared_data / "fluxnet" / US_CRT), "ICE": str(ice),
-             "NOSW": str(shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv")}  # bigleaf month: no SWdown
+             "NOSW": str(shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv"),  # bigleaf month: no SWdown
+             "GRID": str(shared_data / "gridded" / GRID)}  # hourly
     # in this process (the other tests start `hybridlsm predict` as a user does): each refusal comes
     # before any model runs, so a new process would mostly pay JAX's start-up
     result = CliRunner().invoke(app, ["predict", str(run_dir), *[files.get(a, a) for a in args], "--out",

@@ -181,7 +181,8 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
                 have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
                 raise PredictError(f"model {label} ({spec.name}) needs {missing}, which the file does not give "
                                    f"(it has {have})")  # fmt: skip
-            where = spec.provenance(model, d)  # also checks each column's land-cover class
+            spec.check_domain(model, d)  # its time step, each column's land-cover class, ...
+            where = spec.provenance(model, d)
         except ValueError as err:  # DataError, PredictError, and the forcing checks' ValueError
             message = str(err)
             raise PredictError(message if str(f) in message else f"{f}: {message}") from None

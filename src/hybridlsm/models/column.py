@@ -106,6 +106,8 @@ class ColumnModel(eqx.Module):
             unconstrained offsets of ``static_parameters`` from its defaults (differentiable
             parameter learning, Tsai et al. 2021: one network for every site, so a new site gets
             its parameters from its attributes); the offsets are the output ``STATIC_OFFSETS``
+        time_steps: the time steps [s] of the training data: a ``dynamic_net`` learned its memory at
+            them, and a domain at another step is refused (``registry.check_time_step``)
     """
 
     land: AbstractLandModel
@@ -126,6 +128,7 @@ class ColumnModel(eqx.Module):
     dynamic_aleatoric: eqx.Module | None = None  # hybrid_lstm, likelihood gaussian: the SDs' GaussianHead
     parameter_net: eqx.Module | None = None  # static attributes -> offsets of static_parameters
     static_parameters: tuple[str, ...] = eqx.field(static=True, default=())
+    time_steps: tuple[float, ...] = eqx.field(static=True, default=())  # of the training data (dynamic_net's memory)
 
     # ---------------------------------------------------------------------- parameters
     def site_params(self, base: dict) -> dict:
@@ -463,7 +466,7 @@ def column_structure(model: ColumnModel) -> dict:
     """What a saved ColumnModel's skeleton needs beyond its options: the names of its offsets (a
     hybrid takes every calibrated one from the physics it starts from) and the per-site layout."""
     return {"deltas": sorted(model.deltas), "sites": list(model.sites), "site_classes": list(model.site_classes),
-            "calibrated_on": list(model.calibrated_on)}  # fmt: skip
+            "calibrated_on": list(model.calibrated_on), "time_steps": list(model.time_steps)}  # fmt: skip
 
 
 def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
@@ -472,7 +475,8 @@ def column_skeleton(model: ColumnModel, structure: dict) -> ColumnModel:
     model = replace(model, deltas={k: jnp.zeros((), dtype) for k in structure["deltas"]})
     if structure["sites"]:
         model = model.per_site(structure["sites"], structure["site_classes"])
-    return replace(model, calibrated_on=tuple(structure["calibrated_on"]))
+    return replace(model, calibrated_on=tuple(structure["calibrated_on"]),
+                   time_steps=tuple(structure.get("time_steps", ())))  # absent: saved by an older hybridlsm
 
 
 def column_provenance(model: ColumnModel, domain: Domain) -> list[str]:

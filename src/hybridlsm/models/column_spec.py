@@ -15,7 +15,7 @@ from .column import (
     column_structure,
     predict_column_model,
 )
-from .registry import EquinoxSpec
+from .registry import EquinoxSpec, check_time_step
 from .streaming import stream_column_model
 
 __all__ = ["ColumnSpec"]
@@ -33,7 +33,12 @@ class ColumnSpec(EquinoxSpec):
     def skeleton(self, options, structure: dict) -> ColumnModel:
         return column_skeleton(self.build(options), structure)
 
+    def check_domain(self, model: ColumnModel, domain: Domain) -> None:
+        if model.dynamic_net is not None:  # per-step networks (hybrid_param, hybrid_flux) run at any step
+            check_time_step(self.name, model.time_steps, domain)
+
     def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
+        self.check_domain(model, domain)
         return predict_column_model(model, domain)
 
     def provenance(self, model: ColumnModel, domain: Domain) -> list[str]:

@@ -374,6 +374,10 @@ class EnsembleSpec(ModelSpec):
         return Ensemble(names, tuple(get_model(n).load(options.member(k), Path(directory) / f"member_{k}")
                                      for k, n in enumerate(names)), weights=None if weights is None else tuple(weights))
 
+    def check_domain(self, model: Ensemble, domain: Domain) -> None:
+        for name, member in zip(model.models, model.members):
+            get_model(name).check_domain(member, domain)
+
     def provenance(self, model: Ensemble, domain: Domain) -> list[str]:
         # every member is trained on the same sites: the first says where the parameters come from
         members = get_model(model.models[0]).provenance(model.members[0], domain)

@@ -61,7 +61,7 @@ from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURE
                        n_static_features, forcing_features,
                        stability_features, state_features)
 from .physics import DEFAULT_CALIBRATED, LandOptions, PhysicsOptions, calibrate_physics, calibrated_offsets
-from .registry import EquinoxSpec, TrainingContext, register_model
+from .registry import EquinoxSpec, TrainingContext, register_model, training_time_steps
 
 MULTIPLIED = ("ra_scale", "rs_scale")
 #: dropout passes per step that measure the network's spread for the epistemic fallback
@@ -492,6 +492,7 @@ def start_from_physics(model: ColumnModel, train, val, ctx: TrainingContext, opt
     Calibration on whole records captures seasonal water storage that the hybrid's windows cannot
     (module ``column_fit``), so the network learns what calibrated physics misses; its multipliers
     and energy split start at the calibrated physics (multiplier 1, bulk split)."""
+    model = replace(model, time_steps=training_time_steps(train))
     if opts.physics_init == "default":
         return model, None, ColumnModel(land=opts.lad(), deltas={})
     physics = calibrate_physics(

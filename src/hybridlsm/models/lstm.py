@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import equinox as eqx
@@ -42,7 +43,13 @@ from hybridlsm.config import ALLOWED_TARGETS
 from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
-from hybridlsm.models.registry import EquinoxSpec, TrainingContext, register_model
+from hybridlsm.models.registry import (
+    EquinoxSpec,
+    TrainingContext,
+    check_time_step,
+    register_model,
+    training_time_steps,
+)
 from hybridlsm.neural import LSTM, MC_KEY, MC_SAMPLES, TARGET_STD_RANGE, GaussianHead, Normaliser, mc_batch_size, mc_dropout
 from hybridlsm.training.losses import gaussian_nll, masked_mse
 from hybridlsm.training.trainer import fit
@@ -104,6 +111,8 @@ class LSTMBaseline(eqx.Module):
     mc_samples: int = eqx.field(static=True, default=MC_SAMPLES)
     #: the heteroscedastic head (``likelihood: gaussian``); None: point predictions
     head: GaussianHead | None = None
+    #: the time steps [s] of the training data (the memory is learned at them; ``check_time_step``)
+    time_steps: tuple[float, ...] = eqx.field(static=True, default=())
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """Standardised targets ``(T, [N,] K)`` from raw features ``(T, [N,] F)`` (with a Gaussian
@@ -348,7 +357,7 @@ class LSTMModel(EquinoxSpec):
               ctx: TrainingContext) -> LSTMBaseline:
         """Fit with :func:`~hybridlsm.training.trainer.fit`; resumes from the context's checkpoints."""
         train_data = [ds for d in train for ds in d.columns()]
-        model = self.with_statistics(model, train_data)
+        model = replace(self.with_statistics(model, train_data), time_steps=training_time_steps(train))
         groups = _make_windows(model, train_data, ctx)
         if not any(g["m"].any() for g in groups.values()):
             raise ValueError("lstm.train: no usable target value in the training windows (check QC and split)")
@@ -378,10 +387,21 @@ class LSTMModel(EquinoxSpec):
                      resume=ctx.checkpoint_dir is not None)  # fmt: skip
         return result.model
 
+    def structure(self, model: LSTMBaseline) -> dict:
+        return {"time_steps": list(model.time_steps)}
+
+    def skeleton(self, options: LSTMOptions, structure: dict) -> LSTMBaseline:
+        return replace(self.build(options), time_steps=tuple(structure.get("time_steps", ())))
+
+    def check_domain(self, model: LSTMBaseline, domain: Domain) -> None:
+        check_time_step(self.name, model.time_steps, domain)
+
     def predict(self, model: LSTMBaseline, domain: Domain, *, key: jax.Array | None = None) -> dict[str, np.ndarray]:
         """``{target: (T, N) W m-2}`` over the whole domain (one sequence per column from a zero state);
         with dropout the mean of ``mc_samples`` MC-dropout passes and ``<target>_sd``; with a Gaussian
-        head also ``<target>_sd_aleatoric`` (module docstring)."""
+        head also ``<target>_sd_aleatoric`` (module docstring). A domain at a time step the model was
+        not trained at is refused (``check_time_step``)."""
+        self.check_domain(model, domain)
         x = np.stack([_fill_inputs(model, dataset_features(ds, model.inputs, model.hour_features), _site(ds))
                       for ds in domain.columns()], axis=1)  # fmt: skip
         x = jnp.asarray(x, dtype=model.dtype)

@@ -25,7 +25,10 @@ With ``fallback_threshold`` a hybrid's prediction (and the validation residual S
 wherever the network's dropout passes disagree by more than it (``models.regional.epistemic_fallback``):
 to the physics' own K_h and r_s (``fallback_to: physics``), or to the hybrid's own class means over
 its training steps (``class_mean``: ``models.regional.class_reference``, kept with the model so that
-it applies to other grids).
+it applies to other grids). The model also keeps the classes of its training grid's cells and its
+time step: at a cell of a class its network never saw the hybrid runs the physics' own K_h and r_s
+(a DataWarning names them; the pure network refuses them), and a grid at another time step is
+refused (``registry.check_time_step``).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ from .regional import (
     train_regional,
     with_residual_sd,
 )
-from .registry import EquinoxSpec, TrainingContext, register_model
+from .regional_loop import Fallback
+from .registry import EquinoxSpec, TrainingContext, check_time_step, register_model, training_time_steps
 
 __all__ = ["RegionalOptions", "RegionalRun"]
 
@@ -150,6 +154,11 @@ class RegionalRun(eqx.Module):
     settings: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
     residual: tuple[tuple[str, float, float], ...] = eqx.field(static=True, default=())
     reference: tuple[tuple[str, float, float], ...] = eqx.field(static=True, default=())
+    #: the classes of the training grid's modelled cells and its time steps [s] (() : saved by an older
+    #: hybridlsm, nothing checked): a network has learned nothing of another class, and its GRU and
+    #: convolutions in time learned the memory of the land at its step (``unseen_classes``)
+    trained_classes: tuple[str, ...] = eqx.field(static=True, default=())
+    time_steps: tuple[float, ...] = eqx.field(static=True, default=())
 
     def residual_table(self) -> dict:
         return {name: {"day": day, "night": night} for name, day, night in self.residual}
@@ -158,6 +167,14 @@ class RegionalRun(eqx.Module):
         """The epistemic fallback's class reference, {class: (K_h or its multiplier, r_s)}
         (``models.regional.class_reference``), or None: the fallback is to the physics' own."""
         return {c: (kh, rs) for c, kh, rs in self.reference} or None
+
+    def unseen_classes(self, domain: Domain) -> np.ndarray:
+        """(N,) bool: the columns of ``domain`` whose land cover the network never saw in training
+        (all False for the physics alone, or a model saved without its training classes)."""
+        classes = domain.static_value("igbp").astype(str)
+        if self.model is None or not self.trained_classes:
+            return np.zeros(classes.shape, bool)
+        return ~np.isin(classes, self.trained_classes)
 
 
 def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
@@ -203,14 +220,16 @@ class RegionalSpec(EquinoxSpec):
 
     def structure(self, model: RegionalRun) -> dict:
         return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual},
-                "fallback_reference": {c: [kh, rs] for c, kh, rs in model.reference}}
+                "fallback_reference": {c: [kh, rs] for c, kh, rs in model.reference},
+                "trained_classes": list(model.trained_classes), "time_steps": list(model.time_steps)}
 
     def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
         run = self.build(options)
         residual = tuple((n, float(d), float(e)) for n, (d, e) in sorted(structure.get("residual_sd", {}).items()))
         reference = tuple((c, float(kh), float(rs)) for c, (kh, rs) in sorted(structure.get("fallback_reference", {}).items()))
         return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())), residual=residual,
-                       reference=reference)
+                       reference=reference, trained_classes=tuple(structure.get("trained_classes", ())),
+                       time_steps=tuple(structure.get("time_steps", ())))
 
     def required_inputs(self, options: RegionalOptions) -> tuple[str, ...]:
         return ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip")
@@ -229,7 +248,9 @@ class RegionalSpec(EquinoxSpec):
         if check.n_columns != grid.n_columns or check.n_steps != grid.n_steps:
             raise DataError("the regional models validate on the training grid's other steps (a time split)")
         data = self._data(model, grid_record(grid, options.targets, ctx.max_qc))
-        model = replace(model, constants=tuple(sorted(data.constants.items())))
+        seen = tuple(sorted({data.classes[i] for i in np.unique(data.cell_class[data.active])}))
+        model = replace(model, constants=tuple(sorted(data.constants.items())), trained_classes=seen,
+                        time_steps=training_time_steps(train))
         window, warmup = _steps(grid, options.window_hours), _steps(grid, options.warmup_hours)
         split = {"train": grid.data["loss_mask"].values.any(axis=1), "val": check.data["loss_mask"].values.any(axis=1)}
         if model.model is not None:
@@ -248,9 +269,10 @@ class RegionalSpec(EquinoxSpec):
                             split["val"])
         return replace(model, residual=tuple((n, p["day"], p["night"]) for n, p in sorted(table.items())))
 
-    def provenance(self, model: RegionalRun, domain: Domain) -> list[str]:
-        """Checks that the regional models can run ``domain`` (``hybridlsm predict`` calls this
-        before writing anything): a grid, each column of a class the model knows."""
+    def check_domain(self, model: RegionalRun, domain: Domain) -> None:
+        """A grid, each column of a class of the model's one-hot, at a time step the network was
+        trained at; the pure network also refuses classes it never saw (it has no physics to fall
+        back to; the hybrid runs the physics' own fields there: ``provenance``)."""
         if domain.kind != "grid":
             raise DataError(f"{domain.name}: the regional models need a grid; the domain has {domain.n_columns} "
                             f"{domain.kind} column(s) (the column models run on sites)")
@@ -259,17 +281,32 @@ class RegionalSpec(EquinoxSpec):
             raise DataError(f"{domain.name}: cells of land cover {unknown} ('' = none in the file), which the model "
                             f"does not know (it knows {', '.join(model.classes)}); data.grid.igbp gives a class to "
                             "cells without one")
-        return ["shared model (no per-cell parameters)"] * domain.n_columns
+        if model.model is not None:
+            check_time_step(self.name, model.time_steps, domain)
+        unseen = model.unseen_classes(domain)
+        if unseen.any() and isinstance(model.model, CNNLSTM):
+            raise DataError(f"{domain.name}: {int(unseen.sum())} cells of land cover {_classes(domain, unseen)}, which "
+                            f"{self.name} never saw in training (its grid had {', '.join(model.trained_classes)}): the "
+                            "network has learned nothing of them and has no physics to fall back to; mask those "
+                            "cells out of the grid, or train on a grid that has them")
+
+    def provenance(self, model: RegionalRun, domain: Domain) -> list[str]:
+        """Per cell: the shared model, or the physics' own fields where the hybrid's network never saw
+        the cell's class (``check_domain`` first)."""
+        self.check_domain(model, domain)
+        classes = domain.static_value("igbp").astype(str)
+        return [f"class {c} not in the training grid: the physics' own K_h and r_s" if u else
+                "shared model (no per-cell parameters)" for c, u in zip(classes, model.unseen_classes(domain))]
 
     def predict(self, model: RegionalRun, domain: Domain) -> dict:
-        self.provenance(model, domain)
+        self.check_domain(model, domain)
         # cells of the grid that are not columns (NaN in grid_dataset) are not modelled
         data = self._data(model, domain.grid_dataset())
         cfg = dict(model.settings)
         window, warmup = _steps(domain, cfg["window_hours"]), _steps(domain, cfg["warmup_hours"])
         net = model.model if model.model is not None else fixed_kh_model(data)
         samples = int(cfg["mc_samples"]) if model.model is not None else 0
-        fallback = _fallback(model, net, data, window, warmup)
+        fallback = _with_unseen(_fallback(model, net, data, window, warmup), model, domain)
         if samples < 2:
             out = predict_regional(net, data, window=window, warmup=warmup, fallback=fallback)
         else:
@@ -290,6 +327,33 @@ def _fallback(model: RegionalRun, net, data, window: int, warmup: int):
                       "older hybridlsm); its epistemic fallback runs the physics' own fields", DataWarning, stacklevel=3)
     return epistemic_fallback(net, data, float(cfg["fallback_threshold"]), window=window, warmup=warmup,
                               seed=int(cfg["seed"]), reference=model.reference_table())
+
+
+def _classes(domain: Domain, cells: np.ndarray) -> list[str]:
+    return sorted(str(c) for c in set(domain.static_value("igbp").astype(str)[cells]))
+
+
+def _with_unseen(fallback: Fallback | None, model: RegionalRun, domain: Domain) -> Fallback | None:
+    """``fallback`` with the hybrid's cells of classes its network never saw falling back to the
+    physics' own K_h and r_s at every step (a DataWarning names them); unchanged without such cells."""
+    unseen = model.unseen_classes(domain)
+    if not unseen.any():
+        return fallback
+    warnings.warn(f"{domain.name}: {int(unseen.sum())} cells of land cover {_classes(domain, unseen)}, which the "
+                  f"network never saw in training (its grid had {', '.join(model.trained_classes)}), run the "
+                  "physics' own K_h and r_s", DataWarning, stacklevel=3)
+    cells = np.zeros(int(np.prod(domain.layout.shape)), bool)  # every cell of the grid, as grid_dataset's
+    cells[np.asarray(domain.layout.cell_index)] = unseen
+    steps = np.ones((domain.n_steps, 1), bool)
+    if fallback is None:
+        mask = jnp.asarray(steps & cells[None])
+        return Fallback(mask, mask)
+
+    def value(v):
+        return None if v is None else jnp.where(jnp.asarray(cells), jnp.nan, v)
+
+    return Fallback(fallback.kh_mask | cells[None], fallback.rs_mask | cells[None], value(fallback.kh_value),
+                    value(fallback.rs_value))
 
 
 def _mc_prediction(net, data, samples: int, seed: int, window: int, warmup: int, fallback=None) -> dict:

@@ -22,6 +22,8 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   leaves + JSON by default, no pickle; ``model.json`` records every file's SHA-256, checked on
   load); ``reuse(...)`` offers a model a resumed run finds saved to the models trained after it
   (the calibrated physics the hybrids start from);
+  ``check_domain(model, domain)`` refuses a domain the model cannot predict (a time step other than
+  the one a network with memory was trained at: ``check_time_step``);
   ``provenance(model, domain)`` says, per column, where the
   parameters it predicts with come from (a trained site's own, or what transfers).
 
@@ -49,6 +51,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from ..config import RunConfig, TrainConfig, load_config, validate_config
+from ..data.schema import DataError
 from ..rundir import atomic_write, problem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,11 +66,13 @@ __all__ = [
     "TrainingContext",
     "UnknownModelError",
     "available_models",
+    "check_time_step",
     "data_key",
     "trained_key",
     "get_model",
     "load_run_config",
     "register_model",
+    "training_time_steps",
     "validate_options",
     "validate_run_config",
 ]
@@ -229,6 +234,11 @@ class ModelSpec(abc.ABC):
         """A resumed run found this model trained and saved: offer it to the models trained after
         it (``ctx.cache``). Default: nothing to offer."""
 
+    def check_domain(self, model: Any, domain: Domain) -> None:
+        """Refuse a domain this model cannot predict, with a DataError saying why (``hybridlsm
+        predict`` checks every input before it writes anything; ``predict`` checks too). Default:
+        nothing beyond ``required_inputs``."""
+
     def provenance(self, model: Any, domain: Domain) -> list[str]:
         """Per column: where the parameters used for it come from (default: one shared model)."""
         return ["shared model (no per-site parameters)"] * domain.n_columns
@@ -245,6 +255,28 @@ class ModelSpec(abc.ABC):
         from ..physics import FORCING_VARIABLES
 
         return tuple(v for v, _ in FORCING_VARIABLES.values())
+
+
+def training_time_steps(domains: Sequence[Domain]) -> tuple[float, ...]:
+    """The time steps [s] of the training data, for a model whose networks carry memory from step to
+    step (``check_time_step``)."""
+    return tuple(sorted({float(d.time_step_s) for d in domains}))
+
+
+def check_time_step(label: str, trained: Sequence[float], domain: Domain) -> None:
+    """Refuse ``domain`` if its time step is not one the model ``label`` was trained at.
+
+    An LSTM's memory, a GRU over a window of steps and a convolution in time learn how fast the
+    state of the land forgets at the step they see: at another step the same weights mean other
+    time scales, and the fluxes degrade without any error (a half-hourly LSTM run hourly). ``()``:
+    the model was saved without its training step (by an older hybridlsm), so nothing is checked."""
+    step = float(domain.time_step_s)
+    if not trained or any(abs(step - t) <= 1e-6 * t for t in trained):
+        return
+    at = " or ".join(f"{t:g}" for t in trained)
+    raise DataError(f"{domain.name}: {label} was trained on {at} s time steps and this forcing has {step:g} s steps; "
+                    f"its networks' memory would span other time scales: resample the forcing to {at} s, or train "
+                    "the model on data at this step")
 
 
 def _cast_leaf(f, x):
