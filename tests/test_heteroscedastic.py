@@ -19,6 +19,7 @@ import xarray as xr
 from hybridlsm.data.virtual import virtual_site
 from hybridlsm.domain import domain_from_site
 from hybridlsm.models.lstm import LSTMModel
+from hybridlsm.models.column import predict_column_model
 from hybridlsm.models.registry import TrainingContext, get_model, load_saved_model, validate_options
 from hybridlsm.models.registry import validate_run_config as validate_config
 from hybridlsm.neural import GaussianHead
@@ -181,6 +182,12 @@ def test_post_correction_with_gaussian_writes_aleatoric_sd(tmp_path):
         assert f"{t}_var" not in out
     # in W m-2: of the order of the physics' error (scale), not of the standardised units
     assert 0.1 * model.scale[0] < np.median(out["Qle_sd"]) < 10.0 * model.scale[0]
+    # the evaporation moves with the corrected Qle (over L_v at the air temperature); the rest is the physics'
+    physics = predict_column_model(model.physics, val)
+    lv = 2.501e6 - 2370.0 * (val.data["Tair"].values - 273.15)
+    np.testing.assert_allclose(out["Evap"] - physics["Evap"], (out["Qle"] - physics["Qle"]) / lv, rtol=1e-9, atol=1e-15)
+    assert np.abs(out["Qle"] - physics["Qle"]).min() > 0.1  # the short training moved Qle a little
+    np.testing.assert_array_equal(out["Rnet"], physics["Rnet"])
     spec.save(model, opts, tmp_path / "pc")
     _, _, again = load_saved_model(tmp_path / "pc")
     after = spec.predict(again, val)

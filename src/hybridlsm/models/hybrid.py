@@ -35,6 +35,7 @@ from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, TARGET_STD_RANGE, BoundedHe
 from ..physics import PARAMETERS, AbstractLandModel, LaDModel, LaDState
 from ..physics.closure import BulkClosure, Closure, SurfaceContext, TurbulentFluxes
 from ..physics.exchange import ExchangeLaw
+from ..thermo import latent_heat_vaporisation
 from ..training.losses import gaussian_nll, log_multiplier_prior, sparsity_l1
 from ..training.members import stack_members, unstack_members
 from ..training.trainer import fit
@@ -637,6 +638,11 @@ class PostCorrection(eqx.Module):
     """Calibrated (or default) LaD followed by an MLP that corrects its Qh / Qle from the physics
     outputs, states and forcing (residual form: corrected = physics + scale * MLP).
 
+    A statistical correction of two outputs, not of the physics: Evap moves with the corrected Qle
+    (the correction over the latent heat of vaporisation at the air temperature), so that the
+    written water and energy fluxes agree; Rnet, Qg, the surface temperature and the states stay
+    the physics', so Rnet - Qh - Qle - Qg no longer closes by the correction (``predict``).
+
     With ``likelihood: gaussian`` the MLP's 2K outputs go through a :class:`GaussianHead`: the
     correction's mean and an aleatoric SD (``scale`` units, in ````neural.TARGET_STD_RANGE````), trained with the masked Gaussian negative log-likelihood."""
 
@@ -786,10 +792,15 @@ class PostCorrectionSpec(EquinoxSpec):
             res = corrected(_correct(model, x))
             for t in model.targets if gaussian else ():
                 res[f"{t}_sd"] = res[f"{t}_sd_aleatoric"] = np.sqrt(res.pop(f"{t}_var"))
-            return out | res
-        batch = mc_batch_size(model.mc_samples, (16 if gaussian else 8) * x.shape[0] * x.shape[1] * len(model.targets))
-        return out | mc_dropout(lambda keys: corrected(_sample_corrections(model, x, keys)),
-                                jax.random.key(MC_KEY) if key is None else key, model.mc_samples, model.targets, batch)
+        else:
+            batch = mc_batch_size(model.mc_samples,
+                                  (16 if gaussian else 8) * x.shape[0] * x.shape[1] * len(model.targets))
+            res = mc_dropout(lambda keys: corrected(_sample_corrections(model, x, keys)),
+                             jax.random.key(MC_KEY) if key is None else key, model.mc_samples, model.targets, batch)
+        if "Qle" in res:  # the evaporation that the corrected latent heat flux means
+            lv = latent_heat_vaporisation(np.asarray(domain.data["Tair"].values, np.float64))
+            res["Evap"] = out["Evap"] + (res["Qle"] - out["Qle"]) / lv
+        return out | res
 
     def provenance(self, model, domain):
         return [f"correction network shared by every column; physics: {p}"
