@@ -144,6 +144,17 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     assert "vgrid" in json.loads((out / "provenance.json").read_text())["columns"]
     again = _cli("predict", str(run_dir), str(store), "--model", "physics", "--out", str(out))
     assert again.returncode == 2 and "exists; streamed outputs are never replaced" in again.stderr
+    # a period: the model runs from the store's start (as for a file in memory) and writes the period
+    # only, the last day of the same prediction up to --end
+    for name, first in (("day", ["--start", "2011-05-02"]), ("to-end", [])):
+        result = _cli("predict", str(run_dir), str(store), "--model", "physics", *first, "--end", "2011-05-02T23:30",
+                      "--out", str(run_dir / f"applied-zarr-{name}"))
+        assert result.returncode == 0, result.stderr[-3000:]
+    cut, to_end = (xr.open_zarr(run_dir / f"applied-zarr-{n}" / "vgrid_physics.zarr") for n in ("day", "to-end"))
+    assert cut.sizes["time"] == 48 and str(cut["time"].values[0])[:16] == "2011-05-02T00:00"
+    assert to_end.sizes["time"] == 96
+    np.testing.assert_allclose(cut["Qle"].values, to_end["Qle"].values[48:], rtol=1e-5, atol=1e-4)
+    assert np.abs(cut["Qle"].values).max() > 50.0
     refused = _cli("predict", str(run_dir), str(store), "--model", "1lin", "--out", str(run_dir / "no-zarr"))
     assert refused.returncode == 2 and "cannot run streamed" in refused.stderr, refused.stderr[-2000:]
     assert not (run_dir / "no-zarr").exists()

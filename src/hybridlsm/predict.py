@@ -113,8 +113,9 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
 
 
 def _open_store(path: Path, spec, options, label: str, start: str | None, end: str | None, out: Path):
-    """(store, lazy dataset, output store) of a zarr grid, checked: it opens, has the model's inputs,
-    its period is not empty, and the output store does not exist yet."""
+    """(store, lazy dataset up to ``end``, output store, index of the period's first step) of a zarr
+    grid, checked: it opens, has the model's inputs, its period is not empty, and the output store
+    does not exist yet."""
     import xarray as xr
 
     try:
@@ -122,10 +123,15 @@ def _open_store(path: Path, spec, options, label: str, start: str | None, end: s
     except Exception as err:  # zarr and xarray raise many kinds; the message says which
         raise PredictError(f"{path}: cannot be opened as a zarr store ({type(err).__name__}: {err})") from None
     source.encoding["source"] = str(path)
+    write_from = 0
     if start is not None or end is not None:
-        source = source.sel(time=slice(start, end))
-        if source.sizes.get("time", 0) == 0:
+        # as for a file in memory: the model runs from the store's start (spin-up, states) up to --end
+        # and only the period's steps are written
+        period = source.sel(time=slice(start, end))
+        if period.sizes.get("time", 0) == 0:
             raise PredictError(f"{path}: no time step between {start} and {end}")
+        source = source.sel(time=slice(None, end))
+        write_from = int(np.searchsorted(source["time"].values, period["time"].values[0]))
     missing = [v for v in spec.required_inputs(options) if v not in source]
     if missing:
         raise PredictError(f"{path}: model {label} ({spec.name}) needs {missing}, which the store does not give "
@@ -133,7 +139,7 @@ def _open_store(path: Path, spec, options, label: str, start: str | None, end: s
     store = out / f"{site_file_name(path.stem)}_{label}.zarr"
     if store.exists():
         raise PredictError(f"{store} exists; streamed outputs are never replaced: give another --out or remove it")
-    return path, source, store
+    return path, source, store, write_from
 
 
 def _cut(outputs: dict, lead_in: Domain, period: Domain) -> dict:
@@ -197,9 +203,10 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
         return {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
                 "trained_model": str(directory.relative_to(run_dir)), "source_file": str(source_file)}  # fmt: skip
 
-    for path, source, store in streams:
+    for path, source, store, write_from in streams:
         try:
-            spec.stream(model, source, store, land_cover=source.get("land_cover"), attrs=attrs_of(path))
+            spec.stream(model, source, store, land_cover=source.get("land_cover"), attrs=attrs_of(path),
+                        write_from=write_from)
         except StreamingUnsupported as err:
             raise PredictError(f"{path}: {err}") from None
         provenance[path.stem] = {"store": str(store), "parameters": "per cell: the defaults of its land-cover class "

@@ -245,7 +245,8 @@ class ModelSpec(abc.ABC):
 
     def stream(self, model: Any, source: Any, store: Path, **options) -> Path:
         """Run over a gridded forcing too large for memory (``source`` an ``xr.Dataset`` read lazily,
-        outputs written to the zarr ``store`` as they are produced; ``models.streaming``). Default:
+        outputs written to the zarr ``store`` as they are produced; ``models.streaming``;
+        ``options["write_from"]``: the first step written, the steps before a lead-in). Default:
         this model cannot (``StreamingUnsupported``)."""
         raise StreamingUnsupported(f"model type {self.name!r} cannot run streamed over a grid beyond memory; "
                                    "the column models (physics, hybrid_param, hybrid_flux) can")  # fmt: skip

@@ -222,6 +222,7 @@ def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.nd
 
 def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], time_chunk: int,
               rows: int) -> xr.Dataset:
+    """The output store's metadata over ``source``'s steps (those written)."""
     import dask.array as da
 
     shape = (source.sizes["time"], source.sizes[ydim], source.sizes[xdim])
@@ -235,7 +236,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
                         outputs: Sequence[str] = STREAM_OUTPUTS, time_chunk: int = 720,
                         cells_per_block: int = 4096, spinup_days: float = 30.0,
                         land_cover: xr.DataArray | None = None, canopy_height: float | None = None,
-                        measurement_height: float | None = None, progress: bool = True, attrs: dict | None = None) -> Path:
+                        measurement_height: float | None = None, progress: bool = True, attrs: dict | None = None,
+                        write_from: int = 0) -> Path:
     """Run ``model`` over the lazily read grid ``source`` into the zarr store ``store`` (module
     docstring); returns the store's path.
 
@@ -251,6 +253,9 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
             ``source.attrs["igbp"]`` for every cell, or unknown (the LaD default class)
         canopy_height, measurement_height: for every cell (None: the grid's (y, x) field or attrs of that
             name, else the class defaults)
+        write_from: the first step whose outputs are written (the store holds the steps from it on);
+            the steps before it are a lead-in, run to carry the state (``hybridlsm predict --start``
+            runs the record before the period, as for a file in memory)
     """
     from rich.progress import Progress
 
@@ -262,6 +267,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     source = open_grid(source)
     where, ydim, xdim, step_s = _grid_setup(source, [v for v, _ in FORCING_VARIABLES.values()])
     ny, nx, nt = source.sizes[ydim], source.sizes[xdim], source.sizes["time"]
+    if not 0 <= write_from < nt:
+        raise ValueError(f"stream_column_model: write_from {write_from} outside the source's {nt} steps")
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
     codes = _cell_codes(source, ydim, xdim, land_cover)
@@ -272,12 +279,14 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         measurement_height = fields["measurement_height"]
     dtype = jnp.zeros(0).dtype
     outputs = tuple(outputs)
-    template = _template(source, ydim, xdim, outputs, time_chunk, rows)
+    template = _template(source.isel(time=slice(write_from, None)), ydim, xdim, outputs, time_chunk, rows)
     template.attrs.update(attrs or {}, time_chunk=time_chunk, rows_per_band=rows, spinup_days=spinup_days)
     # zarr format 2: consolidated metadata, read by every zarr and xarray version
     template.to_zarr(store, compute=False, mode="w-", zarr_format=2)  # metadata only; each band fills its region
     bands = [slice(r, min(r + rows, ny)) for r in range(0, ny, rows)]
-    chunks = [slice(t, min(t + time_chunk, nt)) for t in range(0, nt, time_chunk)]
+    # the lead-in's chunks, then the written steps' (aligned with the store's time chunks)
+    chunks = ([slice(t, min(t + time_chunk, write_from)) for t in range(0, write_from, time_chunk)]
+              + [slice(t, min(t + time_chunk, nt)) for t in range(write_from, nt, time_chunk)])
     run_chunk = _chunk_runner(model)
     times = source["time"].values
 
@@ -307,13 +316,16 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
             forcing = _band_forcing(_read_band(source, ydim, xdim, band, steps), cells, times[steps], band, step_s,
                                     dtype, where)
             state, out = run_chunk(forcing, base, state, outputs)
+            if steps.start < write_from:  # the lead-in: its state carries on, its outputs are not wanted
+                advance(1)
+                continue
             n = steps.stop - steps.start
             block = {}
             for k in outputs:
                 full = np.full((n, n_rows * nx), np.nan, np.float32)
                 full[:, used] = np.asarray(out[k][:, : used.size], np.float32)
                 block[k] = full.reshape(n, n_rows, nx)
-            _write_region(store, block, ydim, xdim, steps, band, nx)
+            _write_region(store, block, ydim, xdim, slice(steps.start - write_from, steps.stop - write_from), band, nx)
             advance(1)
 
     with _removed_on_failure(store), Progress(disable=not progress) as bar:
