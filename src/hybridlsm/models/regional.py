@@ -660,7 +660,14 @@ def predict_regional(model, data: RegionData, *, window: int = 48, warmup: int =
     ``closed_loop`` the loop's totals); the CNN-LSTM predicts window by window the same way. Cells
     that are not columns (``data.active``) are NaN. ``fallback``: a hybrid's epistemic fallback
     masks (``epistemic_fallback``), passed to the closed loop; the output ``fallback`` is then the
-    fraction of the two fields (K_h, r_s) that fell back at each cell and step."""
+    fraction of the two fields (K_h, r_s) that fell back at each cell and step.
+
+    Every model starts from the physics' initial state, as training does (``window_states``), not
+    from a state cycled over the record's first days: on the virtual region such a spin-up (June
+    days repeated) dried the soils far below the truth's, and the physics through the truth's own
+    fields scored several times worse from it (docs/results.md, ``truth_spun_up`` of
+    benchmarks/regional_hot_days.py). A state from the weeks before a period comes from a lead-in
+    (``hybridlsm predict --start`` runs the record before the period)."""
     if fallback is not None and not isinstance(model, RegionalHybrid):
         raise ValueError(f"predict_regional: an epistemic fallback for a {type(model).__name__}; only a "
                          "RegionalHybrid has fields to fall back from")
