@@ -83,6 +83,23 @@ def test_a_cell_without_forcing_is_not_a_column_and_a_gap_is_refused_naming_its_
     assert domain_from_grid(ds).n_columns == 10
 
 
+def test_a_grid_value_out_of_range_at_any_step_or_a_cell_lacking_one_variable_is_not_used_silently():
+    ds = _grid(t=30)
+    ds["Tair"][25, 1, 2] = -9999.0  # a missing-value code the file does not declare, after the reader's first day
+    with pytest.raises(DataError, match=r"<grid>: Tair: 1 of 360 values outside the physically possible range "
+                                        r"223.15..333.15 K \(min -9999, max -9999\), the first at cell \(y=1, x=2\), "
+                                        r"time 2020-06-02T01:00"):
+        domain_from_grid(ds)
+    ds = _grid(t=30).assign_attrs(source_file="toy.nc")
+    ds["LWdown"][:, 2, 3] = np.nan  # a land cell lacking one variable: not modelled, and said
+    with pytest.warns(DataWarning, match=r"toy.nc: 1 cell\(s\) lack LWdown at every step while they have other "
+                                         r"forcing, e.g. cell \(y=2, x=3\): they are not modelled"):
+        assert domain_from_grid(ds).n_columns == 11
+    ds.coords["mask"] = (("y", "x"), np.ones((3, 4), int))  # the grid says it is a modelled cell
+    with pytest.raises(DataError, match=r"lack LWdown at every step .* the grid's mask marks them as modelled"):
+        domain_from_grid(ds)
+
+
 def test_grid_dataset_restores_the_grid_and_tower_columns_become_sites():
     ds = _grid()
     ds["Tair"][:, 1, 2] = np.nan  # not a column: its forcing is missing

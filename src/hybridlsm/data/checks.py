@@ -274,6 +274,23 @@ FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wi
 OUT_OF_RANGE_POLICIES = ("error", "missing")
 
 
+def refuse_out_of_range(var: str, values: np.ndarray, where: str, locate) -> None:
+    """A DataError when ``values`` of the forcing ``var`` (canonical units; time first, then cells)
+    leave its physically possible range: how many, min and max, and where the first one is
+    (``locate(index tuple)`` describes it). The gridded inputs' check: a grid's forcing has no gap
+    filling, so there is no repair to offer (a site's: ``check_forcing_ranges``)."""
+    spec = VARIABLES[var]
+    lo, hi = spec.valid_range
+    values = np.asarray(values, dtype=float)
+    bad = np.isfinite(values) & ((values < lo) | (values > hi))
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{where}: {var}: {int(bad.sum())} of {int(np.isfinite(values).sum())} values outside the "
+                        f"physically possible range {lo:g}..{hi:g} {spec.units} (min {np.nanmin(values[bad]):.6g}, "
+                        f"max {np.nanmax(values[bad]):.6g}), the first at {locate(first)} (a unit mix-up, or a "
+                        "missing-value code the file does not declare as _FillValue?)")
+
+
 def fitting_alt_unit(raw: np.ndarray, spec, min_fraction: float) -> str | None:
     """The first of ``spec.alt_units`` in which at least ``min_fraction`` of the ``raw`` values (as
     written in the file) convert into the valid range, or None."""

@@ -11,12 +11,14 @@ variable ``missing_metadata``; the model layer decides what a missing class mean
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
 
-from ..data.schema import IGBP_BY_INDEX, DataError
+from ..data.checks import FORCING_CHECKED, refuse_out_of_range
+from ..data.schema import IGBP_BY_INDEX, DataError, DataWarning
 from .climate import climate_summaries
 from .domain import OPTIONAL_SITE_ATTRS, SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
 
@@ -159,10 +161,13 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
     """The cells of a gridded canonical dataset ``(time, y, x)`` (``read_gridded``) as a Domain.
 
-    Cells where a forcing variable is missing at every step (sea, outside a basin) or masked (a
-    ``mask`` coordinate <= 0) are not columns; the layout keeps their place so the writers restore the full grid. A cell with a gap
-    in its forcing is a DataError naming the variable, cell and time (never a cell silently left
-    out). ``land_cover``: an index field (y, x)
+    Cells where the forcing is missing at every step (sea, outside a basin) or masked (a ``mask``
+    coordinate <= 0) are not columns; the layout keeps their place so the writers restore the full
+    grid. A cell that lacks some forcing variables at every step but has the others is not modelled
+    either, with a DataWarning (a DataError where the grid's mask marks it as modelled). A cell with
+    a gap in its forcing, or a forcing value outside its physically possible range (the schema's
+    ``valid_range``, over every step), is a DataError naming the variable, cell and time (never a
+    cell silently left out, or a value silently used). ``land_cover``: an index field (y, x)
     in the IGBP numbering or with CF ``flag_meanings`` (e.g. the Little Washita file's
     ``land_cover``); by default the dataset's own ``land_cover`` field (y, x) where it has one (the
     gridded and WRF readers keep it as a coordinate), otherwise the class is unknown ('').
@@ -201,9 +206,28 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
                         f"forcing, e.g. {var} at cell ({ydim}={y0}, {xdim}={x0}), time {ds['time'].values[step]} "
                         f"(step {step}); every modelled cell needs gap-free forcing (fill the gaps, or mask the "
                         "cells with a 'mask' coordinate)")
+    where = ds.attrs.get("source_file", "<grid>")
+    lacking = absent & ~masked & ~np.all([~np.isfinite(np.asarray(ds[v].values)).all(axis=0) for v in forcing_vars], axis=0)
+    if lacking.any():  # other forcing there: not the sea or outside a basin, which lack every variable
+        names = sorted(v for v in forcing_vars if (~np.isfinite(np.asarray(ds[v].values)).all(axis=0) & lacking).any())
+        y0, x0 = (int(i[0]) for i in np.nonzero(lacking))
+        text = (f"{where}: {int(lacking.sum())} cell(s) lack {', '.join(names)} at every step while they have other "
+                f"forcing, e.g. cell ({ydim}={y0}, {xdim}={x0})")
+        if "mask" in ds.coords:  # the grid says they are land
+            raise DataError(f"{text}, and the grid's mask marks them as modelled cells; give the variable or mask "
+                            "the cells out (mask <= 0)")
+        warnings.warn(f"{text}: they are not modelled (no output there)", DataWarning, stacklevel=2)
     valid &= ~masked
     if not valid.any():
-        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: no cell has complete forcing")
+        raise DataError(f"{where}: no cell has complete forcing")
+    # not VPD and RH: the gridded readers mostly compute them from the file's vapour pressure or
+    # humidity (checked as Qair), and they leave 0..100 where the air is supersaturated to the file's
+    # rounding (slightly negative VPD in the Livneh grid, RH above 100 % in the WRF cutout)
+    for v in (v for v in FORCING_CHECKED if v not in ("VPD", "RH") and v in ds and ds[v].dims == ("time", ydim, xdim)):
+        values = np.asarray(ds[v].values)[:, valid]
+        cells_yx = np.argwhere(valid)
+        refuse_out_of_range(v, values, where, lambda i: (f"cell ({ydim}={cells_yx[i[1]][0]}, {xdim}="
+                                                         f"{cells_yx[i[1]][1]}), time {ds['time'].values[i[0]]}"))
     cells = np.flatnonzero(valid.ravel())
     iy, ix = np.unravel_index(cells, (ny, nx))
     ycoord = ds[ydim].values if ydim in ds.coords else np.arange(ny)

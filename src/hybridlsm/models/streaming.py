@@ -46,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from ..data import DataError
+from ..data.checks import refuse_out_of_range
 from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
 from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
@@ -208,7 +209,8 @@ def _refuse_gap(values: np.ndarray, var: str, unit: str, times: np.ndarray, wher
 def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
                   dtype, where: str) -> Forcing:
     """The ``Forcing`` of the band's columns ``cells`` (flat indices within the band) from
-    ``_read_band``'s arrays; a gap is a DataError naming the variable, cell and time."""
+    ``_read_band``'s arrays; a gap or a value outside the variable's physically possible range is a
+    DataError naming the variable, cell and time."""
     def cell(c: int) -> str:
         return f"cell {int(cells[c])} of rows {rows.start}-{rows.stop - 1} (flat within the band, C order)"
 
@@ -216,6 +218,7 @@ def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.nd
     for field, (var, unit) in FORCING_VARIABLES.items():
         values = arrays[var][:, cells]
         _refuse_gap(values, var, unit, times, where, cell, "the model needs gap-free forcing")
+        refuse_out_of_range(var, values, where, lambda i: f"{cell(i[1])}, time {times[i[0]]}")
         fields[field] = jnp.asarray(values, dtype=dtype)
     return Forcing(**fields, time_step_s=step_s)
 
