@@ -202,6 +202,25 @@ def test_gridded_wrong_unit_detected(tmp_path):
         read_gridded(path)
 
 
+def test_time_units_with_a_utc_offset_keep_the_files_clock(orig, tmp_path):
+    """xarray decodes "... since 2005-01-01 00:00:00 +01:00" to UTC; the readers take the file's own
+    clock (PLUMBER2: local standard time) and its declared offset, not UTC labelled local."""
+    src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc", decode_times=False).isel(time=slice(0, 96))
+    src["time"].attrs["units"] = src["time"].attrs["units"] + " +01:00"
+    path = tmp_path / "DK-Fou_2005-2005_FLUXNET2015_Met.nc"
+    src.to_netcdf(path)
+    src.close()
+    ds = read_plumber2(path, find_partner=False)
+    assert str(ds["time"].values[0])[:16] == "2005-01-01T00:00" and ds.attrs["utc_offset_h"] == 1.0
+    grid = xr.Dataset({"tas": (("time", "lat", "lon"), np.full((8, 2, 2), 285.0), {"units": "K"})},
+                      coords={"time": ("time", np.arange(8.0), {"units": "hours since 2008-01-01 00:00:00 -07:00"}),
+                              "lat": [1.0, 2.0], "lon": [3.0, 4.0]})
+    grid.to_netcdf(tmp_path / "grid.nc")
+    ds = read_gridded(tmp_path / "grid.nc")
+    assert str(ds["time"].values[0])[:16] == "2008-01-01T00:00" and ds.attrs["utc_offset_h"] == -7.0
+    assert ds.attrs["utc_offset_rule"] == "declared in the time units (-7 h)"
+
+
 def test_read_site_dispatch(shared_data, orig):
     assert detect_format(shared_data / "fluxnet" / "US-Wkg_200405-200412_HH.csv") == "fluxnet-csv"
     assert detect_format(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc") == "plumber2"

@@ -19,6 +19,9 @@ Time axis (the canonical one: the start of each interval in local standard time)
 
 - where ``time`` has CF ``bounds`` (e.g. ``time_bnds``), the start of each interval is the lower
   bound, whatever the ``time`` value itself marks (the Little Washita file's ``time`` is the end);
+- where the time units declare a UTC offset (``hours since 2008-01-01 00:00:00 -07:00``), which
+  xarray decodes to UTC, the times are the file's own clock again: UTC + that offset (or + the
+  ``utc_offset_h`` of ``metadata``), the rule "declared in the time units";
 - where the file says its times are UTC (``time_zone`` attribute ``UTC``/``GMT``, or ``UTC`` in
   the units), they are shifted to local standard time by ``utc_offset_h``: the one given in
   ``metadata``, else the civil standard time of :data:`SOURCE_TIME_ZONES` when the file's
@@ -44,7 +47,7 @@ import xarray as xr
 
 from .. import thermo
 from .checks import check_plausible
-from .plumber2 import IO_ERRORS, check_times, open_netcdf, reject_infinite
+from .plumber2 import IO_ERRORS, check_times, declared_utc_offset, open_netcdf, reject_infinite
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
@@ -241,7 +244,15 @@ def read_gridded(
     bounds_name = src["time"].attrs.get("bounds", src["time"].encoding.get("bounds"))
     utc_offset, offset_rule = float((metadata or {}).get("utc_offset_h", np.nan)), ""
     zone_note = "times as in the file (local time)"
-    if _is_utc(src["time"]):
+    declared = declared_utc_offset(src["time"])
+    if declared is not None:  # xarray decoded the times to UTC; the file's clock is UTC + declared
+        given = (metadata or {}).get("utc_offset_h")
+        utc_offset, offset_rule = ((float(given), "given (metadata utc_offset_h)")
+                                   if given is not None and np.isfinite(float(given)) else
+                                   (declared, f"declared in the time units ({declared:+g} h)"))
+        starts = to_local_standard_time(starts, utc_offset)
+        zone_note = f"the file's times (units with a UTC offset) as local standard time UTC{utc_offset:+g} h"
+    elif _is_utc(src["time"]):
         utc_offset, offset_rule = _utc_offset(src, metadata, _file_longitude(src), file)
         starts = to_local_standard_time(starts, utc_offset)
         zone_note = f"the file's UTC times shifted to local standard time UTC{utc_offset:+g} h"

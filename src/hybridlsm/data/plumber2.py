@@ -9,7 +9,9 @@ flag (NaN or the fill value) is flagged -1 with a DataWarning. Values must be nu
 (an infinite value is a DataError naming the variable and the time). The static variables
 ``latitude``, ``longitude``, ``elevation``, ``reference_height``, ``canopy_height`` and
 ``IGBP_veg_short`` become dataset attrs. Times are interval starts in local standard time
-(PLUMBER2 convention; the FluxDataKit files say so in the ``info`` attribute of ``time``).
+(PLUMBER2 convention; the FluxDataKit files say so in the ``info`` attribute of ``time``); time
+units that declare a UTC offset (``... 00:00:00 +01:00``), which xarray decodes to UTC, are read on
+the file's own clock again, and the offset becomes ``utc_offset_h`` where nothing else gives it.
 
 The Met and Flux files of a pair are aligned on time (:func:`align_pair`): a leading or trailing
 step that only one file has is dropped if it is entirely missing or an exact repeat of its
@@ -259,6 +261,11 @@ def _load(p: Path) -> _File:
     if not np.issubdtype(ds["time"].dtype, np.datetime64):
         raise DataError(f"{file}: time could not be decoded to dates (units {ds['time'].attrs!r})")
     t = pd.DatetimeIndex(ds["time"].values).astype("datetime64[ns]")
+    offset = declared_utc_offset(ds["time"])
+    if offset is not None:  # decoded to UTC: back to the file's own clock, the site's (PLUMBER2: local standard time)
+        t = t + pd.Timedelta(hours=offset)
+        ds = ds.assign_coords(time=t.values)
+        ds.attrs["declared_utc_offset_h"] = offset
     check_times(t, file)
     if len(t) < 2:
         raise DataError(f"{file}: {len(t)} time step(s); expected a time series")
@@ -361,11 +368,28 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
     if "igbp_veg_short" in lower and not attrs.get("igbp"):
         attrs["igbp"] = _text(ds[lower["igbp_veg_short"]].values)
     attrs.setdefault("igbp", "")
+    if not np.isfinite(attrs.get("utc_offset_h", np.nan)) and "declared_utc_offset_h" in ds.attrs:
+        attrs["utc_offset_h"] = float(ds.attrs["declared_utc_offset_h"])  # the time units' own offset
     if not np.isfinite(attrs.get("utc_offset_h", np.nan)):
         tz = _text(ds["time"].attrs.get("time_zone", "")) if "time" in ds else ""
         attrs["utc_offset_h"] = _standard_utc_offset(tz, t0) if tz else float("nan")
         if tz:
             attrs["time_zone"] = tz
+
+
+_DECLARED_OFFSET = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$")
+
+
+def declared_utc_offset(time: xr.DataArray) -> float | None:
+    """The UTC offset [h] that CF ``units`` such as ``"hours since 2008-01-01 00:00:00 -07:00"``
+    declare, or None (no offset, or +00:00). xarray decodes such times to UTC, so a reader that
+    takes its file's times as local must shift them back by this offset."""
+    units = str(time.encoding.get("units", time.attrs.get("units", ""))).strip()
+    m = _DECLARED_OFFSET.search(units)
+    if m is None:
+        return None
+    hours = (int(m.group(2)) + int(m.group(3) or 0) / 60.0) * (1 if m.group(1) == "+" else -1)
+    return hours or None
 
 
 def check_times(t: pd.DatetimeIndex, file: str) -> None:
