@@ -211,6 +211,15 @@ def test_mean_diurnal_cycle_synthetic():
     assert whole[3] == pytest.approx(3 + 100 * 19.5)
 
 
+def test_mean_diurnal_cycle_of_stamps_off_the_hour():
+    """Hourly stamps at :30 (and half-hourly at :15/:45) are each their own slot of the day; rounding
+    their time of day put 23:30 in a 25th slot (an IndexError) and two stamps in one slot."""
+    for freq, start in (("1h", "2001-01-01 00:30"), ("30min", "2001-01-01 00:15")):
+        t = pd.date_range(start, periods=int(86400 / pd.Timedelta(freq).total_seconds()) * 10, freq=freq)
+        v = (t.hour * 60 + t.minute).to_numpy(float)  # the time of day: its own mean in every slot
+        np.testing.assert_array_equal(mean_diurnal_cycle(v, t, pd.Timedelta(freq).total_seconds(), window_days=2), v)
+
+
 # ---- prepare_forcing
 
 

@@ -344,7 +344,11 @@ def mean_diurnal_cycle(values: np.ndarray, time, time_step_s: float, window_days
         raise DataError(f"mean diurnal cycle needs a time step that divides a day; got {time_step_s} s")
     day0 = t[0].normalize()
     day = ((t.normalize() - day0).days).to_numpy()
-    slot = np.round((t - t.normalize()).total_seconds().to_numpy() / time_step_s).astype(int)
+    # the slot within the day counted from the record's phase: hourly stamps at :30, or half-hourly
+    # at :15 / :45, are each their own slot (rounding put two of them in one, or one past the day)
+    seconds = (t - t.normalize()).total_seconds().to_numpy()
+    phase = seconds[0] % time_step_s
+    slot = np.round((seconds - phase) / time_step_s).astype(int)
     n_days = int(day[-1]) + 1
     grid = np.full((n_days, slots_per_day, v.shape[1]), np.nan)
     grid[day, slot] = v
