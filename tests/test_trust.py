@@ -90,6 +90,8 @@ def test_air_temperature_partly_in_kelvin_is_reported_with_rows(shared_data, tmp
         fixed = prepare_forcing(ds, out_of_range="missing")
     assert int(fixed["Tair_filled"].values.sum()) == len(picked)
     assert float(fixed["Tair"].max()) < 320.0 and "TA_F (Tair)" in fixed.attrs["repairs"]
+    # not scored, however short the gap each leaves (a one-step gap alone would be interpolated and scored)
+    np.testing.assert_array_equal(np.flatnonzero(fixed["forcing_filled"].values == 2), picked)
 
 
 def test_a_run_on_impossible_forcing_fails_before_training(shared_data, tmp_path):

@@ -17,7 +17,7 @@ import xarray as xr
 from .. import thermo
 from ..constants import T_FREEZE
 from . import radiation
-from .checks import check_forcing_ranges, runs_of_true
+from .checks import FORCING_CHECKED, check_forcing_ranges, runs_of_true
 from .schema import FORCING_VARIABLES, VARIABLES, DataError, DataWarning, _is_flag, qc_mask
 from .units import conversion
 
@@ -458,7 +458,12 @@ def prepare_forcing(
             f"{file}: prepare_forcing works on site datasets (dimension time only); this one has "
             f"dims {dict(ds.sizes)} (select a cell first, e.g. ds.isel(y=0, x=0))"
         )
-    ds = check_forcing_ranges(ds, out_of_range)
+    checked = check_forcing_ranges(ds, out_of_range)
+    # steps whose out-of-range values were set missing (out_of_range="missing"): not scored, however short the gap
+    repaired = np.zeros(ds.sizes["time"], bool)
+    for v in (v for v in FORCING_CHECKED if v in ds and ds[v].dims == ("time",)):
+        repaired |= np.isnan(np.asarray(checked[v].values, float)) & ~np.isnan(np.asarray(ds[v].values, float))
+    ds = checked
     required = ["SWdown", "Tair", "Psurf", "Wind", "Precip"]
     missing = [v for v in required if v not in ds]
     hum = "Qair" if "Qair" in ds else next((h for h in _HUMIDITY if h in ds), None)
@@ -527,6 +532,7 @@ def prepare_forcing(
     work["LWdown_filled"] = ("time", est.copy(), {"long_name": "LWdown not measured (estimated)"})
     if not est.all():  # an estimate for a whole record is listed as a repair, not masked (repair_summary)
         level[est] = FILLED_LONG
+    level[repaired] = FILLED_LONG
     work["forcing_filled"] = ("time", level, FORCING_FILLED_ATTRS)
     report["LWdown"] = {
         "n_missing": int(est.sum()), "n_interpolated": 0, "n_diurnal_cycle": 0,
