@@ -222,6 +222,20 @@ def test_unknown_site_id_names_known_ids(shared_data):
     assert f"known site ids: {known}" in msg
 
 
+def test_a_misnamed_qc_column_is_said_not_silently_ignored(shared_data, tmp_path):
+    """H_QC for H_F_MDS_QC: the flag is not read, so Qh's gap-filled values would count as measured."""
+    lines = (shared_data / "fluxnet" / "DE-Tha_201001-201012_HH.csv").read_text().splitlines()[:481]
+    header = lines[0].split(",")
+    assert "H_F_MDS_QC" in header
+    lines[0] = ",".join("H_QC" if c == "H_F_MDS_QC" else c for c in header)
+    path = tmp_path / "DE-Tha_201001-201012_HH.csv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(DataWarning, match=r"column\(s\) H_QC look like QC flags of no column in the file and are not "
+                                         r"read .*; Qh \(from H_F_MDS\) therefore have no QC flag"):
+        ds = read_fluxnet_csv(path, sites=shared_data / "fluxnet" / "sites.csv")
+    assert "Qh_qc" not in ds and "Qle_qc" in ds
+
+
 def test_site_lookup_by_file_then_id(shared_data, tmp_path):
     src = shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv"
     head = "\n".join(src.read_text().splitlines()[:49]) + "\n"

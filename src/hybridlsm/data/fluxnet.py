@@ -519,6 +519,7 @@ def read_fluxnet_csv(
     used: set[str] = set(ts_cols)
     data_vars: dict[str, xr.DataArray] = {}
     raw_cols: dict[str, np.ndarray] = {}
+    unflagged: list[tuple[str, str]] = []  # (variable, column) read without a QC column
     for var, spec in VARIABLES.items():
         col = next((c for c in spec.fluxnet_columns if c in header), None)
         if col is None:
@@ -558,7 +559,19 @@ def read_fluxnet_csv(
             q = _numeric_column(df, qc_col, file=file, lines=lines)
             data_vars.update(_qc_variable(var, q, raw, pos, n, aggregated, file=file, column=qc_col,
                                           times=time[pos], lines=lines))
+        else:
+            unflagged.append((var, col))
 
+    # a QC column of no column in the file, e.g. H_QC for H_F_MDS_QC: a misnamed flag, so the
+    # gap-filled values of its variable would count as measured
+    orphans = [c for c in header if c not in used and c.upper().endswith("_QC") and c[:-3] not in header]
+    if orphans:
+        stems = {c.split("_")[0] for c in orphans}
+        hit = [f"{v} (from {c})" for v, c in unflagged if c.split("_")[0] in stems]
+        warnings.warn(f"{file}: column(s) {', '.join(orphans)} look like QC flags of no column in the file and are "
+                      "not read (the flag of a column C is read from C_QC)"
+                      + (f"; {', '.join(hit)} therefore have no QC flag, so every value counts as measured" if hit
+                         else ""), DataWarning, stacklevel=2)
     if not data_vars:
         raise DataError(
             f"{file}: no recognised variable column; expected FLUXNET2015 columns such as "
