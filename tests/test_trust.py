@@ -49,7 +49,8 @@ import numpy as np  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from hybridlsm.cli import app  # noqa: E402
-from hybridlsm.data import DataError, prepare_forcing, read_site  # noqa: E402
+from hybridlsm.data import DataError, prepare_forcing, read_site, usable_targets  # noqa: E402
+from hybridlsm.data.schema import DataWarning  # noqa: E402
 
 WKG = "US-Wkg_200405-200412_HH.csv"
 
@@ -92,6 +93,26 @@ def test_air_temperature_partly_in_kelvin_is_reported_with_rows(shared_data, tmp
     assert float(fixed["Tair"].max()) < 320.0 and "TA_F (Tair)" in fixed.attrs["repairs"]
     # not scored, however short the gap each leaves (a one-step gap alone would be interpolated and scored)
     np.testing.assert_array_equal(np.flatnonzero(fixed["forcing_filled"].values == 2), picked)
+
+
+def test_an_observation_outside_its_possible_range_is_set_missing_and_never_scored(shared_data, tmp_path):
+    """An undeclared missing-value code in a flux column (-6999, QC 0) was kept and scored."""
+    def codes(header, rows):
+        j, q = header.index("H_F_MDS"), header.index("H_F_MDS_QC")
+        for i, value in ((5, "-6999"), (6, "-9999.9")):
+            rows[i][j], rows[i][q] = value, "0"
+
+    path = _wkg_days(shared_data, tmp_path, 3, codes)
+    with pytest.warns(Warning):
+        ds = read_site(path)
+    assert ds["Qh"].values[5] == -6999.0
+    with pytest.warns(DataWarning, match=r"column H_F_MDS \(Qh\): 2 of .* observed values outside the physically "
+                                         r"possible range -300..800 W m-2 \(min -9999.9, max -6999\), the first at "
+                                         r".*\(time step 5\): set missing, never scored"):
+        fixed = prepare_forcing(ds)
+    assert np.isnan(fixed["Qh"].values[5:7]).all() and "never scored" in fixed.attrs["repairs"]
+    usable = usable_targets(fixed, ["Qh"], 0)[1][:, 0]
+    assert not usable[5:7].any() and usable[7]
 
 
 def test_a_run_on_impossible_forcing_fails_before_training(shared_data, tmp_path):

@@ -274,6 +274,41 @@ FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wi
 OUT_OF_RANGE_POLICIES = ("error", "missing")
 
 
+#: observations a model is trained on or scored against; a value outside the variable's physically possible range
+#: (an undeclared missing-value code such as -6999) is set missing by ``mask_impossible_observations``
+OBSERVATIONS_CHECKED = ("Qh", "Qle", "Qg", "Rnet", "AvgSurfT", "LWup", "Ustar")
+
+
+def mask_impossible_observations(ds):
+    """The observations (``OBSERVATIONS_CHECKED``) of a site dataset with every value outside its
+    physically possible range set missing, so that it is never trained on or scored; each variable
+    repaired gives a DataWarning and a line of ``attrs["repairs"]`` naming the column, how many, the
+    extremes and where. Returns the (possibly new) dataset."""
+    file = ds.attrs.get("source_file", "<dataset>")
+    times = ds["time"].values
+    out, repairs = ds, []
+    for var in (v for v in OBSERVATIONS_CHECKED if v in ds and ds[v].dims == ("time",)):
+        lo, hi = VARIABLES[var].valid_range
+        v = np.asarray(ds[var].values, dtype=float)
+        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        if not bad.any():
+            continue
+        first = int(np.argmax(bad))
+        repair = (f"{file}: column {ds[var].attrs.get('source_column', var)} ({var}): {int(bad.sum())} of "
+                  f"{int(np.isfinite(v).sum())} observed values outside the physically possible range {lo:g}..{hi:g} "
+                  f"{VARIABLES[var].units} (min {v[bad].min():.6g}, max {v[bad].max():.6g}), the first at "
+                  f"{fmt_time(times[first])} (time step {first}): set missing, never scored")
+        repairs.append(repair)
+        warnings.warn(repair, DataWarning, stacklevel=3)
+        out = ds.copy() if out is ds else out
+        out[var] = out[var].where(~bad)
+    if repairs:
+        old = str(out.attrs.get("repairs", ""))
+        out.attrs["repairs"] = "\n".join([r for r in old.splitlines() if r] + repairs)
+        out.attrs["n_repairs"] = int(out.attrs.get("n_repairs", 0)) + len(repairs)
+    return out
+
+
 def refuse_out_of_range(var: str, values: np.ndarray, where: str, locate) -> None:
     """A DataError when ``values`` of the forcing ``var`` (canonical units; time first, then cells)
     leave its physically possible range: how many, min and max, and where the first one is

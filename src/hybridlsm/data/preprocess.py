@@ -17,7 +17,7 @@ import xarray as xr
 from .. import thermo
 from ..constants import T_FREEZE
 from . import radiation
-from .checks import FORCING_CHECKED, check_forcing_ranges, runs_of_true
+from .checks import FORCING_CHECKED, check_forcing_ranges, mask_impossible_observations, runs_of_true
 from .schema import FORCING_VARIABLES, VARIABLES, DataError, DataWarning, _is_flag, qc_mask
 from .units import conversion
 
@@ -431,6 +431,9 @@ def prepare_forcing(
     - Forcing values outside their physically possible range (a unit mix-up, a spike) are a
       DataError naming the rows, or with ``out_of_range="missing"`` are set missing and filled as
       gaps, each run listed in ``attrs["repairs"]`` (:func:`~hybridlsm.data.checks.check_forcing_ranges`).
+    - Observations (Qh, Qle, Qg, Rnet, AvgSurfT, LWup, Ustar) outside their physically possible
+      range (an undeclared missing-value code such as -6999) are set missing, never scored, each
+      listed in ``attrs["repairs"]`` (:func:`~hybridlsm.data.checks.mask_impossible_observations`).
     - Required: SWdown, Tair, Psurf, Wind, Precip and humidity (VPD, RH or Qair); an absent or
       all-missing one raises DataError naming it (e.g. the bigleaf month files, which have no
       SWdown).
@@ -463,7 +466,7 @@ def prepare_forcing(
     repaired = np.zeros(ds.sizes["time"], bool)
     for v in (v for v in FORCING_CHECKED if v in ds and ds[v].dims == ("time",)):
         repaired |= np.isnan(np.asarray(checked[v].values, float)) & ~np.isnan(np.asarray(ds[v].values, float))
-    ds = checked
+    ds = mask_impossible_observations(checked)
     required = ["SWdown", "Tair", "Psurf", "Wind", "Precip"]
     missing = [v for v in required if v not in ds]
     hum = "Qair" if "Qair" in ds else next((h for h in _HUMIDITY if h in ds), None)
