@@ -236,6 +236,14 @@ def test_a_misnamed_qc_column_is_said_not_silently_ignored(shared_data, tmp_path
     assert "Qh_qc" not in ds and "Qle_qc" in ds
 
 
+def test_old_mac_line_endings_are_named(shared_data, tmp_path):
+    lines = (shared_data / "fluxnet" / "US-Wkg_200405-200412_HH.csv").read_text().splitlines()[:49]
+    path = tmp_path / "US-Wkg_200405-200412_HH.csv"
+    path.write_text("\r".join(lines) + "\r")
+    with pytest.raises(DataError, match=r"lines end in a bare carriage return \(old Mac line endings\)"):
+        read_fluxnet_csv(path)
+
+
 def test_site_lookup_by_file_then_id(shared_data, tmp_path):
     src = shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv"
     head = "\n".join(src.read_text().splitlines()[:49]) + "\n"

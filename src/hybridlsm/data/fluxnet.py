@@ -203,6 +203,9 @@ def _read_lines(
     if not text.strip():
         raise DataError(f"{path}: empty file; expected a header line and data rows")
     text = text.replace("\r\n", "\n")
+    if "\r" in text and "\n" not in text.strip():
+        raise DataError(f"{path}: lines end in a bare carriage return (old Mac line endings), so the whole file "
+                        "reads as one header line; convert it to LF or CRLF line endings (e.g. tr '\\r' '\\n')")
     lines = text.split("\n")
     final_newline = lines[-1] == ""
     if final_newline:
