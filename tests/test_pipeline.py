@@ -133,12 +133,57 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_has_finished(tmp_p
     cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))
     run = tmp_path / "runs" / "tiny"
     run.mkdir(parents=True)
-    (run / "keep.txt").write_text("an earlier run")
+    (run / "keep.txt").write_text("a user's file, not a run")
+    # a folder that is not a run directory (no config.yaml) is neither written into nor replaced
+    for flag in ("--overwrite", "--resume"):
+        result = CliRunner().invoke(app, ["run", str(cfg), flag])
+        assert result.exit_code == 1 and "is not a hybridlsm run directory (no config.yaml)" in " ".join(
+            result.output.split()), result.output
+        assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
+    (run / "config.yaml").write_text("name: tiny\n")  # an earlier run
     result = CliRunner().invoke(app, ["run", str(cfg), "--overwrite"])
     assert result.exit_code == 0, result.output
     assert not (run / "keep.txt").exists() and (run / "predictions/TINY/1lin.nc").is_file()
+    # the report was built before the run took its place, and names the place
     assert (run / "report.html").is_file() and str(run) in (run / "report.html").read_text()
+    assert ".partial" not in (run / "report.html").read_text() and ".overwrite" not in (run / "report.html").read_text()
     assert sorted(p.name for p in run.parent.iterdir()) == ["tiny"]  # no temporary sibling left
+    # the data files are recorded; a virtual site has none
+    assert json.loads((run / "inputs.json").read_text()) == {}
+
+
+@pytest.mark.slow  # three tiny runs of 1lin on ten days of a real site
+def test_resume_refuses_changed_data_and_recomputes_a_model_without_its_model_json(shared_data, tmp_path):
+    lines = (shared_data / "fluxnet" / "US-Wkg_200405-200412_HH.csv").read_text().splitlines()[: 10 * 48 + 1]
+    data = tmp_path / "US-Wkg_200405-200412_HH.csv"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "wkg.yaml"
+    cfg.write_text(f"name: wkg\ndata: {{sites: [{data}], split: {{train: 0.5, val: 0.25, test: 0.25}}, "
+                   f"spinup_days: 1, window_days: 2}}\nmodels: [{{name: 1lin}}]\noutput: {{run_dir: {tmp_path / 'runs'}}}\n")
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(cfg)]).exit_code == 0
+    run = tmp_path / "runs" / "wkg"
+    assert list(json.loads((run / "inputs.json").read_text())) == [str(data)]
+    # a model saved without its model.json cannot be applied elsewhere: resume recomputes it
+    (run / "models/1lin/all/model.json").unlink()
+    result = runner.invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 0 and "no trained model here (model.json missing); recomputing" in " ".join(
+        result.output.split()), result.output
+    assert (run / "models/1lin/all/model.json").is_file()
+    # the data file changed since: resuming would score the old models against the new data
+    data.write_text(data.read_text().replace("\n2004", "\n 2004", 1))
+    result = runner.invoke(app, ["run", str(cfg), "--resume"])
+    assert result.exit_code == 2 and f"data file(s) {data} changed since {run} started" in " ".join(
+        result.output.split()), result.output
+
+
+def test_a_model_label_may_not_replace_the_observations_file():
+    from hybridlsm.config import ConfigError
+    from hybridlsm.models.registry import validate_run_config
+
+    with pytest.raises(ConfigError, match=r"label 'obs' is the name of a file every run writes"):
+        validate_run_config({"name": "t", "data": {"sites": [{"virtual": {"days": 5}}]},
+                             "models": [{"name": "1lin", "label": "obs"}]})
 
 
 @pytest.mark.slow  # a few seconds; in make test, not test-fast

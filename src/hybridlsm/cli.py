@@ -8,8 +8,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 import math
 import warnings
 from pathlib import Path
@@ -19,6 +23,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+def _private_matplotlib_dir() -> None:
+    """matplotlib keeps its font cache and settings in ~/.cache and ~/.config unless MPLCONFIGDIR
+    says otherwise; a command of this package writes nowhere but its run directory (or --out), so
+    it gets a temporary folder, removed at exit (rebuilding the font cache takes well under a second)."""
+    if "MPLCONFIGDIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="hybridlsm-matplotlib-")
+    os.environ["MPLCONFIGDIR"] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+
+
+_private_matplotlib_dir()  # before any command imports matplotlib
 
 app = typer.Typer(
     name="hybridlsm",

@@ -544,6 +544,11 @@ class ModelCatalogue(Protocol):
         ...
 
 
+#: labels a model may not have: its predictions ``<label>.nc`` would replace the observations file a run
+#: writes beside them (``predictions/<site>/obs.nc``, ``maps/<grid>/obs.nc``)
+RESERVED_LABELS = ("obs",)
+
+
 class ModelEntry(StrictModel):
     """One model to train: a registry ``name``, its ``options`` and an optional distinct ``label``.
 
@@ -565,6 +570,14 @@ class ModelEntry(StrictModel):
         names = catalogue.names()
         if value not in names:
             raise ValueError(f"unknown model {value!r}; allowed: {', '.join(names) or '(none registered)'}")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() in RESERVED_LABELS:
+            raise ValueError(f"label {value!r} is the name of a file every run writes beside the models' "
+                             f"({', '.join(RESERVED_LABELS)}); choose another")
         return value
 
     @model_validator(mode="after")

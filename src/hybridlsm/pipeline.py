@@ -74,7 +74,7 @@ from .domain import (
     write_site_outputs,
 )
 from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config, trained_key
-from .rundir import atomic_write, problem, run_lock
+from .rundir import atomic_write, problem, run_lock, sha256_of
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
 
@@ -351,7 +351,8 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     the parts that define the run (data, models, training); ``output`` may differ."""
     stored_path = Path(run_dir) / "config.yaml"
     if not stored_path.is_file():
-        return
+        raise ConfigError(f"--resume: {run_dir} has no config.yaml, so nothing says it is this config's run; start "
+                          "it again with --overwrite")
     try:
         stored = load_run_config(stored_path, check_paths=False)
     except ConfigError as err:
@@ -365,6 +366,33 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         more = f" (and {len(differ) - 8} more)" if len(differ) > 8 else ""
         raise ConfigError(f"--resume: the config differs from the one {run_dir} was run with, at {shown}{more}; "
                           "resume with the same config, or start a new run (another name, or --overwrite)")
+
+
+INPUTS_FILE = "inputs.json"
+
+
+def input_digests(cfg: RunConfig) -> dict[str, str]:
+    """``{path: SHA-256}`` of every data file the config names (site files, PLUMBER2 pairs, the
+    grid), which a run records (``inputs.json``) so that ``--resume`` refuses a file changed since."""
+    paths = [p for spec in cfg.data.sites or () for p in
+             ((spec.path,) if spec.plumber is None else (spec.plumber.met, spec.plumber.flux))]
+    if cfg.data.grid is not None:
+        paths.append(cfg.data.grid.path)
+    return {str(p): sha256_of(Path(p)) for p in paths if p is not None and Path(p).is_file()}
+
+
+def check_inputs_unchanged(digests: dict[str, str], run_dir: Path) -> None:
+    """ConfigError naming the data files whose content differs from what the run at ``run_dir``
+    recorded when it started (a run from before the record is not checked)."""
+    path = Path(run_dir) / INPUTS_FILE
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    changed = sorted(f for f, d in stored.items() if digests.get(f, d) != d)
+    if changed:
+        raise ConfigError(f"--resume: data file(s) {', '.join(changed)} changed since {run_dir} started (SHA-256 "
+                          f"recorded in its {INPUTS_FILE}); the models it trained would be scored against other "
+                          "data: start the run again (--overwrite) or restore the files")
 
 
 def unfinished_dir(run_dir: Path) -> Path:
@@ -382,12 +410,20 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
       checking the config), ``overwrite`` starts it again;
     - with ``overwrite``, an existing run is replaced only when the new one has finished: until then
       the new run writes to ``.<name>.overwrite`` and the old run stays as it was;
-    - ``resume`` of a finished run continues it in place after checking the config."""
+    - ``resume`` of a finished run continues it in place after checking the config.
+
+    The data files' digests (``input_digests``) are checked on resume and recorded (``inputs.json``)."""
+    inputs = input_digests(cfg)
     run_dir = cfg.run_path
     partial = unfinished_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
+        if not (run_dir / "config.yaml").is_file():  # not a run: the user's folder, never written into or replaced
+            raise FileExistsError(
+                f"{run_dir} exists and is not a hybridlsm run directory (no config.yaml): neither --resume nor "
+                "--overwrite writes into or replaces it; give the run another name or output.run_dir")
         if resume:
             check_resumable(cfg, run_dir)
+            check_inputs_unchanged(inputs, run_dir)
             work = run_dir
         elif not cfg.output.overwrite:
             raise FileExistsError(
@@ -401,6 +437,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     elif partial.exists():
         if resume:
             check_resumable(cfg, partial)
+            check_inputs_unchanged(inputs, partial)
         elif cfg.output.overwrite:
             shutil.rmtree(partial)
         else:
@@ -412,6 +449,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
         work = partial
     work.mkdir(parents=True, exist_ok=True)
     write_config(cfg, work / "config.yaml")
+    atomic_write(work / INPUTS_FILE, lambda p: p.write_text(json.dumps(inputs, indent=1, sort_keys=True)))
     return work, run_dir
 
 
@@ -528,13 +566,14 @@ def read_timings(run_dir: Path, resume: bool) -> dict:
 
 
 def finish_run(cfg: RunConfig, config_name: str, timings: dict, work: Path, final: Path) -> Path:
-    """Write the timings, move the finished run into place and build its report."""
+    """Write the timings and the report, then move the finished run into place (a run whose report
+    fails stays unfinished, to be resumed)."""
     from .evaluation.report import build_report
 
     atomic_write(work / "timings.json", lambda p: p.write_text(json.dumps(timings, indent=1, sort_keys=True)))
+    build_report(work, config_name=config_name, shown_as=final)
     finish_run_dir(work, final)
-    report = build_report(final, config_name=config_name)
-    console.print(f"report: [green]{report}[/green]")
+    console.print(f"report: [green]{final / 'report.html'}[/green]")
     return final
 
 
@@ -620,10 +659,9 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
                 console.print(f"[yellow]{exp.name}/{label}: {p} {why}; recomputing[/yellow]", soft_wrap=True)
         if resume and not any(damage.values()):  # every prediction exists and verifies
             saved = model_dir(run_dir, label, exp.name)
-            try:
-                if (saved / "model.json").is_file():
-                    cache[key] = spec.load(options, saved)
-                    spec.reuse(cache[key], options, exp.train, exp.val, ctx)
+            try:  # a missing model.json is damage too: the predictions alone cannot be applied elsewhere
+                cache[key] = spec.load(options, saved)
+                spec.reuse(cache[key], options, exp.train, exp.val, ctx)
                 console.print(f"[dim]{exp.name}/{label}: predictions exist, skipped (resume)[/dim]")
                 continue
             except SavedModelError as err:

@@ -838,18 +838,21 @@ def build_report(
     *,
     max_qc: int | None = None,
     min_valid_fraction: float = 0.5,
+    shown_as: Path | None = None,
 ) -> Path:
     """Write ``metrics.csv``, ``skill.json``, ``plots/*.png`` and ``report.html`` into ``run_dir``;
     return the path of ``report.html``. ``config_name`` defaults to the ``config`` attribute of the
     prediction files, else ``name`` in ``config.yaml``, else the directory name. ``max_qc`` defaults
-    to the run's ``data.max_qc`` (obs.nc attribute ``max_qc``), else 1."""
+    to the run's ``data.max_qc`` (obs.nc attribute ``max_qc``), else 1. ``shown_as``: the run
+    directory the report names (a run builds its report before its folder is moved into place)."""
     run_dir = Path(run_dir)
+    shown = html.escape(str(shown_as or run_dir))
     sites = load_run(run_dir) if _has_sites(run_dir) or not (run_dir / "maps").is_dir() else {}
     config = config_name if config_name is not None else _config_name(run_dir, sites)
     plot_dir = run_dir / "plots"
     if not sites:  # a grid without tower cells: the maps alone
         return _write_report(run_dir, config, [
-            f"<p>Run directory <code>{html.escape(str(run_dir))}</code>; no cell of the grid observes a flux, so "
+            f"<p>Run directory <code>{shown}</code>; no cell of the grid observes a flux, so "
             "nothing is scored as a site.</p>", maps_html(run_dir, plot_dir), training_html(run_dir, plot_dir)])
     if max_qc is None:
         max_qc = int(next(iter(sites.values())).obs.attrs.get("max_qc", 1))
@@ -873,7 +876,7 @@ def build_report(
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>hybridlsm report: {html.escape(config)}</title><style>{_CSS}</style></head><body>",
         f"<h1>hybridlsm report: {html.escape(config)}</h1>",
-        f"<p>Run directory <code>{html.escape(str(run_dir))}</code>; generated {now}.<br>"
+        f"<p>Run directory <code>{shown}</code>; generated {now}.<br>"
         f"Sites: {', '.join(html.escape(s) for s in sites)}.<br>"
         f"Models: {', '.join(html.escape(m) for m in models)}.</p>",
         f"<p class='note'>All scores on the steps of split = 3: "
