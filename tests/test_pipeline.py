@@ -62,10 +62,15 @@ def test_run_writes_run_directory_and_resumes(tmp_path):
     before = (run / "predictions/TINY/physics.nc").stat().st_mtime_ns
     result = runner.invoke(app, ["run", str(cfg)])
     assert result.exit_code == 1 and "exists" in result.output
-    # --resume keeps finished predictions and only rebuilds the report
+    # --resume keeps finished predictions and only rebuilds the report, and the training times of
+    # models finished before (here as if the run had stopped before writing timings.json)
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings) == {"all/physics", "all/1lin"}
+    (run / "timings.json").unlink()
     result = runner.invoke(app, ["run", str(cfg), "--resume"])
     assert result.exit_code == 0, result.output
     assert (run / "predictions/TINY/physics.nc").stat().st_mtime_ns == before
+    assert json.loads((run / "timings.json").read_text()) == timings
 
 
 def test_bad_config_is_a_clear_error(tmp_path):
@@ -203,3 +208,21 @@ def test_resume_with_a_different_config_names_the_keys(tmp_path):
     cfg.write_text(cfg.read_text().replace("split: {train: 0.6, val: 0.2, test: 0.2}",
                                            "split: {train: 0.5, val: 0.25, test: 0.25}") + "\n")
     assert runner.invoke(app, ["run", str(cfg), "--resume", "--overwrite"]).exit_code == 0
+
+
+def test_resume_with_overwrite_continues_an_overwrite_that_stopped(tmp_path):
+    from hybridlsm.config import write_config
+    from hybridlsm.models.registry import validate_run_config
+    from hybridlsm.pipeline import prepare_run_dir
+
+    cfg = validate_run_config({"name": "tiny", "data": {"sites": [{"virtual": {"days": 5}}]},
+                               "models": [{"name": "1lin"}], "output": {"run_dir": str(tmp_path)}})
+    run, stopped = tmp_path / "tiny", tmp_path / ".tiny.overwrite"
+    for folder in (run, stopped):
+        folder.mkdir()
+        write_config(cfg, folder / "config.yaml")
+    (stopped / "checkpoint-of-the-new-run").write_text("x")
+    assert prepare_run_dir(cfg, resume=True)[0] == run  # the finished run, and the overwrite is named
+    overwrite = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
+    assert prepare_run_dir(overwrite, resume=True)[0] == stopped
+    assert (stopped / "checkpoint-of-the-new-run").is_file()

@@ -188,3 +188,15 @@ def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
     assert isinstance(result.exception, SystemExit)  # a clear message, not an exception escaping
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.output
     assert not (run_dir / "bad").exists()  # nothing half-written
+
+
+def test_predict_never_replaces_a_users_files(run_dir, shared_data):
+    user = run_dir.parent / "my-folder"
+    user.mkdir(exist_ok=True)
+    (user / "report.html").write_text("my own report")
+    result = CliRunner().invoke(app, ["predict", str(run_dir), str(shared_data / "fluxnet" / US_CRT), "--model",
+                                      "physics", "--out", str(user)], env={"COLUMNS": "400"})  # fmt: skip
+    assert result.exit_code == 2, result.output[-2000:]
+    assert "holds files and is not the folder of an earlier prediction (no provenance.json)" in " ".join(
+        result.stderr.split())
+    assert sorted(p.name for p in user.iterdir()) == ["report.html"] and (user / "report.html").read_text() == "my own report"

@@ -409,7 +409,8 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     - a new run writes to ``.<name>.partial``; ``resume`` continues an unfinished one there (after
       checking the config), ``overwrite`` starts it again;
     - with ``overwrite``, an existing run is replaced only when the new one has finished: until then
-      the new run writes to ``.<name>.overwrite`` and the old run stays as it was;
+      the new run writes to ``.<name>.overwrite`` and the old run stays as it was; ``resume`` with
+      ``overwrite`` continues such an overwrite that stopped;
     - ``resume`` of a finished run continues it in place after checking the config.
 
     The data files' digests (``input_digests``) are checked on resume and recorded (``inputs.json``)."""
@@ -421,17 +422,25 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
             raise FileExistsError(
                 f"{run_dir} exists and is not a hybridlsm run directory (no config.yaml): neither --resume nor "
                 "--overwrite writes into or replaces it; give the run another name or output.run_dir")
-        if resume:
+        unfinished = run_dir.with_name(f".{run_dir.name}.overwrite")
+        if resume and cfg.output.overwrite and unfinished.exists():  # an overwrite that stopped: continue it
+            check_resumable(cfg, unfinished)
+            check_inputs_unchanged(inputs, unfinished)
+            work = unfinished
+        elif resume:
             check_resumable(cfg, run_dir)
             check_inputs_unchanged(inputs, run_dir)
             work = run_dir
+            if unfinished.exists():
+                console.print(f"[yellow]an unfinished --overwrite of this run is in {unfinished}; this resumes the "
+                              "finished run (--resume --overwrite continues the overwrite)[/yellow]", soft_wrap=True)
         elif not cfg.output.overwrite:
             raise FileExistsError(
                 f"run directory {run_dir} exists; pass --resume to continue it, or set output.overwrite: true "
                 "(or --overwrite) to replace it"
             )
         else:
-            work = run_dir.with_name(f".{run_dir.name}.overwrite")
+            work = unfinished
             if work.exists():  # an earlier overwrite that did not finish: ours, not the user's
                 shutil.rmtree(work)
     elif partial.exists():
@@ -559,10 +568,19 @@ def train_sequentially(cfg: RunConfig, exps: list[Experiment], config_name: str,
     return timings
 
 
+TIMING_FILE = "timing.json"
+
+
 def read_timings(run_dir: Path, resume: bool) -> dict:
-    """The training times recorded so far (a resumed run keeps its earlier ones)."""
+    """The training times recorded so far (a resumed run keeps its earlier ones: those of a finished
+    run's ``timings.json`` and those each model wrote beside it as it finished, ``timing.json``)."""
+    if not resume:
+        return {}
     path = run_dir / "timings.json"
-    return json.loads(path.read_text()) if resume and path.exists() else {}
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    for f in sorted(Path(run_dir).glob(f"models/*/*/{TIMING_FILE}")):
+        timings.setdefault(f"{f.parent.name}/{f.parent.parent.name}", json.loads(f.read_text()))
+    return timings
 
 
 def finish_run(cfg: RunConfig, config_name: str, timings: dict, work: Path, final: Path) -> Path:
@@ -686,6 +704,9 @@ def train_experiment(cfg: RunConfig, exp: Experiment, config_name: str, resume: 
         summary = spec.training_summary(model)
         timings[f"{exp.name}/{label}"] = {"train_s": round(t_train, 2),
                                           "total_s": round(time.perf_counter() - t0, 2), **summary}  # fmt: skip
+        # kept beside the model at once: a run interrupted later still knows it (read_timings)
+        atomic_write(model_dir(run_dir, label, exp.name) / TIMING_FILE,
+                     lambda p: p.write_text(json.dumps(timings[f"{exp.name}/{label}"], indent=1)))
         console.print(f"  {label}: trained in {t_train:.1f} s" + "".join(f"; {k}: {v}" for k, v in summary.items()))
     return timings
 

@@ -103,6 +103,12 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
     (``rundir.run_lock``): refused while another process writes there."""
     directory = saved_model_dir(run_dir, label, experiment)
     out = Path(out) if out is not None else Path(run_dir) / "applied" / label
+    if out.is_dir() and any(out.iterdir()) and not (out / "provenance.json").is_file():
+        # not an earlier prediction's folder: its report.html, metrics.csv ... are the user's
+        raise PredictError(f"--out {out} holds files and is not the folder of an earlier prediction (no "
+                           "provenance.json): its files would be replaced; give an empty or new folder")
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file; give a folder")
     if not out.resolve().is_relative_to(Path(run_dir).resolve()):
         return _apply(run_dir, directory, label, files, start, end, out)
     try:
