@@ -202,6 +202,22 @@ def test_gridded_wrong_unit_detected(tmp_path):
         read_gridded(path)
 
 
+def test_celsius_labelled_kelvin_and_a_model_calendar_are_named(tmp_path):
+    t = np.arange(8.0)
+    ds = xr.Dataset({"tas": (("time", "lat", "lon"), np.full((8, 2, 2), 12.0), {"units": "K"})},
+                    coords={"time": ("time", t, {"units": "hours since 2000-01-01 00:00:00"}), "lat": [1.0, 2.0],
+                            "lon": [3.0, 4.0]})
+    ds.to_netcdf(tmp_path / "celsius.nc")
+    with pytest.raises(DataError, match=r"celsius.nc: column tas \(Tair\).* the values look like degC, not K"):
+        read_gridded(tmp_path / "celsius.nc")
+    ds["time"].attrs["calendar"] = "noleap"
+    ds["tas"] = ds["tas"] + 273.15
+    ds.to_netcdf(tmp_path / "noleap.nc")
+    with pytest.raises(DataError, match=r"noleap.nc: time could not be decoded to dates \(units 'hours since "
+                                        r"2000-01-01 00:00:00', calendar 'noleap'\); calendar 'noleap' is not the real one"):
+        read_gridded(tmp_path / "noleap.nc")
+
+
 def test_time_units_with_a_utc_offset_keep_the_files_clock(orig, tmp_path):
     """xarray decodes "... since 2005-01-01 00:00:00 +01:00" to UTC; the readers take the file's own
     clock (PLUMBER2: local standard time) and its declared offset, not UTC labelled local."""

@@ -1032,7 +1032,7 @@ def test_plumber2_netcdf4_attribute_error_is_a_data_error(tmp_path, monkeypatch)
         raise AttributeError("NetCDF: Can't open HDF5 attribute")
 
     monkeypatch.setattr(xr, "open_dataset", corrupted)
-    with pytest.raises(DataError, match="_Met.nc: cannot open as netCDF: AttributeError: NetCDF: Can't open HDF5 attribute"):
+    with pytest.raises(DataError, match=r"_Met.nc: cannot open as netCDF \(\d+ bytes; a truncated or damaged file\?\): AttributeError: NetCDF: Can.t open HDF5 attribute"):
         read_site(path, find_partner=False)
 
 

@@ -47,7 +47,8 @@ import xarray as xr
 
 from .. import thermo
 from .checks import check_plausible
-from .plumber2 import IO_ERRORS, check_times, declared_utc_offset, open_netcdf, reject_infinite
+from .plumber2 import (IO_ERRORS, cannot_open, check_times, declared_utc_offset, open_netcdf, reject_infinite,
+                       undecoded_time)
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
@@ -233,11 +234,11 @@ def read_gridded(
         src = open_netcdf(path, chunks=chunks or {"time": 512}, decode_times=True,
                           mask_and_scale=True)
     except IO_ERRORS as exc:
-        raise DataError(f"{file}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
+        raise cannot_open(file, exc) from exc
     if "time" not in src.dims:
         raise DataError(f"{file}: no 'time' dimension; expected dims (time, y/lat, x/lon)")
     if not np.issubdtype(src["time"].dtype, np.datetime64):
-        raise DataError(f"{file}: time could not be decoded to dates (attrs {dict(src['time'].attrs)})")
+        raise DataError(undecoded_time(src["time"], file))
     ydim = _dim(src, _Y_NAMES, file, "y/lat")
     xdim = _dim(src, _X_NAMES, file, "x/lon")
     starts, interval_note = _interval_starts(src, file)
@@ -418,7 +419,7 @@ def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -
     try:
         src = open_netcdf(path, decode_times=True, mask_and_scale=True)
     except IO_ERRORS as exc:
-        raise DataError(f"{file}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
+        raise cannot_open(file, exc) from exc
     with src:
         if "ref_time" not in src.dims or src.sizes["ref_time"] != 1:
             raise DataError(f"{file}: no ref_time dimension of length 1; expected the reference model output "

@@ -86,11 +86,20 @@ def open_netcdf(path: str | Path, **kwargs) -> xr.Dataset:
     return xr.open_dataset(path, engine=engine, **kwargs)
 
 
+def cannot_open(path, exc: Exception) -> DataError:
+    """The DataError of a file that does not open as netCDF (its size: a cut-off download shows)."""
+    try:
+        size = f"{Path(path).stat().st_size} bytes; "
+    except OSError:
+        size = ""
+    return DataError(f"{path}: cannot open as netCDF ({size}a truncated or damaged file?): {type(exc).__name__}: {exc}")
+
+
 def _open(path: Path) -> xr.Dataset:
     try:
         return open_netcdf(path, decode_times=True, mask_and_scale=True)
     except IO_ERRORS as exc:
-        raise DataError(f"{path}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
+        raise cannot_open(path, exc) from exc
 
 
 def _squeeze(ds: xr.Dataset, file: str) -> xr.Dataset:
@@ -259,7 +268,7 @@ def _load(p: Path) -> _File:
     finally:
         raw.close()
     if not np.issubdtype(ds["time"].dtype, np.datetime64):
-        raise DataError(f"{file}: time could not be decoded to dates (units {ds['time'].attrs!r})")
+        raise DataError(undecoded_time(ds["time"], file))
     t = pd.DatetimeIndex(ds["time"].values).astype("datetime64[ns]")
     offset = declared_utc_offset(ds["time"])
     if offset is not None:  # decoded to UTC: back to the file's own clock, the site's (PLUMBER2: local standard time)
@@ -378,6 +387,15 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
 
 
 _DECLARED_OFFSET = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$")
+
+
+def undecoded_time(time: xr.DataArray, file: str) -> str:
+    """The message for a time axis xarray did not decode to dates: its units and calendar."""
+    units = time.encoding.get("units", time.attrs.get("units"))
+    calendar = time.encoding.get("calendar", time.attrs.get("calendar", "standard"))
+    why = (f"; calendar {calendar!r} is not the real one (the readers need the standard/gregorian calendar)"
+           if str(calendar).lower() not in ("standard", "gregorian", "proleptic_gregorian") else "")
+    return f"{file}: time could not be decoded to dates (units {units!r}, calendar {calendar!r}){why}"
 
 
 def declared_utc_offset(time: xr.DataArray) -> float | None:

@@ -140,7 +140,7 @@ VARIABLES: dict[str, Variable] = {
     for v in [
         Variable("Tair", "K", "near-surface air temperature", (223.15, 333.15),
                  ("TA_F", "TA_F_MDS", "TA", "TA_ERA"), "degC", 1.0, 273.15, "+ 273.15",
-                 alt_units={"K": (1.0, 0.0), "degF": (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0)}),
+                 alt_units={"K": (1.0, 0.0), "degC": (1.0, 273.15), "degF": (5.0 / 9.0, 273.15 - 32.0 * 5.0 / 9.0)}),
         Variable("Qair", "kg kg-1", "near-surface specific humidity", (0.0, 0.05),
                  (), "", conversion="derived from VPD or RH with Tair and Psurf (thermo.py)"),
         Variable("VPD", "hPa", "vapour-pressure deficit", (0.0, 100.0),

@@ -45,7 +45,7 @@ import xarray as xr
 
 from .checks import check_plausible
 from .gridded import _file_longitude, _utc_offset, to_local_standard_time
-from .plumber2 import IO_ERRORS, check_times, open_netcdf, reject_infinite
+from .plumber2 import IO_ERRORS, cannot_open, check_times, open_netcdf, reject_infinite
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
@@ -232,7 +232,7 @@ def read_wrf(path: str | Path, *, chunks: dict | None = None, metadata: dict | N
     try:
         src = open_netcdf(path, chunks=chunks or {_T: 512}, decode_times=False, mask_and_scale=True)
     except IO_ERRORS as exc:
-        raise DataError(f"{file}: cannot open as netCDF: {type(exc).__name__}: {exc}") from exc
+        raise cannot_open(file, exc) from exc
     for dim in (_T, _Y, _X):
         if dim not in src.dims:
             raise DataError(f"{file}: no {dim!r} dimension; expected WRF's (Time, south_north, west_east)")
