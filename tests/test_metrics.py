@@ -234,25 +234,29 @@ def test_skill_table_by_hand():
     good = np.array([1.0, 3.0, 2.0, 2.0, 4.0, 4.0, 9.0, 6.0])
     bad = np.array([2.0, 2.0, np.nan, np.nan, 5.0, 5.0, 0.0, 0.0])
     mask = np.array([True] * 7 + [False])
-    df = M.skill_table(obs, {"good": good, "bad": bad}, time, site="XX-Syn", flux="Qle", split="test", mask=mask)
+    with pytest.warns(Warning, match="bad has no prediction at 2 of the 6 observed steps"):
+        df = M.skill_table(obs, {"good": good, "bad": bad}, time, site="XX-Syn", flux="Qle", split="test", mask=mask)
     assert list(df.columns) == list(M.SKILL_COLUMNS)
     assert len(df) == 6
     row = df[(df.model == "good") & (df.scale == "halfhourly")].iloc[0]
-    # pairs: indices 0..5 (6 is NaN obs, 7 masked)
-    assert row.n == 6
-    assert row.rmse == pytest.approx(math.sqrt(2 / 6))
+    # pairs: the steps both models predict, 0, 1, 4, 5 (6 is NaN obs, 7 masked, "bad" lacks 2 and 3)
+    assert row.n == 4
+    assert row.rmse == pytest.approx(math.sqrt(2 / 4))
     assert row.site == "XX-Syn" and row.flux == "Qle" and row.split == "test"
-    # daily means over the jointly valid steps: obs [2, 2, 4], good [2, 2, 4] -> perfect
+    # daily means over the jointly valid steps: days 1 and 3, obs [2, 4], good [2, 4] -> perfect
     d = df[(df.model == "good") & (df.scale == "daily")].iloc[0]
-    assert d.n == 3 and d.rmse == pytest.approx(0.0) and d.nse == pytest.approx(1.0)
-    # model "bad": pairs 0, 1, 4, 5; days 1 and 3 valid: obs [2, 4] vs bad [2, 5]
+    assert d.n == 2 and d.rmse == pytest.approx(0.0) and d.nse == pytest.approx(1.0)
+    # model "bad" on the same days: obs [2, 4] vs bad [2, 5]
     db = df[(df.model == "bad") & (df.scale == "daily")].iloc[0]
     assert db.n == 2
     assert db.rmse == pytest.approx(math.sqrt(0.5))
     assert db.bias_pct == pytest.approx(100 * 1 / 6)
-    # weekly: one ISO week of 14 steps; "good" has 6 jointly valid (0.43 < 0.5) -> n = 0, NaN
+    # weekly: one ISO week of 14 steps; 4 jointly valid (0.29 < 0.5) -> n = 0, NaN
     w = df[(df.model == "good") & (df.scale == "weekly")].iloc[0]
     assert w.n == 0 and math.isnan(w.rmse)
+    # "good" alone: its pairs 0..5
+    alone = M.skill_table(obs, {"good": good}, time, scales=("halfhourly",), mask=mask).iloc[0]
+    assert alone.n == 6 and alone.rmse == pytest.approx(math.sqrt(2 / 6))
     w2 = M.skill_table(obs, {"good": good}, time, scales=("weekly",), mask=mask, min_valid_fraction=0.4)
     assert w2.n.iloc[0] == 1
 
@@ -300,6 +304,27 @@ def test_skill_table_near_zero_observed_mean():
     assert pos.bias_pct == pytest.approx(100 * 4.875 / 100.25)
     assert pos.bias_pct_note == "" and pos.kge_form == "2009"
     assert pos.kge == pytest.approx(M.kge(sim + 100, obs + 100))
+
+
+def test_every_model_is_scored_on_the_same_steps():
+    """A copy of a model that is missing wherever it errs most scored better on its own steps (and
+    was highlighted as best); now both are scored on the steps every model predicts."""
+    from hybridlsm.data.schema import DataWarning
+
+    rng = np.random.default_rng(0)
+    time = pd.date_range("2024-06-01", periods=96, freq="30min")
+    obs = rng.normal(100.0, 50.0, 96)
+    a = obs + rng.normal(0.0, 30.0, 96)
+    b = np.where(np.abs(a - obs) > 40.0, np.nan, a)
+    gaps = int(np.isnan(b).sum())
+    assert 0 < gaps < 96
+    with pytest.warns(DataWarning, match=rf"XX-Syn Qle: b has no prediction at {gaps} of the 96 observed steps; "
+                                         rf"every model is scored on the {96 - gaps} steps all of them predict"):
+        df = M.skill_table(obs, {"a": a, "b": b, "none": np.full(96, np.nan)}, time, scales=("halfhourly",),
+                           site="XX-Syn", flux="Qle").set_index("model")
+    ok = ~np.isnan(b)
+    assert df.at["a", "n"] == df.at["b", "n"] == 96 - gaps and df.at["none", "n"] == 0
+    assert df.at["a", "rmse"] == df.at["b", "rmse"] == pytest.approx(np.sqrt(np.mean((a[ok] - obs[ok]) ** 2)), rel=1e-12)
 
 
 def test_skill_table_flags_absurd_models():

@@ -570,6 +570,31 @@ SKILL_COLUMNS = (
 )  # fmt: skip
 
 
+def _common_pairs(o: np.ndarray, sims: Mapping[str, np.ndarray], mask, where: str) -> np.ndarray:
+    """The steps every model of ``sims`` is scored on (``skill_table``): obs finite, ``mask``, and
+    each model that predicts any of those steps finite."""
+    import warnings
+
+    from ..data.schema import DataWarning
+
+    scored = joint_mask(o, mask=mask)
+    common = scored.copy()
+    for model, sim in sims.items():
+        s = np.asarray(sim, dtype=float)
+        if s.shape != o.shape:
+            raise ValueError(f"skill_table: model {model!r} has shape {s.shape}, obs has {o.shape}")
+        finite = np.isfinite(s)
+        if (finite & scored).any():
+            common &= finite
+    for model, sim in sims.items():
+        finite = np.isfinite(np.asarray(sim, dtype=float))
+        if (finite & scored).any() and not finite[scored].all():
+            warnings.warn(f"{where or 'skill table'}: {model} has no prediction at {int((scored & ~finite).sum())} "
+                          f"of the {int(scored.sum())} observed steps; every model is scored on the "
+                          f"{int(common.sum())} steps all of them predict", DataWarning, stacklevel=4)
+    return common
+
+
 def skill_table(
     obs,
     sims: Mapping[str, np.ndarray],
@@ -586,9 +611,12 @@ def skill_table(
 ) -> pd.DataFrame:
     """Skill of every model in ``sims`` against ``obs`` (1-D arrays on ``time``), per scale.
 
-    For each model the pairs are the steps where obs and that model are finite and ``mask`` (e.g.
-    "test split and QC ≤ 1") is True; both series are set to NaN elsewhere and then aggregated with
-    `aggregate`, so daily and weekly means of obs and sim cover the same half-hours. Columns
+    Every model is scored on the same pairs: the steps where obs are finite, ``mask`` (e.g. "test
+    split and QC ≤ 1") is True and every model that predicts anything there is finite (a model
+    missing at steps the others predict would otherwise be ranked on easier steps; a DataWarning
+    names it and how many steps it removes); both series are set to NaN elsewhere and then
+    aggregated with `aggregate`, so daily and weekly means of obs and sim cover the same half-hours.
+    A model without any prediction at those steps gets an empty row (n = 0). Columns
     (`SKILL_COLUMNS`): RMSE, NSE, KGE, mean bias [``units``], percent bias, Pearson r and the number
     of pairs (or valid periods) n; ``site``, ``flux`` and ``split`` are labels copied into every row.
 
@@ -611,11 +639,10 @@ def skill_table(
         note = (f"observed mean near zero: μo = {o_ok.mean():.3g} ≤ {NEAR_ZERO_MEAN:g}·σo = "
                 f"{NEAR_ZERO_MEAN * o_ok.std():.3g} {units}")
     rows = []
+    common = _common_pairs(o, sims, mask, f"{site} {flux}".strip())
     for model, sim in sims.items():
         s = np.asarray(sim, dtype=float)
-        if s.shape != o.shape:
-            raise ValueError(f"skill_table: model {model!r} has shape {s.shape}, obs has {o.shape}")
-        ok = joint_mask(s, o, mask=mask)
+        ok = common & np.isfinite(s)
         s_m = np.where(ok, s, np.nan)
         o_m = np.where(ok, o, np.nan)
         obs_range = float(np.ptp(o[ok])) if ok.any() else _NAN
