@@ -241,6 +241,31 @@ def test_untrained_variables_known_truth(run_dir):
     assert b.r == pytest.approx(phys.r, rel=1e-9) and b.tau_sim_days == pytest.approx(TAU_PHYS, rel=1e-6)
 
 
+def test_energy_balance_and_soil_scores_leave_out_filled_forcing_steps():
+    """The model rows of the energy balance and the soil-temperature scores counted the test steps
+    driven by forcing filled from the diurnal cycle, which no other score does."""
+    from hybridlsm.evaluation.report import SiteData, energy_balance_table, untrained_variables
+
+    n = 96
+    time = pd.date_range("2020-06-01", periods=n, freq="30min")
+    split = np.r_[np.ones(48), np.full(48, 3)].astype("int8")
+    filled = np.zeros(n, "int8")
+    filled[60:72] = 2
+    obs = xr.Dataset({"Rnet": ("time", np.full(n, 400.0)), "Qg": ("time", np.full(n, 40.0)),
+                      "Qh": ("time", np.full(n, 100.0)), "Qle": ("time", np.full(n, 200.0)), "split": ("time", split),
+                      "forcing_filled": ("time", filled), "SoilTemp": ("time", np.full(n, 290.0))}, coords={"time": time})
+    le, soil = np.full(n, 260.0), np.full(n, 291.0)
+    le[60:72], soil[60:72] = 900.0, 320.0  # far off where the forcing was made up
+    model = xr.Dataset({"Rnet": ("time", np.full(n, 400.0)), "Qg": ("time", np.full(n, 40.0)),
+                        "Qh": ("time", np.full(n, 100.0)), "Qle": ("time", le), "SoilTemp": ("time", soil)},
+                       coords={"time": time})
+    sd = SiteData("S", obs, {"m": model})
+    row = energy_balance_table(sd).set_index("source").loc["m"]
+    assert (row.residual_mean, row.n) == (0.0, 36) and row.closure_ratio == pytest.approx(1.0)
+    soil_row = untrained_variables(sd).set_index("variable").loc["SoilTemp"]
+    assert (soil_row.bias, soil_row.n) == (1.0, 36)
+
+
 def test_energy_balance_section(run_dir):
     from hybridlsm.evaluation.report import energy_balance_table
 
@@ -249,8 +274,11 @@ def test_energy_balance_section(run_dir):
     assert eb.loc["obs", "closure_ratio"] == pytest.approx(0.8)  # tower built to close 80 %
     assert eb.loc["physics", "residual_mean_abs"] == pytest.approx(0.0, abs=1e-9)  # conserving model
     assert math.isnan(eb.loc["2lin", "residual_mean"])  # no Rnet/Qg output
+    from hybridlsm.evaluation.report import flux_mask
+
     obs = sites["XX-Bbb"].obs
-    test = obs.split.values == 3
+    # the steps of the obs row: test, observed H and LE usable
+    test = (obs.split.values == 3) & flux_mask(obs, "Qh") & flux_mask(obs, "Qle")
     avail = obs.Rnet.values[test] - obs.Qg.values[test]
     hyb = xr.load_dataset(run_dir / "predictions/XX-Bbb/hybrid.nc")
     expect = np.sum(hyb.Qh.values[test] + hyb.Qle.values[test]) / np.sum(avail)

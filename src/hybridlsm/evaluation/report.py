@@ -306,9 +306,11 @@ def run_skill(sites: dict[str, SiteData], **kw) -> pd.DataFrame:
 
 def energy_balance_table(sd: SiteData, *, max_qc: int = 1) -> pd.DataFrame:
     """Energy-balance diagnostics on the test split: one row for the obs and one per model with
-    columns site, source, residual_mean, residual_mean_abs, closure_ratio, n, note."""
+    columns site, source, residual_mean, residual_mean_abs, closure_ratio, n, note. Steps driven by
+    forcing filled from the diurnal cycle (``forcing_filled == 2``) are left out, as from every
+    score; a model's closure ratio uses the observations' steps (``flux_mask``)."""
     obs = sd.obs
-    test = sd.test
+    test = sd.test & (forcing_filled(obs) < FILLED_LONG)
     rn_o = _series(obs, "Rnet")
     g_o = _series(obs, "Qg")
     note_g = ""
@@ -337,7 +339,7 @@ def energy_balance_table(sd: SiteData, *, max_qc: int = 1) -> pd.DataFrame:
             res_mean = res_abs = math.nan
             n = 0
             note = "no Rnet/Qg output"
-        ebr = closure_ratio(rn_o, g_o, h, le, mask=test) if rn_o is not None else math.nan
+        ebr = closure_ratio(rn_o, g_o, h, le, mask=test & qc_ok) if rn_o is not None else math.nan
         if rn_o is not None:
             note += "; closure ratio Σ(H_m + LE_m)/Σ(Rn_o − G_o)" + (f" ({note_g})" if note_g else "")
         rows.append(dict(site=sd.site, source=model, residual_mean=res_mean, residual_mean_abs=res_abs,
@@ -434,8 +436,9 @@ def untrained_variables(sd: SiteData) -> pd.DataFrame:
     """Simulated vs tower soil temperature and soil moisture on the test split (see module docs).
 
     Columns: site, model, variable, r, bias, bias_units, n, tau_obs_days, tau_sim_days, n_episodes.
+    Steps driven by forcing filled from the diurnal cycle (``forcing_filled == 2``) are not scored.
     """
-    test = sd.test
+    test = sd.test & (forcing_filled(sd.obs) < FILLED_LONG)
     rows = []
     t_obs = _series(sd.obs, "SoilTemp", layered=True)
     m_obs = _series(sd.obs, "SoilMoistVol", layered=True)
