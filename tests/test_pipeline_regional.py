@@ -195,6 +195,16 @@ def test_grid_skill_pools_test_cells_and_steps():
     truth = table.loc[("Qh", "truth")]  # errors 1, 4, 1, 0
     assert truth["n"] == 4 and truth["mae"] == pytest.approx(1.5) and np.isnan(truth["r"])
     assert table.loc[("closed loop", "recomputed cell-steps")]["n"] == 1
+    # observed values with a QC flag above the run's max_qc, or at a step of filled forcing, are not scored
+    obs["Qh_qc"] = (("time", "y", "x"), np.array([[[0, 0]], [[3, 0]], [[0, 0]], [[0, 0]]]))
+    obs.attrs["max_qc"] = 1
+    observed = grid_skill("g", {"obs": obs, "models": {"m": pred}}).set_index(["variable", "reference"]).loc[
+        ("Qh", "observed")]  # pairs (2, 1), (1, 4)
+    assert observed["n"] == 2 and observed["bias"] == pytest.approx(-1.0)
+    obs["forcing_filled"] = ("time", np.array([2, 0, 0, 0], np.int8))
+    observed = grid_skill("g", {"obs": obs, "models": {"m": pred}}).set_index(["variable", "reference"]).loc[
+        ("Qh", "observed")]  # pair (1, 4)
+    assert observed["n"] == 1 and np.isnan(observed["bias"])  # one pair: too few to score (point_scores)
 
 
 #: the virtual region of tests/test_regional_models.py's fixture (12 x 12 cells, 6 days, 1 spin-up day): the

@@ -602,7 +602,7 @@ def write_test_observations(cfg: RunConfig, exp: Experiment, run_dir: Path) -> N
         sid = _site_id(d)
         if d.kind == "grid":
             write_grid_obs(d, exp.labels[sid], exp.split_kind, run_dir / "maps" / site_file_name(sid) / "obs.nc",
-                           cfg.data.targets)
+                           cfg.data.targets, cfg.data.max_qc)
             towers = d.select_columns(tower_columns(d, cfg.data.targets))
             for j, tid in enumerate(towers.column_ids):
                 write_obs(towers.column(j), exp.labels[sid], exp.split_kind,
@@ -612,14 +612,18 @@ def write_test_observations(cfg: RunConfig, exp: Experiment, run_dir: Path) -> N
                   cfg.data.targets, cfg.data.max_qc)  # fmt: skip
 
 
-def write_grid_obs(d: Domain, labels: np.ndarray, split_kind: str, path: Path, targets=DEFAULT_TARGETS) -> None:
-    """A grid's observed targets (and a twin's ``*_true`` fields) on (time, y, x) with the split."""
-    keep = [v for v in d.data.data_vars if v in targets or (str(v).endswith("_true") and d.data[v].dims == ("time", "column"))]
+def write_grid_obs(d: Domain, labels: np.ndarray, split_kind: str, path: Path, targets=DEFAULT_TARGETS,
+                   max_qc: int = 1) -> None:
+    """A grid's observed targets with their QC flags and ``forcing_filled`` where the grid has them
+    (``maps.grid_skill`` scores only the usable values, as a site's), and a twin's ``*_true`` fields,
+    on (time, y, x) with the split."""
+    keep = [v for v in d.data.data_vars if v in targets or (str(v).endswith("_true") and d.data[v].dims == ("time", "column"))
+            or (v in (*(f"{t}_qc" for t in targets), "forcing_filled") and d.data[v].dims == ("time", "column"))]
     grid = d.grid_dataset()
     obs = grid[keep + ["igbp"]].copy()
     obs["split"] = ("time", np.asarray(labels, np.int8), SPLIT_ATTRS)
     obs.attrs = {k: v for k, v in grid.attrs.items() if isinstance(v, (str, int, float))}
-    obs.attrs.update(split_kind=split_kind, targets=" ".join(targets), grid=d.name)
+    obs.attrs.update(split_kind=split_kind, targets=" ".join(targets), grid=d.name, max_qc=int(max_qc))
     write_netcdf(obs, path)
 
 

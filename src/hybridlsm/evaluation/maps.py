@@ -62,9 +62,23 @@ def _test(obs: xr.Dataset) -> np.ndarray:
     return np.asarray(obs["split"].values) == TEST_SPLIT
 
 
+def _usable(obs: xr.Dataset, var: str) -> np.ndarray:
+    """The observed ``var`` (time, y, x) where it counts: NaN where its QC flag exceeds the run's
+    ``max_qc`` or the step's forcing was filled from the diurnal cycle (as a site's ``flux_mask``)."""
+    values = np.asarray(obs[var].values, float)
+    bad = np.zeros(values.shape, bool)
+    if f"{var}_qc" in obs:
+        qc = np.asarray(obs[f"{var}_qc"].values, float)
+        bad |= ~((qc >= 0) & (qc <= int(obs.attrs.get("max_qc", 1))))
+    if "forcing_filled" in obs:  # (time,) or (time, y, x)
+        filled = np.asarray(obs["forcing_filled"].values) >= 2
+        bad |= np.broadcast_to(filled.reshape(filled.shape + (1,) * (values.ndim - filled.ndim)), values.shape)
+    return np.where(bad, np.nan, values)
+
+
 def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
-    """One row per model, variable and reference (``observed``: the grid's observations, where
-    they exist; ``truth``: a twin's true field at every cell) over the test steps."""
+    """One row per model, variable and reference (``observed``: the grid's usable observations,
+    where they exist (``_usable``); ``truth``: a twin's true field at every cell) over the test steps."""
     obs, rows = maps["obs"], []
     test = _test(obs)
     for label, ds in maps["models"].items():
@@ -75,8 +89,9 @@ def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
             pred = ds[var].values[test]
             for reference, name in (("observed", var), ("truth", TRUTH[var])):
                 if name in obs:
+                    ref = _usable(obs, name) if reference == "observed" else np.asarray(obs[name].values, float)
                     rows.append({"grid": grid, "model": label, "variable": var, "reference": reference,
-                                 **point_scores(pred, obs[name].values[test])})
+                                 **point_scores(pred, ref[test])})
         if recomputed is not None:
             rows.append({"grid": grid, "model": label, "variable": "closed loop", "reference": "recomputed cell-steps",
                          "mse": np.nan, "mae": np.nan, "r": np.nan, "bias": np.nan,
