@@ -235,3 +235,17 @@ def test_held_out_labels():
     assert _counts(labels["C"]) == {UNUSED: 10, TRAIN: 48, VALIDATION: 12}
     with pytest.raises(DataError, match=r"unknown site id\(s\) \['D'\]; the sites read are \['A', 'B', 'C'\]"):
         held_out_labels([_site("A", 100), _site("B", 50), _site("C", 70)], ["D"])
+
+
+def test_usable_targets_leave_out_qc_gaps_split_and_steps_of_made_up_forcing():
+    from hybridlsm.data.splits import usable_targets
+
+    t = pd.date_range("2020-06-01", periods=8, freq="30min")
+    ds = xr.Dataset({"Qle": ("time", np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0, 7.0, 8.0])),
+                     "Qle_qc": ("time", np.array([0, 0, 0, 3, 0, 0, 0, 0], np.int8)),
+                     "forcing_filled": ("time", np.array([0, 1, 0, 0, 2, 0, 0, 0], np.int8)),
+                     "loss_mask": ("time", np.array([True] * 7 + [False]))}, coords={"time": t})
+    values, usable = usable_targets(ds, ["Qle", "Qh"], max_qc=1)
+    # 2 missing, 3 QC 3, 4 driven by forcing from the diurnal cycle, 7 outside the split; Qh absent
+    assert usable[:, 0].tolist() == [True, True, False, False, False, True, True, False]
+    assert not usable[:, 1].any() and np.isnan(values[:, 1]).all()

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .preprocess import FILLED_LONG, forcing_filled
 from .schema import DataError, qc_mask
 
 __all__ = [
@@ -401,12 +402,14 @@ def loss_steps(ds: xr.Dataset) -> np.ndarray:
 def usable_targets(ds: xr.Dataset, targets, max_qc: int) -> tuple[np.ndarray, np.ndarray]:
     """``(values (T, K), usable (T, K))`` of one site's observed ``targets``.
 
-    Usable: :func:`hybridlsm.data.qc_mask` (present, QC <= ``max_qc``, not estimated), finite, and
-    in :func:`loss_steps`. A target absent from the dataset is NaN and never usable; a target that
-    is not 1-D on ``time`` is an error.
+    Usable: :func:`hybridlsm.data.qc_mask` (present, QC <= ``max_qc``, not estimated), finite, in
+    :func:`loss_steps`, and not at a step whose forcing was filled from the diurnal cycle or
+    estimated (``forcing_filled`` 2: the model ran on made-up forcing there, so these steps are
+    neither trained on nor scored). A target absent from the dataset is NaN and never usable; a
+    target that is not 1-D on ``time`` is an error.
     """
     n = ds.sizes["time"]
-    extra = loss_steps(ds)
+    extra = loss_steps(ds) & (forcing_filled(ds) < FILLED_LONG)
     values, masks = [], []
     for var in targets:
         if var not in ds:
