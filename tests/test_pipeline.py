@@ -71,6 +71,19 @@ def test_run_writes_run_directory_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     assert (run / "predictions/TINY/physics.nc").stat().st_mtime_ns == before
     assert json.loads((run / "timings.json").read_text()) == timings
+    # a prediction damaged since: `hybridlsm report` names it and scores nothing, never the damaged values
+    metrics = (run / "metrics.csv").read_text()
+    data = bytearray((run / "predictions/TINY/1lin.nc").read_bytes())
+    data[-100] ^= 0xFF
+    (run / "predictions/TINY/1lin.nc").write_bytes(bytes(data))
+    result = runner.invoke(app, ["report", str(run)])
+    assert result.exit_code == 3 and "1lin.nc is damaged or truncated" in " ".join(result.output.split())
+    assert (run / "metrics.csv").read_text() == metrics
+    # nor a folder a run is still writing
+    partial = run.with_name(".tiny.partial")
+    run.rename(partial)
+    result = runner.invoke(app, ["report", str(partial)])
+    assert result.exit_code == 2 and "is an unfinished run" in " ".join(result.output.split())
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

@@ -184,8 +184,9 @@ def test_bad_run_directories_are_clear_errors(tmp_path, validated):
     run, _ = validated
     with pytest.raises(ValidationRunError, match=r"model\(s\) \['lstm'\]; the run has: 1lin, hybrid_flux, physics"):
         validate_run(run, labels=["lstm"])
-    with pytest.raises(ValidationRunError, match="years must be positive"):
-        validate_run(run, years=0)
+    for years in (0, float("nan"), float("inf")):  # nan and inf crashed the online run's cycle count
+        with pytest.raises(ValidationRunError, match="years must be a positive number"):
+            validate_run(run, years=years)
     assert validation_html(tmp_path / "empty") == ""
 
 

@@ -141,6 +141,7 @@ def user_errors():
     from .config import ConfigError
     from .data import DataError
     from .models.registry import SavedModelError
+    from .rundir import DamagedRunFile
     from .training import CheckpointError, TrainingError
 
     console = Console(stderr=True, highlight=False)
@@ -162,7 +163,7 @@ def user_errors():
         fail("data error", err, 2, "`hybridlsm data inspect FILE` shows what each file holds")
     except TrainingError as err:
         fail("training failed", err, 3, "fix the cause (forcing, targets, learning rate) and rerun")
-    except (SavedModelError, CheckpointError) as err:
+    except (SavedModelError, CheckpointError, DamagedRunFile) as err:
         fail("damaged run file", err, 3, "delete the file named to recompute it, or start a new run")
     except OSError as err:  # a path that cannot be read or written (permissions, disk full, a directory)
         fail("file error", f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 4)
@@ -227,10 +228,13 @@ def run(
 def report(run_dir: Path = typer.Argument(..., help="a run directory written by `hybridlsm run`")) -> None:
     """Rebuild the HTML report, metrics.csv and skill.json of a run."""
     from .evaluation.report import build_report
+    from .rundir import run_lock, unfinished_run
 
     if not (run_dir / "predictions").is_dir() and not (run_dir / "maps").is_dir():
         raise typer.BadParameter(f"{run_dir} has no predictions/ or maps/ folder; is it a run directory?")
-    with user_errors():
+    if unfinished_run(run_dir):
+        raise typer.BadParameter(unfinished_run(run_dir))
+    with user_errors(), run_lock(run_dir):  # never beside another process writing the run
         Console().print(f"report: [green]{build_report(run_dir)}[/green]")
 
 

@@ -54,7 +54,7 @@ from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
-from .rundir import RunLockedError, atomic_write, json_safe, run_lock, write_checked
+from .rundir import RunLockedError, atomic_write, json_safe, run_lock, unfinished_run, write_checked
 
 __all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
@@ -238,6 +238,8 @@ def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir}: no such run directory")
+    if unfinished_run(run_dir):
+        raise PredictError(unfinished_run(run_dir))
     try:
         with run_lock(run_dir):
             out = _discover(run_dir, labels, seed, refit, progress)

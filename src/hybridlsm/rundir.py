@@ -119,6 +119,45 @@ def problem(path: Path, sha256: str | None = None) -> str | None:
     return None
 
 
+def unfinished_run(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not a finished run to report on, validate or discover from (the folder a
+    run writes until it has finished, ``.<name>.partial`` or ``.<name>.overwrite``), or None."""
+    name = Path(run_dir).name
+    for suffix in (".partial", ".overwrite"):
+        if name.startswith(".") and name.endswith(suffix) and len(name) > len(suffix) + 1:
+            return (f"{run_dir} is an unfinished run (it stopped before its report was written); finish it with "
+                    f"`hybridlsm run CONFIG --resume{' --overwrite' if suffix == '.overwrite' else ''}`")
+    return None
+
+
+class DamagedRunFile(ValueError):
+    """A file of a run whose content does not match its recorded SHA-256, or cannot be read."""
+
+
+def verified(path: Path) -> Path:
+    """``path``, after checking it against its sidecar checksum where it has one (a file written
+    before checksums, or by hand, has none and is taken as it is); DamagedRunFile otherwise."""
+    path = Path(path)
+    if checksum_path(path).is_file():
+        why = problem(path)
+        if why is not None:
+            raise DamagedRunFile(f"{path} {why}")
+    return path
+
+
+def load_checked_dataset(path: Path):
+    """The netCDF file ``path`` of a run, loaded after ``verified``; a file that does not read as
+    netCDF is a DamagedRunFile too (never a traceback from the backend)."""
+    import xarray as xr
+
+    try:
+        return xr.load_dataset(verified(path))
+    except DamagedRunFile:
+        raise
+    except (ValueError, OSError, RuntimeError) as err:
+        raise DamagedRunFile(f"{path} cannot be read as netCDF ({type(err).__name__}: {err})") from None
+
+
 # ------------------------------------------------------------------------------------ lock
 
 

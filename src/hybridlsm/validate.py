@@ -10,6 +10,7 @@ run's lock is held.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from .evaluation.validation import (CHECKED_FORCING, ENERGY_DRIFT_TOL, FLUXES, L
 from .models.column import domain_inputs
 from .models.registry import load_run_config, load_saved_model
 from .pipeline import read_site_spec
-from .rundir import run_lock
+from .rundir import load_checked_dataset, run_lock, unfinished_run
 
 __all__ = ["site_domains", "validate_run"]
 
@@ -90,11 +91,13 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
     pred_root = run_dir / "predictions"
     if not pred_root.is_dir() or not (run_dir / "models").is_dir():
         raise ValidationRunError(f"{run_dir}: not a finished run directory (no predictions/ or models/ folder)")
-    if years <= 0:
-        raise ValidationRunError(f"years must be positive, got {years}")
+    if unfinished_run(run_dir):
+        raise ValidationRunError(unfinished_run(run_dir))
+    if not (math.isfinite(years) and years > 0):
+        raise ValidationRunError(f"years must be a positive number, got {years}")
     with run_lock(run_dir):
         folders = sorted(p for p in pred_root.iterdir() if (p / "obs.nc").is_file())
-        obs = {p.name: xr.load_dataset(p / "obs.nc") for p in folders}
+        obs = {p.name: load_checked_dataset(p / "obs.nc") for p in folders}
         available = sorted({f.stem for p in folders for f in p.glob("*.nc") if f.name != "obs.nc"})
         unknown = sorted(set(labels or ()) - set(available))
         if unknown or not available:
@@ -110,7 +113,7 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
                 pred_path = run_dir / "predictions" / folder / f"{label}.nc"
                 if not pred_path.is_file():
                     continue
-                pred = xr.load_dataset(pred_path)
+                pred = load_checked_dataset(pred_path)
                 spec, _, model = load_saved_model(_experiment(run_dir, label, pred, pred_path))
                 model = spec.as_predicted(model)  # e.g. hybrid_param's epistemic fallback on, as in predict
                 entry["type"] = spec.name

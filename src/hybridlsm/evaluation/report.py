@@ -83,7 +83,7 @@ from hybridlsm.evaluation.metrics import (
     pearson_r,
     skill_table,
 )
-from hybridlsm.rundir import json_safe
+from hybridlsm.rundir import json_safe, load_checked_dataset, verified
 
 __all__ = [
     "FLUXES",
@@ -159,7 +159,8 @@ def scored_variables(sd: SiteData) -> tuple[str, ...]:
 
 
 def load_run(run_dir: Path) -> dict[str, SiteData]:
-    """Read ``predictions/<site>/{obs,<model>}.nc`` of a run directory (sites in name order)."""
+    """Read ``predictions/<site>/{obs,<model>}.nc`` of a run directory (sites in name order), each
+    checked against its recorded SHA-256 (``rundir.load_checked_dataset``)."""
     pred = Path(run_dir) / "predictions"
     if not pred.is_dir():
         raise FileNotFoundError(f"{pred}: no predictions directory (run directory layout: architecture §3)")
@@ -168,7 +169,7 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
         obs_path = d / "obs.nc"
         if not obs_path.is_file():
             raise FileNotFoundError(f"{obs_path}: observations of site {d.name!r} are missing")
-        obs = xr.load_dataset(obs_path)
+        obs = load_checked_dataset(obs_path)  # a damaged file is refused, never scored
         if "time" not in obs.coords:
             raise DataError(f"{obs_path}: no 'time' coordinate")
         if "split" not in obs.variables:
@@ -180,7 +181,7 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
         for f in sorted(d.glob("*.nc")):
             if f.name == "obs.nc":
                 continue
-            ds = xr.load_dataset(f)
+            ds = load_checked_dataset(f)
             if "time" not in ds.coords:
                 raise DataError(f"{f}: no 'time' coordinate")
             models[f.stem] = ds.reindex(time=obs["time"])
@@ -786,8 +787,8 @@ def _discovery_html(run_dir: Path) -> str:
     folder = run_dir / "discovery"
     if not (folder / "forms.csv").is_file() or (folder / "forms.csv").stat().st_size <= 1:
         return ""
-    forms = pd.read_csv(folder / "forms.csv")
-    meta = json.loads((folder / "discovery.json").read_text()) if (folder / "discovery.json").is_file() else {}
+    forms = pd.read_csv(verified(folder / "forms.csv"))
+    meta = json.loads(verified(folder / "discovery.json").read_text()) if (folder / "discovery.json").is_file() else {}
     h = ["<h2>Discovered exchange law</h2>",
          "<p class='note'>Closed forms fitted to each hybrid's learned K_h on the training and validation steps "
          "(<code>hybridlsm discover</code>): the branched power law K_h = a·u^b·|Ri|^c with separate stable and "
@@ -850,6 +851,9 @@ def build_report(
     directory the report names (a run builds its report before its folder is moved into place)."""
     run_dir = Path(run_dir)
     shown = html.escape(str(shown_as or run_dir))
+    for section in ("validation/validation.json", "discovery/discovery.json", "discovery/forms.csv"):
+        if (run_dir / section).is_file():  # checked before anything is rewritten
+            verified(run_dir / section)
     sites = load_run(run_dir) if _has_sites(run_dir) or not (run_dir / "maps").is_dir() else {}
     config = config_name if config_name is not None else _config_name(run_dir, sites)
     plot_dir = run_dir / "plots"
@@ -857,6 +861,9 @@ def build_report(
         return _write_report(run_dir, config, [
             f"<p>Run directory <code>{shown}</code>; no cell of the grid observes a flux, so "
             "nothing is scored as a site.</p>", maps_html(run_dir, plot_dir), training_html(run_dir, plot_dir)])
+    if not any(sd.models for sd in sites.values()):
+        raise DataError(f"{run_dir}: the run holds observations but no model's predictions "
+                        f"({', '.join(sites)}); nothing to score")
     if max_qc is None:
         max_qc = int(next(iter(sites.values())).obs.attrs.get("max_qc", 1))
 
