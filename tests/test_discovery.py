@@ -350,6 +350,11 @@ def test_discover_fits_each_fold_of_a_leave_one_site_out_run(tmp_path, run_confi
         assert np.isfinite(law_nse) and folds.set_index("fold").loc[fold, "nse_Qh_law"] == pytest.approx(law_nse)
     assert (out / "folds.csv.sha256").is_file() and "Leave-one-site-out folds" in (run / "report.html").read_text()
 
+    # a model that is not in the run, or that learns no K_h, is named; a label given twice is fitted once
+    with pytest.raises(PredictError, match=r"no model nosuch in the run; it has: .*hybrid_param"):
+        discover(run, labels=["nosuch"])
+    with pytest.raises(PredictError, match=r"\['physics'\] have no learned K_h to fit"):
+        discover(run, labels=["physics"])
     # still refused, clearly: a test_sites run (its training sites' K_h is not in the run)
     other = tmp_path / "test-sites"
     shutil.copytree(run, other)

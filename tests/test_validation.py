@@ -25,6 +25,7 @@ from hybridlsm.evaluation.validation import (
 )
 from hybridlsm.validate import validate_run
 from hybridlsm.rundir import lock_path, problem
+from hybridlsm.data.schema import DataWarning
 
 DAYS = 60
 #: the tiny runs' data section (the name line first)
@@ -188,6 +189,22 @@ def test_bad_run_directories_are_clear_errors(tmp_path, validated):
         with pytest.raises(ValidationRunError, match="years must be a positive number"):
             validate_run(run, years=years)
     assert validation_html(tmp_path / "empty") == ""
+
+
+@pytest.mark.slow  # validates one model of the small run again
+def test_validating_one_model_keeps_the_others_results(tmp_path, validated):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(validated[0], run)
+    result = validate_run(run, years=5, labels=["1lin"], progress=False)
+    assert sorted(result["models"]) == ["1lin", "hybrid_flux", "physics"]
+    stored = json.loads((run / "validation" / "validation.json").read_text())
+    assert sorted(stored["models"]) == ["1lin", "hybrid_flux", "physics"]
+    assert set(pd.read_csv(run / "validation" / "levels.csv")["model"]) == {"1lin", "hybrid_flux", "physics"}
+    with pytest.warns(DataWarning, match=r"the earlier validation of hybrid_flux, physics ran 5 years, this one 2"):
+        result = validate_run(run, years=2, labels=["1lin"], progress=False)
+    assert sorted(result["models"]) == ["1lin"]
 
 
 FALLBACK_CONFIG = "name: fallback" + DATA + """models:

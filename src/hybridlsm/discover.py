@@ -36,6 +36,7 @@ Writes ``RUN/discovery/``: ``discovery.json`` (everything), ``forms.csv`` (the T
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ import xarray as xr
 
 from .config import ConfigError
 from .data.preprocess import FILLED_LONG, forcing_filled
+from .data.schema import DataWarning
 from .data.splits import TEST, TRAIN, VALIDATION
 from .domain import site_file_name, write_site_outputs
 from .evaluation import metrics
@@ -54,7 +56,7 @@ from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
-from .rundir import RunLockedError, atomic_write, json_safe, run_lock, unfinished_run, write_checked
+from .rundir import RunLockedError, atomic_write, json_safe, run_lock, unfinished_run, verified, write_checked
 
 __all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
@@ -269,14 +271,28 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
                            "leave-one-site-out runs")  # fmt: skip
     found = learned_models(run_dir, sites, per_fold)
     if labels:
+        labels = list(dict.fromkeys(labels))  # a label given twice is fitted once
+        in_run = {m for sd in sites.values() for m in sd.models} | {p.name for p in (run_dir / "models").glob("*")}
+        absent = [lb for lb in labels if lb not in in_run]
+        if absent:
+            raise PredictError(f"{run_dir}: no model {', '.join(absent)} in the run; it has: {', '.join(sorted(in_run))}")
         unknown = [lb for lb in labels if lb not in found]
         if unknown:
-            raise PredictError(f"{run_dir}: {unknown} have no learned K_h to fit; models that learn it: "
-                               f"{', '.join(found) or 'none'}")  # fmt: skip
-        found = list(labels)
+            raise PredictError(f"{run_dir}: {unknown} have no learned K_h to fit (or no predictions of it in "
+                               f"predictions/); models that learn it: {', '.join(found) or 'none'}")  # fmt: skip
+        found = labels
     if not found:
-        raise PredictError(f"{run_dir}: no model of the run learns K_h (hybrid_param, hybrid_lstm); nothing to discover")
+        saved = sorted(p.name for p in (run_dir / "models").glob("*"))
+        raise PredictError(f"{run_dir}: no model with predictions in predictions/ learns K_h (hybrid_param, hybrid_lstm; "
+                           f"the run's saved models: {', '.join(saved) or 'none'}); nothing to discover")
     out = run_dir / DISCOVERY_DIR
+    if (out / "discovery.json").is_file():  # say what an earlier discover found that this one replaces
+        earlier = json.loads(verified(out / "discovery.json").read_text()).get("models", {})
+        dropped = sorted(set(earlier) - set(found))
+        if dropped:
+            warnings.warn(f"{out}: the earlier discovery of {', '.join(dropped)} is replaced by this one of "
+                          f"{', '.join(found)} (run discover without --model to fit every model)", DataWarning,
+                          stacklevel=3)
     # the run's sites rebuilt from its config and checked against its obs.nc (keyed by site id)
     try:
         rebuilt = site_domains(run_dir, {site_file_name(s): sd.obs for s, sd in sites.items()})

@@ -132,7 +132,7 @@ def validate_run(run_dir: Path, years: float = 50.0, labels: Sequence[str] | Non
                     levels["online"] = online(column, correct, domains[folder], o, years, state0, progress, label)
                     series[(label, site)] = levels["online"]
                 entry["sites"][site] = {k: levels[k] for k in LEVELS}
-        write_validation(run_dir / "validation", result, series)
+        result = write_validation(run_dir / "validation", result, series)
         if then is not None:  # e.g. the report's rebuild, under the same lock
             then()
     return result

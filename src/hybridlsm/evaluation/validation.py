@@ -64,6 +64,7 @@ import html
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -79,6 +80,7 @@ from rich.progress import track
 
 from hybridlsm.constants import LATENT_HEAT_FUSION
 from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
+from hybridlsm.data.schema import DataWarning
 from hybridlsm.data.splits import TEST
 from hybridlsm.domain import Domain
 from hybridlsm.evaluation import plots
@@ -513,7 +515,20 @@ def _plot_emergent(label: str, runs: dict[str, dict], path: Path) -> None:
     write_checked(path, lambda p: plots.save_figure(fig, p))
 
 
-def write_validation(out: Path, result: dict, series: dict) -> None:
+def write_validation(out: Path, result: dict, series: dict) -> dict:
+    """Write ``RUN/validation/`` (plots, levels.csv, validation.json) and return what it holds: the
+    models of ``result`` beside those an earlier validation of the same length wrote (``hybridlsm
+    validate --model X`` adds X; results of another length are replaced, with a warning)."""
+    path = out / "validation.json"
+    if path.is_file():
+        earlier = json.loads(verified(path).read_text())
+        kept = {k: v for k, v in earlier.get("models", {}).items() if k not in result["models"]}
+        if kept and earlier.get("years") == result["years"]:
+            result = {**result, "models": {**kept, **result["models"]}}
+        elif kept:
+            warnings.warn(f"{path}: the earlier validation of {', '.join(kept)} ran {earlier.get('years')} years, this "
+                          f"one {result['years']}; it is replaced (validate them again with --years "
+                          f"{result['years']:g})", DataWarning, stacklevel=2)
     for label in result["models"]:
         runs = {site: r for (lab, site), r in series.items() if lab == label}
         if runs:
@@ -523,6 +538,7 @@ def write_validation(out: Path, result: dict, series: dict) -> None:
     write_checked(out / "levels.csv", lambda p: table.to_csv(p, index=False))
     text = json.dumps(json_safe(result), indent=1, allow_nan=False)
     write_checked(out / "validation.json", lambda p: p.write_text(text))
+    return result
 
 
 # ------------------------------------------------------------------------------- the report
