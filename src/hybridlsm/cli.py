@@ -101,7 +101,7 @@ def data_inspect(
     paths: list[Path] = typer.Argument(..., help="Data files: FLUXNET CSV, PLUMBER2 or gridded netCDF."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     max_qc: Optional[int] = typer.Option(
-        None, "--max-qc", help="Closure only over steps whose Qh and Qle QC flags are <= this."
+        None, "--max-qc", min=0, max=3, help="Closure only over steps whose Qh and Qle QC flags are <= this (0-3)."
     ),
 ) -> None:
     """Per file: site, period, time step, variables with units and valid fraction, gaps longer
@@ -320,7 +320,8 @@ def validate(
             for site, levels in entry["sites"].items():
                 on = levels["online"]
                 text = on["status"] if on["status"] != "ok" else (
-                    f"{on['simulated_years']:.0f} y, {sum(on['nonfinite'].values())} non-finite, drift "
+                    f"{on['simulated_years']:.3g} y ({on['cycles']} cycles of the record; asked {years:g}), "
+                    f"{sum(on['nonfinite'].values())} non-finite, drift "
                     f"{on['energy_drift_w_m2']:.2g} W m-2, {on['water_drift_mm_yr']:.2g} mm/yr"
                     f"{'' if on['stable'] else ' [red]UNSTABLE[/red]'}; "
                     f"emergent {on['emergent_within_range']} in range")  # fmt: skip

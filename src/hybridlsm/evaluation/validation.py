@@ -349,7 +349,9 @@ def _cycle_domain(domain: Domain) -> Domain:
 def online_run(model: ColumnModel, domain: Domain, *, years: float = 50.0, state0=None,
                correct: Correction | None = None, progress: bool = True, label: str = "") -> dict:
     """Level 3 without the observations: the recycled run's non-finite counts, cycle means of
-    stored energy and water and their drifts, and the (cycles, days) daily means of Qh and Qle."""
+    stored energy and water and their drifts, and the (cycles, days) daily means of Qh and Qle.
+    The record (whole years of it) is recycled the whole number of times nearest ``years``, at
+    least twice (a drift needs two cycles); ``simulated_years`` and ``cycles`` say what ran."""
     cycle = _cycle_domain(domain)
     forcing, base = domain_inputs(model, cycle)
     state = model.spun_up_state(forcing, base) if state0 is None else state0
