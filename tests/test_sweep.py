@@ -115,3 +115,12 @@ def test_a_single_experiment_sweeps_its_models_as_tasks_on_a_running_scheduler(t
     assert f"2 task(s) on the Dask scheduler at {cluster.scheduler_address}" in " ".join(result.output.split())
     metrics = pd.read_csv(tmp_path / "runs" / "one" / "metrics.csv")
     assert set(metrics["model"]) == {"physics", "1lin"} and set(metrics["site"]) == {"SW-A", "SW-B", "SW-C"}
+
+
+def test_a_scheduler_address_that_does_not_answer_is_refused_before_the_run_directory(tmp_path):
+    cfg = _config(tmp_path, "nosched")
+    for address in ("garbage", "foo://bar:1"):  # malformed: refused at once (a silent port takes the timeout)
+        result = CliRunner().invoke(app, ["sweep", str(cfg), "--scheduler", address], env={"COLUMNS": "400"})
+        assert result.exit_code == 2, result.output
+        assert f"--scheduler '{address}': no Dask scheduler answers there" in " ".join(result.output.split())
+        assert not (tmp_path / "runs").exists()  # no .partial left to block the next sweep

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .models.registry import get_model
 from .pipeline import Experiment, console, experiments, load_domains, run, train_experiment
 from .training import TrainingError
@@ -157,4 +157,28 @@ def sweep(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *
     """``pipeline.run`` with the training spread over Dask (module docstring); the run directory."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if scheduler is not None:
+        check_scheduler(scheduler)  # before the run directory is prepared
     return run(cfg, config_name, resume, train_all=_dask_train_all(scheduler, workers))
+
+
+def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
+    """ConfigError unless a Dask scheduler answers at ``address`` within ``timeout_s``."""
+    import logging
+
+    from distributed import Client
+
+    loggers = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:  # the failed connection's own tracebacks: the error below says it in one line
+            lg.setLevel(logging.CRITICAL + 1)
+        with Client(address, timeout=f"{timeout_s:g}s"):
+            pass
+    except (ValueError, TypeError, OSError) as err:  # a malformed address, or nothing answering (TimeoutError)
+        raise ConfigError(f"--scheduler {address!r}: no Dask scheduler answers there ({type(err).__name__}: {err}); "
+                          "give tcp://HOST:PORT of a running scheduler, or leave --scheduler out for a LocalCluster "
+                          "on this machine") from None
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
