@@ -174,3 +174,15 @@ def test_two_processes_run_one_config_and_only_process_0_writes(tmp_path):
     assert "process 0 of the jax.distributed run failed while preparing the run directory" in " ".join(
         again[1].stderr.split())
     assert not run_dirs[1].exists() and not any(cwd[1].iterdir())
+
+
+def test_devices_refuses_options_that_describe_no_job():
+    from typer.testing import CliRunner
+
+    from hybridlsm.cli import app
+
+    for args, message in ((["--coordinator", "garbage"], "expected HOST:PORT"),
+                          (["--num-processes", "2", "--process-id", "1"], "needs --coordinator"),
+                          (["--process-id", "5"], "is not below --num-processes 1")):
+        result = CliRunner().invoke(app, ["devices", *args], env={"COLUMNS": "400"})
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

@@ -129,6 +129,27 @@ if __name__ == "__main__":  # pragma: no cover
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
+def _join_distributed(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    """Join the jax.distributed job that --coordinator, --num-processes and --process-id describe
+    (``run`` and ``devices``), or refuse options that describe none; an address JAX cannot use is a
+    one-line error, not JAX's traceback."""
+    from .training.sharding import initialize_distributed
+
+    if process_id >= num_processes:
+        raise typer.BadParameter(f"--process-id {process_id} is not below --num-processes {num_processes}")
+    if coordinator is None:
+        if num_processes > 1:
+            raise typer.BadParameter("--num-processes > 1 needs --coordinator HOST:PORT (process 0's address)")
+        return
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter(f"--coordinator {coordinator!r}: expected HOST:PORT (process 0's address)")
+    try:
+        initialize_distributed(coordinator, num_processes, process_id)
+    except (RuntimeError, ValueError) as err:
+        raise typer.BadParameter(f"--coordinator {coordinator!r}: cannot join the jax.distributed job: {err}") from None
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     Console(stderr=True, highlight=False).print(f"[yellow]{category.__name__}:[/yellow] {escape(str(message))}",
                                                 soft_wrap=True)
@@ -198,16 +219,10 @@ def run(
     from .models.registry import load_run_config
     from .pipeline import ProcessZeroFailed
     from .pipeline import run as run_pipeline
-    from .training.sharding import initialize_distributed
 
     if (config is None) == (not default):
         raise typer.BadParameter("give a CONFIG file or --default (not both)")
-    if process_id >= num_processes:
-        raise typer.BadParameter(f"--process-id {process_id} is not below --num-processes {num_processes}")
-    if coordinator is not None:  # before anything starts JAX's backend
-        initialize_distributed(coordinator, num_processes, process_id)
-    elif num_processes > 1:
-        raise typer.BadParameter("--num-processes > 1 needs --coordinator HOST:PORT (process 0's address)")
+    _join_distributed(coordinator, num_processes, process_id)  # before anything starts JAX's backend
     path = DEFAULT_CONFIG if default else config
     with user_errors():
         cfg = _with_output(load_run_config(path), overwrite, run_dir)
@@ -340,17 +355,15 @@ def devices(
     n: Optional[int] = typer.Option(None, "--devices", help="devices to split over in the check (default: all)"),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help="join a jax.distributed job: the "
                                               "coordinator's host:port (with --num-processes, --process-id)"),
-    num_processes: int = typer.Option(1, "--num-processes", help="processes of the jax.distributed job"),
-    process_id: int = typer.Option(0, "--process-id", help="this process's index in the job"),
+    num_processes: int = typer.Option(1, "--num-processes", min=1, help="processes of the jax.distributed job"),
+    process_id: int = typer.Option(0, "--process-id", min=0, help="this process's index in the job"),
 ) -> None:
     """The devices JAX sees (all processes under jax.distributed) and, with --check, a short sharded
     training check on them: one JSON object, {"devices": ..., "check": largest loss and gradient
     differences from one device, columns per shard, loss after one update}."""
     from .devices import check_sharding, describe_devices
-    from .training.sharding import initialize_distributed
 
-    if coordinator is not None:
-        initialize_distributed(coordinator, num_processes, process_id)
+    _join_distributed(coordinator, num_processes, process_id)
     result = {"devices": describe_devices()}
     if check:
         try:
