@@ -235,6 +235,10 @@ def test_time_units_with_a_utc_offset_keep_the_files_clock(orig, tmp_path):
     ds = read_gridded(tmp_path / "grid.nc")
     assert str(ds["time"].values[0])[:16] == "2008-01-01T00:00" and ds.attrs["utc_offset_h"] == -7.0
     assert ds.attrs["utc_offset_rule"] == "declared in the time units (-7 h)"
+    grid["time"].attrs["units"] = "hours since 2008-1-1 0:0:0 -7"  # the udunits form, which xarray decodes alike
+    grid.to_netcdf(tmp_path / "grid2.nc")
+    ds = read_gridded(tmp_path / "grid2.nc")
+    assert str(ds["time"].values[0])[:16] == "2008-01-01T00:00" and ds.attrs["utc_offset_h"] == -7.0
 
 
 def test_read_site_dispatch(shared_data, orig):

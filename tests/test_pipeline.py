@@ -239,3 +239,26 @@ def test_resume_with_overwrite_continues_an_overwrite_that_stopped(tmp_path):
     overwrite = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
     assert prepare_run_dir(overwrite, resume=True)[0] == stopped
     assert (stopped / "checkpoint-of-the-new-run").is_file()
+
+
+def test_a_model_with_memory_is_refused_before_training_when_a_test_site_has_another_time_step(tmp_path):
+    cfg = tmp_path / "mixed.yaml"
+    cfg.write_text(f"""
+name: mixed
+data:
+  sites:
+    - {{virtual: {{site_id: HALF, days: 6, seed: 1}}}}
+    - {{virtual: {{site_id: HOUR, days: 6, seed: 2, time_step_s: 3600}}}}
+  split: {{test_sites: [HOUR], val: 0.25}}
+  spinup_days: 1
+  window_days: 2
+models:
+  - {{name: 1lin}}
+  - {{name: lstm, options: {{hidden_size: 4}}}}
+output: {{run_dir: {tmp_path / 'runs'}}}
+""")
+    result = CliRunner().invoke(app, ["run", str(cfg)], env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert ("HOUR has 3600 s time steps, its training sites 1800 s; lstm learn their memory at the training step"
+            in " ".join(result.output.split()))
+    assert not (tmp_path / "runs").exists()  # refused before anything trained or was written

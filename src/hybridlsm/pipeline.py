@@ -73,7 +73,8 @@ from .domain import (
     write_netcdf,
     write_site_outputs,
 )
-from .models.registry import SavedModelError, TrainingContext, get_model, load_run_config, trained_key
+from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, trained_key,
+                              training_time_steps)
 from .rundir import atomic_write, problem, run_lock, sha256_of
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
@@ -287,6 +288,24 @@ def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
                         f"experiment {exp.name}: the {part} steps of {', '.join(_site_id(d) for d in domains)} hold no "
                         f"usable {target} observation (finite, QC <= data.max_qc = {cfg.data.max_qc}); check "
                         f"data.split, data.max_qc and whether the files observe {target}")
+
+
+def check_time_steps(cfg: RunConfig, exps: list[Experiment]) -> None:
+    """DataError, before anything is trained, when a model with memory (``learns_time_step``) would
+    be tested at a time step none of its training sites has (an hourly test site of half-hourly
+    training sites): its prediction would be refused after the training."""
+    memory = [m.label or m.name for m in cfg.models
+              if get_model(m.name).learns_time_step(get_model(m.name).Options.model_validate(m.options))]
+    if not memory:
+        return
+    for exp in exps:
+        steps = training_time_steps(exp.train)
+        for d in exp.test:
+            if not any(abs(d.time_step_s - s) <= 1e-6 * s for s in steps):
+                raise DataError(f"experiment {exp.name}: {_site_id(d)} has {d.time_step_s:g} s time steps, its training "
+                                f"sites {' or '.join(f'{s:g}' for s in steps)} s; {', '.join(memory)} learn their memory at "
+                                "the training step and cannot predict at another: resample the sites to one step, or "
+                                "leave these models out")
 
 
 def print_repairs(cfg: RunConfig, sites: list[Domain]) -> None:
@@ -534,6 +553,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
+    check_time_steps(cfg, exps)
     cell_mesh(cfg.training.devices)  # ConfigError now, not after the first models have trained
     check_processes(cfg, resume)
     for parent in (cfg.run_path, *cfg.run_path.parents):

@@ -386,9 +386,6 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
             attrs["time_zone"] = tz
 
 
-_DECLARED_OFFSET = re.compile(r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d*)?)?\s*([+-])(\d{1,2})(?::?(\d{2}))?\s*$")
-
-
 def undecoded_time(time: xr.DataArray, file: str) -> str:
     """The message for a time axis xarray did not decode to dates: its units and calendar."""
     units = time.encoding.get("units", time.attrs.get("units"))
@@ -403,11 +400,13 @@ def declared_utc_offset(time: xr.DataArray) -> float | None:
     declare, or None (no offset, or +00:00). xarray decodes such times to UTC, so a reader that
     takes its file's times as local must shift them back by this offset."""
     units = str(time.encoding.get("units", time.attrs.get("units", ""))).strip()
-    m = _DECLARED_OFFSET.search(units)
-    if m is None:
+    if " since " not in units:
         return None
-    hours = (int(m.group(2)) + int(m.group(3) or 0) / 60.0) * (1 if m.group(1) == "+" else -1)
-    return hours or None
+    try:  # the reference date as xarray reads it (pandas), so every form it decodes is seen: "0:0:0 -7" too
+        offset = pd.Timestamp(units.split(" since ", 1)[1].strip()).utcoffset()
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return None if offset is None or not offset.total_seconds() else offset.total_seconds() / 3600.0
 
 
 def check_times(t: pd.DatetimeIndex, file: str) -> None:

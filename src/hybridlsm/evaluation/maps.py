@@ -27,6 +27,7 @@ from matplotlib import colors as mcolors
 from hybridlsm.evaluation.html_parts import img_html, table_html
 from hybridlsm.evaluation.metrics import point_scores
 from hybridlsm.evaluation.plots import new_figure, save_figure
+from hybridlsm.rundir import load_checked_dataset
 
 __all__ = ["load_maps", "grid_skill", "plot_grid_maps", "uncertainty_hotspots", "maps_html", "MAP_VARIABLES"]
 
@@ -46,15 +47,16 @@ SCORED = ("Qh", "Qle", "AvgSurfT")
 
 
 def load_maps(run_dir: Path) -> dict[str, dict]:
-    """``{grid: {"obs": Dataset, "models": {label: Dataset}}}`` from ``run_dir/maps`` ({} without)."""
+    """``{grid: {"obs": Dataset, "models": {label: Dataset}}}`` from ``run_dir/maps`` ({} without),
+    each file checked against its recorded SHA-256 (``rundir.load_checked_dataset``)."""
     root = Path(run_dir) / "maps"
     out = {}
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
         obs_path = folder / "obs.nc"
         if not obs_path.is_file():
             raise FileNotFoundError(f"{obs_path}: the observations of grid {folder.name!r} are missing")
-        models = {f.stem: xr.load_dataset(f) for f in sorted(folder.glob("*.nc")) if f.name != "obs.nc"}
-        out[folder.name] = {"obs": xr.load_dataset(obs_path), "models": models}
+        models = {f.stem: load_checked_dataset(f) for f in sorted(folder.glob("*.nc")) if f.name != "obs.nc"}
+        out[folder.name] = {"obs": load_checked_dataset(obs_path), "models": models}
     return out
 
 

@@ -374,6 +374,9 @@ class EnsembleSpec(ModelSpec):
         return Ensemble(names, tuple(get_model(n).load(options.member(k), Path(directory) / f"member_{k}")
                                      for k, n in enumerate(names)), weights=None if weights is None else tuple(weights))
 
+    def learns_time_step(self, options: EnsembleOptions) -> bool:
+        return any(get_model(options.member_model(k)).learns_time_step(options.member(k)) for k in range(options.size))
+
     def check_domain(self, model: Ensemble, domain: Domain) -> None:
         for name, member in zip(model.models, model.members):
             get_model(name).check_domain(member, domain)

@@ -581,6 +581,9 @@ class HybridLSTM(_LearnsMultipliers):
     learned_parameters = LEARNED_PARAMETERS
     sparsity_fn = staticmethod(multiplier_sparsity)  # the LSTM's multipliers, as ColumnModel.run reports them
 
+    def learns_time_step(self, options: HybridLSTMOptions) -> bool:
+        return True
+
     def build(self, options: HybridLSTMOptions) -> ColumnModel:
         dtype = jnp.zeros(0).dtype
         head = multiplier_head(dtype)

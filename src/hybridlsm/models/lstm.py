@@ -393,6 +393,9 @@ class LSTMModel(EquinoxSpec):
     def skeleton(self, options: LSTMOptions, structure: dict) -> LSTMBaseline:
         return replace(self.build(options), time_steps=tuple(structure.get("time_steps", ())))
 
+    def learns_time_step(self, options: LSTMOptions) -> bool:
+        return True
+
     def check_domain(self, model: LSTMBaseline, domain: Domain) -> None:
         check_time_step(self.name, model.time_steps, domain)
 

@@ -269,6 +269,9 @@ class RegionalSpec(EquinoxSpec):
                             split["val"])
         return replace(model, residual=tuple((n, p["day"], p["night"]) for n, p in sorted(table.items())))
 
+    def learns_time_step(self, options: RegionalOptions) -> bool:
+        return self.name != "regional_fixed_kh"  # the networks' GRU and convolutions in time
+
     def check_domain(self, model: RegionalRun, domain: Domain) -> None:
         """A grid, each column of a class of the model's one-hot, at a time step the network was
         trained at; the pure network also refuses classes it never saw (it has no physics to fall

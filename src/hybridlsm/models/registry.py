@@ -234,6 +234,12 @@ class ModelSpec(abc.ABC):
         """A resumed run found this model trained and saved: offer it to the models trained after
         it (``ctx.cache``). Default: nothing to offer."""
 
+    def learns_time_step(self, options: BaseModel) -> bool:
+        """Whether the model's networks carry memory from step to step (an LSTM, a GRU over windows),
+        so that it predicts only at its training data's time step (``check_time_step``); a run
+        checks its experiments against it before anything trains. Default: no."""
+        return False
+
     def check_domain(self, model: Any, domain: Domain) -> None:
         """Refuse a domain this model cannot predict, with a DataError saying why (``hybridlsm
         predict`` checks every input before it writes anything; ``predict`` checks too). Default:
