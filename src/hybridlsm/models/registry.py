@@ -23,7 +23,8 @@ A model is a :class:`ModelSpec` subclass registered under the name a config uses
   load); ``reuse(...)`` offers a model a resumed run finds saved to the models trained after it
   (the calibrated physics the hybrids start from);
   ``check_domain(model, domain)`` refuses a domain the model cannot predict (a time step other than
-  the one a network with memory was trained at: ``check_time_step``);
+  the one a network with memory was trained at: ``check_time_step``; ``learns_time_step(options)``
+  says a model is such a one, so that a run refuses the experiment before training);
   ``provenance(model, domain)`` says, per column, where the
   parameters it predicts with come from (a trained site's own, or what transfers).
 
