@@ -302,11 +302,17 @@ def mask_impossible_observations(ds):
         warnings.warn(repair, DataWarning, stacklevel=3)
         out = ds.copy() if out is ds else out
         out[var] = out[var].where(~bad)
+    return with_repairs(out, repairs)
+
+
+def with_repairs(ds, repairs: list[str]):
+    """``ds`` with ``repairs`` appended to ``attrs["repairs"]`` (one per line) and counted in
+    ``attrs["n_repairs"]``."""
     if repairs:
-        old = str(out.attrs.get("repairs", ""))
-        out.attrs["repairs"] = "\n".join([r for r in old.splitlines() if r] + repairs)
-        out.attrs["n_repairs"] = int(out.attrs.get("n_repairs", 0)) + len(repairs)
-    return out
+        old = str(ds.attrs.get("repairs", ""))
+        ds.attrs["repairs"] = "\n".join([r for r in old.splitlines() if r] + repairs)
+        ds.attrs["n_repairs"] = int(ds.attrs.get("n_repairs", 0)) + len(repairs)
+    return ds
 
 
 def refuse_out_of_range(var: str, values: np.ndarray, where: str, locate) -> None:
@@ -388,8 +394,4 @@ def check_forcing_ranges(ds, policy: str = "error"):
         if out is ds:
             out = ds.copy()
         out[var] = out[var].where(~bad)
-    if repairs:
-        old = str(out.attrs.get("repairs", ""))
-        out.attrs["repairs"] = "\n".join([r for r in old.splitlines() if r] + repairs)
-        out.attrs["n_repairs"] = int(out.attrs.get("n_repairs", 0)) + len(repairs)
-    return out
+    return with_repairs(out, repairs)
