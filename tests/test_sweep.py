@@ -124,3 +124,7 @@ def test_a_scheduler_address_that_does_not_answer_is_refused_before_the_run_dire
         assert result.exit_code == 2, result.output
         assert f"--scheduler '{address}': no Dask scheduler answers there" in " ".join(result.output.split())
         assert not (tmp_path / "runs").exists()  # no .partial left to block the next sweep
+    # and the failed client is not left as the process's dask scheduler (later computations hung or failed)
+    import dask.array
+
+    assert float(dask.array.ones(3).sum().compute()) == 3.0

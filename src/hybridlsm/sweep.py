@@ -173,7 +173,9 @@ def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
     try:
         for lg in loggers:  # the failed connection's own tracebacks: the error below says it in one line
             lg.setLevel(logging.CRITICAL + 1)
-        with Client(address, timeout=f"{timeout_s:g}s"):
+        # not the process's default: a Client that is (even one that failed to connect) leaves dask's
+        # global scheduler set to it, and every later dask computation here asks for a closed one
+        with Client(address, timeout=f"{timeout_s:g}s", set_as_default=False):
             pass
     except (ValueError, TypeError, OSError) as err:  # a malformed address, or nothing answering (TimeoutError)
         raise ConfigError(f"--scheduler {address!r}: no Dask scheduler answers there ({type(err).__name__}: {err}); "
