@@ -28,12 +28,15 @@ at the end of the module.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import special, stats
+
+from ..data.schema import DataWarning
 
 __all__ = [
     "valid_pairs",
@@ -573,10 +576,6 @@ SKILL_COLUMNS = (
 def _common_pairs(o: np.ndarray, sims: Mapping[str, np.ndarray], mask, where: str) -> np.ndarray:
     """The steps every model of ``sims`` is scored on (``skill_table``): obs finite, ``mask``, and
     each model that predicts any of those steps finite."""
-    import warnings
-
-    from ..data.schema import DataWarning
-
     scored = joint_mask(o, mask=mask)
     common = scored.copy()
     for model, sim in sims.items():
