@@ -205,6 +205,12 @@ def test_grid_skill_pools_test_cells_and_steps():
     observed = grid_skill("g", {"obs": obs, "models": {"m": pred}}).set_index(["variable", "reference"]).loc[
         ("Qh", "observed")]  # pair (1, 4)
     assert observed["n"] == 1 and np.isnan(observed["bias"])  # one pair: too few to score (point_scores)
+    # the observed map is drawn from the same values: cell 0 has none left (step 0 filled forcing, step 1
+    # QC 3), cell 1 only its step-1 value, 4
+    from hybridlsm.evaluation.maps import _mean_map
+
+    mean = _mean_map(obs, "Qh", obs["split"].values == 3, usable=True)
+    assert np.isnan(mean[0, 0]) and mean[0, 1] == 4.0
 
 
 #: the virtual region of tests/test_regional_models.py's fixture (12 x 12 cells, 6 days, 1 spin-up day): the

@@ -138,10 +138,12 @@ def uncertainty_hotspots(grid: str, maps: dict, quantile: float = HOTSPOT_QUANTI
     return pd.DataFrame(rows)
 
 
-def _mean_map(ds: xr.Dataset, name: str, test: np.ndarray) -> np.ndarray | None:
+def _mean_map(ds: xr.Dataset, name: str, test: np.ndarray, usable: bool = False) -> np.ndarray | None:
+    """The mean over the ``test`` steps of ``ds[name]`` (of its ``_usable`` values: the observed map,
+    drawn from the values ``grid_skill`` scores), or None where it has no value."""
     if name not in ds:
         return None
-    values = np.asarray(ds[name].values[test], float)
+    values = (_usable(ds, name) if usable else np.asarray(ds[name].values, float))[test]
     if not np.isfinite(values).any():
         return None
     with np.errstate(invalid="ignore"):
@@ -154,7 +156,7 @@ def plot_grid_maps(grid: str, maps: dict, plot_dir: Path, sd: bool = False) -> P
     obs, test = maps["obs"], _test(maps["obs"])
     columns = {} if sd else {"truth": {v: _mean_map(obs, TRUTH[v], test) for v in MAP_VARIABLES}}
     if not sd and all(m is None for m in columns["truth"].values()):
-        columns = {"observed": {v: _mean_map(obs, v, test) for v in MAP_VARIABLES}}
+        columns = {"observed": {v: _mean_map(obs, v, test, usable=True) for v in MAP_VARIABLES}}
     for label, ds in maps["models"].items():
         columns[label] = {v: _mean_map(ds, f"{'rs' if v == 'rs_field' else v}_sd" if sd else v, test)
                           for v in MAP_VARIABLES}
