@@ -187,11 +187,13 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     ds = ds.transpose("time", ydim, xdim)
     ny, nx = ds.sizes[ydim], ds.sizes[xdim]
     forcing_vars = [v for v in ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip") if v in ds]
-    absent, partial = np.zeros((ny, nx), bool), np.zeros((ny, nx), bool)
+    partial = np.zeros((ny, nx), bool)
+    none = {}  # per variable: the cells where it is missing at every step
     for v in forcing_vars:
         finite = np.isfinite(np.asarray(ds[v].values))
-        absent |= ~finite.any(axis=0)
+        none[v] = ~finite.any(axis=0)
         partial |= finite.any(axis=0) & ~finite.all(axis=0)
+    absent = np.any(list(none.values()), axis=0) if none else np.zeros((ny, nx), bool)
     masked = np.asarray(ds["mask"].values) <= 0 if "mask" in ds.coords else np.zeros((ny, nx), bool)
     # a cell where a forcing variable is missing at every step (sea, outside a basin) or masked is
     # not a column; one with a gap (missing at some steps only) is an error, never a cell silently
@@ -207,9 +209,9 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
                         f"(step {step}); every modelled cell needs gap-free forcing (fill the gaps, or mask the "
                         "cells with a 'mask' coordinate)")
     where = ds.attrs.get("source_file", "<grid>")
-    lacking = absent & ~masked & ~np.all([~np.isfinite(np.asarray(ds[v].values)).all(axis=0) for v in forcing_vars], axis=0)
+    lacking = absent & ~masked & ~np.all(list(none.values()), axis=0)
     if lacking.any():  # other forcing there: not the sea or outside a basin, which lack every variable
-        names = sorted(v for v in forcing_vars if (~np.isfinite(np.asarray(ds[v].values)).all(axis=0) & lacking).any())
+        names = sorted(v for v in forcing_vars if (none[v] & lacking).any())
         y0, x0 = (int(i[0]) for i in np.nonzero(lacking))
         text = (f"{where}: {int(lacking.sum())} cell(s) lack {', '.join(names)} at every step while they have other "
                 f"forcing, e.g. cell ({ydim}={y0}, {xdim}={x0})")
@@ -223,9 +225,9 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     # not VPD and RH: the gridded readers mostly compute them from the file's vapour pressure or
     # humidity (checked as Qair), and they leave 0..100 where the air is supersaturated to the file's
     # rounding (slightly negative VPD in the Livneh grid, RH above 100 % in the WRF cutout)
+    cells_yx = np.argwhere(valid)
     for v in (v for v in FORCING_CHECKED if v not in ("VPD", "RH") and v in ds and ds[v].dims == ("time", ydim, xdim)):
         values = np.asarray(ds[v].values)[:, valid]
-        cells_yx = np.argwhere(valid)
         refuse_out_of_range(v, values, where, lambda i: (f"cell ({ydim}={cells_yx[i[1]][0]}, {xdim}="
                                                          f"{cells_yx[i[1]][1]}), time {ds['time'].values[i[0]]}"))
     cells = np.flatnonzero(valid.ravel())
