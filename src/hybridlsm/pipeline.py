@@ -73,8 +73,8 @@ from .domain import (
     write_netcdf,
     write_site_outputs,
 )
-from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, trained_key,
-                              training_time_steps)
+from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, time_step_among,
+                              trained_key, training_time_steps)
 from .rundir import atomic_write, problem, run_lock, sha256_of
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
@@ -301,7 +301,7 @@ def check_time_steps(cfg: RunConfig, exps: list[Experiment]) -> None:
     for exp in exps:
         steps = training_time_steps(exp.train)
         for d in exp.test:
-            if not any(abs(d.time_step_s - s) <= 1e-6 * s for s in steps):
+            if not time_step_among(d.time_step_s, steps):
                 raise DataError(f"experiment {exp.name}: {_site_id(d)} has {d.time_step_s:g} s time steps, its training "
                                 f"sites {' or '.join(f'{s:g}' for s in steps)} s; {', '.join(memory)} learn their memory at "
                                 "the training step and cannot predict at another: resample the sites to one step, or "

@@ -73,6 +73,7 @@ __all__ = [
     "get_model",
     "load_run_config",
     "register_model",
+    "time_step_among",
     "training_time_steps",
     "validate_options",
     "validate_run_config",
@@ -271,6 +272,11 @@ def training_time_steps(domains: Sequence[Domain]) -> tuple[float, ...]:
     return tuple(sorted({float(d.time_step_s) for d in domains}))
 
 
+def time_step_among(step: float, steps: Sequence[float]) -> bool:
+    """Whether the time step ``step`` [s] is one of ``steps`` (to rounding)."""
+    return any(abs(float(step) - t) <= 1e-6 * t for t in steps)
+
+
 def check_time_step(label: str, trained: Sequence[float], domain: Domain) -> None:
     """Refuse ``domain`` if its time step is not one the model ``label`` was trained at.
 
@@ -279,7 +285,7 @@ def check_time_step(label: str, trained: Sequence[float], domain: Domain) -> Non
     time scales, and the fluxes degrade without any error (a half-hourly LSTM run hourly). ``()``:
     the model was saved without its training step (by an older hybridlsm), so nothing is checked."""
     step = float(domain.time_step_s)
-    if not trained or any(abs(step - t) <= 1e-6 * t for t in trained):
+    if not trained or time_step_among(step, trained):
         return
     at = " or ".join(f"{t:g}" for t in trained)
     raise DataError(f"{domain.name}: {label} was trained on {at} s time steps and this forcing has {step:g} s steps; "
