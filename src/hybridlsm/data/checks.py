@@ -279,6 +279,14 @@ OUT_OF_RANGE_POLICIES = ("error", "missing")
 OBSERVATIONS_CHECKED = ("Qh", "Qle", "Qg", "Rnet", "AvgSurfT", "LWup", "Ustar")
 
 
+def outside_valid_range(var: str, values) -> np.ndarray:
+    """Where the finite ``values`` of ``var`` (canonical units) leave its physically possible range
+    (the schema's ``valid_range``)."""
+    lo, hi = VARIABLES[var].valid_range
+    v = np.asarray(values, dtype=float)
+    return np.isfinite(v) & ((v < lo) | (v > hi))
+
+
 def mask_impossible_observations(ds):
     """The observations (``OBSERVATIONS_CHECKED``) of a site dataset with every value outside its
     physically possible range set missing, so that it is never trained on or scored; each variable
@@ -290,7 +298,7 @@ def mask_impossible_observations(ds):
     for var in (v for v in OBSERVATIONS_CHECKED if v in ds and ds[v].dims == ("time",)):
         lo, hi = VARIABLES[var].valid_range
         v = np.asarray(ds[var].values, dtype=float)
-        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        bad = outside_valid_range(var, v)
         if not bad.any():
             continue
         first = int(np.argmax(bad))
@@ -323,7 +331,7 @@ def refuse_out_of_range(var: str, values: np.ndarray, where: str, locate) -> Non
     spec = VARIABLES[var]
     lo, hi = spec.valid_range
     values = np.asarray(values, dtype=float)
-    bad = np.isfinite(values) & ((values < lo) | (values > hi))
+    bad = outside_valid_range(var, values)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise DataError(f"{where}: {var}: {int(bad.sum())} of {int(np.isfinite(values).sum())} values outside the "
@@ -372,7 +380,7 @@ def check_forcing_ranges(ds, policy: str = "error"):
         spec = VARIABLES[var]
         lo, hi = spec.valid_range
         v = np.asarray(ds[var].values, dtype=float)
-        bad = np.isfinite(v) & ((v < lo) | (v > hi))
+        bad = outside_valid_range(var, v)
         k = int(bad.sum())
         if k == 0:
             continue
