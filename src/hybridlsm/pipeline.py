@@ -75,7 +75,7 @@ from .domain import (
 )
 from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, time_step_among,
                               trained_key, training_time_steps)
-from .rundir import atomic_write, problem, run_lock, sha256_of
+from .rundir import OVERWRITE, atomic_write, problem, run_lock, sha256_of, unfinished_dir
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
 
@@ -414,11 +414,6 @@ def check_inputs_unchanged(digests: dict[str, str], run_dir: Path) -> None:
                           "data: start the run again (--overwrite) or restore the files")
 
 
-def unfinished_dir(run_dir: Path) -> Path:
-    """Where a new run writes until it has finished: the hidden sibling ``.<name>.partial``."""
-    return Path(run_dir).with_name(f".{Path(run_dir).name}.partial")
-
-
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     """(the folder this run writes to, the run directory it becomes).
 
@@ -441,7 +436,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
             raise FileExistsError(
                 f"{run_dir} exists and is not a hybridlsm run directory (no config.yaml): neither --resume nor "
                 "--overwrite writes into or replaces it; give the run another name or output.run_dir")
-        unfinished = run_dir.with_name(f".{run_dir.name}.overwrite")
+        unfinished = unfinished_dir(run_dir, OVERWRITE)
         if resume and cfg.output.overwrite and unfinished.exists():  # an overwrite that stopped: continue it
             check_resumable(cfg, unfinished)
             check_inputs_unchanged(inputs, unfinished)

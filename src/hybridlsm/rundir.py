@@ -119,14 +119,23 @@ def problem(path: Path, sha256: str | None = None) -> str | None:
     return None
 
 
+#: the hidden siblings a run writes to until it has finished: a new run, and a run replacing an old one
+PARTIAL, OVERWRITE = "partial", "overwrite"
+
+
+def unfinished_dir(run_dir: Path, kind: str = PARTIAL) -> Path:
+    """Where a run writes until it has finished: the hidden sibling ``.<name>.<kind>`` of ``run_dir``."""
+    return Path(run_dir).with_name(f".{Path(run_dir).name}.{kind}")
+
+
 def unfinished_run(run_dir: Path) -> str | None:
-    """Why ``run_dir`` is not a finished run to report on, validate or discover from (the folder a
-    run writes until it has finished, ``.<name>.partial`` or ``.<name>.overwrite``), or None."""
+    """Why ``run_dir`` is not a finished run to report on, validate or discover from (it is an
+    ``unfinished_dir``), or None."""
     name = Path(run_dir).name
-    for suffix in (".partial", ".overwrite"):
-        if name.startswith(".") and name.endswith(suffix) and len(name) > len(suffix) + 1:
+    for kind in (PARTIAL, OVERWRITE):
+        if name.startswith(".") and name.endswith(f".{kind}") and len(name) > len(kind) + 2:
             return (f"{run_dir} is an unfinished run (it stopped before its report was written); finish it with "
-                    f"`hybridlsm run CONFIG --resume{' --overwrite' if suffix == '.overwrite' else ''}`")
+                    f"`hybridlsm run CONFIG --resume{' --overwrite' if kind == OVERWRITE else ''}`")
     return None
 
 
