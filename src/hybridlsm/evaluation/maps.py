@@ -24,6 +24,8 @@ import pandas as pd
 import xarray as xr
 from matplotlib import colors as mcolors
 
+from hybridlsm.data.preprocess import FILLED_LONG, forcing_filled
+from hybridlsm.data.schema import qc_mask
 from hybridlsm.evaluation.html_parts import img_html, table_html
 from hybridlsm.evaluation.metrics import point_scores
 from hybridlsm.evaluation.plots import new_figure, save_figure
@@ -68,14 +70,10 @@ def _usable(obs: xr.Dataset, var: str) -> np.ndarray:
     """The observed ``var`` (time, y, x) where it counts: NaN where its QC flag exceeds the run's
     ``max_qc`` or the step's forcing was filled from the diurnal cycle (as a site's ``flux_mask``)."""
     values = np.asarray(obs[var].values, float)
-    bad = np.zeros(values.shape, bool)
-    if f"{var}_qc" in obs:
-        qc = np.asarray(obs[f"{var}_qc"].values, float)
-        bad |= ~((qc >= 0) & (qc <= int(obs.attrs.get("max_qc", 1))))
-    if "forcing_filled" in obs:  # (time,) or (time, y, x)
-        filled = np.asarray(obs["forcing_filled"].values) >= 2
-        bad |= np.broadcast_to(filled.reshape(filled.shape + (1,) * (values.ndim - filled.ndim)), values.shape)
-    return np.where(bad, np.nan, values)
+    ok = np.asarray(qc_mask(obs, var, int(obs.attrs.get("max_qc", 1)), include_filled=True).values)
+    filled = forcing_filled(obs) >= FILLED_LONG  # (time,) or (time, y, x)
+    ok &= ~filled.reshape(filled.shape + (1,) * (values.ndim - filled.ndim))
+    return np.where(ok, values, np.nan)
 
 
 def grid_skill(grid: str, maps: dict) -> pd.DataFrame:
