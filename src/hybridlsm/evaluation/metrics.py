@@ -577,18 +577,17 @@ def _common_pairs(o: np.ndarray, sims: Mapping[str, np.ndarray], mask, where: st
     """The steps every model of ``sims`` is scored on (``skill_table``): obs finite, ``mask``, and
     each model that predicts any of those steps finite."""
     scored = joint_mask(o, mask=mask)
-    common = scored.copy()
+    finite = {}
     for model, sim in sims.items():
         s = np.asarray(sim, dtype=float)
         if s.shape != o.shape:
             raise ValueError(f"skill_table: model {model!r} has shape {s.shape}, obs has {o.shape}")
-        finite = np.isfinite(s)
-        if (finite & scored).any():
-            common &= finite
-    for model, sim in sims.items():
-        finite = np.isfinite(np.asarray(sim, dtype=float))
-        if (finite & scored).any() and not finite[scored].all():
-            warnings.warn(f"{where or 'skill table'}: {model} has no prediction at {int((scored & ~finite).sum())} "
+        finite[model] = np.isfinite(s)
+    predicting = {m: f for m, f in finite.items() if (f & scored).any()}  # the others get empty rows
+    common = np.all([scored, *predicting.values()], axis=0)
+    for model, f in predicting.items():
+        if not f[scored].all():
+            warnings.warn(f"{where or 'skill table'}: {model} has no prediction at {int((scored & ~f).sum())} "
                           f"of the {int(scored.sum())} observed steps; every model is scored on the "
                           f"{int(common.sum())} steps all of them predict", DataWarning, stacklevel=4)
     return common
