@@ -2,12 +2,13 @@
 collect every run's skill.json into results/skill.json and write docs/results.md.
 
     .venv/bin/python benchmarks/skill.py                      # all shipped configs
-    .venv/bin/python benchmarks/skill.py configs/us-wkg.yaml  # some of them
+    .venv/bin/python benchmarks/skill.py configs/us-wkg.yaml  # run some of them, collect all
     .venv/bin/python benchmarks/skill.py --collect-only       # tables from existing runs
 
-Runs go to runs/<name>/ (see each config); an interrupted run resumes. With --collect-only, a config
-whose run directory is absent keeps its records from the existing results/skill.json (for the
-models it still lists), so one rerun config can be collected without rerunning the others.
+Runs go to runs/<name>/ (see each config); an interrupted run resumes. Every shipped config is
+collected: one whose run directory is absent keeps its records from the existing results/skill.json
+(for the models it still lists) and the date docs/results.md gave them, so one rerun config can be
+collected without rerunning the others.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,19 @@ def previous_records(config: str) -> list[dict]:
     return [r for r in json.loads(path.read_text()) if r.get("config") == config and r.get("model") in labels]
 
 
+def previous_made(config: str) -> str:
+    """When the records of ``config`` kept from results/skill.json were made, as the existing
+    docs/results.md says (its line under the config's heading, or its header's date)."""
+    path = ROOT / "docs" / "results.md"
+    text = path.read_text() if path.is_file() else ""
+    section = re.search(rf"^## `{re.escape(config)}`\n\n(.+)$", text, re.M)
+    if section and section.group(1).startswith(("Run finished", "Records kept")):
+        return section.group(1)
+    header = re.search(r"^Made on (\d{4}-\d{2}-\d{2})", text, re.M)
+    when = f"made on {header.group(1)}" if header else "of an earlier run"
+    return f"Records kept from results/skill.json ({when}; no run directory here)."
+
+
 def ensure_run(config: str) -> Path:
     run_dir = run_dir_of(config)
     if not (run_dir / "skill.json").exists():
@@ -68,13 +83,14 @@ def _fmt(x, d=2):
     return "–" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{d}f}"
 
 
-def markdown(records: list[dict], commands: list[str]) -> str:
+def markdown(records: list[dict], commands: list[str], made: dict[str, str]) -> str:
+    """The tables; ``made`` says for each config when its records were made."""
     df = pd.DataFrame(records)
     lines = [
         "# Skill of the shipped configurations",
         "",
-        f"Made on {dt.date.today().isoformat()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
-        "CPU only, by:",
+        f"Collected on {dt.date.today().isoformat()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
+        "CPU only, from the runs of (each config's section says when its run finished):",
         "",
         "```",
         *commands,
@@ -89,7 +105,7 @@ def markdown(records: list[dict], commands: list[str]) -> str:
         "",
     ]
     for config, cdf in df.groupby("config", sort=False):
-        lines += [f"## `{config}`", ""]
+        lines += [f"## `{config}`", "", made[config], ""]
         for (split, scale), sdf in cdf.groupby(["split", "scale"], sort=False):
             lines += [f"### {scale}, split = {split}", ""]
             lines += ["| site | model | Qle RMSE | Qle NSE | Qle KGE | Qle bias % | Qh RMSE | Qh NSE | Qh KGE | Qh bias % | n |",
@@ -111,16 +127,24 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", default=CONFIGS)
     ap.add_argument("--collect-only", action="store_true")
     args = ap.parse_args()
-    records, commands = [], []
-    for config in args.configs:
-        run_dir = run_dir_of(config) if args.collect_only else ensure_run(config)
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        ap.error(f"not a shipped config of the skill tables: {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
+    records, commands, made = [], [], {}
+    # Every shipped config is collected, the ones named are run first: naming a subset must not
+    # drop the other configs' records from results/skill.json and docs/results.md.
+    for config in CONFIGS:
+        run_dir = ensure_run(config) if config in args.configs and not args.collect_only else run_dir_of(config)
         path = run_dir / "skill.json"
         commands.append(f".venv/bin/hybridlsm run {config}")
         if not path.exists():
             kept = previous_records(config)
             print(f"{config}: no {path}; {len(kept)} records kept from results/skill.json", file=sys.stderr)
             records += kept
+            made[config] = previous_made(config)
             continue
+        finished = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+        made[config] = f"Run finished {finished:%Y-%m-%d %H:%M} UTC ({run_dir.relative_to(ROOT)})."
         for rec in json.loads(path.read_text()):
             rec["config"] = config
             records.append({k: rec.get(k) for k in KEYS})
@@ -129,7 +153,7 @@ def main() -> None:
     out = ROOT / "docs" / "results.md"
     marker = "<!-- analysis: written by hand, kept by benchmarks/skill.py -->"
     analysis = out.read_text().split(marker, 1)[1] if out.exists() and marker in out.read_text() else "\n"
-    out.write_text(markdown(records, commands + ["python benchmarks/skill.py --collect-only"]) + marker + analysis)
+    out.write_text(markdown(records, commands + ["python benchmarks/skill.py --collect-only"], made) + marker + analysis)
     print(f"{len(records)} records -> results/skill.json, docs/results.md")
 
 
