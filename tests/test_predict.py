@@ -158,6 +158,21 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     refused = _cli("predict", str(run_dir), str(store), "--model", "1lin", "--out", str(run_dir / "no-zarr"))
     assert refused.returncode == 2 and "cannot run streamed" in refused.stderr, refused.stderr[-2000:]
     assert not (run_dir / "no-zarr").exists()
+    # two stores, the second with an impossible air temperature at its last step: the prediction
+    # fails part-way, and provenance.json says the first store is whole and the second is not
+    bad = run_dir / "vgrid-hot.zarr"
+    grid = virtual_grid(4, 3, 3, step_s=1800, chunks=(48, 2, 3), start="2011-05-01").load()
+    grid["Tair"].values[-1, 1, 2] = 400.0
+    grid.chunk({"time": 48}).to_zarr(bad, zarr_format=2)
+    out = run_dir / "applied-two-stores"
+    failed = _cli("predict", str(run_dir), str(store), str(bad), "--model", "physics", "--out", str(out))
+    assert failed.returncode != 0 and "Tair" in failed.stderr, failed.stderr[-2000:]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["complete"] is False and list(prov["columns"]) == ["vgrid"]
+    assert prov["not_written"] == [str(out / "vgrid-hot_physics.zarr")]
+    assert prov["failed"].startswith(str(out / "vgrid-hot_physics.zarr")) and "Tair" in prov["failed"]
+    assert np.isfinite(xr.open_zarr(out / "vgrid_physics.zarr")["Qle"].values).all()
+    assert json.loads((run_dir / "applied-zarr" / "provenance.json").read_text())["complete"] is True
 
 
 @pytest.mark.parametrize("args, message", [

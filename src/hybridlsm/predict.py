@@ -17,11 +17,13 @@ retraining) and run on Domains built from the given files:
 With ``--start``/``--end`` the model still runs from the file's start (its spin-up cycles the
 file's first days, and the record before ``--start`` sets the states, the LSTMs' memory and the
 empirical models' antecedent rain, as in training) up to ``--end``; only the period's outputs are
-written and scored. A zarr store is cut to the period before streaming.
+written and scored; a zarr store is streamed from its start too and only the period is written.
 
 ``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
 unless asked. Which parameters each column used (a trained site's own, or what transfers to a
 new site) is in ``OUT/provenance.json`` and in each site file's ``parameters_from`` attribute.
+provenance.json is rewritten after each output: ``complete`` is false, ``not_written`` lists what
+is missing and ``failed`` says why while a prediction runs or after it failed part-way.
 """
 
 from __future__ import annotations
@@ -118,10 +120,10 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
         raise PredictError(str(err)) from None
 
 
-def _open_store(path: Path, spec, options, label: str, start: str | None, end: str | None, out: Path):
+def _open_store(path: Path, spec, model, options, label: str, start: str | None, end: str | None, out: Path):
     """(store, lazy dataset up to ``end``, output store, index of the period's first step) of a zarr
-    grid, checked: it opens, has the model's inputs, its period is not empty, and the output store
-    does not exist yet."""
+    grid, checked: it opens, the model can stream, the store has the model's inputs, its period is
+    not empty, and the output store does not exist yet."""
     import xarray as xr
 
     try:
@@ -138,6 +140,10 @@ def _open_store(path: Path, spec, options, label: str, start: str | None, end: s
             raise PredictError(f"{path}: no time step between {start} and {end}")
         source = source.sel(time=slice(None, end))
         write_from = int(np.searchsorted(source["time"].values, period["time"].values[0]))
+    try:
+        spec.check_stream(model)
+    except StreamingUnsupported as err:
+        raise PredictError(f"{path}: {err}") from None
     missing = [v for v in spec.required_inputs(options) if v not in source]
     if missing:
         raise PredictError(f"{path}: model {label} ({spec.name}) needs {missing}, which the store does not give "
@@ -174,7 +180,7 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     if clash:
         raise PredictError(f"zarr stores {clash} would write the same output name; predict them into separate --out "
                            "folders")  # fmt: skip
-    streams = [_open_store(p, spec, options, label, start, end, out) for p in stores]  # checked before writing
+    streams = [_open_store(p, spec, model, options, label, start, end, out) for p in stores]  # checked before writing
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:
         try:
@@ -204,37 +210,56 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     except DataError as err:
         raise PredictError(f"{err} (e.g. two periods of one site: predict them into separate --out folders)") from None
     provenance: dict[str, dict[str, str]] = {}
+    pending = [str(store) for _, _, store, _ in streams] + [d.name for _, d, _, _ in domains]
+
+    def record(failed: str | None = None) -> None:
+        # rewritten after each output, so that a prediction failing part-way (a store's forcing out of
+        # range at a late step, a full disk) leaves a provenance.json saying which outputs are whole
+        doc = {"model": label, "trained_model": str(directory), "complete": not pending, "columns": provenance}
+        if pending:
+            doc["not_written"] = list(pending)
+        if failed:
+            doc["failed"] = failed
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "provenance.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
 
     def attrs_of(source_file: Path) -> dict:
         return {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
                 "trained_model": str(directory.relative_to(run_dir)), "source_file": str(source_file)}  # fmt: skip
 
-    for path, source, store, write_from in streams:
-        try:
+    observed = []  # per site: whether it has observed fluxes to score
+    record()
+    current = ""
+    try:
+        for path, source, store, write_from in streams:
+            current = str(store)
             spec.stream(model, source, store, land_cover=source.get("land_cover"), attrs=attrs_of(path),
                         write_from=write_from)
-        except StreamingUnsupported as err:
-            raise PredictError(f"{path}: {err}") from None
-        provenance[path.stem] = {"store": str(store), "parameters": "per cell: the defaults of its land-cover class "
-                                 "with the model's offsets (shared, or the mean of its class's training sites)"}
-    observed = []  # per site: whether it has observed fluxes to score
-    for f, d, where, lead_in in domains:
-        outputs = spec.predict(model, d) if lead_in is None else _cut(spec.predict(model, lead_in), lead_in, d)
-        provenance[d.name] = dict(zip(d.column_ids, where))
-        attrs = attrs_of(f)
-        if d.kind == "grid":
-            write_grid_outputs(d, outputs, out / f"{site_file_name(d.name)}_{label}.nc", attrs)
-            continue
-        sid = d.column_ids[0]
-        write_site_outputs(d, outputs, out / "predictions", f"{label}.nc", {**attrs, "parameters_from": where[0]})
-        site = d.column(0)
-        if all(v in site for v in FLUXES):
-            write_obs(site, np.full(d.n_steps, TEST, np.int8), "applied",
-                      out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
-        observed.append(all(v in site for v in FLUXES))
-    text = json.dumps({"model": label, "trained_model": str(directory), "columns": provenance}, indent=1)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "provenance.json", lambda p: p.write_text(text))
+            provenance[path.stem] = {"store": str(store), "parameters": "per cell: the defaults of its land-cover "
+                                     "class with the model's offsets (shared, or the mean of its class's training sites)"}
+            pending.remove(current)
+            record()
+        for f, d, where, lead_in in domains:
+            current = d.name
+            outputs = spec.predict(model, d) if lead_in is None else _cut(spec.predict(model, lead_in), lead_in, d)
+            attrs = attrs_of(f)
+            if d.kind == "grid":
+                write_grid_outputs(d, outputs, out / f"{site_file_name(d.name)}_{label}.nc", attrs)
+            else:
+                sid = d.column_ids[0]
+                write_site_outputs(d, outputs, out / "predictions", f"{label}.nc",
+                                   {**attrs, "parameters_from": where[0]})  # fmt: skip
+                site = d.column(0)
+                if all(v in site for v in FLUXES):
+                    write_obs(site, np.full(d.n_steps, TEST, np.int8), "applied",
+                              out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
+                observed.append(all(v in site for v in FLUXES))
+            provenance[d.name] = dict(zip(d.column_ids, where))
+            pending.remove(current)
+            record()
+    except BaseException as err:
+        record(failed=f"{current}: {type(err).__name__}: {err}")
+        raise
     if observed and all(observed):  # the report scores every site of its folder
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

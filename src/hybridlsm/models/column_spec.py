@@ -16,7 +16,7 @@ from .column import (
     predict_column_model,
 )
 from .registry import EquinoxSpec, check_time_step
-from .streaming import stream_column_model
+from .streaming import check_streamable, stream_column_model
 
 __all__ = ["ColumnSpec"]
 
@@ -43,6 +43,9 @@ class ColumnSpec(EquinoxSpec):
 
     def provenance(self, model: ColumnModel, domain: Domain) -> list[str]:
         return column_provenance(model, domain)
+
+    def check_stream(self, model: ColumnModel) -> None:
+        check_streamable(model)
 
     def stream(self, model: ColumnModel, source, store, **options):
         return stream_column_model(model, source, store, **options)

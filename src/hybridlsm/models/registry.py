@@ -251,13 +251,19 @@ class ModelSpec(abc.ABC):
         """Per column: where the parameters used for it come from (default: one shared model)."""
         return ["shared model (no per-site parameters)"] * domain.n_columns
 
+    def check_stream(self, model: Any) -> None:
+        """Refuse (``StreamingUnsupported``) a model that ``stream`` cannot run; ``hybridlsm predict``
+        asks before it writes anything. Default: this model type cannot."""
+        raise StreamingUnsupported(f"model type {self.name!r} cannot run streamed over a grid beyond memory; "
+                                   "the column models (physics, hybrid_param, hybrid_flux) can")  # fmt: skip
+
     def stream(self, model: Any, source: Any, store: Path, **options) -> Path:
         """Run over a gridded forcing too large for memory (``source`` an ``xr.Dataset`` read lazily,
         outputs written to the zarr ``store`` as they are produced; ``models.streaming``;
         ``options["write_from"]``: the first step written, the steps before a lead-in). Default:
-        this model cannot (``StreamingUnsupported``)."""
-        raise StreamingUnsupported(f"model type {self.name!r} cannot run streamed over a grid beyond memory; "
-                                   "the column models (physics, hybrid_param, hybrid_flux) can")  # fmt: skip
+        this model cannot (``check_stream``)."""
+        self.check_stream(model)
+        raise NotImplementedError(f"{type(self).__name__}.check_stream accepts a model its stream does not run")
 
     def required_inputs(self, options: BaseModel) -> tuple[str, ...]:
         """Canonical variables ``predict`` needs in a domain."""

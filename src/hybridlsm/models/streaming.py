@@ -235,6 +235,14 @@ def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], 
                        for k in outputs}, coords=coords)  # fmt: skip
 
 
+def check_streamable(model: ColumnModel) -> None:
+    """Refuse (``StreamingUnsupported``) a column model that cannot run in time chunks."""
+    if model.dynamic_net is not None:
+        raise StreamingUnsupported("a model with a sequence network (hybrid_lstm) sees the whole record at once and "
+                                   "cannot be streamed in time chunks; use `hybridlsm predict` on files that fit "
+                                   "in memory")  # fmt: skip
+
+
 def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, store: str | Path, *,
                         outputs: Sequence[str] = STREAM_OUTPUTS, time_chunk: int = 720,
                         cells_per_block: int = 4096, spinup_days: float = 30.0,
@@ -262,10 +270,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     """
     from rich.progress import Progress
 
-    if model.dynamic_net is not None:
-        raise StreamingUnsupported("stream_column_model: a model with a sequence network (hybrid_lstm) sees the whole "
-                         "record at once and cannot be streamed in time chunks; use `hybridlsm predict` on "
-                         "files that fit in memory")  # fmt: skip
+    check_streamable(model)
     store = _new_store(store)
     source = open_grid(source)
     where, ydim, xdim, step_s = _grid_setup(source, [v for v, _ in FORCING_VARIABLES.values()])
