@@ -414,6 +414,24 @@ def check_inputs_unchanged(digests: dict[str, str], run_dir: Path) -> None:
                           "data: start the run again (--overwrite) or restore the files")
 
 
+RUN_ARTEFACTS = (INPUTS_FILE, "models", "checkpoints", "report.html")  # one of them is in every run
+
+
+def not_a_run(folder: Path) -> str | None:
+    """Why ``folder`` is not a run directory written by ``hybridlsm run`` (None when it is one): a
+    run has a ``config.yaml`` that reads as a run config and one of ``RUN_ARTEFACTS``. A folder of
+    the user's that merely holds a config.yaml is not one, and is never resumed into or replaced."""
+    if not (folder / "config.yaml").is_file():
+        return "no config.yaml"
+    try:
+        load_run_config(folder / "config.yaml", check_paths=False)
+    except (ConfigError, OSError, UnicodeDecodeError) as err:
+        return f"its config.yaml is not a run's config: {str(err).splitlines()[0][:200]}"
+    if not any((folder / name).exists() for name in RUN_ARTEFACTS):
+        return f"none of {', '.join(RUN_ARTEFACTS)}"
+    return None
+
+
 def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     """(the folder this run writes to, the run directory it becomes).
 
@@ -432,9 +450,9 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     run_dir = cfg.run_path
     partial = unfinished_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not (run_dir / "config.yaml").is_file():  # not a run: the user's folder, never written into or replaced
+        if why := not_a_run(run_dir):  # the user's folder: never written into or replaced
             raise FileExistsError(
-                f"{run_dir} exists and is not a hybridlsm run directory (no config.yaml): neither --resume nor "
+                f"{run_dir} exists and is not a hybridlsm run directory ({why}): neither --resume nor "
                 "--overwrite writes into or replaces it; give the run another name or output.run_dir")
         unfinished = unfinished_dir(run_dir, OVERWRITE)
         if resume and cfg.output.overwrite and unfinished.exists():  # an overwrite that stopped: continue it
