@@ -134,6 +134,10 @@ def test_defaults_and_other_split_forms(config_dir):
         ("data.sites.2.virtual.igbp", "FOREST", ["data.sites[2].virtual.igbp", "'ENF'", "'FOREST'"]),
         ("training.min_lr", 1.0, ["training", "min_lr (1) must not exceed lr (0.0001)"]),
         ("name", "my run/1", ["name", "String should match pattern"]),
+        ("training.seed", 2**40, ["training.seed", "less than 4294967296"]),
+        ("models.0.options.seed", 10**30, ["models[0]", "options.seed", "less than 4294967296"]),
+        ("models.1.options.forget_bias", float("nan"), ["models[1]", "options.forget_bias", "finite number"]),
+        ("models.1.label", "L" * 200, ["models[1].label", "at most 128 characters"]),
     ],
 )
 def test_invalid_values_name_the_key(config_dir, path, value, expected):
@@ -184,3 +188,21 @@ def test_unreadable_files_are_config_errors(config_dir):
         load_config(write(config_dir, "name: [unclosed"))
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(config_dir, "- a\n- b\n"))
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), [
+    ("hybrid_param", {"calibrate": ["foo"]}, "calibrate: not calibratable: ['foo']"),
+    ("physics", {"calibrate": ["rs_scale", "rs_scale"]}, "calibrate: a name repeats"),
+    ("hybrid_flux", {"static_inputs": ["latitude", "latitude"]}, "['latitude'] repeated"),
+    ("regional_hybrid", {"classes": ["GRA", "GRA"]}, "['GRA'] repeated"),
+    ("lstm", {"seed": 2**63}, "less than 4294967296"),
+])
+def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, options, expected):
+    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+        validate_options(name, options)
+
+
+def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):
+    monkeypatch.setenv("HOME", str(config_dir / "home"))
+    cfg = load_config(write(config_dir, patched("output.run_dir", "~/runs")))
+    assert cfg.output.run_dir == config_dir / "home" / "runs"

@@ -39,10 +39,11 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -82,6 +83,23 @@ IGBP_CLASSES = (
 )  # fmt: skip
 _DURATION_UNITS_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "h": 1.0 / 24.0, "hour": 1.0 / 24.0,
                         "hours": 1.0 / 24.0, "w": 7.0, "week": 7.0, "weeks": 7.0}  # fmt: skip
+
+
+# The pydantic settings of every model's ``options`` class: unknown keys refused, and NaN or inf
+# refused in every number (a NaN forget bias trained to a non-finite loss without naming the key).
+OPTIONS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+def unique_items(value: list) -> list:
+    """Refuse a list in which an item repeats (``AfterValidator`` of the options' name lists)."""
+    repeated = sorted({str(v) for v in value if value.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{repeated} repeated; give each once")
+    return value
+
+
+# A random seed: numpy and JAX take 64-bit seeds, and an ensemble's member k uses seed + k, so
+# seeds stay far below 2**63.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class ConfigError(ValueError):
@@ -152,7 +170,7 @@ class VirtualSiteConfig(StrictModel):
     start: date = date(2020, 1, 1)
     latitude: float = Field(32.0, ge=-90.0, le=90.0)
     longitude: float = Field(-110.0, ge=-180.0, le=180.0)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     noise: float = Field(0.0, ge=0.0, description="observation noise on the fluxes [W m-2]")
     truth: Literal["jarvis", "kh_law"] = Field(
         "jarvis", description="jarvis: Jarvis-type r_s and convective exchange; kh_law: Jarvis-type r_s and the "
@@ -251,7 +269,7 @@ class VirtualRegionConfig(StrictModel):
                               "default: US-CRT 2011 in ../shared/data)")
     start: date = date(2011, 6, 1)
     spin_up_days: int = Field(5, ge=0, le=60)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     albedo_noise: float | None = Field(0.02, ge=0.0, le=0.2, description="SD of the surface albedo product's "
                                        "noise about the truth's class albedo; null: no product (the models run "
                                        "LaD's class albedo)")
@@ -559,7 +577,7 @@ class ModelEntry(StrictModel):
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
 
     @field_validator("name")
     @classmethod
@@ -646,7 +664,7 @@ class TrainConfig(StrictModel):
     phase 2, as in the regional study.
     """
 
-    seed: int = Field(0, ge=0, lt=2**63)
+    seed: Seed = 0
     epochs: int | None = Field(None, ge=1)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     min_lr: float = Field(1e-6, ge=0.0)
@@ -699,8 +717,16 @@ class TrainConfig(StrictModel):
 
 
 class OutputConfig(StrictModel):
+    """``run_dir``: the folder of the runs (``~`` expanded; relative to the working directory, as
+    ``hybridlsm run`` is started from the project's root); ``overwrite``: replace a finished run."""
+
     run_dir: Path = Path("runs")
     overwrite: bool = False
+
+    @field_validator("run_dir")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        return value.expanduser()
 
 
 class RunConfig(StrictModel):

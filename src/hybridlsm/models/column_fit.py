@@ -33,9 +33,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from ..config import TrainConfig
+from ..config import OPTIONS_CONFIG, TrainConfig
 from ..data import DataError
 from ..domain import Domain
 from ..training.losses import (
@@ -330,7 +330,7 @@ def training_bytes(train: Sequence[Domain], ctx: TrainingContext, train_cfg: Tra
 class FitOptions(BaseModel):
     """Options every column model has: its own overrides of the run's ``training`` section."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     lr: float | None = Field(None, gt=0.0, le=1.0, description="learning rate (null: training.lr)")
     epochs: int | None = Field(None, ge=1, description="epochs (null: training.epochs)")

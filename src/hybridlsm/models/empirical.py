@@ -31,9 +31,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import xarray as xr
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from hybridlsm.config import ALLOWED_TARGETS
+from hybridlsm.config import ALLOWED_TARGETS, OPTIONS_CONFIG
 from hybridlsm.data.schema import DataError, DataWarning
 from hybridlsm.data.splits import usable_targets
 from hybridlsm.domain import Domain
@@ -430,7 +430,7 @@ EMPIRICAL_MODELS: dict[str, type[EmpiricalModel]] = {
 class EmpiricalOptions(BaseModel):
     """``options`` of the empirical benchmarks: the fluxes to fit (one regression each)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["Qle", "Qh"], min_length=1)

@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from ..config import ALLOWED_TARGETS
+from ..config import ALLOWED_TARGETS, OPTIONS_CONFIG
 from ..data.splits import usable_targets
 from ..domain import Domain
 from ..rundir import sha256_of
@@ -72,7 +72,7 @@ __all__ = ["Ensemble", "EnsembleOptions", "combine_members", "stacking_weights"]
 class MemberOptions(BaseModel):
     """One member of a multi-model ensemble: a registered model and its options."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     model: str = Field(..., description="the member's registered model name")
     options: dict[str, Any] = Field(default_factory=dict, description="the member's options (completed and checked)")
@@ -82,7 +82,7 @@ class EnsembleOptions(BaseModel):
     """``options`` of ``{name: ensemble}``: ``model`` (and ``size``, ``options``) for a deep ensemble,
     or ``members`` for a multi-model ensemble."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     model: str | None = Field(None, description="the members' registered model name (a deep ensemble)")
     size: int | None = Field(None, ge=2, le=100, description="number of members (default 5 for a deep ensemble)")

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from ..config import OPTIONS_CONFIG, Seed, unique_items
 from ..data import usable_targets
 from ..domain import Domain
 from ..neural import (LSTM, MC_KEY, MC_SAMPLES, MLP, TARGET_STD_RANGE, BoundedHead, EnergySplitHead, GaussianHead, dropout_rate,
@@ -74,7 +75,7 @@ FALLBACK_OUTPUT = "fallback"
 class HybridOptions(FitOptions, LandOptions):
     """``options`` of the hybrid models."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     use_states: bool = Field(True, description="physics states as network inputs (off: the ablation)")
     energy_split: bool = Field(True, description="hybrid_flux: conserve H + LE + G = Rn via the split head")
@@ -100,8 +101,8 @@ class HybridOptions(FitOptions, LandOptions):
     lr: float | None = Field(1e-2, gt=0.0, le=1.0, description="AdamW step (default 1e-2; null: training.lr)")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
-    static_inputs: list[Literal[STATIC_INPUTS]] = Field(  # type: ignore[valid-type]
+    seed: Seed = 0
+    static_inputs: Annotated[list[Literal[STATIC_INPUTS]], AfterValidator(unique_items)] = Field(  # type: ignore[valid-type]
         default_factory=list, description="static attributes of each site or cell the networks also take "
         "(latitude, elevation, canopy_height, measurement_height, sand_fraction, clay_fraction, the climate "
         "summaries, igbp): one network for every site, no per-site parameters; a site without one is refused")

@@ -36,10 +36,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from hybridlsm import thermo
-from hybridlsm.config import ALLOWED_TARGETS
+from hybridlsm.config import ALLOWED_TARGETS, OPTIONS_CONFIG, Seed
 from hybridlsm.data.schema import site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
@@ -72,7 +72,7 @@ def gaussian_head(n_targets: int) -> GaussianHead:
 class LSTMOptions(BaseModel):
     """``options`` of ``{name: lstm}`` in a config."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     hidden_size: int = Field(64, ge=1, le=4096)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout rate, in training and at prediction "
@@ -86,7 +86,7 @@ class LSTMOptions(BaseModel):
     targets: list[Literal[ALLOWED_TARGETS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["Qle", "Qh"], min_length=1
     )
-    seed: int = Field(0, ge=0, description="initialisation seed of the network weights")
+    seed: Seed = Field(0, description="initialisation seed of the network weights")
     likelihood: Literal["mse", "gaussian"] = Field(
         "mse", description="mse: point prediction trained on the mean square error; gaussian: a mean and an "
         "aleatoric SD per target, trained on the Gaussian negative log-likelihood")

@@ -9,7 +9,9 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from ..config import OPTIONS_CONFIG
 
 from ..constants import CP_AIR
 from ..physics import CALIBRATABLE, LaDModel
@@ -39,6 +41,21 @@ class LandOptions(BaseModel):
         "calibrate to fit it) draw on the groundwater store W_g or on a water table below the column "
         "(physics.lad); none: LaD"))
 
+    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
+        "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
+
+    @model_validator(mode="after")
+    def _known(self) -> LandOptions:
+        allowed = self.calibratable()
+        unknown = sorted(set(self.calibrate) - set(allowed))
+        if unknown:
+            raise ValueError(f"calibrate: not calibratable: {unknown}; allowed: {allowed}"
+                             + (" (deep_root_fraction needs deep_water: groundwater or table)"
+                                if "deep_root_fraction" in unknown else ""))  # fmt: skip
+        if len(set(self.calibrate)) < len(self.calibrate):
+            raise ValueError(f"calibrate: a name repeats in {self.calibrate}")
+        return self
+
     def calibratable(self) -> list[str]:
         """The parameters that can be fitted (or learned) with these options."""
         return list(CALIBRATABLE) + [name for name, (option, values) in OPTION_CALIBRATABLE.items()
@@ -53,10 +70,8 @@ class LandOptions(BaseModel):
 class PhysicsOptions(FitOptions, LandOptions):
     """``options`` of ``{name: physics}`` / ``{name: fixed_kh}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
-    calibrate: list[str] = Field(default_factory=lambda: list(DEFAULT_CALIBRATED), description=(
-        "parameters fitted per site; [] runs LaD with its IGBP-table defaults (no training)"))
     targets: list[Literal[COLUMN_TARGETS]] = Field(default_factory=lambda: list(DEFAULT_COLUMN_TARGETS), min_length=1)  # type: ignore[valid-type]
     lr: float | None = Field(0.05, gt=0.0, le=1.0, description="Adam step on the unconstrained offsets")
     fit: Literal["record", "windows"] = Field(
@@ -68,16 +83,6 @@ class PhysicsOptions(FitOptions, LandOptions):
     per_site: bool = Field(True, description="one parameter set per site when several sites train with a "
                            "time split (leave-one-site-out always shares one set: the test site has none)")
     patience: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _known(self) -> PhysicsOptions:
-        allowed = self.calibratable()
-        unknown = sorted(set(self.calibrate) - set(allowed))
-        if unknown:
-            raise ValueError(f"not calibratable: {unknown}; allowed: {allowed}"
-                             + (" (deep_root_fraction needs deep_water: groundwater or table)"
-                                if "deep_root_fraction" in unknown else ""))  # fmt: skip
-        return self
 
 
 class NeutralExchangeClosure(Closure):

@@ -36,14 +36,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from ..config import IGBP_CLASSES
+from ..config import IGBP_CLASSES, OPTIONS_CONFIG, Seed, unique_items
 from ..data.schema import DataError, DataWarning
 from ..domain import Domain
 from ..neural import SpatiotemporalOptions
@@ -74,7 +74,7 @@ __all__ = ["RegionalOptions", "RegionalRun"]
 class RegionalOptions(BaseModel):
     """``options`` of the regional models (sizes of the network: ``neural.SpatiotemporalOptions``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = OPTIONS_CONFIG
 
     targets: list[Literal[TARGETS]] = Field(default_factory=lambda: list(TARGETS), min_length=1)  # type: ignore[valid-type]
     window_hours: float = Field(48.0, gt=0.0, description="length of a training window (whole grid)")
@@ -95,7 +95,7 @@ class RegionalOptions(BaseModel):
         "vapour-pressure deficit D, r_s (1 + D / D0) (Leuning 1995; physics.lad.RS_VPD_D0 = 3 is a common "
         "default): the network gives r_s at D = 0 and the physics raises it in drier air; None (default): the "
         "network's r_s is the surface resistance")
-    classes: list[Literal[IGBP_CLASSES]] = Field(  # type: ignore[valid-type]
+    classes: Annotated[list[Literal[IGBP_CLASSES]], AfterValidator(unique_items)] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(IGBP_CLASSES), min_length=1,
         description="land-cover classes of the one-hot inputs; a grid with another class is refused")
     embed_size: int = Field(8, ge=1, le=256)
@@ -123,7 +123,7 @@ class RegionalOptions(BaseModel):
                              "for the CNN-LSTM")
     epochs: int | None = Field(None, ge=1)
     patience: int | None = Field(None, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _fallback_needs_dropout(self):
