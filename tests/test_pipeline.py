@@ -269,3 +269,22 @@ output: {{run_dir: {tmp_path / 'runs'}}}
     assert ("HOUR has 3600 s time steps, its training sites 1800 s; lstm learn their memory at the training step"
             in " ".join(result.output.split()))
     assert not (tmp_path / "runs").exists()  # refused before anything trained or was written
+
+
+def test_a_model_input_the_data_lacks_is_refused_before_the_run_directory_is_written(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace(
+        "  - {name: 1lin}\n", "  - {name: lstm, options: {inputs: [LAI, Tair], hidden_size: 4}}\n"))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and "lstm (lstm) needs ['LAI'], which TINY does not give" in " ".join(
+        result.output.split()), result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_windows_longer_than_every_record_name_data_window_days(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("window_days: 3", "window_days: 100").replace(
+        "  - {name: 1lin}\n", "  - {name: lstm, options: {hidden_size: 4}}\n").replace(
+        "  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and "shorten data.window_days" in " ".join(result.output.split()), result.output

@@ -290,6 +290,22 @@ def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
                         f"data.split, data.max_qc and whether the files observe {target}")
 
 
+def check_inputs(cfg: RunConfig, exps: list[Experiment]) -> None:
+    """DataError, before anything is trained, when a site or grid lacks a variable a model needs
+    (``ModelSpec.required_inputs``: e.g. an LSTM's ``inputs``), naming the model, the site and what
+    the data has."""
+    for m in cfg.models:
+        spec = get_model(m.name)
+        needed = spec.required_inputs(spec.Options.model_validate(m.options))
+        for exp in exps:
+            for d in (*exp.train, *exp.val, *exp.test):
+                missing = [v for v in needed if v not in d.data]
+                if missing:
+                    have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
+                    raise DataError(f"models: {m.label or m.name} ({m.name}) needs {missing}, which {_site_id(d)} does "
+                                    f"not give (it has {have}); leave the model out or give it inputs the data has")
+
+
 def check_time_steps(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is trained, when a model with memory (``learns_time_step``) would
     be tested at a time step none of its training sites has (an hourly test site of half-hourly
@@ -566,6 +582,7 @@ def run(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *,
     sites = load_domains(cfg)  # read and check every input before the run directory is touched
     exps = experiments(cfg, sites)
     check_observations(cfg, exps)
+    check_inputs(cfg, exps)
     check_time_steps(cfg, exps)
     cell_mesh(cfg.training.devices)  # ConfigError now, not after the first models have trained
     check_processes(cfg, resume)

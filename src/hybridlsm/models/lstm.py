@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from hybridlsm import thermo
 from hybridlsm.config import ALLOWED_TARGETS, OPTIONS_CONFIG, Seed
-from hybridlsm.data.schema import site_label
+from hybridlsm.data.schema import DataError, site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import (
@@ -359,8 +359,13 @@ class LSTMModel(EquinoxSpec):
         train_data = [ds for d in train for ds in d.columns()]
         model = replace(self.with_statistics(model, train_data), time_steps=training_time_steps(train))
         groups = _make_windows(model, train_data, ctx)
+        if not groups:
+            raise DataError(f"lstm: no training window of data.spinup_days + data.window_days "
+                            f"({ctx.spinup_days:g} + {ctx.window_days:g} d) fits any training record; shorten "
+                            "data.window_days")  # fmt: skip
         if not any(g["m"].any() for g in groups.values()):
-            raise ValueError("lstm.train: no usable target value in the training windows (check QC and split)")
+            raise DataError("lstm: no usable target value in the training windows (check data.max_qc, data.split "
+                            "and data.window_days)")
         val_sets = []
         for ds in (ds for d in val for ds in d.columns()):
             spin = ctx.steps(ctx.spinup_days, _time_step_s(ds))

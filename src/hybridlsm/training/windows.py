@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from hybridlsm.data.schema import DataError
 from hybridlsm.training.sharding import pad_to_devices, shard_columns
 
 __all__ = ["COLUMN_AXIS", "SiteRecord", "batches_of", "concat_trees", "make_windows", "record_windows", "state_at",
@@ -86,7 +87,13 @@ def make_windows(records: Sequence[SiteRecord], spin: int, length: int, state_ty
             if m.any():
                 parts.append((rec, start, stop, m, weight))
     if not parts:
-        raise ValueError("no training window with a usable target value (check QC, split and window length)")
+        longest = max((rec.forcing.n_steps for rec in records), default=0)
+        if longest < total:
+            raise DataError(f"no training window fits: data.spinup_days and data.window_days give {spin} + {length} "
+                            f"steps, more than the longest training record ({longest} steps); shorten "
+                            "data.window_days")  # fmt: skip
+        raise DataError("no training window with a usable target value (check data.max_qc, data.split and "
+                        "data.window_days)")
     forcing = concat_trees([jax.tree_util.tree_map(lambda a, s=s, e=e: np.asarray(a)[s:e], r.forcing)
                             for r, s, e, *_ in parts], axis=1)  # fmt: skip
     return {
