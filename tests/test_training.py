@@ -380,6 +380,21 @@ def test_schedules_by_hand():
     tp = cfg(two_phase={"enabled": True, "phase1_epochs": 3, "phase2_epochs": 1})
     assert loss_weights(tp, 2) == {"energy": 0.0, "sparsity": 0.0, "discovery": 0.0}
     assert loss_weights(tp, 3) == {"energy": 0.5, "sparsity": 0.01, "discovery": 0.2}  # P = 1: end values
+    # past phase 2 (a model's epochs beyond the phases) the weights and the rate hold their end values
+    t2 = cfg(lr=1e-2, min_lr=1e-6, two_phase={"enabled": True, "phase1_epochs": 2, "phase2_epochs": 2})
+    assert [loss_weights(t2, e)["energy"] for e in range(2, 6)] == [pytest.approx(v) for v in (0.1, 0.5, 0.5, 0.5)]
+    assert [learning_rate(t2, e, 0, 1, step=99) for e in (4, 5)] == [pytest.approx(1e-6)] * 2
+
+
+def test_a_models_epochs_cannot_run_past_the_two_phases():
+    from hybridlsm.config import ConfigError
+    from hybridlsm.models.column_fit import with_model_overrides
+    from hybridlsm.models.registry import validate_options
+
+    t2 = cfg(two_phase={"enabled": True, "phase1_epochs": 2, "phase2_epochs": 2})
+    assert with_model_overrides(t2, validate_options("hybrid_param", {"epochs": 3})).epochs == 3
+    with pytest.raises(ConfigError, match=r"options.epochs \(8\) is more than training.two_phase's"):
+        with_model_overrides(t2, validate_options("hybrid_param", {"epochs": 8}))
 
 
 # --------------------------------------------------------------------------------- losses

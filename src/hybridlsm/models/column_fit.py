@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, Field
 
-from ..config import OPTIONS_CONFIG, TrainConfig
+from ..config import OPTIONS_CONFIG, ConfigError, TrainConfig
 from ..data import DataError
 from ..domain import Domain
 from ..training.losses import (
@@ -339,5 +339,17 @@ class FitOptions(BaseModel):
 
 def training_config(ctx: TrainingContext, options: FitOptions) -> TrainConfig:
     """The run's training section with the model's own overrides (lr, epochs, patience)."""
+    return with_model_overrides(ctx.training, options)
+
+
+def with_model_overrides(training: TrainConfig, options) -> TrainConfig:
+    """``training`` with a model's own ``lr``, ``epochs`` and ``patience`` (where not None); with
+    two-phase training a model's epochs may shorten the phases (the physics' calibration sits in
+    phase 1) but not run past them, where the phase-2 weights and schedule have ended."""
     update = {"lr": options.lr, "epochs": options.epochs, "patience": options.patience}
-    return ctx.training.model_copy(update={k: v for k, v in update.items() if v is not None})
+    tp = training.two_phase
+    if tp.enabled and options.epochs is not None and options.epochs > tp.phase1_epochs + tp.phase2_epochs:
+        raise ConfigError(f"a model's options.epochs ({options.epochs}) is more than training.two_phase's "
+                          f"phase1_epochs + phase2_epochs ({tp.phase1_epochs} + {tp.phase2_epochs}); the phases set "
+                          "the epochs of two-phase training: remove the model's epochs or lengthen the phases")
+    return training.model_copy(update={k: v for k, v in update.items() if v is not None})

@@ -47,6 +47,7 @@ from ..config import IGBP_CLASSES, OPTIONS_CONFIG, Seed, unique_items
 from ..data.schema import DataError, DataWarning
 from ..domain import Domain
 from ..neural import SpatiotemporalOptions
+from .column_fit import with_model_overrides
 from .regional import (
     CNNLSTM,
     MC_FIELDS,
@@ -254,8 +255,7 @@ class RegionalSpec(EquinoxSpec):
         window, warmup = _steps(grid, options.window_hours), _steps(grid, options.warmup_hours)
         split = {"train": grid.data["loss_mask"].values.any(axis=1), "val": check.data["loss_mask"].values.any(axis=1)}
         if model.model is not None:
-            cfg = ctx.training.model_copy(update={k: v for k, v in {"lr": options.lr, "epochs": options.epochs,
-                                                                    "patience": options.patience}.items() if v is not None})
+            cfg = with_model_overrides(ctx.training, options)
             result = train_regional(model.model, data, cfg, split=split, window=window, warmup=warmup,
                                     checkpoint_dir=ctx.checkpoint_dir, progress=ctx.progress,
                                     resume=ctx.checkpoint_dir is not None)

@@ -185,7 +185,7 @@ def loss_weights(cfg: TrainConfig, epoch: int) -> dict[str, float]:
     phase, j, length = phase_of_epoch(cfg, epoch)
     if phase != 2:
         return {name: 0.0 for name in WEIGHT_NAMES}
-    frac = 1.0 if length == 1 else j / (length - 1)
+    frac = 1.0 if length == 1 else min(j / (length - 1), 1.0)  # held at the end value past phase 2
     tp = cfg.two_phase
     ramps = {"energy": tp.lambda_energy, "sparsity": tp.lambda_sparsity, "discovery": tp.lambda_discovery}
     return {name: float(a + (b - a) * frac) for name, (a, b) in ramps.items()}
@@ -200,7 +200,7 @@ def learning_rate(cfg: TrainConfig, epoch: int, batch: int, n_batches: int, step
     warm = 1.0 if cfg.warmup_steps == 0 else min(1.0, (step + 1) / cfg.warmup_steps)
     if cfg.schedule == "constant" or phase == 1:
         return cfg.lr * warm
-    t = (j + batch / max(n_batches, 1)) / length
+    t = min((j + batch / max(n_batches, 1)) / length, 1.0)  # held at min_lr past the schedule's end
     return warm * (cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
