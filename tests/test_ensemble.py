@@ -98,8 +98,12 @@ def test_options_check_the_members_and_give_each_its_seed():
         validate_options("ensemble", {"model": "nope"})
     with pytest.raises(ValueError, match="cannot be ensembles"):
         validate_options("ensemble", {"model": "ensemble"})
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match="options of hybrid_param: width: Input should be greater than or equal to 1"):
         validate_options("ensemble", {"model": "hybrid_param", "options": {"width": 0}})
+    # members that would be identical (no seed, no bootstrap) are refused; a bootstrap makes them differ
+    with pytest.raises(ValueError, match="a deep ensemble of gbm, which has no seed option, without bootstrap"):
+        validate_options("ensemble", {"model": "gbm", "size": 3})
+    assert validate_options("ensemble", {"model": "gbm", "size": 3, "bootstrap": True}).size == 3
 
 
 def test_bootstrap_keeps_a_resample_of_the_training_days():
@@ -173,6 +177,8 @@ def test_multi_model_options_check_every_member():
                        ({"members": [{"model": "hybrid_flux"}] * 2, "options": {"width": 8}}, "under members"),
                        ({"members": [{"model": "hybrid_flux"}] * 2, "size": 3}, "leave size out"),
                        ({"members": [{"model": "hybrid_flux"}] * 2, "vmap": True}, "different models"),
+                       ({"members": [{"model": "hybrid_flux"}, {"model": "hybrid_param", "options": {"widht": 8}}]},
+                        r"members\[1\].options of hybrid_param: widht: unknown key \(the keys of hybrid_param: "),
                        ({"members": [{"model": "hybrid_flux", "options": {"targets": ["Qh"]}},
                                      {"model": "hybrid_param", "options": {"targets": ["Qle"]}}]}, "different targets")):
         with pytest.raises(ValueError, match=match):

@@ -268,7 +268,7 @@ def test_every_model_saves_loads_and_predicts_the_same(site, cfg, tmp_path):
     hourly = domain_from_site(hourly.assign_attrs(time_step_s=3600.0))
     ctx = dc_replace(cfg, cache={})
     small = {"lstm": {"hidden_size": 4}, "physics": {"epochs": 2, "calibrate": ["rs_scale", "ra_scale", "albedo"]},
-             "ensemble": {"model": "1lin", "size": 2}}
+             "ensemble": {"model": "1lin", "size": 2, "bootstrap": True}}
     for name in available_models():
         if name.startswith("regional_"):  # grids only: tests/test_pipeline_regional.py
             continue

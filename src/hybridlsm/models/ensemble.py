@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ..config import ALLOWED_TARGETS, OPTIONS_CONFIG
 from ..data.splits import usable_targets
@@ -112,7 +112,11 @@ class EnsembleOptions(BaseModel):
             vmappable = ", ".join(n for n in available_models() if get_model(n).vmapped_members)
             raise ValueError(f"vmap: true, but {self.model}'s members cannot train together (models that can: "
                              f"{vmappable}); use vmap: auto or false")
-        self.options = self._complete(self.model, self.options)
+        self.options = self._complete(self.model, self.options, "options")
+        if "seed" not in self.options and not self.bootstrap:
+            raise ValueError(f"a deep ensemble of {self.model}, which has no seed option, without bootstrap trains "
+                             "identical members (a spread of 0 reported as uncertainty); set bootstrap: true, or "
+                             "ensemble a model with a seed")
         self.targets = list(self.options["targets"])
         return self
 
@@ -124,9 +128,9 @@ class EnsembleOptions(BaseModel):
         if self.vmap is True:
             raise ValueError("vmap: true, but the members of a multi-model ensemble are different models; "
                              "they train one after the other")
-        for m in self.members:
+        for i, m in enumerate(self.members):
             self._check_member_model(m.model)
-            m.options = self._complete(m.model, m.options)
+            m.options = self._complete(m.model, m.options, f"members[{i}].options")
         targets = {tuple(m.options["targets"]) for m in self.members}
         if len(targets) > 1:
             raise ValueError(f"the members train on different targets {sorted(targets)}; give them the same targets")
@@ -143,11 +147,21 @@ class EnsembleOptions(BaseModel):
         except UnknownModelError as err:
             raise ValueError(str(err)) from None
 
-    def _complete(self, name: str, options: dict) -> dict:
+    def _complete(self, name: str, options: dict, where: str) -> dict:
+        """``options`` of a member model ``name`` checked and completed; an error names ``where``
+        they are (``members[1].options``) and that model's keys, not the ensemble's."""
         opts = dict(options)
         if self.targets is not None:
             opts.setdefault("targets", list(self.targets))
-        return validate_options(name, opts).model_dump(mode="json")
+        try:
+            return validate_options(name, opts).model_dump(mode="json")
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(top level)'}: "
+                + (f"unknown key (the keys of {name}: {', '.join(sorted(get_model(name).Options.model_fields))})"
+                   if e["type"] == "extra_forbidden" else e["msg"])
+                for e in err.errors())  # fmt: skip
+            raise ValueError(f"{where} of {name}: {problems}") from None
 
     def member_model(self, k: int) -> str:
         """Member k's registered model name."""
