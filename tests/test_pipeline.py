@@ -288,3 +288,13 @@ def test_windows_longer_than_every_record_name_data_window_days(tmp_path):
         "  - {name: physics, options: {epochs: 2, calibrate: [rs_scale, ra_scale]}}\n", ""))
     result = CliRunner().invoke(app, ["run", str(cfg)])
     assert result.exit_code == 2 and "shorten data.window_days" in " ".join(result.output.split()), result.output
+
+
+def test_a_regional_model_on_sites_is_refused_before_the_run_directory_is_written(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("  - {name: 1lin}\n",
+                                                                          "  - {name: regional_hybrid}\n"))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and "regional_hybrid (regional_hybrid) runs on grid domains, and TINY is in a sites domain" in " ".join(
+        result.output.split()), result.output
+    assert not (tmp_path / "runs").exists()

@@ -291,14 +291,18 @@ def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
 
 
 def check_inputs(cfg: RunConfig, exps: list[Experiment]) -> None:
-    """DataError, before anything is trained, when a site or grid lacks a variable a model needs
-    (``ModelSpec.required_inputs``: e.g. an LSTM's ``inputs``), naming the model, the site and what
-    the data has."""
+    """DataError, before anything is written, when a model cannot run on a domain of the run: not
+    of its kind (``ModelSpec.domain_kinds``: a regional model on sites), or lacking a variable it
+    needs (``ModelSpec.required_inputs``: e.g. an LSTM's ``inputs``)."""
     for m in cfg.models:
         spec = get_model(m.name)
         needed = spec.required_inputs(spec.Options.model_validate(m.options))
         for exp in exps:
             for d in (*exp.train, *exp.val, *exp.test):
+                if d.kind not in spec.domain_kinds:
+                    raise DataError(f"models: {m.label or m.name} ({m.name}) runs on {' or '.join(spec.domain_kinds)} "
+                                    f"domains, and {_site_id(d)} is in a {d.kind} domain (the regional models take one "
+                                    "grid: data.grid)")  # fmt: skip
                 missing = [v for v in needed if v not in d.data]
                 if missing:
                     have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))

@@ -215,6 +215,7 @@ class RegionalSpec(EquinoxSpec):
     """What the three regional models share: saving the classes and constants, prediction."""
 
     targets = TARGETS
+    domain_kinds = ("grid",)
 
     def build(self, options: RegionalOptions) -> RegionalRun:
         return RegionalRun(None, tuple(options.classes), settings=settings(options))

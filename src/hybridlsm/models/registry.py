@@ -183,6 +183,8 @@ class ModelSpec(abc.ABC):
     learned_parameters: ClassVar[tuple[str, ...]] = ()
     #: an ensemble of this model can train its members together, vmapped (``train_members``)
     vmapped_members: ClassVar[bool] = False
+    #: the Domain kinds the model trains and predicts on (a run refuses others before it writes)
+    domain_kinds: ClassVar[tuple[str, ...]] = ("sites", "grid")
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
