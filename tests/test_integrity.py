@@ -82,6 +82,31 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch(tmp_path):
         read_checkpoint(tmp_path, trees(0))
 
 
+def test_a_checkpoint_write_that_stops_keeps_two_good_checkpoints(tmp_path, monkeypatch):
+    """A kill while the new leaves are written (most of a checkpoint's time) leaves the last two
+    checkpoints named, not the last one twice: the older is the fallback if the newer is damaged."""
+    import equinox as eqx
+
+    def trees(v):
+        return {"w": jnp.full(4000, float(v))}
+
+    for epoch in (1, 2):
+        write_checkpoint(tmp_path, epoch, trees(epoch), {"epoch": epoch})
+
+    def killed(path, tree):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eqx, "tree_serialise_leaves", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(tmp_path, 3, trees(3), {"epoch": 3})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "checkpoint.prev.json").read_text())["epoch"] == 1
+    flip(tmp_path / "epoch_0002.eqx")
+    with pytest.warns(UserWarning, match="epoch_0002.eqx"):
+        loaded, meta = read_checkpoint(tmp_path, trees(0))
+    assert meta["epoch"] == 1 and np.all(np.asarray(loaded["w"]) == 1.0)
+
+
 def test_resumed_fit_never_loads_a_damaged_checkpoint(tmp_path):
     c = cfg(epochs=3)
     full = fit(make_model(), mse_loss, BATCHES, val_fn, c, tmp_path, progress=False)

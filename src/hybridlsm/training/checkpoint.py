@@ -67,11 +67,14 @@ def write_checkpoint(directory: Path, epoch: int, trees: dict[str, Any], meta: d
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     current, previous = directory / META_FILE, directory / PREVIOUS_FILE
-    if current.is_file() and _verify(current)[1] is None:  # a damaged one never replaces a good previous
+    leaves_name = f"epoch_{epoch:04d}.eqx"
+    # the new leaves first: until they are whole, checkpoint.json and checkpoint.prev.json still
+    # name two good checkpoints (a kill while writing leaves both, not one twice)
+    old_meta, why = _verify(current) if current.is_file() else (None, "none")
+    digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
+    if why is None and old_meta.get("leaves_file") != leaves_name:  # a damaged one never replaces a good previous
         text = current.read_bytes()
         atomic_write(previous, lambda p: p.write_bytes(text))
-    leaves_name = f"epoch_{epoch:04d}.eqx"
-    digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
     meta = {"format": CHECKPOINT_FORMAT, **json_safe(meta), "leaves_file": leaves_name,
             "sha256": {leaves_name: digest}}  # fmt: skip
     text = json.dumps(meta, indent=1, allow_nan=False)
