@@ -151,6 +151,30 @@ def test_run_files_carry_checksums_and_a_damaged_empirical_model_is_refused(fini
         load_saved_model(saved)
 
 
+def test_run_json_files_that_are_not_json_objects_are_named_not_tracebacks(finished, tmp_path):
+    cfg_file, run_dir = copy_run(finished, tmp_path)
+    saved = run_dir / "models" / "1lin" / "all"
+    meta = json.loads((saved / "model.json").read_text())
+    (saved / "model.json").write_text("[]")
+    with pytest.raises(SavedModelError, match=r"model\.json: corrupt: not the JSON object of a saved model"):
+        load_saved_model(saved)
+    # a model saved before checksums (no sha256) whose npz is truncated: named, not a BadZipFile
+    (saved / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    (saved / "Qh.npz").write_bytes((saved / "Qh.npz").read_bytes()[:40])
+    with pytest.raises(SavedModelError, match=r"cannot load the saved 1lin \(BadZipFile"):
+        load_saved_model(saved)
+    # the timings only lose their times; a damaged inputs.json stops the resume, naming it (exit 3)
+    (run_dir / "timings.json").write_text("{trunc")
+    (run_dir / "inputs.json").write_text("{oops")
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--resume"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 3 and f"{run_dir / 'inputs.json'} cannot be read as JSON" in output, output
+    (run_dir / "inputs.json").write_text("{}")
+    result = CliRunner().invoke(app, ["run", str(cfg_file), "--resume"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 0 and "timings.json cannot be read as JSON" in output, output
+
+
 # ---------------------------------------------------------------------------- predictions
 
 

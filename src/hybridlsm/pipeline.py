@@ -75,7 +75,8 @@ from .domain import (
 )
 from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, time_step_among,
                               trained_key, training_time_steps)
-from .rundir import OVERWRITE, atomic_write, problem, run_lock, sha256_of, unfinished_dir
+from .rundir import (OVERWRITE, DamagedRunFile, atomic_write, problem, read_json_object, run_lock, sha256_of,
+                     unfinished_dir)
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
 
@@ -426,7 +427,7 @@ def check_inputs_unchanged(digests: dict[str, str], run_dir: Path) -> None:
     path = Path(run_dir) / INPUTS_FILE
     if not path.is_file():
         return
-    stored = json.loads(path.read_text())
+    stored = read_json_object(path)
     changed = sorted(f for f, d in stored.items() if digests.get(f, d) != d)
     if changed:
         raise ConfigError(f"--resume: data file(s) {', '.join(changed)} changed since {run_dir} started (SHA-256 "
@@ -630,10 +631,19 @@ def read_timings(run_dir: Path, resume: bool) -> dict:
     run's ``timings.json`` and those each model wrote beside it as it finished, ``timing.json``)."""
     if not resume:
         return {}
-    path = run_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    for f in sorted(Path(run_dir).glob(f"models/*/*/{TIMING_FILE}")):
-        timings.setdefault(f"{f.parent.name}/{f.parent.parent.name}", json.loads(f.read_text()))
+    timings = {}
+    for path in (run_dir / "timings.json", *sorted(Path(run_dir).glob(f"models/*/*/{TIMING_FILE}"))):
+        if not path.exists():
+            continue
+        try:  # only the training times: a damaged file loses them, with a warning, not the run
+            value = read_json_object(path)
+        except DamagedRunFile as err:
+            console.print(f"[yellow]{err}; its training times are not kept[/yellow]", soft_wrap=True)
+            continue
+        if path.name == TIMING_FILE:
+            timings.setdefault(f"{path.parent.name}/{path.parent.parent.name}", value)
+        else:
+            timings.update(value)
     return timings
 
 

@@ -154,6 +154,18 @@ def verified(path: Path) -> Path:
     return path
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in the run file ``path``; DamagedRunFile naming it when it does not read as
+    JSON or holds another kind of value (a list, a number)."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DamagedRunFile(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(value, dict):
+        raise DamagedRunFile(f"{path} holds a JSON {type(value).__name__}, not the object this file holds")
+    return value
+
+
 def load_checked_dataset(path: Path):
     """The netCDF file ``path`` of a run, loaded after ``verified``; a file that does not read as
     netCDF is a DamagedRunFile too (never a traceback from the backend)."""

@@ -24,6 +24,7 @@ cluster models); the gbm handles missing inputs natively.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -37,7 +38,8 @@ from hybridlsm.config import ALLOWED_TARGETS, OPTIONS_CONFIG
 from hybridlsm.data.schema import DataError, DataWarning
 from hybridlsm.data.splits import usable_targets
 from hybridlsm.domain import Domain
-from hybridlsm.models.registry import ModelSpec, TrainingContext, read_model_json, register_model, write_model_json
+from hybridlsm.models.registry import (ModelSpec, SavedModelError, TrainingContext, read_model_json, register_model,
+                                       write_model_json)
 from hybridlsm.rundir import atomic_write
 
 __all__ = [
@@ -466,7 +468,10 @@ class EmpiricalSpec(ModelSpec):
 
     def load(self, options, directory: Path):
         read_model_json(directory)  # checks the files' checksums
-        return {t: est.restore(directory, t, t) for t, est in self.build(options).items()}
+        try:
+            return {t: est.restore(directory, t, t) for t, est in self.build(options).items()}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # a damaged or foreign file
+            raise SavedModelError(f"{directory}: cannot load the saved {self.name} ({type(err).__name__}: {err})") from None
 
     def required_inputs(self, options) -> tuple[str, ...]:
         return tuple(EMPIRICAL_MODELS[self.name]().inputs) + ("Precip",) * (self.name == "gbm")

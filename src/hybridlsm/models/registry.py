@@ -366,8 +366,10 @@ def read_model_json(directory: Path) -> dict:
         raise SavedModelError(f"{directory}: no trained model here ({MODEL_FILE} missing)")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SavedModelError(f"{path}: corrupt: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
+        raise SavedModelError(f"{path}: corrupt: not the JSON object of a saved model")
     if meta.get("format") != SAVED_FORMAT:
         raise SavedModelError(f"{path}: format {meta.get('format')!r}, expected {SAVED_FORMAT!r}")
     for name, digest in meta.get("sha256", {}).items():  # absent in models saved before checksums
