@@ -128,3 +128,21 @@ def test_a_scheduler_address_that_does_not_answer_is_refused_before_the_run_dire
     import dask.array
 
     assert float(dask.array.ones(3).sum().compute()) == 3.0
+
+
+def test_a_failed_task_returns_its_error_and_the_parent_raises_it(tmp_path):
+    """A task's own error (here an LSTM whose windows are longer than the records) comes back as a
+    value, not a worker's traceback, and the parent raises the same class with the same message."""
+    from hybridlsm.data import DataError
+    from hybridlsm.sweep import _run_task, _task_timings
+
+    text = CONFIG.replace("window_days: 3", "window_days: 100").replace(
+        "  - {name: physics, options: {calibrate: [rs_scale, ra_scale]}}\n  - {name: 1lin}\n",
+        "  - {name: lstm, options: {hidden_size: 4}}\n")
+    cfg = load_run_config(_config(tmp_path, "failing", text))
+    task = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))[0]
+    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "failing.yaml", False, str(tmp_path / "work"), False)
+    assert result["error"][0] == "DataError" and "shorten data.window_days" in result["error"][1]
+    with pytest.raises(DataError, match="shorten data.window_days"):
+        _task_timings(result)
+    assert _task_timings({"timings": {"a/b": 1.0}}) == {"a/b": 1.0}

@@ -27,16 +27,22 @@ the system's temporary folder, whatever ``local_directory`` says).
 from __future__ import annotations
 
 import os
+import logging
 import shutil
 from pathlib import Path
 from typing import NamedTuple
 
 from .config import ConfigError, RunConfig
-from .models.registry import get_model
+from .data import DataError
+from .models.registry import SavedModelError, get_model
 from .pipeline import Experiment, console, experiments, load_domains, run, train_experiment
-from .training import TrainingError
+from .rundir import DamagedRunFile
+from .training import CheckpointError, TrainingError
 
 __all__ = ["SweepTask", "entry_groups", "sweep", "sweep_tasks"]
+
+#: the package's errors with a one-line message, which a task returns to the parent to raise
+TASK_ERRORS = (ConfigError, DataError, TrainingError, SavedModelError, CheckpointError, DamagedRunFile)
 
 #: Dask's scratch folder inside the run's working folder (removed when the sweep ends)
 DASK_SPACE = ".dask-worker-space"
@@ -93,8 +99,19 @@ def _run_task(config: dict, task: tuple, config_name: str, resume: bool, run_dir
 
     cfg = validate_run_config(config, source=config_name)
     exp_name, labels = task
-    (exp,) = [e for e in experiments(cfg, load_domains(cfg)) if e.name == exp_name]
-    return train_experiment(cfg, exp, config_name, resume, Path(run_dir), labels=labels)
+    try:
+        (exp,) = [e for e in experiments(cfg, load_domains(cfg)) if e.name == exp_name]
+        return {"timings": train_experiment(cfg, exp, config_name, resume, Path(run_dir), labels=labels)}
+    except TASK_ERRORS as err:  # returned, not raised: a raised one is logged by the worker as a traceback
+        return {"error": (type(err).__name__, str(err))}
+
+
+def _task_timings(result: dict) -> dict:
+    """A task's timings, or its error raised again in this process (the same class, the same message)."""
+    if "error" in result:
+        name, message = result["error"]
+        raise {cls.__name__: cls for cls in TASK_ERRORS}[name](message)
+    return result["timings"]
 
 
 def _dask_train_all(scheduler: str | None, workers: int | None):
@@ -117,8 +134,10 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                 n = workers or min(len(tasks), os.cpu_count() or 1)
                 # every worker is a JAX process: on a GPU none may take the memory up front, and Dask's
                 # per-worker memory limit (which kills a worker above it) knows nothing of JAX's arrays
+                # silence_logs: the workers' warnings (tasks cancelled when one fails, a worker
+                # killed at shutdown) are not the user's concern; the failed task's error is
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       local_directory=str(space), memory_limit=0,
+                                       local_directory=str(space), memory_limit=0, silence_logs=logging.ERROR,
                                        env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # fmt: skip
                 where = f"a Dask LocalCluster of {n} worker process(es)"
             else:
@@ -136,7 +155,7 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                         job = bar.add_task("sweep", total=len(tasks), last="")
                         for future in as_completed(futures):
                             try:
-                                timings.update(future.result())  # a failed task raises its own error here
+                                timings.update(_task_timings(future.result()))  # a failed task's error here
                             except KilledWorker as err:
                                 raise TrainingError(f"sweep task {futures[future].name}: its worker process died "
                                                     f"({err}); out of memory? fewer --workers") from None
@@ -164,8 +183,6 @@ def sweep(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *
 
 def check_scheduler(address: str, timeout_s: float = 10.0) -> None:
     """ConfigError unless a Dask scheduler answers at ``address`` within ``timeout_s``."""
-    import logging
-
     from distributed import Client
 
     loggers = [logging.getLogger(name) for name in ("distributed", "tornado", "asyncio")]
