@@ -298,3 +298,16 @@ def test_a_regional_model_on_sites_is_refused_before_the_run_directory_is_writte
     assert result.exit_code == 2 and "regional_hybrid (regional_hybrid) runs on grid domains, and TINY is in a sites domain" in " ".join(
         result.output.split()), result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_says_the_run_can_be_resumed(tmp_path, monkeypatch):
+    import hybridlsm.pipeline
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hybridlsm.pipeline, "load_domains", interrupted)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 130 and "interrupted: stopped by Ctrl-C" in result.output and "--resume" in result.output

@@ -188,6 +188,9 @@ def user_errors():
         fail("damaged run file", err, 3, "delete the file named to recompute it, or start a new run")
     except OSError as err:  # a path that cannot be read or written (permissions, disk full, a directory)
         fail("file error", f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 4)
+    except KeyboardInterrupt:
+        fail("interrupted", "stopped by Ctrl-C; a run keeps the models that finished, and `hybridlsm run CONFIG "
+             "--resume` (or `sweep CONFIG --resume`) continues it", 130)
     finally:
         warnings.showwarning = previous
 
