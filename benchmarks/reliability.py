@@ -1869,6 +1869,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file (default results/reliability.json)")
     parser.add_argument("--only", default=None, help="run only the cases whose name contains this")
+    parser.add_argument("--kind", choices=KINDS, default=None, help="run only the cases of this kind")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -1876,9 +1877,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(file=sys.stdout)
     if not console.is_terminal:
         console = Console(file=sys.stdout, width=220)
-    cases = [c for c in CASES if args.only is None or args.only in c.name]
+    cases = [c for c in CASES if (args.only is None or args.only in c.name) and args.kind in (None, c.kind)]
     if not cases:
-        console.print(f"no case matches {args.only!r}")
+        console.print(f"no case matches {args.only!r} of kind {args.kind!r}")
         return 2
     t0 = time.perf_counter()
     records = run_cases(cases, console)
@@ -1893,7 +1894,7 @@ def main(argv: list[str] | None = None) -> int:
     covered = sorted({r["defect"] for r in records if r["defect"]})
     bad = [r for r in records if not r["ok"]]
     kinds = ", ".join(f"{k} {sum(r['kind'] == k for r in records)}" for k in KINDS)
-    for d in sorted(set(DEFECTS) - set(covered)) if args.only is None else []:
+    for d in sorted(set(DEFECTS) - set(covered)) if args.only is None and args.kind is None else []:
         console.print(f"[red]defect {d} ({DEFECTS[d]}) has no case[/red]")
     console.print(f"{len(records)} cases ({kinds}); defects covered: {covered}; {len(bad)} not ok; "
                   f"{seconds:.0f} s -> {out}")

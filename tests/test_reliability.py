@@ -27,19 +27,23 @@ def _load_script():
 
 
 @pytest.mark.slow
-def test_every_reliability_case_is_ok(shared_data, tmp_path):
+@pytest.mark.parametrize("kind", ["fault", "bad_input", "security"])  # three tests: the workers share them
+def test_every_reliability_case_is_ok(shared_data, tmp_path, kind):
     reliability = _load_script()
     out = tmp_path / "reliability.json"
     try:
-        code = reliability.main(["--out", str(out)])
+        code = reliability.main(["--out", str(out), "--kind", kind])
+        cases = [c for c in reliability.CASES if c.kind == kind]
+        every_defect = {c.defect for c in reliability.CASES if c.defect is not None}
+        n_all = len(reliability.CASES)
+        n_new = sum(c.defect is None for c in reliability.CASES)
     finally:
         sys.modules.pop("hybridlsm_reliability", None)
     records = json.loads(out.read_text())
     assert all(set(r) == {"case", "kind", "expected", "outcome", "ok", "defect"} for r in records)
-    assert all(r["kind"] in ("fault", "bad_input", "security") for r in records)
+    assert [r["case"] for r in records] == [c.name for c in cases] and all(r["kind"] == kind for r in records)
     failed = [f"{r['case']}: {r['outcome']}" for r in records if not r["ok"]]
     assert not failed, "cases not ok:\n" + "\n".join(failed)
     assert code == 0
-    assert len(records) >= 50
-    assert {r["defect"] for r in records if r["defect"] is not None} == set(range(1, 11))
-    assert sum(r["defect"] is None for r in records) >= 40
+    # the whole catalogue (the three kinds): every defect found so far has a case, and more
+    assert n_all >= 50 and every_defect == set(range(1, 11)) and n_new >= 40
