@@ -24,7 +24,9 @@ from hybridlsm.training import losses, windows
 ROLLOUT_MODELS = ["physics", "fixed_kh", "hybrid_flux", "hybrid_param", "hybrid_lstm"]
 
 
-@pytest.fixture(scope="module")
+# session scope (built once per test worker, in under a second), not module scope: tests/conftest.py
+# keeps a module-scoped fixture's tests in one worker, and these tests are better spread over both
+@pytest.fixture(scope="session")
 def site():
     ds = virtual_site(site_id="T-GRA", days=24, seed=3, noise=5.0, latitude=32.0, longitude=-110.0)
     labels = np.zeros(ds.sizes["time"], bool)
@@ -36,7 +38,7 @@ def site():
     return domain_from_site(train), domain_from_site(val)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cfg():
     run = validate_config({
         "name": "t",
