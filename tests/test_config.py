@@ -206,3 +206,18 @@ def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):
     monkeypatch.setenv("HOME", str(config_dir / "home"))
     cfg = load_config(write(config_dir, patched("output.run_dir", "~/runs")))
     assert cfg.output.run_dir == config_dir / "home" / "runs"
+
+
+def test_yaml_reads_booleans_and_numbers_as_yaml_1_2_and_never_a_boolean_as_a_number(config_dir):
+    """PyYAML's YAML 1.1 read ``yes`` as true, ``017`` as octal 15 and ``1:30`` as 90, and pydantic
+    read ``true`` as the number 1: each is an error naming the key, or the YAML 1.2 value."""
+    text = VALID.replace("  patience: 10", "  patience: 017").replace("lr: 1.0e-4", "lr: 1e-4")
+    cfg = load_config(write(config_dir, text))
+    assert cfg.training.patience == 17 and cfg.training.lr == 1e-4
+    for old, new, expected in (("  patience: 10", "  patience: yes", "training.patience"),
+                               ("  patience: 10", "  patience: 1:30", "training.patience"),
+                               ("  patience: 10", "  patience: true", "patience: true is not a number"),
+                               ("hidden_size: 16}", "hidden_size: on}", "options.hidden_size"),
+                               ("hidden_size: 16}", "hidden_size: true}", "hidden_size: true is not a number")):
+        with pytest.raises(ConfigError, match=expected):
+            load_config(write(config_dir, VALID.replace(old, new)))

@@ -106,10 +106,29 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the file, each offending key and what is allowed."""
 
 
+def refuse_bool_numbers(model: type[BaseModel], data: Any) -> Any:
+    """``data`` for ``model``, refused where a true/false is given for a number (pydantic would
+    read ``epochs: true`` as 1)."""
+    if not isinstance(data, dict):
+        return data
+    for name, field in model.model_fields.items():
+        value = data.get(field.alias or name)
+        kinds = {a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)}
+        if isinstance(value, bool) and kinds and kinds <= {int, float}:
+            raise ValueError(f"{field.alias or name}: {str(value).lower()} is not a number; give a number")
+    return data
+
+
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors (reported with the allowed keys)."""
+    """Base of every config section: unknown keys are errors (reported with the allowed keys), and
+    so is a true/false where a number is expected."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, data: Any) -> Any:
+        return refuse_bool_numbers(cls, data)
 
 
 def _resolve_path(value: Any, info: ValidationInfo) -> Path:
@@ -894,6 +913,19 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+# YAML 1.2's core schema for booleans and numbers, not PyYAML's YAML 1.1: only true/false are
+# booleans (not yes/no/on/off), 017 is seventeen (not octal 15), 1:30 is a string (not 90, base 60),
+# and 1e-4 is a number (YAML 1.1 needs 1.0e-4)
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
+_StrictYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}  # fmt: skip
+_StrictYamlLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_StrictYamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
+_StrictYamlLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+                       r"|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
 
 
 def load_config(path: str | Path, check_paths: bool = True, catalogue: ModelCatalogue | None = None) -> RunConfig:

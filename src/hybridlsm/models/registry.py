@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from ..config import RunConfig, TrainConfig, load_config, validate_config
+from ..config import RunConfig, TrainConfig, load_config, refuse_bool_numbers, validate_config
 from ..data.schema import DataError
 from ..rundir import atomic_write, problem
 
@@ -453,8 +453,10 @@ def get_model(name: str) -> ModelSpec:
 
 
 def validate_options(name: str, options: dict[str, Any] | None) -> BaseModel:
-    """The model's ``Options`` instance for a config's ``options`` (pydantic errors propagate)."""
-    return get_model(name).Options.model_validate(dict(options or {}))
+    """The model's ``Options`` instance for a config's ``options`` (pydantic errors propagate; a
+    true/false where a number is expected is one too)."""
+    cls = get_model(name).Options
+    return cls.model_validate(refuse_bool_numbers(cls, dict(options or {})))
 
 
 class _Catalogue:
