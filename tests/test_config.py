@@ -196,6 +196,9 @@ def test_unreadable_files_are_config_errors(config_dir):
     ("hybrid_flux", {"static_inputs": ["latitude", "latitude"]}, "['latitude'] repeated"),
     ("regional_hybrid", {"classes": ["GRA", "GRA"]}, "['GRA'] repeated"),
     ("lstm", {"seed": 2**63}, "less than 4294967296"),
+    ("regional_cnn_lstm", {"encoder_channels": [4, 4]}, "need the same length"),
+    ("regional_cnn_lstm", {"spatial_strides": [2, 0, 1]}, "sizes and strides must be >= 1"),
+    ("regional_hybrid", {"warmup_hours": 100, "window_hours": 12}, "warmup_hours (100) must be shorter"),
 ])
 def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, options, expected):
     with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):

@@ -127,6 +127,17 @@ class RegionalOptions(BaseModel):
     seed: Seed = 0
 
     @model_validator(mode="after")
+    def _network_and_windows(self):
+        try:  # the network's own checks (list lengths, sizes >= 1, heads dividing the attention), now
+            self.network()
+        except ValueError as err:
+            raise ValueError(str(err).removeprefix("SpatiotemporalOptions: ")) from None
+        if self.warmup_hours >= self.window_hours:
+            raise ValueError(f"warmup_hours ({self.warmup_hours:g}) must be shorter than window_hours "
+                             f"({self.window_hours:g}): a window's first warmup_hours are not scored")
+        return self
+
+    @model_validator(mode="after")
     def _fallback_needs_dropout(self):
         if self.fallback_threshold is not None and self.dropout == 0:
             raise ValueError("fallback_threshold needs dropout > 0: the spread it compares comes from dropout passes")
