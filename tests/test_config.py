@@ -1,5 +1,6 @@
 """Strict YAML config: resolution of paths and defaults, round trip, errors that name the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -201,7 +202,7 @@ def test_unreadable_files_are_config_errors(config_dir):
     ("regional_hybrid", {"warmup_hours": 100, "window_hours": 12}, "warmup_hours (100) must be shorter"),
 ])
 def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, options, expected):
-    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(expected)):
         validate_options(name, options)
 
 
