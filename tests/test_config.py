@@ -136,6 +136,7 @@ def test_defaults_and_other_split_forms(config_dir):
         ("training.min_lr", 1.0, ["training", "min_lr (1) must not exceed lr (0.0001)"]),
         ("name", "my run/1", ["name", "String should match pattern"]),
         ("training.seed", 2**40, ["training.seed", "less than 4294967296"]),
+        ("data.split", {"blocked": {"test_every": 5, "offset": 7}}, ["data.split.blocked", "offset 7 must be below test_every 5"]),
         ("models.0.options.seed", 10**30, ["models[0]", "options.seed", "less than 4294967296"]),
         ("models.1.options.forget_bias", float("nan"), ["models[1]", "options.forget_bias", "finite number"]),
         ("models.1.label", "L" * 200, ["models[1].label", "at most 128 characters"]),

@@ -374,6 +374,9 @@ class BlockedSplit(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> "BlockedSplit":
         t, v = self.test_every, self.val_every
+        if self.offset >= t:
+            raise ValueError(f"offset {self.offset} must be below test_every {t}: it is the index of the first test "
+                             f"block (offset {self.offset} gives the blocks of offset {self.offset % t})")
         roles = [((i % t == 0), (i % v == v // 2)) for i in range(math.lcm(t, v))]
         clash = next((i for i, (is_test, is_val) in enumerate(roles) if is_test and is_val), None)
         if clash is not None:
