@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ from .data import (
     UNUSED,
     VALIDATION,
     DataError,
+    DataWarning,
     add_derived,
     detect_format,
     get_reader,
@@ -222,8 +224,16 @@ def _time_labels(d: Domain, cfg: RunConfig) -> np.ndarray:
                                          spinup_steps=spin).values)  # fmt: skip
     t = d.time
     labels = np.zeros(t.size, np.int8)
-    for value, (start, end) in ((TRAIN, split.train), (VALIDATION, split.val), (TEST, split.test)):
-        sel = (t >= np.datetime64(start)) & (t < np.datetime64(end) + np.timedelta64(1, "D"))
+    record = f"{_site_id(d)}'s record ({str(t[0])[:16]} .. {str(t[-1])[:16]})"
+    for role, value, (start, end) in (("train", TRAIN, split.train), ("val", VALIDATION, split.val),
+                                      ("test", TEST, split.test)):  # fmt: skip
+        first, stop = np.datetime64(start), np.datetime64(end) + np.timedelta64(1, "D")
+        sel = (t >= first) & (t < stop)
+        if not sel.any():
+            raise DataError(f"data.split.{role} ({start} .. {end}) holds no step of {record}")
+        if first < t[0] or stop - np.timedelta64(1, "D") > t[-1]:
+            warnings.warn(f"data.split.{role} ({start} .. {end}) reaches outside {record}; only its steps inside "
+                          "the record are used", DataWarning, stacklevel=2)
         labels[sel] = value
     labels[:spin] = UNUSED
     return labels
