@@ -241,6 +241,7 @@ def test_resume_with_overwrite_continues_an_overwrite_that_stopped(tmp_path):
     for folder in (run, stopped):
         folder.mkdir()
         write_config(cfg, folder / "config.yaml")
+        (folder / "inputs.json").write_text("{}")  # what every run directory has
     (stopped / "checkpoint-of-the-new-run").write_text("x")
     assert prepare_run_dir(cfg, resume=True)[0] == run  # the finished run, and the overwrite is named
     overwrite = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
