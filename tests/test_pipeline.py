@@ -158,8 +158,8 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_has_finished(tmp_p
         assert result.exit_code == 1 and "is not a hybridlsm run directory (no config.yaml)" in " ".join(
             result.output.split()), result.output
         assert sorted(p.name for p in run.iterdir()) == ["keep.txt"]
-    # nor is a folder of the user's that holds a config.yaml (not a run's, or a run's without the
-    # files every run has)
+    # nor is a folder of the user's that holds a config.yaml (its own, or a run's) without the files
+    # every run has
     for text in ("hello: 1\n", cfg.read_text()):
         (run / "config.yaml").write_text(text)
         result = CliRunner().invoke(app, ["run", str(cfg), "--overwrite"])

@@ -386,17 +386,6 @@ def test_schedules_by_hand():
     assert [learning_rate(t2, e, 0, 1, step=99) for e in (4, 5)] == [pytest.approx(1e-6)] * 2
 
 
-def test_a_models_epochs_cannot_run_past_the_two_phases():
-    from hybridlsm.config import ConfigError
-    from hybridlsm.models.column_fit import with_model_overrides
-    from hybridlsm.models.registry import validate_options
-
-    t2 = cfg(two_phase={"enabled": True, "phase1_epochs": 2, "phase2_epochs": 2})
-    assert with_model_overrides(t2, validate_options("hybrid_param", {"epochs": 3})).epochs == 3
-    with pytest.raises(ConfigError, match=r"options.epochs \(8\) is more than training.two_phase's"):
-        with_model_overrides(t2, validate_options("hybrid_param", {"epochs": 8}))
-
-
 # --------------------------------------------------------------------------------- losses
 
 

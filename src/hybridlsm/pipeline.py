@@ -450,16 +450,14 @@ RUN_ARTEFACTS = (INPUTS_FILE, "models", "checkpoints", "report.html")  # one of 
 
 def not_a_run(folder: Path) -> str | None:
     """Why ``folder`` is not a run directory written by ``hybridlsm run`` (None when it is one): a
-    run has a ``config.yaml`` that reads as a run config and one of ``RUN_ARTEFACTS``. A folder of
-    the user's that merely holds a config.yaml is not one, and is never resumed into or replaced."""
+    run has a ``config.yaml`` and one of ``RUN_ARTEFACTS``. A folder of the user's that merely holds
+    a config.yaml is not one, and is never resumed into or replaced; a run whose config.yaml is
+    damaged, or was written by an older version with values now refused, still is one (its config
+    is then compared, and refused, by ``check_resumable``)."""
     if not (folder / "config.yaml").is_file():
         return "no config.yaml"
-    try:
-        load_run_config(folder / "config.yaml", check_paths=False)
-    except (ConfigError, OSError, UnicodeDecodeError) as err:
-        return f"its config.yaml is not a run's config: {str(err).splitlines()[0][:200]}"
     if not any((folder / name).exists() for name in RUN_ARTEFACTS):
-        return f"none of {', '.join(RUN_ARTEFACTS)}"
+        return f"a config.yaml but none of a run's {', '.join(RUN_ARTEFACTS)}"
     return None
 
 

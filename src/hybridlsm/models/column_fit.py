@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import BaseModel, Field
 
-from ..config import OPTIONS_CONFIG, ConfigError, TrainConfig
+from ..config import OPTIONS_CONFIG, TrainConfig
 from ..data import DataError
 from ..domain import Domain
 from ..training.losses import (
@@ -343,13 +343,9 @@ def training_config(ctx: TrainingContext, options: FitOptions) -> TrainConfig:
 
 
 def with_model_overrides(training: TrainConfig, options) -> TrainConfig:
-    """``training`` with a model's own ``lr``, ``epochs`` and ``patience`` (where not None); with
-    two-phase training a model's epochs may shorten the phases (the physics' calibration sits in
-    phase 1) but not run past them, where the phase-2 weights and schedule have ended."""
+    """``training`` with a model's own ``lr``, ``epochs`` and ``patience`` (where not None). With
+    two-phase training a model's epochs may end inside the phases (the physics' whole-record
+    calibration sits in phase 1) or run past them, where the phase-2 weights and the learning rate
+    hold their end values (``trainer.loss_weights``, ``trainer.learning_rate``)."""
     update = {"lr": options.lr, "epochs": options.epochs, "patience": options.patience}
-    tp = training.two_phase
-    if tp.enabled and options.epochs is not None and options.epochs > tp.phase1_epochs + tp.phase2_epochs:
-        raise ConfigError(f"a model's options.epochs ({options.epochs}) is more than training.two_phase's "
-                          f"phase1_epochs + phase2_epochs ({tp.phase1_epochs} + {tp.phase2_epochs}); the phases set "
-                          "the epochs of two-phase training: remove the model's epochs or lengthen the phases")
     return training.model_copy(update={k: v for k, v in update.items() if v is not None})
