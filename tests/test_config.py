@@ -94,6 +94,13 @@ def test_resolved_config_round_trips(config_dir, tmp_path):
     dumped = yaml.safe_load(out.read_text())
     assert dumped["data"]["sites"][0] == str((config_dir / "sites/A_HH.csv").resolve())
     assert dumped["data"]["split"]["train"] == 0.6
+    # strings that YAML 1.2 would read as numbers are quoted when written, and read back as strings
+    text = VALID.replace("name: demo-1", "name: '1e3'").replace("label: lstm-big", "label: '089'").replace(
+        "{virtual: {igbp: ENF", "{virtual: {site_id: '0x10', igbp: ENF")
+    cfg = load_config(write(config_dir, text, "numbers.yaml"))
+    write_config(cfg, out)
+    again = load_config(out)
+    assert (again.name, again.models[1].label, again.data.sites[2].virtual.site_id) == ("1e3", "089", "0x10")
 
 
 def test_defaults_and_other_split_forms(config_dir):

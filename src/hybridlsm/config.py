@@ -918,17 +918,39 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 _StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 # YAML 1.2's core schema for booleans and numbers, not PyYAML's YAML 1.1: only true/false are
-# booleans (not yes/no/on/off), 017 is seventeen (not octal 15), 1:30 is a string (not 90, base 60),
-# and 1e-4 is a number (YAML 1.1 needs 1.0e-4)
+# booleans (not yes/no/on/off), 017 is seventeen (not octal 15), 0o17 is octal, 1:30 is a string
+# (not 90, base 60), and 1e-4 is a number (YAML 1.1 needs 1.0e-4). The dumper of ``write_config``
+# resolves plain scalars the same way, so it quotes a string such as "1e3" or "089".
 _BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float"))
-_StrictYamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}  # fmt: skip
-_StrictYamlLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_StrictYamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
-_StrictYamlLoader.add_implicit_resolver(
-    _FLOAT, re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
-                       r"|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+_YAML12 = (
+    (_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
+    (_INT, re.compile(r"^[-+]?[0-9]+$|^0o[0-7]+$|^0x[0-9a-fA-F]+$"), list("-+0123456789")),
+    (_FLOAT, re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$"
+                        r"|^\.(?:nan|NaN|NAN)$"), list("-+0123456789.")),
+)
+
+
+class _Yaml12Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes a string YAML 1.2 would read as a boolean or number."""
+
+
+for _cls in (_StrictYamlLoader, _Yaml12Dumper):
+    _cls.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}  # fmt: skip
+    for _tag, _regexp, _first in _YAML12:
+        _cls.add_implicit_resolver(_tag, _regexp, _first)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer: decimal (leading zeros too), 0o octal or 0x hexadecimal."""
+    text = loader.construct_scalar(node)
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    base = {"0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+_StrictYamlLoader.add_constructor(_INT, _construct_int)
 
 
 def load_config(path: str | Path, check_paths: bool = True, catalogue: ModelCatalogue | None = None) -> RunConfig:
@@ -964,4 +986,4 @@ def load_config(path: str | Path, check_paths: bool = True, catalogue: ModelCata
 
 def write_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config (all defaults filled, absolute data paths) as YAML."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    Path(path).write_text(yaml.dump(cfg.model_dump(mode="json"), Dumper=_Yaml12Dumper, sort_keys=False))
