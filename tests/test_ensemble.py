@@ -104,6 +104,10 @@ def test_options_check_the_members_and_give_each_its_seed():
     with pytest.raises(ValueError, match="a deep ensemble of gbm, which has no seed option, without bootstrap"):
         validate_options("ensemble", {"model": "gbm", "size": 3})
     assert validate_options("ensemble", {"model": "gbm", "size": 3, "bootstrap": True}).size == 3
+    with pytest.raises(ValueError, match=r"member 1 trains with seed \+ 1, above the largest seed"):
+        validate_options("ensemble", {"model": "lstm", "size": 2, "options": {"seed": 2**32 - 1}})
+    with pytest.raises(ValueError, match="members\\[0\\].options of lstm: hidden_size: true is not a number"):
+        validate_options("ensemble", {"members": [{"model": "lstm", "options": {"hidden_size": True}}, {"model": "gbm"}]})
 
 
 def test_bootstrap_keeps_a_resample_of_the_training_days():

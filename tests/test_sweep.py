@@ -146,3 +146,21 @@ def test_a_failed_task_returns_its_error_and_the_parent_raises_it(tmp_path):
     with pytest.raises(DataError, match="shorten data.window_days"):
         _task_timings(result)
     assert _task_timings({"timings": {"a/b": 1.0}}) == {"a/b": 1.0}
+
+
+def test_a_task_error_of_a_subclass_comes_back_as_its_listed_base(tmp_path, monkeypatch):
+    import hybridlsm.sweep
+    from hybridlsm.data import DataError
+    from hybridlsm.models.empirical import EmpiricalInputError
+    from hybridlsm.sweep import _run_task, _task_timings
+
+    def failing(*args, **kwargs):
+        raise EmpiricalInputError("3km27: only 0 usable training rows")
+
+    monkeypatch.setattr(hybridlsm.sweep, "train_experiment", failing)
+    cfg = load_run_config(_config(tmp_path, "sub"))
+    task = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))[0]
+    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "sub.yaml", False, str(tmp_path / "work"), False)
+    assert result == {"error": ("DataError", "3km27: only 0 usable training rows")}
+    with pytest.raises(DataError, match="only 0 usable training rows"):
+        _task_timings(result)

@@ -103,7 +103,8 @@ def _run_task(config: dict, task: tuple, config_name: str, resume: bool, run_dir
         (exp,) = [e for e in experiments(cfg, load_domains(cfg)) if e.name == exp_name]
         return {"timings": train_experiment(cfg, exp, config_name, resume, Path(run_dir), labels=labels)}
     except TASK_ERRORS as err:  # returned, not raised: a raised one is logged by the worker as a traceback
-        return {"error": (type(err).__name__, str(err))}
+        kind = next(cls for cls in TASK_ERRORS if isinstance(err, cls))  # a subclass comes back as its base
+        return {"error": (kind.__name__, str(err))}
 
 
 def _task_timings(result: dict) -> dict:

@@ -113,6 +113,9 @@ class EnsembleOptions(BaseModel):
             raise ValueError(f"vmap: true, but {self.model}'s members cannot train together (models that can: "
                              f"{vmappable}); use vmap: auto or false")
         self.options = self._complete(self.model, self.options, "options")
+        if "seed" in self.options and self.options["seed"] + self.size - 1 >= 2**32:
+            raise ValueError(f"options.seed {self.options['seed']}: member {self.size - 1} trains with seed + "
+                             f"{self.size - 1}, above the largest seed (2**32 - 1); give a smaller seed")
         if "seed" not in self.options and not self.bootstrap:
             raise ValueError(f"a deep ensemble of {self.model}, which has no seed option, without bootstrap trains "
                              "identical members (a spread of 0 reported as uncertainty); set bootstrap: true, or "
@@ -162,6 +165,8 @@ class EnsembleOptions(BaseModel):
                    if e["type"] == "extra_forbidden" else e["msg"])
                 for e in err.errors())  # fmt: skip
             raise ValueError(f"{where} of {name}: {problems}") from None
+        except ValueError as err:  # refused before pydantic (a true/false for a number)
+            raise ValueError(f"{where} of {name}: {err}") from None
 
     def member_model(self, k: int) -> str:
         """Member k's registered model name."""
