@@ -336,3 +336,12 @@ def test_a_date_split_outside_the_record_is_refused_and_one_reaching_past_it_war
     cfg, sites = config("2012-01-31", test_start="2012-01-01")
     with pytest.raises(DataError, match=r"data.split.test \(2012-01-01 .. 2012-01-31\) holds no step of TINY's record"):
         experiments(cfg, sites)
+
+
+def test_an_ensemble_of_regional_models_on_sites_is_refused_before_the_run_directory_is_written(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(CONFIG.replace("RUNS", str(tmp_path / "runs")).replace(
+        "  - {name: 1lin}\n", "  - {name: ensemble, options: {model: regional_hybrid, size: 2}}\n"))
+    result = CliRunner().invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and "ensemble (ensemble) runs on grid domains" in " ".join(result.output.split())
+    assert not (tmp_path / "runs").exists()

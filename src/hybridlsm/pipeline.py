@@ -307,11 +307,12 @@ def check_inputs(cfg: RunConfig, exps: list[Experiment]) -> None:
     needs (``ModelSpec.required_inputs``: e.g. an LSTM's ``inputs``)."""
     for m in cfg.models:
         spec = get_model(m.name)
-        needed = spec.required_inputs(spec.Options.model_validate(m.options))
+        options = spec.Options.model_validate(m.options)
+        needed, kinds = spec.required_inputs(options), spec.domain_kinds(options)
         for exp in exps:
             for d in (*exp.train, *exp.val, *exp.test):
-                if d.kind not in spec.domain_kinds:
-                    raise DataError(f"models: {m.label or m.name} ({m.name}) runs on {' or '.join(spec.domain_kinds)} "
+                if d.kind not in kinds:
+                    raise DataError(f"models: {m.label or m.name} ({m.name}) runs on {' or '.join(kinds) or 'no'} "
                                     f"domains, and {_site_id(d)} is in a {d.kind} domain (the regional models take one "
                                     "grid: data.grid)")  # fmt: skip
                 missing = [v for v in needed if v not in d.data]

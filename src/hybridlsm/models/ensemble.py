@@ -406,6 +406,10 @@ class EnsembleSpec(ModelSpec):
         kinds = "" if len(set(model.models)) == 1 else f" ({', '.join(model.models)})"
         return [f"ensemble of {len(model.members)}{kinds}: {p}" for p in members]
 
+    def domain_kinds(self, options: EnsembleOptions) -> tuple[str, ...]:
+        kinds = [get_model(options.member_model(k)).domain_kinds(options.member(k)) for k in range(options.size)]
+        return tuple(k for k in kinds[0] if all(k in other for other in kinds[1:]))  # every member's
+
     def required_inputs(self, options: EnsembleOptions) -> tuple[str, ...]:
         needed = [get_model(options.member_model(k)).required_inputs(options.member(k)) for k in range(options.size)]
         return tuple(dict.fromkeys(v for n in needed for v in n))

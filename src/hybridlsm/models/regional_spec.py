@@ -226,7 +226,9 @@ class RegionalSpec(EquinoxSpec):
     """What the three regional models share: saving the classes and constants, prediction."""
 
     targets = TARGETS
-    domain_kinds = ("grid",)
+
+    def domain_kinds(self, options: RegionalOptions) -> tuple[str, ...]:
+        return ("grid",)
 
     def build(self, options: RegionalOptions) -> RegionalRun:
         return RegionalRun(None, tuple(options.classes), settings=settings(options))

@@ -183,8 +183,6 @@ class ModelSpec(abc.ABC):
     learned_parameters: ClassVar[tuple[str, ...]] = ()
     #: an ensemble of this model can train its members together, vmapped (``train_members``)
     vmapped_members: ClassVar[bool] = False
-    #: the Domain kinds the model trains and predicts on (a run refuses others before it writes)
-    domain_kinds: ClassVar[tuple[str, ...]] = ("sites", "grid")
 
     @abc.abstractmethod
     def build(self, options: BaseModel) -> Any: ...
@@ -266,6 +264,11 @@ class ModelSpec(abc.ABC):
         this model cannot (``check_stream``)."""
         self.check_stream(model)
         raise NotImplementedError(f"{type(self).__name__}.check_stream accepts a model its stream does not run")
+
+    def domain_kinds(self, options: BaseModel) -> tuple[str, ...]:
+        """The Domain kinds the model trains and predicts on (a run refuses others before it
+        writes: ``pipeline.check_inputs``). Default: sites and grids."""
+        return ("sites", "grid")
 
     def required_inputs(self, options: BaseModel) -> tuple[str, ...]:
         """Canonical variables ``predict`` needs in a domain."""
