@@ -105,6 +105,24 @@ def test_a_checkpoint_write_that_stops_keeps_two_good_checkpoints(tmp_path, monk
     with pytest.warns(UserWarning, match="epoch_0002.eqx"):
         loaded, meta = read_checkpoint(tmp_path, trees(0))
     assert meta["epoch"] == 1 and np.all(np.asarray(loaded["w"]) == 1.0)
+    # stopped after checkpoint.json, before checkpoint.prev.json: the new one and the old previous
+    import hybridlsm.training.checkpoint as checkpoint
+
+    write_checkpoint(tmp_path, 4, trees(4), {"epoch": 4})  # current 4; the damaged 2 never becomes the previous
+    write_checkpoint(tmp_path, 5, trees(5), {"epoch": 5})  # current 5, previous 4
+    real = checkpoint.atomic_write
+
+    def stops_at_previous(path, write):
+        if path.name == "checkpoint.prev.json":
+            raise KeyboardInterrupt
+        return real(path, write)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", stops_at_previous)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(tmp_path, 6, trees(6), {"epoch": 6})
+    monkeypatch.undo()
+    named = [json.loads((tmp_path / f).read_text())["epoch"] for f in ("checkpoint.json", "checkpoint.prev.json")]
+    assert named == [6, 4] and (tmp_path / "epoch_0004.eqx").is_file()
 
 
 def test_resumed_fit_never_loads_a_damaged_checkpoint(tmp_path):

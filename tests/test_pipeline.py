@@ -314,27 +314,30 @@ def test_ctrl_c_says_the_run_can_be_resumed(tmp_path, monkeypatch):
     assert result.exit_code == 130 and "interrupted: stopped by Ctrl-C" in result.output and "--resume" in result.output
 
 
-def test_a_date_split_outside_the_record_is_refused_and_one_reaching_past_it_warned(tmp_path):
+def test_a_date_split_without_a_step_of_any_site_is_refused_and_a_site_without_one_warned(tmp_path):
     from hybridlsm.models.registry import load_run_config
     from hybridlsm.pipeline import experiments, load_domains
 
-    def config(test_end: str, test_start: str = "2011-05-16"):
-        text = CONFIG.replace("RUNS", str(tmp_path / "runs")).replace("seed: 2, noise: 5.0}",
-                                                                     "seed: 2, noise: 5.0, start: 2011-05-01}").replace(
+    def config(test: str, second_days: int = 20):
+        text = CONFIG.replace("RUNS", str(tmp_path / "runs")).replace(
+            "    - {virtual: {site_id: TINY, days: 20, seed: 2, noise: 5.0}}\n",
+            "    - {virtual: {site_id: TINY, days: 20, seed: 2, noise: 5.0, start: 2011-05-01}}\n"
+            f"    - {{virtual: {{site_id: SHORT, days: {second_days}, seed: 3, noise: 5.0, start: 2011-05-01}}}}\n").replace(
             "split: {train: 0.5, val: 0.25, test: 0.25}",
-            f"split: {{train: [2011-05-02, 2011-05-10], val: [2011-05-11, 2011-05-15], test: [{test_start}, {test_end}]}}")
-        path = tmp_path / f"dates-{test_start}.yaml"
+            f"split: {{train: [2011-05-02, 2011-05-10], val: [2011-05-11, 2011-05-15], test: {test}}}")
+        path = tmp_path / "dates.yaml"
         path.write_text(text)
         cfg = load_run_config(path)
         return cfg, load_domains(cfg)
 
-    cfg, sites = config("2011-05-20")
-    assert experiments(cfg, sites)[0].labels["TINY"].max() == 3
-    cfg, sites = config("2011-06-30")
-    with pytest.warns(DataWarning, match=r"data.split.test \(2011-05-16 .. 2011-06-30\) reaches outside TINY's record"):
-        experiments(cfg, sites)
-    cfg, sites = config("2012-01-31", test_start="2012-01-01")
-    with pytest.raises(DataError, match=r"data.split.test \(2012-01-01 .. 2012-01-31\) holds no step of TINY's record"):
+    cfg, sites = config("[2011-05-16, 2011-05-20]")
+    assert {k: int(v.max()) for k, v in experiments(cfg, sites)[0].labels.items()} == {"TINY": 3, "SHORT": 3}
+    cfg, sites = config("[2011-05-16, 2011-05-20]", second_days=12)  # SHORT ends before the test dates
+    with pytest.warns(DataWarning, match=r"data.split.test \(2011-05-16 .. 2011-05-20\) holds no step of SHORT"):
+        assert int(experiments(cfg, sites)[0].labels["SHORT"].max()) == 2
+    cfg, sites = config("[2012-01-01, 2012-01-31]")
+    with pytest.raises(DataError, match=r"data.split.test \(2012-01-01 .. 2012-01-31\) holds no step of any site's "
+                                        r"record \(TINY 2011-05-01 .. 2011-05-20, SHORT"):
         experiments(cfg, sites)
 
 

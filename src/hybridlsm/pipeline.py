@@ -224,19 +224,26 @@ def _time_labels(d: Domain, cfg: RunConfig) -> np.ndarray:
                                          spinup_steps=spin).values)  # fmt: skip
     t = d.time
     labels = np.zeros(t.size, np.int8)
-    record = f"{_site_id(d)}'s record ({str(t[0])[:16]} .. {str(t[-1])[:16]})"
-    for role, value, (start, end) in (("train", TRAIN, split.train), ("val", VALIDATION, split.val),
-                                      ("test", TEST, split.test)):  # fmt: skip
-        first, stop = np.datetime64(start), np.datetime64(end) + np.timedelta64(1, "D")
-        sel = (t >= first) & (t < stop)
-        if not sel.any():
-            raise DataError(f"data.split.{role} ({start} .. {end}) holds no step of {record}")
-        if first < t[0] or stop - np.timedelta64(1, "D") > t[-1]:
-            warnings.warn(f"data.split.{role} ({start} .. {end}) reaches outside {record}; only its steps inside "
-                          "the record are used", DataWarning, stacklevel=2)
+    for value, (start, end) in ((TRAIN, split.train), (VALIDATION, split.val), (TEST, split.test)):
+        sel = (t >= np.datetime64(start)) & (t < np.datetime64(end) + np.timedelta64(1, "D"))
         labels[sel] = value
     labels[:spin] = UNUSED
     return labels
+
+
+def check_date_split(cfg: RunConfig, sites: list[Domain], labels: dict[str, np.ndarray]) -> None:
+    """A DataError when a role's dates hold no step of any site (naming the records), a warning
+    naming the sites that have no step of a role (they take no part in it)."""
+    split = cfg.data.split
+    for role, value, (start, end) in (("train", TRAIN, split.train), ("val", VALIDATION, split.val),
+                                      ("test", TEST, split.test)):  # fmt: skip
+        without = [_site_id(d) for d in sites if not (labels[_site_id(d)] == value).any()]
+        if len(without) == len(sites):
+            records = ", ".join(f"{_site_id(d)} {str(d.time[0])[:10]} .. {str(d.time[-1])[:10]}" for d in sites)
+            raise DataError(f"data.split.{role} ({start} .. {end}) holds no step of any site's record ({records})")
+        if without:
+            warnings.warn(f"data.split.{role} ({start} .. {end}) holds no step of {', '.join(without)}: "
+                          f"{'they take' if len(without) > 1 else 'it takes'} no part in it", DataWarning, stacklevel=2)
 
 
 def _masked(d: Domain, labels: np.ndarray, value: int) -> Domain:
@@ -261,6 +268,8 @@ def experiments(cfg: RunConfig, sites: list[Domain]) -> list[Experiment]:
     mode = split.mode
     if mode in ("fractions", "dates", "blocked"):
         labels = {_site_id(d): _time_labels(d, cfg) for d in sites}
+        if mode == "dates":
+            check_date_split(cfg, sites, labels)
         return [Experiment("all", [_masked(d, labels[_site_id(d)], TRAIN) for d in sites],
                            [_masked(d, labels[_site_id(d)], VALIDATION) for d in sites], sites,
                            "blocked" if mode == "blocked" else "test", labels)]  # fmt: skip

@@ -68,17 +68,18 @@ def write_checkpoint(directory: Path, epoch: int, trees: dict[str, Any], meta: d
     directory.mkdir(parents=True, exist_ok=True)
     current, previous = directory / META_FILE, directory / PREVIOUS_FILE
     leaves_name = f"epoch_{epoch:04d}.eqx"
-    # the new leaves first: until they are whole, checkpoint.json and checkpoint.prev.json still
-    # name two good checkpoints (a kill while writing leaves both, not one twice)
+    # order: the new leaves, then checkpoint.json, then checkpoint.prev.json, then the cleanup, so
+    # that a kill at any point leaves two distinct good checkpoints named (the old previous one is
+    # removed only after the new previous one is written)
     old_meta, why = _verify(current) if current.is_file() else (None, "none")
+    old_text = current.read_bytes() if why is None and old_meta.get("leaves_file") != leaves_name else None
     digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
-    if why is None and old_meta.get("leaves_file") != leaves_name:  # a damaged one never replaces a good previous
-        text = current.read_bytes()
-        atomic_write(previous, lambda p: p.write_bytes(text))
     meta = {"format": CHECKPOINT_FORMAT, **json_safe(meta), "leaves_file": leaves_name,
             "sha256": {leaves_name: digest}}  # fmt: skip
     text = json.dumps(meta, indent=1, allow_nan=False)
     atomic_write(current, lambda p: p.write_text(text))
+    if old_text is not None:  # a damaged one never replaces a good previous
+        atomic_write(previous, lambda p: p.write_bytes(old_text))
     keep = {leaves_name}
     if previous.is_file():
         try:
