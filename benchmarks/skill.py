@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", default=CONFIGS)
     ap.add_argument("--collect-only", action="store_true")
     args = ap.parse_args()
+    args.configs = [Path(c).resolve().relative_to(ROOT).as_posix() if Path(c).resolve().is_relative_to(ROOT) else c
+                    for c in args.configs]  # ./configs/x.yaml or an absolute path names configs/x.yaml
     unknown = sorted(set(args.configs) - set(CONFIGS))
     if unknown:
         ap.error(f"not a shipped config of the skill tables: {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
@@ -144,7 +146,8 @@ def main() -> None:
             made[config] = previous_made(config)
             continue
         finished = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
-        made[config] = f"Run finished {finished:%Y-%m-%d %H:%M} UTC ({run_dir.relative_to(ROOT)})."
+        where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+        made[config] = f"Run finished {finished:%Y-%m-%d %H:%M} UTC ({where})."
         for rec in json.loads(path.read_text()):
             rec["config"] = config
             records.append({k: rec.get(k) for k in KEYS})

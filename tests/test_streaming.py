@@ -142,3 +142,17 @@ def test_a_static_input_the_grid_does_not_give_is_refused_before_writing(static_
     with pytest.raises(DataError, match=r"static attribute 'igbp'.*land-cover index field"):
         stream_column_model(igbp, src, tmp_path / "out.zarr", progress=False)  # land_cover not given
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_spec_with_its_own_stream_passes_the_default_check():
+    """``ModelSpec.check_stream`` refuses a spec that keeps the default ``stream`` (the empirical
+    models) and accepts one that implements its own (a model registered outside the package)."""
+    from hybridlsm.models.registry import StreamingUnsupported, get_model
+
+    class OwnStream(type(get_model("1lin"))):
+        def stream(self, model, source, store, **options):
+            return store
+
+    OwnStream().check_stream(None)
+    with pytest.raises(StreamingUnsupported, match="model type '1lin' cannot run streamed"):
+        get_model("1lin").check_stream(None)

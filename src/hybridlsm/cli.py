@@ -189,8 +189,8 @@ def user_errors():
     except OSError as err:  # a path that cannot be read or written (permissions, disk full, a directory)
         fail("file error", f"{err.filename or ''}: {err.strerror or err}".lstrip(": "), 4)
     except KeyboardInterrupt:
-        fail("interrupted", "stopped by Ctrl-C; a run keeps the models that finished, and `hybridlsm run CONFIG "
-             "--resume` (or `sweep CONFIG --resume`) continues it", 130)
+        fail("interrupted", "stopped by Ctrl-C; a run or sweep keeps the models that finished, and `--resume` "
+             "continues it (the other commands can simply be run again)", 130)
     finally:
         warnings.showwarning = previous
 
