@@ -53,6 +53,17 @@ SHIPPED_OPTIMISATION = {"xla_backend_optimization_level": 3, "xla_llvm_disable_e
 #: `hybridlsm` turns them off process-wide unless XLA_FLAGS turns them on; these options keep them off
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False} if jax.default_backend() == "cpu" else None
 
+@pytest.fixture(autouse=True)
+def _float64_stays_on():
+    """A test that turns float64 off (as ``sweep._run_task`` does for its worker process) would run
+    every later test of its worker in float32, whose results then miss their tolerances by an ulp:
+    it is restored and that test fails here."""
+    yield
+    if not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+        pytest.fail("the test turned jax_enable_x64 off for the tests after it in this process")
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FLUXNET_DIR = SHARED_DATA / "fluxnet"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 
+import jax
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -141,7 +142,8 @@ def test_a_failed_task_returns_its_error_and_the_parent_raises_it(tmp_path):
         "  - {name: lstm, options: {hidden_size: 4}}\n")
     cfg = load_run_config(_config(tmp_path, "failing", text))
     task = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))[0]
-    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "failing.yaml", False, str(tmp_path / "work"), False)
+    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "failing.yaml", False, str(tmp_path / "work"),
+                       bool(jax.config.jax_enable_x64))  # the process's own precision: _run_task sets it
     assert result["error"][0] == "DataError" and "shorten data.window_days" in result["error"][1]
     with pytest.raises(DataError, match="shorten data.window_days"):
         _task_timings(result)
@@ -160,7 +162,8 @@ def test_a_task_error_of_a_subclass_comes_back_as_its_listed_base(tmp_path, monk
     monkeypatch.setattr(hybridlsm.sweep, "train_experiment", failing)
     cfg = load_run_config(_config(tmp_path, "sub"))
     task = sweep_tasks(cfg, experiments(cfg, load_domains(cfg)))[0]
-    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "sub.yaml", False, str(tmp_path / "work"), False)
+    result = _run_task(cfg.model_dump(mode="json"), tuple(task), "sub.yaml", False, str(tmp_path / "work"),
+                       bool(jax.config.jax_enable_x64))  # the process's own precision: _run_task sets it
     assert result == {"error": ("DataError", "3km27: only 0 usable training rows")}
     with pytest.raises(DataError, match="only 0 usable training rows"):
         _task_timings(result)
