@@ -89,6 +89,7 @@ _DURATION_UNITS_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "h": 1.0 / 24.0, "hou
 # refused in every number (a NaN forget bias trained to a non-finite loss without naming the key).
 OPTIONS_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+
 def unique_items(value: list) -> list:
     """Refuse a list in which an item repeats (``AfterValidator`` of the options' name lists)."""
     repeated = sorted({str(v) for v in value if value.count(v) > 1})
@@ -97,8 +98,9 @@ def unique_items(value: list) -> list:
     return value
 
 
-# A random seed: numpy and JAX take 64-bit seeds, and an ensemble's member k uses seed + k, so
-# seeds stay far below 2**63.
+# A random seed, below 2**32: numpy and JAX take 64-bit seeds and an ensemble's member k uses
+# seed + k (``EnsembleOptions`` checks seed + size), so every seed a config gives stays usable
+# (a seed of 2**70 was an OverflowError once training had started).
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
