@@ -194,11 +194,7 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
                 d = period
                 if d.n_steps < 2:  # the skill table and the outputs' time axis need a time step
                     raise PredictError(f"the period {start} .. {end} holds {d.n_steps} step; give at least two")
-            missing = [v for v in spec.required_inputs(options) if v not in d.data]
-            if missing:
-                have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
-                raise PredictError(f"model {label} ({spec.name}) needs {missing}, which the file does not give "
-                                   f"(it has {have})")  # fmt: skip
+            spec.check_required_inputs(options, d, f"model {label}")
             spec.check_domain(model, d)  # its time step, each column's land-cover class, ...
             where = spec.provenance(model, d)
         except ValueError as err:  # DataError, PredictError, and the forcing checks' ValueError

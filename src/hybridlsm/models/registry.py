@@ -279,6 +279,15 @@ class ModelSpec(abc.ABC):
 
         return tuple(v for v, _ in FORCING_VARIABLES.values())
 
+    def check_required_inputs(self, options: BaseModel, domain: Domain, label: str) -> None:
+        """DataError naming the model (``label``), the domain and what it has when ``domain`` lacks a
+        variable of ``required_inputs`` (a run checks before it writes, ``hybridlsm predict`` too)."""
+        missing = [v for v in self.required_inputs(options) if v not in domain.data]
+        if missing:
+            where = domain.name if domain.kind == "grid" else ", ".join(domain.column_ids)
+            have = sorted(str(v) for v in domain.data.data_vars if not str(v).endswith(("_filled", "_qc")))
+            raise DataError(f"{label} ({self.name}) needs {missing}, which {where} does not give (it has {have})")
+
 
 def training_time_steps(domains: Sequence[Domain]) -> tuple[float, ...]:
     """The time steps [s] of the training data, for a model whose networks carry memory from step to
