@@ -44,6 +44,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import xarray as xr
+from pydantic import BaseModel
 from rich.console import Console
 
 from .config import DEFAULT_TARGETS, ConfigError, GridSpec, RunConfig, SiteSpec, write_config
@@ -75,8 +76,8 @@ from .domain import (
     write_netcdf,
     write_site_outputs,
 )
-from .models.registry import (SavedModelError, TrainingContext, get_model, load_run_config, time_step_among,
-                              trained_key, training_time_steps)
+from .models.registry import (ModelSpec, SavedModelError, TrainingContext, get_model, load_run_config,
+                              time_step_among, trained_key, training_time_steps)
 from .rundir import (OVERWRITE, DamagedRunFile, atomic_write, problem, read_json_object, run_lock, sha256_of,
                      unfinished_dir)
 from .training import TrainingError
@@ -291,12 +292,17 @@ def experiments(cfg: RunConfig, sites: list[Domain]) -> list[Experiment]:
     return exps
 
 
+def model_entries(cfg: RunConfig) -> list[tuple[str, ModelSpec, BaseModel]]:
+    """(label, spec, options) of each model entry of ``cfg``, for the checks before a run."""
+    return [(m.label or m.name, spec, spec.Options.model_validate(m.options))
+            for m in cfg.models for spec in (get_model(m.name),)]  # fmt: skip
+
+
 def check_observations(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is trained, when an experiment's training or validation sets hold
     no usable observation of a target (every model would learn or validate on nothing); nothing to
     check when no model learns from observations."""
-    specs = [(get_model(m.name), m.options) for m in cfg.models]
-    if not any(spec.needs_observations(spec.Options.model_validate(options)) for spec, options in specs):
+    if not any(spec.needs_observations(options) for _, spec, options in model_entries(cfg)):
         return
     for exp in exps:
         for part, domains in (("training", exp.train), ("validation", exp.val)):
@@ -314,29 +320,25 @@ def check_inputs(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is written, when a model cannot run on a domain of the run: not
     of its kind (``ModelSpec.domain_kinds``: a regional model on sites), or lacking a variable it
     needs (``ModelSpec.required_inputs``: e.g. an LSTM's ``inputs``)."""
-    for m in cfg.models:
-        spec = get_model(m.name)
-        options = spec.Options.model_validate(m.options)
-        needed, kinds = spec.required_inputs(options), spec.domain_kinds(options)
+    for label, spec, options in model_entries(cfg):
+        kinds = spec.domain_kinds(options)
         for exp in exps:
             for d in (*exp.train, *exp.val, *exp.test):
                 if d.kind not in kinds:
-                    raise DataError(f"models: {m.label or m.name} ({m.name}) runs on {' or '.join(kinds) or 'no'} "
+                    raise DataError(f"models: {label} ({spec.name}) runs on {' or '.join(kinds) or 'no'} "
                                     f"domains, and {_site_id(d)} is in a {d.kind} domain (the regional models take one "
                                     "grid: data.grid)")  # fmt: skip
-                missing = [v for v in needed if v not in d.data]
-                if missing:
-                    have = sorted(str(v) for v in d.data.data_vars if not str(v).endswith(("_filled", "_qc")))
-                    raise DataError(f"models: {m.label or m.name} ({m.name}) needs {missing}, which {_site_id(d)} does "
-                                    f"not give (it has {have}); leave the model out or give it inputs the data has")
+                try:
+                    spec.check_required_inputs(options, d, label)
+                except DataError as err:
+                    raise DataError(f"models: {err}; leave the model out or give it inputs the data has") from None
 
 
 def check_time_steps(cfg: RunConfig, exps: list[Experiment]) -> None:
     """DataError, before anything is trained, when a model with memory (``learns_time_step``) would
     be tested at a time step none of its training sites has (an hourly test site of half-hourly
     training sites): its prediction would be refused after the training."""
-    memory = [m.label or m.name for m in cfg.models
-              if get_model(m.name).learns_time_step(get_model(m.name).Options.model_validate(m.options))]
+    memory = [label for label, spec, options in model_entries(cfg) if spec.learns_time_step(options)]
     if not memory:
         return
     for exp in exps:
