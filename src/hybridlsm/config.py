@@ -632,18 +632,25 @@ class ModelEntry(StrictModel):
         try:
             opts = catalogue.validate(self.name, self.options)
         except ValidationError as err:
-            allowed = ", ".join(sorted(catalogue.option_keys(self.name)))
-            problems = []
-            for e in err.errors(include_url=False):
-                if e["type"] == "extra_forbidden":
-                    problems.append(f"options: unknown key {e['loc'][-1]!r}; allowed keys: {allowed}")
-                else:
-                    got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-                    msg = e["msg"].removeprefix("Value error, ")
-                    problems.append(f"options.{_format_loc(e['loc'])}: {msg}{got}")
-            raise ValueError("; ".join(problems)) from None
+            raise ValueError(options_problems(err, "options", catalogue.option_keys(self.name))) from None
         self.options = opts.model_dump(mode="json")
         return self
+
+
+def options_problems(err: ValidationError, where: str, allowed: list[str], model: str | None = None) -> str:
+    """A model's ``options`` errors in one line, each at its key under ``where`` (``options``, an
+    ensemble's ``members[1].options``); an unknown key with the allowed ones (of ``model``, where
+    the path does not say which model they are)."""
+    problems = []
+    for e in err.errors(include_url=False):
+        if e["type"] == "extra_forbidden":
+            of = f" of {model}" if model else ""
+            problems.append(f"{where}: unknown key {e['loc'][-1]!r}; allowed keys{of}: {', '.join(sorted(allowed))}")
+        else:
+            got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}.{_format_loc(e['loc'])}: {msg}{got}")
+    return "; ".join(problems)
 
 
 # ----------------------------------------------------------------------------------- training

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from ..config import ALLOWED_TARGETS, OPTIONS_CONFIG
+from ..config import ALLOWED_TARGETS, OPTIONS_CONFIG, options_problems
 from ..data.splits import usable_targets
 from ..domain import Domain
 from ..rundir import sha256_of
@@ -159,14 +159,9 @@ class EnsembleOptions(BaseModel):
         try:
             return validate_options(name, opts).model_dump(mode="json")
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or '(top level)'}: "
-                + (f"unknown key (the keys of {name}: {', '.join(sorted(get_model(name).Options.model_fields))})"
-                   if e["type"] == "extra_forbidden" else e["msg"])
-                for e in err.errors())  # fmt: skip
-            raise ValueError(f"{where} of {name}: {problems}") from None
+            raise ValueError(options_problems(err, where, list(get_model(name).Options.model_fields), name)) from None
         except ValueError as err:  # refused before pydantic (a true/false for a number)
-            raise ValueError(f"{where} of {name}: {err}") from None
+            raise ValueError(f"{where}.{err}") from None
 
     def member_model(self, k: int) -> str:
         """Member k's registered model name."""
