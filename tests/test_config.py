@@ -208,6 +208,9 @@ def test_unreadable_files_are_config_errors(config_dir):
     ("regional_cnn_lstm", {"encoder_channels": [4, 4]}, "need the same length"),
     ("regional_cnn_lstm", {"spatial_strides": [2, 0, 1]}, "sizes and strides must be >= 1"),
     ("regional_hybrid", {"warmup_hours": 100, "window_hours": 12}, "warmup_hours (100) must be shorter"),
+    # a true/false inside a list of numbers was read as 1 or 0
+    ("regional_cnn_lstm", {"encoder_channels": [True, 8, 8]}, "encoder_channels[0]: true is not a number"),
+    ("regional_hybrid", {"decoder_channels": [8, 8, False]}, "decoder_channels[2]: false is not a number"),
 ])
 def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, options, expected):
     with pytest.raises(ValueError, match=re.escape(expected)):
@@ -230,6 +233,8 @@ def test_yaml_reads_booleans_and_numbers_as_yaml_1_2_and_never_a_boolean_as_a_nu
                                ("  patience: 10", "  patience: 1:30", "training.patience"),
                                ("  patience: 10", "  patience: true", "patience: true is not a number"),
                                ("hidden_size: 16}", "hidden_size: on}", "options.hidden_size"),
-                               ("hidden_size: 16}", "hidden_size: true}", "hidden_size: true is not a number")):
+                               ("hidden_size: 16}", "hidden_size: true}", "hidden_size: true is not a number"),
+                               ("lambda_sparsity: 0.02}", "lambda_sparsity: [0.01, true]}",
+                                "lambda_sparsity\\[1\\]: true is not a number")):
         with pytest.raises(ConfigError, match=expected):
             load_config(write(config_dir, VALID.replace(old, new)))

@@ -39,7 +39,8 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -108,16 +109,50 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the file, each offending key and what is allowed."""
 
 
+def _bool_for_number(annotation: Any, value: Any) -> tuple[str, bool] | None:
+    """Where in ``value`` a true/false stands for a number of ``annotation``, and which: ``""`` for
+    ``value`` itself, ``"[i]"`` or ``"[key]"`` (and deeper) for an item of a list, tuple or mapping;
+    None if nowhere."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _bool_for_number(get_args(annotation)[0], value)
+    arms = [a for a in get_args(annotation) if a is not type(None)] if origin in (Union, UnionType) else [annotation]
+    if isinstance(value, bool):
+        admits_bool = any(a is bool or a is Any for a in arms)
+        return ("", value) if not admits_bool and any(a in (int, float) for a in arms) else None
+    for arm in arms:
+        kind, args = get_origin(arm), get_args(arm)
+        if kind in (list, tuple, set, frozenset) and isinstance(value, (list, tuple)) and args:
+            for i, item in enumerate(value):
+                if kind is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+                    if i >= len(args):
+                        break
+                    inner = args[i]
+                else:
+                    inner = args[0]
+                found = _bool_for_number(inner, item)
+                if found is not None:
+                    return f"[{i}]{found[0]}", found[1]
+        elif kind is dict and isinstance(value, dict) and len(args) == 2:
+            for key, item in value.items():
+                found = _bool_for_number(args[1], item)
+                if found is not None:
+                    return f"[{key}]{found[0]}", found[1]
+    return None
+
+
 def refuse_bool_numbers(model: type[BaseModel], data: Any) -> Any:
-    """``data`` for ``model``, refused where a true/false is given for a number (pydantic would
-    read ``epochs: true`` as 1)."""
+    """``data`` for ``model``, refused where a true/false is given for a number, also inside a list
+    or mapping of numbers (pydantic would read ``epochs: true`` as 1 and ``[true, 8]`` as [1, 8])."""
     if not isinstance(data, dict):
         return data
     for name, field in model.model_fields.items():
-        value = data.get(field.alias or name)
-        kinds = {a for a in (get_args(field.annotation) or (field.annotation,)) if a is not type(None)}
-        if isinstance(value, bool) and kinds and kinds <= {int, float}:
-            raise ValueError(f"{field.alias or name}: {str(value).lower()} is not a number; give a number")
+        key = field.alias or name
+        if key not in data:
+            continue
+        found = _bool_for_number(field.annotation, data[key])
+        if found is not None:
+            raise ValueError(f"{key}{found[0]}: {str(found[1]).lower()} is not a number; give a number")
     return data
 
 
