@@ -234,6 +234,7 @@ def test_yaml_reads_booleans_and_numbers_as_yaml_1_2_and_never_a_boolean_as_a_nu
                                ("  patience: 10", "  patience: true", "patience: true is not a number"),
                                ("hidden_size: 16}", "hidden_size: on}", "options.hidden_size"),
                                ("hidden_size: 16}", "hidden_size: true}", "hidden_size: true is not a number"),
+                               ("val: 0.2, test", "val: true, test", "val: true is not a number"),
                                ("lambda_sparsity: 0.02}", "lambda_sparsity: [0.01, true]}",
                                 "lambda_sparsity\\[1\\]: true is not a number")):
         with pytest.raises(ConfigError, match=expected):
