@@ -217,6 +217,44 @@ def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, opt
         validate_options(name, options)
 
 
+@pytest.mark.parametrize(("name", "options", "expected"), [
+    ("hybrid_param", {"energy_split": False}, "energy_split: hybrid_param does not use it (it is an option of "
+                                              "hybrid_flux, pretrain_then_finetune)"),
+    ("hybrid_param", {"hidden_size": 64}, "hidden_size: hybrid_param does not use it"),
+    ("hybrid_lstm", {"depth": 3}, "depth: hybrid_lstm does not use it"),
+    ("hybrid_lstm", {"width": 64}, "width: hybrid_lstm uses width only for the static_parameters network"),
+    ("hybrid_flux", {"mc_samples": 20}, "mc_samples: used only with dropout > 0"),
+    ("lstm", {"mc_samples": 20}, "mc_samples: used only with dropout > 0"),
+    ("hybrid_param", {"static_prior_weight": 1.0}, "static_prior_weight: used only with static_parameters"),
+    ("post_correction", {"fit": "record"}, "fit: post_correction does not use it"),
+    ("regional_fixed_kh", {"encoder_channels": [8, 8, 8], "decoder_channels": [8, 8, 8]},
+     "regional_fixed_kh does not use it"),
+    ("regional_cnn_lstm", {"exchange": "field"}, "exchange: regional_cnn_lstm does not use it"),
+    ("regional_hybrid", {"dropout": 0.0, "mc_samples": 20}, "mc_samples: used only with dropout > 0"),
+    ("regional_hybrid", {"fallback_to": "physics"}, "fallback_to: used only with fallback_threshold"),
+])
+def test_a_config_that_sets_an_option_its_model_does_not_use_is_refused(name, options, expected):
+    """Accepted and ignored before (hybrid_param read no energy_split, a dropout-free model no
+    mc_samples); a saved model's options, which hold every key at its default, still validate."""
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        validate_options(name, options, from_config=True)
+    validate_options(name, options)  # a saved model's options are not checked
+    complete = validate_options(name, {}).model_dump(mode="json")  # every key, as model.json and config.yaml hold
+    validate_options(name, complete, from_config=True)
+    if name == "hybrid_param":  # the same values are read where they apply
+        validate_options("hybrid_flux", {"energy_split": False, "mc_samples": 20, "dropout": 0.1}, from_config=True)
+        validate_options("hybrid_lstm", {"hidden_size": 64}, from_config=True)
+
+
+def test_an_unused_option_is_refused_in_a_config_and_an_ensemble_member_by_its_place(config_dir):
+    with pytest.raises(ConfigError, match=re.escape("models[0]: energy_split: hybrid_lstm does not use it")):
+        load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}",
+                                                    "{name: hybrid_lstm, options: {energy_split: false}}")))
+    member = "{name: ensemble, options: {members: [{model: hybrid_param, options: {hidden_size: 8}}, {model: lstm}]}}"
+    with pytest.raises(ConfigError, match=re.escape("members[0].options.hidden_size: hybrid_param does not use it")):
+        load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}", member)))
+
+
 def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):
     monkeypatch.setenv("HOME", str(config_dir / "home"))
     cfg = load_config(write(config_dir, patched("output.run_dir", "~/runs")))

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, model_validator
 
 from ..config import ALLOWED_TARGETS, OPTIONS_CONFIG, options_problems
 from ..data.splits import usable_targets
@@ -100,11 +100,11 @@ class EnsembleOptions(BaseModel):
         "every output)")
 
     @model_validator(mode="after")
-    def _members(self) -> EnsembleOptions:
+    def _members(self, info: ValidationInfo) -> EnsembleOptions:
         if (self.model is None) == (self.members is None):
             raise ValueError("give either model (a deep ensemble of one model) or members (a multi-model ensemble)")
         if self.members is not None:
-            return self._multi_model()
+            return self._multi_model(info)
         self.size = 5 if self.size is None else self.size
         self._check_member_model(self.model)
         spec = get_model(self.model)
@@ -112,7 +112,7 @@ class EnsembleOptions(BaseModel):
             vmappable = ", ".join(n for n in available_models() if get_model(n).vmapped_members)
             raise ValueError(f"vmap: true, but {self.model}'s members cannot train together (models that can: "
                              f"{vmappable}); use vmap: auto or false")
-        self.options = self._complete(self.model, self.options, "options")
+        self.options = self._complete(self.model, self.options, "options", info)
         if "seed" in self.options and self.options["seed"] + self.size - 1 >= 2**32:
             raise ValueError(f"options.seed {self.options['seed']}: member {self.size - 1} trains with seed + "
                              f"{self.size - 1}, above the largest seed (2**32 - 1); give a smaller seed")
@@ -123,7 +123,7 @@ class EnsembleOptions(BaseModel):
         self.targets = list(self.options["targets"])
         return self
 
-    def _multi_model(self) -> EnsembleOptions:
+    def _multi_model(self, info: ValidationInfo) -> EnsembleOptions:
         if self.options:
             raise ValueError("a multi-model ensemble takes each member's options under members, not options")
         if self.size is not None and self.size != len(self.members):
@@ -133,7 +133,7 @@ class EnsembleOptions(BaseModel):
                              "they train one after the other")
         for i, m in enumerate(self.members):
             self._check_member_model(m.model)
-            m.options = self._complete(m.model, m.options, f"members[{i}].options")
+            m.options = self._complete(m.model, m.options, f"members[{i}].options", info)
         targets = {tuple(m.options["targets"]) for m in self.members}
         if len(targets) > 1:
             raise ValueError(f"the members train on different targets {sorted(targets)}; give them the same targets")
@@ -150,17 +150,18 @@ class EnsembleOptions(BaseModel):
         except UnknownModelError as err:
             raise ValueError(str(err)) from None
 
-    def _complete(self, name: str, options: dict, where: str) -> dict:
-        """``options`` of a member model ``name`` checked and completed; an error names ``where``
-        they are (``members[1].options``) and that model's keys, not the ensemble's."""
+    def _complete(self, name: str, options: dict, where: str, info: ValidationInfo) -> dict:
+        """``options`` of a member model ``name`` checked (as a config's where the ensemble's are,
+        ``validate_options``) and completed; an error names ``where`` they are
+        (``members[1].options``) and that model's keys, not the ensemble's."""
         opts = dict(options)
         if self.targets is not None:
             opts.setdefault("targets", list(self.targets))
         try:
-            return validate_options(name, opts).model_dump(mode="json")
+            return validate_options(name, opts, (info.context or {}).get("from_config", False)).model_dump(mode="json")
         except ValidationError as err:
             raise ValueError(options_problems(err, where, list(get_model(name).Options.model_fields), name)) from None
-        except ValueError as err:  # refused before pydantic (a true/false for a number)
+        except ValueError as err:  # refused outside pydantic (a true/false for a number, an unused option)
             raise ValueError(f"{where}.{err}") from None
 
     def member_model(self, k: int) -> str:

@@ -135,6 +135,34 @@ class HybridOptions(FitOptions, LandOptions):
         return self
 
 
+#: the options of HybridOptions that only some of the models taking them read: key -> those models
+OPTION_USERS = {
+    "use_states": ("hybrid_param", "hybrid_flux", "pretrain_then_finetune"),
+    "energy_split": ("hybrid_flux", "pretrain_then_finetune"),
+    "depth": ("hybrid_param", "hybrid_flux", "pretrain_then_finetune", "post_correction"),
+    "hidden_size": ("hybrid_lstm",),
+    "discovery": ("hybrid_param", "hybrid_lstm"),
+    "pretrain_epochs": ("pretrain_then_finetune",),
+    "fit": ("hybrid_param", "hybrid_flux", "hybrid_lstm", "pretrain_then_finetune"),
+    "train_physics": ("hybrid_param", "hybrid_flux", "hybrid_lstm", "pretrain_then_finetune"),
+}
+
+
+def unused_hybrid_options(name: str, opts: HybridOptions) -> dict[str, str]:
+    """``ModelSpec.unused_options`` of the hybrid ``name``: the keys other hybrids read (OPTION_USERS)
+    and those another option switches off."""
+    unused = {key: f"{name} does not use it (it is an option of {', '.join(users)})"
+              for key, users in OPTION_USERS.items() if name not in users}
+    if opts.dropout == 0:
+        unused["mc_samples"] = "used only with dropout > 0 (the MC-dropout runs of a prediction)"
+    if not opts.static_parameters:
+        unused["static_prior_weight"] = "used only with static_parameters (a prior on them)"
+        if name == "hybrid_lstm":  # its LSTM has hidden_size; width is the static-parameter network's
+            unused["width"] = ("hybrid_lstm uses width only for the static_parameters network (hidden_size sizes "
+                               "the LSTM)")
+    return unused
+
+
 class LikelihoodOption(BaseModel):
     """The ``likelihood`` option of the hybrids with an aleatoric head (the others refuse the key)."""
 
@@ -435,6 +463,9 @@ class _HybridSpec(ColumnSpec):
     Options = HybridOptions
     sparsity_fn = None
 
+    def unused_options(self, options: HybridOptions) -> dict[str, str]:
+        return unused_hybrid_options(self.name, options)
+
     def _law(self, opts, dtype):
         return ExchangeLaw.neutral(dtype) if opts.discovery else None
 
@@ -698,6 +729,9 @@ def _sample_corrections(model: PostCorrection, x, keys):
 class PostCorrectionSpec(EquinoxSpec):
     Options = PostCorrectionOptions
     targets = COLUMN_TARGETS
+
+    def unused_options(self, options: PostCorrectionOptions) -> dict[str, str]:
+        return unused_hybrid_options(self.name, options)
 
     def build(self, options: PostCorrectionOptions) -> PostCorrection:
         k = len(options.targets)

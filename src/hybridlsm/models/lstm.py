@@ -317,6 +317,11 @@ class LSTMModel(EquinoxSpec):
     Options = LSTMOptions
     targets = ALLOWED_TARGETS
 
+    def unused_options(self, options: LSTMOptions) -> dict[str, str]:
+        if options.dropout == 0:
+            return {"mc_samples": "used only with dropout > 0 (the MC-dropout passes of a prediction)"}
+        return {}
+
     def build(self, options: LSTMOptions) -> LSTMBaseline:
         """The untrained network with identity statistics (``train`` sets them from the data)."""
         n_in = len(options.inputs) + (2 if options.hour_features else 0)

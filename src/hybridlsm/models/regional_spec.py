@@ -189,6 +189,16 @@ class RegionalRun(eqx.Module):
         return ~np.isin(classes, self.trained_classes)
 
 
+#: the options of RegionalOptions that only some regional models read: key -> those models
+_NETWORKS = ("regional_hybrid", "regional_cnn_lstm")
+OPTION_USERS = {
+    **dict.fromkeys(("exchange", "class_pooling", "rs_vpd_d0"), ("regional_hybrid",)),
+    **dict.fromkeys(("embed_size", "encoder_channels", "spatial_strides", "decoder_channels", "gru_hidden",
+                     "attention_heads", "attention_size", "dropout", "mc_samples", "lr", "epochs", "patience",
+                     "seed"), _NETWORKS),
+}
+
+
 def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
     """What a prediction needs of the options (the registry's ``predict`` takes none)."""
     mc = options.mc_samples if options.dropout > 0 else 0
@@ -232,6 +242,15 @@ class RegionalSpec(EquinoxSpec):
 
     def build(self, options: RegionalOptions) -> RegionalRun:
         return RegionalRun(None, tuple(options.classes), settings=settings(options))
+
+    def unused_options(self, options: RegionalOptions) -> dict[str, str]:
+        unused = {key: f"{self.name} does not use it (it is an option of {', '.join(users)})"
+                  for key, users in OPTION_USERS.items() if self.name not in users}
+        if options.dropout == 0:
+            unused.setdefault("mc_samples", "used only with dropout > 0 (the MC-dropout runs of a prediction)")
+        if options.fallback_threshold is None:
+            unused.setdefault("fallback_to", "used only with fallback_threshold")
+        return unused
 
     def structure(self, model: RegionalRun) -> dict:
         return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual},

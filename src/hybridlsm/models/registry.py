@@ -268,6 +268,14 @@ class ModelSpec(abc.ABC):
         self.check_stream(model)
         raise NotImplementedError  # check_stream refuses every model of a spec without its own stream
 
+    def unused_options(self, options: BaseModel) -> dict[str, str]:
+        """The keys of ``options`` that this model does not read as they are set (another model
+        shares the options class, or another option switches it off): key -> why. A config that
+        sets one of them to other than its default is refused (``validate_options(...,
+        from_config=True)``); saved models, whose ``model.json`` holds every key, are not checked.
+        Default: none."""
+        return {}
+
     def domain_kinds(self, options: BaseModel) -> tuple[str, ...]:
         """The Domain kinds the model trains and predicts on (a run refuses others before it
         writes: ``pipeline.check_inputs``). Default: sites and grids."""
@@ -467,11 +475,19 @@ def get_model(name: str) -> ModelSpec:
         ) from None
 
 
-def validate_options(name: str, options: dict[str, Any] | None) -> BaseModel:
+def validate_options(name: str, options: dict[str, Any] | None, from_config: bool = False) -> BaseModel:
     """The model's ``Options`` instance for a config's ``options`` (pydantic errors propagate; a
-    true/false where a number is expected is one too)."""
-    cls = get_model(name).Options
-    return cls.model_validate(refuse_bool_numbers(cls, dict(options or {})))
+    true/false where a number is expected is one too). ``from_config``: what a user wrote, also
+    refused where it sets an option the model does not use (``ModelSpec.unused_options``)."""
+    spec = get_model(name)
+    given = dict(options or {})
+    opts = spec.Options.model_validate(refuse_bool_numbers(spec.Options, given), context={"from_config": from_config})
+    if from_config:
+        fields = spec.Options.model_fields
+        for key, why in spec.unused_options(opts).items():
+            if key in given and getattr(opts, key) != fields[key].get_default(call_default_factory=True):
+                raise ValueError(f"{key}: {why}; remove it")
+    return opts
 
 
 class _Catalogue:
@@ -481,7 +497,7 @@ class _Catalogue:
         return available_models()
 
     def validate(self, name: str, options: dict[str, Any]) -> BaseModel:
-        return validate_options(name, options)
+        return validate_options(name, options, from_config=True)
 
     def option_keys(self, name: str) -> list[str]:
         return list(get_model(name).Options.model_fields)
