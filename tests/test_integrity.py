@@ -82,6 +82,31 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch(tmp_path):
         read_checkpoint(tmp_path, trees(0))
 
 
+def test_an_edited_checkpoint_json_is_not_trusted(tmp_path):
+    """The metadata carries its own SHA-256: a parseable hand edit (``"finished": true``, another
+    epoch) is refused like a damaged leaves file, and the previous checkpoint is used."""
+    def trees(v):
+        return {"w": jnp.full(8, float(v))}
+
+    for epoch in (1, 2):
+        write_checkpoint(tmp_path, epoch, trees(epoch), {"epoch": epoch, "finished": False})
+    current = tmp_path / "checkpoint.json"
+    meta = json.loads(current.read_text())
+    assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 2  # laid out differently, still the same digest
+    current.write_text(json.dumps({**meta, "finished": True}, indent=4))
+    with pytest.warns(UserWarning, match="checkpoint.json does not match its recorded checksum"):
+        loaded, meta = read_checkpoint(tmp_path, trees(0))
+    assert meta["epoch"] == 1 and meta["finished"] is False and np.all(np.asarray(loaded["w"]) == 1.0)
+    prev = json.loads((tmp_path / "checkpoint.prev.json").read_text())
+    unsealed = {k: v for k, v in prev.items() if k != "meta_sha256"}
+    (tmp_path / "checkpoint.prev.json").write_text(json.dumps({**unsealed, "format": "hybridlsm-checkpoint-1"}))
+    with pytest.warns(UserWarning, match="checkpoint.json does not match"):
+        assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 1  # written before the seal: still read
+    (tmp_path / "checkpoint.prev.json").write_text(json.dumps(unsealed))  # the new format without its seal
+    with pytest.raises(CheckpointError, match="checkpoint.prev.json does not match its recorded checksum"):
+        read_checkpoint(tmp_path, trees(0))
+
+
 def test_a_checkpoint_write_that_stops_keeps_two_good_checkpoints(tmp_path, monkeypatch):
     """A kill while the new leaves are written (most of a checkpoint's time) leaves the last two
     checkpoints named, not the last one twice: the older is the fallback if the newer is damaged."""

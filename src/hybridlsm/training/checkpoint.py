@@ -4,7 +4,7 @@ Layout of a checkpoint directory::
 
     checkpoint.json       metadata: format, epoch, best val, history, rng key data, config hash,
                           the name of the current leaves file and its SHA-256 (written last: the
-                          commit point)
+                          commit point), and the SHA-256 of the metadata itself (``meta_sha256``)
     checkpoint.prev.json  the previous good checkpoint's metadata (one epoch earlier)
     epoch_0006.eqx        its leaves
     epoch_0007.eqx        eqx.tree_serialise_leaves of {"model", "opt_state", "best_model"}
@@ -12,13 +12,15 @@ Layout of a checkpoint directory::
 Every file is written atomically (``hybridlsm.rundir``). The leaves of a new epoch are written
 first, then the JSON; leaves files that neither JSON names are removed last, so an interruption at
 any moment leaves a consistent checkpoint. A checkpoint whose leaves do not match their recorded
-SHA-256 is never loaded: ``read_checkpoint`` falls back to the previous one with a warning naming
+SHA-256, or whose metadata does not match its own (a hand edit of ``"finished": true``, a damaged
+epoch), is never loaded: ``read_checkpoint`` falls back to the previous one with a warning naming
 the damaged file, and raises :class:`DamagedCheckpointError` when neither is good (``fit`` then
 trains afresh).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -31,7 +33,9 @@ from hybridlsm.rundir import atomic_write, json_safe, problem
 __all__ = ["CHECKPOINT_FORMAT", "META_FILE", "PREVIOUS_FILE", "CheckpointError", "DamagedCheckpointError",
            "read_checkpoint", "write_checkpoint"]  # fmt: skip
 
-CHECKPOINT_FORMAT = "hybridlsm-checkpoint-1"
+CHECKPOINT_FORMAT = "hybridlsm-checkpoint-2"
+#: checkpoints written before the metadata carried its own checksum (still read)
+_UNSEALED_FORMAT = "hybridlsm-checkpoint-1"
 META_FILE = "checkpoint.json"
 PREVIOUS_FILE = "checkpoint.prev.json"
 
@@ -45,6 +49,13 @@ class DamagedCheckpointError(CheckpointError):
     the damaged files)."""
 
 
+def _meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the metadata without its own ``meta_sha256``, over its canonical JSON (sorted
+    keys: the digest does not depend on how the file was laid out)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
 def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(metadata, None) when ``meta_path`` and the leaves file it names verify, else (None, why)."""
     try:
@@ -53,8 +64,10 @@ def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
         digest = meta.get("sha256", {}).get(leaves.name)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return None, f"{meta_path} is unreadable ({err})"
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    if meta.get("format") not in (CHECKPOINT_FORMAT, _UNSEALED_FORMAT):
         return None, f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+    if meta["format"] == CHECKPOINT_FORMAT and meta.get("meta_sha256") != _meta_digest(meta):
+        return None, f"{meta_path} does not match its recorded checksum (edited or damaged)"
     if digest is None:
         return None, f"{meta_path} records no checksum of {leaves.name}"
     why = problem(leaves, digest)
@@ -76,6 +89,7 @@ def write_checkpoint(directory: Path, epoch: int, trees: dict[str, Any], meta: d
     digest = atomic_write(directory / leaves_name, lambda p: eqx.tree_serialise_leaves(p, trees))
     meta = {"format": CHECKPOINT_FORMAT, **json_safe(meta), "leaves_file": leaves_name,
             "sha256": {leaves_name: digest}}  # fmt: skip
+    meta["meta_sha256"] = _meta_digest(meta)
     text = json.dumps(meta, indent=1, allow_nan=False)
     atomic_write(current, lambda p: p.write_text(text))
     if old_text is not None:  # a damaged one never replaces a good previous
