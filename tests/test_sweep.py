@@ -150,6 +150,51 @@ def test_a_failed_task_returns_its_error_and_the_parent_raises_it(tmp_path):
     assert _task_timings({"timings": {"a/b": 1.0}}) == {"a/b": 1.0}
 
 
+@pytest.mark.slow  # three folds of two small models, twice
+def test_a_failed_task_does_not_stop_the_others_and_resume_trains_only_it(tmp_path, monkeypatch):
+    """The sweep used to cancel every task at the first failure, with nothing said of the others.
+    Now the others finish, a table says which task failed and why, the error names what finished,
+    and ``--resume`` trains only the failed fold."""
+    import dask
+    from distributed import LocalCluster
+
+    import hybridlsm.pipeline
+    import hybridlsm.sweep
+    from hybridlsm.data import DataError
+
+    real = hybridlsm.sweep.train_experiment
+
+    def failing_at_b(cfg, exp, *args, **kwargs):
+        if exp.name.endswith("SW-B"):
+            raise DataError("SW-B: a bad file")
+        return real(cfg, exp, *args, **kwargs)
+
+    monkeypatch.setattr(hybridlsm.sweep, "train_experiment", failing_at_b)
+    cfg = _config(tmp_path, "fails")
+    scratch = str(tmp_path / "dask")
+    with dask.config.set({"temporary-directory": scratch}):  # worker threads in this process: the patch holds
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
+                          scheduler_port=0, protocol="tcp://", local_directory=scratch) as cluster:
+            args = ["sweep", str(cfg), "--scheduler", cluster.scheduler_address]
+            result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+            out = " ".join(result.output.split())
+            assert result.exit_code == 2, result.output  # a DataError's exit code
+            assert "1 of 3 sweep task(s) failed: loso-SW-B: SW-B: a bad file" in out, out
+            assert "finished: loso-SW-A, loso-SW-C" in out and "--resume trains only what failed" in out
+            assert "sweep tasks" in out and "failed: SW-B: a bad file" in out  # the table
+            partial = tmp_path / "runs" / ".fails.partial"
+            assert partial.is_dir() and not (tmp_path / "runs" / "fails").exists()
+            monkeypatch.setattr(hybridlsm.sweep, "train_experiment", real)
+            trained = []
+            monkeypatch.setattr(hybridlsm.pipeline.console, "print", lambda *a, **k: trained.append(str(a[0])))
+            result = CliRunner().invoke(app, args + ["--resume"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    skipped = " ".join(line for line in trained if "skipped (resume)" in line)
+    assert "loso-SW-A/" in skipped and "loso-SW-C/" in skipped and "loso-SW-B/" not in skipped, trained
+    metrics = pd.read_csv(tmp_path / "runs" / "fails" / "metrics.csv")
+    assert set(metrics["site"]) == {"SW-A", "SW-B", "SW-C"}
+
+
 def test_a_task_error_of_a_subclass_comes_back_as_its_listed_base(tmp_path, monkeypatch):
     import hybridlsm.sweep
     from hybridlsm.data import DataError

@@ -16,7 +16,10 @@ finished and reported the same way, one skill table); only the training is sprea
   an existing cluster's scheduler (``--scheduler tcp://host:8786``), whose workers must see the run
   directory and data at the same paths (a shared file system);
 - the results equal the sequential run's: every task is deterministic given the config, and the
-  workers compute in the parent's precision (``jax_enable_x64``).
+  workers compute in the parent's precision (``jax_enable_x64``);
+- a failed task (one of ``TASK_ERRORS``, or its worker killed) does not stop the others: they finish
+  into the run's folder, a table shows each task's result, and the first failure's error class is
+  raised naming every failure and what finished (``--resume`` then trains only what failed).
 
 The LocalCluster keeps its scratch space inside the run's folder and removes it at the end, so
 nothing is written outside the run directory: its workers' ``local_directory`` and Dask's
@@ -145,6 +148,8 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                 where = f"the Dask scheduler at {scheduler}"
             console.print(f"sweep: {len(tasks)} task(s) on {where}: {', '.join(t.name for t in tasks)}")
             timings: dict = {}
+            status: dict[str, str] = {}  # task -> "finished", or its error
+            failed: list[tuple[str, Exception]] = []
             try:
                 with Client(cluster if cluster is not None else scheduler) as client:
                     x64 = bool(jax.config.jax_enable_x64)
@@ -154,22 +159,56 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                                TextColumn("{task.fields[last]}"), TimeElapsedColumn())  # fmt: skip
                     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
                         job = bar.add_task("sweep", total=len(tasks), last="")
+                        # a failed task does not stop the others: what they train stays in the run's
+                        # folder, so that --resume (once the failure is mended) trains only what failed
                         for future in as_completed(futures):
+                            name = futures[future].name
                             try:
                                 timings.update(_task_timings(future.result()))  # a failed task's error here
+                                status[name] = "finished"
                             except KilledWorker as err:
-                                raise TrainingError(f"sweep task {futures[future].name}: its worker process died "
-                                                    f"({err}); out of memory? fewer --workers") from None
-                            bar.update(job, advance=1, last=f"finished {futures[future].name}")
+                                failed.append((name, TrainingError(f"its worker process died ({err}); out of "
+                                                                   "memory? fewer --workers")))
+                                status[name] = f"failed: {failed[-1][1]}"
+                            except TASK_ERRORS as err:
+                                failed.append((name, err))
+                                status[name] = f"failed: {err}"
+                            outcome = "finished" if status[name] == "finished" else "failed"
+                            bar.update(job, advance=1, last=f"{outcome} {name}")
                             if not console.is_terminal:
-                                console.print(f"sweep: finished {futures[future].name}")
+                                console.print(f"sweep: {outcome} {name}")
             finally:
                 if cluster is not None:
                     cluster.close()
                 shutil.rmtree(space, ignore_errors=True)
+        if failed:
+            _print_status(tasks, status)
+            raise _sweep_failure(tasks, status, failed)
         return timings
 
     return train_all
+
+
+def _print_status(tasks: list[SweepTask], status: dict[str, str]) -> None:
+    """The table of a sweep that failed: each task, finished or failed (and why)."""
+    from rich.table import Table
+
+    table = Table(title="sweep tasks", title_justify="left")
+    table.add_column("task")
+    table.add_column("result", overflow="fold")
+    for t in tasks:
+        table.add_row(t.name, status.get(t.name, "not run"))
+    console.print(table)
+
+
+def _sweep_failure(tasks: list[SweepTask], status: dict[str, str], failed: list[tuple[str, Exception]]) -> Exception:
+    """The first failed task's error (the same class, so the same exit code), its message naming
+    every failed task and what finished."""
+    finished = [t.name for t in tasks if status.get(t.name) == "finished"]
+    why = "; ".join(f"{name}: {err}" for name, err in failed)
+    kept = (f"; finished: {', '.join(finished)} (kept in the run's folder: --resume trains only what failed)"
+            if finished else "")
+    return type(failed[0][1])(f"{len(failed)} of {len(tasks)} sweep task(s) failed: {why}{kept}")
 
 
 def sweep(cfg: RunConfig, config_name: str = "<config>", resume: bool = False, *, scheduler: str | None = None,
