@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -145,3 +146,23 @@ def test_inspect_new_formats_missing_metadata_and_repairs(shared_data):
     # its PLUMBER2 qc is 0; read from the pair, Rnet keeps its 3 036 qc-5 (statistically gap-filled)
     # values, so the closure covers all 35 088 steps and differs (the closure QC applies to Qh, Qle only)
     assert round(cng["closure"]["ratio"], 3) == 1.013 and cng["closure"]["n"] == 35088
+
+
+def test_a_killed_commands_matplotlib_folder_is_removed_by_the_next(tmp_path):
+    """The CLI gives matplotlib a temporary folder removed at exit; a SIGKILLed command cannot
+    remove its own, so the next one removes the folders of processes that no longer run, and only
+    those (a running process's, and other names, are left)."""
+    import subprocess
+    import sys
+
+    from hybridlsm.cli import MATPLOTLIB_DIR_PREFIX, _remove_orphaned_matplotlib_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid no longer runs
+    orphan = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}{gone.pid}-abc"
+    running = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}notapid-ghi"
+    for folder in (orphan, running, other):
+        (folder / "fontlist").mkdir(parents=True)
+    assert _remove_orphaned_matplotlib_dirs(tmp_path) == [orphan]
+    assert not orphan.exists() and running.is_dir() and other.is_dir()

@@ -24,13 +24,37 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+
+MATPLOTLIB_DIR_PREFIX = "hybridlsm-matplotlib-"
+
+
+def _remove_orphaned_matplotlib_dirs(parent: Path) -> list[Path]:
+    """Remove the folders ``_private_matplotlib_dir`` made for processes that no longer run (a
+    killed command cannot remove its own at exit); the removed folders."""
+    removed = []
+    for path in parent.glob(f"{MATPLOTLIB_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(MATPLOTLIB_DIR_PREFIX).split("-")[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # still running (or a reused pid): left alone
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except (PermissionError, OverflowError):
+            pass
+    return removed
+
+
 def _private_matplotlib_dir() -> None:
     """matplotlib keeps its font cache and settings in ~/.cache and ~/.config unless MPLCONFIGDIR
     says otherwise; a command of this package writes nowhere but its run directory (or --out), so
-    it gets a temporary folder, removed at exit (rebuilding the font cache takes well under a second)."""
+    it gets a temporary folder, named by its process id and removed at exit, or by the next command
+    if the process was killed (rebuilding the font cache takes well under a second)."""
     if "MPLCONFIGDIR" in os.environ:
         return
-    path = tempfile.mkdtemp(prefix="hybridlsm-matplotlib-")
+    _remove_orphaned_matplotlib_dirs(Path(tempfile.gettempdir()))
+    path = tempfile.mkdtemp(prefix=f"{MATPLOTLIB_DIR_PREFIX}{os.getpid()}-")
     os.environ["MPLCONFIGDIR"] = path
     atexit.register(shutil.rmtree, path, ignore_errors=True)
 
