@@ -178,6 +178,26 @@ def test_a_saved_equinox_model_with_flipped_bytes_is_refused(tmp_path):
         spec.load(options, tmp_path)
 
 
+def test_a_saved_model_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    """An OSError reading model.json (no permission: root reads anything, so it is simulated) is a
+    SavedModelError naming the file, not a traceback."""
+    from pathlib import Path
+
+    spec = get_model("physics")
+    options = spec.Options.model_validate({})
+    spec.save(spec.build(options), options, tmp_path)
+    real = Path.read_text
+
+    def unreadable(self, *args, **kwargs):
+        if self.name == "model.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    with pytest.raises(SavedModelError, match=r"model\.json: cannot be read \(Permission denied\)"):
+        load_saved_model(tmp_path)
+
+
 def test_run_files_carry_checksums_and_a_damaged_empirical_model_is_refused(finished, tmp_path):
     _, run_dir = copy_run(finished, tmp_path)
     saved = run_dir / "models" / "1lin" / "all"

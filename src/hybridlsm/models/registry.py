@@ -391,6 +391,8 @@ def read_model_json(directory: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SavedModelError(f"{path}: corrupt: {err}") from None
+    except OSError as err:  # e.g. no permission to read it
+        raise SavedModelError(f"{path}: cannot be read ({err.strerror or err})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("sha256", {}), dict):
         raise SavedModelError(f"{path}: corrupt: not the JSON object of a saved model")
     if meta.get("format") != SAVED_FORMAT:
