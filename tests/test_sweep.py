@@ -150,7 +150,7 @@ def test_a_failed_task_returns_its_error_and_the_parent_raises_it(tmp_path):
     assert _task_timings({"timings": {"a/b": 1.0}}) == {"a/b": 1.0}
 
 
-@pytest.mark.slow  # three folds of two small models, twice
+@pytest.mark.slow  # three folds of a regression, twice
 def test_a_failed_task_does_not_stop_the_others_and_resume_trains_only_it(tmp_path, monkeypatch):
     """The sweep used to cancel every task at the first failure, with nothing said of the others.
     Now the others finish, a table says which task failed and why, the error names what finished,
@@ -170,7 +170,7 @@ def test_a_failed_task_does_not_stop_the_others_and_resume_trains_only_it(tmp_pa
         return real(cfg, exp, *args, **kwargs)
 
     monkeypatch.setattr(hybridlsm.sweep, "train_experiment", failing_at_b)
-    cfg = _config(tmp_path, "fails")
+    cfg = _config(tmp_path, "fails", CONFIG.replace("  - {name: physics, options: {calibrate: [rs_scale, ra_scale]}}\n", ""))
     scratch = str(tmp_path / "dask")
     with dask.config.set({"temporary-directory": scratch}):  # worker threads in this process: the patch holds
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None,
