@@ -246,3 +246,29 @@ def test_the_hybrid_predicts_and_trains_through_a_grid_with_a_cell_that_is_not_a
                                                 has_aux=True)(model)
     assert np.isfinite(float(loss))
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree_util.tree_leaves(eqx.filter(grad, eqx.is_inexact_array)))
+
+
+@pytest.mark.slow  # two physics compilations on the 3 x 4 grid
+def test_the_boundary_option_reaches_the_air_layer():
+    """``boundary: periodic`` was accepted and never read (the air layer was always open): the
+    option now sets the boundaries of the physics the regional models train and predict with."""
+    from hybridlsm.models.regional import fixed_kh_model, predict_regional
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("regional_fixed_kh")
+    grid = _grid()
+    for name in ("Tair", "Qair", "Psurf", "Wind", "Wind_E", "Wind_N", "SWdown", "LWdown", "Precip", "Qh"):
+        grid[name][:, 1, 2] = grid[name][:, 1, 1]  # every cell a column: the only boundaries are the edges
+    grid["land_cover"][1, 2] = 10
+    out = {}
+    for boundary in ("open", "periodic"):
+        run = spec.build(validate_options("regional_fixed_kh", {"boundary": boundary}))
+        data = spec._data(run, grid)
+        model = fixed_kh_model(data)
+        assert data.boundary == boundary and model.air.boundary == boundary
+        out[boundary] = predict_regional(model, data)
+    # the wind blows air across the edges: the open boundary brings in the edge cells' own air, the
+    # periodic one the opposite edge's, so the near-surface air differs
+    assert np.nanmax(np.abs(out["open"]["Tair_layer"] - out["periodic"]["Tair_layer"])) > 1e-4
+    assert np.max(np.abs(out["open"]["boundary_heat"])) > 1.0
+    assert np.max(np.abs(out["periodic"]["boundary_heat"])) < 1e-9  # nothing crosses a periodic edge

@@ -97,6 +97,8 @@ class RegionData:
         active: (N,) True where the cell is a column (``region_data``: cells without forcing are
             not modelled; inside the model their forcing is the active cells' mean, their network
             inputs 0 and their observations missing)
+        boundary: the air layer's lateral boundaries, "open" or "periodic" (``physics.air_layer``;
+            the regional models' ``boundary`` option)
     """
 
     shape: tuple[int, int]
@@ -113,6 +115,7 @@ class RegionData:
     advection: bool = True
     source: xr.Dataset = field(repr=False, default=None)
     active: np.ndarray = None
+    boundary: str = "open"
 
     def __post_init__(self):
         if self.active is None:
@@ -216,7 +219,7 @@ def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> np.ndarray | None:
 
 
 def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
-                constants: dict | None = None) -> RegionData:
+                constants: dict | None = None, boundary: str = "open") -> RegionData:
     """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
     ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``). A cell whose forcing is
     missing at every step (or whose ``mask`` is 0) is not a column (``active_cells``): it is not
@@ -224,7 +227,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     complete forcing: a missing forcing variable or a gap is a DataError naming it. ``classes``:
     the IGBP classes of the land-cover one-hot (default: those of the map's columns);
     ``constants``: the normalisation's (default: this record's). Both as a trained model recorded
-    them, to apply it to another grid."""
+    them, to apply it to another grid. ``boundary``: the air layer's ("open" or "periodic")."""
     file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
     ds = ds.transpose("time", "y", "x", ...)
     advection = "Wind_E" in ds or "Wind_N" in ds
@@ -299,7 +302,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     static = np.concatenate([onehot, elevation[None]]).astype(dtype)
     observed = {name: np.reshape(ds[name].values, (t, n)).astype(dtype) for name in TARGETS if name in ds}
     return RegionData((ny, nx), forcing, variables, static, params, observed, classes, cell_class,
-                      spacing, ds.time.values, dict(constants), advection, source, active.reshape(-1))
+                      spacing, ds.time.values, dict(constants), advection, source, active.reshape(-1), boundary)
 
 
 #: prediction halves a step where the coupling residual exceeds the closed loop's 10 W m-2 (training
@@ -307,10 +310,10 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
 PREDICT_REFINEMENTS = 1
 
 
-def regional_physics(data: RegionData, land: LaDModel | None = None, boundary: str = "open") -> RegionalModel:
-    """The gridded physics for ``data``'s grid, with transport sub-steps for its winds, for training
-    (no refinement; ``predict_regional`` allows ``PREDICT_REFINEMENTS``)."""
-    air = AirLayer(data.shape, dx=data.spacing[0], dy=data.spacing[1], boundary=boundary, active=data.active)
+def regional_physics(data: RegionData, land: LaDModel | None = None) -> RegionalModel:
+    """The gridded physics for ``data``'s grid and boundaries, with transport sub-steps for its
+    winds, for training (no refinement; ``predict_regional`` allows ``PREDICT_REFINEMENTS``)."""
+    air = AirLayer(data.shape, dx=data.spacing[0], dy=data.spacing[1], boundary=data.boundary, active=data.active)
     return RegionalModel(air, land=land or LaDModel(), max_refinements=0).for_forcing(data.forcing)
 
 

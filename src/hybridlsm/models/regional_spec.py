@@ -80,7 +80,9 @@ class RegionalOptions(BaseModel):
     targets: list[Literal[TARGETS]] = Field(default_factory=lambda: list(TARGETS), min_length=1)  # type: ignore[valid-type]
     window_hours: float = Field(48.0, gt=0.0, description="length of a training window (whole grid)")
     warmup_hours: float = Field(12.0, ge=0.0, description="first hours of a window that are not scored")
-    boundary: Literal["open", "periodic"] = "open"
+    boundary: Literal["open", "periodic"] = Field(
+        "open", description="lateral boundaries of the near-surface air layer: open (air of the edge cells' own "
+        "temperature and humidity flows in, upwind) or periodic (the grid wraps in both directions)")
     exchange: Literal["field", "scale"] = Field(
         "scale", description="regional_hybrid: scale: a multiplier of the physics' own K_h (its stability scheme's "
         "wind and stability dependence kept; the default, chosen on validation loss: benchmarks/regional.py, "
@@ -192,7 +194,8 @@ class RegionalRun(eqx.Module):
 #: the options of RegionalOptions that only some regional models read: key -> those models
 _NETWORKS = ("regional_hybrid", "regional_cnn_lstm")
 OPTION_USERS = {
-    **dict.fromkeys(("exchange", "class_pooling", "rs_vpd_d0"), ("regional_hybrid",)),
+    **dict.fromkeys(("exchange", "class_pooling", "rs_vpd_d0", "fallback_threshold", "fallback_to"),
+                    ("regional_hybrid",)),
     **dict.fromkeys(("embed_size", "encoder_channels", "spatial_strides", "decoder_channels", "gru_hidden",
                      "attention_heads", "attention_size", "dropout", "mc_samples", "lr", "epochs", "patience",
                      "seed"), _NETWORKS),
@@ -205,7 +208,7 @@ def settings(options: RegionalOptions) -> tuple[tuple[str, float], ...]:
     fallback = () if options.fallback_threshold is None else (("fallback_threshold", options.fallback_threshold),
                                                               ("fallback_to", options.fallback_to))
     return (("window_hours", options.window_hours), ("warmup_hours", options.warmup_hours),
-            ("mc_samples", mc), ("seed", options.seed), *fallback)
+            ("mc_samples", mc), ("seed", options.seed), ("boundary", options.boundary), *fallback)
 
 
 def _grid(domains: Sequence[Domain], part: str) -> Domain:
@@ -269,7 +272,8 @@ class RegionalSpec(EquinoxSpec):
         return ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip")
 
     def _data(self, run: RegionalRun, ds):
-        data = region_data(ds, jnp.zeros(0).dtype, classes=run.classes, constants=dict(run.constants) or None)
+        data = region_data(ds, jnp.zeros(0).dtype, classes=run.classes, constants=dict(run.constants) or None,
+                           boundary=dict(run.settings).get("boundary", "open"))
         if not data.advection:
             warnings.warn(f"{ds.attrs.get('source_file', ds.attrs.get('site_id', '<grid>'))}: the forcing gives the "
                           "wind speed but not its direction; the air layer runs without lateral advection",
@@ -294,7 +298,8 @@ class RegionalSpec(EquinoxSpec):
                                     resume=ctx.checkpoint_dir is not None)
             model = replace(model, model=result.model)
         net = model.model if model.model is not None else fixed_kh_model(data)
-        if options.fallback_threshold is not None and options.fallback_to == "class_mean" and model.model is not None:
+        if (options.fallback_threshold is not None and options.fallback_to == "class_mean"
+                and isinstance(net, RegionalHybrid)):
             reference = class_reference(net, data, split["train"], window=window, warmup=warmup)
             model = replace(model, reference=tuple((c, kh, rs) for c, (kh, rs) in sorted(reference.items())))
         fallback = _fallback(model, net, data, window, warmup)
