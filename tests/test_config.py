@@ -232,6 +232,11 @@ def test_model_options_refuse_unknown_repeated_and_out_of_range_values(name, opt
     ("regional_cnn_lstm", {"exchange": "field"}, "exchange: regional_cnn_lstm does not use it"),
     ("regional_hybrid", {"dropout": 0.0, "mc_samples": 20}, "mc_samples: used only with dropout > 0"),
     ("regional_hybrid", {"fallback_to": "physics"}, "fallback_to: used only with fallback_threshold"),
+    ("regional_cnn_lstm", {"fallback_threshold": 0.2}, "fallback_threshold: regional_cnn_lstm does not use it"),
+    ("pretrain_then_finetune", {"fit": "record"}, "fit: pretrain_then_finetune does not use it"),
+    ("hybrid_flux", {"physics_init": "default", "train_physics": True}, "train_physics: used only with physics_init"),
+    ("post_correction", {"physics_init": "default", "calibrate": ["rs_scale"]}, "calibrate: post_correction with "
+                                                                               "physics_init: default"),
 ])
 def test_a_config_that_sets_an_option_its_model_does_not_use_is_refused(name, options, expected):
     """Accepted and ignored before (hybrid_param read no energy_split, a dropout-free model no
@@ -251,8 +256,22 @@ def test_an_unused_option_is_refused_in_a_config_and_an_ensemble_member_by_its_p
         load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}",
                                                     "{name: hybrid_lstm, options: {energy_split: false}}")))
     member = "{name: ensemble, options: {members: [{model: hybrid_param, options: {hidden_size: 8}}, {model: lstm}]}}"
-    with pytest.raises(ConfigError, match=re.escape("members[0].options.hidden_size: hybrid_param does not use it")):
+    with pytest.raises(ConfigError, match=re.escape("models[0]: options.members[0].options.hidden_size: hybrid_param "
+                                                    "does not use it")):
         load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}", member)))
+    deep = "{name: ensemble, options: {model: lstm, size: 2, options: {mc_samples: 20}}}"
+    with pytest.raises(ConfigError, match=re.escape("models[0]: options.options.mc_samples: used only with dropout > 0")):
+        load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}", deep)))
+
+
+def test_a_runs_own_config_that_sets_an_unused_option_still_reads(config_dir):
+    """A run written before unused options were refused keeps them in its config.yaml: predict,
+    discover, validate and --resume's comparison read it (``stored=True``); a user's config is refused."""
+    path = write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}",
+                                           "{name: lstm, options: {hidden_size: 16, mc_samples: 20}}"))
+    with pytest.raises(ConfigError, match=re.escape("mc_samples: used only with dropout > 0")):
+        load_config(path)
+    assert load_config(path, stored=True).models[0].options["mc_samples"] == 20
 
 
 def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):

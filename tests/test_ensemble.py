@@ -101,9 +101,14 @@ def test_options_check_the_members_and_give_each_its_seed():
     with pytest.raises(ValueError, match=r"options.width: Input should be greater than or equal to 1 \(got 0\)"):
         validate_options("ensemble", {"model": "hybrid_param", "options": {"width": 0}})
     # members that would be identical (no seed, no bootstrap) are refused; a bootstrap makes them differ
-    with pytest.raises(ValueError, match="a deep ensemble of gbm, which has no seed option, without bootstrap"):
+    with pytest.raises(ValueError, match="a deep ensemble of gbm, which has no seed option it uses, without bootstrap"):
         validate_options("ensemble", {"model": "gbm", "size": 3})
     assert validate_options("ensemble", {"model": "gbm", "size": 3, "bootstrap": True}).size == 3
+    # ... and so are those of a model that learns nothing from the data (bootstrap or not)
+    for model, options in (("regional_fixed_kh", {}), ("physics", {"calibrate": []})):
+        for bootstrap in (False, True):
+            with pytest.raises(ValueError, match=f"a deep ensemble of {model} with these options learns nothing"):
+                validate_options("ensemble", {"model": model, "options": options, "bootstrap": bootstrap})
     with pytest.raises(ValueError, match=r"member 1 trains with seed \+ 1, above the largest seed"):
         validate_options("ensemble", {"model": "lstm", "size": 2, "options": {"seed": 2**32 - 1}})
     with pytest.raises(ValueError, match="members\\[0\\].options.hidden_size: true is not a number"):

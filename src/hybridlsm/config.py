@@ -681,6 +681,10 @@ def options_problems(err: ValidationError, where: str, allowed: list[str], model
         if e["type"] == "extra_forbidden":
             of = f" of {model}" if model else ""
             problems.append(f"{where}: unknown key {e['loc'][-1]!r}; allowed keys{of}: {', '.join(sorted(allowed))}")
+        elif not e["loc"]:  # the options' own check: its message names the key where it can
+            msg = e["msg"].removeprefix("Value error, ")
+            keyed = re.match(r"[\w\[\].]+: ", msg)  # "members[0].options.width: ..." -> under where
+            problems.append(f"{where}{'.' if keyed else ': '}{msg}")
         else:
             got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
             msg = e["msg"].removeprefix("Value error, ")

@@ -116,10 +116,15 @@ class EnsembleOptions(BaseModel):
         if "seed" in self.options and self.options["seed"] + self.size - 1 >= 2**32:
             raise ValueError(f"options.seed {self.options['seed']}: member {self.size - 1} trains with seed + "
                              f"{self.size - 1}, above the largest seed (2**32 - 1); give a smaller seed")
-        if "seed" not in self.options and not self.bootstrap:
-            raise ValueError(f"a deep ensemble of {self.model}, which has no seed option, without bootstrap trains "
-                             "identical members (a spread of 0 reported as uncertainty); set bootstrap: true, or "
-                             "ensemble a model with a seed")
+        member = spec.Options.model_validate(self.options)
+        if not spec.needs_observations(member):
+            raise ValueError(f"a deep ensemble of {self.model} with these options learns nothing from the data: its "
+                             "members would be identical (a spread of 0 reported as uncertainty); ensemble a model "
+                             "that trains")
+        if ("seed" not in self.options or "seed" in spec.unused_options(member)) and not self.bootstrap:
+            raise ValueError(f"a deep ensemble of {self.model}, which has no seed option it uses, without bootstrap "
+                             "trains identical members (a spread of 0 reported as uncertainty); set bootstrap: true, "
+                             "or ensemble a model with a seed")
         self.targets = list(self.options["targets"])
         return self
 

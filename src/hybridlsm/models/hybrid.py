@@ -143,7 +143,7 @@ OPTION_USERS = {
     "hidden_size": ("hybrid_lstm",),
     "discovery": ("hybrid_param", "hybrid_lstm"),
     "pretrain_epochs": ("pretrain_then_finetune",),
-    "fit": ("hybrid_param", "hybrid_flux", "hybrid_lstm", "pretrain_then_finetune"),
+    "fit": ("hybrid_param", "hybrid_flux", "hybrid_lstm"),
     "train_physics": ("hybrid_param", "hybrid_flux", "hybrid_lstm", "pretrain_then_finetune"),
 }
 
@@ -155,6 +155,12 @@ def unused_hybrid_options(name: str, opts: HybridOptions) -> dict[str, str]:
               for key, users in OPTION_USERS.items() if name not in users}
     if opts.dropout == 0:
         unused["mc_samples"] = "used only with dropout > 0 (the MC-dropout runs of a prediction)"
+    if opts.physics_init == "default":
+        unused.setdefault("train_physics", "used only with physics_init: calibrated (from the default physics the "
+                                           "calibrate offsets always train with the network)")
+        if name == "post_correction":
+            unused["calibrate"] = ("post_correction with physics_init: default corrects the default physics, "
+                                   "calibrated on nothing")
     if not opts.static_parameters:
         unused["static_prior_weight"] = "used only with static_parameters (a prior on them)"
         if name == "hybrid_lstm":  # its LSTM has hidden_size; width is the static-parameter network's
@@ -658,10 +664,11 @@ class PretrainThenFinetune(HybridFlux):
         tc = training_config(ctx, options)
         pre_cfg = tc.model_copy(update={"epochs": options.pretrain_epochs,
                                         "two_phase": tc.two_phase.model_copy(update={"enabled": False})})  # fmt: skip
+        prior = self.loss_prior(options)  # static_parameters' prior, in both stages
         model = train_column_model(model, train, val, ctx.sub("pretrain"), targets=targets, train_cfg=pre_cfg,
-                                   target_override=simulator_targets, filter_spec=filter_spec)  # fmt: skip
+                                   target_override=simulator_targets, filter_spec=filter_spec, prior=prior)  # fmt: skip
         return train_column_model(model, train, val, ctx.sub("finetune"), targets=targets, train_cfg=tc,
-                                  filter_spec=filter_spec)  # fmt: skip
+                                  filter_spec=filter_spec, prior=prior)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- post_correction
