@@ -261,7 +261,7 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
     except (FileNotFoundError, ValueError) as err:
         raise PredictError(f"{run_dir}: {err}") from None
     try:
-        cfg = load_run_config(run_dir / "config.yaml")
+        cfg = load_run_config(run_dir / "config.yaml", stored=True)
     except (ConfigError, FileNotFoundError) as err:
         raise PredictError(f"{run_dir}/config.yaml: {err}") from None
     per_fold = cfg.data.split.mode == "leave_one_site_out"

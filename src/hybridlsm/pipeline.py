@@ -416,7 +416,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         raise ConfigError(f"--resume: {run_dir} has no config.yaml, so nothing says it is this config's run; start "
                           "it again with --overwrite")
     try:
-        stored = load_run_config(stored_path, check_paths=False)
+        stored = load_run_config(stored_path, check_paths=False, stored=True)
     except ConfigError as err:
         raise ConfigError(f"--resume: the run's stored {stored_path} cannot be read: {err}") from None
     # training.devices may differ: the results do not depend on it (training/sharding.py)

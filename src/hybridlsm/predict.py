@@ -93,7 +93,7 @@ def _out_of_range_policy(run_dir: Path) -> str:
     if not path.is_file():
         return "error"
     try:
-        return load_run_config(path, check_paths=False).data.forcing_out_of_range
+        return load_run_config(path, check_paths=False, stored=True).data.forcing_out_of_range
     except ConfigError as err:
         raise PredictError(f"{run_dir}: its config.yaml cannot be read: {err}") from None
 

@@ -38,7 +38,7 @@ def site_domains(run_dir: Path, obs: dict[str, xr.Dataset]) -> dict[str, Domain]
     if not path.is_file():
         raise ValidationRunError(f"{run_dir}: not a finished run directory (no config.yaml)")
     try:
-        cfg = load_run_config(path)
+        cfg = load_run_config(path, stored=True)
     except ConfigError as err:
         raise ValidationRunError(f"{path}: {err} (validation rebuilds the forcing from the run's sites)") from None
     if cfg.data.grid is not None:

@@ -493,13 +493,17 @@ def validate_options(name: str, options: dict[str, Any] | None, from_config: boo
 
 
 class _Catalogue:
-    """The registry as the config's :class:`~hybridlsm.config.ModelCatalogue`."""
+    """The registry as the config's :class:`~hybridlsm.config.ModelCatalogue`; ``user_written``:
+    options are refused where they set one the model does not use (``validate_options``)."""
+
+    def __init__(self, user_written: bool = True):
+        self.user_written = user_written
 
     def names(self) -> list[str]:
         return available_models()
 
     def validate(self, name: str, options: dict[str, Any]) -> BaseModel:
-        return validate_options(name, options, from_config=True)
+        return validate_options(name, options, from_config=self.user_written)
 
     def option_keys(self, name: str) -> list[str]:
         return list(get_model(name).Options.model_fields)
@@ -509,11 +513,15 @@ class _Catalogue:
 
 
 CATALOGUE = _Catalogue()
+#: for the config.yaml a run wrote: checked when it was read, and written by an older version it
+#: may set an option its model does not use, which is no reason to refuse to apply the run's models
+RUN_CATALOGUE = _Catalogue(user_written=False)
 
 
-def load_run_config(path: str | Path, check_paths: bool = True) -> RunConfig:
-    """Read a YAML run config and validate its models against the registry."""
-    return load_config(path, check_paths=check_paths, catalogue=CATALOGUE)
+def load_run_config(path: str | Path, check_paths: bool = True, stored: bool = False) -> RunConfig:
+    """Read a YAML run config and validate its models against the registry; ``stored``: the
+    ``config.yaml`` of a run directory (``RUN_CATALOGUE``)."""
+    return load_config(path, check_paths=check_paths, catalogue=RUN_CATALOGUE if stored else CATALOGUE)
 
 
 def validate_run_config(data: Any, base_dir: str | Path | None = None, source: str = "<dict>",
