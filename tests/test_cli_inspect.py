@@ -150,19 +150,37 @@ def test_inspect_new_formats_missing_metadata_and_repairs(shared_data):
 
 def test_a_killed_commands_matplotlib_folder_is_removed_by_the_next(tmp_path):
     """The CLI gives matplotlib a temporary folder removed at exit; a SIGKILLed command cannot
-    remove its own, so the next one removes the folders of processes that no longer run, and only
-    those (a running process's, and other names, are left)."""
+    remove its own, so the next one removes the folders whose owner file no process holds locked,
+    and only those: a running process's (locked), a folder without an owner file, another host's."""
+    import fcntl
     import subprocess
     import sys
 
-    from hybridlsm.cli import MATPLOTLIB_DIR_PREFIX, _remove_orphaned_matplotlib_dirs
+    from hybridlsm.cli import MATPLOTLIB_DIR_OWNER, MATPLOTLIB_DIR_PREFIX, _remove_orphaned_matplotlib_dirs
 
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()  # its pid no longer runs
-    orphan = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}{gone.pid}-abc"
-    running = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}{os.getpid()}-def"
-    other = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}notapid-ghi"
-    for folder in (orphan, running, other):
-        (folder / "fontlist").mkdir(parents=True)
-    assert _remove_orphaned_matplotlib_dirs(tmp_path) == [orphan]
-    assert not orphan.exists() and running.is_dir() and other.is_dir()
+    def folder(name: str, owner: bool = True):
+        path = tmp_path / f"{MATPLOTLIB_DIR_PREFIX}{name}"
+        (path / "fontlist").mkdir(parents=True)
+        if owner:
+            (path / MATPLOTLIB_DIR_OWNER).touch()
+        return path
+
+    killed, running, ownerless, elsewhere = (folder("host-a1"), folder("host-b2"), folder("host-c3", owner=False),
+                                             folder("otherhost-d4"))
+    fd = os.open(running / MATPLOTLIB_DIR_OWNER, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # this process runs
+    # a process that holds its folder's lock, then is killed: the kernel releases the lock
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(killed / MATPLOTLIB_DIR_OWNER)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert _remove_orphaned_matplotlib_dirs(tmp_path, host="host") == []  # every owner still runs
+        holder.kill()
+        holder.wait()
+        assert _remove_orphaned_matplotlib_dirs(tmp_path, host="host") == [killed]
+    finally:
+        os.close(fd)
+        holder.kill()
+    assert not killed.exists() and running.is_dir() and ownerless.is_dir() and elsewhere.is_dir()

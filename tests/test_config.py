@@ -249,10 +249,11 @@ def test_a_config_that_sets_an_option_its_model_does_not_use_is_refused(name, op
     if name == "hybrid_param":  # the same values are read where they apply
         validate_options("hybrid_flux", {"energy_split": False, "mc_samples": 20, "dropout": 0.1}, from_config=True)
         validate_options("hybrid_lstm", {"hidden_size": 64}, from_config=True)
+        validate_options("post_correction", {"physics_init": "default", "calibrate": []}, from_config=True)
 
 
 def test_an_unused_option_is_refused_in_a_config_and_an_ensemble_member_by_its_place(config_dir):
-    with pytest.raises(ConfigError, match=re.escape("models[0]: energy_split: hybrid_lstm does not use it")):
+    with pytest.raises(ConfigError, match=re.escape("models[0]: options.energy_split: hybrid_lstm does not use it")):
         load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}",
                                                     "{name: hybrid_lstm, options: {energy_split: false}}")))
     member = "{name: ensemble, options: {members: [{model: hybrid_param, options: {hidden_size: 8}}, {model: lstm}]}}"
@@ -272,6 +273,15 @@ def test_a_runs_own_config_that_sets_an_unused_option_still_reads(config_dir):
     with pytest.raises(ConfigError, match=re.escape("mc_samples: used only with dropout > 0")):
         load_config(path)
     assert load_config(path, stored=True).models[0].options["mc_samples"] == 20
+    # --resume with the user's config, which no longer sets it: the unused option is no difference
+    from hybridlsm.pipeline import check_resumable
+
+    run_dir = config_dir / "old-run"
+    run_dir.mkdir()
+    write_config(load_config(path, stored=True), run_dir / "config.yaml")  # as the run wrote it
+    check_resumable(load_config(write(config_dir, VALID)), run_dir)
+    with pytest.raises(ConfigError, match=r"differs .* at models\[0\].options.hidden_size: 16 -> 32"):
+        check_resumable(load_config(write(config_dir, VALID.replace("hidden_size: 16}", "hidden_size: 32}"))), run_dir)
 
 
 def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):

@@ -92,7 +92,11 @@ def test_an_edited_checkpoint_json_is_not_trusted(tmp_path):
         write_checkpoint(tmp_path, epoch, trees(epoch), {"epoch": epoch, "finished": False})
     current = tmp_path / "checkpoint.json"
     meta = json.loads(current.read_text())
-    assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 2  # laid out differently, still the same digest
+    current.write_text(json.dumps(dict(reversed(meta.items())), indent=4))  # laid out otherwise: the same digest
+    assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 2
+    current.write_text(json.dumps({**meta, "best_val": float("nan")}))  # an edit that writes NaN: no traceback
+    with pytest.warns(UserWarning, match="checkpoint.json does not match its recorded checksum"):
+        assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 1
     current.write_text(json.dumps({**meta, "finished": True}, indent=4))
     with pytest.warns(UserWarning, match="checkpoint.json does not match its recorded checksum"):
         loaded, meta = read_checkpoint(tmp_path, trees(0))

@@ -166,7 +166,7 @@ def test_a_failed_task_does_not_stop_the_others_and_resume_trains_only_it(tmp_pa
 
     def failing_at_b(cfg, exp, *args, **kwargs):
         if exp.name.endswith("SW-B"):
-            raise DataError("SW-B: a bad file")
+            raise DataError("SW-B: Precip [kg m-2 s-1] is missing [/x]")  # brackets: plain text, not markup
         return real(cfg, exp, *args, **kwargs)
 
     monkeypatch.setattr(hybridlsm.sweep, "train_experiment", failing_at_b)
@@ -179,9 +179,9 @@ def test_a_failed_task_does_not_stop_the_others_and_resume_trains_only_it(tmp_pa
             result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
             out = " ".join(result.output.split())
             assert result.exit_code == 2, result.output  # a DataError's exit code
-            assert "1 of 3 sweep task(s) failed: loso-SW-B: SW-B: a bad file" in out, out
+            assert "1 of 3 sweep task(s) failed: loso-SW-B: SW-B: Precip [kg m-2 s-1] is missing [/x]" in out, out
             assert "finished: loso-SW-A, loso-SW-C" in out and "--resume trains only what failed" in out
-            assert "sweep tasks" in out and "failed: SW-B: a bad file" in out  # the table
+            assert "sweep tasks" in out and "failed: SW-B: Precip [kg m-2 s-1]" in out  # the table
             partial = tmp_path / "runs" / ".fails.partial"
             assert partial.is_dir() and not (tmp_path / "runs" / "fails").exists()
             monkeypatch.setattr(hybridlsm.sweep, "train_experiment", real)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
+import glob
 import json
+import math
 import os
 import shutil
+import socket
 import tempfile
-import math
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -26,35 +29,49 @@ from rich.table import Table
 
 
 MATPLOTLIB_DIR_PREFIX = "hybridlsm-matplotlib-"
+#: the file in a process's matplotlib folder that the process holds locked (flock) while it runs
+MATPLOTLIB_DIR_OWNER = ".owner"
+_owner_fd: int | None = None  # kept open (and so locked) until the process ends
 
 
-def _remove_orphaned_matplotlib_dirs(parent: Path) -> list[Path]:
-    """Remove the folders ``_private_matplotlib_dir`` made for processes that no longer run (a
-    killed command cannot remove its own at exit); the removed folders."""
+def _remove_orphaned_matplotlib_dirs(parent: Path, host: str | None = None) -> list[Path]:
+    """Remove this host's and this user's folders of ``_private_matplotlib_dir`` whose process has
+    ended (a killed command cannot remove its own at exit): the kernel releases a process's lock on
+    its folder's owner file when the process ends, however it ends, so a folder whose lock can be
+    taken is an orphan (process ids are not used: they are reused, and differ between namespaces).
+    Returns the folders removed."""
     removed = []
-    for path in parent.glob(f"{MATPLOTLIB_DIR_PREFIX}*-*"):
-        pid = path.name.removeprefix(MATPLOTLIB_DIR_PREFIX).split("-")[0]
-        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+    host = socket.gethostname() if host is None else host
+    for path in parent.glob(f"{glob.escape(MATPLOTLIB_DIR_PREFIX + host)}-*"):
+        try:
+            if path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(path / MATPLOTLIB_DIR_OWNER, os.O_RDWR)
+        except OSError:  # removed meanwhile, or not a folder with an owner file: left alone
             continue
         try:
-            os.kill(int(pid), 0)  # still running (or a reused pid): left alone
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-        except (PermissionError, OverflowError):
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its process still runs
+            os.close(fd)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)
+        removed.append(path)
     return removed
 
 
 def _private_matplotlib_dir() -> None:
     """matplotlib keeps its font cache and settings in ~/.cache and ~/.config unless MPLCONFIGDIR
     says otherwise; a command of this package writes nowhere but its run directory (or --out), so
-    it gets a temporary folder, named by its process id and removed at exit, or by the next command
-    if the process was killed (rebuilding the font cache takes well under a second)."""
+    it gets a temporary folder, removed at exit, or by a later command if the process was killed
+    (rebuilding the font cache takes well under a second)."""
+    global _owner_fd
     if "MPLCONFIGDIR" in os.environ:
         return
     _remove_orphaned_matplotlib_dirs(Path(tempfile.gettempdir()))
-    path = tempfile.mkdtemp(prefix=f"{MATPLOTLIB_DIR_PREFIX}{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix=f"{MATPLOTLIB_DIR_PREFIX}{socket.gethostname()}-")
+    _owner_fd = os.open(Path(path) / MATPLOTLIB_DIR_OWNER, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(_owner_fd, fcntl.LOCK_EX)  # released by the kernel when this process ends
     os.environ["MPLCONFIGDIR"] = path
     atexit.register(shutil.rmtree, path, ignore_errors=True)
 

@@ -668,6 +668,8 @@ class ModelEntry(StrictModel):
             opts = catalogue.validate(self.name, self.options)
         except ValidationError as err:
             raise ValueError(options_problems(err, "options", catalogue.option_keys(self.name))) from None
+        except ValueError as err:  # refused outside pydantic, at a key (a true/false for a number, an unused option)
+            raise ValueError(f"options.{err}") from None
         self.options = opts.model_dump(mode="json")
         return self
 

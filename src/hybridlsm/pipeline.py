@@ -408,6 +408,16 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
     return {prefix: tree}
 
 
+def _without_unused_options(cfg: RunConfig) -> RunConfig:
+    """``cfg`` without the options each model does not use (``ModelSpec.unused_options``)."""
+    models = []
+    for m in cfg.models:
+        spec = get_model(m.name)
+        unused = spec.unused_options(spec.Options.model_validate(m.options))
+        models.append(m.model_copy(update={"options": {k: v for k, v in m.options.items() if k not in unused}}))
+    return cfg.model_copy(update={"models": models})
+
+
 def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """ConfigError naming the keys where ``cfg`` differs from the run's stored ``config.yaml`` in
     the parts that define the run (data, models, training); ``output`` may differ."""
@@ -419,8 +429,10 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         stored = load_run_config(stored_path, check_paths=False, stored=True)
     except ConfigError as err:
         raise ConfigError(f"--resume: the run's stored {stored_path} cannot be read: {err}") from None
-    # training.devices may differ: the results do not depend on it (training/sharding.py)
-    old, new = (_flat(c.model_dump(mode="json", include=set(RUN_DEFINING), exclude={"training": {"devices"}}))
+    # training.devices may differ: the results do not depend on it (training/sharding.py); so may the
+    # options a model does not use (a run written before they were refused may hold some)
+    old, new = (_flat(_without_unused_options(c).model_dump(mode="json", include=set(RUN_DEFINING),
+                                                            exclude={"training": {"devices"}}))
                 for c in (stored, cfg))
     differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if differ:

@@ -29,11 +29,13 @@ the system's temporary folder, whatever ``local_directory`` says).
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
+
+from rich.markup import escape
 
 from .config import ConfigError, RunConfig
 from .data import DataError
@@ -174,9 +176,13 @@ def _dask_train_all(scheduler: str | None, workers: int | None):
                                 failed.append((name, err))
                                 status[name] = f"failed: {err}"
                             outcome = "finished" if status[name] == "finished" else "failed"
-                            bar.update(job, advance=1, last=f"{outcome} {name}")
+                            bar.update(job, advance=1, last=escape(f"{outcome} {name}"))
                             if not console.is_terminal:
-                                console.print(f"sweep: {outcome} {name}")
+                                console.print(escape(f"sweep: {outcome} {name}"))
+            except BaseException:  # not a task's own error (a bug, Ctrl-C): what is known so far, then it
+                if status:
+                    _print_status(tasks, status)
+                raise
             finally:
                 if cluster is not None:
                     cluster.close()
@@ -196,14 +202,16 @@ def _print_status(tasks: list[SweepTask], status: dict[str, str]) -> None:
     table = Table(title="sweep tasks", title_justify="left")
     table.add_column("task")
     table.add_column("result", overflow="fold")
-    for t in tasks:
-        table.add_row(t.name, status.get(t.name, "not run"))
+    for t in tasks:  # messages are plain text, not rich markup ("[kg m-2 s-1]")
+        table.add_row(escape(t.name), escape(status.get(t.name, "not run")))
     console.print(table)
 
 
 def _sweep_failure(tasks: list[SweepTask], status: dict[str, str], failed: list[tuple[str, Exception]]) -> Exception:
-    """The first failed task's error (the same class, so the same exit code), its message naming
-    every failed task and what finished."""
+    """The error of the first failed task in the tasks' order (its class, so its exit code, whatever
+    order the tasks finished in), its message naming every failed task and what finished."""
+    order = {t.name: i for i, t in enumerate(tasks)}
+    failed = sorted(failed, key=lambda f: order[f[0]])
     finished = [t.name for t in tasks if status.get(t.name) == "finished"]
     why = "; ".join(f"{name}: {err}" for name, err in failed)
     kept = (f"; finished: {', '.join(finished)} (kept in the run's folder: --resume trains only what failed)"

@@ -158,7 +158,7 @@ def unused_hybrid_options(name: str, opts: HybridOptions) -> dict[str, str]:
     if opts.physics_init == "default":
         unused.setdefault("train_physics", "used only with physics_init: calibrated (from the default physics the "
                                            "calibrate offsets always train with the network)")
-        if name == "post_correction":
+        if name == "post_correction" and opts.calibrate:  # (calibrate: [] says as much, and is accepted)
             unused["calibrate"] = ("post_correction with physics_init: default corrects the default physics, "
                                    "calibrated on nothing")
     if not opts.static_parameters:

@@ -53,7 +53,9 @@ def _meta_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of the metadata without its own ``meta_sha256``, over its canonical JSON (sorted
     keys: the digest does not depend on how the file was laid out)."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+    # allow_nan: written metadata holds none (json_safe), but a hand-edited file may: then it does
+    # not match, rather than failing to be digested
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
 def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
