@@ -202,6 +202,32 @@ def test_gridded_wrong_unit_detected(tmp_path):
         read_gridded(path)
 
 
+def test_a_grid_stored_north_to_south_is_read_south_to_north(tmp_path):
+    """The regional air layer takes Wind_N along increasing y: a grid stored with latitude
+    descending (as many reanalyses are) reversed the north wind. Rows are now read south to north
+    (columns west to east, also across the antimeridian), with a note of what was reversed."""
+    t = pd.date_range("2000-06-01", periods=8, freq="h")
+    rng = np.random.default_rng(0)
+    tair = 290.0 + rng.standard_normal((8, 3, 2))
+    north = xr.Dataset({"Tair": (("time", "lat", "lon"), tair[:, ::-1], {"units": "K"}),
+                        "Wind_N": (("time", "lat", "lon"), np.full((8, 3, 2), 2.0), {"units": "m s-1"})},
+                       coords={"time": t, "lat": [36.0, 35.0, 34.0], "lon": [179.5, -179.5]})
+    north.to_netcdf(tmp_path / "north.nc")
+    ds = read_gridded(tmp_path / "north.nc")
+    np.testing.assert_array_equal(ds["lat"].values, [34.0, 35.0, 36.0])
+    np.testing.assert_array_equal(ds["lon"].values, [179.5, -179.5])  # eastward across 180: as stored
+    np.testing.assert_allclose(ds["Tair"].values, tair)  # row 0 is the southernmost
+    assert ds.attrs["grid_orientation"] == ("reversed to run south to north and west to east (in the file the rows "
+                                            "ran north to south)")
+    south = north.isel(lat=slice(None, None, -1), lon=slice(None, None, -1))  # columns east to west
+    south.to_netcdf(tmp_path / "south.nc")
+    again = read_gridded(tmp_path / "south.nc")
+    np.testing.assert_array_equal(again["lon"].values, [179.5, -179.5])
+    assert "columns ran east to west" in again.attrs["grid_orientation"]
+    north.isel(lat=slice(None, None, -1)).to_netcdf(tmp_path / "ascending.nc")
+    assert "grid_orientation" not in read_gridded(tmp_path / "ascending.nc").attrs
+
+
 def test_celsius_labelled_kelvin_and_a_model_calendar_are_named(tmp_path):
     t = np.arange(8.0)
     ds = xr.Dataset({"tas": (("time", "lat", "lon"), np.full((8, 2, 2), 12.0), {"units": "K"})},

@@ -355,6 +355,7 @@ def read_gridded(
             m = src[name].transpose(ydim, xdim)
             ds = ds.assign_coords({name: (("y", "x"), np.asarray(m.values), dict(m.attrs))})
     ds = ds.transpose("time", "y", "x", ...)
+    ds, orientation = _south_to_north_west_to_east(ds)
     time_attrs = dict(src["time"].attrs) if not (interval_note or offset_rule) else {
         "standard_name": "time", "long_name": "start of each interval, local standard time"}
     ds = ds.assign_coords(time=("time", t.values.astype("datetime64[ns]"), time_attrs))
@@ -397,6 +398,7 @@ def read_gridded(
             f"{zone_note} (file: {file_convention})"),
         **({"utc_offset_rule": offset_rule} if offset_rule else {}),
         **({"location_note": location["note"]} if location else {}),
+        **({"grid_orientation": orientation} if orientation else {}),
         **(metadata or {}),
     }
     return ds
@@ -473,6 +475,28 @@ def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -
             **({"location_note": location["note"]} if location else {}),
         }
     return ds
+
+
+def _south_to_north_west_to_east(ds: xr.Dataset) -> tuple[xr.Dataset, str]:
+    """``ds`` with its rows running south to north and its columns west to east, and a note of
+    what was reversed ("" if nothing). The regional air layer takes ``Wind_N`` along increasing y
+    and ``Wind_E`` along increasing x, so a grid stored north to south (as many reanalyses are)
+    would otherwise advect its air southward in a northerly wind. The direction is that of the
+    lat/lon coordinates, else of projected y/x ones; a grid with neither is taken as it is."""
+    notes = []
+    for dim, geographic, name in (("y", "lat", "rows ran north to south"), ("x", "lon", "columns ran east to west")):
+        coord = geographic if geographic in ds.coords else dim if dim in ds.coords else None
+        if coord is None or ds.sizes[dim] < 2 or not np.issubdtype(ds[coord].dtype, np.number):
+            continue
+        steps = np.diff(np.asarray(ds[coord].transpose(dim, ...).values, float), axis=0)
+        if coord == "lon":  # eastward across the antimeridian (179.5 -> -179.5) is a step of +1 degree
+            steps = (steps + 180.0) % 360.0 - 180.0
+        step = np.nanmedian(steps)
+        if step < 0:
+            ds = ds.isel({dim: slice(None, None, -1)})
+            notes.append(name)
+    return ds, ("reversed to run south to north and west to east (in the file the " + " and ".join(notes) + ")"
+                if notes else "")
 
 
 def _approximate_location(src: xr.Dataset) -> dict:
