@@ -224,6 +224,11 @@ def test_the_class_pooling_prior_adds_its_weighted_spread_to_the_loss(region):
     # the phase-2 weights are 0: the loss is the data terms plus the weighted spread
     data_loss = sum(float(v) for k, v in terms.items() if k.startswith("mse_"))
     assert float(loss) == pytest.approx(data_loss + 1e3 * spread, rel=1e-5)
+    # a run whose targets leave AvgSurfT out (data.targets: [Qh, Qle]) trains on those alone
+    # (a KeyError before)
+    fluxes = {**batch, "obs": {k: v for k, v in batch["obs"].items() if k != "AvgSurfT"}}
+    loss, terms = hybrid_loss(pooled, fluxes, None, weights, physics=physics)
+    assert sorted(k for k in terms if k.startswith("mse_")) == ["mse_Qh", "mse_Qle"]
 
 def test_residual_sd_by_day_and_night_and_the_total_by_hand():
     """The residual SD is the RMS misfit at the validation steps, by day and night; the total SD

@@ -522,7 +522,7 @@ def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: Regional
                        batch["state"], key, fields=fields)
     terms = {}
     data_loss = 0.0
-    for name in TARGETS:
+    for name in (t for t in TARGETS if t in batch["obs"]):  # the run's targets (grid_record keeps only those)
         obs = batch["obs"][name]
         mask = jnp.isfinite(obs) & batch["scored"][:, None]
         term = masked_mse(out[name] / SCALES[name], obs / SCALES[name], mask)
@@ -551,7 +551,7 @@ def hybrid_loss(model: RegionalHybrid, batch, key, weights, *, physics: Regional
 def cnn_lstm_loss(model: CNNLSTM, batch, key, weights):
     out = model.predict(batch["variables"], batch["static"], key)
     terms = {}
-    for name in ("Qh", "Qle"):
+    for name in (t for t in ("Qh", "Qle") if t in batch["obs"]):
         obs = batch["obs"][name]
         mask = jnp.isfinite(obs) & batch["scored"][:, None]
         terms[f"mse_{name}"] = masked_mse(out[name] / SCALES[name], obs / SCALES[name], mask)
