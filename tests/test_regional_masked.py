@@ -272,3 +272,26 @@ def test_the_boundary_option_reaches_the_air_layer():
     assert np.nanmax(np.abs(out["open"]["Tair_layer"] - out["periodic"]["Tair_layer"])) > 1e-4
     assert np.max(np.abs(out["open"]["boundary_heat"])) > 1.0
     assert np.max(np.abs(out["periodic"]["boundary_heat"])) < 1e-9  # nothing crosses a periodic edge
+
+
+def test_a_grid_whose_coordinates_give_no_cell_size_is_named():
+    """A latitude that repeats, or beyond the poles, gave the air layer a spacing of 0 or NaN (a
+    ValueError traceback after the run directory was written); one row gave a misleading message."""
+    from hybridlsm.models.regional import cell_spacing
+
+    grid = _grid()
+    assert cell_spacing(grid) == (2000.0, 2000.0)
+    flat = grid.assign_coords(y=("y", np.zeros(3), {"units": "km"}))
+    with pytest.raises(DataError, match=r"toy: the cell size from its x/y coordinates is dx = 2000 m, dy = 0 m"):
+        cell_spacing(flat)
+    geo = grid.drop_vars(["x", "y"]).assign_coords(lat=("y", [34.7, 34.7, 34.7]),
+                                                    lon=("x", [-98.0, -97.9, -97.8, -97.7]))
+    geo = geo.assign_coords(lat=geo["lat"].broadcast_like(geo["Tair"].isel(time=0)),
+                            lon=geo["lon"].broadcast_like(geo["Tair"].isel(time=0)))
+    with pytest.raises(DataError, match=r"the cell size from its lat/lon coordinates is dx = .* m, dy = 0 m"):
+        cell_spacing(geo)
+    with pytest.raises(DataError, match=r"lat holds values outside -90..90 degrees .* e.g. 114.7"):
+        cell_spacing(geo.assign_coords(lat=geo["lat"] + 80.0))
+    with pytest.raises(DataError, match=r"a grid of 1 x 4 cells has no spacing .* give it a cell_size_m attribute"):
+        cell_spacing(grid.isel(y=[0]))
+    assert cell_spacing(grid.isel(y=[0]).assign_attrs(cell_size_m=500.0)) == (500.0, 500.0)

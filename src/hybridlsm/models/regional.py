@@ -168,19 +168,38 @@ EARTH_RADIUS = 6.371e6  # [m]
 def cell_spacing(ds: xr.Dataset) -> tuple[float, float]:
     """(dx, dy) [m] of a grid: the ``cell_size_m`` attribute, else the spacing of ``x``/``y``
     coordinates in m or km, else the spacing of ``lat``/``lon`` fields on the sphere (mean over the
-    grid); a grid with none of these is a DataError."""
+    grid); a grid with none of these, or whose spacing is not positive and finite (a latitude that
+    repeats, or lies beyond the poles), is a DataError."""
     file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
+
+    def checked(dx: float, dy: float, source: str) -> tuple[float, float]:
+        if not (np.isfinite(dx) and np.isfinite(dy) and dx > 0 and dy > 0):
+            raise DataError(f"{file}: the cell size from {source} is dx = {dx:g} m, dy = {dy:g} m; the regional air "
+                            f"layer needs a positive, finite spacing (check {source}, or give the grid a "
+                            "cell_size_m attribute)")
+        return float(dx), float(dy)
+
     if "cell_size_m" in ds.attrs:
-        return float(ds.attrs["cell_size_m"]), float(ds.attrs["cell_size_m"])
+        return checked(float(ds.attrs["cell_size_m"]), float(ds.attrs["cell_size_m"]), "its cell_size_m attribute")
+    one_line = min(ds.sizes["x"], ds.sizes["y"]) < 2
     scale = {"m": 1.0, "metre": 1.0, "meter": 1.0, "km": 1000.0}
     units = [str(ds[c].attrs.get("units", "")) if c in ds.coords else "" for c in ("x", "y")]
-    if all(u in scale for u in units) and min(ds.sizes["x"], ds.sizes["y"]) > 1:
-        return tuple(float(np.mean(np.abs(np.diff(ds[c].values)))) * scale[u] for c, u in zip(("x", "y"), units))
-    if "lat" in ds.coords and "lon" in ds.coords and min(ds.sizes["x"], ds.sizes["y"]) > 1:
+    if all(u in scale for u in units) and not one_line:
+        dx, dy = (float(np.mean(np.abs(np.diff(ds[c].values)))) * scale[u] for c, u in zip(("x", "y"), units))
+        return checked(dx, dy, "its x/y coordinates")
+    if "lat" in ds.coords and "lon" in ds.coords and not one_line:
+        lat_deg = ds["lat"].transpose(*(d for d in ("y", "x") if d in ds["lat"].dims)).values
+        if not np.all(np.abs(lat_deg) <= 90.0):
+            raise DataError(f"{file}: lat holds values outside -90..90 degrees (or missing ones), e.g. "
+                            f"{np.asarray(lat_deg).flat[int(np.argmax(~(np.abs(lat_deg) <= 90.0)))]}; the cell size "
+                            "comes from lat/lon")
         lat, lon = (np.radians(ds[c].transpose("y", "x").values) for c in ("lat", "lon"))
         dx = EARTH_RADIUS * np.mean(np.cos(lat[:, :-1]) * np.abs(np.diff(lon, axis=1)))
         dy = EARTH_RADIUS * np.mean(np.abs(np.diff(lat, axis=0)))
-        return float(dx), float(dy)
+        return checked(float(dx), float(dy), "its lat/lon coordinates")
+    if one_line:
+        raise DataError(f"{file}: a grid of {ds.sizes['y']} x {ds.sizes['x']} cells has no spacing to read from its "
+                        "coordinates; give it a cell_size_m attribute (the regional air layer needs the cell size)")
     raise DataError(f"{file}: the cell size is unknown (no cell_size_m attribute, no x/y coordinates in m or km, "
                     "no lat/lon fields); the regional air layer needs it")
 
