@@ -263,6 +263,18 @@ def test_grid_cells_with_complete_forcing_are_the_columns_and_are_written_back(t
     np.testing.assert_array_equal(out["lat"].values, np.full((NY, NX), 35.0))
 
 
+def test_a_grid_wind_component_out_of_range_late_in_the_record_is_refused():
+    """Wind_E and Wind_N drive the regional air layer: they were range-checked on the first 24
+    steps only, so a 300 m s-1 component later on was advected silently."""
+    ds = _grid()
+    wind_e = np.full((NT, NY, NX), 2.0)
+    wind_e[:, NAN_CELL[0], NAN_CELL[1]] = np.nan
+    wind_e[30:, 0, 1] = 300.0
+    ds["Wind_E"] = (("time", "y", "x"), wind_e, {"units": "m s-1"})
+    with pytest.raises(DataError, match=r"Wind_E.*outside the physically possible range -40..40.*cell \(y=0, x=1\)"):
+        domain_from_grid(ds)
+
+
 def test_grid_land_cover_follows_the_igbp_numbering():
     ds = _grid()
     index = np.array([[1, 10, 12, 2], [9, 3, 5, 17], [0, 18, 10, 12]])

@@ -269,8 +269,9 @@ def report_missing_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> l
     return missing
 
 
-#: Variables the model forcing is built from; a value outside their range cannot drive the model.
-FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wind", "Precip")
+#: Variables the model forcing is built from (Wind_E, Wind_N: a grid's air layer); a value outside
+#: their range cannot drive the model.
+FORCING_CHECKED = ("SWdown", "LWdown", "Tair", "Qair", "VPD", "RH", "Psurf", "Wind", "Precip", "Wind_E", "Wind_N")
 OUT_OF_RANGE_POLICIES = ("error", "missing")
 
 
