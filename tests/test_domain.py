@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from hybridlsm.data import DataError, read_gridded
+from hybridlsm.data import DataError, DataWarning, read_gridded
 from hybridlsm.data.virtual import synthetic_forcing
 from hybridlsm.domain import (
     IGBP_BY_INDEX,
@@ -278,7 +278,9 @@ def test_a_grid_wind_component_out_of_range_late_in_the_record_is_refused():
 def test_grid_land_cover_follows_the_igbp_numbering():
     ds = _grid()
     index = np.array([[1, 10, 12, 2], [9, 3, 5, 17], [0, 18, 10, 12]])
-    d = domain_from_grid(ds, land_cover=xr.DataArray(index, dims=("y", "x")))
+    with pytest.warns(DataWarning, match=r"2 of 11 cell\(s\) have a land_cover value that is no IGBP class \(0, 18\), "
+                                         r"first at cell \(y=2, x=0\)"):  # never silently a default class
+        d = domain_from_grid(ds, land_cover=xr.DataArray(index, dims=("y", "x")))
     assert IGBP_BY_INDEX[0] == "ENF" and IGBP_BY_INDEX[9] == "GRA" and IGBP_BY_INDEX[11] == "CRO"
     assert len(IGBP_BY_INDEX) == 17 and IGBP_BY_INDEX[16] == "WAT"
     # cell (1, 2) is not a column; index 0 and 18 are not IGBP classes
@@ -296,6 +298,11 @@ def test_grid_land_cover_follows_the_igbp_numbering():
     codes = domain_from_grid(ds, land_cover=named).static_value("igbp")
     expected = np.where(np.delete(index.ravel(), 6) % 2 == 0, "GRA", "WAT")
     np.testing.assert_array_equal(codes, expected)
+    # classes written as text (codes or names); a fractional code is refused, not truncated
+    text = xr.DataArray(np.where(index % 2 == 0, "GRA", "water bodies"), dims=("y", "x"))
+    np.testing.assert_array_equal(domain_from_grid(ds, land_cover=text).static_value("igbp"), expected)
+    with pytest.raises(DataError, match=r"land_cover: 2 value\(s\) are not class indices \(e.g. 10.4 at index \(0, 1\)"):
+        domain_from_grid(ds, land_cover=xr.DataArray(np.where(index == 10, 10.4, index), dims=("y", "x")))
     # a land-cover field given as (x, y) is read by its dims, not its axis order
     d_t = domain_from_grid(ds, land_cover=xr.DataArray(index.T, dims=("x", "y")))
     np.testing.assert_array_equal(d_t.static_value("igbp"), want)

@@ -153,9 +153,21 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
                  for f, m in zip(flags, meanings)}  # meanings that are IGBP codes, or class names
     else:
         table = {i + 1: code for i, code in enumerate(IGBP_BY_INDEX)}
-    flat = np.asarray(values, float).ravel()
+    values = np.asarray(values)
+    if values.dtype.kind in "USO":  # the classes written as text: IGBP codes ("GRA") or names
+        text = [str(v).strip() for v in values.ravel()]
+        out = [v.upper() if v.upper() in IGBP_BY_INDEX else _IGBP_BY_KEY.get(_class_key(v), "") if v else ""
+               for v in text]
+        return np.asarray(out, dtype=object).reshape(values.shape)
+    flat = values.astype(float).ravel()
+    fractional = np.isfinite(flat) & (flat != np.round(flat))
+    if fractional.any():
+        where = np.unravel_index(int(np.argmax(fractional)), values.shape)
+        raise DataError(f"land_cover: {int(fractional.sum())} value(s) are not class indices (e.g. "
+                        f"{flat[fractional][0]:g} at index {tuple(int(i) for i in where)}); expected integer class "
+                        "codes (IGBP numbering, or the flag_values of its flag_meanings)")
     out = np.asarray([table.get(int(v), "") if np.isfinite(v) else "" for v in flat], dtype=object)
-    return out.reshape(np.shape(values))
+    return out.reshape(values.shape)
 
 
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
@@ -254,8 +266,19 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         if land_cover.shape != (ny, nx):
             raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: land_cover has dims {land_cover.dims} "
                             f"shape {land_cover.shape}; expected ({ydim}, {xdim}) = ({ny}, {nx})")  # fmt: skip
-        codes = land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
+        try:
+            codes = land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
+        except DataError as err:
+            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {err}") from None
         columns["igbp"] = codes[iy, ix]
+        unknown = columns["igbp"] == ""
+        if unknown.any():  # never silent: the column models then run on their default class's parameters
+            raw = np.asarray(land_cover.values)[iy[unknown], ix[unknown]]
+            shown = ", ".join(sorted({str(v) for v in raw})[:5])
+            warnings.warn(f"{ds.attrs.get('source_file', '<grid>')}: {int(unknown.sum())} of {len(cells)} cell(s) have "
+                          f"a land_cover value that is no IGBP class ({shown}), first at cell ({ydim}="
+                          f"{iy[unknown][0]}, {xdim}={ix[unknown][0]}); their class is unknown ('')",
+                          DataWarning, stacklevel=2)
     else:
         columns["igbp"] = np.full(len(cells), str(ds.attrs.get("igbp", "") or ""), object)
     forcing = {v: dset[v].values for v in CLIMATE_INPUTS if v in dset}

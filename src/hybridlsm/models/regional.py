@@ -278,7 +278,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
         ds = ds.assign(filled)
         ds = ds.assign({name: ds[name].where(~cell) for name in TARGETS if name in ds})
     codes = cell_classes(ds)
-    unknown = sorted({c for c in codes[active] if c not in IGBP_CLASSES})
+    unknown = sorted({str(c) for c in codes[active] if c not in IGBP_CLASSES})
     if unknown:
         raise DataError(f"{file}: cells of land cover {unknown} (not IGBP classes; '' = unknown); the regional "
                         "models need each cell's class")
