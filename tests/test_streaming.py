@@ -75,6 +75,29 @@ def test_a_gap_an_existing_store_and_a_sequence_model_are_refused(grid_store, tm
     assert not any(tmp_path.glob("*.zarr")) or sorted(p.name for p in tmp_path.glob("*.zarr")) == ["taken.zarr"]
 
 
+def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(grid_store, tmp_path):
+    """A cell with a gap in the spin-up steps was silently left out (NaN outputs, exit 0), a float16
+    overflow (inf) left out every cell, and the time axis was never checked (a duplicate time was
+    a ZeroDivisionError, a wrong time_step_s attribute was trusted)."""
+    src = xr.open_zarr(grid_store)
+    gappy = src.copy()
+    gappy["Tair"] = src["Tair"].where(~((src.y == 2000.0) & (src.x == 1000.0) & (src["time"] == src["time"][10])))
+    with pytest.raises(DataError, match=r"forcing 'Tair' is missing at cell \(y=2, x=1\), time 2021-01-01T05:00.* "
+                                        r"spin-up, decide which cells are columns"):
+        stream_column_model(_physics(), gappy, tmp_path / "a.zarr", spinup_days=2, progress=False)
+    overflow = src.copy()
+    overflow["Psurf"] = src["Psurf"].where(src["time"] != src["time"][3], np.inf)
+    with pytest.raises(DataError, match=r"forcing 'Psurf' is infinite at cell \(y=0, x=0\)"):
+        stream_column_model(_physics(), overflow, tmp_path / "b.zarr", spinup_days=2, progress=False)
+    times = src["time"].values.copy()
+    times[1] = times[0]
+    with pytest.raises(DataError, match=r"time is not sorted: .* \(index 1\)"):
+        stream_column_model(_physics(), src.assign_coords(time=times), tmp_path / "c.zarr", progress=False)
+    with pytest.raises(DataError, match=r"attrs\['time_step_s'\] = 3600 s, but the time coordinate steps by 1800 s"):
+        stream_column_model(_physics(), src.assign_attrs(time_step_s=3600.0), tmp_path / "d.zarr", progress=False)
+    assert not any(tmp_path.glob("*.zarr"))  # nothing left behind
+
+
 # ------------------------------------------------------------------------ static attributes
 
 #: every kind of source: a coordinate, a (y, x) field, the land cover, the climate summaries

@@ -37,6 +37,7 @@ import numpy as np
 
 from .config import ConfigError
 from .data import DataError, detect_format, prepare_forcing, read_site
+from .data.gridprep import check_regular_time
 from .data.splits import TEST
 from .domain import Domain, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, StreamingUnsupported, load_run_config, load_saved_model
@@ -131,6 +132,10 @@ def _open_store(path: Path, spec, model, options, label: str, start: str | None,
     except Exception as err:  # zarr and xarray raise many kinds; the message says which
         raise PredictError(f"{path}: cannot be opened as a zarr store ({type(err).__name__}: {err})") from None
     source.encoding["source"] = str(path)
+    try:  # before --start/--end select on it: a time axis that is not regular and increasing
+        check_regular_time(source)
+    except DataError as err:
+        raise PredictError(str(err)) from None
     write_from = 0
     if start is not None or end is not None:
         # as for a file in memory: the model runs from the store's start (spin-up, states) up to --end

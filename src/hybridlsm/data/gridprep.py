@@ -59,7 +59,7 @@ P_STANDARD = 101325.0
 
 
 def _label(ds) -> str:
-    return str(ds.attrs.get("source_file") or ds.attrs.get("site_id") or "<dataset>")
+    return str(ds.attrs.get("source_file") or ds.attrs.get("site_id") or ds.encoding.get("source") or "<dataset>")
 
 
 def _add_repairs(ds: xr.Dataset, lines: list[str]) -> None:

@@ -12,9 +12,10 @@ bands of whole rows (``cells_per_block`` cells at most) and time into chunks of 
 - peak memory is set by ``cells_per_block x time_chunk`` (and the spin-up period), not by the grid
   size or the record length (``benchmarks/scaling.py`` measures it).
 
-A cell is a column when its forcing is complete over the spin-up period (sea and masked cells are
-NaN in the outputs, as ``hybridlsm predict`` writes grids); a later gap in a column is a DataError
-naming the variable, cell and time: forcing must be gap-free. Every band starts from the state the
+A cell is a column when its forcing is complete over the spin-up period (sea and masked cells, with
+no forcing there, are NaN in the outputs, as ``hybridlsm predict`` writes grids); a gap, in the
+spin-up or later, in a cell that has forcing is a DataError naming the variable, cell and time:
+forcing must be gap-free (``_band_columns``). Every band starts from the state the
 model reaches by cycling the band's first ``spinup_days`` of forcing (``ColumnModel.spun_up_state``;
 ``predict`` cycles up to a year, which a grid beyond memory cannot hold at once).
 
@@ -47,6 +48,7 @@ import xarray as xr
 
 from ..data import DataError
 from ..data.checks import refuse_out_of_range
+from ..data.gridprep import check_regular_time
 from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
 from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
@@ -95,14 +97,18 @@ def _grid_dims(source: xr.Dataset) -> tuple[str, str]:
 
 def _grid_setup(source: xr.Dataset, variables: Sequence[str]) -> tuple[str, str, str, float]:
     """(where, ydim, xdim, step_s) of a lazily read grid that must hold ``variables``: where names
-    the source in messages, step_s from ``attrs["time_step_s"]`` or the ``time`` coordinate."""
+    the source in messages, step_s that of its ``time`` coordinate, which must be regular and
+    increasing (and agree with ``attrs["time_step_s"]`` where that is given)."""
     where = str(source.encoding.get("source", "<grid>"))
     missing = [v for v in variables if v not in source]
     if missing:
         raise DataError(f"{where}: forcing variable(s) {missing} missing; the grid has {sorted(source.data_vars)}")
     ydim, xdim = _grid_dims(source)
-    step_s = float(source.attrs.get("time_step_s") or (source["time"].values[1] - source["time"].values[0])
-                   / np.timedelta64(1, "s"))  # fmt: skip
+    step_s = check_regular_time(source)  # a DataError naming the index for a time axis that is not regular
+    declared = source.attrs.get("time_step_s")
+    if declared is not None and abs(float(declared) - step_s) > 1e-6 * step_s:
+        raise DataError(f"{where}: attrs['time_step_s'] = {float(declared):g} s, but the time coordinate steps by "
+                        f"{step_s:g} s; correct or remove the attribute")
     return where, ydim, xdim, step_s
 
 
@@ -206,6 +212,44 @@ def _refuse_gap(values: np.ndarray, var: str, unit: str, times: np.ndarray, wher
         raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at {cell(int(c))}, time {times[t]}; {why}")
 
 
+def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, nx: int, where: str) -> np.ndarray:
+    """The band's columns (flat indices in C order): the cells whose forcing is complete over the
+    spin-up steps ``spin`` (``_read_band``). A cell without any forcing there (sea, masked) is not
+    one; a cell with a gap there, or an infinite value, is a DataError naming the variable, cell and
+    time (as in memory: never a cell silently left out); a cell that lacks a variable at every
+    spin-up step but has the others is left out with a DataWarning, as ``domain_from_grid`` does."""
+    import warnings
+
+    from ..data import DataWarning
+
+    def cell(c: int) -> str:
+        return f"cell (y={rows.start + c // nx}, x={c % nx})"
+
+    given = {var: ~np.isnan(a) for var, a in spin.items()}
+    for var, a in spin.items():
+        if np.isinf(a).any():
+            t, c = np.argwhere(np.isinf(a))[0]
+            raise DataError(f"{where}: forcing {var!r} is infinite at {cell(int(c))}, time {times[t]} (an overflow, "
+                            "e.g. of a float16 variable?)")
+        partial = given[var].any(axis=0) & ~given[var].all(axis=0)
+        if partial.any():
+            c = int(np.argmax(partial))
+            t = int(np.argmax(~given[var][:, c]))
+            raise DataError(f"{where}: forcing {var!r} is missing at {cell(c)}, time {times[t]} (the first "
+                            f"{len(times)} steps, the spin-up, decide which cells are columns: a cell is one where its "
+                            "forcing is complete, not one where it is absent); the model needs gap-free forcing")
+    complete = np.all([g.all(axis=0) for g in given.values()], axis=0)
+    some = np.any([g.any(axis=0) for g in given.values()], axis=0)
+    lacking = some & ~complete
+    if lacking.any():
+        c = int(np.argmax(lacking))
+        absent = [var for var, g in given.items() if not g[:, c].any()]
+        warnings.warn(f"{where}: {int(lacking.sum())} cell(s) of rows {rows.start}-{rows.stop - 1} lack some forcing at "
+                      f"every step of the spin-up (first {cell(c)}: {', '.join(absent)}); they are not modelled (no "
+                      "output there)", DataWarning, stacklevel=3)
+    return np.flatnonzero(complete)
+
+
 def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
                   dtype, where: str) -> Forcing:
     """The ``Forcing`` of the band's columns ``cells`` (flat indices within the band) from
@@ -301,7 +345,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     def run_band(band: slice, advance) -> None:
         n_rows = band.stop - band.start
         spin = _read_band(source, ydim, xdim, band, slice(0, spin_steps))  # read once: columns and spin-up
-        used = np.flatnonzero(np.all([np.isfinite(a).all(axis=0) for a in spin.values()], axis=0))
+        used = _band_columns(spin, times[:spin_steps], band, nx, where)
         if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
             advance(len(chunks))
             return
