@@ -464,3 +464,22 @@ def test_the_regional_hybrids_vpd_option_builds_its_physics_with_the_response():
     assert hybrid_physics(data, net).land.rs_vpd_d0 == 2.5 and hybrid_physics(data, plain).land.rs_vpd_d0 is None
     with pytest.raises(ValueError, match="rs_vpd_d0"):
         validate_options("regional_hybrid", {"rs_vpd_d0": 0.0})
+
+
+def test_a_grid_the_regional_data_preparation_refuses_is_refused_before_a_run_writes():
+    """A run checks each model against each domain before it writes anything
+    (``pipeline.check_inputs``); the regional data preparation's own refusals (a gap, a class the
+    model lacks, no cell size) came only in training, after the run's folder was written."""
+    from hybridlsm.domain import domain_from_grid
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("regional_fixed_kh")
+    ds = _grid()
+    domain = domain_from_grid(ds)
+    spec.check_required_inputs(validate_options("regional_fixed_kh", {}), domain, "fixed")
+    with pytest.raises(DataError, match=r"fixed \(regional_fixed_kh\): toy: cells of class \['CRO'\], which the model "
+                                        r"does not know"):
+        spec.check_required_inputs(validate_options("regional_fixed_kh", {"classes": ["GRA"]}), domain, "fixed")
+    flat = domain_from_grid(ds.assign_coords(y=("y", np.zeros(3), {"units": "km"})))
+    with pytest.raises(DataError, match=r"fixed \(regional_fixed_kh\): .*the cell size from its x/y coordinates"):
+        spec.check_required_inputs(validate_options("regional_fixed_kh", {}), flat, "fixed")

@@ -237,16 +237,14 @@ def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> np.ndarray | None:
     return product_albedo(np.where(active, albedo.values, 0.2), names, file, required=active.reshape(-1))
 
 
-def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
-                constants: dict | None = None, boundary: str = "open") -> RegionData:
-    """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
-    ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``). A cell whose forcing is
-    missing at every step (or whose ``mask`` is 0) is not a column (``active_cells``): it is not
-    modelled, and nothing is estimated for it (``RegionData.active``); every other cell needs
-    complete forcing: a missing forcing variable or a gap is a DataError naming it. ``classes``:
-    the IGBP classes of the land-cover one-hot (default: those of the map's columns);
-    ``constants``: the normalisation's (default: this record's). Both as a trained model recorded
-    them, to apply it to another grid. ``boundary``: the air layer's ("open" or "periodic")."""
+def checked_region(ds: xr.Dataset, classes: tuple[str, ...] | None = None):
+    """``(ds, active, codes, classes, spacing, advection)`` of a gridded canonical dataset, after
+    every check ``region_data`` makes of it (a DataError naming the variable, cell and time, or the
+    class): ``ds`` on (time, y, x) with wind components (0 where the forcing gives the speed alone,
+    ``advection`` False), ``active`` (ny, nx) its columns, ``codes`` (N,) each cell's IGBP class (the
+    columns' most common one where no column is), ``classes`` those of the one-hot (``classes``, or
+    the map's), ``spacing`` (dx, dy) [m]. A run calls it before it writes anything
+    (``RegionalSpec.check_required_inputs``)."""
     file = ds.attrs.get("source_file", ds.attrs.get("site_id", "<grid>"))
     ds = ds.transpose("time", "y", "x", ...)
     advection = "Wind_E" in ds or "Wind_N" in ds
@@ -267,6 +265,36 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
                             f"and {int(bad.sum()) - 1} more values; the regional models need complete forcing in "
                             "every cell that has some (a cell without any is not modelled; the column models run "
                             "on gappy records)")
+    codes = cell_classes(ds)
+    unknown = sorted({str(c) for c in codes[active] if c not in IGBP_CLASSES})
+    if unknown:
+        raise DataError(f"{file}: cells of land cover {unknown} (not IGBP classes; '' = unknown); the regional "
+                        "models need each cell's class")
+    if (~active).any():  # a class for the columns that are not modelled (LaD needs one; the one-hot is 0)
+        values, counts = np.unique(codes[active], return_counts=True)
+        codes = np.where(active, codes, values[np.argmax(counts)])
+    codes = codes.reshape(-1)
+    classes = tuple(sorted(set(codes.tolist()), key=IGBP_CLASSES.index)) if classes is None else tuple(classes)
+    extra = sorted(set(codes.tolist()) - set(classes))
+    if extra:
+        raise DataError(f"{file}: cells of class {extra}, which the model does not know (it knows "
+                        f"{', '.join(classes)})")
+    spacing = cell_spacing(ds)
+    _albedo_product(ds, active)  # its checks
+    return ds, active, codes, classes, spacing, advection
+
+
+def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None = None,
+                constants: dict | None = None, boundary: str = "open") -> RegionData:
+    """A :class:`RegionData` from a gridded canonical dataset on (time, y, x) (e.g.
+    ``data.virtual_region.virtual_region``, ``Domain.grid_dataset``). A cell whose forcing is
+    missing at every step (or whose ``mask`` is 0) is not a column (``active_cells``): it is not
+    modelled, and nothing is estimated for it (``RegionData.active``); every other cell needs
+    complete forcing: a missing forcing variable or a gap is a DataError naming it. ``classes``:
+    the IGBP classes of the land-cover one-hot (default: those of the map's columns);
+    ``constants``: the normalisation's (default: this record's). Both as a trained model recorded
+    them, to apply it to another grid. ``boundary``: the air layer's ("open" or "periodic")."""
+    ds, active, codes, classes, spacing, advection = checked_region(ds, classes)
     source, inactive = ds, ~active
     if inactive.any():
         # inside the model only: the columns of cells that are not modelled run on the active cells'
@@ -277,23 +305,8 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
                   for name in (*REGIONAL_FORCING, "Wind") if ds[name].dims == dims}
         ds = ds.assign(filled)
         ds = ds.assign({name: ds[name].where(~cell) for name in TARGETS if name in ds})
-    codes = cell_classes(ds)
-    unknown = sorted({str(c) for c in codes[active] if c not in IGBP_CLASSES})
-    if unknown:
-        raise DataError(f"{file}: cells of land cover {unknown} (not IGBP classes; '' = unknown); the regional "
-                        "models need each cell's class")
-    if inactive.any():  # a class for the columns that are not modelled (LaD needs one; the one-hot is 0)
-        values, counts = np.unique(codes[active], return_counts=True)
-        codes = np.where(active, codes, values[np.argmax(counts)])
-    codes = codes.reshape(-1)
-    classes = tuple(sorted(set(codes.tolist()), key=IGBP_CLASSES.index)) if classes is None else tuple(classes)
-    extra = sorted(set(codes.tolist()) - set(classes))
-    if extra:
-        raise DataError(f"{file}: cells of class {extra}, which the model does not know (it knows "
-                        f"{', '.join(classes)})")
     ny, nx = ds.sizes["y"], ds.sizes["x"]
     n, t = ny * nx, ds.sizes["time"]
-    spacing = cell_spacing(ds)
     dtype = jnp.zeros(0).dtype if dtype is None else dtype
     grid = ds[[*REGIONAL_FORCING, "Wind"]].stack(column=("y", "x")).transpose("time", "column")
     column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=float(ds.attrs["time_step_s"]))], dtype=dtype)

@@ -60,6 +60,7 @@ from .regional import (
     new_cnn_lstm,
     new_hybrid,
     predict_regional,
+    checked_region,
     region_data,
     residual_sd,
     train_regional,
@@ -270,6 +271,17 @@ class RegionalSpec(EquinoxSpec):
 
     def required_inputs(self, options: RegionalOptions) -> tuple[str, ...]:
         return ("Tair", "Qair", "Psurf", "Wind", "SWdown", "LWdown", "Precip")
+
+    def check_required_inputs(self, options: RegionalOptions, domain: Domain, label: str) -> None:
+        """Also every check the regional data preparation makes of a grid (``checked_region``: gaps
+        in a column, land cover the model's classes lack, the cell size), so that a run refuses
+        such a grid before it writes anything, not in training."""
+        super().check_required_inputs(options, domain, label)
+        if domain.kind == "grid":
+            try:
+                checked_region(domain.grid_dataset(), tuple(options.classes))
+            except DataError as err:
+                raise DataError(f"{label} ({self.name}): {err}") from None
 
     def _data(self, run: RegionalRun, ds):
         data = region_data(ds, jnp.zeros(0).dtype, classes=run.classes, constants=dict(run.constants) or None,
