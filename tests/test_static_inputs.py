@@ -38,6 +38,21 @@ def test_a_site_without_a_needed_attribute_is_refused_by_name(values, message):
         static_features(values, names, ["SITE-X"])
 
 
+def test_check_domain_refuses_a_domain_without_a_needed_attribute():
+    """``hybridlsm predict`` checks every input with ``check_domain`` before it writes anything: a
+    site without an attribute the networks take failed only in ``predict``, after provenance.json
+    of an earlier prediction into the same --out had been rewritten as incomplete."""
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("hybrid_param")
+    model = spec.build(validate_options("hybrid_param", {"static_inputs": ["elevation"]}))
+    site = virtual_site(site_id="S", days=3)
+    spec.check_domain(model, domain_from_site(site))
+    site.attrs["elevation"] = float("nan")
+    with pytest.raises(DataError, match="S: static attribute 'elevation' is unknown"):
+        spec.check_domain(model, domain_from_site(site))
+
+
 @pytest.mark.parametrize("name", ["hybrid_param", pytest.param("hybrid_flux", marks=pytest.mark.slow),
                                   pytest.param("hybrid_lstm", marks=pytest.mark.slow)])  # ~7 s each
 @pytest.mark.slow  # a few seconds; in make test, not test-fast

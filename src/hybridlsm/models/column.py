@@ -402,15 +402,20 @@ def with_model_trajectory(model: ColumnModel, rec: SiteRecord) -> SiteRecord:
 # ------------------------------------------------------------------------------ predict
 
 
-def domain_inputs(model: ColumnModel, domain: Domain) -> tuple[Forcing, dict]:
-    """(T, N) forcing and (N,) parameters (with ``model``'s per-site offset weights) of a domain."""
+def domain_params(model: ColumnModel, domain: Domain) -> dict:
+    """(N,) parameters of a domain's columns with ``model``'s per-site offset weights and the static
+    attributes its networks take (a DataError naming the column that lacks one)."""
     dtype = jnp.zeros(0).dtype
-    forcing = forcing_from_datasets([domain.data], dtype=dtype)
     base, classes, _ = domain_base_params(domain, dtype)
     base, _ = model.with_site_weights(base, domain.column_ids, classes)
     static = {k: domain.static_value(k) for k in model.static_inputs if k in domain.static}
     where = domain.column_ids if domain.kind == "site" else [f"{domain.name}/{c}" for c in domain.column_ids]
-    return forcing, model.with_static(base, static, where)
+    return model.with_static(base, static, where)
+
+
+def domain_inputs(model: ColumnModel, domain: Domain) -> tuple[Forcing, dict]:
+    """(T, N) forcing and (N,) parameters (``domain_params``) of a domain."""
+    return forcing_from_datasets([domain.data], dtype=jnp.zeros(0).dtype), domain_params(model, domain)
 
 
 @eqx.filter_jit

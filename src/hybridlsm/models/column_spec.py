@@ -13,6 +13,7 @@ from .column import (
     column_provenance,
     column_skeleton,
     column_structure,
+    domain_params,
     predict_column_model,
 )
 from .registry import EquinoxSpec, check_time_step
@@ -36,6 +37,8 @@ class ColumnSpec(EquinoxSpec):
     def check_domain(self, model: ColumnModel, domain: Domain) -> None:
         if model.dynamic_net is not None:  # per-step networks (hybrid_param, hybrid_flux) run at any step
             check_time_step(self.name, model.time_steps, domain)
+        if model.static_inputs:  # each column's static attributes (an unknown one is a DataError), before writing
+            domain_params(model, domain)
 
     def predict(self, model: ColumnModel, domain: Domain) -> dict[str, np.ndarray]:
         self.check_domain(model, domain)
