@@ -226,6 +226,11 @@ def test_a_grid_stored_north_to_south_is_read_south_to_north(tmp_path):
     assert "columns ran east to west" in again.attrs["grid_orientation"]
     north.isel(lat=slice(None, None, -1)).to_netcdf(tmp_path / "ascending.nc")
     assert "grid_orientation" not in read_gridded(tmp_path / "ascending.nc").attrs
+    # a land-cover field not on the grid's dims was dropped without a word
+    north.assign(land_cover=(("time", "lat", "lon"), np.full((8, 3, 2), 10))).to_netcdf(tmp_path / "lc.nc")
+    with pytest.warns(DataWarning, match=r"lc.nc: variable land_cover has dims \('time', 'lat', 'lon'\), not the "
+                                         r"grid's \(lat, lon\); it is not used"):
+        assert "land_cover" in read_gridded(tmp_path / "lc.nc").attrs["unmapped_variables"]
 
 
 def test_celsius_labelled_kelvin_and_a_model_calendar_are_named(tmp_path):

@@ -95,6 +95,9 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
         stream_column_model(_physics(), src.assign_coords(time=times), tmp_path / "c.zarr", progress=False)
     with pytest.raises(DataError, match=r"attrs\['time_step_s'\] = 3600 s, but the time coordinate steps by 1800 s"):
         stream_column_model(_physics(), src.assign_attrs(time_step_s=3600.0), tmp_path / "d.zarr", progress=False)
+    odd = src["land_cover"].rename({"y": "a", "x": "b"})
+    with pytest.raises(DataError, match=r"land_cover has dims \('a', 'b'\); expected the grid's \(y, x\)"):
+        stream_column_model(_physics(), src, tmp_path / "e.zarr", land_cover=odd, progress=False)
     assert not any(tmp_path.glob("*.zarr"))  # nothing left behind
 
 

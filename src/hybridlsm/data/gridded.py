@@ -354,6 +354,10 @@ def read_gridded(
         if name in src.data_vars and set(src[name].dims) == {ydim, xdim}:
             m = src[name].transpose(ydim, xdim)
             ds = ds.assign_coords({name: (("y", "x"), np.asarray(m.values), dict(m.attrs))})
+        elif name in src.data_vars:  # never dropped without a word
+            warnings.warn(f"{file}: variable {name} has dims {src[name].dims}, not the grid's ({ydim}, {xdim}); it "
+                          "is not used (a field of one value per cell is)", DataWarning, stacklevel=2)
+            unmapped.append(name)
     ds = ds.transpose("time", "y", "x", ...)
     ds, orientation = _south_to_north_west_to_east(ds)
     time_attrs = dict(src["time"].attrs) if not (interval_note or offset_rule) else {

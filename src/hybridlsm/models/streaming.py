@@ -116,6 +116,9 @@ def _cell_codes(source: xr.Dataset, ydim: str, xdim: str, land_cover: xr.DataArr
     """(ny, nx) land-cover codes: ``land_cover``'s (IGBP numbering or CF flag_meanings), else the
     class in ``source.attrs["igbp"]`` for every cell, or "" (unknown: the LaD default class)."""
     if land_cover is not None:
+        if set(land_cover.dims) != {ydim, xdim}:
+            raise DataError(f"{source.encoding.get('source', '<grid>')}: land_cover has dims {land_cover.dims}; "
+                            f"expected the grid's ({ydim}, {xdim}), one class per cell")
         return land_cover_codes(np.asarray(land_cover.transpose(ydim, xdim).values), dict(land_cover.attrs))
     return np.full((source.sizes[ydim], source.sizes[xdim]), str(source.attrs.get("igbp", "") or ""), object)
 
