@@ -483,3 +483,18 @@ def test_a_grid_the_regional_data_preparation_refuses_is_refused_before_a_run_wr
     flat = domain_from_grid(ds.assign_coords(y=("y", np.zeros(3), {"units": "km"})))
     with pytest.raises(DataError, match=r"fixed \(regional_fixed_kh\): .*the cell size from its x/y coordinates"):
         spec.check_required_inputs(validate_options("regional_fixed_kh", {}), flat, "fixed")
+
+
+def test_a_one_cell_grid_read_as_a_plumber2_site_says_how_to_read_it_as_a_grid(tmp_path):
+    from hybridlsm.pipeline import read_grid_file
+
+    t = pd.date_range("2000-06-01", periods=48, freq="h")
+    units = {"Tair": (290.0, "K"), "Qair": (0.008, "kg/kg"), "PSurf": (1e5, "Pa"), "Wind": (3.0, "m/s"),
+             "SWdown": (300.0, "W/m2"), "LWdown": (350.0, "W/m2"), "Rainf": (0.0, "kg/m2/s")}
+    ds = xr.Dataset({k: (("time", "lat", "lon"), np.full((48, 1, 1), v), {"units": u}) for k, (v, u) in units.items()},
+                    coords={"time": t, "lat": [35.0], "lon": [-98.0]})
+    ds.to_netcdf(tmp_path / "one.nc")
+    with pytest.raises(ConfigError, match=r"format 'plumber2' is not a gridded format.*give data.grid: \{path: ..., "
+                                          r"format: gridded\}"):
+        read_grid_file(tmp_path / "one.nc")
+    assert read_grid_file(tmp_path / "one.nc", "gridded").n_columns == 1

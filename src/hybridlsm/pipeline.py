@@ -138,9 +138,11 @@ def read_site_spec(spec: SiteSpec) -> xr.Dataset:
 def read_grid_file(path: Path, fmt: str | None = None, options: dict | None = None) -> Domain:
     """A gridded file (a reader of :data:`GRID_FORMATS`) as the Domain of its cells with forcing
     (``domain_from_grid``: a gap is refused), humidity in every form; its land cover where it has one."""
-    fmt = fmt or detect_format(path)
+    given, fmt = fmt, fmt or detect_format(path)
     if fmt not in GRID_FORMATS:
-        raise ConfigError(f"{path}: format {fmt!r} is not a gridded format; expected one of {GRID_FORMATS}")
+        hint = ("" if given or fmt != "plumber2" else " (detected from the file: a grid of one cell reads as a "
+                "PLUMBER2 site; give data.grid: {path: ..., format: gridded} to read it as a grid)")
+        raise ConfigError(f"{path}: format {fmt!r} is not a gridded format; expected one of {GRID_FORMATS}{hint}")
     try:
         get_reader(fmt).check_options(options or {})
     except (DataError, TypeError) as err:
