@@ -173,6 +173,12 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     assert prov["failed"].startswith(str(out / "vgrid-hot_physics.zarr")) and "Tair" in prov["failed"]
     assert np.isfinite(xr.open_zarr(out / "vgrid_physics.zarr")["Qle"].values).all()
     assert json.loads((run_dir / "applied-zarr" / "provenance.json").read_text())["complete"] is True
+    # a netCDF grid of the same name as a store: provenance.json would hold one entry for both
+    grid.isel(time=slice(0, 48)).to_netcdf(run_dir / "vgrid.nc")
+    twin = _cli("predict", str(run_dir), str(store), str(run_dir / "vgrid.nc"), "--model", "physics", "--out",
+                str(run_dir / "no-twins"))
+    assert twin.returncode == 2 and "a zarr store and a file both named ['vgrid']" in twin.stderr, twin.stderr[-2000:]
+    assert not (run_dir / "no-twins").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -210,6 +210,9 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
         check_site_folders([d.name for _, d, _, _ in domains])
     except DataError as err:
         raise PredictError(f"{err} (e.g. two periods of one site: predict them into separate --out folders)") from None
+    both = sorted({p.stem for p, _, _, _ in streams} & {d.name for _, d, _, _ in domains})
+    if both:  # provenance.json has one entry per name
+        raise PredictError(f"a zarr store and a file both named {both}; predict them into separate --out folders")
     provenance: dict[str, dict[str, str]] = {}
     pending = [str(store) for _, _, store, _ in streams] + [d.name for _, d, _, _ in domains]
 
