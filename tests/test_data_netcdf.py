@@ -202,10 +202,15 @@ def test_gridded_wrong_unit_detected(tmp_path):
         read_gridded(path)
 
 
-def test_a_grid_stored_north_to_south_is_read_south_to_north(tmp_path):
-    """The regional air layer takes Wind_N along increasing y: a grid stored with latitude
-    descending (as many reanalyses are) reversed the north wind. Rows are now read south to north
-    (columns west to east, also across the antimeridian), with a note of what was reversed."""
+def test_the_wind_of_a_grid_stored_north_to_south_turns_with_its_rows(tmp_path):
+    """The regional air layer advects along increasing index: a grid stored with latitude
+    descending (as many reanalyses are) advected its air against the wind. The grid keeps the
+    file's layout; ``grid_axis_signs`` says which way each index runs (lat/lon, else projected y/x;
+    eastward across the antimeridian too), and the regional data turns the wind components."""
+    from hybridlsm.data.gridded import grid_axis_signs
+    from hybridlsm.domain import domain_from_grid
+    from hybridlsm.models.regional import region_data
+
     t = pd.date_range("2000-06-01", periods=8, freq="h")
     rng = np.random.default_rng(0)
     tair = 290.0 + rng.standard_normal((8, 3, 2))
@@ -214,18 +219,45 @@ def test_a_grid_stored_north_to_south_is_read_south_to_north(tmp_path):
                        coords={"time": t, "lat": [36.0, 35.0, 34.0], "lon": [179.5, -179.5]})
     north.to_netcdf(tmp_path / "north.nc")
     ds = read_gridded(tmp_path / "north.nc")
-    np.testing.assert_array_equal(ds["lat"].values, [34.0, 35.0, 36.0])
-    np.testing.assert_array_equal(ds["lon"].values, [179.5, -179.5])  # eastward across 180: as stored
-    np.testing.assert_allclose(ds["Tair"].values, tair)  # row 0 is the southernmost
-    assert ds.attrs["grid_orientation"] == ("reversed to run south to north and west to east (in the file the rows "
-                                            "ran north to south)")
-    south = north.isel(lat=slice(None, None, -1), lon=slice(None, None, -1))  # columns east to west
-    south.to_netcdf(tmp_path / "south.nc")
-    again = read_gridded(tmp_path / "south.nc")
-    np.testing.assert_array_equal(again["lon"].values, [179.5, -179.5])
-    assert "columns ran east to west" in again.attrs["grid_orientation"]
-    north.isel(lat=slice(None, None, -1)).to_netcdf(tmp_path / "ascending.nc")
-    assert "grid_orientation" not in read_gridded(tmp_path / "ascending.nc").attrs
+    np.testing.assert_array_equal(ds["lat"].values, [36.0, 35.0, 34.0])  # the file's layout
+    np.testing.assert_allclose(ds["Tair"].values, tair[:, ::-1])
+    assert grid_axis_signs(ds) == (1.0, -1.0)
+    west = read_gridded(_write(north.isel(lon=slice(None, None, -1)), tmp_path / "west.nc"))
+    assert grid_axis_signs(west) == (-1.0, -1.0)
+    assert grid_axis_signs(read_gridded(_write(north.isel(lat=slice(None, None, -1)), tmp_path / "up.nc"))) == (1.0, 1.0)
+    # projected: a northing that decreases along y; no coordinate at all: as stored
+    projected = xr.Dataset(coords={"y": ("y", [3000.0, 2000.0, 1000.0]), "x": ("x", [0.0, 1000.0])})
+    assert grid_axis_signs(projected) == (1.0, -1.0) and grid_axis_signs(xr.Dataset()) == (1.0, 1.0)
+    # the regional models' forcing: the northward wind runs toward lower row index in this grid
+    grid = _regional_grid(lat=[36.0, 35.0, 34.0])
+    data = region_data(domain_from_grid(grid).grid_dataset(), np.float64)
+    np.testing.assert_allclose(np.asarray(data.forcing.wind_v), -2.0)
+    np.testing.assert_allclose(np.asarray(data.forcing.wind_u), 1.0)
+    flipped = region_data(domain_from_grid(_regional_grid(lat=[34.0, 35.0, 36.0])).grid_dataset(), np.float64)
+    np.testing.assert_allclose(np.asarray(flipped.forcing.wind_v), 2.0)
+
+
+def _write(ds: xr.Dataset, path) -> object:
+    ds.to_netcdf(path)
+    return path
+
+
+def _regional_grid(lat) -> xr.Dataset:
+    """A canonical 3 x 2 grid with a northward and an eastward wind on the given latitudes."""
+    t = pd.date_range("2000-06-01", periods=6, freq="h")
+    full = lambda v: (("time", "y", "x"), np.full((6, 3, 2), v))  # noqa: E731
+    ds = xr.Dataset({"Tair": full(290.0), "Qair": full(0.008), "Psurf": full(1e5), "Wind": full(2.2),
+                     "Wind_E": full(1.0), "Wind_N": full(2.0), "SWdown": full(300.0), "LWdown": full(350.0),
+                     "Precip": full(0.0)},
+                    coords={"time": t, "lat": ("y", lat), "lon": ("x", [-98.0, -97.9])},
+                    attrs={"time_step_s": 3600.0, "site_id": "g"})
+    return ds.assign_coords(land_cover=(("y", "x"), np.full((3, 2), 10)))
+
+
+def test_a_static_field_off_the_grid_is_named_not_dropped(tmp_path):
+    t = pd.date_range("2000-06-01", periods=8, freq="h")
+    north = xr.Dataset({"Tair": (("time", "lat", "lon"), np.full((8, 3, 2), 290.0), {"units": "K"})},
+                       coords={"time": t, "lat": [36.0, 35.0, 34.0], "lon": [179.5, -179.5]})
     # a land-cover field not on the grid's dims was dropped without a word
     north.assign(land_cover=(("time", "lat", "lon"), np.full((8, 3, 2), 10))).to_netcdf(tmp_path / "lc.nc")
     with pytest.warns(DataWarning, match=r"lc.nc: variable land_cover has dims \('time', 'lat', 'lon'\), not the "

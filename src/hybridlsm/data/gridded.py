@@ -53,7 +53,7 @@ from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
 
-__all__ = ["read_gridded", "read_reference_snapshot", "GRIDDED_VARIABLES", "KNOWN_WRONG_UNITS",
+__all__ = ["read_gridded", "read_reference_snapshot", "grid_axis_signs", "GRIDDED_VARIABLES", "KNOWN_WRONG_UNITS",
            "SOURCE_TIME_ZONES", "STATIC_FIELDS", "utc_offset_from_longitude", "to_local_standard_time"]
 
 GRIDDED_VARIABLES: dict[str, str] = {
@@ -359,7 +359,6 @@ def read_gridded(
                           "is not used (a field of one value per cell is)", DataWarning, stacklevel=2)
             unmapped.append(name)
     ds = ds.transpose("time", "y", "x", ...)
-    ds, orientation = _south_to_north_west_to_east(ds)
     time_attrs = dict(src["time"].attrs) if not (interval_note or offset_rule) else {
         "standard_name": "time", "long_name": "start of each interval, local standard time"}
     ds = ds.assign_coords(time=("time", t.values.astype("datetime64[ns]"), time_attrs))
@@ -402,7 +401,6 @@ def read_gridded(
             f"{zone_note} (file: {file_convention})"),
         **({"utc_offset_rule": offset_rule} if offset_rule else {}),
         **({"location_note": location["note"]} if location else {}),
-        **({"grid_orientation": orientation} if orientation else {}),
         **(metadata or {}),
     }
     return ds
@@ -481,26 +479,28 @@ def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -
     return ds
 
 
-def _south_to_north_west_to_east(ds: xr.Dataset) -> tuple[xr.Dataset, str]:
-    """``ds`` with its rows running south to north and its columns west to east, and a note of
-    what was reversed ("" if nothing). The regional air layer takes ``Wind_N`` along increasing y
-    and ``Wind_E`` along increasing x, so a grid stored north to south (as many reanalyses are)
-    would otherwise advect its air southward in a northerly wind. The direction is that of the
-    lat/lon coordinates, else of projected y/x ones; a grid with neither is taken as it is."""
-    notes = []
-    for dim, geographic, name in (("y", "lat", "rows ran north to south"), ("x", "lon", "columns ran east to west")):
-        coord = geographic if geographic in ds.coords else dim if dim in ds.coords else None
-        if coord is None or ds.sizes[dim] < 2 or not np.issubdtype(ds[coord].dtype, np.number):
-            continue
-        steps = np.diff(np.asarray(ds[coord].transpose(dim, ...).values, float), axis=0)
-        if coord == "lon":  # eastward across the antimeridian (179.5 -> -179.5) is a step of +1 degree
-            steps = (steps + 180.0) % 360.0 - 180.0
-        step = np.nanmedian(steps)
-        if step < 0:
-            ds = ds.isel({dim: slice(None, None, -1)})
-            notes.append(name)
-    return ds, ("reversed to run south to north and west to east (in the file the " + " and ".join(notes) + ")"
-                if notes else "")
+def grid_axis_signs(ds: xr.Dataset) -> tuple[float, float]:
+    """(east, north): +1 where the grid's x index runs west to east (its y index south to north),
+    -1 where it runs the other way, as the lat/lon coordinates along it say, else projected x/y
+    ones; +1 where neither says (many reanalyses store rows north to south). The regional air layer
+    advects along increasing index, so it takes ``east * Wind_E`` and ``north * Wind_N``
+    (``models.regional.region_data``); the grid itself is kept in the file's layout."""
+    signs = []
+    for dim, geographic in (("x", "lon"), ("y", "lat")):
+        sign = 1.0
+        for coord in (geographic, dim):
+            if coord not in ds.coords or dim not in ds[coord].dims or ds.sizes[dim] < 2 \
+                    or not np.issubdtype(ds[coord].dtype, np.number):
+                continue
+            steps = np.diff(np.asarray(ds[coord].transpose(dim, ...).values, float), axis=0)
+            if coord == "lon":  # eastward across the antimeridian (179.5 -> -179.5) is a step of +1 degree
+                steps = (steps + 180.0) % 360.0 - 180.0
+            steps = steps[np.isfinite(steps)]
+            if steps.size:  # the median: robust to a wrap or an odd row
+                sign = -1.0 if np.median(steps) < 0 else 1.0
+                break
+        signs.append(sign)
+    return signs[0], signs[1]
 
 
 def _approximate_location(src: xr.Dataset) -> dict:

@@ -32,6 +32,7 @@ import xarray as xr
 
 from .. import thermo
 from ..constants import GRAVITY, R_DRY
+from .gridded import grid_axis_signs
 from .schema import IGBP_BY_INDEX, DataError
 
 #: class -> (IGBP code of the land-cover map, IGBP code for the LaD defaults, albedo, r_s [s m-1],
@@ -262,7 +263,8 @@ def _class_truth(ds: xr.Dataset, cover: np.ndarray, specs, cell_size: float, *, 
     grid = ds[list(FORCING_NAMES)].stack(column=("y", "x")).transpose("time", "column")
     column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=3600.0)], dtype=dtype)
     as_cols = lambda a: jnp.asarray(np.reshape(np.asarray(a), (n_steps, n)), dtype)  # noqa: E731
-    gf = GridForcing(column_forcing, as_cols(ds["Wind_E"].values), as_cols(ds["Wind_N"].values))
+    east, north = grid_axis_signs(ds)  # the air layer advects along increasing index
+    gf = GridForcing(column_forcing, as_cols(east * ds["Wind_E"].values), as_cols(north * ds["Wind_N"].values))
     tair, qair, psurf = (np.asarray(ds[v].values, float) for v in ("Tair", "Qair", "Psurf"))
     vpd_kpa = (thermo.saturation_vapour_pressure(tair) - thermo.vapour_pressure_from_specific_humidity(qair, psurf)) / 1000.0
     rs_class = np.array([s[3] for s in spec]).reshape(ny, nx)

@@ -45,6 +45,7 @@ import numpy as np
 import xarray as xr
 
 from ..constants import STEFAN_BOLTZMANN
+from ..data.gridded import grid_axis_signs
 from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError, DataWarning
@@ -311,7 +312,11 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     grid = ds[[*REGIONAL_FORCING, "Wind"]].stack(column=("y", "x")).transpose("time", "column")
     column_forcing = forcing_from_datasets([grid.assign_attrs(time_step_s=float(ds.attrs["time_step_s"]))], dtype=dtype)
     cols = lambda a: jnp.asarray(np.reshape(np.asarray(a), (t, n)), dtype)  # noqa: E731
-    forcing = GridForcing(column_forcing, cols(ds["Wind_E"].values), cols(ds["Wind_N"].values))
+    # the air layer and the derived features work along increasing index: a grid stored north to
+    # south (or east to west) has its wind component turned to match (the grid keeps its layout)
+    east, north = grid_axis_signs(ds)
+    wind_e, wind_n = east * ds["Wind_E"].values, north * ds["Wind_N"].values
+    forcing = GridForcing(column_forcing, cols(wind_e), cols(wind_n))
 
     cell_class = np.array([classes.index(c) for c in codes])
     onehot = (cell_class[None, :] == np.arange(len(classes))[:, None]).reshape(len(classes), ny, nx) & active
@@ -321,7 +326,7 @@ def region_data(ds: xr.Dataset, dtype=None, *, classes: tuple[str, ...] | None =
     normalised, constants = physical_normalise(ds[list(REGIONAL_FORCING)], constants=constants)
     height = np.asarray(params["reference_height"]).reshape(ny, nx)
     z0 = np.asarray(params["z0m"]).reshape(ny, nx)
-    derived, _ = physical_features(ds["Tair"].values, ds["Qair"].values, ds["Wind_E"].values, ds["Wind_N"].values,
+    derived, _ = physical_features(ds["Tair"].values, ds["Qair"].values, wind_e, wind_n,
                                    ds["Psurf"].values, _radiative_surface_temperature(ds), height=height, z0=z0,
                                    grid_spacing=float(np.sqrt(spacing[0] * spacing[1])))
     derived = np.asarray(derived)

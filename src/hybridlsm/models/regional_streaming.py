@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
+from ..data.gridded import grid_axis_signs
 from ..physics import FORCING_VARIABLES, Forcing, default_params, simulate
 from ..physics.air_layer import transport_substeps
 from ..physics.exchange import KH_MAX
@@ -111,10 +112,12 @@ def _initial_state(model: RegionalModel, params: dict, first: GridForcing, t_mea
     return replace(state, air_temp=col.t_air[0], air_humidity=col.q_air[0])
 
 
-def _grid_forcing(arrays: dict[str, np.ndarray], step_s: float, dtype) -> GridForcing:
+def _grid_forcing(arrays: dict[str, np.ndarray], step_s: float, dtype,
+                  signs: tuple[float, float] = (1.0, 1.0)) -> GridForcing:
+    """``signs``: (east, north) of ``data.gridded.grid_axis_signs``, the wind along increasing index."""
     column = Forcing(**{f: jnp.asarray(arrays[var], dtype) for f, (var, _) in FORCING_VARIABLES.items()},
                      time_step_s=step_s)  # fmt: skip
-    winds = {f: jnp.asarray(arrays[var], dtype) for f, (var, _) in WIND_VARIABLES.items()}
+    winds = {f: jnp.asarray(sign * arrays[var], dtype) for sign, (f, (var, _)) in zip(signs, WIND_VARIABLES.items())}
     return GridForcing(column, **winds)
 
 
@@ -183,12 +186,13 @@ def stream_regional(model: RegionalModel, params: dict | None, source: xr.Datase
     outputs = tuple(outputs)
     times = source["time"].values
     chunks = [slice(t, min(t + time_chunk, nt)) for t in range(0, nt, time_chunk)]
+    signs = grid_axis_signs(source.rename({ydim: "y", xdim: "x"}) if (ydim, xdim) != ("y", "x") else source)
 
     def read(steps: slice) -> GridForcing:
         arrays = _read_band(source, ydim, xdim, slice(0, ny), steps, variables, np.dtype(dtype))
         for var, unit in [*FORCING_VARIABLES.values(), *WIND_VARIABLES.values()]:
             _refuse_gap(arrays[var], var, unit, times[steps], where, cell, complete)
-        return _grid_forcing(arrays, step_s, dtype)
+        return _grid_forcing(arrays, step_s, dtype, signs)
 
     rows = max(1, min(ny, STORE_CHUNK_VALUES // (time_chunk * nx)))
     template = _template(source, ydim, xdim, outputs, time_chunk, rows)
