@@ -301,6 +301,10 @@ def test_grid_land_cover_follows_the_igbp_numbering():
     # classes written as text (codes or names); a fractional code is refused, not truncated
     text = xr.DataArray(np.where(index % 2 == 0, "GRA", "water bodies"), dims=("y", "x"))
     np.testing.assert_array_equal(domain_from_grid(ds, land_cover=text).static_value("igbp"), expected)
+    raw = xr.DataArray(np.where(index % 2 == 0, b"GRA", b"WAT"), dims=("y", "x"))  # netCDF characters
+    np.testing.assert_array_equal(domain_from_grid(ds, land_cover=raw).static_value("igbp"), expected)
+    numbers = xr.DataArray(np.where(index % 2 == 0, 10, 17).astype(object), dims=("y", "x"))
+    np.testing.assert_array_equal(domain_from_grid(ds, land_cover=numbers).static_value("igbp"), expected)
     with pytest.raises(DataError, match=r"land_cover: 2 value\(s\) are not class indices \(e.g. 10.4 at index \(0, 1\)"):
         domain_from_grid(ds, land_cover=xr.DataArray(np.where(index == 10, 10.4, index), dims=("y", "x")))
     # a land-cover field given as (x, y) is read by its dims, not its axis order

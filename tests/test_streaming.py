@@ -6,6 +6,8 @@ cover, climate summaries of its own forcing) and streams to its in-memory predic
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -95,6 +97,17 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
         stream_column_model(_physics(), src.assign_coords(time=times), tmp_path / "c.zarr", progress=False)
     with pytest.raises(DataError, match=r"attrs\['time_step_s'\] = 3600 s, but the time coordinate steps by 1800 s"):
         stream_column_model(_physics(), src.assign_attrs(time_step_s=3600.0), tmp_path / "d.zarr", progress=False)
+    # as in memory: a cell outside the mask, or one without some variable throughout (sea), is no
+    # column, whatever its other variables hold; only a column's gap is refused
+    masked = gappy.assign_coords(mask=(("y", "x"), np.where((src.y == 2000.0) & (src.x == 1000.0), 0, 1)))
+    sea = gappy.copy()
+    sea["Wind"] = src["Wind"].where(~((src.y == 2000.0) & (src.x == 1000.0)))
+    for name, grid in (("masked", masked), ("sea", sea)):
+        out = stream_column_model(_physics(), grid.isel(time=slice(0, 96)), tmp_path / f"{name}.zarr", spinup_days=1,
+                                  progress=False)  # fmt: skip
+        assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 2, 1]).all(), name
+        assert np.isfinite(xr.open_zarr(out)["Qle"].values[:, 2, 2]).all(), name
+        shutil.rmtree(out)
     odd = src["land_cover"].rename({"y": "a", "x": "b"})
     with pytest.raises(DataError, match=r"land_cover has dims \('a', 'b'\); expected the grid's \(y, x\)"):
         stream_column_model(_physics(), src, tmp_path / "e.zarr", land_cover=odd, progress=False)

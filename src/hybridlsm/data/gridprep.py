@@ -59,7 +59,8 @@ P_STANDARD = 101325.0
 
 
 def _label(ds) -> str:
-    return str(ds.attrs.get("source_file") or ds.attrs.get("site_id") or ds.encoding.get("source") or "<dataset>")
+    # the file it was opened from first: a store written from a read netCDF keeps that file's attrs
+    return str(ds.encoding.get("source") or ds.attrs.get("source_file") or ds.attrs.get("site_id") or "<dataset>")
 
 
 def _add_repairs(ds: xr.Dataset, lines: list[str]) -> None:

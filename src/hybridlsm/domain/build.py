@@ -154,8 +154,10 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
     else:
         table = {i + 1: code for i, code in enumerate(IGBP_BY_INDEX)}
     values = np.asarray(values)
-    if values.dtype.kind in "USO":  # the classes written as text: IGBP codes ("GRA") or names
-        text = [str(v).strip() for v in values.ravel()]
+    textual = values.dtype.kind in "US" or (values.dtype.kind == "O" and all(isinstance(v, (str, bytes))
+                                                                             for v in values.ravel()))
+    if textual:  # the classes written as text: IGBP codes ("GRA") or names (netCDF characters: bytes)
+        text = [(v.decode() if isinstance(v, bytes) else str(v)).strip() for v in values.ravel()]
         out = [v.upper() if v.upper() in IGBP_BY_INDEX else _IGBP_BY_KEY.get(_class_key(v), "") if v else ""
                for v in text]
         return np.asarray(out, dtype=object).reshape(values.shape)

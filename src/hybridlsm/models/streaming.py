@@ -215,12 +215,13 @@ def _refuse_gap(values: np.ndarray, var: str, unit: str, times: np.ndarray, wher
         raise DataError(f"{where}: forcing {var!r} [{unit}] is missing at {cell(int(c))}, time {times[t]}; {why}")
 
 
-def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, nx: int, where: str) -> np.ndarray:
-    """The band's columns (flat indices in C order): the cells whose forcing is complete over the
-    spin-up steps ``spin`` (``_read_band``). A cell without any forcing there (sea, masked) is not
-    one; a cell with a gap there, or an infinite value, is a DataError naming the variable, cell and
-    time (as in memory: never a cell silently left out); a cell that lacks a variable at every
-    spin-up step but has the others is left out with a DataWarning, as ``domain_from_grid`` does."""
+def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, nx: int, where: str,
+                  masked: np.ndarray | None = None) -> np.ndarray:
+    """The band's columns (flat indices in C order) by ``domain_from_grid``'s rules over the
+    spin-up steps ``spin`` (``_read_band``): a cell outside the grid's ``mask`` (``masked``, flat) or
+    without any forcing (sea) is not one; a cell that lacks a variable at every step but has others
+    is not one either, with a DataWarning; in every other cell a gap, or an infinite value, is a
+    DataError naming the variable, cell and time (never a cell silently left out)."""
     import warnings
 
     from ..data import DataWarning
@@ -228,29 +229,32 @@ def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, n
     def cell(c: int) -> str:
         return f"cell (y={rows.start + c // nx}, x={c % nx})"
 
+    n = next(iter(spin.values())).shape[1]
+    masked = np.zeros(n, bool) if masked is None else np.asarray(masked, bool)
     given = {var: ~np.isnan(a) for var, a in spin.items()}
+    lacks = np.any([~g.any(axis=0) for g in given.values()], axis=0) | masked  # not a column: no gap to refuse
     for var, a in spin.items():
-        if np.isinf(a).any():
-            t, c = np.argwhere(np.isinf(a))[0]
+        infinite = np.isinf(a) & ~masked
+        if infinite.any():
+            t, c = np.argwhere(infinite)[0]
             raise DataError(f"{where}: forcing {var!r} is infinite at {cell(int(c))}, time {times[t]} (an overflow, "
                             "e.g. of a float16 variable?)")
-        partial = given[var].any(axis=0) & ~given[var].all(axis=0)
+        partial = given[var].any(axis=0) & ~given[var].all(axis=0) & ~lacks
         if partial.any():
             c = int(np.argmax(partial))
             t = int(np.argmax(~given[var][:, c]))
             raise DataError(f"{where}: forcing {var!r} is missing at {cell(c)}, time {times[t]} (the first "
                             f"{len(times)} steps, the spin-up, decide which cells are columns: a cell is one where its "
                             "forcing is complete, not one where it is absent); the model needs gap-free forcing")
-    complete = np.all([g.all(axis=0) for g in given.values()], axis=0)
     some = np.any([g.any(axis=0) for g in given.values()], axis=0)
-    lacking = some & ~complete
+    lacking = some & lacks & ~masked
     if lacking.any():
         c = int(np.argmax(lacking))
         absent = [var for var, g in given.items() if not g[:, c].any()]
         warnings.warn(f"{where}: {int(lacking.sum())} cell(s) of rows {rows.start}-{rows.stop - 1} lack some forcing at "
                       f"every step of the spin-up (first {cell(c)}: {', '.join(absent)}); they are not modelled (no "
                       "output there)", DataWarning, stacklevel=3)
-    return np.flatnonzero(complete)
+    return np.flatnonzero(~lacks)
 
 
 def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
@@ -327,6 +331,9 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
     codes = _cell_codes(source, ydim, xdim, land_cover)
+    # the grid's mask (a coordinate or variable (y, x), <= 0 outside), as domain_from_grid reads it
+    outside = (np.asarray(source["mask"].transpose(ydim, xdim).values) <= 0
+               if "mask" in source.variables and set(source["mask"].dims) == {ydim, xdim} else None)
     fields = _static_fields(source, ydim, xdim, where, model.static_inputs, codes)  # before the store is created
     if canopy_height is None:  # the grid's own, as in memory (``domain_from_grid``); NaN: the class default
         canopy_height = fields["canopy_height"]
@@ -348,7 +355,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     def run_band(band: slice, advance) -> None:
         n_rows = band.stop - band.start
         spin = _read_band(source, ydim, xdim, band, slice(0, spin_steps))  # read once: columns and spin-up
-        used = _band_columns(spin, times[:spin_steps], band, nx, where)
+        used = _band_columns(spin, times[:spin_steps], band, nx, where,
+                             None if outside is None else outside[band].ravel())
         if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
             advance(len(chunks))
             return
