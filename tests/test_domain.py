@@ -305,6 +305,8 @@ def test_grid_land_cover_follows_the_igbp_numbering():
     np.testing.assert_array_equal(domain_from_grid(ds, land_cover=raw).static_value("igbp"), expected)
     numbers = xr.DataArray(np.where(index % 2 == 0, 10, 17).astype(object), dims=("y", "x"))
     np.testing.assert_array_equal(domain_from_grid(ds, land_cover=numbers).static_value("igbp"), expected)
+    unpacked = xr.DataArray(np.where(index % 2 == 0, 10.0, 17.0) * (1 + 1e-15) - 1e-12, dims=("y", "x"))  # scale_factor
+    np.testing.assert_array_equal(domain_from_grid(ds, land_cover=unpacked).static_value("igbp"), expected)
     with pytest.raises(DataError, match=r"land_cover: 2 value\(s\) are not class indices \(e.g. 10.4 at index \(0, 1\)"):
         domain_from_grid(ds, land_cover=xr.DataArray(np.where(index == 10, 10.4, index), dims=("y", "x")))
     # a land-cover field given as (x, y) is read by its dims, not its axis order

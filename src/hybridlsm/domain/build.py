@@ -162,13 +162,13 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
                for v in text]
         return np.asarray(out, dtype=object).reshape(values.shape)
     flat = values.astype(float).ravel()
-    fractional = np.isfinite(flat) & (flat != np.round(flat))
+    fractional = np.isfinite(flat) & (np.abs(flat - np.round(flat)) > 1e-6)  # (packing's rounding aside)
     if fractional.any():
         where = np.unravel_index(int(np.argmax(fractional)), values.shape)
         raise DataError(f"land_cover: {int(fractional.sum())} value(s) are not class indices (e.g. "
                         f"{flat[fractional][0]:g} at index {tuple(int(i) for i in where)}); expected integer class "
                         "codes (IGBP numbering, or the flag_values of its flag_meanings)")
-    out = np.asarray([table.get(int(v), "") if np.isfinite(v) else "" for v in flat], dtype=object)
+    out = np.asarray([table.get(int(round(v)), "") if np.isfinite(v) else "" for v in flat], dtype=object)
     return out.reshape(values.shape)
 
 
