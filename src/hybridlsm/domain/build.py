@@ -271,13 +271,13 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         try:
             codes = land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
         except DataError as err:
-            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {err}") from None
+            raise DataError(f"{where}: {err}") from None
         columns["igbp"] = codes[iy, ix]
         unknown = columns["igbp"] == ""
         if unknown.any():  # never silent: the column models then run on their default class's parameters
             raw = np.asarray(land_cover.values)[iy[unknown], ix[unknown]]
             shown = ", ".join(sorted({str(v) for v in raw})[:5])
-            warnings.warn(f"{ds.attrs.get('source_file', '<grid>')}: {int(unknown.sum())} of {len(cells)} cell(s) have "
+            warnings.warn(f"{where}: {int(unknown.sum())} of {len(cells)} cell(s) have "
                           f"a land_cover value that is no IGBP class ({shown}), first at cell ({ydim}="
                           f"{iy[unknown][0]}, {xdim}={ix[unknown][0]}); their class is unknown ('')",
                           DataWarning, stacklevel=2)

@@ -63,7 +63,8 @@ from .features import (N_FORCING_FEATURES, N_STABILITY_FEATURES, N_STATE_FEATURE
                        n_static_features, forcing_features,
                        stability_features, state_features)
 from .physics import DEFAULT_CALIBRATED, LandOptions, PhysicsOptions, calibrate_physics, calibrated_offsets
-from .registry import EquinoxSpec, TrainingContext, register_model, training_time_steps
+from .registry import (NEEDS_DROPOUT, EquinoxSpec, TrainingContext, options_of_others, register_model,
+                       training_time_steps)
 
 MULTIPLIED = ("ra_scale", "rs_scale")
 #: dropout passes per step that measure the network's spread for the epistemic fallback
@@ -151,10 +152,9 @@ OPTION_USERS = {
 def unused_hybrid_options(name: str, opts: HybridOptions) -> dict[str, str]:
     """``ModelSpec.unused_options`` of the hybrid ``name``: the keys other hybrids read (OPTION_USERS)
     and those another option switches off."""
-    unused = {key: f"{name} does not use it (it is an option of {', '.join(users)})"
-              for key, users in OPTION_USERS.items() if name not in users}
+    unused = options_of_others(name, OPTION_USERS)
     if opts.dropout == 0:
-        unused["mc_samples"] = "used only with dropout > 0 (the MC-dropout runs of a prediction)"
+        unused["mc_samples"] = NEEDS_DROPOUT
     if opts.physics_init == "default":
         unused.setdefault("train_physics", "used only with physics_init: calibrated (from the default physics the "
                                            "calibrate offsets always train with the network)")

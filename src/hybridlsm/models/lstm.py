@@ -44,6 +44,7 @@ from hybridlsm.data.schema import DataError, site_label
 from hybridlsm.data.splits import loss_steps, usable_targets
 from hybridlsm.domain import Domain
 from hybridlsm.models.registry import (
+    NEEDS_DROPOUT,
     EquinoxSpec,
     TrainingContext,
     check_time_step,
@@ -319,7 +320,7 @@ class LSTMModel(EquinoxSpec):
 
     def unused_options(self, options: LSTMOptions) -> dict[str, str]:
         if options.dropout == 0:
-            return {"mc_samples": "used only with dropout > 0 (the MC-dropout passes of a prediction)"}
+            return {"mc_samples": NEEDS_DROPOUT}
         return {}
 
     def build(self, options: LSTMOptions) -> LSTMBaseline:

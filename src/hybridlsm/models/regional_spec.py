@@ -53,6 +53,7 @@ from .regional import (
     MC_FIELDS,
     TARGETS,
     RegionalHybrid,
+    checked_region,
     class_reference,
     epistemic_fallback,
     fixed_kh_model,
@@ -60,14 +61,14 @@ from .regional import (
     new_cnn_lstm,
     new_hybrid,
     predict_regional,
-    checked_region,
     region_data,
     residual_sd,
     train_regional,
     with_residual_sd,
 )
 from .regional_loop import Fallback
-from .registry import EquinoxSpec, TrainingContext, check_time_step, register_model, training_time_steps
+from .registry import (NEEDS_DROPOUT, EquinoxSpec, TrainingContext, check_time_step, options_of_others,
+                       register_model, training_time_steps)
 
 __all__ = ["RegionalOptions", "RegionalRun"]
 
@@ -248,10 +249,9 @@ class RegionalSpec(EquinoxSpec):
         return RegionalRun(None, tuple(options.classes), settings=settings(options))
 
     def unused_options(self, options: RegionalOptions) -> dict[str, str]:
-        unused = {key: f"{self.name} does not use it (it is an option of {', '.join(users)})"
-                  for key, users in OPTION_USERS.items() if self.name not in users}
+        unused = options_of_others(self.name, OPTION_USERS)
         if options.dropout == 0:
-            unused.setdefault("mc_samples", "used only with dropout > 0 (the MC-dropout runs of a prediction)")
+            unused.setdefault("mc_samples", NEEDS_DROPOUT)
         if options.fallback_threshold is None:
             unused.setdefault("fallback_to", "used only with fallback_threshold")
         return unused

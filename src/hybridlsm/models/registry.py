@@ -297,6 +297,17 @@ class ModelSpec(abc.ABC):
             raise DataError(f"{label} ({self.name}) needs {missing}, which {where} does not give (it has {have})")
 
 
+#: ``ModelSpec.unused_options``' reason for ``mc_samples`` where ``dropout`` is 0
+NEEDS_DROPOUT = "used only with dropout > 0 (the MC-dropout runs of a prediction)"
+
+
+def options_of_others(name: str, users: dict[str, Sequence[str]]) -> dict[str, str]:
+    """``ModelSpec.unused_options`` of model ``name`` for an options class shared by several models:
+    the keys of ``users`` (key -> the models that read it) that ``name`` does not read."""
+    return {key: f"{name} does not use it (it is an option of {', '.join(models)})"
+            for key, models in users.items() if name not in models}
+
+
 def training_time_steps(domains: Sequence[Domain]) -> tuple[float, ...]:
     """The time steps [s] of the training data, for a model whose networks carry memory from step to
     step (``check_time_step``)."""

@@ -37,6 +37,7 @@ the store it created, so no half-written output is left.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from ..data import DataError
+from ..data import DataError, DataWarning
 from ..data.checks import refuse_out_of_range
 from ..data.gridprep import check_regular_time
 from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
@@ -222,9 +223,6 @@ def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, n
     without any forcing (sea) is not one; a cell that lacks a variable at every step but has others
     is not one either, with a DataWarning; in every other cell a gap, or an infinite value, is a
     DataError naming the variable, cell and time (never a cell silently left out)."""
-    import warnings
-
-    from ..data import DataWarning
 
     def cell(c: int) -> str:
         return f"cell (y={rows.start + c // nx}, x={c % nx})"
