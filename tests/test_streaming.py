@@ -6,13 +6,15 @@ cover, climate summaries of its own forcing) and streams to its in-memory predic
 
 from __future__ import annotations
 
+import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from hybridlsm.data import DataError
+from hybridlsm.data import DataError, DataWarning
 from hybridlsm.data.virtual import virtual_grid
 from hybridlsm.domain import Domain
 from hybridlsm.domain import domain_from_grid
@@ -101,10 +103,20 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
     # column, whatever its other variables hold; only a column's gap is refused
     masked = gappy.assign_coords(mask=(("y", "x"), np.where((src.y == 2000.0) & (src.x == 1000.0), 0, 1)))
     sea = gappy.copy()
-    sea["Wind"] = src["Wind"].where(~((src.y == 2000.0) & (src.x == 1000.0)))
+    sea["Wind"] = src["Wind"].where(~((src.y == 2000.0) & (src.x == 1000.0)) & ~((src.y == 5000.0) & (src.x == 3000.0)))
     for name, grid in (("masked", masked), ("sea", sea)):
-        out = stream_column_model(_physics(), grid.isel(time=slice(0, 96)), tmp_path / f"{name}.zarr", spinup_days=1,
-                                  progress=False)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = stream_column_model(_physics(), grid.isel(time=slice(0, 96)), tmp_path / f"{name}.zarr",
+                                      spinup_days=1, cells_per_block=10, progress=False)  # three bands of two rows
+        lacking = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+        # one warning for the cells that lack a variable in all bands (the fixture's cell without Tair,
+        # and in "sea" two without Wind, in three bands), not one per band
+        n = {"masked": 1, "sea": 3}[name]
+        assert len(lacking) == 1 and re.search(rf"{n} cell\(s\) lack some forcing at every step of the spin-up "
+                                               r"\(first cell \(y=0, x=4\): Tair\)", lacking[0]), lacking
+        assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 0, 4]).all()
+        assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 5, 3]).all() == (name == "sea")
         assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 2, 1]).all(), name
         assert np.isfinite(xr.open_zarr(out)["Qle"].values[:, 2, 2]).all(), name
         shutil.rmtree(out)

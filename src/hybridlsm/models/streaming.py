@@ -217,12 +217,13 @@ def _refuse_gap(values: np.ndarray, var: str, unit: str, times: np.ndarray, wher
 
 
 def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, nx: int, where: str,
-                  masked: np.ndarray | None = None) -> np.ndarray:
+                  masked: np.ndarray | None = None) -> tuple[np.ndarray, int, str | None]:
     """The band's columns (flat indices in C order) by ``domain_from_grid``'s rules over the
     spin-up steps ``spin`` (``_read_band``): a cell outside the grid's ``mask`` (``masked``, flat) or
     without any forcing (sea) is not one; a cell that lacks a variable at every step but has others
-    is not one either, with a DataWarning; in every other cell a gap, or an infinite value, is a
-    DataError naming the variable, cell and time (never a cell silently left out)."""
+    is not one either: their number and the first of them with what it lacks are returned beside the
+    columns, for one DataWarning over all bands (``_warn_lacking``); in every other cell a gap, or an
+    infinite value, is a DataError naming the variable, cell and time (never a cell silently left out)."""
 
     def cell(c: int) -> str:
         return f"cell (y={rows.start + c // nx}, x={c % nx})"
@@ -246,13 +247,21 @@ def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, n
                             "forcing is complete, not one where it is absent); the model needs gap-free forcing")
     some = np.any([g.any(axis=0) for g in given.values()], axis=0)
     lacking = some & lacks & ~masked
+    first = None
     if lacking.any():
         c = int(np.argmax(lacking))
-        absent = [var for var, g in given.items() if not g[:, c].any()]
-        warnings.warn(f"{where}: {int(lacking.sum())} cell(s) of rows {rows.start}-{rows.stop - 1} lack some forcing at "
-                      f"every step of the spin-up (first {cell(c)}: {', '.join(absent)}); they are not modelled (no "
-                      "output there)", DataWarning, stacklevel=3)
-    return np.flatnonzero(~lacks)
+        first = f"{cell(c)}: {', '.join(var for var, g in given.items() if not g[:, c].any())}"
+    return np.flatnonzero(~lacks), int(lacking.sum()), first
+
+
+def _warn_lacking(where: str, counts: Sequence[tuple[int, str | None]]) -> None:
+    """One DataWarning for the cells of all bands that lack a forcing variable throughout the
+    spin-up (``_band_columns``'s counts and first cells, in band order), not one per band."""
+    n = sum(k for k, _ in counts)
+    if n:
+        first = next(f for k, f in counts if k)
+        warnings.warn(f"{where}: {n} cell(s) lack some forcing at every step of the spin-up (first {first}); they are "
+                      "not modelled (no output there)", DataWarning, stacklevel=3)
 
 
 def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.ndarray, rows: slice, step_s: float,
@@ -349,12 +358,14 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
               + [slice(t, min(t + time_chunk, nt)) for t in range(write_from, nt, time_chunk)])
     run_chunk = _chunk_runner(model)
     times = source["time"].values
+    lacking: list[tuple[int, str | None]] = []  # per band: cells lacking a variable, the first of them
 
     def run_band(band: slice, advance) -> None:
         n_rows = band.stop - band.start
         spin = _read_band(source, ydim, xdim, band, slice(0, spin_steps))  # read once: columns and spin-up
-        used = _band_columns(spin, times[:spin_steps], band, nx, where,
-                             None if outside is None else outside[band].ravel())
+        used, n_lacking, first = _band_columns(spin, times[:spin_steps], band, nx, where,
+                                               None if outside is None else outside[band].ravel())
+        lacking.append((n_lacking, first))
         if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
             advance(len(chunks))
             return
@@ -393,4 +404,5 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
         for band in bands:
             run_band(band, lambda k: bar.advance(job, k))
+    _warn_lacking(where, lacking)
     return store
