@@ -252,6 +252,15 @@ def test_a_config_that_sets_an_option_its_model_does_not_use_is_refused(name, op
         validate_options("post_correction", {"physics_init": "default", "calibrate": []}, from_config=True)
 
 
+def test_an_unused_option_set_to_its_off_value_is_accepted():
+    """``dropout: 0`` (in a YAML anchor shared by the regional models) is what regional_fixed_kh, which
+    has no network, does anyway: accepted; another rate is refused. The same for a zero prior weight."""
+    assert validate_options("regional_fixed_kh", {"dropout": 0.0}, from_config=True).dropout == 0.0
+    with pytest.raises(ValueError, match=re.escape("dropout: regional_fixed_kh does not use it")):
+        validate_options("regional_fixed_kh", {"dropout": 0.2}, from_config=True)
+    assert validate_options("hybrid_param", {"static_prior_weight": 0}, from_config=True).static_prior_weight == 0.0
+
+
 def test_an_unused_option_is_refused_in_a_config_and_an_ensemble_member_by_its_place(config_dir):
     with pytest.raises(ConfigError, match=re.escape("models[0]: options.energy_split: hybrid_lstm does not use it")):
         load_config(write(config_dir, VALID.replace("{name: lstm, options: {hidden_size: 16}}",

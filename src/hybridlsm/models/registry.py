@@ -299,6 +299,9 @@ class ModelSpec(abc.ABC):
 
 #: ``ModelSpec.unused_options``' reason for ``mc_samples`` where ``dropout`` is 0
 NEEDS_DROPOUT = "used only with dropout > 0 (the MC-dropout runs of a prediction)"
+#: values that switch an option's feature off, which is what a model that does not read the option
+#: does: never refused as unused (``dropout: 0`` in a YAML anchor shared with ``regional_fixed_kh``)
+OFF_VALUES = {"dropout": 0.0, "static_prior_weight": 0.0}
 
 
 def options_of_others(name: str, users: dict[str, Sequence[str]]) -> dict[str, str]:
@@ -498,7 +501,9 @@ def validate_options(name: str, options: dict[str, Any] | None, from_config: boo
     if from_config:
         fields = spec.Options.model_fields
         for key, why in spec.unused_options(opts).items():
-            if key in given and getattr(opts, key) != fields[key].get_default(call_default_factory=True):
+            value = getattr(opts, key)
+            if key in given and value != fields[key].get_default(call_default_factory=True) \
+                    and not (key in OFF_VALUES and value == OFF_VALUES[key]):
                 raise ValueError(f"{key}: {why}; remove it")
     return opts
 
