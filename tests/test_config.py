@@ -1,6 +1,7 @@
 """Strict YAML config: resolution of paths and defaults, round trip, errors that name the key."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -291,6 +292,21 @@ def test_a_runs_own_config_that_sets_an_unused_option_still_reads(config_dir):
     check_resumable(load_config(write(config_dir, VALID)), run_dir)
     with pytest.raises(ConfigError, match=r"differs .* at models\[0\].options.hidden_size: 16 -> 32"):
         check_resumable(load_config(write(config_dir, VALID.replace("hidden_size: 16}", "hidden_size: 32}"))), run_dir)
+    # the same for the members of an ensemble, deep and multi-model
+    for old, new in (("{model: lstm, size: 2, options: {hidden_size: 8, mc_samples: 20}}",
+                      "{model: lstm, size: 2, options: {hidden_size: 8}}"),
+                     ("{members: [{model: lstm, options: {mc_samples: 20}}, {model: hybrid_param, options: "
+                      "{hidden_size: 8}}]}", "{members: [{model: lstm}, {model: hybrid_param}]}")):
+        model = "{name: lstm, options: {hidden_size: 16}}"
+        written = write(config_dir, VALID.replace(model, f"{{name: ensemble, options: {old}}}"))
+        shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        write_config(load_config(written, stored=True), run_dir / "config.yaml")
+        check_resumable(load_config(write(config_dir, VALID.replace(model, f"{{name: ensemble, options: {new}}}"))),
+                        run_dir)
+        with pytest.raises(ConfigError, match=r"differs .* at models\[0\].options"):
+            check_resumable(load_config(write(config_dir, VALID.replace(model, "{name: ensemble, options: "
+                                                                        "{model: lstm, size: 3}}"))), run_dir)
 
 
 def test_run_dir_expands_the_home_folder(config_dir, monkeypatch):

@@ -411,12 +411,9 @@ def _flat(tree, prefix: str = "") -> dict[str, object]:
 
 
 def _without_unused_options(cfg: RunConfig) -> RunConfig:
-    """``cfg`` without the options each model does not use (``ModelSpec.unused_options``)."""
-    models = []
-    for m in cfg.models:
-        spec = get_model(m.name)
-        unused = spec.unused_options(spec.Options.model_validate(m.options))
-        models.append(m.model_copy(update={"options": {k: v for k, v in m.options.items() if k not in unused}}))
+    """``cfg`` without the options each model (and each ensemble member) does not use
+    (``ModelSpec.used_options``)."""
+    models = [m.model_copy(update={"options": get_model(m.name).used_options(m.options)}) for m in cfg.models]
     return cfg.model_copy(update={"models": models})
 
 

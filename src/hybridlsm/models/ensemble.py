@@ -291,6 +291,16 @@ class EnsembleSpec(ModelSpec):
     Options = EnsembleOptions
     targets = ALLOWED_TARGETS  # the members' models decide (their options are checked)
 
+    def used_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The members' options without the keys their models do not read (each by its own spec)."""
+        out = dict(options)
+        if out.get("members") is not None:
+            out["members"] = [{**m, "options": get_model(m["model"]).used_options(m.get("options") or {})}
+                              for m in out["members"]]
+        elif out.get("model") is not None:
+            out["options"] = get_model(out["model"]).used_options(out.get("options") or {})
+        return out
+
     def build(self, options: EnsembleOptions) -> Ensemble:
         names = tuple(options.member_model(k) for k in range(options.size))
         return Ensemble(names, tuple(get_model(n).build(options.member(k)) for k, n in enumerate(names)))

@@ -276,6 +276,13 @@ class ModelSpec(abc.ABC):
         Default: none."""
         return {}
 
+    def used_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` (a config's, completed) without the keys the model does not read
+        (``unused_options``): what defines the model, as ``--resume`` compares it (a run written before
+        unused options were refused may hold some in its ``config.yaml``)."""
+        unused = self.unused_options(self.Options.model_validate(options))
+        return {k: v for k, v in options.items() if k not in unused}
+
     def domain_kinds(self, options: BaseModel) -> tuple[str, ...]:
         """The Domain kinds the model trains and predicts on (a run refuses others before it
         writes: ``pipeline.check_inputs``). Default: sites and grids."""
