@@ -274,6 +274,29 @@ def test_the_boundary_option_reaches_the_air_layer():
     assert np.max(np.abs(out["periodic"]["boundary_heat"])) < 1e-9  # nothing crosses a periodic edge
 
 
+def test_a_model_saved_before_the_boundary_reached_the_air_layer_predicts_as_it_was_trained():
+    """Saved with ``boundary: periodic`` by a version whose air layer always ran open: loaded, it
+    says so and runs open, as it trained; a model saved now records the boundary it ran with."""
+    import warnings
+
+    from hybridlsm.data import DataWarning
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("regional_fixed_kh")
+    options = validate_options("regional_fixed_kh", {"boundary": "periodic"})
+    structure = spec.structure(spec.build(options))
+    assert structure["boundary"] == "periodic"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dict(spec.skeleton(options, structure).settings)["boundary"] == "periodic"
+    old = {k: v for k, v in structure.items() if k != "boundary"}
+    with pytest.warns(DataWarning, match="older hybridlsm whose air layer ran with open boundaries"):
+        assert dict(spec.skeleton(options, old).settings)["boundary"] == "open"
+    opened = validate_options("regional_fixed_kh", {})
+    assert dict(spec.skeleton(opened, {k: v for k, v in spec.structure(spec.build(opened)).items()
+                                       if k != "boundary"}).settings)["boundary"] == "open"
+
+
 def test_a_grid_whose_coordinates_give_no_cell_size_is_named():
     """A latitude that repeats, or beyond the poles, gave the air layer a spacing of 0 or NaN (a
     ValueError traceback after the run directory was written); one row gave a misleading message."""

@@ -259,10 +259,18 @@ class RegionalSpec(EquinoxSpec):
     def structure(self, model: RegionalRun) -> dict:
         return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual},
                 "fallback_reference": {c: [kh, rs] for c, kh, rs in model.reference},
-                "trained_classes": list(model.trained_classes), "time_steps": list(model.time_steps)}
+                "trained_classes": list(model.trained_classes), "time_steps": list(model.time_steps),
+                "boundary": dict(model.settings)["boundary"]}
 
     def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
         run = self.build(options)
+        if "boundary" not in structure and options.boundary != "open":
+            # saved before `boundary` reached the air layer, which then ran open whatever it said: the
+            # model predicts as it was trained
+            warnings.warn(f"this {self.name} model was saved by an older hybridlsm whose air layer ran with open "
+                          f"boundaries whatever its options said (boundary: {options.boundary}); it was trained and "
+                          "predicts with open boundaries", DataWarning, stacklevel=3)
+            run = replace(run, settings=tuple((k, "open" if k == "boundary" else v) for k, v in run.settings))
         residual = tuple((n, float(d), float(e)) for n, (d, e) in sorted(structure.get("residual_sd", {}).items()))
         reference = tuple((c, float(kh), float(rs)) for c, (kh, rs) in sorted(structure.get("fallback_reference", {}).items()))
         return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())), residual=residual,
