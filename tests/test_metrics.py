@@ -87,6 +87,19 @@ def test_nan_pairs_and_mask_are_dropped():
         M.rmse(sim, obs, mask.astype(int))
 
 
+def test_correlation_of_huge_and_tiny_values_is_that_of_their_shape():
+    """sqrt(Σds² Σdo²) overflowed from |values| ~ 1e76 (r = 0 for a diverging model) and underflowed
+    at 1e-170 (NaN, as if the series were constant)."""
+    rng = np.random.default_rng(0)
+    o = rng.normal(100, 50, 500)
+    s = o + rng.normal(5, 20, 500)
+    r = np.corrcoef(s, o)[0, 1]
+    for k in (1.0, 1e76, 1e150, 1e-170):
+        assert M.pearson_r(s * k, o * k) == pytest.approx(r, rel=1e-12), k
+        assert M.pearson_r(s * k, o) == pytest.approx(r, rel=1e-12), k
+    assert M.kge(s * 1e76, o * 1e76) == pytest.approx(M.kge(s, o), rel=1e-12)
+
+
 def test_degenerate_inputs():
     const = np.array([2.0, 2.0, 2.0])
     s = np.array([1.0, 2.0, 3.0])

@@ -184,9 +184,13 @@ def _pearson(s: np.ndarray, o: np.ndarray) -> float:
     if s.size < 2:
         return _NAN
     ds, do = s - s.mean(), o - o.mean()
-    den = math.sqrt(float(np.sum(ds * ds)) * float(np.sum(do * do)))
-    if den == 0:
+    # each scaled by its largest deviation, so that the sums of squares neither overflow (a diverging
+    # model's 1e76 gave r = 0) nor underflow (1e-170 gave NaN, as if constant)
+    ms, mo = float(np.max(np.abs(ds))), float(np.max(np.abs(do)))
+    if ms == 0 or mo == 0:
         return _NAN
+    ds, do = ds / ms, do / mo
+    den = math.sqrt(float(np.sum(ds * ds)) * float(np.sum(do * do)))
     return float(np.clip(np.sum(ds * do) / den, -1.0, 1.0))
 
 
