@@ -84,7 +84,9 @@ def _model(time: np.ndarray, label: str, *, sd: bool, ri: bool = True, params: b
     if ri:
         data["RiB"] = ("time", _ri(time), {"units": "1"})
     if sd:
-        long = "epistemic standard deviation of {} (spread of the MC-dropout sample means, ddof 1)"
+        from hybridlsm.domain.write import SD_PARTS
+
+        long = SD_PARTS["_sd_epistemic"]
         data |= {"Qh_sd_epistemic": ("time", 0.2 * qh, {"units": "W m-2", "long_name": long.format("Qh")}),
                  "Qh_sd": ("time", 0.2 * qh, {"units": "W m-2"})}  # fmt: skip
     ds = xr.Dataset(data, coords={"time": time})

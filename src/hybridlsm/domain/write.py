@@ -40,7 +40,9 @@ def write_netcdf(ds: xr.Dataset, path: Path) -> None:
 SD_PARTS = {
     "_sd": "total predictive standard deviation of {} (law of total variance: epistemic and aleatoric parts; "
            "equal to {}_sd_epistemic where no {}_sd_aleatoric is written)",
-    "_sd_epistemic": "epistemic standard deviation of {} (spread of the MC-dropout sample means, ddof 1)",
+    "_sd_epistemic": "epistemic standard deviation of {} (a model with dropout: spread of its MC-dropout sample "
+                     "means, ddof 1; an ensemble: the members' weighted variance about their mean, ddof 0, plus "
+                     "the weighted mean of their own epistemic variances)",
     "_sd_aleatoric": "aleatoric standard deviation of {} (root of the mean variance of a heteroscedastic head)",
 }
 
