@@ -174,6 +174,28 @@ def test_two_sites_on_one_time_axis_make_a_two_column_domain():
     np.testing.assert_array_equal(d.static_value("igbp"), ["GRA", "ENF"])
 
 
+def test_site_outputs_say_their_time_zone_and_sign_conventions(tmp_path):
+    """The time units carry no offset, which CF reads as UTC: each site's file says its offset from
+    UTC and the readers' convention (local standard time, interval start); each flux its sign."""
+    from hybridlsm.domain import write_site_outputs
+
+    a = _site("A", seed=0, igbp="GRA", canopy_height=0.5, measurement_height=3.0, time_convention="start of the "
+              "averaging interval, local standard time")
+    b = _site("B", seed=1, igbp="ENF", canopy_height=18.0, measurement_height=30.0)
+    b.attrs["utc_offset_h"] = 1.0
+    d = domain_from_sites([a, b])
+    n = d.n_steps
+    outputs = {"Qh": np.zeros((n, 2)), "Qle_sd": np.ones((n, 2)), "SoilTemp": np.full((n, 2, 5), 290.0)}
+    paths = write_site_outputs(d, outputs, tmp_path, "m.nc", {"model": "m"})
+    for path, offset in zip(paths, (-7.0, 1.0)):
+        with xr.open_dataset(path) as out:
+            assert out.attrs["utc_offset_h"] == offset and out.attrs["model"] == "m"
+            assert out.attrs["time_convention"] == "start of the averaging interval, local standard time"
+            assert out["Qh"].attrs["long_name"] == "sensible heat flux (positive upward)"
+            assert out["Qle_sd"].attrs["long_name"].startswith("total predictive standard deviation of Qle")
+            assert "long_name" not in out["SoilTemp"].attrs  # the observed variable's ("tower layer") is not the model's
+
+
 def test_sites_with_different_time_axes_are_an_error_naming_the_site():
     a, b = _site("A"), _site("US-Late", start="2020-01-02")
     with pytest.raises(DataError, match="site US-Late: its time axis"):

@@ -19,8 +19,8 @@ from ..data.schema import VARIABLES
 from ..rundir import write_checked
 from .domain import Domain
 
-__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "write_site_outputs",
-           "write_grid_outputs"]  # fmt: skip
+__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "time_attrs",
+           "write_site_outputs", "write_grid_outputs"]  # fmt: skip
 
 #: Units of model outputs that are not observed variables (ALMA conventions).
 MODEL_OUTPUT_UNITS = {
@@ -53,7 +53,27 @@ def _units(name: str) -> dict:
             flux = name[: -len(part)]
             return _units(flux) | {"long_name": text.format(flux, flux, flux)}
     unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
-    return {} if unit is None else {"units": unit}
+    # a flux's sign convention (a state's observed long_name, e.g. SoilTemp's "shallowest tower layer",
+    # is not the model's)
+    described = {"long_name": VARIABLES[name].long_name} if name in VARIABLES and VARIABLES[name].kind == "flux" else {}
+    return described if unit is None else {"units": unit, **described}
+
+
+def time_attrs(domain: Domain, column: int | None = None) -> dict[str, object]:
+    """What the outputs' time axis is, for the files' global attributes: the readers' convention
+    (interval start, local standard time) and the offset from UTC of ``column`` (a site; None: the
+    grid's, where all its cells share one). The time units carry no offset, which CF reads as UTC:
+    these say otherwise."""
+    out: dict[str, object] = {}
+    convention = domain.data.attrs.get("time_convention")
+    if isinstance(convention, str) and convention:
+        out["time_convention"] = convention
+    if "utc_offset_h" in domain.static:
+        offsets = np.asarray(domain.static_value("utc_offset_h"), np.float64)
+        offsets = offsets[[column]] if column is not None else offsets
+        if offsets.size and np.isfinite(offsets).all() and np.all(offsets == offsets[0]):
+            out["utc_offset_h"] = float(offsets[0])
+    return out
 
 
 def site_file_name(site_id: str) -> str:
@@ -85,7 +105,7 @@ def write_site_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], folder
     paths = []
     for j, sid in enumerate(domain.column_ids):
         column = {k: np.asarray(v)[:, j] for k, v in outputs.items()}
-        ds = alma_dataset(column, domain.time, {**attrs, "site": sid})
+        ds = alma_dataset(column, domain.time, {**time_attrs(domain, j), **attrs, "site": sid})
         if "forcing_filled" in domain.data:  # which outputs were driven by filled or estimated forcing
             ds["forcing_filled"] = ("time", domain.data["forcing_filled"].values[:, j].astype(np.int8),
                                     dict(domain.data["forcing_filled"].attrs))
@@ -121,7 +141,7 @@ def write_grid_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], path: 
     igbp = np.full((ny, nx), "", object)
     igbp[iy, ix] = domain.static_value("igbp")
     ds["igbp"] = (("y", "x"), igbp.astype(str), {"long_name": "IGBP class of the cell ('' unknown or not a column; provenance.json says what was used)"})
-    ds.attrs.update({k: v for k, v in attrs.items() if isinstance(v, (str, int, float))})
+    ds.attrs.update({k: v for k, v in {**time_attrs(domain), **attrs}.items() if isinstance(v, (str, int, float))})
     ds.attrs["grid"] = layout.name
     write_netcdf(ds, path)
     return Path(path)
