@@ -189,6 +189,11 @@ def test_table_with_climatology_skill_and_overlap_check():
     m = tab.loc["m"]
     assert m.crpss == pytest.approx(1 - m.crps / clim.crps, rel=1e-12) and m.n_skill == 96
     assert clim.crpss == 0.0
+    # against the fair CRPS (Ferro 2014): 1/(2M(M - 1)) = 1/4 for two members, against 1/(2M²) = 1/8
+    fair_by_hand = np.mean(np.abs(ens - obs[scored][:, None]).mean(1) - np.abs(ens[:, 0] - ens[:, 1]) / 2)
+    assert fair_by_hand < c_by_hand
+    assert m.crpss_fair == pytest.approx(1 - m.crps / fair_by_hand, rel=1e-12) and m.crpss_fair < m.crpss
+    assert clim.crpss_fair == pytest.approx(1 - c_by_hand / fair_by_hand, rel=1e-12) and clim.crpss_fair < 0
     with pytest.raises(ValueError, match="overlap"):
         P.probabilistic_table(obs, {"m": mu}, {"m": np.ones(obs.size)}, time, scored | (np.arange(obs.size) == 0),
                               reference=reference)
@@ -260,11 +265,12 @@ def test_report_section_csv_and_plot(unc_run):
     # the climatology: usable train/validation Qle at the same month and half-hour, ≥ 10 members
     ref = np.isfinite(y) & np.isin(obs.split.values, [1, 2]) & (qc >= 0) & (qc <= 1)
     key = t.month * 100 + t.hour * 2 + t.minute // 30
-    crps_c, covered = [], []
+    crps_c, fair_c, covered = [], [], []
     for i in np.flatnonzero(ok):
         x = y[ref & (key == key[i])]
         if x.size >= 10:
             crps_c.append(np.mean(np.abs(x - y[i])) - np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size**2))
+            fair_c.append(np.mean(np.abs(x - y[i])) - np.abs(x[:, None] - x[None, :]).sum() / (2 * x.size * (x.size - 1)))
             covered.append(i)
     clim = df[(df.model == "climatology") & (df.scale == "halfhourly")].iloc[0]
     assert 0 < clim.n == len(crps_c) < ok.sum()  # May (no reference month) and thin April slots left out
@@ -273,6 +279,8 @@ def test_report_section_csv_and_plot(unc_run):
     assert row.n_skill == len(covered)
     crpss = 1 - np.mean(_crps_by_hand(y[covered], mu[covered], sd[covered])) / np.mean(crps_c)
     assert row.crpss == pytest.approx(crpss, rel=1e-9) and row.crpss > 0.3
+    fair = 1 - np.mean(_crps_by_hand(y[covered], mu[covered], sd[covered])) / np.mean(fair_c)
+    assert row.crpss_fair == pytest.approx(fair, rel=1e-9) and row.crpss_fair < row.crpss
 
 
 def test_report_without_sd_says_so(tmp_path):

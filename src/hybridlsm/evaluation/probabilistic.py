@@ -8,11 +8,19 @@ variance). This module scores such predictions; the report (`report.build_report
 Definitions (per model, flux and scale, over the scored steps: obs, μ and σ finite and ``mask``)
 -------------------------------------------------------------------------------------------
 - **CRPS** [W m-2]: mean of the closed form for N(μ, σ²) (`metrics.crps_gaussian`); for the
-  climatology, the energy form of the ensemble CRPS over its members (`metrics.crps_ensemble`).
+  climatology, the energy form of the ensemble CRPS over its members (`metrics.crps_ensemble`,
+  the standard estimator with 1/(2M²): the exact CRPS of the M-member ensemble, as properscoring
+  and xskillscore compute it).
 - **CRPSS** = 1 − CRPS_model/CRPS_clim, both means over the steps where the model *and* the
   climatology have a forecast (``n_skill`` of them), the climatology scored against the same
   target values (at the daily scale: the model's daily means of the observations). > 0: the model
   beats the climatology; 1: perfect. NaN without a reference.
+- ``crpss_fair``: the same against the *fair* CRPS of the climatology (1/(2M(M − 1)), Ferro 2014),
+  the unbiased estimate of the CRPS of the climatological distribution the members sample, which
+  an ensemble of finitely many members scores worse than (by about E|X − X'|/(2M)). The model's
+  Gaussian CRPS is exact, so this is the comparison with the climatology itself rather than with
+  its M-member ensemble; it is the lower of the two. On the climatology's own row it is
+  1 − CRPS_ensemble/CRPS_fair (≤ 0, that penalty). With 10–30 members it is 0.03–0.1 below CRPSS.
 - **Coverage** ``coverage_<L>``: fraction of observations inside the central L % interval
   μ ± z_{(1+L)/2}·σ (`metrics.gaussian_interval`, `metrics.interval_scores`); a calibrated model
   has coverage ≈ L, an overconfident one less. **Width** ``width_<L>``: mean U − L [W m-2]. For the
@@ -157,12 +165,13 @@ class _Climatology:
             out[idx, : m.size] = m
         return out
 
-    def crps(self, y: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    def crps(self, y: np.ndarray, keys: np.ndarray, fair: bool = False) -> np.ndarray:
+        """The ensemble CRPS of the targets ``y`` (standard, or ``fair``: NaN for one member)."""
         out = np.full(keys.size, np.nan)
         for m, idx in self.targets(keys):
             idx = idx[np.isfinite(y[idx])]
-            if idx.size:
-                out[idx] = crps_ensemble(y[idx], np.broadcast_to(m, (idx.size, m.size)))
+            if idx.size and (m.size > 1 or not fair):
+                out[idx] = crps_ensemble(y[idx], np.broadcast_to(m, (idx.size, m.size)), fair=fair)
         return out
 
     def moments(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -335,7 +344,7 @@ def aggregate_gaussian(
 def probabilistic_columns(levels: Sequence[float] = LEVELS) -> list[str]:
     """Columns of `probabilistic_table` for these interval levels."""
     cov = [c for lv in levels for c in (f"coverage_{_level_key(lv)}", f"width_{_level_key(lv)}")]
-    return ["site", "model", "flux", "scale", "split", "crps", "crpss", "n_skill", *cov,
+    return ["site", "model", "flux", "scale", "split", "crps", "crpss", "crpss_fair", "n_skill", *cov,
             "spread_skill_r", "spread", "rmse", "spread_skill_ratio", "epistemic_share", "n"]  # fmt: skip
 
 
@@ -362,6 +371,16 @@ def _scores(y, mu, sd, ok, crps, levels, interval) -> dict:
     out |= dict(spread_skill_r=_NAN if constant else pearson_r(sd, err, ok), spread=spread, rmse=e,
                 spread_skill_ratio=spread / e if e and math.isfinite(e) else _NAN, n=int(ok.sum()))
     return out
+
+
+def _skill(crps: np.ndarray, reference: np.ndarray) -> float:
+    """1 − mean CRPS / mean reference CRPS over the steps where both are finite; NaN without one
+    or where the reference's is 0."""
+    both = np.isfinite(crps) & np.isfinite(reference)
+    if not both.any():
+        return _NAN
+    ref = float(np.mean(reference[both]))
+    return 1.0 - float(np.mean(crps[both])) / ref if ref > 0 else _NAN
 
 
 def _climatology_at(o, t, ref, scale, *, min_members, min_valid_fraction, time_step_s):
@@ -436,14 +455,15 @@ def probabilistic_table(
             ok = np.isfinite(a.obs) & np.isfinite(a.mu) & np.isfinite(a.sd)
             crps = crps_gaussian(a.obs, a.mu, a.sd)
             row = _scores(a.obs, a.mu, a.sd, ok, crps, levels, lambda lv: gaussian_interval(a.mu, a.sd, lv))
-            crpss, n_skill = _NAN, 0
+            crpss, crpss_fair, n_skill = _NAN, _NAN, 0
             if clim is not None:
-                c = clim.crps(a.obs, _slot_keys(a.period, step))
+                keys = _slot_keys(a.period, step)
+                c, c_fair = clim.crps(a.obs, keys), clim.crps(a.obs, keys, fair=True)
                 common = ok & np.isfinite(c)
                 n_skill = int(common.sum())
                 if n_skill:
-                    ref_crps = float(np.mean(c[common]))
-                    crpss = 1.0 - float(np.mean(crps[common])) / ref_crps if ref_crps > 0 else _NAN
+                    crpss = _skill(crps[common], c[common])
+                    crpss_fair = _skill(crps[common], c_fair[common])
             share = _NAN
             if model in epis or model in ales:
                 ok_steps = joint_mask(o, m_, s_, mask=m_all)
@@ -456,7 +476,7 @@ def probabilistic_table(
                 both = ok & np.isfinite(sd_e)
                 if both.any() and np.sum(a.sd[both] ** 2) > 0:
                     share = float(np.mean(sd_e[both] ** 2) / np.mean(a.sd[both] ** 2))
-            rows.append(label | dict(model=model, scale=scale, crpss=crpss, n_skill=n_skill,
+            rows.append(label | dict(model=model, scale=scale, crpss=crpss, crpss_fair=crpss_fair, n_skill=n_skill,
                                      epistemic_share=share) | row)
         if clim is not None:
             a = aggregate(np.where(m_all, o, np.nan), t, scale, **agg_kw)
@@ -467,8 +487,10 @@ def probabilistic_table(
             mean, sdc = clim.moments(keys)
             row = _scores(y, mean, sdc, ok, crps, levels, lambda lv: clim.interval(keys, lv))
             c_mean = row["crps"]
+            fair = clim.crps(y, keys, fair=True)
             rows.append(label | dict(model=CLIMATOLOGY, scale=scale, n_skill=row["n"], epistemic_share=_NAN,
-                                     crpss=0.0 if c_mean > 0 else _NAN) | row)
+                                     crpss=0.0 if c_mean > 0 else _NAN, crpss_fair=_skill(crps[ok], fair[ok]))
+                        | row)
     return pd.DataFrame(rows, columns=probabilistic_columns(levels))
 
 

@@ -747,7 +747,9 @@ def _predictive_uncertainty_html(
         "better). Reference: a climatological ensemble, per step the observations of the same site, calendar "
         "month and half-hour from the train and validation splits (daily: daily means of the same month), "
         f"used where it has ≥ {P.MIN_MEMBERS} members; its intervals are member quantiles. CRPSS = 1 − "
-        "CRPS/CRPS<sub>clim</sub> on the steps both cover (&gt; 0: better than climatology). Coverage: fraction "
+        "CRPS/CRPS<sub>clim</sub> on the steps both cover (&gt; 0: better than climatology), CRPS<sub>clim</sub> "
+        "that of the ensemble of its members; CRPSS fair: against the fair CRPS (Ferro 2014), the climatological "
+        "distribution's own, which its finite ensemble scores worse than (on its row: that penalty). Coverage: fraction "
         "of observations inside the central interval μ ± z·σ (calibrated: the nominal level); width: its "
         "mean [W m-2]. r(σ, |e|): correlation of σ with the absolute error; spread/RMSE = √(mean σ²)/RMSE "
         "(calibrated ≈ 1, overconfident &lt; 1). Daily: means over the scored half-hours, σ<sub>day</sub> = "
@@ -755,7 +757,7 @@ def _predictive_uncertainty_html(
         "mean σ<sub>epistemic</sub>²/mean σ² where a model writes it. Written to "
         "<code>metrics_probabilistic.csv</code>.</p>")
     lv = [c.split("_", 1)[1] for c in table.columns if c.startswith("coverage_")]
-    names = {"crps": "CRPS [W m-2]", "crpss": "CRPSS"}
+    names = {"crps": "CRPS [W m-2]", "crpss": "CRPSS", "crpss_fair": "CRPSS fair"}
     for k in lv:
         names |= {f"coverage_{k}": f"coverage {k} %", f"width_{k}": f"width {k} % [W m-2]"}
     names |= {"spread_skill_r": "r(σ, |e|)", "spread_skill_ratio": "spread/RMSE", "epistemic_share": "epistemic share"}
