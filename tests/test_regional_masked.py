@@ -297,6 +297,19 @@ def test_a_model_saved_before_the_boundary_reached_the_air_layer_predicts_as_it_
                                        if k != "boundary"}).settings)["boundary"] == "open"
 
 
+def test_a_grid_without_land_cover_is_refused_saying_how_to_give_one():
+    """The message named only a run's data.grid.igbp, which `hybridlsm predict` has no way to set."""
+    from hybridlsm.domain import domain_from_grid
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("regional_fixed_kh")
+    run = spec.build(validate_options("regional_fixed_kh", {}))
+    grid = domain_from_grid(_grid().drop_vars("land_cover"))
+    with pytest.raises(DataError, match=r"toy: cells of land cover \[''\] \(''.*data.grid.igbp in a run's config.*"
+                                        r"for `hybridlsm predict`, a land_cover field \(y, x\) of IGBP codes"):
+        spec.check_domain(run, grid)
+
+
 def test_a_grid_whose_coordinates_give_no_cell_size_is_named():
     """A latitude that repeats, or beyond the poles, gave the air layer a spacing of 0 or NaN (a
     ValueError traceback after the run directory was written); one row gave a misleading message."""

@@ -337,11 +337,12 @@ class RegionalSpec(EquinoxSpec):
         if domain.kind != "grid":
             raise DataError(f"{domain.name}: the regional models need a grid; the domain has {domain.n_columns} "
                             f"{domain.kind} column(s) (the column models run on sites)")
-        unknown = sorted(set(domain.static_value("igbp").astype(str)) - set(model.classes))
+        unknown = sorted({str(c) for c in domain.static_value("igbp").astype(str)} - set(model.classes))
         if unknown:
             raise DataError(f"{domain.name}: cells of land cover {unknown} ('' = none in the file), which the model "
-                            f"does not know (it knows {', '.join(model.classes)}); data.grid.igbp gives a class to "
-                            "cells without one")
+                            f"does not know (it knows {', '.join(model.classes)}); give the cells a class: data.grid.igbp "
+                            "in a run's config gives one to the cells without one; for `hybridlsm predict`, a "
+                            "land_cover field (y, x) of IGBP codes in the file")
         if model.model is not None:
             check_time_step(self.name, model.time_steps, domain)
         unseen = model.unseen_classes(domain)
