@@ -374,3 +374,18 @@ def test_the_report_names_what_was_scored_by_the_runs_split(run_dir, tmp_path):
     assert set(pd.read_csv(root / "metrics.csv")["split"]) == {"loso"}
     assert split_words(["blocked", "blocked", "loso"]) == "test weeks of the blocked split; left-out site, whole record"
     assert split_words(["custom"], sentence=True) == "the custom split"
+
+
+def test_a_model_whose_predictions_were_deleted_is_not_dropped(run_dir, tmp_path):
+    """A deleted prediction file (its checksum still there) made the report drop the model from
+    every table and rewrite metrics.csv without it, exit 0."""
+    import shutil
+
+    from hybridlsm.rundir import DamagedRunFile
+
+    copy = tmp_path / "syn"
+    shutil.copytree(run_dir / "predictions", copy / "predictions")
+    (copy / "predictions" / "XX-Aaa" / "lstm.nc.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(DamagedRunFile, match=r"XX-Aaa: lstm.nc missing \(their checksums are there"):
+        build_report(copy)
+    assert not (copy / "metrics.csv").exists()  # nothing written

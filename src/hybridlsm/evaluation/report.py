@@ -83,7 +83,7 @@ from hybridlsm.evaluation.metrics import (
     pearson_r,
     skill_table,
 )
-from hybridlsm.rundir import json_safe, load_checked_dataset, verified
+from hybridlsm.rundir import DamagedRunFile, json_safe, load_checked_dataset, verified
 
 __all__ = [
     "FLUXES",
@@ -177,6 +177,10 @@ def load_run(run_dir: Path) -> dict[str, SiteData]:
         missing = [f for f in FLUXES if f not in obs.variables]
         if missing:
             raise DataError(f"{obs_path}: observed flux(es) {missing} missing; expected {list(FLUXES)}")
+        lost = sorted(p.with_suffix("").name for p in d.glob("*.nc.sha256") if not p.with_suffix("").exists())
+        if lost:  # a model's predictions deleted: the report would drop the model from every table
+            raise DamagedRunFile(f"{d}: {', '.join(lost)} missing (their checksums are there: the run wrote them); "
+                                 "restore them, or rerun the run with --resume")
         models = {}
         for f in sorted(d.glob("*.nc")):
             if f.name == "obs.nc":
