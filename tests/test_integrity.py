@@ -222,6 +222,12 @@ def test_run_json_files_that_are_not_json_objects_are_named_not_tracebacks(finis
     cfg_file, run_dir = copy_run(finished, tmp_path)
     saved = run_dir / "models" / "1lin" / "all"
     meta = json.loads((saved / "model.json").read_text())
+    # a hand edit of model.json (an option changes what the model predicts) is refused by its checksum
+    (saved / "model.json").write_text(json.dumps({**meta, "options": {**meta["options"], "targets": ["Qle"]}}))
+    with pytest.raises(SavedModelError, match=r"model\.json is damaged or truncated.*\(edited by hand\?\)"):
+        load_saved_model(saved)
+    # a model saved before model.json carried a checksum: its model.json is read as it is
+    (saved / "model.json.sha256").unlink()
     (saved / "model.json").write_text("[]")
     with pytest.raises(SavedModelError, match=r"model\.json: corrupt: not the JSON object of a saved model"):
         load_saved_model(saved)

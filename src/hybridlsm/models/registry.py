@@ -53,7 +53,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import RunConfig, TrainConfig, load_config, refuse_bool_numbers, validate_config
 from ..data.schema import DataError
-from ..rundir import atomic_write, problem
+from ..rundir import DamagedRunFile, atomic_write, problem, verified, write_checked
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..domain import Domain
@@ -401,7 +401,9 @@ def write_model_json(directory: Path, name: str, options: BaseModel, extra: dict
     (``sha256``: file name -> digest, as ``rundir.atomic_write`` returns it)."""
     meta = {"format": SAVED_FORMAT, "model": name, "options": options.model_dump(mode="json"),
             "dtype": str(jnp.zeros(0).dtype), **extra, "sha256": sha256}  # fmt: skip
-    atomic_write(Path(directory) / MODEL_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
+    # with its own checksum: an edited option (a stability function, a parameter) would change what
+    # the model predicts while its data files still verify
+    write_checked(Path(directory) / MODEL_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
 
 
 def read_model_json(directory: Path) -> dict:
@@ -409,7 +411,10 @@ def read_model_json(directory: Path) -> dict:
     if not path.is_file():
         raise SavedModelError(f"{directory}: no trained model here ({MODEL_FILE} missing)")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(verified(path).read_text())  # a model saved before model.json.sha256: taken as it is
+    except DamagedRunFile as err:
+        raise SavedModelError(f"{err} (edited by hand?); retrain the model (hybridlsm run --resume) or restore "
+                              "the file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SavedModelError(f"{path}: corrupt: {err}") from None
     except OSError as err:  # e.g. no permission to read it
