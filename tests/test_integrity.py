@@ -293,3 +293,21 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run_lock(finished
     result = CliRunner().invoke(app, ["run", str(cfg_file), "--resume"])
     assert result.exit_code == 0, result.output
     assert not lock_path(run_dir).exists()
+
+
+def test_damaged_leaves_of_a_model_saved_before_checksums_are_named(tmp_path):
+    """A truncated model.eqx whose model.json records no digest (saved before checksums) was an
+    equinox TreePathError traceback."""
+    from hybridlsm.models.registry import get_model, validate_options
+
+    spec = get_model("hybrid_param")
+    options = validate_options("hybrid_param", {"width": 4})
+    spec.save(spec.build(options), options, tmp_path)
+    load_saved_model(tmp_path)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    (tmp_path / "model.json.sha256").unlink()
+    leaves = (tmp_path / "model.eqx").read_bytes()
+    (tmp_path / "model.eqx").write_bytes(leaves[: len(leaves) // 2])
+    with pytest.raises(SavedModelError, match=r"model\.eqx: cannot load the trained hybrid_param model: ValueError: EOF"):
+        load_saved_model(tmp_path)

@@ -389,8 +389,9 @@ class EquinoxSpec(ModelSpec):
             cause = err.__cause__
             while isinstance(cause, RuntimeError) and cause.__cause__ is not None:
                 cause = cause.__cause__
-            if not isinstance(cause, SavedModelError):
-                raise
+            if not isinstance(cause, SavedModelError):  # a damaged leaf (a model saved before checksums)
+                raise SavedModelError(f"{path}: cannot load the trained {self.name} model: {type(cause).__name__}: "
+                                      f"{cause}") from None
             raise SavedModelError(f"{path}: {cause} (saved by another version of hybridlsm? retrain the "
                                   "model: hybridlsm run CONFIG --resume recomputes it)") from None
         return model
@@ -441,8 +442,11 @@ def load_saved_model(directory: Path) -> tuple[ModelSpec, BaseModel, Any]:
         raise SavedModelError(f"{Path(directory) / MODEL_FILE}: {err}") from None
     try:
         return spec, options, spec.load(options, Path(directory))
-    except OSError as err:
-        raise SavedModelError(f"{directory}: cannot load the trained {spec.name} model: {err}") from None
+    except SavedModelError:
+        raise
+    except (OSError, ValueError) as err:  # e.g. damaged arrays of a model saved before checksums
+        raise SavedModelError(f"{directory}: cannot load the trained {spec.name} model: {type(err).__name__}: "
+                              f"{err}") from None
 
 
 # --------------------------------------------------------------------------------- registry
