@@ -389,3 +389,24 @@ def test_a_model_whose_predictions_were_deleted_is_not_dropped(run_dir, tmp_path
     with pytest.raises(DamagedRunFile, match=r"XX-Aaa: lstm.nc missing \(their checksums are there"):
         build_report(copy)
     assert not (copy / "metrics.csv").exists()  # nothing written
+
+
+def test_unreadable_validation_and_discovery_files_are_named(run_dir, tmp_path):
+    """A validation.json or discovery.json that is not a JSON object (written by hand, no checksum)
+    was a JSONDecodeError or TypeError traceback."""
+    import shutil
+
+    from hybridlsm.rundir import DamagedRunFile
+
+    copy = tmp_path / "syn"
+    shutil.copytree(run_dir / "predictions", copy / "predictions")
+    (copy / "validation").mkdir()
+    (copy / "validation" / "validation.json").write_text("{oops")
+    with pytest.raises(DamagedRunFile, match=r"validation\.json cannot be read as JSON"):
+        build_report(copy)
+    shutil.rmtree(copy / "validation")
+    (copy / "discovery").mkdir()
+    (copy / "discovery" / "forms.csv").write_text("model,form\nx,y\n")
+    (copy / "discovery" / "discovery.json").write_text("[1, 2]")
+    with pytest.raises(DamagedRunFile, match=r"discovery\.json holds a JSON list"):
+        build_report(copy)

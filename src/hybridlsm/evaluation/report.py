@@ -83,7 +83,7 @@ from hybridlsm.evaluation.metrics import (
     pearson_r,
     skill_table,
 )
-from hybridlsm.rundir import DamagedRunFile, json_safe, load_checked_dataset, verified
+from hybridlsm.rundir import DamagedRunFile, json_safe, load_checked_dataset, read_json_object, verified
 
 __all__ = [
     "FLUXES",
@@ -794,7 +794,7 @@ def _discovery_html(run_dir: Path) -> str:
     if not (folder / "forms.csv").is_file() or (folder / "forms.csv").stat().st_size <= 1:
         return ""
     forms = pd.read_csv(verified(folder / "forms.csv"))
-    meta = json.loads(verified(folder / "discovery.json").read_text()) if (folder / "discovery.json").is_file() else {}
+    meta = read_json_object(verified(folder / "discovery.json")) if (folder / "discovery.json").is_file() else {}
     h = ["<h2>Discovered exchange law</h2>",
          "<p class='note'>Closed forms fitted to each hybrid's learned K_h on the training and validation steps "
          "(<code>hybridlsm discover</code>): the branched power law K_h = a·u^b·|Ri|^c with separate stable and "

@@ -89,7 +89,7 @@ from hybridlsm.evaluation.metrics import bias, count_valid, nse, rmse
 from hybridlsm.models.column import ColumnModel, domain_inputs, run_jit
 from hybridlsm.models.hybrid import FALLBACK_OUTPUT, PostCorrection
 from hybridlsm.physics import LaDState
-from hybridlsm.rundir import json_safe, verified, write_checked
+from hybridlsm.rundir import json_safe, read_json_object, verified, write_checked
 
 __all__ = ["ENERGY_DRIFT_TOL", "LEVELS", "WATER_DRIFT_TOL", "ValidationRunError", "column_of", "cycle_drift",
            "daily_means", "emergent_statistics", "levels_table", "offline", "online", "online_run", "partially_coupled",
@@ -523,7 +523,7 @@ def write_validation(out: Path, result: dict, series: dict) -> dict:
     validate --model X`` adds X; results of another length are replaced, with a warning)."""
     path = out / "validation.json"
     if path.is_file():
-        earlier = json.loads(verified(path).read_text())
+        earlier = read_json_object(verified(path))
         kept = {k: v for k, v in earlier.get("models", {}).items() if k not in result["models"]}
         if kept and earlier.get("years") == result["years"]:
             result = {**result, "models": {**kept, **result["models"]}}
@@ -558,7 +558,7 @@ def validation_html(run_dir: Path) -> str:
     path = folder / "validation.json"
     if not path.is_file():
         return ""
-    result = json.loads(verified(path).read_text())
+    result = read_json_object(verified(path))
     head = ["site", "model", "offline NSE H", "offline NSE LE", "coupled NSE H", "coupled NSE LE", "online non-finite",
             "energy drift [W m-2]", "water drift [mm/yr]", "stable", "emergent in obs. range"]  # fmt: skip
     # the epistemic fallback's share per level, where a model of the run has one
