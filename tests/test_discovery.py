@@ -196,6 +196,16 @@ def test_discover_end_to_end_on_a_tiny_twin_run(tmp_path):
     np.testing.assert_allclose(law_run["Kh"].values, np.asarray(law(wind, law_run["RiB"].values)), rtol=2e-4)
     assert "Discovered exchange law" in (run / "report.html").read_text()
     assert (out / "forms.csv.sha256").is_file()
+    # discovered again: the folder is replaced whole (an earlier discovery's plots and law runs
+    # stayed, and the report showed them), and a killed discover's hidden folder is cleared
+    (out / "plots" / "gone_GRA.png").write_bytes((out / "plots" / "hybrid_param_GRA.png").read_bytes())
+    (out / "predictions" / "TWIN" / "gone_law.nc").write_bytes(b"stale")
+    (run / ".discovery.partial").mkdir()
+    result = runner.invoke(app, ["discover", str(run), "--refit-epochs", "0"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "plots" / "gone_GRA.png").exists() and not (out / "predictions" / "TWIN" / "gone_law.nc").exists()
+    assert (out / "plots" / "hybrid_param_GRA.png").is_file() and not list(run.glob(".discovery.*"))
+    assert "gone_GRA" not in (run / "report.html").read_text()
 
 
 def test_discover_refuses_what_it_cannot_fit(tmp_path):

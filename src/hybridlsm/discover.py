@@ -36,6 +36,7 @@ Writes ``RUN/discovery/``: ``discovery.json`` (everything), ``forms.csv`` (the T
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
-from .rundir import RunLockedError, atomic_write, json_safe, run_lock, unfinished_run, verified, write_checked
+from .rundir import (RunLockedError, atomic_write, json_safe, read_json_object, run_lock, unfinished_run, verified,
+                     write_checked)
 
 __all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
@@ -253,9 +255,6 @@ def discover(run_dir: Path, labels: Sequence[str] | None = None, seed: int = 0,
 
 
 def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Refit, progress: bool) -> Path:
-    from .evaluation.validation import ValidationRunError
-    from .validate import site_domains
-
     try:
         sites = load_run(run_dir)
     except (FileNotFoundError, ValueError) as err:
@@ -285,14 +284,38 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
         saved = sorted(p.name for p in (run_dir / "models").glob("*"))
         raise PredictError(f"{run_dir}: no model with predictions in predictions/ learns K_h (hybrid_param, hybrid_lstm; "
                            f"the run's saved models: {', '.join(saved) or 'none'}); nothing to discover")
-    out = run_dir / DISCOVERY_DIR
-    if (out / "discovery.json").is_file():  # say what an earlier discover found that this one replaces
-        earlier = json.loads(verified(out / "discovery.json").read_text()).get("models", {})
+    final = run_dir / DISCOVERY_DIR
+    if (final / "discovery.json").is_file():  # say what an earlier discover found that this one replaces
+        earlier = read_json_object(verified(final / "discovery.json")).get("models", {})
         dropped = sorted(set(earlier) - set(found))
         if dropped:
-            warnings.warn(f"{out}: the earlier discovery of {', '.join(dropped)} is replaced by this one of "
+            warnings.warn(f"{final}: the earlier discovery of {', '.join(dropped)} is replaced by this one of "
                           f"{', '.join(found)} (run discover without --model to fit every model)", DataWarning,
                           stacklevel=3)
+    # built in a hidden folder and swapped in whole: an earlier discovery's plots and law predictions
+    # never stay beside this one's tables, and one stopped part-way leaves the earlier one as it was
+    out = run_dir / f".{DISCOVERY_DIR}.partial"
+    shutil.rmtree(out, ignore_errors=True)  # left by a discover that was killed
+    try:
+        _fit_and_write(run_dir, cfg, found, sites, per_fold, out, seed, refit, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    old = run_dir / f".{DISCOVERY_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    out.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fit_and_write(run_dir: Path, cfg, found: Sequence[str], sites: dict[str, SiteData], per_fold: bool, out: Path,
+                   seed: int, refit: Refit, progress: bool) -> None:
+    """The fits, the online laws and their skill of ``_discover``, written into ``out``."""
+    from .evaluation.validation import ValidationRunError
+    from .validate import site_domains
+
     # the run's sites rebuilt from its config and checked against its obs.nc (keyed by site id)
     try:
         rebuilt = site_domains(run_dir, {site_file_name(s): sd.obs for s, sd in sites.items()})
@@ -334,7 +357,6 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
     write_checked(out / "skill.csv", lambda p: skill.to_csv(p, index=False))
     text = json.dumps(json_safe(result), indent=1, allow_nan=False)
     write_checked(out / "discovery.json", lambda p: p.write_text(text))
-    return out
 
 
 # ------------------------------------------------------------------------ leave-one-site-out
