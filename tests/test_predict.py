@@ -75,7 +75,7 @@ def test_trained_model_is_saved_and_reloads_to_the_same_predictions(run_dir, sha
 
 
 def test_predict_a_third_site_writes_alma_skill_and_report(run_dir, shared_data):
-    out = run_dir / "applied-crt"
+    out = run_dir / "applied" / "crt"
     result = _cli("predict", str(run_dir), str(shared_data / "fluxnet" / US_CRT), "--model", "physics",
                   "--start", "2011-06-01", "--end", "2011-06-30T23:30", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -111,7 +111,7 @@ def test_predict_a_third_site_writes_alma_skill_and_report(run_dir, shared_data)
 
 def test_predict_a_grid_writes_y_x(run_dir, shared_data):
     grid = shared_data / "gridded" / GRID
-    out = run_dir / "applied-grid"
+    out = run_dir / "applied" / "grid"
     result = _cli("predict", str(run_dir), str(grid), "--model", "physics", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     ds = xr.open_dataset(out / f"{grid.stem}_physics.nc")
@@ -135,7 +135,7 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
 
     store = run_dir / "vgrid.zarr"  # a grid in the canonical form, written lazily
     virtual_grid(4, 3, 3, step_s=1800, chunks=(48, 2, 3), start="2011-05-01").to_zarr(store, zarr_format=2)
-    out = run_dir / "applied-zarr"
+    out = run_dir / "applied" / "zarr"
     result = _cli("predict", str(run_dir), str(store), "--model", "physics", "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     ds = xr.open_zarr(out / "vgrid_physics.zarr")
@@ -148,23 +148,23 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     # only, the last day of the same prediction up to --end
     for name, first in (("day", ["--start", "2011-05-02"]), ("to-end", [])):
         result = _cli("predict", str(run_dir), str(store), "--model", "physics", *first, "--end", "2011-05-02T23:30",
-                      "--out", str(run_dir / f"applied-zarr-{name}"))
+                      "--out", str(run_dir / "applied" / f"zarr-{name}"))
         assert result.returncode == 0, result.stderr[-3000:]
-    cut, to_end = (xr.open_zarr(run_dir / f"applied-zarr-{n}" / "vgrid_physics.zarr") for n in ("day", "to-end"))
+    cut, to_end = (xr.open_zarr(run_dir / "applied" / f"zarr-{n}" / "vgrid_physics.zarr") for n in ("day", "to-end"))
     assert cut.sizes["time"] == 48 and str(cut["time"].values[0])[:16] == "2011-05-02T00:00"
     assert to_end.sizes["time"] == 96
     np.testing.assert_allclose(cut["Qle"].values, to_end["Qle"].values[48:], rtol=1e-5, atol=1e-4)
     assert np.abs(cut["Qle"].values).max() > 50.0
-    refused = _cli("predict", str(run_dir), str(store), "--model", "1lin", "--out", str(run_dir / "no-zarr"))
+    refused = _cli("predict", str(run_dir), str(store), "--model", "1lin", "--out", str(run_dir / "applied" / "no-zarr"))
     assert refused.returncode == 2 and "cannot run streamed" in refused.stderr, refused.stderr[-2000:]
-    assert not (run_dir / "no-zarr").exists()
+    assert not (run_dir / "applied" / "no-zarr").exists()
     # two stores, the second with an impossible air temperature at its last step: the prediction
     # fails part-way, and provenance.json says the first store is whole and the second is not
     bad = run_dir / "vgrid-hot.zarr"
     grid = virtual_grid(4, 3, 3, step_s=1800, chunks=(48, 2, 3), start="2011-05-01").load()
     grid["Tair"].values[-1, 1, 2] = 400.0
     grid.chunk({"time": 48}).to_zarr(bad, zarr_format=2)
-    out = run_dir / "applied-two-stores"
+    out = run_dir / "applied" / "two-stores"
     failed = _cli("predict", str(run_dir), str(store), str(bad), "--model", "physics", "--out", str(out))
     assert failed.returncode != 0 and "Tair" in failed.stderr, failed.stderr[-2000:]
     prov = json.loads((out / "provenance.json").read_text())
@@ -172,13 +172,13 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     assert prov["not_written"] == [str(out / "vgrid-hot_physics.zarr")]
     assert prov["failed"].startswith(str(out / "vgrid-hot_physics.zarr")) and "Tair" in prov["failed"]
     assert np.isfinite(xr.open_zarr(out / "vgrid_physics.zarr")["Qle"].values).all()
-    assert json.loads((run_dir / "applied-zarr" / "provenance.json").read_text())["complete"] is True
+    assert json.loads((run_dir / "applied" / "zarr" / "provenance.json").read_text())["complete"] is True
     # a netCDF grid of the same name as a store: provenance.json would hold one entry for both
     grid.isel(time=slice(0, 48)).to_netcdf(run_dir / "vgrid.nc")
     twin = _cli("predict", str(run_dir), str(store), str(run_dir / "vgrid.nc"), "--model", "physics", "--out",
-                str(run_dir / "no-twins"))
+                str(run_dir / "applied" / "no-twins"))
     assert twin.returncode == 2 and "a zarr store and a file both named ['vgrid']" in twin.stderr, twin.stderr[-2000:]
-    assert not (run_dir / "no-twins").exists()
+    assert not (run_dir / "applied" / "no-twins").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -191,6 +191,9 @@ def test_predict_streams_a_zarr_grid_and_refuses_a_model_that_cannot_stream(run_
     (["--model", "physics", "SITE", "SITE"], "map to the same folder name"),
     (["--model", "physics", "ICE"], "IGBP class 'SNO' has no LaD parameters"),
     (["--model", "lstm", "GRID"], "lstm was trained on 1800 s time steps and this forcing has 3600 s steps"),
+    (["--model", "physics", "ONEROW"], "the file holds 1 step; give at least two"),  # was a traceback in the report
+    (["--model", "physics", "SITE", "--start", "2011-06-10", "--end", "2011-06-01"],
+     "start 2011-06-10 is after end 2011-06-01"),
 ])
 def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
     ice = run_dir / "ice.nc"  # a corner of the Little Washita grid with one cell of permanent snow and ice
@@ -198,17 +201,24 @@ def test_bad_input_is_one_clear_line(run_dir, shared_data, args, message):
         grid = xr.load_dataset(shared_data / "gridded" / GRID).isel(y=slice(0, 3), x=slice(0, 3))
         grid["land_cover"][0, 0] = 15
         grid.to_netcdf(ice)
-    files = {"SITE": str(shared_data / "fluxnet" / US_CRT), "ICE": str(ice),
+    onerow = run_dir / "US-CRT_201101-201101_HH.csv"
+    if not onerow.exists():
+        lines = (shared_data / "fluxnet" / US_CRT).read_text().splitlines()
+        header = lines[0].split(",")
+        fluxes = [header.index(c) for c in ("H_F_MDS", "LE_F_MDS")]
+        row = next(r for r in lines[1:] if all(r.split(",")[i] != "-9999" for i in fluxes))  # observed fluxes
+        onerow.write_text(f"{lines[0]}\n{row}\n")
+    files = {"SITE": str(shared_data / "fluxnet" / US_CRT), "ICE": str(ice), "ONEROW": str(onerow),
              "NOSW": str(shared_data / "fluxnet" / "AT-Neu_201007-201007_HH.csv"),  # bigleaf month: no SWdown
              "GRID": str(shared_data / "gridded" / GRID)}  # hourly
     # in this process (the other tests start `hybridlsm predict` as a user does): each refusal comes
     # before any model runs, so a new process would mostly pay JAX's start-up
     result = CliRunner().invoke(app, ["predict", str(run_dir), *[files.get(a, a) for a in args], "--out",
-                                      str(run_dir / "bad")], env={"COLUMNS": "400"})  # fmt: skip
+                                      str(run_dir / "applied" / "bad")], env={"COLUMNS": "400"})  # fmt: skip
     assert result.exit_code == 2, result.output[-2000:]
     assert isinstance(result.exception, SystemExit)  # a clear message, not an exception escaping
     assert message in " ".join(result.stderr.split()) and "Traceback" not in result.output
-    assert not (run_dir / "bad").exists()  # nothing half-written
+    assert not (run_dir / "applied" / "bad").exists()  # nothing half-written
 
 
 def test_predict_never_replaces_a_users_files(run_dir, shared_data):
@@ -221,3 +231,63 @@ def test_predict_never_replaces_a_users_files(run_dir, shared_data):
     assert "holds files and is not the folder of an earlier prediction (no provenance.json)" in " ".join(
         result.stderr.split())
     assert sorted(p.name for p in user.iterdir()) == ["report.html"] and (user / "report.html").read_text() == "my own report"
+
+
+def _predict(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["predict", *map(str, args)], env={"COLUMNS": "400"})
+    return result.exit_code, " ".join(result.stderr.split())
+
+
+def test_predict_keeps_out_of_runs_and_never_mixes_inputs(run_dir, shared_data):
+    """`--out` in a run's predictions/ or models/ gave that run files its report read as its own
+    (it then failed); a second prediction of another period into the same folder was scored
+    against the first's model files."""
+    site = shared_data / "fluxnet" / US_CRT
+    for out in (run_dir / "predictions" / "X", run_dir / "models" / "zzz", run_dir / "applied", run_dir / "elsewhere"):
+        existed = out.exists()
+        code, err = _predict(run_dir, site, "--model", "1lin", "--out", out)
+        assert code == 2 and f"is inside the run directory {run_dir.resolve()}" in err, err
+        assert out.exists() == existed
+    elsewhere = run_dir.parent / "applied"  # a folder named applied outside any run is the user's choice
+    code, err = _predict(run_dir, site, "--model", "1lin", "--start", "2011-06-01", "--end", "2011-06-02", "--out",
+                         elsewhere)
+    assert code == 0 and (elsewhere / "provenance.json").is_file(), err
+    out = run_dir / "applied" / "mix"
+    june = ["--start", "2011-06-01", "--end", "2011-06-10T23:30"]
+    for model in ("1lin", "physics"):  # the same inputs: the second model joins the first
+        code, err = _predict(run_dir, site, "--model", model, *june, "--out", out)
+        assert code == 0, err
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["model"] == "physics" and sorted(prov["models"]) == ["1lin", "physics"]
+    assert prov["inputs"]["start"] == "2011-06-01" and len(prov["inputs"]["files"][0]["sha256"]) == 64
+    code, err = _predict(run_dir, site, "--model", "physics", "--start", "2011-07-01", "--end", "2011-07-10T23:30",
+                         "--out", out)
+    assert code == 2 and "holds the predictions of other inputs" in err, err
+    with xr.open_dataset(out / "predictions" / "US-CRT" / "obs.nc") as obs:
+        assert str(obs["time"].values[0])[:10] == "2011-06-01"  # untouched
+
+
+def test_predict_scores_as_the_run_did(run_dir, shared_data, tmp_path):
+    """The observations were scored with QC <= 1 and Qle, Qh whatever the run's data.max_qc and
+    targets said: the skill of the run's own test period differed from its metrics.csv."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "runs" / "qc0"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("applied"))
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    cfg["data"]["max_qc"] = 0
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    site = shared_data / "fluxnet" / "DE-Tha_201001-201012_HH.csv"  # QC flags 0 and 1 in these days
+    june = ["--start", "2010-06-01", "--end", "2010-06-10T23:30"]
+    n = {}
+    for name, run in (("qc1", run_dir), ("qc0", copy)):
+        code, err = _predict(run, site, "--model", "1lin", *june, "--out", run / "applied" / "qc")
+        assert code == 0, err
+        with xr.open_dataset(run / "applied" / "qc" / "predictions" / "DE-Tha" / "obs.nc") as obs:
+            assert obs.attrs["max_qc"] == int(name[-1]) and obs.attrs["targets"] == "Qle Qh"
+            qc = obs["Qle_qc"].values
+        skill = json.loads((run / "applied" / "qc" / "skill.json").read_text())
+        n[name] = next(r["n"] for r in skill if r["flux"] == "Qle" and r["scale"] == "halfhourly")
+    assert (qc == 1).any() and n["qc0"] < n["qc1"]

@@ -20,10 +20,16 @@ empirical models' antecedent rain, as in training) up to ``--end``; only the per
 written and scored; a zarr store is streamed from its start too and only the period is written.
 
 ``OUT`` defaults to ``RUN_DIR/applied/<label>``, so nothing is written outside the run directory
-unless asked. Which parameters each column used (a trained site's own, or what transfers to a
-new site) is in ``OUT/provenance.json`` and in each site file's ``parameters_from`` attribute.
-provenance.json is rewritten after each output: ``complete`` is false, ``not_written`` lists what
-is missing and ``failed`` says why while a prediction runs or after it failed part-way.
+unless asked; inside a run directory (this one or another) it must lie under its ``applied/``,
+where the run's report, validate and discover never look (``check_output_folder``). Which
+parameters each column used (a trained site's own, or what transfers to a new site) is in
+``OUT/provenance.json`` and in each site file's ``parameters_from`` attribute. provenance.json is
+rewritten after each output: ``complete`` is false, ``not_written`` lists what is missing and
+``failed`` says why while a prediction runs or after it failed part-way. It also records the
+inputs (files with their SHA-256, the period): another model of the same inputs joins an earlier
+prediction's folder (``models`` lists them; the report compares them on the same observations),
+other inputs are refused there. A prediction holds the run's lock, or, with ``OUT`` outside the
+run, the lock of ``OUT`` (a file beside it, removed after), so that two never write one folder.
 """
 
 from __future__ import annotations
@@ -32,23 +38,28 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .config import ConfigError
+from .config import DEFAULT_TARGETS, ConfigError
 from .data import DataError, detect_format, prepare_forcing, read_site
 from .data.gridprep import check_regular_time
 from .data.splits import TEST
 from .domain import Domain, domain_from_site, site_file_name, write_grid_outputs, write_site_outputs
 from .models.registry import SavedModelError, StreamingUnsupported, load_run_config, load_saved_model
-from .pipeline import GRID_FORMATS, check_site_folders, read_grid_file, write_obs
-from .rundir import RunLockedError, atomic_write, run_lock
+from .pipeline import GRID_FORMATS, check_site_folders, not_a_run, read_grid_file, write_obs
+from .rundir import DamagedRunFile, RunLockedError, atomic_write, read_json_object, run_lock, sha256_of
 
 __all__ = ["PredictError", "domain_from_file", "predict", "saved_model_dir"]
 
 
 class PredictError(ValueError):
     """Bad input to ``predict``: the message names the run, model, file, variable or period."""
+
+
+#: the file of a prediction folder that says what it holds (``predict``'s docstring)
+PROVENANCE = "provenance.json"
 
 
 def saved_model_dir(run_dir: Path, label: str, experiment: str | None = None) -> Path:
@@ -88,15 +99,70 @@ def domain_from_file(path: Path, out_of_range: str = "error") -> Domain:
     return read_grid_file(path)  # the grid's own land_cover, where it has one
 
 
-def _out_of_range_policy(run_dir: Path) -> str:
-    """The run's ``data.forcing_out_of_range``: new files are checked as the run's were."""
+class RunData(NamedTuple):
+    """What of the run's ``data`` config a prediction follows: new files are checked
+    (``forcing_out_of_range``) and scored (``targets``, ``max_qc``) as the run's were."""
+
+    forcing_out_of_range: str = "error"
+    targets: tuple[str, ...] = tuple(DEFAULT_TARGETS)
+    max_qc: int | None = 1
+
+
+def _run_data(run_dir: Path) -> RunData:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        return "error"
+        return RunData()
     try:
-        return load_run_config(path, check_paths=False, stored=True).data.forcing_out_of_range
+        data = load_run_config(path, check_paths=False, stored=True).data
     except ConfigError as err:
         raise PredictError(f"{run_dir}: its config.yaml cannot be read: {err}") from None
+    return RunData(data.forcing_out_of_range, tuple(data.targets), data.max_qc)
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse ``--out`` where a prediction would damage something: a file; a folder of the user's
+    (non-empty, not an earlier prediction's: no provenance.json); inside a run directory anywhere
+    but under its ``applied/`` (its ``predictions/`` or ``models/`` would gain files that its report,
+    validate and discover read as the run's own)."""
+    if out.exists() and not out.is_dir():
+        raise PredictError(f"--out {out} is a file; give a folder")
+    resolved = out.resolve()
+    for folder in (resolved, *resolved.parents):
+        outside_applied = not resolved.is_relative_to(folder / "applied") or resolved == folder / "applied"
+        if outside_applied and not_a_run(folder) is None:
+            raise PredictError(f"--out {out} is inside the run directory {folder}: its files there would be read as "
+                               f"the run's own; give a folder under {folder / 'applied'} or outside the run")
+    if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE).is_file():
+        # not an earlier prediction's folder: its report.html, metrics.csv ... are the user's
+        raise PredictError(f"--out {out} holds files and is not the folder of an earlier prediction (no "
+                           f"{PROVENANCE}): its files would be replaced; give an empty or new folder")
+
+
+def _inputs(files: Sequence[Path], start: str | None, end: str | None) -> dict:
+    """What a prediction folder's outputs are of: the input files (their SHA-256 where a file) and
+    the period."""
+    return {"files": [{"path": str(Path(f).resolve()), **({"sha256": sha256_of(Path(f))} if Path(f).is_file() else {})}
+                      for f in files], "start": start, "end": end}
+
+
+def _earlier_models(out: Path, inputs: dict) -> dict:
+    """The models an earlier prediction into ``out`` wrote (``provenance.json``), which this one
+    joins; refused where they were of other inputs: the report scores every model file of the
+    folder against the observations the last prediction wrote, so models of other files or periods
+    would be scored against the wrong steps."""
+    path = out / PROVENANCE
+    if not path.is_file():
+        return {}
+    try:
+        doc = read_json_object(path)
+    except DamagedRunFile as err:
+        raise PredictError(f"--out {out}: {err}") from None
+    if doc.get("inputs") != inputs:
+        was = doc.get("inputs") or "not recorded (an older hybridlsm)"
+        raise PredictError(f"--out {out} holds the predictions of other inputs ({was}); a report there would score "
+                           "them against this prediction's observations: give another --out folder")
+    models = doc.get("models")
+    return dict(models) if isinstance(models, dict) else {}
 
 
 def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | None = None, end: str | None = None,
@@ -106,17 +172,14 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
     (``rundir.run_lock``): refused while another process writes there."""
     directory = saved_model_dir(run_dir, label, experiment)
     out = Path(out) if out is not None else Path(run_dir) / "applied" / label
-    if out.is_dir() and any(out.iterdir()) and not (out / "provenance.json").is_file():
-        # not an earlier prediction's folder: its report.html, metrics.csv ... are the user's
-        raise PredictError(f"--out {out} holds files and is not the folder of an earlier prediction (no "
-                           "provenance.json): its files would be replaced; give an empty or new folder")
-    if out.exists() and not out.is_dir():
-        raise PredictError(f"--out {out} is a file; give a folder")
-    if not out.resolve().is_relative_to(Path(run_dir).resolve()):
-        return _apply(run_dir, directory, label, files, start, end, out)
+    check_output_folder(out)
+    # the run's lock where the folder is inside it; else the folder's own (a file beside it), so that
+    # two predictions into one folder never mix
+    lock = run_dir if out.resolve().is_relative_to(Path(run_dir).resolve()) else out
     try:
-        with run_lock(run_dir):
-            return _apply(run_dir, directory, label, files, start, end, out)
+        with run_lock(lock):
+            inputs = _inputs(files, start, end)
+            return _apply(run_dir, directory, label, files, start, end, out, inputs, _earlier_models(out, inputs))
     except RunLockedError as err:
         raise PredictError(str(err)) from None
 
@@ -170,14 +233,14 @@ def _cut(outputs: dict, lead_in: Domain, period: Domain) -> dict:
 
 
 def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], start: str | None, end: str | None,
-           out: Path) -> Path:
+           out: Path, inputs: dict, models: dict) -> Path:
     from .evaluation.report import FLUXES, build_report
 
     try:
         spec, options, model = load_saved_model(directory)
     except SavedModelError as err:
         raise PredictError(str(err)) from None
-    policy = _out_of_range_policy(run_dir)
+    run_data = _run_data(run_dir)
     stores = [Path(f) for f in files if is_zarr_store(Path(f))]
     files = [f for f in files if not is_zarr_store(Path(f))]
     names = [site_file_name(p.stem) for p in stores]
@@ -189,7 +252,7 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
     domains = []  # (file, domain, provenance): every input read and checked before anything is written
     for f in files:
         try:
-            d = domain_from_file(Path(f), out_of_range=policy)
+            d = domain_from_file(Path(f), out_of_range=run_data.forcing_out_of_range)
             lead_in = None
             if start is not None or end is not None:
                 # the model runs from the file's start (its spin-up, the states and the antecedent
@@ -197,8 +260,9 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
                 period = d.select_time(start, end)  # the period's own errors first (outside the record, ...)
                 lead_in = d.select_time(None, end)
                 d = period
-                if d.n_steps < 2:  # the skill table and the outputs' time axis need a time step
-                    raise PredictError(f"the period {start} .. {end} holds {d.n_steps} step; give at least two")
+            if d.n_steps < 2:  # the skill table and the outputs' time axis need a time step
+                what = f"the period {start} .. {end}" if start is not None or end is not None else "the file"
+                raise PredictError(f"{what} holds {d.n_steps} step; give at least two")
             spec.check_required_inputs(options, d, f"model {label}")
             spec.check_domain(model, d)  # its time step, each column's land-cover class, ...
             where = spec.provenance(model, d)
@@ -218,14 +282,16 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
 
     def record(failed: str | None = None) -> None:
         # rewritten after each output, so that a prediction failing part-way (a store's forcing out of
-        # range at a late step, a full disk) leaves a provenance.json saying which outputs are whole
-        doc = {"model": label, "trained_model": str(directory), "complete": not pending, "columns": provenance}
+        # range at a late step, a full disk) leaves a provenance.json saying which outputs are whole;
+        # "models": every model predicted into the folder (of the same inputs), this one last
+        entry = {"trained_model": str(directory), "complete": not pending, "columns": provenance}
         if pending:
-            doc["not_written"] = list(pending)
+            entry["not_written"] = list(pending)
         if failed:
-            doc["failed"] = failed
+            entry["failed"] = failed
+        doc = {"model": label, **entry, "inputs": inputs, "models": {**models, label: entry}}
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "provenance.json", lambda p: p.write_text(json.dumps(doc, indent=1)))
+        atomic_write(out / PROVENANCE, lambda p: p.write_text(json.dumps(doc, indent=1)))
 
     def attrs_of(source_file: Path) -> dict:
         return {"model": label, "model_type": spec.name, "run_dir": str(Path(run_dir).resolve()),
@@ -256,7 +322,8 @@ def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], st
                 site = d.column(0)
                 if all(v in site for v in FLUXES):
                     write_obs(site, np.full(d.n_steps, TEST, np.int8), "applied",
-                              out / "predictions" / site_file_name(sid) / "obs.nc")  # fmt: skip
+                              out / "predictions" / site_file_name(sid) / "obs.nc", targets=run_data.targets,
+                              max_qc=run_data.max_qc)  # scored as the run scored its own
                 observed.append(all(v in site for v in FLUXES))
             provenance[d.name] = dict(zip(d.column_ids, where))
             pending.remove(current)

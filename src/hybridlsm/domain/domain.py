@@ -232,7 +232,9 @@ class Domain:
         hi = t[-1] if end is None else parse(end, "end")
         if end is not None and np.datetime_data(hi.dtype)[0] in ("D", "M", "Y"):
             hi = (hi + 1).astype("datetime64[ns]") - np.timedelta64(1, "ns")  # the whole day (month, year)
-        if lo > t[-1] or hi < t[0] or lo > hi:
+        if start is not None and end is not None and lo > hi:
+            raise DataError(f"domain {self.name}: start {start} is after end {end}")
+        if lo > t[-1] or hi < t[0]:
             raise DataError(f"domain {self.name}: period {start} .. {end} lies outside its record "
                             f"{t[0]} .. {t[-1]}")  # fmt: skip
         keep = (t >= lo) & (t <= hi)
