@@ -274,9 +274,10 @@ def test_the_boundary_option_reaches_the_air_layer():
     assert np.max(np.abs(out["periodic"]["boundary_heat"])) < 1e-9  # nothing crosses a periodic edge
 
 
-def test_a_model_saved_before_the_boundary_reached_the_air_layer_predicts_as_it_was_trained():
-    """Saved with ``boundary: periodic`` by a version whose air layer always ran open: loaded, it
-    says so and runs open, as it trained; a model saved now records the boundary it ran with."""
+def test_a_model_that_records_no_boundary_says_what_it_may_have_trained_with():
+    """A model saved now records the boundary its air layer ran with. One saved without the record
+    and ``boundary: periodic`` predicts periodic, as its options say, but warns: before e0ae46f the
+    air layer always ran open (and nothing saved tells such a model from a later one)."""
     import warnings
 
     from hybridlsm.data import DataWarning
@@ -290,8 +291,9 @@ def test_a_model_saved_before_the_boundary_reached_the_air_layer_predicts_as_it_
         warnings.simplefilter("error")
         assert dict(spec.skeleton(options, structure).settings)["boundary"] == "periodic"
     old = {k: v for k, v in structure.items() if k != "boundary"}
-    with pytest.warns(DataWarning, match="older hybridlsm whose air layer ran with open boundaries"):
-        assert dict(spec.skeleton(options, old).settings)["boundary"] == "open"
+    with pytest.warns(DataWarning, match=r"records no air-layer boundary.*before 2026-12-07 \(commit e0ae46f\) was "
+                                         "trained with open boundaries"):
+        assert dict(spec.skeleton(options, old).settings)["boundary"] == "periodic"
     opened = validate_options("regional_fixed_kh", {})
     assert dict(spec.skeleton(opened, {k: v for k, v in spec.structure(spec.build(opened)).items()
                                        if k != "boundary"}).settings)["boundary"] == "open"

@@ -265,12 +265,12 @@ class RegionalSpec(EquinoxSpec):
     def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
         run = self.build(options)
         if "boundary" not in structure and options.boundary != "open":
-            # saved before `boundary` reached the air layer, which then ran open whatever it said: the
-            # model predicts as it was trained
-            warnings.warn(f"this {self.name} model was saved by an older hybridlsm whose air layer ran with open "
-                          f"boundaries whatever its options said (boundary: {options.boundary}); it was trained and "
-                          "predicts with open boundaries", DataWarning, stacklevel=3)
-            run = replace(run, settings=tuple((k, "open" if k == "boundary" else v) for k, v in run.settings))
+            # saved without the record: from e0ae46f on the option reached the air layer, before it the
+            # layer always ran open, and nothing saved tells the two apart
+            warnings.warn(f"this {self.name} model records no air-layer boundary; it predicts with boundary: "
+                          f"{options.boundary}, as its options say, but one saved by hybridlsm before 2026-12-07 "
+                          "(commit e0ae46f) was trained with open boundaries whatever they said: retrain such a "
+                          "model", DataWarning, stacklevel=3)
         residual = tuple((n, float(d), float(e)) for n, (d, e) in sorted(structure.get("residual_sd", {}).items()))
         reference = tuple((c, float(kh), float(rs)) for c, (kh, rs) in sorted(structure.get("fallback_reference", {}).items()))
         return replace(run, constants=tuple(sorted(structure.get("constants", {}).items())), residual=residual,
