@@ -107,8 +107,12 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
     for name, grid in (("masked", masked), ("sea", sea)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            out = stream_column_model(_physics(), grid.isel(time=slice(0, 96)), tmp_path / f"{name}.zarr",
-                                      spinup_days=1, cells_per_block=10, progress=False)  # three bands of two rows
+            out = stream_column_model(_physics(), grid.isel(time=slice(0, 96)).assign_attrs(time_convention="start"),
+                                      tmp_path / f"{name}.zarr", spinup_days=1, cells_per_block=10,
+                                      progress=False)  # three bands of two rows
+        # units, sign conventions and the time axis as the netCDF outputs say them
+        assert xr.open_zarr(out)["Qle"].attrs == {"units": "W m-2", "long_name": "latent heat flux (positive upward)"}
+        assert xr.open_zarr(out).attrs["time_convention"] == "start"
         lacking = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
         # one warning for the cells that lack a variable in all bands (the fixture's cell without Tair,
         # and in "sea" two without Wind, in three bands), not one per band

@@ -19,7 +19,7 @@ from ..data.schema import VARIABLES
 from ..rundir import write_checked
 from .domain import Domain
 
-__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "time_attrs",
+__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "time_attrs", "variable_attrs",
            "write_site_outputs", "write_grid_outputs"]  # fmt: skip
 
 #: Units of model outputs that are not observed variables (ALMA conventions).
@@ -47,11 +47,13 @@ SD_PARTS = {
 }
 
 
-def _units(name: str) -> dict:
+def variable_attrs(name: str) -> dict:
+    """The netCDF/zarr attributes of the output ``name``: its units and, for a flux or a predictive
+    SD, its long_name."""
     for part, text in SD_PARTS.items():
         if name.endswith(part) and len(name) > len(part):
             flux = name[: -len(part)]
-            return _units(flux) | {"long_name": text.format(flux, flux, flux)}
+            return variable_attrs(flux) | {"long_name": text.format(flux, flux, flux)}
     unit = MODEL_OUTPUT_UNITS.get(name, VARIABLES[name].units if name in VARIABLES else None)
     # a flux's sign convention (a state's observed long_name, e.g. SoilTemp's "shallowest tower layer",
     # is not the model's)
@@ -90,7 +92,7 @@ def alma_dataset(outputs: Mapping[str, np.ndarray], time: np.ndarray, attrs: Map
     for name, values in outputs.items():
         values = np.asarray(values, dtype=np.float64)
         dims = ("time", "soil_layer")[: values.ndim]
-        data[name] = (dims, values, _units(name))
+        data[name] = (dims, values, variable_attrs(name))
     ds = xr.Dataset(data, coords={"time": time})
     if "soil_layer" in ds.dims:
         ds = ds.assign_coords(soil_layer=np.asarray(layer_centres(LAYER_THICKNESS)))
@@ -126,9 +128,9 @@ def write_grid_outputs(domain: Domain, outputs: Mapping[str, np.ndarray], path: 
         full = np.full((values.shape[0], ny, nx) + values.shape[2:], np.nan)
         full[:, iy, ix] = values
         if values.ndim == 3:  # (T, N, L) -> (time, soil_layer, y, x)
-            data[name] = (("time", "soil_layer", "y", "x"), np.moveaxis(full, -1, 1), _units(name))
+            data[name] = (("time", "soil_layer", "y", "x"), np.moveaxis(full, -1, 1), variable_attrs(name))
         else:
-            data[name] = (("time", "y", "x"), full, _units(name))
+            data[name] = (("time", "y", "x"), full, variable_attrs(name))
     coords = {"time": domain.time, "y": ("y", layout.y, layout.y_attrs), "x": ("x", layout.x, layout.x_attrs)}
     ds = xr.Dataset(data, coords=coords)
     if np.isfinite(layout.lat).any():

@@ -52,6 +52,7 @@ from ..data.checks import refuse_out_of_range
 from ..data.gridprep import check_regular_time
 from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
+from ..domain.write import variable_attrs
 from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
 from .column import ColumnModel, column_igbp
 from .features import CLIMATE_SUMMARIES
@@ -289,8 +290,10 @@ def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], 
     shape = (source.sizes["time"], source.sizes[ydim], source.sizes[xdim])
     chunks = (time_chunk, rows, shape[2])
     coords = {k: source[k] for k in ("time", ydim, xdim) if k in source.coords}
-    return xr.Dataset({k: (("time", ydim, xdim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks))
-                       for k in outputs}, coords=coords)  # fmt: skip
+    # units and sign conventions as the netCDF outputs have them, and what the time axis is
+    time = {k: source.attrs[k] for k in ("time_convention", "utc_offset_h") if k in source.attrs}
+    return xr.Dataset({k: (("time", ydim, xdim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
+                           variable_attrs(k)) for k in outputs}, coords=coords, attrs=time)  # fmt: skip
 
 
 def check_streamable(model: ColumnModel) -> None:
