@@ -201,6 +201,7 @@ def test_discover_end_to_end_on_a_tiny_twin_run(tmp_path):
     (out / "plots" / "gone_GRA.png").write_bytes((out / "plots" / "hybrid_param_GRA.png").read_bytes())
     (out / "predictions" / "TWIN" / "gone_law.nc").write_bytes(b"stale")
     (run / ".discovery.partial").mkdir()
+    out.rename(run / ".discovery.replaced")  # as if stopped between the swap's two renames: taken back
     result = runner.invoke(app, ["discover", str(run), "--refit-epochs", "0"])
     assert result.exit_code == 0, result.output
     assert not (out / "plots" / "gone_GRA.png").exists() and not (out / "predictions" / "TWIN" / "gone_law.nc").exists()

@@ -57,8 +57,8 @@ from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
-from .rundir import (RunLockedError, atomic_write, json_safe, read_json_object, run_lock, unfinished_run, verified,
-                     write_checked)
+from .rundir import (RunLockedError, atomic_write, finish_run_dir, json_safe, read_json_object, run_lock,
+                     unfinished_run, verified, write_checked)
 
 __all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
@@ -285,6 +285,9 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
         raise PredictError(f"{run_dir}: no model with predictions in predictions/ learns K_h (hybrid_param, hybrid_lstm; "
                            f"the run's saved models: {', '.join(saved) or 'none'}); nothing to discover")
     final = run_dir / DISCOVERY_DIR
+    replaced = final.with_name(f".{DISCOVERY_DIR}.replaced")  # finish_run_dir's, were it stopped between renames
+    if replaced.is_dir() and not final.exists():
+        replaced.rename(final)
     if (final / "discovery.json").is_file():  # say what an earlier discover found that this one replaces
         earlier = read_json_object(verified(final / "discovery.json")).get("models", {})
         dropped = sorted(set(earlier) - set(found))
@@ -301,12 +304,7 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    old = run_dir / f".{DISCOVERY_DIR}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    out.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    finish_run_dir(out, final)  # as a run replaces an old one
     return final
 
 

@@ -78,8 +78,8 @@ from .domain import (
 )
 from .models.registry import (ModelSpec, SavedModelError, TrainingContext, get_model, load_run_config,
                               time_step_among, trained_key, training_time_steps)
-from .rundir import (OVERWRITE, DamagedRunFile, atomic_write, problem, read_json_object, run_lock, sha256_of,
-                     unfinished_dir)
+from .rundir import (OVERWRITE, DamagedRunFile, atomic_write, finish_run_dir, problem, read_json_object, run_lock,
+                     sha256_of, unfinished_dir)
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
 
@@ -544,22 +544,6 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     write_config(cfg, work / "config.yaml")
     atomic_write(work / INPUTS_FILE, lambda p: p.write_text(json.dumps(inputs, indent=1, sort_keys=True)))
     return work, run_dir
-
-
-def finish_run_dir(work: Path, run_dir: Path) -> None:
-    """Put a finished run in its place: rename the folder it wrote to, replacing an old run (or an
-    empty folder) only now."""
-    if work == run_dir:
-        return
-    if not run_dir.exists():
-        work.rename(run_dir)
-        return
-    old = run_dir.with_name(f".{run_dir.name}.replaced")
-    if old.exists():
-        shutil.rmtree(old)
-    run_dir.rename(old)
-    work.rename(run_dir)
-    shutil.rmtree(old)
 
 
 #: ``train_all(cfg, experiments, config_name, resume, run_dir) -> timings``: trains every model of

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -137,6 +138,23 @@ def unfinished_run(run_dir: Path) -> str | None:
             return (f"{run_dir} is an unfinished run (it stopped before its report was written); finish it with "
                     f"`hybridlsm run CONFIG --resume{' --overwrite' if kind == OVERWRITE else ''}`")
     return None
+
+
+def finish_run_dir(work: Path, run_dir: Path) -> None:
+    """Put a finished run (or a finished ``RUN/discovery``) in its place: rename the folder it wrote
+    to, replacing an old one (or an empty folder) only now. Stopped between its two renames, the
+    old one is left as ``.<name>.replaced`` beside it."""
+    if work == run_dir:
+        return
+    if not run_dir.exists():
+        work.rename(run_dir)
+        return
+    old = run_dir.with_name(f".{run_dir.name}.replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    run_dir.rename(old)
+    work.rename(run_dir)
+    shutil.rmtree(old)
 
 
 class DamagedRunFile(ValueError):
