@@ -259,12 +259,19 @@ def test_predict_keeps_out_of_runs_and_never_mixes_inputs(run_dir, shared_data):
         assert code == 0, err
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["model"] == "physics" and sorted(prov["models"]) == ["1lin", "physics"]
-    assert prov["inputs"]["start"] == "2011-06-01" and len(prov["inputs"]["files"][0]["sha256"]) == 64
+    assert prov["inputs"]["start"] == "2011-06-01T00:00:00" and len(prov["inputs"]["files"][0]["sha256"]) == 64
     code, err = _predict(run_dir, site, "--model", "physics", "--start", "2011-07-01", "--end", "2011-07-10T23:30",
                          "--out", out)
-    assert code == 2 and "holds the predictions of other inputs" in err, err
+    assert code == 2 and ("holds predictions of other inputs or scored otherwise (end '2011-06-10T23:30:00'; start "
+                          "'2011-06-01T00:00:00')") in err, err
     with xr.open_dataset(out / "predictions" / "US-CRT" / "obs.nc") as obs:
         assert str(obs["time"].values[0])[:10] == "2011-06-01"  # untouched
+    # the same period spelled otherwise is the same inputs; a folder inside a prediction's is refused
+    code, err = _predict(run_dir, site, "--model", "1lin", "--start", "2011-06-01T00:00", "--end", "2011-06-10T23:30:00",
+                         "--out", out)
+    assert code == 0, err
+    code, err = _predict(run_dir, site, "--model", "1lin", *june, "--out", out / "predictions" / "NEW")
+    assert code == 2 and f"is inside the prediction folder {out.resolve()}" in err, err
 
 
 def test_predict_scores_as_the_run_did(run_dir, shared_data, tmp_path):
@@ -291,3 +298,6 @@ def test_predict_scores_as_the_run_did(run_dir, shared_data, tmp_path):
         skill = json.loads((run / "applied" / "qc" / "skill.json").read_text())
         n[name] = next(r["n"] for r in skill if r["flux"] == "Qle" and r["scale"] == "halfhourly")
     assert (qc == 1).any() and n["qc0"] < n["qc1"]
+    # a model of a run that scores otherwise does not join the folder (it would rescore the others)
+    code, err = _predict(copy, site, "--model", "physics", *june, "--out", run_dir / "applied" / "qc")
+    assert code == 2 and "scored otherwise (max_qc 1)" in err, err

@@ -26,10 +26,11 @@ parameters each column used (a trained site's own, or what transfers to a new si
 ``OUT/provenance.json`` and in each site file's ``parameters_from`` attribute. provenance.json is
 rewritten after each output: ``complete`` is false, ``not_written`` lists what is missing and
 ``failed`` says why while a prediction runs or after it failed part-way. It also records the
-inputs (files with their SHA-256, the period): another model of the same inputs joins an earlier
-prediction's folder (``models`` lists them; the report compares them on the same observations),
-other inputs are refused there. A prediction holds the run's lock, or, with ``OUT`` outside the
-run, the lock of ``OUT`` (a file beside it, removed after), so that two never write one folder.
+inputs (files with their SHA-256, the period, the run's targets and ``max_qc`` the observations are
+scored with): another model of the same inputs joins an earlier prediction's folder (``models``
+lists them; the report compares them on the same observations), other inputs are refused there. A
+prediction holds the lock of the run ``OUT`` lies in, or, outside every run, the lock of ``OUT``
+(a file beside it, removed after), so that two never write one folder.
 """
 
 from __future__ import annotations
@@ -119,37 +120,59 @@ def _run_data(run_dir: Path) -> RunData:
     return RunData(data.forcing_out_of_range, tuple(data.targets), data.max_qc)
 
 
-def check_output_folder(out: Path) -> None:
+def check_output_folder(out: Path) -> Path:
     """Refuse ``--out`` where a prediction would damage something: a file; a folder of the user's
-    (non-empty, not an earlier prediction's: no provenance.json); inside a run directory anywhere
-    but under its ``applied/`` (its ``predictions/`` or ``models/`` would gain files that its report,
-    validate and discover read as the run's own)."""
+    (non-empty, not an earlier prediction's: no provenance.json); inside an earlier prediction's
+    folder, or inside a run directory anywhere but under its ``applied/`` (the innermost run's; its
+    ``predictions/`` or ``models/`` would gain files that its report, validate and discover read as
+    its own). Returns the folder whose lock the prediction holds: that run directory, else ``out``
+    itself (resolved: a link to a folder is locked as the folder)."""
     if out.exists() and not out.is_dir():
         raise PredictError(f"--out {out} is a file; give a folder")
     resolved = out.resolve()
-    for folder in (resolved, *resolved.parents):
-        outside_applied = not resolved.is_relative_to(folder / "applied") or resolved == folder / "applied"
-        if outside_applied and not_a_run(folder) is None:
-            raise PredictError(f"--out {out} is inside the run directory {folder}: its files there would be read as "
-                               f"the run's own; give a folder under {folder / 'applied'} or outside the run")
+    inside = next((f for f in resolved.parents if (f / PROVENANCE).is_file()), None)
+    if inside is not None:
+        raise PredictError(f"--out {out} is inside the prediction folder {inside}: its report would read the files as "
+                           "its own; give a folder outside it")
+    run = next((f for f in (resolved, *resolved.parents) if not_a_run(f) is None), None)  # the innermost run
+    if run is not None and (not resolved.is_relative_to(run / "applied") or resolved == run / "applied"):
+        raise PredictError(f"--out {out} is inside the run directory {run}: its files there would be read as the "
+                           f"run's own; give a folder under {run / 'applied'} or outside the run")
     if out.is_dir() and any(out.iterdir()) and not (out / PROVENANCE).is_file():
         # not an earlier prediction's folder: its report.html, metrics.csv ... are the user's
         raise PredictError(f"--out {out} holds files and is not the folder of an earlier prediction (no "
                            f"{PROVENANCE}): its files would be replaced; give an empty or new folder")
+    return resolved if run is None else run
 
 
-def _inputs(files: Sequence[Path], start: str | None, end: str | None) -> dict:
-    """What a prediction folder's outputs are of: the input files (their SHA-256 where a file) and
-    the period."""
+def _bound(value: str | None, end: bool) -> str | None:
+    """A period bound as ``Domain.select_time`` reads it, to the second (``2011-06-01`` and
+    ``2011-06-01T00:00`` are one start; an end given as a date is that day's last second)."""
+    if value is None:
+        return None
+    try:
+        t = np.datetime64(value)
+    except ValueError:
+        return value  # refused, naming it, when the files are read
+    if end and np.datetime_data(t.dtype)[0] in ("D", "M", "Y"):
+        return str((t + 1).astype("datetime64[s]") - np.timedelta64(1, "s"))
+    return str(t.astype("datetime64[s]"))
+
+
+def _inputs(files: Sequence[Path], start: str | None, end: str | None, run_data: RunData) -> dict:
+    """What a prediction folder's outputs are of and how they are scored: the input files (their
+    SHA-256 where a file), the period, and the targets and QC limit of the run that predicts."""
     return {"files": [{"path": str(Path(f).resolve()), **({"sha256": sha256_of(Path(f))} if Path(f).is_file() else {})}
-                      for f in files], "start": start, "end": end}
+                      for f in files], "start": _bound(start, False), "end": _bound(end, True),
+            "targets": list(run_data.targets), "max_qc": run_data.max_qc}
 
 
 def _earlier_models(out: Path, inputs: dict) -> dict:
     """The models an earlier prediction into ``out`` wrote (``provenance.json``), which this one
-    joins; refused where they were of other inputs: the report scores every model file of the
-    folder against the observations the last prediction wrote, so models of other files or periods
-    would be scored against the wrong steps."""
+    joins; refused where they were of other inputs or scored otherwise: the report scores every
+    model file of the folder against the observations the last prediction wrote, so models of other
+    files or periods would be scored against the wrong steps, and another run's QC limit or targets
+    would rescore them."""
     path = out / PROVENANCE
     if not path.is_file():
         return {}
@@ -157,10 +180,15 @@ def _earlier_models(out: Path, inputs: dict) -> dict:
         doc = read_json_object(path)
     except DamagedRunFile as err:
         raise PredictError(f"--out {out}: {err}") from None
-    if doc.get("inputs") != inputs:
-        was = doc.get("inputs") or "not recorded (an older hybridlsm)"
-        raise PredictError(f"--out {out} holds the predictions of other inputs ({was}); a report there would score "
-                           "them against this prediction's observations: give another --out folder")
+    if doc.get("inputs") is None:
+        raise PredictError(f"--out {out} holds predictions of an older hybridlsm, which did not record their inputs: "
+                           "remove the folder, or give another --out folder")
+    earlier = doc["inputs"]
+    if earlier != inputs:
+        differ = sorted(k for k in inputs.keys() | earlier.keys() if inputs.get(k) != earlier.get(k))
+        there = "; ".join(f"{k} {earlier.get(k)!r}" for k in differ)
+        raise PredictError(f"--out {out} holds predictions of other inputs or scored otherwise ({there}); a report "
+                           "there would score them against this prediction's observations: give another --out folder")
     models = doc.get("models")
     return dict(models) if isinstance(models, dict) else {}
 
@@ -172,14 +200,15 @@ def predict(run_dir: Path, label: str, files: Sequence[Path], *, start: str | No
     (``rundir.run_lock``): refused while another process writes there."""
     directory = saved_model_dir(run_dir, label, experiment)
     out = Path(out) if out is not None else Path(run_dir) / "applied" / label
-    check_output_folder(out)
-    # the run's lock where the folder is inside it; else the folder's own (a file beside it), so that
-    # two predictions into one folder never mix
-    lock = run_dir if out.resolve().is_relative_to(Path(run_dir).resolve()) else out
+    # the lock of the run the folder lies in, else the folder's own (a file beside it), so that two
+    # predictions into one folder never mix
+    lock = check_output_folder(out)
+    run_data = _run_data(run_dir)
     try:
         with run_lock(lock):
-            inputs = _inputs(files, start, end)
-            return _apply(run_dir, directory, label, files, start, end, out, inputs, _earlier_models(out, inputs))
+            inputs = _inputs(files, start, end, run_data)
+            return _apply(run_dir, directory, label, files, start, end, out, run_data, inputs,
+                          _earlier_models(out, inputs))
     except RunLockedError as err:
         raise PredictError(str(err)) from None
 
@@ -233,14 +262,13 @@ def _cut(outputs: dict, lead_in: Domain, period: Domain) -> dict:
 
 
 def _apply(run_dir: Path, directory: Path, label: str, files: Sequence[Path], start: str | None, end: str | None,
-           out: Path, inputs: dict, models: dict) -> Path:
+           out: Path, run_data: RunData, inputs: dict, models: dict) -> Path:
     from .evaluation.report import FLUXES, build_report
 
     try:
         spec, options, model = load_saved_model(directory)
     except SavedModelError as err:
         raise PredictError(str(err)) from None
-    run_data = _run_data(run_dir)
     stores = [Path(f) for f in files if is_zarr_store(Path(f))]
     files = [f for f in files if not is_zarr_store(Path(f))]
     names = [site_file_name(p.stem) for p in stores]
