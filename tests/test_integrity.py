@@ -311,3 +311,12 @@ def test_damaged_leaves_of_a_model_saved_before_checksums_are_named(tmp_path):
     (tmp_path / "model.eqx").write_bytes(leaves[: len(leaves) // 2])
     with pytest.raises(SavedModelError, match=r"model\.eqx: cannot load the trained hybrid_param model: ValueError: EOF"):
         load_saved_model(tmp_path)
+
+
+def test_a_run_reached_through_a_link_has_one_lock(tmp_path):
+    """The lock file was named from the path as typed: a run reached through a symbolic link had a
+    second lock, so two processes could write it at once."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    assert lock_path(tmp_path / "link" / "r") == lock_path(run) == tmp_path / "runs" / ".r.lock"

@@ -208,7 +208,8 @@ _held: dict[Path, int] = {}  # lock file -> descriptor, for the locks this proce
 
 
 def lock_path(run_dir: Path) -> Path:
-    run_dir = Path(run_dir).absolute()
+    # resolved: a run reached through a link, or by another relative path, has one lock
+    run_dir = Path(run_dir).resolve()
     return run_dir.with_name(f".{run_dir.name}.lock")
 
 
