@@ -260,7 +260,7 @@ class RegionalSpec(EquinoxSpec):
         return {"constants": dict(model.constants), "residual_sd": {n: [d, e] for n, d, e in model.residual},
                 "fallback_reference": {c: [kh, rs] for c, kh, rs in model.reference},
                 "trained_classes": list(model.trained_classes), "time_steps": list(model.time_steps),
-                "boundary": dict(model.settings)["boundary"]}
+                "boundary": dict(model.settings).get("boundary", "open")}  # as _data reads it
 
     def skeleton(self, options: RegionalOptions, structure: dict) -> RegionalRun:
         run = self.build(options)
