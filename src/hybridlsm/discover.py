@@ -57,8 +57,8 @@ from .evaluation.report import SiteData, load_run, site_skill
 from .models.registry import MODEL_FILE, SavedModelError, load_run_config, load_saved_model
 from .physics.exchange import BRANCHES
 from .predict import PredictError, saved_model_dir
-from .rundir import (RunLockedError, atomic_write, finish_run_dir, json_safe, read_json_object, run_lock,
-                     unfinished_run, verified, write_checked)
+from .rundir import (RunLockedError, atomic_write, finish_run_dir, json_safe, read_json_object, restore_replaced,
+                     run_lock, unfinished_dir, unfinished_run, verified, write_checked)
 
 __all__ = ["DISCOVERY_DIR", "Refit", "discover"]
 
@@ -285,9 +285,7 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
         raise PredictError(f"{run_dir}: no model with predictions in predictions/ learns K_h (hybrid_param, hybrid_lstm; "
                            f"the run's saved models: {', '.join(saved) or 'none'}); nothing to discover")
     final = run_dir / DISCOVERY_DIR
-    replaced = final.with_name(f".{DISCOVERY_DIR}.replaced")  # finish_run_dir's, were it stopped between renames
-    if replaced.is_dir() and not final.exists():
-        replaced.rename(final)
+    restore_replaced(final)  # an earlier discovery left aside by a discover stopped while swapping
     if (final / "discovery.json").is_file():  # say what an earlier discover found that this one replaces
         earlier = read_json_object(verified(final / "discovery.json")).get("models", {})
         dropped = sorted(set(earlier) - set(found))
@@ -297,7 +295,7 @@ def _discover(run_dir: Path, labels: Sequence[str] | None, seed: int, refit: Ref
                           stacklevel=3)
     # built in a hidden folder and swapped in whole: an earlier discovery's plots and law predictions
     # never stay beside this one's tables, and one stopped part-way leaves the earlier one as it was
-    out = run_dir / f".{DISCOVERY_DIR}.partial"
+    out = unfinished_dir(final)
     shutil.rmtree(out, ignore_errors=True)  # left by a discover that was killed
     try:
         _fit_and_write(run_dir, cfg, found, sites, per_fold, out, seed, refit, progress)

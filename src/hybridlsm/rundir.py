@@ -120,12 +120,14 @@ def problem(path: Path, sha256: str | None = None) -> str | None:
     return None
 
 
-#: the hidden siblings a run writes to until it has finished: a new run, and a run replacing an old one
-PARTIAL, OVERWRITE = "partial", "overwrite"
+#: the hidden siblings a run writes to until it has finished: a new run, and a run replacing an old
+#: one; and where ``finish_run_dir`` puts the old one while it swaps the new one in
+PARTIAL, OVERWRITE, REPLACED = "partial", "overwrite", "replaced"
 
 
 def unfinished_dir(run_dir: Path, kind: str = PARTIAL) -> Path:
-    """Where a run writes until it has finished: the hidden sibling ``.<name>.<kind>`` of ``run_dir``."""
+    """The hidden sibling ``.<name>.<kind>`` of ``run_dir``: where a run writes until it has finished
+    (``PARTIAL``, ``OVERWRITE``), or the old folder during ``finish_run_dir`` (``REPLACED``)."""
     return Path(run_dir).with_name(f".{Path(run_dir).name}.{kind}")
 
 
@@ -149,12 +151,20 @@ def finish_run_dir(work: Path, run_dir: Path) -> None:
     if not run_dir.exists():
         work.rename(run_dir)
         return
-    old = run_dir.with_name(f".{run_dir.name}.replaced")
+    old = unfinished_dir(run_dir, REPLACED)
     if old.exists():
         shutil.rmtree(old)
     run_dir.rename(old)
     work.rename(run_dir)
     shutil.rmtree(old)
+
+
+def restore_replaced(run_dir: Path) -> None:
+    """Take back the old folder that ``finish_run_dir`` left beside ``run_dir`` when it was stopped
+    between its two renames (nothing in ``run_dir``'s place)."""
+    old = unfinished_dir(run_dir, REPLACED)
+    if old.is_dir() and not Path(run_dir).exists():
+        old.rename(run_dir)
 
 
 class DamagedRunFile(ValueError):
