@@ -17,7 +17,7 @@ from hybridlsm.data.schema import DataWarning
 from hybridlsm.domain import domain_from_grid
 from hybridlsm.evaluation.maps import grid_skill
 from hybridlsm.evaluation.training_curves import training_runs
-from hybridlsm.models.regional import EARTH_RADIUS, cell_spacing, region_data
+from hybridlsm.models.regional import EARTH_RADIUS, active_cells, cell_spacing, region_data
 from hybridlsm.models.registry import validate_run_config
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -82,6 +82,35 @@ def test_a_cell_without_forcing_is_not_a_column_and_a_gap_is_refused_naming_its_
     ds.coords["mask"] = (("y", "x"), np.where(np.arange(12).reshape(3, 4) == 10, 0, 1))  # the gappy cell masked
     assert domain_from_grid(ds).n_columns == 10
 
+
+
+def test_one_mask_rule_for_the_domain_the_region_and_streaming(tmp_path):
+    """The grid's mask was read three ways: ``domain_from_grid`` took a coordinate only (a mask
+    variable was ignored) with <= 0 outside, the region kept cells whose mask is 1, streaming took
+    either with <= 0 outside; a mask of 2, 0.5 or NaN was a column in memory and no cell of the
+    region. Now one rule (``grid_mask``): 1 modelled, 0 not, anything else a DataError naming the cell."""
+    from hybridlsm.models.registry import get_model, validate_options
+    from hybridlsm.models.streaming import stream_column_model
+
+    ds = _grid()
+    as_variable = ds.assign(mask=(("y", "x"), np.where(np.arange(12).reshape(3, 4) == 5, 0, 1)))
+    assert domain_from_grid(as_variable).n_columns == 11
+    assert int(active_cells(as_variable).sum()) == 11 and not active_cells(as_variable)[1, 1]
+    flipped = ds.assign_coords(mask=(("x", "y"), np.where(np.arange(12).reshape(4, 3) == 5, 0, 1)))  # (x=1, y=2)
+    assert domain_from_grid(flipped).n_columns == 11 and not active_cells(flipped)[2, 1]
+    physics = get_model("physics").build(validate_options("physics", {}))
+    for bad in (2.0, 0.5, np.nan, -1.0):
+        m = np.ones((3, 4))
+        m[1, 2] = bad
+        grid = ds.assign_coords(mask=(("y", "x"), m)).assign_attrs(source_file="toy.nc")
+        text = rf"toy.nc: mask is .*{bad}.* at cell \(y=1, x=2\) \(1 cell\(s\) not 0 or 1\); expected 1 where"
+        for read in (domain_from_grid, active_cells,
+                     lambda g: stream_column_model(physics, g, tmp_path / "s.zarr", progress=False)):
+            with pytest.raises(DataError, match=text):
+                read(grid)
+    with pytest.raises(DataError, match=r"mask has dims \('y',\); expected the grid's \(y, x\)"):
+        domain_from_grid(ds.assign_coords(mask=("y", np.ones(3))))
+    assert not (tmp_path / "s.zarr").exists()
 
 def test_a_grid_value_out_of_range_at_any_step_or_a_cell_lacking_one_variable_is_not_used_silently():
     ds = _grid(t=30)

@@ -90,4 +90,7 @@ def test_a_sea_cell_and_a_gap_mid_record_are_refused_without_leaving_a_store(gri
         stream_regional(_model(), None, src, tmp_path / "taken.zarr", progress=False)
     with pytest.raises(ValueError, match="the grid is 6 x 5.*air layer is 5 x 6"):
         stream_regional(RegionalModel(AirLayer((NX, NY))), None, src, tmp_path / "shape.zarr", progress=False)
+    masked = src.assign_coords(mask=(("y", "x"), np.where((src.y == 2000.0) & (src.x == 3000.0), 0, 1)))
+    with pytest.raises(DataError, match=r"1 cell\(s\) are masked out \(mask 0\), e.g. cell 13 .*must be complete"):
+        stream_regional(_model(), None, masked, tmp_path / "masked.zarr", progress=False)  # was modelled silently
     assert sorted(p.name for p in tmp_path.glob("*.zarr")) == ["taken.zarr"]

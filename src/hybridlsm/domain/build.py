@@ -22,8 +22,8 @@ from ..data.schema import IGBP_BY_INDEX, DataError, DataWarning
 from .climate import climate_summaries
 from .domain import OPTIONAL_SITE_ATTRS, SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
 
-__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "grid_static_fields", "land_cover_codes",
-           "static_attributes", "IGBP_BY_INDEX", "CLIMATE_INPUTS"]
+__all__ = ["domain_from_site", "domain_from_sites", "domain_from_grid", "grid_mask", "grid_static_fields",
+           "land_cover_codes", "static_attributes", "IGBP_BY_INDEX", "CLIMATE_INPUTS"]
 
 #: the forcing the climate summaries come from, in ``climate_summaries``' argument order
 CLIMATE_INPUTS = ("Tair", "Precip", "SWdown", "LWdown", "Psurf")
@@ -172,11 +172,40 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
     return out.reshape(values.shape)
 
 
+def grid_mask(ds: xr.Dataset, ydim: str = "y", xdim: str = "x") -> np.ndarray | None:
+    """(ny, nx) bool, True where the grid's ``mask`` marks a cell as modelled, or None without one.
+
+    The one reading of a grid's mask for the in-memory domain, the regional data and streaming: a
+    coordinate or variable named ``mask`` on the grid's two dims, 1 where a cell is modelled and 0
+    where it is not (``Domain.grid_dataset`` writes it so; the gridded readers keep a file's
+    ``mask``, the WRF reader its ``LANDMASK``). Other dims, or any other value (a land fraction, a
+    class code, a missing value), are a DataError naming the file and a cell: a mask read by a
+    guessed threshold would model or drop cells silently."""
+    if "mask" not in ds.variables:
+        return None
+    where = ds.attrs.get("source_file", "the grid")
+    m = ds["mask"]
+    if set(m.dims) != {ydim, xdim}:
+        raise DataError(f"{where}: mask has dims {m.dims}; expected the grid's ({ydim}, {xdim}) (1 where a cell is "
+                        "modelled, 0 where it is not)")
+    values = np.asarray(m.transpose(ydim, xdim).values)
+    if values.dtype == bool:
+        return values.copy()
+    numeric = values.dtype.kind in "iuf"
+    bad = ~np.isin(values, (0, 1)) if numeric else np.ones(values.shape, bool)
+    if bad.any():
+        y0, x0 = (int(i[0]) for i in np.nonzero(bad))
+        raise DataError(f"{where}: mask is {values[y0, x0]!r} at cell ({ydim}={y0}, {xdim}={x0}) ({int(bad.sum())} "
+                        "cell(s) not 0 or 1); expected 1 where a cell is modelled and 0 where it is not (turn a land "
+                        "fraction or a class field into such a mask first)")
+    return values == 1
+
+
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
     """The cells of a gridded canonical dataset ``(time, y, x)`` (``read_gridded``) as a Domain.
 
-    Cells where the forcing is missing at every step (sea, outside a basin) or masked (a ``mask``
-    coordinate <= 0) are not columns; the layout keeps their place so the writers restore the full
+    Cells where the forcing is missing at every step (sea, outside a basin) or masked (``grid_mask``:
+    a ``mask`` of 0) are not columns; the layout keeps their place so the writers restore the full
     grid. A cell that lacks some forcing variables at every step but has the others is not modelled
     either, with a DataWarning (a DataError where the grid's mask marks it as modelled). A cell with
     a gap in its forcing, or a forcing value outside its physically possible range (the schema's
@@ -208,7 +237,8 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         none[v] = ~finite.any(axis=0)
         partial |= finite.any(axis=0) & ~finite.all(axis=0)
     absent = np.any(list(none.values()), axis=0) if none else np.zeros((ny, nx), bool)
-    masked = np.asarray(ds["mask"].values) <= 0 if "mask" in ds.coords else np.zeros((ny, nx), bool)
+    inside = grid_mask(ds, ydim, xdim)
+    masked = np.zeros((ny, nx), bool) if inside is None else ~inside
     # a cell where a forcing variable is missing at every step (sea, outside a basin) or masked is
     # not a column; one with a gap (missing at some steps only) is an error, never a cell silently
     # left out
@@ -221,7 +251,7 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {int(gappy.sum())} cell(s) have gaps in their "
                         f"forcing, e.g. {var} at cell ({ydim}={y0}, {xdim}={x0}), time {ds['time'].values[step]} "
                         f"(step {step}); every modelled cell needs gap-free forcing (fill the gaps, or mask the "
-                        "cells with a 'mask' coordinate)")
+                        "cells out with a 'mask' of 0)")
     where = ds.attrs.get("source_file", "<grid>")
     lacking = absent & ~masked & ~np.all(list(none.values()), axis=0)
     if lacking.any():  # other forcing there: not the sea or outside a basin, which lack every variable
@@ -229,9 +259,9 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         y0, x0 = (int(i[0]) for i in np.nonzero(lacking))
         text = (f"{where}: {int(lacking.sum())} cell(s) lack {', '.join(names)} at every step while they have other "
                 f"forcing, e.g. cell ({ydim}={y0}, {xdim}={x0})")
-        if "mask" in ds.coords:  # the grid says they are land
+        if inside is not None:  # the grid says they are land
             raise DataError(f"{text}, and the grid's mask marks them as modelled cells; give the variable or mask "
-                            "the cells out (mask <= 0)")
+                            "the cells out (mask 0)")
         warnings.warn(f"{text}: they are not modelled (no output there)", DataWarning, stacklevel=2)
     valid &= ~masked
     if not valid.any():

@@ -49,7 +49,7 @@ from ..data.gridded import grid_axis_signs
 from ..data.gridprep import physical_normalise
 from ..config import IGBP_CLASSES
 from ..data.schema import DataError, DataWarning
-from ..domain.build import land_cover_codes
+from ..domain.build import grid_mask, land_cover_codes
 from ..neural import MC_KEY, SpatiotemporalOptions, SpatiotemporalParameteriser, physical_features
 from ..physics import (GRADIENT_CHUNK, RUN_TIME_CELLS, default_params, forcing_from_datasets, rollout,
                        run_time_jit)
@@ -208,14 +208,13 @@ def cell_spacing(ds: xr.Dataset) -> tuple[float, float]:
 def active_cells(ds: xr.Dataset) -> np.ndarray:
     """(ny, nx) True where a cell of a (time, y, x) dataset is a column: some forcing value is given
     (cells whose forcing is missing at every step, e.g. outside a basin or a masked water cell,
-    are not), and the ``mask`` coordinate (``Domain.grid_dataset``), if any, is 1."""
+    are not), and the grid's ``mask`` (``grid_mask``), if any, is 1."""
     names = [v for v in (*REGIONAL_FORCING, "Wind") if v in ds]
     given = np.zeros((ds.sizes["y"], ds.sizes["x"]), bool)
     for name in names:
         given |= np.isfinite(ds[name].transpose("time", "y", "x").values).any(axis=0)
-    if "mask" in ds.coords or "mask" in ds:
-        given &= np.asarray(ds["mask"].transpose("y", "x").values) == 1
-    return given
+    inside = grid_mask(ds)
+    return given if inside is None else given & inside
 
 
 def _albedo_product(ds: xr.Dataset, active: np.ndarray) -> np.ndarray | None:

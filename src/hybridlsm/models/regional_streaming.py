@@ -24,8 +24,8 @@ finds what an in-memory run takes from the whole record:
   (exactly so for LaD columns, whose initial state depends on the forcing only through that mean).
 
 Every cell is a column under the air layer, so the regional grid must be complete: a non-finite
-value of any forcing variable in any cell (sea, a mask, a gap) is a DataError naming the variable,
-the cell and the time. A cell whose Tair is missing anywhere (sea) is refused by that first pass,
+value of any forcing variable in any cell (sea, a gap) is a DataError naming the variable, the cell
+and the time, and a cell the grid's ``mask`` marks 0 (``grid_mask``) one naming the cell. A cell whose Tair is missing anywhere (sea) is refused by that first pass,
 before the store is created; a gap in another variable when its chunk is read, and a run that
 fails part-way removes the store it created (as ``stream_column_model`` does; an existing store is
 never replaced). Spin-up is the caller's (``state0``).
@@ -42,6 +42,8 @@ import numpy as np
 import xarray as xr
 
 from ..data.gridded import grid_axis_signs
+from ..data.schema import DataError
+from ..domain.build import grid_mask
 from ..physics import FORCING_VARIABLES, Forcing, default_params, simulate
 from ..physics.air_layer import transport_substeps
 from ..physics.exchange import KH_MAX
@@ -174,6 +176,10 @@ def stream_regional(model: RegionalModel, params: dict | None, source: xr.Datase
 
     complete = ("the regional grid must be complete: the air layer couples every cell, so a regional run takes no "
                 "sea, masked or missing cells")  # fmt: skip
+    inside = grid_mask(source, ydim, xdim)
+    if inside is not None and not inside.all():
+        c = int(np.flatnonzero(~inside.ravel())[0])
+        raise DataError(f"{where}: {int((~inside).sum())} cell(s) are masked out (mask 0), e.g. {cell(c)}; {complete}")
     u_max, v_max, t_mean = _record_summary(source, ydim, xdim)
     if not np.isfinite(t_mean).all():  # the first gap of the first such cell, read from that cell alone
         c = int(np.flatnonzero(~np.isfinite(t_mean))[0])

@@ -50,7 +50,7 @@ import xarray as xr
 from ..data import DataError, DataWarning
 from ..data.checks import refuse_out_of_range
 from ..data.gridprep import check_regular_time
-from ..domain.build import CLIMATE_INPUTS, grid_static_fields, land_cover_codes
+from ..domain.build import CLIMATE_INPUTS, grid_mask, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
 from ..domain.write import variable_attrs
 from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
@@ -341,9 +341,8 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
     codes = _cell_codes(source, ydim, xdim, land_cover)
-    # the grid's mask (a coordinate or variable (y, x), <= 0 outside), as domain_from_grid reads it
-    outside = (np.asarray(source["mask"].transpose(ydim, xdim).values) <= 0
-               if "mask" in source.variables and set(source["mask"].dims) == {ydim, xdim} else None)
+    inside = grid_mask(source, ydim, xdim)  # as domain_from_grid reads it
+    outside = None if inside is None else ~inside
     fields = _static_fields(source, ydim, xdim, where, model.static_inputs, codes)  # before the store is created
     if canopy_height is None:  # the grid's own, as in memory (``domain_from_grid``); NaN: the class default
         canopy_height = fields["canopy_height"]
