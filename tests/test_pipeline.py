@@ -247,6 +247,12 @@ def test_resume_with_overwrite_continues_an_overwrite_that_stopped(tmp_path):
     overwrite = cfg.model_copy(update={"output": cfg.output.model_copy(update={"overwrite": True})})
     assert prepare_run_dir(overwrite, resume=True)[0] == stopped
     assert (stopped / "checkpoint-of-the-new-run").is_file()
+    # stopped between finish_run_dir's renames: the old run aside, nothing in its place; it was left
+    # hidden, and a new run started beside it
+    (run / "report.html").write_text("the old run's")
+    run.rename(tmp_path / ".tiny.replaced")
+    assert prepare_run_dir(overwrite, resume=True)[0] == stopped
+    assert (run / "report.html").read_text() == "the old run's" and not (tmp_path / ".tiny.replaced").exists()
 
 
 def test_a_model_with_memory_is_refused_before_training_when_a_test_site_has_another_time_step(tmp_path):

@@ -78,8 +78,8 @@ from .domain import (
 )
 from .models.registry import (ModelSpec, SavedModelError, TrainingContext, get_model, load_run_config,
                               time_step_among, trained_key, training_time_steps)
-from .rundir import (OVERWRITE, DamagedRunFile, atomic_write, finish_run_dir, problem, read_json_object, run_lock,
-                     sha256_of, unfinished_dir)
+from .rundir import (OVERWRITE, REPLACED, DamagedRunFile, atomic_write, finish_run_dir, problem, read_json_object,
+                     restore_replaced, run_lock, sha256_of, unfinished_dir)
 from .training import TrainingError
 from .training.sharding import cell_mesh, on_this_process
 
@@ -497,9 +497,17 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
       ``overwrite`` continues such an overwrite that stopped;
     - ``resume`` of a finished run continues it in place after checking the config.
 
+    A run stopped between ``finish_run_dir``'s two renames left the old run as ``.<name>.replaced``
+    and nothing in its place: it is put back first (``restore_replaced``), and the new run, finished
+    in ``.<name>.overwrite``, is swapped in by ``--resume --overwrite``.
+
     The data files' digests (``input_digests``) are checked on resume and recorded (``inputs.json``)."""
     inputs = input_digests(cfg)
     run_dir = cfg.run_path
+    if not run_dir.exists() and (replaced := unfinished_dir(run_dir, REPLACED)).is_dir():
+        restore_replaced(run_dir)
+        console.print(f"[yellow]{run_dir} was put back from {replaced.name}, where a run that replaced it stopped "
+                      "before its last rename[/yellow]", soft_wrap=True)
     partial = unfinished_dir(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
         if why := not_a_run(run_dir):  # the user's folder: never written into or replaced
