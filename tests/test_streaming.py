@@ -102,6 +102,8 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
     # as in memory: a cell outside the mask, or one without some variable throughout (sea), is no
     # column, whatever its other variables hold; only a column's gap is refused
     masked = gappy.assign_coords(mask=(("y", "x"), np.where((src.y == 2000.0) & (src.x == 1000.0), 0, 1)))
+    # the time axis's offset from UTC from a (y, x) field, as in memory (the masked cell's is not a column's)
+    masked["utc_offset_h"] = xr.where(masked["mask"] == 1, -6.0, 5.0)
     sea = gappy.copy()
     sea["Wind"] = src["Wind"].where(~((src.y == 2000.0) & (src.x == 1000.0)) & ~((src.y == 5000.0) & (src.x == 3000.0)))
     for name, grid in (("masked", masked), ("sea", sea)):
@@ -113,6 +115,7 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
         # units, sign conventions and the time axis as the netCDF outputs say them
         assert xr.open_zarr(out)["Qle"].attrs == {"units": "W m-2", "long_name": "latent heat flux (positive upward)"}
         assert xr.open_zarr(out).attrs["time_convention"] == "start"
+        assert xr.open_zarr(out).attrs.get("utc_offset_h") == {"masked": -6.0, "sea": None}[name]
         lacking = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
         # one warning for the cells that lack a variable in all bands (the fixture's cell without Tair,
         # and in "sea" two without Wind, in three bands), not one per band

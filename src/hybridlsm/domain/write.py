@@ -9,7 +9,7 @@ a finished file is never half-written, and a damaged one is found.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from ..data.schema import VARIABLES
 from ..rundir import write_checked
 from .domain import Domain
 
-__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "time_attrs", "variable_attrs",
+__all__ = ["MODEL_OUTPUT_UNITS", "write_netcdf", "alma_dataset", "site_file_name", "time_attrs", "time_axis_attrs", "variable_attrs",
            "write_site_outputs", "write_grid_outputs"]  # fmt: skip
 
 #: Units of model outputs that are not observed variables (ALMA conventions).
@@ -61,21 +61,28 @@ def variable_attrs(name: str) -> dict:
     return described if unit is None else {"units": unit, **described}
 
 
-def time_attrs(domain: Domain, column: int | None = None) -> dict[str, object]:
-    """What the outputs' time axis is, for the files' global attributes: the readers' convention
-    (interval start, local standard time) and the offset from UTC of ``column`` (a site; None: the
-    grid's, where all its cells share one). The time units carry no offset, which CF reads as UTC:
-    these say otherwise."""
+def time_axis_attrs(convention: object, utc_offsets_h: np.ndarray | Sequence[float]) -> dict[str, object]:
+    """What an output's time axis is, for its global attributes: the readers' ``convention``
+    (interval start, local standard time) and the offset from UTC that the given (finite) offsets
+    of its columns or cells share (none where they differ or none is known). The time units carry
+    no offset, which CF reads as UTC: these say otherwise."""
     out: dict[str, object] = {}
-    convention = domain.data.attrs.get("time_convention")
     if isinstance(convention, str) and convention:
         out["time_convention"] = convention
-    if "utc_offset_h" in domain.static:
-        offsets = np.asarray(domain.static_value("utc_offset_h"), np.float64)
-        offsets = offsets[[column]] if column is not None else offsets
-        if offsets.size and np.isfinite(offsets).all() and np.all(offsets == offsets[0]):
-            out["utc_offset_h"] = float(offsets[0])
+    offsets = np.asarray(utc_offsets_h, np.float64).ravel()
+    offsets = offsets[np.isfinite(offsets)]
+    if offsets.size and np.all(offsets == offsets[0]):
+        out["utc_offset_h"] = float(offsets[0])
     return out
+
+
+def time_attrs(domain: Domain, column: int | None = None) -> dict[str, object]:
+    """``time_axis_attrs`` of ``domain``'s outputs: of ``column`` (a site), or None: the grid's (its
+    columns share one time axis)."""
+    offsets = np.asarray(domain.static_value("utc_offset_h"), np.float64) if "utc_offset_h" in domain.static else []
+    if column is not None and len(offsets):
+        offsets = offsets[[column]]
+    return time_axis_attrs(domain.data.attrs.get("time_convention"), offsets)
 
 
 def site_file_name(site_id: str) -> str:

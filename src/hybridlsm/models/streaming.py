@@ -52,7 +52,7 @@ from ..data.checks import refuse_out_of_range
 from ..data.gridprep import check_regular_time
 from ..domain.build import CLIMATE_INPUTS, grid_mask, grid_static_fields, land_cover_codes
 from ..domain.climate import ClimateAccumulator
-from ..domain.write import variable_attrs
+from ..domain.write import time_axis_attrs, variable_attrs
 from ..physics import FORCING_VARIABLES, Forcing, default_params, run_time_jit
 from .column import ColumnModel, column_igbp
 from .features import CLIMATE_SUMMARIES
@@ -290,8 +290,10 @@ def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], 
     shape = (source.sizes["time"], source.sizes[ydim], source.sizes[xdim])
     chunks = (time_chunk, rows, shape[2])
     coords = {k: source[k] for k in ("time", ydim, xdim) if k in source.coords}
-    # units and sign conventions as the netCDF outputs have them, and what the time axis is
-    time = {k: source.attrs[k] for k in ("time_convention", "utc_offset_h") if k in source.attrs}
+    # units and sign conventions as the netCDF outputs have them, and what the time axis is: the
+    # offset from UTC its modelled cells share, from a (y, x) field or the attrs, as in memory
+    offsets, inside = grid_static_fields(source, ydim, xdim)["utc_offset_h"], grid_mask(source, ydim, xdim)
+    time = time_axis_attrs(source.attrs.get("time_convention"), offsets if inside is None else offsets[inside])
     return xr.Dataset({k: (("time", ydim, xdim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
                            variable_attrs(k)) for k in outputs}, coords=coords, attrs=time)  # fmt: skip
 
