@@ -103,9 +103,11 @@ def test_an_edited_checkpoint_json_is_not_trusted(tmp_path):
     assert meta["epoch"] == 1 and meta["finished"] is False and np.all(np.asarray(loaded["w"]) == 1.0)
     prev = json.loads((tmp_path / "checkpoint.prev.json").read_text())
     unsealed = {k: v for k, v in prev.items() if k != "meta_sha256"}
+    # relabelled as written before the seal: was read unchecked, so any edit of it passed
     (tmp_path / "checkpoint.prev.json").write_text(json.dumps({**unsealed, "format": "hybridlsm-checkpoint-1"}))
-    with pytest.warns(UserWarning, match="checkpoint.json does not match"):
-        assert read_checkpoint(tmp_path, trees(0))[1]["epoch"] == 1  # written before the seal: still read
+    with pytest.raises(CheckpointError, match="checkpoint.prev.json has format 'hybridlsm-checkpoint-1', written "
+                                              "before checkpoints carried the checksum of their metadata"):
+        read_checkpoint(tmp_path, trees(0))
     (tmp_path / "checkpoint.prev.json").write_text(json.dumps(unsealed))  # the new format without its seal
     with pytest.raises(CheckpointError, match="checkpoint.prev.json does not match its recorded checksum"):
         read_checkpoint(tmp_path, trees(0))

@@ -34,7 +34,8 @@ __all__ = ["CHECKPOINT_FORMAT", "META_FILE", "PREVIOUS_FILE", "CheckpointError",
            "read_checkpoint", "write_checkpoint"]  # fmt: skip
 
 CHECKPOINT_FORMAT = "hybridlsm-checkpoint-2"
-#: checkpoints written before the metadata carried its own checksum (still read)
+#: checkpoints written before the metadata carried its own checksum (2026-12-07): not read, since
+#: nothing tells a hand edit of one (or a sealed checkpoint relabelled as one) from the original
 _UNSEALED_FORMAT = "hybridlsm-checkpoint-1"
 META_FILE = "checkpoint.json"
 PREVIOUS_FILE = "checkpoint.prev.json"
@@ -66,9 +67,12 @@ def _verify(meta_path: Path) -> tuple[dict[str, Any] | None, str | None]:
         digest = meta.get("sha256", {}).get(leaves.name)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return None, f"{meta_path} is unreadable ({err})"
-    if meta.get("format") not in (CHECKPOINT_FORMAT, _UNSEALED_FORMAT):
+    if meta.get("format") == _UNSEALED_FORMAT:
+        return None, (f"{meta_path} has format {_UNSEALED_FORMAT!r}, written before checkpoints carried the "
+                      "checksum of their metadata: it cannot be verified")
+    if meta.get("format") != CHECKPOINT_FORMAT:
         return None, f"{meta_path} has format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
-    if meta["format"] == CHECKPOINT_FORMAT and meta.get("meta_sha256") != _meta_digest(meta):
+    if meta.get("meta_sha256") != _meta_digest(meta):
         return None, f"{meta_path} does not match its recorded checksum (edited or damaged)"
     if digest is None:
         return None, f"{meta_path} records no checksum of {leaves.name}"
