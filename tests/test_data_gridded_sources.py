@@ -245,6 +245,11 @@ def _write(ds: xr.Dataset, path: Path) -> Path:
      r"variable LU_INDEX: 0 at cell \(south_north=7, west_east=0\) is not a USGS land-use category"),
     (lambda ds: ds.assign(Times=ds["Times"].copy(data=np.array([b"2005-09-21_00:00:00", b"junk", b"x", b"y"], "S19"))),
      r"variable Times: 'junk' at index 1 is not a time"),
+    # read as > 0.5 before: a land cell of 0.3 or NaN became water, its forcing all NaN, without a word
+    (lambda ds: ds.assign(LANDMASK=ds["LANDMASK"].where(~((ds.south_north == 3) & (ds.west_east == 3)), 0.3)),
+     r"LANDMASK is 0.3.* at cell \(south_north=3, west_east=3\) \(1 cell\(s\) not 0 or 1\); expected 1 where"),
+    (lambda ds: ds.assign(LANDMASK=ds["LANDMASK"].where(~((ds.south_north == 3) & (ds.west_east == 3)))),
+     r"LANDMASK is nan at cell \(south_north=3, west_east=3\)"),
 ])  # fmt: skip
 def test_wrf_bad_input_names_file_and_variable(small_wrf, tmp_path, damage, message):
     path = _write(damage(small_wrf.copy()), tmp_path / "wrf_bad.nc")

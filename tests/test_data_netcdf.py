@@ -20,6 +20,7 @@ from hybridlsm.data import (
     read_site,
     read_sites,
 )
+from hybridlsm.domain import domain_from_grid
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,24 @@ def livneh(shared_data):
     with pytest.warns(DataWarning, match="variable wind: units attribute 'mm s-1' is known to be wrong; read as 'm s-1'"):
         return read_gridded(shared_data / "gridded" / "livneh_NAmerExt_15Oct2014.WalnutGulch.2008.nc")
 
+
+
+@pytest.mark.parametrize("name", ["mask", "Mask", "MASK"])
+def test_a_grid_mask_in_any_case_masks_its_cells(shared_data, tmp_path, name):
+    """A 'Mask' or 'MASK' variable was neither the grid's mask nor listed as unused: the masked-out
+    cell became a column without a word."""
+    with xr.open_dataset(shared_data / "gridded" / "livneh_NAmerExt_15Oct2014.WalnutGulch.2008.nc",
+                         decode_times=False, mask_and_scale=False) as src:
+        grid = src.isel(time=slice(0, 48)).load()
+    grid["mask"].values[0, 0] = 0
+    grid.rename_vars({"mask": name}).to_netcdf(tmp_path / "grid.nc")
+    ds = read_gridded(tmp_path / "grid.nc")
+    assert ds["mask"].attrs["source_variable"] == name and int(ds["mask"].values.sum()) == 14
+    assert "y0_x0" not in domain_from_grid(ds.load()).column_ids
+    grid.assign(**{"MASK": grid["mask"]}).to_netcdf(tmp_path / "two.nc")
+    if name == "mask":
+        with pytest.raises(DataError, match=r"two.nc: variables \['mask', 'MASK'\] all name the field 'mask'"):
+            read_gridded(tmp_path / "two.nc")
 
 @pytest.fixture(scope="module")
 def stehekin(shared_data):

@@ -229,6 +229,24 @@ def runs_of_true(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends - starts
 
 
+def modelled_cells(values, *, where: str, name: str = "mask", dims: tuple[str, str] = ("y", "x")) -> np.ndarray:
+    """(ny, nx) bool of a grid's land / modelled-cell mask ``values`` (y, x): True where 1, False
+    where 0. Any other value (a land fraction, a class code, a missing value) is a DataError naming
+    ``where``, ``name`` and the first such cell: a mask read by a guessed threshold would model or
+    drop cells silently."""
+    values = np.asarray(values)
+    if values.dtype == bool:
+        return values.copy()
+    bad = ~np.isin(values, (0, 1)) if values.dtype.kind in "iuf" else np.ones(values.shape, bool)
+    if bad.any():
+        y0, x0 = (int(i[0]) for i in np.nonzero(bad))
+        value = values[y0, x0].item() if hasattr(values[y0, x0], "item") else values[y0, x0]
+        raise DataError(f"{where}: {name} is {value!r} at cell ({dims[0]}={y0}, {dims[1]}={x0}) "
+                        f"({int(bad.sum())} cell(s) not 0 or 1); expected 1 where a cell is modelled and 0 where it "
+                        "is not (turn a land fraction or a class field into such a mask first)")
+    return values == 1
+
+
 def check_albedo_product(values, names, *, file: str, bounds: tuple[float, float], required=None) -> np.ndarray:
     """(N,) surface albedo of a product (a site's attrs, a grid's ``Albedo`` field) as floats, NaN
     where it gives none; ``names`` names the N columns (a site, a cell). A value outside the open

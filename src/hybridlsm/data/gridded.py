@@ -106,6 +106,9 @@ STATIC_FIELDS: dict[str, str] = {
 }
 """Static ``(y, x)`` variables kept as coordinates of the same name (for ``domain_from_grid``)."""
 
+#: the (y, x) fields kept as coordinates, matched whatever their case: the grid's mask, and STATIC_FIELDS
+_KEPT_FIELDS = ("mask", *STATIC_FIELDS)
+
 _UTC_NAMES = ("utc", "gmt", "z", "utc+0", "utc+00:00")
 
 
@@ -278,7 +281,7 @@ def read_gridded(
     for name, da in src.data_vars.items():
         target = mapping.get(name.lower())
         if target is None or "time" not in da.dims:
-            if name.lower() != "mask" and name != bounds_name and name not in STATIC_FIELDS:
+            if name.lower() not in _KEPT_FIELDS and name != bounds_name:
                 unmapped.append(name)
             continue
         da = _grid_dims(da, name, ydim, xdim, file)
@@ -350,14 +353,20 @@ def read_gridded(
     for dim, new in ((ydim, "y"), (xdim, "x")):
         if dim in src.coords and src[dim].ndim == 1 and dim.lower() not in ("lat", "latitude", "lon", "longitude"):
             ds = ds.assign_coords({new: (new, np.asarray(src[dim].values), dict(src[dim].attrs))})
-    for name in ("mask", *STATIC_FIELDS):
-        if name in src.data_vars and set(src[name].dims) == {ydim, xdim}:
-            m = src[name].transpose(ydim, xdim)
-            ds = ds.assign_coords({name: (("y", "x"), np.asarray(m.values), dict(m.attrs))})
-        elif name in src.data_vars:  # never dropped without a word
-            warnings.warn(f"{file}: variable {name} has dims {src[name].dims}, not the grid's ({ydim}, {xdim}); it "
+    for name in _KEPT_FIELDS:
+        given = [v for v in src.data_vars if str(v).lower() == name]  # 'Mask', 'MASK' as 'mask'
+        if len(given) > 1:
+            raise DataError(f"{file}: variables {given} all name the field {name!r}; keep one")
+        if not given:
+            continue
+        m = src[given[0]]
+        if set(m.dims) == {ydim, xdim}:
+            m = m.transpose(ydim, xdim)
+            ds = ds.assign_coords({name: (("y", "x"), np.asarray(m.values), {**m.attrs, "source_variable": given[0]})})
+        else:  # never dropped without a word
+            warnings.warn(f"{file}: variable {given[0]} has dims {m.dims}, not the grid's ({ydim}, {xdim}); it "
                           "is not used (a field of one value per cell is)", DataWarning, stacklevel=2)
-            unmapped.append(name)
+            unmapped.append(given[0])
     ds = ds.transpose("time", "y", "x", ...)
     time_attrs = dict(src["time"].attrs) if not (interval_note or offset_rule) else {
         "standard_name": "time", "long_name": "start of each interval, local standard time"}

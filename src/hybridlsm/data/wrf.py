@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .checks import check_plausible
+from .checks import check_plausible, modelled_cells
 from .gridded import _file_longitude, _utc_offset, to_local_standard_time
 from .plumber2 import IO_ERRORS, cannot_open, check_times, open_netcdf, reject_infinite
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
@@ -241,7 +241,7 @@ def read_wrf(path: str | Path, *, chunks: dict | None = None, metadata: dict | N
     step_s = _step_seconds(utc, file)
 
     static = {name: _variable(src, name, (_Y, _X), file, first_time=True) for name in _STATIC}
-    land = np.asarray(static["LANDMASK"].values) > 0.5
+    land = modelled_cells(static["LANDMASK"].values, where=file, name="LANDMASK", dims=(_Y, _X))
     out: dict[str, xr.DataArray] = {}
     for name, (target, how) in WRF_VARIABLES.items():
         da = _variable(src, name, (_T, _Y, _X), file)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from ..data.checks import FORCING_CHECKED, refuse_out_of_range
+from ..data.checks import FORCING_CHECKED, modelled_cells, refuse_out_of_range
 from ..data.schema import IGBP_BY_INDEX, DataError, DataWarning
 from .climate import climate_summaries
 from .domain import OPTIONAL_SITE_ATTRS, SITE_ATTRS, STATIC_ATTRIBUTES, Domain, GridLayout, SiteLayout
@@ -188,17 +188,7 @@ def grid_mask(ds: xr.Dataset, ydim: str = "y", xdim: str = "x") -> np.ndarray | 
     if set(m.dims) != {ydim, xdim}:
         raise DataError(f"{where}: mask has dims {m.dims}; expected the grid's ({ydim}, {xdim}) (1 where a cell is "
                         "modelled, 0 where it is not)")
-    values = np.asarray(m.transpose(ydim, xdim).values)
-    if values.dtype == bool:
-        return values.copy()
-    numeric = values.dtype.kind in "iuf"
-    bad = ~np.isin(values, (0, 1)) if numeric else np.ones(values.shape, bool)
-    if bad.any():
-        y0, x0 = (int(i[0]) for i in np.nonzero(bad))
-        raise DataError(f"{where}: mask is {values[y0, x0]!r} at cell ({ydim}={y0}, {xdim}={x0}) ({int(bad.sum())} "
-                        "cell(s) not 0 or 1); expected 1 where a cell is modelled and 0 where it is not (turn a land "
-                        "fraction or a class field into such a mask first)")
-    return values == 1
+    return modelled_cells(m.transpose(ydim, xdim).values, where=where, dims=(ydim, xdim))
 
 
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
