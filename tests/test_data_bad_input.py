@@ -234,6 +234,13 @@ def test_non_numeric_and_empty_cells(head_lines, tmp_path):
     assert np.isnan(ds["Wind"].values[3]) and ds.sizes["time"] == N_ROWS
     with pytest.raises(DataError, match=rf"{NAME}: column WS_F: infinite value at line 5"):
         read_fluxnet_csv(write(tmp_path, set_cell(head_lines, 3, "WS_F", "inf")))
+    # a column of only TRUE/FALSE, which pandas parses as bool: was read as 1/0 without a word
+    for column in ("WS_F", "H_F_MDS_QC"):
+        truth = [ln if i == 0 else ",".join("FALSE" if c == column else f for c, f in zip(head_lines[0].split(","),
+                                                                                          ln.split(",")))
+                 for i, ln in enumerate(head_lines)]
+        with pytest.raises(DataError, match=rf"{NAME}: column {column}: non-numeric value 'FALSE' at line 2"):
+            read_fluxnet_csv(write(tmp_path, truth))
 
 
 def test_bad_qc_flags(head_lines, tmp_path):

@@ -277,11 +277,12 @@ def _parse_table(header: list[str], body: list[str], *, file: str, text_columns)
 def _numeric_column(df: pd.DataFrame, col: str, *, file: str, lines: np.ndarray) -> np.ndarray:
     """Float values of ``col`` with -9999 -> NaN; text cells raise DataError, NaN/empty cells warn."""
     s = df[col]
-    if pd.api.types.is_numeric_dtype(s.dtype):
+    # not bool: pandas parses a column of only TRUE/FALSE as bool, which would read as 1/0
+    if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         a = s.to_numpy(dtype=float, copy=True)
         nan_cells = np.isnan(a)
     else:
-        st = s.astype(str).str.strip()
+        st = s.map({True: "TRUE", False: "FALSE"}) if pd.api.types.is_bool_dtype(s.dtype) else s.astype(str).str.strip()
         a = pd.to_numeric(st, errors="coerce").to_numpy(dtype=float, copy=True)
         tokens = st.str.lower().isin(_NAN_TOKENS).to_numpy()
         bad = np.isnan(a) & ~tokens
