@@ -81,6 +81,10 @@ def test_a_cell_without_forcing_is_not_a_column_and_a_gap_is_refused_naming_its_
         domain_from_grid(ds)
     ds.coords["mask"] = (("y", "x"), np.where(np.arange(12).reshape(3, 4) == 10, 0, 1))  # the gappy cell masked
     assert domain_from_grid(ds).n_columns == 10
+    ds["Psurf"][4, 1, 3] = np.inf  # was called a gap (the readers check their first steps only)
+    with pytest.raises(DataError, match=r"Psurf is infinite at cell \(y=1, x=3\), time 2020-06-01T04:00.* \(step 4; 1 "
+                                        r"such value\(s\)\); expected finite numbers"):
+        domain_from_grid(ds)
 
 
 

@@ -225,7 +225,8 @@ def read_gridded(
     ``chunks`` are dask chunks (default ``{"time": 512}`` plus whole y/x); ``variables`` extends
     or overrides :data:`GRIDDED_VARIABLES` (source name -> canonical name). The first
     ``check_steps`` time steps are checked against the plausible ranges (wrong units raise
-    DataError). Variables with no mapping are listed in ``attrs['unmapped_variables']``.
+    DataError) and for infinite values; the rest is read lazily and checked where it is used
+    (``domain_from_grid``, streaming: an infinite value, a gap, a value out of range). Variables with no mapping are listed in ``attrs['unmapped_variables']``.
     ``metadata`` overrides attrs (e.g. ``{"utc_offset_h": -7}``; for a file whose times are UTC
     this offset also places them in local standard time). The time axis is the start of each
     interval in local standard time (module docstring).

@@ -223,7 +223,13 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     partial = np.zeros((ny, nx), bool)
     none = {}  # per variable: the cells where it is missing at every step
     for v in forcing_vars:
-        finite = np.isfinite(np.asarray(ds[v].values))
+        values = np.asarray(ds[v].values)
+        if np.isinf(values).any():  # the readers check the first steps only (they read lazily): not a gap
+            step, y0, x0 = (int(i[0]) for i in np.nonzero(np.isinf(values)))
+            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {v} is infinite at cell ({ydim}={y0}, "
+                            f"{xdim}={x0}), time {ds['time'].values[step]} (step {step}; "
+                            f"{int(np.isinf(values).sum())} such value(s)); expected finite numbers")
+        finite = np.isfinite(values)
         none[v] = ~finite.any(axis=0)
         partial |= finite.any(axis=0) & ~finite.all(axis=0)
     absent = np.any(list(none.values()), axis=0) if none else np.zeros((ny, nx), bool)
