@@ -7,6 +7,8 @@ directories) plus synthetic aggregated files.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import tempfile
 import warnings
@@ -215,6 +217,42 @@ def test_no_valid_target_values(head_lines, tmp_path):
         ds = read_fluxnet_csv(write(tmp_path, only_le))
     assert ds["Qle"].isnull().all() and ds["Qh"].notnull().all()
 
+
+
+def test_impossible_or_conflicting_site_metadata_is_refused(head_lines, tmp_path, shared_data):
+    """Site metadata were never checked: a latitude of 200 or a swapped LAT/LON moved the sun (the
+    estimated LWdown) silently, a text latitude became a traceback in `hybridlsm run`, and of two
+    sites.csv rows that disagree the first won without a word."""
+    path = write(tmp_path, head_lines)
+    for metadata, text in (({"latitude": 200.0}, "site metadata key latitude is 200, outside -90..90 degrees north"),
+                           ({"utc_offset_h": 100}, "site metadata key utc_offset_h is 100, outside -12..14 h from UTC"),
+                           ({"latitude": "31.7N"}, "site metadata key latitude is '31.7N'; expected a number in degrees "
+                                                   "north"),
+                           ({"canopy_height": True}, "site metadata key canopy_height is True; expected a number in m")):
+        with pytest.raises(DataError, match=rf"{NAME}: " + re.escape(text)):
+            read_fluxnet_csv(path, metadata=metadata)
+    table = (shared_data / "fluxnet" / "sites.csv").read_text().splitlines()
+    wkg = next(i for i, ln in enumerate(table) if ln.startswith("US-Wkg,"))
+    fields = next(csv.reader([table[wkg]]))
+    swapped = [*fields[:2], fields[3], fields[2], *fields[4:]]  # LAT and LON swapped
+    sites = tmp_path / "sites.csv"
+    sites.write_text("\n".join([table[0], _csv_line(swapped)]) + "\n")
+    with pytest.raises(DataError, match=r"sites.csv: column LAT, row 2: -109.942 is outside -90..90 degrees north"):
+        read_fluxnet_csv(path, sites=sites)
+    other = [*fields[:8], "-6", *fields[9:]]  # the same file, another UTC offset
+    sites.write_text("\n".join([table[0], table[wkg], _csv_line(other)]) + "\n")
+    with pytest.raises(DataError, match=rf"sites.csv: file {NAME} is listed on rows \[2, 3\]; expected one row"):
+        read_fluxnet_csv(path, sites=sites)
+    renamed = write(tmp_path, head_lines, name="wkg.csv")  # not listed: looked up by site id
+    sites.write_text("\n".join([table[0], table[wkg], _csv_line([*other[:9], "US-Wkg_2005.csv", *other[10:]])]) + "\n")
+    with pytest.raises(DataError, match=r"sites.csv: site US-Wkg is on rows \[2, 3\], which differ in UTC_OFFSET_H"):
+        read_fluxnet_csv(renamed, sites=sites, site_id="US-Wkg")
+
+
+def _csv_line(fields: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(fields)
+    return out.getvalue()
 
 def test_unknown_site_id(head_lines, tmp_path, shared_data):
     path = write(tmp_path, head_lines, name="ZZ-Top_200405-200412_HH.csv")

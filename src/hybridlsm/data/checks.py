@@ -264,10 +264,30 @@ def check_albedo_product(values, names, *, file: str, bounds: tuple[float, float
     return values
 
 
-def report_missing_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[str]:
-    """Record the :data:`~hybridlsm.data.schema.SITE_METADATA` fields that are missing (NaN, empty
-    or absent) in ``attrs["missing_metadata"]`` (space-separated, "" when none) and warn once,
-    naming the file, the site and the fields. Missing values stay missing. Returns the fields."""
+#: the physically possible range of each numeric site metadata field (a value outside, e.g. a
+#: latitude and longitude swapped, would silently move the sun and the estimated radiation)
+SITE_METADATA_RANGES = {"latitude": (-90.0, 90.0, "degrees north"), "longitude": (-180.0, 360.0, "degrees east"),
+                        "elevation": (-500.0, 9000.0, "m"), "canopy_height": (0.0, 150.0, "m"),
+                        "measurement_height": (0.0, 500.0, "m above ground"),
+                        "utc_offset_h": (-12.0, 14.0, "h from UTC")}  # fmt: skip
+
+
+def check_site_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[str]:
+    """Check a site's :data:`~hybridlsm.data.schema.SITE_METADATA` (from the file, a sites.csv or
+    ``metadata=``) and record the missing ones. A numeric field that is not a number (text, a
+    bool) or lies outside :data:`SITE_METADATA_RANGES` is a DataError naming the file, the field and
+    the range. Missing fields (NaN, empty or absent) go to ``attrs["missing_metadata"]``
+    (space-separated, "" when none), with one warning naming the file, the site and the fields;
+    they stay missing. Returns the missing fields."""
+    for key, (low, high, unit) in SITE_METADATA_RANGES.items():
+        value = attrs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise DataError(f"{file}: site metadata key {key} is {value!r}; expected a number in {unit} (NaN or leave "
+                            "it out when unknown)")
+        if np.isfinite(value) and not low <= float(value) <= high:
+            raise DataError(f"{file}: site metadata key {key} is {float(value):g}, outside {low:g}..{high:g} {unit}")
     missing = []
     for key in SITE_METADATA:
         value = attrs.get(key)

@@ -31,12 +31,13 @@ import pandas as pd
 import xarray as xr
 
 from .checks import (
+    SITE_METADATA_RANGES,
     check_plausible,
+    check_site_metadata,
     check_vpd_consistency,
     fmt_time,
     regularise_ordinal,
     regularise_time,
-    report_missing_metadata,
     where,
 )
 from .readers import Reader, register_reader
@@ -122,6 +123,11 @@ def _float(text: str, *, file, column, row) -> float:
         raise DataError(f"{file}: column {column}, row {row}: {text!r} is not a number") from None
 
 
+#: site metadata field -> its sites.csv column
+_TABLE_COLUMNS = (("latitude", "LAT"), ("longitude", "LON"), ("elevation", "ELEV_M"), ("canopy_height", "CANOPY_HEIGHT_M"),
+                  ("measurement_height", "MEASUREMENT_HEIGHT_M"), ("utc_offset_h", "UTC_OFFSET_H"))
+
+
 def site_metadata(
     sites: str | Path | pd.DataFrame, *, file: str | None = None, site_id: str | None = None
 ) -> dict:
@@ -138,6 +144,9 @@ def site_metadata(
     by_file = False
     if file is not None:
         hit = df[df["FILE"] == file]
+        if len(hit) > 1:
+            raise DataError(f"{table_name}: file {file} is listed on rows {[int(i) + 2 for i in hit.index]}; "
+                            "expected one row per file")
         if len(hit):
             row, by_file = hit.iloc[0], True
             if site_id is not None and row["SITE_ID"] != site_id:
@@ -158,16 +167,18 @@ def site_metadata(
                 + (f" (for file {file})" if file else "")
                 + f"; known site ids: {sorted(set(df['SITE_ID']))}"
             )
+        # one site, several files (DE-Tha 2010 and 2014): its rows must agree on what they say of the site
+        differ = [c for _, c in (*_TABLE_COLUMNS, ("igbp", "IGBP")) if hit[c].str.strip().nunique() > 1]
+        if differ:
+            raise DataError(f"{table_name}: site {site_id} is on rows {[int(i) + 2 for i in hit.index]}, which differ in "
+                            f"{', '.join(differ)}; expected one description of the site (or list the file in FILE)")
         row = hit.iloc[0]
     r = int(row.name) + 2  # line in the table
-    num = {
-        key: _float(row[col], file=table_name, column=col, row=r)
-        for key, col in [
-            ("latitude", "LAT"), ("longitude", "LON"), ("elevation", "ELEV_M"),
-            ("canopy_height", "CANOPY_HEIGHT_M"), ("measurement_height", "MEASUREMENT_HEIGHT_M"),
-            ("utc_offset_h", "UTC_OFFSET_H"),
-        ]
-    }
+    num = {key: _float(row[col], file=table_name, column=col, row=r) for key, col in _TABLE_COLUMNS}
+    for key, col in _TABLE_COLUMNS:
+        low, high, unit = SITE_METADATA_RANGES[key]
+        if np.isfinite(num[key]) and not low <= num[key] <= high:
+            raise DataError(f"{table_name}: column {col}, row {r}: {num[key]:g} is outside {low:g}..{high:g} {unit}")
     meta = {"site_id": row["SITE_ID"], "site_name": row["SITE_NAME"], "igbp": row["IGBP"], **num}
     if by_file:
         meta["expected_start"] = row["START"].strip()
@@ -720,7 +731,7 @@ def sites_table_for(path: Path, sites=None):
 
 def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
     """Site attrs from the site table (``sites`` or ``sites.csv`` beside the file) and ``metadata``;
-    missing fields are reported (:func:`~hybridlsm.data.checks.report_missing_metadata`)."""
+    missing fields are reported (:func:`~hybridlsm.data.checks.check_site_metadata`)."""
     attrs = {
         "site_id": site_id or info.get("site") or "",
         "site_name": "",
@@ -744,7 +755,7 @@ def _site_attrs(path: Path, info: dict, *, site_id, sites, metadata) -> dict:
             DataWarning,
             stacklevel=3,
         )
-    report_missing_metadata(attrs, file=str(path), stacklevel=4)
+    check_site_metadata(attrs, file=str(path), stacklevel=4)
     return attrs
 
 

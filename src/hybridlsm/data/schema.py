@@ -225,7 +225,7 @@ SITE_METADATA = (
     "latitude", "longitude", "elevation", "igbp", "canopy_height", "measurement_height", "utc_offset_h",
 )
 """Site attrs that the model may need; one that no source states is NaN (or "" for ``igbp``), is
-listed in ``attrs["missing_metadata"]`` and gives a DataWarning (``checks.report_missing_metadata``)."""
+listed in ``attrs["missing_metadata"]`` and gives a DataWarning (``checks.check_site_metadata``)."""
 
 SOIL_VARIABLES = ("SoilTemp", "SoilMoistVol")
 """Soil variables (one tower layer each). Their measurement depth is not in the files: it is the
