@@ -253,6 +253,10 @@ def test_resume_with_overwrite_continues_an_overwrite_that_stopped(tmp_path):
     run.rename(tmp_path / ".tiny.replaced")
     assert prepare_run_dir(overwrite, resume=True)[0] == stopped
     assert (run / "report.html").read_text() == "the old run's" and not (tmp_path / ".tiny.replaced").exists()
+    run.rename(tmp_path / ".tiny.replaced")
+    run.mkdir()  # an empty folder in its place: the new run went to .partial and its end deleted the old one
+    assert prepare_run_dir(overwrite, resume=True)[0] == stopped
+    assert (run / "report.html").read_text() == "the old run's" and not (tmp_path / ".tiny.replaced").exists()
 
 
 def test_a_model_with_memory_is_refused_before_training_when_a_test_site_has_another_time_step(tmp_path):

@@ -114,6 +114,9 @@ def test_one_mask_rule_for_the_domain_the_region_and_streaming(tmp_path):
                 read(grid)
     with pytest.raises(DataError, match=r"mask has dims \('y',\); expected the grid's \(y, x\)"):
         domain_from_grid(ds.assign_coords(mask=("y", np.ones(3))))
+    for read in (domain_from_grid, active_cells):  # was "no cell has complete forcing", and an all-NaN store streamed
+        with pytest.raises(DataError, match=r"toy.nc: mask is 0 at every cell: no cell is modelled"):
+            read(ds.assign_coords(mask=(("y", "x"), np.zeros((3, 4)))).assign_attrs(source_file="toy.nc"))
     assert not (tmp_path / "s.zarr").exists()
 
 def test_a_grid_value_out_of_range_at_any_step_or_a_cell_lacking_one_variable_is_not_used_silently():

@@ -101,11 +101,21 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
         stream_column_model(_physics(), src.assign_attrs(time_step_s=3600.0), tmp_path / "d.zarr", progress=False)
     # as in memory: a cell outside the mask, or one without some variable throughout (sea), is no
     # column, whatever its other variables hold; only a column's gap is refused
-    masked = gappy.assign_coords(mask=(("y", "x"), np.where((src.y == 2000.0) & (src.x == 1000.0), 0, 1)))
-    # the time axis's offset from UTC from a (y, x) field, as in memory (the masked cell's is not a column's)
-    masked["utc_offset_h"] = xr.where(masked["mask"] == 1, -6.0, 5.0)
+    # (the fixture's cell without Tair, (y=0, x=4), masked out too: the grid's mask says a cell
+    # lacking a variable is modelled, a DataError as in memory)
+    mask = np.where(((src.y == 2000.0) & (src.x == 1000.0)) | ((src.y == 0.0) & (src.x == 4000.0)), 0, 1)
+    with pytest.raises(DataError, match=r"1 cell\(s\) of the band lack some forcing .* cell \(y=0, x=4\): Tair, and the "
+                                        r"grid's mask marks them as modelled cells"):
+        only_the_gap = np.where((src.y == 2000.0) & (src.x == 1000.0), 0, 1)
+        stream_column_model(_physics(), gappy.assign_coords(mask=(("y", "x"), only_the_gap)), tmp_path / "f.zarr",
+                            spinup_days=1, progress=False)
+    masked = gappy.assign_coords(mask=(("y", "x"), mask))
     sea = gappy.copy()
     sea["Wind"] = src["Wind"].where(~((src.y == 2000.0) & (src.x == 1000.0)) & ~((src.y == 5000.0) & (src.x == 3000.0)))
+    # the time axis's offset from UTC from a (y, x) field, as in memory: the columns', not the masked
+    # or sea cells'
+    for grid, not_columns in ((masked, [4, 11]), (sea, [4, 11, 28])):
+        grid["utc_offset_h"] = (("y", "x"), np.where(np.isin(np.arange(NY * NX).reshape(NY, NX), not_columns), 5.0, -6.0))
     for name, grid in (("masked", masked), ("sea", sea)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -115,13 +125,13 @@ def test_a_gap_or_an_overflow_in_the_spin_up_and_a_bad_time_axis_are_refused(gri
         # units, sign conventions and the time axis as the netCDF outputs say them
         assert xr.open_zarr(out)["Qle"].attrs == {"units": "W m-2", "long_name": "latent heat flux (positive upward)"}
         assert xr.open_zarr(out).attrs["time_convention"] == "start"
-        assert xr.open_zarr(out).attrs.get("utc_offset_h") == {"masked": -6.0, "sea": None}[name]
+        assert xr.open_zarr(out).attrs["utc_offset_h"] == -6.0
         lacking = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
         # one warning for the cells that lack a variable in all bands (the fixture's cell without Tair,
-        # and in "sea" two without Wind, in three bands), not one per band
-        n = {"masked": 1, "sea": 3}[name]
-        assert len(lacking) == 1 and re.search(rf"{n} cell\(s\) lack some forcing at every step of the spin-up "
-                                               r"\(first cell \(y=0, x=4\): Tair\)", lacking[0]), lacking
+        # and two without Wind, in three bands), not one per band
+        assert len(lacking) == (name == "sea"), lacking
+        assert name == "masked" or re.search(r"3 cell\(s\) lack some forcing at every step of the spin-up \(first cell "
+                                             r"\(y=0, x=4\): Tair\)", lacking[0]), lacking
         assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 0, 4]).all()
         assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 5, 3]).all() == (name == "sea")
         assert np.isnan(xr.open_zarr(out)["Qle"].values[:, 2, 1]).all(), name

@@ -498,13 +498,15 @@ def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[Path, Path]:
     - ``resume`` of a finished run continues it in place after checking the config.
 
     A run stopped between ``finish_run_dir``'s two renames left the old run as ``.<name>.replaced``
-    and nothing in its place: it is put back first (``restore_replaced``), and the new run, finished
+    and nothing (or an empty folder) in its place: it is put back first (``restore_replaced``), and the new run, finished
     in ``.<name>.overwrite``, is swapped in by ``--resume --overwrite``.
 
     The data files' digests (``input_digests``) are checked on resume and recorded (``inputs.json``)."""
     inputs = input_digests(cfg)
     run_dir = cfg.run_path
-    if not run_dir.exists() and (replaced := unfinished_dir(run_dir, REPLACED)).is_dir():
+    if (replaced := unfinished_dir(run_dir, REPLACED)).is_dir() and not (run_dir.exists() and any(run_dir.iterdir())):
+        if run_dir.is_dir():  # an empty folder in its place (the user's): the run it held goes back
+            run_dir.rmdir()
         restore_replaced(run_dir)
         console.print(f"[yellow]{run_dir} was put back from {replaced.name}, where a run that replaced it stopped "
                       "before its last rename[/yellow]", soft_wrap=True)

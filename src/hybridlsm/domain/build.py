@@ -172,23 +172,27 @@ def land_cover_codes(values: np.ndarray, attrs: dict) -> np.ndarray:
     return out.reshape(values.shape)
 
 
-def grid_mask(ds: xr.Dataset, ydim: str = "y", xdim: str = "x") -> np.ndarray | None:
+def grid_mask(ds: xr.Dataset, ydim: str = "y", xdim: str = "x", where: str | None = None) -> np.ndarray | None:
     """(ny, nx) bool, True where the grid's ``mask`` marks a cell as modelled, or None without one.
 
     The one reading of a grid's mask for the in-memory domain, the regional data and streaming: a
     coordinate or variable named ``mask`` on the grid's two dims, 1 where a cell is modelled and 0
     where it is not (``Domain.grid_dataset`` writes it so; the gridded readers keep a file's
     ``mask``, the WRF reader its ``LANDMASK``). Other dims, or any other value (a land fraction, a
-    class code, a missing value), are a DataError naming the file and a cell: a mask read by a
-    guessed threshold would model or drop cells silently."""
+    class code, a missing value), are a DataError naming the file (``where``, else the dataset's
+    source) and a cell: a mask read by a guessed threshold would model or drop cells silently; so
+    is a mask of 0 everywhere (nothing to model)."""
     if "mask" not in ds.variables:
         return None
-    where = ds.attrs.get("source_file", "the grid")
+    where = where or ds.attrs.get("source_file") or ds.encoding.get("source") or "the grid"
     m = ds["mask"]
     if set(m.dims) != {ydim, xdim}:
         raise DataError(f"{where}: mask has dims {m.dims}; expected the grid's ({ydim}, {xdim}) (1 where a cell is "
                         "modelled, 0 where it is not)")
-    return modelled_cells(m.transpose(ydim, xdim).values, where=where, dims=(ydim, xdim))
+    inside = modelled_cells(m.transpose(ydim, xdim).values, where=where, dims=(ydim, xdim))
+    if not inside.any():
+        raise DataError(f"{where}: mask is 0 at every cell: no cell is modelled")
+    return inside
 
 
 def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, name: str | None = None) -> Domain:
@@ -233,7 +237,7 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         none[v] = ~finite.any(axis=0)
         partial |= finite.any(axis=0) & ~finite.all(axis=0)
     absent = np.any(list(none.values()), axis=0) if none else np.zeros((ny, nx), bool)
-    inside = grid_mask(ds, ydim, xdim)
+    inside = grid_mask(ds, ydim, xdim, ds.attrs.get("source_file", "<grid>"))
     masked = np.zeros((ny, nx), bool) if inside is None else ~inside
     # a cell where a forcing variable is missing at every step (sea, outside a basin) or masked is
     # not a column; one with a gap (missing at some steps only) is an error, never a cell silently

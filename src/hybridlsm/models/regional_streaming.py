@@ -176,7 +176,7 @@ def stream_regional(model: RegionalModel, params: dict | None, source: xr.Datase
 
     complete = ("the regional grid must be complete: the air layer couples every cell, so a regional run takes no "
                 "sea, masked or missing cells")  # fmt: skip
-    inside = grid_mask(source, ydim, xdim)
+    inside = grid_mask(source, ydim, xdim, where)
     if inside is not None and not inside.all():
         c = int(np.flatnonzero(~inside.ravel())[0])
         raise DataError(f"{where}: {int((~inside).sum())} cell(s) are masked out (mask 0), e.g. {cell(c)}; {complete}")
@@ -201,7 +201,7 @@ def stream_regional(model: RegionalModel, params: dict | None, source: xr.Datase
         return _grid_forcing(arrays, step_s, dtype, signs)
 
     rows = max(1, min(ny, STORE_CHUNK_VALUES // (time_chunk * nx)))
-    template = _template(source, ydim, xdim, outputs, time_chunk, rows)
+    template = _template(source, ydim, xdim, outputs, time_chunk, rows, np.ones((ny, nx), bool))  # every cell a column
     template.attrs.update(attrs or {}, time_chunk=time_chunk, transport_substeps=model.air.n_substeps,
                           max_wind_e=u_max, max_wind_n=v_max, air_layer_boundary=a.boundary, dx=a.dx, dy=a.dy,
                           air_layer_depth=a.depth, top_resistance=a.top_resistance,

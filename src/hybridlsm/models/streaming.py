@@ -101,7 +101,7 @@ def _grid_setup(source: xr.Dataset, variables: Sequence[str]) -> tuple[str, str,
     """(where, ydim, xdim, step_s) of a lazily read grid that must hold ``variables``: where names
     the source in messages, step_s that of its ``time`` coordinate, which must be regular and
     increasing (and agree with ``attrs["time_step_s"]`` where that is given)."""
-    where = str(source.encoding.get("source", "<grid>"))
+    where = str(source.encoding.get("source") or source.attrs.get("source_file") or "<grid>")
     missing = [v for v in variables if v not in source]
     if missing:
         raise DataError(f"{where}: forcing variable(s) {missing} missing; the grid has {sorted(source.data_vars)}")
@@ -223,13 +223,15 @@ def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, n
     spin-up steps ``spin`` (``_read_band``): a cell outside the grid's ``mask`` (``masked``, flat) or
     without any forcing (sea) is not one; a cell that lacks a variable at every step but has others
     is not one either: their number and the first of them with what it lacks are returned beside the
-    columns, for one DataWarning over all bands (``_warn_lacking``); in every other cell a gap, or an
+    columns, for one DataWarning over all bands (``_warn_lacking``), or where the grid has a mask
+    (which says they are modelled) a DataError; in every other cell a gap, or an
     infinite value, is a DataError naming the variable, cell and time (never a cell silently left out)."""
 
     def cell(c: int) -> str:
         return f"cell (y={rows.start + c // nx}, x={c % nx})"
 
     n = next(iter(spin.values())).shape[1]
+    has_mask = masked is not None
     masked = np.zeros(n, bool) if masked is None else np.asarray(masked, bool)
     given = {var: ~np.isnan(a) for var, a in spin.items()}
     lacks = np.any([~g.any(axis=0) for g in given.values()], axis=0) | masked  # not a column: no gap to refuse
@@ -252,6 +254,10 @@ def _band_columns(spin: dict[str, np.ndarray], times: np.ndarray, rows: slice, n
     if lacking.any():
         c = int(np.argmax(lacking))
         first = f"{cell(c)}: {', '.join(var for var, g in given.items() if not g[:, c].any())}"
+        if has_mask:  # as domain_from_grid: the grid says they are land
+            raise DataError(f"{where}: {int(lacking.sum())} cell(s) of the band lack some forcing at every step of the "
+                            f"spin-up while they have other forcing, e.g. {first}, and the grid's mask marks them as "
+                            "modelled cells; give the variable or mask the cells out (mask 0)")
     return np.flatnonzero(~lacks), int(lacking.sum()), first
 
 
@@ -282,18 +288,20 @@ def _band_forcing(arrays: dict[str, np.ndarray], cells: np.ndarray, times: np.nd
     return Forcing(**fields, time_step_s=step_s)
 
 
-def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], time_chunk: int,
-              rows: int) -> xr.Dataset:
-    """The output store's metadata over ``source``'s steps (those written)."""
+def _template(source: xr.Dataset, ydim: str, xdim: str, outputs: Sequence[str], time_chunk: int, rows: int,
+              columns: np.ndarray | None) -> xr.Dataset:
+    """The output store's metadata over ``source``'s steps (those written). ``columns``: (ny, nx)
+    bool of the cells that are columns, whose offset from UTC the time axis takes (None: not known
+    yet; ``_record_utc_offset`` adds it)."""
     import dask.array as da
 
     shape = (source.sizes["time"], source.sizes[ydim], source.sizes[xdim])
     chunks = (time_chunk, rows, shape[2])
     coords = {k: source[k] for k in ("time", ydim, xdim) if k in source.coords}
     # units and sign conventions as the netCDF outputs have them, and what the time axis is: the
-    # offset from UTC its modelled cells share, from a (y, x) field or the attrs, as in memory
-    offsets, inside = grid_static_fields(source, ydim, xdim)["utc_offset_h"], grid_mask(source, ydim, xdim)
-    time = time_axis_attrs(source.attrs.get("time_convention"), offsets if inside is None else offsets[inside])
+    # offset from UTC its columns share, from a (y, x) field or the attrs, as in memory
+    offsets = grid_static_fields(source, ydim, xdim)["utc_offset_h"][columns] if columns is not None else []
+    time = time_axis_attrs(source.attrs.get("time_convention"), offsets)
     return xr.Dataset({k: (("time", ydim, xdim), da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
                            variable_attrs(k)) for k in outputs}, coords=coords, attrs=time)  # fmt: skip
 
@@ -343,7 +351,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     rows = max(1, min(ny, cells_per_block // nx))
     spin_steps = max(1, min(nt, int(round(spinup_days * 86400.0 / step_s))))
     codes = _cell_codes(source, ydim, xdim, land_cover)
-    inside = grid_mask(source, ydim, xdim)  # as domain_from_grid reads it
+    inside = grid_mask(source, ydim, xdim, where)  # as domain_from_grid reads it
     outside = None if inside is None else ~inside
     fields = _static_fields(source, ydim, xdim, where, model.static_inputs, codes)  # before the store is created
     if canopy_height is None:  # the grid's own, as in memory (``domain_from_grid``); NaN: the class default
@@ -352,7 +360,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         measurement_height = fields["measurement_height"]
     dtype = jnp.zeros(0).dtype
     outputs = tuple(outputs)
-    template = _template(source.isel(time=slice(write_from, None)), ydim, xdim, outputs, time_chunk, rows)
+    template = _template(source.isel(time=slice(write_from, None)), ydim, xdim, outputs, time_chunk, rows, None)
     template.attrs.update(attrs or {}, time_chunk=time_chunk, rows_per_band=rows, spinup_days=spinup_days)
     # zarr format 2: consolidated metadata, read by every zarr and xarray version
     template.to_zarr(store, compute=False, mode="w-", zarr_format=2)  # metadata only; each band fills its region
@@ -363,6 +371,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
     run_chunk = _chunk_runner(model)
     times = source["time"].values
     lacking: list[tuple[int, str | None]] = []  # per band: cells lacking a variable, the first of them
+    columns = np.zeros((ny, nx), bool)  # the cells found to be columns, band by band
 
     def run_band(band: slice, advance) -> None:
         n_rows = band.stop - band.start
@@ -370,6 +379,7 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         used, n_lacking, first = _band_columns(spin, times[:spin_steps], band, nx, where,
                                                None if outside is None else outside[band].ravel())
         lacking.append((n_lacking, first))
+        columns[band] = np.isin(np.arange(n_rows * nx), used).reshape(n_rows, nx)
         if used.size == 0:  # nothing but sea or masked cells: the template's NaN stay
             advance(len(chunks))
             return
@@ -408,5 +418,18 @@ def stream_column_model(model: ColumnModel, source: xr.Dataset | str | Path, sto
         job = bar.add_task(f"streaming {ny}x{nx} cells, {nt} steps", total=len(bands) * len(chunks))
         for band in bands:
             run_band(band, lambda k: bar.advance(job, k))
+        _record_utc_offset(store, fields["utc_offset_h"][columns])
     _warn_lacking(where, lacking)
     return store
+
+
+def _record_utc_offset(store: Path, offsets: np.ndarray) -> None:
+    """Add the offset from UTC that the columns share (``offsets``) to a written store's attributes,
+    as the in-memory outputs have it (``time_axis_attrs``; none where they differ or none is known)."""
+    import zarr
+
+    value = time_axis_attrs(None, offsets).get("utc_offset_h")
+    if value is None:
+        return
+    zarr.open_group(store, mode="r+", zarr_format=2).attrs["utc_offset_h"] = value
+    zarr.consolidate_metadata(store, zarr_format=2)
