@@ -157,6 +157,35 @@ def test_a_grid_mask_in_any_case_masks_its_cells(shared_data, tmp_path, name):
         with pytest.raises(DataError, match=r"two.nc: variables \['mask', 'MASK'\] all name the field 'mask'"):
             read_gridded(tmp_path / "two.nc")
 
+
+def test_a_grids_declared_time_zone_is_read_in_any_spelling(shared_data, tmp_path):
+    """Only 'utc', 'gmt', 'z' counted as UTC: 'Etc/UTC' or 'UTC0' times were read as local time
+    (7 h off at Walnut Gulch), and any other zone name was ignored."""
+    with xr.open_dataset(shared_data / "gridded" / "livneh_NAmerExt_15Oct2014.WalnutGulch.2008.nc",
+                         decode_times=False, mask_and_scale=False) as src:
+        grid = src.isel(time=slice(0, 8)).load()
+
+    def read(zone, **kw):
+        grid["time"].attrs["time_zone"] = zone
+        path = tmp_path / f"grid{len(list(tmp_path.iterdir()))}.nc"
+        grid.to_netcdf(path)
+        return read_gridded(path, **kw)
+
+    for zone in ("UTC", "Etc/UTC", "GMT+0", "Universal", "UTC0"):  # shifted to local standard time
+        ds = read(zone)
+        assert str(ds["time"].values[0])[:16] == "2007-12-31T17:00" and ds.attrs["utc_offset_h"] == -7.0, zone
+    ds = read("America/Phoenix")  # the zone's own times: its standard offset, no shift
+    assert str(ds["time"].values[0])[:16] == "2008-01-01T00:00" and ds.attrs["utc_offset_h"] == -7.0
+    assert "time_zone 'America/Phoenix'" in ds.attrs["utc_offset_rule"]
+    with pytest.warns(DataWarning, match=r"time_zone 'America/Denver' has daylight-saving time; its times are taken as "
+                                         r"standard time"):
+        assert read("America/Denver").attrs["utc_offset_h"] == -7.0
+    with pytest.raises(DataError, match=r"attribute time_zone 'Mars/Olympus' is not a time zone name"):
+        read("Mars/Olympus")
+    with pytest.raises(DataError, match=r"time_zone 'America/Phoenix' \(standard time UTC-7 h\) disagrees with the "
+                                        r"given utc_offset_h -6"):
+        read("America/Phoenix", metadata={"utc_offset_h": -6.0})
+
 @pytest.fixture(scope="module")
 def stehekin(shared_data):
     return read_gridded(shared_data / "gridded" / "Stehekin_image_test.forcings_10days.0.0625_deg.1949.nc")

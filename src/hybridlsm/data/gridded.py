@@ -22,11 +22,14 @@ Time axis (the canonical one: the start of each interval in local standard time)
 - where the time units declare a UTC offset (``hours since 2008-01-01 00:00:00 -07:00``), which
   xarray decodes to UTC, the times are the file's own clock again: UTC + that offset (or + the
   ``utc_offset_h`` of ``metadata``), the rule "declared in the time units";
-- where the file says its times are UTC (``time_zone`` attribute ``UTC``/``GMT``, or ``UTC`` in
-  the units), they are shifted to local standard time by ``utc_offset_h``: the one given in
+- where the file says its times are UTC (a ``time_zone`` attribute of UTC in any spelling:
+  ``UTC``, ``GMT``, ``Etc/UTC``, ``UTC0`` ...; or ``UTC`` in the units), they are shifted to local standard time by ``utc_offset_h``: the one given in
   ``metadata``, else the civil standard time of :data:`SOURCE_TIME_ZONES` when the file's
   attributes match one, else ``round(longitude / 15)`` of the grid's mean longitude (the rule
   ``preprocess`` uses when a site's offset is unknown). The rule used is ``attrs['utc_offset_rule']``.
+- where ``time_zone`` names another zone (IANA), the times are that zone's: its standard offset
+  is ``utc_offset_h`` (a given one that differs is a DataError; a zone with daylight-saving time
+  warns that the times are taken as standard time); a name that is no zone is a DataError;
 - otherwise times are read as local standard time, as before (the VIC/Livneh files say "local time").
 
 Site attrs: ``latitude``/``longitude`` are the global attributes ``latitude_approx`` /
@@ -39,6 +42,7 @@ the same name, so ``domain_from_grid`` finds them.
 from __future__ import annotations
 
 import warnings
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +128,33 @@ def to_local_standard_time(times, utc_offset_h: float) -> np.ndarray:
     return (np.asarray(times, "datetime64[ns]") + shift).astype("datetime64[ns]")
 
 
-def _is_utc(time: xr.DataArray) -> bool:
-    zone = str(time.attrs.get("time_zone", time.attrs.get("timezone", ""))).strip().lower()
+def _declared_zone(time: xr.DataArray, file: str) -> tuple[str, float, bool] | None:
+    """(name, standard-time offset from UTC [h], whether it has daylight-saving time) of the zone
+    that the time variable's ``time_zone`` (or ``timezone``) attribute names, or None without one;
+    UTC in any spelling (``Etc/UTC``, ``GMT+0``, ``UTC0``) is offset 0. A name that is no time zone
+    is a DataError: times read in a guessed zone would be shifted silently."""
+    name = str(time.attrs.get("time_zone", time.attrs.get("timezone", ""))).strip()
+    if not name:
+        return None
+    if name.lower() in _UTC_NAMES or name.upper() in ("UTC0", "GMT0"):  # POSIX TZ spellings of UTC
+        return name, 0.0, False
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        tz = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DataError(f"{file}: variable time: attribute time_zone {name!r} is not a time zone name; expected UTC or "
+                        "an IANA zone (e.g. 'Etc/UTC', 'America/Phoenix')") from None
+    moments = [datetime(2001, 1, 15, 12, tzinfo=tz), datetime(2001, 7, 15, 12, tzinfo=tz)]
+    standard = min((m.utcoffset() - (m.dst() or timedelta(0))).total_seconds() / 3600.0 for m in moments)
+    return name, standard, any(m.dst() for m in moments)
+
+
+def _is_utc(time: xr.DataArray, file: str) -> bool:
+    zone = _declared_zone(time, file)
     units = str(time.encoding.get("units", time.attrs.get("units", ""))).strip().lower()
-    return zone in _UTC_NAMES or units.endswith((" utc", " gmt", "z")) or " utc" in units
+    return (zone is not None and zone[1] == 0.0 and not zone[2]) or units.endswith((" utc", " gmt", "z")) \
+        or " utc" in units
 
 
 def _utc_offset(src: xr.Dataset, metadata: dict | None, longitude: float, file: str) -> tuple[float, str]:
@@ -257,10 +284,21 @@ def read_gridded(
                                    (declared, f"declared in the time units ({declared:+g} h)"))
         starts = to_local_standard_time(starts, utc_offset)
         zone_note = f"the file's times (units with a UTC offset) as local standard time UTC{utc_offset:+g} h"
-    elif _is_utc(src["time"]):
+    elif _is_utc(src["time"], file):
         utc_offset, offset_rule = _utc_offset(src, metadata, _file_longitude(src), file)
         starts = to_local_standard_time(starts, utc_offset)
         zone_note = f"the file's UTC times shifted to local standard time UTC{utc_offset:+g} h"
+    elif (zone := _declared_zone(src["time"], file)) is not None:  # the times are that zone's own
+        name, standard, dst = zone
+        if np.isfinite(utc_offset) and utc_offset != standard:
+            raise DataError(f"{file}: variable time: attribute time_zone {name!r} (standard time UTC{standard:+g} h) "
+                            f"disagrees with the given utc_offset_h {utc_offset:+g}; correct one of them")
+        utc_offset, offset_rule = standard, f"the time's time_zone {name!r} (standard time UTC{standard:+g} h)"
+        zone_note = f"the file's times, of time zone {name}, as local standard time UTC{standard:+g} h"
+        if dst:
+            warnings.warn(f"{file}: variable time: time_zone {name!r} has daylight-saving time; its times are taken "
+                          "as standard time (a file in civil time would be an hour off in summer)", DataWarning,
+                          stacklevel=2)  # fmt: skip
     t = pd.DatetimeIndex(starts)
     check_times(t, file)
     if len(t) < 2:
@@ -456,7 +494,7 @@ def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -
             out[name] = da.isel(ref_time=0, drop=True).transpose(ydim, xdim).load()
         start, note = _interval_starts(src, file, "ref_time")
         offset, rule = float((metadata or {}).get("utc_offset_h", np.nan)), ""
-        if _is_utc(ref):
+        if _is_utc(ref, file):
             offset, rule = _utc_offset(src, metadata, _file_longitude(src), file)
             start = to_local_standard_time(start, offset)
         ds = xr.Dataset(out).rename({ydim: "y", xdim: "x"} if (ydim, xdim) != ("y", "x") else {})
