@@ -105,6 +105,25 @@ def test_plumber2_variable_name_case_and_missing_partner(orig, tmp_path):
     assert "Qle" not in ds
 
 
+
+def test_plumber2_time_zone_must_agree_with_the_site_offset(orig, tmp_path):
+    """A file's time_zone only filled a missing utc_offset_h: declared UTC and given +1 h, every
+    step was an hour off without a word."""
+    src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 48)).load()
+    src.close()
+    for i, (zone, text) in enumerate((("Europe/Copenhagen", None),
+                                      ("UTC", r"time_zone 'UTC' \(standard time UTC\+0 h\) disagrees with the site's "
+                                              r"utc_offset_h \+1 \(metadata= or sites.csv\)"),
+                                      ("Mars/Olympus", r"time_zone 'Mars/Olympus' is not a time zone name"))):
+        src["time"].attrs["time_zone"] = zone
+        path = tmp_path / f"XX-Tz{i}_2005-2005_FLUXNET2015_Met.nc"
+        src.to_netcdf(path)
+        if text is None:
+            assert read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0}).attrs["utc_offset_h"] == 1.0
+        else:
+            with pytest.raises(DataError, match=rf"XX-Tz{i}_2005-2005_FLUXNET2015_Met.nc: variable time: attribute " + text):
+                read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0})
+
 def test_plumber2_wrong_units_named(orig, tmp_path):
     src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 48))
     bad = src.copy()

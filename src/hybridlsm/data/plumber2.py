@@ -235,6 +235,7 @@ def read_plumber2(
     )
     apply_metadata(attrs, metadata, attrs["source_file"])
     check_site_metadata(attrs, file=attrs["source_file"], stacklevel=3)
+    _check_time_zone(attrs, time[0])
     ds = xr.Dataset(data_vars, coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]"))},
                     attrs=attrs)
     return ds
@@ -379,11 +380,29 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
     attrs.setdefault("igbp", "")
     if not np.isfinite(attrs.get("utc_offset_h", np.nan)) and "declared_utc_offset_h" in ds.attrs:
         attrs["utc_offset_h"] = float(ds.attrs["declared_utc_offset_h"])  # the time units' own offset
+    tz = _text(ds["time"].attrs.get("time_zone", "")) if "time" in ds else ""
+    if tz and not attrs.get("time_zone"):
+        attrs["time_zone"] = tz  # the site's zone: checked against its final offset (``_check_time_zone``)
     if not np.isfinite(attrs.get("utc_offset_h", np.nan)):
-        tz = _text(ds["time"].attrs.get("time_zone", "")) if "time" in ds else ""
         attrs["utc_offset_h"] = _standard_utc_offset(tz, t0) if tz else float("nan")
-        if tz:
-            attrs["time_zone"] = tz
+
+
+def _check_time_zone(attrs: dict, t0) -> None:
+    """The site's ``utc_offset_h`` (from the file, a sites.csv or ``metadata``) must be the standard
+    offset of the ``time_zone`` its file declares: PLUMBER2 times are that zone's standard time, so
+    another offset would misplace every step silently. A name that is no zone is a DataError too."""
+    tz = attrs.get("time_zone")
+    if not tz:
+        return
+    standard = _standard_utc_offset(tz, t0)
+    if not np.isfinite(standard):
+        raise DataError(f"{attrs['source_file']}: variable time: attribute time_zone {tz!r} is not a time zone name; "
+                        "expected an IANA zone (e.g. 'America/Chicago', 'Etc/UTC')")
+    offset = attrs.get("utc_offset_h", np.nan)
+    if np.isfinite(offset) and offset != standard:
+        raise DataError(f"{attrs['source_file']}: variable time: attribute time_zone {tz!r} (standard time "
+                        f"UTC{standard:+g} h) disagrees with the site's utc_offset_h {offset:+g} (metadata= or "
+                        "sites.csv); correct one of them")
 
 
 def undecoded_time(time: xr.DataArray, file: str) -> str:
