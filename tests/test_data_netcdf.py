@@ -124,6 +124,25 @@ def test_plumber2_time_zone_must_agree_with_the_site_offset(orig, tmp_path):
             with pytest.raises(DataError, match=rf"XX-Tz{i}_2005-2005_FLUXNET2015_Met.nc: variable time: attribute " + text):
                 read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0})
 
+
+def test_plumber2_a_variable_in_both_files_must_be_one_copy(orig, tmp_path):
+    """The Met file's copy of a variable both files hold was used and the Flux file's dropped
+    without a word (nor listed as unused)."""
+    met = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 96)).load()
+    flux = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc").isel(time=slice(0, 96)).load()
+    flux.to_netcdf(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Flux.nc")
+    met["Qle"] = flux["Qle"]  # the same values: nothing lost
+    met.to_netcdf(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = read_plumber2(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+    np.testing.assert_array_equal(ds["Qle"].values, flux["Qle"].values.reshape(-1))
+    met["Qle"] = flux["Qle"] + 10.0
+    met.to_netcdf(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+    with pytest.raises(DataError, match=r"XX-Dup_2005-2005_FLUXNET2015_Flux.nc: variable Qle is also in .*XX-Dup_2005-"
+                                        r"2005_FLUXNET2015_Met.nc, and the two differ at time 2005-01-01.*96 step"):
+        read_plumber2(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+
 def test_plumber2_wrong_units_named(orig, tmp_path):
     src = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Met.nc").isel(time=slice(0, 48))
     bad = src.copy()

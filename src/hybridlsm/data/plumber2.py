@@ -189,9 +189,7 @@ def read_plumber2(
         mapped = set()
         for var in _PLUMBER_NAMES:
             name = lower.get(var.lower())
-            if name is None or var in data_vars:
-                if name is not None:
-                    mapped.add(name)
+            if name is None:
                 continue
             da = ds[name]
             mapped.add(name)
@@ -205,6 +203,11 @@ def read_plumber2(
                             raw=da.values, times=t, stacklevel=3)
             full_vals = np.full(len(time), np.nan)
             full_vals[pos] = vals
+            if var in data_vars:  # in both files: one copy is used, so the other must add nothing
+                _check_same(data_vars[var].values, full_vals, time, var, f"{paths[0]}", file)
+                if f"{var.lower()}_qc" in lower:
+                    mapped.add(lower[f"{var.lower()}_qc"])
+                continue
             va = {"units": VARIABLES[var].units, "long_name": VARIABLES[var].long_name,
                   "source_variable": name, "source_units": str(unit)}
             for key in ("Fluxnet_name", "Gapfilling_method", "source"):
@@ -385,6 +388,18 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
         attrs["time_zone"] = tz  # the site's zone: checked against its final offset (``_check_time_zone``)
     if not np.isfinite(attrs.get("utc_offset_h", np.nan)):
         attrs["utc_offset_h"] = _standard_utc_offset(tz, t0) if tz else float("nan")
+
+
+def _check_same(first: np.ndarray, second: np.ndarray, time: np.ndarray, var: str, first_file: str,
+                second_file: str) -> None:
+    """A variable that both files of a pair hold is read from the first: a DataError where the
+    second's copy differs from it or gives values where it has none (they would be lost)."""
+    differ = np.isfinite(second) & ~(np.isclose(first, second, rtol=1e-6, atol=1e-9) & np.isfinite(first))
+    if differ.any():
+        i = int(np.argmax(differ))
+        raise DataError(f"{second_file}: variable {var} is also in {first_file}, and the two differ at time {time[i]} "
+                        f"({second[i]:g} against {first[i]:g}; {int(differ.sum())} step(s)); expected one copy, or "
+                        "identical ones")
 
 
 def _check_time_zone(attrs: dict, t0) -> None:
