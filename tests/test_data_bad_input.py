@@ -231,6 +231,8 @@ def test_impossible_or_conflicting_site_metadata_is_refused(head_lines, tmp_path
                            ({"canopy_height": True}, "site metadata key canopy_height is True; expected a number in m")):
         with pytest.raises(DataError, match=rf"{NAME}: " + re.escape(text)):
             read_fluxnet_csv(path, metadata=metadata)
+    lat = read_fluxnet_csv(path, metadata={"latitude": np.array(31.7), "elevation": np.int64(1531)}).attrs
+    assert lat["latitude"] == 31.7 and lat["elevation"] == 1531  # numpy numbers are numbers
     table = (shared_data / "fluxnet" / "sites.csv").read_text().splitlines()
     wkg = next(i for i, ln in enumerate(table) if ln.startswith("US-Wkg,"))
     fields = next(csv.reader([table[wkg]]))
@@ -247,6 +249,9 @@ def test_impossible_or_conflicting_site_metadata_is_refused(head_lines, tmp_path
     sites.write_text("\n".join([table[0], table[wkg], _csv_line([*other[:9], "US-Wkg_2005.csv", *other[10:]])]) + "\n")
     with pytest.raises(DataError, match=r"sites.csv: site US-Wkg is on rows \[2, 3\], which differ in UTC_OFFSET_H"):
         read_fluxnet_csv(renamed, sites=sites, site_id="US-Wkg")
+    same = [*fields[:2], fields[2] + "0", *fields[3:9], "US-Wkg_2005.csv", *fields[10:]]  # 31.73650: the same number
+    sites.write_text("\n".join([table[0], table[wkg], _csv_line(same)]) + "\n")
+    assert read_fluxnet_csv(renamed, sites=sites, site_id="US-Wkg").attrs["latitude"] == float(fields[2])
 
 
 def _csv_line(fields: list[str]) -> str:

@@ -120,6 +120,13 @@ def test_plumber2_time_zone_must_agree_with_the_site_offset(orig, tmp_path):
         src.to_netcdf(path)
         if text is None:
             assert read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0}).attrs["utc_offset_h"] == 1.0
+            assert read_plumber2(path, find_partner=False).attrs["utc_offset_h"] == 1.0  # from the zone
+            flux = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc").isel(time=slice(0, 48)).load()
+            flux["time"].attrs["time_zone"] = "UTC"
+            flux.to_netcdf(tmp_path / f"XX-Tz{i}_2005-2005_FLUXNET2015_Flux.nc")
+            with pytest.raises(DataError, match=r"Flux.nc: variable time: attribute time_zone 'UTC' differs from "
+                                                r"'Europe/Copenhagen' of the other file of the pair"):
+                read_plumber2(path)
         else:
             with pytest.raises(DataError, match=rf"XX-Tz{i}_2005-2005_FLUXNET2015_Met.nc: variable time: attribute " + text):
                 read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0})
@@ -137,6 +144,14 @@ def test_plumber2_a_variable_in_both_files_must_be_one_copy(orig, tmp_path):
         warnings.simplefilter("ignore", DataWarning)
         ds = read_plumber2(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
     np.testing.assert_array_equal(ds["Qle"].values, flux["Qle"].values.reshape(-1))
+    # the Met copy's gaps filled from the Flux copy, counted; the Flux file's flags with its values
+    met["Qle"] = flux["Qle"].where(xr.DataArray(np.arange(96) % 10 != 3, dims="time"))
+    met.to_netcdf(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        ds = read_plumber2(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
+    np.testing.assert_array_equal(ds["Qle"].values, flux["Qle"].values.reshape(-1))
+    assert "Qle: 10 step(s) missing in" in ds.attrs["repairs"] and "Qle_qc" in ds
     met["Qle"] = flux["Qle"] + 10.0
     met.to_netcdf(tmp_path / "XX-Dup_2005-2005_FLUXNET2015_Met.nc")
     with pytest.raises(DataError, match=r"XX-Dup_2005-2005_FLUXNET2015_Flux.nc: variable Qle is also in .*XX-Dup_2005-"
@@ -220,6 +235,11 @@ def test_a_grids_declared_time_zone_is_read_in_any_spelling(shared_data, tmp_pat
         assert read("America/Denver").attrs["utc_offset_h"] == -7.0
     with pytest.raises(DataError, match=r"attribute time_zone 'Mars/Olympus' is not a time zone name"):
         read("Mars/Olympus")
+    # Irish winter time is zoneinfo's negative DST: utcoffset - dst put Dublin at UTC+1
+    with pytest.warns(DataWarning, match="daylight-saving"):
+        assert read("Europe/Dublin", metadata={"utc_offset_h": 0.0}).attrs["utc_offset_h"] == 0.0
+    with pytest.raises(DataError, match=r"grid\d+.nc: metadata: site metadata key utc_offset_h is 99, outside -12..14"):
+        read("UTC", metadata={"utc_offset_h": 99.0})  # was a 99 h shift
     with pytest.raises(DataError, match=r"time_zone 'America/Phoenix' \(standard time UTC-7 h\) disagrees with the "
                                         r"given utc_offset_h -6"):
         read("America/Phoenix", metadata={"utc_offset_h": -6.0})

@@ -272,6 +272,23 @@ SITE_METADATA_RANGES = {"latitude": (-90.0, 90.0, "degrees north"), "longitude":
                         "utc_offset_h": (-12.0, 14.0, "h from UTC")}  # fmt: skip
 
 
+def check_metadata_values(attrs: dict, *, file: str) -> None:
+    """The numeric site metadata of ``attrs`` that are given (a site's, or a grid's ``metadata``):
+    each a number (a 0-d array becomes one) within :data:`SITE_METADATA_RANGES`, else a DataError
+    naming the file, the key and the range."""
+    for key, (low, high, unit) in SITE_METADATA_RANGES.items():
+        value = attrs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = attrs[key] = value.item()  # e.g. ds["lat"].mean().values
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise DataError(f"{file}: site metadata key {key} is {value!r}; expected a number in {unit} (NaN or leave "
+                            "it out when unknown)")
+        if np.isfinite(value) and not low <= float(value) <= high:
+            raise DataError(f"{file}: site metadata key {key} is {float(value):g}, outside {low:g}..{high:g} {unit}")
+
+
 def check_site_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[str]:
     """Check a site's :data:`~hybridlsm.data.schema.SITE_METADATA` (from the file, a sites.csv or
     ``metadata=``) and record the missing ones. A numeric field that is not a number (text, a
@@ -279,15 +296,7 @@ def check_site_metadata(attrs: dict, *, file: str, stacklevel: int = 3) -> list[
     the range. Missing fields (NaN, empty or absent) go to ``attrs["missing_metadata"]``
     (space-separated, "" when none), with one warning naming the file, the site and the fields;
     they stay missing. Returns the missing fields."""
-    for key, (low, high, unit) in SITE_METADATA_RANGES.items():
-        value = attrs.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise DataError(f"{file}: site metadata key {key} is {value!r}; expected a number in {unit} (NaN or leave "
-                            "it out when unknown)")
-        if np.isfinite(value) and not low <= float(value) <= high:
-            raise DataError(f"{file}: site metadata key {key} is {float(value):g}, outside {low:g}..{high:g} {unit}")
+    check_metadata_values(attrs, file=file)
     missing = []
     for key in SITE_METADATA:
         value = attrs.get(key)

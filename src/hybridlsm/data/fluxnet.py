@@ -168,7 +168,10 @@ def site_metadata(
                 + f"; known site ids: {sorted(set(df['SITE_ID']))}"
             )
         # one site, several files (DE-Tha 2010 and 2014): its rows must agree on what they say of the site
-        differ = [c for _, c in (*_TABLE_COLUMNS, ("igbp", "IGBP")) if hit[c].str.strip().nunique() > 1]
+        numbers = {c: [_float(v, file=table_name, column=c, row=int(i) + 2) for i, v in hit[c].items()]
+                   for _, c in _TABLE_COLUMNS}  # as numbers: 26.5 and 26.50 agree
+        differ = [c for c, v in numbers.items() if not np.allclose(v, v[0], rtol=0.0, atol=1e-9, equal_nan=True)]
+        differ += ["IGBP"] if hit["IGBP"].str.strip().nunique() > 1 else []
         if differ:
             raise DataError(f"{table_name}: site {site_id} is on rows {[int(i) + 2 for i in hit.index]}, which differ in "
                             f"{', '.join(differ)}; expected one description of the site (or list the file in FILE)")

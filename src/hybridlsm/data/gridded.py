@@ -42,7 +42,6 @@ the same name, so ``domain_from_grid`` finds them.
 from __future__ import annotations
 
 import warnings
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,9 @@ import pandas as pd
 import xarray as xr
 
 from .. import thermo
-from .checks import check_plausible
+from .checks import check_metadata_values, check_plausible
 from .plumber2 import (IO_ERRORS, cannot_open, check_times, declared_utc_offset, open_netcdf, reject_infinite,
-                       undecoded_time)
+                       undecoded_time, zone_offsets)
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import VARIABLES, DataError, DataWarning
 from .units import conversion, normalise_unit
@@ -131,23 +130,21 @@ def to_local_standard_time(times, utc_offset_h: float) -> np.ndarray:
 def _declared_zone(time: xr.DataArray, file: str) -> tuple[str, float, bool] | None:
     """(name, standard-time offset from UTC [h], whether it has daylight-saving time) of the zone
     that the time variable's ``time_zone`` (or ``timezone``) attribute names, or None without one;
-    UTC in any spelling (``Etc/UTC``, ``GMT+0``, ``UTC0``) is offset 0. A name that is no time zone
+    UTC in any spelling (``Etc/UTC``, ``GMT+0``, ``UTC0``) is offset 0; another zone's offsets are
+    those of the year of the file's first time (``zone_offsets``). A name that is no time zone
     is a DataError: times read in a guessed zone would be shifted silently."""
     name = str(time.attrs.get("time_zone", time.attrs.get("timezone", ""))).strip()
     if not name:
         return None
     if name.lower() in _UTC_NAMES or name.upper() in ("UTC0", "GMT0"):  # POSIX TZ spellings of UTC
         return name, 0.0, False
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        tz = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    values = np.asarray(time.values).ravel()
+    standard, dst = zone_offsets(name, values[0] if values.size and np.issubdtype(values.dtype, np.datetime64)
+                                 else "2000-01-01")  # fmt: skip
+    if not np.isfinite(standard):
         raise DataError(f"{file}: variable time: attribute time_zone {name!r} is not a time zone name; expected UTC or "
-                        "an IANA zone (e.g. 'Etc/UTC', 'America/Phoenix')") from None
-    moments = [datetime(2001, 1, 15, 12, tzinfo=tz), datetime(2001, 7, 15, 12, tzinfo=tz)]
-    standard = min((m.utcoffset() - (m.dst() or timedelta(0))).total_seconds() / 3600.0 for m in moments)
-    return name, standard, any(m.dst() for m in moments)
+                        "an IANA zone (e.g. 'Etc/UTC', 'America/Phoenix')")
+    return name, standard, dst
 
 
 def _is_utc(time: xr.DataArray, file: str) -> bool:
@@ -260,6 +257,8 @@ def read_gridded(
     """
     path = Path(path)
     file = str(path)
+    metadata = dict(metadata or {})
+    check_metadata_values(metadata, file=f"{file}: metadata")
     mapping = {**GRIDDED_VARIABLES, **{k.lower(): v for k, v in (variables or {}).items()}}
     try:
         src = open_netcdf(path, chunks=chunks or {"time": 512}, decode_times=True,
@@ -468,6 +467,8 @@ def read_reference_snapshot(path: str | Path, *, metadata: dict | None = None) -
     """
     path = Path(path)
     file = str(path)
+    metadata = dict(metadata or {})
+    check_metadata_values(metadata, file=f"{file}: metadata")
     try:
         src = open_netcdf(path, decode_times=True, mask_and_scale=True)
     except IO_ERRORS as exc:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -124,17 +124,21 @@ def _text(value) -> str:
     return str(value).strip().strip("\x00").strip()
 
 
-def _standard_utc_offset(tz_name: str, when) -> float:
-    """Standard-time (no DST) UTC offset [h] of an IANA zone at ``when``; NaN if unknown."""
-    try:
-        from zoneinfo import ZoneInfo
+def zone_offsets(tz_name: str, when) -> tuple[float, bool]:
+    """(standard-time UTC offset [h], whether it has daylight-saving time) of an IANA zone in the
+    year of ``when``; (NaN, False) if the zone is unknown. The standard offset is the smaller of
+    mid-January's and mid-July's: zoneinfo's ``dst()`` is negative for Irish winter time, so
+    "utcoffset - dst" would put Dublin at UTC+1; and the year matters (Pacific/Apia moved from
+    UTC-11 to +13 in 2011)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-        tz = ZoneInfo(tz_name)
-    except Exception:  # unknown zone or no tz database
-        return float("nan")
-    dt = pd.Timestamp(when).to_pydatetime().replace(tzinfo=tz)
-    off = dt.utcoffset() - (dt.dst() or timedelta(0))
-    return off.total_seconds() / 3600.0
+    try:
+        tz = ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError):  # unknown zone, or not a zone name
+        return float("nan"), False
+    year = pd.Timestamp(when).year
+    offsets = [datetime(year, m, 15, 12, tzinfo=tz).utcoffset().total_seconds() / 3600.0 for m in (1, 7)]
+    return min(offsets), offsets[0] != offsets[1]
 
 
 def read_plumber2(
@@ -203,10 +207,18 @@ def read_plumber2(
                             raw=da.values, times=t, stacklevel=3)
             full_vals = np.full(len(time), np.nan)
             full_vals[pos] = vals
-            if var in data_vars:  # in both files: one copy is used, so the other must add nothing
-                _check_same(data_vars[var].values, full_vals, time, var, f"{paths[0]}", file)
-                if f"{var.lower()}_qc" in lower:
-                    mapped.add(lower[f"{var.lower()}_qc"])
+            qname = lower.get(f"{var.lower()}_qc")
+            if var in data_vars:  # in both files: one series, the second copy filling the first's gaps
+                filled = _merge_copy(data_vars[var].values, full_vals, time, var, str(paths[0]), file)
+                if filled.any():
+                    repairs.append(f"{var}: {int(filled.sum())} step(s) missing in {paths[0]} taken from {file}")
+                if qname is not None and f"{var}_qc" not in data_vars:  # the flags of the values now used
+                    mapped.add(qname)
+                    data_vars[f"{var}_qc"] = _qc(ds[qname], vals, pos, len(time), file, qname, t)
+                elif qname is not None and filled.any():
+                    mapped.add(qname)
+                    data_vars[f"{var}_qc"].values[filled] = _qc(ds[qname], vals, pos, len(time), file, qname,
+                                                                t).values[filled]
                 continue
             va = {"units": VARIABLES[var].units, "long_name": VARIABLES[var].long_name,
                   "source_variable": name, "source_units": str(unit)}
@@ -214,7 +226,6 @@ def read_plumber2(
                 if key in da.attrs:
                     va[key.lower()] = _text(da.attrs[key])
             data_vars[var] = xr.DataArray(full_vals, dims="time", attrs=va)
-            qname = lower.get(f"{var.lower()}_qc")
             if qname is not None:
                 mapped.add(qname)
                 data_vars[f"{var}_qc"] = _qc(ds[qname], vals, pos, len(time), file, qname, t)
@@ -237,8 +248,8 @@ def read_plumber2(
         n_repairs=len(repairs),
     )
     apply_metadata(attrs, metadata, attrs["source_file"])
+    _apply_time_zone(attrs, time[0])
     check_site_metadata(attrs, file=attrs["source_file"], stacklevel=3)
-    _check_time_zone(attrs, time[0])
     ds = xr.Dataset(data_vars, coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]"))},
                     attrs=attrs)
     return ds
@@ -384,37 +395,47 @@ def _collect_attrs(ds: xr.Dataset, attrs: dict, file: str, t0) -> None:
     if not np.isfinite(attrs.get("utc_offset_h", np.nan)) and "declared_utc_offset_h" in ds.attrs:
         attrs["utc_offset_h"] = float(ds.attrs["declared_utc_offset_h"])  # the time units' own offset
     tz = _text(ds["time"].attrs.get("time_zone", "")) if "time" in ds else ""
-    if tz and not attrs.get("time_zone"):
-        attrs["time_zone"] = tz  # the site's zone: checked against its final offset (``_check_time_zone``)
-    if not np.isfinite(attrs.get("utc_offset_h", np.nan)):
-        attrs["utc_offset_h"] = _standard_utc_offset(tz, t0) if tz else float("nan")
+    if tz and attrs.get("time_zone") and tz != attrs["time_zone"]:
+        raise DataError(f"{file}: variable time: attribute time_zone {tz!r} differs from {attrs['time_zone']!r} of the "
+                        "other file of the pair; expected one site's zone")
+    if tz:
+        attrs["time_zone"] = tz  # the site's zone: its offset unless one is given (``_apply_time_zone``)
+    attrs.setdefault("utc_offset_h", float("nan"))
 
 
-def _check_same(first: np.ndarray, second: np.ndarray, time: np.ndarray, var: str, first_file: str,
-                second_file: str) -> None:
-    """A variable that both files of a pair hold is read from the first: a DataError where the
-    second's copy differs from it or gives values where it has none (they would be lost)."""
-    differ = np.isfinite(second) & ~(np.isclose(first, second, rtol=1e-6, atol=1e-9) & np.isfinite(first))
+def _merge_copy(first: np.ndarray, second: np.ndarray, time: np.ndarray, var: str, first_file: str,
+                second_file: str) -> np.ndarray:
+    """Merge the second file's copy of a variable that both files of a pair hold into the first's
+    (in place): the second fills the steps the first lacks, whose (T,) mask is returned for the
+    caller to count as repairs; a value that differs from the first's is a DataError (one of them
+    is wrong, and which is unknown)."""
+    differ = np.isfinite(first) & np.isfinite(second) & ~np.isclose(first, second, rtol=1e-6, atol=1e-9)
     if differ.any():
         i = int(np.argmax(differ))
         raise DataError(f"{second_file}: variable {var} is also in {first_file}, and the two differ at time {time[i]} "
                         f"({second[i]:g} against {first[i]:g}; {int(differ.sum())} step(s)); expected one copy, or "
-                        "identical ones")
+                        "copies that agree")
+    filled = ~np.isfinite(first) & np.isfinite(second)
+    first[filled] = second[filled]
+    return filled
 
 
-def _check_time_zone(attrs: dict, t0) -> None:
-    """The site's ``utc_offset_h`` (from the file, a sites.csv or ``metadata``) must be the standard
-    offset of the ``time_zone`` its file declares: PLUMBER2 times are that zone's standard time, so
+def _apply_time_zone(attrs: dict, t0) -> None:
+    """The ``time_zone`` a PLUMBER2 file declares gives the site's ``utc_offset_h`` (its standard
+    offset in the year of ``t0``) where nothing else does; where the time units, a sites.csv or
+    ``metadata`` give one, it must be that offset: PLUMBER2 times are the zone's standard time, so
     another offset would misplace every step silently. A name that is no zone is a DataError too."""
     tz = attrs.get("time_zone")
     if not tz:
         return
-    standard = _standard_utc_offset(tz, t0)
+    standard = zone_offsets(tz, t0)[0]
     if not np.isfinite(standard):
         raise DataError(f"{attrs['source_file']}: variable time: attribute time_zone {tz!r} is not a time zone name; "
                         "expected an IANA zone (e.g. 'America/Chicago', 'Etc/UTC')")
     offset = attrs.get("utc_offset_h", np.nan)
-    if np.isfinite(offset) and offset != standard:
+    if not np.isfinite(offset):
+        attrs["utc_offset_h"] = standard
+    elif offset != standard:
         raise DataError(f"{attrs['source_file']}: variable time: attribute time_zone {tz!r} (standard time "
                         f"UTC{standard:+g} h) disagrees with the site's utc_offset_h {offset:+g} (metadata= or "
                         "sites.csv); correct one of them")

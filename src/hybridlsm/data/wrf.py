@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .checks import check_plausible, modelled_cells
+from .checks import check_metadata_values, check_plausible, modelled_cells
 from .gridded import _file_longitude, _utc_offset, to_local_standard_time
 from .plumber2 import IO_ERRORS, cannot_open, check_times, open_netcdf, reject_infinite
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
@@ -229,6 +229,8 @@ def read_wrf(path: str | Path, *, chunks: dict | None = None, metadata: dict | N
     """
     path = Path(path)
     file = str(path)
+    metadata = dict(metadata or {})
+    check_metadata_values(metadata, file=f"{file}: metadata")
     try:
         src = open_netcdf(path, chunks=chunks or {_T: 512}, decode_times=False, mask_and_scale=True)
     except IO_ERRORS as exc:
