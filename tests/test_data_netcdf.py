@@ -121,6 +121,8 @@ def test_plumber2_time_zone_must_agree_with_the_site_offset(orig, tmp_path):
         if text is None:
             assert read_plumber2(path, find_partner=False, metadata={"utc_offset_h": 1.0}).attrs["utc_offset_h"] == 1.0
             assert read_plumber2(path, find_partner=False).attrs["utc_offset_h"] == 1.0  # from the zone
+            with pytest.raises(DataError, match=r"site metadata key utc_offset_h is 'one'; expected a number"):
+                read_plumber2(path, find_partner=False, metadata={"utc_offset_h": "one"})  # not a TypeError
             flux = xr.open_dataset(orig / "DK-Fou_2005-2005_FLUXNET2015_Flux.nc").isel(time=slice(0, 48)).load()
             flux["time"].attrs["time_zone"] = "UTC"
             flux.to_netcdf(tmp_path / f"XX-Tz{i}_2005-2005_FLUXNET2015_Flux.nc")

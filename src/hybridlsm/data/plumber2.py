@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .checks import check_plausible, check_site_metadata, fmt_time, regularise_time
+from .checks import check_metadata_values, check_plausible, check_site_metadata, fmt_time, regularise_time
 from .fluxnet import YEARS, apply_metadata, site_metadata, sites_table_for
 from .readers import NETCDF_SUFFIXES, Reader, register_reader
 from .schema import QC_FLAG_MEANINGS, QC_MISSING, SITE_METADATA, VARIABLES, DataError, DataWarning
@@ -248,6 +248,7 @@ def read_plumber2(
         n_repairs=len(repairs),
     )
     apply_metadata(attrs, metadata, attrs["source_file"])
+    check_metadata_values(attrs, file=attrs["source_file"])  # numbers, before the zone compares them
     _apply_time_zone(attrs, time[0])
     check_site_metadata(attrs, file=attrs["source_file"], stacklevel=3)
     ds = xr.Dataset(data_vars, coords={"time": ("time", np.asarray(time, dtype="datetime64[ns]"))},
