@@ -213,9 +213,10 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
     grid's coordinates, else from ``attrs['latitude']``/``['longitude']`` (one approximate point for
     the grid, e.g. Little Washita), which the layout does not write as per-cell coordinates
     (``grid_static_fields``)."""
+    where = ds.attrs.get("source_file", "<grid>")
     dims = [d for d in ds.dims if d != "time"]
     if len(dims) != 2:
-        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: expected dims (time, y, x), got {tuple(ds.dims)}")
+        raise DataError(f"{where}: expected dims (time, y, x), got {tuple(ds.dims)}")
     # the (y, x) order of the variables, not of ``ds.dims`` (which follows the order the dims were
     # first declared, e.g. x before y when the x coordinate was assigned first)
     gridded = [ds[v].dims for v in ds.data_vars if ds[v].ndim == 3 and "time" in ds[v].dims]
@@ -230,14 +231,14 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         values = np.asarray(ds[v].values)
         if np.isinf(values).any():  # the readers check the first steps only (they read lazily): not a gap
             step, y0, x0 = (int(i[0]) for i in np.nonzero(np.isinf(values)))
-            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {v} is infinite at cell ({ydim}={y0}, "
+            raise DataError(f"{where}: {v} is infinite at cell ({ydim}={y0}, "
                             f"{xdim}={x0}), time {ds['time'].values[step]} (step {step}; "
                             f"{int(np.isinf(values).sum())} such value(s)); expected finite numbers")
         finite = np.isfinite(values)
         none[v] = ~finite.any(axis=0)
         partial |= finite.any(axis=0) & ~finite.all(axis=0)
     absent = np.any(list(none.values()), axis=0) if none else np.zeros((ny, nx), bool)
-    inside = grid_mask(ds, ydim, xdim, ds.attrs.get("source_file", "<grid>"))
+    inside = grid_mask(ds, ydim, xdim, where)
     masked = np.zeros((ny, nx), bool) if inside is None else ~inside
     # a cell where a forcing variable is missing at every step (sea, outside a basin) or masked is
     # not a column; one with a gap (missing at some steps only) is an error, never a cell silently
@@ -248,11 +249,10 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         y0, x0 = (int(i[0]) for i in np.nonzero(gappy))
         var = next(v for v in forcing_vars if not np.isfinite(np.asarray(ds[v].values[:, y0, x0])).all())
         step = int(np.flatnonzero(~np.isfinite(np.asarray(ds[var].values[:, y0, x0])))[0])
-        raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: {int(gappy.sum())} cell(s) have gaps in their "
+        raise DataError(f"{where}: {int(gappy.sum())} cell(s) have gaps in their "
                         f"forcing, e.g. {var} at cell ({ydim}={y0}, {xdim}={x0}), time {ds['time'].values[step]} "
                         f"(step {step}); every modelled cell needs gap-free forcing (fill the gaps, or mask the "
                         "cells out with a 'mask' of 0)")
-    where = ds.attrs.get("source_file", "<grid>")
     lacking = absent & ~masked & ~np.all(list(none.values()), axis=0)
     if lacking.any():  # other forcing there: not the sea or outside a basin, which lack every variable
         names = sorted(v for v in forcing_vars if (none[v] & lacking).any())
@@ -296,7 +296,7 @@ def domain_from_grid(ds: xr.Dataset, *, land_cover: xr.DataArray | None = None, 
         if set(land_cover.dims) == {ydim, xdim}:
             land_cover = land_cover.transpose(ydim, xdim)
         if land_cover.shape != (ny, nx):
-            raise DataError(f"{ds.attrs.get('source_file', '<grid>')}: land_cover has dims {land_cover.dims} "
+            raise DataError(f"{where}: land_cover has dims {land_cover.dims} "
                             f"shape {land_cover.shape}; expected ({ydim}, {xdim}) = ({ny}, {nx})")  # fmt: skip
         try:
             codes = land_cover_codes(np.asarray(land_cover.values), dict(land_cover.attrs))
